@@ -1,0 +1,40 @@
+"""Example host app: mounts the bridge at ``/``.
+
+``flask --app app run`` and ``gunicorn app:app`` both serve it. Configuration
+comes from the environment (see README.md) or from ``create_app(config)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+
+from bridge import Bridge
+from bridge.http import register_error_handlers
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_path=os.environ.get("BRIDGE_INSTANCE_PATH") or None)
+    app.json.sort_keys = False
+    if config:
+        app.config.from_mapping(config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    if not app.logger.handlers or app.logger.level == logging.NOTSET:
+        logging.basicConfig(
+            level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"),
+            format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        )
+    Bridge(app, url_prefix="/")
+    register_error_handlers(app)  # the host app answers 404/405 in the same JSON shape
+    return app
+
+
+def __getattr__(name: str):
+    # The module-level ``app`` (for ``gunicorn app:app`` and ``flask --app app``) is built
+    # on first access, so importing ``create_app`` (tests, other hosts) starts nothing.
+    if name == "app":
+        globals()["app"] = instance = create_app()
+        return instance
+    raise AttributeError(name)

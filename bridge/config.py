@@ -1,0 +1,214 @@
+"""Configuration: reads the contract's keys from ``app.config`` or the
+environment, applies the platform presets and refuses bad values.
+
+A key set in ``app.config`` wins over the environment; the environment wins
+over the default. Every problem raises :class:`ConfigError` with a message
+that names the key, so a misconfigured bridge stops at start-up instead of
+failing later in the background.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+PLATFORMS = {
+    # platform: (base URL, auth scheme)
+    "reteno": ("https://reteno.com", "header"),
+    "esputnik": ("https://esputnik.com", "basic"),
+    "yespo": ("https://yespo.io", "basic"),
+}
+AUTH_SCHEMES = ("header", "basic")
+DEFAULT_BATCH_SIZE = 1000
+MAX_BATCH_SIZE = 1000
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_BOT_USERNAME = re.compile(r"^@?[A-Za-z][A-Za-z0-9_]{3,31}$")
+
+
+class ConfigError(RuntimeError):
+    """A configuration value is missing or malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    platform: str
+    base_url: str
+    app_uuid: str | None
+    api_key: str | None = field(repr=False)
+    auth: str
+    database_url: str
+    api_keys: tuple[str, ...] = field(repr=False)
+    webhook_username: str | None = field(repr=False)
+    webhook_password: str | None = field(repr=False)
+    telegram_webhook_secret: str | None = field(repr=False)
+    link_secret: str | None = field(repr=False)
+    telegram_bot_username: str | None
+    batch_size: int
+    background_delivery: bool
+    max_body_bytes: int
+    sandbox: bool
+    base_url_explicit: bool
+    dev_api_key: bool = False
+
+    @property
+    def tokens_url(self) -> str:
+        return f"{self.base_url}/api/v1/apps/{self.app_uuid}/tokens"
+
+
+def _lookup(config: Mapping, environ: Mapping, key: str):
+    if key in config and config[key] is not None:
+        return config[key]
+    value = environ.get(key)
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    return value
+
+
+def _text(config, environ, key) -> str | None:
+    value = _lookup(config, environ, key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {type(value).__name__}")
+    value = value.strip()
+    return value or None
+
+
+def _bool(config, environ, key, default: bool) -> bool:
+    value = _lookup(config, environ, key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _int(config, environ, key, default: int, low: int, high: int) -> int:
+    value = _lookup(config, environ, key)
+    if value is None:
+        return default
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        number = None
+    if isinstance(value, bool) or number is None or not low <= number <= high:
+        raise ConfigError(f"{key} must be an integer from {low} to {high}, got {value!r}")
+    return number
+
+
+def load_settings(config: Mapping, instance_path: str, environ: Mapping | None = None) -> Settings:
+    """Build :class:`Settings` from a Flask config mapping and the environment."""
+    environ = os.environ if environ is None else environ
+
+    platform = (_text(config, environ, "RETENO_PLATFORM") or "reteno").lower()
+    if platform not in PLATFORMS:
+        raise ConfigError(
+            f"RETENO_PLATFORM must be one of {', '.join(PLATFORMS)}, got {platform!r}"
+        )
+    preset_url, preset_auth = PLATFORMS[platform]
+
+    base_url = _text(config, environ, "RETENO_BASE_URL")
+    base_url_explicit = base_url is not None
+    base_url = (base_url or preset_url).rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"RETENO_BASE_URL must be an http(s) URL, got {base_url!r}")
+
+    auth = (_text(config, environ, "RETENO_AUTH") or preset_auth).lower()
+    if auth not in AUTH_SCHEMES:
+        raise ConfigError(f"RETENO_AUTH must be 'header' or 'basic', got {auth!r}")
+
+    app_uuid = _text(config, environ, "RETENO_APP_UUID")
+    api_key = _text(config, environ, "RETENO_API_KEY")
+    if app_uuid and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", app_uuid):
+        raise ConfigError("RETENO_APP_UUID must be the application ID from Settings → My bots")
+    if bool(app_uuid) != bool(api_key):
+        missing = "RETENO_API_KEY" if app_uuid else "RETENO_APP_UUID"
+        raise ConfigError(
+            f"{missing} is not set: set both RETENO_APP_UUID and RETENO_API_KEY, "
+            "or neither for sandbox mode"
+        )
+    sandbox = not app_uuid
+
+    database_url = _text(config, environ, "BRIDGE_DATABASE_URL")
+    if database_url is None:
+        database_url = "sqlite:///" + os.path.join(instance_path, "bridge.sqlite3")
+    try:
+        make_url(database_url)
+    except ArgumentError as exc:
+        raise ConfigError(f"BRIDGE_DATABASE_URL is not a SQLAlchemy URL: {exc}") from None
+
+    raw_keys = _lookup(config, environ, "BRIDGE_API_KEYS")
+    if raw_keys is None:
+        api_keys: tuple[str, ...] = ()
+    else:
+        items = raw_keys.split(",") if isinstance(raw_keys, str) else list(raw_keys)
+        api_keys = tuple(str(k).strip() for k in items if str(k).strip())
+        if any(len(k) < 16 for k in api_keys):
+            raise ConfigError("BRIDGE_API_KEYS: every key must be at least 16 characters long")
+    if not api_keys and not sandbox:
+        raise ConfigError(
+            "BRIDGE_API_KEYS is not set: outside sandbox mode the bridge needs at least one "
+            "key for its callers (comma-separated)"
+        )
+
+    webhook_username = _text(config, environ, "BRIDGE_WEBHOOK_USERNAME")
+    webhook_password = _text(config, environ, "BRIDGE_WEBHOOK_PASSWORD")
+    if bool(webhook_username) != bool(webhook_password):
+        missing = "BRIDGE_WEBHOOK_PASSWORD" if webhook_username else "BRIDGE_WEBHOOK_USERNAME"
+        raise ConfigError(
+            f"{missing} is not set: the webhook needs both a user name and a password"
+        )
+
+    tg_secret = _text(config, environ, "TELEGRAM_WEBHOOK_SECRET")
+    if tg_secret and not _SECRET_TOKEN.match(tg_secret):
+        raise ConfigError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z a-z 0-9 _ -")
+
+    link_secret = _text(config, environ, "BRIDGE_LINK_SECRET")
+    if link_secret and len(link_secret) < 16:
+        raise ConfigError("BRIDGE_LINK_SECRET must be at least 16 characters long")
+
+    bot_username = _text(config, environ, "TELEGRAM_BOT_USERNAME")
+    if bot_username:
+        if not _BOT_USERNAME.match(bot_username):
+            raise ConfigError(f"TELEGRAM_BOT_USERNAME is not a bot @username: {bot_username!r}")
+        bot_username = bot_username.lstrip("@")
+
+    return Settings(
+        platform=platform,
+        base_url=base_url,
+        app_uuid=app_uuid,
+        api_key=api_key,
+        auth=auth,
+        database_url=database_url,
+        api_keys=api_keys,
+        webhook_username=webhook_username,
+        webhook_password=webhook_password,
+        telegram_webhook_secret=tg_secret,
+        link_secret=link_secret,
+        telegram_bot_username=bot_username,
+        batch_size=_int(
+            config, environ, "BRIDGE_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE
+        ),
+        background_delivery=_bool(config, environ, "BRIDGE_BACKGROUND_DELIVERY", True),
+        max_body_bytes=_int(
+            config, environ, "BRIDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30
+        ),
+        sandbox=sandbox,
+        base_url_explicit=base_url_explicit,
+    )

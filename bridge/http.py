@@ -1,0 +1,182 @@
+"""HTTP plumbing shared by every endpoint: the one JSON error shape, strict
+JSON body parsing and authentication.
+
+Every error, whatever raised it, is answered as
+``{"code", "status", "message", "errors"}``. Bodies must be
+``application/json`` (415 otherwise), well-formed UTF-8 JSON without NaN,
+Infinity or duplicate keys (400 otherwise) and within the size limit (413).
+Credentials are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from http import HTTPStatus
+from typing import Any
+
+from flask import Response, current_app, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+MAX_DEPTH = 64
+
+
+class APIError(HTTPException):
+    """An HTTP error with a sentence for people and field-keyed details."""
+
+    def __init__(self, code: int, message: str, errors: dict[str, list[str]] | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(description=message)
+        self.code = code
+        self.errors = errors or {}
+        self.extra_headers = headers or {}
+
+
+def error_body(code: int, message: str, errors: dict | None = None) -> dict[str, Any]:
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "Error"
+    return {"code": code, "status": phrase, "message": message, "errors": errors or {}}
+
+
+def error_response(code: int, message: str, errors: dict | None = None,
+                   headers: dict | None = None) -> Response:
+    response = current_app.json.response(error_body(code, message, errors))
+    response.status_code = code
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+_MESSAGES = {
+    404: "No such endpoint.",
+    405: "This endpoint does not take that method.",
+    413: "The request body is too large.",
+}
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    if isinstance(exc, APIError):
+        return error_response(code, exc.description, exc.errors, exc.extra_headers)
+    message = _MESSAGES.get(code) or (exc.description or HTTPStatus(code).phrase)
+    headers = {}
+    valid_methods = getattr(exc, "valid_methods", None)
+    if code == 405 and valid_methods:
+        headers["Allow"] = ", ".join(valid_methods)
+    if code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="reteno-telegram-bridge"'
+    return error_response(code, message, {}, headers)
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    current_app.logger.exception("unhandled error: %s", type(exc).__name__)
+    return error_response(500, "The bridge failed to handle this request; it has been logged.")
+
+
+def register_error_handlers(target) -> None:
+    """JSON errors for a blueprint (its own views) or a whole app (every route)."""
+    target.register_error_handler(HTTPException, handle_http_exception)
+    target.register_error_handler(Exception, handle_unexpected)
+
+
+# --- bodies -------------------------------------------------------------------
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value, level=0) -> int:
+    if level > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for v in value.values():
+            _depth(v, level + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _depth(v, level + 1)
+    return level
+
+
+def json_body(limit: int) -> Any:
+    """The request's JSON body, or an :class:`APIError` (415, 400, 413)."""
+    mimetype = request.mimetype or ""
+    if not (mimetype == "application/json" or mimetype.endswith("+json")):
+        raise APIError(415, "The body must be JSON (Content-Type: application/json).")
+    if request.content_length is not None and request.content_length > limit:
+        raise APIError(413, f"The request body is larger than {limit} bytes.")
+    request.max_content_length = limit
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise APIError(413, f"The request body is larger than {limit} bytes.") from None
+    if len(raw) > limit:
+        raise APIError(413, f"The request body is larger than {limit} bytes.")
+    try:
+        text = raw.decode(request.mimetype_params.get("charset", "utf-8"))
+    except (UnicodeDecodeError, LookupError):
+        raise APIError(400, "The body is not valid UTF-8.") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        _depth(data)
+    except RecursionError:
+        raise APIError(400, "The body is not valid JSON: nested too deeply.") from None
+    except ValueError as exc:
+        raise APIError(400, f"The body is not valid JSON: {exc}") from None
+    return data
+
+
+# --- authentication -------------------------------------------------------------
+
+
+def _equal(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer_ok(keys: tuple[str, ...]) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return False
+    value = value.strip()
+    ok = False
+    for key in keys:  # compare with every key: the time does not tell which matched
+        ok |= _equal(value, key)
+    return ok
+
+
+def basic_ok(username: str | None, password: str | None) -> bool:
+    if not username or not password:
+        return False
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    user, sep, pw = decoded.partition(":")
+    return bool(sep) & _equal(user, username) & _equal(pw, password)
+
+
+def require_bearer(keys: tuple[str, ...]) -> None:
+    if not bearer_ok(keys):
+        raise APIError(
+            401,
+            "A valid API key is required: send Authorization: Bearer <key>.",
+            headers={"WWW-Authenticate": 'Bearer realm="reteno-telegram-bridge"'},
+        )

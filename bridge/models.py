@@ -1,0 +1,167 @@
+"""Database models of the audit ledger (SQLAlchemy 2.0 declarative).
+
+Owns the tables and nothing else: no commits, no state changes. Rows are
+written by :mod:`bridge.ledger`, the only module that moves a registration
+between states. The schema is created and changed only by the Alembic
+revisions in ``migrations/``; ``tests/test_migrations.py`` checks that these
+models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Ledger states. The transitions between them live in bridge.ledger.
+QUEUED = "queued"
+DELIVERED = "delivered"
+REMOVED = "removed"
+DEAD = "dead"
+STATES = (QUEUED, DELIVERED, REMOVED, DEAD)
+
+# Identifier names in Reteno's priority order, as (API name, column name).
+IDENTIFIERS = (
+    ("contactId", "contact_id"),
+    ("externalCustomerId", "external_customer_id"),
+    ("phone", "phone"),
+    ("email", "email"),
+)
+
+# A big integer primary key that is still SQLite's auto-incrementing rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+        }
+    )
+
+
+class Registration(Base):
+    """One submitted token with its identifiers: the outbox row and its fate."""
+
+    __tablename__ = "bridge_registrations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token: Mapped[str] = mapped_column(String(24))
+    contact_id: Mapped[int | None] = mapped_column(BigInteger)
+    external_customer_id: Mapped[str | None] = mapped_column(String(255))
+    phone: Mapped[str | None] = mapped_column(String(15))
+    email: Mapped[str | None] = mapped_column(String(254))
+    matched_by: Mapped[str] = mapped_column(String(24))
+    match_value: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default=lambda: QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=lambda: 0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_id: Mapped[str | None] = mapped_column(String(36))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removal_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_bridge_registrations_token", "token", "id"),
+        Index("ix_bridge_registrations_contact_id", "contact_id", "id"),
+        Index("ix_bridge_registrations_external_customer_id", "external_customer_id", "id"),
+        Index("ix_bridge_registrations_phone", "phone", "id"),
+        Index("ix_bridge_registrations_email", "email", "id"),
+        Index("ix_bridge_registrations_state", "state", "id"),
+        # The outbox: due queued rows, oldest first.
+        Index(
+            "ix_bridge_registrations_outbox",
+            "next_attempt_at",
+            "id",
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
+        # Duplicate suppression: one live registration per (token, identifier).
+        Index(
+            "uq_bridge_registrations_live",
+            "token",
+            "matched_by",
+            "match_value",
+            unique=True,
+            sqlite_where=text("state <> 'removed'"),
+            postgresql_where=text("state <> 'removed'"),
+        ),
+    )
+
+
+class Event(Base):
+    """Append-only audit history: submissions, attempts, statuses, removals."""
+
+    __tablename__ = "bridge_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    registration_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("bridge_registrations.id", ondelete="SET NULL")
+    )
+    token: Mapped[str | None] = mapped_column(String(24))
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (
+        Index("ix_bridge_events_token", "token", "id"),
+        Index("ix_bridge_events_registration_id", "registration_id"),
+        Index("ix_bridge_events_kind_at", "kind", "at"),
+    )
+
+
+class BridgeState(Base):
+    """Small shared facts every process must see: delivery pause, last upstream result."""
+
+    __tablename__ = "bridge_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -1,0 +1,189 @@
+"""The Reteno client: one upstream call, ``POST /api/v1/apps/{app_uuid}/tokens``.
+
+Owns the HTTP details (a ``requests.Session`` with connect/read time-outs,
+the auth scheme of the platform preset, a User-Agent naming the bridge, the
+exact body Reteno expects) and the classification of the answer into what
+the delivery worker should do: ``delivered``, ``retry`` (429, 5xx, time-outs,
+broken connections), ``pause`` (401/403/404: credentials or app id wrong) or
+``reject`` (any other 4xx: the batch holds a token Reteno refuses).
+
+In sandbox mode without an explicit ``RETENO_BASE_URL`` the session mounts
+:class:`WSGITransport`, which hands the request to the built-in simulator in
+the same process instead of opening a socket.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+
+from . import __version__
+
+log = logging.getLogger("bridge.reteno")
+
+CONNECT_TIMEOUT = 3.05
+READ_TIMEOUT = 10.0
+USER_AGENT = f"reteno-telegram-bridge/{__version__} (+requests/{requests.__version__})"
+
+DELIVERED, RETRY, PAUSE, REJECT = "delivered", "retry", "pause", "reject"
+
+
+@dataclass
+class CallResult:
+    outcome: str
+    status: int | None
+    error: str | None = None
+    retry_after: float | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def detail(self, batch: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "batch": batch,
+                               "ms": round(self.seconds * 1000, 1)}
+        if self.error:
+            out["error"] = self.error
+        if self.retry_after is not None:
+            out["retryAfter"] = self.retry_after
+        return out
+
+
+def token_body(rows) -> dict:
+    """Reteno's body for registrations (objects with the ledger's columns)."""
+    tokens = []
+    for row in rows:
+        item: dict[str, Any] = {"token": row.token}
+        if row.contact_id is not None:
+            item["contactId"] = int(row.contact_id)
+        if row.external_customer_id is not None:
+            item["externalCustomerId"] = row.external_customer_id
+        if row.phone is not None:
+            item["phone"] = row.phone
+        if row.email is not None:
+            item["email"] = row.email
+        tokens.append(item)
+    return {"tokens": tokens}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, min(float(value), 3600.0))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), 3600.0))
+
+
+def _message(response: requests.Response) -> str:
+    """Reteno's error message, short; never echoes our credentials."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if isinstance(body, dict):
+        body = body.get("message") or body.get("error") or body
+    text = body if isinstance(body, str) else str(body)
+    text = " ".join(text.split())[:300]
+    return f"{response.status_code} {response.reason or ''}: {text}".strip()
+
+
+class RetenoClient:
+    def __init__(self, settings, session: requests.Session | None = None,
+                 timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)):
+        self.url = settings.tokens_url
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.session.headers["Accept"] = "application/json"
+        if settings.auth == "basic":
+            self.session.auth = ("bridge", settings.api_key)
+        else:
+            self.session.headers["X-Reteno-Access-Key"] = settings.api_key
+
+    def add_tokens(self, rows) -> CallResult:
+        body = token_body(rows)
+        started = time.perf_counter()
+        try:
+            response = self.session.post(self.url, json=body, timeout=self.timeout)
+        except requests.Timeout:
+            return CallResult(RETRY, None, "timed out", seconds=time.perf_counter() - started)
+        except requests.ConnectionError as exc:
+            kind = type(exc).__name__
+            return CallResult(RETRY, None, f"connection failed ({kind})",
+                              seconds=time.perf_counter() - started)
+        except requests.RequestException as exc:
+            return CallResult(RETRY, None, f"request failed ({type(exc).__name__})",
+                              seconds=time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        status = response.status_code
+        if 200 <= status < 300:
+            return CallResult(DELIVERED, status, seconds=seconds)
+        message = _message(response)
+        if status == 429 or status >= 500 or status == 408:
+            return CallResult(RETRY, status, message,
+                              parse_retry_after(response.headers.get("Retry-After")), seconds)
+        if status in (401, 403, 404):
+            return CallResult(PAUSE, status, message, seconds=seconds)
+        return CallResult(REJECT, status, message, seconds=seconds)
+
+
+class WSGITransport(BaseAdapter):
+    """A requests adapter that calls a WSGI app in-process (the mounted simulator)."""
+
+    def __init__(self, wsgi_app):
+        super().__init__()
+        self.wsgi_app = wsgi_app
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        from urllib.parse import urlsplit
+
+        from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+        parts = urlsplit(request.url)
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        builder = EnvironBuilder(
+            path=parts.path,
+            query_string=parts.query,
+            method=request.method,
+            headers=dict(request.headers),
+            data=body,
+            base_url=f"{parts.scheme}://{parts.netloc}",
+        )
+        try:
+            environ = builder.get_environ()
+        finally:
+            builder.close()
+        app_iter, status, headers = run_wsgi_app(self.wsgi_app, environ, buffered=True)
+        try:
+            content = b"".join(app_iter)
+        finally:
+            if hasattr(app_iter, "close"):
+                app_iter.close()
+        response = requests.Response()
+        response.status_code = int(status.split(" ", 1)[0])
+        response.reason = status.split(" ", 1)[1] if " " in status else ""
+        response.headers = CaseInsensitiveDict(headers.items())
+        response.raw = io.BytesIO(content)
+        response._content = content
+        response.url = request.url
+        response.request = request
+        response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+        return response
+
+    def close(self):
+        pass

@@ -1,0 +1,819 @@
+"""The built-in Reteno API simulator ("sandbox").
+
+This module owns an in-memory imitation of the one Reteno call the bridge makes,
+``POST /api/v1/apps/{app_uuid}/tokens``, together with everything needed to
+exercise a client against it without a Reteno account:
+
+* the same request validation, error codes and error bodies as the real API,
+  both auth schemes (``X-Reteno-Access-Key`` header or HTTP Basic), and
+  Reteno's contact matching (contactId -> externalCustomerId -> phone -> email,
+  tokens appended, never updated, so duplicates pile up exactly as upstream);
+* a global requests-per-second limit (429 beyond it) and fault injection
+  (500, 503, 429 with and without ``Retry-After``, a slow answer that outlasts
+  the client's read timeout, and a dropped connection), plus added latency;
+* a "block" action that removes a token the way Reteno does after a FAILED
+  ``403 Forbidden: bot was blocked by the user`` delivery and emits the matching
+  status event to a callback or to a webhook URL (the bridge's ``/statuses``);
+* a small HTML page, JSON inspection endpoints, a Flask blueprint that can be
+  mounted in any app, a standalone app and a command line entry point
+  (``python -m bridge.sandbox --port 8025``).
+
+State lives in memory only (no database) and is guarded by one lock; nothing
+sleeps or performs HTTP while holding it. It imports nothing from the rest of
+the ``bridge`` package. API keys, passwords, e-mail addresses and phone numbers
+are never logged.
+"""
+
+import argparse
+import base64
+import binascii
+import copy
+import hmac
+import html
+import json
+import logging
+import math
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from flask import Blueprint, Flask, Response, redirect, request, url_for
+
+log = logging.getLogger(__name__)
+
+#: Status returned by :meth:`Simulator.add_tokens` when the connection must be dropped.
+DROP_CONNECTION = 0
+
+#: Every fault kind the simulator knows how to inject.
+FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "429-retry-after", "timeout", "drop")
+
+#: Response header set on the fallback answer when a "drop" cannot close a socket
+#: (e.g. the request came through an in-process WSGI transport or a test client).
+DROP_FALLBACK_HEADER = "X-Sandbox-Fault"
+
+ACCESS_KEY_HEADER = "X-Reteno-Access-Key"
+AUTH_SCHEMES = ("header", "basic")
+IDENTIFIERS = ("contactId", "externalCustomerId", "phone", "email")
+DEFAULT_BLOCK_REASON = "Forbidden: bot was blocked by the user"
+WEBHOOK_TIMEOUT = 5.0
+
+_UUID_HEX_GROUPS = (8, 4, 4, 4, 12)
+_FORM_MIMETYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@dataclass
+class SimulatorOptions:
+    """Behaviour of a :class:`Simulator` (see the module docstring)."""
+
+    app_uuid: str | None = None  # None: accept any app uuid
+    api_key: str | None = None  # None: accept any non-empty key
+    auth: str = "header"  # "header" | "basic"
+    rps: float = 200.0  # global requests-per-second limit; 0 = unlimited
+    latency_ms: float = 0.0  # added to every tokens call
+    failure_rate: float = 0.0  # 0..1 share of tokens calls that fail before processing
+    failures: tuple[str, ...] = FAULT_KINDS  # the mix a fault is chosen from, uniformly
+    timeout_seconds: float = 12.0  # how long a "timeout" fault sleeps before its 504
+    seed: int | None = None
+    webhook_url: str | None = None  # where status events are POSTed (the bridge's /statuses)
+    webhook_username: str | None = None
+    webhook_password: str | None = None
+    webhook_bearer: str | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` if a setting is out of range."""
+        if self.auth not in AUTH_SCHEMES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_SCHEMES)}, not {self.auth!r}")
+        if not (self.rps >= 0 and math.isfinite(self.rps)):
+            raise ValueError("rps must be a finite number >= 0")
+        if not (self.latency_ms >= 0 and math.isfinite(self.latency_ms)):
+            raise ValueError("latency_ms must be a finite number >= 0")
+        if not 0.0 <= self.failure_rate <= 1.0:
+            raise ValueError("failure_rate must be between 0 and 1")
+        if not (self.timeout_seconds >= 0 and math.isfinite(self.timeout_seconds)):
+            raise ValueError("timeout_seconds must be a finite number >= 0")
+        unknown = [kind for kind in self.failures if kind not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(
+                f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}"
+            )
+        if self.failure_rate > 0 and not self.failures:
+            raise ValueError("failure_rate > 0 needs at least one fault kind in failures")
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"status": status, "message": message}
+
+
+def _looks_like_uuid(value: str) -> bool:
+    groups = value.split("-")
+    if len(groups) != len(_UUID_HEX_GROUPS):
+        return False
+    hexdigits = set("0123456789abcdefABCDEF")
+    return all(
+        len(group) == size and set(group) <= hexdigits
+        for group, size in zip(groups, _UUID_HEX_GROUPS, strict=True)
+    )
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _redact_url(url: str | None) -> str | None:
+    """The URL without user-info and query string (those may carry secrets)."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return "<unparseable url>"
+
+
+class _Headers:
+    """Case-insensitive read access to a mapping of request headers."""
+
+    def __init__(self, headers: Mapping[str, str] | None):
+        self._values = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+
+    def get(self, name: str) -> str | None:
+        return self._values.get(name.lower())
+
+
+class Simulator:
+    """In-memory Reteno: contacts, tokens, counters, faults and status events.
+
+    ``status_sink`` is an optional ``callable(list_of_event_dicts)`` that receives
+    status events instead of ``options.webhook_url``. ``clock`` (seconds, monotonic)
+    and ``sleep`` can be injected to make rate limiting and delays deterministic.
+    """
+
+    def __init__(
+        self,
+        options: SimulatorOptions | None = None,
+        status_sink: Callable[[list[dict[str, Any]]], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        options = replace(options) if options is not None else SimulatorOptions()
+        options.failures = tuple(options.failures)
+        options.validate()
+        self.options = options
+        self.status_sink = status_sink
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._reset_state()
+
+    # ----------------------------------------------------------------- state
+
+    def _reset_state(self) -> None:
+        self._rng = random.Random(self.options.seed)
+        self._contacts: list[dict[str, Any]] = []
+        self._next_contact_id = 1
+        self._next_message_id = 1
+        self._window: deque[float] = deque()
+        self._received: dict[str, int] = {}
+        self._counters = {
+            "requests": 0,
+            "accepted_requests": 0,
+            "tokens_received": 0,
+            "rate_limited": 0,
+            "unauthorized": 0,
+            "rejected": 0,
+            "blocked": 0,
+        }
+        self._faults = {kind: 0 for kind in FAULT_KINDS}
+
+    def reset(self) -> None:
+        """Forget every contact, token and counter (options are kept)."""
+        with self._lock:
+            self._reset_state()
+
+    def configure(self, **changes: Any) -> SimulatorOptions:
+        """Change options at run time (validated); returns the new options."""
+        known = {f.name for f in fields(SimulatorOptions)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
+        if "failures" in changes:
+            changes["failures"] = tuple(changes["failures"])
+        with self._lock:
+            options = replace(self.options, **changes)
+            options.validate()
+            if options.seed != self.options.seed:
+                self._rng = random.Random(options.seed)
+            self.options = options
+            return options
+
+    # ------------------------------------------------------------ inspection
+
+    def contacts(self) -> list[dict[str, Any]]:
+        """Every contact, as ``{"id", "contactId", "externalCustomerId", "phone", "email",
+        "tokens"}`` (copies)."""
+        with self._lock:
+            return copy.deepcopy(self._contacts)
+
+    def find_by_token(self, token: str) -> list[dict[str, Any]]:
+        """The contacts holding ``token``."""
+        with self._lock:
+            return [copy.deepcopy(c) for c in self._contacts if token in c["tokens"]]
+
+    def received_counts(self) -> dict[str, int]:
+        """Token -> how many times it arrived in accepted calls."""
+        with self._lock:
+            return dict(self._received)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return self._stats_locked()
+
+    def _stats_locked(self) -> dict[str, Any]:
+        counters = self._counters
+        return {
+            "requests": counters["requests"],
+            "accepted_requests": counters["accepted_requests"],
+            "tokens_received": counters["tokens_received"],
+            "distinct_tokens": len(self._received),
+            "duplicate_tokens": sum(1 for n in self._received.values() if n > 1),
+            "rate_limited": counters["rate_limited"],
+            "faults": dict(self._faults),
+            "contacts": len(self._contacts),
+            "unauthorized": counters["unauthorized"],
+            "rejected": counters["rejected"],
+            "blocked": counters["blocked"],
+        }
+
+    # ------------------------------------------------------------- the call
+
+    def add_tokens(
+        self, app_uuid: str, headers: Mapping[str, str] | None, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Handle one ``POST /api/v1/apps/{app_uuid}/tokens``.
+
+        ``headers`` are the request headers (any mapping; looked up case-insensitively),
+        ``body`` is the raw body (``bytes``/``str``) or already decoded JSON. Returns
+        ``(status, json_payload, response_headers)``; status :data:`DROP_CONNECTION`
+        means the caller must close the connection without answering.
+        """
+        with self._lock:
+            self._counters["requests"] += 1
+            options = self.options
+
+        problem = self._check_auth(options, _Headers(headers))
+        if problem is not None:
+            with self._lock:
+                self._counters["unauthorized"] += 1
+            return problem
+
+        with self._lock:
+            retry_in = self._admit_locked(options)
+            if retry_in is not None:
+                self._counters["rate_limited"] += 1
+            fault = None
+            if retry_in is None and options.failure_rate > 0:
+                if self._rng.random() < options.failure_rate:
+                    fault = self._rng.choice(options.failures)
+                    self._faults[fault] += 1
+        if retry_in is not None:
+            seconds = max(1, math.ceil(retry_in))
+            return 429, _error(429, "Too many requests"), {"Retry-After": str(seconds)}
+        if fault is not None:
+            log.info("sandbox: injecting fault %s", fault)
+            return self._fault_answer(fault, options)
+
+        if options.latency_ms > 0:
+            self._sleep(options.latency_ms / 1000.0)
+
+        problem = self._check_app(options, app_uuid)
+        if problem is None:
+            items, problem = self._parse_body(body)
+        if problem is not None:
+            with self._lock:
+                self._counters["rejected"] += 1
+            return problem
+
+        with self._lock:
+            for item in items:
+                self._store_locked(item)
+            self._counters["accepted_requests"] += 1
+            self._counters["tokens_received"] += len(items)
+        return 200, "OK", {}
+
+    @staticmethod
+    def _check_auth(options: SimulatorOptions, headers: _Headers) -> tuple | None:
+        if options.auth == "basic":
+            given = None
+            value = headers.get("Authorization") or ""
+            scheme, _, encoded = value.strip().partition(" ")
+            if scheme.lower() == "basic" and encoded.strip():
+                try:
+                    decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError):
+                    decoded = ""
+                _, sep, password = decoded.partition(":")
+                given = password if sep else None
+            challenge = {"WWW-Authenticate": 'Basic realm="Reteno sandbox"'}
+        else:
+            given = headers.get(ACCESS_KEY_HEADER)
+            challenge = {}
+        if not given:
+            return 401, _error(401, "Access key is missing"), challenge
+        if options.api_key is not None and not _same_secret(given, options.api_key):
+            return 401, _error(401, "Invalid access key"), challenge
+        return None
+
+    def _admit_locked(self, options: SimulatorOptions) -> float | None:
+        """Sliding-window rate limit; None if admitted, else seconds until a slot frees."""
+        if options.rps <= 0:
+            return None
+        window = max(1.0, 1.0 / options.rps)
+        capacity = max(1, int(options.rps * window + 1e-9))
+        now = self._clock()
+        while self._window and self._window[0] <= now - window:
+            self._window.popleft()
+        if len(self._window) >= capacity:
+            return self._window[0] + window - now
+        self._window.append(now)
+        return None
+
+    def _fault_answer(self, fault: str, options: SimulatorOptions) -> tuple:
+        if fault == "500":
+            return 500, _error(500, "Internal server error (injected fault)"), {}
+        if fault == "503":
+            return 503, _error(503, "Service unavailable (injected fault)"), {}
+        if fault == "429":
+            return 429, _error(429, "Too many requests (injected fault)"), {}
+        if fault == "429-retry-after":
+            return 429, _error(429, "Too many requests (injected fault)"), {"Retry-After": "1"}
+        if fault == "timeout":
+            self._sleep(options.timeout_seconds)
+            return 504, _error(504, "Gateway timeout (injected fault)"), {}
+        return DROP_CONNECTION, None, {}
+
+    @staticmethod
+    def _check_app(options: SimulatorOptions, app_uuid: str) -> tuple | None:
+        if options.app_uuid is None and app_uuid:
+            return None
+        if options.app_uuid is not None and app_uuid == options.app_uuid:
+            return None
+        if not _looks_like_uuid(app_uuid or ""):
+            return 400, _error(400, "Wrong app uuid"), {}
+        return 404, _error(404, "Not registered application"), {}
+
+    @staticmethod
+    def _parse_body(body: Any) -> tuple[list[dict[str, Any]], tuple | None]:
+        if isinstance(body, bytes | bytearray):
+            try:
+                body = body.decode("utf-8")
+            except UnicodeDecodeError:
+                return [], (400, _error(400, "Request body must be UTF-8 JSON"), {})
+        if isinstance(body, str):
+            if not body.strip():
+                return [], (400, _error(400, "Tokens must be specified"), {})
+            try:
+                body = json.loads(body)
+            except ValueError:
+                return [], (400, _error(400, "Malformed JSON body"), {})
+        if not isinstance(body, dict):
+            return [], (400, _error(400, "Request body must be a JSON object"), {})
+        tokens = body.get("tokens")
+        if tokens is None or tokens == []:
+            return [], (400, _error(400, "Tokens must be specified"), {})
+        if not isinstance(tokens, list):
+            return [], (400, _error(400, "tokens must be an array"), {})
+        items = []
+        for index, raw in enumerate(tokens):
+            item, message = _parse_token_object(raw)
+            if message is not None:
+                return [], (400, _error(400, f"tokens[{index}]: {message}"), {})
+            items.append(item)
+        return items, None
+
+    def _store_locked(self, item: dict[str, Any]) -> None:
+        token = item["token"]
+        contact = None
+        for key in IDENTIFIERS:
+            value = item.get(key)
+            if value is None:
+                continue
+            contact = next((c for c in self._contacts if _matches(c, key, value)), None)
+            if contact is not None:
+                break
+        if contact is None:
+            contact = {"id": self._next_contact_id}
+            contact.update({key: item.get(key) for key in IDENTIFIERS})
+            contact["tokens"] = []
+            self._next_contact_id += 1
+            self._contacts.append(contact)
+        contact["tokens"].append(token)
+        self._received[token] = self._received.get(token, 0) + 1
+
+    # ----------------------------------------------------------------- block
+
+    def block(self, token: str, reason: str = DEFAULT_BLOCK_REASON) -> list[dict[str, Any]]:
+        """Remove ``token`` from every contact (as Reteno does on FAILED Forbidden).
+
+        Emits one status event per contact that held it, to ``status_sink`` or
+        ``options.webhook_url``, and returns the events ([] for an unknown token).
+        """
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        events: list[dict[str, Any]] = []
+        with self._lock:
+            options = self.options
+            for contact in self._contacts:
+                if token not in contact["tokens"]:
+                    continue
+                contact["tokens"] = [t for t in contact["tokens"] if t != token]
+                event: dict[str, Any] = {
+                    "status": "FAILED",
+                    "error": reason,
+                    "token": token,
+                    "activityStatus": "UNDELIVERED",
+                    "statusDescription": f"403: {reason}",
+                    "mediaType": "telegrambot",
+                }
+                for key in ("contactId", "externalCustomerId", "email"):
+                    if contact.get(key) is not None:
+                        event[key] = contact[key]
+                event["activityDateTime"] = stamp
+                event["messageId"] = self._next_message_id
+                self._next_message_id += 1
+                events.append(event)
+            if events:
+                self._counters["blocked"] += 1
+        if not events:
+            return []
+        log.info("sandbox: blocked token %s (%d status event(s))", token, len(events))
+        self._emit(events, options)
+        return events
+
+    def _emit(self, events: list[dict[str, Any]], options: SimulatorOptions) -> None:
+        if self.status_sink is not None:
+            try:
+                self.status_sink(copy.deepcopy(events))
+            except Exception:
+                log.exception("sandbox: status sink failed")
+            return
+        if not options.webhook_url:
+            return
+        target = _redact_url(options.webhook_url)
+        kwargs: dict[str, Any] = {"json": events, "timeout": WEBHOOK_TIMEOUT}
+        if options.webhook_username:
+            kwargs["auth"] = (options.webhook_username, options.webhook_password or "")
+        elif options.webhook_bearer:
+            kwargs["headers"] = {"Authorization": f"Bearer {options.webhook_bearer}"}
+        try:
+            response = requests.post(options.webhook_url, **kwargs)
+        except requests.RequestException as exc:
+            log.warning("sandbox: status webhook %s failed: %s", target, type(exc).__name__)
+            return
+        with response:
+            if response.status_code >= 300:
+                log.warning("sandbox: status webhook %s answered %s", target, response.status_code)
+
+
+def _matches(contact: dict[str, Any], key: str, value: Any) -> bool:
+    current = contact.get(key)
+    if current is None:
+        return False
+    if key == "email":
+        return str(current).casefold() == str(value).casefold()
+    return current == value
+
+
+def _parse_token_object(raw: Any) -> tuple[dict[str, Any], str | None]:
+    if not isinstance(raw, dict):
+        return {}, "must be an object"
+    token = raw.get("token")
+    if token is None:
+        return {}, "token is required"
+    if not isinstance(token, str) or not token.strip():
+        return {}, "token must be a non-empty string"
+    item: dict[str, Any] = {"token": token}
+    contact_id = raw.get("contactId")
+    if contact_id is not None:
+        if isinstance(contact_id, bool) or not isinstance(contact_id, int):
+            return {}, "contactId must be an integer"
+        item["contactId"] = contact_id
+    for key in ("externalCustomerId", "phone", "email"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            return {}, f"{key} must be a non-empty string"
+        item[key] = value
+    if not any(key in item for key in IDENTIFIERS):
+        return {}, "at least one identifier is required"
+    return item, None
+
+
+# ------------------------------------------------------------------- web layer
+
+
+def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(payload, ensure_ascii=False),
+        status=status,
+        mimetype="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+def _drop_connection(environ: Mapping[str, Any]) -> bool:
+    """Shut the client socket down so no HTTP answer reaches it; False if impossible."""
+    for key in ("werkzeug.socket", "gunicorn.socket"):
+        sock = environ.get(key)
+        if isinstance(sock, socket.socket):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                return False
+            return True
+    return False
+
+
+def _is_form_post() -> bool:
+    if request.mimetype not in _FORM_MIMETYPES:
+        return False
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best != "application/json"
+
+
+_PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+table { border-collapse: collapse; margin-top: 1rem; }
+th, td { border: 1px solid #ccc; padding: .35rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+.token { display: flex; gap: .5rem; align-items: center; margin: .15rem 0; }
+.stats, .settings { color: #555; }
+.notice { background: #eef6ff; border: 1px solid #9cc3ef; padding: .5rem .8rem; }
+code { background: #f6f6f6; padding: 0 .2rem; }
+"""
+
+
+def _render_page(simulator: Simulator) -> str:
+    esc = html.escape
+    contacts = simulator.contacts()
+    stats = simulator.stats()
+    options = simulator.options
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>Reteno sandbox</title>",
+        f"<style>{_PAGE_STYLE}</style></head><body>",
+        "<h1>Reteno sandbox</h1>",
+    ]
+    notice = _page_notice()
+    if notice:
+        parts.append(f'<p class="notice">{esc(notice)}</p>')
+    settings = (
+        f"app uuid: {options.app_uuid or 'any'} · auth: {options.auth} · "
+        f"api key: {'set' if options.api_key else 'any'} · rps: {options.rps:g} · "
+        f"latency: {options.latency_ms:g} ms · failure rate: {options.failure_rate:g} "
+        f"({', '.join(options.failures) or 'none'})"
+    )
+    parts.append(f'<p class="settings">{esc(settings)}</p>')
+    faults = ", ".join(f"{kind}: {n}" for kind, n in stats["faults"].items() if n)
+    line = (
+        f"requests: {stats['requests']} · accepted: {stats['accepted_requests']} · "
+        f"tokens received: {stats['tokens_received']} · distinct: {stats['distinct_tokens']} · "
+        f"duplicated: {stats['duplicate_tokens']} · rate limited: {stats['rate_limited']} · "
+        f"faults: {faults or 'none'} · contacts: {stats['contacts']}"
+    )
+    parts.append(f'<p class="stats">{esc(line)}</p>')
+    reset_url = url_for(".reset")
+    parts.append(
+        f'<form method="post" action="{esc(reset_url)}">'
+        '<input type="hidden" name="from" value="page">'
+        '<button type="submit">Reset sandbox</button></form>'
+    )
+    if not contacts:
+        parts.append("<p>No contacts yet.</p>")
+    else:
+        parts.append(
+            "<table><thead><tr><th>#</th><th>contactId</th><th>externalCustomerId</th>"
+            "<th>phone</th><th>email</th><th>tokens</th></tr></thead><tbody>"
+        )
+        for contact in contacts:
+            cells = [str(contact["id"])]
+            for key in IDENTIFIERS:
+                value = contact.get(key)
+                cells.append("" if value is None else str(value))
+            row = "".join(f"<td>{esc(cell)}</td>" for cell in cells)
+            token_html = []
+            counts: dict[str, int] = {}
+            for token in contact["tokens"]:
+                counts[token] = counts.get(token, 0) + 1
+            for token, count in counts.items():
+                action = url_for(".block_token", token=token)
+                times = f" ×{count}" if count > 1 else ""
+                token_html.append(
+                    f'<form class="token" method="post" action="{esc(action)}">'
+                    f"<code>{esc(token)}</code>{esc(times)}"
+                    '<input type="hidden" name="from" value="page">'
+                    '<button type="submit">Block (send FAILED Forbidden)</button></form>'
+                )
+            parts.append(f"<tr>{row}<td>{''.join(token_html) or '—'}</td></tr>")
+        parts.append("</tbody></table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _page_notice() -> str | None:
+    args = request.args
+    if args.get("blocked") is not None:
+        return f"Blocked token {args['blocked']}: {args.get('events', '0')} status event(s) sent."
+    if args.get("unknown") is not None:
+        return f"Token {args['unknown']} is not held by any contact."
+    if args.get("reset") is not None:
+        return "Sandbox state cleared."
+    return None
+
+
+def create_blueprint(simulator: Simulator) -> Blueprint:
+    """The simulator's routes, relative to wherever the blueprint is mounted."""
+    bp = Blueprint("reteno_sandbox", __name__)
+
+    @bp.post("/api/v1/apps/<app_uuid>/tokens")
+    def tokens(app_uuid: str) -> Response:
+        status, payload, headers = simulator.add_tokens(
+            app_uuid, request.headers, request.get_data(cache=False)
+        )
+        if status == DROP_CONNECTION:
+            if _drop_connection(request.environ):
+                return Response(b"", status=500)
+            log.warning("sandbox: cannot drop this connection; answering 502 instead")
+            return _json(
+                _error(502, "Connection dropped (injected fault)"),
+                502,
+                {DROP_FALLBACK_HEADER: "drop"},
+            )
+        return _json(payload, status, headers)
+
+    @bp.get("/contacts")
+    def contacts() -> Response:
+        token = request.args.get("token")
+        found = simulator.contacts() if token is None else simulator.find_by_token(token)
+        return _json({"contacts": found, "stats": simulator.stats()})
+
+    @bp.get("/stats")
+    def stats() -> Response:
+        return _json(simulator.stats())
+
+    @bp.post("/reset")
+    def reset() -> Response:
+        simulator.reset()
+        if _is_form_post():
+            return redirect(url_for(".index", reset=1), code=303)
+        return _json({"status": "reset"})
+
+    @bp.post("/block/<path:token>")
+    def block_token(token: str) -> Response:
+        events = simulator.block(token)
+        if _is_form_post():
+            if events:
+                target = url_for(".index", blocked=token, events=len(events))
+            else:
+                target = url_for(".index", unknown=token)
+            return redirect(target, code=303)
+        if not events:
+            return _json(_error(404, f"Token {token} is not held by any contact"), 404)
+        return _json({"token": token, "events": events})
+
+    @bp.get("/")
+    def index() -> Response:
+        return Response(_render_page(simulator), mimetype="text/html")
+
+    return bp
+
+
+def create_app(
+    options: SimulatorOptions | None = None, simulator: Simulator | None = None
+) -> Flask:
+    """A standalone app serving the simulator at ``/``.
+
+    The simulator is available as ``app.extensions["reteno_sandbox"]``.
+    """
+    if simulator is None:
+        simulator = Simulator(options)
+    elif options is not None:
+        raise ValueError("pass either options or a simulator, not both")
+    app = Flask(__name__)
+    app.extensions["reteno_sandbox"] = simulator
+    app.register_blueprint(create_blueprint(simulator))
+    return app
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    defaults = SimulatorOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m bridge.sandbox", description="Run the Reteno API simulator."
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    add("--port", type=int, default=8025, help="port to listen on (default 8025)")
+    add("--app-uuid", default=None, help="the only app uuid accepted (default: any)")
+    add("--api-key", default=None, help="the access key required (default: any non-empty)")
+    add("--auth", choices=AUTH_SCHEMES, default=defaults.auth, help="auth scheme")
+    add("--rps", type=float, default=defaults.rps, help="requests per second (0: unlimited)")
+    add("--latency-ms", type=float, default=defaults.latency_ms, help="added latency")
+    add("--failure-rate", type=float, default=defaults.failure_rate, help="0..1")
+    add(
+        "--failures",
+        default=",".join(defaults.failures),
+        help=f"comma-separated fault kinds out of {','.join(FAULT_KINDS)}",
+    )
+    add("--timeout-seconds", type=float, default=defaults.timeout_seconds)
+    add("--seed", type=int, default=None)
+    add("--webhook-url", default=None, help="where to POST status events")
+    add("--webhook-username", default=None)
+    add("--webhook-password", default=None)
+    add("--webhook-bearer", default=None)
+    return parser
+
+
+def _options_from_args(args: argparse.Namespace) -> SimulatorOptions:
+    return SimulatorOptions(
+        app_uuid=args.app_uuid,
+        api_key=args.api_key,
+        auth=args.auth,
+        rps=args.rps,
+        latency_ms=args.latency_ms,
+        failure_rate=args.failure_rate,
+        failures=tuple(kind.strip() for kind in args.failures.split(",") if kind.strip()),
+        timeout_seconds=args.timeout_seconds,
+        seed=args.seed,
+        webhook_url=args.webhook_url,
+        webhook_username=args.webhook_username,
+        webhook_password=args.webhook_password,
+        webhook_bearer=args.webhook_bearer,
+    )
+
+
+def _describe(host: str, port: int, options: SimulatorOptions) -> str:
+    """One line with the address and settings; secrets only as set/unset."""
+    shown_host = f"[{host}]" if ":" in host else host
+    webhook = "none"
+    if options.webhook_url:
+        if options.webhook_username:
+            auth = "basic"
+        elif options.webhook_bearer:
+            auth = "bearer"
+        else:
+            auth = "no auth"
+        webhook = f"{_redact_url(options.webhook_url)} ({auth})"
+    settings: Iterable[str] = (
+        f"app_uuid={options.app_uuid or 'any'}",
+        f"auth={options.auth}",
+        f"api_key={'set' if options.api_key else 'any'}",
+        f"rps={options.rps:g}",
+        f"latency_ms={options.latency_ms:g}",
+        f"failure_rate={options.failure_rate:g}",
+        f"failures={','.join(options.failures) or 'none'}",
+        f"timeout_seconds={options.timeout_seconds:g}",
+        f"seed={options.seed}",
+        f"webhook={webhook}",
+    )
+    return f"Reteno sandbox listening on http://{shown_host}:{port}/ ({' '.join(settings)})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point: ``python -m bridge.sandbox --port 8025``."""
+    from werkzeug.serving import make_server
+
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = _options_from_args(args)
+        options.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = make_server(args.host, args.port, create_app(options), threaded=True)
+    print(_describe(args.host, server.server_port, options), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

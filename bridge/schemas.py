@@ -1,0 +1,342 @@
+"""marshmallow schemas: what the bridge accepts and what it answers.
+
+Owns the identifier rules (a Telegram chat id as the token; contactId,
+externalCustomerId, phone, email and their normal forms; at least one
+identifier; Reteno's priority contactId → externalCustomerId → phone → email)
+and the shape of every response. The views parse with these schemas and dump
+with them, and ``/openapi.json`` is generated from them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
+
+from .models import IDENTIFIERS, STATES
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+MAX_BATCH = 1000
+
+_TOKEN = re.compile(r"^-?[0-9]{1,19}$")
+_PHONE = re.compile(r"^\+?[0-9 ()\-]+$")
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --- normalisers, shared by the request schemas and the ledger queries -----
+
+
+def normalize_token(value: Any) -> str:
+    """A Telegram chat id, as a canonical decimal string."""
+    if isinstance(value, bool):
+        raise ValidationError("Must be a Telegram chat id: an integer or a string of digits.")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and _TOKEN.match(value.strip()):
+        number = int(value.strip())
+    else:
+        raise ValidationError("Must be a Telegram chat id: an integer or a string of digits.")
+    if not INT64_MIN <= number <= INT64_MAX or number == 0:
+        raise ValidationError("Must be a non-zero chat id within a signed 64-bit integer.")
+    return str(number)
+
+
+def normalize_contact_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        else:
+            raise ValidationError("Must be a positive integer.")
+    if not 1 <= value <= INT64_MAX:
+        raise ValidationError("Must be a positive integer within a signed 64-bit integer.")
+    return value
+
+
+def normalize_external_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("Not a valid string.")
+    value = value.strip()
+    if not value:
+        raise ValidationError("Must not be empty.")
+    if len(value) > 255:
+        raise ValidationError("Must be at most 255 characters.")
+    if _CONTROL.search(value):
+        raise ValidationError("Must not contain control characters.")
+    return value
+
+
+def normalize_phone(value: Any) -> str:
+    """The digits alone, as Reteno stores them (``380956490955``)."""
+    if not isinstance(value, str):
+        raise ValidationError("Not a valid string.")
+    text = value.strip()
+    if not _PHONE.match(text) or "+" in text[1:]:
+        raise ValidationError(
+            "Must be digits with an optional leading +; spaces, dashes and parentheses allowed."
+        )
+    digits = re.sub(r"[^0-9]", "", text)
+    if not 7 <= len(digits) <= 15:
+        raise ValidationError("Must have 7 to 15 digits.")
+    return digits
+
+
+def normalize_email(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("Not a valid string.")
+    text = value.strip().lower()
+    if len(text) > 254 or not _EMAIL.match(text) or len(text.split("@", 1)[0]) > 64:
+        raise ValidationError("Not a valid email address.")
+    return text
+
+
+NORMALIZERS = {
+    "contactId": normalize_contact_id,
+    "externalCustomerId": normalize_external_id,
+    "phone": normalize_phone,
+    "email": normalize_email,
+}
+
+
+class Normalized(fields.Field):
+    """A field whose value goes through one of the normalisers above."""
+
+    def __init__(self, normalizer, *, openapi: dict | None = None, **kwargs):
+        kwargs.setdefault("metadata", {}).update(openapi or {})
+        super().__init__(**kwargs)
+        self.normalizer = normalizer
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return self.normalizer(value)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value
+
+
+def token_field(**kwargs) -> Normalized:
+    return Normalized(
+        normalize_token,
+        openapi={
+            "type": ["integer", "string"],
+            "pattern": "^-?[0-9]{1,19}$",
+            "description": "Telegram chat id; forwarded to Reteno as a string.",
+            "example": "123456789",
+        },
+        **kwargs,
+    )
+
+
+def identifier_fields(required: bool = False) -> dict[str, fields.Field]:
+    return {
+        "contactId": Normalized(
+            normalize_contact_id,
+            openapi={"type": "integer", "format": "int64", "minimum": 1},
+        ),
+        "externalCustomerId": Normalized(
+            normalize_external_id, openapi={"type": "string", "minLength": 1, "maxLength": 255}
+        ),
+        "phone": Normalized(
+            normalize_phone,
+            openapi={
+                "type": "string",
+                "example": "+380 (95) 649-09-55",
+                "description": "7-15 digits; stored and forwarded as the digits alone.",
+            },
+        ),
+        "email": Normalized(
+            normalize_email,
+            openapi={"type": "string", "format": "email", "description": "Trimmed, lower-cased."},
+        ),
+    }
+
+
+def matched_by(item: dict) -> tuple[str, str]:
+    """The highest-priority identifier present, and its value as text."""
+    for api_name, _column in IDENTIFIERS:
+        if item.get(api_name) is not None:
+            return api_name, str(item[api_name])
+    raise ValidationError("At least one identifier is required.")
+
+
+# --- POST /register ----------------------------------------------------------
+
+
+class TokenSchema(Schema):
+    """One token object of ``POST /register``."""
+
+    class Meta:
+        unknown = RAISE
+
+    token = token_field(required=True)
+    contactId = identifier_fields()["contactId"]
+    externalCustomerId = identifier_fields()["externalCustomerId"]
+    phone = identifier_fields()["phone"]
+    email = identifier_fields()["email"]
+
+    @validates_schema
+    def _one_identifier(self, data, **kwargs):
+        if not any(data.get(name) is not None for name, _ in IDENTIFIERS):
+            raise ValidationError(
+                "At least one identifier is required: contactId, externalCustomerId, "
+                "phone or email.",
+                "identifiers",
+            )
+
+    @post_load
+    def _matched_by(self, data, **kwargs):
+        data["matchedBy"], data["matchValue"] = matched_by(data)
+        return data
+
+
+class BatchSchema(Schema):
+    """``{"tokens": [token objects]}``, 1 to 1000 of them."""
+
+    class Meta:
+        unknown = RAISE
+
+    tokens = fields.List(
+        fields.Nested(TokenSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_BATCH),
+    )
+
+    @pre_load
+    def _bound(self, data, **kwargs):
+        # Refuse oversize batches before validating every element.
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if isinstance(tokens, list) and len(tokens) > MAX_BATCH:
+            raise ValidationError(
+                f"Length must be between 1 and {MAX_BATCH}, got {len(tokens)}.", "tokens"
+            )
+        return data
+
+
+class RegistrationResultSchema(Schema):
+    id = fields.Integer()
+    token = fields.String()
+    matchedBy = fields.String()
+    state = fields.String(validate=validate.OneOf(STATES))
+    duplicate = fields.Boolean()
+
+
+class RegisterResponseSchema(Schema):
+    registrations = fields.List(fields.Nested(RegistrationResultSchema))
+
+
+# --- errors --------------------------------------------------------------------
+
+
+class ErrorSchema(Schema):
+    code = fields.Integer(metadata={"example": 422})
+    status = fields.String(metadata={"example": "Unprocessable Entity"})
+    message = fields.String()
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"example": {"tokens.0.email": ["Not a valid email address."]}},
+    )
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested messages as ``{"tokens.0.email": [...]}``."""
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            for path, msgs in flatten_errors(value, name).items():
+                out.setdefault(path, []).extend(msgs)
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        out[prefix or "_body"] = list(messages)
+    elif isinstance(messages, list):
+        for index, value in enumerate(messages):
+            name = f"{prefix}.{index}" if prefix else str(index)
+            for path, msgs in flatten_errors(value, name).items():
+                out.setdefault(path, []).extend(msgs)
+    else:
+        out[prefix or "_body"] = [str(messages)]
+    return out
+
+
+# --- reading the ledger ------------------------------------------------------
+
+
+class TokenQuerySchema(Schema):
+    """Filters of ``GET /tokens`` (identifiers normalised as ``/register`` does)."""
+
+    class Meta:
+        unknown = RAISE
+
+    token = token_field()
+    contactId = identifier_fields()["contactId"]
+    externalCustomerId = identifier_fields()["externalCustomerId"]
+    phone = identifier_fields()["phone"]
+    email = identifier_fields()["email"]
+    state = fields.String(validate=validate.OneOf(STATES))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = fields.String(validate=validate.Length(max=200))
+
+
+class RegistrationSchema(Schema):
+    """A registration as the read API shows it."""
+
+    id = fields.Integer()
+    token = fields.String()
+    contactId = fields.Integer(attribute="contact_id", allow_none=True)
+    externalCustomerId = fields.String(attribute="external_customer_id", allow_none=True)
+    phone = fields.String(allow_none=True)
+    email = fields.String(allow_none=True)
+    matchedBy = fields.String(attribute="matched_by")
+    state = fields.String()
+    attempts = fields.Integer()
+    lastError = fields.String(attribute="last_error", allow_none=True)
+    nextAttemptAt = fields.AwareDateTime(attribute="next_attempt_at", allow_none=True)
+    createdAt = fields.AwareDateTime(attribute="created_at")
+    deliveredAt = fields.AwareDateTime(attribute="delivered_at", allow_none=True)
+    removedAt = fields.AwareDateTime(attribute="removed_at", allow_none=True)
+    removalReason = fields.String(attribute="removal_reason", allow_none=True)
+
+
+class TokenPageSchema(Schema):
+    items = fields.List(fields.Nested(RegistrationSchema))
+    next = fields.String(allow_none=True)
+
+
+class EventSchema(Schema):
+    at = fields.AwareDateTime()
+    kind = fields.String()
+    detail = fields.Dict()
+    registrationId = fields.Integer(attribute="registration_id", allow_none=True)
+
+
+class HistorySchema(Schema):
+    token = fields.String()
+    events = fields.List(fields.Nested(EventSchema))
+
+
+class HealthSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.String(metadata={"example": "ok"})
+    sandbox = fields.Boolean()
+    database = fields.Dict()
+    outbox = fields.Dict()
+    deadLetters = fields.Integer()
+    delivery = fields.Dict()
+    lastUpstream = fields.Dict(allow_none=True)

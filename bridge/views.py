@@ -1,0 +1,117 @@
+"""The blueprint: every HTTP endpoint of the bridge, kept thin.
+
+Each view authenticates, parses with a schema from :mod:`bridge.schemas`,
+calls the ledger (or the status / Telegram handlers) and dumps with a schema.
+Errors of every kind leave as the one JSON shape of :mod:`bridge.http`.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, request
+from marshmallow import ValidationError
+
+from .http import APIError, json_body, register_error_handlers, require_bearer
+from .schemas import (
+    BatchSchema,
+    HistorySchema,
+    RegisterResponseSchema,
+    TokenPageSchema,
+    TokenQuerySchema,
+    TokenSchema,
+    flatten_errors,
+    normalize_token,
+)
+
+bp = Blueprint("bridge", __name__)
+register_error_handlers(bp)
+
+_token_schema = TokenSchema()
+_batch_schema = BatchSchema()
+_register_response = RegisterResponseSchema()
+_query_schema = TokenQuerySchema()
+_page_schema = TokenPageSchema()
+_history_schema = HistorySchema()
+
+
+def rt():
+    """The bridge runtime of the current app (see :mod:`bridge.extension`)."""
+    return current_app.extensions["reteno_bridge"]
+
+
+def invalid(exc: ValidationError, message: str = "The request is not valid.") -> APIError:
+    return APIError(422, message, flatten_errors(exc.messages))
+
+
+# --- POST /register ----------------------------------------------------------
+
+
+@bp.post("/register")
+def register():
+    bridge = rt()
+    require_bearer(bridge.settings.api_keys)
+    data = json_body(bridge.settings.max_body_bytes)
+    try:
+        if isinstance(data, dict) and "tokens" in data:
+            items = _batch_schema.load(data)["tokens"]
+        elif isinstance(data, dict):
+            items = [_token_schema.load(data)]
+        else:
+            raise ValidationError(
+                "Must be a token object or {\"tokens\": [token objects]}.", "_body"
+            )
+    except ValidationError as exc:
+        bridge.metrics.registrations.labels("invalid").inc()
+        raise invalid(exc, "The registration is not valid; nothing was stored.") from None
+    outcomes = bridge.ledger.register(items, source="api")
+    for outcome in outcomes:
+        bridge.metrics.registrations.labels("duplicate" if outcome.duplicate else "queued").inc()
+    return _register_response.dump({"registrations": outcomes}), 202
+
+
+# --- reading the ledger ---------------------------------------------------------
+
+
+@bp.get("/tokens")
+def tokens():
+    bridge = rt()
+    require_bearer(bridge.settings.api_keys)
+    try:
+        query = _query_schema.load(request.args.to_dict())
+    except ValidationError as exc:
+        raise invalid(exc, "The query is not valid.") from None
+    limit = query.pop("limit")
+    cursor = query.pop("cursor", None)
+    try:
+        rows, nxt = bridge.ledger.find(query, limit=limit, cursor=cursor)
+    except ValueError as exc:
+        raise APIError(422, "The query is not valid.", {"cursor": [str(exc)]}) from None
+    return _page_schema.dump({"items": rows, "next": nxt})
+
+
+@bp.get("/tokens/<token>/history")
+def history(token: str):
+    bridge = rt()
+    require_bearer(bridge.settings.api_keys)
+    try:
+        token = normalize_token(token)
+    except ValidationError as exc:
+        raise APIError(422, "Not a Telegram chat id.", {"token": exc.messages}) from None
+    return _history_schema.dump({"token": token, "events": bridge.ledger.history(token)})
+
+
+# --- operations ---------------------------------------------------------------------
+
+
+@bp.get("/healthz")
+def healthz():
+    bridge = rt()
+    body, ok = bridge.health()
+    if not ok:
+        raise APIError(503, body["message"], {"database": [body["message"]]})
+    return body
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(rt().metrics.render(), mimetype="text/plain",
+                    content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,155 @@
+"""The delivery worker: drains the outbox to Reteno.
+
+Owns the loop, not the states: it claims due registrations from the ledger
+in batches of ``BRIDGE_BATCH_SIZE``, makes one upstream call per batch and
+tells the ledger what happened. A batch Reteno refuses with a 4xx other than
+401/403/404 is split in halves until the offending token is alone; that one
+goes ``dead`` and the rest are delivered. It runs as a background thread of
+the served app (woken at once after a registration) and as
+``flask --app app bridge deliver``; both may run at the same time because
+claims are leased in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
+
+log = logging.getLogger("bridge.worker")
+
+
+class DeliveryWorker:
+    def __init__(self, ledger, client, batch_size: int, metrics=None):
+        self.ledger = ledger
+        self.client = client
+        self.batch_size = batch_size
+        self.metrics = metrics
+
+    def _call(self, rows) -> CallResult:
+        result = self.client.add_tokens(rows)
+        log.info(
+            "upstream call outcome=%s status=%s batch=%d ms=%.1f%s",
+            result.outcome, result.status, len(rows), result.seconds * 1000,
+            f" error={result.error!r}" if result.error and result.outcome != DELIVERED else "",
+        )
+        if self.metrics:
+            self.metrics.upstream_calls.labels(result.outcome, str(result.status or "none")).inc()
+            self.metrics.upstream_latency.observe(result.seconds)
+        return result
+
+    def _count(self, outcome: str, n: int, stats: Counter) -> None:
+        stats[outcome] += n
+        if self.metrics and n:
+            self.metrics.deliveries.labels(outcome).inc(n)
+
+    def _send(self, claim, rows, stats: Counter) -> CallResult | None:
+        """Deliver ``rows`` of a claim; the failure that stops delivery for now, if any."""
+        result = self._call(rows)
+        detail = result.detail(len(rows))
+        if result.outcome == DELIVERED:
+            self._count("delivered", self.ledger.delivered(claim, rows, detail), stats)
+            return None
+        if result.outcome == RETRY:
+            self.ledger.retry(claim, rows, detail, result.retry_after)
+            self._count("retry", len(rows), stats)
+            return result
+        if result.outcome == PAUSE:
+            until = self.ledger.pause(claim, rows, detail)
+            log.error("delivery paused until %s: Reteno answered %s (check RETENO_API_KEY, "
+                      "RETENO_APP_UUID, RETENO_AUTH)", until.isoformat(), result.status)
+            self._count("paused", len(rows), stats)
+            return result
+        assert result.outcome == REJECT
+        if len(rows) == 1:
+            self._count("dead", self.ledger.dead(claim, rows[0], detail), stats)
+            return None
+        middle = len(rows) // 2
+        blocked = self._send(claim, rows[:middle], stats)
+        if blocked is None:
+            return self._send(claim, rows[middle:], stats)
+        # The first half hit a transient failure or a pause: the rest waits with it.
+        rest = rows[middle:]
+        self.ledger.release(claim, rest, {**blocked.detail(len(rest)), "sent": False},
+                            blocked.retry_after if blocked.outcome == RETRY else 0.0)
+        return blocked
+
+    def deliver_batch(self, stats: Counter | None = None) -> int:
+        """Claim and send one batch; the number of registrations claimed (0: none due)."""
+        stats = Counter() if stats is None else stats
+        claim = self.ledger.claim(self.batch_size)
+        if claim is None:
+            return 0
+        self._send(claim, list(claim.rows), stats)
+        return len(claim.rows)
+
+    def drain(self, progress: Callable[[int], None] | None = None,
+              stop: threading.Event | None = None) -> Counter:
+        """Send batches until nothing is due (or delivery is paused or held)."""
+        stats: Counter = Counter()
+        while stop is None or not stop.is_set():
+            claim = self.ledger.claim(self.batch_size)
+            if claim is None:
+                break
+            blocked = self._send(claim, list(claim.rows), stats)
+            if progress:
+                progress(len(claim.rows))
+            if blocked is not None:
+                break
+        return stats
+
+
+class BackgroundDelivery:
+    """The worker on a daemon thread of the served process, woken after registrations."""
+
+    def __init__(self, worker: DeliveryWorker, poll_seconds: float = 0.5):
+        self.worker = worker
+        self.poll_seconds = poll_seconds
+        self.wake_event = threading.Event()
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._thread and self._thread.is_alive() and self._pid == os.getpid())
+
+    def start(self) -> None:
+        with self._lock:
+            if self.running:
+                return
+            # After a fork (gunicorn --preload) the parent's thread is gone: start afresh.
+            self.stop_event = threading.Event()
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._run, name="bridge-delivery", daemon=True
+            )
+            self._thread.start()
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        self.wake_event.set()
+        if self._thread and self._pid == os.getpid():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                self.worker.drain(stop=self.stop_event)
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("delivery loop failed; retrying")
+                time.sleep(min(30.0, 0.5 * 2**failures))
+            self.wake_event.wait(self.poll_seconds)
+            self.wake_event.clear()
