@@ -20,7 +20,9 @@ _PATTERNS = [
                 r"[^\s'\",&]+"), r"\1***"),
     (re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"),
      "<email>"),
-    (re.compile(r"(?<![\w.])\+?\d[\d ()-]{5,}\d(?![\w.])"), "<number>"),
+    # phone numbers and chat ids: 7 or more digits, possibly grouped
+    (re.compile(r"(?<![\w.])\+?\d[\d ()-]{5,}\d(?![\w.])"),
+     lambda m: "<number>" if sum(c.isdigit() for c in m.group()) >= 7 else m.group()),
 ]
 
 

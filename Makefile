@@ -1,0 +1,54 @@
+# The two commands that matter: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+
+.PHONY: install run migrate worker serve test test-sqlite test-postgres lint sandbox bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+migrate: install
+	$(BIN)/flask --app app bridge migrate
+
+# The bridge on http://$(HOST):$(PORT): SQLite ledger in ./instance, migrations applied,
+# sandbox mode (built-in Reteno simulator) unless RETENO_APP_UUID/RETENO_API_KEY are set.
+run: migrate
+	$(BIN)/flask --app app run --host $(HOST) --port $(PORT)
+
+# Production-style: gunicorn serving, no background thread, one separate delivery worker.
+serve: migrate
+	BRIDGE_BACKGROUND_DELIVERY=false $(BIN)/gunicorn -w 2 -b $(HOST):$(PORT) app:app & \
+	$(BIN)/flask --app app bridge deliver
+
+worker: migrate
+	$(BIN)/flask --app app bridge deliver
+
+sandbox: install
+	$(BIN)/python -m bridge.sandbox --port 8025
+
+# The whole suite: lint, then the tests on SQLite, then again on PostgreSQL.
+test: install lint test-sqlite test-postgres
+
+lint: install
+	$(BIN)/ruff check .
+
+test-sqlite: install
+	$(BIN)/python -m pytest
+
+test-postgres: install
+	@if reason=$$($(BIN)/python -m tests.postgres_check); then \
+		BRIDGE_TEST_DATABASE=postgres $(BIN)/python -m pytest; \
+	else \
+		echo "SKIPPED the PostgreSQL run of the suite: $$reason"; \
+	fi
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache *.egg-info

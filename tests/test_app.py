@@ -1,0 +1,137 @@
+"""Start-up: configuration, sandbox mode, migrations, /healthz."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from bridge.config import ConfigError
+from bridge.db import VERSION_TABLE, SchemaBehind, migrate
+from bridge.models import Base
+
+
+def test_models_match_the_migrations(db_url):
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
+        diff = compare_metadata(context, Base.metadata)
+    engine.dispose()
+    assert diff == [], f"models and migrations disagree: {diff}"
+
+
+def test_migrate_command_is_safe_to_run_again(make_app, tmp_path, monkeypatch):
+    # As under `flask --app app bridge migrate`: a CLI process does not check the schema.
+    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    runner = make_app(BRIDGE_DATABASE_URL=url).test_cli_runner()
+    first = runner.invoke(args=["bridge", "migrate"])
+    assert first.exit_code == 0, first.output
+    assert "migrated from empty to" in first.output
+    again = runner.invoke(args=["bridge", "migrate"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+
+def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
+    with pytest.raises(SchemaBehind, match="bridge migrate"):
+        make_app(BRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    migrate(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    make_app(BRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"RETENO_PLATFORM": "mailchimp"}, "RETENO_PLATFORM"),
+        ({"RETENO_AUTH": "oauth"}, "RETENO_AUTH"),
+        ({"RETENO_BASE_URL": "ftp://reteno.com"}, "RETENO_BASE_URL"),
+        ({"RETENO_API_KEY": None}, "RETENO_API_KEY"),
+        ({"RETENO_APP_UUID": None}, "RETENO_APP_UUID"),
+        ({"BRIDGE_API_KEYS": None}, "BRIDGE_API_KEYS"),
+        ({"BRIDGE_API_KEYS": "short"}, "BRIDGE_API_KEYS"),
+        ({"BRIDGE_BATCH_SIZE": "lots"}, "BRIDGE_BATCH_SIZE"),
+        ({"BRIDGE_BATCH_SIZE": 0}, "BRIDGE_BATCH_SIZE"),
+        ({"BRIDGE_BATCH_SIZE": 1001}, "BRIDGE_BATCH_SIZE"),
+        ({"BRIDGE_BACKGROUND_DELIVERY": "maybe"}, "BRIDGE_BACKGROUND_DELIVERY"),
+        ({"BRIDGE_DATABASE_URL": "not a url"}, "BRIDGE_DATABASE_URL"),
+        ({"BRIDGE_WEBHOOK_USERNAME": "reteno"}, "BRIDGE_WEBHOOK_PASSWORD"),
+        ({"TELEGRAM_WEBHOOK_SECRET": "has spaces in it"}, "TELEGRAM_WEBHOOK_SECRET"),
+        ({"TELEGRAM_BOT_USERNAME": "no!"}, "TELEGRAM_BOT_USERNAME"),
+    ],
+)
+def test_bad_configuration_stops_start_up_naming_the_key(make_app, overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        make_app(**overrides)
+
+
+def test_environment_configures_the_bridge(make_app, monkeypatch, requests_mock):
+    monkeypatch.setenv("RETENO_PLATFORM", "yespo")
+    monkeypatch.setenv("BRIDGE_BATCH_SIZE", "250")
+    app = make_app(BRIDGE_BATCH_SIZE=None)
+    settings = app.extensions["reteno_bridge"].settings
+    assert settings.base_url == "https://yespo.io"
+    assert settings.auth == "basic"
+    assert settings.batch_size == 250
+
+
+def test_app_config_wins_over_the_environment(make_app, monkeypatch):
+    monkeypatch.setenv("BRIDGE_BATCH_SIZE", "250")
+    app = make_app(BRIDGE_BATCH_SIZE=7)
+    assert app.extensions["reteno_bridge"].settings.batch_size == 7
+
+
+@pytest.mark.real_http
+def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_API_KEYS=None)
+    err = capsys.readouterr().err
+    assert "SANDBOX MODE" in err
+    key = app.extensions["reteno_bridge"].settings.api_keys[0]
+    assert key in err
+    client = app.test_client()
+    health = client.get("/healthz").json
+    assert health["sandbox"] is True
+    assert "SANDBOX" in health["warning"]
+    response = client.post("/register", json={"token": 1, "email": "a@b.co"},
+                           headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 202
+    # the key is kept in the instance folder: every process and restart shares it
+    again = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_API_KEYS=None)
+    assert again.extensions["reteno_bridge"].settings.api_keys[0] == key
+
+
+@pytest.mark.real_http
+def test_sandbox_delivers_to_the_simulator(make_app):
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None)
+    client = app.test_client()
+    from tests.conftest import API_KEY
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    client.post("/register", json={"token": 42, "email": "Ann@Example.com"}, headers=auth)
+    app.extensions["reteno_bridge"].deliver_once()
+    contacts = client.get("/sandbox/reteno/contacts").json["contacts"]
+    assert [(c["email"], c["tokens"]) for c in contacts] == [("ann@example.com", ["42"])]
+    assert client.get("/tokens", headers=auth).json["items"][0]["state"] == "delivered"
+
+
+def test_sandbox_is_not_mounted_when_credentials_are_set(client):
+    assert client.get("/sandbox/reteno/contacts").status_code == 404
+    assert client.get("/healthz").json["sandbox"] is False
+
+
+def test_healthz_reports_503_when_the_database_is_gone(app, client):
+    rt = app.extensions["reteno_bridge"]
+    rt.db.engine.dispose()
+    import os
+
+    path = rt.db.engine.url.database
+    if rt.db.dialect != "sqlite":
+        pytest.skip("removing the database file only works on SQLite")
+    os.remove(path)
+    os.makedirs(path)  # a directory where the database file was: unopenable
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json["code"] == 503
+    assert "database" in response.json["errors"]

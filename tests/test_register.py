@@ -1,0 +1,232 @@
+"""POST /register: what a bot backend sees, and what the ledger then holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import API_KEY
+
+URL = "/register"
+
+
+def post(client, body, auth, **kwargs):
+    return client.post(URL, json=body, headers=auth, **kwargs)
+
+
+def ledger_rows(client, auth, **filters):
+    response = client.get("/tokens", query_string={"limit": 500, **filters}, headers=auth)
+    assert response.status_code == 200
+    return response.json["items"]
+
+
+def assert_error_shape(response, code):
+    assert response.status_code == code
+    body = response.json
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert body["code"] == code
+    assert isinstance(body["status"], str) and body["status"]
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["errors"], dict)
+    return body
+
+
+def test_single_token_is_queued_and_normalised(client, auth):
+    response = post(client, {"token": 123456789, "email": "  Ann@Example.COM "}, auth)
+    assert response.status_code == 202
+    [reg] = response.json["registrations"]
+    assert reg == {
+        "id": reg["id"], "token": "123456789", "matchedBy": "email",
+        "state": "queued", "duplicate": False,
+    }
+    [row] = ledger_rows(client, auth)
+    assert row["email"] == "ann@example.com"
+    assert row["state"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("identifiers", "expected"),
+    [
+        ({"email": "a@b.co", "phone": "+380 95 649 09 55"}, "phone"),
+        ({"email": "a@b.co", "externalCustomerId": "C-1", "phone": "3809564909"},
+         "externalCustomerId"),
+        ({"email": "a@b.co", "contactId": 42, "externalCustomerId": "C-1"}, "contactId"),
+        ({"email": "a@b.co"}, "email"),
+    ],
+)
+def test_matched_by_follows_retenos_priority(client, auth, identifiers, expected):
+    response = post(client, {"token": "-100200300", **identifiers}, auth)
+    assert response.status_code == 202
+    assert response.json["registrations"][0]["matchedBy"] == expected
+    assert response.json["registrations"][0]["token"] == "-100200300"
+
+
+def test_phone_is_stored_as_digits(client, auth):
+    post(client, {"token": 5, "phone": "+380 (95) 649-09-55"}, auth)
+    [row] = ledger_rows(client, auth)
+    assert row["phone"] == "380956490955"
+
+
+def test_same_token_and_identifier_is_a_duplicate(client, auth):
+    first = post(client, {"token": 7, "email": "ann@example.com"}, auth).json["registrations"][0]
+    again = post(client, {"token": "7", "email": "ANN@example.com"}, auth)
+    assert again.status_code == 202
+    dup = again.json["registrations"][0]
+    assert dup["duplicate"] is True
+    assert dup["id"] == first["id"]
+    assert dup["state"] == "queued"
+    assert len(ledger_rows(client, auth)) == 1
+
+
+def test_same_token_other_identifier_is_a_new_registration(client, auth):
+    post(client, {"token": 7, "email": "ann@example.com"}, auth)
+    other = post(client, {"token": 7, "email": "bob@example.com"}, auth).json["registrations"][0]
+    assert other["duplicate"] is False
+    assert len(ledger_rows(client, auth)) == 2
+
+
+def test_duplicate_shows_the_existing_state(client, auth, bridge, requests_mock):
+    from tests.conftest import TOKENS_URL
+
+    requests_mock.post(TOKENS_URL, json="OK")
+    post(client, {"token": 8, "contactId": 99}, auth)
+    bridge.deliver_once()
+    dup = post(client, {"token": 8, "contactId": 99}, auth).json["registrations"][0]
+    assert dup == {"id": dup["id"], "token": "8", "matchedBy": "contactId",
+                   "state": "delivered", "duplicate": True}
+    assert requests_mock.call_count == 1
+
+
+def test_batch_answers_one_result_per_object_in_order(client, auth):
+    body = {"tokens": [
+        {"token": 1, "email": "one@example.com"},
+        {"token": 2, "contactId": 2},
+        {"token": 1, "email": "one@example.com"},
+    ]}
+    response = post(client, body, auth)
+    assert response.status_code == 202
+    regs = response.json["registrations"]
+    assert [r["token"] for r in regs] == ["1", "2", "1"]
+    assert [r["duplicate"] for r in regs] == [False, False, True]
+    assert regs[2]["id"] == regs[0]["id"]
+    assert len(ledger_rows(client, auth)) == 2
+
+
+def test_batch_of_1000_is_accepted(client, auth):
+    body = {"tokens": [{"token": i, "externalCustomerId": f"c{i}"} for i in range(1, 1001)]}
+    response = post(client, body, auth)
+    assert response.status_code == 202
+    assert len(response.json["registrations"]) == 1000
+    health = client.get("/healthz").json
+    assert health["outbox"]["depth"] == 1000
+
+
+# --- rejections: the contract's codes, one error shape, nothing stored -------------
+
+
+INVALID = [
+    ({"token": 1}, "identifiers"),
+    ({"token": 1, "email": "not-an-email"}, "email"),
+    ({"token": 1, "email": ""}, "email"),
+    ({"token": 1, "phone": "12345"}, "phone"),
+    ({"token": 1, "phone": "1234567890123456"}, "phone"),
+    ({"token": 1, "phone": "+38 095 abc"}, "phone"),
+    ({"token": "abc", "email": "a@b.co"}, "token"),
+    ({"token": "1.5", "email": "a@b.co"}, "token"),
+    ({"token": 1.5, "email": "a@b.co"}, "token"),
+    ({"token": True, "email": "a@b.co"}, "token"),
+    ({"token": 2**63, "email": "a@b.co"}, "token"),
+    ({"email": "a@b.co"}, "token"),
+    ({"token": 1, "contactId": -1}, "contactId"),
+    ({"token": 1, "contactId": 0}, "contactId"),
+    ({"token": 1, "contactId": 2**63}, "contactId"),
+    ({"token": 1, "contactId": "x"}, "contactId"),
+    ({"token": 1, "externalCustomerId": ""}, "externalCustomerId"),
+    ({"token": 1, "externalCustomerId": 5}, "externalCustomerId"),
+    ({"token": 1, "email": "a@b.co", "nickname": "ann"}, "nickname"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), INVALID)
+def test_invalid_token_object_is_422_naming_the_field(client, auth, body, field):
+    body_out = assert_error_shape(post(client, body, auth), 422)
+    assert field in body_out["errors"], body_out
+    assert ledger_rows(client, auth) == []
+
+
+def test_one_bad_object_in_a_batch_stores_nothing(client, auth):
+    body = {"tokens": [
+        {"token": 1, "email": "good@example.com"},
+        {"token": 2, "email": "bad"},
+        {"token": 3},
+    ]}
+    out = assert_error_shape(post(client, body, auth), 422)
+    assert set(out["errors"]) == {"tokens.1.email", "tokens.2.identifiers"}
+    assert ledger_rows(client, auth) == []
+
+
+def test_more_than_1000_tokens_is_422(client, auth):
+    body = {"tokens": [{"token": i, "contactId": i} for i in range(1, 1002)]}
+    out = assert_error_shape(post(client, body, auth), 422)
+    assert "tokens" in out["errors"]
+    assert ledger_rows(client, auth) == []
+
+
+@pytest.mark.parametrize("body", [{"tokens": []}, {"tokens": "x"}, {"tokens": [1]}, [], 5, "x"])
+def test_bad_body_structure_is_422(client, auth, body):
+    assert_error_shape(post(client, body, auth), 422)
+    assert ledger_rows(client, auth) == []
+
+
+def test_not_json_is_415(client, auth):
+    response = client.post(URL, data="token=1", headers=auth,
+                           content_type="application/x-www-form-urlencoded")
+    assert_error_shape(response, 415)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{", b'{"token": 1, "email": "a@b.co",}', b'{"token": NaN, "email": "a@b.co"}',
+     b'{"token": 1, "token": 2, "email": "a@b.co"}', b'\xff\xfe{"token": 1}',
+     b"[" * 10000 + b"]" * 10000],
+)
+def test_malformed_json_is_400(client, auth, raw):
+    response = client.post(URL, data=raw, headers=auth, content_type="application/json")
+    assert_error_shape(response, 400)
+    assert ledger_rows(client, auth) == []
+
+
+def test_body_over_the_limit_is_413(make_app, auth):
+    client = make_app(BRIDGE_MAX_BODY_BYTES=2048).test_client()
+    body = {"tokens": [{"token": i, "email": f"user{i}@example.com"} for i in range(1, 200)]}
+    response = client.post(URL, data=json.dumps(body), headers=auth,
+                           content_type="application/json")
+    assert_error_shape(response, 413)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-key-wrong-key"}, {"Authorization": API_KEY},
+     {"Authorization": f"Basic {API_KEY}"}, {"Authorization": "Bearer "}],
+)
+def test_without_a_valid_key_is_401(client, auth, headers):
+    response = client.post(URL, json={"token": 1, "email": "a@b.co"}, headers=headers)
+    out = assert_error_shape(response, 401)
+    assert "Bearer" in response.headers["WWW-Authenticate"]
+    assert "key" in out["message"].lower()
+    assert ledger_rows(client, auth) == []
+
+
+def test_any_of_several_keys_works(make_app):
+    client = make_app(BRIDGE_API_KEYS="first-key-0123456789, second-key-0123456789").test_client()
+    for key in ("first-key-0123456789", "second-key-0123456789"):
+        response = client.post(URL, json={"token": 1, "email": "a@b.co"},
+                               headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 202
+
+
+def test_unknown_path_and_wrong_method_use_the_error_shape(client):
+    assert_error_shape(client.get("/nowhere"), 404)
+    out = assert_error_shape(client.get(URL), 405)
+    assert out["message"]
