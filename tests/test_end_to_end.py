@@ -1,0 +1,134 @@
+"""End to end over real HTTP on 127.0.0.1: the served app, its background
+delivery and the Reteno simulator (in-process in sandbox mode, or standalone
+as the upstream of a bridge with credentials)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from bridge.sandbox import Simulator, SimulatorOptions
+from bridge.sandbox import create_app as create_simulator_app
+from tests.conftest import API_KEY, APP_UUID, RETENO_KEY
+
+pytestmark = pytest.mark.real_http
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+class Server:
+    """A WSGI app served by werkzeug on a free local port, in a thread."""
+
+    def __init__(self, wsgi_app):
+        self.server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(wsgi_app):
+        servers.append(Server(wsgi_app))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def wait_for(predicate, timeout=10.0):
+    """Poll until ``predicate()`` is truthy (a deadline against hangs, not a speed test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def test_sandbox_register_to_simulator_over_http(make_app, serve):
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_BACKGROUND_DELIVERY=True)
+    bridge = serve(app)
+    url = bridge.url
+    response = requests.post(f"{url}/register", headers=AUTH, timeout=5,
+                             json={"token": 123456789, "email": "Ann@Example.com"})
+    assert response.status_code == 202
+    assert response.json()["registrations"][0]["matchedBy"] == "email"
+
+    def contacts():
+        return requests.get(f"{url}/sandbox/reteno/contacts", timeout=5).json()["contacts"]
+
+    held = wait_for(contacts)
+    assert held[0]["email"] == "ann@example.com" and held[0]["tokens"] == ["123456789"]
+    wait_for(lambda: requests.get(f"{url}/tokens", headers=AUTH, timeout=5)
+             .json()["items"][0]["state"] == "delivered")
+
+    again = requests.post(f"{url}/register", headers=AUTH, timeout=5,
+                          json={"token": 123456789, "email": "ann@example.com"})
+    assert again.json()["registrations"][0]["duplicate"] is True
+
+    batch = {"tokens": [{"token": i, "externalCustomerId": f"c-{i}"} for i in range(1, 501)]}
+    assert requests.post(f"{url}/register", headers=AUTH, json=batch,
+                         timeout=10).status_code == 202
+    stats_url = f"{url}/sandbox/reteno/stats"
+    wait_for(lambda: requests.get(stats_url, timeout=5).json()["tokens_received"] == 501)
+    stats = requests.get(stats_url, timeout=5).json()
+    # batch size is 100 in the tests: one call for the first token, five for the 500
+    assert stats["accepted_requests"] == 1 + 500 // 100
+    assert stats["duplicate_tokens"] == 0
+
+
+def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serve):
+    """Credentials set, RETENO_BASE_URL at a simulator that fails every call; the server
+    stops and starts again; the upstream recovers: every acknowledged token arrives once."""
+    simulator = Simulator(SimulatorOptions(
+        app_uuid=APP_UUID, api_key=RETENO_KEY, auth="header", rps=0,
+        failure_rate=1.0, failures=("503",),
+    ))
+    upstream = serve(create_simulator_app(simulator=simulator))
+    config = {"RETENO_BASE_URL": upstream.url, "BRIDGE_BACKGROUND_DELIVERY": True}
+
+    first_app = make_app(**config)
+    first = serve(first_app)
+    tokens = [{"token": i, "contactId": i} for i in range(1, 201)]
+    for start in range(0, 200, 50):
+        response = requests.post(f"{first.url}/register", headers=AUTH, timeout=10,
+                                 json={"tokens": tokens[start:start + 50]})
+        assert response.status_code == 202
+    wait_for(lambda: simulator.stats()["faults"]["503"] >= 1)
+    first.stop()  # the server goes away with everything still queued
+    first_app.extensions["reteno_bridge"].background.stop()
+
+    simulator.configure(failure_rate=0.0)  # the upstream is back
+    second_app = make_app(**config)
+    second_app.extensions["reteno_bridge"].ledger.resume()  # skip the backoff wait
+    from datetime import timedelta
+
+    from bridge.models import utcnow
+
+    second_app.extensions["reteno_bridge"].ledger.clock = lambda: utcnow() + timedelta(hours=1)
+    second = serve(second_app)
+    assert requests.get(f"{second.url}/healthz", timeout=5).status_code == 200
+    wait_for(lambda: len(simulator.received_counts()) == 200, timeout=30)
+    counts = simulator.received_counts()
+    assert sorted(map(int, counts)) == list(range(1, 201))
+    assert set(counts.values()) == {1}, "a token was delivered twice"
+    items = requests.get(f"{second.url}/tokens", headers=AUTH, params={"limit": 500},
+                         timeout=5).json()["items"]
+    wait_for(lambda: all(
+        i["state"] == "delivered"
+        for i in requests.get(f"{second.url}/tokens", headers=AUTH, params={"limit": 500},
+                              timeout=5).json()["items"]
+    ))
+    assert len(items) == 200
