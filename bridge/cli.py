@@ -9,12 +9,25 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from marshmallow import ValidationError
 
 from . import db as dbmod
+from .models import STATES
+from .schemas import (
+    HistorySchema,
+    TokenPageSchema,
+    normalize_contact_id,
+    normalize_email,
+    normalize_external_id,
+    normalize_phone,
+    normalize_token,
+)
 
 cli = AppGroup("bridge", help="Reteno bridge: migrations, delivery and the audit ledger.")
 
@@ -43,8 +56,7 @@ def migrate_command():
 @click.option("--poll", default=0.5, show_default=True, help="Seconds between outbox polls.")
 def deliver_command(once: bool, poll: float):
     """Run the delivery worker (alongside BRIDGE_BACKGROUND_DELIVERY=false servers)."""
-    rt = _rt()
-    dbmod.check_schema(rt.db.engine)
+    rt = _ready()
     if once:
         depth = rt.ledger.outbox()["depth"]
         with click.progressbar(length=depth, label="delivering", file=sys.stderr) as bar:
@@ -56,9 +68,296 @@ def deliver_command(once: bool, poll: float):
             click.echo(f"{remaining} registration(s) still queued (backing off or paused)")
         return
     click.echo("delivery worker running; Ctrl-C to stop", err=True)
+    failures = 0
     try:
         while True:
-            rt.worker.drain()
+            try:
+                rt.worker.drain()
+                failures = 0
+            except Exception as exc:  # e.g. the database restarting: keep the worker alive
+                failures += 1
+                current_app.logger.error("delivery failed (%s); retrying", type(exc).__name__)
+                time.sleep(min(30.0, poll * 2**failures))
             time.sleep(poll)
     except KeyboardInterrupt:
         click.echo("delivery worker stopped", err=True)
+
+
+# --- reading and operating the ledger ------------------------------------------------
+#
+# ``tokens``, ``history``, ``stats``, ``erase`` and ``requeue`` print aligned plain-text
+# tables for people and, with ``--json``, the same data as the HTTP read API for scripts.
+
+_ID_OPTIONS = (
+    ("--token", "token", normalize_token, "Telegram chat id (digits, optional leading -)."),
+    ("--contact-id", "contactId", normalize_contact_id, "Reteno contactId."),
+    ("--external-customer-id", "externalCustomerId", normalize_external_id,
+     "externalCustomerId."),
+    ("--phone", "phone", normalize_phone, "Phone; any formatting, matched by its digits."),
+    ("--email", "email", normalize_email, "E-mail address; matched trimmed and lower-cased."),
+)
+_FLAG_OF = {name: flag for flag, name, _fn, _help in _ID_OPTIONS}
+
+
+def _normalized(normalizer):
+    """A click callback that applies one of bridge.schemas' normalisers."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return normalizer(value)
+        except ValidationError as exc:
+            messages = exc.messages if isinstance(exc.messages, list) else [str(exc.messages)]
+            raise click.BadParameter(" ".join(str(m) for m in messages)) from None
+
+    return callback
+
+
+def _identifier_options(command):
+    for flag, name, normalizer, help_text in reversed(_ID_OPTIONS):
+        command = click.option(flag, name, callback=_normalized(normalizer),
+                               help=help_text)(command)
+    return command
+
+
+_json_option = click.option("--json", "as_json", is_flag=True,
+                            help="Print JSON (for scripts) instead of a table.")
+
+
+def _ready():
+    """The runtime, once the database schema is current (else a readable error)."""
+    rt = _rt()
+    try:
+        dbmod.check_schema(rt.db.engine)
+    except dbmod.SchemaBehind as exc:
+        raise click.ClickException(str(exc)) from None
+    return rt
+
+
+def _cell(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return " ".join(str(value).split())
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence], *,
+                 right: Sequence[int] = ()) -> str:
+    """Rows as aligned plain-text columns under a header; ``right``: right-aligned columns."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+
+    def line(values):
+        parts = [v.rjust(w) if i in right else v.ljust(w)
+                 for i, (v, w) in enumerate(zip(values, widths, strict=True))]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]),
+                      *(line(r) for r in cells)])
+
+
+def _without_empty_columns(headers, rows, keep: int):
+    """Drop columns (after the first ``keep``) that are empty in every row."""
+    used = [i for i in range(len(headers))
+            if i < keep or any(_cell(r[i]) != "-" for r in rows)]
+    return [headers[i] for i in used], [[r[i] for i in used] for r in rows]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+@cli.command("tokens")
+@_identifier_options
+@click.option("--state", type=click.Choice(STATES), help="Only registrations in this state.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True,
+              help="Registrations per page.")
+@click.option("--cursor", help="The next-page cursor a previous page printed.")
+@_json_option
+def tokens_command(state, limit, cursor, as_json, **identifiers):
+    """Query registrations, newest first (the filters of GET /tokens)."""
+    rt = _ready()
+    filters = {k: v for k, v in identifiers.items() if v is not None}
+    if state:
+        filters["state"] = state
+    try:
+        rows, nxt = rt.ledger.find(filters, limit=limit, cursor=cursor)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--cursor'") from None
+    if as_json:
+        _echo_json(TokenPageSchema().dump({"items": rows, "next": nxt}))
+        return
+    if not rows:
+        click.echo("no registrations match")
+        return
+    headers = ["ID", "TOKEN", "STATE", "MATCHED BY", "CONTACT ID", "EXTERNAL ID", "PHONE",
+               "EMAIL", "ATTEMPTS", "CREATED", "DELIVERED", "REMOVED", "NOTE"]
+    table = [
+        [r.id, r.token, r.state, r.matched_by, r.contact_id, r.external_customer_id, r.phone,
+         r.email, r.attempts, r.created_at, r.delivered_at, r.removed_at,
+         r.removal_reason or r.last_error]
+        for r in rows
+    ]
+    headers, table = _without_empty_columns(headers, table, keep=4)
+    right = {headers.index(h) for h in ("ID", "CONTACT ID", "ATTEMPTS") if h in headers}
+    click.echo(format_table(headers, table, right=right))
+    click.echo("")
+    if nxt:
+        click.echo(f"{_plural(len(rows), 'registration')} shown; next page: --cursor {nxt}")
+    else:
+        click.echo(f"{_plural(len(rows), 'registration')}; no more pages")
+
+
+@cli.command("history")
+@click.argument("token", callback=_normalized(normalize_token))
+@_json_option
+def history_command(token, as_json):
+    """Every event of TOKEN, oldest first (use `history -- -100123` for a negative id)."""
+    rt = _ready()
+    events = rt.ledger.history(token)
+    if as_json:
+        _echo_json(HistorySchema().dump({"token": token, "events": events}))
+        return
+    if not events:
+        click.echo(f"no events for token {token}")
+        return
+    click.echo(format_table(["AT", "KIND", "REGISTRATION", "DETAIL"],
+                            [[e.at, e.kind, e.registration_id, e.detail] for e in events],
+                            right={2}))
+    click.echo("")
+    click.echo(f"{_plural(len(events), 'event')} for token {token}")
+
+
+@cli.command("stats")
+@click.option("--days", type=click.IntRange(1, 366), default=7, show_default=True,
+              help="Days (UTC, today included) of the per-day summary.")
+@_json_option
+def stats_command(days, as_json):
+    """Registrations by state, the outbox, dead letters by error, deliveries per day."""
+    rt = _ready()
+    stats = rt.ledger.stats(days=days)
+    if as_json:
+        _echo_json(stats)
+        return
+    click.echo("Registrations by state")
+    click.echo(format_table(["STATE", "COUNT"], list(stats["states"].items()), right={1}))
+    outbox = stats["outbox"]
+    age = outbox["oldestAgeSeconds"]
+    click.echo("")
+    click.echo(f"Outbox: {_plural(outbox['depth'], 'registration')} queued"
+               + (f", oldest queued {age:.0f} s ago" if outbox["depth"] else ""))
+    click.echo("")
+    dead = stats["deadLetters"]
+    click.echo(f"Dead letters: {dead['total']}")
+    if dead["byError"]:
+        click.echo(format_table(["COUNT", "LAST ERROR"],
+                                [[d["count"], d["error"]] for d in dead["byError"]],
+                                right={0}))
+    click.echo("")
+    click.echo(f"Per day (UTC), last {_plural(days, 'day')}")
+    click.echo(format_table(["DAY", "DELIVERED", "REMOVED"],
+                            [[d["day"], d["delivered"], d["removed"]] for d in stats["perDay"]],
+                            right={1, 2}))
+
+
+@cli.command("erase")
+@_identifier_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_json_option
+def erase_command(yes, as_json, **identifiers):
+    """Delete one contact's personal data from the ledger (exactly one identifier).
+
+    Deletes the registrations with that value and every registration of their
+    tokens, their history, and the unattached events (unmatched or ignored
+    statuses) that mention them; a mention in another contact's line or error
+    text becomes "[erased]". Leaves one `erased` audit event without personal
+    data. Running it again erases nothing.
+    """
+    given = [(name, value) for name, value in identifiers.items() if value is not None]
+    if len(given) != 1:
+        raise click.UsageError(
+            "Name exactly one of " + ", ".join(_FLAG_OF.values()) + " to erase."
+        )
+    api_name, value = given[0]
+    what = f"{_FLAG_OF[api_name].lstrip('-').replace('-', ' ')} {value}"
+    rt = _ready()
+    if not yes:
+        click.confirm(
+            f"Erase every registration and event of {what}? This cannot be undone.",
+            abort=True, err=True,
+        )
+    result = rt.ledger.erase(api_name, value)
+    if as_json:
+        _echo_json(result)
+        return
+    if not result["erased"]:
+        click.echo(f"nothing to erase: no registration or event mentions {what}")
+        return
+    message = (f"erased {_plural(result['registrations'], 'registration')} and "
+               f"{_plural(result['events'], 'event')} of {what}")
+    if result["scrubbed"]:
+        message += f"; blanked {_plural(result['scrubbed'], 'mention')} elsewhere"
+    click.echo(message)
+    click.echo("recorded an 'erased' audit event (it holds no personal data)")
+
+
+@cli.command("requeue")
+@click.option("--id", "ids", type=click.IntRange(min=1), multiple=True,
+              help="Registration id (repeatable).")
+@click.option("--error-contains", help="Only dead letters whose last error contains this text.")
+@click.option("--token", callback=_normalized(normalize_token),
+              help="Only dead letters of this Telegram chat id.")
+@_json_option
+def requeue_command(ids, error_contains, token, as_json):
+    """Move dead letters back to the queue: all of them, or those matching the filters."""
+    rt = _ready()
+    count = rt.ledger.requeue_dead(ids=list(ids) or None, error_contains=error_contains,
+                                   token=token)
+    if as_json:
+        _echo_json({"requeued": count})
+        return
+    if not count:
+        click.echo("no dead letters match; nothing requeued")
+        return
+    click.echo(f"requeued {_plural(count, 'dead letter')}; the delivery worker sends them next "
+               "(or run `bridge deliver --once`)")
+
+
+# --- deep links ---------------------------------------------------------------------
+
+
+@cli.command("link")
+@click.option("--contact-id", "contact_id", help="Reteno contactId.")
+@click.option("--external-customer-id", "external_customer_id",
+              help="externalCustomerId (your own customer id).")
+@click.option("--phone", help="Phone number (stored as its digits).")
+@click.option("--email", help="E-mail address.")
+def link_command(contact_id, external_customer_id, phone, email):
+    """Print a signed https://t.me/<bot>?start=… link that registers whoever opens it.
+
+    Give exactly one identifier. Needs BRIDGE_LINK_SECRET and TELEGRAM_BOT_USERNAME.
+    """
+    from .telegram import LinkError, make_link
+
+    given = [
+        (name, value)
+        for name, value in (
+            ("contactId", contact_id),
+            ("externalCustomerId", external_customer_id),
+            ("phone", phone),
+            ("email", email),
+        )
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise click.UsageError(
+            "Give exactly one of --contact-id, --external-customer-id, --phone, --email."
+        )
+    try:
+        click.echo(make_link(_rt().settings, *given[0]))
+    except LinkError as exc:
+        raise click.UsageError(str(exc)) from None

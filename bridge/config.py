@@ -9,6 +9,7 @@ failing later in the background.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +29,9 @@ AUTH_SCHEMES = ("header", "basic")
 DEFAULT_BATCH_SIZE = 1000
 MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_CONNECT_TIMEOUT = 3.05
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_LEASE_SECONDS = 120
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -59,6 +63,9 @@ class Settings:
     sandbox: bool
     base_url_explicit: bool
     dev_api_key: bool = False
+    upstream_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    upstream_read_timeout: float = DEFAULT_READ_TIMEOUT
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
 
     @property
     def tokens_url(self) -> str:
@@ -109,6 +116,20 @@ def _int(config, environ, key, default: int, low: int, high: int) -> int:
     if isinstance(value, bool) or number is None or not low <= number <= high:
         raise ConfigError(f"{key} must be an integer from {low} to {high}, got {value!r}")
     return number
+
+
+def _float(config, environ, key, default: float, low: float, high: float) -> float:
+    value = _lookup(config, environ, key)
+    if value is None:
+        return default
+    try:
+        number = float(str(value).strip()) if not isinstance(value, int | float) else value
+    except ValueError:
+        number = None
+    if isinstance(value, bool) or number is None or not low <= number <= high:
+        raise ConfigError(f"{key} must be a number of seconds from {low:g} to {high:g}, "
+                          f"got {value!r}")
+    return float(number)
 
 
 def load_settings(config: Mapping, instance_path: str, environ: Mapping | None = None) -> Settings:
@@ -189,6 +210,16 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
             raise ConfigError(f"TELEGRAM_BOT_USERNAME is not a bot @username: {bot_username!r}")
         bot_username = bot_username.lstrip("@")
 
+    connect_timeout = _float(config, environ, "BRIDGE_UPSTREAM_CONNECT_TIMEOUT",
+                             DEFAULT_CONNECT_TIMEOUT, 0.1, 120.0)
+    read_timeout = _float(config, environ, "BRIDGE_UPSTREAM_READ_TIMEOUT",
+                          DEFAULT_READ_TIMEOUT, 0.1, 600.0)
+    # A claim's lease must outlast an upstream call, or a second worker could take
+    # the rows while the first is still sending them (a double send).
+    shortest_lease = math.ceil(2 * (connect_timeout + read_timeout))
+    lease_seconds = _int(config, environ, "BRIDGE_LEASE_SECONDS",
+                         max(DEFAULT_LEASE_SECONDS, shortest_lease), shortest_lease, 86400)
+
     return Settings(
         platform=platform,
         base_url=base_url,
@@ -211,4 +242,7 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         ),
         sandbox=sandbox,
         base_url_explicit=base_url_explicit,
+        upstream_connect_timeout=connect_timeout,
+        upstream_read_timeout=read_timeout,
+        lease_seconds=lease_seconds,
     )

@@ -99,7 +99,8 @@ class Runtime:
                     simulator=self.simulator)))
         self.settings = settings
         self.client = RetenoClient(settings, session=session)
-        self.worker = DeliveryWorker(self.ledger, self.client, settings.batch_size, self.metrics)
+        self.worker = DeliveryWorker(self.ledger, self.client, settings.batch_size, self.metrics,
+                                     lease_seconds=settings.lease_seconds)
 
     # --- delivery -------------------------------------------------------------
 

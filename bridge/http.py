@@ -14,6 +14,8 @@ import base64
 import binascii
 import hmac
 import json
+import math
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -99,26 +101,66 @@ def _no_constants(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth(value, level=0) -> int:
+_UTF8 = {"utf-8", "utf8", "us-ascii", "ascii"}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):  # 1e400: no database stores infinity as JSON
+        raise ValueError(f"the number {literal[:40]} is out of range")
+    return number
+
+
+def _lenient_float(literal: str) -> float | str:
+    number = float(literal)
+    return number if math.isfinite(number) else literal
+
+
+def _clean_text(value, replace: bool, level: int = 0):
+    """Check the depth and the strings of a parsed body.
+
+    JSON's ``\\ud800`` escapes can make strings no database or encoder takes
+    (unpaired UTF-16 surrogates), and PostgreSQL text holds no NUL. Strict
+    (``replace=False``): an unpaired surrogate is a 400. Lenient: both become
+    U+FFFD, for webhooks where one odd field must not refuse a whole body.
+    """
     if level > MAX_DEPTH:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if replace:
+            return _UNSTORABLE.sub("\ufffd", value)
+        if _LONE_SURROGATE.search(value):
+            raise ValueError("a string holds an unpaired UTF-16 surrogate escape")
+        return value
     if isinstance(value, dict):
-        for v in value.values():
-            _depth(v, level + 1)
-    elif isinstance(value, list):
-        for v in value:
-            _depth(v, level + 1)
-    return level
+        return {_clean_text(k, replace, level): _clean_text(v, replace, level + 1)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_text(v, replace, level + 1) for v in value]
+    return value
 
 
-def json_body(limit: int) -> Any:
-    """The request's JSON body, or an :class:`APIError` (415, 400, 413)."""
+def json_body(limit: int, replace_unstorable: bool = False) -> Any:
+    """The request's JSON body, or an :class:`APIError` (415, 400, 413).
+
+    ``replace_unstorable``: unpaired surrogates and NUL characters in strings
+    become U+FFFD, and a number too large for a float stays its literal text,
+    instead of a 400 (see :func:`_clean_text`).
+    """
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise APIError(415, "The body must be JSON (Content-Type: application/json).")
+    charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
+    if charset not in _UTF8:
+        raise APIError(415, "JSON bodies must be UTF-8 (Content-Type: application/json; "
+                            "charset=utf-8).")
     if request.content_length is not None and request.content_length > limit:
         raise APIError(413, f"The request body is larger than {limit} bytes.")
-    request.max_content_length = limit
+    # One byte more than the limit: a chunked body (no Content-Length) is cut at
+    # max_content_length without an error, so reading limit + 1 tells "too large".
+    request.max_content_length = limit + 1
     try:
         raw = request.get_data(cache=True)
     except RequestEntityTooLarge:
@@ -126,12 +168,13 @@ def json_body(limit: int) -> Any:
     if len(raw) > limit:
         raise APIError(413, f"The request body is larger than {limit} bytes.")
     try:
-        text = raw.decode(request.mimetype_params.get("charset", "utf-8"))
-    except (UnicodeDecodeError, LookupError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         raise APIError(400, "The body is not valid UTF-8.") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-        _depth(data)
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                          parse_float=_lenient_float if replace_unstorable else _finite_float)
+        data = _clean_text(data, replace_unstorable)
     except RecursionError:
         raise APIError(400, "The body is not valid JSON: nested too deeply.") from None
     except ValueError as exc:

@@ -21,15 +21,17 @@ themselves and two workers never hold the same row at once.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, tuple_, update
+from sqlalchemy import Text, cast, delete, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -54,6 +56,8 @@ BACKOFF_CAP = 300.0
 PAUSE_BASE = 15.0
 PAUSE_CAP = 600.0
 UPSTREAM = "upstream"
+_EVENT_INSERT = insert(Event.__table__)
+_LIVE_INSERT: dict[str, Any] = {}  # dialect name: the INSERT ... ON CONFLICT DO NOTHING
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,12 @@ class Ledger:
 
     @staticmethod
     def _events(session, rows: Iterable[dict]) -> None:
-        rows = list(rows)
-        if rows:
-            session.execute(insert(Event), rows)
+        # A Core insert on the table, one executemany per run of rows with the same keys,
+        # in order (so ids keep the order given): the ORM's bulk insert costs far more
+        # per call, and this is on the /register hot path.
+        for _keys, run in itertools.groupby(rows, key=dict.keys):
+            batch = list(run)
+            session.execute(_EVENT_INSERT, batch if len(batch) > 1 else batch[0])
 
     def record(self, kind: str, detail: dict, token: str | None = None, registration_id=None):
         """Append one event that moves nothing (e.g. a rejected deep link)."""
@@ -128,17 +135,27 @@ class Ledger:
                 Registration.match_value)
         dialect = self.db.dialect
         if dialect in ("sqlite", "postgresql"):
-            module = sqlite if dialect == "sqlite" else postgresql
-            stmt = (
-                module.insert(Registration)
-                .values(rows)
-                .on_conflict_do_nothing(
-                    index_elements=["token", "matched_by", "match_value"],
-                    index_where=text("state <> 'removed'"),
+            # One statement built once, rows passed as parameters: SQLAlchemy caches its
+            # compiled form (a ``.values(rows)`` statement is compiled anew on every call)
+            # and sends many rows as multi-row VALUES pages ("insertmanyvalues").
+            stmt = _LIVE_INSERT.get(dialect)
+            if stmt is None:
+                module = sqlite if dialect == "sqlite" else postgresql
+                table = Registration.__table__
+                stmt = _LIVE_INSERT[dialect] = (
+                    module.insert(table)
+                    .on_conflict_do_nothing(
+                        index_elements=["token", "matched_by", "match_value"],
+                        index_where=text("state <> 'removed'"),
+                    )
+                    .returning(table.c.id, table.c.token, table.c.matched_by,
+                               table.c.match_value)
                 )
-                .returning(*cols)
-            )
-            return {(t, m, v): i for i, t, m, v in session.execute(stmt)}
+            if len(rows) == 1:
+                result = self.db.insert_one(session, stmt, rows[0])
+            else:
+                result = session.execute(stmt, rows)
+            return {(t, m, v): i for i, t, m, v in result}
         inserted = {}
         for row in rows:  # other backends: one savepoint per row
             try:
@@ -180,7 +197,9 @@ class Ledger:
                     "updated_at": now,
                 }
             )
-        with self.db.write() as session:
+        # A Core connection, not an ORM session: only Core statements run here, and
+        # this is the hot path of POST /register.
+        with self.db.write_connection() as session:
             inserted = self._insert_new(session, rows)
             missing = [k for k in first if k not in inserted]
             existing: dict[tuple, tuple[int, str]] = {}
@@ -227,7 +246,10 @@ class Ledger:
                         },
                     }
                 )
-            self._events(session, events)
+            if len(events) == 1:
+                self.db.insert_one(session, _EVENT_INSERT, events[0])
+            else:
+                self._events(session, events)
         if inserted:
             self.on_queued()
         return outcomes
@@ -297,6 +319,33 @@ class Ledger:
             ).all()
             session.expunge_all()
         return Claim(lease_id, tuple(rows))
+
+    def renew(self, claim: Claim, rows: Sequence[Registration],
+              lease_seconds: int = LEASE_SECONDS) -> list[Registration]:
+        """Extend the lease on ``rows`` before another upstream call of the same claim.
+
+        Returns the rows still held: one whose lease ran out and that another
+        worker claimed meanwhile is not ours to send any more.
+        """
+        ids = [r.id for r in rows]
+        if not ids:
+            return []
+        with self.db.write() as session:
+            until = self.clock() + timedelta(seconds=lease_seconds)
+            held = set(
+                session.scalars(
+                    update(Registration)
+                    .where(
+                        Registration.id.in_(ids),
+                        Registration.lease_id == claim.lease_id,
+                        Registration.state == QUEUED,
+                    )
+                    .values(next_attempt_at=until)
+                    .returning(Registration.id)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+        return [r for r in rows if r.id in held]
 
     def _finish(self, session, claim: Claim, rows: Sequence[Registration], values: dict,
                 kind: str, detail: dict) -> int:
@@ -465,7 +514,7 @@ class Ledger:
         return live
 
     def requeue_dead(self, ids: Sequence[int] | None = None, error_contains: str | None = None,
-                     ) -> int:
+                     token: str | None = None) -> int:
         """Dead letters back to the queue (all, or those matching the filters)."""
         now = self.clock()
         with self.db.write() as session:
@@ -473,7 +522,10 @@ class Ledger:
             if ids:
                 query = query.where(Registration.id.in_(list(ids)))
             if error_contains:
-                query = query.where(Registration.last_error.contains(error_contains))
+                query = query.where(
+                    Registration.last_error.contains(error_contains, autoescape=True))
+            if token:
+                query = query.where(Registration.token == token)
             rows = session.scalars(query).all()
             if not rows:
                 return 0
@@ -552,6 +604,238 @@ class Ledger:
             )
         )
 
+    # --- statuses and Telegram ---------------------------------------------
+
+    def append_events(self, session, rows: Iterable[dict]) -> None:
+        """Append audit events inside the caller's write transaction."""
+        self._events(session, rows)
+
+    STATUS_LOCK_KEY = 0x62726964676573  # pg_advisory_xact_lock key of status bodies
+
+    def serialise_statuses(self, session) -> None:
+        """Apply status bodies one at a time, so a replay racing its original sees it.
+
+        PostgreSQL: a transaction-scoped advisory lock. SQLite write transactions
+        are serial already (``BEGIN IMMEDIATE``).
+        """
+        if self.db.dialect == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                            {"key": self.STATUS_LOCK_KEY})
+
+    def registrations_by(self, session, api_name: str, values: Iterable,
+                         lock: bool = False) -> list[Registration]:
+        """Every registration, in any state, of these tokens or identifier values.
+
+        ``api_name`` is ``"token"`` or an identifier name; one ``IN`` query per
+        500 values, oldest first. ``lock`` takes row locks (PostgreSQL) so two
+        writers do not act on the same rows at once.
+        """
+        column = Registration.token if api_name == "token" else getattr(
+            Registration, COLUMN_OF[api_name]
+        )
+        values = list(dict.fromkeys(values))
+        found: list[Registration] = []
+        for start in range(0, len(values), 500):
+            query = (
+                select(Registration)
+                .where(column.in_(values[start : start + 500]))
+                .order_by(Registration.id)
+            )
+            if lock:
+                query = query.with_for_update()
+            found.extend(session.scalars(query))
+        return found
+
+    def seen_fingerprints(self, session, fingerprints: Iterable[str]) -> set[str]:
+        """Those of ``fingerprints`` some earlier event was recorded with."""
+        values = list(dict.fromkeys(fingerprints))
+        seen: set[str] = set()
+        for start in range(0, len(values), 500):
+            seen.update(
+                session.scalars(
+                    select(Event.fingerprint)
+                    .where(Event.fingerprint.in_(values[start : start + 500]))
+                    .distinct()
+                )
+            )
+        return seen
+
+    def last_registration(self, token: str) -> Registration | None:
+        """The token's most recent registration, in any state."""
+        with self.db.read() as session:
+            return session.scalars(
+                select(Registration)
+                .where(Registration.token == token)
+                .order_by(Registration.id.desc())
+                .limit(1)
+            ).first()
+
+    # --- operator queries and erasure ---------------------------------------
+    #
+    # Read-only summaries for ``bridge stats`` and the erasure of one contact's
+    # personal data for ``bridge erase``. Nothing here moves a registration
+    # between states.
+
+    def stats(self, days: int = 7) -> dict[str, Any]:
+        """Counts by state, the outbox, dead letters by error, and a per-day summary.
+
+        ``days`` is the number of UTC calendar days (today included) of the
+        per-day summary, counted from the registrations' ``delivered_at`` and
+        ``removed_at``; every day appears, with zeros when nothing happened.
+        """
+        if days < 1:
+            raise ValueError("days must be at least 1")
+        outbox = self.outbox()
+        today = self.clock().astimezone(UTC).date()
+        first = today - timedelta(days=days - 1)
+        since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+        with self.db.read() as session:
+            dead = session.execute(
+                select(Registration.last_error, func.count())
+                .where(Registration.state == DEAD)
+                .group_by(Registration.last_error)
+            ).all()
+            delivered = self._per_day(session, Registration.delivered_at, since)
+            removed = self._per_day(session, Registration.removed_at, since)
+        by_error = sorted(
+            ({"error": error, "count": int(count)} for error, count in dead),
+            key=lambda item: (-item["count"], item["error"] or ""),
+        )
+        per_day = []
+        for offset in range(days):
+            day = (first + timedelta(days=offset)).isoformat()
+            per_day.append(
+                {"day": day, "delivered": delivered.get(day, 0), "removed": removed.get(day, 0)}
+            )
+        return {
+            "states": outbox["states"],
+            "outbox": {"depth": outbox["depth"], "oldestAgeSeconds": outbox["oldestAgeSeconds"]},
+            "deadLetters": {"total": outbox["dead"], "byError": by_error},
+            "perDay": per_day,
+        }
+
+    def _per_day(self, session, column, since: datetime) -> dict[str, int]:
+        """``{"YYYY-MM-DD": count}`` of registrations whose ``column`` is at or after ``since``."""
+        dialect = self.db.dialect
+        if dialect == "sqlite":  # stored as naive UTC text: "YYYY-MM-DD HH:MM:SS.ffffff"
+            day = func.substr(column, 1, 10)
+        elif dialect == "postgresql":
+            day = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+        else:
+            day = None
+        if day is not None:
+            rows = session.execute(
+                select(day, func.count()).where(column >= since).group_by(day)
+            ).all()
+            return {str(d): int(n) for d, n in rows}
+        counts: dict[str, int] = {}
+        for (at,) in session.execute(select(column).where(column >= since)):
+            key = at.astimezone(UTC).date().isoformat()
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def erase(self, api_name: str, value) -> dict[str, Any]:
+        """Delete one contact's personal data; leave one audit event without any.
+
+        ``api_name`` is ``token`` or an identifier name (``contactId``,
+        ``externalCustomerId``, ``phone``, ``email``) and ``value`` its normal
+        form. In one write transaction this deletes
+
+        * the registrations holding that value, and every registration of
+          their tokens (a Telegram chat is one person);
+        * their events (by registration and by token), and any event of no
+          registration and no token whose detail mentions the value, one of
+          those tokens, or another identifier of the erased registrations
+          that no remaining registration holds (status events of unmatched
+          contacts carry raw payloads);
+
+        replaces such mentions in the events and error texts of other
+        registrations and in the shared upstream state by ``[erased]``
+        (``scrubbed`` counts those rows), and appends one ``erased`` event
+        ``{"by", "registrations", "events"}``. When nothing mentions the
+        value, nothing is written and the counts are zero.
+        """
+        if api_name == "token":
+            column = Registration.token
+        elif api_name in COLUMN_OF:
+            column = getattr(Registration, COLUMN_OF[api_name])
+        else:
+            raise ValueError(f"cannot erase by {api_name!r}")
+        with self.db.write() as session:
+            regs = {r.id: r for r in session.scalars(select(Registration).where(column == value))}
+            tokens = {r.token for r in regs.values()}
+            if api_name == "token":
+                tokens.add(str(value))
+            for chunk in _chunks(sorted(tokens)):
+                for r in session.scalars(select(Registration).where(Registration.token.in_(chunk))):
+                    regs.setdefault(r.id, r)
+            needles = _Needles.of(api_name, value, tokens)
+            for r in regs.values():
+                needles.add_registration(r)
+            needles.drop_kept(session, set(regs))
+
+            doomed: set[int] = set()
+            for chunk in _chunks(sorted(regs)):
+                doomed.update(session.scalars(
+                    select(Event.id).where(Event.registration_id.in_(chunk))))
+            for chunk in _chunks(sorted(tokens)):
+                doomed.update(session.scalars(select(Event.id).where(Event.token.in_(chunk))))
+            # Other events that mention the contact: orphans (unmatched or ignored statuses,
+            # rejected deep links) go; another contact's events keep their line, blanked.
+            detail_text = func.lower(cast(Event.detail, Text))
+            blank: dict[int, dict] = {}
+            for clauses in _chunks(needles.like_clauses(detail_text), 40):
+                for event_id, detail, registration_id, token in session.execute(
+                    select(Event.id, Event.detail, Event.registration_id, Event.token)
+                    .where(or_(*clauses))
+                ):
+                    if event_id in doomed or event_id in blank or not needles.in_json(detail):
+                        continue
+                    if registration_id is None and token is None:
+                        doomed.add(event_id)
+                    else:
+                        blank[event_id] = needles.scrub(detail)
+            for event_id, detail in blank.items():
+                session.execute(update(Event).where(Event.id == event_id).values(detail=detail)
+                                .execution_options(synchronize_session=False))
+            for chunk in _chunks(sorted(doomed)):
+                session.execute(delete(Event).where(Event.id.in_(chunk))
+                                .execution_options(synchronize_session=False))
+            for chunk in _chunks(sorted(regs)):
+                session.execute(delete(Registration).where(Registration.id.in_(chunk))
+                                .execution_options(synchronize_session=False))
+            scrubbed = len(blank) + self._scrub_elsewhere(session, needles)
+
+            summary = {"by": api_name, "registrations": len(regs), "events": len(doomed)}
+            if scrubbed:
+                summary["scrubbed"] = scrubbed
+            erased = bool(regs or doomed or scrubbed)
+            if erased:
+                self._events(session, [{"at": self.clock(), "kind": "erased", "token": None,
+                                        "registration_id": None, "detail": dict(summary)}])
+        return {**summary, "scrubbed": scrubbed, "erased": erased}
+
+    @staticmethod
+    def _scrub_elsewhere(session, needles: _Needles) -> int:
+        """Mentions left in rows that are not the contact's own: replaced by ``[erased]``."""
+        scrubbed = 0
+        for name in ("last_error", "removal_reason"):
+            col = getattr(Registration, name)
+            for clauses in _chunks(needles.like_clauses(func.lower(col)), 40):
+                for rid, textual in session.execute(
+                    select(Registration.id, col).where(or_(*clauses))
+                ):
+                    if needles.in_text(textual):
+                        session.execute(update(Registration).where(Registration.id == rid)
+                                        .values({name: ERASED})
+                                        .execution_options(synchronize_session=False))
+                        scrubbed += 1
+        for row in session.scalars(select(BridgeState)):
+            if needles.in_json(row.value):
+                row.value = needles.scrub(row.value)
+                scrubbed += 1
+        return scrubbed
+
 
 def encode_cursor(last_id: int) -> str:
     raw = json.dumps({"before": last_id}).encode()
@@ -562,10 +846,137 @@ def decode_cursor(cursor: str) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))["before"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63:
             raise ValueError
         return value
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError("Not a valid cursor.") from exc
 
 
+# --- erasure helpers -------------------------------------------------------------
+
+ERASED = "[erased]"
+# Our own numeric bookkeeping in event details: never read as a chat id.
+_COUNTER_KEYS = frozenset({
+    "attempt", "attempts", "batch", "status", "ms", "retryAfter", "registrations", "events",
+    "processed", "unmatched", "ignored", "code", "count", "scrubbed",
+})
+_CONTACT_KEYS = frozenset({"contactId", "contact_id"})
+_PHONE_RUN = re.compile(r"\+?\d[\d ()\-]*\d")
+
+
+def _chunks(items: Sequence, size: int = 500) -> Iterable[list]:
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _json_escaped(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+@dataclass
+class _Needles:
+    """The values an erasure looks for, and how each is recognised in stored JSON and text."""
+
+    emails: set[str]
+    phones: set[str]
+    tokens: set[str]
+    external_ids: set[str]
+    contact_ids: set[int]
+    asked: tuple[str, Any] = ("", None)
+
+    @classmethod
+    def of(cls, api_name: str, value, tokens: set[str]) -> _Needles:
+        needles = cls(set(), set(), set(tokens), set(), set(), (api_name, value))
+        needles._add(api_name, value)
+        return needles
+
+    def _add(self, api_name: str, value) -> None:
+        if value is None:
+            return
+        if api_name == "token":
+            self.tokens.add(str(value))
+        elif api_name == "email":
+            self.emails.add(str(value).lower())
+        elif api_name == "phone":
+            self.phones.add(str(value))
+        elif api_name == "externalCustomerId":
+            self.external_ids.add(str(value))
+        elif api_name == "contactId":
+            self.contact_ids.add(int(value))
+
+    def add_registration(self, r: Registration) -> None:
+        for api_name, column in IDENTIFIERS:
+            self._add(api_name, getattr(r, column))
+
+    def drop_kept(self, session, erased_ids: set[int]) -> None:
+        """Forget identifiers (other than the one asked for) that remaining rows still hold."""
+        for api_name, column in IDENTIFIERS:
+            values = {
+                "email": self.emails, "phone": self.phones,
+                "externalCustomerId": self.external_ids, "contactId": self.contact_ids,
+            }[api_name]
+            col = getattr(Registration, column)
+            for chunk in _chunks(sorted(values, key=str)):
+                kept = session.execute(
+                    select(col, Registration.id).where(col.in_(chunk))
+                ).all()
+                for held, rid in kept:
+                    if rid not in erased_ids and (api_name, held) != self.asked:
+                        values.discard(held)
+
+    def like_clauses(self, lowered_text) -> list:
+        """SQL conditions that pick candidate rows (refined by :meth:`in_json`/:meth:`in_text`)."""
+        plain = set(self.tokens) | {str(c) for c in self.contact_ids} | set(self.phones)
+        for text_value in (*self.emails, *self.external_ids):
+            plain.update({text_value.lower(), _json_escaped(text_value).lower()})
+        clauses = [lowered_text.contains(p, autoescape=True) for p in sorted(plain) if p]
+        # a phone as the sender wrote it: "+380 (95) 649-09-55"
+        clauses += [lowered_text.like("%" + "%".join(p) + "%") for p in sorted(self.phones)]
+        return clauses
+
+    def in_text(self, text_value: str | None) -> bool:
+        if not text_value:
+            return False
+        lowered = text_value.lower()
+        if any(re.search(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){re.escape(e)}(?![\w-]|\.[\w-])",
+                         lowered) for e in self.emails):
+            return True
+        if self.phones and any(
+            re.sub(r"\D", "", run) in self.phones for run in _PHONE_RUN.findall(text_value)
+        ):
+            return True
+        # a chat id as a number of its own: not part of a longer number, a time or a decimal
+        if any(re.search(rf"(?<![\d.:-]){re.escape(t)}(?!\d|[.:]\d)", text_value)
+               for t in self.tokens):
+            return True
+        return text_value.strip() in self.external_ids
+
+    def in_json(self, value, key: str | None = None) -> bool:
+        if isinstance(value, dict):
+            return any(self.in_json(v, str(k)) for k, v in value.items())
+        if isinstance(value, list):
+            return any(self.in_json(v, key) for v in value)
+        if isinstance(value, bool) or value is None:
+            return False
+        if isinstance(value, int):
+            if key in _CONTACT_KEYS and value in self.contact_ids:
+                return True
+            return key not in _COUNTER_KEYS and (
+                str(value) in self.tokens or str(value) in self.phones
+            )
+        if isinstance(value, str):
+            if key in _CONTACT_KEYS and value.strip().isdigit():
+                if int(value.strip()) in self.contact_ids:
+                    return True
+            return self.in_text(value)
+        return False
+
+    def scrub(self, value, key: str | None = None):
+        """``value`` with every mentioning leaf replaced by ``[erased]``."""
+        if isinstance(value, dict):
+            return {k: self.scrub(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub(v, key) for v in value]
+        return ERASED if self.in_json(value, key) else value

@@ -8,6 +8,8 @@ one-line ``key=value`` request log written by the blueprint.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 
@@ -18,7 +20,7 @@ _PATTERNS = [
     (re.compile(r"(?i)(x-reteno-access-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",]+"), r"\1***"),
     (re.compile(r"(?i)((?:api[_-]?key|password|secret|token_secret)['\"]?\s*[:=]\s*['\"]?)"
                 r"[^\s'\",&]+"), r"\1***"),
-    (re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"),
+    (re.compile(r"[A-Za-z0-9.!#$%'*+^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"),
      "<email>"),
     # phone numbers and chat ids: 7 or more digits, possibly grouped
     (re.compile(r"(?<![\w.])\+?\d[\d ()-]{5,}\d(?![\w.])"),
@@ -53,10 +55,52 @@ _FILTER = RedactingFilter()
 
 def install_redaction() -> None:
     """Mask every record of the loggers the bridge and its servers write to."""
-    for name in ("", "bridge", "werkzeug", "gunicorn.error", "gunicorn.access", "flask.app"):
+    # A logger's filters see only the records logged on it, not its children's: so every
+    # ``bridge.*`` logger that exists by now gets the filter too.
+    children = [name for name in list(logging.root.manager.loggerDict)
+                if name.startswith("bridge.")]
+    for name in ("", "bridge", "werkzeug", "gunicorn.error", "gunicorn.access", "flask.app",
+                 REQUEST_LOGGER, *children):
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
         for handler in logger.handlers:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)
+
+
+# --- the request log: one key=value line per request ---------------------------------
+
+REQUEST_LOGGER = "bridge.request"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,39}$")
+
+
+def _value(text: str) -> str:
+    return json.dumps(text) if not text or re.search(r'[\s"=]', text) else text
+
+
+def caller_of(headers) -> str:
+    """Who called, without the credential: ``key#<6 hex of sha256>``, ``basic``, ..."""
+    scheme, _, value = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return "key#" + hashlib.sha256(value.strip().encode("utf-8")).hexdigest()[:6]
+    if scheme.lower() == "basic":
+        return "basic"
+    if headers.get("X-Telegram-Bot-Api-Secret-Token"):
+        return "telegram"
+    return "anonymous"
+
+
+def log_request(method: str, path: str, arg_names, status: int, seconds: float,
+                caller: str) -> None:
+    """``request method=GET path=/tokens query=email,limit status=200 ms=2.1 caller=key#1a2b3c``.
+
+    Only the *names* of query arguments are logged (never their values), and the
+    path goes through :func:`redact` (a chat id or address in it is masked).
+    """
+    names = sorted({n if _NAME.match(n) else "?" for n in arg_names})
+    logging.getLogger(REQUEST_LOGGER).info(
+        "request method=%s path=%s query=%s status=%d ms=%.1f caller=%s",
+        method, _value("/".join(redact(part) for part in path.split("/"))),
+        ",".join(names) or "-", status, seconds * 1000, caller,
+    )

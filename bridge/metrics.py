@@ -47,7 +47,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.registrations = Counter(
-            "bridge_registrations", "Token objects received by /register, by result",
+            "bridge_registrations",
+            "Token objects accepted by /register (queued, duplicate); rejected requests (invalid)",
             ["result"], registry=r,
         )
         self.deliveries = Counter(

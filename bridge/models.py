@@ -149,11 +149,14 @@ class Event(Base):
     token: Mapped[str | None] = mapped_column(String(24))
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # sha256 of a received status event (bridge.statuses): a replay is recognised by it.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_bridge_events_token", "token", "id"),
         Index("ix_bridge_events_registration_id", "registration_id"),
         Index("ix_bridge_events_kind_at", "kind", "at"),
+        Index("ix_bridge_events_fingerprint", "fingerprint"),
     )
 
 

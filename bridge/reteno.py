@@ -97,14 +97,21 @@ def _message(response: requests.Response) -> str:
         body = body.get("message") or body.get("error") or body
     text = body if isinstance(body, str) else str(body)
     text = " ".join(text.split())[:300]
-    return f"{response.status_code} {response.reason or ''}: {text}".strip()
+    status = f"{response.status_code} {response.reason}" if response.reason else str(
+        response.status_code
+    )
+    return f"{status}: {text}"
 
 
 class RetenoClient:
     def __init__(self, settings, session: requests.Session | None = None,
-                 timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)):
+                 timeout: tuple[float, float] | None = None):
         self.url = settings.tokens_url
-        self.timeout = timeout
+        # BRIDGE_UPSTREAM_CONNECT_TIMEOUT / BRIDGE_UPSTREAM_READ_TIMEOUT (seconds).
+        self.timeout = timeout or (
+            getattr(settings, "upstream_connect_timeout", CONNECT_TIMEOUT),
+            getattr(settings, "upstream_read_timeout", READ_TIMEOUT),
+        )
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.headers["Accept"] = "application/json"

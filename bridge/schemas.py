@@ -14,6 +14,7 @@ from typing import Any
 
 from marshmallow import (
     EXCLUDE,
+    INCLUDE,
     RAISE,
     Schema,
     ValidationError,
@@ -340,3 +341,75 @@ class HealthSchema(Schema):
     deadLetters = fields.Integer()
     delivery = fields.Dict()
     lastUpstream = fields.Dict(allow_none=True)
+    platform = fields.String(metadata={"example": "reteno"})
+    states = fields.Dict(keys=fields.String(), values=fields.Integer())
+    warning = fields.String(metadata={"description": "Present in sandbox mode."})
+
+
+# --- statuses, Telegram (documented in /openapi.json) ---------------------------------
+
+
+def _loose(description: str, **metadata) -> fields.Raw:
+    """A field documented as is: the statuses handler normalises (or ignores) it."""
+    return fields.Raw(metadata={"description": description, **metadata})
+
+
+class StatusEventSchema(Schema):
+    """One event of ``POST /statuses``, in either vocabulary; other fields are ignored."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    status = fields.String(metadata={"enum": ["SENT", "FAILED", "CLICKED"],
+                                     "description": "Simple vocabulary (a bot backend)."})
+    error = fields.String(metadata={"example": "Forbidden: bot was blocked by the user"})
+    token = _loose("Telegram chat id.", type=["integer", "string"], example="123456789")
+    contactId = _loose("Reteno contact id.", type=["integer", "string"])
+    externalCustomerId = fields.String()
+    phone = fields.String()
+    sms = fields.String(metadata={"description": "Reteno's name for the phone."})
+    email = fields.String()
+    activityStatus = fields.String(
+        metadata={"example": "UNDELIVERED",
+                  "description": "Reteno activity webhook: SENT, DELIVERED, UNDELIVERED, "
+                                 "CLICKED, BOT_SEND_ERROR, ..."}
+    )
+    statusDescription = fields.String(metadata={"example": "Forbidden"})
+    mediaType = fields.String()
+    messageId = _loose("Reteno message id.", type=["integer", "string"])
+    activityDateTime = fields.String()
+
+
+class StatusResultSchema(Schema):
+    """The answer of ``POST /statuses``."""
+
+    processed = fields.Integer(metadata={"description": "Events in the body."})
+    removed = fields.List(fields.String(), metadata={"description": "Tokens removed now."})
+    unmatched = fields.Integer(metadata={"description": "Events that matched no registration."})
+    ignored = fields.Integer(
+        metadata={"description": "Objects with no recognisable status or identifier."}
+    )
+
+
+class StatusProbeSchema(Schema):
+    """The answer of ``GET /statuses`` (Reteno's check of the webhook URL)."""
+
+    status = fields.String(metadata={"example": "ok"})
+    message = fields.String()
+
+
+class TelegramUpdateSchema(Schema):
+    """A Telegram ``Update``; the bridge reads ``my_chat_member`` and ``message``."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    update_id = fields.Integer()
+    message = fields.Dict(metadata={"description": "Text `/start <signed payload>` registers."})
+    my_chat_member = fields.Dict(
+        metadata={"description": "`kicked` removes the chat's token; `member` queues it again."}
+    )
+
+
+class TelegramAckSchema(Schema):
+    ok = fields.Boolean(metadata={"example": True})

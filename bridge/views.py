@@ -7,10 +7,15 @@ Errors of every kind leave as the one JSON shape of :mod:`bridge.http`.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+import time
+
+from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
 
+from . import statuses, telegram
 from .http import APIError, json_body, register_error_handlers, require_bearer
+from .logs import caller_of, log_request
+from .openapi import document as openapi_document
 from .schemas import (
     BatchSchema,
     HistorySchema,
@@ -115,3 +120,61 @@ def healthz():
 def metrics():
     return Response(rt().metrics.render(), mimetype="text/plain",
                     content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# --- statuses: Reteno's activity webhook and the bot backend's reports ----------------
+
+
+@bp.get("/statuses")
+def statuses_probe():
+    """Reteno checks the webhook URL with a GET when it is configured."""
+    return {"status": "ok", "message": "POST status events (a JSON object or array) here."}
+
+
+@bp.post("/statuses")
+def statuses_post():
+    bridge = rt()
+    statuses.require_auth(bridge.settings)
+    data = json_body(bridge.settings.max_body_bytes, replace_unstorable=True)
+    try:
+        objects = statuses.events_from_body(data)
+    except ValidationError as exc:
+        raise invalid(exc, "The body must be a status event object or an array of them; "
+                           "nothing was recorded.") from None
+    return statuses.apply(bridge.ledger, objects, bridge.metrics)
+
+
+# --- Telegram: the bot's webhook (blocks, unblocks, /start deep links) --------------------
+
+
+@bp.post("/telegram/webhook")
+def telegram_webhook():
+    bridge = rt()
+    telegram.require_secret(bridge.settings)
+    update = json_body(bridge.settings.max_body_bytes, replace_unstorable=True)
+    outcome = telegram.handle_update(bridge.ledger, bridge.settings, update, bridge.metrics)
+    bridge.metrics.telegram_updates.labels(outcome).inc()
+    return {"ok": True}
+
+
+# --- the request log and the OpenAPI document -----------------------------------------
+
+
+@bp.before_request
+def _start_clock():
+    g.bridge_started = time.perf_counter()
+
+
+@bp.after_request
+def _log_request(response):
+    """One ``key=value`` line per request; query values and credentials never appear."""
+    started = g.get("bridge_started")
+    log_request(request.method, request.path, request.args.keys(), response.status_code,
+                time.perf_counter() - started if started is not None else 0.0,
+                caller_of(request.headers))
+    return response
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return openapi_document(rt(), request.url_root)

@@ -19,17 +19,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from .ledger import LEASE_SECONDS
 from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
 
 log = logging.getLogger("bridge.worker")
 
 
 class DeliveryWorker:
-    def __init__(self, ledger, client, batch_size: int, metrics=None):
+    def __init__(self, ledger, client, batch_size: int, metrics=None,
+                 lease_seconds: int = LEASE_SECONDS):
         self.ledger = ledger
         self.client = client
         self.batch_size = batch_size
         self.metrics = metrics
+        self.lease_seconds = lease_seconds  # BRIDGE_LEASE_SECONDS
 
     def _call(self, rows) -> CallResult:
         result = self.client.add_tokens(rows)
@@ -48,8 +51,17 @@ class DeliveryWorker:
         if self.metrics and n:
             self.metrics.deliveries.labels(outcome).inc(n)
 
-    def _send(self, claim, rows, stats: Counter) -> CallResult | None:
-        """Deliver ``rows`` of a claim; the failure that stops delivery for now, if any."""
+    def _send(self, claim, rows, stats: Counter, renew: bool = False) -> CallResult | None:
+        """Deliver ``rows`` of a claim; the failure that stops delivery for now, if any.
+
+        ``renew``: a further call of the same claim (a split batch) first extends
+        the lease, and sends only the rows still held, so a long split never
+        overlaps with another worker that took the rows after the lease ran out.
+        """
+        if renew:
+            rows = self.ledger.renew(claim, rows, self.lease_seconds)
+            if not rows:
+                return None
         result = self._call(rows)
         detail = result.detail(len(rows))
         if result.outcome == DELIVERED:
@@ -70,9 +82,9 @@ class DeliveryWorker:
             self._count("dead", self.ledger.dead(claim, rows[0], detail), stats)
             return None
         middle = len(rows) // 2
-        blocked = self._send(claim, rows[:middle], stats)
+        blocked = self._send(claim, rows[:middle], stats, renew=True)
         if blocked is None:
-            return self._send(claim, rows[middle:], stats)
+            return self._send(claim, rows[middle:], stats, renew=True)
         # The first half hit a transient failure or a pause: the rest waits with it.
         rest = rows[middle:]
         self.ledger.release(claim, rest, {**blocked.detail(len(rest)), "sent": False},
@@ -82,7 +94,7 @@ class DeliveryWorker:
     def deliver_batch(self, stats: Counter | None = None) -> int:
         """Claim and send one batch; the number of registrations claimed (0: none due)."""
         stats = Counter() if stats is None else stats
-        claim = self.ledger.claim(self.batch_size)
+        claim = self.ledger.claim(self.batch_size, self.lease_seconds)
         if claim is None:
             return 0
         self._send(claim, list(claim.rows), stats)
@@ -93,7 +105,7 @@ class DeliveryWorker:
         """Send batches until nothing is due (or delivery is paused or held)."""
         stats: Counter = Counter()
         while stop is None or not stop.is_set():
-            claim = self.ledger.claim(self.batch_size)
+            claim = self.ledger.claim(self.batch_size, self.lease_seconds)
             if claim is None:
                 break
             blocked = self._send(claim, list(claim.rows), stats)

@@ -1,0 +1,214 @@
+"""``bridge erase``: one contact's personal data leaves the database, an audit line stays."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from bridge.models import Event, Registration
+from tests.conftest import TOKENS_URL
+
+ANN_TOKEN = "123456789"
+ANN_OTHER_CHAT = "555666777"
+ANN_EMAIL = "ann@example.com"
+ANN_PHONE = "380956490955"
+
+
+def register(client, auth, *items):
+    body = items[0] if len(items) == 1 else {"tokens": list(items)}
+    response = client.post("/register", json=body, headers=auth)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["registrations"]
+
+
+def statuses(client, auth, body):
+    response = client.post("/statuses", json=body, headers=auth)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def dump(bridge) -> str:
+    """Every row of every table of the bridge's database, as text."""
+    lines = []
+    engine = bridge.db.engine
+    with engine.connect() as conn:
+        for table in inspect(engine).get_table_names():
+            for row in conn.execute(text(f'SELECT * FROM "{table}"')):
+                lines.append(f"{table}: {json.dumps(list(row), default=str)}")
+    return "\n".join(lines)
+
+
+def mentions(haystack: str, number: str) -> bool:
+    return re.search(rf"(?<!\d){re.escape(number)}(?!\d)", haystack) is not None
+
+
+def has_ann_email(haystack: str) -> bool:
+    # "joann@example.com" is someone else
+    return re.search(r"(?<![\w.+-])ann@example\.com", haystack, re.IGNORECASE) is not None
+
+
+def history(client, auth, token):
+    return client.get(f"/tokens/{token}/history", headers=auth).get_json()["events"]
+
+
+@pytest.fixture
+def ledger_with_ann(client, auth, bridge, requests_mock):
+    """Ann's data everywhere a contact's data can be, next to Bob's and Joann's."""
+    # A status about Ann before she registered: unmatched, kept with its raw payload.
+    assert statuses(client, auth, {"activityStatus": "SENT", "email": "Ann@Example.COM",
+                                   "mediaType": "TELEGRAM", "messageId": 1})["unmatched"] == 1
+    register(
+        client, auth,
+        {"token": int(ANN_TOKEN), "contactId": 42, "externalCustomerId": "crm-ann",
+         "phone": "+380 (95) 649-09-55", "email": "Ann@Example.com"},
+        {"token": ANN_TOKEN, "contactId": 4242},  # the same chat under another identifier
+        {"token": 987654321, "phone": "+44 20 7946 0958", "email": "bob@example.com"},
+        {"token": 1234567890, "email": "joann@example.com"},  # look-alikes of Ann's values
+    )
+    requests_mock.post(TOKENS_URL, json="OK")
+    bridge.deliver_once()
+    # Ann's second chat, refused by Reteno with a message that quotes her address.
+    register(client, auth, {"token": int(ANN_OTHER_CHAT), "email": ANN_EMAIL})
+    requests_mock.post(TOKENS_URL, status_code=400, reason="Bad Request",
+                       json={"message": f"contact {ANN_EMAIL} is invalid"})
+    bridge.deliver_once()
+    # Bob's second chat waits after an outage whose error text quotes Ann's address.
+    register(client, auth, {"token": 987654322, "email": "bob@example.com"})
+    requests_mock.post(TOKENS_URL, status_code=503, reason="Service Unavailable",
+                       json={"message": f"busy with {ANN_EMAIL}"})
+    bridge.deliver_once()
+
+    statuses(client, auth, [
+        # Reteno's activity webhook about Ann, phone as she typed it
+        {"activityStatus": "DELIVERED", "email": "ANN@example.com",
+         "sms": "+380 95 649 09 55", "contactId": 42, "mediaType": "TELEGRAM", "messageId": 2},
+        # an object nobody can use, which still mentions Ann
+        {"comment": "ann@example.com called from +380 (95) 649-09-55"},
+        # a report about Bob's chat that happens to carry Ann's address
+        {"status": "SENT", "token": "987654321", "forwardedFrom": ANN_EMAIL},
+        # Joann is blocked: removed, with history
+        {"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
+         "token": "1234567890"},
+    ])
+    everything = dump(bridge)
+    assert has_ann_email(everything) and ANN_PHONE in everything
+    assert "649-09-55" in everything and mentions(everything, ANN_TOKEN)
+    return {"bob": history(client, auth, "987654321"),
+            "joann": history(client, auth, "1234567890")}
+
+
+def test_erase_leaves_nothing_of_the_contact(runner, client, auth, bridge, ledger_with_ann):
+    result = runner.invoke(args=["bridge", "erase", "--email", " ANN@example.com ", "--yes",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["erased"] is True and summary["by"] == "email"
+    assert summary["registrations"] == 3  # both registrations of her chat, and her other chat
+    assert summary["events"] >= 8
+
+    everything = dump(bridge)
+    assert not has_ann_email(everything)
+    for value in (ANN_PHONE, "649-09-55", "649 09 55", "crm-ann"):
+        assert value not in everything, value
+    for number in (ANN_TOKEN, ANN_OTHER_CHAT, "4242"):
+        assert not mentions(everything, number), number
+    with bridge.db.read() as session:
+        assert session.scalars(select(Registration).where(
+            Registration.contact_id.in_([42, 4242]))).all() == []
+
+    # one audit line, without personal data
+    with bridge.db.read() as session:
+        erased = session.scalars(select(Event).where(Event.kind == "erased")).all()
+    assert len(erased) == 1
+    assert erased[0].token is None and erased[0].registration_id is None
+    assert erased[0].detail == {"by": "email", "registrations": 3,
+                                "events": summary["events"], "scrubbed": summary["scrubbed"]}
+
+
+def test_other_contacts_keep_their_data_and_history(runner, client, auth, bridge,
+                                                    ledger_with_ann):
+    assert runner.invoke(args=["bridge", "erase", "--email", ANN_EMAIL, "--yes"]).exit_code == 0
+    everything = dump(bridge)
+    assert "joann@example.com" in everything and "bob@example.com" in everything
+    assert "442079460958" in everything and mentions(everything, "1234567890")
+
+    tokens = {i["token"]: i for i in client.get("/tokens", headers=auth).get_json()["items"]}
+    assert set(tokens) == {"987654321", "987654322", "1234567890"}
+    assert tokens["1234567890"]["state"] == "removed"
+    assert tokens["987654322"]["lastError"] == "[erased]"  # the outage text quoted Ann
+
+    # Bob keeps every line of his history; the one that quoted Ann is blanked, not dropped.
+    bob = history(client, auth, "987654321")
+    assert [e["kind"] for e in bob] == [e["kind"] for e in ledger_with_ann["bob"]]
+    assert any("[erased]" in json.dumps(e["detail"]) for e in bob)
+    assert history(client, auth, "1234567890") == ledger_with_ann["joann"]
+    # the shared upstream state (last Reteno answer) no longer quotes her either
+    last = client.get("/healthz").get_json()["lastUpstream"]
+    assert not has_ann_email(json.dumps(last))
+
+
+def test_asked_twice_the_second_run_erases_nothing(runner, bridge, ledger_with_ann):
+    first = runner.invoke(args=["bridge", "erase", "--email", ANN_EMAIL, "--yes"])
+    assert first.output.startswith("erased 3 registrations and ")
+    after_first = dump(bridge)
+    second = runner.invoke(args=["bridge", "erase", "--email", ANN_EMAIL, "--yes"])
+    assert second.exit_code == 0
+    assert "nothing to erase" in second.output
+    assert dump(bridge) == after_first  # not even a second audit line
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--token", "00123456789"),
+        ("--contact-id", "42"),
+        ("--external-customer-id", " crm-ann "),
+        ("--phone", "+380 (95) 649-09-55"),
+        ("--email", "Ann@Example.com"),
+    ],
+)
+def test_erase_by_any_identifier(runner, client, auth, bridge, requests_mock, option, value):
+    register(
+        client, auth,
+        {"token": int(ANN_TOKEN), "contactId": 42, "externalCustomerId": "crm-ann",
+         "phone": "+380 (95) 649-09-55", "email": ANN_EMAIL},
+        {"token": 987654321, "contactId": 43, "email": "bob@example.com"},
+    )
+    requests_mock.post(TOKENS_URL, json="OK")
+    bridge.deliver_once()
+    result = runner.invoke(args=["bridge", "erase", option, value, "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {
+        "by": {"--token": "token", "--contact-id": "contactId",
+               "--external-customer-id": "externalCustomerId", "--phone": "phone",
+               "--email": "email"}[option],
+        "registrations": 1, "events": 2, "scrubbed": 0, "erased": True}
+    everything = dump(bridge)
+    assert not has_ann_email(everything) and ANN_PHONE not in everything
+    assert "crm-ann" not in everything and not mentions(everything, ANN_TOKEN)
+    assert [i["token"] for i in client.get("/tokens", headers=auth).get_json()["items"]] == [
+        "987654321"]
+    assert len(history(client, auth, "987654321")) == 2
+
+
+def test_erase_is_one_transaction(client, auth, bridge, ledger_with_ann, monkeypatch):
+    before = dump(bridge)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(type(bridge.ledger), "_scrub_elsewhere", staticmethod(fail))
+    with pytest.raises(RuntimeError):
+        bridge.ledger.erase("email", ANN_EMAIL)
+    assert dump(bridge) == before
+
+
+def test_erasing_an_unknown_contact_writes_nothing(runner, client, auth, bridge):
+    register(client, auth, {"token": 987654321, "email": "bob@example.com"})
+    before = dump(bridge)
+    result = runner.invoke(args=["bridge", "erase", "--token", "42", "--yes"])
+    assert "nothing to erase: no registration or event mentions token 42" in result.output
+    assert dump(bridge) == before

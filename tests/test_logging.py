@@ -1,0 +1,131 @@
+"""Logs: one structured line per request and per upstream call, with no secret or
+personal data in clear."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+
+import pytest
+
+from tests.conftest import API_KEY, RETENO_KEY, TOKENS_URL
+
+WEBHOOK_USER, WEBHOOK_PASSWORD = "reteno-hook", "hook-password-4242"
+EMAIL, PHONE = "Ann.Lee@Example.com", "+380 (95) 649-09-55"
+PHONE_DIGITS = "380956490955"
+KEY_ID = "key#" + hashlib.sha256(API_KEY.encode()).hexdigest()[:6]
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(BRIDGE_WEBHOOK_USERNAME=WEBHOOK_USER, BRIDGE_WEBHOOK_PASSWORD=WEBHOOK_PASSWORD)
+
+
+@pytest.fixture
+def logs(caplog):
+    caplog.set_level(logging.DEBUG)
+    for name in ("bridge", "werkzeug", "flask.app", "urllib3", "requests"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
+
+
+def request_lines(caplog) -> list[dict[str, str]]:
+    lines = []
+    for record in caplog.records:
+        if record.name == "bridge.request":
+            message = record.getMessage()
+            assert message.startswith("request ")
+            lines.append(dict(re.findall(r'(\w+)=("[^"]*"|\S+)', message)))
+    return lines
+
+
+def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, runner,
+                                                             bridge, requests_mock, logs):
+    basic = "Basic " + base64.b64encode(f"{WEBHOOK_USER}:{WEBHOOK_PASSWORD}".encode()).decode()
+    response = client.post("/register", headers=auth,
+                           json={"token": 123456789, "email": EMAIL, "phone": PHONE})
+    assert response.status_code == 202
+    requests_mock.post(TOKENS_URL, json="OK")
+    assert bridge.deliver_once()["delivered"] == 1
+    assert requests_mock.last_request.headers["X-Reteno-Access-Key"] == RETENO_KEY
+    response = client.post("/statuses", headers={"Authorization": basic}, json=[
+        {"activityStatus": "UNDELIVERED", "statusDescription": "Forbidden", "email": EMAIL,
+         "sms": PHONE, "mediaType": "TELEGRAM"},
+        {"activityStatus": "SENT", "email": "other@example.com", "mediaType": "TELEGRAM"},
+    ])
+    assert response.get_json()["removed"] == ["123456789"]
+    assert client.get("/tokens", headers=auth,
+                      query_string={"email": EMAIL}).get_json()["items"]
+    assert client.get("/tokens", headers=auth,
+                      query_string={"phone": PHONE, "limit": 5}).get_json()["items"]
+    assert client.get("/tokens/123456789/history", headers=auth).status_code == 200
+    assert client.get(f"/tokens/{EMAIL}/history", headers=auth).status_code == 422
+    assert client.get("/tokens", headers={"Authorization": "Bearer wrong-key-987"},
+                      query_string={"email": EMAIL}).status_code == 401
+    result = runner.invoke(args=["bridge", "erase", "--email", EMAIL, "--yes"])
+    assert result.exit_code == 0 and "erased 1 registration" in result.output
+
+    text = logs.text
+    assert text  # something was logged
+    for secret in (API_KEY, RETENO_KEY, WEBHOOK_PASSWORD, basic.split()[1], "wrong-key-987"):
+        assert secret not in text, secret
+    lowered = text.lower()
+    for personal in (EMAIL.lower(), "other@example.com", PHONE, "649-09-55", PHONE_DIGITS):
+        assert personal.lower() not in lowered, personal
+    assert "123456789" not in text  # the chat id in a path is masked too
+
+    lines = request_lines(logs)
+    assert [(line["method"], line["status"]) for line in lines] == [
+        ("POST", "202"), ("POST", "200"), ("GET", "200"), ("GET", "200"), ("GET", "200"),
+        ("GET", "422"), ("GET", "401"),
+    ]
+    assert [line["caller"] for line in lines] == [KEY_ID, "basic", KEY_ID, KEY_ID, KEY_ID,
+                                                  KEY_ID, lines[-1]["caller"]]
+    assert lines[-1]["caller"].startswith("key#") and lines[-1]["caller"] != KEY_ID
+    assert lines[0]["path"] == "/register" and lines[0]["query"] == "-"
+    assert lines[2]["path"] == "/tokens" and lines[2]["query"] == "email"
+    assert lines[3]["query"] == "limit,phone"
+    assert lines[4]["path"] == "/tokens/<number>/history"
+    assert lines[5]["path"] == "/tokens/<email>/history"
+    assert all(float(line["ms"]) >= 0 for line in lines)
+
+    upstream = [r.getMessage() for r in logs.records if r.name == "bridge.worker"
+                and r.getMessage().startswith("upstream call")]
+    assert len(upstream) == 1
+    assert re.fullmatch(r"upstream call outcome=delivered status=200 batch=1 ms=[\d.]+",
+                        upstream[0])
+
+
+def test_a_failed_upstream_call_is_one_line_with_its_error_masked(client, auth, bridge,
+                                                                  requests_mock, logs):
+    client.post("/register", headers=auth, json={"token": 123456789, "email": EMAIL})
+    requests_mock.post(TOKENS_URL, status_code=400,
+                       json={"message": f"contact {EMAIL.lower()} is invalid"})
+    bridge.deliver_once()
+    upstream = [r.getMessage() for r in logs.records if r.name == "bridge.worker"
+                and r.getMessage().startswith("upstream call")]
+    assert len(upstream) == 1
+    assert "outcome=reject status=400 batch=1" in upstream[0]
+    assert "<email>" in upstream[0] and EMAIL.lower() not in logs.text.lower()
+
+
+def test_anonymous_and_telegram_callers(make_app, logs):
+    app = make_app(TELEGRAM_WEBHOOK_SECRET="tg-secret-value-1")
+    client = app.test_client()
+    client.get("/healthz")
+    client.post("/telegram/webhook", json={"update_id": 1},
+                headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret-value-1"})
+    lines = request_lines(logs)
+    assert [(line["path"], line["caller"]) for line in lines] == [
+        ("/healthz", "anonymous"), ("/telegram/webhook", "telegram")]
+    assert "tg-secret-value-1" not in logs.text
+
+
+def test_query_values_and_odd_argument_names_stay_out(client, auth, logs):
+    client.get("/tokens", headers=auth,
+               query_string={"email": "x@example.com", "ann@example.com": "1", "cursor": "abc"})
+    line = request_lines(logs)[-1]
+    assert line["query"] == "?,cursor,email"
+    assert "example.com" not in logs.text and "abc" not in logs.text

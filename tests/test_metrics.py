@@ -1,0 +1,104 @@
+"""``GET /metrics``: names and values after a known sequence of actions."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import TOKENS_URL
+
+
+def scrape(client) -> tuple[str, dict[tuple[str, tuple], float]]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    body = response.get_data(as_text=True)
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return body, samples
+
+
+def value(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clock):
+    a = {"token": 111111111, "email": "a@example.com"}
+    b = {"token": 222222222, "email": "b@example.com"}
+    assert client.post("/register", json={"tokens": [a, b]}, headers=auth).status_code == 202
+    assert client.post("/register", json=a, headers=auth).status_code == 202  # duplicate
+    assert client.post("/register", json={"token": "x"}, headers=auth).status_code == 422
+    requests_mock.post(TOKENS_URL, json="OK")
+    bridge.deliver_once()
+
+    body, samples = scrape(client)
+    assert 'bridge_registrations_total{result="queued"} 2.0' in body
+    assert 'bridge_registrations_total{result="duplicate"} 1.0' in body
+    assert 'bridge_registrations_total{result="invalid"} 1.0' in body
+    assert 'bridge_deliveries_total{outcome="delivered"} 2.0' in body
+    assert 'bridge_upstream_calls_total{outcome="delivered",status="200"} 1.0' in body
+    assert "bridge_upstream_latency_seconds_count 1.0" in body
+    assert 'bridge_upstream_latency_seconds_bucket{le="+Inf"} 1.0' in body
+    assert value(samples, "bridge_upstream_latency_seconds_sum") >= 0.0
+    assert "bridge_outbox_depth 0.0" in body
+    assert "bridge_outbox_oldest_age_seconds 0.0" in body
+    assert "bridge_dead_letters 0.0" in body
+    assert 'bridge_ledger_registrations{state="delivered"} 2.0' in body
+    assert 'bridge_ledger_registrations{state="queued"} 0.0' in body
+
+    # statuses: one block, one plain match, one for nobody, one unusable object
+    response = client.post("/statuses", headers=auth, json=[
+        {"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
+         "token": "111111111"},
+        {"status": "SENT", "token": "222222222"},
+        {"status": "SENT", "email": "nobody@example.com"},
+        {"hello": "world"},
+    ])
+    assert response.get_json() == {"processed": 4, "removed": ["111111111"], "unmatched": 1,
+                                   "ignored": 1}
+    # Reteno refuses the next token for good; another one waits in the outbox
+    requests_mock.post(TOKENS_URL, status_code=400, json={"message": "bad token"})
+    client.post("/register", json={"token": 333333333, "email": "c@example.com"},
+                headers=auth)
+    bridge.deliver_once()
+    client.post("/register", json={"token": 444444444, "email": "d@example.com"},
+                headers=auth)
+    clock.advance(30)
+
+    body, samples = scrape(client)
+    assert 'bridge_removals_total{cause="status_blocked"} 1.0' in body
+    for kind, n in (("blocked", 1), ("matched", 1), ("unmatched", 1), ("ignored", 1)):
+        assert value(samples, "bridge_status_events_total", kind=kind) == n, kind
+    assert value(samples, "bridge_deliveries_total", outcome="dead") == 1
+    assert value(samples, "bridge_upstream_calls_total", outcome="reject", status="400") == 1
+    assert value(samples, "bridge_upstream_latency_seconds_count") == 2
+    assert value(samples, "bridge_registrations_total", result="queued") == 4
+    assert "bridge_outbox_depth 1.0" in body
+    assert "bridge_outbox_oldest_age_seconds 30.0" in body
+    assert "bridge_dead_letters 1.0" in body
+    for state, n in (("queued", 1), ("delivered", 1), ("removed", 1), ("dead", 1)):
+        assert value(samples, "bridge_ledger_registrations", state=state) == n, state
+
+
+def test_a_retry_and_a_pause_are_counted_by_outcome(client, auth, bridge, requests_mock):
+    client.post("/register", json={"token": 111111111, "email": "a@example.com"}, headers=auth)
+    requests_mock.post(TOKENS_URL, status_code=503)
+    bridge.deliver_once()
+    _, samples = scrape(client)
+    assert value(samples, "bridge_upstream_calls_total", outcome="retry", status="503") == 1
+    assert value(samples, "bridge_deliveries_total", outcome="retry") == 1
+    assert value(samples, "bridge_outbox_depth") == 1
+
+
+def test_every_app_counts_for_itself(make_app, auth):
+    first, second = make_app(), make_app()
+    first.test_client().post("/register", json={"token": 1, "contactId": 1}, headers=auth)
+    _, samples = scrape(second.test_client())
+    assert value(samples, "bridge_registrations_total", result="queued") == 0
+
+
+def test_metrics_needs_no_credentials(client):
+    body, _ = scrape(client)
+    assert "# TYPE bridge_upstream_latency_seconds histogram" in body
+    assert "# TYPE bridge_registrations_total counter" in body

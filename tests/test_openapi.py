@@ -1,0 +1,174 @@
+"""``GET /openapi.json``: a valid OpenAPI 3 document of every route, from the schemas."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+
+from bridge import Bridge
+from bridge import openapi as openapi_module
+from bridge.schemas import ErrorSchema, RegistrationSchema, TokenQuerySchema, TokenSchema
+from tests.conftest import TOKENS_URL
+
+ERROR_CODES = {"400", "401", "404", "413", "415", "422", "503"}
+
+
+@pytest.fixture
+def spec(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    return response.get_json()
+
+
+def conforms(spec, schema_ref: str, instance) -> None:
+    """Validate ``instance`` against a schema of the document (refs resolved in it)."""
+    OAS31Validator({"$ref": schema_ref, "components": spec["components"]}).validate(instance)
+
+
+def blueprint_routes(app, prefix: str = ""):
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("bridge."):
+            path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+            assert path.startswith(prefix)
+            yield path[len(prefix):] or "/", sorted(rule.methods - {"HEAD", "OPTIONS"})
+
+
+def test_the_document_is_valid_openapi(spec):
+    validate(spec)
+    assert spec["openapi"].startswith("3.")
+    assert spec["info"]["title"] == "reteno-telegram-bridge"
+
+
+def test_every_route_of_the_blueprint_is_documented(app, spec):
+    routes = list(blueprint_routes(app))
+    assert {"/register", "/tokens", "/tokens/{token}/history", "/healthz", "/metrics",
+            "/openapi.json", "/statuses", "/telegram/webhook"} <= {p for p, _ in routes}
+    for path, methods in routes:
+        assert path in spec["paths"], path
+        for method in methods:
+            assert method.lower() in spec["paths"][path], (method, path)
+
+
+def test_auth_is_documented_per_endpoint(spec):
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer",
+                                 "description": schemes["bearer"]["description"]}
+    assert schemes["webhookBasic"]["scheme"] == "basic"
+    assert schemes["telegramSecret"]["in"] == "header"
+    assert schemes["telegramSecret"]["name"] == "X-Telegram-Bot-Api-Secret-Token"
+    paths = spec["paths"]
+    for path in ("/register", "/tokens", "/tokens/{token}/history"):
+        op = next(iter(paths[path].values()))
+        assert op["security"] == [{"bearer": []}], path
+        assert op["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
+    assert paths["/statuses"]["post"]["security"] == [{"webhookBasic": []}, {"bearer": []}]
+    assert paths["/statuses"]["get"]["security"] == []
+    assert paths["/telegram/webhook"]["post"]["security"] == [{"telegramSecret": []}]
+    for path in ("/healthz", "/metrics", "/openapi.json"):
+        assert paths[path]["get"]["security"] == []
+
+
+def test_every_error_response_is_the_error_shape(spec):
+    responses = spec["components"]["responses"]
+    for ref in responses.values():
+        assert ref["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
+    seen = set()
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            assert "200" in op["responses"] or "202" in op["responses"], (method, path)
+            for code, response in op["responses"].items():
+                if code[0] in "45":
+                    seen.add(code)
+                    name = response["$ref"].rsplit("/", 1)[1]
+                    assert name in responses, (code, path)
+    assert seen == ERROR_CODES
+    error = spec["components"]["schemas"]["Error"]
+    assert set(error["properties"]) == set(ErrorSchema().fields) == {
+        "code", "status", "message", "errors"}
+
+
+def test_the_schemas_are_those_the_views_use(spec):
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["Token"]["properties"]) == set(TokenSchema().fields)
+    assert schemas["Token"]["required"] == ["token"]
+    assert set(schemas["Registration"]["properties"]) == set(RegistrationSchema().fields)
+    parameters = spec["paths"]["/tokens"]["get"]["parameters"]
+    assert {p["name"] for p in parameters} == set(TokenQuerySchema().fields)
+    limit = next(p for p in parameters if p["name"] == "limit")
+    assert limit["schema"] == {"type": "integer", "default": 50, "minimum": 1, "maximum": 500}
+    body = spec["paths"]["/register"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"oneOf": [{"$ref": "#/components/schemas/Token"},
+                                        {"$ref": "#/components/schemas/TokenBatch"}]}
+    result = spec["paths"]["/statuses"]["post"]["responses"]["200"]
+    assert set(schemas["StatusResult"]["properties"]) == {"processed", "removed", "unmatched",
+                                                           "ignored"}
+    assert result["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/StatusResult"}
+
+
+def test_real_answers_conform_to_the_document(client, auth, spec, requests_mock, bridge):
+    registered = client.post("/register", headers=auth, json={"tokens": [
+        {"token": 123456789, "email": "ann@example.com", "phone": "+380 95 649 09 55"}]})
+    conforms(spec, "#/components/schemas/RegisterResponse", registered.get_json())
+    requests_mock.post(TOKENS_URL, json="OK")
+    bridge.deliver_once()
+    conforms(spec, "#/components/schemas/TokenPage",
+             client.get("/tokens", headers=auth).get_json())
+    conforms(spec, "#/components/schemas/History",
+             client.get("/tokens/123456789/history", headers=auth).get_json())
+    conforms(spec, "#/components/schemas/StatusResult", client.post(
+        "/statuses", headers=auth, json={"status": "SENT", "token": "123456789"}).get_json())
+    conforms(spec, "#/components/schemas/StatusProbe", client.get("/statuses").get_json())
+    conforms(spec, "#/components/schemas/Health", client.get("/healthz").get_json())
+    for response in (
+        client.post("/register", headers=auth, json={"token": "x"}),
+        client.post("/register", headers=auth, data="{", content_type="application/json"),
+        client.post("/register", headers=auth, data="a", content_type="text/plain"),
+        client.get("/tokens"),
+        client.get("/tokens", headers=auth, query_string={"cursor": "nope"}),
+    ):
+        assert response.status_code >= 400
+        conforms(spec, "#/components/schemas/Error", response.get_json())
+
+
+def test_server_url_is_where_the_bridge_is_mounted(config, tmp_path):
+    app = Flask("host", instance_path=str(tmp_path / "host"))
+    app.config.from_mapping(config)
+    Bridge(app, url_prefix="/reteno")
+    try:
+        spec = app.test_client().get("/reteno/openapi.json",
+                                     base_url="https://bots.example.org").get_json()
+        assert spec["servers"] == [{"url": "https://bots.example.org/reteno"}]
+        for path, methods in blueprint_routes(app, prefix="/reteno"):
+            for method in methods:
+                assert method.lower() in spec["paths"][path]
+    finally:
+        app.extensions["reteno_bridge"].db.dispose()
+
+
+def test_server_url_at_the_root(client):
+    spec = client.get("/openapi.json", base_url="http://localhost:5000").get_json()
+    assert spec["servers"] == [{"url": "http://localhost:5000"}]
+
+
+def test_the_document_is_built_once_per_runtime(client, bridge, monkeypatch):
+    built = []
+    real = openapi_module.build
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(openapi_module, "build", counting)
+    monkeypatch.setattr(openapi_module, "_cache", type(openapi_module._cache)())
+    first = client.get("/openapi.json", base_url="http://a.example").get_json()
+    second = client.get("/openapi.json", base_url="http://b.example").get_json()
+    assert len(built) == 1
+    assert first["servers"] != second["servers"]
+    assert {**first, "servers": None} == {**second, "servers": None}

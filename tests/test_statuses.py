@@ -1,0 +1,588 @@
+"""POST /statuses: Reteno's activity webhook and the bot backend's own reports.
+
+Everything goes through the Flask test client and is checked through what a
+user sees: the response, ``GET /tokens`` and ``GET /tokens/<token>/history``.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+import pytest
+
+from tests.conftest import API_KEY, TOKENS_URL
+
+URL = "/statuses"
+HOOK_USER = "reteno-hook"
+HOOK_PASSWORD = "hook-password-0123"
+BLOCKED = "403: Forbidden: bot was blocked by the user"
+
+
+def basic(user: str = HOOK_USER, password: str = HOOK_PASSWORD) -> dict:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(BRIDGE_WEBHOOK_USERNAME=HOOK_USER, BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD)
+
+
+def register(client, auth, *tokens):
+    response = client.post("/register", json={"tokens": list(tokens)}, headers=auth)
+    assert response.status_code == 202, response.json
+    return response.json["registrations"]
+
+
+def rows(client, auth, **filters):
+    response = client.get("/tokens", query_string={"limit": 500, **filters}, headers=auth)
+    assert response.status_code == 200, response.json
+    return response.json["items"]
+
+
+def row(client, auth, token):
+    [item] = rows(client, auth, token=token)
+    return item
+
+
+def history(client, auth, token):
+    response = client.get(f"/tokens/{token}/history", headers=auth)
+    assert response.status_code == 200
+    return response.json["events"]
+
+
+def kinds(client, auth, token):
+    return [e["kind"] for e in history(client, auth, token)]
+
+
+def post(client, body, headers=None, **kwargs):
+    return client.post(URL, json=body, headers=basic() if headers is None else headers, **kwargs)
+
+
+def activity(status="UNDELIVERED", description=BLOCKED, **fields):
+    """One object as Reteno's activity webhook posts it."""
+    event = {
+        "activityDateTime": "2026-11-25T10:15:00.000Z",
+        "activityStatus": status,
+        "broadcastId": 9001,
+        "contactId": None,
+        "email": "",
+        "externalCustomerId": None,
+        "mediaType": "telegrambot",
+        "messageId": 123456,
+        "messageInstanceId": 7890123,
+        "sms": "",
+        "statusDescription": description,
+        "iccid": None,
+        "newField": {"we": "do not know yet"},
+    }
+    event.update(fields)
+    return event
+
+
+def assert_error_shape(response, code):
+    assert response.status_code == code, response.data
+    body = response.json
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert body["code"] == code and body["message"]
+    return body
+
+
+# --- probe and authentication ---------------------------------------------------------
+
+
+def test_get_probe_answers_200_without_credentials(client):
+    response = client.get(URL)
+    assert response.status_code == 200
+    assert response.json["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic(password="wrong-password"),
+        basic(user="someone-else"),
+        {"Authorization": "Basic not-base64!"},
+        {"Authorization": "Bearer wrong-key-0123456789"},
+        {"Authorization": f"Basic {base64.b64encode(API_KEY.encode()).decode()}"},
+    ],
+)
+def test_wrong_or_missing_credentials_get_401_and_change_nothing(client, auth, headers):
+    register(client, auth, {"token": "100", "contactId": 1})
+    response = post(client, [activity(contactId=1)], headers=headers)
+    body = assert_error_shape(response, 401)
+    assert "Basic" in response.headers["WWW-Authenticate"]
+    assert "BRIDGE_WEBHOOK_USERNAME" in body["message"]
+    assert row(client, auth, "100")["state"] == "queued"
+    assert kinds(client, auth, "100") == ["submitted"]
+
+
+def test_basic_credentials_are_accepted(client):
+    response = post(client, [], headers=basic())
+    assert response.status_code == 200
+    assert response.json == {"processed": 0, "removed": [], "unmatched": 0, "ignored": 0}
+
+
+def test_bearer_key_is_accepted(client, auth):
+    assert post(client, [], headers=auth).status_code == 200
+
+
+def test_basic_is_refused_when_no_webhook_credentials_are_configured(make_app, auth):
+    client = make_app().test_client()
+    response = client.post(URL, json=[], headers=basic())
+    assert_error_shape(response, 401)
+    assert "Basic" not in response.headers["WWW-Authenticate"]
+    assert client.post(URL, json=[], headers=auth).status_code == 200
+
+
+# --- Reteno activity arrays ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("registered", "reported"),
+    [
+        ({"contactId": 5501}, {"contactId": 5501}),
+        ({"contactId": 5501}, {"contactId": "5501"}),
+        ({"externalCustomerId": "C-42"}, {"externalCustomerId": "C-42"}),
+        ({"email": "ann@example.com"}, {"email": "Ann@Example.com"}),
+        ({"phone": "+380 (95) 649-09-55"}, {"sms": "380956490955"}),
+        ({"phone": "+380 (95) 649-09-55"}, {"phone": "+380956490955"}),
+    ],
+)
+def test_undelivered_forbidden_removes_the_matching_token(client, auth, clock, registered,
+                                                          reported):
+    register(client, auth, {"token": "1001", **registered})
+    response = post(client, [activity(**reported)])
+    assert response.status_code == 200, response.json
+    assert response.json == {"processed": 1, "removed": ["1001"], "unmatched": 0, "ignored": 0}
+
+    item = row(client, auth, "1001")
+    assert item["state"] == "removed"
+    assert item["removedAt"] is not None
+    assert "Forbidden: bot was blocked by the user" in item["removalReason"]
+    assert item["removalReason"].startswith("UNDELIVERED")
+
+    events = history(client, auth, "1001")
+    assert [e["kind"] for e in events] == ["submitted", "status", "removed"]
+    status, removed = events[1], events[2]
+    assert status["detail"]["status"] == "UNDELIVERED"
+    assert status["detail"]["error"] == BLOCKED
+    assert status["detail"]["messageId"] == 123456
+    assert status["detail"]["blocked"] is True
+    assert status["detail"]["raw"]["newField"] == {"we": "do not know yet"}
+    assert status["detail"]["raw"]["broadcastId"] == 9001
+    assert removed["detail"]["cause"] == "status_blocked"
+    assert removed["detail"]["previousState"] == "queued"
+    assert removed["detail"]["messageId"] == 123456
+
+
+@pytest.mark.parametrize("status", ["FAILED", "UNDELIVERED", "BOT_SEND_ERROR", "failed"])
+@pytest.mark.parametrize(
+    "description",
+    ["Forbidden", "Forbidden: bot was blocked by the user", "403", "user BLOCKED the bot",
+     "Error 403: Forbidden: user is deactivated"],
+)
+def test_every_failure_saying_forbidden_blocked_or_403_removes(client, auth, status,
+                                                               description):
+    register(client, auth, {"token": "1002", "externalCustomerId": "C-2"})
+    response = post(client, [activity(status, description, externalCustomerId="C-2")])
+    assert response.json["removed"] == ["1002"]
+
+
+@pytest.mark.parametrize(
+    ("status", "description"),
+    [
+        ("UNDELIVERED", "400: Bad Request: chat not found"),
+        ("FAILED", None),
+        ("BOT_SEND_ERROR", "429: Too Many Requests: retry after 5"),
+        ("READ", "blocked"),  # not a failure: the word alone removes nothing
+        ("SPAM", "403"),
+    ],
+)
+def test_other_failures_and_statuses_are_recorded_only(client, auth, status, description):
+    register(client, auth, {"token": "1003", "contactId": 3})
+    response = post(client, [activity(status, description, contactId=3)])
+    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0}
+    assert row(client, auth, "1003")["state"] == "queued"
+    [status_event] = [e for e in history(client, auth, "1003") if e["kind"] == "status"]
+    assert status_event["detail"]["status"] == status
+    assert status_event["detail"]["blocked"] is False
+
+
+def test_delivered_sent_clicked_are_recorded_on_the_registration_history(
+    client, auth, bridge, requests_mock
+):
+    requests_mock.post(TOKENS_URL, json="OK")
+    [reg] = register(client, auth, {"token": "1004", "contactId": 4})
+    bridge.deliver_once()
+    body = [
+        activity("SENT", None, contactId=4, messageId=1),
+        activity("DELIVERED", None, contactId=4, messageId=1),
+        activity("CLICKED", None, contactId=4, messageId=1, link="https://example.com/x"),
+    ]
+    response = post(client, body)
+    assert response.json == {"processed": 3, "removed": [], "unmatched": 0, "ignored": 0}
+    assert row(client, auth, "1004")["state"] == "delivered"
+    events = history(client, auth, "1004")
+    assert [e["kind"] for e in events] == ["submitted", "delivered", "status", "status",
+                                          "status"]
+    assert [e["detail"]["status"] for e in events[2:]] == ["SENT", "DELIVERED", "CLICKED"]
+    assert {e["registrationId"] for e in events[2:]} == {reg["id"]}
+    assert events[4]["detail"]["raw"]["link"] == "https://example.com/x"
+
+
+def test_a_contact_with_several_tokens_loses_all_of_them(client, auth):
+    register(client, auth, {"token": "2001", "contactId": 77}, {"token": "2002", "contactId": 77},
+             {"token": "2003", "contactId": 78})
+    response = post(client, [activity(contactId=77)])
+    assert response.json["removed"] == ["2001", "2002"]
+    assert row(client, auth, "2003")["state"] == "queued"
+
+
+def test_only_the_matching_identifier_registration_of_a_token_is_removed(client, auth):
+    register(client, auth, {"token": "2101", "contactId": 10}, {"token": "2101", "email": "b@x.io"})
+    assert post(client, [activity(contactId=10)]).json["removed"] == ["2101"]
+    states = {r["matchedBy"]: r["state"] for r in rows(client, auth, token="2101")}
+    assert states == {"contactId": "removed", "email": "queued"}
+
+
+# --- the simple vocabulary (bot backend, bearer key) ----------------------------------------
+
+
+def test_bot_backend_reports_forbidden_by_token(client, auth):
+    register(client, auth, {"token": "123", "email": "ann@example.com"},
+             {"token": "123", "contactId": 9})
+    body = {"token": "123", "status": "FAILED", "error": "Forbidden: bot was blocked by the user"}
+    response = post(client, body, headers=auth)
+    assert response.status_code == 200
+    assert response.json == {"processed": 1, "removed": ["123"], "unmatched": 0, "ignored": 0}
+    assert {r["state"] for r in rows(client, auth, token="123")} == {"removed"}
+    events = history(client, auth, "123")
+    assert [e["kind"] for e in events] == ["submitted", "submitted", "status", "status",
+                                          "removed", "removed"]
+    assert events[2]["detail"]["raw"] == body
+    assert events[2]["detail"]["via"] == "token"
+
+
+def test_token_given_as_integer_and_identifiers_in_simple_vocabulary(client, auth):
+    register(client, auth, {"token": "-1001234", "phone": "380501112233"},
+             {"token": "555", "externalCustomerId": "E-1"})
+    response = post(client, [
+        {"token": -1001234, "status": "FAILED", "error": "Forbidden"},
+        {"externalCustomerId": "E-1", "status": "SENT"},
+    ], headers=auth)
+    assert response.json == {"processed": 2, "removed": ["-1001234"], "unmatched": 0,
+                             "ignored": 0}
+    assert kinds(client, auth, "555") == ["submitted", "status"]
+
+
+def test_the_highest_priority_identifier_decides(client, auth):
+    register(client, auth, {"token": "3001", "contactId": 31},
+             {"token": "3002", "email": "x@example.com"})
+    response = post(client, [activity(contactId=31, email="x@example.com",
+                                      externalCustomerId=None)])
+    assert response.json["removed"] == ["3001"]
+    assert row(client, auth, "3002")["state"] == "queued"
+    assert kinds(client, auth, "3002") == ["submitted"]
+
+
+def test_a_lower_identifier_is_used_when_the_higher_names_no_registration(client, auth):
+    # Reteno always sends its own contactId; a bot that registered by externalCustomerId
+    # is still found, as Reteno itself would match: first identifier that matches wins.
+    register(client, auth, {"token": "3101", "externalCustomerId": "C-31"})
+    response = post(client, [activity(contactId=999999, externalCustomerId="C-31")])
+    assert response.json["removed"] == ["3101"]
+    [status] = [e for e in history(client, auth, "3101") if e["kind"] == "status"]
+    assert status["detail"]["via"] == "externalCustomerId"
+
+
+def test_token_wins_over_identifiers(client, auth):
+    register(client, auth, {"token": "3201", "contactId": 32}, {"token": "3202", "contactId": 32})
+    response = post(client, {"token": "3202", "contactId": 32, "status": "FAILED",
+                             "error": "Forbidden"}, headers=auth)
+    assert response.json["removed"] == ["3202"]
+    assert row(client, auth, "3201")["state"] == "queued"
+
+
+# --- unmatched and ignored ------------------------------------------------------------------
+
+
+def test_events_matching_no_registration_are_counted_unmatched(client, auth):
+    register(client, auth, {"token": "4001", "contactId": 40})
+    response = post(client, [
+        activity(contactId=424242),
+        activity("DELIVERED", None, email="nobody@example.com"),
+        {"token": "4999", "status": "FAILED", "error": "Forbidden"},
+    ])
+    assert response.status_code == 200
+    assert response.json == {"processed": 3, "removed": [], "unmatched": 3, "ignored": 0}
+    assert row(client, auth, "4001")["state"] == "queued"
+    [event] = history(client, auth, "4999")
+    assert event["kind"] == "status_unmatched"
+    assert event["detail"]["status"] == "FAILED"
+    assert event["detail"]["raw"]["token"] == "4999"
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ({"token": "5001"}, "no status"),
+        ({"token": "5001", "status": ""}, "no status"),
+        ({"token": "5001", "status": 42}, "unrecognised status"),
+        ({"token": "5001", "status": "not a status!"}, "unrecognised status"),
+        ({"token": "5001", "activityStatus": "SENT", "mediaType": "email"}, "not Telegram"),
+    ],
+)
+def test_events_without_a_usable_status_are_ignored_and_recorded(client, auth, event, reason):
+    register(client, auth, {"token": "5001", "contactId": 50})
+    response = post(client, [event])
+    assert response.status_code == 200
+    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 1}
+    ignored = [e for e in history(client, auth, "5001") if e["kind"] == "status_ignored"]
+    assert len(ignored) == 1
+    assert reason in ignored[0]["detail"]["reason"]
+    assert ignored[0]["detail"]["raw"] == event
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"status": "FAILED", "error": "Forbidden"},  # no token, no identifier
+        activity(),  # every identifier empty
+        activity(email="not-an-email"),
+        activity(contactId=-5),
+        activity(sms="12"),
+        {"token": "abc", "status": "FAILED", "error": "Forbidden", "contactId": 50},
+        {"token": True, "status": "SENT"},
+    ],
+)
+def test_events_without_a_usable_token_or_identifier_are_ignored(client, auth, event):
+    register(client, auth, {"token": "5002", "contactId": 50})
+    response = post(client, [event, event | {"messageId": "other"}])
+    assert response.status_code == 200
+    assert response.json == {"processed": 2, "removed": [], "unmatched": 0, "ignored": 2}
+    assert row(client, auth, "5002")["state"] == "queued"
+
+
+def test_an_invalid_lower_identifier_does_not_spoil_a_valid_higher_one(client, auth):
+    register(client, auth, {"token": "5003", "contactId": 53})
+    response = post(client, [activity(contactId=53, email="broken@", sms="x")])
+    assert response.json["removed"] == ["5003"]
+    [status] = [e for e in history(client, auth, "5003") if e["kind"] == "status"]
+    assert set(status["detail"]["invalid"]) == {"email", "sms"}
+
+
+def test_credentials_in_an_event_are_not_stored(client, auth):
+    register(client, auth, {"token": "5004", "contactId": 54})
+    post(client, [activity("DELIVERED", None, contactId=54, password="hunter2",
+                           apiKey="k-123", nested={"client_secret": "s", "keep": 1})])
+    [status] = [e for e in history(client, auth, "5004") if e["kind"] == "status"]
+    raw = status["detail"]["raw"]
+    assert "password" not in raw and "apiKey" not in raw
+    assert raw["nested"] == {"keep": 1}
+    assert raw["contactId"] == 54
+
+
+# --- replay ------------------------------------------------------------------------------
+
+
+def test_replaying_the_same_body_changes_and_records_nothing_more(client, auth):
+    register(client, auth, {"token": "6001", "contactId": 60}, {"token": "6002", "contactId": 61})
+    body = [
+        activity(contactId=60, messageId=1),
+        activity("CLICKED", None, contactId=61, messageId=2),
+        activity(contactId=606060, messageId=3),
+        {"token": "6002", "note": "no status"},
+    ]
+    first = post(client, body)
+    assert first.json == {"processed": 4, "removed": ["6001"], "unmatched": 1, "ignored": 1}
+    before = {t: history(client, auth, t) for t in ("6001", "6002")}
+    rows_before = rows(client, auth)
+
+    second = post(client, body)
+    assert second.status_code == 200
+    assert second.json == {"processed": 4, "removed": [], "unmatched": 1, "ignored": 1}
+    assert {t: history(client, auth, t) for t in ("6001", "6002")} == before
+    assert rows(client, auth) == rows_before
+
+
+def test_concurrent_replays_apply_once(app, client, auth):
+    register(client, auth, {"token": "6051", "contactId": 65})
+    body = [activity(contactId=65), activity("CLICKED", None, contactId=65, messageId=9)]
+    results = []
+
+    def deliver():
+        results.append(post(app.test_client(), body).json)
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r["removed"] for r in results) == [[], [], [], ["6051"]]
+    assert kinds(client, auth, "6051") == ["submitted", "status", "status", "removed"]
+
+
+def test_a_repeated_event_inside_one_body_is_applied_once(client, auth):
+    register(client, auth, {"token": "6101", "contactId": 62})
+    event = activity("DELIVERED", None, contactId=62)
+    response = post(client, [event, event])
+    assert response.json == {"processed": 2, "removed": [], "unmatched": 0, "ignored": 0}
+    assert kinds(client, auth, "6101") == ["submitted", "status"]
+
+
+def test_a_replayed_old_block_does_not_remove_the_token_registered_again(client, auth):
+    register(client, auth, {"token": "6201", "contactId": 63})
+    body = [activity(contactId=63)]
+    assert post(client, body).json["removed"] == ["6201"]
+    [again] = register(client, auth, {"token": "6201", "contactId": 63})
+    assert post(client, body).json["removed"] == []
+    assert {r["id"]: r["state"] for r in rows(client, auth, token="6201")}[again["id"]] == "queued"
+
+
+def test_a_late_status_about_a_removed_token_lands_on_its_history(client, auth):
+    register(client, auth, {"token": "6301", "contactId": 64})
+    response = post(client, [activity(contactId=64, messageId=1),
+                             activity("CLICKED", None, contactId=64, messageId=2)])
+    assert response.json == {"processed": 2, "removed": ["6301"], "unmatched": 0, "ignored": 0}
+    response = post(client, [activity(contactId=64, messageId=3)])
+    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0}
+    events = history(client, auth, "6301")
+    assert [e["kind"] for e in events] == ["submitted", "status", "status", "removed", "status"]
+    assert events[2]["detail"]["registrationState"] == "removed"
+    assert row(client, auth, "6301")["state"] == "removed"
+
+
+def test_a_removed_token_registered_again_is_a_new_registration(client, auth, bridge,
+                                                                 requests_mock):
+    requests_mock.post(TOKENS_URL, json="OK")
+    [first] = register(client, auth, {"token": "7001", "externalCustomerId": "C-7"})
+    bridge.deliver_once()
+    post(client, {"token": "7001", "status": "FAILED", "error": "Forbidden"}, headers=auth)
+    [again] = register(client, auth, {"token": "7001", "externalCustomerId": "C-7"})
+    assert again["duplicate"] is False
+    assert again["id"] != first["id"]
+    assert again["state"] == "queued"
+    bridge.deliver_once()
+    assert [r.json()["tokens"][0]["token"] for r in requests_mock.request_history] == [
+        "7001", "7001"]
+    states = {r["id"]: r["state"] for r in rows(client, auth, token="7001")}
+    assert states == {first["id"]: "removed", again["id"]: "delivered"}
+
+
+# --- malformed bodies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"data": "token=1", "content_type": "application/x-www-form-urlencoded"}, 415),
+        ({"data": "[{]", "content_type": "text/plain"}, 415),
+        ({"data": "[{\"status\": ", "content_type": "application/json"}, 400),
+        ({"data": b"\xff\xfe", "content_type": "application/json"}, 400),
+        ({"json": [1, 2]}, 422),
+        ({"json": "x"}, 422),
+        ({"json": 5}, 422),
+        ({"data": "null", "content_type": "application/json"}, 422),
+        ({"json": [{"token": "8001", "status": "FAILED", "error": "Forbidden"}, "x"]}, 422),
+        ({"json": [[{"token": "8001", "status": "FAILED", "error": "Forbidden"}]]}, 422),
+    ],
+)
+def test_malformed_bodies_get_4xx_and_change_nothing(client, auth, kwargs, code):
+    register(client, auth, {"token": "8001", "contactId": 80})
+    response = client.post(URL, headers=basic(), **kwargs)
+    body = assert_error_shape(response, code)
+    if code == 422 and isinstance(kwargs.get("json"), list):
+        assert body["errors"]
+        assert all(key.isdigit() for key in body["errors"])
+    assert row(client, auth, "8001")["state"] == "queued"
+    assert kinds(client, auth, "8001") == ["submitted"]
+
+
+def test_a_body_over_the_limit_is_413(make_app):
+    client = make_app(BRIDGE_WEBHOOK_USERNAME=HOOK_USER, BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
+                      BRIDGE_MAX_BODY_BYTES=2048).test_client()
+    response = post(client, [activity(contactId=i) for i in range(1, 50)])
+    assert_error_shape(response, 413)
+
+
+# --- volume ---------------------------------------------------------------------------------
+
+
+def test_a_thousand_events_in_one_request(client, auth):
+    register(client, auth, *({"token": str(10_000 + i), "externalCustomerId": f"C-{i}"}
+                             for i in range(1000)))
+    body = []
+    for i in range(1000):
+        if i % 2:
+            body.append(activity(externalCustomerId=f"C-{i}", messageId=i))
+        elif i % 10 == 0:
+            body.append(activity("DELIVERED", None, externalCustomerId=f"X-{i}", messageId=i))
+        else:
+            body.append(activity("CLICKED", None, externalCustomerId=f"C-{i}", messageId=i))
+    started = time.perf_counter()
+    response = post(client, body)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    assert response.json["processed"] == 1000
+    assert response.json["unmatched"] == 100
+    assert response.json["ignored"] == 0
+    assert response.json["removed"] == [str(10_000 + i) for i in range(1, 1000, 2)]
+    assert elapsed < 15, f"1,000 events took {elapsed:.1f}s"
+    assert len(rows(client, auth, state="removed")) == 500
+    assert len(rows(client, auth, state="queued")) == 500
+    assert kinds(client, auth, "10002") == ["submitted", "status"]
+
+    again = post(client, body)
+    assert again.json["removed"] == [] and again.json["unmatched"] == 100
+    assert kinds(client, auth, "10002") == ["submitted", "status"]
+
+
+def test_status_metrics_are_exported(client, auth):
+    register(client, auth, {"token": "9001", "contactId": 90})
+    post(client, [activity(contactId=90), activity(contactId=91), {"status": "SENT"}])
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'bridge_status_events_total{kind="blocked"} 1.0' in text
+    assert 'bridge_status_events_total{kind="unmatched"} 1.0' in text
+    assert 'bridge_status_events_total{kind="ignored"} 1.0' in text
+    assert 'bridge_removals_total{cause="status_blocked"} 1.0' in text
+
+
+# --- sandbox: the simulator blocks a token and reports it like Reteno -----------------------
+
+
+@pytest.mark.real_http
+def test_sandbox_block_reaches_the_ledger_over_http(make_app, auth):
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None)
+    bridge = app.extensions["reteno_bridge"]
+    assert bridge.settings.sandbox
+    client = app.test_client()
+    register(client, auth, {"token": "880001", "externalCustomerId": "C-88"},
+             {"token": "880002", "externalCustomerId": "C-89"})
+    bridge.deliver_once()
+    assert {r["state"] for r in rows(client, auth)} == {"delivered"}
+    held = client.get("/sandbox/reteno/contacts", query_string={"token": "880001"})
+    assert held.status_code == 200 and held.json["contacts"]
+
+    response = client.post("/sandbox/reteno/block/880001")
+    assert response.status_code == 200, response.data
+    [event] = response.json["events"]
+    assert event["status"] == "FAILED" and "Forbidden" in event["error"]
+
+    item = row(client, auth, "880001")
+    assert item["state"] == "removed"
+    assert "Forbidden: bot was blocked by the user" in item["removalReason"]
+    assert item["removedAt"] is not None
+    assert row(client, auth, "880002")["state"] == "delivered"
+    events = history(client, auth, "880001")
+    assert [e["kind"] for e in events][-2:] == ["status", "removed"]
+    assert events[-2]["detail"]["raw"]["externalCustomerId"] == "C-88"
+    assert client.get("/sandbox/reteno/contacts",
+                      query_string={"token": "880001"}).json["contacts"] == []
+
+    # Blocking again: the simulator no longer holds it, and the ledger stays as it is.
+    assert client.post("/sandbox/reteno/block/880001").status_code == 404
+    assert row(client, auth, "880001")["state"] == "removed"

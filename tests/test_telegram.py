@@ -1,0 +1,566 @@
+"""POST /telegram/webhook and the signed /start deep links (``bridge link``).
+
+Updates are real Telegram ``Update`` JSON shapes (checked by parsing them with
+python-telegram-bot); the outcome is read through ``GET /tokens`` and
+``GET /tokens/<token>/history``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge import telegram as tg
+from tests.conftest import TOKENS_URL
+
+URL = "/telegram/webhook"
+SECRET = "tg-webhook-secret_0123456789"
+LINK_SECRET = "link-secret-" + "x" * 24
+BOT = "my_test_bot"
+BOT_USER = {"id": 7000000001, "is_bot": True, "first_name": "Test bot", "username": BOT}
+CHAT_ID = 123456789
+PAYLOAD_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+_update_ids = itertools.count(500_000_000)
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(TELEGRAM_WEBHOOK_SECRET=SECRET, BRIDGE_LINK_SECRET=LINK_SECRET,
+                    TELEGRAM_BOT_USERNAME=BOT)
+
+
+# --- real Update shapes -------------------------------------------------------------------
+
+
+def user(chat_id=CHAT_ID):
+    return {"id": chat_id, "is_bot": False, "first_name": "Ann", "username": "ann_example",
+            "language_code": "en"}
+
+
+def private_chat(chat_id=CHAT_ID):
+    return {"id": chat_id, "first_name": "Ann", "username": "ann_example", "type": "private"}
+
+
+def group_chat(chat_id=-1001234567890):
+    return {"id": chat_id, "title": "Team", "type": "supergroup"}
+
+
+def chat_member_update(new_status, old_status, chat=None):
+    """What Telegram sends when a user blocks (kicked) or unblocks (member) the bot."""
+    chat = chat or private_chat()
+    def member(status):
+        return {"user": BOT_USER, "status": status, **({"until_date": 0}
+                                                      if status == "kicked" else {})}
+
+    return {
+        "update_id": next(_update_ids),
+        "my_chat_member": {
+            "chat": chat,
+            "from": user(chat["id"] if chat["type"] == "private" else CHAT_ID),
+            "date": 1732520000,
+            "old_chat_member": member(old_status),
+            "new_chat_member": member(new_status),
+        },
+    }
+
+
+def blocked(chat_id=CHAT_ID):
+    return chat_member_update("kicked", "member", private_chat(chat_id))
+
+
+def unblocked(chat_id=CHAT_ID):
+    return chat_member_update("member", "kicked", private_chat(chat_id))
+
+
+def text_message(text, chat=None, command_length=None):
+    chat = chat or private_chat()
+    message = {
+        "message_id": 17,
+        "from": user(chat["id"] if chat["type"] == "private" else CHAT_ID),
+        "chat": chat,
+        "date": 1732520001,
+        "text": text,
+    }
+    if command_length:
+        message["entities"] = [{"offset": 0, "length": command_length, "type": "bot_command"}]
+    return {"update_id": next(_update_ids), "message": message}
+
+
+def start(payload=None, chat=None, command="/start"):
+    text = command if payload is None else f"{command} {payload}"
+    return text_message(text, chat, command_length=len(command))
+
+
+def test_the_update_shapes_are_real_telegram_updates():
+    from telegram import Update
+
+    for data in (blocked(), unblocked(), start("abc"), start(chat=group_chat()),
+                 chat_member_update("left", "member", group_chat())):
+        update = Update.de_json(data, None)
+        assert update.update_id == data["update_id"]
+    assert Update.de_json(blocked(), None).my_chat_member.new_chat_member.status == "kicked"
+    assert Update.de_json(unblocked(), None).my_chat_member.new_chat_member.status == "member"
+    entity = Update.de_json(start("abc"), None).message.entities[0]
+    assert entity.type == "bot_command" and entity.length == len("/start")
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def send(client, update, secret=SECRET, **kwargs):
+    headers = {} if secret is None else {tg.SECRET_HEADER: secret}
+    return client.post(URL, json=update, headers=headers, **kwargs)
+
+
+def register(client, auth, *tokens):
+    response = client.post("/register", json={"tokens": list(tokens)}, headers=auth)
+    assert response.status_code == 202, response.json
+    return response.json["registrations"]
+
+
+def rows(client, auth, **filters):
+    response = client.get("/tokens", query_string={"limit": 500, **filters}, headers=auth)
+    assert response.status_code == 200, response.json
+    return response.json["items"]
+
+
+def history(client, auth, token=CHAT_ID):
+    response = client.get(f"/tokens/{token}/history", headers=auth)
+    assert response.status_code == 200
+    return response.json["events"]
+
+
+def kinds(client, auth, token=CHAT_ID):
+    return [e["kind"] for e in history(client, auth, token)]
+
+
+def assert_error_shape(response, code):
+    assert response.status_code == code, response.data
+    body = response.json
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert body["code"] == code and body["message"]
+    return body
+
+
+def link_payload(link: str) -> str:
+    parts = urlsplit(link)
+    assert parts.scheme == "https" and parts.netloc == "t.me" and parts.path == f"/{BOT}"
+    [payload] = parse_qs(parts.query)["start"]
+    return payload
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+def test_404_while_the_webhook_secret_is_unset(make_app, auth):
+    client = make_app(BRIDGE_LINK_SECRET=LINK_SECRET, TELEGRAM_BOT_USERNAME=BOT).test_client()
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    for headers in ({}, {tg.SECRET_HEADER: SECRET}, {tg.SECRET_HEADER: ""}):
+        response = client.post(URL, json=blocked(), headers=headers)
+        assert_error_shape(response, 404)
+    assert [r["state"] for r in rows(client, auth)] == ["queued"]
+
+
+@pytest.mark.parametrize("secret", [None, "", "wrong", SECRET + "x", SECRET[:-1], SECRET.upper()])
+def test_a_wrong_or_missing_secret_is_401_and_nothing_happens(client, auth, secret):
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    body = assert_error_shape(send(client, blocked(), secret=secret), 401)
+    assert tg.SECRET_HEADER in body["message"]
+    payload = tg.make_payload(LINK_SECRET, "externalCustomerId", "C-1")
+    assert_error_shape(send(client, start(payload, private_chat(555)), secret=secret), 401)
+    assert [r["state"] for r in rows(client, auth)] == ["queued"]
+    assert kinds(client, auth) == ["submitted"]
+    assert history(client, auth, 555) == []
+
+
+def test_non_json_bodies_get_4xx_once_authenticated(client):
+    headers = {tg.SECRET_HEADER: SECRET}
+    assert_error_shape(client.post(URL, data="x", content_type="text/plain", headers=headers), 415)
+    assert_error_shape(client.post(URL, data="{", content_type="application/json",
+                                   headers=headers), 400)
+
+
+# --- blocks and unblocks --------------------------------------------------------------------
+
+
+def test_kicked_removes_every_live_registration_of_the_chat(client, auth):
+    register(client, auth, {"token": CHAT_ID, "contactId": 11},
+             {"token": CHAT_ID, "email": "ann@example.com"}, {"token": 999, "contactId": 11})
+    update = blocked()
+    response = send(client, update)
+    assert response.status_code == 200
+    assert response.json == {"ok": True}
+
+    mine = rows(client, auth, token=CHAT_ID)
+    assert {r["state"] for r in mine} == {"removed"}
+    assert all(r["removedAt"] and "blocked the bot" in r["removalReason"] for r in mine)
+    assert rows(client, auth, token=999)[0]["state"] == "queued"
+    removed = [e for e in history(client, auth) if e["kind"] == "removed"]
+    assert len(removed) == 2
+    assert removed[0]["detail"]["cause"] == "telegram_blocked"
+    assert removed[0]["detail"]["updateId"] == update["update_id"]
+    assert removed[0]["detail"]["to"] == "kicked"
+
+
+def test_kicked_twice_or_for_an_unknown_chat_is_200_and_harmless(client, auth):
+    register(client, auth, {"token": CHAT_ID, "contactId": 12})
+    assert send(client, blocked()).status_code == 200
+    assert send(client, blocked()).status_code == 200
+    assert kinds(client, auth) == ["submitted", "removed", "telegram_blocked"]
+    assert send(client, blocked(424242)).status_code == 200
+    [event] = history(client, auth, 424242)
+    assert event["kind"] == "telegram_blocked"
+    assert event["detail"]["removed"] == 0
+
+
+def test_member_again_queues_the_last_registration_again(client, auth, bridge, requests_mock):
+    requests_mock.post(TOKENS_URL, json="OK")
+    [first] = register(client, auth, {"token": CHAT_ID, "externalCustomerId": "C-9",
+                                      "email": "ann@example.com"})
+    bridge.deliver_once()
+    send(client, blocked())
+    assert send(client, unblocked()).status_code == 200
+
+    items = {r["id"]: r for r in rows(client, auth, token=CHAT_ID)}
+    assert len(items) == 2
+    [new_id] = set(items) - {first["id"]}
+    assert items[first["id"]]["state"] == "removed"
+    again = items[new_id]
+    assert again["state"] == "queued"
+    assert (again["externalCustomerId"], again["email"], again["matchedBy"]) == (
+        "C-9", "ann@example.com", "externalCustomerId")
+    events = history(client, auth)
+    assert [e["kind"] for e in events] == ["submitted", "delivered", "removed", "submitted",
+                                          "telegram_unblocked"]
+    assert events[3]["detail"]["source"] == "telegram"
+    assert events[4]["detail"]["previousRegistrationId"] == first["id"]
+
+    bridge.deliver_once()
+    sent = [call.json()["tokens"] for call in requests_mock.request_history]
+    assert sent == [[{"token": str(CHAT_ID), "externalCustomerId": "C-9",
+                      "email": "ann@example.com"}]] * 2
+    assert rows(client, auth, token=CHAT_ID)[0]["state"] == "delivered"
+
+
+def test_member_while_live_or_never_registered_queues_nothing(client, auth):
+    register(client, auth, {"token": CHAT_ID, "contactId": 13})
+    assert send(client, unblocked()).status_code == 200
+    assert len(rows(client, auth, token=CHAT_ID)) == 1
+    assert send(client, unblocked(777)).status_code == 200
+    assert rows(client, auth, token=777) == []
+    assert [e["detail"]["result"] for e in history(client, auth, 777)] == [
+        "no earlier registration with an identifier"]
+
+
+@pytest.mark.parametrize("status", ["kicked", "left", "member", "administrator"])
+def test_chat_member_changes_outside_private_chats_are_ignored(client, auth, status):
+    group = group_chat()
+    register(client, auth, {"token": group["id"], "contactId": 14})
+    response = send(client, chat_member_update(status, "member", group))
+    assert response.status_code == 200
+    assert [r["state"] for r in rows(client, auth, token=group["id"])] == ["queued"]
+
+
+def test_other_chat_member_statuses_in_private_chats_are_recorded_only(client, auth):
+    register(client, auth, {"token": CHAT_ID, "contactId": 15})
+    assert send(client, chat_member_update("restricted", "member")).status_code == 200
+    assert rows(client, auth, token=CHAT_ID)[0]["state"] == "queued"
+    assert kinds(client, auth) == ["submitted", "telegram_ignored"]
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"update_id": 1},
+        [],
+        "x",
+        {"update_id": 2, "my_chat_member": "nonsense"},
+        {"update_id": 3, "my_chat_member": {"chat": {"type": "private", "id": "abc"}}},
+        {"update_id": 4, "edited_message": {"message_id": 1, "chat": private_chat(),
+                                            "date": 1, "text": "hi"}},
+        {"update_id": 5, "message": {"message_id": 1, "chat": private_chat(), "date": 1,
+                                     "text": "hello bot"}},
+        {"update_id": 6, "message": {"message_id": 1, "chat": private_chat(), "date": 1,
+                                     "sticker": {"file_id": "x"}}},
+    ],
+)
+def test_any_other_update_is_answered_200(client, auth, update):
+    register(client, auth, {"token": CHAT_ID, "contactId": 16})
+    response = send(client, update)
+    assert response.status_code == 200
+    assert [r["state"] for r in rows(client, auth)] == ["queued"]
+
+
+# --- /start deep links ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("externalCustomerId", "C-42", "C-42"),
+        ("externalCustomerId", "клієнт-№7", "клієнт-№7"),
+        ("contactId", 2**63 - 1, 2**63 - 1),
+        ("contactId", "1", 1),
+        ("phone", "+380 (95) 649-09-55", "380956490955"),
+        ("email", " Ann@Example.COM ", "ann@example.com"),
+    ],
+)
+def test_start_with_a_signed_payload_registers_the_chat(client, auth, app, name, value, shown):
+    with app.app_context():
+        link = tg.make_link(app.extensions["reteno_bridge"].settings, name, value)
+    payload = link_payload(link)
+    assert PAYLOAD_CHARS.match(payload)
+    response = send(client, start(payload))
+    assert response.status_code == 200
+
+    [item] = rows(client, auth, token=CHAT_ID)
+    assert item[name] == shown
+    assert item["matchedBy"] == name
+    assert item["state"] == "queued"
+    [event] = history(client, auth)
+    assert event["kind"] == "submitted"
+    assert event["detail"]["source"] == "telegram_link"
+
+
+def test_start_addressed_to_the_bot_by_name_works_and_to_another_bot_is_ignored(client, auth):
+    payload = tg.make_payload(LINK_SECRET, "externalCustomerId", "C-1")
+    send(client, start(payload, command="/start@other_bot"))
+    assert rows(client, auth, token=CHAT_ID) == []
+    send(client, start(payload, command=f"/start@{BOT}"))
+    assert [r["externalCustomerId"] for r in rows(client, auth, token=CHAT_ID)] == ["C-1"]
+
+
+def test_opening_the_same_link_twice_is_a_duplicate(client, auth):
+    payload = tg.make_payload(LINK_SECRET, "contactId", 5)
+    send(client, start(payload))
+    send(client, start(payload))
+    assert len(rows(client, auth, token=CHAT_ID)) == 1
+    assert [e["detail"]["duplicate"] for e in history(client, auth)] == [False, True]
+
+
+def test_a_link_opened_by_a_chat_that_blocked_before_registers_again(client, auth):
+    payload = tg.make_payload(LINK_SECRET, "contactId", 6)
+    send(client, start(payload))
+    send(client, blocked())
+    send(client, start(payload))
+    assert sorted(r["state"] for r in rows(client, auth, token=CHAT_ID)) == ["queued", "removed"]
+
+
+def _tampered_payloads():
+    good = tg.make_payload(LINK_SECRET, "externalCustomerId", "C-42")
+    raw = base64.urlsafe_b64decode(good + "=" * (-len(good) % 4))
+    body, tag = raw[:-12], raw[-12:]
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    def resign(data, secret):
+        mac = hmac.new(secret.encode(), tg._DOMAIN + data, hashlib.sha256).digest()[:12]
+        return b64(data + mac)
+
+    flipped = good[:3] + ("A" if good[3] != "A" else "B") + good[4:]
+    return {
+        "forged": "QzQy" + "A" * 16,
+        "unsigned value": b64(b"C-42"),
+        "truncated by one": good[:-1],
+        "truncated by four": good[:-4],
+        "tag cut short": b64(body + tag[:8]),
+        "value truncated, tag kept": b64(body[:-1] + tag),
+        "flipped character": flipped,
+        "re-signed with another secret": tg.make_payload("another-secret-" + "y" * 20,
+                                                         "externalCustomerId", "C-42"),
+        "value changed, old tag": b64(body[:-1] + b"3" + tag),
+        "type changed, old tag": b64(bytes([0x11]) + body[1:] + tag),
+        "no domain separation": b64(body + hmac.new(LINK_SECRET.encode(), body,
+                                                    hashlib.sha256).digest()[:12]),
+        "version 2 re-signed": resign(bytes([0x22]) + body[1:], "another-secret-" + "y" * 20),
+        "padded": good + "=",
+        "too long": good + "A" * (65 - len(good)),
+        "not url-safe": good.replace("-", "+").replace("_", "/") + "+/",
+        "empty value, valid tag for other secret": resign(bytes([0x12]), "x" * 32),
+    }
+
+
+TAMPERED = _tampered_payloads()
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_forged_truncated_or_resigned_payloads_register_nothing(client, auth, case):
+    payload = TAMPERED[case]
+    response = send(client, start(payload))
+    assert response.status_code == 200
+    assert rows(client, auth, token=CHAT_ID) == []
+    [event] = history(client, auth)
+    assert event["kind"] == "link_rejected"
+    assert event["detail"]["reason"]
+    assert event["detail"]["payloadLength"] == len(payload)
+    assert payload not in str(event["detail"])
+
+
+def test_a_payload_signed_with_a_correct_tag_but_a_bad_value_is_rejected(client, auth):
+    def signed(header, value):
+        body = bytes([header]) + value
+        mac = hmac.new(LINK_SECRET.encode(), tg._DOMAIN + body, hashlib.sha256).digest()[:12]
+        return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
+
+    for payload, reason in [
+        (signed(0x14, b"Not-Normal@Example.com"), "not valid"),  # not the normal form
+        (signed(0x11, b"\x00\x05"), "not valid"),  # contactId not minimal
+        (signed(0x13, b"12"), "not valid"),  # phone too short
+        (signed(0x15, b"x"), "unknown identifier type"),
+        (signed(0x21, b"\x05"), "unknown payload version"),
+        (signed(0x12, b"\xff\xfe"), "not valid"),  # not UTF-8
+    ]:
+        assert send(client, start(payload)).status_code == 200
+        assert reason in history(client, auth)[-1]["detail"]["reason"]
+    assert rows(client, auth, token=CHAT_ID) == []
+
+
+def test_start_without_a_payload_is_recorded_only(client, auth):
+    assert send(client, start()).status_code == 200
+    assert rows(client, auth, token=CHAT_ID) == []
+    [event] = history(client, auth)
+    assert event["kind"] == "telegram_ignored"
+    assert "without a deep-link payload" in event["detail"]["reason"]
+
+
+def test_start_in_a_group_registers_nothing(client, auth):
+    group = group_chat()
+    payload = tg.make_payload(LINK_SECRET, "contactId", 8)
+    assert send(client, start(payload, chat=group)).status_code == 200
+    assert rows(client, auth) == []
+
+
+def test_links_are_rejected_while_the_link_secret_is_unset(make_app, auth):
+    client = make_app(TELEGRAM_WEBHOOK_SECRET=SECRET).test_client()
+    payload = tg.make_payload(LINK_SECRET, "contactId", 8)
+    assert send(client, start(payload)).status_code == 200
+    assert rows(client, auth) == []
+    assert "BRIDGE_LINK_SECRET" in history(client, auth)[0]["detail"]["reason"]
+
+
+def test_telegram_metrics_are_exported(client):
+    send(client, blocked())
+    send(client, start("nonsense"))
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'bridge_telegram_updates_total{kind="blocked"} 1.0' in text
+    assert 'bridge_telegram_updates_total{kind="link_rejected"} 1.0' in text
+
+
+# --- the payload format -------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.tuples(st.just("contactId"), st.integers(1, 2**63 - 1)),
+        st.tuples(st.just("phone"), st.from_regex(r"\A[0-9]{7,15}\Z")),
+        st.tuples(st.just("externalCustomerId"), st.text(
+            st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cc", "Cs")),
+            min_size=1, max_size=35,
+        ).filter(lambda s: s == s.strip() and len(s.encode()) <= 35)),
+    ),
+    st.data(),
+)
+def test_payloads_fit_roundtrip_and_any_change_breaks_them(identifier, data):
+    name, value = identifier
+    payload = tg.make_payload(LINK_SECRET, name, value)
+    assert PAYLOAD_CHARS.match(payload)
+    assert tg.verify_payload(LINK_SECRET, payload) == (name, value)
+    assert tg.verify_payload("other-" + LINK_SECRET, payload) is None
+    index = data.draw(st.integers(0, len(payload) - 1))
+    replacement = data.draw(st.sampled_from("AQgw_-9z"))
+    changed = payload[:index] + replacement + payload[index + 1:]
+    if changed != payload:
+        assert tg.verify_payload(LINK_SECRET, changed) is None
+    assert tg.verify_payload(LINK_SECRET, payload[:index]) is None
+
+
+def test_values_that_do_not_fit_are_refused_with_a_clear_message():
+    assert len(tg.make_payload(LINK_SECRET, "externalCustomerId", "x" * 35)) == 64
+    with pytest.raises(tg.LinkError, match="too long.*at most 35"):
+        tg.make_payload(LINK_SECRET, "externalCustomerId", "x" * 36)
+    with pytest.raises(tg.LinkError, match="too long"):
+        tg.make_payload(LINK_SECRET, "email", "a.very.long.name@an-example-domain.com")
+    with pytest.raises(tg.LinkError, match="email"):
+        tg.make_payload(LINK_SECRET, "email", "not-an-email")
+
+
+# --- flask bridge link -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def link_app(make_app):
+    return make_app(BRIDGE_LINK_SECRET="x" * 32, TELEGRAM_BOT_USERNAME=BOT,
+                    TELEGRAM_WEBHOOK_SECRET=SECRET)
+
+
+def test_bridge_link_prints_a_link_whose_payload_registers_the_customer(link_app, auth):
+    result = link_app.test_cli_runner().invoke(
+        args=["bridge", "link", "--external-customer-id", "C-42"])
+    assert result.exit_code == 0, result.output
+    link = result.output.strip()
+    assert link.startswith(f"https://t.me/{BOT}?start=")
+    payload = link_payload(link)
+    assert len(payload) <= 64 and PAYLOAD_CHARS.match(payload)
+
+    client = link_app.test_client()
+    assert send(client, start(payload)).status_code == 200
+    [item] = rows(client, auth, token=CHAT_ID)
+    assert (item["externalCustomerId"], item["matchedBy"], item["state"]) == (
+        "C-42", "externalCustomerId", "queued")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--contact-id", "42"], ("contactId", 42)),
+        (["--phone", "+380 95 649 09 55"], ("phone", "380956490955")),
+        (["--email", "Ann@Example.com"], ("email", "ann@example.com")),
+    ],
+)
+def test_bridge_link_for_every_identifier(link_app, args, expected):
+    result = link_app.test_cli_runner().invoke(args=["bridge", "link", *args])
+    assert result.exit_code == 0, result.output
+    assert tg.verify_payload("x" * 32, link_payload(result.output.strip())) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "exactly one"),
+        (["--contact-id", "1", "--email", "a@example.com"], "exactly one"),
+        (["--contact-id", "0"], "contactId"),
+        (["--email", "nope"], "email"),
+        (["--external-customer-id", "C" * 36], "too long"),
+    ],
+)
+def test_bridge_link_refuses_bad_input(link_app, args, message):
+    result = link_app.test_cli_runner().invoke(args=["bridge", "link", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({}, ["BRIDGE_LINK_SECRET", "TELEGRAM_BOT_USERNAME"]),
+        ({"BRIDGE_LINK_SECRET": "x" * 32}, ["TELEGRAM_BOT_USERNAME"]),
+        ({"TELEGRAM_BOT_USERNAME": BOT}, ["BRIDGE_LINK_SECRET"]),
+    ],
+)
+def test_bridge_link_names_the_missing_settings(make_app, overrides, names):
+    result = make_app(**overrides).test_cli_runner().invoke(
+        args=["bridge", "link", "--contact-id", "1"])
+    assert result.exit_code == 2
+    for name in names:
+        assert name in result.output
