@@ -197,30 +197,43 @@ class Ledger:
                     "updated_at": now,
                 }
             )
+        first_row = {key: n for n, key in enumerate(first)}  # live key -> index in rows
         # A Core connection, not an ORM session: only Core statements run here, and
         # this is the hot path of POST /register.
         with self.db.write_connection() as session:
             inserted = self._insert_new(session, rows)
-            missing = [k for k in first if k not in inserted]
             existing: dict[tuple, tuple[int, str]] = {}
-            for chunk_start in range(0, len(missing), 300):
-                chunk = missing[chunk_start : chunk_start + 300]
-                found = session.execute(
-                    select(
-                        Registration.token,
-                        Registration.matched_by,
-                        Registration.match_value,
-                        Registration.id,
-                        Registration.state,
-                    ).where(
-                        tuple_(
-                            Registration.token, Registration.matched_by, Registration.match_value
-                        ).in_(chunk),
-                        Registration.state != REMOVED,
+            pending = [k for k in first if k not in inserted]
+            # PostgreSQL (READ COMMITTED): the live row that made an insert a no-op can be
+            # removed (a block) and committed before the look-up below finds it; its key
+            # is then free, and the next pass inserts it.
+            for _attempt in range(10):
+                for chunk_start in range(0, len(pending), 300):
+                    chunk = pending[chunk_start : chunk_start + 300]
+                    found = session.execute(
+                        select(
+                            Registration.token,
+                            Registration.matched_by,
+                            Registration.match_value,
+                            Registration.id,
+                            Registration.state,
+                        ).where(
+                            tuple_(
+                                Registration.token, Registration.matched_by,
+                                Registration.match_value,
+                            ).in_(chunk),
+                            Registration.state != REMOVED,
+                        )
                     )
-                )
-                for t, m, v, rid, state in found:
-                    existing[(t, m, v)] = (rid, state)
+                    for t, m, v, rid, state in found:
+                        existing[(t, m, v)] = (rid, state)
+                gone = [k for k in pending if k not in existing]
+                if not gone:
+                    break
+                inserted.update(self._insert_new(session, [rows[first_row[k]] for k in gone]))
+                pending = [k for k in gone if k not in inserted]
+            else:
+                raise RuntimeError("a registration kept changing under concurrent removals")
             outcomes, events = [], []
             for index, item in enumerate(items):
                 key = _live_key(item)
@@ -490,13 +503,17 @@ class Ledger:
         live = [r for r in rows if r.state != REMOVED]
         if not live:
             return []
-        session.execute(
-            update(Registration)
-            .where(Registration.id.in_([r.id for r in live]), Registration.state != REMOVED)
-            .values(state=REMOVED, removed_at=now, removal_reason=reason, lease_id=None,
-                    next_attempt_at=None, updated_at=now)
-            .execution_options(synchronize_session=False)
+        moved = set(
+            session.scalars(
+                update(Registration)
+                .where(Registration.id.in_([r.id for r in live]), Registration.state != REMOVED)
+                .values(state=REMOVED, removed_at=now, removal_reason=reason, lease_id=None,
+                        next_attempt_at=None, updated_at=now)
+                .returning(Registration.id)
+                .execution_options(synchronize_session=False)
+            )
         )
+        live = [r for r in live if r.id in moved]  # a concurrent removal got there first
         self._events(
             session,
             (
@@ -796,7 +813,9 @@ class Ledger:
                     else:
                         blank[event_id] = needles.scrub(detail)
             for event_id, detail in blank.items():
-                session.execute(update(Event).where(Event.id == event_id).values(detail=detail)
+                # the fingerprint is a hash of the raw object that held the data: it goes too
+                session.execute(update(Event).where(Event.id == event_id)
+                                .values(detail=detail, fingerprint=None)
                                 .execution_options(synchronize_session=False))
             for chunk in _chunks(sorted(doomed)):
                 session.execute(delete(Event).where(Event.id.in_(chunk))
