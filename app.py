@@ -16,7 +16,8 @@ from bridge.http import register_error_handlers
 
 
 def create_app(config: dict | None = None) -> Flask:
-    app = Flask(__name__, instance_path=os.environ.get("BRIDGE_INSTANCE_PATH") or None)
+    instance = os.environ.get("BRIDGE_INSTANCE_PATH")
+    app = Flask(__name__, instance_path=os.path.abspath(instance) if instance else None)
     app.json.sort_keys = False
     if config:
         app.config.from_mapping(config)

@@ -21,6 +21,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -48,7 +49,7 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1] if "///" in url else ""
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_connection, _record):
@@ -56,7 +57,9 @@ def make_engine(url: str) -> Engine:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on a power
+            # cut or OS crash, and a 2xx promises the registration is durably stored.
+            cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -72,7 +75,9 @@ def make_engine(url: str) -> Engine:
                 raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # hide_parameters: bound values (tokens, emails, phones) stay out of error messages
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         hide_parameters=True)
 
 
 class _WriteQueue:
@@ -133,6 +138,15 @@ class _DriverInsert:
         except sqlite3.Error as exc:
             raise DBAPIError.instance(self.sql, values, exc, sqlite3.Error) from exc
 
+    def executemany(self, conn: Connection, rows: list[dict]) -> None:
+        params = self.params
+        values = [[r[key] if proc is None else proc(r[key]) for key, proc in params]
+                  for r in rows]
+        try:
+            conn.connection.driver_connection.executemany(self.sql, values)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(self.sql, values[:1], exc, sqlite3.Error) from exc
+
 
 def _write_queue(url: str) -> _WriteQueue | None:
     if not url.startswith("sqlite") or "///" not in url:
@@ -152,6 +166,16 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._queue = _write_queue(url)
         self._driver_inserts: dict[tuple[int, frozenset], tuple[Any, _DriverInsert]] = {}
+        # A forked child (gunicorn --preload) must not reuse the parent's connections.
+        ref = weakref.ref(self)
+
+        def _after_fork() -> None:
+            db = ref()
+            if db is not None:
+                db.engine.dispose(close=False)
+                db._driver_inserts.clear()
+
+        os.register_at_fork(after_in_child=_after_fork)
 
     @property
     def dialect(self) -> str:
@@ -183,16 +207,30 @@ class Database:
         On SQLite the statement goes straight to the driver (see ``_DriverInsert``);
         elsewhere, or if that cannot take it, through ``conn.execute``.
         """
-        if self.engine.dialect.name == "sqlite":
-            key = (id(stmt), frozenset(row))
-            cached = self._driver_inserts.get(key)
-            if cached is None:
-                cached = self._driver_inserts[key] = (
-                    stmt, _DriverInsert(stmt, key[1], self.engine.dialect))
-            if cached[1].usable:
-                return cached[1].execute(conn, row)
+        driver = self._driver_insert(stmt, row)
+        if driver is not None:
+            return driver.execute(conn, row)
         result = conn.execute(stmt, row)
         return [tuple(r) for r in result] if result.returns_rows else []
+
+    def insert_many(self, conn: Connection, stmt, rows: list[dict]) -> None:
+        """Run a Core INSERT without RETURNING for rows that all have the same keys;
+        on SQLite as one ``executemany`` on the driver (see ``_DriverInsert``)."""
+        driver = self._driver_insert(stmt, rows[0]) if rows else None
+        if driver is not None and all(r.keys() == rows[0].keys() for r in rows):
+            driver.executemany(conn, rows)
+        elif rows:
+            conn.execute(stmt, rows)
+
+    def _driver_insert(self, stmt, row: dict) -> _DriverInsert | None:
+        if self.engine.dialect.name != "sqlite":
+            return None
+        key = (id(stmt), frozenset(row))
+        cached = self._driver_inserts.get(key)
+        if cached is None:
+            cached = self._driver_inserts[key] = (
+                stmt, _DriverInsert(stmt, key[1], self.engine.dialect))
+        return cached[1] if cached[1].usable else None
 
     @contextmanager
     def _write(self) -> Iterator[Session]:

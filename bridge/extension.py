@@ -53,10 +53,20 @@ def _dev_api_key(instance_path: str) -> str:
             return key
     except FileNotFoundError:
         pass
+    # Several processes may start at once: write a private file, then link it into
+    # place; whoever links first wins and the others read the winner's key.
     key = "dev-" + secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(key + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        with open(path, encoding="utf-8") as fh:
+            key = fh.read().strip()
+    finally:
+        os.unlink(tmp)
     return key
 
 
@@ -185,7 +195,7 @@ class Bridge:
 
         prefix = url_prefix if url_prefix is not None else self.url_prefix
         prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
-        install_redaction()
+        install_redaction(app.logger)
         settings = load_settings(app.config, app.instance_path)
         runtime = Runtime(app, settings, prefix or "/")
         app.extensions["reteno_bridge"] = runtime

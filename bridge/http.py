@@ -142,6 +142,15 @@ def _clean_text(value, replace: bool, level: int = 0):
     return value
 
 
+def _int_or_text(literal: str):
+    """An integer literal; one too long for int() (4,300+ digits) stays text for the
+    schema to refuse, instead of failing the whole body as malformed JSON."""
+    try:
+        return int(literal)
+    except ValueError:
+        return literal
+
+
 def json_body(limit: int, replace_unstorable: bool = False) -> Any:
     """The request's JSON body, or an :class:`APIError` (415, 400, 413).
 
@@ -173,7 +182,8 @@ def json_body(limit: int, replace_unstorable: bool = False) -> Any:
         raise APIError(400, "The body is not valid UTF-8.") from None
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
-                          parse_float=_lenient_float if replace_unstorable else _finite_float)
+                          parse_float=_lenient_float if replace_unstorable else _finite_float,
+                          parse_int=_int_or_text)
         data = _clean_text(data, replace_unstorable)
     except RecursionError:
         raise APIError(400, "The body is not valid JSON: nested too deeply.") from None

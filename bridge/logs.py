@@ -1,9 +1,10 @@
 """Logging: personal data and secrets never reach a log line in clear.
 
-Owns a filter, installed on the root handlers and the ``bridge`` and
-``werkzeug``/``gunicorn`` loggers, that masks e-mail addresses, phone
-numbers, bearer/basic credentials and API-key headers in every record, and a
-one-line ``key=value`` request log written by the blueprint.
+Owns the redaction of e-mail addresses, phone numbers and chat ids,
+bearer/basic credentials and API-key headers, applied to every log record of
+the process (a log-record factory, so loggers made later are covered too,
+plus filters on the handlers already set up), and a one-line ``key=value``
+request log written by the blueprint.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+from urllib.parse import unquote
 
 _PATTERNS = [
     (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(bearer|basic)\s+[^\s'\",]+"),
@@ -28,7 +30,17 @@ _PATTERNS = [
 ]
 
 
+# Something at least one of the patterns above needs (a keyword, an "@", seven or more
+# digits): a line without any is returned as it is after one search instead of six
+# substitutions. Every request writes a log line, so this is on the hot path.
+_MAYBE = re.compile(r"(?i)@|bearer|basic|x-reteno|api[_-]?key|password|secret|\d[\d ()-]{5,}\d")
+
+
 def redact(text: str) -> str:
+    if "%" in text:  # access-log lines keep the query string URL-encoded (%2B380…, %40)
+        text = unquote(text)
+    if not _MAYBE.search(text):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -51,10 +63,27 @@ class RedactingFilter(logging.Filter):
 
 
 _FILTER = RedactingFilter()
+_previous_factory = None
 
 
-def install_redaction() -> None:
-    """Mask every record of the loggers the bridge and its servers write to."""
+def _redacting_record_factory(*args, **kwargs) -> logging.LogRecord:
+    record = _previous_factory(*args, **kwargs)
+    _FILTER.filter(record)
+    return record
+
+
+def install_redaction(*loggers: logging.Logger) -> None:
+    """Mask every log record of this process, and filter the handlers set up by now."""
+    global _previous_factory
+    if _previous_factory is None:
+        _previous_factory = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_redacting_record_factory)
+    for logger in loggers:  # e.g. the Flask app's logger and its default handler
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+        for handler in logger.handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
     # A logger's filters see only the records logged on it, not its children's: so every
     # ``bridge.*`` logger that exists by now gets the filter too.
     children = [name for name in list(logging.root.manager.loggerDict)

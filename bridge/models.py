@@ -3,7 +3,7 @@
 Owns the tables and nothing else: no commits, no state changes. Rows are
 written by :mod:`bridge.ledger`, the only module that moves a registration
 between states. The schema is created and changed only by the Alembic
-revisions in ``migrations/``; ``tests/test_migrations.py`` checks that these
+revisions in ``migrations/``; ``tests/test_app.py`` checks that these
 models and the migrations agree.
 """
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -34,6 +35,10 @@ READ_TIMEOUT = 10.0
 USER_AGENT = f"reteno-telegram-bridge/{__version__} (+requests/{requests.__version__})"
 
 DELIVERED, RETRY, PAUSE, REJECT = "delivered", "retry", "pause", "reject"
+# 400s Reteno documents for the request as a whole (reteno-api.md: mute/unmute errors)
+_WHOLE_REQUEST_ERRORS = re.compile(
+    r"wrong app uuid|tokens must be specified|not registered application", re.IGNORECASE
+)
 
 
 @dataclass
@@ -142,7 +147,9 @@ class RetenoClient:
         if status == 429 or status >= 500 or status == 408:
             return CallResult(RETRY, status, message,
                               parse_retry_after(response.headers.get("Retry-After")), seconds)
-        if status in (401, 403, 404):
+        if status in (401, 403, 404) or _WHOLE_REQUEST_ERRORS.search(message):
+            # Credentials or app id wrong, or Reteno refusing the request itself, not a
+            # token in it: splitting would dead-letter every token, so pause instead.
             return CallResult(PAUSE, status, message, seconds=seconds)
         return CallResult(REJECT, status, message, seconds=seconds)
 

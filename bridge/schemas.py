@@ -32,6 +32,7 @@ INT64_MIN = -(2**63)
 MAX_BATCH = 1000
 
 _TOKEN = re.compile(r"^-?[0-9]{1,19}$")
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
 _PHONE = re.compile(r"^\+?[0-9 ()\-]+$")
 _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
@@ -61,7 +62,8 @@ def normalize_token(value: Any) -> str:
 
 def normalize_contact_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
+        # ASCII digits only: str.isdigit() also admits "²" and other scripts' digits
+        if isinstance(value, str) and _DIGITS.match(value.strip()):
             value = int(value.strip())
         else:
             raise ValidationError("Must be a positive integer.")

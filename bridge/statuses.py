@@ -334,8 +334,20 @@ def apply(ledger, objects: list[dict], metrics=None) -> dict[str, Any]:
                 gone.update(r.id for r in live)
 
         ledger.append_events(session, records)
+        # A block is about the chat: an event matched through an identifier removes every
+        # live registration of the chats it found, whatever identifier those carry.
+        by_identifier = {r.token for _e, via, live in removals if via != "token" for r in live}
+        siblings: dict[str, list[Registration]] = defaultdict(list)
+        if by_identifier:
+            for row in ledger.registrations_by(session, "token", by_identifier, lock=True):
+                if row.state != REMOVED:
+                    siblings[row.token].append(row)
         removed_count = 0
         for event, via, live in removals:
+            if via != "token":
+                held = {r.id for r in live}
+                live = live + [s for t in dict.fromkeys(r.token for r in live)
+                               for s in siblings[t] if s.id not in held]
             reason = f"{event.status}: {event.error or event.description}"[:_MAX_TEXT]
             done = ledger.remove(session, live, reason, REMOVAL_CAUSE, {
                 "source": "statuses", "status": event.status, "via": via,

@@ -230,3 +230,17 @@ def test_unknown_path_and_wrong_method_use_the_error_shape(client):
     assert_error_shape(client.get("/nowhere"), 404)
     out = assert_error_shape(client.get(URL), 405)
     assert out["message"]
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "1" * 5000])
+def test_non_ascii_or_huge_contact_id_is_422(client, auth, value):
+    response = post(client, {"token": 1, "contactId": value}, auth)
+    assert_error_shape(response, 422)
+    assert "contactId" in response.json["errors"]
+
+
+def test_integer_literal_beyond_int_limits_is_422(client, auth):
+    raw = '{"token": ' + "9" * 5000 + ', "email": "a@b.co"}'
+    response = client.post(URL, data=raw, headers=auth, content_type="application/json")
+    assert_error_shape(response, 422)
+    assert "token" in response.json["errors"]

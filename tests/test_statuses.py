@@ -242,11 +242,12 @@ def test_a_contact_with_several_tokens_loses_all_of_them(client, auth):
     assert row(client, auth, "2003")["state"] == "queued"
 
 
-def test_only_the_matching_identifier_registration_of_a_token_is_removed(client, auth):
+def test_a_block_found_by_identifier_removes_the_chat_under_every_identifier(client, auth):
+    # the user blocked the bot: the chat is gone, whichever identifier it was registered with
     register(client, auth, {"token": "2101", "contactId": 10}, {"token": "2101", "email": "b@x.io"})
     assert post(client, [activity(contactId=10)]).json["removed"] == ["2101"]
     states = {r["matchedBy"]: r["state"] for r in rows(client, auth, token="2101")}
-    assert states == {"contactId": "removed", "email": "queued"}
+    assert states == {"contactId": "removed", "email": "removed"}
 
 
 # --- the simple vocabulary (bot backend, bearer key) ----------------------------------------
@@ -586,3 +587,20 @@ def test_sandbox_block_reaches_the_ledger_over_http(make_app, auth):
     # Blocking again: the simulator no longer holds it, and the ledger stays as it is.
     assert client.post("/sandbox/reteno/block/880001").status_code == 404
     assert row(client, auth, "880001")["state"] == "removed"
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "1" * 5000])
+def test_odd_contact_ids_are_ignored_not_a_500(client, auth, value):
+    response = client.post("/statuses", headers=auth, json=[
+        {"status": "FAILED", "error": "Forbidden", "contactId": value},
+    ])
+    assert response.status_code == 200
+    assert response.json["ignored"] == 1
+
+
+def test_a_huge_integer_literal_is_an_ignored_event(client, auth):
+    body = '[{"status": "FAILED", "error": "Forbidden", "contactId": ' + "9" * 5000 + "}]"
+    response = client.post("/statuses", headers=auth, data=body,
+                           content_type="application/json")
+    assert response.status_code == 200
+    assert response.json["ignored"] == 1
