@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: install run migrate worker serve test test-sqlite test-postgres lint sandbox bench clean
+.PHONY: install run migrate worker serve test test-sqlite test-postgres lint sandbox bench clean \
+        reliability reliability-postgres
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,21 @@ test-postgres: install
 	else \
 		echo "SKIPPED the PostgreSQL run of the suite: $$reason"; \
 	fi
+
+# The reliability figures at full size (RELIABILITY.md): upstream faults, kill -9,
+# hostile input. Minutes, not seconds; `make test` runs scaled-down versions.
+RELIABILITY_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+reliability: install
+	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/crashes.py
+	$(BIN)/python bench/fuzz.py
+
+# The same on PostgreSQL: two gunicorn instances and two delivery workers share the outbox.
+reliability-postgres: install
+	$(BIN)/python bench/faults.py --database-url $(RELIABILITY_PG) --servers 2 --workers 2
+	$(BIN)/python bench/crashes.py --database-url $(RELIABILITY_PG) --servers 2 --workers 2
+	$(BIN)/python bench/fuzz.py --database-url $(RELIABILITY_PG)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,234 @@
+"""Doors (figure 6): every route of the blueprint × missing / wrong / right credentials.
+
+The table below is the contract's (``CONTRACT.md``: bearer for ``/register``
+and the read API, HTTP Basic with the webhook credentials or bearer for
+``POST /statuses``, the secret-token header for Telegram, public
+operations). A blueprint route missing from the table, or a contract
+endpoint missing from the blueprint, fails the suite, so a new route cannot
+ship without its door being decided here. A refused request (401) is in the
+error shape, carries a challenge where HTTP wants one, and changes nothing
+in the ledger. Comparisons are constant-time; the sandbox is not reachable
+once credentials are set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import re
+from pathlib import Path
+
+import pytest
+
+from tests import fuzzing as fz
+from tests.conftest import API_KEY
+
+TG_SECRET = "doors-telegram-secret"
+HOOK_USER, HOOK_PASSWORD = "reteno-hook", "doors-hook-password-123"
+OTHER_KEY = "second-api-key-0123456789"
+CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "CONTRACT.md"
+
+
+def basic(user: str, password: str) -> dict:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+TELEGRAM_UPDATE = {"update_id": 1, "message": {"message_id": 1, "text": "hello",
+                                               "chat": {"id": 5, "type": "private"}}}
+# (method, rule) -> (door, request kwargs that succeed with the right credential)
+TABLE = {
+    ("POST", "/register"): ("bearer", {"json": {"token": 1, "contactId": 1}}),
+    ("GET", "/tokens"): ("bearer", {}),
+    ("GET", "/tokens/<token>/history"): ("bearer", {}),
+    ("GET", "/healthz"): ("public", {}),
+    ("GET", "/metrics"): ("public", {}),
+    ("GET", "/openapi.json"): ("public", {}),
+    ("GET", "/statuses"): ("public", {}),
+    ("POST", "/statuses"): ("webhook", {"json": [{"status": "SENT", "token": 1}]}),
+    ("POST", "/telegram/webhook"): ("telegram", {"json": TELEGRAM_UPDATE}),
+}
+EXAMPLE_PATH = {"/tokens/<token>/history": "/tokens/1/history"}
+# Contract endpoints that are not routes of the blueprint: the simulator's.
+NOT_BLUEPRINT = {"/api/v1/apps/<app_uuid>/tokens"}
+
+WRONG = {
+    "bearer": {
+        "wrong key": bearer("not-the-key-0123456789"),
+        "key with a suffix": bearer(API_KEY + "x"),
+        "key prefix": bearer(API_KEY[:-1]),
+        "empty bearer": {"Authorization": "Bearer "},
+        "key without scheme": {"Authorization": API_KEY},
+        "key as Basic": basic("bridge", API_KEY),
+        "webhook Basic": basic(HOOK_USER, HOOK_PASSWORD),
+        "telegram secret": {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET},
+        "key in another header": {"X-Api-Key": API_KEY},
+    },
+    "webhook": {
+        "wrong password": basic(HOOK_USER, "not-the-password"),
+        "wrong user": basic("someone", HOOK_PASSWORD),
+        "password as user": basic(HOOK_PASSWORD, HOOK_USER),
+        "no colon": {"Authorization": "Basic " + base64.b64encode(
+            (HOOK_USER + HOOK_PASSWORD).encode()).decode()},
+        "not base64": {"Authorization": "Basic %%%not-base64"},
+        "wrong bearer": bearer("not-the-key-0123456789"),
+        "telegram secret": {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET},
+    },
+    "telegram": {
+        "wrong secret": {"X-Telegram-Bot-Api-Secret-Token": "not-the-secret"},
+        "secret prefix": {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET[:-1]},
+        "empty secret": {"X-Telegram-Bot-Api-Secret-Token": ""},
+        "bearer key": bearer(API_KEY),
+        "webhook Basic": basic(HOOK_USER, HOOK_PASSWORD),
+    },
+    "public": {},
+}
+RIGHT = {
+    "bearer": {"bearer": bearer(API_KEY), "second key": bearer(OTHER_KEY),
+               "lower-case scheme": {"Authorization": f"bearer {API_KEY}"}},
+    "webhook": {"basic": basic(HOOK_USER, HOOK_PASSWORD), "bearer": bearer(API_KEY)},
+    "telegram": {"secret": {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET}},
+    "public": {"nothing": {}},
+}
+CASES = [
+    pytest.param(method, rule, door, kind, name, headers, id=f"{method} {rule} {kind}: {name}")
+    for (method, rule), (door, _) in TABLE.items()
+    for kind, cases in (("missing", {"no credential": {}} if door != "public" else {}),
+                        ("wrong", WRONG[door]), ("right", RIGHT[door]))
+    for name, headers in cases.items()
+]
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(BRIDGE_API_KEYS=f"{API_KEY},{OTHER_KEY}", TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
+                    BRIDGE_WEBHOOK_USERNAME=HOOK_USER, BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD)
+
+
+def blueprint_routes(app) -> set[tuple[str, str]]:
+    return {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules() if rule.endpoint.startswith("bridge.")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+
+
+def test_every_blueprint_route_has_a_door_in_the_table(app):
+    routes = blueprint_routes(app)
+    assert routes - set(TABLE) == set(), "a route without a decided door: add it to TABLE"
+    assert set(TABLE) - routes == set(), "TABLE names a route the blueprint does not have"
+
+
+@pytest.mark.skipif(not CONTRACT.exists(), reason="shared/CONTRACT.md is not beside the repo")
+def test_every_contract_endpoint_is_in_the_table():
+    text = CONTRACT.read_text(encoding="utf-8")
+    named = {(m, p) for m, p in re.findall(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`?\s]*)", text)}
+    named = {(m, p) for m, p in named if p not in NOT_BLUEPRINT}
+    assert named, "no endpoint found in CONTRACT.md"
+    assert named - set(TABLE) == set()
+
+
+@pytest.mark.parametrize(("method", "rule", "door", "kind", "name", "headers"), CASES)
+def test_door(bridge, client, method, rule, door, kind, name, headers):
+    _, kwargs = TABLE[(method, rule)]
+    before = fz.ledger_counts(bridge)
+    response = client.open(EXAMPLE_PATH.get(rule, rule), method=method, headers=headers,
+                           **kwargs)
+    if kind == "right":
+        assert 200 <= response.status_code < 300, (response.status_code, response.data[:300])
+        return
+    assert response.status_code == 401, (response.status_code, response.data[:300])
+    assert fz.error_shape_problem(401, response.get_data(), response.content_type) is None
+    assert fz.ledger_counts(bridge) == before, "a refused request changed the ledger"
+    if door in ("bearer", "webhook"):
+        challenge = response.headers.get("WWW-Authenticate", "")
+        assert "Bearer" in challenge
+        if door == "webhook":
+            assert "Basic" in challenge
+    body = response.get_data(as_text=True)
+    for secret in (API_KEY, OTHER_KEY, HOOK_PASSWORD, TG_SECRET):
+        assert secret not in body
+
+
+def test_telegram_endpoint_is_404_while_no_secret_is_set(make_app):
+    client = make_app().test_client()
+    for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": ""},
+                    {"X-Telegram-Bot-Api-Secret-Token": "anything"}):
+        response = client.post("/telegram/webhook", json=TELEGRAM_UPDATE, headers=headers)
+        assert response.status_code == 404
+        assert fz.error_shape_problem(404, response.get_data(), response.content_type) is None
+
+
+def test_webhook_basic_is_refused_when_no_webhook_credentials_are_set(make_app):
+    client = make_app().test_client()
+    for user, password in ((HOOK_USER, HOOK_PASSWORD), ("", ""), (":", "")):
+        response = client.post("/statuses", json=[], headers=basic(user, password))
+        assert response.status_code == 401
+
+
+class Spy:
+    def __init__(self):
+        self.calls = 0
+        self.real = hmac.compare_digest
+
+    def __call__(self, a, b):
+        self.calls += 1
+        return self.real(a, b)
+
+
+@pytest.mark.parametrize("key", [API_KEY, OTHER_KEY, "wrong-key-0123456789"])
+def test_bearer_keys_are_compared_in_constant_time_against_every_key(client, monkeypatch, key):
+    spy = Spy()
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    client.get("/tokens", headers=bearer(key))
+    assert spy.calls == 2  # both configured keys, whichever matched (or none)
+
+
+@pytest.mark.parametrize("headers", [basic(HOOK_USER, HOOK_PASSWORD), basic("x", "y"),
+                                     bearer(API_KEY)])
+def test_webhook_credentials_are_compared_in_constant_time(client, monkeypatch, headers):
+    spy = Spy()
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    client.post("/statuses", json=[], headers=headers)
+    # Basic: user name and password both compared, whichever is wrong (no short cut);
+    # Bearer: every configured key.
+    assert spy.calls == 2
+
+
+@pytest.mark.parametrize("secret", [TG_SECRET, "wrong", ""])
+def test_telegram_secret_is_compared_in_constant_time(client, monkeypatch, secret):
+    spy = Spy()
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    client.post("/telegram/webhook", json=TELEGRAM_UPDATE,
+                headers={"X-Telegram-Bot-Api-Secret-Token": secret})
+    assert spy.calls == 1
+
+
+SANDBOX = [("GET", "/sandbox/reteno/", None), ("GET", "/sandbox/reteno/contacts", None),
+           ("GET", "/sandbox/reteno/stats", None), ("POST", "/sandbox/reteno/reset", None),
+           ("POST", "/sandbox/reteno/block/1", None),
+           ("POST", "/sandbox/reteno/api/v1/apps/sandbox-app/tokens",
+            {"tokens": [{"token": "1", "contactId": 1}]})]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), SANDBOX)
+def test_the_sandbox_is_unreachable_when_credentials_are_set(client, auth, method, path,
+                                                             body):
+    response = client.open(path, method=method, json=body, headers={
+        "X-Reteno-Access-Key": "sandbox-reteno-key", **auth})
+    assert response.status_code == 404
+    assert fz.error_shape_problem(404, response.get_data(), response.content_type) is None
+
+
+@pytest.mark.real_http
+@pytest.mark.parametrize(("method", "path", "body"), SANDBOX)
+def test_the_sandbox_is_there_in_sandbox_mode(make_app, method, path, body):
+    """The counterpart: the same paths answer when no credentials are set."""
+    client = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None).test_client()
+    response = client.open(path, method=method, json=body,
+                           headers={"X-Reteno-Access-Key": "sandbox-reteno-key"})
+    assert response.status_code != 404 or path.endswith("/block/1")
