@@ -68,3 +68,14 @@ reliability-postgres: install
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache *.egg-info
+
+# The speed figures (BENCHMARKS.md): each script starts what it needs, measures its
+# baseline and the bridge in one run, and prints the ratios and PASS/FAIL per target.
+# Several minutes in all (the 1,000,000-registration runs dominate); QUICK=1 for a short run.
+BENCHES ?= register delivery lookup webhooks memory
+
+bench: install
+	@status=0; for b in $(BENCHES); do \
+		echo "== bench/bench_$$b.py"; \
+		$(BIN)/python bench/bench_$$b.py $(if $(QUICK),--quick) || status=1; \
+	done; exit $$status

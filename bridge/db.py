@@ -129,10 +129,48 @@ class _DriverInsert:
         # default that SQLAlchemy would have to compute).
         self.usable = bool(names) and all(b.key in keys for b in binds)
         self.sql = compiled.string
-        self.params = [(b.key, b.type.bind_processor(dialect)) for b in binds]
+        self.params = [(b.key, b.type.dialect_impl(dialect).bind_processor(dialect))
+                       for b in binds]
+        # "INSERT ... VALUES (?, ..., ?) <rest>": the multi-row form repeats the group.
+        head, sep, tail = self.sql.partition(" VALUES (")
+        group, close, rest = tail.partition(")")
+        self._multi = (head + sep[:-1], sep[-1] + group + close, rest) if (
+            sep and close and set(group) <= set("?, ")) else None
+        self._multi_sql: dict[int, str] = {}
+
+    def values(self, row: dict) -> list:
+        return [row[key] if proc is None else proc(row[key]) for key, proc in self.params]
+
+    # Rows per multi-row statement: a few fixed sizes and any size under 16, so that at
+    # most 18 statements are ever built and prepared (memory stays flat whatever the
+    # batch sizes) and a small batch is one statement.
+    PAGES = (256, 64, 16)
+
+    def execute_rows(self, conn: Connection, rows: list[dict]) -> list[tuple]:
+        """Many rows in multi-row statements (RETURNING works, unlike executemany)."""
+        if self._multi is None or len(rows) == 1:
+            return [r for row in rows for r in self.execute(conn, row)]
+        out: list[tuple] = []
+        start = 0
+        while start < len(rows):
+            size = next((p for p in self.PAGES if p <= len(rows) - start), len(rows) - start)
+            chunk = rows[start : start + size]
+            start += size
+            sql = self._multi_sql.get(size)
+            if sql is None:
+                head, group, rest = self._multi
+                sql = self._multi_sql.setdefault(
+                    size, f"{head} {', '.join([group] * size)}{rest}")
+            values = [v for row in chunk for v in self.values(row)]
+            try:
+                out.extend(conn.connection.driver_connection.execute(sql, values).fetchall())
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance(sql, values[:len(self.params)], exc,
+                                          sqlite3.Error) from exc
+        return out
 
     def execute(self, conn: Connection, row: dict) -> list[tuple]:
-        values = [row[key] if proc is None else proc(row[key]) for key, proc in self.params]
+        values = self.values(row)
         try:
             return conn.connection.driver_connection.execute(self.sql, values).fetchall()
         except sqlite3.Error as exc:
@@ -211,6 +249,21 @@ class Database:
         if driver is not None:
             return driver.execute(conn, row)
         result = conn.execute(stmt, row)
+        return [tuple(r) for r in result] if result.returns_rows else []
+
+    def insert_rows(self, conn: Connection, stmt, rows: list[dict]) -> list[tuple]:
+        """:meth:`insert_one` for many rows with the same keys; all their returned rows.
+
+        On SQLite as few multi-row statements on the driver; elsewhere one
+        ``conn.execute`` (SQLAlchemy's "insertmanyvalues" for RETURNING)."""
+        if not rows:
+            return []
+        driver = self._driver_insert(stmt, rows[0])
+        if driver is not None and all(r.keys() == rows[0].keys() for r in rows):
+            return driver.execute_rows(conn, rows)
+        if len(rows) == 1:
+            return self.insert_one(conn, stmt, rows[0])
+        result = conn.execute(stmt, rows)
         return [tuple(r) for r in result] if result.returns_rows else []
 
     def insert_many(self, conn: Connection, stmt, rows: list[dict]) -> None:

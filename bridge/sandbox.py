@@ -182,6 +182,9 @@ class Simulator:
     def _reset_state(self) -> None:
         self._rng = random.Random(self.options.seed)
         self._contacts: list[dict[str, Any]] = []
+        # (identifier, matched value) -> the first contact holding it; identifiers never
+        # change once a contact exists, so matching is a look-up, not a scan of them all.
+        self._by_identifier: dict[tuple[str, Any], dict[str, Any]] = {}
         self._next_contact_id = 1
         self._next_message_id = 1
         self._window: deque[float] = deque()
@@ -409,7 +412,7 @@ class Simulator:
             value = item.get(key)
             if value is None:
                 continue
-            contact = next((c for c in self._contacts if _matches(c, key, value)), None)
+            contact = self._by_identifier.get(_match_key(key, value))
             if contact is not None:
                 break
         if contact is None:
@@ -418,6 +421,9 @@ class Simulator:
             contact["tokens"] = []
             self._next_contact_id += 1
             self._contacts.append(contact)
+            for key in IDENTIFIERS:
+                if contact[key] is not None:
+                    self._by_identifier.setdefault(_match_key(key, contact[key]), contact)
         contact["tokens"].append(token)
         self._received[token] = self._received.get(token, 0) + 1
 
@@ -485,13 +491,10 @@ class Simulator:
                 log.warning("sandbox: status webhook %s answered %s", target, response.status_code)
 
 
-def _matches(contact: dict[str, Any], key: str, value: Any) -> bool:
-    current = contact.get(key)
-    if current is None:
-        return False
-    if key == "email":
-        return str(current).casefold() == str(value).casefold()
-    return current == value
+def _match_key(key: str, value: Any) -> tuple[str, Any]:
+    """How an identifier value matches a contact's: e-mail case-insensitively, the rest
+    as given (Reteno's contact matching)."""
+    return (key, str(value).casefold()) if key == "email" else (key, value)
 
 
 def _parse_token_object(raw: Any) -> tuple[dict[str, Any], str | None]:

@@ -343,16 +343,19 @@ def apply(ledger, objects: list[dict], metrics=None) -> dict[str, Any]:
                 if row.state != REMOVED:
                     siblings[row.token].append(row)
         removed_count = 0
+        batch = []
         for event, via, live in removals:
             if via != "token":
                 held = {r.id for r in live}
                 live = live + [s for t in dict.fromkeys(r.token for r in live)
                                for s in siblings[t] if s.id not in held]
             reason = f"{event.status}: {event.error or event.description}"[:_MAX_TEXT]
-            done = ledger.remove(session, live, reason, REMOVAL_CAUSE, {
+            batch.append((live, reason, REMOVAL_CAUSE, {
                 "source": "statuses", "status": event.status, "via": via,
                 "messageId": event.raw.get("messageId"), "fingerprint": event.fingerprint,
-            })
+            }))
+        # One UPDATE per distinct reason, not one per event (Ledger.remove_many).
+        for done in ledger.remove_many(session, batch):
             removed_count += len(done)
             for row in done:
                 removed_tokens[row.token] = None

@@ -1,0 +1,194 @@
+"""Target 1: ``POST /register`` throughput and p99 against a bare Flask handler.
+
+    .venv/bin/python bench/bench_register.py [--quick]
+
+In one run, on this machine, with the same load generator (wrk -t2 -c32, a new
+token in every request) and gunicorn serving both apps the same way:
+
+* baseline: ``bench/bare_app.py``, a Flask POST handler that only answers 202,
+  measured before and after the bridge (the better of the two is the baseline,
+  so drift never flatters the bridge);
+* the bridge: ``app:app`` on a fresh, migrated SQLite ledger (WAL,
+  ``synchronous=FULL``), ``BRIDGE_BACKGROUND_DELIVERY=false`` plus one
+  ``flask bridge deliver`` process (the layout of ``make serve``), delivering
+  to the Reteno simulator running as its own process with a 200 requests/s
+  limit and 100 ms latency per call.
+
+Two serving layouts, each with its own baseline: ``gunicorn -w 2`` (sync
+workers, gunicorn's default, as in the issue) and ``gunicorn -w 2 -k gthread
+--threads 16 --reuse-port`` (threads let concurrent registrations share one
+durable commit; ``--reuse-port`` spreads kept-alive connections over both
+workers). Targets, per layout: throughput >= 50 % of its baseline and p99 <=
+20 ms at 32 connections. Also shown, not judged: the all-duplicate case, a
+bare handler doing one SQLite WAL insert per request (``synchronous=FULL`` like
+the bridge, and ``NORMAL``), and (without ``--quick``) each gunicorn worker
+running its own delivery thread instead of the separate process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    API_KEY,
+    REGISTER_LUA,
+    Stack,
+    http_json,
+    loadavg,
+    lua,
+    save_result,
+    say,
+    simulator_stats,
+    verdict,
+    wait_quiet,
+    wrk,
+)
+
+RATIO_TARGET = 0.50
+P99_TARGET_MS = 20.0
+LAYOUTS = {
+    "sync": [],
+    "gthread": ["-k", "gthread", "--threads", "16", "--reuse-port"],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 s runs, fewer variants")
+    parser.add_argument("--seconds", type=float, default=None, help="per measurement (8)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--layouts", default="sync,gthread", help="sync,gthread")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = parser.parse_args()
+    seconds = args.seconds or (3.0 if args.quick else 8.0)
+    warm = 1.0 if args.quick else 2.0
+    conns = args.connections
+    layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
+
+    quiet = {"loadavg": None, "quiet": None} if args.no_wait else wait_quiet()
+    say(f"# bench_register: wrk -t2 -c{conns} -d{seconds:g}s, gunicorn -w 2; "
+        f"load average at start {quiet['loadavg']}")
+    results: dict = {"seconds": seconds, "connections": conns, "quiet": quiet, "layouts": {}}
+    with Stack("register", keep=args.keep) as st:
+        script = lua(st.dir, "register", REGISTER_LUA)
+        sim = st.simulator(rps=200, latency_ms=100)
+        counter = [0]
+
+        def measure(url: str, mode: str, warmup: float):
+            counter[0] += 1
+            first = str(1_000_000_000 + counter[0] * 1_000_000_000)  # new tokens every run
+            if warmup:
+                wrk(url, script, warmup, connections=conns, args=[mode, first])
+            counter[0] += 1
+            first = str(1_000_000_000 + counter[0] * 1_000_000_000)
+            return wrk(url, script, seconds, connections=conns, args=[mode, first])
+
+        def bare(label: str, extra: list[str], **env):
+            url, proc = st.gunicorn("bench.bare_app:app", env=env, name="bare", extra=extra)
+            result = measure(url, "unique", warm)
+            st.stop(proc)
+            say(f"{label:34s} {result.line()}")
+            return result
+
+        def bridge(label: str, extra: list[str], background: bool, modes=("unique",)):
+            db = st.dir / f"bridge-{counter[0]}.sqlite3"
+            env = st.bridge_env(db, sim, background=background)
+            st.migrate(env)
+            url, proc = st.gunicorn("app:app", env=env, name="bridge", extra=extra)
+            deliver = None if background else st.deliver_worker(env, name="deliver")
+            status, body = http_json(f"{url}/register", "POST", {"token": 7, "email": "a@b.co"},
+                                     {"Authorization": f"Bearer {API_KEY}"})
+            assert status == 202, (status, body)
+            before = simulator_stats(sim)["tokens_received"]
+            out = {}
+            for mode in modes:
+                out[mode] = measure(url, mode, warm if mode == "unique" else 0)
+                say(f"{label + ' (' + mode + ')':34s} {out[mode].line()}")
+            during = simulator_stats(sim)["tokens_received"] - before
+            # Everything registered reaches the simulator afterwards (bounded wait).
+            _, health = http_json(f"{url}/healthz")
+            deadline = time.monotonic() + 120
+            while health.get("outbox", {}).get("depth", 1) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                _, health = http_json(f"{url}/healthz")
+            out["delivery"] = {
+                "tokensAtSimulatorDuringLoad": during,
+                "outboxDepthAfter": health.get("outbox", {}).get("depth"),
+                "states": health.get("states"),
+            }
+            say(f"{'':34s} {during} tokens reached the simulator while under load; "
+                f"outbox afterwards: {out['delivery']['outboxDepthAfter']}")
+            st.stop(proc)
+            if deliver:
+                st.stop(deliver)
+            return out
+
+        for name in layouts:
+            extra = LAYOUTS[name]
+            say(f"## layout {name}: gunicorn -w 2 {' '.join(extra)}".rstrip())
+            base1 = bare(f"baseline: bare Flask [{name}]", extra)
+            run = bridge(f"bridge [{name}]", extra, background=False,
+                         modes=("unique", "dup") if name == "sync" or not args.quick
+                         else ("unique",))
+            base2 = bare(f"baseline: bare Flask again [{name}]", extra)
+            baseline = max(base1.rps, base2.rps)
+            reg = run["unique"]
+            ratio = reg.rps / baseline if baseline else 0.0
+            entry = {
+                "gunicorn": " ".join(["-w", "2", *extra]),
+                "baseline": {"runs": [base1.as_dict(), base2.as_dict()], "rps": baseline},
+                "bridge": {k: (v.as_dict() if hasattr(v, "as_dict") else v)
+                           for k, v in run.items()},
+                "ratio": round(ratio, 3),
+                "pass": {"throughput": ratio >= RATIO_TARGET and reg.non2xx == 0,
+                         "p99": reg.p99_ms <= P99_TARGET_MS},
+            }
+            if not args.quick:
+                bg = bridge(f"bridge, delivery threads [{name}]", extra, background=True)
+                entry["bridgeDeliveryThreads"] = {
+                    k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in bg.items()}
+            results["layouts"][name] = entry
+        say("## references (sync layout)")
+        refs = {}
+        for sync in ("FULL", "NORMAL"):
+            refs[sync] = bare(f"bare + 1 insert, synchronous={sync}", [],
+                              BENCH_BARE_SQLITE=str(st.dir / f"bare-{sync}.db"),
+                              BENCH_BARE_SYNC=sync)
+        results["referenceBareSqlite"] = {k: v.as_dict() for k, v in refs.items()}
+
+    say("")
+    ok_any = False
+    for name, entry in results["layouts"].items():
+        reg = entry["bridge"]["unique"]
+        ok = entry["pass"]["throughput"] and entry["pass"]["p99"]
+        ok_any |= ok
+        say(f"[{name}] baseline {entry['baseline']['rps']:.0f} req/s; bridge {reg['rps']:.0f} "
+            f"req/s = {entry['ratio']:.0%} (target >= {RATIO_TARGET:.0%}) "
+            f"{verdict(entry['pass']['throughput'])}; p99 {reg['p99_ms']:.1f} ms "
+            f"(target <= {P99_TARGET_MS:g} ms) {verdict(entry['pass']['p99'])}")
+        if "dup" in entry["bridge"]:
+            dup = entry["bridge"]["dup"]
+            say(f"[{name}]   all duplicates: {dup['rps']:.0f} req/s "
+                f"({dup['rps'] / entry['baseline']['rps']:.0%}), p99 {dup['p99_ms']:.1f} ms")
+        if "bridgeDeliveryThreads" in entry:
+            bg = entry["bridgeDeliveryThreads"]["unique"]
+            say(f"[{name}]   delivery threads in the workers: {bg['rps']:.0f} req/s "
+                f"({bg['rps'] / entry['baseline']['rps']:.0%}), p99 {bg['p99_ms']:.1f} ms")
+    if "sync" in results["layouts"]:
+        base = results["layouts"]["sync"]["baseline"]["rps"]
+        say("[sync]   bare + 1 SQLite insert: " + ", ".join(
+            f"synchronous={k} {v.rps:.0f} req/s ({v.rps / base:.0%})" for k, v in refs.items()))
+    results["loadavgAtEnd"] = loadavg()
+    say(f"# load average at the end: {results['loadavgAtEnd']:.2f}")
+    save_result("register", results)
+    return 0 if ok_any else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

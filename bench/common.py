@@ -1,0 +1,544 @@
+"""Shared plumbing of the ``bench/bench_*.py`` scripts.
+
+Starts and stops what a benchmark needs (the Reteno simulator as its own
+process, gunicorn serving the bridge or a baseline app, ``bridge deliver``),
+runs ``wrk`` with a Lua script and parses its latency percentiles, samples
+resident memory from ``/proc``, bulk-loads a ledger with plain SQL and checks
+that the machine is quiet before measuring. Only the standard library and the
+project's own dependencies are used; the load generator is ``wrk``
+(``apt-get install wrk``).
+
+Every process is started in its own session and stopped by its own process
+id (never by name), so a benchmark leaves nothing behind even on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+API_KEY = "bench-api-key-0123456789abcdef"
+APP_UUID = "0b7e3a4e-6f0e-4a57-9d7c-2a1f3b4c5d6e"
+RETENO_KEY = "bench-reteno-key-0123456789"
+QUIET_LOAD = 0.7
+
+
+# --- output ------------------------------------------------------------------------
+
+
+def say(*parts) -> None:
+    print(*parts, flush=True)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memGiB": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "kernel": platform.release(),
+        "wrk": wrk_version(),
+    }
+
+
+def save_result(name: str, result: dict) -> Path:
+    """Write the figures of one run to ``bench/results/<name>.json`` (git-ignored)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    result = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+              "loadavgAtEnd": loadavg(), **result}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+# --- a quiet machine ---------------------------------------------------------------------
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (0..1), from /proc/stat."""
+
+    def sample():
+        fields_ = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields_[3] + fields_[4]
+        return sum(fields_), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    total = max(1, total1 - total0)
+    return 1.0 - (idle1 - idle0) / total
+
+
+def wait_quiet(max_load: float = QUIET_LOAD, timeout: float = 300.0) -> dict:
+    """Wait until the 1-minute load average is below ``max_load``; report what was seen."""
+    started = time.monotonic()
+    first = loadavg()
+    if first >= max_load:
+        say(f"# waiting for a quiet machine (load average {first:.2f} >= {max_load}) ...")
+    while loadavg() >= max_load and time.monotonic() - started < timeout:
+        time.sleep(5)
+    load = loadavg()
+    quiet = load < max_load
+    if not quiet:
+        say(f"# WARNING: the machine is not quiet (load average {load:.2f}); "
+            "figures may be low")
+    return {"loadavg": load, "quiet": quiet, "waitedSeconds": round(time.monotonic() - started)}
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(url: str, method: str = "GET", body=None, headers: dict | None = None,
+              timeout: float = 10.0):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        payload = exc.read()
+        try:
+            return exc.code, json.loads(payload or b"null")
+        except ValueError:
+            return exc.code, payload.decode(errors="replace")
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early; see {proc.log}:\n{proc.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to this process's own group (it leads it), then SIGKILL if needed."""
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+
+class Stack(contextlib.ExitStack):
+    """Processes and a scratch directory, all released on exit (also on Ctrl-C)."""
+
+    def __init__(self, name: str, keep: bool = False):
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.keep = keep
+        self.procs: list[Proc] = []
+
+    def __enter__(self):
+        super().__enter__()
+        self.callback(self._cleanup)
+        return self
+
+    def _cleanup(self):
+        for proc in reversed(self.procs):
+            proc.stop()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            say(f"# kept {self.dir}")
+
+    def spawn(self, name: str, argv: list[str], env: dict | None = None) -> Proc:
+        log = self.dir / f"{name}.log"
+        fh = open(log, "ab")  # noqa: SIM115 - closed with the stack
+        self.callback(fh.close)
+        popen = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=fh,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    # --- the pieces ----------------------------------------------------------------
+
+    def simulator(self, rps: float = 200, latency_ms: float = 100, name: str = "simulator"
+                  ) -> str:
+        """The Reteno simulator as a separate process; its base URL."""
+        port = free_port()
+        proc = self.spawn(name, [
+            PYTHON, "-m", "bridge.sandbox", "--port", str(port), "--app-uuid", APP_UUID,
+            "--api-key", RETENO_KEY, "--rps", f"{rps:g}", "--latency-ms", f"{latency_ms:g}",
+        ])
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/stats", proc=proc)
+        return url
+
+    def bridge_env(self, db: Path, simulator_url: str | None, batch_size: int = 1000,
+                   background: bool = True, **extra) -> dict:
+        env = {
+            "BRIDGE_DATABASE_URL": f"sqlite:///{db}",
+            "BRIDGE_API_KEYS": API_KEY,
+            "BRIDGE_BATCH_SIZE": str(batch_size),
+            "BRIDGE_BACKGROUND_DELIVERY": "true" if background else "false",
+            "BRIDGE_INSTANCE_PATH": str(self.dir / "instance"),
+            "RETENO_APP_UUID": APP_UUID,
+            "RETENO_API_KEY": RETENO_KEY,
+            # Nothing listens here unless a simulator is given: delivery just retries.
+            "RETENO_BASE_URL": simulator_url or f"http://127.0.0.1:{free_port()}",
+        }
+        for key in ("FLASK_APP", "FLASK_RUN_FROM_CLI"):
+            env.pop(key, None)
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def migrate(self, env: dict) -> None:
+        subprocess.run([PYTHON, "-m", "flask", "--app", "app", "bridge", "migrate"], cwd=ROOT,
+                       env={**os.environ, **env}, check=True, capture_output=True)
+
+    def gunicorn(self, target: str, env: dict | None = None, workers: int = 2,
+                 name: str = "gunicorn", extra: list[str] | None = None) -> tuple[str, Proc]:
+        """``gunicorn -w N target`` on a free port (default sync worker class)."""
+        port = free_port()
+        proc = self.spawn(name, [
+            str(BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}",
+            "--backlog", "2048", "--graceful-timeout", "5", *(extra or []), target,
+        ], env=env)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz", proc=proc)
+        # Both workers must be up before load starts.
+        deadline = time.monotonic() + 30
+        while len(children(proc.pid)) < workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return url, proc
+
+    def deliver_worker(self, env: dict, name: str = "deliver") -> Proc:
+        return self.spawn(name, [PYTHON, "-m", "flask", "--app", "app", "bridge", "deliver"],
+                          env=env)
+
+
+# --- /proc: memory ------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# --- wrk ------------------------------------------------------------------------------------
+
+
+def wrk_version() -> str:
+    exe = shutil.which("wrk")
+    if not exe:
+        return "missing"
+    out = subprocess.run([exe, "-v"], capture_output=True, text=True)
+    return (out.stdout or out.stderr).split("\n", 1)[0].strip()
+
+
+def require_wrk() -> str:
+    exe = shutil.which("wrk")
+    if not exe:
+        sys.exit("wrk is not installed: apt-get install -y wrk (Debian's package)")
+    return exe
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    mean_ms: float
+    non2xx: int
+    errors: dict = field(default_factory=dict)
+    statuses: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        errs = sum(self.errors.values())
+        return (f"{self.rps:8.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
+                f"  max {self.max_ms:7.2f} ms  ({self.requests} requests, "
+                f"{self.non2xx} non-2xx, {errs} socket errors)")
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+def wrk(url: str, script: Path | str, seconds: float, connections: int = 32, threads: int = 2,
+        args: list[str] | None = None, timeout_s: int = 5) -> WrkResult:
+    """Run wrk with a Lua script whose ``done`` prints one ``WRKJSON {...}`` line."""
+    exe = require_wrk()
+    argv = [exe, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+            f"--timeout={timeout_s}s", "--latency", "-s", str(script), url]
+    if args:
+        argv += ["--", *args]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            data = json.loads(line[len("WRKJSON "):])
+            break
+    else:
+        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+    secs = data["duration_us"] / 1e6
+    return WrkResult(
+        requests=data["requests"],
+        seconds=secs,
+        rps=data["requests"] / secs if secs else 0.0,
+        p50_ms=data["p50"] / 1000,
+        p90_ms=data["p90"] / 1000,
+        p99_ms=data["p99"] / 1000,
+        p999_ms=data["p999"] / 1000,
+        max_ms=data["max"] / 1000,
+        mean_ms=data["mean"] / 1000,
+        non2xx=data["non2xx"],
+        errors=data["errors"],
+        statuses={k: v for k, v in data.get("statuses", {}).items() if v},
+    )
+
+
+# --- the ledger, loaded directly ---------------------------------------------------------
+
+
+def bulk_load(db: Path, count: int, events: bool = True, chunk: int = 50_000,
+              seed: int = 7) -> float:
+    """Insert ``count`` delivered registrations (and their events) with plain SQL.
+
+    Tokens are ``1_000_000_000 + i``, e-mail ``user<i>@example.com``, external
+    ids ``cust-<i>``; every tenth row also has a phone. Returns seconds taken.
+    The database must be migrated already.
+    """
+    started = time.perf_counter()
+    rng = random.Random(seed)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-262144")
+    base = datetime(2026, 1, 1)
+    start_id = (conn.execute("SELECT COALESCE(MAX(id), 0) FROM bridge_registrations")
+                .fetchone()[0])
+    reg_sql = (
+        "INSERT INTO bridge_registrations (id, token, contact_id, external_customer_id, phone,"
+        " email, matched_by, match_value, state, attempts, next_attempt_at, lease_id,"
+        " last_error, created_at, updated_at, delivered_at, removed_at, removal_reason)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,NULL,NULL,NULL,?,?,?,NULL,NULL)"
+    )
+    ev_sql = ("INSERT INTO bridge_events (at, registration_id, token, kind, detail)"
+              " VALUES (?,?,?,?,?)")
+    conn.execute("BEGIN")
+    for lo in range(0, count, chunk):
+        regs, evs = [], []
+        for i in range(lo, min(count, lo + chunk)):
+            rid = start_id + i + 1
+            token = str(1_000_000_000 + i)
+            email = f"user{i}@example.com"
+            ext = f"cust-{i}"
+            phone = f"380{rng.randrange(10**8, 10**9)}" if i % 10 == 0 else None
+            at = (base + timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            regs.append((rid, token, None, ext, phone, email, "externalCustomerId", ext,
+                         "delivered", 1, at, at, at))
+            if events:
+                evs.append((at, rid, token, "submitted", json.dumps(
+                    {"source": "api", "matchedBy": "externalCustomerId", "duplicate": False,
+                     "state": "queued"})))
+                evs.append((at, rid, token, "delivered", json.dumps(
+                    {"attempt": 1, "status": 200, "batch": 1000, "ms": 101.0})))
+        conn.executemany(reg_sql, regs)
+        if evs:
+            conn.executemany(ev_sql, evs)
+    conn.execute("COMMIT")
+    # No ANALYZE: a served ledger has no planner statistics either.
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.perf_counter() - started
+
+
+def simulator_stats(url: str) -> dict:
+    return http_json(f"{url}/stats")[1]
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    if not n:
+        return float("nan")
+    mid = n // 2
+    return values[mid] if n % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+# --- wrk Lua scripts ---------------------------------------------------------------------
+
+_LUA_COMMON = r"""
+local thread_count = 0
+function setup(thread)
+  thread:set("tid", thread_count)
+  thread_count = thread_count + 1
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50":%.0f,"p90":%.0f,"p99":%.0f,' ..
+    '"p999":%.0f,"max":%.0f,"mean":%.1f,"non2xx":%d,' ..
+    '"errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d}}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9), latency.max, latency.mean,
+    e.status, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+# POST /register. Arguments: mode (unique | dup | batch), first token, batch size.
+REGISTER_LUA = r"""
+local counter = 0
+local base = 1000000000
+local mode = "unique"
+local batch = 1
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer __KEY__"
+
+function init(args)
+  mode = args[1] or "unique"
+  base = tonumber(args[2] or "1000000000") + tid * 100000000
+  batch = tonumber(args[3] or "1")
+end
+
+function request()
+  counter = counter + 1
+  if mode == "dup" then
+    return wrk.format(nil, "/register", nil, '{"token":424242,"email":"dup@example.com"}')
+  end
+  if mode == "batch" then
+    local parts = {}
+    for i = 1, batch do
+      local t = base + (counter - 1) * batch + i
+      parts[i] = string.format('{"token":%d,"externalCustomerId":"c%d"}', t, t)
+    end
+    return wrk.format(nil, "/register", nil, '{"tokens":[' .. table.concat(parts, ",") .. ']}')
+  end
+  local t = base + counter
+  return wrk.format(nil, "/register", nil,
+    string.format('{"token":%d,"email":"u%d@example.com"}', t, t))
+end
+"""
+
+# GET /tokens?<kind>=<key i> for random i in [0, n). Arguments: kind (email | token), n.
+LOOKUP_LUA = r"""
+local kind = "email"
+local n = 1
+wrk.headers["Authorization"] = "Bearer __KEY__"
+
+function init(args)
+  kind = args[1] or "email"
+  n = tonumber(args[2] or "1")
+  math.randomseed(1234 + tid * 7919)
+end
+
+function request()
+  local i = math.random(0, n - 1)
+  local path
+  if kind == "token" then
+    path = string.format("/tokens?token=%d", 1000000000 + i)
+  else
+    path = string.format("/tokens?email=user%d@example.com", i)
+  end
+  return wrk.format("GET", path)
+end
+"""
+
+
+def lua(directory: Path, name: str, body: str) -> Path:
+    path = Path(directory) / f"{name}.lua"
+    path.write_text(body.replace("__KEY__", API_KEY) + _LUA_COMMON)
+    return path
