@@ -470,30 +470,13 @@ class Ledger:
             return []
         with self.db.write() as session:
             until = self.clock() + timedelta(seconds=lease_seconds)
-            self._lock_in_order(session, ids)
-            held = set(
-                session.scalars(
-                    update(Registration)
-                    .where(
-                        Registration.id.in_(ids),
-                        Registration.lease_id == claim.lease_id,
-                        Registration.state == QUEUED,
-                    )
-                    .values(next_attempt_at=until)
-                    .returning(Registration.id)
-                    .execution_options(synchronize_session=False)
-                )
-            )
+            held = self._update_held(session, claim, ids, {"next_attempt_at": until})
         return [r for r in rows if r.id in held]
 
-    def _finish(self, session, claim: Claim, rows: Sequence[Registration], values: dict,
-                kind: str, detail: dict) -> int:
-        now = self.clock()
-        ids = [r.id for r in rows]
-        if not ids:
-            return 0
+    def _update_held(self, session, claim: Claim, ids: list[int], values: dict) -> set[int]:
+        """Update the rows of ``ids`` this claim still holds; the ids it updated."""
         self._lock_in_order(session, ids)
-        moved = set(
+        return set(
             session.scalars(
                 update(Registration)
                 .where(
@@ -501,11 +484,20 @@ class Ledger:
                     Registration.lease_id == claim.lease_id,
                     Registration.state == QUEUED,
                 )
-                .values(lease_id=None, updated_at=now, **values)
+                .values(**values)
                 .returning(Registration.id)
                 .execution_options(synchronize_session=False)
             )
         )
+
+    def _finish(self, session, claim: Claim, rows: Sequence[Registration], values: dict,
+                kind: str, detail: dict) -> int:
+        now = self.clock()
+        ids = [r.id for r in rows]
+        if not ids:
+            return 0
+        moved = self._update_held(session, claim, ids,
+                                  {"lease_id": None, "updated_at": now, **values})
         self._events(
             session,
             (
