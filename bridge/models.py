@@ -110,10 +110,11 @@ class Registration(Base):
 
     __table_args__ = (
         Index("ix_bridge_registrations_token", "token", "id"),
-        Index("ix_bridge_registrations_contact_id", "contact_id", "id"),
-        Index("ix_bridge_registrations_external_customer_id", "external_customer_id", "id"),
-        Index("ix_bridge_registrations_phone", "phone", "id"),
-        Index("ix_bridge_registrations_email", "email", "id"),
+        # A registration has one to four identifiers: their indexes skip the NULLs.
+        *(Index(f"ix_bridge_registrations_{column}", column, "id",
+                sqlite_where=text(f"{column} IS NOT NULL"),
+                postgresql_where=text(f"{column} IS NOT NULL"))
+          for _name, column in IDENTIFIERS),
         Index("ix_bridge_registrations_state", "state", "id"),
         # The outbox: due queued rows, oldest first.
         Index(
@@ -155,8 +156,9 @@ class Event(Base):
     __table_args__ = (
         Index("ix_bridge_events_token", "token", "id"),
         Index("ix_bridge_events_registration_id", "registration_id"),
-        Index("ix_bridge_events_kind_at", "kind", "at"),
-        Index("ix_bridge_events_fingerprint", "fingerprint"),
+        Index("ix_bridge_events_fingerprint", "fingerprint",
+              sqlite_where=text("fingerprint IS NOT NULL"),
+              postgresql_where=text("fingerprint IS NOT NULL")),
     )
 
 
