@@ -14,7 +14,7 @@ from marshmallow import ValidationError
 
 from . import statuses, telegram
 from .http import APIError, json_body, register_error_handlers, require_bearer
-from .logs import caller_of, log_request
+from .logs import log_request
 from .openapi import document as openapi_document
 from .schemas import (
     BatchSchema,
@@ -169,9 +169,10 @@ def _start_clock():
 def _log_request(response):
     """One ``key=value`` line per request; query values and credentials never appear."""
     started = g.get("bridge_started")
-    log_request(request.method, request.path, request.args.keys(), response.status_code,
+    log_request(request.method, request.path,
+                request.args.keys() if request.query_string else (), response.status_code,
                 time.perf_counter() - started if started is not None else 0.0,
-                caller_of(request.headers))
+                request.headers)
     return response
 
 

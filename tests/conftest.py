@@ -20,6 +20,7 @@ import requests_mock as requests_mock_module
 from sqlalchemy import create_engine, text
 
 from bridge.db import migrate
+from bridge.logs import flush_request_log
 
 CONFIG_KEYS = [
     "RETENO_PLATFORM", "RETENO_BASE_URL", "RETENO_APP_UUID", "RETENO_API_KEY", "RETENO_AUTH",
@@ -99,6 +100,15 @@ def _clean_environment(monkeypatch, tmp_path):
     for key in CONFIG_KEYS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("BRIDGE_INSTANCE_PATH", str(tmp_path / "instance"))
+
+
+@pytest.fixture(autouse=True)
+def _own_request_log_lines():
+    """Request-log lines are handed to the handlers by a thread of their own: every test
+    starts without another test's lines and hands its own over before it ends."""
+    flush_request_log()
+    yield
+    flush_request_log()
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,11 @@ import base64
 import hashlib
 import logging
 import re
+import time
 
 import pytest
 
+from bridge.logs import flush_request_log
 from tests.conftest import API_KEY, RETENO_KEY, TOKENS_URL
 
 WEBHOOK_USER, WEBHOOK_PASSWORD = "reteno-hook", "hook-password-4242"
@@ -31,7 +33,15 @@ def logs(caplog):
     return caplog
 
 
+def logged(caplog) -> str:
+    """Everything logged so far, request-log lines included (they are written by a
+    thread of their own)."""
+    flush_request_log()
+    return caplog.text
+
+
 def request_lines(caplog) -> list[dict[str, str]]:
+    flush_request_log()
     lines = []
     for record in caplog.records:
         if record.name == "bridge.request":
@@ -67,7 +77,7 @@ def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, 
     result = runner.invoke(args=["bridge", "erase", "--email", EMAIL, "--yes"])
     assert result.exit_code == 0 and "erased 1 registration" in result.output
 
-    text = logs.text
+    text = logged(logs)
     assert text  # something was logged
     for secret in (API_KEY, RETENO_KEY, WEBHOOK_PASSWORD, basic.split()[1], "wrong-key-987"):
         assert secret not in text, secret
@@ -108,7 +118,7 @@ def test_a_failed_upstream_call_is_one_line_with_its_error_masked(client, auth, 
                 and r.getMessage().startswith("upstream call")]
     assert len(upstream) == 1
     assert "outcome=reject status=400 batch=1" in upstream[0]
-    assert "<email>" in upstream[0] and EMAIL.lower() not in logs.text.lower()
+    assert "<email>" in upstream[0] and EMAIL.lower() not in logged(logs).lower()
 
 
 def test_anonymous_and_telegram_callers(make_app, logs):
@@ -120,7 +130,7 @@ def test_anonymous_and_telegram_callers(make_app, logs):
     lines = request_lines(logs)
     assert [(line["path"], line["caller"]) for line in lines] == [
         ("/healthz", "anonymous"), ("/telegram/webhook", "telegram")]
-    assert "tg-secret-value-1" not in logs.text
+    assert "tg-secret-value-1" not in logged(logs)
 
 
 def test_query_values_and_odd_argument_names_stay_out(client, auth, logs):
@@ -128,4 +138,15 @@ def test_query_values_and_odd_argument_names_stay_out(client, auth, logs):
                query_string={"email": "x@example.com", "ann@example.com": "1", "cursor": "abc"})
     line = request_lines(logs)[-1]
     assert line["query"] == "?,cursor,email"
-    assert "example.com" not in logs.text and "abc" not in logs.text
+    assert "example.com" not in logged(logs) and "abc" not in logged(logs)
+
+
+def test_request_lines_are_written_without_being_asked(client, auth, logs):
+    client.get("/tokens", headers=auth)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if any(r.name == "bridge.request" for r in logs.records):
+            break
+        time.sleep(0.02)
+    assert [r.getMessage().split()[1] for r in logs.records
+            if r.name == "bridge.request"] == ["method=GET"]
