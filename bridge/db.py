@@ -13,6 +13,12 @@ longer than a write transaction lasts, so under load (two gunicorn workers and
 a delivery worker) writers spent most of their time asleep. A blocked
 ``flock`` wakes the next writer as soon as the lock is let go, and the kernel
 lets go of it when a process dies.
+
+Durability on SQLite: a transaction of :meth:`Database.write` (and
+:meth:`Database.write_connection`) is on disk when the block returns, as with
+``synchronous=FULL``, but the flush of the WAL happens after the write lock is
+let go (:meth:`Database.sync`), so the next writer does not wait for the disk
+and one flush serves every commit made before it, whichever process made it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +50,19 @@ class SchemaBehind(RuntimeError):
     """The database's schema is older than the code: run ``bridge migrate``."""
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+def make_engine(url: str, wal_synced_by_caller: bool = False) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and explicit BEGINs.
+
+    ``wal_synced_by_caller``: SQLite commits do not flush the WAL to disk
+    (``synchronous=NORMAL``); the caller does, after letting go of the write lock
+    (see :meth:`Database.write`). Otherwise every commit flushes it (``FULL``).
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1] if "///" in url else ""
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+        sync = "NORMAL" if wal_synced_by_caller else "FULL"
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_connection, _record):
@@ -57,9 +70,10 @@ def make_engine(url: str) -> Engine:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on a power
-            # cut or OS crash, and a 2xx promises the registration is durably stored.
-            cursor.execute("PRAGMA synchronous=FULL")
+            # In WAL mode NORMAL may lose the last commits on a power cut or OS crash,
+            # and a 2xx promises the registration is durably stored: with NORMAL, the
+            # caller flushes the WAL itself before it says a transaction is done.
+            cursor.execute(f"PRAGMA synchronous={sync}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -81,36 +95,66 @@ def make_engine(url: str) -> Engine:
 
 
 class _WriteQueue:
-    """An exclusive ``flock`` of one lock file, re-entrant per thread (see the top)."""
+    """An exclusive ``flock`` of ``<database>-writelock``, re-entrant per thread (see
+    the top)."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, database: str):
+        self.database = database
+        self.path = database + "-writelock"
         self._local = threading.local()
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self) -> Iterator[bool]:
+        """Hold the lock; yields True for the outermost hold of this thread."""
         local = self._local
         if getattr(local, "depth", 0):
             local.depth += 1
             try:
-                yield
+                yield False
             finally:
                 local.depth -= 1
             return
         try:  # a descriptor of its own per transaction: threads exclude each other too
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:  # e.g. a read-only directory: SQLite's busy timeout alone
-            yield
+            yield True
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             local.depth = 1
             try:
-                yield
+                yield True
             finally:
                 local.depth = 0
         finally:
             os.close(fd)  # lets go of the lock
+
+
+def _shared_memo(sqltype, dialect, memos: dict):
+    """The bind processor of ``sqltype`` remembering its last input, shared (through
+    ``memos``, one engine's) by every column of that type: the timestamps of a row and
+    of a batch are one value, so the UTC conversion and formatting run once, not once
+    per column and row."""
+    key = (type(sqltype), repr(sqltype))
+    if key not in memos:
+        process = sqltype.dialect_impl(dialect).bind_processor(dialect)
+        memos[key] = None if process is None else _last_value_memo(process)
+    return memos[key]
+
+
+def _last_value_memo(process):
+    cell = [(object(), None)]  # (input, output), replaced whole: safe between threads
+
+    def memo(value):
+        seen, out = cell[0]
+        if value is seen:
+            return out
+        out = process(value)
+        if isinstance(value, datetime):  # immutable, and kept alive by the cell: its
+            cell[0] = (value, out)       # identity cannot be another value's
+        return out
+
+    return memo
 
 
 class _DriverInsert:
@@ -121,7 +165,7 @@ class _DriverInsert:
     processors (UTC timestamps, JSON) and hands the values straight to sqlite3.
     """
 
-    def __init__(self, stmt, keys: frozenset, dialect):
+    def __init__(self, stmt, keys: frozenset, dialect, memos: dict):
         compiled = stmt.compile(dialect=dialect, column_keys=sorted(keys))
         names = compiled.positiontup or []
         binds = [compiled.binds[name] for name in names]
@@ -129,8 +173,7 @@ class _DriverInsert:
         # default that SQLAlchemy would have to compute).
         self.usable = bool(names) and all(b.key in keys for b in binds)
         self.sql = compiled.string
-        self.params = [(b.key, b.type.dialect_impl(dialect).bind_processor(dialect))
-                       for b in binds]
+        self.params = [(b.key, _shared_memo(b.type, dialect, memos)) for b in binds]
         # "INSERT ... VALUES (?, ..., ?) <rest>": the multi-row form repeats the group.
         head, sep, tail = self.sql.partition(" VALUES (")
         group, close, rest = tail.partition(")")
@@ -146,11 +189,12 @@ class _DriverInsert:
     # batch sizes) and a small batch is one statement.
     PAGES = (256, 64, 16)
 
-    def execute_rows(self, conn: Connection, rows: list[dict]) -> list[tuple]:
-        """Many rows in multi-row statements (RETURNING works, unlike executemany)."""
-        if self._multi is None or len(rows) == 1:
-            return [r for row in rows for r in self.execute(conn, row)]
-        out: list[tuple] = []
+    def _pages(self, rows: list[dict]) -> Iterator[tuple[str, list, int]]:
+        """(SQL, values, number of rows) of the statements that insert ``rows``."""
+        if self._multi is None:
+            for row in rows:
+                yield self.sql, self.values(row), 1
+            return
         start = 0
         while start < len(rows):
             size = next((p for p in self.PAGES if p <= len(rows) - start), len(rows) - start)
@@ -161,29 +205,63 @@ class _DriverInsert:
                 head, group, rest = self._multi
                 sql = self._multi_sql.setdefault(
                     size, f"{head} {', '.join([group] * size)}{rest}")
-            values = [v for row in chunk for v in self.values(row)]
+            yield sql, [v for row in chunk for v in self.values(row)], size
+
+    def _run(self, raw: sqlite3.Connection, sql: str, values: list) -> sqlite3.Cursor:
+        try:
+            return raw.execute(sql, values)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, values[:len(self.params)], exc,
+                                      sqlite3.Error) from exc
+
+    def execute_rows(self, raw: sqlite3.Connection, rows: list[dict]) -> list[tuple]:
+        """Many rows in multi-row statements; the rows they return (RETURNING)."""
+        out: list[tuple] = []
+        for sql, values, _n in self._pages(rows):
+            cursor = self._run(raw, sql, values)
             try:
-                out.extend(conn.connection.driver_connection.execute(sql, values).fetchall())
+                out.extend(cursor.fetchall())
             except sqlite3.Error as exc:
                 raise DBAPIError.instance(sql, values[:len(self.params)], exc,
                                           sqlite3.Error) from exc
         return out
 
-    def execute(self, conn: Connection, row: dict) -> list[tuple]:
-        values = self.values(row)
-        try:
-            return conn.connection.driver_connection.execute(self.sql, values).fetchall()
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(self.sql, values, exc, sqlite3.Error) from exc
+    def execute_all(self, raw: sqlite3.Connection, rows: list[dict]) -> None:
+        """Many rows in multi-row statements, nothing returned: one step of SQLite per
+        statement (``executemany`` takes one per row, each letting go of the GIL)."""
+        for sql, values, _n in self._pages(rows):
+            self._run(raw, sql, values)
 
-    def executemany(self, conn: Connection, rows: list[dict]) -> None:
-        params = self.params
-        values = [[r[key] if proc is None else proc(r[key]) for key, proc in params]
-                  for r in rows]
-        try:
-            conn.connection.driver_connection.executemany(self.sql, values)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(self.sql, values[:1], exc, sqlite3.Error) from exc
+    def execute_consecutive(self, raw: sqlite3.Connection, rows: list[dict]) -> list[int]:
+        """Insert ``rows`` (every one must go in) and return their new rowids, in order.
+
+        The rows of one INSERT statement on a table with an integer primary key get
+        consecutive rowids, one above the table's largest, in the order given; so
+        the last rowid and the number of rows tell them all, without fetching a
+        RETURNING row at a time. Checked: a statement that did not insert every one
+        of its rows is an error."""
+        ids: list[int] = []
+        for sql, values, n in self._pages(rows):
+            before = raw.total_changes
+            cursor = self._run(raw, sql, values)
+            if raw.total_changes - before != n:
+                raise RuntimeError(f"inserted {raw.total_changes - before} of {n} rows")
+            last = cursor.lastrowid
+            ids.extend(range(last - n + 1, last + 1))
+        return ids
+
+
+def _raw(conn) -> sqlite3.Connection:
+    """The sqlite3 connection under ``conn`` (a Core connection or the driver's own)."""
+    return conn if isinstance(conn, sqlite3.Connection) else conn.connection.driver_connection
+
+
+def _driver(run, sql: str):
+    """``run(sql)`` on the sqlite3 driver, its errors wrapped as SQLAlchemy wraps them."""
+    try:
+        return run(sql)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
 
 
 def _write_queue(url: str) -> _WriteQueue | None:
@@ -192,7 +270,7 @@ def _write_queue(url: str) -> _WriteQueue | None:
     path = url.split("///", 1)[-1].split("?", 1)[0]
     if not path or path == ":memory:" or path.startswith("file:"):
         return None
-    return _WriteQueue(os.path.abspath(path) + "-writelock")
+    return _WriteQueue(os.path.abspath(path))
 
 
 class Database:
@@ -200,10 +278,17 @@ class Database:
 
     def __init__(self, url: str):
         self.url = url
-        self.engine = make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._queue = _write_queue(url)
+        # SQLite file: commits leave the WAL flush to sync(), after the write lock.
+        self._wal = self._queue.database + "-wal" if self._queue is not None else None
+        self.engine = make_engine(url, wal_synced_by_caller=self._wal is not None)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._driver_inserts: dict[tuple[int, frozenset], tuple[Any, _DriverInsert]] = {}
+        self._memos: dict[tuple, Any] = {}  # bind processors of _DriverInsert, by type
+        self._raw: Any = None  # the pooled connection of write_connection() (SQLite)
+        self._raw_pid = os.getpid()
+        self._raw_lock = threading.Lock()
+        self._inherited: list = []
         # A forked child (gunicorn --preload) must not reuse the parent's connections.
         ref = weakref.ref(self)
 
@@ -212,6 +297,10 @@ class Database:
             if db is not None:
                 db.engine.dispose(close=False)
                 db._driver_inserts.clear()
+                # The parent's connection: kept (never used, nor closed, nor collected).
+                db._inherited.append(db._raw)
+                db._raw = None
+                db._raw_lock = threading.Lock()
 
         os.register_at_fork(after_in_child=_after_fork)
 
@@ -221,25 +310,83 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A transaction that takes the write lock up front and commits on success."""
-        if self._queue is not None:
-            with self._queue.hold(), self._write() as session:
-                yield session
-        else:
+        """A transaction that takes the write lock up front and commits on success;
+        when the block is left without an error, the commit is on disk."""
+        if self._queue is None:
             with self._write() as session:
                 yield session
+            return
+        with self._queue.hold() as outermost, self._write() as session:
+            yield session
+        if outermost:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable (SQLite files: a flush of the
+        WAL; nothing to do elsewhere).
+
+        Commits to a SQLite file run with ``synchronous=NORMAL``: they write the WAL
+        but do not wait for the disk, so the write lock is held only for the work.
+        This flush, after the lock is let go, is what ``synchronous=FULL`` would do
+        before letting go of it: once it returns, the commit survives a power cut.
+        One flush covers every commit made before it, by any process, so writers of
+        several processes share them. (Other connections may read a commit before it
+        is flushed; nobody is told it is stored before it is.)
+        """
+        if self._wal is None:
+            return
+        try:
+            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # checkpointed and removed on close: SQLite synced the database file
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     @contextmanager
-    def write_connection(self) -> Iterator[Connection]:
-        """Like :meth:`write`, as a Core connection: no ORM session to set up and tear
-        down, for the hot path (``Ledger.register``) that runs only Core statements."""
-        with self._queue.hold() if self._queue is not None else nullcontext():
+    def write_connection(self, defer_sync: bool = False
+                         ) -> Iterator[Connection | sqlite3.Connection]:
+        """Like :meth:`write`, for the hot path (``Ledger.register``) that runs only Core
+        statements: no ORM session to set up and tear down.
+
+        On SQLite it yields the driver's own ``sqlite3.Connection``, one kept open for
+        these transactions (a SQLAlchemy connection, its pool check-out and its events
+        cost more than SQLite needs for a small insert); the statements go through
+        :meth:`insert_rows` and :meth:`insert_many`, which take either kind, and the
+        SQLite-only :meth:`insert_consecutive` and :meth:`fetch_driver`. Elsewhere it
+        yields a Core connection. Commits on success.
+        ``defer_sync``: the caller calls :meth:`sync` itself before it reports the
+        transaction done (so that it can let another transaction start first).
+        """
+        if self._queue is None:
             with self.engine.connect() as conn:
                 conn = conn.execution_options(**{_WRITE: True})
                 with conn.begin():
                     yield conn
+            return
+        with self._raw_lock, self._queue.hold() as outermost:
+            raw = self._raw_writer()
+            _driver(raw.execute, "BEGIN IMMEDIATE")
+            try:
+                yield raw
+                _driver(raw.execute, "COMMIT")
+            except BaseException:
+                if raw.in_transaction:
+                    raw.rollback()
+                raise
+        if outermost and not defer_sync:
+            self.sync()
 
-    def insert_one(self, conn: Connection, stmt, row: dict) -> list[tuple]:
+    def _raw_writer(self) -> sqlite3.Connection:
+        """The driver connection of :meth:`write_connection`, from the engine's pool (so
+        it has the same pragmas) and kept checked out; a fork starts afresh."""
+        if self._raw is None or self._raw_pid != os.getpid():
+            self._raw = self.engine.raw_connection()
+            self._raw_pid = os.getpid()
+        return self._raw.driver_connection
+
+    def insert_one(self, conn, stmt, row: dict) -> list[tuple]:
         """Run a Core INSERT (maybe with RETURNING) for one row; its returned rows.
 
         On SQLite the statement goes straight to the driver (see ``_DriverInsert``);
@@ -247,11 +394,11 @@ class Database:
         """
         driver = self._driver_insert(stmt, row)
         if driver is not None:
-            return driver.execute(conn, row)
+            return driver.execute_rows(_raw(conn), [row])
         result = conn.execute(stmt, row)
         return [tuple(r) for r in result] if result.returns_rows else []
 
-    def insert_rows(self, conn: Connection, stmt, rows: list[dict]) -> list[tuple]:
+    def insert_rows(self, conn, stmt, rows: list[dict]) -> list[tuple]:
         """:meth:`insert_one` for many rows with the same keys; all their returned rows.
 
         On SQLite as few multi-row statements on the driver; elsewhere one
@@ -260,20 +407,41 @@ class Database:
             return []
         driver = self._driver_insert(stmt, rows[0])
         if driver is not None and all(r.keys() == rows[0].keys() for r in rows):
-            return driver.execute_rows(conn, rows)
+            return driver.execute_rows(_raw(conn), rows)
         if len(rows) == 1:
             return self.insert_one(conn, stmt, rows[0])
         result = conn.execute(stmt, rows)
         return [tuple(r) for r in result] if result.returns_rows else []
 
-    def insert_many(self, conn: Connection, stmt, rows: list[dict]) -> None:
+    def insert_many(self, conn, stmt, rows: list[dict]) -> None:
         """Run a Core INSERT without RETURNING for rows that all have the same keys;
-        on SQLite as one ``executemany`` on the driver (see ``_DriverInsert``)."""
+        on SQLite as few multi-row statements on the driver (see ``_DriverInsert``)."""
         driver = self._driver_insert(stmt, rows[0]) if rows else None
         if driver is not None and all(r.keys() == rows[0].keys() for r in rows):
-            driver.executemany(conn, rows)
+            driver.execute_all(_raw(conn), rows)
         elif rows:
             conn.execute(stmt, rows)
+
+    def insert_consecutive(self, conn: sqlite3.Connection, stmt, rows: list[dict]
+                           ) -> list[int]:
+        """SQLite, inside a write transaction: insert ``rows`` (same keys, none may be
+        refused) with a plain Core INSERT; their new ids in order (see
+        ``_DriverInsert.execute_consecutive``)."""
+        if not rows:
+            return []
+        driver = self._driver_insert(stmt, rows[0])
+        if driver is None or any(r.keys() != rows[0].keys() for r in rows):
+            raise ValueError("insert_consecutive needs SQLite and rows with the same keys")
+        return driver.execute_consecutive(_raw(conn), rows)
+
+    @staticmethod
+    def fetch_driver(conn: sqlite3.Connection, sql: str, values: list) -> list[tuple]:
+        """SQLite: run ``sql`` on the driver connection; its rows (errors wrapped as
+        SQLAlchemy wraps them)."""
+        try:
+            return conn.execute(sql, values).fetchall()
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, values[:3], exc, sqlite3.Error) from exc
 
     def _driver_insert(self, stmt, row: dict) -> _DriverInsert | None:
         if self.engine.dialect.name != "sqlite":
@@ -282,7 +450,7 @@ class Database:
         cached = self._driver_inserts.get(key)
         if cached is None:
             cached = self._driver_inserts[key] = (
-                stmt, _DriverInsert(stmt, key[1], self.engine.dialect))
+                stmt, _DriverInsert(stmt, key[1], self.engine.dialect, self._memos))
         return cached[1] if cached[1].usable else None
 
     @contextmanager
@@ -303,6 +471,10 @@ class Database:
             yield session
 
     def dispose(self) -> None:
+        with self._raw_lock:
+            if self._raw is not None and self._raw_pid == os.getpid():
+                self._raw.close()  # back to the pool, which closes it below
+            self._raw = None
         self.engine.dispose()
 
 

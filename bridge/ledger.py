@@ -25,6 +25,7 @@ import itertools
 import json
 import random
 import re
+import sqlite3
 import threading
 import uuid
 from collections import deque
@@ -33,9 +34,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import (
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from .db import Database
 from .models import (
@@ -60,6 +74,39 @@ PAUSE_CAP = 600.0
 UPSTREAM = "upstream"
 _EVENT_INSERT = insert(Event.__table__)
 _LIVE_INSERT: dict[str, Any] = {}  # dialect name: the INSERT ... ON CONFLICT DO NOTHING
+# A claim: lease the chosen rows and return what the upstream call needs (plain rows,
+# not ORM objects: a batch is up to 1,000 of them). Built once, the ids passed as one
+# expanding parameter.
+_CLAIM = (
+    update(Registration)
+    .where(Registration.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        lease_id=bindparam("lease_id"),
+        next_attempt_at=bindparam("next_attempt_at"),
+        attempts=Registration.attempts + 1,
+        updated_at=bindparam("updated_at"),
+    )
+    .returning(
+        Registration.id, Registration.token, Registration.contact_id,
+        Registration.external_customer_id, Registration.phone, Registration.email,
+        Registration.matched_by, Registration.attempts,
+    )
+    .execution_options(synchronize_session=False)
+)
+_HELD_UPDATES: dict[frozenset, Any] = {}  # the columns set: _update_held's statement
+_PLAIN_INSERT = insert(Registration.__table__)
+_LIVE_JOIN: dict[int, str] = {}  # number of keys: the SQLite look-up of live keys
+
+
+def _live_join_sql(n: int) -> str:
+    """SQLite: the live registrations of ``n`` (token, matched_by, match_value) keys. The
+    keys are a VALUES table joined on the partial unique index's own columns and
+    condition, so each is one index search (an ``IN`` of row values scans instead)."""
+    t = Registration.__table__.name
+    keys = ", ".join(["(?, ?, ?)"] * n)
+    return (f"SELECT k.column1, k.column2, k.column3, r.id, r.state FROM (VALUES {keys}) "
+            f"AS k JOIN {t} AS r ON r.token = k.column1 AND r.matched_by = k.column2 "
+            "AND r.match_value = k.column3 AND r.state <> 'removed'")
 
 
 @dataclass(frozen=True)
@@ -78,7 +125,7 @@ class Claim:
     """Registrations a worker holds for one upstream call."""
 
     lease_id: str
-    rows: tuple[Registration, ...]
+    rows: tuple[Any, ...]  # rows with the columns of _CLAIM (id, token, identifiers, attempts)
 
     @property
     def ids(self) -> list[int]:
@@ -92,86 +139,123 @@ def _live_key(item: dict) -> tuple[str, str, str]:
 class _GroupCommit:
     """Group commit for :meth:`Ledger.register` among the threads of one process.
 
-    A durable commit costs an fsync (SQLite ``synchronous=FULL``, PostgreSQL's
-    WAL flush), and the writers of a SQLite file take turns, so with one
-    transaction per request the fsyncs, not the work, set the pace. Here a
-    thread that finds no registration transaction running in this process runs
-    one for every call waiting at that moment (its own included) and hands each
-    its outcomes; the others wait for it, and one of those still waiting then
-    runs the next. Alone, a call runs at once, exactly as before. If a shared
-    transaction fails, each of its calls is retried in a transaction of its own,
-    so one call's failure is never another's.
+    Every write transaction has a fixed cost (the write lock, which the writers
+    of a SQLite file take in turns, the commit, a flush to disk) far above what
+    one registration adds to it. Here the calls of concurrent threads queue up;
+    one thread at a time, the leader, waits for the write lock and then runs one
+    transaction for its call and every call queued by then. Once committed, it
+    wakes the oldest call still queued, whose thread leads the next transaction
+    while this one is being flushed to disk (``Database.sync``); when the flush
+    is done it hands each call of its batch its outcomes, waking each thread
+    once. Alone, a call runs at once. If a shared transaction fails, each of its
+    calls is retried in a transaction of its own, so one call's failure is never
+    another's; if the flush fails, every call of the batch fails with it.
     """
 
     MAX_ITEMS = 5000  # token objects per shared transaction
 
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: deque[_Call] = deque()
-        self._busy = False
+        self._busy = False  # a leader is running (or about to run) a transaction
 
     def run(self, items: list[dict], source: str) -> list[Outcome]:
         call = _Call(items, source)
-        with self._cond:
-            self._queue.append(call)
-        while True:
-            with self._cond:
-                while not call.done and self._busy:
-                    self._cond.wait()
-                if call.done:
-                    break
-                self._busy = True
-                batch, size = [], 0
-                while self._queue and (not batch or size + len(self._queue[0].items)
-                                       <= self.MAX_ITEMS):
-                    batch.append(self._queue.popleft())
-                    size += len(batch[-1].items)
-            try:
-                self._commit(batch)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    for waiting in batch:
-                        if not waiting.done:  # only after a BaseException
-                            waiting.error, waiting.done = RuntimeError("not registered"), True
-                    self._cond.notify_all()
+        with self._lock:
+            if self._busy:
+                self._queue.append(call)
+                lead = False
+            else:
+                self._busy = lead = True
+        if not lead:
+            call.wake.acquire()  # released when the call is done or is to lead
+        if not call.done:
+            self._lead(call)
         if call.error is not None:
             raise call.error
         return call.outcomes
 
-    def _commit(self, batch: list[_Call]) -> None:
-        if len(batch) == 1:
-            try:
-                batch[0].outcomes = self.ledger._register(batch[0].items,
-                                                          [batch[0].source] * len(batch[0].items))
-            except Exception as exc:
-                batch[0].error = exc
-            batch[0].done = True
-            return
+    def _lead(self, call: _Call) -> None:
+        batch = [call]
         try:
-            outcomes = self.ledger._register(
-                [item for call in batch for item in call.items],
-                [call.source for call in batch for _ in call.items],
-            )
-        except Exception:
-            for call in batch:  # on their own: a bad call fails alone
-                self._commit([call])
+            try:
+                self._transact(batch)
+            finally:
+                for waiting in batch:
+                    if not waiting.done:  # only after a BaseException
+                        waiting.error, waiting.done = RuntimeError("not registered"), True
+                # The next transaction may start while this one's flush is under way.
+                with self._lock:
+                    nxt = self._queue.popleft() if self._queue else None
+                    if nxt is None:
+                        self._busy = False
+                if nxt is not None:
+                    nxt.wake.release()  # not done: its thread leads the next transaction
+            committed = [c for c in batch if c.error is None]
+            if committed:
+                try:
+                    self.ledger.db.sync()
+                except Exception as exc:  # the disk refused the flush: not stored for sure
+                    for c in committed:
+                        c.error = exc
+            if any(not o.duplicate for c in committed for o in c.outcomes):
+                self.ledger.on_queued()
+        finally:
+            for waiting in batch[1:]:
+                waiting.wake.release()
+
+    def _transact(self, batch: list[_Call]) -> None:
+        """One transaction for ``batch`` and every call queued by the time it has the
+        write lock; on failure, one transaction per call."""
+        ledger = self.ledger
+        call = batch[0]
+        try:
+            with ledger.db.write_connection(defer_sync=True) as conn:
+                # The batch is made once the write lock is ours: it takes in every call
+                # that came while this thread waited for it.
+                with self._lock:
+                    size = len(call.items)
+                    while self._queue and size + len(self._queue[0].items) <= self.MAX_ITEMS:
+                        batch.append(self._queue.popleft())
+                        size += len(batch[-1].items)
+                outcomes = ledger._register(
+                    conn,
+                    [item for c in batch for item in c.items],
+                    [c.source for c in batch for _ in c.items],
+                )
+        except Exception as exc:
+            if len(batch) == 1:
+                call.error, call.done = exc, True
+            else:
+                for c in batch:  # on their own: a bad call fails alone
+                    self._alone(c)
             return
         start = 0
-        for call in batch:
-            call.outcomes, call.done = outcomes[start : start + len(call.items)], True
-            start += len(call.items)
+        for c in batch:
+            c.outcomes, c.done = outcomes[start : start + len(c.items)], True
+            start += len(c.items)
+
+    def _alone(self, call: _Call) -> None:
+        try:
+            with self.ledger.db.write_connection(defer_sync=True) as conn:
+                call.outcomes = self.ledger._register(conn, call.items,
+                                                      [call.source] * len(call.items))
+        except Exception as exc:
+            call.error = exc
+        call.done = True
 
 
 class _Call:
-    __slots__ = ("items", "source", "outcomes", "error", "done")
+    __slots__ = ("items", "source", "outcomes", "error", "done", "wake")
 
     def __init__(self, items: list[dict], source: str):
         self.items, self.source = items, source
         self.outcomes: list[Outcome] = []
         self.error: BaseException | None = None
         self.done = False
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class Ledger:
@@ -188,14 +272,14 @@ class Ledger:
 
     # --- events ----------------------------------------------------------
 
-    @staticmethod
-    def _events(session, rows: Iterable[dict]) -> None:
+    def _events(self, session, rows: Iterable[dict]) -> None:
         # A Core insert on the table, one executemany per run of rows with the same keys,
-        # in order (so ids keep the order given): the ORM's bulk insert costs far more
-        # per call, and this is on the /register hot path.
+        # in order (so ids keep the order given); on SQLite straight on the driver. The
+        # ORM's bulk insert costs far more per row, and this runs for every registration
+        # and every delivered token.
+        conn = session.connection() if isinstance(session, Session) else session
         for _keys, run in itertools.groupby(rows, key=dict.keys):
-            batch = list(run)
-            session.execute(_EVENT_INSERT, batch if len(batch) > 1 else batch[0])
+            self.db.insert_many(conn, _EVENT_INSERT, list(run))
 
     def record(self, kind: str, detail: dict, token: str | None = None, registration_id=None):
         """Append one event that moves nothing (e.g. a rejected deep link)."""
@@ -268,6 +352,87 @@ class Ledger:
             {"keys": ["\x1f".join(map(str, key)) for key in keys]},
         )
 
+    def _insert_alone(self, conn: sqlite3.Connection, rows: list[dict], keys: list[tuple]):
+        """SQLite: ``rows`` (live keys ``keys``) inserted where their key is free; returns
+        ({key: new id}, {key: (id, state) of the live registration that holds it}).
+
+        Under SQLite's write lock nothing else writes meanwhile, so one look-up of the
+        keys already taken and a plain insert of the rest suffice, and the new ids
+        follow from the last one (``Database.insert_consecutive``): no RETURNING rows to
+        fetch one at a time, each a step of SQLite that lets go of the GIL while the
+        write lock is held."""
+        existing = self._find_live(conn, keys)
+        fresh = [(row, key) for row, key in zip(rows, keys, strict=True) if key not in existing]
+        ids = self.db.insert_consecutive(conn, _PLAIN_INSERT, [row for row, _ in fresh])
+        return {key: rid for (_, key), rid in zip(fresh, ids, strict=True)}, existing
+
+    def _insert_concurrent(self, conn, rows: list[dict], keys: list[tuple]):
+        """:meth:`_insert_alone` where other transactions insert and remove meanwhile
+        (PostgreSQL): ``INSERT ... ON CONFLICT DO NOTHING``, then a look-up of the keys
+        it skipped."""
+        self._serialise_batches(conn, keys)
+        row_of = dict(zip(keys, rows, strict=True))
+        inserted = self._insert_new(conn, rows)
+        existing: dict[tuple, tuple[int, str]] = {}
+        pending = [k for k in keys if k not in inserted]
+        # PostgreSQL (READ COMMITTED): the live row that made an insert a no-op can be
+        # removed (a block) and committed before the look-up below finds it; its key
+        # is then free, and the next pass inserts it.
+        for _attempt in range(10):
+            existing.update(self._find_live(conn, pending))
+            gone = [k for k in pending if k not in existing]
+            if not gone:
+                break
+            inserted.update(self._insert_new(conn, [row_of[k] for k in gone]))
+            pending = [k for k in gone if k not in inserted]
+        else:
+            raise RuntimeError("a registration kept changing under concurrent removals")
+        return inserted, existing
+
+    def _find_live(self, conn, keys: list[tuple]) -> dict[tuple, tuple[int, str]]:
+        """The live registrations of these live keys: {key: (id, state)}."""
+        found: dict[tuple, tuple[int, str]] = {}
+        if isinstance(conn, sqlite3.Connection):
+            # SQLite, under the write lock: the keys as a VALUES table joined to the
+            # partial unique index, one statement per page of keys (one SQLite step when
+            # none is taken, the usual case).
+            start = 0
+            while start < len(keys):
+                # a few page sizes (as Database.insert_rows): a bounded set of statements
+                size = next((p for p in (256, 64, 16) if p <= len(keys) - start),
+                            len(keys) - start)
+                page, start = keys[start : start + size], start + size
+                sql = _LIVE_JOIN.get(len(page))
+                if sql is None:
+                    sql = _LIVE_JOIN.setdefault(len(page), _live_join_sql(len(page)))
+                values = [v for key in page for v in key]
+                for t, m, v, rid, state in self.db.fetch_driver(conn, sql, values):
+                    found[(t, m, v)] = (rid, state)
+            return found
+        for chunk_start in range(0, len(keys), 300):
+            chunk = keys[chunk_start : chunk_start + 300]
+            rows = conn.execute(
+                select(
+                    Registration.token,
+                    Registration.matched_by,
+                    Registration.match_value,
+                    Registration.id,
+                    Registration.state,
+                ).where(
+                    tuple_(
+                        Registration.token, Registration.matched_by, Registration.match_value,
+                    ).in_(chunk),
+                    Registration.state != REMOVED,
+                )
+                # PostgreSQL: wait for a removal in progress (it holds the row) and
+                # see its outcome, so that the history's order is the real one.
+                .order_by(Registration.id)
+                .with_for_update(read=True)
+            )
+            for t, m, v, rid, state in rows:
+                found[(t, m, v)] = (rid, state)
+        return found
+
     def register(self, items: Sequence[dict], source: str = "api") -> list[Outcome]:
         """Put validated token objects in the outbox, suppressing live duplicates.
 
@@ -277,8 +442,9 @@ class Ledger:
         """
         return self._group.run(list(items), source)
 
-    def _register(self, items: Sequence[dict], sources: Sequence[str]) -> list[Outcome]:
-        """:meth:`register` for ``items`` in one transaction; ``sources[i]`` is item i's."""
+    def _register(self, conn, items: Sequence[dict], sources: Sequence[str]) -> list[Outcome]:
+        """:meth:`register` for ``items`` in the write transaction of ``conn`` (from
+        ``Database.write_connection``); ``sources[i]`` is item i's."""
         now = self.clock()
         first: dict[tuple, int] = {}
         rows = []
@@ -303,76 +469,36 @@ class Ledger:
                     "updated_at": now,
                 }
             )
-        first_row = {key: n for n, key in enumerate(first)}  # live key -> index in rows
-        # A Core connection, not an ORM session: only Core statements run here, and
-        # this is the hot path of POST /register.
-        with self.db.write_connection() as session:
-            self._serialise_batches(session, list(first))
-            inserted = self._insert_new(session, rows)
-            existing: dict[tuple, tuple[int, str]] = {}
-            pending = [k for k in first if k not in inserted]
-            # PostgreSQL (READ COMMITTED): the live row that made an insert a no-op can be
-            # removed (a block) and committed before the look-up below finds it; its key
-            # is then free, and the next pass inserts it.
-            for _attempt in range(10):
-                for chunk_start in range(0, len(pending), 300):
-                    chunk = pending[chunk_start : chunk_start + 300]
-                    found = session.execute(
-                        select(
-                            Registration.token,
-                            Registration.matched_by,
-                            Registration.match_value,
-                            Registration.id,
-                            Registration.state,
-                        ).where(
-                            tuple_(
-                                Registration.token, Registration.matched_by,
-                                Registration.match_value,
-                            ).in_(chunk),
-                            Registration.state != REMOVED,
-                        )
-                        # PostgreSQL: wait for a removal in progress (it holds the row) and
-                        # see its outcome, so that the history's order is the real one.
-                        .order_by(Registration.id)
-                        .with_for_update(read=True)
-                    )
-                    for t, m, v, rid, state in found:
-                        existing[(t, m, v)] = (rid, state)
-                gone = [k for k in pending if k not in existing]
-                if not gone:
-                    break
-                inserted.update(self._insert_new(session, [rows[first_row[k]] for k in gone]))
-                pending = [k for k in gone if k not in inserted]
-            else:
-                raise RuntimeError("a registration kept changing under concurrent removals")
-            outcomes, events = [], []
-            for index, item in enumerate(items):
-                key = _live_key(item)
-                if key in inserted and first[key] == index:
-                    outcome = Outcome(
-                        inserted[key], item["token"], item["matchedBy"], QUEUED, False
-                    )
-                else:
-                    rid, state = (inserted[key], QUEUED) if key in inserted else existing[key]
-                    outcome = Outcome(rid, item["token"], item["matchedBy"], state, True)
-                outcomes.append(outcome)
-                events.append(
-                    {
-                        "at": now,
-                        "registration_id": outcome.id,
-                        "token": outcome.token,
-                        "kind": "submitted",
-                        "detail": {
-                            "source": sources[index],
-                            "matchedBy": outcome.matchedBy,
-                            "duplicate": outcome.duplicate,
-                            "state": outcome.state,
-                        },
-                    }
+        if isinstance(conn, sqlite3.Connection):
+            inserted, existing = self._insert_alone(conn, rows, list(first))
+        else:
+            inserted, existing = self._insert_concurrent(conn, rows, list(first))
+        outcomes, events = [], []
+        for index, item in enumerate(items):
+            key = _live_key(item)
+            if key in inserted and first[key] == index:
+                outcome = Outcome(
+                    inserted[key], item["token"], item["matchedBy"], QUEUED, False
                 )
-            self.db.insert_many(session, _EVENT_INSERT, events)
-        if inserted:
-            self.on_queued()
+            else:
+                rid, state = (inserted[key], QUEUED) if key in inserted else existing[key]
+                outcome = Outcome(rid, item["token"], item["matchedBy"], state, True)
+            outcomes.append(outcome)
+            events.append(
+                {
+                    "at": now,
+                    "registration_id": outcome.id,
+                    "token": outcome.token,
+                    "kind": "submitted",
+                    "detail": {
+                        "source": sources[index],
+                        "matchedBy": outcome.matchedBy,
+                        "duplicate": outcome.duplicate,
+                        "state": outcome.state,
+                    },
+                }
+            )
+        self.db.insert_many(conn, _EVENT_INSERT, events)
         return outcomes
 
     # --- shared upstream state (pause, hold, last result) ------------------
@@ -433,22 +559,11 @@ class Ledger:
             ids = list(session.scalars(due))
             if not ids:
                 return None
-            session.execute(
-                update(Registration)
-                .where(Registration.id.in_(ids))
-                .values(
-                    lease_id=lease_id,
-                    next_attempt_at=now + timedelta(seconds=lease_seconds),
-                    attempts=Registration.attempts + 1,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            rows = session.scalars(
-                select(Registration).where(Registration.id.in_(ids)).order_by(Registration.id)
-            ).all()
-            session.expunge_all()
-        return Claim(lease_id, tuple(rows))
+            rows = session.execute(_CLAIM, {
+                "ids": ids, "lease_id": lease_id, "updated_at": now,
+                "next_attempt_at": now + timedelta(seconds=lease_seconds),
+            }).all()
+        return Claim(lease_id, tuple(sorted(rows, key=lambda r: r.id)))
 
     def _lock_in_order(self, session, ids: Sequence[int]) -> None:
         """PostgreSQL: lock these rows in id order before updating them, the order
@@ -476,19 +591,20 @@ class Ledger:
     def _update_held(self, session, claim: Claim, ids: list[int], values: dict) -> set[int]:
         """Update the rows of ``ids`` this claim still holds; the ids it updated."""
         self._lock_in_order(session, ids)
-        return set(
-            session.scalars(
+        stmt = _HELD_UPDATES.get(frozenset(values))
+        if stmt is None:
+            stmt = _HELD_UPDATES.setdefault(frozenset(values), (
                 update(Registration)
                 .where(
-                    Registration.id.in_(ids),
-                    Registration.lease_id == claim.lease_id,
+                    Registration.id.in_(bindparam("ids", expanding=True)),
+                    Registration.lease_id == bindparam("held_by"),
                     Registration.state == QUEUED,
                 )
-                .values(**values)
+                .values({name: bindparam(name) for name in values})
                 .returning(Registration.id)
                 .execution_options(synchronize_session=False)
-            )
-        )
+            ))
+        return set(session.scalars(stmt, {**values, "ids": ids, "held_by": claim.lease_id}))
 
     def _finish(self, session, claim: Claim, rows: Sequence[Registration], values: dict,
                 kind: str, detail: dict) -> int:
@@ -500,7 +616,7 @@ class Ledger:
                                   {"lease_id": None, "updated_at": now, **values})
         self._events(
             session,
-            (
+            [
                 {
                     "at": now,
                     "registration_id": r.id,
@@ -510,7 +626,7 @@ class Ledger:
                 }
                 for r in rows
                 if r.id in moved
-            ),
+            ],
         )
         return len(moved)
 

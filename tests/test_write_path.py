@@ -3,7 +3,10 @@ driver-level inserts. Behaviour only; speed is measured by ``bench/``, never her
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import sqlite3
 import threading
 
 import pytest
@@ -75,12 +78,12 @@ def test_a_failing_call_in_a_shared_transaction_fails_alone(ledger, monkeypatch)
     real = ledger._register
     gate = threading.Barrier(6)
 
-    def flaky(items, sources):
+    def flaky(conn, items, sources):
         if any(i["token"] == "666" for i in items) and len(items) == 1:
             raise RuntimeError("this one is bad")
         if any(i["token"] == "666" for i in items):
             raise RuntimeError("a shared transaction with the bad call")
-        return real(items, sources)
+        return real(conn, items, sources)
 
     monkeypatch.setattr(ledger, "_register", flaky)
     outcome = {}
@@ -147,3 +150,79 @@ def test_write_queue_is_reentrant_and_serialises_threads(db_url):
         assert not overlap
     finally:
         database.dispose()
+
+
+def test_a_batch_mixing_new_and_registered_tokens_gets_the_right_ids(client, auth):
+    first = client.post("/register", headers=auth, json={"tokens": [
+        {"token": 1, "email": "one@example.com"}, {"token": 3, "email": "three@example.com"}]})
+    old = {r["token"]: r["id"] for r in first.get_json()["registrations"]}
+    response = client.post("/register", headers=auth, json={"tokens": [
+        {"token": 1, "email": "one@example.com"},
+        {"token": 2, "email": "two@example.com"},
+        {"token": 3, "email": "three@example.com"},
+        {"token": 4, "email": "four@example.com"},
+        {"token": 2, "email": "two@example.com"},
+    ]})
+    assert response.status_code == 202
+    regs = response.get_json()["registrations"]
+    assert [(r["token"], r["duplicate"]) for r in regs] == [
+        ("1", True), ("2", False), ("3", True), ("4", False), ("2", True)]
+    assert regs[0]["id"] == old["1"] and regs[2]["id"] == old["3"]
+    assert regs[4]["id"] == regs[1]["id"]
+    # every id answered is the ledger's own row of that token
+    for reg in regs:
+        items = client.get("/tokens", headers=auth,
+                           query_string={"token": reg["token"]}).get_json()["items"]
+        assert [item["id"] for item in items] == [reg["id"]]
+
+
+def _wal_flushes(monkeypatch, db_url, on_flush):
+    """Call ``on_flush()`` whenever the SQLite WAL of ``db_url`` is flushed to disk."""
+    wal = db_url.split("///", 1)[1] + "-wal"
+    real = os.fdatasync
+
+    def spy(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == wal:
+            on_flush()
+        return real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+
+
+def test_an_acknowledged_registration_was_flushed_to_disk_first(client, auth, db_url,
+                                                                   monkeypatch):
+    if not db_url.startswith("sqlite") or not os.path.exists("/proc/self/fd"):
+        pytest.skip("the WAL flush is SQLite's (and this test reads /proc)")
+    path = db_url.split("///", 1)[1]
+    flushed_with_it = []
+
+    def check():
+        with sqlite3.connect(path) as conn:
+            flushed_with_it.append(conn.execute(
+                "SELECT count(*) FROM bridge_registrations WHERE token = '4242'").fetchone()[0])
+
+    _wal_flushes(monkeypatch, db_url, check)
+    response = client.post("/register", headers=auth, json={"token": 4242, "email": "a@b.co"})
+    assert response.status_code == 202
+    # the commit was in the WAL when it was flushed, and both before the answer
+    assert 1 in flushed_with_it
+
+
+def test_a_registration_whose_flush_failed_is_not_acknowledged(client, auth, db_url,
+                                                                 monkeypatch):
+    if not db_url.startswith("sqlite") or not os.path.exists("/proc/self/fd"):
+        pytest.skip("the WAL flush is SQLite's (and this test reads /proc)")
+
+    def fail():
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        _wal_flushes(patch, db_url, fail)
+        response = client.post("/register", headers=auth,
+                               json={"token": 77, "email": "a@b.co"})
+    assert response.status_code == 500
+    assert set(response.get_json()) == {"code", "status", "message", "errors"}
+    # The row may be there (committed, not known to be on disk): sending it again is safe.
+    again = client.post("/register", headers=auth, json={"token": 77, "email": "a@b.co"})
+    assert again.status_code == 202
+    assert again.get_json()["registrations"][0]["duplicate"] is True
