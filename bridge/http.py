@@ -184,7 +184,11 @@ def json_body(limit: int, replace_unstorable: bool = False) -> Any:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
                           parse_float=_lenient_float if replace_unstorable else _finite_float,
                           parse_int=_int_or_text)
-        data = _clean_text(data, replace_unstorable)
+        # Unpaired surrogates and NULs can only come from \u escapes (the UTF-8 decoding
+        # and the JSON grammar refuse them raw), and no body with at most MAX_DEPTH
+        # brackets is nested deeper: the usual small body skips the walk.
+        if "\\" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+            data = _clean_text(data, replace_unstorable)
     except RecursionError:
         raise APIError(400, "The body is not valid JSON: nested too deeply.") from None
     except ValueError as exc:

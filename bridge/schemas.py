@@ -22,7 +22,6 @@ from marshmallow import (
     post_load,
     pre_load,
     validate,
-    validates_schema,
 )
 
 from .models import IDENTIFIERS, STATES
@@ -192,17 +191,16 @@ class TokenSchema(Schema):
     phone = identifier_fields()["phone"]
     email = identifier_fields()["email"]
 
-    @validates_schema
-    def _one_identifier(self, data, **kwargs):
+    @post_load
+    def _matched_by(self, data, **kwargs):
+        # One hook, not a schema validator and a post_load: /register runs it per token.
+        # Like a schema validator, it runs only when every field is valid.
         if not any(data.get(name) is not None for name, _ in IDENTIFIERS):
             raise ValidationError(
                 "At least one identifier is required: contactId, externalCustomerId, "
                 "phone or email.",
                 "identifiers",
             )
-
-    @post_load
-    def _matched_by(self, data, **kwargs):
         data["matchedBy"], data["matchValue"] = matched_by(data)
         return data
 
