@@ -23,6 +23,11 @@ workers). Targets, per layout: throughput >= 50 % of its baseline and p99 <=
 bare handler doing one SQLite WAL insert per request (``synchronous=FULL`` like
 the bridge, and ``NORMAL``), and (without ``--quick``) each gunicorn worker
 running its own delivery thread instead of the separate process.
+
+Where the gap comes from (``--parts``, on by default without ``--quick``): the
+same load, served the same way, against ``bench/parts_app.py`` with only the
+validation (bearer, strict JSON, marshmallow in and out), only the durable
+ledger write, and both; each is compared with the same baseline.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     API_KEY,
     REGISTER_LUA,
+    CpuMeter,
     Stack,
     http_json,
     loadavg,
@@ -65,11 +71,14 @@ def main() -> int:
     parser.add_argument("--layouts", default="sync,gthread", help="sync,gthread")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
+                        help="also serve parts of /register alone (default: not with --quick)")
     args = parser.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 8.0)
     warm = 1.0 if args.quick else 2.0
     conns = args.connections
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    with_parts = args.parts if args.parts is not None else not args.quick
 
     quiet = {"loadavg": None, "quiet": None} if args.no_wait else wait_quiet()
     say(f"# bench_register: wrk -t2 -c{conns} -d{seconds:g}s, gunicorn -w 2; "
@@ -78,20 +87,28 @@ def main() -> int:
     with Stack("register", keep=args.keep) as st:
         script = lua(st.dir, "register", REGISTER_LUA)
         sim = st.simulator(rps=200, latency_ms=100)
+        sim_proc = st.procs[-1]
         counter = [0]
 
-        def measure(url: str, mode: str, warmup: float):
+        def measure(url: str, mode: str, warmup: float, **procs):
+            """wrk against ``url``; the result carries ``cpu``: microseconds of CPU per
+            request used by each of ``procs`` (process trees) during the run."""
             counter[0] += 1
             first = str(1_000_000_000 + counter[0] * 1_000_000_000)  # new tokens every run
             if warmup:
                 wrk(url, script, warmup, connections=conns, args=[mode, first])
             counter[0] += 1
             first = str(1_000_000_000 + counter[0] * 1_000_000_000)
-            return wrk(url, script, seconds, connections=conns, args=[mode, first])
+            meter = CpuMeter(**procs)
+            meter.start()
+            result = wrk(url, script, seconds, connections=conns, args=[mode, first])
+            meter.stop()
+            result.cpu = meter.per(result.requests)
+            return result
 
         def bare(label: str, extra: list[str], **env):
             url, proc = st.gunicorn("bench.bare_app:app", env=env, name="bare", extra=extra)
-            result = measure(url, "unique", warm)
+            result = measure(url, "unique", warm, gunicorn=proc)
             st.stop(proc)
             say(f"{label:34s} {result.line()}")
             return result
@@ -108,7 +125,8 @@ def main() -> int:
             before = simulator_stats(sim)["tokens_received"]
             out = {}
             for mode in modes:
-                out[mode] = measure(url, mode, warm if mode == "unique" else 0)
+                out[mode] = measure(url, mode, warm if mode == "unique" else 0, gunicorn=proc,
+                                    deliver=deliver, simulator=sim_proc)
                 say(f"{label + ' (' + mode + ')':34s} {out[mode].line()}")
             during = simulator_stats(sim)["tokens_received"] - before
             # Everything registered reaches the simulator afterwards (bounded wait).
@@ -128,6 +146,16 @@ def main() -> int:
             if deliver:
                 st.stop(deliver)
             return out
+
+        def part(label: str, extra: list[str], spec: str):
+            db = st.dir / f"parts-{counter[0]}.sqlite3"
+            st.migrate(st.bridge_env(db, None))
+            url, proc = st.gunicorn("bench.parts_app:app", name="parts", extra=extra, env={
+                "BENCH_PARTS": spec, "BENCH_PARTS_DB": str(db), "BENCH_PARTS_KEY": API_KEY})
+            result = measure(url, "unique", warm, gunicorn=proc)
+            st.stop(proc)
+            say(f"{label:34s} {result.line()}")
+            return result
 
         for name in layouts:
             extra = LAYOUTS[name]
@@ -149,6 +177,11 @@ def main() -> int:
                 "pass": {"throughput": ratio >= RATIO_TARGET and reg.non2xx == 0,
                          "p99": reg.p99_ms <= P99_TARGET_MS},
             }
+            if with_parts:
+                entry["parts"] = {
+                    spec: part(f"parts: {spec} [{name}]", extra, spec).as_dict()
+                    for spec in ("validate", "ledger", "validate,ledger")
+                }
             if not args.quick:
                 bg = bridge(f"bridge, delivery threads [{name}]", extra, background=True)
                 entry["bridgeDeliveryThreads"] = {
@@ -176,6 +209,9 @@ def main() -> int:
             dup = entry["bridge"]["dup"]
             say(f"[{name}]   all duplicates: {dup['rps']:.0f} req/s "
                 f"({dup['rps'] / entry['baseline']['rps']:.0%}), p99 {dup['p99_ms']:.1f} ms")
+        for spec, result in entry.get("parts", {}).items():
+            say(f"[{name}]   only {spec + ':':17s} {result['rps']:.0f} req/s "
+                f"({result['rps'] / entry['baseline']['rps']:.0%}), p99 {result['p99_ms']:.1f} ms")
         if "bridgeDeliveryThreads" in entry:
             bg = entry["bridgeDeliveryThreads"]["unique"]
             say(f"[{name}]   delivery threads in the workers: {bg['rps']:.0f} req/s "

@@ -305,6 +305,48 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    out = [pid]
+    for child in children(pid):
+        out += process_tree(child)
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds used so far by these processes (all their threads)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields_[11]) + int(fields_[12])) / tick
+    return total
+
+
+class CpuMeter:
+    """CPU used by the process trees of some ``Proc``s between start() and stop()."""
+
+    def __init__(self, **procs: Proc | None):
+        self.procs = {name: proc for name, proc in procs.items() if proc is not None}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: cpu_seconds(process_tree(proc.pid)) for name, proc in self.procs.items()}
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> dict[str, float]:
+        end = self._now()
+        self.used = {name: end[name] - self._start[name] for name in end}
+        return self.used
+
+    def per(self, count: int) -> dict[str, float]:
+        """Microseconds of CPU per unit of ``count`` (e.g. per request), by process."""
+        return {name: round(1e6 * used / max(1, count), 1) for name, used in self.used.items()}
+
+
 def rss_kib(pid: int) -> int:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -345,12 +387,15 @@ class WrkResult:
     non2xx: int
     errors: dict = field(default_factory=dict)
     statuses: dict = field(default_factory=dict)
+    cpu: dict = field(default_factory=dict)  # us of CPU per request, by process (optional)
 
     def line(self) -> str:
         errs = sum(self.errors.values())
+        cpu = ("  CPU/request " + ", ".join(f"{k} {v:.0f} us" for k, v in self.cpu.items())
+               if self.cpu else "")
         return (f"{self.rps:8.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
                 f"  max {self.max_ms:7.2f} ms  ({self.requests} requests, "
-                f"{self.non2xx} non-2xx, {errs} socket errors)")
+                f"{self.non2xx} non-2xx, {errs} socket errors){cpu}")
 
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
