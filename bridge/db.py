@@ -130,6 +130,22 @@ class _WriteQueue:
             os.close(fd)  # lets go of the lock
 
 
+# Rows per multi-row statement: a few fixed sizes and any size under 16, so that at
+# most 18 statements are ever built and prepared (memory stays flat whatever the
+# batch sizes) and a small batch is one statement.
+PAGES = (256, 64, 16)
+
+
+def pages(items: list) -> Iterator[list]:
+    """``items`` cut into consecutive pages of the sizes of :data:`PAGES` (the largest
+    that fits) and a last one under 16."""
+    start = 0
+    while start < len(items):
+        size = next((p for p in PAGES if p <= len(items) - start), len(items) - start)
+        yield items[start : start + size]
+        start += size
+
+
 def _shared_memo(sqltype, dialect, memos: dict):
     """The bind processor of ``sqltype`` remembering its last input, shared (through
     ``memos``, one engine's) by every column of that type: the timestamps of a row and
@@ -184,22 +200,14 @@ class _DriverInsert:
     def values(self, row: dict) -> list:
         return [row[key] if proc is None else proc(row[key]) for key, proc in self.params]
 
-    # Rows per multi-row statement: a few fixed sizes and any size under 16, so that at
-    # most 18 statements are ever built and prepared (memory stays flat whatever the
-    # batch sizes) and a small batch is one statement.
-    PAGES = (256, 64, 16)
-
     def _pages(self, rows: list[dict]) -> Iterator[tuple[str, list, int]]:
         """(SQL, values, number of rows) of the statements that insert ``rows``."""
         if self._multi is None:
             for row in rows:
                 yield self.sql, self.values(row), 1
             return
-        start = 0
-        while start < len(rows):
-            size = next((p for p in self.PAGES if p <= len(rows) - start), len(rows) - start)
-            chunk = rows[start : start + size]
-            start += size
+        for chunk in pages(rows):
+            size = len(chunk)
             sql = self._multi_sql.get(size)
             if sql is None:
                 head, group, rest = self._multi

@@ -51,7 +51,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import Database
+from .db import Database, pages
 from .models import (
     DEAD,
     DELIVERED,
@@ -273,10 +273,10 @@ class Ledger:
     # --- events ----------------------------------------------------------
 
     def _events(self, session, rows: Iterable[dict]) -> None:
-        # A Core insert on the table, one executemany per run of rows with the same keys,
-        # in order (so ids keep the order given); on SQLite straight on the driver. The
-        # ORM's bulk insert costs far more per row, and this runs for every registration
-        # and every delivered token.
+        # A Core insert on the table per run of rows with the same keys, in order (so ids
+        # keep the order given); on SQLite as multi-row inserts on the driver. The ORM's
+        # bulk insert costs far more per row, and this runs for every registration and
+        # every delivered token.
         conn = session.connection() if isinstance(session, Session) else session
         for _keys, run in itertools.groupby(rows, key=dict.keys):
             self.db.insert_many(conn, _EVENT_INSERT, list(run))
@@ -396,12 +396,7 @@ class Ledger:
             # SQLite, under the write lock: the keys as a VALUES table joined to the
             # partial unique index, one statement per page of keys (one SQLite step when
             # none is taken, the usual case).
-            start = 0
-            while start < len(keys):
-                # a few page sizes (as Database.insert_rows): a bounded set of statements
-                size = next((p for p in (256, 64, 16) if p <= len(keys) - start),
-                            len(keys) - start)
-                page, start = keys[start : start + size], start + size
+            for page in pages(keys):  # a bounded set of statement shapes
                 sql = _LIVE_JOIN.get(len(page))
                 if sql is None:
                     sql = _LIVE_JOIN.setdefault(len(page), _live_join_sql(len(page)))
@@ -606,7 +601,7 @@ class Ledger:
             ))
         return set(session.scalars(stmt, {**values, "ids": ids, "held_by": claim.lease_id}))
 
-    def _finish(self, session, claim: Claim, rows: Sequence[Registration], values: dict,
+    def _finish(self, session, claim: Claim, rows: Sequence[Any], values: dict,
                 kind: str, detail: dict) -> int:
         now = self.clock()
         ids = [r.id for r in rows]
