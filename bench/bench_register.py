@@ -19,7 +19,10 @@ workers, gunicorn's default, as in the issue) and ``gunicorn -w 2 -k gthread
 --threads 16 --reuse-port`` (threads let concurrent registrations share one
 durable commit; ``--reuse-port`` spreads kept-alive connections over both
 workers). Targets, per layout: throughput >= 50 % of its baseline and p99 <=
-20 ms at 32 connections. Also shown, not judged: the all-duplicate case, a
+20 ms at 32 connections. Also shown, not judged: the floor (in each layout,
+``bare_app`` with ``BENCH_BARE_SYNC=GROUP``: the least any durable 2xx costs, a
+group-committed insert flushed before the answer, with nothing else of a
+registration around it), the all-duplicate case, a
 bare handler doing one SQLite WAL insert per request (``synchronous=FULL`` like
 the bridge, and ``NORMAL``), and (without ``--quick``) each gunicorn worker
 running its own delivery thread instead of the separate process.
@@ -60,6 +63,9 @@ P99_TARGET_MS = 20.0
 LAYOUTS = {
     "sync": [],
     "gthread": ["-k", "gthread", "--threads", "16", "--reuse-port"],
+    # Not run unless asked for (--layouts): fewer threads per worker.
+    "gthread8": ["-k", "gthread", "--threads", "8", "--reuse-port"],
+    "gthread4": ["-k", "gthread", "--threads", "4", "--reuse-port"],
 }
 
 
@@ -68,7 +74,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 s runs, fewer variants")
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (8)")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--layouts", default="sync,gthread", help="sync,gthread")
+    parser.add_argument("--layouts", default="sync,gthread",
+                        help="comma-separated: sync, gthread (16 threads), gthread8, gthread4")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
@@ -164,6 +171,9 @@ def main() -> int:
             run = bridge(f"bridge [{name}]", extra, background=False,
                          modes=("unique", "dup") if name == "sync" or not args.quick
                          else ("unique",))
+            floor = bare(f"floor: durable insert [{name}]", extra,
+                         BENCH_BARE_SQLITE=str(st.dir / f"floor-{name}.db"),
+                         BENCH_BARE_SYNC="GROUP")
             base2 = bare(f"baseline: bare Flask again [{name}]", extra)
             baseline = max(base1.rps, base2.rps)
             reg = run["unique"]
@@ -174,6 +184,8 @@ def main() -> int:
                 "bridge": {k: (v.as_dict() if hasattr(v, "as_dict") else v)
                            for k, v in run.items()},
                 "ratio": round(ratio, 3),
+                "floor": {**floor.as_dict(), "ratio": round(floor.rps / baseline, 3)
+                          if baseline else 0.0},
                 "pass": {"throughput": ratio >= RATIO_TARGET and reg.non2xx == 0,
                          "p99": reg.p99_ms <= P99_TARGET_MS},
             }
@@ -205,6 +217,9 @@ def main() -> int:
             f"req/s = {entry['ratio']:.0%} (target >= {RATIO_TARGET:.0%}) "
             f"{verdict(entry['pass']['throughput'])}; p99 {reg['p99_ms']:.1f} ms "
             f"(target <= {P99_TARGET_MS:g} ms) {verdict(entry['pass']['p99'])}")
+        floor = entry["floor"]
+        say(f"[{name}]   floor, a bare handler's durable insert alone: {floor['rps']:.0f} req/s "
+            f"({floor['ratio']:.0%}), p99 {floor['p99_ms']:.1f} ms")
         if "dup" in entry["bridge"]:
             dup = entry["bridge"]["dup"]
             say(f"[{name}]   all duplicates: {dup['rps']:.0f} req/s "
