@@ -10,18 +10,12 @@ from sqlalchemy import inspect, select, text
 
 from bridge.models import Event, Registration
 from tests.conftest import TOKENS_URL
+from tests.helpers import history, register
 
 ANN_TOKEN = "123456789"
 ANN_OTHER_CHAT = "555666777"
 ANN_EMAIL = "ann@example.com"
 ANN_PHONE = "380956490955"
-
-
-def register(client, auth, *items):
-    body = items[0] if len(items) == 1 else {"tokens": list(items)}
-    response = client.post("/register", json=body, headers=auth)
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["registrations"]
 
 
 def statuses(client, auth, body):
@@ -48,10 +42,6 @@ def mentions(haystack: str, number: str) -> bool:
 def has_ann_email(haystack: str) -> bool:
     # "joann@example.com" is someone else
     return re.search(r"(?<![\w.+-])ann@example\.com", haystack, re.IGNORECASE) is not None
-
-
-def history(client, auth, token):
-    return client.get(f"/tokens/{token}/history", headers=auth).get_json()["events"]
 
 
 @pytest.fixture

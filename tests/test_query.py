@@ -8,13 +8,7 @@ import json
 import pytest
 
 from tests.conftest import TOKENS_URL
-
-
-def register(client, auth, *items):
-    body = items[0] if len(items) == 1 else {"tokens": list(items)}
-    response = client.post("/register", json=body, headers=auth)
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["registrations"]
+from tests.helpers import register
 
 
 def many(start: int, n: int) -> list[dict]:

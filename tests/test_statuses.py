@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.conftest import API_KEY, TOKENS_URL
+from tests.helpers import history, register, rows
 
 URL = "/statuses"
 HOOK_USER = "reteno-hook"
@@ -30,27 +31,9 @@ def app(make_app):
     return make_app(BRIDGE_WEBHOOK_USERNAME=HOOK_USER, BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD)
 
 
-def register(client, auth, *tokens):
-    response = client.post("/register", json={"tokens": list(tokens)}, headers=auth)
-    assert response.status_code == 202, response.json
-    return response.json["registrations"]
-
-
-def rows(client, auth, **filters):
-    response = client.get("/tokens", query_string={"limit": 500, **filters}, headers=auth)
-    assert response.status_code == 200, response.json
-    return response.json["items"]
-
-
 def row(client, auth, token):
     [item] = rows(client, auth, token=token)
     return item
-
-
-def history(client, auth, token):
-    response = client.get(f"/tokens/{token}/history", headers=auth)
-    assert response.status_code == 200
-    return response.json["events"]
 
 
 def kinds(client, auth, token):

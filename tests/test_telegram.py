@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from bridge import telegram as tg
 from tests.conftest import TOKENS_URL
+from tests.helpers import history, register, rows
 
 URL = "/telegram/webhook"
 SECRET = "tg-webhook-secret_0123456789"
@@ -121,24 +122,6 @@ def send(client, update, secret=SECRET, **kwargs):
     return client.post(URL, json=update, headers=headers, **kwargs)
 
 
-def register(client, auth, *tokens):
-    response = client.post("/register", json={"tokens": list(tokens)}, headers=auth)
-    assert response.status_code == 202, response.json
-    return response.json["registrations"]
-
-
-def rows(client, auth, **filters):
-    response = client.get("/tokens", query_string={"limit": 500, **filters}, headers=auth)
-    assert response.status_code == 200, response.json
-    return response.json["items"]
-
-
-def history(client, auth, token=CHAT_ID):
-    response = client.get(f"/tokens/{token}/history", headers=auth)
-    assert response.status_code == 200
-    return response.json["events"]
-
-
 def kinds(client, auth, token=CHAT_ID):
     return [e["kind"] for e in history(client, auth, token)]
 
@@ -204,7 +187,7 @@ def test_kicked_removes_every_live_registration_of_the_chat(client, auth):
     assert {r["state"] for r in mine} == {"removed"}
     assert all(r["removedAt"] and "blocked the bot" in r["removalReason"] for r in mine)
     assert rows(client, auth, token=999)[0]["state"] == "queued"
-    removed = [e for e in history(client, auth) if e["kind"] == "removed"]
+    removed = [e for e in history(client, auth, CHAT_ID) if e["kind"] == "removed"]
     assert len(removed) == 2
     assert removed[0]["detail"]["cause"] == "telegram_blocked"
     assert removed[0]["detail"]["updateId"] == update["update_id"]
@@ -238,7 +221,7 @@ def test_member_again_queues_the_last_registration_again(client, auth, bridge, r
     assert again["state"] == "queued"
     assert (again["externalCustomerId"], again["email"], again["matchedBy"]) == (
         "C-9", "ann@example.com", "externalCustomerId")
-    events = history(client, auth)
+    events = history(client, auth, CHAT_ID)
     assert [e["kind"] for e in events] == ["submitted", "delivered", "removed", "submitted",
                                           "telegram_unblocked"]
     assert events[3]["detail"]["source"] == "telegram"
@@ -326,7 +309,7 @@ def test_start_with_a_signed_payload_registers_the_chat(client, auth, app, name,
     assert item[name] == shown
     assert item["matchedBy"] == name
     assert item["state"] == "queued"
-    [event] = history(client, auth)
+    [event] = history(client, auth, CHAT_ID)
     assert event["kind"] == "submitted"
     assert event["detail"]["source"] == "telegram_link"
 
@@ -344,7 +327,7 @@ def test_opening_the_same_link_twice_is_a_duplicate(client, auth):
     send(client, start(payload))
     send(client, start(payload))
     assert len(rows(client, auth, token=CHAT_ID)) == 1
-    assert [e["detail"]["duplicate"] for e in history(client, auth)] == [False, True]
+    assert [e["detail"]["duplicate"] for e in history(client, auth, CHAT_ID)] == [False, True]
 
 
 def test_a_link_opened_by_a_chat_that_blocked_before_registers_again(client, auth):
@@ -399,7 +382,7 @@ def test_forged_truncated_or_resigned_payloads_register_nothing(client, auth, ca
     response = send(client, start(payload))
     assert response.status_code == 200
     assert rows(client, auth, token=CHAT_ID) == []
-    [event] = history(client, auth)
+    [event] = history(client, auth, CHAT_ID)
     assert event["kind"] == "link_rejected"
     assert event["detail"]["reason"]
     assert event["detail"]["payloadLength"] == len(payload)
@@ -421,14 +404,14 @@ def test_a_payload_signed_with_a_correct_tag_but_a_bad_value_is_rejected(client,
         (signed(0x12, b"\xff\xfe"), "not valid"),  # not UTF-8
     ]:
         assert send(client, start(payload)).status_code == 200
-        assert reason in history(client, auth)[-1]["detail"]["reason"]
+        assert reason in history(client, auth, CHAT_ID)[-1]["detail"]["reason"]
     assert rows(client, auth, token=CHAT_ID) == []
 
 
 def test_start_without_a_payload_is_recorded_only(client, auth):
     assert send(client, start()).status_code == 200
     assert rows(client, auth, token=CHAT_ID) == []
-    [event] = history(client, auth)
+    [event] = history(client, auth, CHAT_ID)
     assert event["kind"] == "telegram_ignored"
     assert "without a deep-link payload" in event["detail"]["reason"]
 
@@ -445,7 +428,7 @@ def test_links_are_rejected_while_the_link_secret_is_unset(make_app, auth):
     payload = tg.make_payload(LINK_SECRET, "contactId", 8)
     assert send(client, start(payload)).status_code == 200
     assert rows(client, auth) == []
-    assert "BRIDGE_LINK_SECRET" in history(client, auth)[0]["detail"]["reason"]
+    assert "BRIDGE_LINK_SECRET" in history(client, auth, CHAT_ID)[0]["detail"]["reason"]
 
 
 def test_telegram_metrics_are_exported(client):
