@@ -75,15 +75,8 @@ def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
                 BRIDGE_LEASE_SECONDS=lease_seconds,
             )
             h.migrate(env, workdir)
-            server_procs, urls = [], []
-            for n in range(servers):
-                proc, url = h.gunicorn(f"gunicorn{n + 1}", env, workdir, gunicorn_workers)
-                server_procs.append(proc.start())
-                urls.append(url)
-            for url in urls:
-                h.wait_healthy(url)
-            worker_procs = [h.deliver_worker(f"worker{n + 1}", env, workdir).start()
-                            for n in range(workers)]
+            server_procs, urls = h.start_servers(env, workdir, servers, gunicorn_workers)
+            worker_procs = h.start_workers(env, workdir, workers)
             procs += server_procs + worker_procs
 
             moments = sorted(rng.uniform(0.05, 0.95) * duration for _ in range(2 * kills))
@@ -131,9 +124,8 @@ def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
             per_token, _, _ = h.upstream_counts(sim.contacts())
             twice = {t for t, n in per_token.items() if n > 1}
             worker_kills = [e for e in log if "leasedRows" in e]
+            figures.update(h.run_figures(load, db_url, drained, servers))
             figures.update({
-                "drained": drained,
-                "responses": {str(k): v for k, v in sorted(load.statuses.items(), key=str)},
                 "kills": log,
                 "serverKills": len(log) - len(worker_kills),
                 "workerKills": len(worker_kills),
@@ -144,14 +136,9 @@ def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
                 "upstreamCalls": sim.stats()["requests"],
                 "loadSeconds": round(load.seconds, 1),
                 "wallSeconds": round(time.monotonic() - started, 1),
-                "database": "postgresql" if db_url.startswith("postgresql") else "sqlite",
-                "servers": servers,
                 "deliveryWorkers": workers,
             })
-            for proc in procs[1:]:
-                proc.stop()
-            figures["logLinesWithSecretsOrPersonalData"] = h.leaks_in_logs(workdir)
-            return figures
+            return h.stop_and_read_logs(procs[1:], workdir, figures)
     finally:
         for proc in procs:
             proc.stop()

@@ -59,15 +59,8 @@ def run(count: int = 10_000, *, failure_rate: float = 0.3, failures: str = ALL_F
                 BRIDGE_BACKGROUND_DELIVERY="false" if workers else "true",
             )
             h.migrate(env, workdir)
-            urls = []
-            for n in range(servers):
-                proc, url = h.gunicorn(f"gunicorn{n + 1}", env, workdir, gunicorn_workers)
-                procs.append(proc.start())
-                urls.append(url)
-            for url in urls:
-                h.wait_healthy(url)
-            for n in range(workers):
-                procs.append(h.deliver_worker(f"worker{n + 1}", env, workdir).start())
+            server_procs, urls = h.start_servers(env, workdir, servers, gunicorn_workers)
+            procs += server_procs + h.start_workers(env, workdir, workers)
             say(f"# {count} registrations -> {', '.join(urls)}; upstream {sim.url} fails "
                 f"{failure_rate:.0%} of calls ({failures}); logs in {workdir}")
             load = h.send_load(urls, count, concurrency=concurrency, per_request=per_request)
@@ -78,9 +71,8 @@ def run(count: int = 10_000, *, failure_rate: float = 0.3, failures: str = ALL_F
             wall = time.monotonic() - started
             figures = h.verify(count, load, db_url, sim)
             stats = sim.stats()
+            figures.update(h.run_figures(load, db_url, drained, servers))
             figures.update({
-                "drained": drained,
-                "responses": {str(k): v for k, v in sorted(load.statuses.items(), key=str)},
                 "upstreamCalls": stats["requests"],
                 "upstreamCallsAccepted": stats["accepted_requests"],
                 "faultsInjected": sum(stats["faults"].values()),
@@ -89,14 +81,9 @@ def run(count: int = 10_000, *, failure_rate: float = 0.3, failures: str = ALL_F
                                     3),
                 "loadSeconds": round(load.seconds, 1),
                 "wallSeconds": round(wall, 1),
-                "database": "postgresql" if db_url.startswith("postgresql") else "sqlite",
-                "servers": servers,
                 "deliveryWorkers": workers or f"background ({servers}x{gunicorn_workers})",
             })
-            for proc in procs[1:]:
-                proc.stop()
-            figures["logLinesWithSecretsOrPersonalData"] = h.leaks_in_logs(workdir)
-            return figures
+            return h.stop_and_read_logs(procs[1:], workdir, figures)
     finally:
         for proc in procs:
             proc.stop()

@@ -223,6 +223,43 @@ def deliver_worker(name: str, env: dict, workdir: Path, poll: float = 0.2) -> Pr
     return Proc(name, argv, env, workdir / f"{name}.log")
 
 
+def start_servers(env: dict, workdir: Path, servers: int, gunicorn_workers: int
+                  ) -> tuple[list[Proc], list[str]]:
+    """``servers`` gunicorn instances of the bridge, started and healthy; their URLs."""
+    procs, urls = [], []
+    for n in range(servers):
+        proc, url = gunicorn(f"gunicorn{n + 1}", env, workdir, gunicorn_workers)
+        procs.append(proc.start())
+        urls.append(url)
+    for url in urls:
+        wait_healthy(url)
+    return procs, urls
+
+
+def start_workers(env: dict, workdir: Path, workers: int) -> list[Proc]:
+    """``workers`` ``bridge deliver`` processes, started."""
+    return [deliver_worker(f"worker{n + 1}", env, workdir).start() for n in range(workers)]
+
+
+def run_figures(load: LoadResult, db_url: str, drained: bool, servers: int) -> dict:
+    """The figures every scenario reports about its run, beside :func:`verify`'s."""
+    return {
+        "drained": drained,
+        "responses": {str(k): v for k, v in sorted(load.statuses.items(), key=str)},
+        "database": "postgresql" if db_url.startswith("postgresql") else "sqlite",
+        "servers": servers,
+    }
+
+
+def stop_and_read_logs(procs: list[Proc], workdir: Path, figures: dict) -> dict:
+    """Stop ``procs`` (so that their logs are complete), then count the log lines that
+    show a secret or personal data into ``figures``; returns ``figures``."""
+    for proc in procs:
+        proc.stop()
+    figures["logLinesWithSecretsOrPersonalData"] = leaks_in_logs(workdir)
+    return figures
+
+
 def workdir_for(prefix: str, keep: str | None) -> Path:
     if keep:
         path = Path(keep)
