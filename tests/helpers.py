@@ -24,3 +24,16 @@ def history(client, auth, token):
     response = client.get(f"/tokens/{token}/history", headers=auth)
     assert response.status_code == 200, response.get_json()
     return response.get_json()["events"]
+
+
+def assert_error_shape(response, code):
+    """``response`` is an error of status ``code`` in the bridge's one JSON error shape;
+    its body."""
+    assert response.status_code == code, response.data
+    body = response.get_json()
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert body["code"] == code
+    assert isinstance(body["status"], str) and body["status"]
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["errors"], dict)
+    return body

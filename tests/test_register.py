@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.conftest import API_KEY
+from tests.helpers import assert_error_shape
 
 URL = "/register"
 
@@ -19,17 +20,6 @@ def ledger_rows(client, auth, **filters):
     response = client.get("/tokens", query_string={"limit": 500, **filters}, headers=auth)
     assert response.status_code == 200
     return response.json["items"]
-
-
-def assert_error_shape(response, code):
-    assert response.status_code == code
-    body = response.json
-    assert set(body) == {"code", "status", "message", "errors"}
-    assert body["code"] == code
-    assert isinstance(body["status"], str) and body["status"]
-    assert isinstance(body["message"], str) and body["message"]
-    assert isinstance(body["errors"], dict)
-    return body
 
 
 def test_single_token_is_queued_and_normalised(client, auth):

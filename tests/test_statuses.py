@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import API_KEY, TOKENS_URL
-from tests.helpers import history, register, rows
+from tests.helpers import assert_error_shape, history, register, rows
 
 URL = "/statuses"
 HOOK_USER = "reteno-hook"
@@ -63,14 +63,6 @@ def activity(status="UNDELIVERED", description=BLOCKED, **fields):
     }
     event.update(fields)
     return event
-
-
-def assert_error_shape(response, code):
-    assert response.status_code == code, response.data
-    body = response.json
-    assert set(body) == {"code", "status", "message", "errors"}
-    assert body["code"] == code and body["message"]
-    return body
 
 
 # --- probe and authentication ---------------------------------------------------------

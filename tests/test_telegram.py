@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from bridge import telegram as tg
 from tests.conftest import TOKENS_URL
-from tests.helpers import history, register, rows
+from tests.helpers import assert_error_shape, history, register, rows
 
 URL = "/telegram/webhook"
 SECRET = "tg-webhook-secret_0123456789"
@@ -124,14 +124,6 @@ def send(client, update, secret=SECRET, **kwargs):
 
 def kinds(client, auth, token=CHAT_ID):
     return [e["kind"] for e in history(client, auth, token)]
-
-
-def assert_error_shape(response, code):
-    assert response.status_code == code, response.data
-    body = response.json
-    assert set(body) == {"code", "status", "message", "errors"}
-    assert body["code"] == code and body["message"]
-    return body
 
 
 def link_payload(link: str) -> str:
