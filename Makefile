@@ -25,8 +25,10 @@ run: migrate
 	$(BIN)/flask --app app run --host $(HOST) --port $(PORT)
 
 # Production-style: gunicorn serving, no background thread, one separate delivery worker.
+# Threaded workers: concurrent registrations share one flushed commit (BENCHMARKS.md).
 serve: migrate
-	BRIDGE_BACKGROUND_DELIVERY=false $(BIN)/gunicorn -w 2 -b $(HOST):$(PORT) app:app & \
+	BRIDGE_BACKGROUND_DELIVERY=false $(BIN)/gunicorn -w 2 -k gthread --threads 16 \
+		-b $(HOST):$(PORT) app:app & \
 	$(BIN)/flask --app app bridge deliver
 
 worker: migrate
