@@ -42,9 +42,13 @@ def _served() -> bool:
     return ctx is not None and ctx.info_name == "run"
 
 
+def _dev_key_path(instance_path: str) -> str:
+    return os.path.join(instance_path, "dev-api-key")
+
+
 def _dev_api_key(instance_path: str) -> str:
     """A development key kept in the instance folder, so every process shares it."""
-    path = os.path.join(instance_path, "dev-api-key")
+    path = _dev_key_path(instance_path)
     os.makedirs(instance_path, exist_ok=True)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -233,10 +237,9 @@ class Bridge:
                 f"  Tokens are delivered to {where}, NOT to Reteno.",
                 f"  Look at the simulator: {runtime.url_prefix.rstrip('/')}/sandbox/reteno/",
             ]
-            if s.dev_api_key:
-                lines.append(
-                    f"  Development API key (BRIDGE_API_KEYS is not set): {s.api_keys[0]}"
-                )
+            if s.dev_api_key:  # the key itself stays out of the console and its logs
+                lines.append("  BRIDGE_API_KEYS is not set: the development API key is in "
+                             f"{_dev_key_path(runtime.app.instance_path)}")
             banner = "\n".join(["=" * 72, *lines, "=" * 72])
             print(banner, file=sys.stderr, flush=True)
             log.warning("sandbox mode: delivering to the Reteno simulator, not to Reteno")
