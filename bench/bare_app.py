@@ -10,13 +10,16 @@ SQLite insert" reference figure of the issue), as ``BENCH_BARE_SYNC`` says:
   not flushed to disk before the 202);
 * ``GROUP``: the floor of a durable write, done as the bridge does it with
   nothing else around it: ``synchronous=NORMAL``, concurrent requests of a
-  process share one transaction (group commit), writers of both workers take
-  turns on an ``flock``, and the WAL is flushed (``fdatasync``) after the lock
-  is let go and before any request of the transaction is answered.
+  process share one transaction (group commit, the batch formed once the
+  leader holds the write lock), writers of both workers take turns on an
+  ``flock``, and the WAL is flushed (``fdatasync``) after the lock is let go
+  and before any request of the transaction is answered, while the next
+  transaction may already run.
 """
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
 import sqlite3
@@ -45,54 +48,101 @@ def _conn() -> sqlite3.Connection:
     return conn
 
 
+class _Call:
+    __slots__ = ("body", "done", "error", "wake")
+
+    def __init__(self, body: bytes):
+        self.body, self.done, self.error = body, False, None
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released when the call is done or is to lead
+
+
 class _Group:
-    """Group commit: the first waiting thread commits everything queued so far."""
+    """Group commit pipelined as ``bridge.ledger._GroupCommit`` does it: one thread
+    at a time (the leader) takes the write lock, then commits every call queued by
+    then; it hands the lead to the oldest call still queued before it flushes, and
+    wakes its batch once the flush is done."""
 
     def __init__(self):
-        self.cond = threading.Condition()
-        self.queue: list[tuple[bytes]] = []
+        self.lock = threading.Lock()
+        self.queue: collections.deque[_Call] = collections.deque()
         self.busy = False
-        self.started = self.finished = 0  # transactions begun / flushed
         self.conn: sqlite3.Connection | None = None
-        self.error: BaseException | None = None  # a failed transaction fails every later call
 
     def insert(self, body: bytes) -> None:
-        with self.cond:
-            self.queue.append((body,))
-            mine = self.started + 1  # the first transaction to begin after this
-            while self.busy and self.finished < mine:
-                self.cond.wait()
-            if self.error is not None:
-                raise self.error
-            if self.finished >= mine:
-                return
-            self.busy = True
-            rows, self.queue = self.queue, []
-            self.started += 1
+        call = _Call(body)
+        with self.lock:
+            if self.busy:
+                self.queue.append(call)
+                lead = False
+            else:
+                self.busy = lead = True
+        if not lead:
+            call.wake.acquire()
+        if not call.done:
+            self._lead(call)
+        if call.error is not None:
+            raise call.error
+
+    def _lead(self, call: _Call) -> None:
+        batch = [call]
         try:
-            if self.conn is None:
-                self.conn = _connect()
-            lock = os.open(_DB + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.executemany("INSERT INTO hits (body) VALUES (?)", rows)
-                self.conn.execute("COMMIT")
+                self._commit(batch)
+            except Exception as exc:
+                for c in batch:
+                    c.error = exc
             finally:
-                os.close(lock)
-            wal = os.open(_DB + "-wal", os.O_RDONLY)
-            try:
-                os.fdatasync(wal)
-            finally:
-                os.close(wal)
-        except BaseException as exc:
-            self.error = exc
-            raise
+                with self.lock:
+                    nxt = self.queue.popleft() if self.queue else None
+                    if nxt is None:
+                        self.busy = False
+                if nxt is not None:
+                    nxt.wake.release()  # leads the next transaction during this flush
+            if call.error is None:
+                try:
+                    _flush(_DB + "-wal")
+                except Exception as exc:
+                    for c in batch:
+                        c.error = exc
         finally:
-            with self.cond:
-                self.busy = False
-                self.finished += 1
-                self.cond.notify_all()
+            for c in batch:
+                c.done = True
+            for c in batch[1:]:
+                c.wake.release()
+
+    def _commit(self, batch: list[_Call]) -> None:
+        if self.conn is None:
+            self.conn = _connect()
+        conn = self.conn
+        lock = os.open(_DB + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with self.lock:  # the batch: every call queued while the lock was awaited
+                batch.extend(self.queue)
+                self.queue.clear()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT INTO hits (body) VALUES (?)",
+                                 [(c.body,) for c in batch])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+        finally:
+            os.close(lock)
+
+
+def _flush(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # checkpointed and removed: SQLite synced the database file
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 _group = _Group() if _DB and _SYNC == "GROUP" else None

@@ -8,9 +8,9 @@ token in every request) and gunicorn serving both apps the same way:
 * baseline: ``bench/bare_app.py``, a Flask POST handler that only answers 202,
   measured before and after the bridge (the better of the two is the baseline,
   so drift never flatters the bridge);
-* the bridge: ``app:app`` on a fresh, migrated SQLite ledger (WAL,
-  ``synchronous=FULL``), ``BRIDGE_BACKGROUND_DELIVERY=false`` plus one
-  ``flask bridge deliver`` process (the layout of ``make serve``), delivering
+* the bridge: ``app:app`` on a fresh, migrated SQLite ledger (WAL; every
+  commit flushed to disk before it is answered), ``BRIDGE_BACKGROUND_DELIVERY=false``
+  plus one ``flask bridge deliver`` process (as ``make serve``), delivering
   to the Reteno simulator running as its own process with a 200 requests/s
   limit and 100 ms latency per call.
 
@@ -18,13 +18,14 @@ Two serving layouts, each with its own baseline: ``gunicorn -w 2`` (sync
 workers, gunicorn's default, as in the issue) and ``gunicorn -w 2 -k gthread
 --threads 16 --reuse-port`` (threads let concurrent registrations share one
 durable commit; ``--reuse-port`` spreads kept-alive connections over both
-workers). Targets, per layout: throughput >= 50 % of its baseline and p99 <=
-20 ms at 32 connections. Also shown, not judged: the floor (in each layout,
+workers); ``--layouts`` also offers 8 and 4 threads (``gthread8``, ``gthread4``).
+Targets, per layout: throughput >= 50 % of its baseline and p99 <= 20 ms at 32
+connections. Also shown, not judged: the floor (in each layout,
 ``bare_app`` with ``BENCH_BARE_SYNC=GROUP``: the least any durable 2xx costs, a
 group-committed insert flushed before the answer, with nothing else of a
-registration around it), the all-duplicate case, a
-bare handler doing one SQLite WAL insert per request (``synchronous=FULL`` like
-the bridge, and ``NORMAL``), and (without ``--quick``) each gunicorn worker
+registration around it), the all-duplicate case, a bare handler doing one
+SQLite WAL insert per request (``synchronous=FULL``: flushed inside the write
+lock; and ``NORMAL``: not flushed), and (without ``--quick``) each gunicorn worker
 running its own delivery thread instead of the separate process.
 
 Where the gap comes from (``--parts``, on by default without ``--quick``): the
