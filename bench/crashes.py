@@ -75,9 +75,9 @@ def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
                 BRIDGE_LEASE_SECONDS=lease_seconds,
             )
             h.migrate(env, workdir)
-            server_procs, urls = h.start_servers(env, workdir, servers, gunicorn_workers)
-            worker_procs = h.start_workers(env, workdir, workers)
-            procs += server_procs + worker_procs
+            server_procs, urls = h.start_servers(env, workdir, servers, gunicorn_workers,
+                                                 procs)
+            worker_procs = h.start_workers(env, workdir, workers, procs)
 
             moments = sorted(rng.uniform(0.05, 0.95) * duration for _ in range(2 * kills))
             kinds = ["server"] * kills + ["worker"] * kills

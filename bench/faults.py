@@ -59,8 +59,8 @@ def run(count: int = 10_000, *, failure_rate: float = 0.3, failures: str = ALL_F
                 BRIDGE_BACKGROUND_DELIVERY="false" if workers else "true",
             )
             h.migrate(env, workdir)
-            server_procs, urls = h.start_servers(env, workdir, servers, gunicorn_workers)
-            procs += server_procs + h.start_workers(env, workdir, workers)
+            _, urls = h.start_servers(env, workdir, servers, gunicorn_workers, procs)
+            h.start_workers(env, workdir, workers, procs)
             say(f"# {count} registrations -> {', '.join(urls)}; upstream {sim.url} fails "
                 f"{failure_rate:.0%} of calls ({failures}); logs in {workdir}")
             load = h.send_load(urls, count, concurrency=concurrency, per_request=per_request)

@@ -223,22 +223,30 @@ def deliver_worker(name: str, env: dict, workdir: Path, poll: float = 0.2) -> Pr
     return Proc(name, argv, env, workdir / f"{name}.log")
 
 
-def start_servers(env: dict, workdir: Path, servers: int, gunicorn_workers: int
-                  ) -> tuple[list[Proc], list[str]]:
-    """``servers`` gunicorn instances of the bridge, started and healthy; their URLs."""
+def start_servers(env: dict, workdir: Path, servers: int, gunicorn_workers: int,
+                  started: list[Proc]) -> tuple[list[Proc], list[str]]:
+    """``servers`` gunicorn instances of the bridge, started and healthy; them and their
+    URLs. Each is also added to ``started`` as soon as it runs, so that the caller
+    stops it even if a later one fails to start."""
     procs, urls = [], []
     for n in range(servers):
         proc, url = gunicorn(f"gunicorn{n + 1}", env, workdir, gunicorn_workers)
-        procs.append(proc.start())
+        started.append(proc.start())
+        procs.append(proc)
         urls.append(url)
     for url in urls:
         wait_healthy(url)
     return procs, urls
 
 
-def start_workers(env: dict, workdir: Path, workers: int) -> list[Proc]:
-    """``workers`` ``bridge deliver`` processes, started."""
-    return [deliver_worker(f"worker{n + 1}", env, workdir).start() for n in range(workers)]
+def start_workers(env: dict, workdir: Path, workers: int, started: list[Proc]
+                  ) -> list[Proc]:
+    """``workers`` ``bridge deliver`` processes, started (and added to ``started``)."""
+    procs = []
+    for n in range(workers):
+        started.append(deliver_worker(f"worker{n + 1}", env, workdir).start())
+        procs.append(started[-1])
+    return procs
 
 
 def run_figures(load: LoadResult, db_url: str, drained: bool, servers: int) -> dict:
