@@ -83,10 +83,7 @@ def make_engine(url: str, wal_synced_by_caller: bool = False) -> Engine:
             sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN"
             # Straight on the driver: a full SQLAlchemy execution of BEGIN costs more
             # than the rest of a small write transaction. Errors are wrapped as usual.
-            try:
-                conn.connection.driver_connection.execute(sql)
-            except sqlite3.Error as exc:
-                raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
+            _driver(conn.connection.driver_connection, sql)
 
         return engine
     # hide_parameters: bound values (tokens, emails, phones) stay out of error messages
@@ -215,23 +212,15 @@ class _DriverInsert:
                     size, f"{head} {', '.join([group] * size)}{rest}")
             yield sql, [v for row in chunk for v in self.values(row)], size
 
-    def _run(self, raw: sqlite3.Connection, sql: str, values: list) -> sqlite3.Cursor:
-        try:
-            return raw.execute(sql, values)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, values[:len(self.params)], exc,
-                                      sqlite3.Error) from exc
+    def _run(self, raw: sqlite3.Connection, sql: str, values: list, fetch: bool = False):
+        # An error shows the first row's values only.
+        return _driver(raw, sql, values, values[:len(self.params)], fetch)
 
     def execute_rows(self, raw: sqlite3.Connection, rows: list[dict]) -> list[tuple]:
         """Many rows in multi-row statements; the rows they return (RETURNING)."""
         out: list[tuple] = []
         for sql, values, _n in self._pages(rows):
-            cursor = self._run(raw, sql, values)
-            try:
-                out.extend(cursor.fetchall())
-            except sqlite3.Error as exc:
-                raise DBAPIError.instance(sql, values[:len(self.params)], exc,
-                                          sqlite3.Error) from exc
+            out.extend(self._run(raw, sql, values, fetch=True))
         return out
 
     def execute_all(self, raw: sqlite3.Connection, rows: list[dict]) -> None:
@@ -264,12 +253,14 @@ def _raw(conn) -> sqlite3.Connection:
     return conn if isinstance(conn, sqlite3.Connection) else conn.connection.driver_connection
 
 
-def _driver(run, sql: str):
-    """``run(sql)`` on the sqlite3 driver, its errors wrapped as SQLAlchemy wraps them."""
+def _driver(raw: sqlite3.Connection, sql: str, values=(), shown=(), fetch: bool = False):
+    """``sql`` run on the sqlite3 connection ``raw``: its cursor, or (``fetch``) all its
+    rows; errors wrapped as SQLAlchemy wraps them, with the parameters ``shown``."""
     try:
-        return run(sql)
+        cursor = raw.execute(sql, values)
+        return cursor.fetchall() if fetch else cursor
     except sqlite3.Error as exc:
-        raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
+        raise DBAPIError.instance(sql, shown, exc, sqlite3.Error) from exc
 
 
 def _write_queue(url: str) -> _WriteQueue | None:
@@ -294,7 +285,6 @@ class Database:
         self._driver_inserts: dict[tuple[int, frozenset], tuple[Any, _DriverInsert]] = {}
         self._memos: dict[tuple, Any] = {}  # bind processors of _DriverInsert, by type
         self._raw: Any = None  # the pooled connection of write_connection() (SQLite)
-        self._raw_pid = os.getpid()
         self._raw_lock = threading.Lock()
         self._inherited: list = []
         # A forked child (gunicorn --preload) must not reuse the parent's connections.
@@ -375,10 +365,10 @@ class Database:
             return
         with self._raw_lock, self._queue.hold() as outermost:
             raw = self._raw_writer()
-            _driver(raw.execute, "BEGIN IMMEDIATE")
+            _driver(raw, "BEGIN IMMEDIATE")
             try:
                 yield raw
-                _driver(raw.execute, "COMMIT")
+                _driver(raw, "COMMIT")
             except BaseException:
                 if raw.in_transaction:
                     raw.rollback()
@@ -388,10 +378,10 @@ class Database:
 
     def _raw_writer(self) -> sqlite3.Connection:
         """The driver connection of :meth:`write_connection`, from the engine's pool (so
-        it has the same pragmas) and kept checked out; a fork starts afresh."""
-        if self._raw is None or self._raw_pid != os.getpid():
+        it has the same pragmas) and kept checked out; a forked child starts afresh
+        (``__init__``'s fork hook)."""
+        if self._raw is None:
             self._raw = self.engine.raw_connection()
-            self._raw_pid = os.getpid()
         return self._raw.driver_connection
 
     def insert_one(self, conn, stmt, row: dict) -> list[tuple]:
@@ -446,10 +436,7 @@ class Database:
     def fetch_driver(conn: sqlite3.Connection, sql: str, values: list) -> list[tuple]:
         """SQLite: run ``sql`` on the driver connection; its rows (errors wrapped as
         SQLAlchemy wraps them)."""
-        try:
-            return conn.execute(sql, values).fetchall()
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, values[:3], exc, sqlite3.Error) from exc
+        return _driver(conn, sql, values, values[:3], fetch=True)
 
     def _driver_insert(self, stmt, row: dict) -> _DriverInsert | None:
         if self.engine.dialect.name != "sqlite":
@@ -480,7 +467,7 @@ class Database:
 
     def dispose(self) -> None:
         with self._raw_lock:
-            if self._raw is not None and self._raw_pid == os.getpid():
+            if self._raw is not None:
                 self._raw.close()  # back to the pool, which closes it below
             self._raw = None
         self.engine.dispose()
