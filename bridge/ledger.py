@@ -21,6 +21,7 @@ themselves and two workers never hold the same row at once.
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import random
@@ -93,11 +94,27 @@ _CLAIM = (
     )
     .execution_options(synchronize_session=False)
 )
-_HELD_UPDATES: dict[frozenset, Any] = {}  # the columns set: _update_held's statement
 _PLAIN_INSERT = insert(Registration.__table__)
-_LIVE_JOIN: dict[int, str] = {}  # number of keys: the SQLite look-up of live keys
 
 
+@functools.cache  # one per set of columns: _update_held is called with a few fixed ones
+def _held_update(columns: frozenset):
+    """The update of :meth:`Ledger._update_held` setting ``columns``, built once: the rows
+    of ``ids`` still leased by ``held_by`` and queued; returns their ids."""
+    return (
+        update(Registration)
+        .where(
+            Registration.id.in_(bindparam("ids", expanding=True)),
+            Registration.lease_id == bindparam("held_by"),
+            Registration.state == QUEUED,
+        )
+        .values({name: bindparam(name) for name in columns})
+        .returning(Registration.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@functools.cache  # one per page size of db.pages: a bounded set
 def _live_join_sql(n: int) -> str:
     """SQLite: the live registrations of ``n`` (token, matched_by, match_value) keys. The
     keys are a VALUES table joined on the partial unique index's own columns and
@@ -397,11 +414,9 @@ class Ledger:
             # partial unique index, one statement per page of keys (one SQLite step when
             # none is taken, the usual case).
             for page in pages(keys):  # a bounded set of statement shapes
-                sql = _LIVE_JOIN.get(len(page))
-                if sql is None:
-                    sql = _LIVE_JOIN.setdefault(len(page), _live_join_sql(len(page)))
                 values = [v for key in page for v in key]
-                for t, m, v, rid, state in self.db.fetch_driver(conn, sql, values):
+                for t, m, v, rid, state in self.db.fetch_driver(conn, _live_join_sql(len(page)),
+                                                                values):
                     found[(t, m, v)] = (rid, state)
             return found
         for chunk_start in range(0, len(keys), 300):
@@ -586,19 +601,7 @@ class Ledger:
     def _update_held(self, session, claim: Claim, ids: list[int], values: dict) -> set[int]:
         """Update the rows of ``ids`` this claim still holds; the ids it updated."""
         self._lock_in_order(session, ids)
-        stmt = _HELD_UPDATES.get(frozenset(values))
-        if stmt is None:
-            stmt = _HELD_UPDATES.setdefault(frozenset(values), (
-                update(Registration)
-                .where(
-                    Registration.id.in_(bindparam("ids", expanding=True)),
-                    Registration.lease_id == bindparam("held_by"),
-                    Registration.state == QUEUED,
-                )
-                .values({name: bindparam(name) for name in values})
-                .returning(Registration.id)
-                .execution_options(synchronize_session=False)
-            ))
+        stmt = _held_update(frozenset(values))
         return set(session.scalars(stmt, {**values, "ids": ids, "held_by": claim.lease_id}))
 
     def _finish(self, session, claim: Claim, rows: Sequence[Any], values: dict,
