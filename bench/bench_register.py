@@ -114,12 +114,17 @@ def main() -> int:
             result.cpu = meter.per(result.requests)
             return result
 
-        def bare(label: str, extra: list[str], **env):
-            url, proc = st.gunicorn("bench.bare_app:app", env=env, name="bare", extra=extra)
+        def served(label: str, target: str, extra: list[str], env: dict):
+            """``target`` served alone (no delivery) and measured with new tokens."""
+            url, proc = st.gunicorn(target, env=env, name=target.split(":")[0].split(".")[-1],
+                                    extra=extra)
             result = measure(url, "unique", warm, gunicorn=proc)
             st.stop(proc)
             say(f"{label:34s} {result.line()}")
             return result
+
+        def bare(label: str, extra: list[str], **env):
+            return served(label, "bench.bare_app:app", extra, env)
 
         def bridge(label: str, extra: list[str], background: bool, modes=("unique",)):
             db = st.dir / f"bridge-{counter[0]}.sqlite3"
@@ -158,12 +163,8 @@ def main() -> int:
         def part(label: str, extra: list[str], spec: str):
             db = st.dir / f"parts-{counter[0]}.sqlite3"
             st.migrate(st.bridge_env(db, None))
-            url, proc = st.gunicorn("bench.parts_app:app", name="parts", extra=extra, env={
+            return served(label, "bench.parts_app:app", extra, {
                 "BENCH_PARTS": spec, "BENCH_PARTS_DB": str(db), "BENCH_PARTS_KEY": API_KEY})
-            result = measure(url, "unique", warm, gunicorn=proc)
-            st.stop(proc)
-            say(f"{label:34s} {result.line()}")
-            return result
 
         for name in layouts:
             extra = LAYOUTS[name]
