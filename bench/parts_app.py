@@ -22,8 +22,8 @@ import os
 from flask import Flask, Response, request
 
 from bridge.db import Database
-from bridge.http import json_body, require_bearer
-from bridge.ledger import Ledger, Outcome
+from bridge.http import APIError, bearer_ok, json_body
+from bridge.ledger import Ledger, Outcome, TokenRequest
 from bridge.schemas import RegisterResponseSchema, TokenSchema
 
 PARTS = {part.strip() for part in os.environ.get("BENCH_PARTS", "").split(",") if part}
@@ -38,18 +38,17 @@ _response = RegisterResponseSchema()
 @app.post("/register")
 def register():
     if "validate" in PARTS:
-        require_bearer(KEYS)
+        if not bearer_ok(KEYS):
+            raise APIError(401, "A valid API key is required.")
         items = [_token.load(json_body(1 << 22))]
     else:
         data = json.loads(request.get_data())
-        email = data["email"]
-        items = [{"token": str(data["token"]), "email": email, "matchedBy": "email",
-                  "matchValue": email}]
+        items = [TokenRequest(str(data["token"]), email=data["email"])]
     if _ledger is not None:
         outcomes = _ledger.register(items)
     else:
-        outcomes = [Outcome(0, i["token"], i["matchedBy"], "queued", False) for i in items]
+        outcomes = [Outcome(0, i.token, i.matched_by, "queued", False) for i in items]
     if "validate" in PARTS:
         return _response.dump({"registrations": outcomes}), 202
-    body = {"registrations": [vars(o) for o in outcomes]}
+    body = {"registrations": [{**vars(o), "matchedBy": o.matched_by} for o in outcomes]}
     return Response(json.dumps(body), 202, mimetype="application/json")

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from . import db as dbmod
-from .models import STATES
+from .runtime import current
 from .schemas import (
+    STATES,
     HistorySchema,
     TokenPageSchema,
     normalize_contact_id,
@@ -32,8 +32,6 @@ from .schemas import (
 cli = AppGroup("bridge", help="Reteno bridge: migrations, delivery and the audit ledger.")
 
 
-def _rt():
-    return current_app.extensions["reteno_bridge"]
 
 
 def _echo_json(data) -> None:
@@ -43,7 +41,7 @@ def _echo_json(data) -> None:
 @cli.command("migrate")
 def migrate_command():
     """Apply the Alembic migrations to the configured database (safe to run again)."""
-    rt = _rt()
+    rt = current()
     before, after = dbmod.migrate(rt.settings.database_url, rt.db.engine)
     if before == after:
         click.echo(f"bridge database already at revision {after}; nothing to do")
@@ -68,17 +66,9 @@ def deliver_command(once: bool, poll: float):
             click.echo(f"{remaining} registration(s) still queued (backing off or paused)")
         return
     click.echo("delivery worker running; Ctrl-C to stop", err=True)
-    failures = 0
+    stop = threading.Event()
     try:
-        while True:
-            try:
-                rt.worker.drain()
-                failures = 0
-            except Exception as exc:  # e.g. the database restarting: keep the worker alive
-                failures += 1
-                current_app.logger.error("delivery failed (%s); retrying", type(exc).__name__)
-                time.sleep(min(30.0, poll * 2**failures))
-            time.sleep(poll)
+        rt.worker.run(stop, poll_seconds=poll)
     except KeyboardInterrupt:
         click.echo("delivery worker stopped", err=True)
 
@@ -127,7 +117,7 @@ _json_option = click.option("--json", "as_json", is_flag=True,
 
 def _ready():
     """The runtime, once the database schema is current (else a readable error)."""
-    rt = _rt()
+    rt = current()
     try:
         dbmod.check_schema(rt.db.engine)
     except dbmod.SchemaBehind as exc:
@@ -358,6 +348,6 @@ def link_command(contact_id, external_customer_id, phone, email):
             "Give exactly one of --contact-id, --external-customer-id, --phone, --email."
         )
     try:
-        click.echo(make_link(_rt().settings, *given[0]))
+        click.echo(make_link(current().settings, *given[0]))
     except LinkError as exc:
         raise click.UsageError(str(exc)) from None

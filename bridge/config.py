@@ -26,7 +26,9 @@ PLATFORMS = {
     "yespo": ("https://yespo.io", "basic"),
 }
 AUTH_SCHEMES = ("header", "basic")
-DEFAULT_BATCH_SIZE = 1000
+# The one home of the bridge's limits and defaults.
+MAX_TOKENS_PER_REQUEST = 1000  # token objects in one /register body
+DEFAULT_BATCH_SIZE = 1000  # tokens in one upstream call
 MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT = 3.05

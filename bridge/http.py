@@ -10,8 +10,7 @@ Credentials are compared in constant time.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import functools
 import hmac
 import json
 import math
@@ -196,44 +195,90 @@ def json_body(limit: int, replace_unstorable: bool = False) -> Any:
     return data
 
 
-# --- authentication -------------------------------------------------------------
+# --- authentication: one decorator per door ---------------------------------------------
+
+_BEARER_CHALLENGE = 'Bearer realm="reteno-telegram-bridge"'
+TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
-def _equal(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+def _equal(given: str | None, expected: str) -> bool:
+    return hmac.compare_digest((given or "").encode("utf-8"), expected.encode("utf-8"))
 
 
 def bearer_ok(keys: tuple[str, ...]) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    auth = request.authorization  # werkzeug parses the header
+    if auth is None or auth.type != "bearer" or not (auth.token or "").strip():
         return False
-    value = value.strip()
     ok = False
     for key in keys:  # compare with every key: the time does not tell which matched
-        ok |= _equal(value, key)
+        ok |= _equal(auth.token.strip(), key)
     return ok
 
 
-def basic_ok(username: str | None, password: str | None) -> bool:
-    if not username or not password:
+def _basic_ok(username: str | None, password: str | None) -> bool:
+    auth = request.authorization
+    if not username or not password or auth is None or auth.type != "basic":
         return False
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    user, sep, pw = decoded.partition(":")
-    return bool(sep) & _equal(user, username) & _equal(pw, password)
+    return _equal(auth.username, username) & _equal(auth.password, password)
 
 
-def require_bearer(keys: tuple[str, ...]) -> None:
-    if not bearer_ok(keys):
-        raise APIError(
-            401,
-            "A valid API key is required: send Authorization: Bearer <key>.",
-            headers={"WWW-Authenticate": 'Bearer realm="reteno-telegram-bridge"'},
-        )
+def _settings():
+    from .runtime import current
+
+    return current().settings
+
+
+def bearer_required(view):
+    """The door of ``/register`` and the read API: ``Authorization: Bearer <key>``."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        if not bearer_ok(_settings().api_keys):
+            raise APIError(401, "A valid API key is required: send Authorization: Bearer <key>.",
+                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def webhook_auth_required(view):
+    """The door of ``POST /statuses``: HTTP Basic with the webhook credentials, or a
+    bearer key."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        settings = _settings()
+        # Both checks always run (constant-time each), so the timing tells nothing.
+        ok = _basic_ok(settings.webhook_username, settings.webhook_password)
+        ok |= bearer_ok(settings.api_keys)
+        if not ok:
+            challenges = [_BEARER_CHALLENGE]
+            if settings.webhook_username:
+                challenges.insert(0, 'Basic realm="reteno-telegram-bridge"')
+            raise APIError(
+                401,
+                "Credentials are required: HTTP Basic with the webhook user name and password "
+                "(BRIDGE_WEBHOOK_USERNAME / BRIDGE_WEBHOOK_PASSWORD), or Authorization: "
+                "Bearer <key>.",
+                headers={"WWW-Authenticate": ", ".join(challenges)},
+            )
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def telegram_secret_required(view):
+    """The door of ``POST /telegram/webhook``: 404 while TELEGRAM_WEBHOOK_SECRET is unset;
+    401 unless the secret-token header equals it."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        expected = _settings().telegram_webhook_secret
+        if not expected:
+            raise APIError(404, "No such endpoint.")
+        if not _equal(request.headers.get(TELEGRAM_SECRET_HEADER, ""), expected):
+            raise APIError(401, f"The {TELEGRAM_SECRET_HEADER} header is missing or does not "
+                                "match the webhook's secret_token.")
+        return view(*args, **kwargs)
+
+    return guarded

@@ -1,8 +1,8 @@
 """Database models of the audit ledger (SQLAlchemy 2.0 declarative).
 
 Owns the tables and nothing else: no commits, no state changes. Rows are
-written by :mod:`bridge.ledger`, the only module that moves a registration
-between states. The schema is created and changed only by the Alembic
+written by :mod:`bridge.ledger`; a registration's ``state`` only by its state
+table (``bridge.ledger.states``). The schema is created and changed only by the Alembic
 revisions in ``migrations/``; ``tests/test_app.py`` checks that these
 models and the migrations agree.
 """
@@ -26,13 +26,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
-
-# Ledger states. The transitions between them live in bridge.ledger.
-QUEUED = "queued"
-DELIVERED = "delivered"
-REMOVED = "removed"
-DEAD = "dead"
-STATES = (QUEUED, DELIVERED, REMOVED, DEAD)
 
 # Identifier names in Reteno's priority order, as (API name, column name).
 IDENTIFIERS = (
@@ -97,7 +90,7 @@ class Registration(Base):
     email: Mapped[str | None] = mapped_column(String(254))
     matched_by: Mapped[str] = mapped_column(String(24))
     match_value: Mapped[str | None] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(16), default=lambda: QUEUED)
+    state: Mapped[str] = mapped_column(String(16), default=lambda: "queued")
     attempts: Mapped[int] = mapped_column(Integer, default=lambda: 0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_id: Mapped[str | None] = mapped_column(String(36))

@@ -20,8 +20,8 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from . import __version__
+from .config import MAX_TOKENS_PER_REQUEST
 from .schemas import (
-    MAX_BATCH,
     BatchSchema,
     ErrorSchema,
     HealthSchema,
@@ -121,7 +121,8 @@ def build(max_body_bytes: int) -> dict[str, Any]:
         "summary": "Register contact tokens with Reteno (through the ledger's outbox)",
         "description": (
             "One token object, or `{\"tokens\": [...]}` with 1 to "
-            f"{MAX_BATCH}. 202 means the registrations are durably in the ledger; delivery "
+            f"{MAX_TOKENS_PER_REQUEST}. 202 means the registrations are durably in the "
+            "ledger; delivery "
             "happens off the request path. A token already registered with the same "
             "identifier, and not removed, is answered as a duplicate and not queued again."
         ),

@@ -18,7 +18,9 @@ import io
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -27,11 +29,10 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from . import __version__
+from .models import utcnow
 
 log = logging.getLogger("bridge.reteno")
 
-CONNECT_TIMEOUT = 3.05
-READ_TIMEOUT = 10.0
 USER_AGENT = f"reteno-telegram-bridge/{__version__} (+requests/{requests.__version__})"
 
 DELIVERED, RETRY, PAUSE, REJECT = "delivered", "retry", "pause", "reject"
@@ -77,7 +78,9 @@ def token_body(rows) -> dict:
     return {"tokens": tokens}
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds, or an HTTP date read against
+    ``now``), at most an hour; None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
@@ -89,7 +92,9 @@ def parse_retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, min(when.timestamp() - time.time(), 3600.0))
+    if when.tzinfo is None:  # an HTTP date is in GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, min((when - now).total_seconds(), 3600.0))
 
 
 def _message(response: requests.Response) -> str:
@@ -110,13 +115,10 @@ def _message(response: requests.Response) -> str:
 
 class RetenoClient:
     def __init__(self, settings, session: requests.Session | None = None,
-                 timeout: tuple[float, float] | None = None):
+                 clock: Callable[[], datetime] = utcnow):
         self.url = settings.tokens_url
-        # BRIDGE_UPSTREAM_CONNECT_TIMEOUT / BRIDGE_UPSTREAM_READ_TIMEOUT (seconds).
-        self.timeout = timeout or (
-            getattr(settings, "upstream_connect_timeout", CONNECT_TIMEOUT),
-            getattr(settings, "upstream_read_timeout", READ_TIMEOUT),
-        )
+        self.timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
+        self.clock = clock  # reads Retry-After dates
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.headers["Accept"] = "application/json"
@@ -146,7 +148,8 @@ class RetenoClient:
         message = _message(response)
         if status == 429 or status >= 500 or status == 408:
             return CallResult(RETRY, status, message,
-                              parse_retry_after(response.headers.get("Retry-After")), seconds)
+                              parse_retry_after(response.headers.get("Retry-After"), self.clock()),
+                              seconds)
         if status in (401, 403, 404) or _WHOLE_REQUEST_ERRORS.search(message):
             # Credentials or app id wrong, or Reteno refusing the request itself, not a
             # token in it: splitting would dead-letter every token, so pause instead.

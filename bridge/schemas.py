@@ -24,11 +24,14 @@ from marshmallow import (
     validate,
 )
 
-from .models import IDENTIFIERS, STATES
+from .config import MAX_TOKENS_PER_REQUEST
+from .ledger import State, TokenRequest
+from .models import IDENTIFIERS
+
+STATES = tuple(s.value for s in State)
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
-MAX_BATCH = 1000
 
 _TOKEN = re.compile(r"^-?[0-9]{1,19}$")
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
@@ -168,14 +171,6 @@ def identifier_fields(required: bool = False) -> dict[str, fields.Field]:
     }
 
 
-def matched_by(item: dict) -> tuple[str, str]:
-    """The highest-priority identifier present, and its value as text."""
-    for api_name, _column in IDENTIFIERS:
-        if item.get(api_name) is not None:
-            return api_name, str(item[api_name])
-    raise ValidationError("At least one identifier is required.")
-
-
 # --- POST /register ----------------------------------------------------------
 
 
@@ -192,7 +187,7 @@ class TokenSchema(Schema):
     email = identifier_fields()["email"]
 
     @post_load
-    def _matched_by(self, data, **kwargs):
+    def _request(self, data, **kwargs) -> TokenRequest:
         # One hook, not a schema validator and a post_load: /register runs it per token.
         # Like a schema validator, it runs only when every field is valid.
         if not any(data.get(name) is not None for name, _ in IDENTIFIERS):
@@ -201,8 +196,8 @@ class TokenSchema(Schema):
                 "phone or email.",
                 "identifiers",
             )
-        data["matchedBy"], data["matchValue"] = matched_by(data)
-        return data
+        return TokenRequest(data["token"], data.get("contactId"), data.get("externalCustomerId"),
+                            data.get("phone"), data.get("email"))
 
 
 class BatchSchema(Schema):
@@ -214,16 +209,17 @@ class BatchSchema(Schema):
     tokens = fields.List(
         fields.Nested(TokenSchema),
         required=True,
-        validate=validate.Length(min=1, max=MAX_BATCH),
+        validate=validate.Length(min=1, max=MAX_TOKENS_PER_REQUEST),
     )
 
     @pre_load
     def _bound(self, data, **kwargs):
         # Refuse oversize batches before validating every element.
         tokens = data.get("tokens") if isinstance(data, dict) else None
-        if isinstance(tokens, list) and len(tokens) > MAX_BATCH:
+        if isinstance(tokens, list) and len(tokens) > MAX_TOKENS_PER_REQUEST:
             raise ValidationError(
-                f"Length must be between 1 and {MAX_BATCH}, got {len(tokens)}.", "tokens"
+                f"Length must be between 1 and {MAX_TOKENS_PER_REQUEST}, got {len(tokens)}.",
+                "tokens",
             )
         return data
 
@@ -231,7 +227,7 @@ class BatchSchema(Schema):
 class RegistrationResultSchema(Schema):
     id = fields.Integer()
     token = fields.String()
-    matchedBy = fields.String()
+    matchedBy = fields.String(attribute="matched_by")
     state = fields.String(validate=validate.OneOf(STATES))
     duplicate = fields.Boolean()
 

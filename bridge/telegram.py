@@ -1,6 +1,7 @@
-"""Telegram: the bot's webhook and the signed ``/start`` deep links.
+"""Telegram: the bot's webhook updates and the signed ``/start`` deep links.
 
-Owns two things:
+A Flask-free service (the HTTP layer authenticates the webhook and parses the
+body). Owns two things:
 
 **Deep links.** ``https://t.me/<bot>?start=<payload>`` where the payload
 (Telegram allows at most 64 characters of ``[A-Za-z0-9_-]``) is the unpadded
@@ -20,8 +21,7 @@ if it is canonical base64url, its tag matches (``hmac.compare_digest``), and
 its value passes the same normaliser ``/register`` uses. Links do not expire;
 rotating ``BRIDGE_LINK_SECRET`` invalidates every link made with the old one.
 
-**The webhook** (``POST /telegram/webhook``, authenticated by the
-``X-Telegram-Bot-Api-Secret-Token`` header, compared in constant time):
+**The webhook's updates** (``POST /telegram/webhook``):
 ``my_chat_member`` in a private chat moving to ``kicked`` removes the live
 registrations of the token ``chat.id`` (the user blocked the bot); moving to
 ``member`` queues a new registration with the identifiers of that token's
@@ -46,23 +46,21 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from flask import request
 from marshmallow import ValidationError
 
-from .http import APIError
-from .schemas import NORMALIZERS, matched_by, normalize_token
+from .ledger import TokenRequest
+from .ledger.reports import TELEGRAM_CAUSE
+from .ledger.types import COLUMN_OF
+from .schemas import NORMALIZERS, normalize_token
 
 log = logging.getLogger("bridge.telegram")
 
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 PAYLOAD_MAX_CHARS = 64
 TAG_BYTES = 12
 VERSION = 1
 MAX_VALUE_BYTES = PAYLOAD_MAX_CHARS * 3 // 4 - 1 - TAG_BYTES  # 35
 TYPE_CODES = {"contactId": 1, "externalCustomerId": 2, "phone": 3, "email": 4}
 TYPE_NAMES = {code: name for name, code in TYPE_CODES.items()}
-BLOCK_CAUSE = "telegram_blocked"
-BLOCK_REASON = "Telegram: the user blocked the bot (my_chat_member: kicked)"
 
 _DOMAIN = b"reteno-telegram-bridge/start-link\x00"
 _PAYLOAD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -179,19 +177,6 @@ def verify_payload(secret: str, payload: Any) -> tuple[str, Any] | None:
 # --- the webhook ---------------------------------------------------------------------
 
 
-def require_secret(settings) -> None:
-    """404 while TELEGRAM_WEBHOOK_SECRET is unset; 401 unless the header matches it."""
-    expected = settings.telegram_webhook_secret
-    if not expected:
-        raise APIError(404, "No such endpoint.")
-    given = request.headers.get(SECRET_HEADER, "")
-    if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
-        raise APIError(
-            401,
-            f"The {SECRET_HEADER} header is missing or does not match the webhook's secret_token.",
-        )
-
-
 def _record(ledger, kind: str, update_id, detail: dict, token: str | None = None) -> None:
     ledger.record(kind, {"updateId": update_id, **detail}, token=token)
 
@@ -248,60 +233,22 @@ def _chat_member(ledger, update_id, change: Any, metrics) -> str:
         "date": change.get("date"),
     }
     if status == "kicked":
-        with ledger.db.write() as session:
-            done = ledger.remove(session, ledger.live_for(session, "token", token),
-                                 BLOCK_REASON, BLOCK_CAUSE, detail)
-            if not done:
-                ledger.append_events(session, [{
-                    "at": ledger.clock(), "kind": "telegram_blocked", "token": token,
-                    "registration_id": None,
-                    "detail": {**detail, "removed": 0, "reason": "no live registration"},
-                }])
-        if metrics is not None and done:
-            metrics.removals.labels(BLOCK_CAUSE).inc(len(done))
+        removed = ledger.block_chat(token, detail)
+        if metrics is not None and removed:
+            metrics.removals.labels(TELEGRAM_CAUSE).inc(removed)
         log.info("telegram: update %s blocked the bot; %d registration(s) removed",
-                 update_id, len(done))
+                 update_id, removed)
         return "blocked"
     if status == "member":
-        _unblocked(ledger, token, detail)
+        new_id, previous_id = ledger.unblock_chat(token, detail)
+        if new_id is not None:
+            log.info("telegram: update %s unblocked the bot; registration %s queued (was %s)",
+                     update_id, new_id, previous_id)
         return "unblocked"
     _record(ledger, "telegram_ignored", update_id,
             {"update": "my_chat_member", "reason": f"status {status[:20]!r} is not acted on"},
             token=token)
     return "ignored"
-
-
-def _unblocked(ledger, token: str, detail: dict) -> None:
-    """Queue the token's last registration again, unless one is live."""
-    with ledger.db.read() as session:
-        live = ledger.live_for(session, "token", token)
-    if live:
-        ledger.record("telegram_unblocked",
-                      {**detail, "result": "a registration is still live",
-                       "registrationIds": [r.id for r in live]}, token=token)
-        return
-    last = ledger.last_registration(token)
-    item: dict[str, Any] = {"token": token}
-    if last is not None:
-        for name, column in (("contactId", "contact_id"),
-                             ("externalCustomerId", "external_customer_id"),
-                             ("phone", "phone"), ("email", "email")):
-            if getattr(last, column) is not None:
-                item[name] = getattr(last, column)
-    try:
-        item["matchedBy"], item["matchValue"] = matched_by(item)
-    except ValidationError:
-        ledger.record("telegram_unblocked",
-                      {**detail, "result": "no earlier registration with an identifier"},
-                      token=token)
-        return
-    outcome = ledger.register([item], source="telegram")[0]
-    ledger.record("telegram_unblocked",
-                  {**detail, "result": "queued again", "registrationId": outcome.id,
-                   "previousRegistrationId": last.id if last else None},
-                  token=token, registration_id=outcome.id)
-    log.info("telegram: update %s unblocked the bot; registration %s queued (was %s)",
-             detail.get("updateId"), outcome.id, last.id if last else None)
 
 
 def _start(ledger, settings, update_id, message: dict, match: re.Match) -> str:
@@ -331,8 +278,8 @@ def _start(ledger, settings, update_id, message: dict, match: re.Match) -> str:
         log.warning("telegram: update %s: deep link rejected (%s)", update_id, reason)
         return "link_rejected"
     name, value = found
-    item = {"token": token, name: value, "matchedBy": name, "matchValue": str(value)}
-    outcome = ledger.register([item], source="telegram_link")[0]
+    request = TokenRequest(token, **{COLUMN_OF[name]: value})
+    outcome = ledger.register([request], source="telegram_link")[0]
     log.info("telegram: update %s: deep link registered %s as registration %s%s",
              update_id, name, outcome.id, " (duplicate)" if outcome.duplicate else "")
     return "start_link"

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
 
 from . import statuses, telegram
-from .http import APIError, json_body, register_error_handlers, require_bearer
+from .http import (
+    APIError,
+    bearer_required,
+    json_body,
+    register_error_handlers,
+    telegram_secret_required,
+    webhook_auth_required,
+)
 from .logs import log_request
 from .openapi import document as openapi_document
+from .runtime import current as rt
 from .schemas import (
     BatchSchema,
     HistorySchema,
@@ -38,9 +46,6 @@ _page_schema = TokenPageSchema()
 _history_schema = HistorySchema()
 
 
-def rt():
-    """The bridge runtime of the current app (see :mod:`bridge.extension`)."""
-    return current_app.extensions["reteno_bridge"]
 
 
 def invalid(exc: ValidationError, message: str = "The request is not valid.") -> APIError:
@@ -51,9 +56,9 @@ def invalid(exc: ValidationError, message: str = "The request is not valid.") ->
 
 
 @bp.post("/register")
+@bearer_required
 def register():
     bridge = rt()
-    require_bearer(bridge.settings.api_keys)
     data = json_body(bridge.settings.max_body_bytes)
     try:
         if isinstance(data, dict) and "tokens" in data:
@@ -77,9 +82,9 @@ def register():
 
 
 @bp.get("/tokens")
+@bearer_required
 def tokens():
     bridge = rt()
-    require_bearer(bridge.settings.api_keys)
     try:
         query = _query_schema.load(request.args.to_dict())
     except ValidationError as exc:
@@ -94,9 +99,9 @@ def tokens():
 
 
 @bp.get("/tokens/<token>/history")
+@bearer_required
 def history(token: str):
     bridge = rt()
-    require_bearer(bridge.settings.api_keys)
     try:
         token = normalize_token(token)
     except ValidationError as exc:
@@ -132,25 +137,25 @@ def statuses_probe():
 
 
 @bp.post("/statuses")
+@webhook_auth_required
 def statuses_post():
     bridge = rt()
-    statuses.require_auth(bridge.settings)
     data = json_body(bridge.settings.max_body_bytes, replace_unstorable=True)
     try:
         objects = statuses.events_from_body(data)
     except ValidationError as exc:
         raise invalid(exc, "The body must be a status event object or an array of them; "
                            "nothing was recorded.") from None
-    return statuses.apply(bridge.ledger, objects, bridge.metrics)
+    return statuses.handle(bridge.ledger, objects, bridge.metrics)
 
 
 # --- Telegram: the bot's webhook (blocks, unblocks, /start deep links) --------------------
 
 
 @bp.post("/telegram/webhook")
+@telegram_secret_required
 def telegram_webhook():
     bridge = rt()
-    telegram.require_secret(bridge.settings)
     update = json_body(bridge.settings.max_body_bytes, replace_unstorable=True)
     outcome = telegram.handle_update(bridge.ledger, bridge.settings, update, bridge.metrics)
     bridge.metrics.telegram_updates.labels(outcome).inc()

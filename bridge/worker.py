@@ -15,19 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 
-from .ledger import LEASE_SECONDS
 from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
 
 log = logging.getLogger("bridge.worker")
 
 
 class DeliveryWorker:
-    def __init__(self, ledger, client, batch_size: int, metrics=None,
-                 lease_seconds: int = LEASE_SECONDS):
+    def __init__(self, ledger, client, batch_size: int, metrics, lease_seconds: int):
         self.ledger = ledger
         self.client = client
         self.batch_size = batch_size
@@ -116,6 +113,26 @@ class DeliveryWorker:
         return stats
 
 
+    def run(self, stop: threading.Event, wake: threading.Event | None = None,
+            poll_seconds: float = 0.5) -> None:
+        """Deliver until ``stop`` is set: drain, then wait for ``wake`` or the next poll.
+        A failure (the database restarting, say) is logged and retried with backoff, so
+        the loop outlives it."""
+        wake = wake or threading.Event()
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.drain(stop=stop)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.error("delivery failed (%s); retrying", type(exc).__name__,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+                stop.wait(min(30.0, poll_seconds * 2**failures))
+            wake.wait(poll_seconds)
+            wake.clear()
+
+
 class BackgroundDelivery:
     """The worker on a daemon thread of the served process, woken after registrations."""
 
@@ -154,14 +171,4 @@ class BackgroundDelivery:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        failures = 0
-        while not self.stop_event.is_set():
-            try:
-                self.worker.drain(stop=self.stop_event)
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("delivery loop failed; retrying")
-                time.sleep(min(30.0, 0.5 * 2**failures))
-            self.wake_event.wait(self.poll_seconds)
-            self.wake_event.clear()
+        self.worker.run(self.stop_event, self.wake_event, self.poll_seconds)

@@ -18,6 +18,7 @@ import pytest
 import requests
 from sqlalchemy import event, func, select
 
+from bridge.ledger import TokenRequest
 from bridge.models import Registration
 from bridge.sandbox import Simulator, SimulatorOptions
 from bridge.sandbox import create_app as create_simulator_app
@@ -170,9 +171,7 @@ def test_a_block_committed_between_insert_and_lookup_makes_a_new_registration(ap
     armed = {"on": True}
 
     def block():
-        with bridge.db.write() as session:
-            rows = bridge.ledger.registrations_by(session, "token", ["5151"], lock=True)
-            bridge.ledger.remove(session, rows, "Forbidden", "test")
+        assert bridge.ledger.block_chat("5151", {"source": "test"}) == 1
 
     @event.listens_for(bridge.db.engine, "before_cursor_execute")
     def interleave(conn, cursor, statement, parameters, context, executemany):
@@ -205,8 +204,8 @@ def test_concurrent_batches_in_different_orders_never_deadlock(bridge):
     errors: list[str] = []
 
     def write(seed: int, round_: int) -> None:
-        items = [{"token": str(30_000 + round_ * 100 + n), "contactId": n + 1,
-                  "matchedBy": "contactId", "matchValue": str(n + 1)} for n in range(40)]
+        items = [TokenRequest(str(30_000 + round_ * 100 + n), contact_id=n + 1)
+                 for n in range(40)]
         random.Random(seed).shuffle(items)
         try:
             outcomes = bridge.ledger.register(items)
@@ -222,5 +221,5 @@ def test_concurrent_batches_in_different_orders_never_deadlock(bridge):
         for thread in threads:
             thread.join(timeout=60)
     assert errors == []
-    with bridge.db.read() as session:
-        assert session.scalar(select(func.count()).select_from(Registration)) == 25 * 40
+    with bridge.db.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(Registration)) == 25 * 40

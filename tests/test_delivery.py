@@ -227,7 +227,8 @@ def test_two_workers_never_send_the_same_registration(make_app, auth, requests_m
 def test_a_crashed_workers_claim_comes_due_again(client, auth, bridge, clock, requests_mock):
     requests_mock.post(TOKENS_URL, json="OK")
     register(client, auth, [{"token": 1, "contactId": 1}])
-    claim = bridge.ledger.claim(10)  # a worker takes the row, then dies before sending
+    # a worker takes the row, then dies before sending
+    claim = bridge.ledger.claim(10, bridge.settings.lease_seconds)
     assert claim is not None
     bridge.deliver_once()
     assert requests_mock.call_count == 0

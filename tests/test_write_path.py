@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import text
 
 from bridge.db import Database
-from bridge.ledger import Ledger
+from bridge.ledger import Ledger, TokenRequest
 from tests.helpers import assert_error_shape, rows
 
 
 def item(token, email):
-    return {"token": str(token), "email": email, "matchedBy": "email", "matchValue": email}
+    return TokenRequest(str(token), email=email)
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_concurrent_calls_each_get_their_own_outcomes_in_order(ledger):
     for calls in results.values():
         assert len(calls) == 20
         for items, outcomes in calls:
-            assert [o.token for o in outcomes] == [i["token"] for i in items]
+            assert [o.token for o in outcomes] == [i.token for i in items]
             own, shared = outcomes
             assert not own.duplicate and own.state == "queued"
             assert own.id not in ids
@@ -76,17 +76,17 @@ def test_concurrent_calls_each_get_their_own_outcomes_in_order(ledger):
 
 
 def test_a_failing_call_in_a_shared_transaction_fails_alone(ledger, monkeypatch):
-    real = ledger._register
+    real = ledger._register_work
     gate = threading.Barrier(6)
 
-    def flaky(conn, items, sources):
-        if any(i["token"] == "666" for i in items) and len(items) == 1:
+    def flaky(conn, items):
+        if any(request.token == "666" for request, _source in items) and len(items) == 1:
             raise RuntimeError("this one is bad")
-        if any(i["token"] == "666" for i in items):
+        if any(request.token == "666" for request, _source in items):
             raise RuntimeError("a shared transaction with the bad call")
-        return real(conn, items, sources)
+        return real(conn, items)
 
-    monkeypatch.setattr(ledger, "_register", flaky)
+    monkeypatch.setattr(ledger._register, "_work", flaky)
     outcome = {}
 
     def work(n):

@@ -1,0 +1,178 @@
+"""The audit ledger: every submitted token, every upstream attempt, every status.
+
+:class:`Ledger` is its public API and owns every transaction: each method is
+one transaction (reads never write), opened here and nowhere else. It speaks
+domain values (``bridge.ledger.types``), never request JSON. Behind it, one
+module per job:
+
+* :mod:`.states` — the state table and :func:`~.states.move`, the only writer of
+  a registration's state;
+* :mod:`.registering` — new registrations with duplicate suppression;
+* :mod:`.outbox` — claims, leases and what an upstream call did;
+* :mod:`.reports` — status events and Telegram's blocks and unblocks;
+* :mod:`.queries` — look-ups, history and statistics;
+* :mod:`.erasure` — one contact's data out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..db import Database
+from ..models import utcnow
+from . import erasure, outbox, queries, registering, reports
+from .states import TRANSITIONS, State, append_events
+from .types import (
+    Claim,
+    HistoryEvent,
+    Outcome,
+    RegistrationRecord,
+    StatusEvent,
+    StatusResult,
+    TokenRequest,
+)
+
+__all__ = [
+    "TRANSITIONS", "Claim", "HistoryEvent", "Ledger", "Outcome", "RegistrationRecord",
+    "State", "StatusEvent", "StatusResult", "TokenRequest",
+]
+
+
+class Ledger:
+    """The ledger of one database. ``clock`` gives every timestamp it writes (tests move
+    it); ``on_queued`` is called after registrations were queued (to wake delivery)."""
+
+    def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow,
+                 on_queued: Callable[[], None] | None = None):
+        self.db = db
+        self.clock = clock
+        self.on_queued = on_queued or (lambda: None)
+        self._register = db.group_commit(self._register_work)
+
+    # --- registrations -----------------------------------------------------------------
+
+    def register(self, requests: Sequence[TokenRequest], source: str = "api") -> list[Outcome]:
+        """Put token requests in the outbox, suppressing live duplicates; one outcome
+        each, in order. All or none are stored; concurrent calls of this process may
+        share one transaction (group commit), as if they ran one after the other."""
+        outcomes = self._register.run([(request, source) for request in requests])
+        if any(not o.duplicate for o in outcomes):
+            self.on_queued()
+        return outcomes
+
+    def _register_work(self, conn, items: list[tuple[TokenRequest, str]]) -> list[Outcome]:
+        return registering.register(conn, [r for r, _ in items], [s for _, s in items],
+                                    self.clock())
+
+    def record(self, kind: str, detail: dict, token: str | None = None,
+               registration_id: int | None = None) -> None:
+        """Append one event that moves nothing (e.g. a rejected deep link)."""
+        with self.db.write() as conn:
+            append_events(conn, [{"at": self.clock(), "kind": kind, "token": token,
+                                  "registration_id": registration_id, "detail": detail}])
+
+    # --- the outbox ----------------------------------------------------------------------
+
+    def claim(self, limit: int, lease_seconds: int) -> Claim | None:
+        """Lease up to ``limit`` due registrations, oldest first (None: nothing due, or
+        delivery held or paused)."""
+        with self.db.write() as conn:
+            return outbox.claim(conn, self.clock(), limit, lease_seconds)
+
+    def renew(self, claim: Claim, rows: Sequence[Any], lease_seconds: int) -> list[Any]:
+        """Extend the lease before another call of the same claim; the rows still held."""
+        with self.db.write() as conn:
+            return outbox.renew(conn, self.clock(), claim, rows, lease_seconds)
+
+    def delivered(self, claim: Claim, rows: Sequence[Any], call: dict) -> int:
+        with self.db.write() as conn:
+            return outbox.delivered(conn, self.clock(), claim, rows, call)
+
+    def retry(self, claim: Claim, rows: Sequence[Any], call: dict,
+              retry_after: float | None = None) -> float:
+        with self.db.write() as conn:
+            return outbox.retry(conn, self.clock(), claim, rows, call, retry_after)
+
+    def pause(self, claim: Claim, rows: Sequence[Any], call: dict) -> datetime:
+        with self.db.write() as conn:
+            return outbox.pause(conn, self.clock(), claim, rows, call)
+
+    def dead(self, claim: Claim, row: Any, call: dict) -> int:
+        with self.db.write() as conn:
+            return outbox.dead(conn, self.clock(), claim, row, call)
+
+    def release(self, claim: Claim, rows: Sequence[Any], detail: dict,
+                delay: float | None = 0.0) -> int:
+        with self.db.write() as conn:
+            return outbox.release(conn, self.clock(), claim, rows, detail, delay)
+
+    def resume(self) -> None:
+        """Lift a delivery pause or hold now (after fixing the credentials)."""
+        with self.db.write() as conn:
+            outbox.resume(conn, self.clock())
+
+    def requeue_dead(self, ids: Sequence[int] | None = None, error_contains: str | None = None,
+                     token: str | None = None) -> int:
+        """Dead letters back to the queue (all, or those matching the filters)."""
+        with self.db.write() as conn:
+            count = outbox.requeue_dead(conn, self.clock(), ids, error_contains, token)
+        if count:
+            self.on_queued()
+        return count
+
+    def upstream(self) -> tuple[dict[str, Any], datetime | None]:
+        """The shared upstream state, and when a pause or hold in force ends."""
+        with self.db.read() as conn:
+            state = outbox.upstream_state(conn)
+        return state, outbox.blocked_until(state, self.clock())
+
+    # --- reports from outside ------------------------------------------------------------
+
+    def apply_statuses(self, events: list[StatusEvent]) -> StatusResult:
+        """Record a body of status events and remove the chats whose blocks they report."""
+        with self.db.write() as conn:
+            return reports.apply_statuses(conn, self.clock(), events)
+
+    def block_chat(self, token: str, detail: dict) -> int:
+        """The user blocked the bot: remove the chat's live registrations; how many."""
+        with self.db.write() as conn:
+            return reports.block_chat(conn, self.clock(), token, detail)
+
+    def unblock_chat(self, token: str, detail: dict) -> tuple[int | None, int | None]:
+        """The user unblocked the bot: queue its last registration again unless one is
+        live; (new registration id, previous registration id)."""
+        with self.db.write() as conn:
+            result = reports.unblock_chat(conn, self.clock(), token, detail)
+        if result[0] is not None:
+            self.on_queued()
+        return result
+
+    # --- reading -------------------------------------------------------------------------
+
+    def find(self, filters: dict, limit: int = 50, cursor: str | None = None
+             ) -> tuple[list[RegistrationRecord], str | None]:
+        """Registrations matching ``filters``, newest first, keyset-paginated
+        (``ValueError`` for a bad cursor)."""
+        with self.db.read() as conn:
+            return queries.find(conn, filters, limit, cursor)
+
+    def history(self, token: str) -> list[HistoryEvent]:
+        with self.db.read() as conn:
+            return queries.history(conn, token)
+
+    def outbox(self) -> dict[str, Any]:
+        with self.db.read() as conn:
+            return queries.outbox(conn, self.clock())
+
+    def stats(self, days: int = 7) -> dict[str, Any]:
+        with self.db.read() as conn:
+            return queries.stats(conn, self.clock(), days)
+
+    # --- erasure -------------------------------------------------------------------------
+
+    def erase(self, api_name: str, value) -> dict[str, Any]:
+        """Delete one contact's personal data (see :func:`.erasure.erase`)."""
+        with self.db.write() as conn:
+            return erasure.erase(conn, self.clock(), api_name, value)

@@ -1,0 +1,244 @@
+"""Erasure: one contact's personal data out of the ledger, leaving one audit line
+without any (``bridge erase``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Text, cast, delete, func, or_, select, update
+
+from ..models import IDENTIFIERS, BridgeState, Event, Registration
+from .states import append_events
+from .types import COLUMN_OF
+
+
+def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
+    """Delete one contact's personal data; leave one audit event without any.
+
+    ``api_name`` is ``token`` or an identifier name (``contactId``,
+    ``externalCustomerId``, ``phone``, ``email``) and ``value`` its normal
+    form. In one write transaction this deletes
+
+    * the registrations holding that value, and every registration of
+      their tokens (a Telegram chat is one person);
+    * their events (by registration and by token), and any event of no
+      registration and no token whose detail mentions the value, one of
+      those tokens, or another identifier of the erased registrations
+      that no remaining registration holds (status events of unmatched
+      contacts carry raw payloads);
+
+    replaces such mentions in the events and error texts of other
+    registrations and in the shared upstream state by ``[erased]``
+    (``scrubbed`` counts those rows), and appends one ``erased`` event
+    ``{"by", "registrations", "events"}``. When nothing mentions the
+    value, nothing is written and the counts are zero.
+    """
+    if api_name == "token":
+        column = Registration.token
+    elif api_name in COLUMN_OF:
+        column = getattr(Registration, COLUMN_OF[api_name])
+    else:
+        raise ValueError(f"cannot erase by {api_name!r}")
+    regs = {r.id: r for r in conn.execute(select(Registration.__table__).where(column == value))}
+    tokens = {r.token for r in regs.values()}
+    if api_name == "token":
+        tokens.add(str(value))
+    for chunk in _chunks(sorted(tokens)):
+        for r in conn.execute(select(Registration.__table__).where(Registration.token.in_(chunk))):
+            regs.setdefault(r.id, r)
+    needles = _Needles.of(api_name, value, tokens)
+    for r in regs.values():
+        needles.add_registration(r)
+    needles.drop_kept(conn, set(regs))
+
+    doomed: set[int] = set()
+    for chunk in _chunks(sorted(regs)):
+        doomed.update(conn.scalars(
+            select(Event.id).where(Event.registration_id.in_(chunk))))
+    for chunk in _chunks(sorted(tokens)):
+        doomed.update(conn.scalars(select(Event.id).where(Event.token.in_(chunk))))
+    # Other events that mention the contact: orphans (unmatched or ignored statuses,
+    # rejected deep links) go; another contact's events keep their line, blanked.
+    detail_text = func.lower(cast(Event.detail, Text))
+    blank: dict[int, dict] = {}
+    for clauses in _chunks(needles.like_clauses(detail_text), 40):
+        for event_id, detail, registration_id, token in conn.execute(
+            select(Event.id, Event.detail, Event.registration_id, Event.token)
+            .where(or_(*clauses))
+        ):
+            if event_id in doomed or event_id in blank or not needles.in_json(detail):
+                continue
+            if registration_id is None and token is None:
+                doomed.add(event_id)
+            else:
+                blank[event_id] = needles.scrub(detail)
+    for event_id, detail in blank.items():
+        # the fingerprint is a hash of the raw object that held the data: it goes too
+        conn.execute(update(Event).where(Event.id == event_id)
+                 .values(detail=detail, fingerprint=None))
+    for chunk in _chunks(sorted(doomed)):
+        conn.execute(delete(Event).where(Event.id.in_(chunk)))
+    for chunk in _chunks(sorted(regs)):
+        conn.execute(delete(Registration).where(Registration.id.in_(chunk)))
+    scrubbed = len(blank) + _scrub_elsewhere(conn, needles)
+
+    summary = {"by": api_name, "registrations": len(regs), "events": len(doomed)}
+    if scrubbed:
+        summary["scrubbed"] = scrubbed
+    erased = bool(regs or doomed or scrubbed)
+    if erased:
+        append_events(conn, [{"at": now, "kind": "erased", "token": None,
+                              "registration_id": None, "detail": dict(summary)}])
+    return {**summary, "scrubbed": scrubbed, "erased": erased}
+
+def _scrub_elsewhere(conn, needles: _Needles) -> int:
+    """Mentions left in rows that are not the contact's own: replaced by ``[erased]``."""
+    scrubbed = 0
+    for name in ("last_error", "removal_reason"):
+        col = getattr(Registration, name)
+        for clauses in _chunks(needles.like_clauses(func.lower(col)), 40):
+            for rid, textual in conn.execute(
+                select(Registration.id, col).where(or_(*clauses))
+            ):
+                if needles.in_text(textual):
+                    conn.execute(update(Registration).where(Registration.id == rid)
+                                 .values({name: ERASED}))
+                    scrubbed += 1
+    for name, value in conn.execute(select(BridgeState.name, BridgeState.value)):
+        if needles.in_json(value):
+            conn.execute(update(BridgeState).where(BridgeState.name == name)
+                         .values(value=needles.scrub(value)))
+            scrubbed += 1
+    return scrubbed
+
+
+ERASED = "[erased]"
+# Our own numeric bookkeeping in event details: never read as a chat id.
+_COUNTER_KEYS = frozenset({
+    "attempt", "attempts", "batch", "status", "ms", "retryAfter", "registrations", "events",
+    "processed", "unmatched", "ignored", "code", "count", "scrubbed",
+})
+_CONTACT_KEYS = frozenset({"contactId", "contact_id"})
+_PHONE_RUN = re.compile(r"\+?\d[\d ()\-]*\d")
+
+
+def _chunks(items: Sequence, size: int = 500) -> Iterable[list]:
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _json_escaped(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+@dataclass
+class _Needles:
+    """The values an erasure looks for, and how each is recognised in stored JSON and text."""
+
+    emails: set[str]
+    phones: set[str]
+    tokens: set[str]
+    external_ids: set[str]
+    contact_ids: set[int]
+    asked: tuple[str, Any] = ("", None)
+
+    @classmethod
+    def of(cls, api_name: str, value, tokens: set[str]) -> _Needles:
+        needles = cls(set(), set(), set(tokens), set(), set(), (api_name, value))
+        needles._add(api_name, value)
+        return needles
+
+    def _add(self, api_name: str, value) -> None:
+        if value is None:
+            return
+        if api_name == "token":
+            self.tokens.add(str(value))
+        elif api_name == "email":
+            self.emails.add(str(value).lower())
+        elif api_name == "phone":
+            self.phones.add(str(value))
+        elif api_name == "externalCustomerId":
+            self.external_ids.add(str(value))
+        elif api_name == "contactId":
+            self.contact_ids.add(int(value))
+
+    def add_registration(self, r: Any) -> None:
+        for api_name, column in IDENTIFIERS:
+            self._add(api_name, getattr(r, column))
+
+    def drop_kept(self, conn, erased_ids: set[int]) -> None:
+        """Forget identifiers (other than the one asked for) that remaining rows still hold."""
+        for api_name, column in IDENTIFIERS:
+            values = {
+                "email": self.emails, "phone": self.phones,
+                "externalCustomerId": self.external_ids, "contactId": self.contact_ids,
+            }[api_name]
+            col = getattr(Registration, column)
+            for chunk in _chunks(sorted(values, key=str)):
+                kept = conn.execute(
+                    select(col, Registration.id).where(col.in_(chunk))
+                ).all()
+                for held, rid in kept:
+                    if rid not in erased_ids and (api_name, held) != self.asked:
+                        values.discard(held)
+
+    def like_clauses(self, lowered_text) -> list:
+        """SQL conditions that pick candidate rows (refined by :meth:`in_json`/:meth:`in_text`)."""
+        plain = set(self.tokens) | {str(c) for c in self.contact_ids} | set(self.phones)
+        for text_value in (*self.emails, *self.external_ids):
+            plain.update({text_value.lower(), _json_escaped(text_value).lower()})
+        clauses = [lowered_text.contains(p, autoescape=True) for p in sorted(plain) if p]
+        # a phone as the sender wrote it: "+380 (95) 649-09-55"
+        clauses += [lowered_text.like("%" + "%".join(p) + "%") for p in sorted(self.phones)]
+        return clauses
+
+    def in_text(self, text_value: str | None) -> bool:
+        if not text_value:
+            return False
+        lowered = text_value.lower()
+        if any(re.search(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){re.escape(e)}(?![\w-]|\.[\w-])",
+                         lowered) for e in self.emails):
+            return True
+        if self.phones and any(
+            re.sub(r"\D", "", run) in self.phones for run in _PHONE_RUN.findall(text_value)
+        ):
+            return True
+        # a chat id as a number of its own: not part of a longer number, a time or a decimal
+        if any(re.search(rf"(?<![\d.:-]){re.escape(t)}(?!\d|[.:]\d)", text_value)
+               for t in self.tokens):
+            return True
+        return text_value.strip() in self.external_ids
+
+    def in_json(self, value, key: str | None = None) -> bool:
+        if isinstance(value, dict):
+            return any(self.in_json(v, str(k)) for k, v in value.items())
+        if isinstance(value, list):
+            return any(self.in_json(v, key) for v in value)
+        if isinstance(value, bool) or value is None:
+            return False
+        if isinstance(value, int):
+            if key in _CONTACT_KEYS and value in self.contact_ids:
+                return True
+            return key not in _COUNTER_KEYS and (
+                str(value) in self.tokens or str(value) in self.phones
+            )
+        if isinstance(value, str):
+            if key in _CONTACT_KEYS and re.fullmatch(r"[0-9]{1,19}", value.strip()):
+                if int(value.strip()) in self.contact_ids:
+                    return True
+            return self.in_text(value)
+        return False
+
+    def scrub(self, value, key: str | None = None):
+        """``value`` with every mentioning leaf replaced by ``[erased]``."""
+        if isinstance(value, dict):
+            return {k: self.scrub(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub(v, key) for v in value]
+        return ERASED if self.in_json(value, key) else value

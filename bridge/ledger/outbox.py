@@ -1,0 +1,226 @@
+"""The outbox: claiming due registrations, and what an upstream call did with them.
+
+The outbox is the set of ``queued`` registrations. A worker claims due rows,
+oldest first, by pushing their ``next_attempt_at`` past a lease and stamping a
+``lease_id``: a crashed worker's rows come due again by themselves, and two
+workers never hold the same row at once. Every outcome (delivered, retry,
+paused, dead, not sent) moves only the rows the claim still holds, through
+the state table. Delivery as a whole can be held (``Retry-After``) or paused
+(Reteno refused our credentials); that shared upstream state lives in the
+``bridge_state`` row ``upstream``, beside the last upstream result.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+
+from ..db import insert_unless_taken
+from ..models import BridgeState, Registration
+from .states import State, move
+from .types import Claim
+
+# Delivery policy: backoff of a failing token, pause of the whole outbox.
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+PAUSE_BASE = 15.0
+PAUSE_CAP = 600.0
+UPSTREAM = "upstream"  # the bridge_state row of the shared upstream state
+
+_CLAIM = (
+    update(Registration)
+    .where(Registration.id.in_(bindparam("ids", expanding=True)))
+    .values(lease_id=bindparam("lease_id"), next_attempt_at=bindparam("next_attempt_at"),
+            attempts=Registration.attempts + 1, updated_at=bindparam("updated_at"))
+    .returning(Registration.id, Registration.token, Registration.contact_id,
+               Registration.external_customer_id, Registration.phone, Registration.email,
+               Registration.matched_by, Registration.attempts)
+)
+_RENEW = (
+    update(Registration)
+    .where(Registration.id.in_(bindparam("ids", expanding=True)),
+           Registration.lease_id == bindparam("held_by"),
+           Registration.state == State.QUEUED.value)
+    .values(next_attempt_at=bindparam("until"))
+    .returning(Registration.id)
+)
+_UPSTREAM_ROW = {
+    dialect: stmt for dialect, stmt in zip(
+        ("sqlite", "postgresql"),
+        (s.values(name=UPSTREAM, value={}, updated_at=bindparam("now"))
+         for s in insert_unless_taken(BridgeState.__table__, ["name"])),
+        strict=True)
+}
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> float:
+    """Seconds before a token that failed ``attempts`` times is tried again: doubling
+    from 1 s up to 5 minutes, jittered, and never before ``retry_after``."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    delay = random.uniform(delay / 2, delay)
+    return max(delay, retry_after or 0.0)
+
+
+# --- the shared upstream state ---------------------------------------------------------
+
+
+def upstream_state(conn) -> dict[str, Any]:
+    value = conn.execute(select(BridgeState.value).where(BridgeState.name == UPSTREAM)
+                         ).scalar()
+    return dict(value or {})
+
+
+def set_upstream(conn, now: datetime, **changes) -> dict:
+    """Merge ``changes`` into the upstream state, under a row lock (PostgreSQL)."""
+    # The row exists before it is locked: two workers inserting it at once would
+    # otherwise fail a transaction after Reteno took the tokens.
+    conn.execute(_UPSTREAM_ROW[conn.dialect.name], {"now": now})
+    value = conn.execute(select(BridgeState.value).where(BridgeState.name == UPSTREAM)
+                         .with_for_update()).scalar()
+    value = {**(value or {}), **changes}
+    conn.execute(update(BridgeState).where(BridgeState.name == UPSTREAM)
+                 .values(value=value, updated_at=now))
+    return value
+
+
+def blocked_until(state: dict, now: datetime) -> datetime | None:
+    """When a pause (bad credentials) or a hold (Retry-After) ends, if one is in force."""
+    ends = [datetime.fromisoformat(state[k]) for k in ("paused_until", "hold_until")
+            if state.get(k)]
+    ends = [e for e in ends if e > now]
+    return max(ends) if ends else None
+
+
+def _note(conn, now: datetime, outcome: str, call: dict, **changes) -> None:
+    set_upstream(conn, now, last={"outcome": outcome, **call, "at": now.isoformat()},
+                 **changes)
+
+
+# --- claims ------------------------------------------------------------------------------
+
+
+def claim(conn, now: datetime, limit: int, lease_seconds: int) -> Claim | None:
+    """Lease up to ``limit`` due queued registrations, oldest due first; None when none
+    is due or delivery is held or paused."""
+    if blocked_until(upstream_state(conn), now):
+        return None
+    due = (select(Registration.id)
+           .where(Registration.state == State.QUEUED.value, Registration.next_attempt_at <= now)
+           .order_by(Registration.next_attempt_at, Registration.id)
+           .limit(limit)
+           .with_for_update(skip_locked=True))
+    ids = list(conn.execute(due).scalars())
+    if not ids:
+        return None
+    lease_id = uuid.uuid4().hex
+    rows = conn.execute(_CLAIM, {"ids": ids, "lease_id": lease_id, "updated_at": now,
+                                 "next_attempt_at": now + timedelta(seconds=lease_seconds)}
+                        ).all()
+    return Claim(lease_id, tuple(sorted(rows, key=lambda r: r.id)))
+
+
+def lock_in_order(conn, ids: Sequence[int]) -> None:
+    """PostgreSQL: lock these rows in id order before updating them, the order
+    registration takes its share locks in, so the two never wait on each other in a
+    cycle (an ``UPDATE … IN`` locks rows in whatever order it scans them)."""
+    if conn.dialect.name == "postgresql" and ids:
+        conn.execute(select(Registration.id).where(Registration.id.in_(list(ids)))
+                     .order_by(Registration.id).with_for_update())
+
+
+def renew(conn, now: datetime, held: Claim, rows: Sequence[Any],
+          lease_seconds: int) -> list[Any]:
+    """Extend the lease of ``rows`` before another upstream call of the same claim; the
+    rows still held (one whose lease ran out and that another worker took is not)."""
+    ids = [r.id for r in rows]
+    if not ids:
+        return []
+    lock_in_order(conn, ids)
+    kept = set(conn.execute(_RENEW, {"ids": ids, "held_by": held.lease_id,
+                                     "until": now + timedelta(seconds=lease_seconds)}
+                            ).scalars())
+    return [r for r in rows if r.id in kept]
+
+
+def _finish(conn, now: datetime, kind: str, held: Claim, rows: Sequence[Any], values: dict,
+            detail: dict) -> int:
+    lock_in_order(conn, [r.id for r in rows])
+    moved = move(conn, kind, rows, now, {"lease_id": None, **values},
+                 lambda r: {"attempt": r.attempts, **detail}, held_by=held.lease_id)
+    return len(moved)
+
+
+def delivered(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> int:
+    n = _finish(conn, now, "delivered", held, rows,
+                {"delivered_at": now, "next_attempt_at": None, "last_error": None}, call)
+    _note(conn, now, "delivered", call, paused_until=None, pause_reason=None, pause_count=0)
+    return n
+
+
+def retry(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict,
+          retry_after: float | None) -> float:
+    """A transient failure: the rows stay queued and come due after a backoff; a
+    ``retry_after`` holds the whole outbox that long."""
+    delay = backoff(max((r.attempts for r in rows), default=1), retry_after)
+    nxt = now + timedelta(seconds=delay)
+    _finish(conn, now, "retry", held, rows, {"next_attempt_at": nxt,
+                                             "last_error": call.get("error")},
+            {**call, "nextAttemptAt": nxt.isoformat()})
+    hold = {"hold_until": (now + timedelta(seconds=retry_after)).isoformat()} if retry_after \
+        else {}
+    _note(conn, now, "retry", call, **hold)
+    return delay
+
+
+def pause(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> datetime:
+    """Reteno refused our credentials or the request itself: hold everything, drop
+    nothing; each pause in a row lasts twice the one before (15 s to 10 minutes)."""
+    count = int(upstream_state(conn).get("pause_count") or 0) + 1
+    until = now + timedelta(seconds=min(PAUSE_CAP, PAUSE_BASE * 2 ** (count - 1)))
+    _finish(conn, now, "paused", held, rows,
+            {"next_attempt_at": now, "last_error": call.get("error")},
+            {**call, "pausedUntil": until.isoformat()})
+    _note(conn, now, "paused", call, paused_until=until.isoformat(),
+          pause_reason=call.get("error"), pause_count=count)
+    return until
+
+
+def dead(conn, now: datetime, held: Claim, row: Any, call: dict) -> int:
+    """Reteno refused this token for good (a 400 for it alone)."""
+    n = _finish(conn, now, "dead", held, [row],
+                {"next_attempt_at": None, "last_error": call.get("error")}, call)
+    _note(conn, now, "rejected", call)
+    return n
+
+
+def release(conn, now: datetime, held: Claim, rows: Sequence[Any], detail: dict,
+            delay: float | None) -> int:
+    """Rows of a claim that were not sent: back to the queue, due after ``delay``."""
+    return _finish(conn, now, "not_sent", held, rows,
+                   {"next_attempt_at": now + timedelta(seconds=delay or 0.0)}, detail)
+
+
+def resume(conn, now: datetime) -> None:
+    """Lift a delivery pause or hold now (after fixing the credentials)."""
+    set_upstream(conn, now, paused_until=None, hold_until=None, pause_count=0)
+
+
+def requeue_dead(conn, now: datetime, ids: Sequence[int] | None, error_contains: str | None,
+                 token: str | None) -> int:
+    """Dead letters back to the queue (all, or those matching the filters)."""
+    query = select(Registration.id, Registration.token, Registration.last_error).where(
+        Registration.state == State.DEAD.value)
+    if ids:
+        query = query.where(Registration.id.in_(list(ids)))
+    if error_contains:
+        query = query.where(Registration.last_error.contains(error_contains, autoescape=True))
+    if token:
+        query = query.where(Registration.token == token)
+    rows = conn.execute(query.order_by(Registration.id)).all()
+    return len(move(conn, "requeued", rows, now, {"next_attempt_at": now},
+                    lambda r: {"from": State.DEAD.value, "lastError": r.last_error}))

@@ -1,0 +1,131 @@
+"""The registration state machine: its states, the inputs that move them, and the one
+function that writes ``state``.
+
+Every change of a registration's state is a row of :data:`TRANSITIONS`: an input
+(also the kind of the history event it leaves), the states it applies to and the
+state it leads to. :func:`move` is the only code that updates the column; it
+applies one input to a set of registrations in the caller's transaction and
+appends one history event per registration moved. A row in another state is
+left alone (a late or repeated input changes nothing), so two writers racing
+on the same row cannot move it twice.
+
+    queued ──delivered──▶ delivered ──removed──▶ removed
+      │  ▲ retry / paused / not_sent (stay queued)   ▲
+      ├──dead──▶ dead ──requeued──▶ queued           │
+      └──removed (the user blocked the bot) ─────────┘
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+
+from ..models import Event, Registration
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    REMOVED = "removed"
+    DEAD = "dead"
+
+
+#: The state a new registration starts in (history kind ``submitted``).
+INITIAL = State.QUEUED
+#: States in which a registration is live: it counts for duplicates and statuses.
+LIVE = frozenset(State) - {State.REMOVED}
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: frozenset[State]
+    target: State
+    leased: bool  # only rows still leased by the caller's claim move
+
+
+TRANSITIONS: dict[str, Transition] = {
+    # the outbox (bridge.ledger.outbox): what an upstream call did with a claimed row
+    "delivered": Transition(frozenset({State.QUEUED}), State.DELIVERED, leased=True),
+    "retry": Transition(frozenset({State.QUEUED}), State.QUEUED, leased=True),
+    "paused": Transition(frozenset({State.QUEUED}), State.QUEUED, leased=True),
+    "not_sent": Transition(frozenset({State.QUEUED}), State.QUEUED, leased=True),
+    "dead": Transition(frozenset({State.QUEUED}), State.DEAD, leased=True),
+    # operators and statuses
+    "requeued": Transition(frozenset({State.DEAD}), State.QUEUED, leased=False),
+    "removed": Transition(frozenset(LIVE), State.REMOVED, leased=False),
+}
+
+_EVENT_INSERT = insert(Event.__table__)
+
+
+def _statement(kind: str, columns: frozenset[str]):
+    """UPDATE of the rows of ``ids`` that ``kind`` applies to; returns their ids."""
+    t = TRANSITIONS[kind]
+    conditions = [Registration.id.in_(bindparam("ids", expanding=True)),
+                  Registration.state.in_([s.value for s in t.sources])]
+    if t.leased:
+        conditions.append(Registration.lease_id == bindparam("held_by"))
+    values = {name: bindparam(name) for name in columns}
+    if "state" not in columns:
+        values["state"] = t.target.value
+    return (update(Registration).where(*conditions).values(values)
+            .returning(Registration.id).execution_options(synchronize_session=False))
+
+
+_STATEMENTS: dict[tuple[str, frozenset[str]], Any] = {}
+
+
+def move(conn, kind: str, rows: Sequence[Any], now: datetime, values: dict | None = None,
+         detail: Callable[[Any], dict] | dict | None = None,
+         held_by: str | None = None) -> list[Any]:
+    """Apply input ``kind`` to ``rows`` (objects with ``id`` and ``token``) in the
+    transaction of ``conn``: set ``state`` to the transition's target and ``values``
+    (other columns), append one ``kind`` event per row moved with ``detail`` (a dict,
+    or a function of the row). Returns the rows moved, in the order given.
+
+    A row whose state the input does not apply to, or (for outbox inputs) that the
+    claim ``held_by`` no longer holds, is not moved and gets no event.
+    """
+    transition = TRANSITIONS[kind]
+    if transition.leased and held_by is None:
+        raise ValueError(f"{kind!r} moves only rows a claim holds: pass held_by")
+    ids = list(dict.fromkeys(r.id for r in rows))
+    if not ids:
+        return []
+    values = {"updated_at": now, **(values or {})}
+    if "state" in values:
+        raise ValueError("the transition table sets the state")
+    key = (kind, frozenset(values))
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS.setdefault(key, _statement(kind, key[1]))
+    params = {**values, "ids": ids}
+    if transition.leased:
+        params["held_by"] = held_by
+    moved: set[int] = set()
+    for start in range(0, len(ids), 500):
+        params["ids"] = ids[start:start + 500]
+        moved.update(conn.execute(stmt, params).scalars())
+    done, seen = [], set()
+    for r in rows:
+        if r.id in moved and r.id not in seen:
+            seen.add(r.id)
+            done.append(r)
+    append_events(conn, ({
+        "at": now, "registration_id": r.id, "token": r.token, "kind": kind,
+        "detail": detail(r) if callable(detail) else dict(detail or {}),
+    } for r in done))
+    return done
+
+
+def append_events(conn, rows: Iterable[dict]) -> None:
+    """Append history events (dicts with the same keys) in the transaction of ``conn``."""
+    # one executemany per run of rows with the same keys, so ids keep the order given
+    for _keys, run in itertools.groupby(rows, key=lambda row: row.keys()):
+        conn.execute(_EVENT_INSERT, list(run))

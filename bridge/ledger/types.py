@@ -1,0 +1,160 @@
+"""The ledger's domain values: what goes in and what comes out of :class:`Ledger`.
+
+Plain dataclasses with snake_case fields; the schemas (``bridge.schemas``) map
+them to and from the API's JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..models import IDENTIFIERS
+
+#: Identifier names in Reteno's priority order, and their columns.
+COLUMN_OF = dict(IDENTIFIERS)
+PRIORITY = tuple(name for name, _column in IDENTIFIERS)
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One token to register: the chat id and at least one identifier (normal forms)."""
+
+    token: str
+    contact_id: int | None = None
+    external_customer_id: str | None = None
+    phone: str | None = None
+    email: str | None = None
+
+    def identifiers(self) -> dict[str, Any]:
+        """The identifiers present, by API name, in priority order."""
+        return {name: getattr(self, column) for name, column in IDENTIFIERS
+                if getattr(self, column) is not None}
+
+    @property
+    def matched_by(self) -> str:
+        """The highest-priority identifier present (Reteno matches the contact by it)."""
+        return next(iter(self.identifiers()))
+
+    @property
+    def match_value(self) -> str:
+        return str(getattr(self, COLUMN_OF[self.matched_by]))
+
+    @property
+    def live_key(self) -> tuple[str, str, str]:
+        """At most one live registration holds a key (duplicate suppression)."""
+        return self.token, self.matched_by, self.match_value
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``Ledger.register`` did with one token request."""
+
+    id: int
+    token: str
+    matched_by: str
+    state: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Registrations a worker holds for one upstream call, under ``lease_id``."""
+
+    lease_id: str
+    rows: tuple[Any, ...]  # id, token, the identifiers, matched_by, attempts
+
+    @property
+    def ids(self) -> list[int]:
+        return [r.id for r in self.rows]
+
+
+@dataclass(frozen=True)
+class RegistrationRecord:
+    """A registration as the read API and the CLI show it."""
+
+    id: int
+    token: str
+    contact_id: int | None
+    external_customer_id: str | None
+    phone: str | None
+    email: str | None
+    matched_by: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    removed_at: datetime | None
+    removal_reason: str | None
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    at: datetime
+    kind: str
+    detail: dict[str, Any]
+    registration_id: int | None
+
+
+FAILURES = frozenset({"FAILED", "UNDELIVERED", "BOT_SEND_ERROR"})
+_BLOCKED = re.compile(r"forbidden|blocked|403", re.IGNORECASE)
+
+
+@dataclass
+class StatusEvent:
+    """One received status event, normalised (``bridge.statuses`` makes them)."""
+
+    raw: dict[str, Any]
+    fingerprint: str
+    status: str | None = None
+    error: str | None = None
+    description: str | None = None
+    token: str | None = None
+    # (identifier name, normalised value), in priority order
+    identifiers: list[tuple[str, Any]] = field(default_factory=list)
+    invalid: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None  # why the event is ignored; None when usable
+
+    @property
+    def failure(self) -> bool:
+        return self.status in FAILURES
+
+    @property
+    def blocked(self) -> bool:
+        """A failure that says the user blocked the bot."""
+        return self.failure and any(
+            _BLOCKED.search(text) for text in (self.error, self.description) if text
+        )
+
+    @property
+    def selectors(self) -> list[tuple[str, Any]]:
+        """How to find its registrations, best first."""
+        return [("token", self.token)] if self.token is not None else list(self.identifiers)
+
+    def summary(self) -> dict[str, Any]:
+        """The normalised fields recorded in the history."""
+        out: dict[str, Any] = {"status": self.status, "error": self.error or self.description}
+        if self.error and self.description and self.description != self.error:
+            out["statusDescription"] = self.description
+        for key in ("messageId", "activityDateTime", "mediaType"):
+            if self.raw.get(key) is not None:
+                out[key] = self.raw[key]
+        if self.invalid:
+            out["invalid"] = dict(self.invalid)
+        return out
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    """What ``Ledger.apply_statuses`` did with a body of status events."""
+
+    processed: int
+    removed: list[str]  # tokens removed now, in order
+    unmatched: int
+    ignored: int
+    outcomes: dict[str, int]  # per kind: blocked, matched, unmatched, ignored, duplicate
+    removed_registrations: int
