@@ -7,7 +7,7 @@ import base64
 import hashlib
 import logging
 import re
-import time
+import threading
 
 import pytest
 
@@ -141,12 +141,29 @@ def test_query_values_and_odd_argument_names_stay_out(client, auth, logs):
     assert "example.com" not in logged(logs) and "abc" not in logged(logs)
 
 
+class Handed(logging.Handler):
+    """Notes each record that reaches the handlers, with the thread that handed it over;
+    ``event`` is set at the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.event = threading.Event()
+        self.handed = []
+
+    def emit(self, record):
+        self.handed.append((threading.current_thread().name, record.getMessage().split()[1]))
+        self.event.set()
+
+
 def test_request_lines_are_written_without_being_asked(client, auth, logs):
-    client.get("/tokens", headers=auth)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if any(r.name == "bridge.request" for r in logs.records):
-            break
-        time.sleep(0.02)
-    assert [r.getMessage().split()[1] for r in logs.records
-            if r.name == "bridge.request"] == ["method=GET"]
+    # ``logs`` turns INFO on: with it off no request line is made at all
+    handed = Handed()
+    request_logger = logging.getLogger("bridge.request")
+    request_logger.addHandler(handed)
+    try:
+        client.get("/tokens", headers=auth)
+        # the log thread hands lines over every 50 ms; 5 s only bounds a hang
+        assert handed.event.wait(5), "no request line was written without a flush"
+    finally:
+        request_logger.removeHandler(handed)
+    assert handed.handed == [("bridge-request-log", "method=GET")]
