@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
+import types
 
 
 def register(client, auth, *items):
@@ -39,6 +42,17 @@ def assert_error_shape(response, code):
     assert isinstance(body["message"], str) and body["message"]
     assert isinstance(body["errors"], dict)
     return body
+
+
+def step_perf_counter(monkeypatch, module, step: float) -> None:
+    """Make ``module`` read a ``time.perf_counter()`` that moves exactly ``step`` seconds at
+    each reading (the rest of its ``time`` is the real one): a duration it measures from
+    one reading to the next is ``step``. Choose a ``step`` a float holds exactly (0.25)."""
+    readings = itertools.count()
+    fake = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time)
+                                    if not name.startswith("_")})
+    fake.perf_counter = lambda: next(readings) * step
+    monkeypatch.setattr(module, "time", fake)
 
 
 class Tally:
