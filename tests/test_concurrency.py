@@ -23,7 +23,8 @@ from bridge.models import Registration
 from bridge.sandbox import Simulator, SimulatorOptions
 from bridge.sandbox import create_app as create_simulator_app
 from tests.conftest import API_KEY, APP_UUID, BACKEND, RETENO_KEY
-from tests.test_end_to_end import Server, wait_for
+from tests.helpers import Tally
+from tests.test_end_to_end import Server
 
 pytestmark = pytest.mark.real_http
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -31,15 +32,17 @@ THREADS = 50
 
 
 @pytest.fixture
-def served(make_app):
-    """(bridge URL, simulator, runtime): the bridge served over HTTP with background
-    delivery to a simulator served over HTTP."""
+def served(make_app, monkeypatch):
+    """(bridge URL, simulator, delivered): the bridge served over HTTP with background
+    delivery to a simulator served over HTTP; ``delivered`` tallies the registrations
+    its delivery thread has marked delivered (made while the outbox is still empty)."""
     servers = []
     simulator = Simulator(SimulatorOptions(app_uuid=APP_UUID, api_key=RETENO_KEY, rps=0))
     servers.append(Server(create_simulator_app(simulator=simulator)))
     app = make_app(RETENO_BASE_URL=servers[0].url, BRIDGE_BACKGROUND_DELIVERY=True)
+    delivered = Tally(monkeypatch, app, "delivered")
     servers.append(Server(app))
-    yield servers[1].url, simulator, app.extensions["reteno_bridge"]
+    yield servers[1].url, simulator, delivered
     for server in reversed(servers):
         server.stop()
 
@@ -71,7 +74,7 @@ def history(url: str, token: str) -> list[dict]:
 
 
 def test_fifty_identical_registrations_make_one_registration_and_one_send(served):
-    url, simulator, _ = served
+    url, simulator, delivered = served
     body = {"token": 424242, "email": "Race@Example.com"}
     responses = all_at_once(THREADS, lambda s, i: s.post(f"{url}/register", json=body,
                                                           headers=AUTH, timeout=60))
@@ -79,8 +82,9 @@ def test_fifty_identical_registrations_make_one_registration_and_one_send(served
     answers = [r.json()["registrations"][0] for r in responses]
     assert len({a["id"] for a in answers}) == 1
     assert sorted(a["duplicate"] for a in answers) == [False] + [True] * (THREADS - 1)
-    wait_for(lambda: registrations(url)[0]["state"] == "delivered", timeout=60)
-    assert len(registrations(url)) == 1
+    delivered.wait_for(1, timeout=60)
+    [row] = registrations(url)
+    assert row["state"] == "delivered"
     assert simulator.received_counts() == {"424242": 1}
     assert simulator.stats()["accepted_requests"] == 1
     submitted = [e for e in history(url, "424242") if e["kind"] == "submitted"]
@@ -88,7 +92,7 @@ def test_fifty_identical_registrations_make_one_registration_and_one_send(served
 
 
 def test_fifty_batches_of_the_same_tokens_in_any_order(served):
-    url, simulator, _ = served
+    url, simulator, delivered = served
     tokens = [{"token": 9100 + n, "contactId": 500 + n} for n in range(20)]
 
     def post(session, i):
@@ -105,8 +109,9 @@ def test_fifty_batches_of_the_same_tokens_in_any_order(served):
         for answer in response.json()["registrations"]:
             ids.setdefault(answer["token"], set()).add(answer["id"])
     assert all(len(v) == 1 for v in ids.values()) and len(ids) == 20
-    wait_for(lambda: all(r["state"] == "delivered" for r in registrations(url)), timeout=60)
-    assert len(registrations(url)) == 20
+    delivered.wait_for(20, timeout=60)
+    final = registrations(url)
+    assert len(final) == 20 and {r["state"] for r in final} == {"delivered"}
     assert simulator.received_counts() == {str(9100 + n): 1 for n in range(20)}
 
 
@@ -132,15 +137,17 @@ def explain(events: list[dict], final: list[dict], answer: dict) -> None:
 
 
 def test_block_racing_register_ends_in_a_state_the_history_explains(served):
-    url, simulator, _ = served
+    url, simulator, delivered = served
     outcomes = []
+    sends = 0  # registrations delivered so far
     for n in range(12):
         token = str(7700 + n)
         body = {"token": token, "externalCustomerId": f"racer-{n}"}
         first = requests.post(f"{url}/register", json=body, headers=AUTH, timeout=30)
         assert first.status_code == 202
-        wait_for(lambda t=token: registrations(url, token=t)[0]["state"] == "delivered",
-                 timeout=60)
+        sends += 1
+        delivered.wait_for(sends, timeout=60)
+        assert [r["state"] for r in registrations(url, token=token)] == ["delivered"]
         block = [{"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
                   "token": token, "messageId": n}]
 
@@ -153,10 +160,13 @@ def test_block_racing_register_ends_in_a_state_the_history_explains(served):
         assert blocked.status_code == 200 and registered.status_code == 202
         answer = registered.json()["registrations"][0]
         outcomes.append(answer["duplicate"])
-        wait_for(lambda t=token: all(r["state"] in ("delivered", "removed")
-                                     for r in registrations(url, token=t)), timeout=60)
-        explain(history(url, token), registrations(url, token=token), answer)
+        # a duplicate joined the live row, which the block removed; a new row is sent
         expected_sends = 1 if answer["duplicate"] else 2
+        sends += expected_sends - 1
+        delivered.wait_for(sends, timeout=60)
+        final = registrations(url, token=token)
+        assert all(r["state"] in ("delivered", "removed") for r in final), final
+        explain(history(url, token), final, answer)
         assert simulator.received_counts()[token] == expected_sends
 
 

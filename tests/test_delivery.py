@@ -53,7 +53,7 @@ def test_exact_body_and_reteno_header_auth(client, auth, bridge, requests_mock):
     assert "Authorization" not in call.headers
     assert call.headers["Content-Type"] == "application/json"
     assert call.headers["User-Agent"].startswith("reteno-telegram-bridge/")
-    assert call.timeout is not None
+    assert call.timeout == (3.05, 10.0)  # the documented connect and read time-outs
     assert {s["state"] for s in states(client, auth).values()} == {"delivered"}
 
 

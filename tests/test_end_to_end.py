@@ -5,7 +5,6 @@ as the upstream of a bridge with credentials)."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import requests
@@ -13,7 +12,8 @@ from werkzeug.serving import make_server
 
 from bridge.sandbox import Simulator, SimulatorOptions
 from bridge.sandbox import create_app as create_simulator_app
-from tests.conftest import API_KEY, APP_UUID, RETENO_KEY
+from tests.conftest import API_KEY, APP_UUID, RETENO_KEY, Clock
+from tests.helpers import Tally
 
 pytestmark = pytest.mark.real_http
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -46,19 +46,9 @@ def serve():
         server.stop()
 
 
-def wait_for(predicate, timeout=10.0):
-    """Poll until ``predicate()`` is truthy (a deadline against hangs, not a speed test)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-def test_sandbox_register_to_simulator_over_http(make_app, serve):
+def test_sandbox_register_to_simulator_over_http(make_app, serve, monkeypatch):
     app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_BACKGROUND_DELIVERY=True)
+    delivered = Tally(monkeypatch, app, "delivered")
     bridge = serve(app)
     url = bridge.url
     response = requests.post(f"{url}/register", headers=AUTH, timeout=5,
@@ -66,13 +56,11 @@ def test_sandbox_register_to_simulator_over_http(make_app, serve):
     assert response.status_code == 202
     assert response.json()["registrations"][0]["matchedBy"] == "email"
 
-    def contacts():
-        return requests.get(f"{url}/sandbox/reteno/contacts", timeout=5).json()["contacts"]
-
-    held = wait_for(contacts)
+    delivered.wait_for(1)
+    held = requests.get(f"{url}/sandbox/reteno/contacts", timeout=5).json()["contacts"]
     assert held[0]["email"] == "ann@example.com" and held[0]["tokens"] == ["123456789"]
-    wait_for(lambda: requests.get(f"{url}/tokens", headers=AUTH, timeout=5)
-             .json()["items"][0]["state"] == "delivered")
+    [item] = requests.get(f"{url}/tokens", headers=AUTH, timeout=5).json()["items"]
+    assert item["state"] == "delivered"
 
     again = requests.post(f"{url}/register", headers=AUTH, timeout=5,
                           json={"token": 123456789, "email": "ann@example.com"})
@@ -81,15 +69,16 @@ def test_sandbox_register_to_simulator_over_http(make_app, serve):
     batch = {"tokens": [{"token": i, "externalCustomerId": f"c-{i}"} for i in range(1, 501)]}
     assert requests.post(f"{url}/register", headers=AUTH, json=batch,
                          timeout=10).status_code == 202
-    stats_url = f"{url}/sandbox/reteno/stats"
-    wait_for(lambda: requests.get(stats_url, timeout=5).json()["tokens_received"] == 501)
-    stats = requests.get(stats_url, timeout=5).json()
+    delivered.wait_for(501)
+    stats = requests.get(f"{url}/sandbox/reteno/stats", timeout=5).json()
+    assert stats["tokens_received"] == 501
     # batch size is 100 in the tests: one call for the first token, five for the 500
     assert stats["accepted_requests"] == 1 + 500 // 100
     assert stats["duplicate_tokens"] == 0
 
 
-def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serve):
+def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serve,
+                                                                  monkeypatch):
     """Credentials set, RETENO_BASE_URL at a simulator that fails every call; the server
     stops and starts again; the upstream recovers: every acknowledged token arrives once."""
     simulator = Simulator(SimulatorOptions(
@@ -100,35 +89,36 @@ def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serv
     config = {"RETENO_BASE_URL": upstream.url, "BRIDGE_BACKGROUND_DELIVERY": True}
 
     first_app = make_app(**config)
+    retried = Tally(monkeypatch, first_app, "retry", amount=lambda delay: 1)
     first = serve(first_app)
     tokens = [{"token": i, "contactId": i} for i in range(1, 201)]
     for start in range(0, 200, 50):
         response = requests.post(f"{first.url}/register", headers=AUTH, timeout=10,
                                  json={"tokens": tokens[start:start + 50]})
         assert response.status_code == 202
-    wait_for(lambda: simulator.stats()["faults"]["503"] >= 1)
+    retried.wait_for(1)
+    assert simulator.stats()["faults"]["503"] >= 1
     first.stop()  # the server goes away with everything still queued
     first_app.extensions["reteno_bridge"].background.stop()
 
     simulator.configure(failure_rate=0.0)  # the upstream is back
-    second_app = make_app(**config)
-    second_app.extensions["reteno_bridge"].ledger.resume()  # skip the backoff wait
-    from datetime import timedelta
-
-    from bridge.models import utcnow
-
-    second_app.extensions["reteno_bridge"].ledger.clock = lambda: utcnow() + timedelta(hours=1)
+    # Queued rows are waiting: the delivery thread is started by hand, as creating the app
+    # with BRIDGE_BACKGROUND_DELIVERY on would, once the clock is moved and the tally is on.
+    second_app = make_app(**{**config, "BRIDGE_BACKGROUND_DELIVERY": False})
+    second_bridge = second_app.extensions["reteno_bridge"]
+    second_bridge.ledger.resume()
+    clock = Clock()
+    clock.advance(3600)  # an hour on: past any backoff of the first run (capped at 300 s)
+    second_bridge.ledger.clock = clock
+    delivered = Tally(monkeypatch, second_app, "delivered")
+    second_bridge.start_background()
     second = serve(second_app)
     assert requests.get(f"{second.url}/healthz", timeout=5).status_code == 200
-    wait_for(lambda: len(simulator.received_counts()) == 200, timeout=30)
+    delivered.wait_for(200)
     counts = simulator.received_counts()
     assert sorted(map(int, counts)) == list(range(1, 201))
     assert set(counts.values()) == {1}, "a token was delivered twice"
     items = requests.get(f"{second.url}/tokens", headers=AUTH, params={"limit": 500},
                          timeout=5).json()["items"]
-    wait_for(lambda: all(
-        i["state"] == "delivered"
-        for i in requests.get(f"{second.url}/tokens", headers=AUTH, params={"limit": 500},
-                              timeout=5).json()["items"]
-    ))
     assert len(items) == 200
+    assert {i["state"] for i in items} == {"delivered"}

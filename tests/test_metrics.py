@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import reteno
 from tests.conftest import TOKENS_URL
+from tests.helpers import step_perf_counter
 
 
 def scrape(client) -> tuple[str, dict[tuple[str, tuple], float]]:
@@ -23,7 +25,9 @@ def value(samples, name, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clock):
+def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clock,
+                                        monkeypatch):
+    step_perf_counter(monkeypatch, reteno, 0.25)  # every upstream call takes 0.25 s
     a = {"token": 111111111, "email": "a@example.com"}
     b = {"token": 222222222, "email": "b@example.com"}
     assert client.post("/register", json={"tokens": [a, b]}, headers=auth).status_code == 202
@@ -40,7 +44,7 @@ def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clo
     assert 'bridge_upstream_calls_total{outcome="delivered",status="200"} 1.0' in body
     assert "bridge_upstream_latency_seconds_count 1.0" in body
     assert 'bridge_upstream_latency_seconds_bucket{le="+Inf"} 1.0' in body
-    assert value(samples, "bridge_upstream_latency_seconds_sum") >= 0.0
+    assert value(samples, "bridge_upstream_latency_seconds_sum") == 0.25
     assert "bridge_outbox_depth 0.0" in body
     assert "bridge_outbox_oldest_age_seconds 0.0" in body
     assert "bridge_dead_letters 0.0" in body
@@ -73,6 +77,7 @@ def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clo
     assert value(samples, "bridge_deliveries_total", outcome="dead") == 1
     assert value(samples, "bridge_upstream_calls_total", outcome="reject", status="400") == 1
     assert value(samples, "bridge_upstream_latency_seconds_count") == 2
+    assert value(samples, "bridge_upstream_latency_seconds_sum") == 0.5
     assert value(samples, "bridge_registrations_total", result="queued") == 4
     assert "bridge_outbox_depth 1.0" in body
     assert "bridge_outbox_oldest_age_seconds 30.0" in body

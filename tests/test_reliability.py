@@ -15,6 +15,9 @@ from bench import crashes, faults
 from tests.conftest import BACKEND, POSTGRES_URL
 
 pytestmark = pytest.mark.real_http
+# Real processes (gunicorn, the simulator, workers, kill -9): no clock or event of theirs
+# reaches this process, so bench/harness.py polls, bounded, for a port to answer and for
+# the outbox to drain (``drain_timeout``); the limits guard against hangs and time nothing.
 
 POSTGRES = BACKEND == "postgres"
 TOPOLOGY = (

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 
 import pytest
 
@@ -499,15 +498,12 @@ def test_a_thousand_events_in_one_request(client, auth):
             body.append(activity("DELIVERED", None, externalCustomerId=f"X-{i}", messageId=i))
         else:
             body.append(activity("CLICKED", None, externalCustomerId=f"C-{i}", messageId=i))
-    started = time.perf_counter()
     response = post(client, body)
-    elapsed = time.perf_counter() - started
     assert response.status_code == 200
     assert response.json["processed"] == 1000
     assert response.json["unmatched"] == 100
     assert response.json["ignored"] == 0
     assert response.json["removed"] == [str(10_000 + i) for i in range(1, 1000, 2)]
-    assert elapsed < 15, f"1,000 events took {elapsed:.1f}s"
     assert len(rows(client, auth, state="removed")) == 500
     assert len(rows(client, auth, state="queued")) == 500
     assert kinds(client, auth, "10002") == ["submitted", "status"]

@@ -367,6 +367,26 @@ def _tampered_payloads():
 
 
 TAMPERED = _tampered_payloads()
+NOT_A_PAYLOAD = "not a deep-link payload (1-64 characters of A-Z a-z 0-9 _ -)"
+TOO_SHORT = "too short to carry an identifier and a signature"
+REJECTED_FOR = {  # why each tampered payload is refused, as the history records it
+    "forged": "bad signature",
+    "unsigned value": TOO_SHORT,
+    "truncated by one": "not canonical base64url",
+    "truncated by four": "not canonical base64url",
+    "tag cut short": TOO_SHORT,
+    "value truncated, tag kept": "bad signature",
+    "flipped character": "bad signature",
+    "re-signed with another secret": "bad signature",
+    "value changed, old tag": "bad signature",
+    "type changed, old tag": "bad signature",
+    "no domain separation": "bad signature",
+    "version 2 re-signed": "bad signature",
+    "padded": NOT_A_PAYLOAD,
+    "too long": NOT_A_PAYLOAD,
+    "not url-safe": NOT_A_PAYLOAD,
+    "empty value, valid tag for other secret": TOO_SHORT,
+}
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERED))
@@ -377,7 +397,7 @@ def test_forged_truncated_or_resigned_payloads_register_nothing(client, auth, ca
     assert rows(client, auth, token=CHAT_ID) == []
     [event] = history(client, auth, CHAT_ID)
     assert event["kind"] == "link_rejected"
-    assert event["detail"]["reason"]
+    assert event["detail"]["reason"] == REJECTED_FOR[case]
     assert event["detail"]["payloadLength"] == len(payload)
     assert payload not in str(event["detail"])
 
