@@ -6,12 +6,12 @@ comes from the environment (see README.md) or from ``create_app(config)``.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from flask import Flask
 
-from bridge import Bridge
+from bridge import Bridge, logs
+from bridge.extension import run_by_flask, served
 from bridge.http import register_error_handlers
 
 
@@ -21,14 +21,11 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.sort_keys = False
     if config:
         app.config.from_mapping(config)
-    os.makedirs(app.instance_path, exist_ok=True)
-    if not app.logger.handlers or app.logger.level == logging.NOTSET:
-        logging.basicConfig(
-            level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"),
-            format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        )
-    Bridge(app, url_prefix="/")
+    logs.configure(app)
+    runtime = Bridge().init_app(app, url_prefix="/")
     register_error_handlers(app)  # the host app answers 404/405 in the same JSON shape
+    if served():  # not a CLI command: check the schema, say where tokens go, maybe deliver
+        runtime.start(background=run_by_flask())
     return app
 
 

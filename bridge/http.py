@@ -21,6 +21,9 @@ from typing import Any
 from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .logs import get_logger
+
+log = get_logger("bridge.http")
 MAX_DEPTH = 64
 
 
@@ -74,7 +77,7 @@ def handle_http_exception(exc: HTTPException) -> Response:
 
 
 def handle_unexpected(exc: Exception) -> Response:
-    current_app.logger.exception("unhandled error: %s", type(exc).__name__)
+    log.exception("unhandled error: %s", type(exc).__name__)
     return error_response(500, "The bridge failed to handle this request; it has been logged.")
 
 
@@ -222,10 +225,10 @@ def _basic_ok(username: str | None, password: str | None) -> bool:
     return _equal(auth.username, username) & _equal(auth.password, password)
 
 
-def _settings():
+def _runtime():
     from .runtime import current
 
-    return current().settings
+    return current()
 
 
 def bearer_required(view):
@@ -233,7 +236,7 @@ def bearer_required(view):
 
     @functools.wraps(view)
     def guarded(*args, **kwargs):
-        if not bearer_ok(_settings().api_keys):
+        if not bearer_ok(_runtime().api_keys):
             raise APIError(401, "A valid API key is required: send Authorization: Bearer <key>.",
                            headers={"WWW-Authenticate": _BEARER_CHALLENGE})
         return view(*args, **kwargs)
@@ -247,10 +250,11 @@ def webhook_auth_required(view):
 
     @functools.wraps(view)
     def guarded(*args, **kwargs):
-        settings = _settings()
+        runtime = _runtime()
+        settings = runtime.settings
         # Both checks always run (constant-time each), so the timing tells nothing.
         ok = _basic_ok(settings.webhook_username, settings.webhook_password)
-        ok |= bearer_ok(settings.api_keys)
+        ok |= bearer_ok(runtime.api_keys)
         if not ok:
             challenges = [_BEARER_CHALLENGE]
             if settings.webhook_username:
@@ -273,7 +277,7 @@ def telegram_secret_required(view):
 
     @functools.wraps(view)
     def guarded(*args, **kwargs):
-        expected = _settings().telegram_webhook_secret
+        expected = _runtime().settings.telegram_webhook_secret
         if not expected:
             raise APIError(404, "No such endpoint.")
         if not _equal(request.headers.get(TELEGRAM_SECRET_HEADER, ""), expected):

@@ -1,18 +1,21 @@
 """Logging: personal data and secrets never reach a log line in clear.
 
 Owns the redaction of e-mail addresses, phone numbers and chat ids,
-bearer/basic credentials and API-key headers, applied to every log record of
-the process (a log-record factory, so loggers made later are covered too,
-plus filters on the handlers already set up), and a one-line ``key=value``
-request log written by the blueprint.
+bearer/basic credentials and API-key headers, and the one-line ``key=value``
+request log the blueprint writes.
 
-The request log never makes a request wait for a log handler: its records are
-made in the request's thread and handed to the handlers of the
-``bridge.request`` logger by one thread per process, every 50 ms, in order
-(under load, sixteen request threads queueing for one handler's lock and its
-write cost more than the rest of a registration). If that thread falls behind
-by more than 10,000 records, requests hand their records over themselves
-again; at exit, whatever is pending is handed over.
+Redaction is a filter (:class:`RedactingFilter`) on the bridge's own loggers
+(``bridge.*``, made by :func:`get_logger`), so every record the bridge makes
+is masked whatever handlers the host app has; :func:`configure` (called by the
+bridge's app factory, never by ``init_app``) sets up the served app's handlers
+and puts the filter on them too, which covers the server's own lines (the
+development server's access log). Nothing process-wide is replaced.
+
+The request log never makes a request wait for a log handler: its records go
+through the standard library's :class:`~logging.handlers.QueueHandler` to a
+:class:`~logging.handlers.QueueListener` thread (one per process, started with
+the first line), which hands them, in order, to ``bridge.request`` and so to
+its handlers and those above it. At exit, whatever is queued is written.
 """
 
 from __future__ import annotations
@@ -22,12 +25,10 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
-import sys
 import threading
-import time
-import traceback
-from collections import deque
+from logging.handlers import QueueHandler, QueueListener
 from urllib.parse import unquote
 
 _PATTERNS = [
@@ -78,39 +79,29 @@ class RedactingFilter(logging.Filter):
 
 
 _FILTER = RedactingFilter()
-_previous_factory = None
+LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 
-def _redacting_record_factory(*args, **kwargs) -> logging.LogRecord:
-    record = _previous_factory(*args, **kwargs)
-    _FILTER.filter(record)
-    return record
+def get_logger(name: str) -> logging.Logger:
+    """One of the bridge's own loggers (``bridge.*``), with the redaction filter."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
 
 
-def install_redaction(*loggers: logging.Logger) -> None:
-    """Mask every log record of this process, and filter the handlers set up by now."""
-    global _previous_factory
-    if _previous_factory is None:
-        _previous_factory = logging.getLogRecordFactory()
-        logging.setLogRecordFactory(_redacting_record_factory)
-    for logger in loggers:  # e.g. the Flask app's logger and its default handler
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
-        for handler in logger.handlers:
-            if _FILTER not in handler.filters:
-                handler.addFilter(_FILTER)
-    # A logger's filters see only the records logged on it, not its children's: so every
-    # ``bridge.*`` logger that exists by now gets the filter too.
-    children = [name for name in list(logging.root.manager.loggerDict)
-                if name.startswith("bridge.")]
-    for name in ("", "bridge", "werkzeug", "gunicorn.error", "gunicorn.access", "flask.app",
-                 REQUEST_LOGGER, *children):
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
-        for handler in logger.handlers:
-            if _FILTER not in handler.filters:
-                handler.addFilter(_FILTER)
+def configure(app, level: str | None = None) -> None:
+    """The served app's logging: a stream handler on the root logger if there is none,
+    at ``BRIDGE_LOG_LEVEL`` (default INFO), and the redaction filter on the root's
+    handlers and Flask's, so lines the bridge does not make (the development
+    server's access log) are masked too. For the bridge's own app factory."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level or os.environ.get("BRIDGE_LOG_LEVEL", "INFO"),
+                            format=LOG_FORMAT)
+    for handler in (*root.handlers, *app.logger.handlers):
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
 
 
 # --- the request log: one key=value line per request ---------------------------------
@@ -144,57 +135,58 @@ def caller_of(headers) -> str:
     return "anonymous"
 
 
-class _Deferred:
-    """Records handed to their logger's handlers by a thread of their own (see the top)."""
+class _Forward(logging.Handler):
+    """The listener's one handler: hands a record to its own logger, whose filters and
+    handlers (and those above it) then take it, in the listener's thread."""
 
-    INTERVAL = 0.05
-    BACKLOG = 10_000
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+class _RequestLog:
+    """``bridge.request`` records through a queue to a listener thread (see the top)."""
 
     def __init__(self) -> None:
-        self._pending: deque[logging.LogRecord] = deque()
-        self._lock = threading.Lock()  # one flush at a time, so the order is kept
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.logger = get_logger(REQUEST_LOGGER)
+        # Not a handler of the logger: the records must reach the logger's handlers in
+        # the listener's thread, not in the request's.
+        self.enqueue = QueueHandler(self.queue)
+        self._listener: QueueListener | None = None
         self._pid: int | None = None
+        self._lock = threading.Lock()
 
     def submit(self, record: logging.LogRecord) -> None:
         if self._pid != os.getpid():
-            self._start()
-        self._pending.append(record)
-        if len(self._pending) > self.BACKLOG:
-            self.flush()
+            self._listen()
+        self.enqueue.handle(record)
 
-    def _start(self) -> None:
+    def _listen(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
                 return
             # A forked child (gunicorn --preload) has the parent's queue but not its thread.
+            self._listener = QueueListener(self.queue, _Forward())
+            self._listener.start()
+            self._listener._thread.name = "bridge-request-log"
             self._pid = os.getpid()
-            threading.Thread(target=self._run, name="bridge-request-log", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.INTERVAL)
-            try:
-                self.flush()
-            except Exception:  # a failing logger filter must not end the request log
-                traceback.print_exc(file=sys.stderr)
 
     def flush(self) -> None:
-        """Hand every pending record to its handlers now, in the order they were made."""
+        """Write every line queued so far (the listener starts again with the next)."""
         with self._lock:
-            pending = self._pending
-            while pending:
-                record = pending.popleft()
-                logging.getLogger(record.name).handle(record)
+            if self._listener is not None and self._pid == os.getpid():
+                self._listener.stop()  # drains the queue, then ends the thread
+            self._listener, self._pid = None, None
 
 
-_DEFERRED = _Deferred()
-atexit.register(_DEFERRED.flush)
+_REQUEST_LOG = _RequestLog()
+atexit.register(_REQUEST_LOG.flush)
 
 
 def flush_request_log() -> None:
-    """Write out the request-log lines made so far (tests; the log thread does it every
-    50 ms)."""
-    _DEFERRED.flush()
+    """Write out the request-log lines made so far (tests; the listener does it as they
+    come)."""
+    _REQUEST_LOG.flush()
 
 
 def log_request(method: str, path: str, arg_names, status: int, seconds: float,
@@ -205,15 +197,14 @@ def log_request(method: str, path: str, arg_names, status: int, seconds: float,
     path goes through :func:`redact` (a chat id or address in it is masked). The
     caller is named by :func:`caller_of` (``headers``: the request's).
     """
-    logger = logging.getLogger(REQUEST_LOGGER)
+    logger = _REQUEST_LOG.logger
     if not logger.isEnabledFor(logging.INFO):
         return
     names = sorted({n if _NAME.match(n) else "?" for n in arg_names}) if arg_names else ()
-    record = logger.makeRecord(
+    _REQUEST_LOG.submit(logger.makeRecord(
         REQUEST_LOGGER, logging.INFO, __file__, 0,
         "request method=%s path=%s query=%s status=%d ms=%.1f caller=%s",
         (method, _value("/".join(redact(part) for part in path.split("/"))),
          ",".join(names) or "-", status, seconds * 1000, caller_of(headers)),
         None, func="log_request",
-    )
-    _DEFERRED.submit(record)
+    ))

@@ -6,16 +6,10 @@ exact body Reteno expects) and the classification of the answer into what
 the delivery worker should do: ``delivered``, ``retry`` (429, 5xx, time-outs,
 broken connections), ``pause`` (401/403/404: credentials or app id wrong) or
 ``reject`` (any other 4xx: the batch holds a token Reteno refuses).
-
-In sandbox mode without an explicit ``RETENO_BASE_URL`` the session mounts
-:class:`WSGITransport`, which hands the request to the built-in simulator in
-the same process instead of opening a socket.
 """
 
 from __future__ import annotations
 
-import io
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -25,13 +19,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
-from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
 
 from . import __version__
+from .logs import get_logger
 from .models import utcnow
 
-log = logging.getLogger("bridge.reteno")
+log = get_logger("bridge.reteno")
 
 USER_AGENT = f"reteno-telegram-bridge/{__version__} (+requests/{requests.__version__})"
 
@@ -155,52 +148,3 @@ class RetenoClient:
             # token in it: splitting would dead-letter every token, so pause instead.
             return CallResult(PAUSE, status, message, seconds=seconds)
         return CallResult(REJECT, status, message, seconds=seconds)
-
-
-class WSGITransport(BaseAdapter):
-    """A requests adapter that calls a WSGI app in-process (the mounted simulator)."""
-
-    def __init__(self, wsgi_app):
-        super().__init__()
-        self.wsgi_app = wsgi_app
-
-    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        from urllib.parse import urlsplit
-
-        from werkzeug.test import EnvironBuilder, run_wsgi_app
-
-        parts = urlsplit(request.url)
-        body = request.body or b""
-        if isinstance(body, str):
-            body = body.encode()
-        builder = EnvironBuilder(
-            path=parts.path,
-            query_string=parts.query,
-            method=request.method,
-            headers=dict(request.headers),
-            data=body,
-            base_url=f"{parts.scheme}://{parts.netloc}",
-        )
-        try:
-            environ = builder.get_environ()
-        finally:
-            builder.close()
-        app_iter, status, headers = run_wsgi_app(self.wsgi_app, environ, buffered=True)
-        try:
-            content = b"".join(app_iter)
-        finally:
-            if hasattr(app_iter, "close"):
-                app_iter.close()
-        response = requests.Response()
-        response.status_code = int(status.split(" ", 1)[0])
-        response.reason = status.split(" ", 1)[1] if " " in status else ""
-        response.headers = CaseInsensitiveDict(headers.items())
-        response.raw = io.BytesIO(content)
-        response._content = content
-        response.url = request.url
-        response.request = request
-        response.encoding = requests.utils.get_encoding_from_headers(response.headers)
-        return response
-
-    def close(self):
-        pass

@@ -8,22 +8,20 @@ background thread. It lives in ``app.extensions["reteno_bridge"]``;
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
-import secrets
+import sys
 
-import requests
 from flask import Flask, current_app
 
 from . import db as dbmod
 from .config import Settings
 from .ledger import Ledger
+from .logs import get_logger
 from .metrics import Metrics
-from .reteno import RetenoClient, WSGITransport
+from .reteno import RetenoClient
 from .worker import BackgroundDelivery, DeliveryWorker
 
-log = logging.getLogger("bridge")
+log = get_logger("bridge")
 EXTENSION = "reteno_bridge"
 
 
@@ -32,115 +30,91 @@ def current(app: Flask | None = None) -> Runtime:
     return (app or current_app).extensions[EXTENSION]
 
 
-SANDBOX_APP_UUID = "sandbox-app"
-SANDBOX_API_KEY = "sandbox-reteno-key"
-SANDBOX_HOST = "http://reteno-sandbox.local"
-
-
-def dev_key_path(instance_path: str) -> str:
-    return os.path.join(instance_path, "dev-api-key")
-
-
-def _dev_api_key(instance_path: str) -> str:
-    """A development key kept in the instance folder, so every process shares it."""
-    path = dev_key_path(instance_path)
-    os.makedirs(instance_path, exist_ok=True)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            key = fh.read().strip()
-        if len(key) >= 16:
-            return key
-    except FileNotFoundError:
-        pass
-    # Several processes may start at once: write a private file, then link it into
-    # place; whoever links first wins and the others read the winner's key.
-    key = "dev-" + secrets.token_urlsafe(24)
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(key + "\n")
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        with open(path, encoding="utf-8") as fh:
-            key = fh.read().strip()
-    finally:
-        os.unlink(tmp)
-    return key
-
-
 class Runtime:
-    """Everything one app's bridge holds; ``app.extensions['reteno_bridge']``."""
+    """Everything one app's bridge holds. Building it does no I/O: the database is
+    first touched by :meth:`start` or the first request."""
 
     def __init__(self, app: Flask, settings: Settings, url_prefix: str):
         self.app = app
+        self.settings = settings
         self.url_prefix = url_prefix
         self.db = dbmod.Database(settings.database_url)
-        self.background: BackgroundDelivery | None = None
         self.ledger = Ledger(self.db, on_queued=self._wake)
         self.metrics = Metrics(self.ledger)
-        self.simulator = None
-
-        session = requests.Session()
-        if settings.sandbox:
-            from . import sandbox as sandbox_mod
-
-            keys = settings.api_keys
-            dev_key = False
-            if not keys:
-                keys, dev_key = (_dev_api_key(app.instance_path),), True
-            settings = dataclasses.replace(
-                settings,
-                app_uuid=SANDBOX_APP_UUID,
-                api_key=SANDBOX_API_KEY,
-                api_keys=keys,
-                dev_api_key=dev_key,
-                base_url=settings.base_url if settings.base_url_explicit else SANDBOX_HOST,
-            )
-            self.simulator = sandbox_mod.Simulator(
-                sandbox_mod.SimulatorOptions(
-                    app_uuid=SANDBOX_APP_UUID, api_key=SANDBOX_API_KEY, auth=settings.auth
-                ),
-                status_sink=self._sandbox_status_sink,
-            )
-            if not settings.base_url_explicit:
-                session.mount(SANDBOX_HOST, WSGITransport(sandbox_mod.create_app(
-                    simulator=self.simulator)))
-        self.settings = settings
-        self.client = RetenoClient(settings, session=session, clock=lambda: self.ledger.clock())
+        self.client = RetenoClient(settings, clock=lambda: self.ledger.clock())
         self.worker = DeliveryWorker(self.ledger, self.client, settings.batch_size, self.metrics,
                                      lease_seconds=settings.lease_seconds)
+        self.background: BackgroundDelivery | None = None
+        self.simulator = None  # the sandbox's, in sandbox mode (bridge.sandbox.attach)
+        self.dev_key_path: str | None = None  # sandbox without BRIDGE_API_KEYS
+        self._dev_key: str | None = None
 
-    # --- delivery -------------------------------------------------------------
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """The keys callers authenticate with: ``BRIDGE_API_KEYS``, or in sandbox mode
+        without it a development key kept in the instance folder (made on first use)."""
+        if self.settings.api_keys or self.dev_key_path is None:
+            return self.settings.api_keys
+        if self._dev_key is None:
+            from .sandbox import dev_api_key
 
-    def _wake(self) -> None:
-        if self.background is not None:
-            self.background.wake()
+            self._dev_key = dev_api_key(os.path.dirname(self.dev_key_path))
+        return (self._dev_key,)
+
+    # --- starting ------------------------------------------------------------------
+
+    def start(self, background: bool) -> None:
+        """What a served app does once, before it serves: refuse a database whose schema
+        is behind (:class:`bridge.db.SchemaBehind`), say where tokens go, and, with
+        ``background``, start the delivery thread now (``flask run``; a forking
+        server starts it in each worker with its first request instead)."""
+        dbmod.check_schema(self.db.engine)
+        self._announce()
+        if background:
+            self.ensure_background()
+
+    def ensure_background(self) -> None:
+        """Run the delivery thread in this process if ``BRIDGE_BACKGROUND_DELIVERY`` is
+        on (after a fork the parent's thread is gone: it starts afresh)."""
+        if not self.settings.background_delivery:
+            return
+        bg = self.background
+        if bg is None or not (bg.running or bg.stop_event.is_set()):
+            self.start_background()
 
     def start_background(self) -> None:
         if self.background is None:
             self.background = BackgroundDelivery(self.worker)
         self.background.start()
 
+    def _announce(self) -> None:
+        s = self.settings
+        if not s.sandbox:
+            log.info("delivering to %s (platform %s, auth %s)",
+                     s.tokens_url.replace(s.app_uuid or "", "<app>"), s.platform, s.auth)
+            return
+        where = s.base_url if s.base_url_explicit else "the built-in simulator"
+        lines = [
+            "SANDBOX MODE: RETENO_APP_UUID / RETENO_API_KEY are not set.",
+            f"  Tokens are delivered to {where}, NOT to Reteno.",
+            f"  Look at the simulator: {self.url_prefix.rstrip('/')}/sandbox/reteno/",
+        ]
+        if self.dev_key_path:  # the key itself stays out of the console and its logs
+            self.api_keys  # noqa: B018 - made now, so the file exists when the banner says so
+            lines.append("  BRIDGE_API_KEYS is not set: the development API key is in "
+                         f"{self.dev_key_path}")
+        print("\n".join(["=" * 72, *lines, "=" * 72]), file=sys.stderr, flush=True)
+        log.warning("sandbox mode: delivering to the Reteno simulator, not to Reteno")
+
+    # --- delivery ------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self.background is not None:
+            self.background.wake()
+
     def deliver_once(self):
         """Drain the outbox in this thread (tests and ``bridge deliver --once``)."""
         return self.worker.drain()
-
-    # --- sandbox ----------------------------------------------------------------
-
-    def _sandbox_status_sink(self, events: list[dict]) -> None:
-        """The simulator reports statuses to our own /statuses, as Reteno would."""
-        session = requests.Session()
-        session.mount("http://bridge.local", WSGITransport(self.app.wsgi_app))
-        prefix = self.url_prefix.rstrip("/")
-        response = session.post(
-            f"http://bridge.local{prefix}/statuses",
-            json=events,
-            headers={"Authorization": f"Bearer {self.settings.api_keys[0]}"},
-            timeout=10,
-        )
-        if response.status_code != 200:
-            log.error("sandbox status report refused: HTTP %s", response.status_code)
 
     # --- health -----------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from typing import Any
 
@@ -35,10 +34,11 @@ from marshmallow import ValidationError
 
 from .ledger import Ledger, StatusEvent
 from .ledger.reports import STATUS_CAUSE
+from .logs import get_logger
 from .models import IDENTIFIERS
 from .schemas import NORMALIZERS, normalize_token
 
-log = logging.getLogger("bridge.statuses")
+log = get_logger("bridge.statuses")
 
 _STATUS = re.compile(r"^[A-Z][A-Z0-9_]{0,39}$")
 _CREDENTIAL = re.compile(

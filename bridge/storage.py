@@ -52,10 +52,13 @@ def sqlite_engine(url: str, flushed_by_caller: bool) -> Engine:
     every commit does (``FULL``).
     """
     path = sqlite_path(url)
-    if path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
     sync = "NORMAL" if flushed_by_caller else "FULL"
+
+    @event.listens_for(engine, "do_connect")
+    def _folder(_dialect, _record, _cargs, _cparams):
+        if path:  # made on first use: building an engine does no I/O
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):

@@ -41,7 +41,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import logging
 import re
 from typing import Any
 from urllib.parse import quote
@@ -51,9 +50,10 @@ from marshmallow import ValidationError
 from .ledger import TokenRequest
 from .ledger.reports import TELEGRAM_CAUSE
 from .ledger.types import COLUMN_OF
+from .logs import get_logger
 from .schemas import NORMALIZERS, normalize_token
 
-log = logging.getLogger("bridge.telegram")
+log = get_logger("bridge.telegram")
 
 PAYLOAD_MAX_CHARS = 64
 TAG_BYTES = 12

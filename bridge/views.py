@@ -168,6 +168,9 @@ def telegram_webhook():
 @bp.before_request
 def _start_clock():
     g.bridge_started = time.perf_counter()
+    # The delivery thread runs in the process that serves, started with its first
+    # request (a forking server's workers each start their own); see Runtime.start.
+    rt().ensure_background()
 
 
 @bp.after_request

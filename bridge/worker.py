@@ -18,9 +18,10 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from .logs import get_logger
 from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
 
-log = logging.getLogger("bridge.worker")
+log = get_logger("bridge.worker")
 
 
 class DeliveryWorker:

@@ -90,7 +90,7 @@ def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
     app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_API_KEYS=None)
     err = capsys.readouterr().err
     assert "SANDBOX MODE" in err
-    key = app.extensions["reteno_bridge"].settings.api_keys[0]
+    key = app.extensions["reteno_bridge"].api_keys[0]
     # The banner says where the key is, never the key itself (consoles end up in logs).
     assert key not in err
     key_file = Path(app.instance_path) / "dev-api-key"
@@ -105,7 +105,7 @@ def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
     assert response.status_code == 202
     # the key is kept in the instance folder: every process and restart shares it
     again = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_API_KEYS=None)
-    assert again.extensions["reteno_bridge"].settings.api_keys[0] == key
+    assert again.extensions["reteno_bridge"].api_keys[0] == key
 
 
 @pytest.mark.real_http

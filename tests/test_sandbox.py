@@ -16,12 +16,10 @@ from bridge.sandbox import (
     DROP_FALLBACK_HEADER,
     Simulator,
     SimulatorOptions,
-    _build_parser,
-    _describe,
-    _options_from_args,
     create_app,
     create_blueprint,
 )
+from bridge.sandbox.cli import describe, options_from, sandbox_command
 
 APP = "0b7a1c52-6c1e-4f6e-9a55-3d2f7f1a9b10"
 OTHER_APP = "11111111-2222-3333-4444-555555555555"
@@ -712,19 +710,23 @@ def test_contacts_stats_and_reset_endpoints():
 
 
 def test_cli_parsing_and_the_banner_hide_secrets():
-    args = _build_parser().parse_args(
+    ctx = sandbox_command.make_context(
+        "sandbox",
         [
             "--port", "0", "--api-key", "top-secret", "--auth", "basic", "--failures",
             "500, drop", "--failure-rate", "0.1", "--webhook-url",
             "http://u:pw@localhost:8000/statuses", "--webhook-username", "u",
             "--webhook-password", "hook-pass",
-        ]
+        ],
     )  # fmt: skip
-    options = _options_from_args(args)
+    params = dict(ctx.params)
+    host = params.pop("host")
+    params.pop("port")
+    options = options_from(params)
     assert options.failures == ("500", "drop")
     assert options.auth == "basic"
     assert options.api_key == "top-secret"
-    line = _describe(args.host, 8025, options)
+    line = describe(host, 8025, options)
     assert "127.0.0.1:8025" in line
     assert "api_key=set" in line
     assert "top-secret" not in line

@@ -1,8 +1,6 @@
-"""The built-in Reteno API simulator ("sandbox").
-
-This module owns an in-memory imitation of the one Reteno call the bridge makes,
-``POST /api/v1/apps/{app_uuid}/tokens``, together with everything needed to
-exercise a client against it without a Reteno account:
+"""The simulator itself: an in-memory imitation of the Reteno call the bridge makes,
+``POST /api/v1/apps/{app_uuid}/tokens``, with what is needed to exercise a client
+against it without a Reteno account:
 
 * the same request validation, error codes and error bodies as the real API,
   both auth schemes (``X-Reteno-Access-Key`` header or HTTP Basic), and
@@ -14,9 +12,8 @@ exercise a client against it without a Reteno account:
 * a "block" action that removes a token the way Reteno does after a FAILED
   ``403 Forbidden: bot was blocked by the user`` delivery and emits the matching
   status event to a callback or to a webhook URL (the bridge's ``/statuses``);
-* a small HTML page, JSON inspection endpoints, a Flask blueprint that can be
-  mounted in any app, a standalone app and a command line entry point
-  (``python -m bridge.sandbox --port 8025``).
+* inspection (contacts, counters) for the page and the JSON endpoints of
+  :mod:`.web`.
 
 State lives in memory only (no database) and is guarded by one lock; nothing
 sleeps or performs HTTP while holding it. It imports nothing from the rest of
@@ -24,30 +21,27 @@ the ``bridge`` package. API keys, passwords, e-mail addresses and phone numbers
 are never logged.
 """
 
-import argparse
 import base64
 import binascii
 import copy
 import hmac
-import html
 import json
-import logging
 import math
 import random
-import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from flask import Blueprint, Flask, Response, redirect, request, url_for
 
-log = logging.getLogger(__name__)
+from ..logs import get_logger
+
+log = get_logger("bridge.sandbox")
 
 #: Status returned by :meth:`Simulator.add_tokens` when the connection must be dropped.
 DROP_CONNECTION = 0
@@ -66,7 +60,6 @@ DEFAULT_BLOCK_REASON = "Forbidden: bot was blocked by the user"
 WEBHOOK_TIMEOUT = 5.0
 
 _UUID_HEX_GROUPS = (8, 4, 4, 4, 12)
-_FORM_MIMETYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 @dataclass
@@ -521,302 +514,3 @@ def _parse_token_object(raw: Any) -> tuple[dict[str, Any], str | None]:
     if not any(key in item for key in IDENTIFIERS):
         return {}, "at least one identifier is required"
     return item, None
-
-
-# ------------------------------------------------------------------- web layer
-
-
-def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(payload, ensure_ascii=False),
-        status=status,
-        mimetype="application/json",
-        headers=dict(headers or {}),
-    )
-
-
-def _drop_connection(environ: Mapping[str, Any]) -> bool:
-    """Shut the client socket down so no HTTP answer reaches it; False if impossible."""
-    for key in ("werkzeug.socket", "gunicorn.socket"):
-        sock = environ.get(key)
-        if isinstance(sock, socket.socket):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                return False
-            return True
-    return False
-
-
-def _is_form_post() -> bool:
-    if request.mimetype not in _FORM_MIMETYPES:
-        return False
-    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
-    return best != "application/json"
-
-
-_PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
-table { border-collapse: collapse; margin-top: 1rem; }
-th, td { border: 1px solid #ccc; padding: .35rem .6rem; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-.token { display: flex; gap: .5rem; align-items: center; margin: .15rem 0; }
-.stats, .settings { color: #555; }
-.notice { background: #eef6ff; border: 1px solid #9cc3ef; padding: .5rem .8rem; }
-code { background: #f6f6f6; padding: 0 .2rem; }
-"""
-
-
-def _render_page(simulator: Simulator) -> str:
-    esc = html.escape
-    contacts = simulator.contacts()
-    stats = simulator.stats()
-    options = simulator.options
-    parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        "<title>Reteno sandbox</title>",
-        f"<style>{_PAGE_STYLE}</style></head><body>",
-        "<h1>Reteno sandbox</h1>",
-    ]
-    notice = _page_notice()
-    if notice:
-        parts.append(f'<p class="notice">{esc(notice)}</p>')
-    settings = (
-        f"app uuid: {options.app_uuid or 'any'} · auth: {options.auth} · "
-        f"api key: {'set' if options.api_key else 'any'} · rps: {options.rps:g} · "
-        f"latency: {options.latency_ms:g} ms · failure rate: {options.failure_rate:g} "
-        f"({', '.join(options.failures) or 'none'})"
-    )
-    parts.append(f'<p class="settings">{esc(settings)}</p>')
-    faults = ", ".join(f"{kind}: {n}" for kind, n in stats["faults"].items() if n)
-    line = (
-        f"requests: {stats['requests']} · accepted: {stats['accepted_requests']} · "
-        f"tokens received: {stats['tokens_received']} · distinct: {stats['distinct_tokens']} · "
-        f"duplicated: {stats['duplicate_tokens']} · rate limited: {stats['rate_limited']} · "
-        f"faults: {faults or 'none'} · contacts: {stats['contacts']}"
-    )
-    parts.append(f'<p class="stats">{esc(line)}</p>')
-    reset_url = url_for(".reset")
-    parts.append(
-        f'<form method="post" action="{esc(reset_url)}">'
-        '<input type="hidden" name="from" value="page">'
-        '<button type="submit">Reset sandbox</button></form>'
-    )
-    if not contacts:
-        parts.append("<p>No contacts yet.</p>")
-    else:
-        parts.append(
-            "<table><thead><tr><th>#</th><th>contactId</th><th>externalCustomerId</th>"
-            "<th>phone</th><th>email</th><th>tokens</th></tr></thead><tbody>"
-        )
-        for contact in contacts:
-            cells = [str(contact["id"])]
-            for key in IDENTIFIERS:
-                value = contact.get(key)
-                cells.append("" if value is None else str(value))
-            row = "".join(f"<td>{esc(cell)}</td>" for cell in cells)
-            token_html = []
-            counts: dict[str, int] = {}
-            for token in contact["tokens"]:
-                counts[token] = counts.get(token, 0) + 1
-            for token, count in counts.items():
-                action = url_for(".block_token", token=token)
-                times = f" ×{count}" if count > 1 else ""
-                token_html.append(
-                    f'<form class="token" method="post" action="{esc(action)}">'
-                    f"<code>{esc(token)}</code>{esc(times)}"
-                    '<input type="hidden" name="from" value="page">'
-                    '<button type="submit">Block (send FAILED Forbidden)</button></form>'
-                )
-            parts.append(f"<tr>{row}<td>{''.join(token_html) or '—'}</td></tr>")
-        parts.append("</tbody></table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _page_notice() -> str | None:
-    args = request.args
-    if args.get("blocked") is not None:
-        return f"Blocked token {args['blocked']}: {args.get('events', '0')} status event(s) sent."
-    if args.get("unknown") is not None:
-        return f"Token {args['unknown']} is not held by any contact."
-    if args.get("reset") is not None:
-        return "Sandbox state cleared."
-    return None
-
-
-def create_blueprint(simulator: Simulator) -> Blueprint:
-    """The simulator's routes, relative to wherever the blueprint is mounted."""
-    bp = Blueprint("reteno_sandbox", __name__)
-
-    @bp.post("/api/v1/apps/<app_uuid>/tokens")
-    def tokens(app_uuid: str) -> Response:
-        status, payload, headers = simulator.add_tokens(
-            app_uuid, request.headers, request.get_data(cache=False)
-        )
-        if status == DROP_CONNECTION:
-            if _drop_connection(request.environ):
-                return Response(b"", status=500)
-            log.warning("sandbox: cannot drop this connection; answering 502 instead")
-            return _json(
-                _error(502, "Connection dropped (injected fault)"),
-                502,
-                {DROP_FALLBACK_HEADER: "drop"},
-            )
-        return _json(payload, status, headers)
-
-    @bp.get("/contacts")
-    def contacts() -> Response:
-        token = request.args.get("token")
-        found = simulator.contacts() if token is None else simulator.find_by_token(token)
-        return _json({"contacts": found, "stats": simulator.stats()})
-
-    @bp.get("/stats")
-    def stats() -> Response:
-        return _json(simulator.stats())
-
-    @bp.post("/reset")
-    def reset() -> Response:
-        simulator.reset()
-        if _is_form_post():
-            return redirect(url_for(".index", reset=1), code=303)
-        return _json({"status": "reset"})
-
-    @bp.post("/block/<path:token>")
-    def block_token(token: str) -> Response:
-        events = simulator.block(token)
-        if _is_form_post():
-            if events:
-                target = url_for(".index", blocked=token, events=len(events))
-            else:
-                target = url_for(".index", unknown=token)
-            return redirect(target, code=303)
-        if not events:
-            return _json(_error(404, f"Token {token} is not held by any contact"), 404)
-        return _json({"token": token, "events": events})
-
-    @bp.get("/")
-    def index() -> Response:
-        return Response(_render_page(simulator), mimetype="text/html")
-
-    return bp
-
-
-def create_app(
-    options: SimulatorOptions | None = None, simulator: Simulator | None = None
-) -> Flask:
-    """A standalone app serving the simulator at ``/``.
-
-    The simulator is available as ``app.extensions["reteno_sandbox"]``.
-    """
-    if simulator is None:
-        simulator = Simulator(options)
-    elif options is not None:
-        raise ValueError("pass either options or a simulator, not both")
-    app = Flask(__name__)
-    app.extensions["reteno_sandbox"] = simulator
-    app.register_blueprint(create_blueprint(simulator))
-    return app
-
-
-# ------------------------------------------------------------------ command line
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    defaults = SimulatorOptions()
-    parser = argparse.ArgumentParser(
-        prog="python -m bridge.sandbox", description="Run the Reteno API simulator."
-    )
-    add = parser.add_argument
-    add("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    add("--port", type=int, default=8025, help="port to listen on (default 8025)")
-    add("--app-uuid", default=None, help="the only app uuid accepted (default: any)")
-    add("--api-key", default=None, help="the access key required (default: any non-empty)")
-    add("--auth", choices=AUTH_SCHEMES, default=defaults.auth, help="auth scheme")
-    add("--rps", type=float, default=defaults.rps, help="requests per second (0: unlimited)")
-    add("--latency-ms", type=float, default=defaults.latency_ms, help="added latency")
-    add("--failure-rate", type=float, default=defaults.failure_rate, help="0..1")
-    add(
-        "--failures",
-        default=",".join(defaults.failures),
-        help=f"comma-separated fault kinds out of {','.join(FAULT_KINDS)}",
-    )
-    add("--timeout-seconds", type=float, default=defaults.timeout_seconds)
-    add("--seed", type=int, default=None)
-    add("--webhook-url", default=None, help="where to POST status events")
-    add("--webhook-username", default=None)
-    add("--webhook-password", default=None)
-    add("--webhook-bearer", default=None)
-    return parser
-
-
-def _options_from_args(args: argparse.Namespace) -> SimulatorOptions:
-    return SimulatorOptions(
-        app_uuid=args.app_uuid,
-        api_key=args.api_key,
-        auth=args.auth,
-        rps=args.rps,
-        latency_ms=args.latency_ms,
-        failure_rate=args.failure_rate,
-        failures=tuple(kind.strip() for kind in args.failures.split(",") if kind.strip()),
-        timeout_seconds=args.timeout_seconds,
-        seed=args.seed,
-        webhook_url=args.webhook_url,
-        webhook_username=args.webhook_username,
-        webhook_password=args.webhook_password,
-        webhook_bearer=args.webhook_bearer,
-    )
-
-
-def _describe(host: str, port: int, options: SimulatorOptions) -> str:
-    """One line with the address and settings; secrets only as set/unset."""
-    shown_host = f"[{host}]" if ":" in host else host
-    webhook = "none"
-    if options.webhook_url:
-        if options.webhook_username:
-            auth = "basic"
-        elif options.webhook_bearer:
-            auth = "bearer"
-        else:
-            auth = "no auth"
-        webhook = f"{_redact_url(options.webhook_url)} ({auth})"
-    settings: Iterable[str] = (
-        f"app_uuid={options.app_uuid or 'any'}",
-        f"auth={options.auth}",
-        f"api_key={'set' if options.api_key else 'any'}",
-        f"rps={options.rps:g}",
-        f"latency_ms={options.latency_ms:g}",
-        f"failure_rate={options.failure_rate:g}",
-        f"failures={','.join(options.failures) or 'none'}",
-        f"timeout_seconds={options.timeout_seconds:g}",
-        f"seed={options.seed}",
-        f"webhook={webhook}",
-    )
-    return f"Reteno sandbox listening on http://{shown_host}:{port}/ ({' '.join(settings)})"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line entry point: ``python -m bridge.sandbox --port 8025``."""
-    from werkzeug.serving import make_server
-
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    try:
-        options = _options_from_args(args)
-        options.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = make_server(args.host, args.port, create_app(options), threaded=True)
-    print(_describe(args.host, server.server_port, options), flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
-if __name__ == "__main__":
-    main()

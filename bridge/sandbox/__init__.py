@@ -1,0 +1,111 @@
+"""The built-in Reteno simulator ("sandbox"), for trying, demos, load and fault tests.
+
+It imitates ``POST /api/v1/apps/{app_uuid}/tokens`` (Reteno's validation, error
+bodies, auth schemes, contact matching and rate limit), injects latency and
+faults, and can "block" a token, sending the FAILED (Forbidden) status back to
+the bridge. Modules: :mod:`.simulator` (the in-memory Reteno), :mod:`.web` (its
+routes and page), :mod:`.transport` (an in-process ``requests`` adapter),
+:mod:`.cli` (``flask bridge sandbox``, ``python -m bridge.sandbox``).
+
+The bridge knows it through one setting: with ``BRIDGE_SANDBOX=true``,
+:func:`attach` mounts it under ``<prefix>/sandbox/reteno`` and points the
+Reteno client at it. Nothing in the bridge's production modules imports it
+otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+
+import requests
+
+from ..logs import get_logger
+from .simulator import (
+    DROP_CONNECTION,
+    DROP_FALLBACK_HEADER,
+    FAULT_KINDS,
+    Simulator,
+    SimulatorOptions,
+)
+from .transport import WSGITransport
+from .web import create_app, create_blueprint
+
+__all__ = [
+    "DROP_CONNECTION", "DROP_FALLBACK_HEADER", "FAULT_KINDS", "Simulator", "SimulatorOptions",
+    "WSGITransport", "attach", "create_app", "create_blueprint", "settings_for",
+]
+
+log = get_logger("bridge.sandbox")
+
+APP_UUID = "sandbox-app"
+API_KEY = "sandbox-reteno-key"
+HOST = "http://reteno-sandbox.local"  # the simulator in this process (never a socket)
+
+
+def settings_for(settings):
+    """The settings a sandbox bridge runs with: the simulator's app id and key, and the
+    simulator in this process unless ``RETENO_BASE_URL`` names one elsewhere."""
+    return dataclasses.replace(
+        settings, app_uuid=APP_UUID, api_key=API_KEY,
+        base_url=settings.base_url if settings.base_url_explicit else HOST,
+    )
+
+
+def dev_key_path(instance_path: str) -> str:
+    return os.path.join(instance_path, "dev-api-key")
+
+
+def dev_api_key(instance_path: str) -> str:
+    """A development API key kept in the instance folder, so every process shares it;
+    made on first use."""
+    path = dev_key_path(instance_path)
+    os.makedirs(instance_path, exist_ok=True)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            key = fh.read().strip()
+        if len(key) >= 16:
+            return key
+    except FileNotFoundError:
+        pass
+    # Several processes may start at once: write a private file, then link it into
+    # place; whoever links first wins and the others read the winner's key.
+    key = "dev-" + secrets.token_urlsafe(24)
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        with open(path, encoding="utf-8") as fh:
+            key = fh.read().strip()
+    finally:
+        os.unlink(tmp)
+    return key
+
+
+def attach(app, runtime) -> Simulator:
+    """Mount a simulator in ``app`` for ``runtime`` (a sandbox bridge); no I/O."""
+    prefix = runtime.url_prefix.rstrip("/")
+
+    def report(events: list[dict]) -> None:
+        """The simulator reports statuses to the bridge's own /statuses, as Reteno would."""
+        session = requests.Session()
+        session.mount("http://bridge.local", WSGITransport(app.wsgi_app))
+        response = session.post(f"http://bridge.local{prefix}/statuses", json=events,
+                                headers={"Authorization": f"Bearer {runtime.api_keys[0]}"},
+                                timeout=10)
+        if response.status_code != 200:
+            log.error("sandbox status report refused: HTTP %s", response.status_code)
+
+    simulator = Simulator(SimulatorOptions(app_uuid=APP_UUID, api_key=API_KEY,
+                                           auth=runtime.settings.auth), status_sink=report)
+    if not runtime.settings.base_url_explicit:
+        runtime.client.session.mount(HOST, WSGITransport(create_app(simulator=simulator)))
+    if not runtime.settings.api_keys:
+        runtime.dev_key_path = dev_key_path(app.instance_path)
+    app.register_blueprint(create_blueprint(simulator), url_prefix=f"{prefix}/sandbox/reteno")
+    runtime.simulator = simulator
+    return simulator

@@ -1,0 +1,136 @@
+"""The simulator over HTTP: a blueprint (Reteno's route, JSON inspection, the page and
+its block/reset actions) and a standalone app."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
+
+from ..logs import get_logger
+from .simulator import (
+    DROP_CONNECTION,
+    DROP_FALLBACK_HEADER,
+    IDENTIFIERS,
+    Simulator,
+    SimulatorOptions,
+    _error,
+)
+
+log = get_logger("bridge.sandbox")
+
+_FORM_MIMETYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload, ensure_ascii=False), status=status,
+                    mimetype="application/json", headers=dict(headers or {}))
+
+
+def _drop_connection(environ: Mapping[str, Any]) -> bool:
+    """Shut the client socket down so no HTTP answer reaches it; False if impossible."""
+    for key in ("werkzeug.socket", "gunicorn.socket"):
+        sock = environ.get(key)
+        if isinstance(sock, socket.socket):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                return False
+            return True
+    return False
+
+
+def _is_form_post() -> bool:
+    if request.mimetype not in _FORM_MIMETYPES:
+        return False
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best != "application/json"
+
+
+def _page_notice() -> str | None:
+    args = request.args
+    if args.get("blocked") is not None:
+        return f"Blocked token {args['blocked']}: {args.get('events', '0')} status event(s) sent."
+    if args.get("unknown") is not None:
+        return f"Token {args['unknown']} is not held by any contact."
+    if args.get("reset") is not None:
+        return "Sandbox state cleared."
+    return None
+
+
+def create_blueprint(simulator: Simulator) -> Blueprint:
+    """The simulator's routes, relative to wherever the blueprint is mounted."""
+    bp = Blueprint("reteno_sandbox", __name__, template_folder="templates")
+
+    @bp.post("/api/v1/apps/<app_uuid>/tokens")
+    def tokens(app_uuid: str) -> Response:
+        status, payload, headers = simulator.add_tokens(
+            app_uuid, request.headers, request.get_data(cache=False)
+        )
+        if status == DROP_CONNECTION:
+            if _drop_connection(request.environ):
+                return Response(b"", status=500)
+            log.warning("sandbox: cannot drop this connection; answering 502 instead")
+            return _json(_error(502, "Connection dropped (injected fault)"), 502,
+                         {DROP_FALLBACK_HEADER: "drop"})
+        return _json(payload, status, headers)
+
+    @bp.get("/contacts")
+    def contacts() -> Response:
+        token = request.args.get("token")
+        found = simulator.contacts() if token is None else simulator.find_by_token(token)
+        return _json({"contacts": found, "stats": simulator.stats()})
+
+    @bp.get("/stats")
+    def stats() -> Response:
+        return _json(simulator.stats())
+
+    @bp.post("/reset")
+    def reset() -> Response:
+        simulator.reset()
+        if _is_form_post():
+            return redirect(url_for(".index", reset=1), code=303)
+        return _json({"status": "reset"})
+
+    @bp.post("/block/<path:token>")
+    def block_token(token: str) -> Response:
+        events = simulator.block(token)
+        if _is_form_post():
+            if events:
+                target = url_for(".index", blocked=token, events=len(events))
+            else:
+                target = url_for(".index", unknown=token)
+            return redirect(target, code=303)
+        if not events:
+            return _json(_error(404, f"Token {token} is not held by any contact"), 404)
+        return _json({"token": token, "events": events})
+
+    @bp.get("/")
+    def index() -> str:
+        stats = simulator.stats()
+        contacts = [{**c, "counts": Counter(c["tokens"])} for c in simulator.contacts()]
+        return render_template(
+            "reteno_sandbox/index.html", options=simulator.options, stats=stats,
+            contacts=contacts, identifiers=IDENTIFIERS, notice=_page_notice(),
+            faults=", ".join(f"{kind}: {n}" for kind, n in stats["faults"].items() if n),
+        )
+
+    return bp
+
+
+def create_app(options: SimulatorOptions | None = None,
+               simulator: Simulator | None = None) -> Flask:
+    """A standalone app serving the simulator at ``/``; the simulator is
+    ``app.extensions["reteno_sandbox"]``."""
+    if simulator is None:
+        simulator = Simulator(options)
+    elif options is not None:
+        raise ValueError("pass either options or a simulator, not both")
+    app = Flask(__name__)
+    app.extensions["reteno_sandbox"] = simulator
+    app.register_blueprint(create_blueprint(simulator))
+    return app
