@@ -18,6 +18,7 @@ from marshmallow import ValidationError
 
 from . import db as dbmod
 from .runtime import current
+from .sandbox.cli import sandbox_command
 from .schemas import (
     STATES,
     HistorySchema,
@@ -30,6 +31,7 @@ from .schemas import (
 )
 
 cli = AppGroup("bridge", help="Reteno bridge: migrations, delivery and the audit ledger.")
+cli.add_command(sandbox_command)  # the simulator alone: `flask bridge sandbox --port 8025`
 
 
 
