@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: install run migrate worker serve test test-sqlite test-postgres lint sandbox bench clean \
+.PHONY: install lock run migrate worker serve test test-sqlite test-postgres lint sandbox bench clean \
         reliability reliability-postgres
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -19,17 +19,25 @@ install: $(BIN)/.installed
 migrate: install
 	$(BIN)/flask --app app bridge migrate
 
+# Pin every dependency (constraints.txt, which `install` uses) for reproducible installs:
+# resolved afresh in a scratch virtualenv. Run it after changing pyproject.toml.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[test]'
+	.lock-venv/bin/python -m pip freeze --exclude-editable > constraints.txt
+	rm -rf .lock-venv
+
 # The bridge on http://$(HOST):$(PORT): SQLite ledger in ./instance, migrations applied,
-# sandbox mode (built-in Reteno simulator) unless RETENO_APP_UUID/RETENO_API_KEY are set.
+# sandbox mode switched on (the built-in Reteno simulator; development only).
+run: export BRIDGE_SANDBOX ?= true
 run: migrate
 	$(BIN)/flask --app app run --host $(HOST) --port $(PORT)
 
-# Production-style: gunicorn serving, no background thread, one separate delivery worker.
-# Threaded workers: concurrent registrations share one flushed commit (BENCHMARKS.md).
+# Production-style: the Procfile's processes under honcho (gunicorn with gunicorn.conf.py,
+# and a separate delivery worker); one Ctrl-C or SIGTERM stops all, and so does one dying.
 serve: migrate
-	BRIDGE_BACKGROUND_DELIVERY=false $(BIN)/gunicorn -w 2 -k gthread --threads 16 \
-		-b $(HOST):$(PORT) app:app & \
-	$(BIN)/flask --app app bridge deliver
+	HOST=$(HOST) PORT=$(PORT) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
 
 worker: migrate
 	$(BIN)/flask --app app bridge deliver
@@ -69,7 +77,7 @@ reliability-postgres: install
 	$(BIN)/python bench/fuzz.py --database-url $(RELIABILITY_PG)
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .lock-venv instance .pytest_cache .ruff_cache *.egg-info
 
 # The speed figures (BENCHMARKS.md): each script starts what it needs, measures its
 # baseline and the bridge in one run, and prints the ratios and PASS/FAIL per target.

@@ -7,9 +7,11 @@ ledger service.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
@@ -17,6 +19,7 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from . import db as dbmod
+from .config import StartupError
 from .runtime import current
 from .sandbox.cli import sandbox_command
 from .schemas import (
@@ -30,10 +33,24 @@ from .schemas import (
     normalize_token,
 )
 
-cli = AppGroup("bridge", help="Reteno bridge: migrations, delivery and the audit ledger.")
+
+class StartupErrorsInOneLine:
+    """For a click group: a command that cannot start (a bad setting, the database
+    unreachable or behind) says why in one line and exits 1, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except StartupError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+class _Group(StartupErrorsInOneLine, AppGroup):
+    pass
+
+
+cli = _Group("bridge", help="Reteno bridge: migrations, delivery and the audit ledger.")
 cli.add_command(sandbox_command)  # the simulator alone: `flask bridge sandbox --port 8025`
-
-
 
 
 def _echo_json(data) -> None:
@@ -44,35 +61,56 @@ def _echo_json(data) -> None:
 def migrate_command():
     """Apply the Alembic migrations to the configured database (safe to run again)."""
     rt = current()
-    before, after = dbmod.migrate(rt.settings.database_url, rt.db.engine)
+    with dbmod.reachable(rt.settings.database_url):
+        before, after = dbmod.migrate(rt.settings.database_url, rt.db.engine)
     if before == after:
         click.echo(f"bridge database already at revision {after}; nothing to do")
     else:
         click.echo(f"bridge database migrated from {before or 'empty'} to {after}")
 
 
+@contextmanager
+def _stopped_by_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT (supervisors, systemd and containers stop with
+    SIGTERM) while the block runs; the previous handlers are put back after it."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach the main thread only (e.g. a test's CLI runner)
+        return
+    previous = {sig: signal.signal(sig, lambda _sig, _frame: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @cli.command("deliver")
 @click.option("--once", is_flag=True, help="Drain what is due now, then exit.")
 @click.option("--poll", default=0.5, show_default=True, help="Seconds between outbox polls.")
 def deliver_command(once: bool, poll: float):
-    """Run the delivery worker (alongside BRIDGE_BACKGROUND_DELIVERY=false servers)."""
+    """Run the delivery worker (alongside BRIDGE_BACKGROUND_DELIVERY=false servers).
+
+    SIGTERM or SIGINT (Ctrl-C) stops it cleanly: the upstream call in flight is
+    finished and recorded (within the upstream time-outs), what was not sent goes
+    back to the queue, and a restart re-sends nothing Reteno answered.
+    """
     rt = _ready()
-    if once:
-        depth = rt.ledger.outbox()["depth"]
-        with click.progressbar(length=depth, label="delivering", file=sys.stderr) as bar:
-            stats = rt.worker.drain(progress=bar.update)
-        summary = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing due"
-        click.echo(f"delivery finished: {summary}")
-        remaining = rt.ledger.outbox()["depth"]
-        if remaining:
-            click.echo(f"{remaining} registration(s) still queued (backing off or paused)")
-        return
-    click.echo("delivery worker running; Ctrl-C to stop", err=True)
-    stop = threading.Event()
-    try:
+    with _stopped_by_signals() as stop:
+        if once:
+            depth = rt.ledger.outbox()["depth"]
+            with click.progressbar(length=depth, label="delivering", file=sys.stderr) as bar:
+                stats = rt.worker.drain(progress=bar.update, stop=stop)
+            summary = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing due"
+            click.echo(f"delivery finished: {summary}")
+            remaining = rt.ledger.outbox()["depth"]
+            if remaining:
+                click.echo(f"{remaining} registration(s) still queued (backing off or paused)")
+            return
+        click.echo("delivery worker running; Ctrl-C or SIGTERM to stop", err=True)
         rt.worker.run(stop, poll_seconds=poll)
-    except KeyboardInterrupt:
-        click.echo("delivery worker stopped", err=True)
+    click.echo("delivery worker stopped", err=True)
 
 
 # --- reading and operating the ledger ------------------------------------------------
@@ -120,10 +158,7 @@ _json_option = click.option("--json", "as_json", is_flag=True,
 def _ready():
     """The runtime, once the database schema is current (else a readable error)."""
     rt = current()
-    try:
-        dbmod.check_schema(rt.db.engine)
-    except dbmod.SchemaBehind as exc:
-        raise click.ClickException(str(exc)) from None
+    dbmod.check_schema(rt.db.engine)  # StartupError: the schema is behind, or no database
     return rt
 
 

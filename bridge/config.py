@@ -34,6 +34,7 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_LEASE_SECONDS = 120
+MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -41,7 +42,12 @@ _SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _BOT_USERNAME = re.compile(r"^@?[A-Za-z][A-Za-z0-9_]{3,31}$")
 
 
-class ConfigError(RuntimeError):
+class StartupError(RuntimeError):
+    """The bridge cannot start; the message says why in one line (and names the key
+    or the command that fixes it)."""
+
+
+class ConfigError(StartupError):
     """A configuration value is missing or malformed; the message names the key."""
 
 
@@ -134,6 +140,12 @@ def _float(config, environ, key, default: float, low: float, high: float) -> flo
     return float(number)
 
 
+def _long_enough(key: str, secret: str | None) -> None:
+    if secret is not None and len(secret) < MIN_SECRET:
+        raise ConfigError(f"{key} must be at least {MIN_SECRET} characters long "
+                          f"(it has {len(secret)})")
+
+
 def load_settings(config: Mapping, instance_path: str, environ: Mapping | None = None) -> Settings:
     """Build :class:`Settings` from a Flask config mapping and the environment."""
     environ = os.environ if environ is None else environ
@@ -160,13 +172,20 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
     api_key = _text(config, environ, "RETENO_API_KEY")
     if app_uuid and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", app_uuid):
         raise ConfigError("RETENO_APP_UUID must be the application ID from Settings → My bots")
-    if bool(app_uuid) != bool(api_key):
+    sandbox = _bool(config, environ, "BRIDGE_SANDBOX", False)
+    if sandbox and (app_uuid or api_key):
+        given = " and ".join(k for k, v in (("RETENO_APP_UUID", app_uuid),
+                                            ("RETENO_API_KEY", api_key)) if v)
+        raise ConfigError(
+            f"BRIDGE_SANDBOX=true and {given} are both set: sandbox mode never delivers to "
+            "Reteno; unset BRIDGE_SANDBOX to deliver for real, or the credentials"
+        )
+    if not sandbox and not (app_uuid and api_key):
         missing = "RETENO_API_KEY" if app_uuid else "RETENO_APP_UUID"
         raise ConfigError(
-            f"{missing} is not set: set both RETENO_APP_UUID and RETENO_API_KEY, "
-            "or neither for sandbox mode"
+            f"{missing} is not set: set RETENO_APP_UUID and RETENO_API_KEY to deliver to "
+            "Reteno (or BRIDGE_SANDBOX=true for the built-in simulator, development only)"
         )
-    sandbox = not app_uuid
 
     database_url = _text(config, environ, "BRIDGE_DATABASE_URL")
     if database_url is None:
@@ -182,8 +201,9 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
     else:
         items = raw_keys.split(",") if isinstance(raw_keys, str) else list(raw_keys)
         api_keys = tuple(str(k).strip() for k in items if str(k).strip())
-        if any(len(k) < 16 for k in api_keys):
-            raise ConfigError("BRIDGE_API_KEYS: every key must be at least 16 characters long")
+        if any(len(k) < MIN_SECRET for k in api_keys):
+            raise ConfigError(f"BRIDGE_API_KEYS: every key must be at least {MIN_SECRET} "
+                              "characters long")
     if not api_keys and not sandbox:
         raise ConfigError(
             "BRIDGE_API_KEYS is not set: outside sandbox mode the bridge needs at least one "
@@ -197,14 +217,15 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         raise ConfigError(
             f"{missing} is not set: the webhook needs both a user name and a password"
         )
+    _long_enough("BRIDGE_WEBHOOK_PASSWORD", webhook_password)
 
     tg_secret = _text(config, environ, "TELEGRAM_WEBHOOK_SECRET")
     if tg_secret and not _SECRET_TOKEN.match(tg_secret):
         raise ConfigError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z a-z 0-9 _ -")
+    _long_enough("TELEGRAM_WEBHOOK_SECRET", tg_secret)
 
     link_secret = _text(config, environ, "BRIDGE_LINK_SECRET")
-    if link_secret and len(link_secret) < 16:
-        raise ConfigError("BRIDGE_LINK_SECRET must be at least 16 characters long")
+    _long_enough("BRIDGE_LINK_SECRET", link_secret)
 
     bot_username = _text(config, environ, "TELEGRAM_BOT_USERNAME")
     if bot_username:

@@ -20,16 +20,43 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, inspect, make_url, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from .config import StartupError
 from .storage import WRITE_OPTION, GroupCommit, WriteQueue, sqlite_engine, sqlite_path
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 VERSION_TABLE = "bridge_alembic_version"
 
 
-class SchemaBehind(RuntimeError):
+class SchemaBehind(StartupError):
     """The database's schema is older than the code: run ``bridge migrate``."""
+
+
+class DatabaseUnavailable(StartupError):
+    """The bridge's database cannot be reached or opened."""
+
+
+def describe(url: str) -> str:
+    """Where a database URL points, without its credentials."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite file {parsed.database}" if parsed.database else "SQLite in memory"
+    return f"{parsed.get_backend_name()} at {parsed.host or 'localhost'}" \
+        f"{':' + str(parsed.port) if parsed.port else ''}/{parsed.database or ''}"
+
+
+@contextmanager
+def reachable(url: str) -> Iterator[None]:
+    """Turn a failure to connect into :class:`DatabaseUnavailable`, naming where."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise DatabaseUnavailable(
+            f"BRIDGE_DATABASE_URL: cannot open the bridge database ({describe(url)}): "
+            f"{type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__}"
+        ) from None
 
 
 def make_engine(url: str, flushed_by_caller: bool = False) -> Engine:
@@ -122,9 +149,19 @@ def migrate(url: str, engine: Engine | None = None) -> tuple[str | None, str]:
     try:
         before = current_revision(engine)
         cfg = alembic_config(url)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:  # a table rebuilt by a migration must not cascade to its children
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                    if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                        raise RuntimeError("a migration left a broken foreign key")
+            finally:
+                if sqlite:
+                    conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
         return before, current_revision(engine)
     finally:
         if owned:
@@ -132,8 +169,10 @@ def migrate(url: str, engine: Engine | None = None) -> tuple[str | None, str]:
 
 
 def check_schema(engine: Engine) -> None:
-    """Raise :class:`SchemaBehind` unless the database is at the head revision."""
-    current = current_revision(engine)
+    """Raise :class:`SchemaBehind` unless the database is at the head revision
+    (:class:`DatabaseUnavailable` if it cannot be reached)."""
+    with reachable(engine.url.render_as_string(hide_password=True)):
+        current = current_revision(engine)
     head = head_revision()
     if current != head:
         raise SchemaBehind(

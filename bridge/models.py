@@ -127,6 +127,8 @@ class Registration(Base):
             sqlite_where=text("state <> 'removed'"),
             postgresql_where=text("state <> 'removed'"),
         ),
+        # SQLite: ids are never reused, even after an erase (migration 0004).
+        {"sqlite_autoincrement": True},
     )
 
 

@@ -43,7 +43,8 @@ class Runtime:
         self.metrics = Metrics(self.ledger)
         self.client = RetenoClient(settings, clock=lambda: self.ledger.clock())
         self.worker = DeliveryWorker(self.ledger, self.client, settings.batch_size, self.metrics,
-                                     lease_seconds=settings.lease_seconds)
+                                     lease_seconds=settings.lease_seconds,
+                                     mark={"sandbox": True} if settings.sandbox else None)
         self.background: BackgroundDelivery | None = None
         self.simulator = None  # the sandbox's, in sandbox mode (bridge.sandbox.attach)
         self.dev_key_path: str | None = None  # sandbox without BRIDGE_API_KEYS
@@ -84,7 +85,9 @@ class Runtime:
 
     def start_background(self) -> None:
         if self.background is None:
-            self.background = BackgroundDelivery(self.worker)
+            s = self.settings
+            self.background = BackgroundDelivery(
+                self.worker, stop_timeout=s.upstream_connect_timeout + s.upstream_read_timeout + 2)
         self.background.start()
 
     def _announce(self) -> None:
@@ -95,9 +98,10 @@ class Runtime:
             return
         where = s.base_url if s.base_url_explicit else "the built-in simulator"
         lines = [
-            "SANDBOX MODE: RETENO_APP_UUID / RETENO_API_KEY are not set.",
+            "SANDBOX MODE (BRIDGE_SANDBOX=true): for development only.",
             f"  Tokens are delivered to {where}, NOT to Reteno.",
             f"  Look at the simulator: {self.url_prefix.rstrip('/')}/sandbox/reteno/",
+            "  Each process has a simulator of its own (README: Sandbox).",
         ]
         if self.dev_key_path:  # the key itself stays out of the console and its logs
             self.api_keys  # noqa: B018 - made now, so the file exists when the banner says so
@@ -148,6 +152,7 @@ class Runtime:
         if self.settings.sandbox:
             body["warning"] = (
                 "SANDBOX MODE: tokens go to the built-in Reteno simulator, not to Reteno. "
-                "Set RETENO_APP_UUID and RETENO_API_KEY to deliver for real."
+                "Unset BRIDGE_SANDBOX and set RETENO_APP_UUID and RETENO_API_KEY to deliver "
+                "for real."
             )
         return body, True

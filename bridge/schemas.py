@@ -147,26 +147,32 @@ def token_field(**kwargs) -> Normalized:
     )
 
 
-def identifier_fields(required: bool = False) -> dict[str, fields.Field]:
+def identifier_fields(nullable: bool = False) -> dict[str, fields.Field]:
+    """The four identifier fields; ``nullable``: ``null`` is accepted and counts as absent
+    (many clients serialise an absent field as null)."""
+
+    def spec(kind: str, **more) -> dict:  # apispec adds "null" to the type of allow_none
+        if nullable:
+            more["description"] = (more.get("description", "") + " Null counts as absent.").strip()
+        return {"type": kind, **more}
+
     return {
         "contactId": Normalized(
-            normalize_contact_id,
-            openapi={"type": "integer", "format": "int64", "minimum": 1},
+            normalize_contact_id, allow_none=nullable,
+            openapi=spec("integer", format="int64", minimum=1),
         ),
         "externalCustomerId": Normalized(
-            normalize_external_id, openapi={"type": "string", "minLength": 1, "maxLength": 255}
+            normalize_external_id, allow_none=nullable,
+            openapi=spec("string", minLength=1, maxLength=255),
         ),
         "phone": Normalized(
-            normalize_phone,
-            openapi={
-                "type": "string",
-                "example": "+380 (95) 649-09-55",
-                "description": "7-15 digits; stored and forwarded as the digits alone.",
-            },
+            normalize_phone, allow_none=nullable,
+            openapi=spec("string", example="+380 (95) 649-09-55",
+                         description="7-15 digits; stored and forwarded as the digits alone."),
         ),
         "email": Normalized(
-            normalize_email,
-            openapi={"type": "string", "format": "email", "description": "Trimmed, lower-cased."},
+            normalize_email, allow_none=nullable,
+            openapi=spec("string", format="email", description="Trimmed, lower-cased."),
         ),
     }
 
@@ -181,10 +187,7 @@ class TokenSchema(Schema):
         unknown = RAISE
 
     token = token_field(required=True)
-    contactId = identifier_fields()["contactId"]
-    externalCustomerId = identifier_fields()["externalCustomerId"]
-    phone = identifier_fields()["phone"]
-    email = identifier_fields()["email"]
+    contactId, externalCustomerId, phone, email = identifier_fields(nullable=True).values()
 
     @post_load
     def _request(self, data, **kwargs) -> TokenRequest:
@@ -280,10 +283,7 @@ class TokenQuerySchema(Schema):
         unknown = RAISE
 
     token = token_field()
-    contactId = identifier_fields()["contactId"]
-    externalCustomerId = identifier_fields()["externalCustomerId"]
-    phone = identifier_fields()["phone"]
-    email = identifier_fields()["email"]
+    contactId, externalCustomerId, phone, email = identifier_fields().values()
     state = fields.String(validate=validate.OneOf(STATES))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.String(validate=validate.Length(max=200))

@@ -12,6 +12,7 @@ claims are leased in the database.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -25,12 +26,14 @@ log = get_logger("bridge.worker")
 
 
 class DeliveryWorker:
-    def __init__(self, ledger, client, batch_size: int, metrics, lease_seconds: int):
+    def __init__(self, ledger, client, batch_size: int, metrics, lease_seconds: int,
+                 mark: dict | None = None):
         self.ledger = ledger
         self.client = client
         self.batch_size = batch_size
         self.metrics = metrics
         self.lease_seconds = lease_seconds  # BRIDGE_LEASE_SECONDS
+        self.mark = mark or {}  # added to every outcome's history (sandbox deliveries)
 
     def _call(self, rows) -> CallResult:
         result = self.client.add_tokens(rows)
@@ -49,19 +52,21 @@ class DeliveryWorker:
         if self.metrics and n:
             self.metrics.deliveries.labels(outcome).inc(n)
 
-    def _send(self, claim, rows, stats: Counter, renew: bool = False) -> CallResult | None:
+    def _send(self, claim, rows, stats: Counter, renew: bool = False,
+              stop: threading.Event | None = None) -> CallResult | None:
         """Deliver ``rows`` of a claim; the failure that stops delivery for now, if any.
 
         ``renew``: a further call of the same claim (a split batch) first extends
         the lease, and sends only the rows still held, so a long split never
         overlaps with another worker that took the rows after the lease ran out.
+        ``stop`` set: no further call is made; rows not sent go back to the queue.
         """
         if renew:
             rows = self.ledger.renew(claim, rows, self.lease_seconds)
             if not rows:
                 return None
         result = self._call(rows)
-        detail = result.detail(len(rows))
+        detail = {**result.detail(len(rows)), **self.mark}
         if result.outcome == DELIVERED:
             self._count("delivered", self.ledger.delivered(claim, rows, detail), stats)
             return None
@@ -80,12 +85,18 @@ class DeliveryWorker:
             self._count("dead", self.ledger.dead(claim, rows[0], detail), stats)
             return None
         middle = len(rows) // 2
-        blocked = self._send(claim, rows[:middle], stats, renew=True)
-        if blocked is None:
-            return self._send(claim, rows[middle:], stats, renew=True)
+        first, rest = rows[:middle], rows[middle:]
+        if stop is not None and stop.is_set():  # stopping: give the whole split back
+            first, rest = [], rows
+        blocked = self._send(claim, first, stats, renew=True, stop=stop) if first else None
+        if blocked is None and not (stop is not None and stop.is_set()):
+            return self._send(claim, rest, stats, renew=True, stop=stop)
+        if blocked is None:  # stopping: the rest is due again at once, for the next worker
+            self.ledger.release(claim, rest, {"batch": len(rest), "sent": False,
+                                              "stopping": True, **self.mark}, 0.0)
+            return None
         # The first half hit a transient failure or a pause: the rest waits with it.
-        rest = rows[middle:]
-        self.ledger.release(claim, rest, {**blocked.detail(len(rest)), "sent": False},
+        self.ledger.release(claim, rest, {**blocked.detail(len(rest)), **self.mark, "sent": False},
                             blocked.retry_after if blocked.outcome == RETRY else 0.0)
         return blocked
 
@@ -106,20 +117,20 @@ class DeliveryWorker:
             claim = self.ledger.claim(self.batch_size, self.lease_seconds)
             if claim is None:
                 break
-            blocked = self._send(claim, list(claim.rows), stats)
+            blocked = self._send(claim, list(claim.rows), stats, stop=stop)
             if progress:
                 progress(len(claim.rows))
             if blocked is not None:
                 break
         return stats
 
-
     def run(self, stop: threading.Event, wake: threading.Event | None = None,
             poll_seconds: float = 0.5) -> None:
-        """Deliver until ``stop`` is set: drain, then wait for ``wake`` or the next poll.
-        A failure (the database restarting, say) is logged and retried with backoff, so
-        the loop outlives it."""
-        wake = wake or threading.Event()
+        """Deliver until ``stop`` is set: drain, then wait for ``wake`` (or ``stop``) or
+        the next poll. A failure (the database restarting, say) is logged and retried
+        with backoff, so the loop outlives it. Once ``stop`` is set, the call in flight
+        is finished and recorded, and no other is made."""
+        wake = wake or stop
         failures = 0
         while not stop.is_set():
             try:
@@ -131,20 +142,27 @@ class DeliveryWorker:
                           exc_info=log.isEnabledFor(logging.DEBUG))
                 stop.wait(min(30.0, poll_seconds * 2**failures))
             wake.wait(poll_seconds)
-            wake.clear()
+            if wake is not stop:
+                wake.clear()
 
 
 class BackgroundDelivery:
-    """The worker on a daemon thread of the served process, woken after registrations."""
+    """The worker on a daemon thread of the served process, woken after registrations.
 
-    def __init__(self, worker: DeliveryWorker, poll_seconds: float = 0.5):
+    Stopped at interpreter exit (after Ctrl-C, or a gunicorn worker's SIGTERM): the
+    call in flight is finished and recorded, within ``stop_timeout`` seconds."""
+
+    def __init__(self, worker: DeliveryWorker, poll_seconds: float = 0.5,
+                 stop_timeout: float = 15.0):
         self.worker = worker
         self.poll_seconds = poll_seconds
+        self.stop_timeout = stop_timeout
         self.wake_event = threading.Event()
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._at_exit = False
 
     @property
     def running(self) -> bool:
@@ -161,15 +179,18 @@ class BackgroundDelivery:
                 target=self._run, name="bridge-delivery", daemon=True
             )
             self._thread.start()
+            if not self._at_exit:
+                atexit.register(self.stop)
+                self._at_exit = True
 
     def wake(self) -> None:
         self.wake_event.set()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         self.stop_event.set()
         self.wake_event.set()
         if self._thread and self._pid == os.getpid():
-            self._thread.join(timeout)
+            self._thread.join(self.stop_timeout if timeout is None else timeout)
 
     def _run(self) -> None:
         self.worker.run(self.stop_event, self.wake_event, self.poll_seconds)

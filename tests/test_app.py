@@ -62,6 +62,15 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"BRIDGE_WEBHOOK_USERNAME": "reteno"}, "BRIDGE_WEBHOOK_PASSWORD"),
         ({"TELEGRAM_WEBHOOK_SECRET": "has spaces in it"}, "TELEGRAM_WEBHOOK_SECRET"),
         ({"TELEGRAM_BOT_USERNAME": "no!"}, "TELEGRAM_BOT_USERNAME"),
+        # sandbox mode is opt-in, and never mixed with real credentials
+        ({"BRIDGE_SANDBOX": True}, "BRIDGE_SANDBOX"),
+        ({"BRIDGE_SANDBOX": "perhaps"}, "BRIDGE_SANDBOX"),
+        ({"RETENO_APP_UUID": None, "RETENO_API_KEY": None}, "RETENO_APP_UUID"),
+        # every secret has at least 16 characters
+        ({"TELEGRAM_WEBHOOK_SECRET": "x"}, "TELEGRAM_WEBHOOK_SECRET"),
+        ({"BRIDGE_WEBHOOK_USERNAME": "reteno", "BRIDGE_WEBHOOK_PASSWORD": "p"},
+         "BRIDGE_WEBHOOK_PASSWORD"),
+        ({"BRIDGE_LINK_SECRET": "fifteen-chars-x"}, "BRIDGE_LINK_SECRET"),
     ],
 )
 def test_bad_configuration_stops_start_up_naming_the_key(make_app, overrides, key):
@@ -87,7 +96,8 @@ def test_app_config_wins_over_the_environment(make_app, monkeypatch):
 
 @pytest.mark.real_http
 def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_API_KEYS=None)
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
+                   BRIDGE_API_KEYS=None)
     err = capsys.readouterr().err
     assert "SANDBOX MODE" in err
     key = app.extensions["reteno_bridge"].api_keys[0]
@@ -104,13 +114,14 @@ def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
                            headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 202
     # the key is kept in the instance folder: every process and restart shares it
-    again = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_API_KEYS=None)
+    again = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
+                     BRIDGE_API_KEYS=None)
     assert again.extensions["reteno_bridge"].api_keys[0] == key
 
 
 @pytest.mark.real_http
 def test_sandbox_delivers_to_the_simulator(make_app):
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None)
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True)
     client = app.test_client()
     from tests.conftest import API_KEY
 
@@ -120,6 +131,30 @@ def test_sandbox_delivers_to_the_simulator(make_app):
     contacts = client.get("/sandbox/reteno/contacts").json["contacts"]
     assert [(c["email"], c["tokens"]) for c in contacts] == [("ann@example.com", ["42"])]
     assert client.get("/tokens", headers=auth).json["items"][0]["state"] == "delivered"
+
+
+@pytest.mark.real_http
+def test_sandbox_deliveries_are_marked_in_the_history(make_app):
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True)
+    client = app.test_client()
+    from tests.conftest import API_KEY
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    client.post("/register", json={"token": 43, "email": "ann@example.com"}, headers=auth)
+    app.extensions["reteno_bridge"].deliver_once()
+    events = client.get("/tokens/43/history", headers=auth).json["events"]
+    assert [(e["kind"], e["detail"].get("sandbox")) for e in events] == [
+        ("submitted", None), ("delivered", True)]
+
+
+def test_real_deliveries_are_not_marked_sandbox(client, auth, bridge, requests_mock):
+    from tests.conftest import TOKENS_URL
+
+    requests_mock.post(TOKENS_URL, json="OK")
+    client.post("/register", json={"token": 44, "email": "ann@example.com"}, headers=auth)
+    bridge.deliver_once()
+    events = client.get("/tokens/44/history", headers=auth).json["events"]
+    assert events[-1]["kind"] == "delivered" and "sandbox" not in events[-1]["detail"]
 
 
 def test_sandbox_is_not_mounted_when_credentials_are_set(client):

@@ -214,7 +214,7 @@ def test_the_sandbox_is_unreachable_when_credentials_are_set(client, auth, metho
 @pytest.mark.parametrize(("method", "path", "body"), SANDBOX)
 def test_the_sandbox_is_there_in_sandbox_mode(make_app, method, path, body):
     """The counterpart: the same paths answer when no credentials are set."""
-    client = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None).test_client()
+    client = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True).test_client()
     response = client.open(path, method=method, json=body,
                            headers={"X-Reteno-Access-Key": "sandbox-reteno-key"})
     if path.endswith("/block/1"):  # the simulator answers: it holds no token 1

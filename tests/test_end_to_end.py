@@ -47,7 +47,8 @@ def serve():
 
 
 def test_sandbox_register_to_simulator_over_http(make_app, serve, monkeypatch):
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_BACKGROUND_DELIVERY=True)
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
+                   BRIDGE_BACKGROUND_DELIVERY=True)
     delivered = Tally(monkeypatch, app, "delivered")
     bridge = serve(app)
     url = bridge.url

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import API_KEY
-from tests.helpers import assert_error_shape
+from tests.helpers import assert_error_shape, register, rows
 
 URL = "/register"
 
@@ -234,3 +234,18 @@ def test_integer_literal_beyond_int_limits_is_422(client, auth):
     response = client.post(URL, data=raw, headers=auth, content_type="application/json")
     assert_error_shape(response, 422)
     assert "token" in response.json["errors"]
+
+
+def test_a_null_identifier_counts_as_absent(client, auth):
+    [reg] = register(client, auth, {"token": 8801, "contactId": None, "externalCustomerId": None,
+                                    "phone": "+380 95 649 09 55", "email": None})
+    assert reg["matchedBy"] == "phone" and reg["duplicate"] is False
+    [row] = rows(client, auth, token=8801)
+    assert (row["phone"], row["email"], row["contactId"]) == ("380956490955", None, None)
+
+
+def test_only_null_identifiers_is_no_identifier(client, auth):
+    response = client.post("/register", headers=auth, json={"token": 8802, "email": None})
+    body = assert_error_shape(response, 422)
+    assert "identifiers" in body["errors"]
+    assert rows(client, auth, token=8802) == []

@@ -528,7 +528,7 @@ def test_status_metrics_are_exported(client, auth):
 
 @pytest.mark.real_http
 def test_sandbox_block_reaches_the_ledger_over_http(make_app, auth):
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None)
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True)
     bridge = app.extensions["reteno_bridge"]
     assert bridge.settings.sandbox
     client = app.test_client()

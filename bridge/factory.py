@@ -1,0 +1,77 @@
+"""The bridge as an application of its own: ``create_app``, and the ``reteno-bridge``
+command (the ``bridge`` CLI group on that app, configured by the environment).
+
+``gunicorn bridge.factory:app`` serves it (the Procfile); the repository's
+``app.py`` is an example host built the same way. Start-up problems (a missing or bad
+setting, an unreachable database, a schema behind the code) are
+:class:`~bridge.config.StartupError`; :func:`app_or_exit` turns one into a single
+line on stderr and exit status 1, for processes that start from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+from . import logs
+from .config import StartupError
+from .extension import Bridge, run_by_flask, served
+from .http import register_error_handlers
+
+
+def create_app(config: dict | None = None, import_name: str = "bridge",
+               url_prefix: str = "/") -> Flask:
+    """A Flask app serving the bridge at ``url_prefix``; configuration from ``config``
+    and the environment. When served (not a CLI command) it checks the database
+    first and raises :class:`~bridge.config.StartupError` if it cannot start."""
+    instance = os.environ.get("BRIDGE_INSTANCE_PATH")
+    app = Flask(import_name, instance_path=os.path.abspath(instance) if instance else None)
+    app.json.sort_keys = False
+    if config:
+        app.config.from_mapping(config)
+    logs.configure(app)
+    runtime = Bridge().init_app(app, url_prefix=url_prefix)
+    register_error_handlers(app)  # the whole app answers 404/405 in the same JSON shape
+    if served():  # not a CLI command: check the schema, say where tokens go, maybe deliver
+        runtime.start(background=run_by_flask())
+    return app
+
+
+def app_or_exit(factory: Callable[[], Flask]) -> Flask:
+    """``factory()``, or one line on stderr and exit status 1 if the bridge cannot start."""
+    try:
+        return factory()
+    except StartupError as exc:
+        click.echo(f"reteno-bridge: cannot start: {exc}", err=True)
+        sys.exit(1)
+
+
+def __getattr__(name: str):
+    # ``gunicorn bridge.factory:app``: the bundled app, built on first access; a bridge
+    # that cannot start says why in one line and exits 1.
+    if name == "app":
+        globals()["app"] = instance = app_or_exit(create_app)
+        return instance
+    raise AttributeError(name)
+
+
+def main() -> None:
+    """``reteno-bridge``: the ``bridge`` CLI group on the bundled app."""
+    from .cli import StartupErrorsInOneLine, cli
+
+    class Bundled(StartupErrorsInOneLine, FlaskGroup):
+        pass
+
+    group = Bundled(name="reteno-bridge", create_app=lambda: app_or_exit(create_app),
+                       add_default_commands=False, add_version_option=False,
+                       load_dotenv=False, set_debug_flag=False,
+                       help="Reteno bridge (configured by the environment): "
+                            + (cli.help or ""))
+    for name, command in cli.commands.items():
+        group.add_command(command, name)
+    group.main(prog_name="reteno-bridge")

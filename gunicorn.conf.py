@@ -1,0 +1,28 @@
+"""gunicorn settings for serving the bridge (``make serve``, the Procfile's web process).
+
+gunicorn reads this file from the directory it starts in, or with ``-c``.
+"""
+
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threaded workers: registrations that arrive together share one transaction and one
+# flush to disk (BENCHMARKS.md).
+worker_class = "gthread"
+threads = 16
+# The app is built once, in the master, before any worker forks: a bad setting, an
+# unreachable database or a schema behind the code stops gunicorn with one line and
+# exit status 1 instead of workers failing to boot over and over.
+preload_app = True
+# A worker told to stop finishes its requests and the upstream call in flight of its
+# delivery thread (at most the upstream time-outs, 13 s by default) within this.
+graceful_timeout = 30
+
+
+def post_worker_init(worker):
+    """Each worker starts its delivery thread at once (BRIDGE_BACKGROUND_DELIVERY=true;
+    a no-op when separate ``bridge deliver`` workers deliver)."""
+    from bridge.runtime import current
+
+    current(worker.wsgi).ensure_background()
