@@ -11,11 +11,11 @@ Schema changes only come from the Alembic revisions in ``migrations/``.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -26,7 +26,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from .config import StartupError
 from .storage import WRITE_OPTION, GroupCommit, WriteQueue, sqlite_engine, sqlite_path
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+def migrations_dir() -> str:
+    """The Alembic scripts: ``migrations/`` of the repository, shipped in the package as
+    ``bridge.migrations`` (an installed wheel has them there, a checkout maps them)."""
+    return str(importlib.resources.files("bridge.migrations"))
 VERSION_TABLE = "bridge_alembic_version"
 
 
@@ -125,7 +129,7 @@ class Database:
 
 def alembic_config(url: str) -> AlembicConfig:
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", migrations_dir())
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
     return cfg
@@ -177,8 +181,8 @@ def check_schema(engine: Engine) -> None:
     if current != head:
         raise SchemaBehind(
             f"the bridge database schema is at {current or 'nothing (empty database)'}, "
-            f"this code needs {head}: run `flask --app app bridge migrate` "
-            "(or `make migrate`) first"
+            f"this code needs {head}: run `bridge migrate` first (`flask --app <your app> "
+            "bridge migrate`, `reteno-bridge migrate` or `make migrate`)"
         )
 
 

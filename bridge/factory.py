@@ -20,7 +20,7 @@ from flask.cli import FlaskGroup
 
 from . import logs
 from .config import StartupError
-from .extension import Bridge, run_by_flask, served
+from .extension import Bridge
 from .http import register_error_handlers
 
 
@@ -37,8 +37,7 @@ def create_app(config: dict | None = None, import_name: str = "bridge",
     logs.configure(app)
     runtime = Bridge().init_app(app, url_prefix=url_prefix)
     register_error_handlers(app)  # the whole app answers 404/405 in the same JSON shape
-    if served():  # not a CLI command: check the schema, say where tokens go, maybe deliver
-        runtime.start(background=run_by_flask())
+    runtime.start()  # when served: check the database, say where tokens go, maybe deliver
     return app
 
 

@@ -64,14 +64,21 @@ class Runtime:
 
     # --- starting ------------------------------------------------------------------
 
-    def start(self, background: bool) -> None:
-        """What a served app does once, before it serves: refuse a database whose schema
-        is behind (:class:`bridge.db.SchemaBehind`), say where tokens go, and, with
-        ``background``, start the delivery thread now (``flask run``; a forking
-        server starts it in each worker with its first request instead)."""
+    def start(self, background: bool | None = None) -> None:
+        """What a served app does once, before it serves: refuse a database it cannot
+        use (:class:`~bridge.config.StartupError`: unreachable, or its schema behind),
+        say where tokens go, and with ``background`` start the delivery thread now
+        (default: under ``flask run``, one process; a forking server's workers start
+        it with their first request, or gunicorn.conf.py's ``post_worker_init``).
+        In a CLI command (``flask bridge …``) it does nothing: each command checks
+        what it needs."""
+        from .extension import run_by_flask, served
+
+        if not served():
+            return
         dbmod.check_schema(self.db.engine)
         self._announce()
-        if background:
+        if run_by_flask() if background is None else background:
             self.ensure_background()
 
     def ensure_background(self) -> None:

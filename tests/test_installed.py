@@ -1,0 +1,113 @@
+"""The package as users mount it: a wheel built from this checkout, installed into a
+fresh virtualenv in a temporary directory, used from there with no checkout in
+sight: a host app mounts it at a prefix, ``flask bridge migrate`` migrates, gunicorn
+serves it, ``/register`` and ``GET /tokens`` answer over HTTP, and ``reteno-bridge
+deliver --once`` delivers to the simulator (``reteno-sandbox``, also from the wheel)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import API_KEY, APP_UUID, BACKEND, RETENO_KEY
+from tests.test_processes import free_port, wait_until_listening
+
+pytestmark = [
+    pytest.mark.real_http,
+    pytest.mark.skipif(BACKEND == "postgres",
+                       reason="the installed package keeps its ledger in SQLite here: run "
+                              "once, in the SQLite pass of the suite"),
+]
+ROOT = Path(__file__).resolve().parent.parent
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+HOST_APP = '''
+from flask import Flask
+from bridge import Bridge
+
+
+def create_app():
+    app = Flask(__name__)
+    Bridge().init_app(app, url_prefix="/reteno").start()  # served: checks the database
+    return app
+'''
+
+
+def check(args, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-2000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A fresh virtualenv outside the checkout with the wheel (and gunicorn) installed."""
+    where = tmp_path_factory.mktemp("installed")
+    check([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
+           str(where / "dist"), str(ROOT)])
+    [wheel] = (where / "dist").glob("*.whl")
+    venv.create(where / "venv", with_pip=True)
+    python = where / "venv" / "bin" / "python"
+    check([str(python), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt"),
+           f"{wheel}[serve]"], cwd=where)
+    return where
+
+
+def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(installed, tmp_path):
+    bin_dir = installed / "venv" / "bin"
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "host.py").write_text(HOST_APP)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_", "PYTHON"))}
+    env.update({
+        "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        "RETENO_APP_UUID": APP_UUID, "RETENO_API_KEY": RETENO_KEY, "BRIDGE_API_KEYS": API_KEY,
+        "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        "BRIDGE_BACKGROUND_DELIVERY": "false",
+    })
+    where = check([str(bin_dir / "python"), "-c", "import bridge; print(bridge.__file__)"],
+                  cwd=host, env=env).stdout.strip()
+    assert where.startswith(str(installed / "venv")), where
+
+    migrated = check([str(bin_dir / "flask"), "--app", "host", "bridge", "migrate"],
+                     cwd=host, env=env)
+    assert "migrated from empty to" in migrated.stdout
+
+    sim_port, web_port = free_port(), free_port()
+    env["RETENO_BASE_URL"] = f"http://127.0.0.1:{sim_port}"
+    processes = [
+        subprocess.Popen([str(bin_dir / "reteno-sandbox"), "--port", str(sim_port),
+                          "--app-uuid", APP_UUID, "--api-key", RETENO_KEY], cwd=host, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{web_port}",
+                          "host:create_app()"], cwd=host, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+    ]
+    try:
+        wait_until_listening(sim_port, processes[0])
+        wait_until_listening(web_port, processes[1])
+        base = f"http://127.0.0.1:{web_port}/reteno"
+        response = requests.post(f"{base}/register", headers=AUTH, timeout=10,
+                                 json={"token": 777001, "email": "Ann@Example.com"})
+        assert response.status_code == 202, response.text
+        [item] = requests.get(f"{base}/tokens", headers=AUTH, timeout=10).json()["items"]
+        assert (item["token"], item["state"]) == ("777001", "queued")
+
+        delivered = check([str(bin_dir / "reteno-bridge"), "deliver", "--once"],
+                          cwd=host, env=env)
+        assert "delivered 1" in delivered.stdout
+        contacts = requests.get(f"http://127.0.0.1:{sim_port}/contacts", timeout=10).json()
+        assert [(c["email"], c["tokens"]) for c in contacts["contacts"]] == [
+            ("ann@example.com", ["777001"])]
+        [item] = requests.get(f"{base}/tokens", headers=AUTH, timeout=10).json()["items"]
+        assert item["state"] == "delivered"
+    finally:
+        for proc in processes:
+            proc.terminate()
+            proc.communicate(timeout=30)
