@@ -1,49 +1,78 @@
 """An example bot (python-telegram-bot) that registers its users with the bridge.
 
-It long-polls Telegram and, for every ``/start``, tells the bridge the user's
-chat id together with an identifier the company knows the user by:
+It long-polls Telegram and tells the bridge each user's chat id together with an
+identifier the company knows the user by:
 
 * ``/start``            → ``externalCustomerId = "tg-<telegram user id>"``
 * a shared contact      → ``phone`` (the button "Share my phone number")
 
 Run it::
 
-    pip install python-telegram-bot requests
-    TELEGRAM_BOT_TOKEN=123:abc BRIDGE_URL=http://127.0.0.1:5000 \
+    pip install python-telegram-bot      # brings httpx, which the bot uses too
+    TELEGRAM_BOT_TOKEN=123:abc BRIDGE_URL=http://127.0.0.1:5000 \\
     BRIDGE_API_KEY=<a key from BRIDGE_API_KEYS> python examples/telegram_bot.py
 
-The bot never talks to Reteno itself: the bridge queues the token durably and
-delivers it, so a slow or failing Reteno never slows the bot down.
-Deep links signed by the bridge (``flask --app app bridge link``) need no code
-here: point Telegram's webhook at the bridge's ``/telegram/webhook`` instead.
+The handlers are asynchronous, and so are their calls to the bridge
+(``httpx.AsyncClient``): a slow bridge never blocks the bot's other updates. The
+bot never talks to Reteno itself: the bridge queues the token durably and
+delivers it. Deep links signed by the bridge (``bridge link``) need no code here:
+point Telegram's webhook at the bridge's ``/telegram/webhook`` instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-import requests
+import httpx
 from telegram import KeyboardButton, ReplyKeyboardMarkup, Update
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.request import BaseRequest
 
 log = logging.getLogger("example-bot")
+SETTINGS = ("TELEGRAM_BOT_TOKEN", "BRIDGE_URL", "BRIDGE_API_KEY")
+
+
+@dataclass(frozen=True)
+class Settings:
+    bot_token: str
+    bridge_url: str
+    bridge_api_key: str
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Settings:
+        """The bot's settings; ``ValueError`` naming every one that is missing."""
+        missing = [name for name in SETTINGS if not environ.get(name, "").strip()]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the bot "
+                "needs TELEGRAM_BOT_TOKEN (from @BotFather), BRIDGE_URL (where the bridge "
+                "listens) and BRIDGE_API_KEY (one of the bridge's BRIDGE_API_KEYS)"
+            )
+        return cls(*(environ[name].strip() for name in SETTINGS))
 
 
 class BridgeClient:
-    """The two lines of HTTP a bot needs: POST /register with a bearer key."""
+    """``POST /register`` with a bearer key, asynchronously."""
 
-    def __init__(self, base_url: str, api_key: str, session: requests.Session | None = None):
-        self.url = base_url.rstrip("/") + "/register"
-        self.session = session or requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {api_key}"
+    def __init__(self, base_url: str, api_key: str, client: httpx.AsyncClient | None = None):
+        self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"}
 
-    def register(self, token: int, **identifiers) -> dict:
-        """Register a chat id; returns the bridge's registration (raises on 4xx/5xx)."""
+    async def register(self, token: int, **identifiers) -> dict:
+        """Register a chat id; the bridge's registration (``httpx.HTTPError`` on failure)."""
         body = {"token": token, **{k: v for k, v in identifiers.items() if v is not None}}
-        response = self.session.post(self.url, json=body, timeout=(3, 10))
+        response = await self.client.post(f"{self.base_url}/register", json=body,
+                                          headers=self.headers)
         response.raise_for_status()
         return response.json()["registrations"][0]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 def start_registration(update: Update) -> dict | None:
@@ -65,15 +94,21 @@ def contact_registration(update: Update) -> dict | None:
     return {"token": update.effective_chat.id, "phone": contact.phone_number}
 
 
+async def _register(context: ContextTypes.DEFAULT_TYPE, body: dict) -> bool:
+    bridge: BridgeClient = context.bot_data["bridge"]
+    try:
+        await bridge.register(**body)
+    except httpx.HTTPError as exc:
+        log.warning("bridge registration failed: %s", type(exc).__name__)
+        return False
+    return True
+
+
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     body = start_registration(update)
     if body is None:
         return
-    bridge: BridgeClient = context.bot_data["bridge"]
-    try:
-        bridge.register(**body)
-    except requests.RequestException as exc:
-        log.warning("bridge registration failed: %s", type(exc).__name__)
+    await _register(context, body)
     keyboard = ReplyKeyboardMarkup(
         [[KeyboardButton("Share my phone number", request_contact=True)]],
         one_time_keyboard=True, resize_keyboard=True,
@@ -87,16 +122,23 @@ async def on_contact(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     body = contact_registration(update)
     if body is None:
         return
-    try:
-        context.bot_data["bridge"].register(**body)
-    except requests.RequestException as exc:
-        log.warning("bridge registration failed: %s", type(exc).__name__)
-        return
-    await update.effective_message.reply_text("Thanks, you're subscribed.")
+    if await _register(context, body):
+        await update.effective_message.reply_text("Thanks, you're subscribed.")
+    else:
+        await update.effective_message.reply_text("Sorry, that did not work; try again later.")
 
 
-def build_application(bot_token: str, bridge: BridgeClient) -> Application:
-    application = Application.builder().token(bot_token).build()
+def build_application(bot_token: str, bridge: BridgeClient,
+                      request: BaseRequest | None = None) -> Application:
+    """The bot; ``request``: how it reaches Telegram (tests pass one of their own)."""
+    builder = Application.builder().token(bot_token)
+    if request is not None:
+        builder = builder.request(request).get_updates_request(request)
+
+    async def close_bridge(_application: Application) -> None:
+        await bridge.aclose()
+
+    application = builder.post_shutdown(close_bridge).build()
     application.bot_data["bridge"] = bridge
     application.add_handler(CommandHandler("start", on_start))
     application.add_handler(MessageHandler(filters.CONTACT, on_contact))
@@ -105,8 +147,13 @@ def build_application(bot_token: str, bridge: BridgeClient) -> Application:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    bridge = BridgeClient(os.environ["BRIDGE_URL"], os.environ["BRIDGE_API_KEY"])
-    build_application(os.environ["TELEGRAM_BOT_TOKEN"], bridge).run_polling()
+    try:
+        settings = Settings.from_environment(os.environ)
+    except ValueError as exc:
+        print(f"telegram_bot: {exc}", file=sys.stderr)
+        sys.exit(2)
+    bridge = BridgeClient(settings.bridge_url, settings.bridge_api_key)
+    build_application(settings.bot_token, bridge).run_polling()
 
 
 if __name__ == "__main__":
