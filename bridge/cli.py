@@ -19,7 +19,7 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from . import db as dbmod
-from .config import StartupError
+from .config import StartupError, parse_duration
 from .runtime import current
 from .sandbox.cli import sandbox_command
 from .schemas import (
@@ -201,16 +201,20 @@ def _plural(n: int, word: str) -> str:
 @cli.command("tokens")
 @_identifier_options
 @click.option("--state", type=click.Choice(STATES), help="Only registrations in this state.")
+@click.option("--conflict/--no-conflict", default=None,
+              help="Only identity conflicts (or only registrations without one).")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True,
               help="Registrations per page.")
 @click.option("--cursor", help="The next-page cursor a previous page printed.")
 @_json_option
-def tokens_command(state, limit, cursor, as_json, **identifiers):
+def tokens_command(state, conflict, limit, cursor, as_json, **identifiers):
     """Query registrations, newest first (the filters of GET /tokens)."""
     rt = _ready()
     filters = {k: v for k, v in identifiers.items() if v is not None}
     if state:
         filters["state"] = state
+    if conflict is not None:
+        filters["conflict"] = conflict
     try:
         rows, nxt = rt.ledger.find(filters, limit=limit, cursor=cursor)
     except ValueError as exc:
@@ -363,12 +367,15 @@ def requeue_command(ids, error_contains, token, as_json):
               help="externalCustomerId (your own customer id).")
 @click.option("--phone", help="Phone number (stored as its digits).")
 @click.option("--email", help="E-mail address.")
-def link_command(contact_id, external_customer_id, phone, email):
-    """Print a signed https://t.me/<bot>?start=… link that registers whoever opens it.
+@click.option("--ttl", help="How long the link stays valid: 90m, 12h, 30d; 0 for ever "
+                            "(default BRIDGE_LINK_TTL, 30d).")
+def link_command(contact_id, external_customer_id, phone, email, ttl):
+    """Print a signed https://t.me/<bot>?start=… link that registers the chat that opens
+    it first (any other chat opening it registers nothing).
 
     Give exactly one identifier. Needs BRIDGE_LINK_SECRET and TELEGRAM_BOT_USERNAME.
     """
-    from .telegram import LinkError, make_link
+    from .links import LinkError, make_link
 
     given = [
         (name, value)
@@ -385,6 +392,53 @@ def link_command(contact_id, external_customer_id, phone, email):
             "Give exactly one of --contact-id, --external-customer-id, --phone, --email."
         )
     try:
-        click.echo(make_link(current().settings, *given[0]))
+        ttl_seconds = parse_duration(ttl) if ttl is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--ttl'") from None
+    try:
+        click.echo(make_link(current().settings, *given[0], ttl_seconds=ttl_seconds))
     except LinkError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+# --- identity conflicts ---------------------------------------------------------------
+
+
+@cli.group("conflicts", invoke_without_command=True)
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--cursor", help="The next-page cursor a previous page printed.")
+@_json_option
+@click.pass_context
+def conflicts_group(ctx, limit, cursor, as_json):
+    """Registrations submitted while their chat had another identity (newest first);
+    `release ID` sends a held one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rt = _ready()
+    try:
+        rows, nxt = rt.ledger.find({"conflict": True}, limit=limit, cursor=cursor)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--cursor'") from None
+    if as_json:
+        _echo_json(TokenPageSchema().dump({"items": rows, "next": nxt}))
+        return
+    if not rows:
+        click.echo("no identity conflicts")
+        return
+    click.echo(format_table(
+        ["ID", "TOKEN", "STATE", "MATCHED BY", "CREATED"],
+        [[r.id, r.token, r.state, r.matched_by, r.created_at] for r in rows], right={0}))
+    held = sum(r.state == "held" for r in rows)
+    click.echo("")
+    click.echo(f"{_plural(len(rows), 'conflict')} shown, {held} held"
+               + (f"; next page: --cursor {nxt}" if nxt else ""))
+
+
+@conflicts_group.command("release")
+@click.argument("registration_id", type=click.IntRange(min=1))
+def conflicts_release(registration_id):
+    """Send a held registration to Reteno after all (it goes to the queue)."""
+    rt = _ready()
+    if not rt.ledger.release_held(registration_id):
+        raise click.ClickException(f"registration {registration_id} is not held")
+    click.echo(f"released registration {registration_id}: queued for delivery")

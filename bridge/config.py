@@ -35,6 +35,10 @@ DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_LEASE_SECONDS = 120
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
+DEFAULT_LINK_TTL = "30d"
+ON_CONFLICT = ("send", "hold")
+_DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -63,7 +67,7 @@ class Settings:
     webhook_username: str | None = field(repr=False)
     webhook_password: str | None = field(repr=False)
     telegram_webhook_secret: str | None = field(repr=False)
-    link_secret: str | None = field(repr=False)
+    link_secrets: tuple[str, ...] = field(repr=False)  # the first signs, every one verifies
     telegram_bot_username: str | None
     batch_size: int
     background_delivery: bool
@@ -74,6 +78,8 @@ class Settings:
     upstream_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     upstream_read_timeout: float = DEFAULT_READ_TIMEOUT
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    link_ttl: int = 30 * 86400  # seconds a new deep link stays valid; 0: for ever
+    hold_conflicts: bool = False  # BRIDGE_ON_CONFLICT=hold
 
     @property
     def tokens_url(self) -> str:
@@ -138,6 +144,24 @@ def _float(config, environ, key, default: float, low: float, high: float) -> flo
         raise ConfigError(f"{key} must be a number of seconds from {low:g} to {high:g}, "
                           f"got {value!r}")
     return float(number)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of ``90m``, ``12h``, ``30d``, ``45s`` or plain seconds (``0``: none);
+    ``ValueError`` otherwise."""
+    match = _DURATION.match(str(text).strip().lower())
+    if not match:
+        raise ValueError(f"not a duration like 90m, 12h or 30d: {text!r}")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _duration(config, environ, key: str, default: str) -> int:
+    value = _lookup(config, environ, key)
+    try:
+        return parse_duration(default if value is None else value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a duration like 90m, 12h or 30d (0: never "
+                          f"expires), got {value!r}") from None
 
 
 def _long_enough(key: str, secret: str | None) -> None:
@@ -224,8 +248,16 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         raise ConfigError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z a-z 0-9 _ -")
     _long_enough("TELEGRAM_WEBHOOK_SECRET", tg_secret)
 
-    link_secret = _text(config, environ, "BRIDGE_LINK_SECRET")
-    _long_enough("BRIDGE_LINK_SECRET", link_secret)
+    raw_secrets = _text(config, environ, "BRIDGE_LINK_SECRET") or ""
+    link_secrets = tuple(part.strip() for part in raw_secrets.split(",") if part.strip())
+    for secret in link_secrets:
+        _long_enough("BRIDGE_LINK_SECRET", secret)
+    link_ttl = _duration(config, environ, "BRIDGE_LINK_TTL", DEFAULT_LINK_TTL)
+
+    on_conflict = (_text(config, environ, "BRIDGE_ON_CONFLICT") or "send").lower()
+    if on_conflict not in ON_CONFLICT:
+        raise ConfigError(f"BRIDGE_ON_CONFLICT must be one of {', '.join(ON_CONFLICT)}, "
+                          f"got {on_conflict!r}")
 
     bot_username = _text(config, environ, "TELEGRAM_BOT_USERNAME")
     if bot_username:
@@ -254,7 +286,9 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         webhook_username=webhook_username,
         webhook_password=webhook_password,
         telegram_webhook_secret=tg_secret,
-        link_secret=link_secret,
+        link_secrets=link_secrets,
+        link_ttl=link_ttl,
+        hold_conflicts=on_conflict == "hold",
         telegram_bot_username=bot_username,
         batch_size=_int(
             config, environ, "BRIDGE_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE

@@ -68,6 +68,11 @@ class Metrics:
         self.status_events = Counter(
             "bridge_status_events", "Status events received, by kind", ["kind"], registry=r
         )
+        self.conflicts = Counter(
+            "bridge_conflicts", "Registrations of a chat that has another identity, by the "
+            "state they started in (queued: sent anyway; held: kept back)", ["state"],
+            registry=r,
+        )
         self.telegram_updates = Counter(
             "bridge_telegram_updates", "Telegram updates received, by kind", ["kind"], registry=r
         )

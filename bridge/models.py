@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -100,6 +101,12 @@ class Registration(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     removal_reason: Mapped[str | None] = mapped_column(Text)
+    # The latest sign of life of the chat under this registration (its submission, a
+    # repeated one, an unblock, a /start, a SENT/DELIVERED/CLICKED status): a report of a
+    # block older than this is stale.
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Submitted while the chat had a live registration under another identity.
+    conflict: Mapped[bool] = mapped_column(Boolean, default=lambda: False)
 
     __table_args__ = (
         Index("ix_bridge_registrations_token", "token", "id"),
@@ -127,6 +134,9 @@ class Registration(Base):
             sqlite_where=text("state <> 'removed'"),
             postgresql_where=text("state <> 'removed'"),
         ),
+        # GET /tokens?conflict=true
+        Index("ix_bridge_registrations_conflict", "id", sqlite_where=text("conflict"),
+              postgresql_where=text("conflict")),
         # SQLite: ids are never reused, even after an erase (migration 0004).
         {"sqlite_autoincrement": True},
     )

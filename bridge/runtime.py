@@ -39,7 +39,8 @@ class Runtime:
         self.settings = settings
         self.url_prefix = url_prefix
         self.db = dbmod.Database(settings.database_url)
-        self.ledger = Ledger(self.db, on_queued=self._wake)
+        self.ledger = Ledger(self.db, on_queued=self._wake,
+                             hold_conflicts=settings.hold_conflicts)
         self.metrics = Metrics(self.ledger)
         self.client = RetenoClient(settings, clock=lambda: self.ledger.clock())
         self.worker = DeliveryWorker(self.ledger, self.client, settings.batch_size, self.metrics,

@@ -233,6 +233,8 @@ class RegistrationResultSchema(Schema):
     matchedBy = fields.String(attribute="matched_by")
     state = fields.String(validate=validate.OneOf(STATES))
     duplicate = fields.Boolean()
+    conflict = fields.Boolean(metadata={"description": "The chat has a live registration "
+                                                       "under another identity."})
 
 
 class RegisterResponseSchema(Schema):
@@ -285,6 +287,8 @@ class TokenQuerySchema(Schema):
     token = token_field()
     contactId, externalCustomerId, phone, email = identifier_fields().values()
     state = fields.String(validate=validate.OneOf(STATES))
+    conflict = fields.Boolean(metadata={"description": "Only registrations submitted while "
+                                        "the chat had another identity (true), or not."})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.String(validate=validate.Length(max=200))
 
@@ -307,6 +311,12 @@ class RegistrationSchema(Schema):
     deliveredAt = fields.AwareDateTime(attribute="delivered_at", allow_none=True)
     removedAt = fields.AwareDateTime(attribute="removed_at", allow_none=True)
     removalReason = fields.String(attribute="removal_reason", allow_none=True)
+    lastSeenAt = fields.AwareDateTime(
+        attribute="last_seen_at", allow_none=True,
+        metadata={"description": "Latest sign of life: submission, unblock, /start, or a "
+                                 "SENT / DELIVERED / CLICKED status."})
+    conflict = fields.Boolean(metadata={"description": "Submitted while the chat had a live "
+                                                       "registration under another identity."})
 
 
 class TokenPageSchema(Schema):
@@ -373,7 +383,10 @@ class StatusEventSchema(Schema):
     statusDescription = fields.String(metadata={"example": "Forbidden"})
     mediaType = fields.String()
     messageId = _loose("Reteno message id.", type=["integer", "string"])
-    activityDateTime = fields.String()
+    activityDateTime = _loose("When it happened: ISO 8601 (no offset: UTC) or epoch seconds.",
+                              type=["string", "number"])
+    time = _loose("The simple vocabulary's event time, as activityDateTime.",
+                  type=["string", "number"])
 
 
 class StatusResultSchema(Schema):
@@ -385,6 +398,11 @@ class StatusResultSchema(Schema):
     ignored = fields.Integer(
         metadata={"description": "Objects with no recognisable status or identifier."}
     )
+    stale = fields.Integer(metadata={"description": "Blocks older than the chat's latest "
+                                                    "sign of life: nothing removed."})
+    ambiguous = fields.Integer(metadata={"description": "Blocks naming no token whose "
+                                                        "identifier matched several live "
+                                                        "chats: nothing removed."})
 
 
 class StatusProbeSchema(Schema):

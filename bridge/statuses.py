@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import ValidationError
@@ -115,6 +117,32 @@ def _status(event: dict) -> tuple[str | None, str | None]:
     return None, f"unrecognised status {str(given[0])[:60]!r}"
 
 
+# Epoch seconds beyond this are milliseconds (year 2286 in seconds): Reteno's API
+# documents seconds, some exports use milliseconds.
+_EPOCH_MS = 10**10
+
+
+def event_time(value: Any) -> datetime:
+    """An event's time: ISO 8601 (without an offset: UTC) or epoch seconds (a number or
+    a string of one); ``ValueError`` for anything else."""
+    if isinstance(value, bool):
+        raise ValueError("not a time")
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", value):
+        value = float(value)
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("not a time")
+        seconds = value / 1000 if value >= _EPOCH_MS else value
+        return datetime.fromtimestamp(seconds, UTC)
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("not a time")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
 def _is_telegram(media_type: Any) -> bool:
     return media_type is None or "telegram" in str(media_type).lower()
 
@@ -126,6 +154,14 @@ def normalise(obj: dict) -> StatusEvent:
     event.error = _text(raw.get("error"))
     event.description = _text(raw.get("statusDescription"))
     event.status, reason = _status(raw)
+    for key in ("activityDateTime", "time"):
+        if raw.get(key) not in (None, ""):
+            try:
+                event.at = event_time(raw[key])
+            except (ValueError, OverflowError, OSError):
+                event.invalid[key] = "not an ISO 8601 time or epoch seconds: the time it " \
+                                     "was received counts"
+            break
 
     token = raw.get("token")
     if token not in (None, ""):
@@ -165,8 +201,9 @@ def normalise(obj: dict) -> StatusEvent:
 def handle(ledger: Ledger, objects: list[dict], metrics=None) -> dict[str, Any]:
     """Normalise a body's events and apply them in one ledger transaction.
 
-    Returns ``{"processed", "removed", "unmatched", "ignored"}``: ``processed``
-    counts every object of the body; ``removed`` lists the tokens removed now.
+    Returns ``{"processed", "removed", "unmatched", "ignored", "stale", "ambiguous"}``:
+    ``processed`` counts every object of the body; ``removed`` lists the tokens
+    removed now.
     """
     result = ledger.apply_statuses([normalise(obj) for obj in objects])
     if metrics is not None:
@@ -181,4 +218,5 @@ def handle(ledger: Ledger, objects: list[dict], metrics=None) -> dict[str, Any]:
         result.removed_registrations, len(result.removed),
     )
     return {"processed": result.processed, "removed": result.removed,
-            "unmatched": result.unmatched, "ignored": result.ignored}
+            "unmatched": result.unmatched, "ignored": result.ignored, "stale": result.stale,
+            "ambiguous": result.ambiguous}

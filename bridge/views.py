@@ -75,6 +75,8 @@ def register():
     outcomes = bridge.ledger.register(items, source="api")
     for outcome in outcomes:
         bridge.metrics.registrations.labels("duplicate" if outcome.duplicate else "queued").inc()
+        if outcome.conflict and not outcome.duplicate:
+            bridge.metrics.conflicts.labels(outcome.state).inc()
     return _register_response.dump({"registrations": outcomes}), 202
 
 

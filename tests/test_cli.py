@@ -180,7 +180,7 @@ def known_ledger(client, auth, bridge, requests_mock, clock):
 
 def test_stats_json(runner, known_ledger):
     stats = json.loads(run(runner, "stats", "--json").output)
-    assert stats["states"] == {"queued": 1, "delivered": 1, "removed": 1, "dead": 1}
+    assert stats["states"] == {"queued": 1, "delivered": 1, "removed": 1, "dead": 1, "held": 0}
     assert stats["outbox"] == {"depth": 1, "oldestAgeSeconds": 30.0}
     assert stats["deadLetters"] == {
         "total": 1, "byError": [{"error": "400 Bad Request: token is invalid", "count": 1}]}
@@ -202,7 +202,7 @@ def test_stats_tables(runner, known_ledger):
     assert "Registrations by state" in output
     rows = table_rows(output)
     assert rows == [["STATE", "COUNT"], ["queued", "1"], ["delivered", "1"], ["removed", "1"],
-                    ["dead", "1"]]
+                    ["dead", "1"], ["held", "0"]]
     assert "Outbox: 1 registration queued, oldest queued 30 s ago" in output
     assert "Dead letters: 1" in output
     assert "1  400 Bad Request: token is invalid" in output

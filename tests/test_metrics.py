@@ -51,7 +51,9 @@ def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clo
     assert 'bridge_ledger_registrations{state="delivered"} 2.0' in body
     assert 'bridge_ledger_registrations{state="queued"} 0.0' in body
 
-    # statuses: one block, one plain match, one for nobody, one unusable object
+    # statuses: one block, one plain match, one for nobody, one unusable object; received
+    # a second after the registrations (a block is no older than the chat's last sign of life)
+    clock.advance(1)
     response = client.post("/statuses", headers=auth, json=[
         {"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
          "token": "111111111"},
@@ -60,7 +62,7 @@ def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clo
         {"hello": "world"},
     ])
     assert response.get_json() == {"processed": 4, "removed": ["111111111"], "unmatched": 1,
-                                   "ignored": 1}
+                                   "ignored": 1, "stale": 0, "ambiguous": 0}
     # Reteno refuses the next token for good; another one waits in the outbox
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": "bad token"})
     client.post("/register", json={"token": 333333333, "email": "c@example.com"},

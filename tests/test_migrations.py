@@ -8,7 +8,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from bridge.db import alembic_config, make_engine, migrate
+from bridge.db import alembic_config, head_revision, make_engine, migrate
 from tests.helpers import register, rows
 
 
@@ -22,7 +22,7 @@ def test_an_erased_registrations_id_is_never_given_again(client, auth, runner):
     assert [r["id"] for r in rows(client, auth)] == [again, first]
 
 
-def test_upgrading_sqlite_to_0004_keeps_rows_links_and_duplicate_suppression(tmp_path):
+def test_upgrading_an_0003_sqlite_database_keeps_rows_links_and_duplicate_suppression(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
     engine = make_engine(url)
     cfg = alembic_config(url)
@@ -37,12 +37,13 @@ def test_upgrading_sqlite_to_0004_keeps_rows_links_and_duplicate_suppression(tmp
         conn.execute(text("INSERT INTO bridge_events (at, registration_id, token, kind, detail) "
                           "VALUES ('2026-11-01 00:00:00', 7, '55', 'submitted', '{}')"))
     engine.dispose()
-    assert migrate(url) == ("0003", "0004")
+    assert migrate(url) == ("0003", head_revision())
 
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT id, token, state FROM bridge_registrations").fetchall() == [
-            (7, "55", "delivered")]
+        assert conn.execute("SELECT id, token, state, conflict, last_seen_at FROM "
+                            "bridge_registrations").fetchall() == [
+            (7, "55", "delivered", 0, "2026-11-01 00:00:00")]
         assert conn.execute("SELECT registration_id FROM bridge_events").fetchall() == [(7,)]
         # the live key is still unique among live rows only
         with pytest.raises(sqlite3.IntegrityError):

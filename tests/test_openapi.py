@@ -107,7 +107,7 @@ def test_the_schemas_are_those_the_views_use(spec):
                                         {"$ref": "#/components/schemas/TokenBatch"}]}
     result = spec["paths"]["/statuses"]["post"]["responses"]["200"]
     assert set(schemas["StatusResult"]["properties"]) == {"processed", "removed", "unmatched",
-                                                           "ignored"}
+                                                           "ignored", "stale", "ambiguous"}
     assert result["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/StatusResult"}
 

@@ -312,7 +312,7 @@ def test_a_second_block_in_the_same_body_does_not_remove_again(client, auth):
         forbidden(1, contactId=5), forbidden(2, contactId=5)])
     assert response.status_code == 200
     assert response.get_json() == {"processed": 2, "removed": ["1001"], "unmatched": 0,
-                                   "ignored": 0}
+                                   "ignored": 0, "stale": 0, "ambiguous": 0}
     events = history(client, auth, "1001")
     assert [e["kind"] for e in events] == ["submitted", "status", "status", "removed"]
     assert [e["detail"]["registrationState"] for e in events[1:3]] == ["queued", "removed"]

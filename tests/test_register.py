@@ -28,7 +28,7 @@ def test_single_token_is_queued_and_normalised(client, auth):
     [reg] = response.json["registrations"]
     assert reg == {
         "id": reg["id"], "token": "123456789", "matchedBy": "email",
-        "state": "queued", "duplicate": False,
+        "state": "queued", "duplicate": False, "conflict": False,
     }
     [row] = ledger_rows(client, auth)
     assert row["email"] == "ann@example.com"
@@ -84,7 +84,7 @@ def test_duplicate_shows_the_existing_state(client, auth, bridge, requests_mock)
     bridge.deliver_once()
     dup = post(client, {"token": 8, "contactId": 99}, auth).json["registrations"][0]
     assert dup == {"id": dup["id"], "token": "8", "matchedBy": "contactId",
-                   "state": "delivered", "duplicate": True}
+                   "state": "delivered", "duplicate": True, "conflict": False}
     assert requests_mock.call_count == 1
 
 

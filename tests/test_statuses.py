@@ -46,7 +46,8 @@ def post(client, body, headers=None, **kwargs):
 def activity(status="UNDELIVERED", description=BLOCKED, **fields):
     """One object as Reteno's activity webhook posts it."""
     event = {
-        "activityDateTime": "2026-11-25T10:15:00.000Z",
+        # after every registration these tests make (on the real clock): time decides
+        "activityDateTime": "2030-11-25T10:15:00.000Z",
         "activityStatus": status,
         "broadcastId": 9001,
         "contactId": None,
@@ -97,7 +98,8 @@ def test_wrong_or_missing_credentials_get_401_and_change_nothing(client, auth, h
 def test_basic_credentials_are_accepted(client):
     response = post(client, [], headers=basic())
     assert response.status_code == 200
-    assert response.json == {"processed": 0, "removed": [], "unmatched": 0, "ignored": 0}
+    assert response.json == {"processed": 0, "removed": [], "unmatched": 0, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
 
 
 def test_bearer_key_is_accepted(client, auth):
@@ -131,7 +133,8 @@ def test_undelivered_forbidden_removes_the_matching_token(client, auth, clock, r
     register(client, auth, {"token": "1001", **registered})
     response = post(client, [activity(**reported)])
     assert response.status_code == 200, response.json
-    assert response.json == {"processed": 1, "removed": ["1001"], "unmatched": 0, "ignored": 0}
+    assert response.json == {"processed": 1, "removed": ["1001"], "unmatched": 0, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
 
     item = row(client, auth, "1001")
     assert item["state"] == "removed"
@@ -179,7 +182,8 @@ def test_every_failure_saying_forbidden_blocked_or_403_removes(client, auth, sta
 def test_other_failures_and_statuses_are_recorded_only(client, auth, status, description):
     register(client, auth, {"token": "1003", "contactId": 3})
     response = post(client, [activity(status, description, contactId=3)])
-    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0}
+    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
     assert row(client, auth, "1003")["state"] == "queued"
     [status_event] = [e for e in history(client, auth, "1003") if e["kind"] == "status"]
     assert status_event["detail"]["status"] == status
@@ -198,7 +202,8 @@ def test_delivered_sent_clicked_are_recorded_on_the_registration_history(
         activity("CLICKED", None, contactId=4, messageId=1, link="https://example.com/x"),
     ]
     response = post(client, body)
-    assert response.json == {"processed": 3, "removed": [], "unmatched": 0, "ignored": 0}
+    assert response.json == {"processed": 3, "removed": [], "unmatched": 0, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
     assert row(client, auth, "1004")["state"] == "delivered"
     events = history(client, auth, "1004")
     assert [e["kind"] for e in events] == ["submitted", "delivered", "status", "status",
@@ -208,12 +213,19 @@ def test_delivered_sent_clicked_are_recorded_on_the_registration_history(
     assert events[4]["detail"]["raw"]["link"] == "https://example.com/x"
 
 
-def test_a_contact_with_several_tokens_loses_all_of_them(client, auth):
+def test_a_block_naming_a_contact_of_several_chats_removes_none(client, auth):
+    # Reteno drops exactly the chat that failed; the event names only the contact: no guessing
     register(client, auth, {"token": "2001", "contactId": 77}, {"token": "2002", "contactId": 77},
              {"token": "2003", "contactId": 78})
     response = post(client, [activity(contactId=77)])
-    assert response.json["removed"] == ["2001", "2002"]
-    assert row(client, auth, "2003")["state"] == "queued"
+    assert response.json["removed"] == [] and response.json["ambiguous"] == 1
+    assert {t: row(client, auth, t)["state"] for t in ("2001", "2002", "2003")} == {
+        "2001": "queued", "2002": "queued", "2003": "queued"}
+    for token in ("2001", "2002"):
+        last = history(client, auth, token)[-1]
+        assert last["kind"] == "status_ambiguous"
+        assert last["detail"]["candidates"] == ["2001", "2002"]
+    assert kinds(client, auth, "2003") == ["submitted"]
 
 
 def test_a_block_found_by_identifier_removes_the_chat_under_every_identifier(client, auth):
@@ -233,13 +245,15 @@ def test_bot_backend_reports_forbidden_by_token(client, auth):
     body = {"token": "123", "status": "FAILED", "error": "Forbidden: bot was blocked by the user"}
     response = post(client, body, headers=auth)
     assert response.status_code == 200
-    assert response.json == {"processed": 1, "removed": ["123"], "unmatched": 0, "ignored": 0}
+    assert response.json == {"processed": 1, "removed": ["123"], "unmatched": 0, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
     assert {r["state"] for r in rows(client, auth, token="123")} == {"removed"}
     events = history(client, auth, "123")
-    assert [e["kind"] for e in events] == ["submitted", "submitted", "status", "status",
-                                          "removed", "removed"]
-    assert events[2]["detail"]["raw"] == body
-    assert events[2]["detail"]["via"] == "token"
+    # one chat under two identities: the second is an identity conflict
+    assert [e["kind"] for e in events] == ["submitted", "submitted", "conflict", "status",
+                                          "status", "removed", "removed"]
+    assert events[3]["detail"]["raw"] == body
+    assert events[3]["detail"]["via"] == "token"
 
 
 def test_token_given_as_integer_and_identifiers_in_simple_vocabulary(client, auth):
@@ -250,7 +264,7 @@ def test_token_given_as_integer_and_identifiers_in_simple_vocabulary(client, aut
         {"externalCustomerId": "E-1", "status": "SENT"},
     ], headers=auth)
     assert response.json == {"processed": 2, "removed": ["-1001234"], "unmatched": 0,
-                             "ignored": 0}
+                             "ignored": 0, "stale": 0, "ambiguous": 0}
     assert kinds(client, auth, "555") == ["submitted", "status"]
 
 
@@ -293,7 +307,8 @@ def test_events_matching_no_registration_are_counted_unmatched(client, auth):
         {"token": "4999", "status": "FAILED", "error": "Forbidden"},
     ])
     assert response.status_code == 200
-    assert response.json == {"processed": 3, "removed": [], "unmatched": 3, "ignored": 0}
+    assert response.json == {"processed": 3, "removed": [], "unmatched": 3, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
     assert row(client, auth, "4001")["state"] == "queued"
     [event] = history(client, auth, "4999")
     assert event["kind"] == "status_unmatched"
@@ -315,7 +330,8 @@ def test_events_without_a_usable_status_are_ignored_and_recorded(client, auth, e
     register(client, auth, {"token": "5001", "contactId": 50})
     response = post(client, [event])
     assert response.status_code == 200
-    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 1}
+    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 1,
+                             "stale": 0, "ambiguous": 0}
     ignored = [e for e in history(client, auth, "5001") if e["kind"] == "status_ignored"]
     assert len(ignored) == 1
     assert reason in ignored[0]["detail"]["reason"]
@@ -338,7 +354,8 @@ def test_events_without_a_usable_token_or_identifier_are_ignored(client, auth, e
     register(client, auth, {"token": "5002", "contactId": 50})
     response = post(client, [event, event | {"messageId": "other"}])
     assert response.status_code == 200
-    assert response.json == {"processed": 2, "removed": [], "unmatched": 0, "ignored": 2}
+    assert response.json == {"processed": 2, "removed": [], "unmatched": 0, "ignored": 2,
+                             "stale": 0, "ambiguous": 0}
     assert row(client, auth, "5002")["state"] == "queued"
 
 
@@ -373,13 +390,15 @@ def test_replaying_the_same_body_changes_and_records_nothing_more(client, auth):
         {"token": "6002", "note": "no status"},
     ]
     first = post(client, body)
-    assert first.json == {"processed": 4, "removed": ["6001"], "unmatched": 1, "ignored": 1}
+    assert first.json == {"processed": 4, "removed": ["6001"], "unmatched": 1, "ignored": 1,
+                          "stale": 0, "ambiguous": 0}
     before = {t: history(client, auth, t) for t in ("6001", "6002")}
     rows_before = rows(client, auth)
 
     second = post(client, body)
     assert second.status_code == 200
-    assert second.json == {"processed": 4, "removed": [], "unmatched": 1, "ignored": 1}
+    assert second.json == {"processed": 4, "removed": [], "unmatched": 1, "ignored": 1,
+                           "stale": 0, "ambiguous": 0}
     assert {t: history(client, auth, t) for t in ("6001", "6002")} == before
     assert rows(client, auth) == rows_before
 
@@ -405,7 +424,8 @@ def test_a_repeated_event_inside_one_body_is_applied_once(client, auth):
     register(client, auth, {"token": "6101", "contactId": 62})
     event = activity("DELIVERED", None, contactId=62)
     response = post(client, [event, event])
-    assert response.json == {"processed": 2, "removed": [], "unmatched": 0, "ignored": 0}
+    assert response.json == {"processed": 2, "removed": [], "unmatched": 0, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
     assert kinds(client, auth, "6101") == ["submitted", "status"]
 
 
@@ -422,9 +442,11 @@ def test_a_late_status_about_a_removed_token_lands_on_its_history(client, auth):
     register(client, auth, {"token": "6301", "contactId": 64})
     response = post(client, [activity(contactId=64, messageId=1),
                              activity("CLICKED", None, contactId=64, messageId=2)])
-    assert response.json == {"processed": 2, "removed": ["6301"], "unmatched": 0, "ignored": 0}
+    assert response.json == {"processed": 2, "removed": ["6301"], "unmatched": 0, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
     response = post(client, [activity(contactId=64, messageId=3)])
-    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0}
+    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0,
+                             "stale": 0, "ambiguous": 0}
     events = history(client, auth, "6301")
     assert [e["kind"] for e in events] == ["submitted", "status", "status", "removed", "status"]
     assert events[2]["detail"]["registrationState"] == "removed"

@@ -12,13 +12,15 @@ import hashlib
 import hmac
 import itertools
 import re
+import time
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import telegram as tg
+from bridge import links
 from tests.conftest import TOKENS_URL
 from tests.helpers import assert_error_shape, history, register, rows
 
@@ -32,6 +34,19 @@ CHAT_ID = 123456789
 PAYLOAD_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 _update_ids = itertools.count(500_000_000)
+
+
+def now_date() -> int:
+    """An update's ``date`` (Unix seconds) a second ahead of the real clock the ledger of
+    these tests runs on: after every registration made so far (time decides), and
+    well within a new link's validity."""
+    return int(time.time()) + 1
+
+
+def verify(secret, payload):
+    """(identifier name, value) of a payload genuine under ``secret`` now, else None."""
+    link, _reason = links.inspect_payload([secret], payload, datetime.now(UTC))
+    return None if link is None else (link.name, link.value)
 
 
 @pytest.fixture
@@ -68,7 +83,7 @@ def chat_member_update(new_status, old_status, chat=None):
         "my_chat_member": {
             "chat": chat,
             "from": user(chat["id"] if chat["type"] == "private" else CHAT_ID),
-            "date": 1732520000,
+            "date": now_date(),
             "old_chat_member": member(old_status),
             "new_chat_member": member(new_status),
         },
@@ -89,7 +104,7 @@ def text_message(text, chat=None, command_length=None):
         "message_id": 17,
         "from": user(chat["id"] if chat["type"] == "private" else CHAT_ID),
         "chat": chat,
-        "date": 1732520001,
+        "date": now_date(),
         "text": text,
     }
     if command_length:
@@ -151,7 +166,7 @@ def test_a_wrong_or_missing_secret_is_401_and_nothing_happens(client, auth, secr
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
     body = assert_error_shape(send(client, blocked(), secret=secret), 401)
     assert SECRET_HEADER in body["message"]
-    payload = tg.make_payload(LINK_SECRET, "externalCustomerId", "C-1")
+    payload = links.make_payload(LINK_SECRET, "externalCustomerId", "C-1")
     assert_error_shape(send(client, start(payload, private_chat(555)), secret=secret), 401)
     assert [r["state"] for r in rows(client, auth)] == ["queued"]
     assert kinds(client, auth) == ["submitted"]
@@ -292,7 +307,7 @@ def test_any_other_update_is_answered_200(client, auth, update):
 )
 def test_start_with_a_signed_payload_registers_the_chat(client, auth, app, name, value, shown):
     with app.app_context():
-        link = tg.make_link(app.extensions["reteno_bridge"].settings, name, value)
+        link = links.make_link(app.extensions["reteno_bridge"].settings, name, value)
     payload = link_payload(link)
     assert PAYLOAD_CHARS.match(payload)
     response = send(client, start(payload))
@@ -302,13 +317,13 @@ def test_start_with_a_signed_payload_registers_the_chat(client, auth, app, name,
     assert item[name] == shown
     assert item["matchedBy"] == name
     assert item["state"] == "queued"
-    [event] = history(client, auth, CHAT_ID)
-    assert event["kind"] == "submitted"
+    event, used = history(client, auth, CHAT_ID)
+    assert (event["kind"], used["kind"]) == ("submitted", "link_used")
     assert event["detail"]["source"] == "telegram_link"
 
 
 def test_start_addressed_to_the_bot_by_name_works_and_to_another_bot_is_ignored(client, auth):
-    payload = tg.make_payload(LINK_SECRET, "externalCustomerId", "C-1")
+    payload = links.make_payload(LINK_SECRET, "externalCustomerId", "C-1")
     send(client, start(payload, command="/start@other_bot"))
     assert rows(client, auth, token=CHAT_ID) == []
     send(client, start(payload, command=f"/start@{BOT}"))
@@ -316,15 +331,16 @@ def test_start_addressed_to_the_bot_by_name_works_and_to_another_bot_is_ignored(
 
 
 def test_opening_the_same_link_twice_is_a_duplicate(client, auth):
-    payload = tg.make_payload(LINK_SECRET, "contactId", 5)
+    payload = links.make_payload(LINK_SECRET, "contactId", 5)
     send(client, start(payload))
     send(client, start(payload))
     assert len(rows(client, auth, token=CHAT_ID)) == 1
-    assert [e["detail"]["duplicate"] for e in history(client, auth, CHAT_ID)] == [False, True]
+    assert [e["detail"]["duplicate"] for e in history(client, auth, CHAT_ID)
+            if e["kind"] == "submitted"] == [False, True]
 
 
 def test_a_link_opened_by_a_chat_that_blocked_before_registers_again(client, auth):
-    payload = tg.make_payload(LINK_SECRET, "contactId", 6)
+    payload = links.make_payload(LINK_SECRET, "contactId", 6)
     send(client, start(payload))
     send(client, blocked())
     send(client, start(payload))
@@ -332,15 +348,15 @@ def test_a_link_opened_by_a_chat_that_blocked_before_registers_again(client, aut
 
 
 def _tampered_payloads():
-    good = tg.make_payload(LINK_SECRET, "externalCustomerId", "C-42")
+    good = links.make_payload(LINK_SECRET, "externalCustomerId", "C-42")
     raw = base64.urlsafe_b64decode(good + "=" * (-len(good) % 4))
-    body, tag = raw[:-12], raw[-12:]
+    body, tag = raw[:-12], raw[-12:]  # header, key id, expiry, value | tag
 
     def b64(data):
         return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
     def resign(data, secret):
-        mac = hmac.new(secret.encode(), tg._DOMAIN + data, hashlib.sha256).digest()[:12]
+        mac = hmac.new(secret.encode(), links._DOMAIN + data, hashlib.sha256).digest()[:12]
         return b64(data + mac)
 
     flipped = good[:3] + ("A" if good[3] != "A" else "B") + good[4:]
@@ -352,36 +368,37 @@ def _tampered_payloads():
         "tag cut short": b64(body + tag[:8]),
         "value truncated, tag kept": b64(body[:-1] + tag),
         "flipped character": flipped,
-        "re-signed with another secret": tg.make_payload("another-secret-" + "y" * 20,
+        "re-signed with another secret": links.make_payload("another-secret-" + "y" * 20,
                                                          "externalCustomerId", "C-42"),
         "value changed, old tag": b64(body[:-1] + b"3" + tag),
-        "type changed, old tag": b64(bytes([0x11]) + body[1:] + tag),
+        "type changed, old tag": b64(bytes([0x21]) + body[1:] + tag),
         "no domain separation": b64(body + hmac.new(LINK_SECRET.encode(), body,
                                                     hashlib.sha256).digest()[:12]),
-        "version 2 re-signed": resign(bytes([0x22]) + body[1:], "another-secret-" + "y" * 20),
+        "version 3 re-signed": resign(bytes([0x32]) + body[1:], "another-secret-" + "y" * 20),
         "padded": good + "=",
         "too long": good + "A" * (65 - len(good)),
         "not url-safe": good.replace("-", "+").replace("_", "/") + "+/",
-        "empty value, valid tag for other secret": resign(bytes([0x12]), "x" * 32),
+        "empty value, valid tag for other secret": resign(bytes([0x22]), "x" * 32),
     }
 
 
 TAMPERED = _tampered_payloads()
 NOT_A_PAYLOAD = "not a deep-link payload (1-64 characters of A-Z a-z 0-9 _ -)"
 TOO_SHORT = "too short to carry an identifier and a signature"
+UNKNOWN_KEY = "signed with a key that is not configured (rotated out, or forged)"
 REJECTED_FOR = {  # why each tampered payload is refused, as the history records it
-    "forged": "bad signature",
+    "forged": TOO_SHORT,
     "unsigned value": TOO_SHORT,
-    "truncated by one": "not canonical base64url",
+    "truncated by one": "not base64url",
     "truncated by four": "not canonical base64url",
     "tag cut short": TOO_SHORT,
     "value truncated, tag kept": "bad signature",
     "flipped character": "bad signature",
-    "re-signed with another secret": "bad signature",
+    "re-signed with another secret": UNKNOWN_KEY,
     "value changed, old tag": "bad signature",
     "type changed, old tag": "bad signature",
     "no domain separation": "bad signature",
-    "version 2 re-signed": "bad signature",
+    "version 3 re-signed": "bad signature",
     "padded": NOT_A_PAYLOAD,
     "too long": NOT_A_PAYLOAD,
     "not url-safe": NOT_A_PAYLOAD,
@@ -403,18 +420,19 @@ def test_forged_truncated_or_resigned_payloads_register_nothing(client, auth, ca
 
 
 def test_a_payload_signed_with_a_correct_tag_but_a_bad_value_is_rejected(client, auth):
-    def signed(header, value):
-        body = bytes([header]) + value
-        mac = hmac.new(LINK_SECRET.encode(), tg._DOMAIN + body, hashlib.sha256).digest()[:12]
+    def signed(header, value, expires=b"\0\0\0\0"):
+        body = bytes([header, links.key_id(LINK_SECRET)]) + expires + value
+        mac = hmac.new(LINK_SECRET.encode(), links._DOMAIN + body, hashlib.sha256).digest()[:12]
         return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
 
     for payload, reason in [
-        (signed(0x14, b"Not-Normal@Example.com"), "not valid"),  # not the normal form
-        (signed(0x11, b"\x00\x05"), "not valid"),  # contactId not minimal
-        (signed(0x13, b"12"), "not valid"),  # phone too short
-        (signed(0x15, b"x"), "unknown identifier type"),
-        (signed(0x21, b"\x05"), "unknown payload version"),
-        (signed(0x12, b"\xff\xfe"), "not valid"),  # not UTF-8
+        (signed(0x24, b"Not-Normal@Example.com"), "not valid"),  # not the normal form
+        (signed(0x21, b"\x00\x05"), "not valid"),  # contactId not minimal
+        (signed(0x23, b"12"), "not valid"),  # phone too short
+        (signed(0x25, b"x"), "unknown identifier type"),
+        (signed(0x31, b"\x05"), "unknown payload version"),
+        (signed(0x22, b"\xff\xfe"), "not valid"),  # not UTF-8
+        (signed(0x21, b"\x05", expires=(1).to_bytes(4, "big")), "expired"),
     ]:
         assert send(client, start(payload)).status_code == 200
         assert reason in history(client, auth, CHAT_ID)[-1]["detail"]["reason"]
@@ -431,14 +449,14 @@ def test_start_without_a_payload_is_recorded_only(client, auth):
 
 def test_start_in_a_group_registers_nothing(client, auth):
     group = group_chat()
-    payload = tg.make_payload(LINK_SECRET, "contactId", 8)
+    payload = links.make_payload(LINK_SECRET, "contactId", 8)
     assert send(client, start(payload, chat=group)).status_code == 200
     assert rows(client, auth) == []
 
 
 def test_links_are_rejected_while_the_link_secret_is_unset(make_app, auth):
     client = make_app(TELEGRAM_WEBHOOK_SECRET=SECRET).test_client()
-    payload = tg.make_payload(LINK_SECRET, "contactId", 8)
+    payload = links.make_payload(LINK_SECRET, "contactId", 8)
     assert send(client, start(payload)).status_code == 200
     assert rows(client, auth) == []
     assert "BRIDGE_LINK_SECRET" in history(client, auth, CHAT_ID)[0]["detail"]["reason"]
@@ -462,33 +480,33 @@ def test_telegram_metrics_are_exported(client):
         st.tuples(st.just("phone"), st.from_regex(r"\A[0-9]{7,15}\Z")),
         st.tuples(st.just("externalCustomerId"), st.text(
             st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cc", "Cs")),
-            min_size=1, max_size=35,
-        ).filter(lambda s: s == s.strip() and len(s.encode()) <= 35)),
+            min_size=1, max_size=30,
+        ).filter(lambda s: s == s.strip() and len(s.encode()) <= 30)),
     ),
     st.data(),
 )
 def test_payloads_fit_roundtrip_and_any_change_breaks_them(identifier, data):
     name, value = identifier
-    payload = tg.make_payload(LINK_SECRET, name, value)
+    payload = links.make_payload(LINK_SECRET, name, value)
     assert PAYLOAD_CHARS.match(payload)
-    assert tg.verify_payload(LINK_SECRET, payload) == (name, value)
-    assert tg.verify_payload("other-" + LINK_SECRET, payload) is None
+    assert verify(LINK_SECRET, payload) == (name, value)
+    assert verify("other-" + LINK_SECRET, payload) is None
     index = data.draw(st.integers(0, len(payload) - 1))
     replacement = data.draw(st.sampled_from("AQgw_-9z"))
     changed = payload[:index] + replacement + payload[index + 1:]
     if changed != payload:
-        assert tg.verify_payload(LINK_SECRET, changed) is None
-    assert tg.verify_payload(LINK_SECRET, payload[:index]) is None
+        assert verify(LINK_SECRET, changed) is None
+    assert verify(LINK_SECRET, payload[:index]) is None
 
 
 def test_values_that_do_not_fit_are_refused_with_a_clear_message():
-    assert len(tg.make_payload(LINK_SECRET, "externalCustomerId", "x" * 35)) == 64
-    with pytest.raises(tg.LinkError, match="too long.*at most 35"):
-        tg.make_payload(LINK_SECRET, "externalCustomerId", "x" * 36)
-    with pytest.raises(tg.LinkError, match="too long"):
-        tg.make_payload(LINK_SECRET, "email", "a.very.long.name@an-example-domain.com")
-    with pytest.raises(tg.LinkError, match="email"):
-        tg.make_payload(LINK_SECRET, "email", "not-an-email")
+    assert len(links.make_payload(LINK_SECRET, "externalCustomerId", "x" * 30)) == 64
+    with pytest.raises(links.LinkError, match="too long.*at most 30"):
+        links.make_payload(LINK_SECRET, "externalCustomerId", "x" * 31)
+    with pytest.raises(links.LinkError, match="too long"):
+        links.make_payload(LINK_SECRET, "email", "a.very.long.name@an-example-domain.com")
+    with pytest.raises(links.LinkError, match="email"):
+        links.make_payload(LINK_SECRET, "email", "not-an-email")
 
 
 # --- flask bridge link -------------------------------------------------------------------------
@@ -527,7 +545,7 @@ def test_bridge_link_prints_a_link_whose_payload_registers_the_customer(link_app
 def test_bridge_link_for_every_identifier(link_app, args, expected):
     result = link_app.test_cli_runner().invoke(args=["bridge", "link", *args])
     assert result.exit_code == 0, result.output
-    assert tg.verify_payload("x" * 32, link_payload(result.output.strip())) == expected
+    assert verify("x" * 32, link_payload(result.output.strip())) == expected
 
 
 @pytest.mark.parametrize(
@@ -537,7 +555,7 @@ def test_bridge_link_for_every_identifier(link_app, args, expected):
         (["--contact-id", "1", "--email", "a@example.com"], "exactly one"),
         (["--contact-id", "0"], "contactId"),
         (["--email", "nope"], "email"),
-        (["--external-customer-id", "C" * 36], "too long"),
+        (["--external-customer-id", "C" * 31], "too long"),
     ],
 )
 def test_bridge_link_refuses_bad_input(link_app, args, message):

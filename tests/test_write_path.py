@@ -80,9 +80,9 @@ def test_a_failing_call_in_a_shared_transaction_fails_alone(ledger, monkeypatch)
     gate = threading.Barrier(6)
 
     def flaky(conn, items):
-        if any(request.token == "666" for request, _source in items) and len(items) == 1:
+        if any(request.token == "666" for request, *_ in items) and len(items) == 1:
             raise RuntimeError("this one is bad")
-        if any(request.token == "666" for request, _source in items):
+        if any(request.token == "666" for request, *_ in items):
             raise RuntimeError("a shared transaction with the bad call")
         return real(conn, items)
 

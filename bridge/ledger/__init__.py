@@ -20,8 +20,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from ..db import Database
-from ..models import utcnow
+from ..models import Registration, utcnow
 from . import erasure, outbox, queries, registering, reports
 from .states import TRANSITIONS, State, append_events
 from .types import (
@@ -45,26 +47,32 @@ class Ledger:
     it); ``on_queued`` is called after registrations were queued (to wake delivery)."""
 
     def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow,
-                 on_queued: Callable[[], None] | None = None):
+                 on_queued: Callable[[], None] | None = None, hold_conflicts: bool = False):
         self.db = db
         self.clock = clock
         self.on_queued = on_queued or (lambda: None)
+        self.hold_conflicts = hold_conflicts  # BRIDGE_ON_CONFLICT=hold
         self._register = db.group_commit(self._register_work)
 
     # --- registrations -----------------------------------------------------------------
 
-    def register(self, requests: Sequence[TokenRequest], source: str = "api") -> list[Outcome]:
-        """Put token requests in the outbox, suppressing live duplicates; one outcome
-        each, in order. All or none are stored; concurrent calls of this process may
-        share one transaction (group commit), as if they ran one after the other."""
-        outcomes = self._register.run([(request, source) for request in requests])
+    def register(self, requests: Sequence[TokenRequest], source: str = "api",
+                 seen: datetime | None = None) -> list[Outcome]:
+        """Put token requests in the outbox, suppressing live duplicates and flagging
+        identity conflicts; one outcome each, in order. ``seen``: when the chats were
+        last seen alive (default: now). All or none are stored; concurrent calls of
+        this process may share one transaction (group commit), as if they ran one
+        after the other."""
+        outcomes = self._register.run([(request, source, seen) for request in requests])
         if any(not o.duplicate for o in outcomes):
             self.on_queued()
         return outcomes
 
-    def _register_work(self, conn, items: list[tuple[TokenRequest, str]]) -> list[Outcome]:
-        return registering.register(conn, [r for r, _ in items], [s for _, s in items],
-                                    self.clock())
+    def _register_work(self, conn, items: list[tuple[TokenRequest, str, datetime | None]]
+                       ) -> list[Outcome]:
+        return registering.register(conn, [r for r, _, _ in items], [s for _, s, _ in items],
+                                    self.clock(), self.hold_conflicts,
+                                    [at for _, _, at in items])
 
     def record(self, kind: str, detail: dict, token: str | None = None,
                registration_id: int | None = None) -> None:
@@ -135,19 +143,51 @@ class Ledger:
         with self.db.write() as conn:
             return reports.apply_statuses(conn, self.clock(), events)
 
-    def block_chat(self, token: str, detail: dict) -> int:
-        """The user blocked the bot: remove the chat's live registrations; how many."""
+    def block_chat(self, token: str, detail: dict, at: datetime | None = None
+                   ) -> tuple[int, int]:
+        """The user blocked the bot at ``at``: remove the chat's live registrations older
+        than that; (removed, stale: newer ones that stay)."""
         with self.db.write() as conn:
-            return reports.block_chat(conn, self.clock(), token, detail)
+            return reports.block_chat(conn, self.clock(), token, detail, at)
 
-    def unblock_chat(self, token: str, detail: dict) -> tuple[int | None, int | None]:
-        """The user unblocked the bot: queue its last registration again unless one is
-        live; (new registration id, previous registration id)."""
+    def unblock_chat(self, token: str, detail: dict, at: datetime | None = None
+                     ) -> tuple[int | None, int | None]:
+        """The user unblocked the bot at ``at``: queue its last registration again unless
+        one is live or the chat was blocked later; (new registration id, previous
+        registration id)."""
         with self.db.write() as conn:
-            result = reports.unblock_chat(conn, self.clock(), token, detail)
+            result = reports.unblock_chat(conn, self.clock(), token, detail, at,
+                                          self.hold_conflicts)
         if result[0] is not None:
             self.on_queued()
         return result
+
+    def use_link(self, token: str, request: TokenRequest, link_id: str, seen: datetime
+                 ) -> Outcome | None:
+        """A signed deep link opened in chat ``token`` at ``seen``: the outcome of its
+        registration, or None when another chat used the link first (recorded)."""
+        with self.db.write() as conn:
+            outcome = reports.use_link(conn, self.clock(), token, request, link_id, seen,
+                                       self.hold_conflicts)
+        if outcome is not None and not outcome.duplicate:
+            self.on_queued()
+        return outcome
+
+    def sign_of_life(self, token: str, at: datetime) -> int:
+        """The chat was seen alive at ``at`` (a /start); how many live registrations."""
+        with self.db.write() as conn:
+            return reports.sign_of_life(conn, token, at)
+
+    def release_held(self, registration_id: int) -> bool:
+        """A held registration (identity conflict) goes to the queue after review."""
+        with self.db.write() as conn:
+            token = conn.execute(select(Registration.token).where(
+                Registration.id == registration_id)).scalar()
+            moved = token is not None and bool(reports.release_held(
+                conn, self.clock(), [token], by="operator", ids=[registration_id]))
+        if moved:
+            self.on_queued()
+        return moved
 
     # --- reading -------------------------------------------------------------------------
 

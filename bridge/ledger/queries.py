@@ -37,7 +37,7 @@ def decode_cursor(cursor: str) -> int:
 def find(conn, filters: dict, limit: int, cursor: str | None
          ) -> tuple[list[RegistrationRecord], str | None]:
     """Registrations matching ``filters`` (``token``, identifiers by API name,
-    ``state``), newest first; and the cursor of the next page, if any."""
+    ``state``, ``conflict``), newest first; and the cursor of the next page, if any."""
     query = select(*_RECORD_COLUMNS)
     if filters.get("token"):
         query = query.where(Registration.token == filters["token"])
@@ -46,6 +46,8 @@ def find(conn, filters: dict, limit: int, cursor: str | None
             query = query.where(getattr(Registration, column) == filters[api_name])
     if filters.get("state"):
         query = query.where(Registration.state == filters["state"])
+    if filters.get("conflict") is not None:
+        query = query.where(Registration.conflict.is_(bool(filters["conflict"])))
     if cursor:
         query = query.where(Registration.id < decode_cursor(cursor))
     rows = conn.execute(query.order_by(Registration.id.desc()).limit(limit + 1)).all()

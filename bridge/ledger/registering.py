@@ -1,21 +1,28 @@
-"""Registration with duplicate suppression: new token requests into the outbox.
+"""Registration: new token requests into the outbox, with duplicate suppression and
+identity conflicts.
 
 At most one live (not removed) registration holds a live key (token, matched_by,
-match value): a partial unique index enforces it, an ``INSERT … ON CONFLICT DO
-NOTHING`` skips a taken key, and the registration holding it is answered as a
-duplicate. One path for SQLite and PostgreSQL.
+match value): a partial unique index enforces it, and a request whose key is
+live is answered as a duplicate of the registration holding it (a repeated
+submission is a sign of life: its ``last_seen_at`` moves on). A new key for a chat
+that has a live registration under another identity is an identity conflict:
+Reteno would put the one chat on two contact cards. It is registered with
+``conflict`` set, a ``conflict`` history event names the other registrations,
+and with ``hold`` it starts ``held`` instead of ``queued``. One path for SQLite
+and PostgreSQL.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 
 from ..db import insert_unless_taken, lock_keys
 from ..models import Registration
-from .states import INITIAL, LIVE, append_events
+from .states import LIVE, State, append_events
 from .types import Outcome, TokenRequest
 
 _TABLE = Registration.__table__
@@ -29,7 +36,15 @@ _INSERT = {
         strict=True,
     )
 }
-def _row(request: TokenRequest, now: datetime) -> dict:
+_TOUCH = (update(Registration)
+          .where(Registration.id.in_(bindparam("ids", expanding=True)),
+                 Registration.last_seen_at < bindparam("seen"))
+          .values(last_seen_at=bindparam("seen")))
+_LIVE = [s.value for s in LIVE]
+
+
+def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
+         conflict: bool) -> dict:
     return {
         "token": request.token,
         "contact_id": request.contact_id,
@@ -38,87 +53,98 @@ def _row(request: TokenRequest, now: datetime) -> dict:
         "email": request.email,
         "matched_by": request.matched_by,
         "match_value": request.match_value,
-        "state": INITIAL.value,
+        "state": state.value,
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,
         "updated_at": now,
+        "last_seen_at": seen,
+        "conflict": conflict,
     }
 
 
-def _insert_free(conn, rows: list[dict]) -> dict[tuple, int]:
-    """Insert the rows whose live key is free; {live key: new id} of those inserted."""
-    if not rows:
-        return {}
-    result = conn.execute(_INSERT[conn.dialect.name], rows)
-    return {(t, m, v): i for i, t, m, v in result}
-
-
-def _find_live(conn, keys: list[tuple]) -> dict[tuple, tuple[int, str]]:
-    """The live registrations holding these keys: {key: (id, state)}."""
-    wanted = set(keys)
-    found: dict[tuple, tuple[int, str]] = {}
-    tokens = sorted({key[0] for key in keys})
+def live_of_tokens(conn, tokens: Sequence[str]) -> dict[str, list]:
+    """The live registrations of these chats, oldest first: {token: [rows]}. On
+    PostgreSQL the rows are share-locked: a removal in progress is waited for, and
+    none can start before this transaction ends."""
+    found: dict[str, list] = defaultdict(list)
+    tokens = sorted(set(tokens))
     for start in range(0, len(tokens), 500):
         rows = conn.execute(
             select(Registration.token, Registration.matched_by, Registration.match_value,
                    Registration.id, Registration.state)
             .where(Registration.token.in_(tokens[start:start + 500]),
-                   Registration.state.in_([s.value for s in LIVE]))
-            # PostgreSQL: wait for a removal in progress (it holds the row) and see its
-            # outcome, so that the history's order is the real one.
+                   Registration.state.in_(_LIVE))
             .order_by(Registration.id)
             .with_for_update(read=True)
         )
-        for t, m, v, rid, state in rows:
-            if (t, m, v) in wanted:
-                found[(t, m, v)] = (rid, state)
+        for row in rows:
+            found[row.token].append(row)
     return found
 
 
-def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str],
-             now: datetime) -> list[Outcome]:
+def touch(conn, ids: Sequence[int], seen: datetime) -> None:
+    """A sign of life at ``seen`` for these registrations (a later one is kept)."""
+    ids = list(ids)
+    for start in range(0, len(ids), 500):
+        conn.execute(_TOUCH, {"ids": ids[start:start + 500], "seen": seen})
+
+
+def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now: datetime,
+             hold_conflicts: bool = False,
+             seen: Sequence[datetime | None] | None = None) -> list[Outcome]:
     """Put ``requests`` in the outbox in the transaction of ``conn``, suppressing live
-    duplicates (within the call too); one ``submitted`` event each (``sources[i]``
-    is request i's). Returns one outcome per request, in order."""
-    first: dict[tuple, int] = {}
+    duplicates (within the call too) and flagging identity conflicts; one
+    ``submitted`` event each (``sources[i]`` is request i's), one ``conflict`` event
+    per conflicting new registration. ``seen[i]``: when request i's chat was last
+    seen alive (default ``now``). Returns one outcome per request, in order."""
+    seen = [s or now for s in seen] if seen is not None else [now] * len(requests)
+    tokens = sorted({r.token for r in requests})
+    # PostgreSQL: one chat's registrations are decided one transaction at a time, so two
+    # identities submitted at once for the same chat see each other.
+    lock_keys(conn, [f"chat:{t}" for t in tokens])
+    live = live_of_tokens(conn, tokens)
+    existing = {(r.token, r.matched_by, r.match_value): r for rows in live.values()
+                for r in rows}
+
+    first: dict[tuple, int] = {}  # new key -> index of its first request
+    others: dict[tuple, list[int]] = {}  # new key -> live registrations of other identities
     rows: list[dict] = []
+    new_keys_of: dict[str, list[tuple]] = defaultdict(list)
     for index, request in enumerate(requests):
         key = request.live_key
-        if key not in first:
-            first[key] = index
-            rows.append(_row(request, now))
-    keys = list(first)
-    row_of = dict(zip(keys, rows, strict=True))
-    # PostgreSQL: two transactions inserting the same keys in different orders would wait
-    # for each other's uncommitted rows; a single key cannot close such a cycle.
-    if len(keys) > 1:
-        lock_keys(conn, ["\x1f".join(key) for key in keys])
-    inserted = _insert_free(conn, rows)
-    existing: dict[tuple, tuple[int, str]] = {}
-    pending = [k for k in keys if k not in inserted]
-    # PostgreSQL (READ COMMITTED): the live row that made an insert a no-op can be
-    # removed (a block) and committed before the look-up finds it; its key is then
-    # free, and the next pass inserts it. SQLite's writers are serial: one pass.
-    for _attempt in range(10):
-        if not pending:
-            break
-        existing.update(_find_live(conn, pending))
-        gone = [k for k in pending if k not in existing]
-        inserted.update(_insert_free(conn, [row_of[k] for k in gone]))
-        pending = [k for k in gone if k not in inserted]
-    else:
-        raise RuntimeError("a registration kept changing under concurrent removals")
+        if key in existing or key in first:
+            continue
+        first[key] = index
+        others[key] = [r.id for r in live.get(request.token, ())]
+        conflict = bool(others[key] or new_keys_of[request.token])
+        state = State.HELD if conflict and hold_conflicts else State.QUEUED
+        rows.append(_row(request, now, seen[index], state, conflict))
+        new_keys_of[request.token].append(key)
+    inserted = {}
+    if rows:
+        result = conn.execute(_INSERT[conn.dialect.name], rows)
+        inserted = {(t, m, v): i for i, t, m, v in result}
+    if len(inserted) != len(rows):  # only without the chat lock: cannot happen here
+        raise RuntimeError("a registration was inserted concurrently")
+    state_of = {(r["token"], r["matched_by"], r["match_value"]): r["state"] for r in rows}
+    conflicted = {key for key, row in zip(first, rows, strict=True) if row["conflict"]}
+    touched: dict[datetime, list[int]] = defaultdict(list)
+    for index, request in enumerate(requests):
+        if request.live_key in existing:
+            touched[seen[index]].append(existing[request.live_key].id)
+    for at, ids in touched.items():
+        touch(conn, ids, at)
 
     outcomes, events = [], []
     for index, request in enumerate(requests):
         key = request.live_key
-        if key in inserted and first[key] == index:
-            outcome = Outcome(inserted[key], request.token, request.matched_by,
-                              INITIAL.value, False)
+        if key in first:
+            rid, state, duplicate = inserted[key], state_of[key], first[key] != index
         else:
-            rid, state = (inserted[key], INITIAL.value) if key in inserted else existing[key]
-            outcome = Outcome(rid, request.token, request.matched_by, state, True)
+            rid, state, duplicate = existing[key].id, existing[key].state, True
+        outcome = Outcome(rid, request.token, request.matched_by, state, duplicate,
+                          key in conflicted)
         outcomes.append(outcome)
         events.append({
             "at": now, "registration_id": outcome.id, "token": outcome.token,
@@ -126,5 +152,15 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str],
             "detail": {"source": sources[index], "matchedBy": outcome.matched_by,
                        "duplicate": outcome.duplicate, "state": outcome.state},
         })
+        if key in conflicted and not duplicate:
+            earlier = [inserted[k] for k in new_keys_of[request.token] if k != key
+                       and new_keys_of[request.token].index(k)
+                       < new_keys_of[request.token].index(key)]
+            events.append({
+                "at": now, "registration_id": outcome.id, "token": outcome.token,
+                "kind": "conflict",
+                "detail": {"with": others[key] + earlier, "matchedBy": outcome.matched_by,
+                           "held": state == State.HELD.value},
+            })
     append_events(conn, events)
     return outcomes

@@ -2,9 +2,19 @@
 webhook, the bot backend) and Telegram's blocks and unblocks. The only ways a
 registration is removed.
 
-A block is about the chat: removing a registration because the user blocked the
-bot removes every live registration of that token. Every report is recorded in
-the audit history, matched or not.
+The ledger mirrors Reteno, which drops exactly the chat that failed, so:
+
+* **a block is about the chat**: it removes every live registration of that token;
+* **time decides**: a block removes only registrations whose latest sign of life
+  (``last_seen_at``) is older than the block; a late report (Reteno retries its
+  webhook for hours, Telegram's updates can queue up) changes nothing and is
+  recorded as ``stale``;
+* **no guessing**: a block that names no token and whose identifier matches more
+  than one live chat removes none and is recorded as ``ambiguous`` with the
+  candidates.
+
+Removing a chat's other identity releases a registration held for the conflict
+with it. Every report is recorded in the audit history, matched or not.
 """
 
 from __future__ import annotations
@@ -46,35 +56,56 @@ def registrations_by(conn, api_name: str, values: Iterable, lock: bool = False) 
     return found
 
 
-def remove(conn, now: datetime, removals: Sequence[tuple[Sequence[Any], str, str, dict]]
-           ) -> list[list[Any]]:
+def _seen(row: Any) -> datetime:
+    return row.last_seen_at or row.created_at
+
+
+def remove(conn, now: datetime,
+           removals: Sequence[tuple[Sequence[Any], str, str, dict, datetime]]) -> list[list[Any]]:
     """Remove live registrations: ``removals`` is a list of ``(rows, reason, cause,
-    detail)``, applied as if in turn (a row goes to the first removal that lists it).
-    Returns the rows each one moved; one UPDATE per distinct reason."""
+    detail, at)`` (``at``: when the block happened, kept as ``removed_at``), applied
+    as if in turn (a row goes to the first removal that lists it). Returns the rows
+    each one moved; one UPDATE per distinct (reason, time). Then releases what was
+    held for a conflict with a removed identity."""
     owner: dict[int, int] = {}  # row id -> index of the removal that moves it
-    for index, (rows, _reason, _cause, _detail) in enumerate(removals):
+    for index, (rows, *_rest) in enumerate(removals):
         for r in rows:
             if r.state in _LIVE:
                 owner.setdefault(r.id, index)
-    by_reason: dict[str, list[Any]] = defaultdict(list)
-    for index, (rows, reason, _cause, _detail) in enumerate(removals):
-        by_reason[reason].extend(r for r in rows if owner.get(r.id) == index)
+    groups: dict[tuple[str, datetime], list[Any]] = defaultdict(list)
+    for index, (rows, reason, _cause, _detail, at) in enumerate(removals):
+        groups[(reason, at)].extend(r for r in rows if owner.get(r.id) == index)
 
     def detail(r) -> dict:
-        _rows, reason, cause, extra = removals[owner[r.id]]
+        _rows, reason, cause, extra, _at = removals[owner[r.id]]
         return {"cause": cause, "reason": reason, "previousState": r.state, **(extra or {})}
 
-    moved: set[int] = set()
-    for reason, rows in by_reason.items():
-        moved.update(r.id for r in move(
+    moved: dict[int, Any] = {}
+    for (reason, at), rows in groups.items():
+        moved.update((r.id, r) for r in move(
             conn, "removed", rows, now,
-            {"removed_at": now, "removal_reason": reason, "lease_id": None,
+            {"removed_at": at, "removal_reason": reason, "lease_id": None,
              "next_attempt_at": None}, detail))
+    release_held(conn, now, {r.token for r in moved.values()})
     done: list[list[Any]] = []
-    for index, (rows, _reason, _cause, _detail) in enumerate(removals):
+    for index, (rows, *_rest) in enumerate(removals):
         mine = {r.id: r for r in rows if r.id in moved and owner.get(r.id) == index}
         done.append(list(mine.values()))
     return done
+
+
+def release_held(conn, now: datetime, tokens: Iterable[str], by: str = "conflict gone",
+                 ids: Iterable[int] | None = None) -> list[Any]:
+    """Held registrations of these chats back to the queue: each that is now its chat's
+    only live registration (the other identity is gone), or, with ``ids``, those."""
+    tokens = sorted(set(tokens))
+    if not tokens:
+        return []
+    live = registering.live_of_tokens(conn, tokens)
+    wanted = set(ids) if ids is not None else None
+    held = [r for rows in live.values() for r in rows if r.state == State.HELD.value
+            and (len(rows) == 1 if wanted is None else r.id in wanted)]
+    return move(conn, "released", held, now, {"next_attempt_at": now}, {"by": by})
 
 
 # --- status events ----------------------------------------------------------------------
@@ -102,14 +133,18 @@ def _seen_fingerprints(conn, fingerprints: Iterable[str]) -> set[str]:
 
 
 def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResult:
-    """Record a body's status events and remove what the blocks among them name.
+    """Record a body's status events and act on them, in order.
 
     An event names registrations through its token, else through its first
-    identifier that matches any. Each is recorded — kind ``status`` on each live
-    registration it matched (if none is live, on the latest registration of each
-    token it names), ``status_unmatched`` or ``status_ignored`` otherwise. An event
-    whose fingerprint is in the ledger already, or earlier in the body, is counted
-    but neither recorded nor applied again: replaying a body changes nothing.
+    identifier that matches any. A block removes its chat's live registrations that
+    are older than it (``stale`` when none is); one naming no token whose live
+    matches are several chats removes none (``ambiguous``). A SENT, DELIVERED or
+    CLICKED event is a sign of life of its chat (when it names one chat). Each event
+    is recorded — ``status`` on each registration it matched (live ones; if none is
+    live, the latest registration of each token it names), ``status_unmatched``,
+    ``status_ignored``, or ``status_ambiguous`` on each candidate. An event whose
+    fingerprint is in the ledger already, or earlier in the body, is counted but
+    neither recorded nor applied again: replaying a body changes nothing.
     """
     lock_keys(conn, ["statuses"])  # one body at a time: a replay racing its original sees it
     wanted: dict[str, set] = defaultdict(set)
@@ -122,13 +157,21 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if name in wanted:
             for row in registrations_by(conn, name, wanted[name], lock=True):
                 rows_of[(name, _value_of(row, name))].append(row)
-    seen = _seen_fingerprints(conn, (e.fingerprint for e in events))
+    # Every live registration of the chats these events found: a block is about the chat.
+    chats = {r.token for rows in rows_of.values() for r in rows if r.state in _LIVE}
+    chat_rows: dict[str, list[Any]] = defaultdict(list)
+    for row in registrations_by(conn, "token", chats, lock=True):
+        if row.state in _LIVE:
+            chat_rows[row.token].append(row)
+    seen_at = {r.id: _seen(r) for rows in chat_rows.values() for r in rows}
+    fingerprints = _seen_fingerprints(conn, (e.fingerprint for e in events))
 
     outcomes: dict[str, int] = defaultdict(int)
-    counts = {"unmatched": 0, "ignored": 0}
+    counts = {"unmatched": 0, "ignored": 0, "stale": 0, "ambiguous": 0}
     records: list[dict] = []
-    removals: list[tuple[StatusEvent, str, list[Any]]] = []
+    removals: list[tuple[list[Any], str, str, dict, datetime]] = []
     gone: set[int] = set()  # ids removed earlier in this body
+    touched: dict[int, datetime] = {}
 
     def record(kind, event, detail, token=None, registration_id=None):
         records.append({"at": now, "kind": kind, "token": token,
@@ -136,8 +179,8 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
                         "detail": {**detail, "raw": event.raw}})
 
     for event in events:
-        duplicate = event.fingerprint in seen
-        seen.add(event.fingerprint)
+        duplicate = event.fingerprint in fingerprints
+        fingerprints.add(event.fingerprint)
         if event.reason is not None:
             counts["ignored"] += 1
             outcomes["duplicate" if duplicate else "ignored"] += 1
@@ -163,79 +206,147 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if duplicate:
             outcomes["duplicate"] += 1
             continue
-        removes = event.blocked and bool(live)
-        outcomes["blocked" if removes else "matched"] += 1
+        at = event.at or now
+        candidates = sorted({r.token for r in live})
+        summary = {**event.summary(), "at": at.isoformat(), "blocked": event.blocked,
+                   "via": via}
+        if event.blocked and len(candidates) > 1:
+            # A block of one chat among several (Reteno dropped exactly the chat that
+            # failed): not ours to guess. Nor is a sign of life, below.
+            counts["ambiguous"] += 1
+            outcomes["ambiguous"] += 1
+            for row in live:
+                record("status_ambiguous", event, {**summary, "candidates": candidates},
+                       token=row.token, registration_id=row.id)
+            continue
+        chat = [r for r in chat_rows.get(candidates[0], []) if r.id not in gone] \
+            if len(candidates) == 1 else []
+        outcome, removed_now, stale_rows = "matched", [], []
+        if event.blocked and chat:
+            removed_now = [r for r in chat if seen_at[r.id] < at]
+            stale_rows = [r for r in chat if seen_at[r.id] >= at]
+            outcome = "blocked" if removed_now else "stale"
+            if not removed_now:
+                counts["stale"] += 1
+        elif event.alive and chat:
+            for r in chat:
+                if seen_at[r.id] < at:
+                    seen_at[r.id] = touched[r.id] = at
+        outcomes[outcome] += 1
+        stale_ids = {r.id for r in stale_rows}
         for row in targets:
-            record("status", event,
-                   {**event.summary(), "blocked": event.blocked, "via": via,
-                    "registrationState": State.REMOVED.value if row.id in gone else row.state},
-                   token=row.token, registration_id=row.id)
-        if removes:
-            removals.append((event, via, live))
-            gone.update(r.id for r in live)
+            state = State.REMOVED.value if row.id in gone else row.state
+            record("status_stale" if row.id in stale_ids else "status", event,
+                   {**summary, "registrationState": state}, token=row.token,
+                   registration_id=row.id)
+        if removed_now:
+            reason = f"{event.status}: {event.error or event.description}"[:_MAX_TEXT]
+            removals.append((removed_now, reason, STATUS_CAUSE, {
+                "source": "statuses", "status": event.status, "via": via, "at": at.isoformat(),
+                "messageId": event.raw.get("messageId"), "fingerprint": event.fingerprint,
+            }, at))
+            gone.update(r.id for r in removed_now)
     append_events(conn, records)
+    for row_id, at in touched.items():
+        registering.touch(conn, [row_id], at)
 
-    # A block is about the chat: an event matched through an identifier removes every
-    # live registration of the chats it found, whatever identifier those carry.
-    by_identifier = {r.token for _e, via, live in removals if via != "token" for r in live}
-    siblings: dict[str, list[Any]] = defaultdict(list)
-    if by_identifier:
-        for row in registrations_by(conn, "token", by_identifier, lock=True):
-            if row.state in _LIVE:
-                siblings[row.token].append(row)
-    batch = []
-    for event, via, live in removals:
-        if via != "token":
-            held = {r.id for r in live}
-            live = live + [s for t in dict.fromkeys(r.token for r in live)
-                           for s in siblings[t] if s.id not in held]
-        reason = f"{event.status}: {event.error or event.description}"[:_MAX_TEXT]
-        batch.append((live, reason, STATUS_CAUSE, {
-            "source": "statuses", "status": event.status, "via": via,
-            "messageId": event.raw.get("messageId"), "fingerprint": event.fingerprint,
-        }))
     removed_tokens: dict[str, None] = {}
     removed = 0
-    for done in remove(conn, now, batch):
+    for done in remove(conn, now, removals):
         removed += len(done)
         removed_tokens.update((row.token, None) for row in done)
     return StatusResult(len(events), list(removed_tokens), counts["unmatched"],
-                        counts["ignored"], dict(outcomes), removed)
+                        counts["ignored"], counts["stale"], counts["ambiguous"],
+                        dict(outcomes), removed)
 
 
 # --- Telegram: the user blocked or unblocked the bot -----------------------------------
 
 
-def block_chat(conn, now: datetime, token: str, detail: dict) -> int:
-    """Remove the chat's live registrations; how many."""
+def block_chat(conn, now: datetime, token: str, detail: dict,
+               at: datetime | None = None) -> tuple[int, int]:
+    """The user blocked the bot at ``at``: remove the chat's live registrations that are
+    not newer; (how many were removed, how many were newer and stay: ``stale``).
+    Telegram dates its updates to the second and sends a chat's updates in order, so a
+    block in the same second as the sign of life before it still removes."""
+    at = at or now
     live = [r for r in registrations_by(conn, "token", [token], lock=True) if r.state in _LIVE]
-    [done] = remove(conn, now, [(live, TELEGRAM_REASON, TELEGRAM_CAUSE, detail)])
-    if not done:
+    older = [r for r in live if _seen(r) <= at]
+    newer = [r for r in live if _seen(r) > at]
+    [done] = remove(conn, now, [(older, TELEGRAM_REASON, TELEGRAM_CAUSE, detail, at)])
+    if newer:
+        append_events(conn, [{"at": now, "kind": "telegram_stale", "token": token,
+                              "registration_id": r.id,
+                              "detail": {**detail, "reason": "the chat was seen alive after "
+                                                             "this update"}} for r in newer])
+    if not live:
         append_events(conn, [{"at": now, "kind": "telegram_blocked", "token": token,
                               "registration_id": None,
                               "detail": {**detail, "removed": 0,
                                          "reason": "no live registration"}}])
-    return len(done)
+    return len(done), len(newer)
 
 
-def unblock_chat(conn, now: datetime, token: str, detail: dict) -> tuple[int | None, int | None]:
-    """Queue the chat's last registration again unless one is live: (new registration
-    id or None, previous registration id or None)."""
+def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | None = None,
+                 hold_conflicts: bool = False) -> tuple[int | None, int | None]:
+    """The user unblocked the bot at ``at``: a sign of life of a live registration, or
+    its last registration queued again, unless the chat was blocked after ``at``
+    (``stale``). (New registration id or None, previous registration id or None)."""
+    at = at or now
     rows = registrations_by(conn, "token", [token], lock=True)
     live = [r for r in rows if r.state in _LIVE]
     last = rows[-1] if rows else None
-    new_id = None
+    blocked_at = max((r.removed_at for r in rows if r.removed_at is not None), default=None)
+    new_id, kind = None, "telegram_unblocked"
     if live:
+        registering.touch(conn, [r.id for r in live], at)
         result = {"result": "a registration is still live",
                   "registrationIds": [r.id for r in live]}
     elif last is None:
         result = {"result": "no earlier registration with an identifier"}
+    elif blocked_at is not None and blocked_at > at:
+        kind = "telegram_stale"
+        result = {"result": "the chat was blocked after this update",
+                  "previousRegistrationId": last.id}
     else:
         request = TokenRequest(token, last.contact_id, last.external_customer_id, last.phone,
                                last.email)
-        new_id = registering.register(conn, [request], ["telegram"], now)[0].id
+        new_id = registering.register(conn, [request], ["telegram"], now, hold_conflicts,
+                                      [at])[0].id
         result = {"result": "queued again", "registrationId": new_id,
                   "previousRegistrationId": last.id}
-    append_events(conn, [{"at": now, "kind": "telegram_unblocked", "token": token,
+    append_events(conn, [{"at": now, "kind": kind, "token": token,
                           "registration_id": new_id, "detail": {**detail, **result}}])
     return new_id, last.id if last else None
+
+
+def sign_of_life(conn, token: str, at: datetime) -> int:
+    """The chat was seen alive at ``at`` (a /start): its live registrations' latest sign
+    of life moves on; how many it had."""
+    live = [r for r in registrations_by(conn, "token", [token]) if r.state in _LIVE]
+    registering.touch(conn, [r.id for r in live], at)
+    return len(live)
+
+
+def use_link(conn, now: datetime, token: str, request: TokenRequest, link_id: str,
+             seen: datetime, hold_conflicts: bool = False):
+    """A signed deep link opened in chat ``token``: the link binds to the first chat that
+    uses it. That chat registers (again: a duplicate); any other chat registers nothing
+    and is recorded (``link_reused``). The outcome, or None for another chat."""
+    lock_keys(conn, [f"link:{link_id}"])
+    first = conn.execute(select(Event.token).where(Event.fingerprint == link_id,
+                                                   Event.kind == "link_used")
+                         .order_by(Event.id).limit(1)).scalar()
+    if first is not None and first != token:
+        append_events(conn, [{"at": now, "kind": "link_reused", "token": token,
+                              "registration_id": None,
+                              "detail": {"link": link_id[:16],
+                                         "reason": "the link was opened in another chat first"}}])
+        return None
+    outcome = registering.register(conn, [request], ["telegram_link"], now, hold_conflicts,
+                                   [seen])[0]
+    if first is None:
+        append_events(conn, [{"at": now, "kind": "link_used", "token": token,
+                              "registration_id": outcome.id, "fingerprint": link_id,
+                              "detail": {"link": link_id[:16], "matchedBy": outcome.matched_by}}])
+    return outcome

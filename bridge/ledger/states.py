@@ -9,10 +9,10 @@ appends one history event per registration moved. A row in another state is
 left alone (a late or repeated input changes nothing), so two writers racing
 on the same row cannot move it twice.
 
-    queued ──delivered──▶ delivered ──removed──▶ removed
-      │  ▲ retry / paused / not_sent (stay queued)   ▲
-      ├──dead──▶ dead ──requeued──▶ queued           │
-      └──removed (the user blocked the bot) ─────────┘
+    held ──released──▶ queued ──delivered──▶ delivered ──removed──▶ removed
+      │                  │  ▲ retry / paused / not_sent (stay queued)   ▲
+      │                  ├──dead──▶ dead ──requeued──▶ queued           │
+      └──removed         └──removed (the user blocked the bot) ─────────┘
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ class State(StrEnum):
     DELIVERED = "delivered"
     REMOVED = "removed"
     DEAD = "dead"
+    HELD = "held"  # an identity conflict kept back for review (BRIDGE_ON_CONFLICT=hold)
 
 
-#: The state a new registration starts in (history kind ``submitted``).
+#: The state a new registration starts in (history kind ``submitted``): queued, or held
+#: when it conflicts with another identity and conflicts are held.
 INITIAL = State.QUEUED
 #: States in which a registration is live: it counts for duplicates and statuses.
 LIVE = frozenset(State) - {State.REMOVED}
@@ -56,8 +58,9 @@ TRANSITIONS: dict[str, Transition] = {
     "paused": Transition(frozenset({State.QUEUED}), State.QUEUED, leased=True),
     "not_sent": Transition(frozenset({State.QUEUED}), State.QUEUED, leased=True),
     "dead": Transition(frozenset({State.QUEUED}), State.DEAD, leased=True),
-    # operators and statuses
+    # operators, statuses and Telegram
     "requeued": Transition(frozenset({State.DEAD}), State.QUEUED, leased=False),
+    "released": Transition(frozenset({State.HELD}), State.QUEUED, leased=False),
     "removed": Transition(frozenset(LIVE), State.REMOVED, leased=False),
 }
 

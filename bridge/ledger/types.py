@@ -57,6 +57,7 @@ class Outcome:
     matched_by: str
     state: str
     duplicate: bool
+    conflict: bool  # the chat has a live registration under another identity
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class RegistrationRecord:
     delivered_at: datetime | None
     removed_at: datetime | None
     removal_reason: str | None
+    last_seen_at: datetime | None
+    conflict: bool
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class HistoryEvent:
 
 
 FAILURES = frozenset({"FAILED", "UNDELIVERED", "BOT_SEND_ERROR"})
+SIGNS_OF_LIFE = frozenset({"SENT", "DELIVERED", "CLICKED"})
 _BLOCKED = re.compile(r"forbidden|blocked|403", re.IGNORECASE)
 
 
@@ -118,6 +122,12 @@ class StatusEvent:
     identifiers: list[tuple[str, Any]] = field(default_factory=list)
     invalid: dict[str, str] = field(default_factory=dict)
     reason: str | None = None  # why the event is ignored; None when usable
+    at: datetime | None = None  # when it happened (activityDateTime / time); None: received
+
+    @property
+    def alive(self) -> bool:
+        """A sign of life of the chat it was sent to (a message reached it)."""
+        return self.status in SIGNS_OF_LIFE
 
     @property
     def failure(self) -> bool:
@@ -156,5 +166,7 @@ class StatusResult:
     removed: list[str]  # tokens removed now, in order
     unmatched: int
     ignored: int
-    outcomes: dict[str, int]  # per kind: blocked, matched, unmatched, ignored, duplicate
+    stale: int  # blocks older than the chat's latest sign of life: nothing removed
+    ambiguous: int  # blocks naming no token whose identifier matched several live chats
+    outcomes: dict[str, int]  # per kind: blocked, matched, unmatched, ignored, duplicate, ...
     removed_registrations: int
