@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from marshmallow import ValidationError
 
 from . import db as dbmod
@@ -409,6 +409,7 @@ def link_command(contact_id, external_customer_id, phone, email, ttl):
 @click.option("--cursor", help="The next-page cursor a previous page printed.")
 @_json_option
 @click.pass_context
+@with_appcontext
 def conflicts_group(ctx, limit, cursor, as_json):
     """Registrations submitted while their chat had another identity (newest first);
     `release ID` sends a held one."""

@@ -71,6 +71,8 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"BRIDGE_WEBHOOK_USERNAME": "reteno", "BRIDGE_WEBHOOK_PASSWORD": "p"},
          "BRIDGE_WEBHOOK_PASSWORD"),
         ({"BRIDGE_LINK_SECRET": "fifteen-chars-x"}, "BRIDGE_LINK_SECRET"),
+        ({"BRIDGE_LINK_SECRET": "a-long-enough-secret,short"}, "BRIDGE_LINK_SECRET"),
+        ({"BRIDGE_LINK_TTL": "soon"}, "BRIDGE_LINK_TTL"),
     ],
 )
 def test_bad_configuration_stops_start_up_naming_the_key(make_app, overrides, key):

@@ -597,3 +597,77 @@ def test_a_huge_integer_literal_is_an_ignored_event(client, auth):
                            content_type="application/json")
     assert response.status_code == 200
     assert response.json["ignored"] == 1
+
+
+# --- time decides ------------------------------------------------------------------------
+
+
+def test_a_late_block_does_not_remove_a_chat_seen_alive_after_it(client, auth):
+    # the case: blocked yesterday, registered again today, the news arrives late
+    register(client, auth, {"token": 777, "email": "ann@example.com"})
+    register(client, auth, {"token": 777, "email": "ann@example.com"})  # a sign of life
+    response = post(client, [activity(email="ann@example.com",
+                                      activityDateTime="2020-01-01T10:00:00")])
+    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0,
+                             "stale": 1, "ambiguous": 0}
+    assert row(client, auth, "777")["state"] == "queued"
+    assert kinds(client, auth, "777")[-1] == "status_stale"
+
+
+@pytest.mark.parametrize("when", ["2099-01-01T00:00:00", "2099-01-01T00:00:00Z",
+                                  "2099-01-01T02:00:00+02:00", 4070908800, "4070908800",
+                                  4070908800000])
+def test_event_times_are_iso_8601_in_utc_or_epoch_seconds(client, auth, when):
+    register(client, auth, {"token": 778, "contactId": 78})
+    response = post(client, [activity(contactId=78, activityDateTime=when)])
+    assert response.json["removed"] == ["778"]
+    assert row(client, auth, "778")["removedAt"].startswith("2099-01-01T00:00:00")
+
+
+def test_a_status_without_a_time_takes_the_time_it_was_received(client, auth, clock):
+    register(client, auth, {"token": 779, "contactId": 79})
+    clock.advance(60)
+    body = {"status": "FAILED", "error": "Forbidden", "token": 779}
+    assert post(client, body, headers=auth).json["removed"] == ["779"]
+    assert row(client, auth, "779")["removedAt"] == clock.now.isoformat()
+
+
+def test_an_unreadable_time_counts_as_received_and_is_noted(client, auth, clock):
+    register(client, auth, {"token": 780, "contactId": 80})
+    clock.advance(60)
+    response = post(client, [activity(contactId=80, activityDateTime="yesterday-ish")])
+    assert response.json["removed"] == ["780"]
+    status = [e for e in history(client, auth, "780") if e["kind"] == "status"][-1]
+    assert "activityDateTime" in status["detail"]["invalid"]
+
+
+def test_sent_delivered_clicked_are_signs_of_life(client, auth, clock):
+    register(client, auth, {"token": 781, "contactId": 81})
+    for n, status in enumerate(("SENT", "DELIVERED", "CLICKED"), 1):
+        seen = f"2099-01-0{n}T00:00:00+00:00"
+        post(client, [activity(status=status, description=None, contactId=81,
+                               activityDateTime=seen, messageId=n)])
+        assert row(client, auth, "781")["lastSeenAt"] == seen
+    # a block dated before the latest sign of life is stale
+    response = post(client, [activity(contactId=81, activityDateTime="2099-01-02T00:00:00")])
+    assert response.json["stale"] == 1 and row(client, auth, "781")["state"] == "queued"
+
+
+def test_an_ambiguous_block_is_settled_by_telegram(make_app, auth):
+    app = make_app(TELEGRAM_WEBHOOK_SECRET="tg-secret-0123456789")
+    client = app.test_client()
+    register(client, auth, {"token": 2201, "contactId": 91}, {"token": 2202, "contactId": 91})
+    assert post(client, [activity(contactId=91)], headers=auth).json["ambiguous"] == 1
+    kicked = {"update_id": 1, "my_chat_member": {
+        "chat": {"id": 2202, "type": "private"}, "from": {"id": 2202, "is_bot": False,
+                                                          "first_name": "A"},
+        "date": 4070908800, "old_chat_member": {"status": "member", "user": {
+            "id": 1, "is_bot": True, "first_name": "b"}},
+        "new_chat_member": {"status": "kicked", "until_date": 0, "user": {
+            "id": 1, "is_bot": True, "first_name": "b"}}}}
+    assert client.post("/telegram/webhook", json=kicked, headers={
+        "X-Telegram-Bot-Api-Secret-Token": "tg-secret-0123456789"}).status_code == 200
+    assert (row(client, auth, "2201")["state"], row(client, auth, "2202")["state"]) == (
+        "queued", "removed")
+    assert 'bridge_status_events_total{kind="ambiguous"} 1.0' in client.get(
+        "/metrics").get_data(as_text=True)

@@ -13,7 +13,7 @@ import hmac
 import itertools
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -578,3 +578,87 @@ def test_bridge_link_names_the_missing_settings(make_app, overrides, names):
     assert result.exit_code == 2
     for name in names:
         assert name in result.output
+
+
+# --- time decides, and deep links that expire and bind -------------------------------------
+
+
+def dated(update, date):
+    """``update`` (a my_chat_member change or a message) dated ``date`` (Unix seconds)."""
+    (update.get("my_chat_member") or update["message"])["date"] = date
+    return update
+
+
+def test_a_kick_older_than_the_chats_last_sign_of_life_is_stale(client, auth):
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})  # seen now
+    assert send(client, dated(blocked(), now_date() - 3600)).status_code == 200
+    assert [r["state"] for r in rows(client, auth)] == ["queued"]
+    assert kinds(client, auth)[-1] == "telegram_stale"
+
+
+def test_an_unblock_older_than_a_later_block_changes_nothing(client, auth):
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    send(client, dated(blocked(), now_date() + 60))
+    send(client, dated(unblocked(), now_date() + 30))  # arrives late
+    assert [r["state"] for r in rows(client, auth)] == ["removed"]
+    assert kinds(client, auth)[-1] == "telegram_stale"
+    send(client, dated(unblocked(), now_date() + 90))
+    assert sorted(r["state"] for r in rows(client, auth)) == ["queued", "removed"]
+
+
+def test_a_start_is_a_sign_of_life(client, auth):
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    send(client, dated(start(), 4070908800))
+    assert rows(client, auth)[0]["lastSeenAt"] == "2099-01-01T00:00:00+00:00"
+
+
+def test_a_link_binds_to_the_first_chat_that_opens_it(client, auth):
+    payload = links.make_payload(LINK_SECRET, "contactId", 9)
+    send(client, start(payload))
+    send(client, start(payload, private_chat(555)))
+    assert [r["contactId"] for r in rows(client, auth, token=CHAT_ID)] == [9]
+    assert rows(client, auth, token=555) == []
+    assert kinds(client, auth, 555) == ["link_reused"]
+    send(client, start(payload))  # the same chat again: a duplicate, not an error
+    assert len(rows(client, auth, token=CHAT_ID)) == 1
+
+
+def test_an_expired_link_registers_nothing(client, auth):
+    payload = links.make_payload(LINK_SECRET, "contactId", 10,
+                                 datetime.now(UTC) - timedelta(minutes=1))
+    send(client, start(payload))
+    assert rows(client, auth, token=CHAT_ID) == []
+    assert history(client, auth, CHAT_ID)[-1]["detail"]["reason"] == "expired"
+
+
+def test_rotating_the_secret_keeps_issued_links_working(make_app, auth):
+    old = links.make_payload(LINK_SECRET, "contactId", 11)
+    app = make_app(TELEGRAM_WEBHOOK_SECRET=SECRET, TELEGRAM_BOT_USERNAME=BOT,
+                   BRIDGE_LINK_SECRET=f"new-secret-{'z' * 20},{LINK_SECRET}")
+    client = app.test_client()
+    send(client, start(old))
+    assert [r["contactId"] for r in rows(client, auth, token=CHAT_ID)] == [11]
+    result = app.test_cli_runner().invoke(args=["bridge", "link", "--contact-id", "12"])
+    new = link_payload(result.output.strip())
+    assert verify(f"new-secret-{'z' * 20}", new) == ("contactId", 12)
+    assert verify(LINK_SECRET, new) is None  # the first secret signs
+
+
+@pytest.mark.parametrize(("ttl", "valid_for"), [("90m", 5400), ("12h", 43200), ("0", None)])
+def test_bridge_link_ttl(link_app, ttl, valid_for):
+    result = link_app.test_cli_runner().invoke(args=["bridge", "link", "--contact-id", "5",
+                                                     "--ttl", ttl])
+    assert result.exit_code == 0, result.output
+    link, _ = links.inspect_payload(["x" * 32], link_payload(result.output.strip()),
+                                    datetime.now(UTC))
+    if valid_for is None:
+        assert link.expires is None
+    else:
+        left = (link.expires - datetime.now(UTC)).total_seconds()
+        assert valid_for - 60 < left <= valid_for
+
+
+def test_bridge_link_refuses_a_bad_ttl(link_app):
+    result = link_app.test_cli_runner().invoke(args=["bridge", "link", "--contact-id", "5",
+                                                     "--ttl", "soon"])
+    assert result.exit_code == 2 and "--ttl" in result.output
