@@ -28,6 +28,24 @@ SQLite WAL insert per request (``synchronous=FULL``: flushed inside the write
 lock; and ``NORMAL``: not flushed), and (without ``--quick``) each gunicorn worker
 running its own delivery thread instead of the separate process.
 
+Two more figures per layout, because p99 at saturation measures queueing, not the
+bridge:
+
+* p99 at half load: right after the bridge's closed-loop run, the same bridge gets
+  an open-loop load at ``PACED_SHARE`` (50 %) of the rate it just reached
+  (``wrk_paced``: each wrk thread sends on a fixed schedule through the Lua
+  ``delay()`` callback, latency counted from each request's intended send time, so a
+  stalled answer cannot hide the requests queued behind it: no coordinated
+  omission); ``--paced-seconds`` long (5 s, 10 s without ``--quick``) after a warm-up
+  at the same rate. Target: p99 <= 10 ms, no non-2xx.
+* the naive durable handler as a second floor: ``bare_app`` with ``BENCH_BARE_SYNC=FULL``
+  (one SQLite WAL insert per request, its own transaction, ``synchronous=FULL``),
+  served in the same layout right after the bridge. Target: the bridge's
+  throughput >= 1.0x its. (In the sync layout this run is also the
+  ``synchronous=FULL`` reference below.)
+
+The exit status is 0 when some layout meets all four targets.
+
 Where the gap comes from (``--parts``, on by default without ``--quick``): the
 same load, served the same way, against ``bench/parts_app.py`` with only the
 validation (bearer, strict JSON, marshmallow in and out), only the durable
@@ -45,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     API_KEY,
+    PACED_REGISTER_LUA,
     REGISTER_LUA,
     CpuMeter,
     Stack,
@@ -57,10 +76,14 @@ from bench.common import (  # noqa: E402
     verdict,
     wait_quiet,
     wrk,
+    wrk_paced,
 )
 
 RATIO_TARGET = 0.50
 P99_TARGET_MS = 20.0
+PACED_SHARE = 0.50  # the paced load: this share of the bridge's own closed-loop maximum
+PACED_P99_TARGET_MS = 10.0
+NAIVE_RATIO_TARGET = 1.0  # the bridge against the naive durable handler, same layout
 LAYOUTS = {
     "sync": [],
     "gthread": ["-k", "gthread", "--threads", "16", "--reuse-port"],
@@ -75,6 +98,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 s runs, fewer variants")
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (8)")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--paced-seconds", type=float, default=None,
+                        help=f"the open-loop run at {PACED_SHARE:.0%} of the bridge's maximum "
+                             "(5, or 10 without --quick)")
     parser.add_argument("--layouts", default="sync,gthread",
                         help="comma-separated: sync, gthread (16 threads), gthread8, gthread4")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
@@ -83,6 +109,7 @@ def main() -> int:
                         help="also serve parts of /register alone (default: not with --quick)")
     args = parser.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 8.0)
+    paced_seconds = args.paced_seconds or (5.0 if args.quick else 10.0)
     warm = 1.0 if args.quick else 2.0
     conns = args.connections
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
@@ -94,9 +121,11 @@ def main() -> int:
     results: dict = {"seconds": seconds, "connections": conns, "quiet": quiet, "layouts": {}}
     with Stack("register", keep=args.keep) as st:
         script = lua(st.dir, "register", REGISTER_LUA)
+        paced_script = lua(st.dir, "paced", PACED_REGISTER_LUA, common=False)
         sim = st.simulator(rps=200, latency_ms=100)
         sim_proc = st.procs[-1]
         counter = [0]
+        naive_runs = {}  # layout -> the naive durable handler's run
 
         def measure(url: str, mode: str, warmup: float, **procs):
             """wrk against ``url``; the result carries ``cpu``: microseconds of CPU per
@@ -126,7 +155,18 @@ def main() -> int:
         def bare(label: str, extra: list[str], **env):
             return served(label, "bench.bare_app:app", extra, env)
 
-        def bridge(label: str, extra: list[str], background: bool, modes=("unique",)):
+        def paced(url: str, rate: float):
+            """An open-loop load of ``rate`` requests a second against ``url`` (new
+            tokens): a warm-up at that rate, then the measured run."""
+            for length in (warm, paced_seconds):
+                counter[0] += 1
+                first = str(1_000_000_000 + counter[0] * 1_000_000_000)
+                result = wrk_paced(url, paced_script, length, rate, connections=conns,
+                                   args=[first])
+            return result
+
+        def bridge(label: str, extra: list[str], background: bool, modes=("unique",),
+                   with_paced: bool = False):
             db = st.dir / f"bridge-{counter[0]}.sqlite3"
             env = st.bridge_env(db, sim, background=background)
             st.migrate(env)
@@ -142,6 +182,9 @@ def main() -> int:
                                     deliver=deliver, simulator=sim_proc)
                 say(f"{label + ' (' + mode + ')':34s} {out[mode].line()}")
             during = simulator_stats(sim)["tokens_received"] - before
+            if with_paced:
+                out["paced"] = paced(url, PACED_SHARE * out["unique"].rps)
+                say(f"{label + f' (paced {PACED_SHARE:.0%})':34s} {out['paced'].line()}")
             # Everything registered reaches the simulator afterwards (bounded wait).
             _, health = http_json(f"{url}/healthz")
             deadline = time.monotonic() + 120
@@ -172,7 +215,11 @@ def main() -> int:
             base1 = bare(f"baseline: bare Flask [{name}]", extra)
             run = bridge(f"bridge [{name}]", extra, background=False,
                          modes=("unique", "dup") if name == "sync" or not args.quick
-                         else ("unique",))
+                         else ("unique",), with_paced=True)
+            naive = bare(f"naive: 1 insert, FULL [{name}]", extra,
+                         BENCH_BARE_SQLITE=str(st.dir / f"naive-{name}.db"),
+                         BENCH_BARE_SYNC="FULL")
+            naive_runs[name] = naive
             floor = bare(f"floor: durable insert [{name}]", extra,
                          BENCH_BARE_SQLITE=str(st.dir / f"floor-{name}.db"),
                          BENCH_BARE_SYNC="GROUP")
@@ -180,6 +227,8 @@ def main() -> int:
             baseline = max(base1.rps, base2.rps)
             reg = run["unique"]
             ratio = reg.rps / baseline if baseline else 0.0
+            slow = run["paced"]
+            naive_ratio = reg.rps / naive.rps if naive.rps else 0.0
             entry = {
                 "gunicorn": " ".join(["-w", "2", *extra]),
                 "baseline": {"runs": [base1.as_dict(), base2.as_dict()], "rps": baseline},
@@ -188,8 +237,12 @@ def main() -> int:
                 "ratio": round(ratio, 3),
                 "floor": {**floor.as_dict(), "ratio": round(floor.rps / baseline, 3)
                           if baseline else 0.0},
+                "naive": {**naive.as_dict(), "bridgeRatio": round(naive_ratio, 3)},
                 "pass": {"throughput": ratio >= RATIO_TARGET and reg.non2xx == 0,
-                         "p99": reg.p99_ms <= P99_TARGET_MS},
+                         "p99": reg.p99_ms <= P99_TARGET_MS,
+                         "pacedP99": slow.p99_ms <= PACED_P99_TARGET_MS and slow.non2xx == 0
+                         and not sum(slow.errors.values()),
+                         "naiveRatio": naive_ratio >= NAIVE_RATIO_TARGET and reg.non2xx == 0},
             }
             if with_parts:
                 entry["parts"] = {
@@ -204,6 +257,10 @@ def main() -> int:
         say("## references (sync layout)")
         refs = {}
         for sync in ("FULL", "NORMAL"):
+            if sync == "FULL" and "sync" in naive_runs:
+                refs[sync] = naive_runs["sync"]  # the same handler, served the same way
+                say(f"{'bare + 1 insert, synchronous=FULL':34s} the naive run of [sync] above")
+                continue
             refs[sync] = bare(f"bare + 1 insert, synchronous={sync}", [],
                               BENCH_BARE_SQLITE=str(st.dir / f"bare-{sync}.db"),
                               BENCH_BARE_SYNC=sync)
@@ -213,12 +270,23 @@ def main() -> int:
     ok_any = False
     for name, entry in results["layouts"].items():
         reg = entry["bridge"]["unique"]
-        ok = entry["pass"]["throughput"] and entry["pass"]["p99"]
+        ok = all(entry["pass"].values())
         ok_any |= ok
         say(f"[{name}] baseline {entry['baseline']['rps']:.0f} req/s; bridge {reg['rps']:.0f} "
             f"req/s = {entry['ratio']:.0%} (target >= {RATIO_TARGET:.0%}) "
             f"{verdict(entry['pass']['throughput'])}; p99 {reg['p99_ms']:.1f} ms "
             f"(target <= {P99_TARGET_MS:g} ms) {verdict(entry['pass']['p99'])}")
+        slow = entry["bridge"]["paced"]
+        say(f"[{name}] paced at {PACED_SHARE:.0%} of that, open loop: offered "
+            f"{slow['offered_rps']:.0f} req/s, achieved {slow['rps']:.0f} req/s; p50 "
+            f"{slow['p50_ms']:.1f} ms, p99 {slow['p99_ms']:.1f} ms from the intended send "
+            f"(target <= {PACED_P99_TARGET_MS:g} ms) {verdict(entry['pass']['pacedP99'])}; "
+            f"wrk's own p99, from the actual send, {slow['sent_p99_ms']:.1f} ms")
+        naive = entry["naive"]
+        say(f"[{name}] naive durable handler (1 insert, own transaction, synchronous=FULL): "
+            f"{naive['rps']:.0f} req/s, p99 {naive['p99_ms']:.1f} ms; the bridge "
+            f"{naive['bridgeRatio']:.2f}x it (target >= {NAIVE_RATIO_TARGET:.1f}x) "
+            f"{verdict(entry['pass']['naiveRatio'])}")
         floor = entry["floor"]
         say(f"[{name}]   floor, a bare handler's durable insert alone: {floor['rps']:.0f} req/s "
             f"({floor['ratio']:.0%}), p99 {floor['p99_ms']:.1f} ms")

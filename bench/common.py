@@ -401,9 +401,9 @@ class WrkResult:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
 
 
-def wrk(url: str, script: Path | str, seconds: float, connections: int = 32, threads: int = 2,
-        args: list[str] | None = None, timeout_s: int = 5) -> WrkResult:
-    """Run wrk with a Lua script whose ``done`` prints one ``WRKJSON {...}`` line."""
+def _wrk_json(url: str, script: Path | str, seconds: float, connections: int, threads: int,
+              args: list[str] | None, timeout_s: int) -> dict:
+    """Run wrk with a Lua script whose ``done`` prints one ``WRKJSON {...}`` line; that."""
     exe = require_wrk()
     argv = [exe, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
             f"--timeout={timeout_s}s", "--latency", "-s", str(script), url]
@@ -412,10 +412,14 @@ def wrk(url: str, script: Path | str, seconds: float, connections: int = 32, thr
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     for line in out.stdout.splitlines():
         if line.startswith("WRKJSON "):
-            data = json.loads(line[len("WRKJSON "):])
-            break
-    else:
-        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+            return json.loads(line[len("WRKJSON "):])
+    raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+
+
+def wrk(url: str, script: Path | str, seconds: float, connections: int = 32, threads: int = 2,
+        args: list[str] | None = None, timeout_s: int = 5) -> WrkResult:
+    """Run wrk with a Lua script whose ``done`` prints one ``WRKJSON {...}`` line."""
+    data = _wrk_json(url, script, seconds, connections, threads, args, timeout_s)
     secs = data["duration_us"] / 1e6
     return WrkResult(
         requests=data["requests"],
@@ -430,6 +434,73 @@ def wrk(url: str, script: Path | str, seconds: float, connections: int = 32, thr
         non2xx=data["non2xx"],
         errors=data["errors"],
         statuses={k: v for k, v in data.get("statuses", {}).items() if v},
+    )
+
+
+@dataclass
+class PacedResult:
+    """An open-loop run (:func:`wrk_paced`): latencies from each request's intended send
+    time on a fixed schedule, so a slow answer cannot hold the next requests back
+    (no coordinated omission); ``sent_*`` are wrk's own, from the actual send."""
+
+    offered_rps: float  # the schedule's rate
+    sent_rps: float  # requests sent / duration
+    rps: float  # answers matched to their request / duration: the achieved rate
+    requests: int  # answers matched to their request
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    sent_p50_ms: float
+    sent_p99_ms: float
+    late: int  # requests that left > 2 ms after their intended time (no idle connection)
+    lag_max_ms: float  # the latest a request left after its intended time
+    unanswered: int  # sent, no matching answer by the end (in flight or failed)
+    non2xx: int
+    errors: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        errs = sum(self.errors.values())
+        return (f"offered {self.offered_rps:5.0f} req/s, achieved {self.rps:5.0f} req/s"
+                f"  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
+                f"  max {self.max_ms:7.2f} ms from the intended send (wrk's own, from the"
+                f" actual send: p99 {self.sent_p99_ms:.2f} ms)  ({self.requests} answers,"
+                f" {self.late} sent > 2 ms late, {self.unanswered} unanswered,"
+                f" {self.non2xx} non-2xx, {errs} socket errors)")
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+def wrk_paced(url: str, script: Path | str, seconds: float, rate: float, connections: int = 32,
+              threads: int = 2, args: list[str] | None = None, timeout_s: int = 5
+              ) -> PacedResult:
+    """wrk with :data:`PACED_REGISTER_LUA`: ``rate`` requests a second in all, on a fixed
+    schedule (each wrk thread ``rate / threads``), open loop while a connection is free."""
+    per_thread = rate / threads
+    data = _wrk_json(url, script, seconds, connections, threads,
+                     [f"{per_thread:.3f}", *(args or [])], timeout_s)
+    secs = data["duration_us"] / 1e6
+    return PacedResult(
+        offered_rps=rate,
+        sent_rps=data["sent"] / secs if secs else 0.0,
+        rps=data["answered"] / secs if secs else 0.0,
+        requests=data["answered"],
+        seconds=secs,
+        p50_ms=data["p50"] / 1000,
+        p90_ms=data["p90"] / 1000,
+        p99_ms=data["p99"] / 1000,
+        p999_ms=data["p999"] / 1000,
+        max_ms=data["max"] / 1000,
+        sent_p50_ms=data["wrk_p50"] / 1000,
+        sent_p99_ms=data["wrk_p99"] / 1000,
+        late=data["late"],
+        lag_max_ms=data["lag_max"] / 1000,
+        unanswered=data["sent"] - data["answered"],
+        non2xx=data["non2xx"],
+        errors=data["errors"],
     )
 
 
@@ -583,7 +654,137 @@ end
 """
 
 
-def lua(directory: Path, name: str, body: str) -> Path:
+# POST /register, new tokens, open loop at a fixed rate. Arguments: requests a second for
+# this wrk thread, first token. wrk's ``delay()`` is called before every request of every
+# connection; here it hands out the thread's next slot of a fixed schedule (one every
+# 1/rate s from the first call) and waits until then, so requests leave on schedule
+# whenever a connection is free: a slow answer holds back only its own connection, not
+# the schedule. Each answer is matched to its request by the token the bridge echoes,
+# and its latency counts from the slot (the intended send time), so time a request waited
+# for a free connection counts too (no coordinated omission). wrk's own percentiles, from
+# the actual send, are given beside them. The clock is CLOCK_MONOTONIC through LuaJIT's
+# FFI (Debian's wrk is built on LuaJIT). ``delay()`` waits whole milliseconds, rounded
+# up; a request that leaves early counts from when it left.
+PACED_REGISTER_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_us()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000000 + tonumber(ts.tv_nsec) / 1000
+end
+
+local counter = 0
+local base = 1000000000
+local interval = 0      -- us between two slots of this thread
+local next_slot = nil   -- the next slot not handed out yet
+local slots, head, tail = {}, 1, 0  -- slots handed out by delay(), oldest first
+local intended = {}     -- token -> its slot
+-- read by done() through thread:get, hence globals
+lat = {}                -- per matched answer: us from the intended send time
+sent, answered, bad, late, lag_max = 0, 0, 0, 0, 0
+
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer __KEY__"
+
+local thread_count = 0
+local threads = {}
+function setup(thread)
+  thread:set("tid", thread_count)
+  thread_count = thread_count + 1
+  threads[#threads + 1] = thread
+end
+
+function init(args)
+  interval = 1000000 / tonumber(args[1])
+  base = tonumber(args[2] or "1000000000") + tid * 100000000
+end
+
+function delay()
+  local now = now_us()
+  if next_slot == nil then next_slot = now end
+  local slot = next_slot
+  next_slot = next_slot + interval
+  tail = tail + 1
+  slots[tail] = slot
+  local wait = (slot - now) / 1000
+  if wait <= 0 then return 0 end
+  return math.ceil(wait)
+end
+
+function request()
+  counter = counter + 1
+  local t = base + counter
+  local body = string.format('{"token":%d,"email":"u%d@example.com"}', t, t)
+  if next_slot == nil then  -- wrk's check of the script, before any delay(): not sent
+    return wrk.format(nil, "/register", nil, body)
+  end
+  local now = now_us()
+  local slot = now
+  if head <= tail then
+    slot = slots[head]
+    slots[head] = nil
+    head = head + 1
+  end
+  local lag = now - slot
+  if lag > lag_max then lag_max = lag end
+  if lag > 2000 then late = late + 1 end
+  if slot > now then slot = now end  -- left early: count from when it left
+  intended[t] = slot
+  sent = sent + 1
+  return wrk.format(nil, "/register", nil, body)
+end
+
+function response(status, headers, body)
+  local now = now_us()
+  if status < 200 or status > 299 then bad = bad + 1 end
+  local token = tonumber(string.match(body or "", '"token"%s*:%s*"?(%d+)') or "")
+  local slot = token and intended[token]
+  if slot then
+    intended[token] = nil
+    answered = answered + 1
+    lat[answered] = now - slot
+  end
+end
+
+function done(summary, latency, requests)
+  local all = {}
+  local n_sent, n_answered, n_bad, n_late, max_lag = 0, 0, 0, 0, 0
+  for _, thread in ipairs(threads) do
+    local l = thread:get("lat")
+    for i = 1, #l do all[#all + 1] = l[i] end
+    n_sent = n_sent + thread:get("sent")
+    n_answered = n_answered + thread:get("answered")
+    n_bad = n_bad + thread:get("bad")
+    n_late = n_late + thread:get("late")
+    max_lag = math.max(max_lag, thread:get("lag_max"))
+  end
+  table.sort(all)
+  local function pct(p)
+    if #all == 0 then return 0 end
+    return all[math.max(1, math.ceil(p / 100 * #all))]
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"sent":%d,"answered":%d,"late":%d,' ..
+    '"lag_max":%.0f,"p50":%.0f,"p90":%.0f,"p99":%.0f,"p999":%.0f,"max":%.0f,' ..
+    '"wrk_p50":%.0f,"wrk_p99":%.0f,"non2xx":%d,' ..
+    '"errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d}}\n',
+    summary.requests, summary.duration, n_sent, n_answered, n_late, max_lag,
+    pct(50), pct(90), pct(99), pct(99.9), pct(100),
+    latency:percentile(50), latency:percentile(99), n_bad,
+    e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def lua(directory: Path, name: str, body: str, common: bool = True) -> Path:
+    """``body`` as a wrk script file (with the shared ``setup``/``done`` unless not
+    ``common``: :data:`PACED_REGISTER_LUA` has its own)."""
     path = Path(directory) / f"{name}.lua"
-    path.write_text(body.replace("__KEY__", API_KEY) + _LUA_COMMON)
+    path.write_text(body.replace("__KEY__", API_KEY) + (_LUA_COMMON if common else ""))
     return path
