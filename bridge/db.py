@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, create_engine, inspect, make_url, tex
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from .config import StartupError
-from .storage import WRITE_OPTION, GroupCommit, WriteQueue, sqlite_engine, sqlite_path
+from .storage import WRITE_OPTION, GroupCommit, WriteQueue, run, sqlite_engine, sqlite_path
 
 
 def migrations_dir() -> str:
@@ -32,6 +32,9 @@ def migrations_dir() -> str:
     ``bridge.migrations`` (an installed wheel has them there, a checkout maps them)."""
     return str(importlib.resources.files("bridge.migrations"))
 VERSION_TABLE = "bridge_alembic_version"
+
+
+__all__ = ["Database", "run"]  # run: a hot-path statement (bridge.storage.run)
 
 
 class SchemaBehind(StartupError):
@@ -80,13 +83,15 @@ class Database:
         path = sqlite_path(url)
         self._queue = WriteQueue(path) if path else None
         self.engine = make_engine(url, flushed_by_caller=self._queue is not None)
+        self._kept: Connection | None = None  # SQLite: the group commit's own connection
         # A forked child (gunicorn --preload) must not reuse the parent's connections.
-        ref = weakref.ref(self.engine)
+        ref = weakref.ref(self)
 
         def _after_fork() -> None:
-            engine = ref()
-            if engine is not None:
-                engine.dispose(close=False)
+            db = ref()
+            if db is not None:
+                db._kept = None  # the parent's; neither used nor closed here
+                db.engine.dispose(close=False)
 
         os.register_at_fork(after_in_child=_after_fork)
 
@@ -121,9 +126,27 @@ class Database:
     def group_commit(self, work: Callable[[Connection, list], list]) -> GroupCommit:
         """Run ``work(conn, items)`` for concurrent callers in shared transactions
         (:class:`bridge.storage.GroupCommit`)."""
-        return GroupCommit(lambda: self.write(flush=False), self.sync, work)
+        return GroupCommit(self._group_transaction, self.sync, work)
+
+    @contextmanager
+    def _group_transaction(self) -> Iterator[Connection]:
+        """A group commit's transaction. On SQLite its leaders, one at a time under the
+        write lock, share one connection kept for them: a pool check-out per small
+        transaction costs more than SQLite's work in it (BENCHMARKS.md)."""
+        if self._queue is None:
+            with self.write(flush=False) as conn:
+                yield conn
+            return
+        with self._queue.hold():
+            if self._kept is None:
+                self._kept = self.engine.connect().execution_options(**{WRITE_OPTION: True})
+            with self._kept.begin():
+                yield self._kept
 
     def dispose(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
         self.engine.dispose()
 
 

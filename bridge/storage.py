@@ -17,12 +17,17 @@ Each piece is kept because a paired run measured it (BENCHMARKS.md):
   ``synchronous=FULL`` (a commit survives a power cut), without making the next
   writer wait for the disk; one flush covers every commit made before it.
 * **Group commit**: concurrent calls of one process share one transaction.
+* **Statements on the driver** (:func:`run`): a few statements on the hot path of
+  ``/register`` are compiled once and run on the SQLite driver's cursor; going
+  through SQLAlchemy's execution machinery costs several times what SQLite needs
+  for them (BENCHMARKS.md: about half the CPU of a single-token registration).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -30,6 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 
 WRITE_OPTION = "bridge_write"  # execution option: this connection runs a write transaction
 
@@ -73,7 +79,8 @@ def sqlite_engine(url: str, flushed_by_caller: bool) -> Engine:
     @event.listens_for(engine, "begin")
     def _begin(conn):
         write = conn.get_execution_options().get(WRITE_OPTION)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        _driver_execute(conn.connection.driver_connection,
+                        "BEGIN IMMEDIATE" if write else "BEGIN", ())
 
     return engine
 
@@ -239,3 +246,68 @@ class _Call:
         self.done = False
         self.wake = threading.Lock()
         self.wake.acquire()
+
+
+# --- statements on the driver ---------------------------------------------------------------
+
+
+def _driver_execute(raw: sqlite3.Connection, sql: str, values, many: bool = False):
+    """``sql`` on the sqlite3 connection, errors wrapped as SQLAlchemy wraps them (without
+    the parameters: they hold tokens and identifiers)."""
+    try:
+        return raw.executemany(sql, values) if many else raw.execute(sql, values)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, (), exc, sqlite3.Error, hide_parameters=True) from exc
+
+
+class _Compiled:
+    """A Core statement compiled for SQLite with one set of parameter names: its SQL and
+    each positional parameter's name and bind processor (UTC timestamps, JSON). Every
+    parameter must be given (no ``IN`` list of constants: write those in the SQL)."""
+
+    def __init__(self, stmt, dialect, keys: frozenset):
+        compiled = stmt.compile(dialect=dialect, column_keys=sorted(keys))
+        binds = [compiled.binds[name] for name in compiled.positiontup or []]
+        missing = [b.key for b in binds if b.key not in keys or b.expanding]
+        if missing:
+            raise ValueError(f"parameters {missing} are not given one value each")
+        self.sql = compiled.string
+        self.returns_rows = bool(compiled.returning) or stmt.is_select
+        self.params = [(b.key, b.type.dialect_impl(dialect).bind_processor(dialect))
+                       for b in binds]
+
+    def values(self, row: dict) -> list:
+        return [row[key] if process is None else process(row[key])
+                for key, process in self.params]
+
+
+_COMPILED: dict[tuple[int, frozenset], _Compiled] = {}
+
+
+def run(conn, stmt, params: dict | list[dict]) -> list[tuple] | None:
+    """Execute ``stmt`` with ``params`` (one dict, or a list of dicts with the same keys for
+    many rows) in the transaction of the Core connection ``conn``; the rows it returns
+    (all of them, for many rows with RETURNING), or None. On SQLite it runs on the
+    driver (many rows: one ``executemany``, or with RETURNING one statement per row)
+    and returns plain tuples, unprocessed: use it for statements whose result columns
+    are plain strings and integers. Elsewhere it is ``conn.execute``."""
+    if conn.dialect.name != "sqlite":
+        result = conn.execute(stmt, params)
+        return [tuple(r) for r in result] if result.returns_rows else None
+    many = isinstance(params, list)
+    if many and not params:
+        return None
+    first = params[0] if many else params
+    key = (id(stmt), frozenset(first))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = _COMPILED.setdefault(key, _Compiled(stmt, conn.dialect, key[1]))
+    raw = conn.connection.driver_connection
+    if not many:
+        cursor = _driver_execute(raw, compiled.sql, compiled.values(params))
+        return cursor.fetchall() if cursor.description is not None else None
+    if not compiled.returns_rows:
+        _driver_execute(raw, compiled.sql, [compiled.values(row) for row in params], many=True)
+        return None
+    return [found for row in params
+            for found in _driver_execute(raw, compiled.sql, compiled.values(row)).fetchall()]

@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, literal_column, select, update
 
-from ..db import insert_unless_taken, lock_keys
+from ..db import insert_unless_taken, lock_keys, run
 from ..models import Registration
 from .states import LIVE, State, append_events
 from .types import Outcome, TokenRequest
@@ -63,23 +64,40 @@ def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
     }
 
 
-def live_of_tokens(conn, tokens: Sequence[str]) -> dict[str, list]:
+# Built once: constructing a statement costs more than SQLite running it.
+_LIVE_COLUMNS = (Registration.token, Registration.matched_by, Registration.match_value,
+                 Registration.id, Registration.state)
+_LIVE_OF_TOKENS = (select(*_LIVE_COLUMNS)
+                   .where(Registration.token.in_(bindparam("tokens", expanding=True)),
+                          Registration.state.in_(_LIVE))
+                   .order_by(Registration.id).with_for_update(read=True))
+_LIVE_OF_TOKEN = (select(*_LIVE_COLUMNS)  # the usual case: one chat, on the driver
+                  .where(Registration.token == bindparam("token"),
+                         Registration.state != literal_column(f"'{State.REMOVED.value}'"))
+                  .order_by(Registration.id).with_for_update(read=True))
+
+
+class LiveRow(NamedTuple):
+    token: str
+    matched_by: str
+    match_value: str
+    id: int
+    state: str
+
+
+def live_of_tokens(conn, tokens: Sequence[str]) -> dict[str, list[LiveRow]]:
     """The live registrations of these chats, oldest first: {token: [rows]}. On
     PostgreSQL the rows are share-locked: a removal in progress is waited for, and
     none can start before this transaction ends."""
-    found: dict[str, list] = defaultdict(list)
+    found: dict[str, list[LiveRow]] = defaultdict(list)
     tokens = sorted(set(tokens))
-    for start in range(0, len(tokens), 500):
-        rows = conn.execute(
-            select(Registration.token, Registration.matched_by, Registration.match_value,
-                   Registration.id, Registration.state)
-            .where(Registration.token.in_(tokens[start:start + 500]),
-                   Registration.state.in_(_LIVE))
-            .order_by(Registration.id)
-            .with_for_update(read=True)
-        )
-        for row in rows:
-            found[row.token].append(row)
+    if len(tokens) == 1:
+        rows = run(conn, _LIVE_OF_TOKEN, {"token": tokens[0]})
+    else:
+        rows = [row for start in range(0, len(tokens), 500) for row in conn.execute(
+            _LIVE_OF_TOKENS, {"tokens": tokens[start:start + 500]})]
+    for row in rows:
+        found[row[0]].append(LiveRow(*row))
     return found
 
 
@@ -123,8 +141,7 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
         new_keys_of[request.token].append(key)
     inserted = {}
     if rows:
-        result = conn.execute(_INSERT[conn.dialect.name], rows)
-        inserted = {(t, m, v): i for i, t, m, v in result}
+        inserted = {(t, m, v): i for i, t, m, v in run(conn, _INSERT[conn.dialect.name], rows)}
     if len(inserted) != len(rows):  # only without the chat lock: cannot happen here
         raise RuntimeError("a registration was inserted concurrently")
     state_of = {(r["token"], r["matched_by"], r["match_value"]): r["state"] for r in rows}

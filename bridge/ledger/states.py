@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, update
 
+from ..db import run
 from ..models import Event, Registration
 
 
@@ -130,5 +131,5 @@ def move(conn, kind: str, rows: Sequence[Any], now: datetime, values: dict | Non
 def append_events(conn, rows: Iterable[dict]) -> None:
     """Append history events (dicts with the same keys) in the transaction of ``conn``."""
     # one executemany per run of rows with the same keys, so ids keep the order given
-    for _keys, run in itertools.groupby(rows, key=lambda row: row.keys()):
-        conn.execute(_EVENT_INSERT, list(run))
+    for _keys, same in itertools.groupby(rows, key=lambda row: row.keys()):
+        run(conn, _EVENT_INSERT, list(same))

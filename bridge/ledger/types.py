@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from ..models import IDENTIFIERS
@@ -33,16 +34,16 @@ class TokenRequest:
         return {name: getattr(self, column) for name, column in IDENTIFIERS
                 if getattr(self, column) is not None}
 
-    @property
+    @cached_property
     def matched_by(self) -> str:
         """The highest-priority identifier present (Reteno matches the contact by it)."""
         return next(iter(self.identifiers()))
 
-    @property
+    @cached_property
     def match_value(self) -> str:
         return str(getattr(self, COLUMN_OF[self.matched_by]))
 
-    @property
+    @cached_property
     def live_key(self) -> tuple[str, str, str]:
         """At most one live registration holds a key (duplicate suppression)."""
         return self.token, self.matched_by, self.match_value
