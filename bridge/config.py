@@ -34,6 +34,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_LEASE_SECONDS = 120
+MAX_LOG_CHARS = 2000  # characters of one log message redacted and written; the rest is cut
+MAX_LOGGED_PATH_CHARS = 512  # characters of a URL path in the request log
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
 
 _TRUE = {"1", "true", "yes", "on"}

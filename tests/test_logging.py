@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import re
 import threading
 
 import pytest
 
+from bridge import logs as bridge_logs
 from bridge import views
+from bridge.config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS
 from bridge.logs import flush_request_log
 from tests.conftest import API_KEY, RETENO_KEY, TOKENS_URL
 from tests.helpers import step_perf_counter
@@ -175,3 +178,145 @@ def test_request_lines_are_written_without_being_asked(client, auth, logs):
     finally:
         request_logger.removeHandler(handed)
     assert handed.handed == [("bridge-request-log", "method=GET")]
+
+
+# --- hostile lines: long, quadratic-shaped, forged ------------------------------------
+
+def _unbounded_repeats_that_give_back(parsed, found):
+    """Greedy or lazy repeats without an upper bound, anywhere in a parsed pattern."""
+    from re import _constants as c
+
+    for op, arg in parsed:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            low, high, item = arg
+            if high == c.MAXREPEAT:
+                found.append((op, low))
+            _unbounded_repeats_that_give_back(item, found)
+        elif op == c.POSSESSIVE_REPEAT:
+            _unbounded_repeats_that_give_back(arg[2], found)
+        elif op == c.SUBPATTERN:
+            _unbounded_repeats_that_give_back(arg[-1], found)
+        elif op == c.BRANCH:
+            for branch in arg[1]:
+                _unbounded_repeats_that_give_back(branch, found)
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            _unbounded_repeats_that_give_back(arg[1], found)
+        elif op == c.ATOMIC_GROUP:
+            _unbounded_repeats_that_give_back(arg, found)
+    return found
+
+
+def _starts_with_a_run(parsed) -> bool:
+    """Whether the first thing a pattern consumes is a repeat (a run of a class)."""
+    from re import _constants as c
+
+    for op, arg in parsed:
+        if op in (c.ASSERT, c.ASSERT_NOT) and arg[0] == -1:
+            return False  # a lookbehind anchors the start: a run is entered once
+        if op == c.SUBPATTERN:
+            return _starts_with_a_run(arg[-1])
+        if op == c.AT:
+            continue
+        return op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT)
+    return False
+
+
+def test_every_redaction_pattern_scans_a_line_in_linear_time():
+    """No backtracking over an unbounded run (SECURITY.md finding 1): every unbounded
+    repeat is possessive, and a pattern that starts with a run starts only where the run
+    does (a lookbehind), so no character is scanned once per start position. The time it
+    saves is in bench/bench_hostile.py; here the shape of each pattern is checked."""
+    from re import _parser
+
+    patterns = [p for p, _ in bridge_logs._PATTERNS] + [bridge_logs._NUMBER_RUN, bridge_logs._MAYBE]
+    for pattern in patterns:
+        parsed = _parser.parse(pattern.pattern, pattern.flags)
+        assert _unbounded_repeats_that_give_back(parsed, []) == [], pattern.pattern
+        assert not _starts_with_a_run(parsed), pattern.pattern
+
+
+def test_redaction_reads_at_most_a_capped_line(monkeypatch):
+    seen = []
+
+    class Spy:
+        def __init__(self, pattern):
+            self.pattern = pattern
+
+        def sub(self, replacement, text):
+            seen.append(len(text))
+            return self.pattern.sub(replacement, text)
+
+    monkeypatch.setattr(bridge_logs, "_PATTERNS", [(Spy(p), r) for p, r in bridge_logs._PATTERNS])
+    line = "GET /tokens/" + "ann@example.com/" * 70_000  # about 1 MB
+    clean = bridge_logs.redact(line)
+    assert seen and max(seen) <= MAX_LOG_CHARS
+    assert len(clean) <= MAX_LOG_CHARS
+    assert clean.startswith("GET /tokens/<email>/<email>/")
+    assert clean.endswith("more characters not logged]")
+    assert "example" not in clean
+
+
+@pytest.mark.parametrize("value", [EMAIL.lower(), PHONE, PHONE_DIGITS, "Bearer " + API_KEY])
+def test_a_value_cut_in_two_by_the_cap_is_left_out(value):
+    for shift in range(1, len(value)):  # the cap falls after `shift` characters of it
+        line = "x " * ((MAX_LOG_CHARS - shift) // 2) + " " * ((MAX_LOG_CHARS - shift) % 2) \
+            + value + " tail" * 100
+        clean = bridge_logs.redact(line)
+        assert len(clean) < len(line)
+        assert value not in clean
+        assert value[:shift] not in clean.replace("x ", "") or shift < 3, (shift, clean[-80:])
+
+
+def test_numbers_and_addresses_are_masked_as_before():
+    cases = {
+        "call +380 (95) 649-09-55 now": "call <number> now",
+        "1234567 89a": "<number> 89a",
+        "+380 95 649 09 55abc": "<number> 55abc",
+        "ids 123456 and 1234567.5 and v1.2345678": "ids 123456 and 1234567.5 and v1.2345678",
+        "path=/tokens/-1001234567890/history": "path=/tokens/-<number>/history",
+        "to Ann.Lee@Example.com, cc a@b.co.uk.": "to <email>, cc <email>.",
+        "Authorization: Bearer abc.def-ghi": "Authorization: Bearer ***",
+        "api_key=abc&x=1": "api_key=***&x=1",
+    }
+    for line, expected in cases.items():
+        assert bridge_logs.redact(line) == expected, line
+
+
+def test_a_url_cannot_forge_a_log_line():
+    """%0A in a URL, once decoded, is written as \\n: the access line stays one line."""
+    record = logging.LogRecord(
+        "werkzeug", logging.INFO, __file__, 1, '%s - - "%s" %s',
+        ("127.0.0.1", "GET /x%0D%0AMon level=ERROR logger=bridge.worker FORGED%1B[2J "
+                      "HTTP/1.1", 401), None)
+    bridge_logs.RedactingFilter().filter(record)
+    line = logging.Formatter(bridge_logs.LOG_FORMAT).format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "/x\\r\\nMon level=ERROR logger=bridge.worker FORGED\\x1b[2J" in line
+
+
+def test_the_bridges_own_lines_escape_control_characters(caplog):
+    log = bridge_logs.get_logger("bridge.test")
+    log.warning("upstream said %s", "no\nlevel=ERROR logger=bridge.worker FORGED\x1b]0;x\x07"
+                                    "\x9b31m\u2028")
+    try:
+        raise ValueError("bad\nlevel=ERROR logger=bridge.worker FORGED")
+    except ValueError:
+        log.exception("failed")
+    messages = [r.getMessage() for r in caplog.records if r.name == "bridge.test"]
+    assert messages[0] == ("upstream said no\\nlevel=ERROR logger=bridge.worker FORGED"
+                           "\\x1b]0;x\\x07\\x9b31m\\u2028")
+    formatted = logging.Formatter(bridge_logs.LOG_FORMAT).format(caplog.records[-1])
+    lines = formatted.split("\n")
+    assert lines[0].endswith("failed")
+    assert all(line.startswith("  ") for line in lines[1:])  # the traceback, indented
+    # a line break in the exception's text stays a break, but the line after it is
+    # indented like the rest of the traceback: it cannot pass for a record of its own
+    assert lines[-2:] == ["  ValueError: bad", "  level=ERROR logger=bridge.worker FORGED"]
+
+
+def test_a_long_path_is_logged_cut(client, logs):
+    path = "/tokens/" + "a" * 65_000 + "/history"
+    assert client.get(path).status_code == 401
+    logged_path = json.loads(request_lines(logs)[-1]["path"])
+    assert len(logged_path) <= MAX_LOGGED_PATH_CHARS
+    assert logged_path == "/tokens/...[65008 more characters not logged]"
