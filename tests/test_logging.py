@@ -87,7 +87,7 @@ def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, 
     text = logged(logs)
     # what the checks below search: the lines of every step that handles personal data
     assert text.count(" request method=") == 7
-    assert "upstream call outcome=delivered status=200 batch=1" in text
+    assert "upstream call outcome=delivered status=200 reason=ok batch=1" in text
     assert ("statuses: 2 event(s): blocked 1, unmatched 1; 1 registration(s) of 1 token(s) "
             "removed") in text
     for secret in (API_KEY, RETENO_KEY, WEBHOOK_PASSWORD, basic.split()[1], "wrong-key-987"):
@@ -115,7 +115,7 @@ def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, 
     upstream = [r.getMessage() for r in logs.records if r.name == "bridge.worker"
                 and r.getMessage().startswith("upstream call")]
     assert len(upstream) == 1
-    assert re.fullmatch(r"upstream call outcome=delivered status=200 batch=1 ms=[\d.]+",
+    assert re.fullmatch(r"upstream call outcome=delivered status=200 reason=ok batch=1 ms=[\d.]+",
                         upstream[0])
 
 
@@ -128,7 +128,7 @@ def test_a_failed_upstream_call_is_one_line_with_its_error_masked(client, auth, 
     upstream = [r.getMessage() for r in logs.records if r.name == "bridge.worker"
                 and r.getMessage().startswith("upstream call")]
     assert len(upstream) == 1
-    assert "outcome=reject status=400 batch=1" in upstream[0]
+    assert "outcome=reject status=400 reason=rejected batch=1" in upstream[0]
     assert "<email>" in upstream[0] and EMAIL.lower() not in logged(logs).lower()
 
 

@@ -283,19 +283,23 @@ def test_a_408_is_retried_not_dead_lettered(client, auth, bridge, clock, request
     assert health(client)["deadLetters"] == 0
 
 
-@pytest.mark.parametrize("message", ["Wrong app uuid", "Tokens must be specified",
-                                     "Not registered application"])
+@pytest.mark.parametrize(("message", "reason"), [
+    ("Wrong app uuid", "wrong_app_uuid"), ("Tokens must be specified", "tokens_missing"),
+    ("Not registered application", "app_not_registered")])
 def test_a_400_about_the_whole_request_pauses_instead_of_splitting(client, auth, bridge,
-                                                                   requests_mock, message):
+                                                                   requests_mock, message,
+                                                                   reason):
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": message})
     register(client, auth, *tokens(1, 2, 3))
     bridge.deliver_once()
     assert requests_mock.call_count == 1, "the batch was split"
     body = health(client)
     assert body["delivery"]["paused"] is True
-    assert message in body["delivery"]["pauseReason"]
+    assert body["delivery"]["pauseReason"] == reason  # a code: Reteno's text stays out
+    assert body["lastUpstream"]["status"] == 400
     assert body["deadLetters"] == 0
     assert {r["state"] for r in rows(client, auth)} == {"queued"}
+    assert all(message in r["lastError"] for r in rows(client, auth))  # the ledger has it
 
 
 # --- 8. /statuses: a registration removed earlier in the body is not live again ---------
