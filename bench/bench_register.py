@@ -68,6 +68,7 @@ LAYOUTS = {
     "gthread8": ["-k", "gthread", "--threads", "8", "--reuse-port"],
     "gthread4": ["-k", "gthread", "--threads", "4", "--reuse-port"],
 }
+AUTH = {"Authorization": f"Bearer {API_KEY}"}  # /healthz shows the outbox only to a key
 
 
 def main() -> int:
@@ -143,11 +144,11 @@ def main() -> int:
                 say(f"{label + ' (' + mode + ')':34s} {out[mode].line()}")
             during = simulator_stats(sim)["tokens_received"] - before
             # Everything registered reaches the simulator afterwards (bounded wait).
-            _, health = http_json(f"{url}/healthz")
+            _, health = http_json(f"{url}/healthz", headers=AUTH)
             deadline = time.monotonic() + 120
             while health.get("outbox", {}).get("depth", 1) and time.monotonic() < deadline:
                 time.sleep(0.5)
-                _, health = http_json(f"{url}/healthz")
+                _, health = http_json(f"{url}/healthz", headers=AUTH)
             out["delivery"] = {
                 "tokensAtSimulatorDuringLoad": during,
                 "outboxDepthAfter": health.get("outbox", {}).get("depth"),

@@ -36,6 +36,8 @@ DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_LEASE_SECONDS = 120
 MAX_LOG_CHARS = 2000  # characters of one log message redacted and written; the rest is cut
 MAX_LOGGED_PATH_CHARS = 512  # characters of a URL path in the request log
+DEFAULT_HEALTH_CACHE_SECONDS = 5.0  # the ledger's counts in /healthz and /metrics
+BACKLOG_SECONDS = 900  # /healthz says "outbox_backlog" once the oldest queued row is older
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -76,6 +78,8 @@ class Settings:
     upstream_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     upstream_read_timeout: float = DEFAULT_READ_TIMEOUT
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    metrics_public: bool = False
+    health_cache_seconds: float = DEFAULT_HEALTH_CACHE_SECONDS
 
     @property
     def tokens_url(self) -> str:
@@ -270,4 +274,7 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         upstream_connect_timeout=connect_timeout,
         upstream_read_timeout=read_timeout,
         lease_seconds=lease_seconds,
+        metrics_public=_bool(config, environ, "BRIDGE_METRICS_PUBLIC", False),
+        health_cache_seconds=_float(config, environ, "BRIDGE_HEALTH_CACHE_SECONDS",
+                                    DEFAULT_HEALTH_CACHE_SECONDS, 0.0, 300.0),
     )

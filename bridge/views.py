@@ -15,8 +15,10 @@ from marshmallow import ValidationError
 from . import statuses, telegram
 from .http import (
     APIError,
+    bearer_optional,
     bearer_required,
     json_body,
+    metrics_auth_required,
     register_error_handlers,
     telegram_secret_required,
     webhook_auth_required,
@@ -26,6 +28,7 @@ from .openapi import document as openapi_document
 from .runtime import current as rt
 from .schemas import (
     BatchSchema,
+    HealthSchema,
     HistorySchema,
     RegisterResponseSchema,
     TokenPageSchema,
@@ -44,6 +47,7 @@ _register_response = RegisterResponseSchema()
 _query_schema = TokenQuerySchema()
 _page_schema = TokenPageSchema()
 _history_schema = HistorySchema()
+_health_schema = HealthSchema()
 
 
 
@@ -113,15 +117,16 @@ def history(token: str):
 
 
 @bp.get("/healthz")
-def healthz():
-    bridge = rt()
-    body, ok = bridge.health()
+@bearer_optional
+def healthz(authenticated: bool):
+    body, ok = rt().health(details=authenticated)
     if not ok:
         raise APIError(503, body["message"], {"database": [body["message"]]})
-    return body
+    return _health_schema.dump(body)
 
 
 @bp.get("/metrics")
+@metrics_auth_required
 def metrics():
     return Response(rt().metrics.render(), mimetype="text/plain",
                     content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -153,7 +153,7 @@ def test_auth_errors_pause_delivery_and_drop_nothing(client, auth, bridge, clock
     ])
     register(client, auth, [{"token": i, "contactId": i} for i in (1, 2, 3)])
     bridge.deliver_once()
-    health = client.get("/healthz").json
+    health = client.get("/healthz", headers=auth).json
     assert health["delivery"]["paused"] is True
     assert health["delivery"]["pauseReason"] == {401: "unauthorized", 403: "forbidden",
                                                  404: "not_found"}[status]
@@ -165,7 +165,7 @@ def test_auth_errors_pause_delivery_and_drop_nothing(client, auth, bridge, clock
     bridge.deliver_once()
     assert requests_mock.call_count == 2
     assert {s["state"] for s in states(client, auth).values()} == {"delivered"}
-    assert client.get("/healthz").json["delivery"]["paused"] is False
+    assert client.get("/healthz", headers=auth).json["delivery"]["paused"] is False
 
 
 def test_400_splits_the_batch_and_kills_only_the_bad_token(client, auth, bridge, requests_mock):
@@ -192,7 +192,7 @@ def test_400_splits_the_batch_and_kills_only_the_bad_token(client, auth, bridge,
         if "13" not in {t["token"] for t in r.json()["tokens"]} for t in r.json()["tokens"]
     ]
     assert sorted(accepted, key=int) == [str(i) for i in range(1, 21) if i != 13]
-    assert client.get("/healthz").json["deadLetters"] == 1
+    assert client.get("/healthz", headers=auth).json["deadLetters"] == 1
     assert history_kinds(client, auth, "13")[-1] == "dead"
 
 

@@ -137,7 +137,7 @@ def test_other_contacts_keep_their_data_and_history(runner, client, auth, bridge
     assert any("[erased]" in json.dumps(e["detail"]) for e in bob)
     assert history(client, auth, "1234567890") == ledger_with_ann["joann"]
     # the shared upstream state (last Reteno answer) no longer quotes her either
-    last = client.get("/healthz").get_json()["lastUpstream"]
+    last = client.get("/healthz", headers=auth).get_json()["lastUpstream"]
     assert not has_ann_email(json.dumps(last))
 
 

@@ -108,7 +108,7 @@ def test_batch_of_1000_is_accepted(client, auth):
     response = post(client, body, auth)
     assert response.status_code == 202
     assert len(response.json["registrations"]) == 1000
-    health = client.get("/healthz").json
+    health = client.get("/healthz", headers=auth).json
     assert health["outbox"]["depth"] == 1000
 
 

@@ -516,7 +516,7 @@ def test_a_thousand_events_in_one_request(client, auth):
 def test_status_metrics_are_exported(client, auth):
     register(client, auth, {"token": "9001", "contactId": 90})
     post(client, [activity(contactId=90), activity(contactId=91), {"status": "SENT"}])
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_status_events_total{kind="blocked"} 1.0' in text
     assert 'bridge_status_events_total{kind="unmatched"} 1.0' in text
     assert 'bridge_status_events_total{kind="ignored"} 1.0' in text

@@ -444,10 +444,10 @@ def test_links_are_rejected_while_the_link_secret_is_unset(make_app, auth):
     assert "BRIDGE_LINK_SECRET" in history(client, auth, CHAT_ID)[0]["detail"]["reason"]
 
 
-def test_telegram_metrics_are_exported(client):
+def test_telegram_metrics_are_exported(client, auth):
     send(client, blocked())
     send(client, start("nonsense"))
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_telegram_updates_total{kind="blocked"} 1.0' in text
     assert 'bridge_telegram_updates_total{kind="link_rejected"} 1.0' in text
 
