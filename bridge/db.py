@@ -24,7 +24,14 @@ from sqlalchemy import Connection, Engine, create_engine, inspect, make_url, tex
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from .config import StartupError
-from .storage import WRITE_OPTION, GroupCommit, WriteQueue, sqlite_engine, sqlite_path
+from .storage import (
+    WRITE_OPTION,
+    GroupCommit,
+    WriteQueue,
+    checkpoint,
+    sqlite_engine,
+    sqlite_path,
+)
 
 
 def migrations_dir() -> str:
@@ -122,6 +129,16 @@ class Database:
         """Run ``work(conn, items)`` for concurrent callers in shared transactions
         (:class:`bridge.storage.GroupCommit`)."""
         return GroupCommit(lambda: self.write(flush=False), self.sync, work)
+
+    def purge_freed(self) -> bool:
+        """After an erase: no copy of deleted data left in the database's files. SQLite
+        zeroes what it frees (``secure_delete``); this moves the WAL into the database
+        file and empties it (False: a reader kept part of it, emptied later).
+        PostgreSQL keeps dead rows until VACUUM, and WAL segments and backups for their
+        retention: README "Erasing a contact" says what to run."""
+        if self._queue is None:  # not a SQLite file
+            return True
+        return checkpoint(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
