@@ -273,6 +273,16 @@ def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
+def capped_errors(errors: dict[str, list[str]], limit: int) -> dict[str, list[str]]:
+    """The first ``limit`` field paths of ``errors``; the number of the others under
+    ``_more`` (a body with 330,000 unknown keys made a 9.5 MB 422)."""
+    if len(errors) <= limit:
+        return errors
+    kept = dict(list(errors.items())[:limit])
+    kept["_more"] = [f"{len(errors) - limit} more fields have errors (not listed)."]
+    return kept
+
+
 # --- reading the ledger ------------------------------------------------------
 
 

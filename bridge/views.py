@@ -34,6 +34,7 @@ from .schemas import (
     TokenPageSchema,
     TokenQuerySchema,
     TokenSchema,
+    capped_errors,
     flatten_errors,
     normalize_token,
 )
@@ -53,7 +54,8 @@ _health_schema = HealthSchema()
 
 
 def invalid(exc: ValidationError, message: str = "The request is not valid.") -> APIError:
-    return APIError(422, message, flatten_errors(exc.messages))
+    return APIError(422, message, capped_errors(flatten_errors(exc.messages),
+                                                rt().settings.max_field_errors))
 
 
 # --- POST /register ----------------------------------------------------------
@@ -147,7 +149,9 @@ def statuses_post():
     bridge = rt()
     data = json_body(bridge.settings.max_body_bytes, replace_unstorable=True)
     try:
-        objects = statuses.events_from_body(data)
+        objects = statuses.events_from_body(data, bridge.settings.max_status_events)
+    except statuses.TooManyEvents as exc:
+        raise APIError(413, str(exc)) from None
     except ValidationError as exc:
         raise invalid(exc, "The body must be a status event object or an array of them; "
                            "nothing was recorded.") from None
