@@ -66,6 +66,10 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"BRIDGE_WEBHOOK_USERNAME": "reteno"}, "BRIDGE_WEBHOOK_PASSWORD"),
         ({"TELEGRAM_WEBHOOK_SECRET": "has spaces in it"}, "TELEGRAM_WEBHOOK_SECRET"),
         ({"TELEGRAM_BOT_USERNAME": "no!"}, "TELEGRAM_BOT_USERNAME"),
+        ({"BRIDGE_METRICS_PUBLIC": "maybe"}, "BRIDGE_METRICS_PUBLIC"),
+        ({"BRIDGE_HEALTH_CACHE_SECONDS": -1}, "BRIDGE_HEALTH_CACHE_SECONDS"),
+        ({"BRIDGE_MAX_STATUS_EVENTS": 0}, "BRIDGE_MAX_STATUS_EVENTS"),
+        ({"BRIDGE_MAX_FIELD_ERRORS": "lots"}, "BRIDGE_MAX_FIELD_ERRORS"),
         # sandbox mode is opt-in, and never mixed with real credentials
         ({"BRIDGE_SANDBOX": True}, "BRIDGE_SANDBOX"),
         ({"BRIDGE_SANDBOX": "perhaps"}, "BRIDGE_SANDBOX"),
