@@ -48,6 +48,7 @@ from bench.common import (  # noqa: E402
 
 RATE_TARGET = 5000.0
 RATIO_TARGET = 25.0
+AUTH = {"Authorization": f"Bearer {API_KEY}"}  # /healthz shows the outbox only to a key
 
 
 def reset(sim: str) -> None:
@@ -137,7 +138,7 @@ def bridge_full_speed(st: Stack, sim: str, seconds: float, connections: int,
     load_end = time.monotonic()
     # Requests still in flight when wrk stops are registered too: count the ledger.
     time.sleep(0.5)
-    _, health = http_json(f"{url}/healthz")
+    _, health = http_json(f"{url}/healthz", headers=AUTH)
     registered = sum(health["states"].values())
     deadline = time.monotonic() + 300
     received = simulator_stats(sim)["tokens_received"]
@@ -148,7 +149,7 @@ def bridge_full_speed(st: Stack, sim: str, seconds: float, connections: int,
     done.set()
     sampler.join()
     stats = simulator_stats(sim)
-    _, health = http_json(f"{url}/healthz")
+    _, health = http_json(f"{url}/healthz", headers=AUTH)
     st.stop(proc)
     for d in delivers:
         st.stop(d)

@@ -45,6 +45,7 @@ from bench.common import (  # noqa: E402
 
 TOLERANCE = 0.10
 WARM_FROM, WARM_TO = 50_000, 100_000
+AUTH = {"Authorization": f"Bearer {API_KEY}"}  # /healthz shows the outbox only to a key
 
 
 def main() -> int:
@@ -129,7 +130,7 @@ def main() -> int:
         stop.set()
         time.sleep(0.6)
         received = simulator_stats(sim)["tokens_received"]
-        _, health = http_json(f"{url}/healthz")
+        _, health = http_json(f"{url}/healthz", headers=AUTH)
         alive = sorted(children(proc.pid))
     if alive != workers:
         say(f"# WARNING: the worker processes changed during the run ({workers} -> {alive})")

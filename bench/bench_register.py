@@ -91,6 +91,7 @@ LAYOUTS = {
     "gthread8": ["-k", "gthread", "--threads", "8", "--reuse-port"],
     "gthread4": ["-k", "gthread", "--threads", "4", "--reuse-port"],
 }
+AUTH = {"Authorization": f"Bearer {API_KEY}"}  # /healthz shows the outbox only to a key
 
 
 def main() -> int:
@@ -186,11 +187,11 @@ def main() -> int:
                 out["paced"] = paced(url, PACED_SHARE * out["unique"].rps)
                 say(f"{label + f' (paced {PACED_SHARE:.0%})':34s} {out['paced'].line()}")
             # Everything registered reaches the simulator afterwards (bounded wait).
-            _, health = http_json(f"{url}/healthz")
+            _, health = http_json(f"{url}/healthz", headers=AUTH)
             deadline = time.monotonic() + 120
             while health.get("outbox", {}).get("depth", 1) and time.monotonic() < deadline:
                 time.sleep(0.5)
-                _, health = http_json(f"{url}/healthz")
+                _, health = http_json(f"{url}/healthz", headers=AUTH)
             out["delivery"] = {
                 "tokensAtSimulatorDuringLoad": during,
                 "outboxDepthAfter": health.get("outbox", {}).get("depth"),

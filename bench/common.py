@@ -258,6 +258,8 @@ class Stack(contextlib.ExitStack):
             "BRIDGE_BATCH_SIZE": str(batch_size),
             "BRIDGE_BACKGROUND_DELIVERY": "true" if background else "false",
             "BRIDGE_INSTANCE_PATH": str(self.dir / "instance"),
+            # the runs read the outbox from /healthz while they wait: fresh counts
+            "BRIDGE_HEALTH_CACHE_SECONDS": "0",
             "RETENO_APP_UUID": APP_UUID,
             "RETENO_API_KEY": RETENO_KEY,
             # Nothing listens here unless a simulator is given: delivery just retries.

@@ -1,12 +1,15 @@
 """The ``flask bridge`` command group: migrate, deliver, and the ledger's tools.
 
 Owns argument parsing and printing only; every change goes through the
-ledger service.
+ledger service. What it prints from the ledger (error texts Reteno or a webhook
+sent, raw status objects) never carries a control character to the terminal:
+tables show them as escapes (``\\x1b``), JSON as ``\\u`` escapes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -20,6 +23,7 @@ from marshmallow import ValidationError
 
 from . import db as dbmod
 from .config import StartupError, parse_duration
+from .logs import escape_control
 from .runtime import current
 from .sandbox.cli import sandbox_command
 from .schemas import (
@@ -53,8 +57,14 @@ cli = _Group("bridge", help="Reteno bridge: migrations, delivery and the audit l
 cli.add_command(sandbox_command)  # the simulator alone: `flask bridge sandbox --port 8025`
 
 
+# What json.dumps leaves raw with ensure_ascii=False and a terminal still obeys: DEL,
+# the C1 controls (\x9b is a one-byte CSI) and the Unicode line separators.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
 def _echo_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    click.echo(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
 
 
 @cli.command("migrate")
@@ -168,8 +178,9 @@ def _cell(value) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    return " ".join(str(value).split())
+        return escape_control(json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                                         default=str))
+    return escape_control(" ".join(str(value).split()))
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence], *,

@@ -31,9 +31,19 @@ MAX_TOKENS_PER_REQUEST = 1000  # token objects in one /register body
 DEFAULT_BATCH_SIZE = 1000  # tokens in one upstream call
 MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Status events in one POST /statuses body; more is a 413. Reteno documents no batch
+# size for its activity webhook (its bulk APIs take at most 3,000 objects a call), and
+# a 4 MB body holds about 12,000 real events: this never bites on real traffic, and it
+# must not, since Reteno retries anything but a 200 and holds later events meanwhile.
+DEFAULT_MAX_STATUS_EVENTS = 10_000
+DEFAULT_MAX_FIELD_ERRORS = 100  # field paths listed in a 422; the rest are counted
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_LEASE_SECONDS = 120
+MAX_LOG_CHARS = 2000  # characters of one log message redacted and written; the rest is cut
+MAX_LOGGED_PATH_CHARS = 512  # characters of a URL path in the request log
+DEFAULT_HEALTH_CACHE_SECONDS = 5.0  # the ledger's counts in /healthz and /metrics
+BACKLOG_SECONDS = 900  # /healthz says "outbox_backlog" once the oldest queued row is older
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
 DEFAULT_LINK_TTL = "30d"
 ON_CONFLICT = ("send", "hold")
@@ -80,6 +90,10 @@ class Settings:
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     link_ttl: int = 30 * 86400  # seconds a new deep link stays valid; 0: for ever
     hold_conflicts: bool = False  # BRIDGE_ON_CONFLICT=hold
+    max_status_events: int = DEFAULT_MAX_STATUS_EVENTS
+    max_field_errors: int = DEFAULT_MAX_FIELD_ERRORS
+    metrics_public: bool = False
+    health_cache_seconds: float = DEFAULT_HEALTH_CACHE_SECONDS
 
     @property
     def tokens_url(self) -> str:
@@ -302,4 +316,11 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         upstream_connect_timeout=connect_timeout,
         upstream_read_timeout=read_timeout,
         lease_seconds=lease_seconds,
+        max_status_events=_int(config, environ, "BRIDGE_MAX_STATUS_EVENTS",
+                               DEFAULT_MAX_STATUS_EVENTS, 1, 10_000_000),
+        max_field_errors=_int(config, environ, "BRIDGE_MAX_FIELD_ERRORS",
+                              DEFAULT_MAX_FIELD_ERRORS, 1, 100_000),
+        metrics_public=_bool(config, environ, "BRIDGE_METRICS_PUBLIC", False),
+        health_cache_seconds=_float(config, environ, "BRIDGE_HEALTH_CACHE_SECONDS",
+                                    DEFAULT_HEALTH_CACHE_SECONDS, 0.0, 300.0),
     )

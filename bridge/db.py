@@ -24,7 +24,15 @@ from sqlalchemy import Connection, Engine, create_engine, inspect, make_url, tex
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from .config import StartupError
-from .storage import WRITE_OPTION, GroupCommit, WriteQueue, run, sqlite_engine, sqlite_path
+from .storage import (
+    WRITE_OPTION,
+    GroupCommit,
+    WriteQueue,
+    checkpoint,
+    run,
+    sqlite_engine,
+    sqlite_path,
+)
 
 
 def migrations_dir() -> str:
@@ -142,6 +150,16 @@ class Database:
                 self._kept = self.engine.connect().execution_options(**{WRITE_OPTION: True})
             with self._kept.begin():
                 yield self._kept
+
+    def purge_freed(self) -> bool:
+        """After an erase: no copy of deleted data left in the database's files. SQLite
+        zeroes what it frees (``secure_delete``); this moves the WAL into the database
+        file and empties it (False: a reader kept part of it, emptied later).
+        PostgreSQL keeps dead rows until VACUUM, and WAL segments and backups for their
+        retention: README "Erasing a contact" says what to run."""
+        if self._queue is None:  # not a SQLite file
+            return True
+        return checkpoint(self.engine)
 
     def dispose(self) -> None:
         if self._kept is not None:

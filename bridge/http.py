@@ -286,3 +286,37 @@ def telegram_secret_required(view):
         return view(*args, **kwargs)
 
     return guarded
+
+
+def bearer_optional(view):
+    """The door of ``GET /healthz``: open; a valid bearer key makes the view's
+    ``authenticated`` argument True (details), a wrong one is a 401 (so an operator
+    with a stale key learns it instead of seeing less)."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        if "Authorization" not in request.headers:
+            return view(*args, authenticated=False, **kwargs)
+        if not bearer_ok(_runtime().api_keys):
+            raise APIError(401, "The API key is not valid: send a valid Authorization: Bearer "
+                                "<key> for the details, or no Authorization header.",
+                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+        return view(*args, authenticated=True, **kwargs)
+
+    return guarded
+
+
+def metrics_auth_required(view):
+    """The door of ``GET /metrics``: a bearer key, unless ``BRIDGE_METRICS_PUBLIC=true``."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        runtime = _runtime()
+        if not runtime.settings.metrics_public and not bearer_ok(runtime.api_keys):
+            raise APIError(401, "A valid API key is required: send Authorization: Bearer <key> "
+                                "(or set BRIDGE_METRICS_PUBLIC=true for a scraper on a private "
+                                "network).",
+                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+        return view(*args, **kwargs)
+
+    return guarded

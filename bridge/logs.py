@@ -31,35 +31,105 @@ import threading
 from logging.handlers import QueueHandler, QueueListener
 from urllib.parse import unquote
 
+from .config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS
+
+# Every pattern runs in time linear in the line: no quantifier over an unbounded run
+# gives anything back (possessive ``*+``, ``++``), and a pattern that starts with such a
+# run only starts where the run does (a lookbehind), so a long run is scanned once, not
+# once per character. tests/test_logging.py checks this on the parsed patterns.
+_EMAIL = re.compile(r"(?<![A-Za-z0-9.!#$%'*+^_`{|}~-])[A-Za-z0-9.!#$%'*+^_`{|}~-]++"
+                    r"@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++")
+# a run of digits, spaces, parentheses and dashes that starts with a digit (and is not
+# inside a word or a decimal); :func:`_mask_number` decides how much of it is a number
+_NUMBER_RUN = re.compile(r"(?<![\w.])\+?\d[\d ()-]*+")
+_SEPARATORS = " ()-"
+_WORDISH = re.compile(r"[\w.]")
+
 _PATTERNS = [
-    (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(bearer|basic)\s+[^\s'\",]+"),
+    (re.compile(r"(?i)(authorization['\"]?\s*+[:=]\s*+['\"]?)(bearer|basic)\s++[^\s'\",]++"),
      r"\1\2 ***"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
-    (re.compile(r"(?i)(x-reteno-access-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",]+"), r"\1***"),
-    (re.compile(r"(?i)((?:api[_-]?key|password|secret|token_secret)['\"]?\s*[:=]\s*['\"]?)"
-                r"[^\s'\",&]+"), r"\1***"),
-    (re.compile(r"[A-Za-z0-9.!#$%'*+^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"),
-     "<email>"),
-    # phone numbers and chat ids: 7 or more digits, possibly grouped
-    (re.compile(r"(?<![\w.])\+?\d[\d ()-]{5,}\d(?![\w.])"),
-     lambda m: "<number>" if sum(c.isdigit() for c in m.group()) >= 7 else m.group()),
+    (re.compile(r"(?i)\b(bearer|basic)\s++[A-Za-z0-9._~+/=-]{8,}+"), r"\1 ***"),
+    (re.compile(r"(?i)(x-reteno-access-key['\"]?\s*+[:=]\s*+['\"]?)[^\s'\",]++"), r"\1***"),
+    (re.compile(r"(?i)((?:api[_-]?key|password|secret|token_secret)['\"]?\s*+[:=]\s*+['\"]?)"
+                r"[^\s'\",&]++"), r"\1***"),
+    (_EMAIL, "<email>"),
 ]
+
+
+def _mask_number(match: re.Match) -> str:
+    """Phone numbers and chat ids: 7 or more digits, possibly grouped, ending in a digit
+    that no word character or dot follows (the longest such start of the run)."""
+    run = match.group()
+    end = len(run)
+    if not run[-1].isdigit() or _WORDISH.match(match.string, match.end()):
+        # the last digit of the run that a separator follows (the run's tail is not a number)
+        last = max(run.rfind(c) for c in _SEPARATORS)
+        end = len(run[:last].rstrip(_SEPARATORS)) if last > 0 else 0
+    start = 1 if run.startswith("+") else 0
+    number = run[:end]
+    if end - start < 7 or sum(c.isdigit() for c in number) < 7:
+        return run
+    return "<number>" + run[end:]
 
 
 # Something at least one of the patterns above needs (a keyword, an "@", seven or more
 # digits): a line without any is returned as it is after one search instead of six
 # substitutions. Every request writes a log line, so this is on the hot path.
-_MAYBE = re.compile(r"(?i)@|bearer|basic|x-reteno|api[_-]?key|password|secret|\d[\d ()-]{5,}\d")
+_MAYBE = re.compile(r"(?i)@|bearer|basic|x-reteno|api[_-]?key|password|secret|"
+                    r"\d(?:[ ()-]*+\d){6}")
+# Control characters (C0, DEL, C1) and Unicode line breaks: escaped after redaction, so
+# no value (a URL's %0A, a status text's ESC) makes a second line or reaches a terminal.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# A cut line drops its last partial word (an address or number cut in two would escape
+# its pattern); then a trailing run of phone characters, which spans spaces.
+_BREAKS = frozenset(" \t\r\n\"',;<>/?&=")
+_PHONE_CHARS = "0123456789 ()+-"
+
+
+def _escape_control(match: re.Match) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100
+                                  else f"\\u{ord(char):04x}")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(_escape_control, text) if _CONTROL.search(text) else text
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters; else its start, without the
+    word it cuts into, and a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    end = max(0, limit - 48)  # room for the note
+    while end and text[end - 1] not in _BREAKS:
+        end -= 1
+    kept = text[:end].rstrip(_PHONE_CHARS) if end else ""
+    return f"{kept}...[{len(text) - len(kept)} more characters not logged]"
 
 
 def redact(text: str) -> str:
+    """``text`` as a log line may show it: at most ``MAX_LOG_CHARS`` characters of it,
+    URL-decoded, credentials and personal data masked, control characters escaped."""
+    if len(text) > MAX_LOG_CHARS:
+        # URL-decoding shrinks a text at most threefold: cut before and after it.
+        text = cut(text, 3 * MAX_LOG_CHARS)
     if "%" in text:  # access-log lines keep the query string URL-encoded (%2B380…, %40)
         text = unquote(text)
-    if not _MAYBE.search(text):
-        return text
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    text = cut(text, MAX_LOG_CHARS)
+    if _MAYBE.search(text):
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        text = _NUMBER_RUN.sub(_mask_number, text)
+    return escape_control(text)
+
+
+def redact_lines(text: str) -> str:
+    """A traceback or stack: each line redacted, and every line indented, so nothing in
+    it can pass for a log line of its own."""
+    return "\n".join("  " + redact(line) for line in text.split("\n"))
 
 
 class RedactingFilter(logging.Filter):
@@ -71,10 +141,15 @@ class RedactingFilter(logging.Filter):
         clean = redact(message)
         if clean != message or record.args:
             record.msg, record.args = clean, None
+        if getattr(record, "_bridge_redacted", False):  # a logger's filter, then a handler's
+            return True
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = redact_lines(logging.Formatter().formatException(record.exc_info))
         elif record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = redact_lines(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_lines(record.stack_info)
+        record._bridge_redacted = True
         return True
 
 
@@ -204,7 +279,8 @@ def log_request(method: str, path: str, arg_names, status: int, seconds: float,
     _REQUEST_LOG.submit(logger.makeRecord(
         REQUEST_LOGGER, logging.INFO, __file__, 0,
         "request method=%s path=%s query=%s status=%d ms=%.1f caller=%s",
-        (method, _value("/".join(redact(part) for part in path.split("/"))),
+        (method, _value("/".join(redact(part) for part in cut(path, MAX_LOGGED_PATH_CHARS)
+                                 .split("/"))),
          ",".join(names) or "-", status, seconds * 1000, caller_of(headers)),
         None, func="log_request",
     ))

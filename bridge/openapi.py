@@ -209,20 +209,22 @@ def build(max_body_bytes: int) -> dict[str, Any]:
     }})
     spec.path("/healthz", operations={"get": {
         "operationId": "healthz",
-        "summary": "Health: database, outbox, dead letters, sandbox flag, last upstream result",
+        "summary": "Health: status and reason codes, the sandbox flag; with a bearer key the "
+                   "outbox, dead letters, held conflicts and the last upstream result",
         "tags": ["operations"],
-        "security": [],
-        "responses": {"200": _json("Health", "The bridge is up."), **_errors(503)},
+        "security": [{}, *BEARER],
+        "responses": {"200": _json("Health", "The bridge is up."), **_errors(401, 503)},
     }})
     spec.path("/metrics", operations={"get": {
         "operationId": "metrics",
-        "summary": "Prometheus metrics (text exposition format)",
+        "summary": "Prometheus metrics (text exposition format); open with "
+                   "BRIDGE_METRICS_PUBLIC=true",
         "tags": ["operations"],
-        "security": [],
+        "security": BEARER,
         "responses": {"200": {
             "description": "Prometheus text format 0.0.4.",
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }},
+        }, **_errors(401)},
     }})
     spec.path("/openapi.json", operations={"get": {
         "operationId": "openapi",

@@ -4,8 +4,12 @@ Owns the HTTP details (a ``requests.Session`` with connect/read time-outs,
 the auth scheme of the platform preset, a User-Agent naming the bridge, the
 exact body Reteno expects) and the classification of the answer into what
 the delivery worker should do: ``delivered``, ``retry`` (429, 5xx, time-outs,
-broken connections), ``pause`` (401/403/404: credentials or app id wrong) or
-``reject`` (any other 4xx: the batch holds a token Reteno refuses).
+broken connections), ``pause`` (401/403/404: credentials or app id wrong; a 3xx:
+the base URL is wrong) or ``reject`` (any other 4xx: the batch holds a token
+Reteno refuses). Redirects are never followed: requests would resend the body
+(personal data) and our ``X-Reteno-Access-Key`` to whatever host the answer
+names. Each result carries a reason code (``reason``), which is what the
+bridge shows outside the ledger; Reteno's own text can quote personal data.
 """
 
 from __future__ import annotations
@@ -29,23 +33,30 @@ log = get_logger("bridge.reteno")
 USER_AGENT = f"reteno-telegram-bridge/{__version__} (+requests/{requests.__version__})"
 
 DELIVERED, RETRY, PAUSE, REJECT = "delivered", "retry", "pause", "reject"
-# 400s Reteno documents for the request as a whole (reteno-api.md: mute/unmute errors)
+# 400s Reteno documents for the request as a whole (reteno-api.md: mute/unmute errors),
+# and their reason codes
 _WHOLE_REQUEST_ERRORS = re.compile(
     r"wrong app uuid|tokens must be specified|not registered application", re.IGNORECASE
 )
+_WHOLE_REQUEST_REASONS = {"wrong app uuid": "wrong_app_uuid",
+                          "tokens must be specified": "tokens_missing",
+                          "not registered application": "app_not_registered"}
+_STATUS_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                   408: "request_timeout", 429: "rate_limited"}
 
 
 @dataclass
 class CallResult:
     outcome: str
     status: int | None
+    reason: str
     error: str | None = None
     retry_after: float | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def detail(self, batch: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self.status, "batch": batch,
+        out: dict[str, Any] = {"status": self.status, "reason": self.reason, "batch": batch,
                                "ms": round(self.seconds * 1000, 1)}
         if self.error:
             out["error"] = self.error
@@ -124,27 +135,38 @@ class RetenoClient:
         body = token_body(rows)
         started = time.perf_counter()
         try:
-            response = self.session.post(self.url, json=body, timeout=self.timeout)
+            response = self.session.post(self.url, json=body, timeout=self.timeout,
+                                         allow_redirects=False)
         except requests.Timeout:
-            return CallResult(RETRY, None, "timed out", seconds=time.perf_counter() - started)
+            return CallResult(RETRY, None, "timeout", "timed out",
+                              seconds=time.perf_counter() - started)
         except requests.ConnectionError as exc:
             kind = type(exc).__name__
-            return CallResult(RETRY, None, f"connection failed ({kind})",
+            return CallResult(RETRY, None, "connection_failed", f"connection failed ({kind})",
                               seconds=time.perf_counter() - started)
         except requests.RequestException as exc:
-            return CallResult(RETRY, None, f"request failed ({type(exc).__name__})",
+            return CallResult(RETRY, None, "request_failed",
+                              f"request failed ({type(exc).__name__})",
                               seconds=time.perf_counter() - started)
         seconds = time.perf_counter() - started
         status = response.status_code
         if 200 <= status < 300:
-            return CallResult(DELIVERED, status, seconds=seconds)
+            return CallResult(DELIVERED, status, "ok", seconds=seconds)
+        if 300 <= status < 400:
+            # Not followed (see the top): the base URL is wrong, as with a 404.
+            return CallResult(PAUSE, status, "redirect",
+                              f"{status} {response.reason or 'redirect'}: redirects are not "
+                              "followed; check RETENO_BASE_URL", seconds=seconds)
         message = _message(response)
         if status == 429 or status >= 500 or status == 408:
-            return CallResult(RETRY, status, message,
+            return CallResult(RETRY, status, _STATUS_REASONS.get(status, "server_error"), message,
                               parse_retry_after(response.headers.get("Retry-After"), self.clock()),
                               seconds)
-        if status in (401, 403, 404) or _WHOLE_REQUEST_ERRORS.search(message):
+        whole = _WHOLE_REQUEST_ERRORS.search(message)
+        if status in (401, 403, 404) or whole:
             # Credentials or app id wrong, or Reteno refusing the request itself, not a
             # token in it: splitting would dead-letter every token, so pause instead.
-            return CallResult(PAUSE, status, message, seconds=seconds)
-        return CallResult(REJECT, status, message, seconds=seconds)
+            reason = _STATUS_REASONS.get(status) if status in (401, 403, 404) else \
+                _WHOLE_REQUEST_REASONS[whole.group().lower()]
+            return CallResult(PAUSE, status, reason, message, seconds=seconds)
+        return CallResult(REJECT, status, "rejected", message, seconds=seconds)

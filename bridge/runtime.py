@@ -9,12 +9,13 @@ background thread. It lives in ``app.extensions["reteno_bridge"]``;
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from flask import Flask, current_app
 
 from . import db as dbmod
-from .config import Settings
+from .config import BACKLOG_SECONDS, Settings
 from .ledger import Ledger
 from .logs import get_logger
 from .metrics import Metrics
@@ -23,6 +24,10 @@ from .worker import BackgroundDelivery, DeliveryWorker
 
 log = get_logger("bridge")
 EXTENSION = "reteno_bridge"
+# What /healthz shows of the last upstream call: figures and codes, never Reteno's text.
+_LAST_UPSTREAM_KEYS = ("outcome", "status", "reason", "at", "batch", "ms", "retryAfter",
+                       "sandbox")
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
 def current(app: Flask | None = None) -> Runtime:
@@ -41,7 +46,7 @@ class Runtime:
         self.db = dbmod.Database(settings.database_url)
         self.ledger = Ledger(self.db, on_queued=self._wake,
                              hold_conflicts=settings.hold_conflicts)
-        self.metrics = Metrics(self.ledger)
+        self.metrics = Metrics(self.ledger, settings.health_cache_seconds)
         self.client = RetenoClient(settings, clock=lambda: self.ledger.clock())
         self.worker = DeliveryWorker(self.ledger, self.client, settings.batch_size, self.metrics,
                                      lease_seconds=settings.lease_seconds,
@@ -130,37 +135,60 @@ class Runtime:
 
     # --- health -----------------------------------------------------------------
 
-    def health(self) -> tuple[dict, bool]:
+    def health(self, details: bool = False) -> tuple[dict, bool]:
+        """``/healthz``: ``({"status": "ok"|"degraded", "reasons", "sandbox"}, True)``, and
+        with ``details`` the outbox, dead letters, held conflicts, delivery and the last
+        upstream result (status and reason code). One row read per call; the counts
+        come from :class:`~bridge.metrics.CountCache`. ``({"message"}, False)`` when the
+        database is unreachable."""
         try:
-            revision = dbmod.current_revision(self.db.engine)
-            outbox = self.ledger.outbox()
             upstream, blocked = self.ledger.upstream()
+            counts = self.metrics.counts.get()
+            revision = dbmod.current_revision(self.db.engine) if details else None
         except Exception as exc:  # any database failure means "unavailable"
             return {"message": f"The database is unreachable ({type(exc).__name__})."}, False
         paused_until = upstream.get("paused_until")
         paused = bool(blocked and paused_until and blocked.isoformat() == paused_until)
-        body = {
-            "status": "ok",
-            "sandbox": self.settings.sandbox,
-            "platform": self.settings.platform,
-            "database": {"ok": True, "dialect": self.db.dialect, "revision": revision},
-            "outbox": {"depth": outbox["depth"], "oldestAgeSeconds": outbox["oldestAgeSeconds"]},
-            "states": outbox["states"],
-            "deadLetters": outbox["dead"],
-            "delivery": {
-                "background": bool(self.background and self.background.running),
-                "paused": paused,
-                "pausedUntil": paused_until if paused else None,
-                "pauseReason": upstream.get("pause_reason") if paused else None,
-                "heldUntil": upstream.get("hold_until") if blocked and not paused else None,
-                "batchSize": self.settings.batch_size,
-            },
-            "lastUpstream": upstream.get("last"),
-        }
+        held = bool(blocked and not paused)
+        last = upstream.get("last")
+        held_conflicts = counts["states"].get("held", 0)
+        reasons = [code for code, present in (
+            ("delivery_paused", paused),
+            ("delivery_held", held),
+            ("upstream_failing", bool(last and last.get("outcome") == "retry")),
+            ("dead_letters", counts["dead"] > 0),
+            ("held_conflicts", held_conflicts > 0),
+            ("outbox_backlog", counts["oldestAgeSeconds"] > BACKLOG_SECONDS),
+        ) if present]
+        body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
+                "sandbox": self.settings.sandbox}
         if self.settings.sandbox:
             body["warning"] = (
                 "SANDBOX MODE: tokens go to the built-in Reteno simulator, not to Reteno. "
                 "Unset BRIDGE_SANDBOX and set RETENO_APP_UUID and RETENO_API_KEY to deliver "
                 "for real."
             )
+        if not details:
+            return body, True
+        pause_reason = upstream.get("pause_reason") if paused else None
+        body.update({
+            "platform": self.settings.platform,
+            "database": {"ok": True, "dialect": self.db.dialect, "revision": revision},
+            "outbox": {"depth": counts["depth"], "oldestAgeSeconds": counts["oldestAgeSeconds"]},
+            "states": counts["states"],
+            "deadLetters": counts["dead"],
+            "heldConflicts": held_conflicts,
+            "delivery": {
+                "background": bool(self.background and self.background.running),
+                "paused": paused,
+                "pausedUntil": paused_until if paused else None,
+                # a code; a state written before codes held Reteno's text, never shown
+                "pauseReason": (pause_reason if pause_reason is None
+                                or _CODE.match(str(pause_reason)) else "unknown"),
+                "heldUntil": upstream.get("hold_until") if held else None,
+                "batchSize": self.settings.batch_size,
+            },
+            "lastUpstream": {k: last[k] for k in _LAST_UPSTREAM_KEYS if k in last}
+            if last else None,
+        })
         return body, True

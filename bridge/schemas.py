@@ -275,6 +275,16 @@ def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
+def capped_errors(errors: dict[str, list[str]], limit: int) -> dict[str, list[str]]:
+    """The first ``limit`` field paths of ``errors``; the number of the others under
+    ``_more`` (a body with 330,000 unknown keys made a 9.5 MB 422)."""
+    if len(errors) <= limit:
+        return errors
+    kept = dict(list(errors.items())[:limit])
+    kept["_more"] = [f"{len(errors) - limit} more fields have errors (not listed)."]
+    return kept
+
+
 # --- reading the ledger ------------------------------------------------------
 
 
@@ -336,20 +346,31 @@ class HistorySchema(Schema):
     events = fields.List(fields.Nested(EventSchema))
 
 
+_DETAILS = {"description": "With a bearer key only."}
+
+
 class HealthSchema(Schema):
+    """``GET /healthz``: status, reason codes and the sandbox flag for anyone; the rest
+    only with a bearer key."""
+
     class Meta:
         unknown = EXCLUDE
 
-    status = fields.String(metadata={"example": "ok"})
+    status = fields.String(metadata={"enum": ["ok", "degraded"], "example": "ok"})
+    reasons = fields.List(fields.String(), metadata={
+        "description": "Why degraded: delivery_paused, delivery_held, upstream_failing, "
+                       "dead_letters, held_conflicts, outbox_backlog."})
     sandbox = fields.Boolean()
-    database = fields.Dict()
-    outbox = fields.Dict()
-    deadLetters = fields.Integer()
-    delivery = fields.Dict()
-    lastUpstream = fields.Dict(allow_none=True)
-    platform = fields.String(metadata={"example": "reteno"})
-    states = fields.Dict(keys=fields.String(), values=fields.Integer())
     warning = fields.String(metadata={"description": "Present in sandbox mode."})
+    database = fields.Dict(metadata=_DETAILS)
+    outbox = fields.Dict(metadata=_DETAILS)
+    deadLetters = fields.Integer(metadata=_DETAILS)
+    heldConflicts = fields.Integer(metadata=_DETAILS)
+    delivery = fields.Dict(metadata=_DETAILS)
+    lastUpstream = fields.Dict(allow_none=True, metadata={
+        "description": "With a bearer key only: outcome, HTTP status, reason code, time."})
+    platform = fields.String(metadata={"example": "reteno", **_DETAILS})
+    states = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata=_DETAILS)
 
 
 # --- statuses, Telegram (documented in /openapi.json) ---------------------------------

@@ -60,13 +60,24 @@ _MAX_TEXT = 1000
 # --- parsing ------------------------------------------------------------------------
 
 
-def events_from_body(data: Any) -> list[dict]:
-    """The event objects of a body: one object or an array of objects.
+class TooManyEvents(ValueError):
+    """A body with more events than ``BRIDGE_MAX_STATUS_EVENTS`` (answered 413)."""
 
-    Raises :class:`marshmallow.ValidationError` (answered 422) for anything else.
+
+def events_from_body(data: Any, limit: int | None = None) -> list[dict]:
+    """The event objects of a body: one object or an array of at most ``limit``.
+
+    Raises :class:`marshmallow.ValidationError` (answered 422) for anything else, and
+    :class:`TooManyEvents` for a longer array.
     """
     if isinstance(data, dict):
         return [data]
+    if isinstance(data, list) and limit is not None and len(data) > limit:
+        # Reteno would retry this body and hold later events: say so loudly.
+        log.error("statuses: a body of %d events refused (BRIDGE_MAX_STATUS_EVENTS=%d)",
+                  len(data), limit)
+        raise TooManyEvents(f"The body holds {len(data)} status events; at most {limit} are "
+                            "taken in one request (BRIDGE_MAX_STATUS_EVENTS).")
     if isinstance(data, list):
         errors = {
             str(index): ["Must be a status event object."]

@@ -6,6 +6,12 @@ Each piece is kept because a paired run measured it (BENCHMARKS.md):
 
 * **SQLite engine**: WAL mode, ``BEGIN IMMEDIATE`` for write transactions (two
   writers queue for the lock instead of failing half-way), a busy timeout.
+  ``secure_delete``: what a delete or an update frees is overwritten with zeros,
+  so an erased contact leaves no copy in free space (the bridge frees pages only
+  when it erases, so this costs nothing in ordinary work); :func:`checkpoint`
+  then moves the WAL into the database file and empties it. A database file and
+  folder the bridge creates are its owner's only (0600, 0700); SQLite gives the
+  ``-wal`` and ``-shm`` files the database file's mode.
 * **Write queue**: writers of one SQLite file on this machine queue on an
   ``flock`` of ``<database>-writelock`` before ``BEGIN IMMEDIATE``. SQLite's own
   busy handler polls a held lock with sleeps of 1, 2, 5, 10 … ms, far longer
@@ -64,7 +70,7 @@ def sqlite_engine(url: str, flushed_by_caller: bool) -> Engine:
     @event.listens_for(engine, "do_connect")
     def _folder(_dialect, _record, _cargs, _cparams):
         if path:  # made on first use: building an engine does no I/O
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            create_private(path)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
@@ -74,6 +80,7 @@ def sqlite_engine(url: str, flushed_by_caller: bool) -> Engine:
         cursor.execute(f"PRAGMA synchronous={sync}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -83,6 +90,31 @@ def sqlite_engine(url: str, flushed_by_caller: bool) -> Engine:
                         "BEGIN IMMEDIATE" if write else "BEGIN", ())
 
     return engine
+
+
+def create_private(path: str) -> None:
+    """The folder (0700) and an empty database file (0600) at ``path``, unless they
+    exist; SQLite would make the file 0644, and its ``-wal``/``-shm`` files after it."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)  # an empty file is an empty SQLite database
+
+
+def checkpoint(engine: Engine) -> bool:
+    """Copy every page of the WAL into the database file and truncate the WAL to zero
+    bytes (after an erase: the WAL holds the pages as they were before). False if a
+    reader kept part of it (it is truncated at a later checkpoint)."""
+    raw = engine.raw_connection()  # outside any transaction: one would keep the WAL
+    try:
+        busy, _, _ = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        raw.close()
+    return not busy
 
 
 class WriteQueue:

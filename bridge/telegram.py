@@ -35,7 +35,24 @@ from .schemas import normalize_token
 
 log = get_logger("bridge.telegram")
 
-_START = re.compile(r"^/start(?:@([A-Za-z0-9_]+))?(?:\s+(\S.*?))?\s*$", re.DOTALL)
+_BOT_MENTION = re.compile(r"@([A-Za-z0-9_]++)")
+
+
+def parse_start(text: str) -> tuple[str | None, str | None] | None:
+    """``/start[@bot][ payload]`` as ``(bot, payload)``, None for any other text.
+
+    The payload is the rest after the whitespace that follows the command, without
+    trailing whitespace. One pass over the text: a regular expression with a lazy
+    payload before ``\\s*$`` took time quadratic in a long run of whitespace."""
+    if not text.startswith("/start"):
+        return None
+    rest, bot = text[len("/start"):], None
+    mention = _BOT_MENTION.match(rest)
+    if mention:
+        bot, rest = mention.group(1), rest[mention.end():]
+    if rest and not rest[0].isspace():
+        return None  # "/starting", "/start@", "/start@bot!"
+    return bot, rest.strip() or None
 
 
 def _date(value: Any, now: datetime) -> datetime:
@@ -72,9 +89,9 @@ def handle_update(ledger, settings, update: Any, metrics=None) -> str:
         return _chat_member(ledger, update_id, update["my_chat_member"], metrics)
     message = update.get("message")
     if isinstance(message, dict) and isinstance(message.get("text"), str):
-        match = _START.match(message["text"])
-        if match:
-            return _start(ledger, settings, update_id, message, match)
+        start = parse_start(message["text"])
+        if start is not None:
+            return _start(ledger, settings, update_id, message, *start)
         return "message"
     kinds = [k for k in update if k != "update_id"]
     if not kinds:
@@ -120,8 +137,8 @@ def _chat_member(ledger, update_id, change: Any, metrics) -> str:
     return "ignored"
 
 
-def _start(ledger, settings, update_id, message: dict, match: re.Match) -> str:
-    bot, payload = match.group(1), match.group(2)
+def _start(ledger, settings, update_id, message: dict, bot: str | None,
+           payload: str | None) -> str:
     if bot and settings.telegram_bot_username and (
         bot.lower() != settings.telegram_bot_username.lower()
     ):

@@ -15,8 +15,10 @@ from marshmallow import ValidationError
 from . import statuses, telegram
 from .http import (
     APIError,
+    bearer_optional,
     bearer_required,
     json_body,
+    metrics_auth_required,
     register_error_handlers,
     telegram_secret_required,
     webhook_auth_required,
@@ -26,11 +28,13 @@ from .openapi import document as openapi_document
 from .runtime import current as rt
 from .schemas import (
     BatchSchema,
+    HealthSchema,
     HistorySchema,
     RegisterResponseSchema,
     TokenPageSchema,
     TokenQuerySchema,
     TokenSchema,
+    capped_errors,
     flatten_errors,
     normalize_token,
 )
@@ -44,12 +48,14 @@ _register_response = RegisterResponseSchema()
 _query_schema = TokenQuerySchema()
 _page_schema = TokenPageSchema()
 _history_schema = HistorySchema()
+_health_schema = HealthSchema()
 
 
 
 
 def invalid(exc: ValidationError, message: str = "The request is not valid.") -> APIError:
-    return APIError(422, message, flatten_errors(exc.messages))
+    return APIError(422, message, capped_errors(flatten_errors(exc.messages),
+                                                rt().settings.max_field_errors))
 
 
 # --- POST /register ----------------------------------------------------------
@@ -115,15 +121,16 @@ def history(token: str):
 
 
 @bp.get("/healthz")
-def healthz():
-    bridge = rt()
-    body, ok = bridge.health()
+@bearer_optional
+def healthz(authenticated: bool):
+    body, ok = rt().health(details=authenticated)
     if not ok:
         raise APIError(503, body["message"], {"database": [body["message"]]})
-    return body
+    return _health_schema.dump(body)
 
 
 @bp.get("/metrics")
+@metrics_auth_required
 def metrics():
     return Response(rt().metrics.render(), mimetype="text/plain",
                     content_type="text/plain; version=0.0.4; charset=utf-8")
@@ -144,7 +151,9 @@ def statuses_post():
     bridge = rt()
     data = json_body(bridge.settings.max_body_bytes, replace_unstorable=True)
     try:
-        objects = statuses.events_from_body(data)
+        objects = statuses.events_from_body(data, bridge.settings.max_status_events)
+    except statuses.TooManyEvents as exc:
+        raise APIError(413, str(exc)) from None
     except ValidationError as exc:
         raise invalid(exc, "The body must be a status event object or an array of them; "
                            "nothing was recorded.") from None

@@ -38,8 +38,8 @@ class DeliveryWorker:
     def _call(self, rows) -> CallResult:
         result = self.client.add_tokens(rows)
         log.info(
-            "upstream call outcome=%s status=%s batch=%d ms=%.1f%s",
-            result.outcome, result.status, len(rows), result.seconds * 1000,
+            "upstream call outcome=%s status=%s reason=%s batch=%d ms=%.1f%s",
+            result.outcome, result.status, result.reason, len(rows), result.seconds * 1000,
             f" error={result.error!r}" if result.error and result.outcome != DELIVERED else "",
         )
         if self.metrics:
@@ -76,8 +76,9 @@ class DeliveryWorker:
             return result
         if result.outcome == PAUSE:
             until = self.ledger.pause(claim, rows, detail)
-            log.error("delivery paused until %s: Reteno answered %s (check RETENO_API_KEY, "
-                      "RETENO_APP_UUID, RETENO_AUTH)", until.isoformat(), result.status)
+            log.error("delivery paused until %s: Reteno answered %s (%s; check "
+                      "RETENO_BASE_URL, RETENO_API_KEY, RETENO_APP_UUID, RETENO_AUTH)",
+                      until.isoformat(), result.status, result.reason)
             self._count("paused", len(rows), stats)
             return result
         assert result.outcome == REJECT

@@ -29,6 +29,8 @@ CONFIG_KEYS = [
     "TELEGRAM_BOT_USERNAME", "BRIDGE_BATCH_SIZE", "BRIDGE_BACKGROUND_DELIVERY",
     "BRIDGE_MAX_BODY_BYTES", "FLASK_RUN_FROM_CLI", "BRIDGE_SANDBOX", "BRIDGE_LOG_LEVEL",
     "BRIDGE_LEASE_SECONDS", "BRIDGE_UPSTREAM_CONNECT_TIMEOUT", "BRIDGE_UPSTREAM_READ_TIMEOUT",
+    "BRIDGE_METRICS_PUBLIC", "BRIDGE_HEALTH_CACHE_SECONDS", "BRIDGE_MAX_STATUS_EVENTS",
+    "BRIDGE_MAX_FIELD_ERRORS",
 ]
 
 API_KEY = "test-api-key-0123456789"
@@ -133,6 +135,9 @@ def config(db_url):
         "BRIDGE_DATABASE_URL": db_url,
         "BRIDGE_BACKGROUND_DELIVERY": False,
         "BRIDGE_BATCH_SIZE": 100,
+        # the ledger's counts fresh on every read, so a test sees what it just did
+        # (tests/test_app.py checks the cache with its default)
+        "BRIDGE_HEALTH_CACHE_SECONDS": 0,
     }
 
 

@@ -81,3 +81,63 @@ class Tally:
         with self._changed:
             reached = self._changed.wait_for(lambda: self.total >= total, timeout)
             assert reached, f"{self.total} of {total} after {timeout:g} s"
+
+
+# --- the shape of a regular expression ----------------------------------------------
+
+def _unbounded_repeats_that_give_back(parsed, found):
+    """Greedy or lazy repeats without an upper bound, anywhere in a parsed pattern."""
+    from re import _constants as c
+
+    for op, arg in parsed:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            low, high, item = arg
+            if high == c.MAXREPEAT:
+                found.append((op, low))
+            _unbounded_repeats_that_give_back(item, found)
+        elif op == c.POSSESSIVE_REPEAT:
+            _unbounded_repeats_that_give_back(arg[2], found)
+        elif op == c.SUBPATTERN:
+            _unbounded_repeats_that_give_back(arg[-1], found)
+        elif op == c.BRANCH:
+            for branch in arg[1]:
+                _unbounded_repeats_that_give_back(branch, found)
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            _unbounded_repeats_that_give_back(arg[1], found)
+        elif op == c.ATOMIC_GROUP:
+            _unbounded_repeats_that_give_back(arg, found)
+    return found
+
+
+def _starts_with_a_run(parsed) -> bool:
+    """Whether the first thing a pattern consumes is an unbounded repeat (a run of a
+    class) that neither ``^`` nor a lookbehind anchors."""
+    from re import _constants as c
+
+    for op, arg in parsed:
+        if op in (c.ASSERT, c.ASSERT_NOT) and arg[0] == -1:
+            return False  # a lookbehind anchors the start: a run is entered once
+        if op == c.AT and arg in (c.AT_BEGINNING, c.AT_BEGINNING_STRING):
+            return False  # one start position only
+        if op == c.SUBPATTERN:
+            return _starts_with_a_run(arg[-1])
+        if op == c.AT:
+            continue
+        return op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and \
+            arg[1] == c.MAXREPEAT
+    return False
+
+
+def linear_shape_problem(pattern) -> str | None:
+    """Why a compiled pattern may take more than linear time on a long input (a greedy
+    or lazy repeat without an upper bound, which gives characters back; or a start on
+    a run that no lookbehind anchors, which is scanned once per start position), or
+    None. Possessive repeats (``*+``, ``++``) and a leading lookbehind are the cures."""
+    from re import _parser
+
+    parsed = _parser.parse(pattern.pattern, pattern.flags)
+    if _unbounded_repeats_that_give_back(parsed, []):
+        return "an unbounded repeat that backtracks"
+    if _starts_with_a_run(parsed):
+        return "starts with a run no lookbehind anchors"
+    return None

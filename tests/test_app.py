@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from sqlalchemy import create_engine
 from bridge.config import ConfigError
 from bridge.db import VERSION_TABLE, SchemaBehind, migrate
 from bridge.models import Base
+from tests.conftest import TOKENS_URL
+from tests.helpers import assert_error_shape
 
 
 def test_models_match_the_migrations(db_url):
@@ -62,6 +66,10 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"BRIDGE_WEBHOOK_USERNAME": "reteno"}, "BRIDGE_WEBHOOK_PASSWORD"),
         ({"TELEGRAM_WEBHOOK_SECRET": "has spaces in it"}, "TELEGRAM_WEBHOOK_SECRET"),
         ({"TELEGRAM_BOT_USERNAME": "no!"}, "TELEGRAM_BOT_USERNAME"),
+        ({"BRIDGE_METRICS_PUBLIC": "maybe"}, "BRIDGE_METRICS_PUBLIC"),
+        ({"BRIDGE_HEALTH_CACHE_SECONDS": -1}, "BRIDGE_HEALTH_CACHE_SECONDS"),
+        ({"BRIDGE_MAX_STATUS_EVENTS": 0}, "BRIDGE_MAX_STATUS_EVENTS"),
+        ({"BRIDGE_MAX_FIELD_ERRORS": "lots"}, "BRIDGE_MAX_FIELD_ERRORS"),
         # sandbox mode is opt-in, and never mixed with real credentials
         ({"BRIDGE_SANDBOX": True}, "BRIDGE_SANDBOX"),
         ({"BRIDGE_SANDBOX": "perhaps"}, "BRIDGE_SANDBOX"),
@@ -178,3 +186,67 @@ def test_healthz_reports_503_when_the_database_is_gone(app, client):
     assert response.status_code == 503
     assert response.json["code"] == 503
     assert "database" in response.json["errors"]
+
+
+# --- /healthz: open and cheap; the details behind a bearer key -------------------------
+
+def test_open_healthz_says_ok_with_no_reasons(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "reasons": [], "sandbox": False}
+
+
+def test_healthz_details_need_a_bearer_key_and_never_quote_reteno(client, auth, bridge,
+                                                                 requests_mock):
+    """Reteno's error text can quote personal data: /healthz shows a status and a code."""
+    requests_mock.post(TOKENS_URL, status_code=401,
+                       json={"message": "key revoked by ann.lee@example.com (+380956490955)"})
+    assert client.post("/register", json={"token": 7, "email": "ann.lee@example.com"},
+                       headers=auth).status_code == 202
+    bridge.deliver_once()
+    open_body = client.get("/healthz").get_json()
+    assert open_body == {"status": "degraded", "reasons": ["delivery_paused"], "sandbox": False}
+    response = client.get("/healthz", headers=auth)
+    details = response.get_json()
+    assert details["status"] == "degraded" and details["reasons"] == ["delivery_paused"]
+    assert details["delivery"]["paused"] is True
+    assert details["delivery"]["pauseReason"] == "unauthorized"
+    last = details["lastUpstream"]
+    assert {k: last[k] for k in ("outcome", "status", "reason", "batch")} == {
+        "outcome": "paused", "status": 401, "reason": "unauthorized", "batch": 1}
+    assert set(last) == {"outcome", "status", "reason", "batch", "ms", "at"}
+    assert details["outbox"]["depth"] == 1 and details["deadLetters"] == 0
+    assert details["heldConflicts"] == 0
+    for text in (response.get_data(as_text=True), json.dumps(open_body)):
+        assert "ann.lee" not in text and "380956490955" not in text and "revoked" not in text
+    wrong = client.get("/healthz", headers={"Authorization": "Bearer not-the-key-0123456789"})
+    assert_error_shape(wrong, 401)
+
+
+def test_healthz_names_dead_letters_and_a_failing_upstream(client, auth, bridge,
+                                                           requests_mock):
+    requests_mock.post(TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid"}},
+                                    {"status_code": 503, "json": {"message": "down"}}])
+    client.post("/register", json={"token": 8, "contactId": 8}, headers=auth)
+    bridge.deliver_once()
+    assert client.get("/healthz").get_json()["reasons"] == ["dead_letters"]
+    client.post("/register", json={"token": 9, "contactId": 9}, headers=auth)
+    bridge.deliver_once()
+    body = client.get("/healthz").get_json()
+    assert body["status"] == "degraded"
+    assert body["reasons"] == ["upstream_failing", "dead_letters"]
+
+
+def test_a_pause_reason_stored_before_reason_codes_is_not_shown(client, auth, bridge, clock):
+    """An upgraded ledger may hold Reteno's text as the pause reason: shown as unknown."""
+    from bridge.ledger import outbox
+
+    until = (clock.now + timedelta(seconds=60)).isoformat()
+    with bridge.db.write() as conn:
+        outbox.set_upstream(conn, clock.now, paused_until=until,
+                            pause_reason="401 Unauthorized: ann.lee@example.com",
+                            last={"outcome": "paused", "status": 401,
+                                  "error": "401 Unauthorized: ann.lee@example.com"})
+    text = client.get("/healthz", headers=auth).get_data(as_text=True)
+    assert '"pauseReason":"unknown"' in text.replace(" ", "")
+    assert "ann.lee" not in text

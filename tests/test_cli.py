@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, timedelta
 
 import pytest
@@ -353,3 +354,31 @@ def test_commands_on_an_unmigrated_database_name_bridge_migrate(make_app, tmp_pa
     result = app.test_cli_runner().invoke(args=["bridge", *command])
     assert result.exit_code == 1
     assert "bridge migrate" in result.output
+
+
+HOSTILE = "bad \x1b[2J\x1b]0;owned\x07 token\x9b31m\x7f\u2028end"
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # all but the line feed
+
+
+def test_control_characters_from_the_ledger_never_reach_the_terminal(client, auth, bridge,
+                                                                     requests_mock, runner):
+    """An error text Reteno (or whoever answers on its URL) sent, and a status event's
+    text, are printed with their control characters escaped: no terminal escape codes."""
+    requests_mock.post(TOKENS_URL, status_code=400, json={"message": HOSTILE})
+    register(client, auth, {"token": 4242, "contactId": 42})
+    bridge.deliver_once()
+    response = client.post("/statuses", headers=auth, json=[
+        {"status": "FAILED", "token": 4242, "error": "x" + HOSTILE}])
+    assert response.status_code == 200
+    outputs = {}
+    for args in (["tokens"], ["tokens", "--json"], ["history", "4242"],
+                 ["history", "4242", "--json"], ["stats"], ["stats", "--json"]):
+        output = run(runner, *args).output
+        assert not CONTROL.search(output), (args, output)
+        outputs[" ".join(args)] = output
+    assert "bad \\x1b[2J\\x1b]0;owned\\x07 token\\x9b31m\\x7f end" in outputs["tokens"]
+    # the JSON stays JSON and says exactly what is stored
+    [item] = json.loads(outputs["tokens --json"])["items"]
+    assert item["lastError"].endswith(" ".join(HOSTILE.split()))  # as stored
+    events = json.loads(outputs["history 4242 --json"])["events"]
+    assert any(e["detail"].get("error") == "x" + HOSTILE for e in events)

@@ -31,7 +31,7 @@ def test_a_second_identity_is_flagged_and_names_the_first(client, auth, bridge, 
     assert [r["id"] for r in rows(client, auth, conflict="false")] == [first["id"]]
     requests_mock.post(TOKENS_URL, json="OK")
     assert bridge.deliver_once()["delivered"] == 2
-    body = client.get("/metrics").get_data(as_text=True)
+    body = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_conflicts_total{state="queued"} 1.0' in body
 
 

@@ -153,9 +153,11 @@ def test_auth_errors_pause_delivery_and_drop_nothing(client, auth, bridge, clock
     ])
     register(client, auth, [{"token": i, "contactId": i} for i in (1, 2, 3)])
     bridge.deliver_once()
-    health = client.get("/healthz").json
+    health = client.get("/healthz", headers=auth).json
     assert health["delivery"]["paused"] is True
-    assert str(status) in health["delivery"]["pauseReason"]
+    assert health["delivery"]["pauseReason"] == {401: "unauthorized", 403: "forbidden",
+                                                 404: "not_found"}[status]
+    assert health["lastUpstream"]["status"] == status
     assert health["outbox"]["depth"] == 3
     bridge.deliver_once()
     assert requests_mock.call_count == 1, "no calls while paused"
@@ -163,7 +165,7 @@ def test_auth_errors_pause_delivery_and_drop_nothing(client, auth, bridge, clock
     bridge.deliver_once()
     assert requests_mock.call_count == 2
     assert {s["state"] for s in states(client, auth).values()} == {"delivered"}
-    assert client.get("/healthz").json["delivery"]["paused"] is False
+    assert client.get("/healthz", headers=auth).json["delivery"]["paused"] is False
 
 
 def test_400_splits_the_batch_and_kills_only_the_bad_token(client, auth, bridge, requests_mock):
@@ -190,7 +192,7 @@ def test_400_splits_the_batch_and_kills_only_the_bad_token(client, auth, bridge,
         if "13" not in {t["token"] for t in r.json()["tokens"]} for t in r.json()["tokens"]
     ]
     assert sorted(accepted, key=int) == [str(i) for i in range(1, 21) if i != 13]
-    assert client.get("/healthz").json["deadLetters"] == 1
+    assert client.get("/healthz", headers=auth).json["deadLetters"] == 1
     assert history_kinds(client, auth, "13")[-1] == "dead"
 
 
@@ -260,3 +262,25 @@ def test_acknowledged_tokens_survive_a_restart(make_app, auth, requests_mock):
     assert sorted(map(int, sent)) == list(range(1, 51))
     client = second.test_client()
     assert {s["state"] for s in states(client, auth).values()} == {"delivered"}
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_pauses_delivery(client, auth, bridge, requests_mock,
+                                                        status):
+    """Followed, a 307/308 would resend the body (personal data) and X-Reteno-Access-Key
+    to the host the answer names (requests strips only Authorization)."""
+    elsewhere = "https://collector.example/api/v1/apps/x/tokens"
+    requests_mock.post(TOKENS_URL, status_code=status, headers={"Location": elsewhere})
+    requests_mock.post(elsewhere, json="OK")
+    requests_mock.get(elsewhere, json="OK")
+    register(client, auth, [{"token": i, "email": f"u{i}@example.com"} for i in (1, 2)])
+    stats = bridge.deliver_once()
+    assert [r.url for r in requests_mock.request_history] == [TOKENS_URL]
+    assert stats["paused"] == 2 and stats["delivered"] == 0
+    assert {s["state"] for s in states(client, auth).values()} == {"queued"}
+    health = client.get("/healthz", headers=auth).json
+    assert health["delivery"]["paused"] is True
+    assert health["delivery"]["pauseReason"] == "redirect"
+    assert health["lastUpstream"]["status"] == status
+    assert health["lastUpstream"]["reason"] == "redirect"
+    assert history_kinds(client, auth, "1")[-1] == "paused"

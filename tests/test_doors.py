@@ -1,9 +1,10 @@
 """Doors (figure 6): every route of the blueprint × missing / wrong / right credentials.
 
 The table below is the contract's doors (bearer for ``/register`` and the
-read API, HTTP Basic with the webhook credentials or bearer for
+read API and ``/metrics``, HTTP Basic with the webhook credentials or bearer for
 ``POST /statuses``, the secret-token header for Telegram, public
-operations). A blueprint route missing from the table, or a table entry the
+operations; ``/healthz`` is open and shows its details only to a bearer key,
+see tests/test_app.py). A blueprint route missing from the table, or a table entry the
 blueprint lacks, fails the suite, so a new route cannot ship without its door
 being decided here. A refused request (401) is in the
 error shape, carries a challenge where HTTP wants one, and changes nothing
@@ -43,7 +44,7 @@ TABLE = {
     ("GET", "/tokens"): ("bearer", {}),
     ("GET", "/tokens/<token>/history"): ("bearer", {}),
     ("GET", "/healthz"): ("public", {}),
-    ("GET", "/metrics"): ("public", {}),
+    ("GET", "/metrics"): ("bearer", {}),  # public with BRIDGE_METRICS_PUBLIC (test_metrics)
     ("GET", "/openapi.json"): ("public", {}),
     ("GET", "/statuses"): ("public", {}),
     ("POST", "/statuses"): ("webhook", {"json": [{"status": "SENT", "token": 1}]}),

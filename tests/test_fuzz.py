@@ -255,3 +255,50 @@ def test_chunked_body_over_the_limit_is_413_over_real_http(make_app):
         assert ok.status_code == 202
     finally:
         server.stop()
+
+
+# --- long inputs: URLs and fields of 4 KB to 1 MB (SECURITY.md findings 1 and 10) -------------
+# The answers are checked here; the time of each against a normal request of the same kind
+# is bench/bench_hostile.py's (RELIABILITY.md).
+
+LONG = [4 * 1024, 64 * 1024, 1024 * 1024]
+
+
+def _long_texts(size: int) -> dict[str, str]:
+    """Shapes that were quadratic somewhere, and plain ones, of ``size`` characters."""
+    return {"letters then @": "a" * (size - 1) + "@", "digits and spaces": "1 " * (size // 2),
+            "whitespace": " " * size, "%0A": "%0A" * (size // 3)}
+
+
+@pytest.mark.parametrize("size", LONG)
+def test_long_urls_are_answered_in_the_error_shape(bridge, client, size):
+    for name, text in _long_texts(size).items():
+        for path, headers, expected in (
+            (f"/tokens/{text}/history", {}, 401),            # no key: the door
+            (f"/tokens/{text}/history", BEARER, (404, 422)),  # a key: not a chat id
+            (f"/nowhere/{text}", {}, 404),
+        ):
+            response = client.get(path, headers=headers)
+            assert fz.error_shape_problem(response.status_code, response.get_data(),
+                                          response.content_type) is None, (name, path[:40])
+            assert response.status_code in ((expected,) if isinstance(expected, int)
+                                             else expected), (name, response.status_code)
+        response = client.get("/tokens", headers=BEARER, query_string={"email": text})
+        assert response.status_code == 422, name
+        assert len(response.get_data()) < 4096  # the value is not echoed back
+
+
+@pytest.mark.parametrize("size", LONG)
+def test_long_fields_are_answered_and_stored_only_when_valid(bridge, client, size):
+    for name, text in _long_texts(size).items():
+        for field in ("email", "externalCustomerId", "phone"):
+            response = check(bridge, client, "/register", fz.encode({"token": 1, field: text}))
+            assert response.status_code == 422, (name, field)
+            assert len(response.get_data()) < 4096  # the value is not echoed back
+        response = check(bridge, client, "/statuses", fz.encode(
+            [{"status": "FAILED", "token": 1, "error": text, name: text}]))
+        assert response.status_code == 200 and response.json["processed"] == 1
+        response = check(bridge, client, "/telegram/webhook", fz.encode(
+            {"update_id": 1, "message": {"message_id": 1, "text": "/start " + text,
+                                         "chat": {"id": 5, "type": "private"}}}))
+        assert response.status_code == 200

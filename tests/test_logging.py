@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import re
 import threading
 
 import pytest
 
+from bridge import logs as bridge_logs
 from bridge import views
+from bridge.config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS
 from bridge.logs import flush_request_log
 from tests.conftest import API_KEY, RETENO_KEY, TOKENS_URL
-from tests.helpers import step_perf_counter
+from tests.helpers import linear_shape_problem, step_perf_counter
 
 WEBHOOK_USER, WEBHOOK_PASSWORD = "reteno-hook", "hook-password-4242"
 EMAIL, PHONE = "Ann.Lee@Example.com", "+380 (95) 649-09-55"
@@ -84,7 +87,7 @@ def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, 
     text = logged(logs)
     # what the checks below search: the lines of every step that handles personal data
     assert text.count(" request method=") == 7
-    assert "upstream call outcome=delivered status=200 batch=1" in text
+    assert "upstream call outcome=delivered status=200 reason=ok batch=1" in text
     assert ("statuses: 2 event(s): blocked 1, unmatched 1; 1 registration(s) of 1 token(s) "
             "removed") in text
     for secret in (API_KEY, RETENO_KEY, WEBHOOK_PASSWORD, basic.split()[1], "wrong-key-987"):
@@ -112,7 +115,7 @@ def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, 
     upstream = [r.getMessage() for r in logs.records if r.name == "bridge.worker"
                 and r.getMessage().startswith("upstream call")]
     assert len(upstream) == 1
-    assert re.fullmatch(r"upstream call outcome=delivered status=200 batch=1 ms=[\d.]+",
+    assert re.fullmatch(r"upstream call outcome=delivered status=200 reason=ok batch=1 ms=[\d.]+",
                         upstream[0])
 
 
@@ -125,7 +128,7 @@ def test_a_failed_upstream_call_is_one_line_with_its_error_masked(client, auth, 
     upstream = [r.getMessage() for r in logs.records if r.name == "bridge.worker"
                 and r.getMessage().startswith("upstream call")]
     assert len(upstream) == 1
-    assert "outcome=reject status=400 batch=1" in upstream[0]
+    assert "outcome=reject status=400 reason=rejected batch=1" in upstream[0]
     assert "<email>" in upstream[0] and EMAIL.lower() not in logged(logs).lower()
 
 
@@ -175,3 +178,103 @@ def test_request_lines_are_written_without_being_asked(client, auth, logs):
     finally:
         request_logger.removeHandler(handed)
     assert handed.handed == [("bridge-request-log", "method=GET")]
+
+
+# --- hostile lines: long, quadratic-shaped, forged ------------------------------------
+
+def test_every_redaction_pattern_scans_a_line_in_linear_time():
+    """No backtracking over an unbounded run (SECURITY.md finding 1): every unbounded
+    repeat is possessive, and a pattern that starts with a run starts only where the run
+    does (a lookbehind), so no character is scanned once per start position. The time it
+    saves is in bench/bench_hostile.py; here the shape of each pattern is checked."""
+    patterns = [p for p, _ in bridge_logs._PATTERNS] + [bridge_logs._NUMBER_RUN, bridge_logs._MAYBE]
+    for pattern in patterns:
+        assert linear_shape_problem(pattern) is None, (pattern.pattern,
+                                                       linear_shape_problem(pattern))
+
+
+def test_redaction_reads_at_most_a_capped_line(monkeypatch):
+    seen = []
+
+    class Spy:
+        def __init__(self, pattern):
+            self.pattern = pattern
+
+        def sub(self, replacement, text):
+            seen.append(len(text))
+            return self.pattern.sub(replacement, text)
+
+    monkeypatch.setattr(bridge_logs, "_PATTERNS", [(Spy(p), r) for p, r in bridge_logs._PATTERNS])
+    line = "GET /tokens/" + "ann@example.com/" * 70_000  # about 1 MB
+    clean = bridge_logs.redact(line)
+    assert seen and max(seen) <= MAX_LOG_CHARS
+    assert len(clean) <= MAX_LOG_CHARS
+    assert clean.startswith("GET /tokens/<email>/<email>/")
+    assert clean.endswith("more characters not logged]")
+    assert "example" not in clean
+
+
+@pytest.mark.parametrize("value", [EMAIL.lower(), PHONE, PHONE_DIGITS, "Bearer " + API_KEY])
+def test_a_value_cut_in_two_by_the_cap_is_left_out(value):
+    for shift in range(1, len(value)):  # the cap falls after `shift` characters of it
+        line = "x " * ((MAX_LOG_CHARS - shift) // 2) + " " * ((MAX_LOG_CHARS - shift) % 2) \
+            + value + " tail" * 100
+        clean = bridge_logs.redact(line)
+        assert len(clean) < len(line)
+        assert value not in clean
+        assert value[:shift] not in clean.replace("x ", "") or shift < 3, (shift, clean[-80:])
+
+
+def test_numbers_and_addresses_are_masked_as_before():
+    cases = {
+        "call +380 (95) 649-09-55 now": "call <number> now",
+        "1234567 89a": "<number> 89a",
+        "+380 95 649 09 55abc": "<number> 55abc",
+        "ids 123456 and 1234567.5 and v1.2345678": "ids 123456 and 1234567.5 and v1.2345678",
+        "path=/tokens/-1001234567890/history": "path=/tokens/-<number>/history",
+        "to Ann.Lee@Example.com, cc a@b.co.uk.": "to <email>, cc <email>.",
+        "Authorization: Bearer abc.def-ghi": "Authorization: Bearer ***",
+        "api_key=abc&x=1": "api_key=***&x=1",
+    }
+    for line, expected in cases.items():
+        assert bridge_logs.redact(line) == expected, line
+
+
+def test_a_url_cannot_forge_a_log_line():
+    """%0A in a URL, once decoded, is written as \\n: the access line stays one line."""
+    record = logging.LogRecord(
+        "werkzeug", logging.INFO, __file__, 1, '%s - - "%s" %s',
+        ("127.0.0.1", "GET /x%0D%0AMon level=ERROR logger=bridge.worker FORGED%1B[2J "
+                      "HTTP/1.1", 401), None)
+    bridge_logs.RedactingFilter().filter(record)
+    line = logging.Formatter(bridge_logs.LOG_FORMAT).format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "/x\\r\\nMon level=ERROR logger=bridge.worker FORGED\\x1b[2J" in line
+
+
+def test_the_bridges_own_lines_escape_control_characters(caplog):
+    log = bridge_logs.get_logger("bridge.test")
+    log.warning("upstream said %s", "no\nlevel=ERROR logger=bridge.worker FORGED\x1b]0;x\x07"
+                                    "\x9b31m\u2028")
+    try:
+        raise ValueError("bad\nlevel=ERROR logger=bridge.worker FORGED")
+    except ValueError:
+        log.exception("failed")
+    messages = [r.getMessage() for r in caplog.records if r.name == "bridge.test"]
+    assert messages[0] == ("upstream said no\\nlevel=ERROR logger=bridge.worker FORGED"
+                           "\\x1b]0;x\\x07\\x9b31m\\u2028")
+    formatted = logging.Formatter(bridge_logs.LOG_FORMAT).format(caplog.records[-1])
+    lines = formatted.split("\n")
+    assert lines[0].endswith("failed")
+    assert all(line.startswith("  ") for line in lines[1:])  # the traceback, indented
+    # a line break in the exception's text stays a break, but the line after it is
+    # indented like the rest of the traceback: it cannot pass for a record of its own
+    assert lines[-2:] == ["  ValueError: bad", "  level=ERROR logger=bridge.worker FORGED"]
+
+
+def test_a_long_path_is_logged_cut(client, logs):
+    path = "/tokens/" + "a" * 65_000 + "/history"
+    assert client.get(path).status_code == 401
+    logged_path = json.loads(request_lines(logs)[-1]["path"])
+    assert len(logged_path) <= MAX_LOGGED_PATH_CHARS
+    assert logged_path == "/tokens/...[65008 more characters not logged]"

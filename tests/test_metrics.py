@@ -6,11 +6,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import reteno
 from tests.conftest import TOKENS_URL
-from tests.helpers import step_perf_counter
+from tests.helpers import assert_error_shape, step_perf_counter
 
 
-def scrape(client) -> tuple[str, dict[tuple[str, tuple], float]]:
-    response = client.get("/metrics")
+def scrape(client, auth) -> tuple[str, dict[tuple[str, tuple], float]]:
+    response = client.get("/metrics", headers=auth)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     body = response.get_data(as_text=True)
@@ -36,7 +36,7 @@ def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clo
     requests_mock.post(TOKENS_URL, json="OK")
     bridge.deliver_once()
 
-    body, samples = scrape(client)
+    body, samples = scrape(client, auth)
     assert 'bridge_registrations_total{result="queued"} 2.0' in body
     assert 'bridge_registrations_total{result="duplicate"} 1.0' in body
     assert 'bridge_registrations_total{result="invalid"} 1.0' in body
@@ -72,7 +72,7 @@ def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clo
                 headers=auth)
     clock.advance(30)
 
-    body, samples = scrape(client)
+    body, samples = scrape(client, auth)
     assert 'bridge_removals_total{cause="status_blocked"} 1.0' in body
     for kind, n in (("blocked", 1), ("matched", 1), ("unmatched", 1), ("ignored", 1)):
         assert value(samples, "bridge_status_events_total", kind=kind) == n, kind
@@ -92,7 +92,7 @@ def test_a_retry_and_a_pause_are_counted_by_outcome(client, auth, bridge, reques
     client.post("/register", json={"token": 111111111, "email": "a@example.com"}, headers=auth)
     requests_mock.post(TOKENS_URL, status_code=503)
     bridge.deliver_once()
-    _, samples = scrape(client)
+    _, samples = scrape(client, auth)
     assert value(samples, "bridge_upstream_calls_total", outcome="retry", status="503") == 1
     assert value(samples, "bridge_deliveries_total", outcome="retry") == 1
     assert value(samples, "bridge_outbox_depth") == 1
@@ -101,11 +101,51 @@ def test_a_retry_and_a_pause_are_counted_by_outcome(client, auth, bridge, reques
 def test_every_app_counts_for_itself(make_app, auth):
     first, second = make_app(), make_app()
     first.test_client().post("/register", json={"token": 1, "contactId": 1}, headers=auth)
-    _, samples = scrape(second.test_client())
+    _, samples = scrape(second.test_client(), auth)
     assert value(samples, "bridge_registrations_total", result="queued") == 0
 
 
-def test_metrics_needs_no_credentials(client):
-    body, _ = scrape(client)
+def test_metrics_needs_a_bearer_key(client, auth):
+    for headers in ({}, {"Authorization": "Bearer not-the-key-0123456789"}):
+        response = client.get("/metrics", headers=headers)
+        assert_error_shape(response, 401)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    body, _ = scrape(client, auth)
     assert "# TYPE bridge_upstream_latency_seconds histogram" in body
     assert "# TYPE bridge_registrations_total counter" in body
+
+
+def test_metrics_are_open_with_bridge_metrics_public(make_app):
+    response = make_app(BRIDGE_METRICS_PUBLIC=True).test_client().get("/metrics")
+    assert response.status_code == 200
+    assert "# TYPE bridge_registrations_total counter" in response.get_data(as_text=True)
+
+
+def test_the_ledger_counts_are_made_once_per_cache_period(make_app, auth, monkeypatch):
+    """/healthz (open or with a key) and /metrics share counts made at most once per
+    BRIDGE_HEALTH_CACHE_SECONDS (default 5): no table-wide count per request."""
+    app = make_app(BRIDGE_HEALTH_CACHE_SECONDS=None)
+    runtime = app.extensions["reteno_bridge"]
+    assert runtime.settings.health_cache_seconds == 5
+    now = [1000.0]
+    monkeypatch.setattr(runtime.metrics.counts, "clock", lambda: now[0])
+    counted = []
+    real = runtime.ledger.outbox
+    monkeypatch.setattr(runtime.ledger, "outbox", lambda: counted.append(1) or real())
+    client = app.test_client()
+
+    def depth():
+        return client.get("/healthz", headers=auth).get_json()["outbox"]["depth"]
+
+    for _ in range(3):
+        assert client.get("/healthz").status_code == 200
+        assert depth() == 0
+        scrape(client, auth)
+    assert len(counted) == 1
+    client.post("/register", json={"token": 1, "contactId": 1}, headers=auth)
+    now[0] += 4.9
+    assert depth() == 0 and len(counted) == 1  # a few seconds behind, by design
+    now[0] += 0.1
+    assert depth() == 1 and len(counted) == 2
+    _, samples = scrape(client, auth)
+    assert value(samples, "bridge_outbox_depth") == 1 and len(counted) == 2

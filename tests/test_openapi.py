@@ -69,8 +69,9 @@ def test_auth_is_documented_per_endpoint(spec):
     assert paths["/statuses"]["post"]["security"] == [{"webhookBasic": []}, {"bearer": []}]
     assert paths["/statuses"]["get"]["security"] == []
     assert paths["/telegram/webhook"]["post"]["security"] == [{"telegramSecret": []}]
-    for path in ("/healthz", "/metrics", "/openapi.json"):
-        assert paths[path]["get"]["security"] == []
+    assert paths["/healthz"]["get"]["security"] == [{}, {"bearer": []}]  # details with a key
+    assert paths["/metrics"]["get"]["security"] == [{"bearer": []}]
+    assert paths["/openapi.json"]["get"]["security"] == []
 
 
 def test_every_error_response_is_the_error_shape(spec):
@@ -126,6 +127,8 @@ def test_real_answers_conform_to_the_document(client, auth, spec, requests_mock,
         "/statuses", headers=auth, json={"status": "SENT", "token": "123456789"}).get_json())
     conforms(spec, "#/components/schemas/StatusProbe", client.get("/statuses").get_json())
     conforms(spec, "#/components/schemas/Health", client.get("/healthz").get_json())
+    conforms(spec, "#/components/schemas/Health",
+             client.get("/healthz", headers=auth).get_json())
     for response, code in (
         (client.post("/register", headers=auth, json={"token": "x"}), 422),
         (client.post("/register", headers=auth, data="{", content_type="application/json"),

@@ -56,8 +56,8 @@ def by_token(client, auth):
     return {item["token"]: item for item in rows(client, auth)}
 
 
-def health(client):
-    response = client.get("/healthz")
+def health(client, auth):
+    response = client.get("/healthz", headers=auth)
     assert response.status_code == 200, response.get_json()
     return response.get_json()
 
@@ -148,7 +148,7 @@ def test_a_429_with_retry_after_holds_every_batch(make_app, client, auth, bridge
     bridge.deliver_once()
     assert requests_mock.call_count == 1, "tokens 101-300 are due, but Reteno asked to wait"
 
-    held = health(client)["delivery"]
+    held = health(client, auth)["delivery"]
     assert held["paused"] is False and held["heldUntil"] is not None
     assert seconds_from_now(clock, held["heldUntil"]) == 30
     clock.advance(29)
@@ -175,14 +175,14 @@ def test_repeated_pauses_back_off_and_a_success_resets_them(client, auth, bridge
     register(client, auth, *tokens(1))
 
     bridge.deliver_once()
-    delivery = health(client)["delivery"]
+    delivery = health(client, auth)["delivery"]
     assert delivery["paused"] is True
     assert seconds_from_now(clock, delivery["pausedUntil"]) == 15
 
     clock.advance(16)
     bridge.deliver_once()
     assert requests_mock.call_count == 2
-    assert seconds_from_now(clock, health(client)["delivery"]["pausedUntil"]) == 30
+    assert seconds_from_now(clock, health(client, auth)["delivery"]["pausedUntil"]) == 30
     clock.advance(29)
     bridge.deliver_once()
     assert requests_mock.call_count == 2, "the second pause is longer than the first"
@@ -191,12 +191,12 @@ def test_repeated_pauses_back_off_and_a_success_resets_them(client, auth, bridge
     bridge.deliver_once()
     assert requests_mock.call_count == 3
     assert by_token(client, auth)["1"]["state"] == "delivered"
-    assert health(client)["delivery"]["paused"] is False
+    assert health(client, auth)["delivery"]["paused"] is False
 
     register(client, auth, *tokens(2))
     bridge.deliver_once()
     assert requests_mock.call_count == 4
-    assert seconds_from_now(clock, health(client)["delivery"]["pausedUntil"]) == 15, (
+    assert seconds_from_now(clock, health(client, auth)["delivery"]["pausedUntil"]) == 15, (
         "a pause after a success starts again from 15 s")
 
 
@@ -280,22 +280,26 @@ def test_a_408_is_retried_not_dead_lettered(client, auth, bridge, clock, request
     clock.advance(2)
     bridge.deliver_once()
     assert by_token(client, auth)["1"]["state"] == "delivered"
-    assert health(client)["deadLetters"] == 0
+    assert health(client, auth)["deadLetters"] == 0
 
 
-@pytest.mark.parametrize("message", ["Wrong app uuid", "Tokens must be specified",
-                                     "Not registered application"])
+@pytest.mark.parametrize(("message", "reason"), [
+    ("Wrong app uuid", "wrong_app_uuid"), ("Tokens must be specified", "tokens_missing"),
+    ("Not registered application", "app_not_registered")])
 def test_a_400_about_the_whole_request_pauses_instead_of_splitting(client, auth, bridge,
-                                                                   requests_mock, message):
+                                                                   requests_mock, message,
+                                                                   reason):
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": message})
     register(client, auth, *tokens(1, 2, 3))
     bridge.deliver_once()
     assert requests_mock.call_count == 1, "the batch was split"
-    body = health(client)
+    body = health(client, auth)
     assert body["delivery"]["paused"] is True
-    assert message in body["delivery"]["pauseReason"]
+    assert body["delivery"]["pauseReason"] == reason  # a code: Reteno's text stays out
+    assert body["lastUpstream"]["status"] == 400
     assert body["deadLetters"] == 0
     assert {r["state"] for r in rows(client, auth)} == {"queued"}
+    assert all(message in r["lastError"] for r in rows(client, auth))  # the ledger has it
 
 
 # --- 8. /statuses: a registration removed earlier in the body is not live again ---------
@@ -316,7 +320,7 @@ def test_a_second_block_in_the_same_body_does_not_remove_again(client, auth):
     events = history(client, auth, "1001")
     assert [e["kind"] for e in events] == ["submitted", "status", "status", "removed"]
     assert [e["detail"]["registrationState"] for e in events[1:3]] == ["queued", "removed"]
-    metrics = client.get("/metrics").get_data(as_text=True)
+    metrics = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_status_events_total{kind="blocked"} 1.0' in metrics, (
         "the second event counted as a block of a live registration")
     assert 'bridge_status_events_total{kind="matched"} 1.0' in metrics
@@ -348,7 +352,7 @@ def test_retry_after_as_an_http_date_is_read_against_the_bridge_clock(client, au
     ])
     register(client, auth, *tokens(1))
     bridge.deliver_once()
-    held_until = health(client)["delivery"]["heldUntil"]
+    held_until = health(client, auth)["delivery"]["heldUntil"]
     assert held_until is not None
     assert seconds_from_now(clock, held_until) == 60
     clock.advance(59)

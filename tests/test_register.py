@@ -108,7 +108,7 @@ def test_batch_of_1000_is_accepted(client, auth):
     response = post(client, body, auth)
     assert response.status_code == 202
     assert len(response.json["registrations"]) == 1000
-    health = client.get("/healthz").json
+    health = client.get("/healthz", headers=auth).json
     assert health["outbox"]["depth"] == 1000
 
 
@@ -249,3 +249,20 @@ def test_only_null_identifiers_is_no_identifier(client, auth):
     body = assert_error_shape(response, 422)
     assert "identifiers" in body["errors"]
     assert rows(client, auth, token=8802) == []
+
+
+def test_a_422_lists_at_most_the_configured_number_of_fields(make_app, auth):
+    """330,000 unknown keys came back as a 9.5 MB 422 (SECURITY.md finding 10)."""
+    client = make_app().test_client()
+    body = {"token": 1, "email": "ann@example.com", **{f"k{i}": 0 for i in range(5000)}}
+    errors = assert_error_shape(post(client, body, auth), 422)["errors"]
+    assert len(errors) == 101
+    assert errors["_more"] == ["4900 more fields have errors (not listed)."]
+    listed = {k: v for k, v in errors.items() if k != "_more"}
+    assert set(listed) <= {f"k{i}" for i in range(5000)}
+    assert all(v == ["Unknown field."] for v in listed.values())
+    client = make_app(BRIDGE_MAX_FIELD_ERRORS=2).test_client()
+    errors = assert_error_shape(post(client, {"tokens": [{"token": "x"}] * 3}, auth), 422)
+    assert errors["errors"] == {"tokens.0.token": errors["errors"]["tokens.0.token"],
+                                "tokens.1.token": errors["errors"]["tokens.1.token"],
+                                "_more": ["1 more fields have errors (not listed)."]}

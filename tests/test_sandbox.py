@@ -764,3 +764,45 @@ def test_real_server_success_and_dropped_connection():
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+CROSS_SITE = [
+    {"Origin": "https://attacker.example"},
+    {"Origin": "null"},
+    {"Origin": "https://localhost"},  # another scheme is another origin
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},  # a sibling subdomain is not this page either
+    {"Sec-Fetch-Site": "cross-site", "Origin": "http://localhost"},
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded",
+                                          "multipart/form-data", "text/plain"])
+def test_block_and_reset_refuse_a_cross_site_post(headers, content_type):
+    """Another site's page cannot make a visitor's browser block a token or wipe the
+    simulator (a form post, or a text/plain one, needs no CORS preflight)."""
+    received = []
+    simulator, client = make(status_sink=received.append)
+    post_tokens(client, [{"token": "777", "phone": "+1"}])
+    for path in ("/block/777", "/reset"):
+        response = client.post(path, data="from=page", content_type=content_type,
+                               headers=headers)
+        assert response.status_code == 403, (path, response.status_code)
+        assert response.get_json() == {"status": 403, "message": (
+            "Cross-site requests are refused: use the sandbox page itself, or a client that "
+            "is not a browser")}
+    assert [c["tokens"] for c in simulator.contacts()] == [["777"]]
+    assert received == []
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Origin": "http://localhost"}, {"Sec-Fetch-Site": "same-origin"},
+    {"Sec-Fetch-Site": "none"},
+    {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}])
+def test_block_and_reset_from_the_page_itself_still_work(headers):
+    simulator, client = make()
+    post_tokens(client, [{"token": "777", "phone": "+1"}])
+    response = client.post("/block/777", data={"from": "page"}, headers=headers)
+    assert response.status_code == 303 and "blocked=777" in response.headers["Location"]
+    assert client.post("/reset", data={"from": "page"}, headers=headers).status_code == 303

@@ -10,7 +10,10 @@ import base64
 import threading
 
 import pytest
+from sqlalchemy import select
 
+from bridge.models import Event
+from tests import fuzzing as fz
 from tests.conftest import API_KEY, TOKENS_URL
 from tests.helpers import assert_error_shape, history, register, rows
 
@@ -333,9 +336,12 @@ def test_events_without_a_usable_status_are_ignored_and_recorded(client, auth, e
     assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 1,
                              "stale": 0, "ambiguous": 0}
     ignored = [e for e in history(client, auth, "5001") if e["kind"] == "status_ignored"]
-    assert len(ignored) == 1
-    assert reason in ignored[0]["detail"]["reason"]
-    assert ignored[0]["detail"]["raw"] == event
+    assert len(ignored) == 1  # the body's one summary, on the one token its objects name
+    detail = ignored[0]["detail"]
+    assert detail["count"] == 1
+    [(why, count)] = detail["reasons"].items()
+    assert reason in why and count == 1
+    assert detail["samples"] == [event]
 
 
 @pytest.mark.parametrize(
@@ -538,7 +544,7 @@ def test_a_thousand_events_in_one_request(client, auth):
 def test_status_metrics_are_exported(client, auth):
     register(client, auth, {"token": "9001", "contactId": 90})
     post(client, [activity(contactId=90), activity(contactId=91), {"status": "SENT"}])
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_status_events_total{kind="blocked"} 1.0' in text
     assert 'bridge_status_events_total{kind="unmatched"} 1.0' in text
     assert 'bridge_status_events_total{kind="ignored"} 1.0' in text
@@ -670,4 +676,50 @@ def test_an_ambiguous_block_is_settled_by_telegram(make_app, auth):
     assert (row(client, auth, "2201")["state"], row(client, auth, "2202")["state"]) == (
         "queued", "removed")
     assert 'bridge_status_events_total{kind="ambiguous"} 1.0' in client.get(
-        "/metrics").get_data(as_text=True)
+        "/metrics", headers=auth).get_data(as_text=True)
+
+
+# --- bounded work per body (SECURITY.md finding 10) -------------------------------------
+
+def test_a_body_of_unusable_objects_is_one_summary_event(client, auth, bridge):
+    """250,000 tiny objects wrote 250,000 rows; now the ignored ones of a body are one
+    event, counted by reason, with the first few as samples. A replay adds nothing."""
+    register(client, auth, {"token": "7001", "contactId": 70})
+    body = [{"n": i} for i in range(3000)] + [
+        {"status": "SENT", "token": "7001"}, {"status": "??", "token": "7001"}]
+    before = fz.ledger_counts(bridge)
+    response = post(client, body)
+    assert response.json == {"processed": 3002, "removed": [], "unmatched": 0,
+                             "ignored": 3001, "stale": 0, "ambiguous": 0}
+    after = fz.ledger_counts(bridge)
+    assert after[1] - before[1] == 2  # events: the SENT status and one summary
+    with bridge.db.read() as conn:
+        [summary] = conn.execute(select(Event.token, Event.detail)
+                                 .where(Event.kind == "status_ignored")).all()
+    assert summary.token is None  # the objects name no single token
+    assert summary.detail["count"] == 3001
+    assert summary.detail["reasons"] == {
+        "no status: expected 'status' or 'activityStatus'": 3000,
+        "unrecognised status '??'": 1}
+    assert summary.detail["samples"] == [{"n": i} for i in range(5)]
+    again = post(client, body)
+    assert again.json == response.json
+    assert fz.ledger_counts(bridge) == after
+
+
+def test_more_status_events_than_the_cap_is_a_413_and_records_nothing(make_app, auth):
+    app = make_app(BRIDGE_MAX_STATUS_EVENTS=50)
+    client, bridge = app.test_client(), app.extensions["reteno_bridge"]
+    before = fz.ledger_counts(bridge)
+    response = client.post(URL, json=[{"status": "SENT", "token": i} for i in range(1, 52)],
+                           headers=auth)
+    body = assert_error_shape(response, 413)
+    assert "BRIDGE_MAX_STATUS_EVENTS" in body["message"] and "51" in body["message"]
+    assert fz.ledger_counts(bridge) == before
+    response = client.post(URL, json=[{"status": "SENT", "token": i} for i in range(1, 51)],
+                           headers=auth)
+    assert response.status_code == 200 and response.json["processed"] == 50
+
+
+def test_the_default_cap_takes_ten_thousand_events(bridge):
+    assert bridge.settings.max_status_events == 10_000  # RELIABILITY.md posts 10,000

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import links
+from bridge import telegram as tg
 from tests.conftest import TOKENS_URL
-from tests.helpers import assert_error_shape, history, register, rows
+from tests.helpers import assert_error_shape, history, linear_shape_problem, register, rows
 
 URL = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -462,10 +463,10 @@ def test_links_are_rejected_while_the_link_secret_is_unset(make_app, auth):
     assert "BRIDGE_LINK_SECRET" in history(client, auth, CHAT_ID)[0]["detail"]["reason"]
 
 
-def test_telegram_metrics_are_exported(client):
+def test_telegram_metrics_are_exported(client, auth):
     send(client, blocked())
     send(client, start("nonsense"))
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_telegram_updates_total{kind="blocked"} 1.0' in text
     assert 'bridge_telegram_updates_total{kind="link_rejected"} 1.0' in text
 
@@ -662,3 +663,45 @@ def test_bridge_link_refuses_a_bad_ttl(link_app):
     result = link_app.test_cli_runner().invoke(args=["bridge", "link", "--contact-id", "5",
                                                      "--ttl", "soon"])
     assert result.exit_code == 2 and "--ttl" in result.output
+
+
+# --- /start in linear time (SECURITY.md finding 10) ---------------------------------------
+
+# The parser before: a lazy payload before \s*$ made a long run of whitespace quadratic
+# (100 KB of it held a worker past gunicorn's 30 s). Kept as the reference for the answers.
+OLD_START = re.compile(r"^/start(?:@([A-Za-z0-9_]+))?(?:\s+(\S.*?))?\s*$", re.DOTALL)
+
+
+def old_parse(text):
+    match = OLD_START.match(text)
+    return (match.group(1), match.group(2)) if match else None
+
+
+@pytest.mark.parametrize("text", [
+    "/start", "/start ", "/start  abc  ", "/start\nabc\n", "/start\tabc def\n\n",
+    "/start@my_bot abc", "/start@my_bot", "/start@", "/start@ abc", "/startabc",
+    "/start@bot!x", "/start \u00a0\u2003", "/start a\u2028b ", "/start@b_1\u3000x y ",
+    "hello /start x", "/Start x", "/start@bot@bot x"])
+def test_start_is_parsed_as_before(text):
+    assert tg.parse_start(text) == old_parse(text)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(st.sampled_from(["/start", "@", "b", "_", " ", "\n", "\t", "x", "!",
+                                 "\u00a0", "-"]), max_size=12).map("".join))
+def test_start_is_parsed_as_before_for_any_text(text):
+    assert tg.parse_start(text) == old_parse(text)
+
+
+def test_the_telegram_module_has_no_pattern_of_quadratic_shape():
+    patterns = [v for v in vars(tg).values() if isinstance(v, re.Pattern)]
+    assert patterns
+    for pattern in patterns:
+        assert linear_shape_problem(pattern) is None, pattern.pattern
+
+
+def test_a_start_with_a_megabyte_of_whitespace_is_answered(client, auth):
+    text = "/start a" + " " * (1024 * 1024) + "b"
+    assert tg.parse_start(text) == (None, "a" + " " * (1024 * 1024) + "b")
+    assert send(client, text_message(text)).status_code == 200
+    assert kinds(client, auth) == ["link_rejected"]

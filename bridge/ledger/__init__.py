@@ -213,6 +213,10 @@ class Ledger:
     # --- erasure -------------------------------------------------------------------------
 
     def erase(self, api_name: str, value) -> dict[str, Any]:
-        """Delete one contact's personal data (see :func:`.erasure.erase`)."""
+        """Delete one contact's personal data (see :func:`.erasure.erase`), and the copies
+        the database's files keep of it (:meth:`~bridge.db.Database.purge_freed`)."""
         with self.db.write() as conn:
-            return erasure.erase(conn, self.clock(), api_name, value)
+            result = erasure.erase(conn, self.clock(), api_name, value)
+        if result["erased"]:
+            self.db.purge_freed()
+        return result

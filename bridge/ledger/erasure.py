@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 from sqlalchemy import Text, cast, delete, func, or_, select, update
 
@@ -36,7 +37,9 @@ def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
     registrations and in the shared upstream state by ``[erased]``
     (``scrubbed`` counts those rows), and appends one ``erased`` event
     ``{"by", "registrations", "events"}``. When nothing mentions the
-    value, nothing is written and the counts are zero.
+    value, nothing is written and the counts are zero. A mention is a
+    value or a key of stored JSON (a raw status object may use an address
+    as a key), as written or percent-encoded (``ann%40example.com``).
     """
     if api_name == "token":
         column = Registration.token
@@ -192,7 +195,8 @@ class _Needles:
         """SQL conditions that pick candidate rows (refined by :meth:`in_json`/:meth:`in_text`)."""
         plain = set(self.tokens) | {str(c) for c in self.contact_ids} | set(self.phones)
         for text_value in (*self.emails, *self.external_ids):
-            plain.update({text_value.lower(), _json_escaped(text_value).lower()})
+            plain.update({text_value.lower(), _json_escaped(text_value).lower(),
+                          quote(text_value, safe="").lower(), quote(text_value).lower()})
         clauses = [lowered_text.contains(p, autoescape=True) for p in sorted(plain) if p]
         # a phone as the sender wrote it: "+380 (95) 649-09-55"
         clauses += [lowered_text.like("%" + "%".join(p) + "%") for p in sorted(self.phones)]
@@ -201,6 +205,12 @@ class _Needles:
     def in_text(self, text_value: str | None) -> bool:
         if not text_value:
             return False
+        if self._in_text(text_value):
+            return True
+        # a URL or a form body keeps it percent-encoded: ann%40example.com, %2B380…
+        return "%" in text_value and self._in_text(unquote(text_value))
+
+    def _in_text(self, text_value: str) -> bool:
         lowered = text_value.lower()
         if any(re.search(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){re.escape(e)}(?![\w-]|\.[\w-])",
                          lowered) for e in self.emails):
@@ -217,7 +227,8 @@ class _Needles:
 
     def in_json(self, value, key: str | None = None) -> bool:
         if isinstance(value, dict):
-            return any(self.in_json(v, str(k)) for k, v in value.items())
+            return any(self.in_text(str(k)) or self.in_json(v, str(k))
+                       for k, v in value.items())
         if isinstance(value, list):
             return any(self.in_json(v, key) for v in value)
         if isinstance(value, bool) or value is None:
@@ -236,9 +247,19 @@ class _Needles:
         return False
 
     def scrub(self, value, key: str | None = None):
-        """``value`` with every mentioning leaf replaced by ``[erased]``."""
+        """``value`` with every mentioning leaf and key replaced by ``[erased]`` (keys
+        made unique: ``[erased]``, ``[erased]#2`` …)."""
         if isinstance(value, dict):
-            return {k: self.scrub(v, str(k)) for k, v in value.items()}
+            out: dict = {}
+            for k, v in value.items():
+                new_key = k
+                if self.in_text(str(k)):
+                    new_key, n = ERASED, 1
+                    while new_key in out or new_key in value:
+                        n += 1
+                        new_key = f"{ERASED}#{n}"
+                out[new_key] = self.scrub(v, str(k))
+            return out
         if isinstance(value, list):
             return [self.scrub(v, key) for v in value]
         return ERASED if self.in_json(value, key) else value

@@ -97,7 +97,10 @@ def blocked_until(state: dict, now: datetime) -> datetime | None:
 
 
 def _note(conn, now: datetime, outcome: str, call: dict, **changes) -> None:
-    set_upstream(conn, now, last={"outcome": outcome, **call, "at": now.isoformat()},
+    # Reteno's own text ("error") stays in the rows' history: it can quote personal data,
+    # and the shared state is what /healthz shows (status and reason code only).
+    last = {k: v for k, v in call.items() if k != "error"}
+    set_upstream(conn, now, last={"outcome": outcome, **last, "at": now.isoformat()},
                  **changes)
 
 
@@ -186,7 +189,7 @@ def pause(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> 
             {"next_attempt_at": now, "last_error": call.get("error")},
             {**call, "pausedUntil": until.isoformat()})
     _note(conn, now, "paused", call, paused_until=until.isoformat(),
-          pause_reason=call.get("error"), pause_count=count)
+          pause_reason=call.get("reason"), pause_count=count)
     return until
 
 

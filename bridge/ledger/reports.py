@@ -19,7 +19,8 @@ with it. Every report is recorded in the audit history, matched or not.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import hashlib
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,10 @@ STATUS_CAUSE = "status_blocked"
 TELEGRAM_CAUSE = "telegram_blocked"
 TELEGRAM_REASON = "Telegram: the user blocked the bot (my_chat_member: kicked)"
 _LIVE = [s.value for s in LIVE]
+# A body's ignored objects are one summary event: counts by reason (at most this many
+# reasons named) and the first few objects as they came.
+_IGNORED_REASONS = 20
+_IGNORED_SAMPLES = 5
 
 
 def registrations_by(conn, api_name: str, values: Iterable, lock: bool = False) -> list[Any]:
@@ -132,6 +137,31 @@ def _seen_fingerprints(conn, fingerprints: Iterable[str]) -> set[str]:
     return seen
 
 
+def _ignored_fingerprint(ignored: list[StatusEvent]) -> str:
+    """The summary's fingerprint: the same ignored objects in the same order (a replay
+    of the body) are recorded once."""
+    digest = hashlib.sha256(b"status_ignored")
+    for event in ignored:
+        digest.update(event.fingerprint.encode("ascii"))
+    return digest.hexdigest()
+
+
+def _ignored(now: datetime, ignored: list[StatusEvent], fingerprint: str) -> dict:
+    """One ``status_ignored`` event for a body's unusable objects: ``count``, ``reasons``
+    (count by reason) and ``samples`` (the first objects, credentials removed); on the
+    token they name if they all name the same one."""
+    by_reason = Counter(e.reason for e in ignored)
+    reasons = dict(by_reason.most_common(_IGNORED_REASONS))
+    if len(by_reason) > _IGNORED_REASONS:
+        reasons["(other reasons)"] = sum(by_reason.values()) - sum(reasons.values())
+    tokens = {e.token for e in ignored}
+    return {"at": now, "kind": "status_ignored", "registration_id": None,
+            "token": next(iter(tokens)) if len(tokens) == 1 else None,
+            "fingerprint": fingerprint,
+            "detail": {"count": len(ignored), "reasons": reasons,
+                       "samples": [e.raw for e in ignored[:_IGNORED_SAMPLES]]}}
+
+
 def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResult:
     """Record a body's status events and act on them, in order.
 
@@ -141,10 +171,13 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
     matches are several chats removes none (``ambiguous``). A SENT, DELIVERED or
     CLICKED event is a sign of life of its chat (when it names one chat). Each event
     is recorded — ``status`` on each registration it matched (live ones; if none is
-    live, the latest registration of each token it names), ``status_unmatched``,
-    ``status_ignored``, or ``status_ambiguous`` on each candidate. An event whose
-    fingerprint is in the ledger already, or earlier in the body, is counted but
-    neither recorded nor applied again: replaying a body changes nothing.
+    live, the latest registration of each token it names), ``status_unmatched``, or
+    ``status_ambiguous`` on each candidate. An event whose fingerprint is in the
+    ledger already, or earlier in the body, is counted but neither recorded nor
+    applied again: replaying a body changes nothing. The objects the bridge cannot
+    use (no recognisable status or identifier) are recorded together, as one
+    ``status_ignored`` event per body (:func:`_ignored`): a body of 250,000 of them
+    wrote 250,000 rows.
     """
     lock_keys(conn, ["statuses"])  # one body at a time: a replay racing its original sees it
     wanted: dict[str, set] = defaultdict(set)
@@ -164,7 +197,11 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if row.state in _LIVE:
             chat_rows[row.token].append(row)
     seen_at = {r.id: _seen(r) for rows in chat_rows.values() for r in rows}
-    fingerprints = _seen_fingerprints(conn, (e.fingerprint for e in events))
+    ignored = [e for e in events if e.reason is not None]
+    ignored_fingerprint = _ignored_fingerprint(ignored)
+    fingerprints = _seen_fingerprints(
+        conn, [e.fingerprint for e in events if e.reason is None]
+        + [ignored_fingerprint] * bool(ignored))
 
     outcomes: dict[str, int] = defaultdict(int)
     counts = {"unmatched": 0, "ignored": 0, "stale": 0, "ambiguous": 0}
@@ -183,10 +220,7 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         fingerprints.add(event.fingerprint)
         if event.reason is not None:
             counts["ignored"] += 1
-            outcomes["duplicate" if duplicate else "ignored"] += 1
-            if not duplicate:
-                record("status_ignored", event, {"reason": event.reason, **event.summary()},
-                       token=event.token)
+            outcomes["duplicate" if ignored_fingerprint in fingerprints else "ignored"] += 1
             continue
         via, rows = event.selectors[0][0], []
         for name, value in event.selectors:
@@ -246,6 +280,8 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
                 "messageId": event.raw.get("messageId"), "fingerprint": event.fingerprint,
             }, at))
             gone.update(r.id for r in removed_now)
+    if ignored and ignored_fingerprint not in fingerprints:
+        records.append(_ignored(now, ignored, ignored_fingerprint))
     append_events(conn, records)
     for row_id, at in touched.items():
         registering.touch(conn, [row_id], at)

@@ -1,5 +1,11 @@
 """The simulator over HTTP: a blueprint (Reteno's route, JSON inspection, the page and
-its block/reset actions) and a standalone app."""
+its block/reset actions) and a standalone app.
+
+The page's actions change state (block sends a FAILED status to the bridge, reset
+forgets every contact), so they refuse a request another site's page made a
+browser send (a cross-site form post): one whose ``Sec-Fetch-Site`` is not
+``same-origin`` or ``none``, or whose ``Origin`` is not this host. Tools that send
+neither header (curl, scripts, tests) are not browsers and are let through."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import socket
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
 
@@ -51,6 +58,24 @@ def _is_form_post() -> bool:
     return best != "application/json"
 
 
+def _cross_site() -> bool:
+    """Whether a browser sent this request for a page of another origin."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.strip().lower() not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    parts = urlsplit(origin.strip())
+    # "null" (a sandboxed frame, a data: URL) and any other host or scheme are refused
+    return (parts.scheme, parts.netloc.lower()) != (request.scheme, request.host.lower())
+
+
+def _refuse_cross_site() -> Response:
+    return _json(_error(403, "Cross-site requests are refused: use the sandbox page itself, "
+                             "or a client that is not a browser"), 403)
+
+
 def _page_notice() -> str | None:
     args = request.args
     if args.get("blocked") is not None:
@@ -91,6 +116,8 @@ def create_blueprint(simulator: Simulator) -> Blueprint:
 
     @bp.post("/reset")
     def reset() -> Response:
+        if _cross_site():
+            return _refuse_cross_site()
         simulator.reset()
         if _is_form_post():
             return redirect(url_for(".index", reset=1), code=303)
@@ -98,6 +125,8 @@ def create_blueprint(simulator: Simulator) -> Blueprint:
 
     @bp.post("/block/<path:token>")
     def block_token(token: str) -> Response:
+        if _cross_site():
+            return _refuse_cross_site()
         events = simulator.block(token)
         if _is_form_post():
             if events:
