@@ -22,7 +22,10 @@ graceful_timeout = 30
 
 def post_worker_init(worker):
     """Each worker starts its delivery thread at once (BRIDGE_BACKGROUND_DELIVERY=true;
-    a no-op when separate ``bridge deliver`` workers deliver)."""
-    from bridge.runtime import current
+    a no-op when separate ``bridge deliver`` workers deliver, or for an app without the
+    bridge: gunicorn reads this file for any app started in this folder)."""
+    from bridge.runtime import EXTENSION
 
-    current(worker.wsgi).ensure_background()
+    runtime = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
+    if runtime is not None:
+        runtime.ensure_background()

@@ -295,3 +295,22 @@ def test_a_dying_process_stops_the_rest(stack):
     assert honcho.returncode != 0, output
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def test_gunicorn_conf_serves_an_app_without_the_bridge_too(tmp_path):
+    # gunicorn reads ./gunicorn.conf.py for any app started here (the benchmarks' bare app)
+    (tmp_path / "plain.py").write_text(
+        "from flask import Flask\napp = Flask(__name__)\n\n\n"
+        "@app.get('/')\ndef index():\n    return 'ok'\n")
+    port = free_port()
+    env = environment(tmp_path, PYTHONPATH=str(tmp_path))
+    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "--bind",
+                               f"127.0.0.1:{port}", "plain:app"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_listening(port, server)
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "ok"
+    finally:
+        server.terminate()
+        _out, err = server.communicate(timeout=30)
+    assert "Worker failed to boot" not in err
