@@ -44,13 +44,11 @@ imply, and the bridge's answer to it depends on the order (a sign of life that
 arrives first makes the older block stale; one that arrives after it finds
 nothing live).
 
-**The known disagreement.** A block that finds nothing live (an earlier-arriving
-block removed the chat already) is not remembered, so an unblock dated before it
-that arrives after it queues the chat again although the user has blocked the
-bot since (``test_a_block_that_found_nothing_live_...``, strict xfail). The
-property counts the arrival orders that run into it (checked through the API
-when such an unblock arrives) instead of judging them; every other order must
-end in the oracle's state.
+**A block that finds nothing live** (an earlier-arriving block removed the chat
+already) is remembered as the chat's latest removal, so an unblock dated before
+it that arrives after it stays stale (``test_a_block_that_found_nothing_live_...``;
+this property found the gap). The property counts such arrival orders
+(``forgotten_block``) and judges them like every other.
 
 **Ties.** Telegram dates whole seconds and the contract breaks ties differently
 for Telegram (a block in the same second as a sign of life still removes) and
@@ -344,9 +342,9 @@ TALLY = {"sequences": 0, "orders": 0, "events": 0, "forgotten_block": 0,
 
 def check_every_order(client, auth, clock, events, gaps):
     """Deliver ``events`` in every distinct arrival order, each on a chat of its own, and
-    compare each final state with the oracle's. An order that runs into the known
-    disagreement (a later block that removed nothing is forgotten; see the xfail test
-    below) is counted, not judged: the bridge does what that test pins."""
+    compare each final state with the oracle's. Orders in which a block finds nothing
+    live before an older unblock arrives (the gap this property found) are counted
+    too, and judged like every other."""
     TALLY["sequences"] += 1
     for order in arrival_orders(events):
         chat, happened = run_order(client, auth, clock, order, gaps)
@@ -357,7 +355,6 @@ def check_every_order(client, auth, clock, events, gaps):
         if chat.forgotten_block:
             TALLY["forgotten_block"] += 1
             TALLY["forgotten_block_differs"] += actual != expected
-            continue
         assert actual == expected, (
             f"chat {chat.token}: {describe(happened)} -> live identities {actual}, "
             f"the events' own times imply {expected}")
@@ -375,11 +372,9 @@ def test_zz_tally():
     print(f"\nevent order: {TALLY}")
 
 
-# --- the known disagreement --------------------------------------------------------------------
+# --- the gap the property found ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a block that finds nothing live is not remembered, so "
-                   "an older unblock arriving after it queues the chat again")
 def test_a_block_that_found_nothing_live_still_makes_an_older_unblock_stale(client, auth, clock):
     """Own times: registered at 1, blocked at 4 (Forbidden), unblocked at 6 (Telegram),
     blocked again at 8 (Forbidden): the user has the bot blocked. Arrival: the two blocks

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ..db import lock_keys
 from ..models import Event, Registration
@@ -111,6 +111,19 @@ def release_held(conn, now: datetime, tokens: Iterable[str], by: str = "conflict
     held = [r for rows in live.values() for r in rows if r.state == State.HELD.value
             and (len(rows) == 1 if wanted is None else r.id in wanted)]
     return move(conn, "released", held, now, {"next_attempt_at": now}, {"by": by})
+
+
+def remember_block(conn, token: str, at: datetime) -> None:
+    """A block of a chat that had nothing live: the chat's latest removal now dates from
+    ``at`` if that is later, so that an unblock older than this block stays stale."""
+    latest = conn.execute(select(Registration.id, Registration.removed_at)
+                          .where(Registration.token == token,
+                                 Registration.state == State.REMOVED.value)
+                          .order_by(Registration.removed_at.desc(), Registration.id.desc())
+                          .limit(1)).first()
+    if latest is not None and latest.removed_at is not None and latest.removed_at < at:
+        conn.execute(update(Registration).where(Registration.id == latest.id)
+                     .values(removed_at=at))
 
 
 # --- status events ----------------------------------------------------------------------
@@ -209,6 +222,7 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
     removals: list[tuple[list[Any], str, str, dict, datetime]] = []
     gone: set[int] = set()  # ids removed earlier in this body
     touched: dict[int, datetime] = {}
+    later_blocks: dict[str, datetime] = {}  # blocks of chats with nothing live: remembered
 
     def record(kind, event, detail, token=None, registration_id=None):
         records.append({"at": now, "kind": kind, "token": token,
@@ -256,6 +270,8 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         chat = [r for r in chat_rows.get(candidates[0], []) if r.id not in gone] \
             if len(candidates) == 1 else []
         outcome, removed_now, stale_rows = "matched", [], []
+        if event.blocked and not live and len({r.token for r in targets}) == 1:
+            later_blocks[targets[0].token] = max(at, later_blocks.get(targets[0].token, at))
         if event.blocked and chat:
             removed_now = [r for r in chat if seen_at[r.id] < at]
             stale_rows = [r for r in chat if seen_at[r.id] >= at]
@@ -285,6 +301,8 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
     append_events(conn, records)
     for row_id, at in touched.items():
         registering.touch(conn, [row_id], at)
+    for token, at in later_blocks.items():
+        remember_block(conn, token, at)
 
     removed_tokens: dict[str, None] = {}
     removed = 0
@@ -316,6 +334,7 @@ def block_chat(conn, now: datetime, token: str, detail: dict,
                               "detail": {**detail, "reason": "the chat was seen alive after "
                                                              "this update"}} for r in newer])
     if not live:
+        remember_block(conn, token, at)
         append_events(conn, [{"at": now, "kind": "telegram_blocked", "token": token,
                               "registration_id": None,
                               "detail": {**detail, "removed": 0,
