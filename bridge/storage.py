@@ -38,6 +38,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -292,6 +293,26 @@ def _driver_execute(raw: sqlite3.Connection, sql: str, values, many: bool = Fals
         raise DBAPIError.instance(sql, (), exc, sqlite3.Error, hide_parameters=True) from exc
 
 
+def _last_value_memo(process):
+    """A bind processor that remembers its last timestamp: the timestamps of a row, and of
+    a batch, are one value, so the UTC conversion and formatting run once, not once per
+    column and row."""
+    if process is None:
+        return None
+    cell = [(object(), None)]  # (input, output), replaced whole: safe between threads
+
+    def memo(value):
+        seen, out = cell[0]
+        if value is seen:
+            return out
+        out = process(value)
+        if isinstance(value, datetime):  # immutable, kept alive by the cell: its identity
+            cell[0] = (value, out)       # cannot be another value's
+        return out
+
+    return memo
+
+
 class _Compiled:
     """A Core statement compiled for SQLite with one set of parameter names: its SQL and
     each positional parameter's name and bind processor (UTC timestamps, JSON). Every
@@ -305,12 +326,32 @@ class _Compiled:
             raise ValueError(f"parameters {missing} are not given one value each")
         self.sql = compiled.string
         self.returns_rows = bool(compiled.returning) or stmt.is_select
-        self.params = [(b.key, b.type.dialect_impl(dialect).bind_processor(dialect))
-                       for b in binds]
+        self.params = [(b.key, _last_value_memo(
+            b.type.dialect_impl(dialect).bind_processor(dialect))) for b in binds]
+        # "INSERT ... VALUES (?, ..., ?) <rest>": many rows go in multi-row statements
+        head, sep, tail = self.sql.partition(" VALUES (")
+        group, close, rest = tail.partition(")")
+        self._multi = (head + sep[:-1], sep[-1] + group + close, rest) if (
+            stmt.is_insert and sep and close and set(group) <= set("?, ")) else None
+        self._multi_sql: dict[int, str] = {}
 
     def values(self, row: dict) -> list:
         return [row[key] if process is None else process(row[key])
                 for key, process in self.params]
+
+    def pages(self, rows: list[dict]) -> Iterator[tuple[str, list]]:
+        """(SQL, values) of multi-row INSERTs for ``rows``: pages of 256, 64 or 16 rows
+        and a last one under 16, so that few statement shapes are ever prepared."""
+        start = 0
+        while start < len(rows):
+            size = next((p for p in (256, 64, 16) if p <= len(rows) - start),
+                        len(rows) - start)
+            sql = self._multi_sql.get(size)
+            if sql is None:
+                head, group, rest = self._multi
+                sql = self._multi_sql.setdefault(size, f"{head} {', '.join([group] * size)}{rest}")
+            yield sql, [v for row in rows[start:start + size] for v in self.values(row)]
+            start += size
 
 
 _COMPILED: dict[tuple[int, frozenset], _Compiled] = {}
@@ -338,6 +379,10 @@ def run(conn, stmt, params: dict | list[dict]) -> list[tuple] | None:
     if not many:
         cursor = _driver_execute(raw, compiled.sql, compiled.values(params))
         return cursor.fetchall() if cursor.description is not None else None
+    if compiled._multi is not None and len(params) > 1:  # one SQLite step per page of rows
+        found = [r for sql, values in compiled.pages(params)
+                 for r in _driver_execute(raw, sql, values).fetchall()]
+        return found if compiled.returns_rows else None
     if not compiled.returns_rows:
         _driver_execute(raw, compiled.sql, [compiled.values(row) for row in params], many=True)
         return None

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from sqlalchemy import bindparam, literal_column, select, update
 
 from ..db import insert_unless_taken, lock_keys, run
-from ..models import Registration
+from ..models import Registration, utcnow
 from .states import LIVE, State, append_events
 from .types import Outcome, TokenRequest
 
@@ -41,6 +41,10 @@ _TOUCH = (update(Registration)
           .where(Registration.id.in_(bindparam("ids", expanding=True)),
                  Registration.last_seen_at < bindparam("seen"))
           .values(last_seen_at=bindparam("seen")))
+_TOUCH_ONE = (update(Registration)
+              .where(Registration.id == bindparam("row_id"),
+                     Registration.last_seen_at < bindparam("seen"))
+              .values(last_seen_at=bindparam("seen"), updated_at=bindparam("changed")))
 _LIVE = [s.value for s in LIVE]
 
 
@@ -104,6 +108,9 @@ def live_of_tokens(conn, tokens: Sequence[str]) -> dict[str, list[LiveRow]]:
 def touch(conn, ids: Sequence[int], seen: datetime) -> None:
     """A sign of life at ``seen`` for these registrations (a later one is kept)."""
     ids = list(ids)
+    if len(ids) == 1:  # a repeated single registration: on the driver
+        run(conn, _TOUCH_ONE, {"row_id": ids[0], "seen": seen, "changed": utcnow()})
+        return
     for start in range(0, len(ids), 500):
         conn.execute(_TOUCH, {"ids": ids[start:start + 500], "seen": seen})
 
