@@ -209,6 +209,20 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _page(filters: dict, limit: int, cursor: str | None, as_json: bool):
+    """A page of registrations (the filters of GET /tokens): printed as JSON with
+    ``--json`` (then None), else ``(rows, next cursor)`` for a table."""
+    rt = _ready()
+    try:
+        rows, nxt = rt.ledger.find(filters, limit=limit, cursor=cursor)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--cursor'") from None
+    if as_json:
+        _echo_json(TokenPageSchema().dump({"items": rows, "next": nxt}))
+        return None
+    return rows, nxt
+
+
 @cli.command("tokens")
 @_identifier_options
 @click.option("--state", type=click.Choice(STATES), help="Only registrations in this state.")
@@ -220,19 +234,15 @@ def _plural(n: int, word: str) -> str:
 @_json_option
 def tokens_command(state, conflict, limit, cursor, as_json, **identifiers):
     """Query registrations, newest first (the filters of GET /tokens)."""
-    rt = _ready()
     filters = {k: v for k, v in identifiers.items() if v is not None}
     if state:
         filters["state"] = state
     if conflict is not None:
         filters["conflict"] = conflict
-    try:
-        rows, nxt = rt.ledger.find(filters, limit=limit, cursor=cursor)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--cursor'") from None
-    if as_json:
-        _echo_json(TokenPageSchema().dump({"items": rows, "next": nxt}))
+    page = _page(filters, limit, cursor, as_json)
+    if page is None:
         return
+    rows, nxt = page
     if not rows:
         click.echo("no registrations match")
         return
@@ -426,14 +436,10 @@ def conflicts_group(ctx, limit, cursor, as_json):
     `release ID` sends a held one."""
     if ctx.invoked_subcommand is not None:
         return
-    rt = _ready()
-    try:
-        rows, nxt = rt.ledger.find({"conflict": True}, limit=limit, cursor=cursor)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--cursor'") from None
-    if as_json:
-        _echo_json(TokenPageSchema().dump({"items": rows, "next": nxt}))
+    page = _page({"conflict": True}, limit, cursor, as_json)
+    if page is None:
         return
+    rows, nxt = page
     if not rows:
         click.echo("no identity conflicts")
         return
