@@ -1,0 +1,124 @@
+"""The delivery loop and its log (RELIABILITY.md, "Mutation testing"): the background
+thread outlives a failure of the database, the loop backs off after failures and starts
+over after a success, and each upstream call is one log line.
+
+In the first test the thread's own loop waits (half a second between polls, a second
+after the first failure); the test waits on what the ledger records (``Tally``), never
+on time. The loop's back-off is nothing but time: the second test hands the loop events
+that record each wait instead of blocking, as the ledger's tests move a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.exc import OperationalError
+
+from tests.conftest import TOKENS_URL
+from tests.helpers import Tally, register, rows, step_perf_counter
+
+
+def test_background_delivery_outlives_a_failing_database(make_app, auth, requests_mock,
+                                                         monkeypatch):
+    app = make_app(BRIDGE_BACKGROUND_DELIVERY=True)
+    ledger = app.extensions["reteno_bridge"].ledger
+    requests_mock.post(TOKENS_URL, json="OK")
+    real_claim = ledger.claim
+    failed = []
+
+    def claim(*args, **kwargs):
+        if not failed:
+            failed.append(True)
+            raise OperationalError("SELECT …", {}, Exception("the database is restarting"))
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "claim", claim)
+    delivered = Tally(monkeypatch, app, "delivered")
+    client = app.test_client()
+    register(client, auth, {"token": 1, "contactId": 1})  # starts and wakes the thread
+    delivered.wait_for(1, timeout=10)
+    assert failed == [True]
+    assert [r["state"] for r in rows(client, auth)] == ["delivered"]
+    assert requests_mock.call_count == 1
+    # every request makes sure the thread runs; it is still the one thread
+    assert client.get("/healthz").status_code == 200
+    assert len(delivery_threads()) == 1
+    app.extensions["reteno_bridge"].background.stop()
+    assert delivery_threads() == [], "stop() returned before the thread ended"
+
+
+def delivery_threads():
+    return [t for t in threading.enumerate() if t.name == "bridge-delivery" and t.is_alive()]
+
+
+class Scripted:
+    """A ``threading.Event`` for ``DeliveryWorker.run`` that never blocks: each wait is
+    recorded (the loop's timing is what is tested) and returns at once."""
+
+    def __init__(self, name, waits):
+        self.name, self.waits, self.flag = name, waits, False
+
+    def is_set(self):
+        return self.flag
+
+    def set(self):
+        self.flag = True
+
+    def clear(self):
+        pass
+
+    def wait(self, timeout=None):
+        self.waits.append((self.name, timeout))
+        return self.flag
+
+
+def test_the_delivery_loop_backs_off_after_failures_and_starts_over_after_a_success(
+    bridge, monkeypatch
+):
+    # ``flask bridge deliver`` and the background thread run this loop. The claims fail
+    # 7 times (the database is down), then one finds nothing due, then one fails again.
+    waits = []
+    stop, wake = Scripted("stop", waits), Scripted("wake", waits)
+    outcomes = iter(["fail"] * 7 + ["nothing due", "fail and stop"])
+
+    def claim(*args, **kwargs):
+        outcome = next(outcomes)
+        if outcome == "fail and stop":
+            stop.set()
+        if outcome.startswith("fail"):
+            raise OperationalError("SELECT …", {}, Exception("the database is down"))
+        return None
+
+    monkeypatch.setattr(bridge.ledger, "claim", claim)
+    bridge.worker.run(stop, wake)  # the default poll: 0.5 s
+    poll = ("wake", 0.5)
+    assert waits == [
+        ("stop", 1.0), poll, ("stop", 2.0), poll, ("stop", 4.0), poll, ("stop", 8.0), poll,
+        ("stop", 16.0), poll, ("stop", 30.0), poll, ("stop", 30.0), poll,  # at most 30 s
+        poll,  # a pass that failed nothing: no back-off, and the next failure starts over
+        ("stop", 1.0), poll,
+    ]
+
+
+def test_each_upstream_call_is_one_log_line_with_its_duration_and_error(
+    client, auth, bridge, clock, requests_mock, monkeypatch, caplog
+):
+    from bridge import reteno
+
+    caplog.set_level(logging.INFO, logger="bridge.worker")
+    step_perf_counter(monkeypatch, reteno, 0.25)  # every upstream call takes 250 ms
+    requests_mock.post(TOKENS_URL, [
+        {"status_code": 503, "reason": "Service Unavailable", "text": "down"},
+        {"status_code": 200, "json": "OK"}])
+    register(client, auth, {"token": 1, "contactId": 1})
+    bridge.deliver_once()
+    clock.advance(2)
+    bridge.deliver_once()
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.worker"
+             and r.getMessage().startswith("upstream call")]
+    assert lines == [
+        "upstream call outcome=retry status=503 batch=1 ms=250.0"
+        " error='503 Service Unavailable: down'",
+        "upstream call outcome=delivered status=200 batch=1 ms=250.0",
+    ]
