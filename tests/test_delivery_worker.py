@@ -118,7 +118,7 @@ def test_each_upstream_call_is_one_log_line_with_its_duration_and_error(
     lines = [r.getMessage() for r in caplog.records if r.name == "bridge.worker"
              and r.getMessage().startswith("upstream call")]
     assert lines == [
-        "upstream call outcome=retry status=503 batch=1 ms=250.0"
+        "upstream call outcome=retry status=503 reason=server_error batch=1 ms=250.0"
         " error='503 Service Unavailable: down'",
-        "upstream call outcome=delivered status=200 batch=1 ms=250.0",
+        "upstream call outcome=delivered status=200 reason=ok batch=1 ms=250.0",
     ]

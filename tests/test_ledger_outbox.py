@@ -16,7 +16,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import TOKENS_URL
+from tests.conftest import API_KEY, TOKENS_URL
 from tests.helpers import history, register, rows
 
 LEASE = 60
@@ -46,7 +46,7 @@ def by_token(client, auth):
 
 
 def delivery(client):
-    response = client.get("/healthz")
+    response = client.get("/healthz", headers={"Authorization": f"Bearer {API_KEY}"})
     assert response.status_code == 200
     return response.get_json()["delivery"]
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from bridge import reteno
-from tests.conftest import TOKENS_URL
+from tests.conftest import API_KEY, TOKENS_URL
 from tests.helpers import history, register, rows, step_perf_counter
 
 
@@ -32,7 +32,7 @@ def deliver_one(client, auth, bridge, requests_mock, **answer):
 
 
 def health(client):
-    return client.get("/healthz").get_json()
+    return client.get("/healthz", headers={"Authorization": f"Bearer {API_KEY}"}).get_json()
 
 
 # --- what counts as delivered -----------------------------------------------------------
@@ -44,11 +44,13 @@ def test_every_2xx_is_delivered(client, auth, bridge, requests_mock, status):
     assert row["state"] == "delivered" and last["kind"] == "delivered"
 
 
-def test_a_300_is_not_delivered(client, auth, bridge, requests_mock):
+def test_a_300_is_not_delivered_and_pauses_like_a_wrong_url(client, auth, bridge,
+                                                            requests_mock):
     row, last = deliver_one(client, auth, bridge, requests_mock, status_code=300,
                             reason="Multiple Choices", text="choose")
-    assert row["state"] == "dead"
-    assert row["lastError"] == "300 Multiple Choices: choose"
+    assert row["state"] == "queued" and last["kind"] == "paused"
+    assert row["lastError"] == ("300 Multiple Choices: redirects are not followed; check "
+                                "RETENO_BASE_URL")
 
 
 # --- 4xx: pause, reject or retry ----------------------------------------------------------
