@@ -229,9 +229,12 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
     if database_url is None:
         database_url = "sqlite:///" + os.path.join(instance_path, "bridge.sqlite3")
     try:
-        make_url(database_url)
+        backend = make_url(database_url).get_backend_name()
     except ArgumentError as exc:
         raise ConfigError(f"BRIDGE_DATABASE_URL is not a SQLAlchemy URL: {exc}") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"BRIDGE_DATABASE_URL: the bridge runs on SQLite or PostgreSQL, "
+                          f"not {backend}")
 
     raw_keys = _lookup(config, environ, "BRIDGE_API_KEYS")
     if raw_keys is None:

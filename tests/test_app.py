@@ -63,6 +63,7 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"BRIDGE_BATCH_SIZE": 1001}, "BRIDGE_BATCH_SIZE"),
         ({"BRIDGE_BACKGROUND_DELIVERY": "maybe"}, "BRIDGE_BACKGROUND_DELIVERY"),
         ({"BRIDGE_DATABASE_URL": "not a url"}, "BRIDGE_DATABASE_URL"),
+        ({"BRIDGE_DATABASE_URL": "mysql+pymysql://root@127.0.0.1/test"}, "BRIDGE_DATABASE_URL"),
         ({"BRIDGE_WEBHOOK_USERNAME": "reteno"}, "BRIDGE_WEBHOOK_PASSWORD"),
         ({"TELEGRAM_WEBHOOK_SECRET": "has spaces in it"}, "TELEGRAM_WEBHOOK_SECRET"),
         ({"TELEGRAM_BOT_USERNAME": "no!"}, "TELEGRAM_BOT_USERNAME"),
