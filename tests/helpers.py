@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 import types
+from datetime import datetime
 
 
 def register(client, auth, *items):
@@ -141,3 +142,35 @@ def linear_shape_problem(pattern) -> str | None:
     if _starts_with_a_run(parsed):
         return "starts with a run no lookbehind anchors"
     return None
+
+
+# --- two workers on one outbox (tests/test_outbox_guarantees.py, test_ledger_*.py) ------
+
+LEASE = 60  # BRIDGE_LEASE_SECONDS of the apps those tests make
+
+
+def second_worker(make_app, clock):
+    """The delivery worker of another app on the same database, reading the same clock."""
+    runtime = make_app(BRIDGE_LEASE_SECONDS=LEASE).extensions["reteno_bridge"]
+    runtime.ledger.clock = clock
+    return runtime
+
+
+def tokens(*numbers):
+    """Token objects for ``/register``: each number as the token and the contactId."""
+    return [{"token": n, "contactId": n} for n in numbers]
+
+
+def calls(requests_mock):
+    """The tokens of every upstream call, call by call."""
+    return [[t["token"] for t in r.json()["tokens"]] for r in requests_mock.request_history]
+
+
+def by_token(client, auth):
+    """``GET /tokens`` as {token: registration}."""
+    return {item["token"]: item for item in rows(client, auth)}
+
+
+def seconds_from_now(clock, iso):
+    """How far an ISO 8601 time (as the API shows it) lies ahead of the ``clock`` fixture."""
+    return (datetime.fromisoformat(iso) - clock.now).total_seconds()

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import json
 import types
-from datetime import datetime
 
 import pytest
 
 from tests.conftest import API_KEY, TOKENS_URL
-from tests.helpers import history, register, rows
-
-LEASE = 60
+from tests.helpers import (
+    LEASE,
+    by_token,
+    calls,
+    history,
+    register,
+    rows,
+    second_worker,
+    seconds_from_now,
+    tokens,
+)
 
 
 @pytest.fixture
@@ -27,32 +34,12 @@ def app(make_app):
     return make_app(BRIDGE_LEASE_SECONDS=LEASE)
 
 
-def second_worker(make_app, clock):
-    runtime = make_app(BRIDGE_LEASE_SECONDS=LEASE).extensions["reteno_bridge"]
-    runtime.ledger.clock = clock
-    return runtime
-
-
-def tokens(*numbers):
-    return [{"token": n, "contactId": n} for n in numbers]
-
-
-def calls(requests_mock):
-    return [[t["token"] for t in r.json()["tokens"]] for r in requests_mock.request_history]
-
-
-def by_token(client, auth):
-    return {item["token"]: item for item in rows(client, auth)}
 
 
 def delivery(client):
     response = client.get("/healthz", headers={"Authorization": f"Bearer {API_KEY}"})
     assert response.status_code == 200
     return response.get_json()["delivery"]
-
-
-def seconds_from_now(clock, iso):
-    return (datetime.fromisoformat(iso) - clock.now).total_seconds()
 
 
 def ok(context):

@@ -15,9 +15,16 @@ from datetime import datetime
 import pytest
 
 from tests.conftest import API_KEY, TOKENS_URL
-from tests.helpers import history, register, rows
-
-LEASE = 60
+from tests.helpers import (
+    LEASE,
+    by_token,
+    calls,
+    history,
+    register,
+    rows,
+    second_worker,
+    tokens,
+)
 
 
 @pytest.fixture
@@ -25,22 +32,6 @@ def app(make_app):
     return make_app(BRIDGE_LEASE_SECONDS=LEASE)
 
 
-def second_worker(make_app, clock):
-    runtime = make_app(BRIDGE_LEASE_SECONDS=LEASE).extensions["reteno_bridge"]
-    runtime.ledger.clock = clock
-    return runtime
-
-
-def tokens(*numbers):
-    return [{"token": n, "contactId": n} for n in numbers]
-
-
-def calls(requests_mock):
-    return [[t["token"] for t in r.json()["tokens"]] for r in requests_mock.request_history]
-
-
-def by_token(client, auth):
-    return {item["token"]: item for item in rows(client, auth)}
 
 
 @pytest.mark.parametrize("b_lease_sorts", ["after", "before"])

@@ -22,9 +22,17 @@ from email.utils import format_datetime
 import pytest
 
 from tests.conftest import TOKENS_URL
-from tests.helpers import history, register, rows
-
-LEASE = 60  # BRIDGE_LEASE_SECONDS of every app here
+from tests.helpers import (
+    LEASE,
+    by_token,
+    calls,
+    history,
+    register,
+    rows,
+    second_worker,
+    seconds_from_now,
+    tokens,
+)
 
 
 @pytest.fixture
@@ -32,38 +40,14 @@ def app(make_app):
     return make_app(BRIDGE_LEASE_SECONDS=LEASE)
 
 
-def second_worker(make_app, clock):
-    """The delivery worker of another app on the same database, reading the same clock."""
-    runtime = make_app(BRIDGE_LEASE_SECONDS=LEASE).extensions["reteno_bridge"]
-    runtime.ledger.clock = clock
-    return runtime
-
-
-def tokens(*numbers):
-    return [{"token": n, "contactId": n} for n in numbers]
-
-
 def names(numbers):
     return [str(n) for n in numbers]
-
-
-def calls(requests_mock):
-    """The tokens of every upstream call, in order."""
-    return [[t["token"] for t in r.json()["tokens"]] for r in requests_mock.request_history]
-
-
-def by_token(client, auth):
-    return {item["token"]: item for item in rows(client, auth)}
 
 
 def health(client, auth):
     response = client.get("/healthz", headers=auth)
     assert response.status_code == 200, response.get_json()
     return response.get_json()
-
-
-def seconds_from_now(clock, iso):
-    return (datetime.fromisoformat(iso) - clock.now).total_seconds()
 
 
 # --- 1. claims: oldest due first --------------------------------------------------------
