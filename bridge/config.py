@@ -84,7 +84,6 @@ class Settings:
     max_body_bytes: int
     sandbox: bool
     base_url_explicit: bool
-    dev_api_key: bool = False
     upstream_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     upstream_read_timeout: float = DEFAULT_READ_TIMEOUT
     lease_seconds: int = DEFAULT_LEASE_SECONDS

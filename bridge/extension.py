@@ -22,10 +22,7 @@ from .runtime import EXTENSION, Runtime
 
 def served() -> bool:
     """True unless this process runs a Flask CLI command other than ``flask run``."""
-    if os.environ.get("FLASK_RUN_FROM_CLI") != "true":
-        return True
-    ctx = click.get_current_context(silent=True)
-    return ctx is not None and ctx.info_name == "run"
+    return os.environ.get("FLASK_RUN_FROM_CLI") != "true" or run_by_flask()
 
 
 def run_by_flask() -> bool:

@@ -8,7 +8,6 @@ background thread. It lives in ``app.extensions["reteno_bridge"]``;
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 
@@ -65,7 +64,7 @@ class Runtime:
         if self._dev_key is None:
             from .sandbox import dev_api_key
 
-            self._dev_key = dev_api_key(os.path.dirname(self.dev_key_path))
+            self._dev_key = dev_api_key(self.dev_key_path)
         return (self._dev_key,)
 
     # --- starting ------------------------------------------------------------------

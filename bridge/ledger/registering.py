@@ -133,26 +133,27 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
                 for r in rows}
 
     first: dict[tuple, int] = {}  # new key -> index of its first request
-    others: dict[tuple, list[int]] = {}  # new key -> live registrations of other identities
-    rows: list[dict] = []
+    rows: dict[tuple, dict] = {}  # new key -> its row
+    # new key -> the chat's live registrations, and its new keys earlier in this call
+    others: dict[tuple, tuple[list[int], list[tuple]]] = {}
     new_keys_of: dict[str, list[tuple]] = defaultdict(list)
     for index, request in enumerate(requests):
         key = request.live_key
         if key in existing or key in first:
             continue
         first[key] = index
-        others[key] = [r.id for r in live.get(request.token, ())]
-        conflict = bool(others[key] or new_keys_of[request.token])
+        others[key] = ([r.id for r in live.get(request.token, ())],
+                       list(new_keys_of[request.token]))
+        conflict = bool(others[key][0] or others[key][1])
         state = State.HELD if conflict and hold_conflicts else State.QUEUED
-        rows.append(_row(request, now, seen[index], state, conflict))
+        rows[key] = _row(request, now, seen[index], state, conflict)
         new_keys_of[request.token].append(key)
     inserted = {}
     if rows:
-        inserted = {(t, m, v): i for i, t, m, v in run(conn, _INSERT[conn.dialect.name], rows)}
+        inserted = {(t, m, v): i
+                    for i, t, m, v in run(conn, _INSERT[conn.dialect.name], list(rows.values()))}
     if len(inserted) != len(rows):  # only without the chat lock: cannot happen here
         raise RuntimeError("a registration was inserted concurrently")
-    state_of = {(r["token"], r["matched_by"], r["match_value"]): r["state"] for r in rows}
-    conflicted = {key for key, row in zip(first, rows, strict=True) if row["conflict"]}
     touched: dict[datetime, list[int]] = defaultdict(list)
     for index, request in enumerate(requests):
         if request.live_key in existing:
@@ -163,12 +164,12 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
     outcomes, events = [], []
     for index, request in enumerate(requests):
         key = request.live_key
-        if key in first:
-            rid, state, duplicate = inserted[key], state_of[key], first[key] != index
+        if key in rows:
+            rid, state, duplicate = inserted[key], rows[key]["state"], first[key] != index
+            conflict = rows[key]["conflict"]
         else:
-            rid, state, duplicate = existing[key].id, existing[key].state, True
-        outcome = Outcome(rid, request.token, request.matched_by, state, duplicate,
-                          key in conflicted)
+            rid, state, duplicate, conflict = existing[key].id, existing[key].state, True, False
+        outcome = Outcome(rid, request.token, request.matched_by, state, duplicate, conflict)
         outcomes.append(outcome)
         events.append({
             "at": now, "registration_id": outcome.id, "token": outcome.token,
@@ -176,14 +177,13 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
             "detail": {"source": sources[index], "matchedBy": outcome.matched_by,
                        "duplicate": outcome.duplicate, "state": outcome.state},
         })
-        if key in conflicted and not duplicate:
-            earlier = [inserted[k] for k in new_keys_of[request.token] if k != key
-                       and new_keys_of[request.token].index(k)
-                       < new_keys_of[request.token].index(key)]
+        if conflict and not duplicate:
+            live_ids, earlier = others[key]
             events.append({
                 "at": now, "registration_id": outcome.id, "token": outcome.token,
                 "kind": "conflict",
-                "detail": {"with": others[key] + earlier, "matchedBy": outcome.matched_by,
+                "detail": {"with": live_ids + [inserted[k] for k in earlier],
+                           "matchedBy": outcome.matched_by,
                            "held": state == State.HELD.value},
             })
     append_events(conn, events)

@@ -57,11 +57,10 @@ def dev_key_path(instance_path: str) -> str:
     return os.path.join(instance_path, "dev-api-key")
 
 
-def dev_api_key(instance_path: str) -> str:
-    """A development API key kept in the instance folder, so every process shares it;
-    made on first use."""
-    path = dev_key_path(instance_path)
-    os.makedirs(instance_path, exist_ok=True)
+def dev_api_key(path: str) -> str:
+    """The development API key kept in the file ``path`` (in the instance folder), so
+    every process shares it; made on first use."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
         with open(path, encoding="utf-8") as fh:
             key = fh.read().strip()
