@@ -73,6 +73,18 @@ class _LedgerCollector:
         yield GaugeMetricFamily(
             "bridge_dead_letters", "Registrations Reteno refused for good", value=outbox["dead"]
         )
+        yield GaugeMetricFamily(
+            "bridge_removed_stale", "Registrations removed by the stale-token report",
+            value=outbox["removedStale"],
+        )
+        commands = GaugeMetricFamily(
+            "bridge_ledger_commands", "Mutes, unmutes and replays in the ledger by state",
+            labels=["action", "state"],
+        )
+        for action, states in sorted(outbox["commands"].items()):
+            for state, count in sorted(states.items()):
+                commands.add_metric([action, state], count)
+        yield commands
 
 
 class Metrics:
@@ -86,6 +98,10 @@ class Metrics:
         )
         self.deliveries = Counter(
             "bridge_deliveries", "Registrations per delivery outcome", ["outcome"], registry=r
+        )
+        self.commands = Counter(
+            "bridge_commands", "Mutes, unmutes and replays per delivery outcome",
+            ["lane", "outcome"], registry=r,
         )
         self.upstream_calls = Counter(
             "bridge_upstream_calls", "Calls to Reteno by outcome and HTTP status",

@@ -167,6 +167,50 @@ class Event(Base):
     )
 
 
+class Command(Base):
+    """A call to Reteno other than a registration's, in its own outbox: a chat's mute
+    or unmute (one row per chat; the latest request wins) or a registration replayed
+    into another app (one row per registration and target)."""
+
+    __tablename__ = "bridge_commands"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(16))  # mute | unmute | replay
+    token: Mapped[str] = mapped_column(String(24))
+    # replay: the registration replayed; mute/unmute: the live one when last requested
+    registration_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("bridge_registrations.id", ondelete="SET NULL"))
+    duration: Mapped[int | None] = mapped_column(Integer)  # mute: seconds asked for
+    muted_until: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None: until unmuted
+    target_app: Mapped[str | None] = mapped_column(String(64))  # replay: the app uuid
+    target_url: Mapped[str | None] = mapped_column(String(255))  # replay: its base URL
+    # mute/unmute: one more per request; an outcome for an older request moves nothing
+    version: Mapped[int] = mapped_column(Integer, default=lambda: 0)
+    state: Mapped[str] = mapped_column(String(16), default=lambda: "queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=lambda: 0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_id: Mapped[str | None] = mapped_column(String(36))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # one mute row per chat
+        Index("uq_bridge_commands_mute", "token", unique=True,
+              sqlite_where=text("action IN ('mute', 'unmute')"),
+              postgresql_where=text("action IN ('mute', 'unmute')")),
+        # a registration is replayed once into a target
+        Index("uq_bridge_commands_replay", "registration_id", "target_app", "target_url",
+              unique=True, sqlite_where=text("action = 'replay'"),
+              postgresql_where=text("action = 'replay'")),
+        Index("ix_bridge_commands_outbox", "next_attempt_at", "id",
+              sqlite_where=text("state = 'queued'"), postgresql_where=text("state = 'queued'")),
+        Index("ix_bridge_commands_registration_id", "registration_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
 class BridgeState(Base):
     """Small shared facts every process must see: delivery pause, last upstream result."""
 

@@ -1,4 +1,5 @@
-"""The Reteno client: one upstream call, ``POST /api/v1/apps/{app_uuid}/tokens``.
+"""The Reteno client: one upstream call, ``POST /api/v1/apps/{app_uuid}/tokens``, or
+a chat's ``…/token/mute`` or ``…/token/unmute``.
 
 Owns the HTTP details (a ``requests.Session`` with connect/read time-outs,
 the auth scheme of the platform preset, a User-Agent naming the bridge, the
@@ -14,6 +15,7 @@ bridge shows outside the ledger; Reteno's own text can quote personal data.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
@@ -82,6 +84,15 @@ def token_body(rows) -> dict:
     return {"tokens": tokens}
 
 
+def command_body(row, now: datetime) -> dict:
+    """Reteno's body for a mute or unmute (a claimed command): a mute with an end is sent
+    with the seconds it has left, so it ends when it was asked to."""
+    body: dict[str, Any] = {"token": row.token}
+    if row.action == "mute" and row.muted_until is not None:
+        body["duration"] = max(1, math.ceil((row.muted_until - now).total_seconds()))
+    return body
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds to wait from ``Retry-After`` (seconds, or an HTTP date read against
     ``now``), at most an hour; None when absent or unreadable."""
@@ -121,6 +132,7 @@ class RetenoClient:
     def __init__(self, settings, session: requests.Session | None = None,
                  clock: Callable[[], datetime] = utcnow):
         self.url = settings.tokens_url
+        self.app_url = self.url.removesuffix("/tokens")
         self.timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
         self.clock = clock  # reads Retry-After dates
         self.session = session or requests.Session()
@@ -132,10 +144,17 @@ class RetenoClient:
             self.session.headers["X-Reteno-Access-Key"] = settings.api_key
 
     def add_tokens(self, rows) -> CallResult:
-        body = token_body(rows)
+        return self._post(self.url, token_body(rows))
+
+    def send_command(self, rows) -> CallResult:
+        """A chat's mute or unmute (``rows``: one claimed command)."""
+        [row] = rows
+        return self._post(f"{self.app_url}/token/{row.action}", command_body(row, self.clock()))
+
+    def _post(self, url: str, body: dict) -> CallResult:
         started = time.perf_counter()
         try:
-            response = self.session.post(self.url, json=body, timeout=self.timeout,
+            response = self.session.post(url, json=body, timeout=self.timeout,
                                          allow_redirects=False)
         except requests.Timeout:
             return CallResult(RETRY, None, "timeout", "timed out",

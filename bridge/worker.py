@@ -2,7 +2,9 @@
 
 Owns the loop, not the states: it claims due registrations from the ledger
 in batches of ``BRIDGE_BATCH_SIZE``, makes one upstream call per batch and
-tells the ledger what happened. A batch Reteno refuses with a 4xx other than
+tells the ledger what happened; then the due mutes and unmutes, one call
+each. Each of these is a :class:`Lane` (a claim and a call); a replay into
+another app is a worker with a lane of its own. A batch Reteno refuses with a 4xx other than
 401/403/404 is split in halves until the offending token is alone; that one
 goes ``dead`` and the rest are delivered. It runs as a background thread of
 the served app (woken at once after a registration) and as
@@ -18,6 +20,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .logs import get_logger
 from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
@@ -25,21 +28,38 @@ from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
 log = get_logger("bridge.worker")
 
 
+@dataclass(frozen=True)
+class Lane:
+    """One kind of upstream call: how to claim its due rows (a :class:`Claim`, or None)
+    and how to send them (a :class:`CallResult`)."""
+
+    name: str  # registrations | mute | replay
+    claim: Callable[[], object]
+    call: Callable[[list], CallResult]
+
+
 class DeliveryWorker:
     def __init__(self, ledger, client, batch_size: int, metrics, lease_seconds: int,
-                 mark: dict | None = None):
+                 mark: dict | None = None, lanes: list[Lane] | None = None):
         self.ledger = ledger
         self.client = client
         self.batch_size = batch_size
         self.metrics = metrics
         self.lease_seconds = lease_seconds  # BRIDGE_LEASE_SECONDS
         self.mark = mark or {}  # added to every outcome's history (sandbox deliveries)
+        self.lanes = lanes or [
+            Lane("registrations", lambda: ledger.claim(self.batch_size, self.lease_seconds),
+                 client.add_tokens),
+            # one chat per call (Reteno's mute takes one token)
+            Lane("mute", lambda: ledger.claim_mutes(1, self.lease_seconds), client.send_command),
+        ]
 
-    def _call(self, rows) -> CallResult:
-        result = self.client.add_tokens(rows)
+    def _call(self, lane: Lane, rows) -> CallResult:
+        result = lane.call(rows)
         log.info(
-            "upstream call outcome=%s status=%s reason=%s batch=%d ms=%.1f%s",
-            result.outcome, result.status, result.reason, len(rows), result.seconds * 1000,
+            "upstream call%s outcome=%s status=%s reason=%s batch=%d ms=%.1f%s",
+            "" if lane.name == "registrations" else f" {lane.name}", result.outcome, result.status, result.reason, len(rows),
+            result.seconds * 1000,
             f" error={result.error!r}" if result.error and result.outcome != DELIVERED else "",
         )
         if self.metrics:
@@ -47,12 +67,15 @@ class DeliveryWorker:
             self.metrics.upstream_latency.observe(result.seconds)
         return result
 
-    def _count(self, outcome: str, n: int, stats: Counter) -> None:
+    def _count(self, lane: Lane, outcome: str, n: int, stats: Counter) -> None:
         stats[outcome] += n
         if self.metrics and n:
-            self.metrics.deliveries.labels(outcome).inc(n)
+            if lane.name == "registrations":
+                self.metrics.deliveries.labels(outcome).inc(n)
+            else:
+                self.metrics.commands.labels(lane.name, outcome).inc(n)
 
-    def _send(self, claim, rows, stats: Counter, renew: bool = False,
+    def _send(self, lane: Lane, claim, rows, stats: Counter, renew: bool = False,
               stop: threading.Event | None = None) -> CallResult | None:
         """Deliver ``rows`` of a claim; the failure that stops delivery for now, if any.
 
@@ -65,33 +88,34 @@ class DeliveryWorker:
             rows = self.ledger.renew(claim, rows, self.lease_seconds)
             if not rows:
                 return None
-        result = self._call(rows)
+        result = self._call(lane, rows)
         detail = {**result.detail(len(rows)), **self.mark}
         if result.outcome == DELIVERED:
-            self._count("delivered", self.ledger.delivered(claim, rows, detail), stats)
+            self._count(lane, "delivered", self.ledger.delivered(claim, rows, detail), stats)
             return None
         if result.outcome == RETRY:
             self.ledger.retry(claim, rows, detail, result.retry_after)
-            self._count("retry", len(rows), stats)
+            self._count(lane, "retry", len(rows), stats)
             return result
         if result.outcome == PAUSE:
             until = self.ledger.pause(claim, rows, detail)
             log.error("delivery paused until %s: Reteno answered %s (%s; check "
                       "RETENO_BASE_URL, RETENO_API_KEY, RETENO_APP_UUID, RETENO_AUTH)",
                       until.isoformat(), result.status, result.reason)
-            self._count("paused", len(rows), stats)
+            self._count(lane, "paused", len(rows), stats)
             return result
         assert result.outcome == REJECT
         if len(rows) == 1:
-            self._count("dead", self.ledger.dead(claim, rows[0], detail), stats)
+            self._count(lane, "dead", self.ledger.dead(claim, rows[0], detail), stats)
             return None
         middle = len(rows) // 2
         first, rest = rows[:middle], rows[middle:]
         if stop is not None and stop.is_set():  # stopping: give the whole split back
             first, rest = [], rows
-        blocked = self._send(claim, first, stats, renew=True, stop=stop) if first else None
+        blocked = self._send(lane, claim, first, stats, renew=True, stop=stop) if first \
+            else None
         if blocked is None and not (stop is not None and stop.is_set()):
-            return self._send(claim, rest, stats, renew=True, stop=stop)
+            return self._send(lane, claim, rest, stats, renew=True, stop=stop)
         if blocked is None:  # stopping: the rest is due again at once, for the next worker
             self.ledger.release(claim, rest, {"batch": len(rest), "sent": False,
                                               "stopping": True, **self.mark}, 0.0)
@@ -102,27 +126,31 @@ class DeliveryWorker:
         return blocked
 
     def deliver_batch(self, stats: Counter | None = None) -> int:
-        """Claim and send one batch; the number of registrations claimed (0: none due)."""
+        """Claim and send one batch of the first lane; the number of rows claimed (0: none
+        due)."""
         stats = Counter() if stats is None else stats
-        claim = self.ledger.claim(self.batch_size, self.lease_seconds)
+        lane = self.lanes[0]
+        claim = lane.claim()
         if claim is None:
             return 0
-        self._send(claim, list(claim.rows), stats)
+        self._send(lane, claim, list(claim.rows), stats)
         return len(claim.rows)
 
     def drain(self, progress: Callable[[int], None] | None = None,
               stop: threading.Event | None = None) -> Counter:
-        """Send batches until nothing is due (or delivery is paused or held)."""
+        """Send batches, lane after lane, until nothing is due (or delivery is paused or
+        held: the first call that says so ends the drain)."""
         stats: Counter = Counter()
-        while stop is None or not stop.is_set():
-            claim = self.ledger.claim(self.batch_size, self.lease_seconds)
-            if claim is None:
-                break
-            blocked = self._send(claim, list(claim.rows), stats, stop=stop)
-            if progress:
-                progress(len(claim.rows))
-            if blocked is not None:
-                break
+        for lane in self.lanes:
+            while stop is None or not stop.is_set():
+                claim = lane.claim()
+                if claim is None:
+                    break
+                blocked = self._send(lane, claim, list(claim.rows), stats, stop=stop)
+                if progress:
+                    progress(len(claim.rows))
+                if blocked is not None:
+                    return stats
         return stats
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None,

@@ -9,7 +9,8 @@ module per job:
   a registration's state;
 * :mod:`.registering` — new registrations with duplicate suppression;
 * :mod:`.outbox` — claims, leases and what an upstream call did;
-* :mod:`.reports` — status events and Telegram's blocks and unblocks;
+* :mod:`.commands` — mutes, unmutes and replays into another app, and their outbox;
+* :mod:`.reports` — status events, Telegram's blocks and unblocks, stale removals;
 * :mod:`.queries` — look-ups, history and statistics;
 * :mod:`.erasure` — one contact's data out.
 """
@@ -24,21 +25,25 @@ from sqlalchemy import select
 
 from ..db import Database
 from ..models import Registration, utcnow
-from . import erasure, outbox, queries, registering, reports
+from . import commands, erasure, outbox, queries, registering, reports
 from .states import TRANSITIONS, State, append_events
 from .types import (
     Claim,
     HistoryEvent,
+    MuteRecord,
+    MuteRequest,
     Outcome,
     RegistrationRecord,
+    ReplayTarget,
     StatusEvent,
     StatusResult,
     TokenRequest,
 )
 
 __all__ = [
-    "TRANSITIONS", "Claim", "HistoryEvent", "Ledger", "Outcome", "RegistrationRecord",
-    "State", "StatusEvent", "StatusResult", "TokenRequest",
+    "TRANSITIONS", "Claim", "HistoryEvent", "Ledger", "MuteRecord", "MuteRequest", "Outcome",
+    "RegistrationRecord", "ReplayTarget", "State", "StatusEvent", "StatusResult",
+    "TokenRequest",
 ]
 
 
@@ -126,6 +131,8 @@ class Ledger:
         """Dead letters back to the queue (all, or those matching the filters)."""
         with self.db.write() as conn:
             count = outbox.requeue_dead(conn, self.clock(), ids, error_contains, token)
+            if not ids and not error_contains:  # dead mutes and replays too
+                count += commands.requeue_dead(conn, self.clock(), token)
         if count:
             self.on_queued()
         return count
@@ -135,6 +142,45 @@ class Ledger:
         with self.db.read() as conn:
             state = outbox.upstream_state(conn)
         return state, outbox.blocked_until(state, self.clock())
+
+    # --- commands: mute, unmute, replay ---------------------------------------------------
+
+    def mute(self, request: MuteRequest, source: str = "api") -> MuteRecord | None:
+        """Queue a mute or unmute of a chat (the latest request wins); None when the chat
+        has no live registration (nothing stored)."""
+        with self.db.write() as conn:
+            record = commands.request_mute(conn, self.clock(), request, source)
+        if record is not None:
+            self.on_queued()
+        return record
+
+    def mute_of(self, token: str) -> MuteRecord | None:
+        with self.db.read() as conn:
+            return commands.mute_of(conn, token, self.clock())
+
+    def claim_mutes(self, limit: int, lease_seconds: int) -> Claim | None:
+        """Lease due mutes and unmutes of chats Reteno knows (None: none, or delivery held
+        or paused)."""
+        with self.db.write() as conn:
+            return commands.claim_mutes(conn, self.clock(), limit, lease_seconds)
+
+    def plan_replay(self, target: ReplayTarget) -> int:
+        with self.db.read() as conn:
+            return commands.plan_replay(conn, target)
+
+    def queue_replay(self, target: ReplayTarget) -> int:
+        """Queue every live registration that ``target`` has not had; how many."""
+        with self.db.write() as conn:
+            return commands.queue_replay(conn, self.clock(), target)
+
+    def claim_replay(self, target: ReplayTarget, limit: int, lease_seconds: int
+                     ) -> Claim | None:
+        with self.db.write() as conn:
+            return commands.claim_replay(conn, self.clock(), target, limit, lease_seconds)
+
+    def replay_summary(self, target: ReplayTarget) -> dict[str, int]:
+        with self.db.read() as conn:
+            return commands.replay_summary(conn, target)
 
     # --- reports from outside ------------------------------------------------------------
 
@@ -196,7 +242,27 @@ class Ledger:
         """Registrations matching ``filters``, newest first, keyset-paginated
         (``ValueError`` for a bad cursor)."""
         with self.db.read() as conn:
-            return queries.find(conn, filters, limit, cursor)
+            return queries.find(conn, filters, limit, cursor, self.clock())
+
+    def stale(self, days: int, limit: int | None = None) -> list[RegistrationRecord]:
+        """Live registrations with no sign of life for ``days`` days, the longest quiet
+        first (the stale-token report)."""
+        with self.db.read() as conn:
+            return queries.stale(conn, self.clock(), days, limit)
+
+    def remove_stale(self, days: int, progress: Callable[[int], None] | None = None,
+                     chunk: int = 500) -> int:
+        """Remove the stale-token report's registrations (reason ``stale``), ``chunk`` at
+        a time (one transaction each); how many. ``progress`` gets each chunk's count."""
+        total = 0
+        while True:
+            with self.db.write() as conn:
+                removed = reports.remove_quiet(conn, self.clock(), days, chunk)
+            if not removed:
+                return total
+            total += removed
+            if progress:
+                progress(removed)
 
     def history(self, token: str) -> list[HistoryEvent]:
         with self.db.read() as conn:
@@ -206,9 +272,9 @@ class Ledger:
         with self.db.read() as conn:
             return queries.outbox(conn, self.clock())
 
-    def stats(self, days: int = 7) -> dict[str, Any]:
+    def stats(self, days: int = 7, quiet_days: int = 30) -> dict[str, Any]:
         with self.db.read() as conn:
-            return queries.stats(conn, self.clock(), days)
+            return queries.stats(conn, self.clock(), days, quiet_days)
 
     # --- erasure -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote
 
 from sqlalchemy import Text, cast, delete, func, or_, select, update
 
-from ..models import IDENTIFIERS, BridgeState, Event, Registration
+from ..models import IDENTIFIERS, BridgeState, Command, Event, Registration
 from .states import append_events
 from .types import COLUMN_OF
 
@@ -26,7 +26,8 @@ def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
     form. In one write transaction this deletes
 
     * the registrations holding that value, and every registration of
-      their tokens (a Telegram chat is one person);
+      their tokens (a Telegram chat is one person), with those chats'
+      mutes and replays;
     * their events (by registration and by token), and any event of no
       registration and no token whose detail mentions the value, one of
       those tokens, or another identifier of the erased registrations
@@ -86,6 +87,8 @@ def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
                  .values(detail=detail, fingerprint=None))
     for chunk in _chunks(sorted(doomed)):
         conn.execute(delete(Event).where(Event.id.in_(chunk)))
+    for chunk in _chunks(sorted(tokens)):  # the chats' mutes and replays
+        conn.execute(delete(Command).where(Command.token.in_(chunk)))
     for chunk in _chunks(sorted(regs)):
         conn.execute(delete(Registration).where(Registration.id.in_(chunk)))
     scrubbed = len(blank) + _scrub_elsewhere(conn, needles)

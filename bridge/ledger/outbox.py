@@ -1,6 +1,7 @@
 """The outbox: claiming due registrations, and what an upstream call did with them.
 
-The outbox is the set of ``queued`` registrations. A worker claims due rows,
+The outbox is the set of ``queued`` registrations (and of queued commands,
+:mod:`.commands`, whose claims end the same way). A worker claims due rows,
 oldest first, by pushing their ``next_attempt_at`` past a lease and stamping a
 ``lease_id``: a crashed worker's rows come due again by themselves, and two
 workers never hold the same row at once. Every outcome (delivered, retry,
@@ -21,7 +22,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 
 from ..db import insert_unless_taken
-from ..models import BridgeState, Registration
+from ..models import BridgeState, Command, Registration
 from .states import State, move
 from .types import Claim
 
@@ -41,14 +42,14 @@ _CLAIM = (
                Registration.external_customer_id, Registration.phone, Registration.email,
                Registration.matched_by, Registration.attempts)
 )
-_RENEW = (
-    update(Registration)
-    .where(Registration.id.in_(bindparam("ids", expanding=True)),
-           Registration.lease_id == bindparam("held_by"),
-           Registration.state == State.QUEUED.value)
+_RENEW = {
+    model: update(model)
+    .where(model.id.in_(bindparam("ids", expanding=True)),
+           model.lease_id == bindparam("held_by"), model.state == State.QUEUED.value)
     .values(next_attempt_at=bindparam("until"))
-    .returning(Registration.id)
-)
+    .returning(model.id)
+    for model in (Registration, Command)
+}
 _UPSTREAM_ROW = {
     dialect: stmt for dialect, stmt in zip(
         ("sqlite", "postgresql"),
@@ -96,14 +97,6 @@ def blocked_until(state: dict, now: datetime) -> datetime | None:
     return max(ends) if ends else None
 
 
-def _note(conn, now: datetime, outcome: str, call: dict, **changes) -> None:
-    # Reteno's own text ("error") stays in the rows' history: it can quote personal data,
-    # and the shared state is what /healthz shows (status and reason code only).
-    last = {k: v for k, v in call.items() if k != "error"}
-    set_upstream(conn, now, last={"outcome": outcome, **last, "at": now.isoformat()},
-                 **changes)
-
-
 # --- claims ------------------------------------------------------------------------------
 
 
@@ -127,13 +120,13 @@ def claim(conn, now: datetime, limit: int, lease_seconds: int) -> Claim | None:
     return Claim(lease_id, tuple(sorted(rows, key=lambda r: r.id)))
 
 
-def lock_in_order(conn, ids: Sequence[int]) -> None:
+def lock_in_order(conn, ids: Sequence[int], model: type = Registration) -> None:
     """PostgreSQL: lock these rows in id order before updating them, the order
     registration takes its share locks in, so the two never wait on each other in a
     cycle (an ``UPDATE … IN`` locks rows in whatever order it scans them)."""
     if conn.dialect.name == "postgresql" and ids:
-        conn.execute(select(Registration.id).where(Registration.id.in_(list(ids)))
-                     .order_by(Registration.id).with_for_update())
+        conn.execute(select(model.id).where(model.id.in_(list(ids)))
+                     .order_by(model.id).with_for_update())
 
 
 def renew(conn, now: datetime, held: Claim, rows: Sequence[Any],
@@ -143,8 +136,8 @@ def renew(conn, now: datetime, held: Claim, rows: Sequence[Any],
     ids = [r.id for r in rows]
     if not ids:
         return []
-    lock_in_order(conn, ids)
-    kept = set(conn.execute(_RENEW, {"ids": ids, "held_by": held.lease_id,
+    lock_in_order(conn, ids, held.model)
+    kept = set(conn.execute(_RENEW[held.model], {"ids": ids, "held_by": held.lease_id,
                                      "until": now + timedelta(seconds=lease_seconds)}
                             ).scalars())
     return [r for r in rows if r.id in kept]
@@ -152,16 +145,43 @@ def renew(conn, now: datetime, held: Claim, rows: Sequence[Any],
 
 def _finish(conn, now: datetime, kind: str, held: Claim, rows: Sequence[Any], values: dict,
             detail: dict) -> int:
-    lock_in_order(conn, [r.id for r in rows])
+    lock_in_order(conn, [r.id for r in rows], held.model)
+    if held.model is Command:
+        kind = f"command.{kind}"
+        rows = _superseded(conn, now, held, rows)
     moved = move(conn, kind, rows, now, {"lease_id": None, **values},
                  lambda r: {"attempt": r.attempts, **detail}, held_by=held.lease_id)
     return len(moved)
 
 
+def _superseded(conn, now: datetime, held: Claim, rows: Sequence[Any]) -> list[Any]:
+    """Commands asked for again while this call was under way (a mute's ``version``
+    moved on) go back to the queue, due at once, to send the latest request; the
+    rest, whose outcome this call decides."""
+    versions = dict(conn.execute(select(Command.id, Command.version)
+                                 .where(Command.id.in_([r.id for r in rows]))).all())
+    newer = [r for r in rows if versions.get(r.id, r.version) != r.version]
+    if newer:
+        move(conn, "command.superseded", newer, now,
+             {"lease_id": None, "next_attempt_at": now, "attempts": 0},
+             lambda r: {"attempt": r.attempts}, held_by=held.lease_id)
+    return [r for r in rows if r not in newer]
+
+
+def _note(conn, now: datetime, held: Claim, outcome: str, call: dict, **changes) -> None:
+    # Reteno's own text ("error") stays in the rows' history: it can quote personal data,
+    # and the shared state is what /healthz shows (status and reason code only). A replay
+    # into another app leaves the shared state alone: its answers are not this app's.
+    if held.shared:
+        last = {k: v for k, v in call.items() if k != "error"}
+        set_upstream(conn, now, last={"outcome": outcome, **last, "at": now.isoformat()},
+                     **changes)
+
+
 def delivered(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> int:
     n = _finish(conn, now, "delivered", held, rows,
                 {"delivered_at": now, "next_attempt_at": None, "last_error": None}, call)
-    _note(conn, now, "delivered", call, paused_until=None, pause_reason=None, pause_count=0)
+    _note(conn, now, held, "delivered", call, paused_until=None, pause_reason=None, pause_count=0)
     return n
 
 
@@ -176,19 +196,19 @@ def retry(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict,
             {**call, "nextAttemptAt": nxt.isoformat()})
     hold = {"hold_until": (now + timedelta(seconds=retry_after)).isoformat()} if retry_after \
         else {}
-    _note(conn, now, "retry", call, **hold)
+    _note(conn, now, held, "retry", call, **hold)
     return delay
 
 
 def pause(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> datetime:
     """Reteno refused our credentials or the request itself: hold everything, drop
     nothing; each pause in a row lasts twice the one before (15 s to 10 minutes)."""
-    count = int(upstream_state(conn).get("pause_count") or 0) + 1
+    count = int(upstream_state(conn).get("pause_count") or 0) + 1 if held.shared else 1
     until = now + timedelta(seconds=min(PAUSE_CAP, PAUSE_BASE * 2 ** (count - 1)))
     _finish(conn, now, "paused", held, rows,
             {"next_attempt_at": now, "last_error": call.get("error")},
             {**call, "pausedUntil": until.isoformat()})
-    _note(conn, now, "paused", call, paused_until=until.isoformat(),
+    _note(conn, now, held, "paused", call, paused_until=until.isoformat(),
           pause_reason=call.get("reason"), pause_count=count)
     return until
 
@@ -197,7 +217,7 @@ def dead(conn, now: datetime, held: Claim, row: Any, call: dict) -> int:
     """Reteno refused this token for good (a 400 for it alone)."""
     n = _finish(conn, now, "dead", held, [row],
                 {"next_attempt_at": None, "last_error": call.get("error")}, call)
-    _note(conn, now, "rejected", call)
+    _note(conn, now, held, "rejected", call)
     return n
 
 

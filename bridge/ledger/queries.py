@@ -8,36 +8,69 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
 from ..models import Event, Registration
-from .states import State
+from . import commands
+from .states import LIVE, State
 from .types import COLUMN_OF, HistoryEvent, RegistrationRecord
 
+STALE_REASON = "stale: no sign of life"  # the removal reason of the stale-token report
+
 _RECORD_COLUMNS = [getattr(Registration, name)
-                   for name in RegistrationRecord.__dataclass_fields__]
+                   for name in RegistrationRecord.__dataclass_fields__
+                   if name not in ("muted", "muted_until")]
+_LIVE = [s.value for s in LIVE]
 
 
-def encode_cursor(last_id: int) -> str:
-    raw = json.dumps({"before": last_id}).encode()
+def encode_cursor(last) -> str:
+    """A page's cursor: the last id shown, or for the stale-token report (oldest first)
+    the last registration's (last seen, id)."""
+    key = {"before": last} if isinstance(last, int) else \
+        {"quietAfter": [last[0].isoformat(), last[1]]}
+    raw = json.dumps(key).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> int:
+def _valid_id(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63:
+        raise ValueError
+    return value
+
+
+def decode_cursor(cursor: str, quiet: bool = False):
+    """The id of ``encode_cursor``, or with ``quiet`` its (last seen, id)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))["before"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63:
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not quiet:
+            return _valid_id(key["before"])
+        seen, last_id = key["quietAfter"]
+        seen = datetime.fromisoformat(seen)
+        if seen.tzinfo is None:
             raise ValueError
-        return value
-    except (ValueError, KeyError, TypeError) as exc:
+        return seen, _valid_id(last_id)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError("Not a valid cursor.") from exc
 
 
-def find(conn, filters: dict, limit: int, cursor: str | None
+def quiet_since(now: datetime, days: int) -> datetime:
+    return now - timedelta(days=days)
+
+
+_SEEN = func.coalesce(Registration.last_seen_at, Registration.created_at)
+
+
+def quiet(query, now: datetime, days: int):
+    """Live registrations with no sign of life for ``days`` days (the stale-token report)."""
+    return query.where(Registration.state.in_(_LIVE), _SEEN < quiet_since(now, days))
+
+
+def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime
          ) -> tuple[list[RegistrationRecord], str | None]:
     """Registrations matching ``filters`` (``token``, identifiers by API name,
-    ``state``, ``conflict``), newest first; and the cursor of the next page, if any."""
+    ``state``, ``conflict``, ``quietDays``), newest first; and the cursor of the next
+    page, if any."""
     query = select(*_RECORD_COLUMNS)
     if filters.get("token"):
         query = query.where(Registration.token == filters["token"])
@@ -48,12 +81,42 @@ def find(conn, filters: dict, limit: int, cursor: str | None
         query = query.where(Registration.state == filters["state"])
     if filters.get("conflict") is not None:
         query = query.where(Registration.conflict.is_(bool(filters["conflict"])))
-    if cursor:
-        query = query.where(Registration.id < decode_cursor(cursor))
-    rows = conn.execute(query.order_by(Registration.id.desc()).limit(limit + 1)).all()
+    quiet_days = filters.get("quietDays")
+    if quiet_days is not None:  # the stale-token report: the longest quiet first
+        query = quiet(query, now, quiet_days).order_by(_SEEN, Registration.id)
+        if cursor:
+            seen, last_id = decode_cursor(cursor, quiet=True)
+            query = query.where(or_(_SEEN > seen, and_(_SEEN == seen, Registration.id > last_id)))
+    else:
+        query = query.order_by(Registration.id.desc())
+        if cursor:
+            query = query.where(Registration.id < decode_cursor(cursor))
+    rows = conn.execute(query.limit(limit + 1)).all()
     more = len(rows) > limit
-    records = [RegistrationRecord(*row) for row in rows[:limit]]
-    return records, (encode_cursor(records[-1].id) if more and records else None)
+    mutes = commands.mutes_of(conn, (row.token for row in rows[:limit]), now)
+    records = [RegistrationRecord(*row, *mutes.get(row.token, (False, None)))
+               for row in rows[:limit]]
+    if not (more and records):
+        return records, None
+    last = records[-1]
+    return records, encode_cursor(last.id if quiet_days is None
+                                  else (last.last_seen_at or last.created_at, last.id))
+
+
+def stale(conn, now: datetime, days: int, limit: int | None = None
+          ) -> list[RegistrationRecord]:
+    """Live registrations quiet for ``days`` days, the longest quiet first."""
+    query = quiet(select(*_RECORD_COLUMNS), now, days).order_by(_SEEN, Registration.id)
+    rows = conn.execute(query.limit(limit) if limit else query).all()
+    mutes = commands.mutes_of(conn, (row.token for row in rows), now)
+    return [RegistrationRecord(*row, *mutes.get(row.token, (False, None))) for row in rows]
+
+
+def quiet_counts(conn, now: datetime, days: int) -> dict[str, int]:
+    """Live registrations quiet for ``days`` days, by state."""
+    counts = dict(conn.execute(quiet(select(Registration.state, func.count()), now, days)
+                               .group_by(Registration.state)).all())
+    return {s.value: int(counts.get(s.value, 0)) for s in LIVE}
 
 
 def history(conn, token: str) -> list[HistoryEvent]:
@@ -68,8 +131,13 @@ def outbox(conn, now: datetime) -> dict[str, Any]:
         select(Registration.state, func.count()).group_by(Registration.state)).all())
     oldest = conn.execute(select(func.min(Registration.created_at))
                           .where(Registration.state == State.QUEUED.value)).scalar()
+    stale = conn.execute(select(func.count()).where(
+        Registration.state == State.REMOVED.value,
+        Registration.removal_reason == STALE_REASON)).scalar()
     return {
         "states": {s.value: int(counts.get(s.value, 0)) for s in State},
+        "removedStale": int(stale or 0),
+        "commands": commands.counts(conn),
         "depth": int(counts.get(State.QUEUED.value, 0)),
         "oldestAgeSeconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
         "dead": int(counts.get(State.DEAD.value, 0)),
@@ -86,7 +154,7 @@ def _per_day(conn, column, since: datetime) -> dict[str, int]:
     return {str(d): int(n) for d, n in rows}
 
 
-def stats(conn, now: datetime, days: int) -> dict[str, Any]:
+def stats(conn, now: datetime, days: int, quiet_days: int = 30) -> dict[str, Any]:
     """Counts by state, the outbox, dead letters by error, and a per-day summary of
     ``days`` UTC calendar days (today included) from ``delivered_at`` and
     ``removed_at``; every day appears, with zeros when nothing happened."""
@@ -111,6 +179,9 @@ def stats(conn, now: datetime, days: int) -> dict[str, Any]:
     return {
         "states": box["states"],
         "outbox": {"depth": box["depth"], "oldestAgeSeconds": box["oldestAgeSeconds"]},
+        "stale": {"quietDays": quiet_days, "states": quiet_counts(conn, now, quiet_days),
+                  "removed": box["removedStale"]},
+        "commands": box["commands"],
         "deadLetters": {"total": box["dead"], "byError": by_error},
         "perDay": per_day,
     }

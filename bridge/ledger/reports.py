@@ -14,7 +14,9 @@ The ledger mirrors Reteno, which drops exactly the chat that failed, so:
   candidates.
 
 Removing a chat's other identity releases a registration held for the conflict
-with it. Every report is recorded in the audit history, matched or not.
+with it; removing a muted chat queues its mute again, for when it comes back. Every
+report is recorded in the audit history, matched or not. The stale-token report's
+removals (registrations quiet for a number of days) go through here too.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sqlalchemy import select, update
 
 from ..db import lock_keys
 from ..models import Event, Registration
-from . import registering
+from . import commands, queries, registering
 from .states import LIVE, State, append_events, move
 from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult, TokenRequest
 
@@ -37,6 +39,8 @@ _MAX_TEXT = 1000
 STATUS_CAUSE = "status_blocked"
 TELEGRAM_CAUSE = "telegram_blocked"
 TELEGRAM_REASON = "Telegram: the user blocked the bot (my_chat_member: kicked)"
+STALE_CAUSE = "stale"
+STALE_REASON = queries.STALE_REASON
 _LIVE = [s.value for s in LIVE]
 # A body's ignored objects are one summary event: counts by reason (at most this many
 # reasons named) and the first few objects as they came.
@@ -91,12 +95,28 @@ def remove(conn, now: datetime,
             conn, "removed", rows, now,
             {"removed_at": at, "removal_reason": reason, "lease_id": None,
              "next_attempt_at": None}, detail))
-    release_held(conn, now, {r.token for r in moved.values()})
+    tokens = {r.token for r in moved.values()}
+    release_held(conn, now, tokens)
+    commands.resend_mutes(conn, now, tokens)
     done: list[list[Any]] = []
     for index, (rows, *_rest) in enumerate(removals):
         mine = {r.id: r for r in rows if r.id in moved and owner.get(r.id) == index}
         done.append(list(mine.values()))
     return done
+
+
+def remove_quiet(conn, now: datetime, days: int, limit: int) -> int:
+    """Remove up to ``limit`` live registrations quiet for ``days`` days, the longest
+    quiet first, with reason ``stale``; how many."""
+    ids = [r.id for r in queries.stale(conn, now, days, limit)]
+    if not ids:
+        return 0
+    rows = list(conn.execute(select(Registration.__table__).where(Registration.id.in_(ids))
+                             .order_by(Registration.id).with_for_update()))
+    since = queries.quiet_since(now, days)
+    rows = [r for r in rows if r.state in _LIVE and _seen(r) < since]
+    [done] = remove(conn, now, [(rows, STALE_REASON, STALE_CAUSE, {"quietDays": days}, now)])
+    return len(done)
 
 
 def release_held(conn, now: datetime, tokens: Iterable[str], by: str = "conflict gone",

@@ -13,6 +13,14 @@ on the same row cannot move it twice.
       │                  │  ▲ retry / paused / not_sent (stay queued)   ▲
       │                  ├──dead──▶ dead ──requeued──▶ queued           │
       └──removed         └──removed (the user blocked the bot) ─────────┘
+
+Commands (mutes, unmutes, replays: ``bridge_commands``) have a machine of their own
+in the same table, its inputs named ``command.<input>``; their history events are
+named after the command (``mute_requested``, ``replay_delivered``, …):
+
+    ──requested──▶ queued ──delivered / lapsed──▶ delivered ──resend──▶ queued
+                     │  ▲ retry / paused / not_sent / superseded (stay queued)
+                     └──dead──▶ dead ──requeued / requested──▶ queued
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 
 from ..db import run
-from ..models import Event, Registration
+from ..models import Command, Event, Registration
 
 
 class State(StrEnum):
@@ -50,6 +58,18 @@ class Transition:
     sources: frozenset[State]
     target: State
     leased: bool  # only rows still leased by the caller's claim move
+    model: type = Registration  # the table whose rows it moves
+
+    def event(self, kind: str, row: Any) -> str:
+        """The history event's kind: the input, or for a command ``<action>_<input>``."""
+        if self.model is Command:
+            return f"{row.action}_{kind.removeprefix('command.')}"
+        return kind
+
+
+_QUEUED, _DELIVERED, _DEAD = (frozenset({s}) for s in (State.QUEUED, State.DELIVERED,
+                                                          State.DEAD))
+_COMMAND_STATES = _QUEUED | _DELIVERED | _DEAD
 
 
 TRANSITIONS: dict[str, Transition] = {
@@ -63,6 +83,18 @@ TRANSITIONS: dict[str, Transition] = {
     "requeued": Transition(frozenset({State.DEAD}), State.QUEUED, leased=False),
     "released": Transition(frozenset({State.HELD}), State.QUEUED, leased=False),
     "removed": Transition(frozenset(LIVE), State.REMOVED, leased=False),
+    # commands (bridge.ledger.commands): a request (a new one replaces a mute row's last),
+    # what an upstream call did, a mute to send again after the chat came back
+    "command.requested": Transition(_COMMAND_STATES, State.QUEUED, False, Command),
+    "command.delivered": Transition(_QUEUED, State.DELIVERED, True, Command),
+    "command.lapsed": Transition(_QUEUED, State.DELIVERED, True, Command),  # mute over unsent
+    "command.retry": Transition(_QUEUED, State.QUEUED, True, Command),
+    "command.paused": Transition(_QUEUED, State.QUEUED, True, Command),
+    "command.not_sent": Transition(_QUEUED, State.QUEUED, True, Command),
+    "command.superseded": Transition(_QUEUED, State.QUEUED, True, Command),  # newer request
+    "command.dead": Transition(_QUEUED, State.DEAD, True, Command),
+    "command.requeued": Transition(_DEAD, State.QUEUED, False, Command),
+    "command.resend": Transition(_DELIVERED, State.QUEUED, False, Command),
 }
 
 _EVENT_INSERT = insert(Event.__table__)
@@ -71,15 +103,15 @@ _EVENT_INSERT = insert(Event.__table__)
 def _statement(kind: str, columns: frozenset[str]):
     """UPDATE of the rows of ``ids`` that ``kind`` applies to; returns their ids."""
     t = TRANSITIONS[kind]
-    conditions = [Registration.id.in_(bindparam("ids", expanding=True)),
-                  Registration.state.in_([s.value for s in t.sources])]
+    table = t.model
+    conditions = [table.id.in_(bindparam("ids", expanding=True)),
+                  table.state.in_([s.value for s in t.sources])]
     if t.leased:
-        conditions.append(Registration.lease_id == bindparam("held_by"))
+        conditions.append(table.lease_id == bindparam("held_by"))
     values = {name: bindparam(name) for name in columns}
-    if "state" not in columns:
-        values["state"] = t.target.value
-    return (update(Registration).where(*conditions).values(values)
-            .returning(Registration.id).execution_options(synchronize_session=False))
+    values["state"] = t.target.value
+    return (update(table).where(*conditions).values(values)
+            .returning(table.id).execution_options(synchronize_session=False))
 
 
 _STATEMENTS: dict[tuple[str, frozenset[str]], Any] = {}
@@ -88,7 +120,8 @@ _STATEMENTS: dict[tuple[str, frozenset[str]], Any] = {}
 def move(conn, kind: str, rows: Sequence[Any], now: datetime, values: dict | None = None,
          detail: Callable[[Any], dict] | dict | None = None,
          held_by: str | None = None) -> list[Any]:
-    """Apply input ``kind`` to ``rows`` (objects with ``id`` and ``token``) in the
+    """Apply input ``kind`` to ``rows`` (objects with ``id`` and ``token``; a command's
+    also ``action``, and optionally ``registration_id``) in the
     transaction of ``conn``: set ``state`` to the transition's target and ``values``
     (other columns), append one ``kind`` event per row moved with ``detail`` (a dict,
     or a function of the row). Returns the rows moved, in the order given.
@@ -121,8 +154,10 @@ def move(conn, kind: str, rows: Sequence[Any], now: datetime, values: dict | Non
         if r.id in moved and r.id not in seen:
             seen.add(r.id)
             done.append(r)
+    command = transition.model is Command
     append_events(conn, ({
-        "at": now, "registration_id": r.id, "token": r.token, "kind": kind,
+        "at": now, "registration_id": getattr(r, "registration_id", None) if command else r.id,
+        "token": r.token, "kind": transition.event(kind, r),
         "detail": detail(r) if callable(detail) else dict(detail or {}),
     } for r in done))
     return done

@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from ..models import IDENTIFIERS
+from ..models import IDENTIFIERS, Registration
 
 #: Identifier names in Reteno's priority order, and their columns.
 COLUMN_OF = dict(IDENTIFIERS)
@@ -63,10 +63,13 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Claim:
-    """Registrations a worker holds for one upstream call, under ``lease_id``."""
+    """Registrations (or commands) a worker holds for one upstream call, under
+    ``lease_id``."""
 
     lease_id: str
-    rows: tuple[Any, ...]  # id, token, the identifiers, matched_by, attempts
+    rows: tuple[Any, ...]  # id, token, the identifiers, matched_by, attempts (commands: more)
+    model: type = Registration  # the table of the rows: Registration or Command
+    shared: bool = True  # its answers are this app's (False: a replay into another app)
 
     @property
     def ids(self) -> list[int]:
@@ -94,6 +97,38 @@ class RegistrationRecord:
     removal_reason: str | None
     last_seen_at: datetime | None
     conflict: bool
+    muted: bool = False
+    muted_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MuteRequest:
+    """Mute a chat's marketing messages for ``duration`` seconds (None: until unmuted),
+    or with ``mute`` false unmute it."""
+
+    token: str
+    mute: bool = True
+    duration: int | None = None
+
+
+@dataclass(frozen=True)
+class MuteRecord:
+    """Where a chat's mute stands: what was asked last and whether Reteno has it."""
+
+    token: str
+    action: str  # mute | unmute
+    muted: bool  # muted now (a mute asked for whose time has not run out)
+    muted_until: datetime | None  # None while muted: until unmuted
+    state: str  # queued (to send), delivered (sent), dead
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
+class ReplayTarget:
+    """Another Reteno app (or platform) that registrations are replayed into."""
+
+    app_uuid: str
+    base_url: str
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,26 @@
-"""The simulator itself: an in-memory imitation of the Reteno call the bridge makes,
-``POST /api/v1/apps/{app_uuid}/tokens``, with what is needed to exercise a client
-against it without a Reteno account:
+"""The simulator itself: an in-memory imitation of the Reteno calls the bridge makes,
+``POST /api/v1/apps/{app_uuid}/tokens`` and ``POST /api/v1/apps/{app_uuid}/token/mute``
+and ``.../token/unmute``, with what is needed to exercise a client against it
+without a Reteno account:
 
 * the same request validation, error codes and error bodies as the real API,
   both auth schemes (``X-Reteno-Access-Key`` header or HTTP Basic), and
   Reteno's contact matching (contactId -> externalCustomerId -> phone -> email,
   tokens appended, never updated, so duplicates pile up exactly as upstream);
+* mute state per (app uuid, token): muted until a time (``duration`` seconds
+  after receipt) or for ever (no ``duration``), the last mute replacing the one
+  before, cleared by an unmute; a mute of a token no contact holds is accepted
+  and recorded too (Reteno documents no error for it);
 * a global requests-per-second limit (429 beyond it) and fault injection
   (500, 503, 429 with and without ``Retry-After``, a slow answer that outlasts
-  the client's read timeout, and a dropped connection), plus added latency;
+  the client's read timeout, and a dropped connection), plus added latency,
+  shared by all three calls;
 * a "block" action that removes a token the way Reteno does after a FAILED
-  ``403 Forbidden: bot was blocked by the user`` delivery and emits the matching
-  status event to a callback or to a webhook URL (the bridge's ``/statuses``);
-* inspection (contacts, counters) for the page and the JSON endpoints of
-  :mod:`.web`.
+  ``403 Forbidden: bot was blocked by the user`` delivery (dropping its mutes: a
+  blocked token that comes back is a new token) and emits the matching status
+  event to a callback or to a webhook URL (the bridge's ``/statuses``);
+* inspection (contacts, muted chats, counters) for the page and the JSON
+  endpoints of :mod:`.web`.
 
 State lives in memory only (no database) and is guarded by one lock; nothing
 sleeps or performs HTTP while holding it. It imports nothing from the rest of
@@ -33,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,7 +50,8 @@ from ..logs import get_logger
 
 log = get_logger("bridge.sandbox")
 
-#: Status returned by :meth:`Simulator.add_tokens` when the connection must be dropped.
+#: Status returned by :meth:`Simulator.add_tokens`, :meth:`Simulator.mute_token` and
+#: :meth:`Simulator.unmute_token` when the connection must be dropped.
 DROP_CONNECTION = 0
 
 #: Every fault kind the simulator knows how to inject.
@@ -58,6 +66,10 @@ AUTH_SCHEMES = ("header", "basic")
 IDENTIFIERS = ("contactId", "externalCustomerId", "phone", "email")
 DEFAULT_BLOCK_REASON = "Forbidden: bot was blocked by the user"
 WEBHOOK_TIMEOUT = 5.0
+#: The ``duration`` (seconds) a mute may have; without one a token is muted for ever.
+MUTE_DURATION_RANGE = (5, 31_536_000)
+#: What :meth:`Simulator.muted` shows as ``muted_until`` of a mute without an end.
+MUTED_FOREVER = "forever"
 
 _UUID_HEX_GROUPS = (8, 4, 4, 4, 12)
 
@@ -70,8 +82,8 @@ class SimulatorOptions:
     api_key: str | None = None  # None: accept any non-empty key
     auth: str = "header"  # "header" | "basic"
     rps: float = 200.0  # global requests-per-second limit; 0 = unlimited
-    latency_ms: float = 0.0  # added to every tokens call
-    failure_rate: float = 0.0  # 0..1 share of tokens calls that fail before processing
+    latency_ms: float = 0.0  # added to every API call (tokens, mute, unmute)
+    failure_rate: float = 0.0  # 0..1 share of API calls that fail before processing
     failures: tuple[str, ...] = FAULT_KINDS  # the mix a fault is chosen from, uniformly
     timeout_seconds: float = 12.0  # how long a "timeout" fault sleeps before its 504
     seed: int | None = None
@@ -103,6 +115,15 @@ class SimulatorOptions:
 
 def _error(status: int, message: str) -> dict[str, Any]:
     return {"status": status, "message": message}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    """``moment`` as Reteno writes times: ISO 8601, milliseconds, ``Z``."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _looks_like_uuid(value: str) -> bool:
@@ -145,11 +166,12 @@ class _Headers:
 
 
 class Simulator:
-    """In-memory Reteno: contacts, tokens, counters, faults and status events.
+    """In-memory Reteno: contacts, tokens, mutes, counters, faults and status events.
 
     ``status_sink`` is an optional ``callable(list_of_event_dicts)`` that receives
     status events instead of ``options.webhook_url``. ``clock`` (seconds, monotonic)
-    and ``sleep`` can be injected to make rate limiting and delays deterministic.
+    and ``sleep`` can be injected to make rate limiting and delays deterministic,
+    ``utc_now`` (an aware UTC ``datetime``) to make mute ends and event times so.
     """
 
     def __init__(
@@ -159,6 +181,7 @@ class Simulator:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        utc_now: Callable[[], datetime] = _utc_now,
     ):
         options = replace(options) if options is not None else SimulatorOptions()
         options.failures = tuple(options.failures)
@@ -167,6 +190,7 @@ class Simulator:
         self.status_sink = status_sink
         self._clock = clock
         self._sleep = sleep
+        self._utc_now = utc_now
         self._lock = threading.Lock()
         self._reset_state()
 
@@ -182,8 +206,12 @@ class Simulator:
         self._next_message_id = 1
         self._window: deque[float] = deque()
         self._received: dict[str, int] = {}
+        # (app uuid, token) -> muted until (UTC), None: for ever
+        self._mutes: dict[tuple[str, str], datetime | None] = {}
         self._counters = {
             "requests": 0,
+            "mute_requests": 0,
+            "unmute_requests": 0,
             "accepted_requests": 0,
             "tokens_received": 0,
             "rate_limited": 0,
@@ -194,7 +222,7 @@ class Simulator:
         self._faults = {kind: 0 for kind in FAULT_KINDS}
 
     def reset(self) -> None:
-        """Forget every contact, token and counter (options are kept)."""
+        """Forget every contact, token, mute and counter (options are kept)."""
         with self._lock:
             self._reset_state()
 
@@ -232,7 +260,24 @@ class Simulator:
         with self._lock:
             return dict(self._received)
 
+    def muted(self) -> list[dict[str, Any]]:
+        """The chats muted now, as ``{"token", "app_uuid", "muted_until"}``: the end as
+        Reteno writes times, or :data:`MUTED_FOREVER`; mutes that have ended are left out."""
+        now = self._utc_now()
+        with self._lock:
+            mutes = list(self._mutes.items())
+        return [
+            {"token": token, "app_uuid": app_uuid,
+             "muted_until": MUTED_FOREVER if until is None else _stamp(until)}
+            for (app_uuid, token), until in mutes
+            if until is None or until > now
+        ]
+
     def stats(self) -> dict[str, Any]:
+        """Counters. ``requests`` counts every API call, ``mute_requests`` and
+        ``unmute_requests`` the mute and unmute calls among them; ``accepted_requests``,
+        ``rejected`` (400/404), ``unauthorized``, ``rate_limited`` and ``faults`` cover
+        all three calls."""
         with self._lock:
             return self._stats_locked()
 
@@ -240,6 +285,8 @@ class Simulator:
         counters = self._counters
         return {
             "requests": counters["requests"],
+            "mute_requests": counters["mute_requests"],
+            "unmute_requests": counters["unmute_requests"],
             "accepted_requests": counters["accepted_requests"],
             "tokens_received": counters["tokens_received"],
             "distinct_tokens": len(self._received),
@@ -252,7 +299,7 @@ class Simulator:
             "blocked": counters["blocked"],
         }
 
-    # ------------------------------------------------------------- the call
+    # ------------------------------------------------------------ the calls
 
     def add_tokens(
         self, app_uuid: str, headers: Mapping[str, str] | None, body: Any
@@ -264,8 +311,64 @@ class Simulator:
         ``(status, json_payload, response_headers)``; status :data:`DROP_CONNECTION`
         means the caller must close the connection without answering.
         """
+        answer = self._open_call(app_uuid, headers)
+        if answer is not None:
+            return answer
+        items, problem = self._parse_body(body)
+        if problem is not None:
+            return self._reject(problem)
+        with self._lock:
+            for item in items:
+                self._store_locked(item)
+            self._counters["accepted_requests"] += 1
+            self._counters["tokens_received"] += len(items)
+        return 200, "OK", {}
+
+    def mute_token(
+        self, app_uuid: str, headers: Mapping[str, str] | None, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Handle one ``POST /api/v1/apps/{app_uuid}/token/mute`` (``{"token", "duration"}``):
+        the token is muted for ``duration`` seconds from now, or for ever without one,
+        whatever mute it had before. Arguments and result as :meth:`add_tokens`."""
+        received = self._utc_now()
+        answer = self._open_call(app_uuid, headers, "mute_requests")
+        if answer is not None:
+            return answer
+        token, duration, problem = _parse_mute_body(body, with_duration=True)
+        if problem is not None:
+            return self._reject(problem)
+        until = None if duration is None else received + timedelta(seconds=duration)
+        with self._lock:
+            self._mutes[(app_uuid, token)] = until
+            self._counters["accepted_requests"] += 1
+        return 200, "OK", {}
+
+    def unmute_token(
+        self, app_uuid: str, headers: Mapping[str, str] | None, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Handle one ``POST /api/v1/apps/{app_uuid}/token/unmute`` (``{"token"}``): the
+        token's mute, if any, ends. Arguments and result as :meth:`add_tokens`."""
+        answer = self._open_call(app_uuid, headers, "unmute_requests")
+        if answer is not None:
+            return answer
+        token, _, problem = _parse_mute_body(body, with_duration=False)
+        if problem is not None:
+            return self._reject(problem)
+        with self._lock:
+            self._mutes.pop((app_uuid, token), None)
+            self._counters["accepted_requests"] += 1
+        return 200, "OK", {}
+
+    def _open_call(
+        self, app_uuid: str, headers: Mapping[str, str] | None, counter: str | None = None
+    ) -> tuple | None:
+        """What every API call goes through before its body is read: counting, auth, the
+        rate limit, fault injection, latency and the app check. None if the call goes on,
+        else the answer to give."""
         with self._lock:
             self._counters["requests"] += 1
+            if counter is not None:
+                self._counters[counter] += 1
             options = self.options
 
         problem = self._check_auth(options, _Headers(headers))
@@ -294,19 +397,13 @@ class Simulator:
             self._sleep(options.latency_ms / 1000.0)
 
         problem = self._check_app(options, app_uuid)
-        if problem is None:
-            items, problem = self._parse_body(body)
-        if problem is not None:
-            with self._lock:
-                self._counters["rejected"] += 1
-            return problem
+        return None if problem is None else self._reject(problem)
 
+    def _reject(self, problem: tuple) -> tuple:
+        """Count a call refused for its app uuid or its body; returns ``problem``."""
         with self._lock:
-            for item in items:
-                self._store_locked(item)
-            self._counters["accepted_requests"] += 1
-            self._counters["tokens_received"] += len(items)
-        return 200, "OK", {}
+            self._counters["rejected"] += 1
+        return problem
 
     @staticmethod
     def _check_auth(options: SimulatorOptions, headers: _Headers) -> tuple | None:
@@ -371,20 +468,9 @@ class Simulator:
 
     @staticmethod
     def _parse_body(body: Any) -> tuple[list[dict[str, Any]], tuple | None]:
-        if isinstance(body, bytes | bytearray):
-            try:
-                body = body.decode("utf-8")
-            except UnicodeDecodeError:
-                return [], (400, _error(400, "Request body must be UTF-8 JSON"), {})
-        if isinstance(body, str):
-            if not body.strip():
-                return [], (400, _error(400, "Tokens must be specified"), {})
-            try:
-                body = json.loads(body)
-            except ValueError:
-                return [], (400, _error(400, "Malformed JSON body"), {})
-        if not isinstance(body, dict):
-            return [], (400, _error(400, "Request body must be a JSON object"), {})
+        body, problem = _decode_body(body)
+        if problem is not None:
+            return [], problem
         tokens = body.get("tokens")
         if tokens is None or tokens == []:
             return [], (400, _error(400, "Tokens must be specified"), {})
@@ -426,9 +512,10 @@ class Simulator:
         """Remove ``token`` from every contact (as Reteno does on FAILED Forbidden).
 
         Emits one status event per contact that held it, to ``status_sink`` or
-        ``options.webhook_url``, and returns the events ([] for an unknown token).
+        ``options.webhook_url``, and returns the events ([] for an unknown token, which
+        changes nothing). A removed token's mutes go with it, in every app.
         """
-        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        stamp = _stamp(self._utc_now())
         events: list[dict[str, Any]] = []
         with self._lock:
             options = self.options
@@ -453,6 +540,8 @@ class Simulator:
                 events.append(event)
             if events:
                 self._counters["blocked"] += 1
+                self._mutes = {key: until for key, until in self._mutes.items()
+                               if key[1] != token}
         if not events:
             return []
         log.info("sandbox: blocked token %s (%d status event(s))", token, len(events))
@@ -488,6 +577,44 @@ def _match_key(key: str, value: Any) -> tuple[str, Any]:
     """How an identifier value matches a contact's: e-mail case-insensitively, the rest
     as given (Reteno's contact matching)."""
     return (key, str(value).casefold()) if key == "email" else (key, value)
+
+
+def _decode_body(body: Any) -> tuple[dict[str, Any], tuple | None]:
+    """The JSON object of a request body (raw or decoded), or the 400 to answer."""
+    if isinstance(body, bytes | bytearray):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return {}, (400, _error(400, "Request body must be UTF-8 JSON"), {})
+    if isinstance(body, str):
+        if not body.strip():
+            return {}, (400, _error(400, "Tokens must be specified"), {})
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return {}, (400, _error(400, "Malformed JSON body"), {})
+    if not isinstance(body, dict):
+        return {}, (400, _error(400, "Request body must be a JSON object"), {})
+    return body, None
+
+
+def _parse_mute_body(body: Any, with_duration: bool) -> tuple[str, int | None, tuple | None]:
+    """The ``token`` and ``duration`` (None when absent or null: for ever) of a mute or
+    unmute body, or the 400 to answer."""
+    data, problem = _decode_body(body)
+    if problem is not None:
+        return "", None, problem
+    token = data.get("token")
+    if not isinstance(token, str) or not token.strip():
+        return "", None, (400, _error(400, "Tokens must be specified"), {})
+    duration = data.get("duration") if with_duration else None
+    if duration is None:
+        return token, None, None
+    low, high = MUTE_DURATION_RANGE
+    if isinstance(duration, bool) or not isinstance(duration, int) \
+            or not low <= duration <= high:
+        return "", None, (400, _error(400, "Duration must be positive int"), {})
+    return token, duration, None
 
 
 def _parse_token_object(raw: Any) -> tuple[dict[str, Any], str | None]:

@@ -1,8 +1,9 @@
-"""The simulator over HTTP: a blueprint (Reteno's route, JSON inspection, the page and
-its block/reset actions) and a standalone app.
+"""The simulator over HTTP: a blueprint (Reteno's routes: tokens, token/mute and
+token/unmute; JSON inspection of contacts, muted chats and counters; the page and its
+block/reset actions) and a standalone app.
 
 The page's actions change state (block sends a FAILED status to the bridge, reset
-forgets every contact), so they refuse a request another site's page made a
+forgets every contact and mute), so they refuse a request another site's page made a
 browser send (a cross-site form post): one whose ``Sec-Fetch-Site`` is not
 ``same-origin`` or ``none``, or whose ``Origin`` is not this host. Tools that send
 neither header (curl, scripts, tests) are not browsers and are let through."""
@@ -51,6 +52,17 @@ def _drop_connection(environ: Mapping[str, Any]) -> bool:
     return False
 
 
+def _answer(status: int, payload: Any, headers: Mapping[str, str]) -> Response:
+    """The response to a Reteno call the simulator handled (a drop closes the socket)."""
+    if status == DROP_CONNECTION:
+        if _drop_connection(request.environ):
+            return Response(b"", status=500)
+        log.warning("sandbox: cannot drop this connection; answering 502 instead")
+        return _json(_error(502, "Connection dropped (injected fault)"), 502,
+                     {DROP_FALLBACK_HEADER: "drop"})
+    return _json(payload, status, headers)
+
+
 def _is_form_post() -> bool:
     if request.mimetype not in _FORM_MIMETYPES:
         return False
@@ -93,22 +105,28 @@ def create_blueprint(simulator: Simulator) -> Blueprint:
 
     @bp.post("/api/v1/apps/<app_uuid>/tokens")
     def tokens(app_uuid: str) -> Response:
-        status, payload, headers = simulator.add_tokens(
-            app_uuid, request.headers, request.get_data(cache=False)
-        )
-        if status == DROP_CONNECTION:
-            if _drop_connection(request.environ):
-                return Response(b"", status=500)
-            log.warning("sandbox: cannot drop this connection; answering 502 instead")
-            return _json(_error(502, "Connection dropped (injected fault)"), 502,
-                         {DROP_FALLBACK_HEADER: "drop"})
-        return _json(payload, status, headers)
+        return _answer(*simulator.add_tokens(app_uuid, request.headers,
+                                             request.get_data(cache=False)))
+
+    @bp.post("/api/v1/apps/<app_uuid>/token/mute")
+    def mute(app_uuid: str) -> Response:
+        return _answer(*simulator.mute_token(app_uuid, request.headers,
+                                             request.get_data(cache=False)))
+
+    @bp.post("/api/v1/apps/<app_uuid>/token/unmute")
+    def unmute(app_uuid: str) -> Response:
+        return _answer(*simulator.unmute_token(app_uuid, request.headers,
+                                               request.get_data(cache=False)))
 
     @bp.get("/contacts")
     def contacts() -> Response:
         token = request.args.get("token")
         found = simulator.contacts() if token is None else simulator.find_by_token(token)
         return _json({"contacts": found, "stats": simulator.stats()})
+
+    @bp.get("/muted")
+    def muted() -> Response:
+        return _json({"muted": simulator.muted(), "stats": simulator.stats()})
 
     @bp.get("/stats")
     def stats() -> Response:
@@ -144,7 +162,8 @@ def create_blueprint(simulator: Simulator) -> Blueprint:
         contacts = [{**c, "counts": Counter(c["tokens"])} for c in simulator.contacts()]
         return render_template(
             "reteno_sandbox/index.html", options=simulator.options, stats=stats,
-            contacts=contacts, identifiers=IDENTIFIERS, notice=_page_notice(),
+            contacts=contacts, muted=simulator.muted(), identifiers=IDENTIFIERS,
+            notice=_page_notice(),
             faults=", ".join(f"{kind}: {n}" for kind, n in stats["faults"].items() if n),
         )
 
