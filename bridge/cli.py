@@ -8,32 +8,32 @@ tables show them as escapes (``\\x1b``), JSON as ``\\u`` escapes.
 
 from __future__ import annotations
 
-import json
-import re
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
 
 import click
 from flask.cli import AppGroup, with_appcontext
-from marshmallow import ValidationError
 
 from . import db as dbmod
+from .cli_chats import COMMANDS as chat_commands
+from .cli_support import (
+    _ID_OPTIONS,
+    _echo_json,
+    _identifier_options,
+    _json_option,
+    _normalized,
+    _plural,
+    _ready,
+    _stopped_by_signals,
+    _without_empty_columns,
+    format_table,
+)
 from .config import StartupError, parse_duration
-from .logs import escape_control
 from .runtime import current
 from .sandbox.cli import sandbox_command
 from .schemas import (
     STATES,
     HistorySchema,
     TokenPageSchema,
-    normalize_contact_id,
-    normalize_email,
-    normalize_external_id,
-    normalize_phone,
     normalize_token,
 )
 
@@ -55,16 +55,8 @@ class _Group(StartupErrorsInOneLine, AppGroup):
 
 cli = _Group("bridge", help="Reteno bridge: migrations, delivery and the audit ledger.")
 cli.add_command(sandbox_command)  # the simulator alone: `flask bridge sandbox --port 8025`
-
-
-# What json.dumps leaves raw with ensure_ascii=False and a terminal still obeys: DEL,
-# the C1 controls (\x9b is a one-byte CSI) and the Unicode line separators.
-_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
-
-
-def _echo_json(data) -> None:
-    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
-    click.echo(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+for _command in chat_commands:  # mute, unmute, stale, replay
+    cli.add_command(_command)
 
 
 @cli.command("migrate")
@@ -77,23 +69,6 @@ def migrate_command():
         click.echo(f"bridge database already at revision {after}; nothing to do")
     else:
         click.echo(f"bridge database migrated from {before or 'empty'} to {after}")
-
-
-@contextmanager
-def _stopped_by_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT (supervisors, systemd and containers stop with
-    SIGTERM) while the block runs; the previous handlers are put back after it."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop  # signals reach the main thread only (e.g. a test's CLI runner)
-        return
-    previous = {sig: signal.signal(sig, lambda _sig, _frame: stop.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @cli.command("deliver")
@@ -128,85 +103,7 @@ def deliver_command(once: bool, poll: float):
 # ``tokens``, ``history``, ``stats``, ``erase`` and ``requeue`` print aligned plain-text
 # tables for people and, with ``--json``, the same data as the HTTP read API for scripts.
 
-_ID_OPTIONS = (
-    ("--token", "token", normalize_token, "Telegram chat id (digits, optional leading -)."),
-    ("--contact-id", "contactId", normalize_contact_id, "Reteno contactId."),
-    ("--external-customer-id", "externalCustomerId", normalize_external_id,
-     "externalCustomerId."),
-    ("--phone", "phone", normalize_phone, "Phone; any formatting, matched by its digits."),
-    ("--email", "email", normalize_email, "E-mail address; matched trimmed and lower-cased."),
-)
 _FLAG_OF = {name: flag for flag, name, _fn, _help in _ID_OPTIONS}
-
-
-def _normalized(normalizer):
-    """A click callback that applies one of bridge.schemas' normalisers."""
-
-    def callback(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return normalizer(value)
-        except ValidationError as exc:
-            messages = exc.messages if isinstance(exc.messages, list) else [str(exc.messages)]
-            raise click.BadParameter(" ".join(str(m) for m in messages)) from None
-
-    return callback
-
-
-def _identifier_options(command):
-    for flag, name, normalizer, help_text in reversed(_ID_OPTIONS):
-        command = click.option(flag, name, callback=_normalized(normalizer),
-                               help=help_text)(command)
-    return command
-
-
-_json_option = click.option("--json", "as_json", is_flag=True,
-                            help="Print JSON (for scripts) instead of a table.")
-
-
-def _ready():
-    """The runtime, once the database schema is current (else a readable error)."""
-    rt = current()
-    dbmod.check_schema(rt.db.engine)  # StartupError: the schema is behind, or no database
-    return rt
-
-
-def _cell(value) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, dict | list):
-        return escape_control(json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-                                         default=str))
-    return escape_control(" ".join(str(value).split()))
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence], *,
-                 right: Sequence[int] = ()) -> str:
-    """Rows as aligned plain-text columns under a header; ``right``: right-aligned columns."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-
-    def line(values):
-        parts = [v.rjust(w) if i in right else v.ljust(w)
-                 for i, (v, w) in enumerate(zip(values, widths, strict=True))]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]),
-                      *(line(r) for r in cells)])
-
-
-def _without_empty_columns(headers, rows, keep: int):
-    """Drop columns (after the first ``keep``) that are empty in every row."""
-    used = [i for i in range(len(headers))
-            if i < keep or any(_cell(r[i]) != "-" for r in rows)]
-    return [headers[i] for i in used], [[r[i] for i in used] for r in rows]
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _page(filters: dict, limit: int, cursor: str | None, as_json: bool):
@@ -287,11 +184,14 @@ def history_command(token, as_json):
 @cli.command("stats")
 @click.option("--days", type=click.IntRange(1, 366), default=7, show_default=True,
               help="Days (UTC, today included) of the per-day summary.")
+@click.option("--quiet-days", type=click.IntRange(1, 36500), default=30, show_default=True,
+              help="Live registrations quiet this long are counted as stale.")
 @_json_option
-def stats_command(days, as_json):
-    """Registrations by state, the outbox, dead letters by error, deliveries per day."""
+def stats_command(days, quiet_days, as_json):
+    """Registrations by state, the outbox, dead letters by error, stale registrations,
+    mutes and replays, deliveries per day."""
     rt = _ready()
-    stats = rt.ledger.stats(days=days)
+    stats = rt.ledger.stats(days=days, quiet_days=quiet_days)
     if as_json:
         _echo_json(stats)
         return
@@ -309,6 +209,18 @@ def stats_command(days, as_json):
         click.echo(format_table(["COUNT", "LAST ERROR"],
                                 [[d["count"], d["error"]] for d in dead["byError"]],
                                 right={0}))
+    stale = stats["stale"]
+    quiet = ", ".join(f"{state} {n}" for state, n in stale["states"].items() if n) or "none"
+    click.echo("")
+    click.echo(f"Quiet for {stale['quietDays']} days (bridge stale): {quiet}; removed as "
+               f"stale so far: {stale['removed']}")
+    if stats["commands"]:
+        click.echo("")
+        click.echo("Mutes, unmutes and replays")
+        click.echo(format_table(
+            ["ACTION", "QUEUED", "DELIVERED", "DEAD"],
+            [[a, c.get("queued", 0), c.get("delivered", 0), c.get("dead", 0)]
+             for a, c in sorted(stats["commands"].items())], right={1, 2, 3}))
     click.echo("")
     click.echo(f"Per day (UTC), last {_plural(days, 'day')}")
     click.echo(format_table(["DAY", "DELIVERED", "REMOVED"],

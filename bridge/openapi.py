@@ -26,6 +26,8 @@ from .schemas import (
     ErrorSchema,
     HealthSchema,
     HistorySchema,
+    MuteResultSchema,
+    MuteSchema,
     RegisterResponseSchema,
     StatusEventSchema,
     StatusProbeSchema,
@@ -35,6 +37,7 @@ from .schemas import (
     TokenPageSchema,
     TokenQuerySchema,
     TokenSchema,
+    UnmuteSchema,
 )
 
 OPENAPI_VERSION = "3.1.0"
@@ -44,7 +47,8 @@ JSON = "application/json"
 ERRORS = {
     400: ("BadRequest", "The body is not well-formed JSON (or not UTF-8)."),
     401: ("Unauthorized", "Missing or wrong credentials."),
-    404: ("NotFound", "No such endpoint, or the Telegram webhook is not configured."),
+    404: ("NotFound", "No such endpoint, the Telegram webhook is not configured, or (mute, "
+                      "unmute) the chat has no live registration."),
     413: ("PayloadTooLarge", "The body is larger than BRIDGE_MAX_BODY_BYTES ({limit} bytes)."),
     415: ("UnsupportedMediaType", "The body is not JSON (Content-Type: application/json)."),
     422: ("UnprocessableEntity", "A field is not valid; `errors` is keyed by field path "
@@ -111,6 +115,9 @@ def build(max_body_bytes: int) -> dict[str, Any]:
         ("StatusProbe", StatusProbeSchema),
         ("TelegramUpdate", TelegramUpdateSchema),
         ("TelegramAck", TelegramAckSchema),
+        ("Mute", MuteSchema),
+        ("Unmute", UnmuteSchema),
+        ("MuteResult", MuteResultSchema),
     ):
         c.schema(name, schema=schema)
     for _code, (name, description) in ERRORS.items():
@@ -135,6 +142,28 @@ def build(max_body_bytes: int) -> dict[str, Any]:
             **_errors(*JSON_BODY_ERRORS, 401, 422),
         },
     }})
+    for path, schema, summary in (
+        ("/mute", "Mute", "Mute a chat's marketing messages for a while or until unmuted "
+                          "(transactional messages still arrive); the last request wins"),
+        ("/unmute", "Unmute", "Let a chat's marketing messages arrive again"),
+    ):
+        spec.path(path, operations={"post": {
+            "operationId": path.strip("/"),
+            "summary": summary,
+            "description": (
+                "The chat must have a live registration. 202 means the request is in the "
+                "ledger; it goes to Reteno through the outbox once Reteno knows the chat, "
+                "with the same retries and pause as registrations. For a bot's own /stop "
+                "and /resume."
+            ),
+            "tags": ["registration"],
+            "security": BEARER,
+            "requestBody": _body(schema, "The chat (and for a mute, how long)."),
+            "responses": {
+                "202": _json("MuteResult", "Queued for Reteno."),
+                **_errors(*JSON_BODY_ERRORS, 401, 404, 422),
+            },
+        }})
     spec.path("/statuses", operations={
         "get": {
             "operationId": "statusesProbe",

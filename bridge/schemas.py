@@ -25,7 +25,8 @@ from marshmallow import (
 )
 
 from .config import MAX_TOKENS_PER_REQUEST
-from .ledger import State, TokenRequest
+from .ledger import MuteRequest, State, TokenRequest
+from .ledger.commands import MAX_MUTE_SECONDS, MIN_MUTE_SECONDS
 from .models import IDENTIFIERS
 
 STATES = tuple(s.value for s in State)
@@ -241,6 +242,48 @@ class RegisterResponseSchema(Schema):
     registrations = fields.List(fields.Nested(RegistrationResultSchema))
 
 
+# --- POST /mute, POST /unmute --------------------------------------------------------
+
+
+class UnmuteSchema(Schema):
+    """``POST /unmute``: a chat whose marketing messages are to arrive again."""
+
+    class Meta:
+        unknown = RAISE
+
+    token = token_field(required=True)
+
+    @post_load
+    def _request(self, data, **kwargs) -> MuteRequest:
+        return MuteRequest(data["token"], mute=False)
+
+
+class MuteSchema(UnmuteSchema):
+    """``POST /mute``: a chat whose marketing messages are to stop for ``duration``
+    seconds, or until unmuted (transactional messages still arrive)."""
+
+    duration = fields.Integer(
+        strict=True, allow_none=True,
+        validate=validate.Range(min=MIN_MUTE_SECONDS, max=MAX_MUTE_SECONDS),
+        metadata={"description": "Seconds (5 to 31,536,000); absent or null: until unmuted.",
+                  "example": 86400})
+
+    @post_load
+    def _request(self, data, **kwargs) -> MuteRequest:
+        return MuteRequest(data["token"], mute=True, duration=data.get("duration"))
+
+
+class MuteResultSchema(Schema):
+    """The answer of ``POST /mute`` and ``POST /unmute`` (202: queued for Reteno)."""
+
+    token = fields.String()
+    muted = fields.Boolean()
+    mutedUntil = fields.AwareDateTime(attribute="muted_until", allow_none=True, metadata={
+        "description": "When the mute ends; null while muted: until unmuted."})
+    state = fields.String(metadata={"example": "queued"})
+    requestedAt = fields.AwareDateTime(attribute="requested_at")
+
+
 # --- errors --------------------------------------------------------------------
 
 
@@ -299,6 +342,9 @@ class TokenQuerySchema(Schema):
     state = fields.String(validate=validate.OneOf(STATES))
     conflict = fields.Boolean(metadata={"description": "Only registrations submitted while "
                                         "the chat had another identity (true), or not."})
+    quietDays = fields.Integer(validate=validate.Range(min=1, max=36500), metadata={
+        "description": "The stale-token report: live registrations with no sign of life for "
+                       "this many days, the longest quiet first."})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.String(validate=validate.Length(max=200))
 
@@ -327,6 +373,10 @@ class RegistrationSchema(Schema):
                                  "SENT / DELIVERED / CLICKED status."})
     conflict = fields.Boolean(metadata={"description": "Submitted while the chat had a live "
                                                        "registration under another identity."})
+    muted = fields.Boolean(metadata={"description": "The chat's marketing messages are muted "
+                                                    "(POST /mute)."})
+    mutedUntil = fields.AwareDateTime(attribute="muted_until", allow_none=True, metadata={
+        "description": "When the mute ends; null while muted: until unmuted."})
 
 
 class TokenPageSchema(Schema):

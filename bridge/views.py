@@ -30,10 +30,13 @@ from .schemas import (
     BatchSchema,
     HealthSchema,
     HistorySchema,
+    MuteResultSchema,
+    MuteSchema,
     RegisterResponseSchema,
     TokenPageSchema,
     TokenQuerySchema,
     TokenSchema,
+    UnmuteSchema,
     capped_errors,
     flatten_errors,
     normalize_token,
@@ -49,6 +52,9 @@ _query_schema = TokenQuerySchema()
 _page_schema = TokenPageSchema()
 _history_schema = HistorySchema()
 _health_schema = HealthSchema()
+_mute_schema = MuteSchema()
+_unmute_schema = UnmuteSchema()
+_mute_result = MuteResultSchema()
 
 
 
@@ -84,6 +90,34 @@ def register():
         if outcome.conflict and not outcome.duplicate:
             bridge.metrics.conflicts.labels(outcome.state).inc()
     return _register_response.dump({"registrations": outcomes}), 202
+
+
+# --- POST /mute, POST /unmute ------------------------------------------------------
+
+
+def _mute(schema):
+    bridge = rt()
+    try:
+        mute_request = schema.load(json_body(bridge.settings.max_body_bytes))
+    except ValidationError as exc:
+        raise invalid(exc, "The request is not valid; nothing was stored.") from None
+    record = bridge.ledger.mute(mute_request, source="api")
+    if record is None:
+        raise APIError(404, "The chat has no live registration; register it first.",
+                       {"token": ["No live registration."]})
+    return _mute_result.dump(record), 202
+
+
+@bp.post("/mute")
+@bearer_required
+def mute():
+    return _mute(_mute_schema)
+
+
+@bp.post("/unmute")
+@bearer_required
+def unmute():
+    return _mute(_unmute_schema)
 
 
 # --- reading the ledger ---------------------------------------------------------

@@ -58,8 +58,8 @@ class DeliveryWorker:
         result = lane.call(rows)
         log.info(
             "upstream call%s outcome=%s status=%s reason=%s batch=%d ms=%.1f%s",
-            "" if lane.name == "registrations" else f" {lane.name}", result.outcome, result.status, result.reason, len(rows),
-            result.seconds * 1000,
+            "" if lane.name == "registrations" else f" {lane.name}", result.outcome,
+            result.status, result.reason, len(rows), result.seconds * 1000,
             f" error={result.error!r}" if result.error and result.outcome != DELIVERED else "",
         )
         if self.metrics:

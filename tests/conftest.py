@@ -92,8 +92,8 @@ def db_url(_database_template, tmp_path):
         return f"sqlite:///{path}"
     engine = create_engine(where)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE bridge_events, bridge_registrations, bridge_state "
-                          "RESTART IDENTITY CASCADE"))
+        conn.execute(text("TRUNCATE bridge_events, bridge_commands, bridge_registrations, "
+                          "bridge_state RESTART IDENTITY CASCADE"))
     engine.dispose()
     return where
 

@@ -178,9 +178,14 @@ class Ledger:
         with self.db.write() as conn:
             return commands.claim_replay(conn, self.clock(), target, limit, lease_seconds)
 
-    def replay_summary(self, target: ReplayTarget) -> dict[str, int]:
+    def replay_summary(self, target: ReplayTarget) -> dict:
+        """Replays into ``target`` by state, and ``next_due``: when the next is due."""
         with self.db.read() as conn:
             return commands.replay_summary(conn, target)
+
+    def replay_preview(self, target: ReplayTarget, limit: int = 10) -> list:
+        with self.db.read() as conn:
+            return commands.replay_preview(conn, target, limit)
 
     # --- reports from outside ------------------------------------------------------------
 

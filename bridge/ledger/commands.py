@@ -255,15 +255,24 @@ def claim_replay(conn, now: datetime, target: ReplayTarget, limit: int, lease_se
     return Claim(lease_id, tuple(claimed), Command, shared=False)
 
 
-def replay_summary(conn, target: ReplayTarget) -> dict[str, int]:
-    """Replays into ``target`` by state."""
-    counts = dict(conn.execute(
-        select(Command.state, func.count())
-        .where(Command.action == REPLAY, Command.target_app == target.app_uuid,
-               Command.target_url == target.base_url)
-        .group_by(Command.state)).all())
-    return {s: int(counts.get(s, 0)) for s in (State.QUEUED.value, State.DELIVERED.value,
-                                               State.DEAD.value)}
+def replay_summary(conn, target: ReplayTarget) -> dict:
+    """Replays into ``target`` by state, and when the next queued one is due."""
+    mine = (Command.action == REPLAY, Command.target_app == target.app_uuid,
+            Command.target_url == target.base_url)
+    counts = dict(conn.execute(select(Command.state, func.count()).where(*mine)
+                               .group_by(Command.state)).all())
+    due = conn.execute(select(func.min(Command.next_attempt_at))
+                       .where(*mine, Command.state == State.QUEUED.value)).scalar()
+    return {**{s: int(counts.get(s, 0)) for s in (State.QUEUED.value, State.DELIVERED.value,
+                                                  State.DEAD.value)},
+            "next_due": due}
+
+
+def replay_preview(conn, target: ReplayTarget, limit: int) -> list:
+    """The first registrations a replay into ``target`` would queue."""
+    return conn.execute(select(Registration.id, Registration.token, Registration.matched_by)
+                        .where(*_unreplayed(target)).order_by(Registration.id)
+                        .limit(limit)).all()
 
 
 def requeue_dead(conn, now: datetime, token: str | None) -> int:

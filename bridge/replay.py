@@ -1,0 +1,103 @@
+"""Replaying every live registration into another Reteno app or platform (``bridge
+replay``): the target, its client with its own credentials, and the run.
+
+The registrations go through the ledger's outbox (``bridge_commands``), so a run
+stopped halfway, even by kill -9, loses nothing and repeats nothing Reteno
+acknowledged: running it again queues only what the target has not had and sends
+what is still queued. The calls are the same as normal delivery's: batches of
+``BRIDGE_BATCH_SIZE`` tokens, backoff and ``Retry-After`` on 429 and 5xx, a 400
+batch split down to the token Reteno refuses. A refusal of the target's
+credentials or app id stops the run (fix them and run it again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from .config import PLATFORMS, ConfigError, Settings
+from .ledger import Ledger, ReplayTarget
+from .reteno import RetenoClient
+from .worker import DeliveryWorker, Lane
+
+MAX_WAIT_SECONDS = 300.0  # the longest a run waits for a backoff or a lease to run out
+
+
+def target_settings(settings: Settings, app_uuid: str, api_key: str, platform: str | None,
+                    base_url: str | None) -> Settings:
+    """The bridge's settings, pointed at the target: its app, key, platform (base URL and
+    auth scheme from the preset) and base URL. Refuses the bridge's own app."""
+    if platform is not None and platform not in PLATFORMS:
+        raise ConfigError(f"--platform must be one of {', '.join(PLATFORMS)}, got {platform!r}")
+    preset_url, auth = PLATFORMS[platform] if platform else (settings.base_url, settings.auth)
+    url = (base_url or preset_url).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--base-url must be an http(s) URL, got {url!r}")
+    if (url, app_uuid) == (settings.base_url, settings.app_uuid):
+        raise ConfigError("the target is the bridge's own app: replaying there would only "
+                          "duplicate its tokens (Reteno never updates a token)")
+    return dataclasses.replace(settings, platform=platform or settings.platform, base_url=url,
+                               app_uuid=app_uuid, api_key=api_key, auth=auth)
+
+
+@dataclass
+class ReplayResult:
+    queued: int = 0  # queued by this run
+    calls: int = 0  # upstream calls made
+    outcomes: Counter = dataclasses.field(default_factory=Counter)  # rows per outcome
+    summary: dict = dataclasses.field(default_factory=dict)  # the target's rows by state
+    stopped: str | None = None  # why the run stopped with rows still queued
+
+
+class Replay:
+    """One replay run into ``target`` (``client``: a Reteno client for its settings)."""
+
+    def __init__(self, ledger: Ledger, client: RetenoClient, target: ReplayTarget,
+                 batch_size: int, lease_seconds: int, metrics=None, mark: dict | None = None):
+        self.ledger = ledger
+        self.target = target
+        self.result = ReplayResult()
+
+        def call(rows):
+            self.result.calls += 1
+            return client.add_tokens(rows)
+
+        lane = Lane("replay", lambda: ledger.claim_replay(target, batch_size, lease_seconds),
+                    call)
+        self.worker = DeliveryWorker(ledger, client, batch_size, metrics, lease_seconds,
+                                     mark={"targetApp": target.app_uuid, **(mark or {})},
+                                     lanes=[lane])
+
+    def queued(self) -> int:
+        return self.ledger.replay_summary(self.target)["queued"]
+
+    def run(self, progress: Callable[[int], None] | None = None,
+            stop: threading.Event | None = None) -> ReplayResult:
+        """Queue what the target has not had, then send until nothing is queued, the target
+        refuses our credentials, or ``stop`` is set (the rest stays queued)."""
+        stop = stop or threading.Event()
+        self.result.queued = self.ledger.queue_replay(self.target)
+        while not stop.is_set():
+            stats = self.worker.drain(progress=progress, stop=stop)
+            self.result.outcomes.update(stats)
+            summary = self.ledger.replay_summary(self.target)
+            if not summary["queued"]:
+                break
+            if stats["paused"]:
+                self.result.stopped = "the target refused the credentials or the app id"
+                break
+            stop.wait(self._wait(summary["next_due"]))
+        else:
+            self.result.stopped = "stopped"
+        summary = self.ledger.replay_summary(self.target)
+        self.result.summary = {k: v for k, v in summary.items() if k != "next_due"}
+        return self.result
+
+    def _wait(self, due: datetime | None) -> float:
+        if due is None:
+            return 0.0
+        return min(MAX_WAIT_SECONDS, max(0.05, (due - self.ledger.clock()).total_seconds()))
