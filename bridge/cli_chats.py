@@ -11,6 +11,7 @@ import os
 import sys
 
 import click
+from flask.cli import with_appcontext
 
 from .cli_support import (
     _echo_json,
@@ -49,6 +50,7 @@ def _mute(request: MuteRequest, as_json: bool) -> None:
 
 
 @click.command("mute")
+@with_appcontext
 @click.argument("token", callback=_normalized(normalize_token))
 @click.option("--duration", type=click.IntRange(MIN_MUTE_SECONDS, MAX_MUTE_SECONDS),
               help=f"Seconds ({MIN_MUTE_SECONDS} to {MAX_MUTE_SECONDS}); default: until "
@@ -61,6 +63,7 @@ def mute_command(token, duration, as_json):
 
 
 @click.command("unmute")
+@with_appcontext
 @click.argument("token", callback=_normalized(normalize_token))
 @_json_option
 def unmute_command(token, as_json):
@@ -69,6 +72,7 @@ def unmute_command(token, as_json):
 
 
 @click.command("stale")
+@with_appcontext
 @click.option("--days", type=click.IntRange(1, 36500), required=True,
               help="Quiet for this many days: no submission, unblock, /start or SENT / "
                    "DELIVERED / CLICKED status (FCM calls a token stale after 30).")
@@ -126,6 +130,7 @@ def _target(rt, to_app: str, platform: str | None, base_url: str | None, key: st
 
 
 @click.command("replay")
+@with_appcontext
 @click.option("--to-app", "to_app", required=True, metavar="UUID",
               help="The Reteno application (Settings → My bots) to register the chats in.")
 @click.option("--platform", type=click.Choice(list(PLATFORMS)),

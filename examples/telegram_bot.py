@@ -6,6 +6,12 @@ identifier the company knows the user by:
 * ``/start``            → ``externalCustomerId = "tg-<telegram user id>"``
 * a shared contact      → ``phone`` (the button "Share my phone number")
 
+and lets users stop and resume marketing messages themselves (Reteno still sends
+transactional ones):
+
+* ``/stop``             → ``POST /mute`` (until ``/resume``)
+* ``/resume``           → ``POST /unmute``
+
 Run it::
 
     pip install python-telegram-bot      # brings httpx, which the bot uses too
@@ -56,7 +62,7 @@ class Settings:
 
 
 class BridgeClient:
-    """``POST /register`` with a bearer key, asynchronously."""
+    """``POST /register``, ``/mute`` and ``/unmute`` with a bearer key, asynchronously."""
 
     def __init__(self, base_url: str, api_key: str, client: httpx.AsyncClient | None = None):
         self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
@@ -70,6 +76,21 @@ class BridgeClient:
                                           headers=self.headers)
         response.raise_for_status()
         return response.json()["registrations"][0]
+
+    async def mute(self, token: int, duration: int | None = None) -> dict:
+        """Mute a chat's marketing messages (until unmuted when ``duration`` is None);
+        ``httpx.HTTPStatusError`` with 404 when the bridge has no registration of it."""
+        body = {"token": token} if duration is None else {"token": token, "duration": duration}
+        response = await self.client.post(f"{self.base_url}/mute", json=body,
+                                          headers=self.headers)
+        response.raise_for_status()
+        return response.json()
+
+    async def unmute(self, token: int) -> dict:
+        response = await self.client.post(f"{self.base_url}/unmute", json={"token": token},
+                                          headers=self.headers)
+        response.raise_for_status()
+        return response.json()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -128,6 +149,38 @@ async def on_contact(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         await update.effective_message.reply_text("Sorry, that did not work; try again later.")
 
 
+async def _mute(update: Update, context: ContextTypes.DEFAULT_TYPE, mute: bool) -> None:
+    chat = update.effective_chat
+    if chat is None or chat.type != "private":
+        return
+    bridge: BridgeClient = context.bot_data["bridge"]
+    try:
+        await (bridge.mute(chat.id) if mute else bridge.unmute(chat.id))
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            await update.effective_message.reply_text("You're not subscribed yet: send /start.")
+            return
+        log.warning("bridge %s failed: HTTP %s", "mute" if mute else "unmute",
+                    exc.response.status_code)
+        await update.effective_message.reply_text("Sorry, that did not work; try again later.")
+        return
+    except httpx.HTTPError as exc:
+        log.warning("bridge %s failed: %s", "mute" if mute else "unmute", type(exc).__name__)
+        await update.effective_message.reply_text("Sorry, that did not work; try again later.")
+        return
+    await update.effective_message.reply_text(
+        "Done: no more offers here until you send /resume." if mute
+        else "Welcome back: your offers will arrive here again.")
+
+
+async def on_stop(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await _mute(update, context, mute=True)
+
+
+async def on_resume(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await _mute(update, context, mute=False)
+
+
 def build_application(bot_token: str, bridge: BridgeClient,
                       request: BaseRequest | None = None) -> Application:
     """The bot; ``request``: how it reaches Telegram (tests pass one of their own)."""
@@ -141,6 +194,8 @@ def build_application(bot_token: str, bridge: BridgeClient,
     application = builder.post_shutdown(close_bridge).build()
     application.bot_data["bridge"] = bridge
     application.add_handler(CommandHandler("start", on_start))
+    application.add_handler(CommandHandler("stop", on_stop))
+    application.add_handler(CommandHandler("resume", on_resume))
     application.add_handler(MessageHandler(filters.CONTACT, on_contact))
     return application
 

@@ -123,3 +123,60 @@ def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serv
                          timeout=5).json()["items"]
     assert len(items) == 200
     assert {i["state"] for i in items} == {"delivered"}
+
+
+def test_mute_unmute_block_unblock_against_the_simulator(make_app, serve, monkeypatch):
+    """Sandbox mode over HTTP: the simulator holds the mute; a block drops it there (as
+    Reteno drops a blocked token) and the bridge sends it again once the chat is back."""
+    from tests.test_telegram import SECRET, blocked, unblocked
+
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
+                   BRIDGE_BACKGROUND_DELIVERY=True, TELEGRAM_WEBHOOK_SECRET=SECRET)
+    runtime = app.extensions["reteno_bridge"]
+    delivered = Tally(monkeypatch, app, "delivered")
+    url = serve(app).url
+    chat = 123456789
+
+    def post(path, body, headers=AUTH):
+        response = requests.post(f"{url}{path}", json=body, headers=headers, timeout=5)
+        assert response.status_code in (200, 202), response.text
+        return response.json()
+
+    def muted_there():
+        body = requests.get(f"{url}/sandbox/reteno/muted", timeout=5).json()
+        return [m["token"] for m in body["muted"]]
+
+    def mine():
+        return requests.get(f"{url}/tokens", params={"token": chat}, headers=AUTH,
+                            timeout=5).json()["items"]
+
+    post("/register", {"token": chat, "contactId": 77})
+    delivered.wait_for(1)
+    post("/mute", {"token": chat, "duration": 3600})
+    delivered.wait_for(2)
+    assert muted_there() == [str(chat)]
+    post("/unmute", {"token": chat})
+    delivered.wait_for(3)
+    assert muted_there() == []
+    post("/mute", {"token": chat})
+    delivered.wait_for(4)
+    assert muted_there() == [str(chat)]
+
+    runtime.simulator.block(str(chat))  # Reteno reports FAILED (Forbidden) to /statuses
+    assert muted_there() == []
+    assert [i["state"] for i in mine()] == ["removed"]
+    assert mine()[0]["muted"] is True  # the bridge remembers the mute
+
+    telegram = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    post("/telegram/webhook", blocked(chat), telegram)  # Telegram says so as well
+    post("/telegram/webhook", unblocked(chat), telegram)  # the user is back
+    delivered.wait_for(6)  # the registration again, then the mute again
+    assert muted_there() == [str(chat)]
+    assert [i["state"] for i in mine()] == ["delivered", "removed"]
+    assert all(i["muted"] for i in mine())
+    post("/unmute", {"token": chat})
+    delivered.wait_for(7)
+    assert muted_there() == []
+    kinds = [e["kind"] for e in requests.get(f"{url}/tokens/{chat}/history", headers=AUTH,
+                                             timeout=5).json()["events"]]
+    assert kinds.count("mute_delivered") == 3 and kinds.count("unmute_delivered") == 2

@@ -31,11 +31,15 @@ USER = {"id": 555001, "is_bot": False, "first_name": "Ann"}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def start_message(chat=PRIVATE):
+def command_message(command, chat=PRIVATE):
     return {
-        "message_id": 10, "date": 1760000000, "chat": chat, "from": USER, "text": "/start",
-        "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+        "message_id": 10, "date": 1760000000, "chat": chat, "from": USER, "text": command,
+        "entities": [{"type": "bot_command", "offset": 0, "length": len(command)}],
     }
+
+
+def start_message(chat=PRIVATE):
+    return command_message("/start", chat)
 
 
 def contact_message(user_id=555001, phone="+380956490955"):
@@ -121,6 +125,25 @@ def test_someone_elses_contact_or_a_group_registers_nothing(bridge_url):
     group = {"id": -100123, "type": "supergroup", "title": "fans"}
     telegram = through_the_bot(url, start_message(group), contact_message(user_id=999))
     assert rows(client, AUTH) == [] and telegram.sent == []
+
+
+@pytest.mark.real_http
+def test_stop_mutes_and_resume_unmutes_the_chat(bridge_url):
+    url, client = bridge_url
+    telegram = through_the_bot(url, command_message("/stop"), start_message(),
+                               command_message("/stop"))
+    assert telegram.sent[0]["text"] == "You're not subscribed yet: send /start."
+    assert telegram.sent[-1]["text"] == "Done: no more offers here until you send /resume."
+    [item] = rows(client, AUTH, token=555001)
+    assert item["muted"] is True and item["mutedUntil"] is None  # until /resume
+    telegram = through_the_bot(url, command_message("/resume"))
+    assert [m["text"] for m in telegram.sent] == [
+        "Welcome back: your offers will arrive here again."]
+    [item] = rows(client, AUTH, token=555001)
+    assert item["muted"] is False
+    kinds = [e["kind"] for e in client.get("/tokens/555001/history", headers=AUTH).json["events"]]
+    assert [k for k in kinds if k.endswith("_requested")] == ["mute_requested",
+                                                               "unmute_requested"]
 
 
 @pytest.mark.real_http

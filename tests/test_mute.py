@@ -1,0 +1,355 @@
+"""Mute and unmute: ``POST /mute``, ``POST /unmute`` and ``bridge mute``/``unmute``.
+
+What a bot sees (202, 404, 422, ``muted``/``mutedUntil`` on its registrations,
+the history) and what Reteno receives (``/token/mute`` and ``/token/unmute``
+bodies, in order, once it knows the chat). Every upstream call is answered by
+``requests_mock``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from tests.conftest import APP_UUID, RETENO_KEY, TOKENS_URL
+from tests.helpers import assert_error_shape, history, register, rows
+
+MUTE_URL = TOKENS_URL.removesuffix("/tokens") + "/token/mute"
+UNMUTE_URL = TOKENS_URL.removesuffix("/tokens") + "/token/unmute"
+BLOCKED = "Forbidden: bot was blocked by the user"
+CHAT = "5551234"
+
+
+@pytest.fixture
+def upstream(requests_mock):
+    """Reteno answering 200 to all three calls."""
+    for url in (TOKENS_URL, MUTE_URL, UNMUTE_URL):
+        requests_mock.post(url, json="OK")
+    return requests_mock
+
+
+def calls(requests_mock) -> list[tuple[str, dict]]:
+    """The upstream calls made: (last path segment, body)."""
+    return [(r.url.rsplit("/", 1)[1], r.json()) for r in requests_mock.request_history]
+
+
+def mute(client, auth, token=CHAT, code=202, **body):
+    response = client.post("/mute", json={"token": token, **body}, headers=auth)
+    assert response.status_code == code, response.get_json()
+    return response.get_json()
+
+
+def unmute(client, auth, token=CHAT, code=202):
+    response = client.post("/unmute", json={"token": token}, headers=auth)
+    assert response.status_code == code, response.get_json()
+    return response.get_json()
+
+
+def registration(client, auth, token=CHAT):
+    return rows(client, auth, token=token)[0]
+
+
+def kinds(client, auth, token=CHAT):
+    return [e["kind"] for e in history(client, auth, token)]
+
+
+@pytest.fixture
+def delivered_chat(client, auth, bridge, upstream):
+    """A chat whose registration Reteno has."""
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    bridge.deliver_once()
+    upstream.reset_mock()
+    return CHAT
+
+
+# --- the API ------------------------------------------------------------------------
+
+
+def test_a_mute_is_queued_shown_and_sent_with_its_duration(client, auth, bridge, clock,
+                                                           delivered_chat, upstream):
+    body = mute(client, auth, duration=3600)
+    assert body["token"] == CHAT and body["muted"] is True and body["state"] == "queued"
+    until = datetime.fromisoformat(body["mutedUntil"])
+    assert abs((until - clock.now).total_seconds() - 3600) < 1
+    item = registration(client, auth)
+    assert item["muted"] is True and item["mutedUntil"] == body["mutedUntil"]
+    assert upstream.request_history == []  # 202: in the ledger, not yet sent
+    bridge.deliver_once()
+    [call] = upstream.request_history
+    assert call.url == MUTE_URL
+    assert call.json() == {"token": CHAT, "duration": 3600}
+    assert call.headers["X-Reteno-Access-Key"] == RETENO_KEY
+    assert kinds(client, auth)[-2:] == ["mute_requested", "mute_delivered"]
+    events = history(client, auth, CHAT)
+    assert events[-2]["detail"]["duration"] == 3600
+    assert events[-1]["detail"]["status"] == 200
+
+
+def test_a_mute_without_duration_lasts_until_unmuted(client, auth, bridge, delivered_chat,
+                                                      upstream):
+    body = mute(client, auth)
+    assert body["muted"] is True and body["mutedUntil"] is None
+    assert mute(client, auth, duration=None)["mutedUntil"] is None  # null counts as absent
+    bridge.deliver_once()
+    assert calls(upstream) == [("mute", {"token": CHAT})]
+    body = unmute(client, auth)
+    assert body["muted"] is False and body["mutedUntil"] is None
+    bridge.deliver_once()
+    assert calls(upstream)[-1] == ("unmute", {"token": CHAT})
+    item = registration(client, auth)
+    assert item["muted"] is False and item["mutedUntil"] is None
+
+
+@pytest.mark.parametrize("path", ["/mute", "/unmute"])
+def test_a_chat_without_a_live_registration_is_404_and_nothing_is_stored(client, auth, path,
+                                                                         upstream):
+    response = client.post(path, json={"token": 42}, headers=auth)
+    body = assert_error_shape(response, 404)
+    assert "token" in body["errors"]
+    assert history(client, auth, "42") == []
+
+
+@pytest.mark.parametrize("body", [
+    {"token": CHAT, "duration": 4}, {"token": CHAT, "duration": 31_536_001},
+    {"token": CHAT, "duration": "60"}, {"token": CHAT, "duration": True},
+    {"token": CHAT, "duration": 60.5}, {"duration": 60}, {"token": "abc"},
+    {"token": CHAT, "until": "tomorrow"},
+])
+def test_invalid_mutes_are_422_and_store_nothing(client, auth, body, upstream):
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    before = history(client, auth, CHAT)
+    response = client.post("/mute", json=body, headers=auth)
+    body = assert_error_shape(response, 422)
+    assert body["errors"]
+    assert history(client, auth, CHAT) == before
+    assert registration(client, auth)["muted"] is False
+
+
+def test_the_limits_of_a_duration_are_accepted(client, auth, delivered_chat):
+    assert mute(client, auth, duration=5)["muted"] is True
+    assert mute(client, auth, duration=31_536_000)["muted"] is True
+
+
+# --- order and the last request ---------------------------------------------------------
+
+
+def test_a_mute_waits_until_reteno_knows_the_chat(client, auth, bridge, upstream):
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    mute(client, auth, duration=600)
+    bridge.deliver_once()
+    assert [path for path, _ in calls(upstream)] == ["tokens", "mute"]
+
+
+def test_a_mute_of_a_chat_whose_registration_is_not_delivered_is_not_sent(client, auth, bridge,
+                                                                         requests_mock):
+    requests_mock.post(TOKENS_URL, status_code=503)
+    requests_mock.post(MUTE_URL, json="OK")
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    mute(client, auth)
+    bridge.deliver_once()
+    assert [r.url for r in requests_mock.request_history] == [TOKENS_URL]
+
+
+def test_the_last_request_wins_before_anything_is_sent(client, auth, bridge, delivered_chat,
+                                                       upstream):
+    mute(client, auth, duration=600)
+    unmute(client, auth)
+    mute(client, auth, duration=900)
+    bridge.deliver_once()
+    assert calls(upstream) == [("mute", {"token": CHAT, "duration": 900})]
+
+
+def test_the_last_request_wins_over_one_being_retried(client, auth, bridge, clock,
+                                                      delivered_chat, requests_mock):
+    requests_mock.post(MUTE_URL, status_code=503)
+    requests_mock.post(UNMUTE_URL, json="OK")
+    mute(client, auth)
+    bridge.deliver_once()  # the mute fails and waits for its retry
+    unmute(client, auth)
+    clock.advance(600)
+    bridge.deliver_once()
+    assert [r.url for r in requests_mock.request_history] == [MUTE_URL, UNMUTE_URL]
+    clock.advance(3600)
+    bridge.deliver_once()  # the mute is never sent again
+    assert [r.url for r in requests_mock.request_history] == [MUTE_URL, UNMUTE_URL]
+    assert registration(client, auth)["muted"] is False
+
+
+def test_a_request_made_while_the_previous_is_in_flight_is_sent_after_it(
+        client, auth, bridge, delivered_chat, requests_mock):
+    """The unmute arrives while the mute call is under way: Reteno gets the mute, then the
+    unmute, never the other way round, and the mute's success does not swallow it."""
+
+    def during_the_mute_call(request, context):
+        unmute(client, auth)
+        return "OK"
+
+    requests_mock.post(MUTE_URL, text=during_the_mute_call)
+    requests_mock.post(UNMUTE_URL, json="OK")
+    mute(client, auth, duration=600)
+    bridge.deliver_once()
+    assert [r.url for r in requests_mock.request_history] == [MUTE_URL, UNMUTE_URL]
+    assert registration(client, auth)["muted"] is False
+    assert "mute_superseded" in kinds(client, auth)
+
+
+def test_a_mute_is_sent_with_the_time_it_has_left(client, auth, bridge, clock, requests_mock):
+    requests_mock.post(TOKENS_URL, [{"status_code": 503}, {"json": "OK"}])
+    requests_mock.post(MUTE_URL, json="OK")
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    mute(client, auth, duration=3600)
+    bridge.deliver_once()  # the registration waits for its retry; so does the mute
+    clock.advance(100)
+    bridge.deliver_once()
+    assert requests_mock.request_history[-1].json() == {"token": CHAT, "duration": 3500}
+
+
+def test_a_mute_that_ran_out_before_it_could_be_sent_is_not_sent(client, auth, bridge, clock,
+                                                                 requests_mock):
+    requests_mock.post(TOKENS_URL, [{"status_code": 503}, {"json": "OK"}])
+    requests_mock.post(MUTE_URL, json="OK")
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    mute(client, auth, duration=60)
+    bridge.deliver_once()
+    clock.advance(120)
+    bridge.deliver_once()
+    assert [r.url for r in requests_mock.request_history] == [TOKENS_URL, TOKENS_URL]
+    assert "mute_lapsed" in kinds(client, auth)
+    item = registration(client, auth)
+    assert item["muted"] is False and item["mutedUntil"] is None
+
+
+# --- Reteno's answers -----------------------------------------------------------------------
+
+
+def test_duration_must_be_positive_int_is_a_dead_letter(client, auth, bridge, delivered_chat,
+                                                        requests_mock, runner):
+    requests_mock.post(MUTE_URL, status_code=400,
+                       json={"status": 400, "message": "Duration must be positive int"})
+    mute(client, auth, duration=600)
+    bridge.deliver_once()
+    bridge.deliver_once()
+    assert len(requests_mock.request_history) == 1  # not retried
+    assert kinds(client, auth)[-1] == "mute_dead"
+    assert "Duration must be positive int" in history(client, auth, CHAT)[-1]["detail"]["error"]
+    health = client.get("/healthz", headers=auth).get_json()
+    assert "delivery_paused" not in health["reasons"]
+    # requeue puts it back
+    requests_mock.post(MUTE_URL, json="OK")
+    result = runner.invoke(args=["bridge", "requeue"])
+    assert result.exit_code == 0, result.output
+    bridge.deliver_once()
+    assert kinds(client, auth)[-2:] == ["mute_requeued", "mute_delivered"]
+
+
+def test_a_refused_key_pauses_mutes_and_registrations_alike(client, auth, bridge, delivered_chat,
+                                                            requests_mock):
+    requests_mock.post(MUTE_URL, status_code=401, json={"message": "Unauthorized"})
+    requests_mock.post(TOKENS_URL, json="OK")
+    mute(client, auth)
+    bridge.deliver_once()
+    register(client, auth, {"token": "999", "contactId": 9})
+    bridge.deliver_once()
+    assert [r.url for r in requests_mock.request_history] == [MUTE_URL]
+    health = client.get("/healthz", headers=auth).get_json()
+    assert "delivery_paused" in health["reasons"]
+    assert kinds(client, auth)[-1] == "mute_paused"
+
+
+def test_a_transient_failure_is_retried(client, auth, bridge, clock, delivered_chat,
+                                        requests_mock):
+    requests_mock.post(MUTE_URL, [{"status_code": 503}, {"json": "OK"}])
+    mute(client, auth)
+    bridge.deliver_once()
+    clock.advance(60)
+    bridge.deliver_once()
+    assert len(requests_mock.request_history) == 2
+    assert kinds(client, auth)[-2:] == ["mute_retry", "mute_delivered"]
+
+
+# --- blocking and coming back -------------------------------------------------------------
+
+
+def block(client, auth, token=CHAT):
+    response = client.post("/statuses", json=[{"status": "FAILED", "error": BLOCKED,
+                                               "token": token}], headers=auth)
+    assert response.status_code == 200 and response.get_json()["removed"] == [token]
+
+
+def test_a_muted_chat_that_blocks_and_comes_back_stays_muted(client, auth, bridge, clock,
+                                                             delivered_chat, upstream):
+    mute(client, auth)
+    bridge.deliver_once()
+    clock.advance(10)
+    block(client, auth)
+    clock.advance(10)
+    register(client, auth, {"token": CHAT, "contactId": 7})  # the user is back (/start)
+    items = rows(client, auth, token=CHAT)
+    assert [i["state"] for i in items] == ["queued", "removed"]
+    assert all(i["muted"] for i in items)
+    bridge.deliver_once()
+    # Reteno forgot the blocked token's mute: the new token is registered, then muted
+    assert [path for path, _ in calls(upstream)] == ["mute", "tokens", "mute"]
+    assert kinds(client, auth)[-3:] == ["submitted", "delivered", "mute_delivered"]
+    unmute(client, auth)
+    bridge.deliver_once()
+    assert calls(upstream)[-1] == ("unmute", {"token": CHAT})
+    assert registration(client, auth)["muted"] is False
+
+
+def test_an_unmuted_chat_that_comes_back_gets_no_call_for_it(client, auth, bridge, clock,
+                                                             delivered_chat, upstream):
+    mute(client, auth)
+    unmute(client, auth)
+    bridge.deliver_once()
+    clock.advance(10)
+    block(client, auth)
+    clock.advance(10)
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    bridge.deliver_once()
+    assert [path for path, _ in calls(upstream)] == ["unmute", "tokens"]
+
+
+# --- the command line, erasure, metrics ------------------------------------------------------
+
+
+def test_cli_mute_and_unmute(runner, client, auth, bridge, delivered_chat, upstream):
+    result = runner.invoke(args=["bridge", "mute", CHAT, "--duration", "600"])
+    assert result.exit_code == 0, result.output
+    assert f"chat {CHAT}: muted until" in result.output
+    assert registration(client, auth)["muted"] is True
+    result = runner.invoke(args=["bridge", "unmute", CHAT, "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"muted": false' in result.output
+    bridge.deliver_once()
+    assert [path for path, _ in calls(upstream)] == ["unmute"]  # the last one wins
+    events = history(client, auth, CHAT)
+    assert [e["detail"].get("source") for e in events if e["kind"].endswith("_requested")] \
+        == ["cli", "cli"]
+    result = runner.invoke(args=["bridge", "mute", "404404", "--duration", "4"])
+    assert result.exit_code == 2 and "4 is not in the range" in result.output
+    result = runner.invoke(args=["bridge", "mute", "404404"])
+    assert result.exit_code == 1 and "no live registration" in result.output
+
+
+def test_erasing_a_chat_erases_its_mute(runner, client, auth, delivered_chat):
+    mute(client, auth)
+    result = runner.invoke(args=["bridge", "erase", "--token", CHAT, "--yes"])
+    assert result.exit_code == 0, result.output
+    register(client, auth, {"token": CHAT, "contactId": 8})
+    assert registration(client, auth)["muted"] is False
+
+
+def test_metrics_count_mutes_by_state(client, auth, bridge, delivered_chat, upstream):
+    mute(client, auth)
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert 'bridge_ledger_commands{action="mute",state="queued"} 1.0' in text
+    bridge.deliver_once()
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert 'bridge_ledger_commands{action="mute",state="delivered"} 1.0' in text
+    assert 'bridge_commands_total{lane="mute",outcome="delivered"} 1.0' in text
+
+
+def test_the_app_uuid_is_in_the_mute_url(delivered_chat):
+    assert APP_UUID in MUTE_URL
