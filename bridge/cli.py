@@ -125,13 +125,18 @@ def _page(filters: dict, limit: int, cursor: str | None, as_json: bool):
 @click.option("--state", type=click.Choice(STATES), help="Only registrations in this state.")
 @click.option("--conflict/--no-conflict", default=None,
               help="Only identity conflicts (or only registrations without one).")
+@click.option("--quiet-days", type=click.IntRange(1, 36500),
+              help="Only live registrations with no sign of life for this many days, the "
+                   "longest quiet first (the stale-token report).")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True,
               help="Registrations per page.")
 @click.option("--cursor", help="The next-page cursor a previous page printed.")
 @_json_option
-def tokens_command(state, conflict, limit, cursor, as_json, **identifiers):
+def tokens_command(state, conflict, quiet_days, limit, cursor, as_json, **identifiers):
     """Query registrations, newest first (the filters of GET /tokens)."""
     filters = {k: v for k, v in identifiers.items() if v is not None}
+    if quiet_days is not None:
+        filters["quietDays"] = quiet_days
     if state:
         filters["state"] = state
     if conflict is not None:
