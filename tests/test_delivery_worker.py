@@ -122,3 +122,56 @@ def test_each_upstream_call_is_one_log_line_with_its_duration_and_error(
         " error='503 Service Unavailable: down'",
         "upstream call outcome=delivered status=200 reason=ok batch=1 ms=250.0",
     ]
+
+
+def test_the_history_keeps_a_calls_duration_to_a_tenth_of_a_millisecond(
+        client, auth, bridge, requests_mock, monkeypatch):
+    from bridge import reteno
+
+    step_perf_counter(monkeypatch, reteno, 0.0078125)  # 7.8125 ms, exact in a float
+    requests_mock.post(TOKENS_URL, json="OK")
+    register(client, auth, {"token": 1, "contactId": 1})
+    bridge.deliver_once()
+    events = client.get("/tokens/1/history", headers=auth).get_json()["events"]
+    assert events[-1]["kind"] == "delivered" and events[-1]["detail"]["ms"] == 7.8
+
+
+def background(client, auth) -> bool:
+    return client.get("/healthz", headers=auth).get_json()["delivery"]["background"]
+
+
+def test_a_forked_worker_process_starts_a_delivery_thread_of_its_own(make_app, auth,
+                                                                     monkeypatch):
+    """Under gunicorn --preload a worker is a fork: the thread of the process it was forked
+    from does not run in it. The bridge tells by the process id, whichever way the new
+    id compares with the old, and starts the worker's own thread with its first request.
+    (One process here: the "parent's" thread stays alive, and is stopped at the end.)"""
+    import bridge.worker as worker_module
+
+    app = make_app(BRIDGE_BACKGROUND_DELIVERY=True)
+    client = app.test_client()
+    runtime = app.extensions["reteno_bridge"]
+    assert client.get("/healthz").status_code == 200  # the first request starts the thread
+    assert background(client, auth) is True
+    assert len(delivery_threads()) == 1
+    real_pid = worker_module.os.getpid()
+    stops = [runtime.background.stop_event]
+    try:
+        for child_pid in (real_pid + 1, real_pid - 1):
+            monkeypatch.setattr(worker_module.os, "getpid", lambda pid=child_pid: pid)
+            # Not this process's thread: the details say so (before the request's own
+            # check starts one, /healthz reads the state)...
+            assert runtime.background.running is False
+            # ... and the next request starts the "child's" own thread.
+            assert background(client, auth) is True
+            stops.append(runtime.background.stop_event)
+        assert len(delivery_threads()) == 3
+        assert all(t.daemon for t in delivery_threads())  # never holds the interpreter
+    finally:
+        monkeypatch.setattr(worker_module.os, "getpid", lambda: real_pid)
+        for stop in stops:
+            stop.set()
+        runtime.background.wake()
+        for thread in delivery_threads():
+            thread.join(5)
+    assert delivery_threads() == []

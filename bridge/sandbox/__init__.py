@@ -1,8 +1,8 @@
 """The built-in Reteno simulator ("sandbox"), for trying, demos, load and fault tests.
 
-It imitates ``POST /api/v1/apps/{app_uuid}/tokens`` (Reteno's validation, error
-bodies, auth schemes, contact matching and rate limit), injects latency and
-faults, and can "block" a token, sending the FAILED (Forbidden) status back to
+It imitates ``POST /api/v1/apps/{app_uuid}/tokens`` and ``…/token/mute`` and
+``…/token/unmute`` (Reteno's validation, error bodies, auth schemes, contact
+matching and rate limit), injects latency and faults, and can "block" a token, sending the FAILED (Forbidden) status back to
 the bridge. Modules: :mod:`.simulator` (the in-memory Reteno), :mod:`.web` (its
 routes and page), :mod:`.transport` (an in-process ``requests`` adapter),
 :mod:`.cli` (``flask bridge sandbox``, ``python -m bridge.sandbox``).
