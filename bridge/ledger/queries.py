@@ -49,8 +49,8 @@ def decode_cursor(cursor: str, quiet: bool = False):
         seen = datetime.fromisoformat(seen)
         if seen.tzinfo is None:
             raise ValueError
-        return seen, _valid_id(last_id)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return seen.astimezone(UTC), _valid_id(last_id)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise ValueError("Not a valid cursor.") from exc
 
 
@@ -116,7 +116,7 @@ def quiet_counts(conn, now: datetime, days: int) -> dict[str, int]:
     """Live registrations quiet for ``days`` days, by state."""
     counts = dict(conn.execute(quiet(select(Registration.state, func.count()), now, days)
                                .group_by(Registration.state)).all())
-    return {s.value: int(counts.get(s.value, 0)) for s in LIVE}
+    return {s.value: int(counts.get(s.value, 0)) for s in State if s in LIVE}
 
 
 def history(conn, token: str) -> list[HistoryEvent]:

@@ -2,10 +2,11 @@
 
 It imitates ``POST /api/v1/apps/{app_uuid}/tokens`` and ``…/token/mute`` and
 ``…/token/unmute`` (Reteno's validation, error bodies, auth schemes, contact
-matching and rate limit), injects latency and faults, and can "block" a token, sending the FAILED (Forbidden) status back to
-the bridge. Modules: :mod:`.simulator` (the in-memory Reteno), :mod:`.web` (its
-routes and page), :mod:`.transport` (an in-process ``requests`` adapter),
-:mod:`.cli` (``flask bridge sandbox``, ``python -m bridge.sandbox``).
+matching and rate limit), injects latency and faults, and can "block" a token,
+sending the FAILED (Forbidden) status back to the bridge. Modules:
+:mod:`.simulator` (the in-memory Reteno), :mod:`.web` (its routes and page),
+:mod:`.transport` (an in-process ``requests`` adapter), :mod:`.cli` (``flask
+bridge sandbox``, ``python -m bridge.sandbox``).
 
 The bridge knows it through one setting: with ``BRIDGE_SANDBOX=true``,
 :func:`attach` mounts it under ``<prefix>/sandbox/reteno`` and points the
