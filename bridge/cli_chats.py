@@ -126,7 +126,7 @@ def _target(rt, to_app: str, platform: str | None, base_url: str | None, key: st
         settings = target_settings(rt.settings, to_app, key, platform, base_url)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    return settings, ReplayTarget(to_app, settings.base_url)
+    return settings, ReplayTarget(settings.app_uuid, settings.base_url)  # one spelling
 
 
 @click.command("replay")

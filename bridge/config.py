@@ -52,6 +52,8 @@ _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+# An application ID (Settings → My bots): it goes into URLs, so never "." or ".."
+APP_ID = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]{1,128}")
 _SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _BOT_USERNAME = re.compile(r"^@?[A-Za-z][A-Za-z0-9_]{3,31}$")
 
@@ -207,7 +209,7 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
 
     app_uuid = _text(config, environ, "RETENO_APP_UUID")
     api_key = _text(config, environ, "RETENO_API_KEY")
-    if app_uuid and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", app_uuid):
+    if app_uuid and not APP_ID.fullmatch(app_uuid):
         raise ConfigError("RETENO_APP_UUID must be the application ID from Settings → My bots")
     sandbox = _bool(config, environ, "BRIDGE_SANDBOX", False)
     if sandbox and (app_uuid or api_key):

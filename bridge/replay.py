@@ -5,7 +5,8 @@ The registrations go through the ledger's outbox (``bridge_commands``), so a run
 stopped halfway, even by kill -9, loses nothing and repeats nothing Reteno
 acknowledged: running it again queues only what the target has not had and sends
 what is still queued. The calls are the same as normal delivery's: batches of
-``BRIDGE_BATCH_SIZE`` tokens, backoff and ``Retry-After`` on 429 and 5xx, a 400
+``BRIDGE_BATCH_SIZE`` tokens, backoff and ``Retry-After`` on 429 and 5xx (a
+``Retry-After`` holds the whole run, as it holds the bridge's outbox), a 400
 batch split down to the token Reteno refuses. A refusal of the target's
 credentials or app id stops the run (fix them and run it again).
 """
@@ -13,18 +14,40 @@ credentials or app id stops the run (fix them and run it again).
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
 
-from .config import PLATFORMS, ConfigError, Settings
+from .config import APP_ID, PLATFORMS, ConfigError, Settings
 from .ledger import Ledger, ReplayTarget
-from .reteno import RetenoClient
+from .reteno import RETRY, RetenoClient
 from .worker import DeliveryWorker, Lane
 
 MAX_WAIT_SECONDS = 300.0  # the longest a run waits for a backoff or a lease to run out
+_UUID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def _spelling(url: str) -> str:
+    """``url`` with its scheme and host in lower case and no trailing slash: one target,
+    one spelling (the ledger tells targets apart by it)."""
+    parts = urlsplit(url.strip())
+    userinfo, at, host = parts.netloc.rpartition("@")
+    return urlunsplit((parts.scheme.lower(), userinfo + at + host.lower(),
+                       parts.path.rstrip("/"), parts.query, parts.fragment))
+
+
+def _base_url(url: str) -> str:
+    """The target's base URL, as :func:`_spelling` writes it; a ConfigError unless an
+    http(s) URL with a host and no query or fragment."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname \
+            or parts.query or parts.fragment:
+        raise ConfigError(f"--base-url must be an http(s) URL, got {url!r}")
+    return _spelling(url)
 
 
 def target_settings(settings: Settings, app_uuid: str, api_key: str, platform: str | None,
@@ -33,11 +56,16 @@ def target_settings(settings: Settings, app_uuid: str, api_key: str, platform: s
     auth scheme from the preset) and base URL. Refuses the bridge's own app."""
     if platform is not None and platform not in PLATFORMS:
         raise ConfigError(f"--platform must be one of {', '.join(PLATFORMS)}, got {platform!r}")
+    if not APP_ID.fullmatch(app_uuid):
+        raise ConfigError(f"--to-app must be an application ID (Settings → My bots), got "
+                          f"{app_uuid!r}")
+    if _UUID.fullmatch(app_uuid):
+        app_uuid = app_uuid.lower()  # one app, one spelling: a UUID ignores case
     preset_url, auth = PLATFORMS[platform] if platform else (settings.base_url, settings.auth)
-    url = (base_url or preset_url).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--base-url must be an http(s) URL, got {url!r}")
-    if (url, app_uuid) == (settings.base_url, settings.app_uuid):
+    url = _base_url(base_url or preset_url)
+    # the same app however it is spelt: host names and UUIDs ignore case
+    own = (_spelling(settings.base_url), (settings.app_uuid or "").lower())
+    if (url, app_uuid.lower()) == own:
         raise ConfigError("the target is the bridge's own app: replaying there would only "
                           "duplicate its tokens (Reteno never updates a token)")
     return dataclasses.replace(settings, platform=platform or settings.platform, base_url=url,
@@ -61,13 +89,24 @@ class Replay:
         self.ledger = ledger
         self.target = target
         self.result = ReplayResult()
+        self.hold_until: datetime | None = None  # the target's Retry-After: no call before
 
         def call(rows):
             self.result.calls += 1
-            return client.add_tokens(rows)
+            result = client.add_tokens(rows)
+            if result.outcome == RETRY and result.retry_after:
+                until = ledger.clock() + timedelta(seconds=result.retry_after)
+                self.hold_until = max(until, self.hold_until or until)
+            return result
 
-        lane = Lane("replay", lambda: ledger.claim_replay(target, batch_size, lease_seconds),
-                    call)
+        def claim():
+            # A Retry-After holds the whole run, as it holds the bridge's own outbox (the
+            # rows of the call that got it wait anyway; the others must too).
+            if self.hold_until is not None and ledger.clock() < self.hold_until:
+                return None
+            return ledger.claim_replay(target, batch_size, lease_seconds)
+
+        lane = Lane("replay", claim, call)
         self.worker = DeliveryWorker(ledger, client, batch_size, metrics, lease_seconds,
                                      mark={"targetApp": target.app_uuid, **(mark or {})},
                                      lanes=[lane])
@@ -98,6 +137,9 @@ class Replay:
         return self.result
 
     def _wait(self, due: datetime | None) -> float:
-        if due is None:
+        """Seconds until the next queued row is due and any hold is over."""
+        ends = [t for t in (due, self.hold_until) if t is not None]
+        if not ends:
             return 0.0
-        return min(MAX_WAIT_SECONDS, max(0.05, (due - self.ledger.clock()).total_seconds()))
+        return min(MAX_WAIT_SECONDS,
+                   max(0.05, (max(ends) - self.ledger.clock()).total_seconds()))

@@ -99,9 +99,13 @@ class DeliveryWorker:
             return result
         if result.outcome == PAUSE:
             until = self.ledger.pause(claim, rows, detail)
-            log.error("delivery paused until %s: Reteno answered %s (%s; check "
-                      "RETENO_BASE_URL, RETENO_API_KEY, RETENO_APP_UUID, RETENO_AUTH)",
-                      until.isoformat(), result.status, result.reason)
+            if claim.shared:
+                log.error("delivery paused until %s: Reteno answered %s (%s; check "
+                          "RETENO_BASE_URL, RETENO_API_KEY, RETENO_APP_UUID, RETENO_AUTH)",
+                          until.isoformat(), result.status, result.reason)
+            else:  # another app's answer (a replay): its run stops; ours goes on
+                log.error("%s stopped: the target answered %s (%s; check its app id, key "
+                          "and base URL)", lane.name, result.status, result.reason)
             self._count(lane, "paused", len(rows), stats)
             return result
         assert result.outcome == REJECT

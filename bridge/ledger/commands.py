@@ -219,7 +219,8 @@ def queue_replay(conn, now: datetime, target: ReplayTarget) -> int:
               .where(*_unreplayed(target)).order_by(Registration.id))
     columns = ["action", "token", "registration_id", "target_app", "target_url", "version",
                "state", "attempts", "next_attempt_at", "created_at", "updated_at"]
-    count = conn.execute(insert(Command).from_select(columns, source)).rowcount
+    count = conn.execute(insert(Command).from_select(columns, source)
+                         .execution_options(preserve_rowcount=True)).rowcount
     if count:
         append_events(conn, [{"at": now, "kind": "replay_queued", "token": None,
                               "registration_id": None,
@@ -231,15 +232,24 @@ def queue_replay(conn, now: datetime, target: ReplayTarget) -> int:
 def claim_replay(conn, now: datetime, target: ReplayTarget, limit: int, lease_seconds: int
                  ) -> Claim | None:
     """Lease up to ``limit`` due replays into ``target``, with their registrations'
-    identifiers. A replay's answers are the target's: they leave the bridge's own
-    upstream state (pause, hold, last result) alone."""
+    identifiers. A replay whose registration is no longer live (removed, dead or held
+    since it was queued) is dropped, not sent. A replay's answers are the target's:
+    they leave the bridge's own upstream state (pause, hold, last result) alone."""
+    mine = (Command.state == State.QUEUED.value, Command.action == REPLAY,
+            Command.target_app == target.app_uuid, Command.target_url == target.base_url)
+    live = exists().where(Registration.id == Command.registration_id,
+                          Registration.state.in_(_REPLAYED_STATES))
+    gone = conn.execute(select(Command.id, Command.token, Command.action,
+                               Command.registration_id)
+                        .where(*mine, ~live).with_for_update(skip_locked=True, of=Command)
+                        ).all()
+    move(conn, "command.dropped", gone, now, {"next_attempt_at": None, "lease_id": None},
+         {"reason": "the registration is no longer live (removed, dead or held)"})
     ids = list(conn.execute(
         select(Command.id)
-        .where(Command.state == State.QUEUED.value, Command.next_attempt_at <= now,
-               Command.action == REPLAY, Command.target_app == target.app_uuid,
-               Command.target_url == target.base_url)
+        .where(*mine, Command.next_attempt_at <= now)
         .order_by(Command.next_attempt_at, Command.id).limit(limit)
-        .with_for_update(skip_locked=True)).scalars())
+        .with_for_update(skip_locked=True, of=Command)).scalars())
     if not ids:
         return None
     lease_id, rows = _claim_rows(conn, now, ids, lease_seconds)

@@ -20,7 +20,7 @@ named after the command (``mute_requested``, ``replay_delivered``, …):
 
     ──requested──▶ queued ──delivered / lapsed──▶ delivered ──resend──▶ queued
                      │  ▲ retry / paused / not_sent / superseded (stay queued)
-                     └──dead──▶ dead ──requeued / requested──▶ queued
+                     └──dead / dropped──▶ dead ──requeued / requested──▶ queued
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ TRANSITIONS: dict[str, Transition] = {
     "command.not_sent": Transition(_QUEUED, State.QUEUED, True, Command),
     "command.superseded": Transition(_QUEUED, State.QUEUED, True, Command),  # newer request
     "command.dead": Transition(_QUEUED, State.DEAD, True, Command),
+    # a replay whose registration stopped being live before it was sent
+    "command.dropped": Transition(_QUEUED, State.DEAD, False, Command),
     "command.requeued": Transition(_DEAD, State.QUEUED, False, Command),
     "command.resend": Transition(_DELIVERED, State.QUEUED, False, Command),
 }
