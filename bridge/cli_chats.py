@@ -147,6 +147,12 @@ def replay_command(to_app, platform, base_url, api_key_env, dry_run):
     recorded in each chat's history. Running it again sends nothing new; a run stopped
     halfway (even kill -9) goes on where it stopped."""
     rt = _ready()
+    if rt.settings.sandbox and not base_url:
+        # The simulator of sandbox mode lives in each process and holds one app: another
+        # app's is a simulator of its own, run apart (it takes any app id).
+        raise click.UsageError("in sandbox mode the target is a simulator run apart: start "
+                               "one (`reteno-sandbox --port 8026`) and pass --base-url "
+                               "http://127.0.0.1:8026")
     key = os.environ.get(api_key_env, "") if api_key_env else ""
     if not dry_run and not key:
         raise click.UsageError("--api-key-env must name an environment variable holding the "

@@ -526,3 +526,21 @@ def test_a_chat_removed_while_its_replay_waits_is_not_replayed(runner, client, a
              .get_json()["events"]]
     assert kinds[-1] == "replay_dropped"
 
+
+
+def test_sandbox_mode_asks_for_a_simulator_run_apart(make_app, monkeypatch, requests_mock):
+    """The sandbox's simulator lives in each process and holds the bridge's own app: a
+    replay there would go nowhere (retried for ever); the command says what to do."""
+    monkeypatch.setenv(KEY_ENV, TARGET_KEY)
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True)
+    result = app.test_cli_runner().invoke(
+        args=["bridge", "replay", "--to-app", TARGET, "--api-key-env", KEY_ENV])
+    assert result.exit_code == 2
+    assert "reteno-sandbox --port" in result.output and "--base-url" in result.output
+    assert requests_mock.call_count == 0
+    requests_mock.post(f"http://127.0.0.1:8026/api/v1/apps/{TARGET}/tokens", json="OK")
+    result = app.test_cli_runner().invoke(
+        args=["bridge", "replay", "--to-app", TARGET, "--api-key-env", KEY_ENV,
+              "--base-url", "http://127.0.0.1:8026"])
+    assert result.exit_code == 0, result.output
+    assert "0 registrations queued now" in result.output
