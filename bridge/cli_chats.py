@@ -181,6 +181,9 @@ def replay_command(to_app, platform, base_url, api_key_env, dry_run):
     click.echo(f"replay into app {to_app}: {_plural(result.queued, 'registration')} queued now; "
                f"{s['delivered']} delivered, {s['dead']} dead, {s['queued']} still queued; "
                f"{_plural(result.calls, 'upstream call')}")
+    if s["dead"]:
+        click.echo("dead: refused by the target, or their chat went away before they were "
+                   "sent (`bridge history TOKEN` says which)")
     if result.stopped:
         click.echo(f"not finished: {result.stopped}; run the same command again to go on",
                    err=True)

@@ -544,3 +544,18 @@ def test_sandbox_mode_asks_for_a_simulator_run_apart(make_app, monkeypatch, requ
               "--base-url", "http://127.0.0.1:8026"])
     assert result.exit_code == 0, result.output
     assert "0 registrations queued now" in result.output
+
+
+def test_a_whole_batch_of_chats_gone_meanwhile_is_dropped_and_the_rest_sent(
+        runner, client, auth, bridge, chats, requests_mock):
+    bridge.ledger.queue_replay(ReplayTarget(TARGET, "https://reteno.com"))  # a run stopped
+    for token in ("1001", "1002"):  # the first batch (BATCH = 2), both blocked meanwhile
+        response = client.post("/statuses", headers=auth, json={
+            "status": "FAILED", "error": "Forbidden: bot was blocked by the user",
+            "token": token})
+        assert response.get_json()["removed"] == [token]
+    requests_mock.post(TARGET_URL, json="OK")
+    result = replay(runner)
+    sent = sum(calls(requests_mock), [])
+    assert sorted(sent) == ["1003", "1004", "1005"]
+    assert "3 delivered, 2 dead, 0 still queued" in result.stdout

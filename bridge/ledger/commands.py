@@ -235,23 +235,25 @@ def claim_replay(conn, now: datetime, target: ReplayTarget, limit: int, lease_se
     identifiers. A replay whose registration is no longer live (removed, dead or held
     since it was queued) is dropped, not sent. A replay's answers are the target's:
     they leave the bridge's own upstream state (pause, hold, last result) alone."""
-    mine = (Command.state == State.QUEUED.value, Command.action == REPLAY,
-            Command.target_app == target.app_uuid, Command.target_url == target.base_url)
     live = exists().where(Registration.id == Command.registration_id,
                           Registration.state.in_(_REPLAYED_STATES))
-    gone = conn.execute(select(Command.id, Command.token, Command.action,
-                               Command.registration_id)
-                        .where(*mine, ~live).with_for_update(skip_locked=True, of=Command)
-                        ).all()
-    move(conn, "command.dropped", gone, now, {"next_attempt_at": None, "lease_id": None},
-         {"reason": "the registration is no longer live (removed, dead or held)"})
-    ids = list(conn.execute(
-        select(Command.id)
-        .where(*mine, Command.next_attempt_at <= now)
-        .order_by(Command.next_attempt_at, Command.id).limit(limit)
-        .with_for_update(skip_locked=True, of=Command)).scalars())
-    if not ids:
-        return None
+    due_rows = (select(Command.id, Command.token, Command.action, Command.registration_id,
+                       live.label("live"))
+                .where(Command.state == State.QUEUED.value, Command.next_attempt_at <= now,
+                       Command.action == REPLAY, Command.target_app == target.app_uuid,
+                       Command.target_url == target.base_url)
+                .order_by(Command.next_attempt_at, Command.id).limit(limit)
+                .with_for_update(skip_locked=True, of=Command))
+    while True:
+        due = conn.execute(due_rows).all()
+        if not due:
+            return None
+        move(conn, "command.dropped", [r for r in due if not r.live], now,
+             {"next_attempt_at": None, "lease_id": None},
+             {"reason": "the registration is no longer live (removed, dead or held)"})
+        ids = [r.id for r in due if r.live]
+        if ids:
+            break
     lease_id, rows = _claim_rows(conn, now, ids, lease_seconds)
     identifiers = {r.id: r for r in conn.execute(
         select(Registration.id, Registration.contact_id, Registration.external_customer_id,
