@@ -200,6 +200,9 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
     base_url_explicit = base_url is not None
     base_url = (base_url or preset_url).rstrip("/")
     parts = urlsplit(base_url)
+    if "@" in parts.netloc:  # not echoed: it holds a password
+        raise ConfigError("RETENO_BASE_URL must not carry credentials (user:password@): the "
+                          "key goes in RETENO_API_KEY")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"RETENO_BASE_URL must be an http(s) URL, got {base_url!r}")
 

@@ -35,15 +35,17 @@ def _spelling(url: str) -> str:
     """``url`` with its scheme and host in lower case and no trailing slash: one target,
     one spelling (the ledger tells targets apart by it)."""
     parts = urlsplit(url.strip())
-    userinfo, at, host = parts.netloc.rpartition("@")
-    return urlunsplit((parts.scheme.lower(), userinfo + at + host.lower(),
-                       parts.path.rstrip("/"), parts.query, parts.fragment))
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"),
+                       parts.query, parts.fragment))
 
 
 def _base_url(url: str) -> str:
     """The target's base URL, as :func:`_spelling` writes it; a ConfigError unless an
-    http(s) URL with a host and no query or fragment."""
+    http(s) URL with a host and no query, fragment or credentials."""
     parts = urlsplit(url.strip())
+    if "@" in parts.netloc:  # not echoed: it holds a password
+        raise ConfigError("--base-url must not carry credentials (user:password@): the key "
+                          "goes in the variable --api-key-env names")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname \
             or parts.query or parts.fragment:
         raise ConfigError(f"--base-url must be an http(s) URL, got {url!r}")

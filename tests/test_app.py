@@ -54,6 +54,8 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"RETENO_PLATFORM": "mailchimp"}, "RETENO_PLATFORM"),
         ({"RETENO_AUTH": "oauth"}, "RETENO_AUTH"),
         ({"RETENO_BASE_URL": "ftp://reteno.com"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://bridge:s3cret-pass@reteno.com"}, "RETENO_BASE_URL"),
+        ({"RETENO_APP_UUID": ".."}, "RETENO_APP_UUID"),
         ({"RETENO_API_KEY": None}, "RETENO_API_KEY"),
         ({"RETENO_APP_UUID": None}, "RETENO_APP_UUID"),
         ({"BRIDGE_API_KEYS": None}, "BRIDGE_API_KEYS"),

@@ -559,3 +559,11 @@ def test_a_whole_batch_of_chats_gone_meanwhile_is_dropped_and_the_rest_sent(
     sent = sum(calls(requests_mock), [])
     assert sorted(sent) == ["1003", "1004", "1005"]
     assert "3 delivered, 2 dead, 0 still queued" in result.stdout
+
+
+def test_a_base_url_with_credentials_is_refused_without_echoing_them(runner, chats,
+                                                                     requests_mock):
+    result = replay(runner, "--base-url", "https://bridge:s3cret-pass@reteno.com", code=2)
+    assert "must not carry credentials" in result.output
+    assert "s3cret-pass" not in result.output
+    assert calls(requests_mock) == []
