@@ -32,6 +32,25 @@ def history(client, auth, token):
     return response.get_json()["events"]
 
 
+def run_cli(runner, *args, input=None, code=0):
+    """``flask bridge ARGS`` through the test CLI runner, asserted to exit with ``code``."""
+    result = runner.invoke(args=["bridge", *args], input=input)
+    assert result.exit_code == code, (result.output, result.exception)
+    return result
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The rows of the first table in ``output`` (header first), split on 2+ spaces."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"}) - 1
+    rows = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows.append([cell for cell in line.split("  ") if cell.strip() != ""])
+    return [[c.strip() for c in row] for row in rows[:1] + rows[2:]]
+
+
 def assert_error_shape(response, code):
     """``response`` is an error of status ``code`` in the bridge's one JSON error shape;
     its body."""

@@ -9,25 +9,8 @@ from datetime import UTC, timedelta
 import pytest
 
 from tests.conftest import TOKENS_URL
-from tests.helpers import register
-
-
-def run(runner, *args, input=None, code=0):
-    result = runner.invoke(args=["bridge", *args], input=input)
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
-
-
-def table_rows(output: str) -> list[list[str]]:
-    """The rows of the first table in ``output`` (header first), split on 2+ spaces."""
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"}) - 1
-    rows = []
-    for line in lines[start:]:
-        if not line.strip():
-            break
-        rows.append([cell for cell in line.split("  ") if cell.strip() != ""])
-    return [[c.strip() for c in row] for row in rows[:1] + rows[2:]]
+from tests.helpers import register, table_rows
+from tests.helpers import run_cli as run
 
 
 @pytest.fixture

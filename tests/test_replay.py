@@ -34,6 +34,7 @@ from bridge import replay as replay_module
 from bridge.ledger import ReplayTarget
 from tests.conftest import APP_UUID, RETENO_KEY, TOKENS_URL
 from tests.helpers import history, register, rows
+from tests.helpers import run_cli as run
 
 TARGET = "5d1c7a80-3f6b-4c8e-9a2d-7e4f1b2c3d4e"
 TARGET_URL = f"https://reteno.com/api/v1/apps/{TARGET}/tokens"
@@ -73,12 +74,6 @@ def chats(client, auth, bridge, requests_mock):
     register(client, auth, *CHATS[3:])
     requests_mock.reset_mock()  # the history of the calls: the replay's only
     return CHATS
-
-
-def run(runner, *args, code=0):
-    result = runner.invoke(args=["bridge", *args])
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
 
 
 def replay(runner, *args, code=0):
@@ -525,7 +520,6 @@ def test_a_chat_removed_while_its_replay_waits_is_not_replayed(runner, client, a
     kinds = [e["kind"] for e in client.get("/tokens/1001/history", headers=auth)
              .get_json()["events"]]
     assert kinds[-1] == "replay_dropped"
-
 
 
 def test_sandbox_mode_asks_for_a_simulator_run_apart(make_app, monkeypatch, requests_mock):

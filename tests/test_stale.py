@@ -37,7 +37,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY, APP_UUID, RETENO_KEY, TOKENS_URL
-from tests.helpers import assert_error_shape, history, register, rows
+from tests.helpers import assert_error_shape, history, register, rows, table_rows
+from tests.helpers import run_cli as run
 
 DAY = 24 * 3600
 LIVE_STATES = ("queued", "delivered", "dead", "held")  # the order of ``State``
@@ -59,24 +60,6 @@ def app(make_app):
     """The bridge holds a chat's second identity, so that every live state can be quiet;
     it takes Telegram's webhook (a /start and an unblock are signs of life)."""
     return make_app(BRIDGE_ON_CONFLICT="hold", TELEGRAM_WEBHOOK_SECRET=TELEGRAM_SECRET)
-
-
-def run(runner, *args, input=None, code=0):
-    result = runner.invoke(args=["bridge", *args], input=input)
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
-
-
-def table_rows(output: str) -> list[list[str]]:
-    """The rows of the first table in ``output`` (header first), split on 2+ spaces."""
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line and set(line.replace(" ", "")) == {"-"})
-    found = []
-    for line in [lines[start - 1], *lines[start + 1:]]:
-        if not line.strip():
-            break
-        found.append([cell.strip() for cell in line.split("  ") if cell.strip()])
-    return found
 
 
 def report(client, auth, days=30, **query):
