@@ -353,3 +353,13 @@ def test_metrics_count_mutes_by_state(client, auth, bridge, delivered_chat, upst
 
 def test_the_app_uuid_is_in_the_mute_url(delivered_chat):
     assert APP_UUID in MUTE_URL
+
+
+def test_mutes_of_several_chats_go_out_one_call_each(client, auth, bridge, upstream):
+    register(client, auth, {"token": CHAT, "contactId": 7}, {"token": "777", "contactId": 8})
+    mute(client, auth, CHAT, duration=600)
+    mute(client, auth, "777")
+    unmute(client, auth, "777")
+    bridge.deliver_once()
+    assert calls(upstream)[1:] == [("mute", {"token": CHAT, "duration": 600}),
+                                   ("unmute", {"token": "777"})]
