@@ -175,3 +175,28 @@ def test_a_forked_worker_process_starts_a_delivery_thread_of_its_own(make_app, a
         for thread in delivery_threads():
             thread.join(5)
     assert delivery_threads() == []
+
+
+def test_a_stop_during_a_split_gives_the_rest_back_due_at_once(make_app, auth, requests_mock):
+    """SIGTERM while a refused batch is being split: the call in flight finishes and is
+    recorded; the half never sent goes back to the queue, marked, due at once."""
+    app = make_app(BRIDGE_BATCH_SIZE=4)
+    client, runtime = app.test_client(), app.extensions["reteno_bridge"]
+    register(client, auth, *({"token": n, "contactId": n} for n in range(1, 5)))
+    stop = threading.Event()
+
+    def the_first_half_while_stopping(request, context):
+        stop.set()
+        return "OK"
+
+    requests_mock.post(TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid token"}},
+                                    {"text": the_first_half_while_stopping}])
+    runtime.worker.drain(stop=stop)
+    assert {r["token"]: r["state"] for r in rows(client, auth)} == {
+        "1": "delivered", "2": "delivered", "3": "queued", "4": "queued"}
+    last = client.get("/tokens/3/history", headers=auth).get_json()["events"][-1]
+    assert last["kind"] == "not_sent"
+    assert last["detail"]["stopping"] is True and last["detail"]["sent"] is False
+    requests_mock.post(TOKENS_URL, json="OK")
+    runtime.worker.drain()  # the next worker sends them now: no lease to wait out
+    assert {r["state"] for r in rows(client, auth)} == {"delivered"}

@@ -561,3 +561,15 @@ def test_a_base_url_with_credentials_is_refused_without_echoing_them(runner, cha
     assert "must not carry credentials" in result.output
     assert "s3cret-pass" not in result.output
     assert calls(requests_mock) == []
+
+
+def test_replays_are_counted_apart_from_deliveries(runner, client, auth, chats, requests_mock):
+    requests_mock.post(TARGET_URL, json="OK")
+    before = client.get("/metrics", headers=auth).get_data(as_text=True)
+    replay(runner)
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert 'bridge_commands_total{lane="replay",outcome="delivered"} 5.0' in text
+    delivered = [line for line in text.splitlines()
+                 if line.startswith('bridge_deliveries_total{outcome="delivered"}')]
+    assert delivered == [line for line in before.splitlines()
+                         if line.startswith('bridge_deliveries_total{outcome="delivered"}')]
