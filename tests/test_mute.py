@@ -192,6 +192,8 @@ def test_a_request_made_while_the_previous_is_in_flight_is_sent_after_it(
     assert [r.url for r in requests_mock.request_history] == [MUTE_URL, UNMUTE_URL]
     assert registration(client, auth)["muted"] is False
     assert "mute_superseded" in kinds(client, auth)
+    # the unmute's own first attempt: the mute's attempts are not carried over
+    assert history(client, auth, CHAT)[-1]["detail"]["attempt"] == 1
 
 
 def test_a_mute_is_sent_with_the_time_it_has_left(client, auth, bridge, clock, requests_mock):

@@ -573,3 +573,22 @@ def test_replays_are_counted_apart_from_deliveries(runner, client, auth, chats, 
                  if line.startswith('bridge_deliveries_total{outcome="delivered"}')]
     assert delivered == [line for line in before.splitlines()
                          if line.startswith('bridge_deliveries_total{outcome="delivered"}')]
+
+
+def test_a_refused_replay_never_lengthens_the_bridges_own_pauses(
+        runner, client, auth, bridge, chats, requests_mock):
+    """A target's 401 is recorded as the first pause of its own (15 s), and the next 401
+    of the bridge's own Reteno is the bridge's first pause too, 15 s, not the second."""
+    requests_mock.post(TARGET_URL, status_code=401, json={"message": "Unauthorized"})
+    replay(runner, code=1)
+    [paused] = [e for e in replay_events(client, auth, "1001") if e["kind"] == "replay_paused"]
+    at, until = (datetime.fromisoformat(v) for v in (paused["at"],
+                                                      paused["detail"]["pausedUntil"]))
+    assert until - at == timedelta(seconds=15)
+    requests_mock.post(TOKENS_URL, status_code=401, json={"message": "Unauthorized"})
+    bridge.deliver_once()
+    own = client.get("/healthz", headers=auth).get_json()["delivery"]
+    last = [e for e in history(client, auth, "1004") if e["kind"] == "paused"][-1]
+    assert own["paused"] is True
+    assert datetime.fromisoformat(own["pausedUntil"]) - datetime.fromisoformat(last["at"]) \
+        == timedelta(seconds=15)
