@@ -8,6 +8,7 @@ bodies, in order, once it knows the chat). Every upstream call is answered by
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 import pytest
@@ -365,3 +366,12 @@ def test_mutes_of_several_chats_go_out_one_call_each(client, auth, bridge, upstr
     bridge.deliver_once()
     assert calls(upstream)[1:] == [("mute", {"token": CHAT, "duration": 600}),
                                    ("unmute", {"token": "777"})]
+
+
+def test_a_mute_call_is_one_log_line_naming_its_lane(client, auth, bridge, delivered_chat,
+                                                      upstream, caplog):
+    caplog.set_level(logging.INFO, logger="bridge.worker")
+    mute(client, auth)
+    bridge.deliver_once()
+    [line] = [r.getMessage() for r in caplog.records if r.name == "bridge.worker"]
+    assert line.startswith("upstream call mute outcome=delivered status=200 reason=ok batch=1")

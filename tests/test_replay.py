@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -592,3 +593,16 @@ def test_a_refused_replay_never_lengthens_the_bridges_own_pauses(
     assert own["paused"] is True
     assert datetime.fromisoformat(own["pausedUntil"]) - datetime.fromisoformat(last["at"]) \
         == timedelta(seconds=15)
+
+
+def test_replay_calls_are_logged_as_the_replays(runner, chats, requests_mock, caplog):
+    caplog.set_level(logging.INFO, logger="bridge.worker")
+    requests_mock.post(TARGET_URL, [{"json": "OK"},
+                                    {"status_code": 401, "json": {"message": "Unauthorized"}}])
+    replay(runner, code=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.worker"]
+    assert lines[0].startswith("upstream call replay outcome=delivered status=200")
+    assert lines[1].startswith("upstream call replay outcome=pause status=401")
+    assert lines[2] == ("replay stopped: the target answered 401 (unauthorized; check its app "
+                        "id, key and base URL)")
+    assert not any("delivery paused" in line for line in lines)
