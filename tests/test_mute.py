@@ -375,3 +375,55 @@ def test_a_mute_call_is_one_log_line_naming_its_lane(client, auth, bridge, deliv
     bridge.deliver_once()
     [line] = [r.getMessage() for r in caplog.records if r.name == "bridge.worker"]
     assert line.startswith("upstream call mute outcome=delivered status=200 reason=ok batch=1")
+
+
+@pytest.mark.parametrize("late_answer", [
+    {"status_code": 200, "json": "OK"},  # delivered
+    {"status_code": 503, "text": "down"},  # retry
+    {"status_code": 401, "json": {"message": "Unauthorized"}},  # paused
+    {"status_code": 400, "json": {"message": "Duration must be positive int"}},  # dead
+])
+def test_a_late_answer_to_a_mute_moves_nothing_another_worker_holds(make_app, auth,
+                                                                    requests_mock, late_answer):
+    """Worker A's mute call outlasts its lease; worker B claims the mute meanwhile. Whatever
+    Reteno answers A, the mute stays as B's claim left it (queued, B's to finish)."""
+    from tests.conftest import Clock
+    from tests.helpers import LEASE, second_worker
+
+    app = make_app(BRIDGE_LEASE_SECONDS=LEASE)
+    client, runtime = app.test_client(), app.extensions["reteno_bridge"]
+    clock = runtime.ledger.clock = Clock()
+    other = second_worker(make_app, clock)
+    requests_mock.post(TOKENS_URL, json="OK")
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    runtime.deliver_once()
+    mute(client, auth, duration=3600)
+    taken = []
+
+    def answer(request, context):
+        clock.advance(LEASE + 1)
+        taken.append(other.ledger.claim_mutes(10, LEASE))
+        context.status_code = late_answer["status_code"]
+        return late_answer.get("json", late_answer.get("text"))
+
+    requests_mock.post(MUTE_URL, json=answer)
+    runtime.worker.drain()
+    assert taken[0] is not None and [r.token for r in taken[0].rows] == [CHAT]
+    assert kinds(client, auth)[-1] == "mute_requested"  # A's answer moved nothing
+    requests_mock.post(MUTE_URL, json="OK")
+    assert other.ledger.delivered(taken[0], taken[0].rows, {"status": 200}) == 1  # B's is
+    assert kinds(client, auth)[-1] == "mute_delivered"
+
+
+def test_a_new_request_after_a_dead_mute_is_sent(client, auth, bridge, delivered_chat,
+                                                requests_mock):
+    requests_mock.post(MUTE_URL, [
+        {"status_code": 400, "json": {"message": "Duration must be positive int"}},
+        {"json": "OK"}])
+    mute(client, auth, duration=600)
+    bridge.deliver_once()
+    assert kinds(client, auth)[-1] == "mute_dead"
+    mute(client, auth)
+    bridge.deliver_once()
+    assert kinds(client, auth)[-2:] == ["mute_requested", "mute_delivered"]
+    assert requests_mock.request_history[-1].json() == {"token": CHAT}
