@@ -200,3 +200,36 @@ def test_a_stop_during_a_split_gives_the_rest_back_due_at_once(make_app, auth, r
     requests_mock.post(TOKENS_URL, json="OK")
     runtime.worker.drain()  # the next worker sends them now: no lease to wait out
     assert {r["state"] for r in rows(client, auth)} == {"delivered"}
+
+
+def test_the_loop_of_bridge_deliver_stops_when_told(bridge, monkeypatch):
+    """``bridge deliver`` runs the loop with its stop event alone (no wake event): a stop
+    that comes while it drains ends it instead of being waited through."""
+    stop = threading.Event()
+    real_claim = bridge.ledger.claim
+
+    def claim(*args, **kwargs):
+        stop.set()  # SIGTERM arrives while the loop is draining
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(bridge.ledger, "claim", claim)
+    loop = threading.Thread(target=bridge.worker.run, args=(stop,),
+                            kwargs={"poll_seconds": 0.01}, daemon=True)
+    loop.start()
+    loop.join(10)  # bounds a hang; times nothing
+    assert not loop.is_alive(), "the loop went on after its stop"
+    assert stop.is_set()
+
+
+def test_the_background_thread_is_stopped_at_exit_once_however_often_it_starts(
+        make_app, monkeypatch):
+    import bridge.worker as worker_module
+
+    at_exit = []
+    monkeypatch.setattr(worker_module.atexit, "register", at_exit.append)
+    runtime = make_app(BRIDGE_BACKGROUND_DELIVERY=True).extensions["reteno_bridge"]
+    runtime.start_background()
+    runtime.background.stop()
+    runtime.start_background()  # started again (a fork, or after a stop)
+    runtime.background.stop()
+    assert at_exit == [runtime.background.stop]
