@@ -427,3 +427,12 @@ def test_a_new_request_after_a_dead_mute_is_sent(client, auth, bridge, delivered
     bridge.deliver_once()
     assert kinds(client, auth)[-2:] == ["mute_requested", "mute_delivered"]
     assert requests_mock.request_history[-1].json() == {"token": CHAT}
+
+
+def test_bridge_tokens_shows_until_when_a_chat_is_muted(runner, client, auth, delivered_chat):
+    from tests.helpers import run_cli, table_rows
+
+    assert "MUTED" not in run_cli(runner, "tokens").output  # no mute: no column
+    mute(client, auth)
+    [header, row] = table_rows(run_cli(runner, "tokens").output)
+    assert row[header.index("MUTED")] == "until unmuted"
