@@ -436,3 +436,33 @@ def test_bridge_tokens_shows_until_when_a_chat_is_muted(runner, client, auth, de
     mute(client, auth)
     [header, row] = table_rows(run_cli(runner, "tokens").output)
     assert row[header.index("MUTED")] == "until unmuted"
+
+
+def test_a_request_made_while_a_call_is_in_flight_waits_for_it_on_every_worker(
+        make_app, auth, requests_mock):
+    """While worker A's mute call is under way, an unmute comes in: worker B does not take
+    it (it would reach Reteno before the mute); it goes out after A's answer."""
+    from tests.conftest import Clock
+    from tests.helpers import LEASE, second_worker
+
+    app = make_app(BRIDGE_LEASE_SECONDS=LEASE)
+    client, runtime = app.test_client(), app.extensions["reteno_bridge"]
+    clock = runtime.ledger.clock = Clock()
+    other = second_worker(make_app, clock)
+    requests_mock.post(TOKENS_URL, json="OK")
+    requests_mock.post(UNMUTE_URL, json="OK")
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    runtime.deliver_once()
+    mute(client, auth, duration=3600)
+    taken_by_b = []
+
+    def during_the_mute_call(request, context):
+        unmute(client, auth)
+        clock.advance(1)
+        taken_by_b.append(other.ledger.claim_mutes(10, LEASE))
+        return "OK"
+
+    requests_mock.post(MUTE_URL, text=during_the_mute_call)
+    runtime.worker.drain()
+    assert taken_by_b == [None]
+    assert [r.url for r in requests_mock.request_history[-2:]] == [MUTE_URL, UNMUTE_URL]

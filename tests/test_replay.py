@@ -606,3 +606,31 @@ def test_replay_calls_are_logged_as_the_replays(runner, chats, requests_mock, ca
     assert lines[2] == ("replay stopped: the target answered 401 (unauthorized; check its app "
                         "id, key and base URL)")
     assert not any("delivery paused" in line for line in lines)
+
+
+def test_a_registration_live_again_is_replayed_by_the_next_run(
+        runner, client, auth, bridge, requests_mock):
+    """A chat dead (refused) during the first run, requeued and delivered later, is sent by
+    the next run, whatever its id is next to those already replayed."""
+    requests_mock.post(TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid"}},
+                                    {"json": "OK"}])
+    register(client, auth, {"token": "2001", "contactId": 1})  # the older: dead
+    bridge.deliver_once()
+    register(client, auth, {"token": "2002", "contactId": 2})
+    bridge.deliver_once()
+    requests_mock.post(TARGET_URL, json="OK")
+    replay(runner)
+    assert calls(requests_mock) == [["2002"]]
+    run(runner, "requeue")
+    bridge.deliver_once()
+    replay(runner)
+    assert calls(requests_mock) == [["2002"], ["2001"]]
+
+
+def test_each_target_base_url_is_a_target_of_its_own(runner, chats, requests_mock):
+    requests_mock.post(TARGET_URL, json="OK")
+    replay(runner)
+    other = f"https://esputnik.com/api/v1/apps/{TARGET}/tokens"
+    requests_mock.post(other, status_code=401, json={"message": "Unauthorized"})
+    result = replay(runner, "--platform", "esputnik", code=1)
+    assert "0 delivered, 0 dead, 5 still queued; 1 upstream call" in result.stdout

@@ -73,11 +73,13 @@ def test_other_4xx_refuse_the_token(client, auth, bridge, requests_mock, status)
     assert health(client)["delivery"]["paused"] is False
 
 
-@pytest.mark.parametrize("status", [408, 429, 500, 502])
-def test_408_429_and_5xx_are_retried(client, auth, bridge, requests_mock, status):
+@pytest.mark.parametrize(("status", "reason"), [(408, "request_timeout"), (429, "rate_limited"),
+                                                (500, "server_error"), (502, "server_error")])
+def test_408_429_and_5xx_are_retried(client, auth, bridge, requests_mock, status, reason):
     row, last = deliver_one(client, auth, bridge, requests_mock, status_code=status,
                             json={"message": "later"})
     assert row["state"] == "queued" and last["kind"] == "retry"
+    assert last["detail"]["reason"] == reason  # the code /healthz shows
 
 
 # --- Reteno's error text ------------------------------------------------------------------
