@@ -466,3 +466,30 @@ def test_a_request_made_while_a_call_is_in_flight_waits_for_it_on_every_worker(
     runtime.worker.drain()
     assert taken_by_b == [None]
     assert [r.url for r in requests_mock.request_history[-2:]] == [MUTE_URL, UNMUTE_URL]
+
+
+def test_a_new_request_goes_out_at_once_while_the_last_one_backs_off(
+        client, auth, bridge, delivered_chat, requests_mock):
+    requests_mock.post(MUTE_URL, status_code=503)
+    requests_mock.post(UNMUTE_URL, json="OK")
+    mute(client, auth)
+    bridge.deliver_once()  # the mute waits for its retry
+    unmute(client, auth)
+    bridge.deliver_once()  # no clock moved: the unmute does not inherit the back-off
+    assert [r.url for r in requests_mock.request_history] == [MUTE_URL, UNMUTE_URL]
+
+
+def test_requeue_of_one_chat_puts_back_that_chats_dead_mute_only(runner, client, auth, bridge,
+                                                                 upstream, requests_mock):
+    from tests.helpers import run_cli
+
+    register(client, auth, {"token": CHAT, "contactId": 7}, {"token": "777", "contactId": 8})
+    bridge.deliver_once()
+    requests_mock.post(MUTE_URL, status_code=400,
+                       json={"message": "Duration must be positive int"})
+    mute(client, auth, CHAT, duration=600)
+    mute(client, auth, "777", duration=600)
+    bridge.deliver_once()
+    run_cli(runner, "requeue", "--token", "777")
+    assert kinds(client, auth, "777")[-1] == "mute_requeued"
+    assert kinds(client, auth, CHAT)[-1] == "mute_dead"

@@ -154,10 +154,6 @@ class Ledger:
             self.on_queued()
         return record
 
-    def mute_of(self, token: str) -> MuteRecord | None:
-        with self.db.read() as conn:
-            return commands.mute_of(conn, token, self.clock())
-
     def claim_mutes(self, limit: int, lease_seconds: int) -> Claim | None:
         """Lease due mutes and unmutes of chats Reteno knows (None: none, or delivery held
         or paused)."""

@@ -123,17 +123,6 @@ def mutes_of(conn, tokens: Iterable[str], now: datetime
     return out
 
 
-def mute_of(conn, token: str, now: datetime) -> MuteRecord | None:
-    row = conn.execute(select(Command.action, Command.muted_until, Command.state,
-                              Command.updated_at)
-                       .where(Command.token == token, Command.action.in_(MUTES))).first()
-    if row is None:
-        return None
-    muted = _muted(row.action, row.muted_until, now)
-    return MuteRecord(token, row.action, muted, row.muted_until if muted else None, row.state,
-                      row.updated_at)
-
-
 def resend_mutes(conn, now: datetime, tokens: Iterable[str]) -> int:
     """The chats' registrations were removed: a mute still in force that Reteno had is
     queued again, to go out once the chat is back (Reteno forgets a removed token's
