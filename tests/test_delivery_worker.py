@@ -233,3 +233,28 @@ def test_the_background_thread_is_stopped_at_exit_once_however_often_it_starts(
     runtime.start_background()  # started again (a fork, or after a stop)
     runtime.background.stop()
     assert at_exit == [runtime.background.stop]
+
+
+def test_stop_gives_up_on_a_thread_that_overruns_its_time_out():
+    """A call that outlasts the upstream time-outs must not hold the process's exit:
+    ``stop()`` waits ``stop_timeout`` seconds for the thread, then returns."""
+    from bridge.worker import BackgroundDelivery
+
+    release = threading.Event()
+
+    class Stuck:
+        def run(self, stop, wake, poll_seconds):
+            release.wait(30)
+
+    background = BackgroundDelivery(Stuck(), stop_timeout=0.05)
+    background.start()
+    stopper = threading.Thread(target=background.stop, daemon=True)
+    try:
+        stopper.start()
+        stopper.join(10)  # bounds a hang; times nothing
+        assert not stopper.is_alive(), "stop() waited past its time-out"
+        assert background.running  # the thread is still in its call
+    finally:
+        release.set()
+    background.stop()
+    assert not background.running
