@@ -636,10 +636,12 @@ def test_each_target_base_url_is_a_target_of_its_own(runner, chats, requests_moc
     assert "0 delivered, 0 dead, 5 still queued; 1 upstream call" in result.stdout
 
 
-def test_each_app_is_a_target_of_its_own(runner, chats, requests_mock):
+@pytest.mark.parametrize("second", ["0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0",  # sorts before
+                                    "ff1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"])  # and after
+def test_each_app_is_a_target_of_its_own(runner, chats, requests_mock, second):
     requests_mock.post(TARGET_URL, json="OK")
     replay(runner)
-    second = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
-    requests_mock.post(f"https://reteno.com/api/v1/apps/{second}/tokens", json="OK")
-    result = run(runner, "replay", "--to-app", second, "--api-key-env", KEY_ENV)
-    assert "5 registrations queued now; 5 delivered, 0 dead, 0 still queued" in result.stdout
+    requests_mock.post(f"https://reteno.com/api/v1/apps/{second}/tokens", status_code=401,
+                       json={"message": "Unauthorized"})
+    result = run(runner, "replay", "--to-app", second, "--api-key-env", KEY_ENV, code=1)
+    assert "5 registrations queued now; 0 delivered, 0 dead, 5 still queued" in result.stdout
