@@ -295,6 +295,7 @@ def test_a_muted_chat_that_blocks_and_comes_back_stays_muted(client, auth, bridg
     # Reteno forgot the blocked token's mute: the new token is registered, then muted
     assert [path for path, _ in calls(upstream)] == ["mute", "tokens", "mute"]
     assert kinds(client, auth)[-3:] == ["submitted", "delivered", "mute_delivered"]
+    assert history(client, auth, CHAT)[-1]["detail"]["attempt"] == 1  # a send of its own
     unmute(client, auth)
     bridge.deliver_once()
     assert calls(upstream)[-1] == ("unmute", {"token": CHAT})
