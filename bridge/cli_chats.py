@@ -85,7 +85,7 @@ def stale_command(days, remove, yes, limit, as_json):
     """The stale-token report: live registrations with no sign of life for DAYS days, the
     longest quiet first, with counts by state; --remove removes them."""
     rt = _ready()
-    counts = rt.ledger.stats(days=1, quiet_days=days)["stale"]["states"]
+    counts = rt.ledger.stale_counts(days)
     total = sum(counts.values())
     if not remove:
         rows = rt.ledger.stale(days, limit)

@@ -13,8 +13,8 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import APP_UUID, RETENO_KEY, TOKENS_URL
-from tests.helpers import assert_error_shape, history, register, rows
+from tests.conftest import APP_UUID, RETENO_KEY, TOKENS_URL, Clock
+from tests.helpers import LEASE, assert_error_shape, history, register, rows, second_worker
 
 MUTE_URL = TOKENS_URL.removesuffix("/tokens") + "/token/mute"
 UNMUTE_URL = TOKENS_URL.removesuffix("/tokens") + "/token/unmute"
@@ -378,6 +378,20 @@ def test_a_mute_call_is_one_log_line_naming_its_lane(client, auth, bridge, deliv
     assert line.startswith("upstream call mute outcome=delivered status=200 reason=ok batch=1")
 
 
+def two_workers_and_a_mute(make_app, auth, requests_mock):
+    """Worker A's app (client, runtime) and worker B on one database and one fake clock;
+    CHAT registered and delivered, and a mute of it queued."""
+    app = make_app(BRIDGE_LEASE_SECONDS=LEASE)
+    client, runtime = app.test_client(), app.extensions["reteno_bridge"]
+    clock = runtime.ledger.clock = Clock()
+    other = second_worker(make_app, clock)
+    requests_mock.post(TOKENS_URL, json="OK")
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    runtime.deliver_once()
+    mute(client, auth, duration=3600)
+    return client, runtime, clock, other
+
+
 @pytest.mark.parametrize("late_answer", [
     {"status_code": 200, "json": "OK"},  # delivered
     {"status_code": 503, "text": "down"},  # retry
@@ -388,17 +402,7 @@ def test_a_late_answer_to_a_mute_moves_nothing_another_worker_holds(make_app, au
                                                                     requests_mock, late_answer):
     """Worker A's mute call outlasts its lease; worker B claims the mute meanwhile. Whatever
     Reteno answers A, the mute stays as B's claim left it (queued, B's to finish)."""
-    from tests.conftest import Clock
-    from tests.helpers import LEASE, second_worker
-
-    app = make_app(BRIDGE_LEASE_SECONDS=LEASE)
-    client, runtime = app.test_client(), app.extensions["reteno_bridge"]
-    clock = runtime.ledger.clock = Clock()
-    other = second_worker(make_app, clock)
-    requests_mock.post(TOKENS_URL, json="OK")
-    register(client, auth, {"token": CHAT, "contactId": 7})
-    runtime.deliver_once()
-    mute(client, auth, duration=3600)
+    client, runtime, clock, other = two_workers_and_a_mute(make_app, auth, requests_mock)
     taken = []
 
     def answer(request, context):
@@ -443,18 +447,8 @@ def test_a_request_made_while_a_call_is_in_flight_waits_for_it_on_every_worker(
         make_app, auth, requests_mock):
     """While worker A's mute call is under way, an unmute comes in: worker B does not take
     it (it would reach Reteno before the mute); it goes out after A's answer."""
-    from tests.conftest import Clock
-    from tests.helpers import LEASE, second_worker
-
-    app = make_app(BRIDGE_LEASE_SECONDS=LEASE)
-    client, runtime = app.test_client(), app.extensions["reteno_bridge"]
-    clock = runtime.ledger.clock = Clock()
-    other = second_worker(make_app, clock)
-    requests_mock.post(TOKENS_URL, json="OK")
+    client, runtime, clock, other = two_workers_and_a_mute(make_app, auth, requests_mock)
     requests_mock.post(UNMUTE_URL, json="OK")
-    register(client, auth, {"token": CHAT, "contactId": 7})
-    runtime.deliver_once()
-    mute(client, auth, duration=3600)
     taken_by_b = []
 
     def during_the_mute_call(request, context):

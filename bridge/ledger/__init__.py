@@ -251,6 +251,11 @@ class Ledger:
         with self.db.read() as conn:
             return queries.stale(conn, self.clock(), days, limit)
 
+    def stale_counts(self, days: int) -> dict[str, int]:
+        """Live registrations quiet for ``days`` days, by state."""
+        with self.db.read() as conn:
+            return queries.quiet_counts(conn, self.clock(), days)
+
     def remove_stale(self, days: int, progress: Callable[[int], None] | None = None,
                      chunk: int = 500) -> int:
         """Remove the stale-token report's registrations (reason ``stale``), ``chunk`` at

@@ -27,8 +27,9 @@ from sqlalchemy import exists, func, insert, literal, select, update
 
 from ..db import insert_unless_taken
 from ..models import Command, Registration
+from . import registering
 from .outbox import blocked_until, upstream_state
-from .states import INITIAL, LIVE, State, append_events, move
+from .states import INITIAL, State, append_events, move
 from .types import Claim, MuteRecord, MuteRequest, ReplayTarget
 
 MIN_MUTE_SECONDS = 5  # Reteno's shortest mute
@@ -37,7 +38,6 @@ MUTES = ("mute", "unmute")
 REPLAY = "replay"
 # what a chat's live registrations are for Reteno: queued or delivered (not dead, held)
 _REPLAYED_STATES = (State.QUEUED.value, State.DELIVERED.value)
-_LIVE = [s.value for s in LIVE]
 
 _MUTE_ROW = dict(zip(
     ("sqlite", "postgresql"),
@@ -65,18 +65,13 @@ class CommandRow(NamedTuple):
 # --- mute and unmute -------------------------------------------------------------------
 
 
-def _live_registration(conn, token: str) -> int | None:
-    return conn.execute(select(Registration.id)
-                        .where(Registration.token == token, Registration.state.in_(_LIVE))
-                        .order_by(Registration.id.desc()).limit(1)).scalar()
-
-
 def request_mute(conn, now: datetime, request: MuteRequest, source: str) -> MuteRecord | None:
     """Queue ``request`` for its chat, replacing the chat's previous one; None (nothing
     written) when the chat has no live registration."""
-    registration_id = _live_registration(conn, request.token)
-    if registration_id is None:
+    live = registering.live_of_tokens(conn, [request.token]).get(request.token)
+    if not live:
         return None
+    registration_id = live[-1].id  # the newest
     action = "mute" if request.mute else "unmute"
     conn.execute(_MUTE_ROW[conn.dialect.name], {
         "action": action, "token": request.token, "version": 0, "state": INITIAL.value,

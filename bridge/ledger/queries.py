@@ -12,7 +12,7 @@ from sqlalchemy import and_, func, or_, select
 
 from ..models import Event, Registration
 from . import commands
-from .states import LIVE, State
+from .states import LIVE, LIVE_VALUES, State
 from .types import COLUMN_OF, HistoryEvent, RegistrationRecord
 
 STALE_REASON = "stale: no sign of life"  # the removal reason of the stale-token report
@@ -20,7 +20,6 @@ STALE_REASON = "stale: no sign of life"  # the removal reason of the stale-token
 _RECORD_COLUMNS = [getattr(Registration, name)
                    for name in RegistrationRecord.__dataclass_fields__
                    if name not in ("muted", "muted_until")]
-_LIVE = [s.value for s in LIVE]
 
 
 def encode_cursor(last) -> str:
@@ -63,7 +62,7 @@ _SEEN = func.coalesce(Registration.last_seen_at, Registration.created_at)
 
 def quiet(query, now: datetime, days: int):
     """Live registrations with no sign of life for ``days`` days (the stale-token report)."""
-    return query.where(Registration.state.in_(_LIVE), _SEEN < quiet_since(now, days))
+    return query.where(Registration.state.in_(LIVE_VALUES), _SEEN < quiet_since(now, days))
 
 
 def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime

@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, literal_column, select, update
 
 from ..db import insert_unless_taken, lock_keys, run
 from ..models import Registration, utcnow
-from .states import LIVE, State, append_events
+from .states import LIVE_VALUES, State, append_events
 from .types import Outcome, TokenRequest
 
 _TABLE = Registration.__table__
@@ -45,7 +45,6 @@ _TOUCH_ONE = (update(Registration)
               .where(Registration.id == bindparam("row_id"),
                      Registration.last_seen_at < bindparam("seen"))
               .values(last_seen_at=bindparam("seen"), updated_at=bindparam("changed")))
-_LIVE = [s.value for s in LIVE]
 
 
 def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
@@ -73,7 +72,7 @@ _LIVE_COLUMNS = (Registration.token, Registration.matched_by, Registration.match
                  Registration.id, Registration.state)
 _LIVE_OF_TOKENS = (select(*_LIVE_COLUMNS)
                    .where(Registration.token.in_(bindparam("tokens", expanding=True)),
-                          Registration.state.in_(_LIVE))
+                          Registration.state.in_(LIVE_VALUES))
                    .order_by(Registration.id).with_for_update(read=True))
 _LIVE_OF_TOKEN = (select(*_LIVE_COLUMNS)  # the usual case: one chat, on the driver
                   .where(Registration.token == bindparam("token"),

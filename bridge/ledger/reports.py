@@ -32,7 +32,7 @@ from sqlalchemy import select, update
 from ..db import lock_keys
 from ..models import Event, Registration
 from . import commands, queries, registering
-from .states import LIVE, State, append_events, move
+from .states import LIVE_VALUES, State, append_events, move
 from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult, TokenRequest
 
 _MAX_TEXT = 1000
@@ -41,7 +41,6 @@ TELEGRAM_CAUSE = "telegram_blocked"
 TELEGRAM_REASON = "Telegram: the user blocked the bot (my_chat_member: kicked)"
 STALE_CAUSE = "stale"
 STALE_REASON = queries.STALE_REASON
-_LIVE = [s.value for s in LIVE]
 # A body's ignored objects are one summary event: counts by reason (at most this many
 # reasons named) and the first few objects as they came.
 _IGNORED_REASONS = 20
@@ -79,7 +78,7 @@ def remove(conn, now: datetime,
     owner: dict[int, int] = {}  # row id -> index of the removal that moves it
     for index, (rows, *_rest) in enumerate(removals):
         for r in rows:
-            if r.state in _LIVE:
+            if r.state in LIVE_VALUES:
                 owner.setdefault(r.id, index)
     groups: dict[tuple[str, datetime], list[Any]] = defaultdict(list)
     for index, (rows, reason, _cause, _detail, at) in enumerate(removals):
@@ -114,7 +113,7 @@ def remove_quiet(conn, now: datetime, days: int, limit: int) -> int:
     rows = list(conn.execute(select(Registration.__table__).where(Registration.id.in_(ids))
                              .order_by(Registration.id).with_for_update()))
     since = queries.quiet_since(now, days)
-    rows = [r for r in rows if r.state in _LIVE and _seen(r) < since]
+    rows = [r for r in rows if r.state in LIVE_VALUES and _seen(r) < since]
     [done] = remove(conn, now, [(rows, STALE_REASON, STALE_CAUSE, {"quietDays": days}, now)])
     return len(done)
 
@@ -224,10 +223,10 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
             for row in registrations_by(conn, name, wanted[name], lock=True):
                 rows_of[(name, _value_of(row, name))].append(row)
     # Every live registration of the chats these events found: a block is about the chat.
-    chats = {r.token for rows in rows_of.values() for r in rows if r.state in _LIVE}
+    chats = {r.token for rows in rows_of.values() for r in rows if r.state in LIVE_VALUES}
     chat_rows: dict[str, list[Any]] = defaultdict(list)
     for row in registrations_by(conn, "token", chats, lock=True):
-        if row.state in _LIVE:
+        if row.state in LIVE_VALUES:
             chat_rows[row.token].append(row)
     seen_at = {r.id: _seen(r) for rows in chat_rows.values() for r in rows}
     ignored = [e for e in events if e.reason is not None]
@@ -261,7 +260,7 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
             if rows_of.get((name, value)):
                 via, rows = name, rows_of[(name, value)]
                 break
-        live = [r for r in rows if r.state in _LIVE and r.id not in gone]
+        live = [r for r in rows if r.state in LIVE_VALUES and r.id not in gone]
         targets = live or _latest_per_token(rows)
         if not targets:
             counts["unmatched"] += 1
@@ -344,7 +343,8 @@ def block_chat(conn, now: datetime, token: str, detail: dict,
     Telegram dates its updates to the second and sends a chat's updates in order, so a
     block in the same second as the sign of life before it still removes."""
     at = at or now
-    live = [r for r in registrations_by(conn, "token", [token], lock=True) if r.state in _LIVE]
+    live = [r for r in registrations_by(conn, "token", [token], lock=True)
+            if r.state in LIVE_VALUES]
     older = [r for r in live if _seen(r) <= at]
     newer = [r for r in live if _seen(r) > at]
     [done] = remove(conn, now, [(older, TELEGRAM_REASON, TELEGRAM_CAUSE, detail, at)])
@@ -369,7 +369,7 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
     (``stale``). (New registration id or None, previous registration id or None)."""
     at = at or now
     rows = registrations_by(conn, "token", [token], lock=True)
-    live = [r for r in rows if r.state in _LIVE]
+    live = [r for r in rows if r.state in LIVE_VALUES]
     last = rows[-1] if rows else None
     blocked_at = max((r.removed_at for r in rows if r.removed_at is not None), default=None)
     new_id, kind = None, "telegram_unblocked"
@@ -398,7 +398,7 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
 def sign_of_life(conn, token: str, at: datetime) -> int:
     """The chat was seen alive at ``at`` (a /start): its live registrations' latest sign
     of life moves on; how many it had."""
-    live = [r for r in registrations_by(conn, "token", [token]) if r.state in _LIVE]
+    live = [r for r in registrations_by(conn, "token", [token]) if r.state in LIVE_VALUES]
     registering.touch(conn, [r.id for r in live], at)
     return len(live)
 

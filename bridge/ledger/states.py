@@ -51,6 +51,8 @@ class State(StrEnum):
 INITIAL = State.QUEUED
 #: States in which a registration is live: it counts for duplicates and statuses.
 LIVE = frozenset(State) - {State.REMOVED}
+#: Their values, in one order (for ``state IN (...)``).
+LIVE_VALUES = tuple(s.value for s in State if s in LIVE)
 
 
 @dataclass(frozen=True)
