@@ -17,13 +17,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, literal_column, select, update
 
 from ..db import insert_unless_taken, lock_keys, run
 from ..models import Registration, utcnow
-from .states import LIVE_VALUES, State, append_events
+from .states import State, append_events
 from .types import Outcome, TokenRequest
 
 _TABLE = Registration.__table__
@@ -67,17 +68,19 @@ def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
     }
 
 
-# Built once: constructing a statement costs more than SQLite running it.
 _LIVE_COLUMNS = (Registration.token, Registration.matched_by, Registration.match_value,
                  Registration.id, Registration.state)
-_LIVE_OF_TOKENS = (select(*_LIVE_COLUMNS)
-                   .where(Registration.token.in_(bindparam("tokens", expanding=True)),
-                          Registration.state.in_(LIVE_VALUES))
-                   .order_by(Registration.id).with_for_update(read=True))
-_LIVE_OF_TOKEN = (select(*_LIVE_COLUMNS)  # the usual case: one chat, on the driver
-                  .where(Registration.token == bindparam("token"),
-                         Registration.state != literal_column(f"'{State.REMOVED.value}'"))
-                  .order_by(Registration.id).with_for_update(read=True))
+_PAGES = (256, 64, 16)  # tokens per look-up: few statement shapes, each built once
+
+
+@cache
+def _live_of_page(size: int):
+    """The live registrations of ``size`` chats (parameters ``t0`` …), oldest first; on
+    the driver (``run``): SQLAlchemy's expanding ``IN`` costs more than SQLite's work."""
+    return (select(*_LIVE_COLUMNS)
+            .where(Registration.token.in_([bindparam(f"t{i}") for i in range(size)]),
+                   Registration.state != literal_column(f"'{State.REMOVED.value}'"))
+            .order_by(Registration.id).with_for_update(read=True))
 
 
 class LiveRow(NamedTuple):
@@ -94,13 +97,13 @@ def live_of_tokens(conn, tokens: Sequence[str]) -> dict[str, list[LiveRow]]:
     none can start before this transaction ends."""
     found: dict[str, list[LiveRow]] = defaultdict(list)
     tokens = sorted(set(tokens))
-    if len(tokens) == 1:
-        rows = run(conn, _LIVE_OF_TOKEN, {"token": tokens[0]})
-    else:
-        rows = [row for start in range(0, len(tokens), 500) for row in conn.execute(
-            _LIVE_OF_TOKENS, {"tokens": tokens[start:start + 500]})]
-    for row in rows:
-        found[row[0]].append(LiveRow(*row))
+    start = 0
+    while start < len(tokens):  # a chat's rows all come from one page, in id order
+        size = next((p for p in _PAGES if p <= len(tokens) - start), len(tokens) - start)
+        page = {f"t{i}": token for i, token in enumerate(tokens[start:start + size])}
+        for row in run(conn, _live_of_page(size), page):
+            found[row[0]].append(LiveRow(*row))
+        start += size
     return found
 
 

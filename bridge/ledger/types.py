@@ -35,18 +35,23 @@ class TokenRequest:
                 if getattr(self, column) is not None}
 
     @cached_property
+    def live_key(self) -> tuple[str, str, str]:
+        """(token, matched_by, match_value): at most one live registration holds a key
+        (duplicate suppression). Worked out once: a batch asks for it several times."""
+        for name, column in IDENTIFIERS:
+            value = getattr(self, column)
+            if value is not None:
+                return self.token, name, str(value)
+        raise ValueError("a token request needs an identifier")
+
+    @property
     def matched_by(self) -> str:
         """The highest-priority identifier present (Reteno matches the contact by it)."""
-        return next(iter(self.identifiers()))
+        return self.live_key[1]
 
-    @cached_property
+    @property
     def match_value(self) -> str:
-        return str(getattr(self, COLUMN_OF[self.matched_by]))
-
-    @cached_property
-    def live_key(self) -> tuple[str, str, str]:
-        """At most one live registration holds a key (duplicate suppression)."""
-        return self.token, self.matched_by, self.match_value
+        return self.live_key[2]
 
 
 @dataclass(frozen=True)
