@@ -26,6 +26,7 @@ import argparse
 import re
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -47,6 +48,10 @@ STATUSES_TARGET_MS = 200.0
 TELEGRAM_TARGET_MS = 5.0
 SECRET = "bench-telegram-secret"
 _LOGGED = re.compile(r"method=(\w+) path=(\S+) .*status=(\d+) ms=([\d.]+)")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def logged_ms(log: Path, method: str, path: str, skip: int) -> list[float]:
@@ -137,7 +142,8 @@ def main() -> int:
             events = [{"activityStatus": "UNDELIVERED", "mediaType": "telegrambot",
                        "statusDescription": "403: Forbidden: bot was blocked by the user",
                        "externalCustomerId": f"cust-{first + k}", "messageId": first + k,
-                       "activityDateTime": "2026-01-01T00:00:00Z"} for k in range(1000)]
+                       # now: an event older than the registration removes nothing
+                       "activityDateTime": now_iso()} for k in range(1000)]
             return session.post(f"{url}/statuses", json=events, headers=bearer, timeout=60)
 
         checks.clear()

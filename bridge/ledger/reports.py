@@ -22,6 +22,7 @@ removals (registrations quiet for a number of days) go through here too.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -223,9 +224,13 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
             for row in registrations_by(conn, name, wanted[name], lock=True):
                 rows_of[(name, _value_of(row, name))].append(row)
     # Every live registration of the chats these events found: a block is about the chat.
+    # A chat looked up by its token above has every registration in rows_of already.
     chats = {r.token for rows in rows_of.values() for r in rows if r.state in LIVE_VALUES}
+    known = chats & wanted["token"]
     chat_rows: dict[str, list[Any]] = defaultdict(list)
-    for row in registrations_by(conn, "token", chats, lock=True):
+    for row in itertools.chain(
+            (r for t in sorted(known) for r in rows_of[("token", t)]),
+            registrations_by(conn, "token", chats - known, lock=True)):
         if row.state in LIVE_VALUES:
             chat_rows[row.token].append(row)
     seen_at = {r.id: _seen(r) for rows in chat_rows.values() for r in rows}
@@ -273,11 +278,10 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if duplicate:
             outcomes["duplicate"] += 1
             continue
-        at = event.at or now
+        at, blocked = event.at or now, event.blocked  # blocked: worked out once
         candidates = sorted({r.token for r in live})
-        summary = {**event.summary(), "at": at.isoformat(), "blocked": event.blocked,
-                   "via": via}
-        if event.blocked and len(candidates) > 1:
+        summary = {**event.summary(), "at": at.isoformat(), "blocked": blocked, "via": via}
+        if blocked and len(candidates) > 1:
             # A block of one chat among several (Reteno dropped exactly the chat that
             # failed): not ours to guess. Nor is a sign of life, below.
             counts["ambiguous"] += 1
@@ -289,9 +293,9 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         chat = [r for r in chat_rows.get(candidates[0], []) if r.id not in gone] \
             if len(candidates) == 1 else []
         outcome, removed_now, stale_rows = "matched", [], []
-        if event.blocked and not live and len({r.token for r in targets}) == 1:
+        if blocked and not live and len({r.token for r in targets}) == 1:
             later_blocks[targets[0].token] = max(at, later_blocks.get(targets[0].token, at))
-        if event.blocked and chat:
+        if blocked and chat:
             removed_now = [r for r in chat if seen_at[r.id] < at]
             stale_rows = [r for r in chat if seen_at[r.id] >= at]
             outcome = "blocked" if removed_now else "stale"
