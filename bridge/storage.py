@@ -293,16 +293,16 @@ def _driver_execute(raw: sqlite3.Connection, sql: str, values, many: bool = Fals
         raise DBAPIError.instance(sql, (), exc, sqlite3.Error, hide_parameters=True) from exc
 
 
-def _last_value_memo(process):
-    """A bind processor that remembers its last timestamp: the timestamps of a row, and of
-    a batch, are one value, so the UTC conversion and formatting run once, not once per
-    column and row."""
+def _last_value_memo(process, cell: list):
+    """A bind processor that remembers its last timestamp in ``cell``: the timestamps of a
+    row, and of a batch, are one value, so the UTC conversion and formatting run once,
+    not once per column and row. Columns of one type share a cell (their processing is
+    the same), so a request's timestamps convert once across its statements."""
     if process is None:
         return None
-    cell = [(object(), None)]  # (input, output), replaced whole: safe between threads
 
     def memo(value):
-        seen, out = cell[0]
+        seen, out = cell[0]  # (input, output), replaced whole: safe between threads
         if value is seen:
             return out
         out = process(value)
@@ -311,6 +311,9 @@ def _last_value_memo(process):
         return out
 
     return memo
+
+
+_MEMO_CELLS: dict[type, list] = {}  # a column type -> the last value it converted
 
 
 class _Compiled:
@@ -327,7 +330,8 @@ class _Compiled:
         self.sql = compiled.string
         self.returns_rows = bool(compiled.returning) or stmt.is_select
         self.params = [(b.key, _last_value_memo(
-            b.type.dialect_impl(dialect).bind_processor(dialect))) for b in binds]
+            b.type.dialect_impl(dialect).bind_processor(dialect),
+            _MEMO_CELLS.setdefault(type(b.type), [(object(), None)]))) for b in binds]
         # "INSERT ... VALUES (?, ..., ?) <rest>": many rows go in multi-row statements
         head, sep, tail = self.sql.partition(" VALUES (")
         group, close, rest = tail.partition(")")
