@@ -38,9 +38,8 @@ LAYOUTS = {"sync": [], "gthread": ["-k", "gthread", "--threads", "16", "--reuse-
 
 # (bucket, test on one frame "function (path:line)"), innermost frame first wins.
 BUCKETS = [
-    # fdatasync waits in the kernel's uninterruptible sleep, which py-spy counts as
-    # running even in on-CPU mode: this bucket is mostly the disk, not the CPU.
-    ("flush to disk (Database.sync: fdatasync, a disk wait)", lambda f: "Database.sync" in f),
+    # fsync waits in the kernel's uninterruptible sleep, which py-spy counts as running
+    # even in on-CPU mode: this bucket is mostly the disk, not the CPU.
     ("SQLite: COMMIT (WAL write + fsync)", lambda f: "do_commit" in f),
     ("SQLite: statements", lambda f: "_DriverInsert." in f or "_sqlite_begin" in f
      or "do_execute" in f),
