@@ -8,6 +8,7 @@ Errors of every kind leave as the one JSON shape of :mod:`bridge.http`.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
@@ -85,10 +86,13 @@ def register():
         bridge.metrics.registrations.labels("invalid").inc()
         raise invalid(exc, "The registration is not valid; nothing was stored.") from None
     outcomes = bridge.ledger.register(items, source="api")
-    for outcome in outcomes:
-        bridge.metrics.registrations.labels("duplicate" if outcome.duplicate else "queued").inc()
-        if outcome.conflict and not outcome.duplicate:
-            bridge.metrics.conflicts.labels(outcome.state).inc()
+    duplicates = sum(o.duplicate for o in outcomes)  # counted per body, not per token
+    for label, count in (("duplicate", duplicates), ("queued", len(outcomes) - duplicates)):
+        if count:
+            bridge.metrics.registrations.labels(label).inc(count)
+    for state, count in Counter(o.state for o in outcomes if o.conflict and not o.duplicate
+                                ).items():
+        bridge.metrics.conflicts.labels(state).inc(count)
     return _register_response.dump({"registrations": outcomes}), 202
 
 

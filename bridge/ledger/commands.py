@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from sqlalchemy import exists, func, insert, literal, select, update
+from sqlalchemy import bindparam, exists, func, insert, literal, select, update
 
 from ..db import insert_unless_taken
 from ..models import Command, Registration
@@ -102,6 +102,11 @@ def _muted(action: str, until: datetime | None, now: datetime) -> bool:
     return action == "mute" and (until is None or until > now)
 
 
+_MUTES_OF = (select(Command.token, Command.action, Command.muted_until)  # built once
+             .where(Command.token.in_(bindparam("tokens", expanding=True)),
+                    Command.action.in_(MUTES)))
+
+
 def mutes_of(conn, tokens: Iterable[str], now: datetime
              ) -> dict[str, tuple[bool, datetime | None]]:
     """``{token: (muted now, muted until)}`` for the chats among ``tokens`` that have a
@@ -109,10 +114,7 @@ def mutes_of(conn, tokens: Iterable[str], now: datetime
     tokens = sorted(set(tokens))
     out: dict[str, tuple[bool, datetime | None]] = {}
     for start in range(0, len(tokens), 500):
-        for token, action, until in conn.execute(
-                select(Command.token, Command.action, Command.muted_until)
-                .where(Command.token.in_(tokens[start:start + 500]),
-                       Command.action.in_(MUTES))):
+        for token, action, until in conn.execute(_MUTES_OF, {"tokens": tokens[start:start + 500]}):
             muted = _muted(action, until, now)
             out[token] = (muted, until if muted else None)
     return out

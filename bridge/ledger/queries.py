@@ -20,6 +20,7 @@ STALE_REASON = "stale: no sign of life"  # the removal reason of the stale-token
 _RECORD_COLUMNS = [getattr(Registration, name)
                    for name in RegistrationRecord.__dataclass_fields__
                    if name not in ("muted", "muted_until")]
+_RECORDS = select(*_RECORD_COLUMNS)  # built once: a query refines it (where, order, limit)
 
 
 def encode_cursor(last) -> str:
@@ -70,7 +71,7 @@ def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime
     """Registrations matching ``filters`` (``token``, identifiers by API name,
     ``state``, ``conflict``, ``quietDays``), newest first; and the cursor of the next
     page, if any."""
-    query = select(*_RECORD_COLUMNS)
+    query = _RECORDS
     if filters.get("token"):
         query = query.where(Registration.token == filters["token"])
     for api_name, column in COLUMN_OF.items():
@@ -105,7 +106,7 @@ def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime
 def stale(conn, now: datetime, days: int, limit: int | None = None
           ) -> list[RegistrationRecord]:
     """Live registrations quiet for ``days`` days, the longest quiet first."""
-    query = quiet(select(*_RECORD_COLUMNS), now, days).order_by(_SEEN, Registration.id)
+    query = quiet(_RECORDS, now, days).order_by(_SEEN, Registration.id)
     rows = conn.execute(query.limit(limit) if limit else query).all()
     mutes = commands.mutes_of(conn, (row.token for row in rows), now)
     return [RegistrationRecord(*row, *mutes.get(row.token, (False, None))) for row in rows]
