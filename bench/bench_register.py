@@ -100,8 +100,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (8)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--paced-seconds", type=float, default=None,
-                        help=f"the open-loop run at {PACED_SHARE * 100:.0f}%% of the bridge's maximum "
-                             "(5, or 10 without --quick)")
+                        help=f"the open-loop run at {PACED_SHARE * 100:.0f}%% of the bridge's "
+                             "maximum (5, or 10 without --quick)")
     parser.add_argument("--layouts", default="sync,gthread",
                         help="comma-separated: sync, gthread (16 threads), gthread8, gthread4")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
