@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, exists, func, insert, literal, select, update
+from sqlalchemy import and_, exists, func, insert, literal, select, update
 
 from ..db import insert_unless_taken
 from ..models import Command, Registration
@@ -102,22 +102,16 @@ def _muted(action: str, until: datetime | None, now: datetime) -> bool:
     return action == "mute" and (until is None or until > now)
 
 
-_MUTES_OF = (select(Command.token, Command.action, Command.muted_until)  # built once
-             .where(Command.token.in_(bindparam("tokens", expanding=True)),
-                    Command.action.in_(MUTES)))
+def mute_state(action: str | None, until: datetime | None, now: datetime
+               ) -> tuple[bool, datetime | None]:
+    """(muted now, muted until) of a chat's mute row (``action`` None: it has none);
+    ``muted until`` is None when not muted or muted until unmuted."""
+    muted = _muted(action, until, now)
+    return muted, until if muted else None
 
 
-def mutes_of(conn, tokens: Iterable[str], now: datetime
-             ) -> dict[str, tuple[bool, datetime | None]]:
-    """``{token: (muted now, muted until)}`` for the chats among ``tokens`` that have a
-    mute row; ``muted until`` is None when not muted or muted until unmuted."""
-    tokens = sorted(set(tokens))
-    out: dict[str, tuple[bool, datetime | None]] = {}
-    for start in range(0, len(tokens), 500):
-        for token, action, until in conn.execute(_MUTES_OF, {"tokens": tokens[start:start + 500]}):
-            muted = _muted(action, until, now)
-            out[token] = (muted, until if muted else None)
-    return out
+#: A registration's chat's mute row, if any (at most one: ``uq_bridge_commands_mute``).
+MUTE_ROW = and_(Command.token == Registration.token, Command.action.in_(MUTES))
 
 
 def resend_mutes(conn, now: datetime, tokens: Iterable[str]) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
-from ..models import Event, Registration
+from ..models import Command, Event, Registration
 from . import commands
 from .states import LIVE, LIVE_VALUES, State
 from .types import COLUMN_OF, HistoryEvent, RegistrationRecord
@@ -20,7 +20,15 @@ STALE_REASON = "stale: no sign of life"  # the removal reason of the stale-token
 _RECORD_COLUMNS = [getattr(Registration, name)
                    for name in RegistrationRecord.__dataclass_fields__
                    if name not in ("muted", "muted_until")]
-_RECORDS = select(*_RECORD_COLUMNS)  # built once: a query refines it (where, order, limit)
+# Built once: a query refines it (where, order, limit). Each registration with its chat's
+# mute row, if any, in the same query.
+_RECORDS = (select(*_RECORD_COLUMNS, Command.action, Command.muted_until)
+            .select_from(Registration).outerjoin(Command, commands.MUTE_ROW))
+
+
+def _records(rows, now: datetime) -> list[RegistrationRecord]:
+    return [RegistrationRecord(*row[:-2], *commands.mute_state(row[-2], row[-1], now))
+            for row in rows]
 
 
 def encode_cursor(last) -> str:
@@ -93,9 +101,7 @@ def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime
             query = query.where(Registration.id < decode_cursor(cursor))
     rows = conn.execute(query.limit(limit + 1)).all()
     more = len(rows) > limit
-    mutes = commands.mutes_of(conn, (row.token for row in rows[:limit]), now)
-    records = [RegistrationRecord(*row, *mutes.get(row.token, (False, None)))
-               for row in rows[:limit]]
+    records = _records(rows[:limit], now)
     if not (more and records):
         return records, None
     last = records[-1]
@@ -108,8 +114,7 @@ def stale(conn, now: datetime, days: int, limit: int | None = None
     """Live registrations quiet for ``days`` days, the longest quiet first."""
     query = quiet(_RECORDS, now, days).order_by(_SEEN, Registration.id)
     rows = conn.execute(query.limit(limit) if limit else query).all()
-    mutes = commands.mutes_of(conn, (row.token for row in rows), now)
-    return [RegistrationRecord(*row, *mutes.get(row.token, (False, None))) for row in rows]
+    return _records(rows, now)
 
 
 def quiet_counts(conn, now: datetime, days: int) -> dict[str, int]:
