@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..models import IDENTIFIERS, Registration
 
@@ -54,9 +54,9 @@ class TokenRequest:
         return self.live_key[2]
 
 
-class Outcome(NamedTuple):
-    """What ``Ledger.register`` did with one token request (a named tuple: a batch makes
-    one per token, and a frozen dataclass costs several times as much to make)."""
+@dataclass(frozen=True)
+class Outcome:
+    """What ``Ledger.register`` did with one token request."""
 
     id: int
     token: str
