@@ -29,6 +29,7 @@ from .storage import (
     GroupCommit,
     WriteQueue,
     checkpoint,
+    page_bounds,
     run,
     sqlite_engine,
     sqlite_path,
@@ -42,7 +43,7 @@ def migrations_dir() -> str:
 VERSION_TABLE = "bridge_alembic_version"
 
 
-__all__ = ["Database", "run"]  # run: a hot-path statement (bridge.storage.run)
+__all__ = ["Database", "page_bounds", "run"]  # the hot path's (bridge.storage)
 
 
 class SchemaBehind(StartupError):

@@ -143,7 +143,6 @@ class WriteQueue:
             os.close(fd)  # lets go of the lock
 
 
-
 class GroupCommit:
     """Concurrent calls of one process share one write transaction.
 
@@ -312,18 +311,24 @@ class _Compiled:
                 for key, process in self.params]
 
     def pages(self, rows: list[dict]) -> Iterator[tuple[str, list]]:
-        """(SQL, values) of multi-row INSERTs for ``rows``: pages of 256, 64 or 16 rows
-        and a last one under 16, so that few statement shapes are ever prepared."""
-        start = 0
-        while start < len(rows):
-            size = next((p for p in (256, 64, 16) if p <= len(rows) - start),
-                        len(rows) - start)
+        """(SQL, values) of multi-row INSERTs for ``rows``, a page (:func:`page_bounds`)
+        each."""
+        for start, size in page_bounds(len(rows)):
             sql = self._multi_sql.get(size)
             if sql is None:
                 head, group, rest = self._multi
                 sql = self._multi_sql.setdefault(size, f"{head} {', '.join([group] * size)}{rest}")
             yield sql, [v for row in rows[start:start + size] for v in self.values(row)]
-            start += size
+
+
+def page_bounds(count: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of the pages that cover ``count`` items: 256, 64 or 16 at a time and
+    a last one under 16, so that few statement shapes are ever prepared."""
+    start = 0
+    while start < count:
+        size = next((p for p in (256, 64, 16) if p <= count - start), count - start)
+        yield start, size
+        start += size
 
 
 _COMPILED: dict[tuple[int, frozenset], _Compiled] = {}

@@ -111,7 +111,7 @@ def mute_state(action: str | None, until: datetime | None, now: datetime
 
 
 #: A registration's chat's mute row, if any (at most one: ``uq_bridge_commands_mute``).
-MUTE_ROW = and_(Command.token == Registration.token, Command.action.in_(MUTES))
+MUTE_OF_CHAT = and_(Command.token == Registration.token, Command.action.in_(MUTES))
 
 
 def resend_mutes(conn, now: datetime, tokens: Iterable[str]) -> int:

@@ -23,7 +23,7 @@ _RECORD_COLUMNS = [getattr(Registration, name)
 # Built once: a query refines it (where, order, limit). Each registration with its chat's
 # mute row, if any, in the same query.
 _RECORDS = (select(*_RECORD_COLUMNS, Command.action, Command.muted_until)
-            .select_from(Registration).outerjoin(Command, commands.MUTE_ROW))
+            .select_from(Registration).outerjoin(Command, commands.MUTE_OF_CHAT))
 
 
 def _records(rows, now: datetime) -> list[RegistrationRecord]:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from sqlalchemy import bindparam, literal_column, select, update
 
-from ..db import insert_unless_taken, lock_keys, run
+from ..db import insert_unless_taken, lock_keys, page_bounds, run
 from ..models import Registration, utcnow
 from .states import State, append_events
 from .types import Outcome, TokenRequest
@@ -70,13 +70,11 @@ def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
 
 _LIVE_COLUMNS = (Registration.token, Registration.matched_by, Registration.match_value,
                  Registration.id, Registration.state)
-_PAGES = (256, 64, 16)  # tokens per look-up: few statement shapes, each built once
-
-
 @cache
 def _live_of_page(size: int):
     """The live registrations of ``size`` chats (parameters ``t0`` …), oldest first; on
-    the driver (``run``): SQLAlchemy's expanding ``IN`` costs more than SQLite's work."""
+    the driver (``run``), a statement shape per page size (``page_bounds``), each built
+    once: SQLAlchemy's expanding ``IN`` costs more than SQLite's work."""
     return (select(*_LIVE_COLUMNS)
             .where(Registration.token.in_([bindparam(f"t{i}") for i in range(size)]),
                    Registration.state != literal_column(f"'{State.REMOVED.value}'"))
@@ -97,13 +95,10 @@ def live_of_tokens(conn, tokens: Sequence[str]) -> dict[str, list[LiveRow]]:
     none can start before this transaction ends."""
     found: dict[str, list[LiveRow]] = defaultdict(list)
     tokens = sorted(set(tokens))
-    start = 0
-    while start < len(tokens):  # a chat's rows all come from one page, in id order
-        size = next((p for p in _PAGES if p <= len(tokens) - start), len(tokens) - start)
+    for start, size in page_bounds(len(tokens)):  # a chat's rows come from one page
         page = {f"t{i}": token for i, token in enumerate(tokens[start:start + size])}
         for row in run(conn, _live_of_page(size), page):
             found[row[0]].append(LiveRow(*row))
-        start += size
     return found
 
 

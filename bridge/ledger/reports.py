@@ -226,7 +226,7 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
     # Every live registration of the chats these events found: a block is about the chat.
     # A chat looked up by its token above has every registration in rows_of already.
     chats = {r.token for rows in rows_of.values() for r in rows if r.state in LIVE_VALUES}
-    known = chats & wanted["token"]
+    known = chats & wanted.get("token", set())
     chat_rows: dict[str, list[Any]] = defaultdict(list)
     for row in itertools.chain(
             (r for t in sorted(known) for r in rows_of[("token", t)]),
