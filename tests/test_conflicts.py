@@ -47,6 +47,23 @@ def test_two_identities_in_one_batch_conflict_with_each_other(client, auth):
     assert (first["conflict"], second["conflict"]) == (False, True)
 
 
+def test_a_conflict_in_a_batch_names_the_live_registrations_then_the_earlier_new_ones(
+        client, auth):
+    [live] = register(client, auth, ANN)
+    cat, other_chat, bob, cat_again, dan = register(
+        client, auth, {"token": 4100, "email": "cat@example.com"},
+        {"token": 4200, "email": "eve@example.com"}, BOB,
+        {"token": 4100, "email": "cat@example.com"}, {"token": 4100, "phone": "+380951234567"})
+    assert [r["conflict"] for r in (cat, other_chat, bob, cat_again, dan)] == [
+        True, False, True, True, True]
+    assert cat_again["duplicate"] and cat_again["id"] == cat["id"]
+    named = {e["registrationId"]: e["detail"]["with"]
+             for e in history(client, auth, 4100) if e["kind"] == "conflict"}
+    assert named == {cat["id"]: [live["id"]], bob["id"]: [live["id"], cat["id"]],
+                     dan["id"]: [live["id"], cat["id"], bob["id"]]}
+    assert "conflict" not in kinds(client, auth, token=4200)
+
+
 @pytest.fixture
 def holding(make_app):
     return make_app(BRIDGE_ON_CONFLICT="hold")

@@ -112,6 +112,16 @@ def touch(conn, ids: Sequence[int], seen: datetime) -> None:
         conn.execute(_TOUCH, {"ids": ids[start:start + 500], "seen": seen})
 
 
+def _conflicting(key: tuple, live: dict[str, list[LiveRow]],
+                 new_keys: dict[str, list[tuple]], inserted: dict[tuple, int]) -> list[int]:
+    """The registrations a new ``key`` conflicts with: its chat's live ones, then those of
+    the chat's new keys that came before it in the same call (``new_keys``: a chat's new
+    keys in order, for the chats that have several)."""
+    chat = new_keys.get(key[0], [])
+    earlier = chat[:chat.index(key)] if key in chat else []
+    return [r.id for r in live.get(key[0], ())] + [inserted[k] for k in earlier]
+
+
 def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now: datetime,
              hold_conflicts: bool = False,
              seen: Sequence[datetime | None] | None = None) -> list[Outcome]:
@@ -129,22 +139,19 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
     existing = {(r.token, r.matched_by, r.match_value): r for rows in live.values()
                 for r in rows}
 
+    keys = [r.live_key for r in requests]
     first: dict[tuple, int] = {}  # new key -> index of its first request
     rows: dict[tuple, dict] = {}  # new key -> its row
-    # new key -> the chat's live registrations, and its new keys earlier in this call
-    others: dict[tuple, tuple[list[int], list[tuple]]] = {}
-    new_keys_of: dict[str, list[tuple]] = defaultdict(list)
-    for index, request in enumerate(requests):
-        key = request.live_key
+    new_in_chat: dict[str, int] = {}  # token -> its new keys so far in this call
+    for index, (request, key) in enumerate(zip(requests, keys, strict=True)):
         if key in existing or key in first:
             continue
         first[key] = index
-        others[key] = ([r.id for r in live.get(request.token, ())],
-                       list(new_keys_of[request.token]))
-        conflict = bool(others[key][0] or others[key][1])
+        earlier = new_in_chat.get(request.token, 0)
+        new_in_chat[request.token] = earlier + 1
+        conflict = earlier > 0 or request.token in live
         state = State.HELD if conflict and hold_conflicts else State.QUEUED
         rows[key] = _row(request, now, seen[index], state, conflict)
-        new_keys_of[request.token].append(key)
     inserted = {}
     if rows:
         inserted = {(t, m, v): i
@@ -152,36 +159,37 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
     if len(inserted) != len(rows):  # only without the chat lock: cannot happen here
         raise RuntimeError("a registration was inserted concurrently")
     touched: dict[datetime, list[int]] = defaultdict(list)
-    for index, request in enumerate(requests):
-        if request.live_key in existing:
-            touched[seen[index]].append(existing[request.live_key].id)
+    for index, key in enumerate(keys):
+        if key in existing:
+            touched[seen[index]].append(existing[key].id)
     for at, ids in touched.items():
         touch(conn, ids, at)
 
+    new_keys: dict[str, list[tuple]] = defaultdict(list)  # only chats with several
+    for key in rows:
+        if new_in_chat[key[0]] > 1:
+            new_keys[key[0]].append(key)
+
     outcomes, events = [], []
-    for index, request in enumerate(requests):
-        key = request.live_key
-        if key in rows:
-            rid, state, duplicate = inserted[key], rows[key]["state"], first[key] != index
-            conflict = rows[key]["conflict"]
+    for index, (request, key) in enumerate(zip(requests, keys, strict=True)):
+        row = rows.get(key)
+        if row is not None:
+            rid, state, duplicate, conflict = (inserted[key], row["state"], first[key] != index,
+                                               row["conflict"])
         else:
             rid, state, duplicate, conflict = existing[key].id, existing[key].state, True, False
-        outcome = Outcome(rid, request.token, request.matched_by, state, duplicate, conflict)
+        outcome = Outcome(rid, request.token, key[1], state, duplicate, conflict)
         outcomes.append(outcome)
         events.append({
-            "at": now, "registration_id": outcome.id, "token": outcome.token,
-            "kind": "submitted",
-            "detail": {"source": sources[index], "matchedBy": outcome.matched_by,
-                       "duplicate": outcome.duplicate, "state": outcome.state},
+            "at": now, "registration_id": rid, "token": request.token, "kind": "submitted",
+            "detail": {"source": sources[index], "matchedBy": key[1], "duplicate": duplicate,
+                       "state": state},
         })
         if conflict and not duplicate:
-            live_ids, earlier = others[key]
             events.append({
-                "at": now, "registration_id": outcome.id, "token": outcome.token,
-                "kind": "conflict",
-                "detail": {"with": live_ids + [inserted[k] for k in earlier],
-                           "matchedBy": outcome.matched_by,
-                           "held": state == State.HELD.value},
+                "at": now, "registration_id": rid, "token": request.token, "kind": "conflict",
+                "detail": {"with": _conflicting(key, live, new_keys, inserted),
+                           "matchedBy": key[1], "held": state == State.HELD.value},
             })
     append_events(conn, events)
     return outcomes

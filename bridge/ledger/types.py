@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from typing import Any
 
 from ..models import IDENTIFIERS, Registration
@@ -19,7 +18,7 @@ COLUMN_OF = dict(IDENTIFIERS)
 PRIORITY = tuple(name for name, _column in IDENTIFIERS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenRequest:
     """One token to register: the chat id and at least one identifier (normal forms)."""
 
@@ -28,21 +27,24 @@ class TokenRequest:
     external_customer_id: str | None = None
     phone: str | None = None
     email: str | None = None
+    #: (token, matched_by, match_value): at most one live registration holds a key
+    #: (duplicate suppression). Worked out once, on creation: a batch asks for it
+    #: several times, and slots keep a batch's requests small (fewer objects for the
+    #: garbage collector to walk).
+    live_key: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, column in IDENTIFIERS:
+            value = getattr(self, column)
+            if value is not None:
+                object.__setattr__(self, "live_key", (self.token, name, str(value)))
+                return
+        raise ValueError("a token request needs an identifier")
 
     def identifiers(self) -> dict[str, Any]:
         """The identifiers present, by API name, in priority order."""
         return {name: getattr(self, column) for name, column in IDENTIFIERS
                 if getattr(self, column) is not None}
-
-    @cached_property
-    def live_key(self) -> tuple[str, str, str]:
-        """(token, matched_by, match_value): at most one live registration holds a key
-        (duplicate suppression). Worked out once: a batch asks for it several times."""
-        for name, column in IDENTIFIERS:
-            value = getattr(self, column)
-            if value is not None:
-                return self.token, name, str(value)
-        raise ValueError("a token request needs an identifier")
 
     @property
     def matched_by(self) -> str:
@@ -54,7 +56,7 @@ class TokenRequest:
         return self.live_key[2]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What ``Ledger.register`` did with one token request."""
 
