@@ -8,12 +8,15 @@ requests/s and 100 ms of latency per call. In one run:
 * baseline "one call per token", measured two ways: the bridge itself with
   ``BRIDGE_BATCH_SIZE=1``, and a direct client loop (32 threads, one token per
   call) straight at the simulator, which is the most the limit allows;
-* the bridge as served: ``gunicorn -w 2 app:app`` (each worker runs its
+* the bridge: ``gunicorn -w 2 app:app`` (sync workers; each worker runs its
   delivery thread, the default), ``BRIDGE_BATCH_SIZE=1000``, while wrk posts
   registrations as fast as the bridge takes them (``{"tokens": [...]}`` bodies of
   1000 new tokens: single-token requests cannot arrive at 5,000/s). End to end
   = tokens registered / (time the simulator held the last of them - time the
-  load started). Every token must arrive exactly once.
+  load started). Every token must arrive exactly once. Not judged, with ``--served``
+  and always without ``--quick``: the same served by the shipped ``gunicorn.conf.py``
+  (16 threads a worker, whose request threads share the interpreter with the
+  delivery thread), and with two ``bridge deliver`` processes instead of threads.
 
 Targets: >= 5,000 tokens/s end to end and >= 25x the one-call-per-token baseline.
 """
@@ -35,6 +38,7 @@ from bench.common import (  # noqa: E402
     APP_UUID,
     REGISTER_LUA,
     RETENO_KEY,
+    SERVED_CONFIG,
     Stack,
     http_json,
     lua,
@@ -113,13 +117,14 @@ def bridge_batch_size_one(st: Stack, sim: str, seconds: float) -> dict:
 
 
 def bridge_full_speed(st: Stack, sim: str, seconds: float, connections: int,
-                      background: bool = True) -> dict:
-    label = "bridge" if background else "bridge-deliver-procs"
+                      background: bool = True, served: bool = False) -> dict:
+    label = ("bridge-served" if served else "bridge") if background else "bridge-deliver-procs"
     db = st.dir / f"{label}.sqlite3"
     env = st.bridge_env(db, sim, batch_size=1000, background=background)
     st.migrate(env)
     reset(sim)
-    url, proc = st.gunicorn("app:app", env=env, name=label)
+    url, proc = st.gunicorn("app:app", env=env, name=label,
+                            **({"config": SERVED_CONFIG} if served else {}))
     delivers = [] if background else [st.deliver_worker(env, name=f"{label}-{n}") for n in (1, 2)]
     script = lua(st.dir, "register", REGISTER_LUA)
     samples: list[tuple[float, int]] = []
@@ -155,8 +160,9 @@ def bridge_full_speed(st: Stack, sim: str, seconds: float, connections: int,
         st.stop(d)
     during = [n for t, n in samples if t <= load_end]
     return {
-        "layout": "delivery thread per gunicorn worker" if background
-        else "BRIDGE_BACKGROUND_DELIVERY=false + 2 bridge deliver processes",
+        "layout": ("delivery thread per gunicorn worker"
+                   + (", gunicorn.conf.py (16 threads each)" if served else ", sync workers"))
+        if background else "BRIDGE_BACKGROUND_DELIVERY=false + 2 bridge deliver processes",
         "registered": registered,
         "received": received,
         "loadSeconds": round(load_end - started, 2),
@@ -179,6 +185,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="load duration (20)")
     parser.add_argument("--connections", type=int, default=4,
                         help="wrk connections posting 1000-token bodies (4)")
+    parser.add_argument("--served", action="store_true",
+                        help="also with the shipped gunicorn.conf.py (threaded workers; "
+                             "always without --quick)")
     parser.add_argument("--no-wait", action="store_true")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -202,6 +211,14 @@ def main() -> int:
             f"{full['deliveredDuringLoadPerSecond']:.0f}/s during load; "
             f"{full['upstreamCalls']} calls, {full['rateLimited']} x 429, "
             f"{full['duplicates']} duplicates)")
+        served = None
+        if args.served or not args.quick:
+            served = bridge_full_speed(st, sim, seconds, args.connections, served=True)
+            say(f"  (served by gunicorn.conf.py)        "
+                f"{served['endToEndPerSecond']:8.0f} tokens/s "
+                f"(ingest {served['ingestPerSecond']:.0f}/s, delivered "
+                f"{served['deliveredDuringLoadPerSecond']:.0f}/s during load, "
+                f"{served['duplicates']} duplicates)")
         alt = None
         if not args.quick:
             alt = bridge_full_speed(st, sim, seconds, args.connections, background=False)
@@ -222,7 +239,8 @@ def main() -> int:
     save_result("delivery", {
         "quiet": quiet, "loadSeconds": seconds, "connections": args.connections,
         "baselineDirectLoop": loop, "baselineBridgeBatch1": one, "bridge": full,
-        "bridgeDeliverProcesses": alt, "baseline": baseline, "ratio": round(ratio, 1),
+        "bridgeServed": served, "bridgeDeliverProcesses": alt, "baseline": baseline,
+        "ratio": round(ratio, 1),
         "pass": ok,
     })
     return 0 if ok else 1

@@ -34,6 +34,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The gunicorn settings the bridge ships with (threaded workers, preloading, the delivery
+# thread started with each worker): Stack.gunicorn(config=SERVED_CONFIG).
+SERVED_CONFIG = str(ROOT / "gunicorn.conf.py")
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 PYTHON = sys.executable
@@ -275,11 +278,16 @@ class Stack(contextlib.ExitStack):
                        env={**os.environ, **env}, check=True, capture_output=True)
 
     def gunicorn(self, target: str, env: dict | None = None, workers: int = 2,
-                 name: str = "gunicorn", extra: list[str] | None = None) -> tuple[str, Proc]:
-        """``gunicorn -w N target`` on a free port (default sync worker class)."""
+                 name: str = "gunicorn", extra: list[str] | None = None,
+                 config: str = "/dev/null") -> tuple[str, Proc]:
+        """``gunicorn -w N target`` on a free port: gunicorn's defaults (sync workers, no
+        preloading) and the flags in ``extra``. gunicorn reads ``gunicorn.conf.py`` from
+        the directory it starts in, and the repository's (threaded workers, preloading)
+        would silently change every layout: ``config`` names the file it reads instead
+        (``SERVED_CONFIG`` for the layout the bridge ships with)."""
         port = free_port()
         proc = self.spawn(name, [
-            str(BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}",
+            str(BIN / "gunicorn"), "-c", config, "-w", str(workers), "-b", f"127.0.0.1:{port}",
             "--backlog", "2048", "--graceful-timeout", "5", *(extra or []), target,
         ], env=env)
         url = f"http://127.0.0.1:{port}"
