@@ -6,9 +6,10 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Integer, and_, bindparam, func, or_, select
 
 from ..models import Command, Event, Registration
 from . import commands
@@ -74,32 +75,62 @@ def quiet(query, now: datetime, days: int):
     return query.where(Registration.state.in_(LIVE_VALUES), _SEEN < quiet_since(now, days))
 
 
+@cache
+def _find_query(names: frozenset[str], conflict: bool | None, quiet_report: bool,
+                paged: bool):
+    """The select of :func:`find` for one shape of filters (which are given, the conflict
+    flag, report or not, a later page or not), its values as parameters. Built once a
+    shape: SQLAlchemy reuses a compiled statement's result layout only for the same
+    statement object (a new one per request was matched column by column, a third of
+    a look-up's time)."""
+    query = _RECORDS
+    if "token" in names:
+        query = query.where(Registration.token == bindparam("token"))
+    for api_name, column in COLUMN_OF.items():
+        if api_name in names:
+            query = query.where(getattr(Registration, column) == bindparam(api_name))
+    if "state" in names:
+        query = query.where(Registration.state == bindparam("state"))
+    if conflict is not None:
+        query = query.where(Registration.conflict.is_(conflict))
+    if quiet_report:  # the stale-token report: the longest quiet first
+        query = query.where(Registration.state.in_(LIVE_VALUES),
+                            _SEEN < bindparam("quiet_since")).order_by(_SEEN, Registration.id)
+        if paged:
+            query = query.where(or_(_SEEN > bindparam("seen"),
+                                    and_(_SEEN == bindparam("seen"),
+                                         Registration.id > bindparam("last_id"))))
+    else:
+        query = query.order_by(Registration.id.desc())
+        if paged:
+            query = query.where(Registration.id < bindparam("before"))
+    return query.limit(bindparam("limit", type_=Integer))
+
+
 def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime
          ) -> tuple[list[RegistrationRecord], str | None]:
     """Registrations matching ``filters`` (``token``, identifiers by API name,
     ``state``, ``conflict``, ``quietDays``), newest first; and the cursor of the next
     page, if any."""
-    query = _RECORDS
+    values: dict[str, Any] = {}  # the filters given, by parameter name
     if filters.get("token"):
-        query = query.where(Registration.token == filters["token"])
-    for api_name, column in COLUMN_OF.items():
+        values["token"] = filters["token"]
+    for api_name in COLUMN_OF:
         if filters.get(api_name) is not None:
-            query = query.where(getattr(Registration, column) == filters[api_name])
+            values[api_name] = filters[api_name]
     if filters.get("state"):
-        query = query.where(Registration.state == filters["state"])
-    if filters.get("conflict") is not None:
-        query = query.where(Registration.conflict.is_(bool(filters["conflict"])))
+        values["state"] = filters["state"]
+    conflict = None if filters.get("conflict") is None else bool(filters["conflict"])
     quiet_days = filters.get("quietDays")
-    if quiet_days is not None:  # the stale-token report: the longest quiet first
-        query = quiet(query, now, quiet_days).order_by(_SEEN, Registration.id)
+    query = _find_query(frozenset(values), conflict, quiet_days is not None, bool(cursor))
+    params = {**values, "limit": limit + 1}
+    if quiet_days is not None:
+        params["quiet_since"] = quiet_since(now, quiet_days)
         if cursor:
-            seen, last_id = decode_cursor(cursor, quiet=True)
-            query = query.where(or_(_SEEN > seen, and_(_SEEN == seen, Registration.id > last_id)))
-    else:
-        query = query.order_by(Registration.id.desc())
-        if cursor:
-            query = query.where(Registration.id < decode_cursor(cursor))
-    rows = conn.execute(query.limit(limit + 1)).all()
+            params["seen"], params["last_id"] = decode_cursor(cursor, quiet=True)
+    elif cursor:
+        params["before"] = decode_cursor(cursor)
+    rows = conn.execute(query, params).all()
     more = len(rows) > limit
     records = _records(rows[:limit], now)
     if not (more and records):
