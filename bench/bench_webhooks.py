@@ -161,7 +161,8 @@ def main() -> int:
             update = {"update_id": 10_000 + i, "my_chat_member": {
                 "chat": {"id": token, "type": "private"},
                 "from": {"id": token, "is_bot": False, "first_name": "U"},
-                "date": 1767225600,
+                # dated now: an update older than the registration removes nothing
+                "date": int(time.time()),
                 "old_chat_member": {"status": "member", "user": {"id": 1, "is_bot": True,
                                                                 "first_name": "B"}},
                 "new_chat_member": {"status": "kicked", "until_date": 0,
