@@ -41,15 +41,16 @@ BUCKETS = [
     # fsync waits in the kernel's uninterruptible sleep, which py-spy counts as running
     # even in on-CPU mode: this bucket is mostly the disk, not the CPU.
     ("SQLite: COMMIT (WAL write + fsync)", lambda f: "do_commit" in f),
-    ("SQLite: statements", lambda f: "_DriverInsert." in f or "_sqlite_begin" in f
+    ("SQLite: statements", lambda f: "_driver_execute" in f or "_begin (bridge/storage" in f
      or "do_execute" in f),
-    ("waiting: write lock (flock)", lambda f: "_WriteQueue.hold" in f),
-    ("waiting: group commit", lambda f: "Condition.wait" in f and "threading" in f),
+    ("waiting: write lock (flock)", lambda f: "WriteQueue.hold" in f),
+    ("waiting: group commit", lambda f: "GroupCommit.run" in f),
     ("waiting: for a request", lambda f: "select (selectors" in f or "sync.py:3" in f
      or "socket.accept" in f or "SyncWorker.wait" in f),
     ("request log (logging)", lambda f: "logging/" in f or "bridge/logs.py" in f),
     ("SQLAlchemy (connection, pool, events)", lambda f: "sqlalchemy/" in f),
-    ("ledger + db (bridge Python)", lambda f: "bridge/ledger.py" in f or "bridge/db.py" in f),
+    ("ledger + storage (bridge Python)", lambda f: "bridge/ledger/" in f
+     or "bridge/storage.py" in f or "bridge/db.py" in f),
     ("validation (marshmallow, schemas)", lambda f: "marshmallow/" in f
      or "bridge/schemas.py" in f),
     ("JSON body, auth, response (bridge/http, json)", lambda f: "bridge/http.py" in f
