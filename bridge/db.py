@@ -29,7 +29,8 @@ from .storage import (
     GroupCommit,
     WriteQueue,
     checkpoint,
-    page_bounds,
+    in_params,
+    param_pages,
     run,
     sqlite_engine,
     sqlite_path,
@@ -43,7 +44,7 @@ def migrations_dir() -> str:
 VERSION_TABLE = "bridge_alembic_version"
 
 
-__all__ = ["Database", "page_bounds", "run"]  # the hot path's (bridge.storage)
+__all__ = ["Database", "in_params", "param_pages", "run"]  # the hot path's (bridge.storage)
 
 
 class SchemaBehind(StartupError):

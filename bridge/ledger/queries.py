@@ -70,9 +70,10 @@ def quiet_since(now: datetime, days: int) -> datetime:
 _SEEN = func.coalesce(Registration.last_seen_at, Registration.created_at)
 
 
-def quiet(query, now: datetime, days: int):
-    """Live registrations with no sign of life for ``days`` days (the stale-token report)."""
-    return query.where(Registration.state.in_(LIVE_VALUES), _SEEN < quiet_since(now, days))
+def quiet(query, since):
+    """Live registrations with no sign of life since ``since`` (a time, or a parameter):
+    the stale-token report."""
+    return query.where(Registration.state.in_(LIVE_VALUES), _SEEN < since)
 
 
 @cache
@@ -94,8 +95,7 @@ def _find_query(names: frozenset[str], conflict: bool | None, quiet_report: bool
     if conflict is not None:
         query = query.where(Registration.conflict.is_(conflict))
     if quiet_report:  # the stale-token report: the longest quiet first
-        query = query.where(Registration.state.in_(LIVE_VALUES),
-                            _SEEN < bindparam("quiet_since")).order_by(_SEEN, Registration.id)
+        query = quiet(query, bindparam("quiet_since")).order_by(_SEEN, Registration.id)
         if paged:
             query = query.where(or_(_SEEN > bindparam("seen"),
                                     and_(_SEEN == bindparam("seen"),
@@ -143,14 +143,15 @@ def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime
 def stale(conn, now: datetime, days: int, limit: int | None = None
           ) -> list[RegistrationRecord]:
     """Live registrations quiet for ``days`` days, the longest quiet first."""
-    query = quiet(_RECORDS, now, days).order_by(_SEEN, Registration.id)
+    query = quiet(_RECORDS, quiet_since(now, days)).order_by(_SEEN, Registration.id)
     rows = conn.execute(query.limit(limit) if limit else query).all()
     return _records(rows, now)
 
 
 def quiet_counts(conn, now: datetime, days: int) -> dict[str, int]:
     """Live registrations quiet for ``days`` days, by state."""
-    counts = dict(conn.execute(quiet(select(Registration.state, func.count()), now, days)
+    counts = dict(conn.execute(quiet(select(Registration.state, func.count()),
+                                     quiet_since(now, days))
                                .group_by(Registration.state)).all())
     return {s.value: int(counts.get(s.value, 0)) for s in State if s in LIVE}
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from sqlalchemy import bindparam, literal_column, select, update
 
-from ..db import insert_unless_taken, lock_keys, page_bounds, run
+from ..db import in_params, insert_unless_taken, lock_keys, param_pages, run
 from ..models import Registration, utcnow
 from .states import State, append_events
 from .types import Outcome, TokenRequest
@@ -73,10 +73,10 @@ _LIVE_COLUMNS = (Registration.token, Registration.matched_by, Registration.match
 @cache
 def _live_of_page(size: int):
     """The live registrations of ``size`` chats (parameters ``t0`` …), oldest first; on
-    the driver (``run``), a statement shape per page size (``page_bounds``), each built
+    the driver (``run``), a statement shape per page size (``param_pages``), each built
     once: SQLAlchemy's expanding ``IN`` costs more than SQLite's work."""
     return (select(*_LIVE_COLUMNS)
-            .where(Registration.token.in_([bindparam(f"t{i}") for i in range(size)]),
+            .where(in_params(Registration.token, "t", size),
                    Registration.state != literal_column(f"'{State.REMOVED.value}'"))
             .order_by(Registration.id).with_for_update(read=True))
 
@@ -94,9 +94,7 @@ def live_of_tokens(conn, tokens: Sequence[str]) -> dict[str, list[LiveRow]]:
     PostgreSQL the rows are share-locked: a removal in progress is waited for, and
     none can start before this transaction ends."""
     found: dict[str, list[LiveRow]] = defaultdict(list)
-    tokens = sorted(set(tokens))
-    for start, size in page_bounds(len(tokens)):  # a chat's rows come from one page
-        page = {f"t{i}": token for i, token in enumerate(tokens[start:start + size])}
+    for size, page in param_pages(sorted(set(tokens)), "t"):  # a chat's rows: one page
         for row in run(conn, _live_of_page(size), page):
             found[row[0]].append(LiveRow(*row))
     return found

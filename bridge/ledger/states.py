@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, literal_column, update
 
-from ..db import page_bounds, run
+from ..db import in_params, param_pages, run
 from ..models import Command, Event, Registration
 
 
@@ -108,12 +108,12 @@ _EVENT_INSERT = insert(Event.__table__)
 @cache
 def _statement(kind: str, columns: frozenset[str], size: int):
     """UPDATE of the rows of ``size`` ids (parameters ``id0`` …) that ``kind`` applies
-    to, setting ``columns``; returns their ids. Built once a shape (``page_bounds``) and
+    to, setting ``columns``; returns their ids. Built once a shape (``param_pages``) and
     run on the driver (``run``): SQLAlchemy's expanding ``IN`` cost more than SQLite's
     own work for a claim's thousand rows."""
     t = TRANSITIONS[kind]
     table = t.model
-    conditions = [table.id.in_([bindparam(f"id{i}") for i in range(size)]),
+    conditions = [in_params(table.id, "id", size),
                   table.state.in_([literal_column(f"'{s.value}'")
                                    for s in sorted(t.sources)])]
     if t.leased:
@@ -150,9 +150,9 @@ def move(conn, kind: str, rows: Sequence[Any], now: datetime, values: dict | Non
     if transition.leased:
         params["held_by"] = held_by
     moved: set[int] = set()
-    for start, size in page_bounds(len(ids)):
-        page = {**params, **{f"id{i}": v for i, v in enumerate(ids[start:start + size])}}
-        moved.update(row[0] for row in run(conn, _statement(kind, columns, size), page))
+    for size, page in param_pages(ids, "id"):
+        moved.update(row[0] for row in run(conn, _statement(kind, columns, size),
+                                           {**params, **page}))
     done, seen = [], set()
     for r in rows:
         if r.id in moved and r.id not in seen:
