@@ -169,6 +169,26 @@ def test_bad_body_structure_is_422(client, auth, body):
     assert ledger_rows(client, auth) == []
 
 
+def test_a_bad_body_structure_names_where(client, auth):
+    out = assert_error_shape(post(client, {"tokens": "x"}, auth), 422)
+    assert out["errors"] == {"tokens": ["Not a valid list."]}
+    body = {"tokens": [{"token": 1, "email": "a@b.co"}, None, {"token": "x", "email": "a@b.co"}, 7]}
+    out = assert_error_shape(post(client, body, auth), 422)
+    assert set(out["errors"]) == {"tokens.1", "tokens.2.token", "tokens.3"}
+    assert ledger_rows(client, auth) == []
+
+
+@pytest.mark.parametrize(("body", "fields"), [
+    ({"token": "x"}, {"token"}),
+    ({"token": 1, "nickname": "ann"}, {"nickname"}),
+    ({"token": 1, "email": None}, {"identifiers"}),
+    ({"tokens": [{"token": "x"}, {"token": 2}]}, {"tokens.0.token", "tokens.1.identifiers"}),
+])
+def test_missing_identifiers_are_named_only_when_the_rest_of_the_object_is_valid(
+        client, auth, body, fields):
+    assert set(assert_error_shape(post(client, body, auth), 422)["errors"]) == fields
+
+
 def test_not_json_is_415(client, auth):
     response = client.post(URL, data="token=1", headers=auth,
                            content_type="application/x-www-form-urlencoded")
