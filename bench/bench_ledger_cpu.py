@@ -8,12 +8,15 @@ server's).
     git worktree add /tmp/baseline <commit>
     python bench/bench_ledger_cpu.py --baseline /tmp/baseline [--rounds 3] [--count 2000]
     python bench/bench_ledger_cpu.py --baseline /tmp/baseline --instructions
+    python bench/bench_ledger_cpu.py --baseline /tmp/baseline --instructions --batch --count 6
 
 ``--instructions`` counts instructions instead (valgrind's callgrind; ``apt-get install
 valgrind``): the same count for the same code and input whatever else the machine is
 doing, so one run per tree settles a comparison that CPU time, on a busy machine,
 cannot. Each figure is the difference between a run of ``--count`` operations and one
 of a tenth as many, divided by the difference in operations: start-up drops out.
+``--batch``: the operation is a ``POST /register`` of 1,000 new tokens (``{"tokens":
+[...]}``) instead of one.
 
 CPU time (``time.process_time``) is what a saturated server runs out of, and it is far
 less disturbed by other load on the machine than throughput. Each run is a child
@@ -78,7 +81,7 @@ import json, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
 from app import create_app
 from bridge.db import migrate
-count = int(sys.argv[2])
+count, batch = int(sys.argv[2]), sys.argv[3] == "batch"
 url = f"sqlite:///{tempfile.mkdtemp()}/bench.sqlite3"
 migrate(url)
 key = "k" * 32
@@ -88,22 +91,29 @@ app = create_app({"RETENO_APP_UUID": "00000000-0000-4000-8000-000000000001",
 client = app.test_client()
 auth = {"Authorization": f"Bearer {key}"}
 
+def body(i):
+    if batch:  # 1,000 new tokens
+        return {"tokens": [{"token": 10_000_000 + i * 1000 + n, "email": f"u{i}.{n}@example.com"}
+                           for n in range(1000)]}
+    return {"token": 1_000_000 + i, "email": f"u{i}@example.com"}
+
 def post(i):
-    response = client.post("/register", headers=auth,
-                           json={"token": 1_000_000 + i, "email": f"u{i}@example.com"})
+    response = client.post("/register", headers=auth, json=body(i))
     assert response.status_code == 202, response.get_data(as_text=True)
 
-for i in range(200):  # warm up
+warm = 2 if batch else 200
+for i in range(warm):  # warm up
     post(i)
 t = time.process_time()
-for i in range(200, 200 + count):
+for i in range(warm, warm + count):
     post(i)
 print(json.dumps({"request_us": (time.process_time() - t) / count * 1e6}))
 '''
 
 
-def run(tree: Path, count: int, child: str = CHILD, valgrind: bool = False) -> dict:
-    argv = [sys.executable, "-c", child, str(tree), str(count)]
+def run(tree: Path, count: int, child: str = CHILD, valgrind: bool = False,
+        batch: bool = False) -> dict:
+    argv = [sys.executable, "-c", child, str(tree), str(count), "batch" if batch else "one"]
     if valgrind:
         argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + argv
     env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict orders: the same work
@@ -115,11 +125,11 @@ def run(tree: Path, count: int, child: str = CHILD, valgrind: bool = False) -> d
     return figures
 
 
-def instructions(tree: Path, count: int, child: str) -> float:
+def instructions(tree: Path, count: int, child: str, batch: bool = False) -> float:
     """Instructions per operation of ``child``: (I(count) - I(count/10)) / (0.9 count)."""
     small = max(count // 10, 1)
-    many = run(tree, count, child, valgrind=True)["instructions"]
-    few = run(tree, small, child, valgrind=True)["instructions"]
+    many = run(tree, count, child, valgrind=True, batch=batch)["instructions"]
+    few = run(tree, small, child, valgrind=True, batch=batch)["instructions"]
     return (many - few) / (count - small)
 
 
@@ -131,12 +141,15 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions per POST /register under callgrind (one "
                              "run per tree; --count 500 is plenty, and takes minutes)")
+    parser.add_argument("--batch", action="store_true",
+                        help="with --instructions: bodies of 1,000 new tokens (--count 6)")
     args = parser.parse_args()
     if args.instructions:
-        base = instructions(args.baseline, args.count, REQUEST_CHILD)
-        this = instructions(HERE, args.count, REQUEST_CHILD)
+        base = instructions(args.baseline, args.count, REQUEST_CHILD, args.batch)
+        this = instructions(HERE, args.count, REQUEST_CHILD, args.batch)
+        what = "of 1,000 tokens" if args.batch else ""
         print(f"{'instructions per POST /register':<32}{'baseline':>12}{'this':>12}{'ratio':>8}")
-        print(f"{'':<32}{base:>12,.0f}{this:>12,.0f}{this / base:>8.2f}")
+        print(f"{what:<32}{base:>12,.0f}{this:>12,.0f}{this / base:>8.2f}")
         return
     results: dict[str, list[dict]] = {"baseline": [], "this": []}
     for _ in range(args.rounds):  # alternated, so drifts in the machine's load hit both
