@@ -20,11 +20,11 @@ from datetime import datetime
 from functools import cache
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, literal_column, select, update
+from sqlalchemy import bindparam, select, update
 
 from ..db import in_params, insert_unless_taken, lock_keys, param_pages, run
 from ..models import Registration, utcnow
-from .states import State, append_events
+from .states import State, append_events, sql_constant
 from .types import Outcome, TokenRequest
 
 _TABLE = Registration.__table__
@@ -77,7 +77,7 @@ def _live_of_page(size: int):
     once: SQLAlchemy's expanding ``IN`` costs more than SQLite's work."""
     return (select(*_LIVE_COLUMNS)
             .where(in_params(Registration.token, "t", size),
-                   Registration.state != literal_column(f"'{State.REMOVED.value}'"))
+                   Registration.state != sql_constant(State.REMOVED))
             .order_by(Registration.id).with_for_update(read=True))
 
 

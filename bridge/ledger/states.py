@@ -105,6 +105,12 @@ TRANSITIONS: dict[str, Transition] = {
 _EVENT_INSERT = insert(Event.__table__)
 
 
+def sql_constant(state: State):
+    """``state`` written into the SQL, not a parameter: the statements run on the driver
+    (``bridge.db.run``) take one value per named parameter, constants in the SQL."""
+    return literal_column(f"'{state.value}'")
+
+
 @cache
 def _statement(kind: str, columns: frozenset[str], size: int):
     """UPDATE of the rows of ``size`` ids (parameters ``id0`` …) that ``kind`` applies
@@ -114,12 +120,11 @@ def _statement(kind: str, columns: frozenset[str], size: int):
     t = TRANSITIONS[kind]
     table = t.model
     conditions = [in_params(table.id, "id", size),
-                  table.state.in_([literal_column(f"'{s.value}'")
-                                   for s in sorted(t.sources)])]
+                  table.state.in_([sql_constant(s) for s in sorted(t.sources)])]
     if t.leased:
         conditions.append(table.lease_id == bindparam("held_by"))
     values = {name: bindparam(name) for name in columns}
-    values["state"] = literal_column(f"'{t.target.value}'")
+    values["state"] = sql_constant(t.target)
     return (update(table).where(*conditions).values(values)
             .returning(table.id).execution_options(synchronize_session=False))
 
