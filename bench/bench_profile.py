@@ -38,8 +38,9 @@ LAYOUTS = {"sync": [], "gthread": ["-k", "gthread", "--threads", "16", "--reuse-
 
 # (bucket, test on one frame "function (path:line)"), innermost frame first wins.
 BUCKETS = [
-    # fsync waits in the kernel's uninterruptible sleep, which py-spy counts as running
-    # even in on-CPU mode: this bucket is mostly the disk, not the CPU.
+    # fdatasync waits in the kernel's uninterruptible sleep, which py-spy counts as
+    # running even in on-CPU mode: this bucket is mostly the disk, not the CPU.
+    ("flush to disk (Database.sync: fdatasync, a disk wait)", lambda f: "Database.sync" in f),
     ("SQLite: COMMIT (WAL write + fsync)", lambda f: "do_commit" in f),
     ("SQLite: statements", lambda f: "_driver_execute" in f or "_begin (bridge/storage" in f
      or "do_execute" in f),

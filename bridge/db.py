@@ -3,7 +3,7 @@
 The bridge never touches the host application's database: it builds its own
 engine from ``BRIDGE_DATABASE_URL``. :class:`Database` is the interface the
 ledger writes through: ``write()`` (a write transaction on a Core connection,
-committed and on disk when the block returns), ``read()``, and
+committed and durable when the block returns), ``read()``, and
 ``group_commit(work)`` (calls of concurrent threads sharing one write
 transaction). SQLite's fast path behind it lives in :mod:`bridge.storage`.
 Schema changes only come from the Alembic revisions in ``migrations/``.
@@ -76,10 +76,10 @@ def reachable(url: str) -> Iterator[None]:
         ) from None
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, flushed_by_caller: bool = False) -> Engine:
     """An engine for ``url`` (SQLite: see :func:`bridge.storage.sqlite_engine`)."""
     if url.startswith("sqlite"):
-        return sqlite_engine(url)
+        return sqlite_engine(url, flushed_by_caller)
     # hide_parameters: bound values (tokens, emails, phones) stay out of error messages
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
                          hide_parameters=True)
@@ -92,7 +92,7 @@ class Database:
         self.url = url
         path = sqlite_path(url)
         self._queue = WriteQueue(path) if path else None
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, flushed_by_caller=self._queue is not None)
         self._kept: Connection | None = None  # SQLite: the group commit's own connection
         # A forked child (gunicorn --preload) must not reuse the parent's connections.
         ref = weakref.ref(self)
@@ -110,14 +110,23 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, flush: bool = True) -> Iterator[Connection]:
         """A write transaction, committed on success; when the block is left without an
-        error the commit is on disk."""
-        hold = self._queue.hold() if self._queue is not None else nullcontext()
-        with hold, self.engine.connect() as conn:
+        error the commit is on disk (``flush=False``: once the caller calls
+        :meth:`sync`)."""
+        hold = self._queue.hold() if self._queue is not None else nullcontext(False)
+        with hold as outermost, self.engine.connect() as conn:
             conn = conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
+        if outermost and flush:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable (a flush of SQLite's WAL;
+        nothing to do elsewhere, where a commit is durable when it returns)."""
+        if self._queue is not None:
+            self._queue.sync()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -127,7 +136,7 @@ class Database:
     def group_commit(self, work: Callable[[Connection, list], list]) -> GroupCommit:
         """Run ``work(conn, items)`` for concurrent callers in shared transactions
         (:class:`bridge.storage.GroupCommit`)."""
-        return GroupCommit(self._group_transaction, work)
+        return GroupCommit(self._group_transaction, self.sync, work)
 
     @contextmanager
     def _group_transaction(self) -> Iterator[Connection]:
@@ -135,7 +144,7 @@ class Database:
         write lock, share one connection kept for them: a pool check-out per small
         transaction costs more than SQLite's work in it (BENCHMARKS.md)."""
         if self._queue is None:
-            with self.write() as conn:
+            with self.write(flush=False) as conn:
                 yield conn
             return
         with self._queue.hold():

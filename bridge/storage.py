@@ -1,11 +1,10 @@
 """The write fast path behind :class:`bridge.db.Database`: SQLite's engine set-up, the
-write queue, and group commit.
+write queue, the WAL flush outside the lock, and group commit.
 
 Nothing here knows what a registration is; the ledger never sees any of it.
 Each piece is kept because a paired run measured it (BENCHMARKS.md):
 
-* **SQLite engine**: WAL mode, ``synchronous=FULL`` (a commit is on disk when it
-  returns: it survives a power cut), ``BEGIN IMMEDIATE`` for write transactions (two
+* **SQLite engine**: WAL mode, ``BEGIN IMMEDIATE`` for write transactions (two
   writers queue for the lock instead of failing half-way), a busy timeout.
   ``secure_delete``: what a delete or an update frees is overwritten with zeros,
   so an erased contact leaves no copy in free space (the bridge frees pages only
@@ -18,6 +17,11 @@ Each piece is kept because a paired run measured it (BENCHMARKS.md):
   busy handler polls a held lock with sleeps of 1, 2, 5, 10 … ms, far longer
   than a write transaction; a blocked ``flock`` wakes the next writer as soon as
   the lock is let go, and the kernel lets go of it when a process dies.
+* **WAL flush outside the lock**: commits run with ``synchronous=NORMAL`` and
+  the writer flushes the WAL itself (``fdatasync``) after letting go of the write
+  lock and before it reports the transaction done: the guarantee of
+  ``synchronous=FULL`` (a commit survives a power cut), without making the next
+  writer wait for the disk; one flush covers every commit made before it.
 * **Group commit**: concurrent calls of one process share one transaction.
 * **Statements on the driver** (:func:`run`): a few statements on the hot path of
   ``/register`` are compiled once and run on the SQLite driver's cursor; going
@@ -53,11 +57,16 @@ def sqlite_path(url: str) -> str | None:
     return os.path.abspath(path)
 
 
-def sqlite_engine(url: str) -> Engine:
-    """An engine for a SQLite URL: WAL, commits on disk when they return
-    (``synchronous=FULL``), a busy timeout, ``BEGIN IMMEDIATE`` for writes."""
+def sqlite_engine(url: str, flushed_by_caller: bool) -> Engine:
+    """An engine for a SQLite URL: WAL, a busy timeout, ``BEGIN IMMEDIATE`` for writes.
+
+    ``flushed_by_caller``: commits do not wait for the disk (``synchronous=NORMAL``)
+    because the caller flushes the WAL itself (:meth:`WriteQueue.sync`); otherwise
+    every commit does (``FULL``).
+    """
     path = sqlite_path(url)
     engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+    sync = "NORMAL" if flushed_by_caller else "FULL"
 
     @event.listens_for(engine, "do_connect")
     def _folder(_dialect, _record, _cargs, _cparams):
@@ -69,7 +78,7 @@ def sqlite_engine(url: str) -> Engine:
         dbapi_connection.isolation_level = None  # the "begin" listener below starts them
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={sync}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA secure_delete=ON")
@@ -110,64 +119,79 @@ def checkpoint(engine: Engine) -> bool:
 
 
 class WriteQueue:
-    """An exclusive ``flock`` of ``<database>-writelock`` (re-entrant per thread)."""
+    """An exclusive ``flock`` of ``<database>-writelock`` (re-entrant per thread), and
+    the flush of the database's WAL."""
 
     def __init__(self, database: str):
         self.path = database + "-writelock"
+        self.wal = database + "-wal"
         self._local = threading.local()
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Hold the lock (held already by this thread: nothing more to do)."""
+    def hold(self) -> Iterator[bool]:
+        """Hold the lock; yields True for the outermost hold of this thread."""
         local = self._local
         if getattr(local, "depth", 0):
             local.depth += 1
             try:
-                yield
+                yield False
             finally:
                 local.depth -= 1
             return
         try:  # a descriptor of its own per transaction: threads exclude each other too
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:  # e.g. a read-only directory: SQLite's busy timeout alone
-            yield
+            yield True
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             local.depth = 1
             try:
-                yield
+                yield True
             finally:
                 local.depth = 0
         finally:
             os.close(fd)  # lets go of the lock
 
+    def sync(self) -> None:
+        """Make every transaction committed so far durable: a flush of the WAL."""
+        try:
+            fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # checkpointed and removed on close: SQLite synced the database file
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
 class GroupCommit:
     """Concurrent calls of one process share one write transaction.
 
-    Every write transaction has a fixed cost (the write lock, the commit and its
-    flush to disk) far above what one small call adds to it. Calls of concurrent
+    Every write transaction has a fixed cost (the write lock, the commit, a flush
+    to disk) far above what one small call adds to it. Calls of concurrent
     threads queue up; one thread at a time, the leader, opens a transaction
     (``transaction()``, yielding a connection) and runs ``work(conn, items)`` for
     its call and every call queued by the time it holds the lock. Once
-    committed (and so on disk) it wakes the oldest call still queued, whose thread
-    leads the next transaction, and hands each call its results. Alone, a call
-    runs at once. If a shared transaction fails, each of its calls is retried
-    alone, so one call's failure is never another's.
+    committed it wakes the oldest call still queued, whose thread leads the
+    next transaction while this one is flushed (``sync()``); then it hands each
+    call its results. Alone, a call runs at once. If a shared transaction fails,
+    each of its calls is retried alone, so one call's failure is never
+    another's; if the flush fails, every call of the batch fails with it.
     """
 
     MAX_ITEMS = 5000  # items per shared transaction
 
-    def __init__(self, transaction: Callable[[], Any], work: Callable[[Any, list], list]):
+    def __init__(self, transaction: Callable[[], Any], sync: Callable[[], None],
+                 work: Callable[[Any, list], list]):
         self._transaction = transaction  # a context manager: the write transaction
+        self._sync = sync
         self._work = work  # work(conn, items) -> one result per item
         self._lock = threading.Lock()
         self._queue: deque[_Call] = deque()
         self._busy = False  # a leader is running (or about to run) a transaction
 
     def run(self, items: list) -> list:
-        """``work(conn, items)`` committed, maybe in one transaction with
+        """``work(conn, items)`` committed and on disk, maybe in one transaction with
         other threads' calls; its results."""
         call = _Call(items)
         with self._lock:
@@ -193,12 +217,20 @@ class GroupCommit:
                 for waiting in batch:
                     if not waiting.done:  # only after a BaseException
                         waiting.error, waiting.done = RuntimeError("not committed"), True
+                # The next transaction may start while this one's flush is under way.
                 with self._lock:
                     nxt = self._queue.popleft() if self._queue else None
                     if nxt is None:
                         self._busy = False
                 if nxt is not None:
                     nxt.wake.release()  # not done: its thread leads the next transaction
+            if any(c.error is None for c in batch):
+                try:
+                    self._sync()
+                except Exception as exc:  # the disk refused the flush: not stored for sure
+                    for c in batch:
+                        if c.error is None:
+                            c.error = exc
         finally:
             for waiting in batch[1:]:
                 waiting.wake.release()

@@ -265,7 +265,7 @@ def test_every_sqlite_connection_zeroes_what_it_frees(tmp_path):
 
     from bridge.storage import sqlite_engine
 
-    engine = sqlite_engine(f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    engine = sqlite_engine(f"sqlite:///{tmp_path / 'x.sqlite3'}", flushed_by_caller=False)
 
     @event.listens_for(engine, "do_connect")
     def _built_with_secure_delete_off(_dialect, _record, cargs, cparams):
