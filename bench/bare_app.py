@@ -58,7 +58,7 @@ class _Call:
 
 
 class _Group:
-    """Group commit pipelined as ``bridge.ledger._GroupCommit`` does it: one thread
+    """Group commit pipelined as ``bridge.storage.GroupCommit`` does it: one thread
     at a time (the leader) takes the write lock, then commits every call queued by
     then; it hands the lead to the oldest call still queued before it flushes, and
     wakes its batch once the flush is done."""

@@ -110,16 +110,15 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def write(self, flush: bool = True) -> Iterator[Connection]:
+    def write(self) -> Iterator[Connection]:
         """A write transaction, committed on success; when the block is left without an
-        error the commit is on disk (``flush=False``: once the caller calls
-        :meth:`sync`)."""
+        error the commit is on disk."""
         hold = self._queue.hold() if self._queue is not None else nullcontext(False)
         with hold as outermost, self.engine.connect() as conn:
             conn = conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
-        if outermost and flush:
+        if outermost:  # SQLite: the WAL flush, after the write lock is let go
             self.sync()
 
     def sync(self) -> None:
@@ -144,7 +143,7 @@ class Database:
         write lock, share one connection kept for them: a pool check-out per small
         transaction costs more than SQLite's work in it (BENCHMARKS.md)."""
         if self._queue is None:
-            with self.write(flush=False) as conn:
+            with self.write() as conn:  # a commit is durable when it returns
                 yield conn
             return
         with self._queue.hold():

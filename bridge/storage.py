@@ -164,6 +164,7 @@ class WriteQueue:
         finally:
             os.close(fd)
 
+
 class GroupCommit:
     """Concurrent calls of one process share one write transaction.
 

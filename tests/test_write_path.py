@@ -175,6 +175,17 @@ def test_a_batch_mixing_new_and_registered_tokens_gets_the_right_ids(client, aut
         assert [item["id"] for item in rows(client, auth, token=reg["token"])] == [reg["id"]]
 
 
+def test_every_connection_of_the_ledger_runs_in_wal_mode(ledger, db_url):
+    """The bridge's own flush of the WAL makes every commit before it durable: every
+    SQLite connection of the ledger (the group commit's kept one too) runs in WAL mode."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("journal_mode is SQLite's; a PostgreSQL commit is durable when it returns")
+    ledger.register([item(1, "a@b.co")], None)  # the group commit's connection
+    with ledger.db.read() as conn, ledger.db.write() as other:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert other.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
 def _wal_flushes(monkeypatch, db_url, on_flush):
     """Call ``on_flush()`` whenever the SQLite WAL of ``db_url`` is flushed to disk."""
     wal = db_url.split("///", 1)[1] + "-wal"
