@@ -45,6 +45,9 @@ DEFAULT_LEASE_SECONDS = 120
 MAX_UPSTREAM_ANSWER_BYTES = 64 * 1024
 MAX_LOG_CHARS = 2000  # characters of one log message redacted and written; the rest is cut
 MAX_LOGGED_PATH_CHARS = 512  # characters of a URL path in the request log
+# Request-log lines waiting for a slow log sink (about 1 KB each); more are dropped, counted
+# (bridge_request_log_dropped_total) and reported in a warning line, never waited for.
+MAX_QUEUED_LOG_LINES = 10_000
 DEFAULT_HEALTH_CACHE_SECONDS = 5.0  # the ledger's counts in /healthz and /metrics
 BACKLOG_SECONDS = 900  # /healthz says "outbox_backlog" once the oldest queued row is older
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
