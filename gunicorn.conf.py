@@ -5,6 +5,8 @@ gunicorn reads this file from the directory it starts in, or with ``-c``.
 
 import os
 
+from gunicorn.glogging import Logger
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threaded workers: registrations that arrive together share one transaction and one
@@ -16,8 +18,26 @@ threads = 16
 # exit status 1 instead of workers failing to boot over and over.
 preload_app = True
 # A worker told to stop finishes its requests and the upstream call in flight of its
-# delivery thread (at most the upstream time-outs, 13 s by default) within this.
+# delivery thread (at most BRIDGE_UPSTREAM_DEADLINE, 13 s by default) within this.
 graceful_timeout = 30
+# No control socket (gunicorn 25.1+ opens one by default, in $XDG_RUNTIME_DIR or
+# ~/.gunicorn): nothing should reconfigure or stop the server from outside its signals.
+control_socket_disable = True
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logs through the bridge's redaction: an access-log line holds the
+    request's path and query string, and so chat ids, e-mail addresses and phones."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        from bridge.logs import redacting
+
+        redacting(self.access_log)
+        redacting(self.error_log)
+
+
+logger_class = RedactingLogger
 
 
 def post_worker_init(worker):

@@ -40,8 +40,14 @@ DEFAULT_MAX_FIELD_ERRORS = 100  # field paths listed in a 422; the rest are coun
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_LEASE_SECONDS = 120
+# Bytes of any answer of Reteno read; the rest is never read (its connection is closed):
+# the classification needs the status and the start of the message, nothing more.
+MAX_UPSTREAM_ANSWER_BYTES = 64 * 1024
 MAX_LOG_CHARS = 2000  # characters of one log message redacted and written; the rest is cut
 MAX_LOGGED_PATH_CHARS = 512  # characters of a URL path in the request log
+# Request-log lines waiting for a slow log sink (about 1 KB each); more are dropped, counted
+# (bridge_request_log_dropped_total) and reported in a warning line, never waited for.
+MAX_QUEUED_LOG_LINES = 10_000
 DEFAULT_HEALTH_CACHE_SECONDS = 5.0  # the ledger's counts in /healthz and /metrics
 BACKLOG_SECONDS = 900  # /healthz says "outbox_backlog" once the oldest queued row is older
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
@@ -88,6 +94,8 @@ class Settings:
     base_url_explicit: bool
     upstream_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     upstream_read_timeout: float = DEFAULT_READ_TIMEOUT
+    # a whole call, its answer read included (a read time-out is per socket read only)
+    upstream_deadline: float = DEFAULT_CONNECT_TIMEOUT + DEFAULT_READ_TIMEOUT
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     link_ttl: int = 30 * 86400  # seconds a new deep link stays valid; 0: for ever
     hold_conflicts: bool = False  # BRIDGE_ON_CONFLICT=hold
@@ -290,9 +298,18 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
                              DEFAULT_CONNECT_TIMEOUT, 0.1, 120.0)
     read_timeout = _float(config, environ, "BRIDGE_UPSTREAM_READ_TIMEOUT",
                           DEFAULT_READ_TIMEOUT, 0.1, 600.0)
+    # The read time-out bounds each socket read, not the call: an answer trickling a
+    # byte a second would never end. The deadline bounds the whole call; connecting
+    # cannot be cut short, so it is at least the connect time-out.
+    deadline = _float(config, environ, "BRIDGE_UPSTREAM_DEADLINE",
+                      connect_timeout + read_timeout, 0.1, 600.0)
+    if deadline < connect_timeout:
+        raise ConfigError(f"BRIDGE_UPSTREAM_DEADLINE ({deadline:g}) must be at least "
+                          f"BRIDGE_UPSTREAM_CONNECT_TIMEOUT ({connect_timeout:g})")
     # A claim's lease must outlast an upstream call, or a second worker could take
-    # the rows while the first is still sending them (a double send).
-    shortest_lease = math.ceil(2 * (connect_timeout + read_timeout))
+    # the rows while the first is still sending them (a double send); the worker also
+    # renews it while a call is in flight.
+    shortest_lease = math.ceil(2 * deadline)
     lease_seconds = _int(config, environ, "BRIDGE_LEASE_SECONDS",
                          max(DEFAULT_LEASE_SECONDS, shortest_lease), shortest_lease, 86400)
 
@@ -322,6 +339,7 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         base_url_explicit=base_url_explicit,
         upstream_connect_timeout=connect_timeout,
         upstream_read_timeout=read_timeout,
+        upstream_deadline=deadline,
         lease_seconds=lease_seconds,
         max_status_events=_int(config, environ, "BRIDGE_MAX_STATUS_EVENTS",
                                DEFAULT_MAX_STATUS_EVENTS, 1, 10_000_000),

@@ -15,7 +15,10 @@ The request log never makes a request wait for a log handler: its records go
 through the standard library's :class:`~logging.handlers.QueueHandler` to a
 :class:`~logging.handlers.QueueListener` thread (one per process, started with
 the first line), which hands them, in order, to ``bridge.request`` and so to
-its handlers and those above it. At exit, whatever is queued is written.
+its handlers and those above it. At exit, whatever is queued is written. The
+queue holds at most ``MAX_QUEUED_LOG_LINES``: while the sink stalls, further lines
+are dropped (a request never waits for the log), counted in ``/metrics`` and told in
+a warning line ``N request-log lines dropped`` (at most once a minute, and at flush).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 from logging.handlers import QueueHandler, QueueListener
 from urllib.parse import unquote
 
-from .config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS
+from .config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS, MAX_QUEUED_LOG_LINES
 
 # Every pattern runs in time linear in the line: no quantifier over an unbounded run
 # gives anything back (possessive ``*+``, ``++``), and a pattern that starts with such a
@@ -160,7 +163,12 @@ LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 def get_logger(name: str) -> logging.Logger:
     """One of the bridge's own loggers (``bridge.*``), with the redaction filter."""
-    logger = logging.getLogger(name)
+    return redacting(logging.getLogger(name))
+
+
+def redacting(logger: logging.Logger) -> logging.Logger:
+    """``logger`` with the redaction filter on it, whatever handlers it gets (the shipped
+    ``gunicorn.conf.py`` puts it on gunicorn's access and error logs)."""
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger
@@ -213,9 +221,11 @@ def caller_of(headers) -> str:
 
 class _Forward(logging.Handler):
     """The listener's one handler: hands a record to its own logger, whose filters and
-    handlers (and those above it) then take it, in the listener's thread."""
+    handlers (and those above it) then take it, in the listener's thread; first, now
+    and then, the warning that lines were dropped."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        _REQUEST_LOG.report_drops(every=_Listener.REPORT_SECONDS)
         logging.getLogger(record.name).handle(record)
 
 
@@ -228,6 +238,12 @@ class _InProcessQueueHandler(QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
 
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:  # the sink stalls: the line goes, the request does not wait
+            _REQUEST_LOG.count_drop()
+
 
 class _Listener(QueueListener):
     """A ``QueueListener`` that, once it has handed over every queued record, waits a
@@ -235,6 +251,7 @@ class _Listener(QueueListener):
     together, instead of waking the thread (and switching the GIL) once a request."""
 
     INTERVAL = 0.05
+    REPORT_SECONDS = 60.0  # at most one "lines dropped" warning a minute (and at flush)
 
     def dequeue(self, block: bool):
         try:
@@ -245,13 +262,20 @@ class _Listener(QueueListener):
         time.sleep(self.INTERVAL)
         return self.queue.get()
 
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)  # a full queue: wait for the thread to make room
+
 
 class _RequestLog:
     """``bridge.request`` records through a queue to a listener thread (see the top)."""
 
     def __init__(self) -> None:
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue: queue.Queue = queue.Queue(MAX_QUEUED_LOG_LINES)
         self.logger = get_logger(REQUEST_LOGGER)
+        self.dropped = 0  # lines dropped by this process (bridge_request_log_dropped_total)
+        self._reported = 0  # of which a warning told
+        self._reported_at: float | None = None
+        self._drops = threading.Lock()
         # Not a handler of the logger: the records must reach the logger's handlers in
         # the listener's thread, not in the request's.
         self.enqueue = _InProcessQueueHandler(self.queue)
@@ -274,16 +298,42 @@ class _RequestLog:
             self._listener._thread.name = "bridge-request-log"
             self._pid = os.getpid()
 
+    def count_drop(self) -> None:
+        with self._drops:
+            self.dropped += 1
+
+    def report_drops(self, every: float = 0.0) -> None:
+        """Warn of the lines dropped since the last warning, unless one was made less
+        than ``every`` seconds ago."""
+        if self.dropped == self._reported:  # the usual case, on every line: no lock
+            return
+        with self._drops:
+            now = time.monotonic()
+            if self.dropped == self._reported or (
+                    self._reported_at is not None and now - self._reported_at < every):
+                return
+            count, self._reported, self._reported_at = \
+                self.dropped - self._reported, self.dropped, now
+        _DROPS_LOGGER.warning("%d request-log lines dropped: the log sink fell behind "
+                              "(%d lines wait at most)", count, self.queue.maxsize)
+
     def flush(self) -> None:
         """Write every line queued so far (the listener starts again with the next)."""
         with self._lock:
             if self._listener is not None and self._pid == os.getpid():
                 self._listener.stop()  # drains the queue, then ends the thread
             self._listener, self._pid = None, None
+        self.report_drops()
 
 
+_DROPS_LOGGER = get_logger(f"{REQUEST_LOGGER}.dropped")
 _REQUEST_LOG = _RequestLog()
 atexit.register(_REQUEST_LOG.flush)
+
+
+def dropped_request_lines() -> int:
+    """Request-log lines this process dropped because its log sink fell behind."""
+    return _REQUEST_LOG.dropped
 
 
 def flush_request_log() -> None:

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .logs import dropped_request_lines
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -87,6 +89,16 @@ class _LedgerCollector:
         yield commands
 
 
+class _RequestLogCollector:
+    """The request log's drops: the log queue is one per process, not per bridge."""
+
+    def collect(self):
+        yield CounterMetricFamily(
+            "bridge_request_log_dropped", "Request-log lines dropped because the log sink "
+            "fell behind (this process)", value=dropped_request_lines(),
+        )
+
+
 class Metrics:
     def __init__(self, ledger=None, cache_seconds: float = 0.0):
         self.registry = CollectorRegistry(auto_describe=True)
@@ -125,6 +137,7 @@ class Metrics:
         self.telegram_updates = Counter(
             "bridge_telegram_updates", "Telegram updates received, by kind", ["kind"], registry=r
         )
+        r.register(_RequestLogCollector())
         self.counts = CountCache(ledger, cache_seconds) if ledger is not None else None
         if self.counts is not None:
             r.register(_LedgerCollector(self.counts))

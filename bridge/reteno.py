@@ -1,11 +1,12 @@
 """The Reteno client: one upstream call, ``POST /api/v1/apps/{app_uuid}/tokens``, or
 a chat's ``…/token/mute`` or ``…/token/unmute``.
 
-Owns the HTTP details (a ``requests.Session`` with connect/read time-outs,
+Owns the HTTP details (a ``requests.Session`` with connect/read time-outs and
+a deadline for the whole call, at most ``MAX_UPSTREAM_ANSWER_BYTES`` of an answer read,
 the auth scheme of the platform preset, a User-Agent naming the bridge, the
 exact body Reteno expects) and the classification of the answer into what
 the delivery worker should do: ``delivered``, ``retry`` (429, 5xx, time-outs,
-broken connections), ``pause`` (401/403/404: credentials or app id wrong; a 3xx:
+the deadline, broken connections), ``pause`` (401/403/404: credentials or app id wrong; a 3xx:
 the base URL is wrong) or ``reject`` (any other 4xx: the batch holds a token
 Reteno refuses). Redirects are never followed: requests would resend the body
 (personal data) and our ``X-Reteno-Access-Key`` to whatever host the answer
@@ -15,8 +16,11 @@ bridge shows outside the ledger; Reteno's own text can quote personal data.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +29,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from . import __version__
+from .config import MAX_UPSTREAM_ANSWER_BYTES
 from .logs import get_logger
 from .models import utcnow
 
@@ -112,12 +118,14 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, min((when - now).total_seconds(), 3600.0))
 
 
-def _message(response: requests.Response) -> str:
-    """Reteno's error message, short; never echoes our credentials."""
+def _message(response: requests.Response, answer: bytes) -> str:
+    """Reteno's error message (from ``answer``, the start of its body), short; never
+    echoes our credentials."""
+    text = answer.decode("utf-8", "replace")
     try:
-        body = response.json()
+        body = json.loads(text)
     except ValueError:
-        body = response.text
+        body = text
     if isinstance(body, dict):
         body = body.get("message") or body.get("error") or body
     text = body if isinstance(body, str) else str(body)
@@ -128,16 +136,122 @@ def _message(response: requests.Response) -> str:
     return f"{status}: {text}"
 
 
+def _read_answer(response: requests.Response) -> bytes:
+    """The start of the body, at most ``MAX_UPSTREAM_ANSWER_BYTES``: a longer answer is
+    not read on (closing the response then closes its connection instead of draining it)."""
+    answer = bytearray()
+    for chunk in response.iter_content(8192):
+        answer += chunk
+        if len(answer) >= MAX_UPSTREAM_ANSWER_BYTES:
+            break
+    return bytes(answer[:MAX_UPSTREAM_ANSWER_BYTES])
+
+
+# --- the deadline of a call -----------------------------------------------------------
+
+_IN_FLIGHT = threading.local()  # .deadline: the _Deadline of this thread's call
+
+
+class _Deadline:
+    """A call's total time limit: past it, a watchdog thread shuts the socket of the
+    call's connection, so a read blocked on a trickling or stalled answer (headers or
+    body) ends at once. Connecting cannot be cut short (no socket yet): the connect
+    time-out bounds it, and the watchdog shuts the socket as soon as there is one."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.connection = None  # the urllib3 connection the call uses (_WatchedAdapter)
+        self.expired = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    def __enter__(self) -> _Deadline:
+        _IN_FLIGHT.deadline = self
+        threading.Thread(target=self._watch, name="bridge-upstream-deadline",
+                         daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _IN_FLIGHT.deadline = None
+        with self._lock:  # the watchdog shuts nothing once this call is over
+            self._done.set()
+
+    def _watch(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        while True:
+            with self._lock:
+                if self._done.is_set():
+                    return
+                self.expired = True
+                if _shut(self.connection):
+                    return
+            if self._done.wait(0.05):  # still connecting
+                return
+
+
+def _shut(connection) -> bool:
+    """Shut the socket of a urllib3 connection (reads in other threads end); False while
+    it has none."""
+    sock = getattr(connection, "sock", None)
+    while sock is not None and not isinstance(sock, socket.socket):
+        sock = getattr(sock, "socket", None)  # urllib3's TLS-in-TLS wrapper (a proxy)
+    if sock is None:
+        return False
+    try:
+        # the plain socket's shutdown: an SSLSocket's own would drop its TLS state under
+        # the reading thread's feet
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+    return True
+
+
+_WATCHED: dict[type, type] = {}
+
+
+def _watched(cls: type) -> type:
+    """``cls`` (a urllib3 connection class) telling the current call's deadline which
+    connection it uses, each time it sends a request."""
+    if getattr(cls, "_bridge_watched", False):
+        return cls
+    if cls not in _WATCHED:
+        def request(self, *args, **kwargs):
+            deadline = getattr(_IN_FLIGHT, "deadline", None)
+            if deadline is not None:
+                deadline.connection = self
+            return cls.request(self, *args, **kwargs)
+
+        _WATCHED[cls] = type(f"Watched{cls.__name__}", (cls,),
+                             {"request": request, "_bridge_watched": True})
+    return _WATCHED[cls]
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose connections (direct or through a proxy) are watched."""
+
+    def get_connection_with_tls_context(self, *args, **kwargs):
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        pool.ConnectionCls = _watched(pool.ConnectionCls)
+        return pool
+
+
 class RetenoClient:
     def __init__(self, settings, session: requests.Session | None = None,
                  clock: Callable[[], datetime] = utcnow):
         self.url = settings.tokens_url
         self.app_url = self.url.removesuffix("/tokens")
         self.timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
+        self.deadline = settings.upstream_deadline
         self.clock = clock  # reads Retry-After dates
         self.session = session or requests.Session()
+        for prefix in ("https://", "http://"):
+            self.session.mount(prefix, _WatchedAdapter())
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.headers["Accept"] = "application/json"
+        # an answer is read raw, at most MAX_UPSTREAM_ANSWER_BYTES: never a compressed one,
+        # whose few bytes could unpack to far more
+        self.session.headers["Accept-Encoding"] = "identity"
         if settings.auth == "basic":
             self.session.auth = ("bridge", settings.api_key)
         else:
@@ -153,20 +267,17 @@ class RetenoClient:
 
     def _post(self, url: str, body: dict) -> CallResult:
         started = time.perf_counter()
+        deadline = _Deadline(self.deadline)
         try:
-            response = self.session.post(url, json=body, timeout=self.timeout,
-                                         allow_redirects=False)
-        except requests.Timeout:
-            return CallResult(RETRY, None, "timeout", "timed out",
-                              seconds=time.perf_counter() - started)
-        except requests.ConnectionError as exc:
-            kind = type(exc).__name__
-            return CallResult(RETRY, None, "connection_failed", f"connection failed ({kind})",
-                              seconds=time.perf_counter() - started)
+            with deadline:
+                response = self.session.post(url, json=body, timeout=self.timeout,
+                                             allow_redirects=False, stream=True)
+                try:
+                    answer = _read_answer(response)
+                finally:
+                    response.close()
         except requests.RequestException as exc:
-            return CallResult(RETRY, None, "request_failed",
-                              f"request failed ({type(exc).__name__})",
-                              seconds=time.perf_counter() - started)
+            return self._no_answer(exc, deadline.expired, time.perf_counter() - started)
         seconds = time.perf_counter() - started
         status = response.status_code
         if 200 <= status < 300:
@@ -176,7 +287,7 @@ class RetenoClient:
             return CallResult(PAUSE, status, "redirect",
                               f"{status} {response.reason or 'redirect'}: redirects are not "
                               "followed; check RETENO_BASE_URL", seconds=seconds)
-        message = _message(response)
+        message = _message(response, answer)
         if status == 429 or status >= 500 or status == 408:
             return CallResult(RETRY, status, _STATUS_REASONS.get(status, "server_error"), message,
                               parse_retry_after(response.headers.get("Retry-After"), self.clock()),
@@ -189,3 +300,17 @@ class RetenoClient:
                 _WHOLE_REQUEST_REASONS[whole.group().lower()]
             return CallResult(PAUSE, status, reason, message, seconds=seconds)
         return CallResult(REJECT, status, "rejected", message, seconds=seconds)
+
+    def _no_answer(self, exc: requests.RequestException, expired: bool,
+                   seconds: float) -> CallResult:
+        """A call that ended without a whole answer: retried, as a time-out is."""
+        if expired:
+            return CallResult(RETRY, None, "deadline",
+                              f"no whole answer within {self.deadline:g} s", seconds=seconds)
+        if isinstance(exc, requests.Timeout):
+            return CallResult(RETRY, None, "timeout", "timed out", seconds=seconds)
+        if isinstance(exc, requests.ConnectionError):
+            return CallResult(RETRY, None, "connection_failed",
+                              f"connection failed ({type(exc).__name__})", seconds=seconds)
+        return CallResult(RETRY, None, "request_failed",
+                          f"request failed ({type(exc).__name__})", seconds=seconds)

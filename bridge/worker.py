@@ -9,7 +9,8 @@ another app is a worker with a lane of its own. A batch Reteno refuses with a 4x
 goes ``dead`` and the rest are delivered. It runs as a background thread of
 the served app (woken at once after a registration) and as
 ``flask --app app bridge deliver``; both may run at the same time because
-claims are leased in the database.
+claims are leased in the database, and a claim's lease is renewed while its
+call is in flight.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class DeliveryWorker:
         self.batch_size = batch_size
         self.metrics = metrics
         self.lease_seconds = lease_seconds  # BRIDGE_LEASE_SECONDS
+        self.heartbeat_seconds = lease_seconds / 3  # lease renewals while a call is in flight
         self.mark = mark or {}  # added to every outcome's history (sandbox deliveries)
         self.lanes = lanes or [
             Lane("registrations", lambda: ledger.claim(self.batch_size, self.lease_seconds),
@@ -54,8 +56,16 @@ class DeliveryWorker:
             Lane("mute", lambda: ledger.claim_mutes(1, self.lease_seconds), client.send_command),
         ]
 
-    def _call(self, lane: Lane, rows) -> CallResult:
-        result = lane.call(rows)
+    def _call(self, lane: Lane, claim, rows) -> CallResult:
+        done = threading.Event()
+        heartbeat = threading.Thread(target=self._keep_lease, args=(claim, rows, done),
+                                     name="bridge-lease", daemon=True)
+        heartbeat.start()
+        try:
+            result = lane.call(rows)
+        finally:
+            done.set()
+            heartbeat.join()
         log.info(
             "upstream call%s outcome=%s status=%s reason=%s batch=%d ms=%.1f%s",
             "" if lane.name == "registrations" else f" {lane.name}", result.outcome,
@@ -66,6 +76,16 @@ class DeliveryWorker:
             self.metrics.upstream_calls.labels(result.outcome, str(result.status or "none")).inc()
             self.metrics.upstream_latency.observe(result.seconds)
         return result
+
+    def _keep_lease(self, claim, rows, done: threading.Event) -> None:
+        """Renew the lease of ``rows`` every ``heartbeat_seconds`` until ``done``: the
+        call's deadline (at most half the lease) cannot cut short a name look-up or a
+        connect, and no other worker may take rows whose call is still under way."""
+        while not done.wait(self.heartbeat_seconds):
+            try:
+                self.ledger.renew(claim, rows, self.lease_seconds)
+            except Exception as exc:  # the database restarting: the next beat tries again
+                log.warning("lease of a call in flight not renewed (%s)", type(exc).__name__)
 
     def _count(self, lane: Lane, outcome: str, n: int, stats: Counter) -> None:
         stats[outcome] += n
@@ -88,7 +108,7 @@ class DeliveryWorker:
             rows = self.ledger.renew(claim, rows, self.lease_seconds)
             if not rows:
                 return None
-        result = self._call(lane, rows)
+        result = self._call(lane, claim, rows)
         detail = {**result.detail(len(rows)), **self.mark}
         if result.outcome == DELIVERED:
             self._count(lane, "delivered", self.ledger.delivered(claim, rows, detail), stats)
