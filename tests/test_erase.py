@@ -7,18 +7,48 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, or_, select, text
 
 from bridge.db import migrate
 from bridge.ledger import erasure
 from bridge.models import Event, Registration
 from tests.conftest import TOKENS_URL
-from tests.helpers import history, register
+from tests.helpers import history, register, rows
 
 ANN_TOKEN = "123456789"
 ANN_OTHER_CHAT = "555666777"
 ANN_EMAIL = "ann@example.com"
 ANN_PHONE = "380956490955"
+TELEGRAM_SECRET = "tg-webhook-secret_0123456789"
+LINK_SECRET = "link-secret-" + "x" * 24
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(TELEGRAM_WEBHOOK_SECRET=TELEGRAM_SECRET, BRIDGE_LINK_SECRET=LINK_SECRET,
+                    TELEGRAM_BOT_USERNAME="erase_test_bot")
+
+
+_update_ids = iter(range(900_000_000, 999_999_999))
+
+
+def telegram(client, clock, chat, **update):
+    """One Telegram update about private chat ``chat``, dated by the ledger's clock."""
+    date = int(clock().timestamp())
+    private = {"id": int(chat), "type": "private", "first_name": "A"}
+    if "text" in update:
+        body = {"message": {"message_id": 1, "date": date, "chat": private,
+                            "from": {"id": int(chat), "is_bot": False, "first_name": "A"},
+                            "text": update["text"]}}
+    else:
+        member = {"user": {"id": 7000000001, "is_bot": True, "first_name": "Bot"}}
+        body = {"my_chat_member": {
+            "chat": private, "from": {"id": int(chat), "is_bot": False, "first_name": "A"},
+            "date": date, "old_chat_member": {**member, "status": update["old"]},
+            "new_chat_member": {**member, "status": update["new"]}}}
+    response = client.post("/telegram/webhook", json={"update_id": next(_update_ids), **body},
+                           headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET})
+    assert response.status_code == 200, response.get_json()
 
 
 def statuses(client, auth, body):
@@ -298,3 +328,104 @@ def test_a_database_the_bridge_creates_is_its_owners_only(make_app, tmp_path, au
     assert modes == {name: "0o600" for name in (
         "bridge.sqlite3", "bridge.sqlite3-wal", "bridge.sqlite3-shm", "bridge.sqlite3-writelock")}
     assert oct(stat.S_IMODE(folder.stat().st_mode)) == "0o700"
+
+
+# --- L7: erase matches identifiers, not every contact's vocabulary ---------------------------
+
+VICTIM_TOKEN = "246813579"
+
+
+@pytest.fixture
+def crowd(client, auth, bridge, requests_mock, clock):
+    """Bob and Carol, whose histories are full of short, common strings ("api", "1", "SENT"),
+    and orphan events holding them; ``snapshot()`` is every row of theirs, as text."""
+    register(client, auth, {"token": 987654321, "externalCustomerId": "crm-bob",
+                            "email": "bob@example.com"},
+             {"token": 135792468, "contactId": 7, "phone": "+44 20 7946 0958"})
+    requests_mock.post(TOKENS_URL, json="OK")
+    bridge.deliver_once()
+    register(client, auth, {"token": 135792469, "contactId": 8})
+    requests_mock.post(TOKENS_URL, status_code=503, reason="Service Unavailable",
+                       json={"message": "api 1 SENT"})
+    bridge.deliver_once()
+    clock.advance(5)
+    statuses(client, auth, [
+        {"status": "SENT", "token": "987654321", "note": "api 1 SENT", "api": 1, "SENT": "1"},
+        {"activityStatus": "SENT", "externalCustomerId": "crm-bob", "mediaType": "TELEGRAM",
+         "messageId": 1, "statusDescription": "api SENT 1"},
+        {"activityStatus": "DELIVERED", "contactId": 7, "messageId": 1, "comment": "1 api"},
+        # orphans: an unmatched status and an unusable object, holding the same words
+        {"activityStatus": "SENT", "externalCustomerId": "nobody-9", "comment": "api",
+         "messageId": 1, "contactId": 99},
+        {"comment": "api 1 SENT", "source": "api"},
+    ])
+    telegram(client, clock, "135792468", text="/start")
+
+    def snapshot() -> dict[str, str]:
+        with bridge.db.read() as conn:
+            events = {f"event {r.id}": json.dumps(list(r), default=str) for r in conn.execute(
+                select(Event.__table__).where(Event.kind.not_in(["erased", "link_revoked"]),
+                                              or_(Event.token.is_(None),
+                                                  Event.token != VICTIM_TOKEN)))}
+            regs = {f"registration {r.id}": json.dumps(list(r), default=str)
+                    for r in conn.execute(select(Registration.__table__).where(
+                        Registration.token != VICTIM_TOKEN))}
+            state = {f"state {r.name}": json.dumps(list(r), default=str)
+                     for r in conn.execute(text("SELECT * FROM bridge_state"))}
+        return {**events, **regs, **state}
+
+    return snapshot
+
+
+@pytest.mark.parametrize(("option", "name", "value"), [
+    ("--external-customer-id", "externalCustomerId", "api"),
+    ("--external-customer-id", "externalCustomerId", "SENT"),
+    ("--contact-id", "contactId", 1),
+    ("--token", "token", None),
+])
+def test_erasing_a_short_common_value_leaves_everyone_else_byte_for_byte(
+        runner, client, auth, bridge, clock, crowd, option, name, value):
+    victim = {"token": 1, "email": "victim@example.org"} if name == "token" else {
+        "token": int(VICTIM_TOKEN), name: value}
+    victim_token = str(victim["token"])
+    if name == "token":  # chat id 1: its history is the snapshot's to leave alone too
+        value = 1
+    register(client, auth, victim)
+    statuses(client, auth, {"status": "SENT", "token": victim_token, "note": "api 1 SENT"})
+    others = ("987654321", "135792468", "135792469")
+    before = {t: history(client, auth, t) for t in others}
+    rows_before = crowd()
+    if name == "token":
+        rows_before = {k: v for k, v in rows_before.items() if f'"{victim_token}"' not in v}
+
+    run = runner.invoke(args=["bridge", "erase", option, str(value), "--yes", "--json"])
+    assert run.exit_code == 0, run.output
+    summary = json.loads(run.output)
+    assert (summary["registrations"], summary["scrubbed"]) == (1, 0)
+
+    assert {t: history(client, auth, t) for t in others} == before
+    rows_after = crowd()
+    assert {k: rows_after.get(k) for k in rows_before} == rows_before
+    assert history(client, auth, victim_token) == []
+    assert rows(client, auth, token=victim_token) == []
+    assert "victim@example.org" not in dump(bridge)
+
+
+def test_a_distinctive_value_is_still_found_in_free_text_as_a_word_of_its_own(
+        runner, client, auth, bridge, crowd):
+    register(client, auth, {"token": int(VICTIM_TOKEN), "externalCustomerId": "crm-ann-7"})
+    statuses(client, auth, [
+        {"status": "SENT", "token": "987654321", "note": "merged from crm-ann-7"},
+        {"status": "SENT", "token": "135792468",
+         "note": f"not her: crm-ann-77, xcrm-ann-7, order 1{VICTIM_TOKEN}, 0.{VICTIM_TOKEN}"},
+        {"status": "SENT", "token": "135792469", "note": f"chat {VICTIM_TOKEN}"},
+    ])
+    run = runner.invoke(args=["bridge", "erase", "--external-customer-id", "crm-ann-7", "--yes"])
+    assert run.exit_code == 0, run.output
+    notes = {t: [e["detail"]["raw"].get("note") for e in history(client, auth, t)
+                 if e["kind"] == "status"] for t in ("987654321", "135792468", "135792469")}
+    assert notes["987654321"][-1] == "[erased]"
+    assert notes["135792468"][-1] == (
+        f"not her: crm-ann-77, xcrm-ann-7, order 1{VICTIM_TOKEN}, 0.{VICTIM_TOKEN}")
+    assert notes["135792469"][-1] == "[erased]"  # her chat id, a number of its own
+    assert '"crm-ann-7' not in dump(bridge) and history(client, auth, VICTIM_TOKEN) == []
