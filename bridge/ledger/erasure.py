@@ -18,13 +18,30 @@ outside identifier keys are the bridge's counters and ids, never a mention.
 The bridge's own bookkeeping keys (:data:`BOOKKEEPING_KEYS`) are never read or
 rewritten.
 
+**Links.** Erase revokes the person's ``/start`` links and keeps tombstones
+(``link_revoked`` events, no token, no registration, ``{"reason": "erased"}``)
+that hold no personal data:
+
+* a link a chat of theirs used: its link id (``fingerprint``), the SHA-256 of the
+  whole payload including its 96-bit HMAC tag, which nobody without
+  ``BRIDGE_LINK_SECRET`` can compute, so the id cannot be traced back to the
+  identifier it carries;
+* the links nobody used yet, which cannot be listed (a signed link is
+  stateless): for each erased identifier and each link secret configured at the
+  erase, an HMAC-SHA256 of the identifier keyed with that secret
+  (:func:`bridge.links.identifier_mark`). A signed link verifies under one
+  secret, and one carrying a tombstoned identifier under that secret is
+  refused (``link_rejected``, reason ``revoked``). A signed link does not say
+  when it was made, so this refuses the erased identifier's signed links made
+  after the erase too, until a new first ``BRIDGE_LINK_SECRET`` signs them: a
+  person who comes back registers through ``/register`` or a new link.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,12 +54,14 @@ from .states import append_events
 from .types import COLUMN_OF
 
 
-def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
+def erase(conn, now: datetime, api_name: str, value,
+          marks: Callable[[str, Any], Sequence[str]] | None = None) -> dict[str, Any]:
     """Delete one contact's personal data; leave one audit event without any.
 
     ``api_name`` is ``token`` or an identifier name (``contactId``,
     ``externalCustomerId``, ``phone``, ``email``) and ``value`` its normal
-    form. In one write transaction this deletes
+    form; ``marks(name, value)`` gives an identifier's link tombstones, one per
+    configured link secret (none without it). In one write transaction this deletes
 
     * the registrations holding that value, and every registration of
       their tokens (a Telegram chat is one person), with those chats'
@@ -56,8 +75,10 @@ def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
 
     replaces such mentions in the events and error texts of other
     registrations and in the shared upstream state by ``[erased]``
-    (``scrubbed`` counts those rows), and appends one ``erased`` event ``{"by",
-    "registrations", "events"}``. When nothing mentions the value, nothing is
+    (``scrubbed`` counts those rows), revokes the person's links (``revoked``
+    counts the new tombstones), and appends one ``erased`` event ``{"by",
+    "registrations", "events"}`` (with ``scrubbed``, ``revoked`` when not 0).
+    When nothing mentions the value and its tombstones exist, nothing is
     written and the counts are zero.
     """
     if api_name == "token":
@@ -84,6 +105,7 @@ def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
             select(Event.id).where(Event.registration_id.in_(chunk))))
     for chunk in _chunks(sorted(tokens)):
         doomed.update(conn.scalars(select(Event.id).where(Event.token.in_(chunk))))
+    revoked = _revoke_links(conn, now, doomed, needles, marks)
     # Other events that mention the contact: orphans (unmatched or ignored statuses)
     # go; another contact's events keep their line, blanked.
     detail_text = func.lower(cast(Event.detail, Text))
@@ -114,11 +136,43 @@ def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
     summary = {"by": api_name, "registrations": len(regs), "events": len(doomed)}
     if scrubbed:
         summary["scrubbed"] = scrubbed
-    erased = bool(regs or doomed or scrubbed)
+    if revoked:
+        summary["revoked"] = revoked
+    erased = bool(regs or doomed or scrubbed or revoked)
     if erased:
         append_events(conn, [{"at": now, "kind": "erased", "token": None,
                               "registration_id": None, "detail": dict(summary)}])
-    return {**summary, "scrubbed": scrubbed, "erased": erased}
+    return {**summary, "scrubbed": scrubbed, "revoked": revoked, "erased": erased}
+
+
+LINK_REVOKED = "link_revoked"
+
+
+def _revoke_links(conn, now: datetime, doomed: set[int], needles: _Needles,
+                  marks: Callable[[str, Any], Sequence[str]] | None) -> int:
+    """Tombstones for the links the erased chats used (their link ids) and for the erased
+    identifiers (their marks); the new ones, how many."""
+    wanted: set[str] = set()
+    for chunk in _chunks(sorted(doomed)):
+        wanted.update(conn.scalars(select(Event.fingerprint).where(
+            Event.id.in_(chunk), Event.kind == "link_used", Event.fingerprint.is_not(None))))
+    if marks is not None:
+        for name, value in needles.identifiers():
+            wanted.update(marks(name, value))
+    for chunk in _chunks(sorted(wanted)):
+        wanted.difference_update(conn.scalars(select(Event.fingerprint).where(
+            Event.fingerprint.in_(chunk), Event.kind == LINK_REVOKED)))
+    append_events(conn, [{"at": now, "kind": LINK_REVOKED, "token": None,
+                          "registration_id": None, "fingerprint": fingerprint,
+                          "detail": {"reason": "erased"}} for fingerprint in sorted(wanted)])
+    return len(wanted)
+
+
+def revoked(conn, fingerprints: Iterable[str]) -> bool:
+    """Whether erase revoked a link by one of these fingerprints (link id, identifier mark)."""
+    return conn.execute(select(Event.id).where(
+        Event.fingerprint.in_([f for f in fingerprints if f]),
+        Event.kind == LINK_REVOKED).limit(1)).first() is not None
 
 
 def _scrub_elsewhere(conn, needles: _Needles) -> int:
@@ -225,6 +279,11 @@ class _Needles:
     def add_registration(self, r: Any) -> None:
         for api_name, column in IDENTIFIERS:
             self._add(api_name, getattr(r, column))
+
+    def identifiers(self) -> list[tuple[str, Any]]:
+        """The erased identifier values (not chat ids), as ``(name, normal form)``."""
+        return [(name, v) for name, values in self._of_kind().items()
+                for v in sorted(values, key=str)]
 
     def drop_kept(self, conn, erased_ids: set[int]) -> None:
         """Forget identifiers (other than the one asked for) that remaining rows still hold."""
