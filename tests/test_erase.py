@@ -549,3 +549,18 @@ def test_a_link_signed_by_a_key_added_after_the_erase_registers(runner, make_app
     telegram(client, clock, STRANGER,
              text="/start " + links.make_payload(new_key, "email", ANN_EMAIL))
     assert [r["email"] for r in rows(client, auth, token=STRANGER)] == [ANN_EMAIL]
+
+
+def test_erasing_a_chat_revokes_the_link_it_used_not_the_identifiers_others_hold(
+        runner, client, auth, bridge, clock, ledger_with_ann):
+    """Her link's chat erased: her e-mail is still another chat's, so only that link (by its
+    id) is revoked; a new link for her e-mail still registers."""
+    run = runner.invoke(args=["bridge", "erase", "--token", ANN_LINK_CHAT, "--yes", "--json"])
+    assert json.loads(run.output)["revoked"] == 1
+    clock.advance(5)
+    telegram(client, clock, STRANGER, text="/start " + ANN_LINK)
+    assert rows(client, auth, token=STRANGER) == []
+    assert refusals(client, auth, STRANGER) == [("link_rejected", "revoked")]
+    fresh = links.make_payload(LINK_SECRET, "email", ANN_EMAIL, clock() + timedelta(days=1))
+    telegram(client, clock, STRANGER, text="/start " + fresh)
+    assert [r["email"] for r in rows(client, auth, token=STRANGER)] == [ANN_EMAIL]
