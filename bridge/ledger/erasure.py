@@ -33,8 +33,8 @@ that hold no personal data:
   secret, and one carrying a tombstoned identifier under that secret is
   refused (``link_rejected``, reason ``revoked``). A signed link does not say
   when it was made, so this refuses the erased identifier's signed links made
-  after the erase too, until a new first ``BRIDGE_LINK_SECRET`` signs them: a
-  person who comes back registers through ``/register`` or a new link.
+  after the erase too: a person who comes back registers through ``/register``,
+  or a link signed by a key put first in ``BRIDGE_LINK_SECRET`` after the erase.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _revoke_links(conn, now: datetime, doomed: set[int], needles: _Needles,
     return len(wanted)
 
 
-def revoked(conn, fingerprints: Iterable[str]) -> bool:
+def revoked(conn, fingerprints: Iterable[str | None]) -> bool:
     """Whether erase revoked a link by one of these fingerprints (link id, identifier mark)."""
     return conn.execute(select(Event.id).where(
         Event.fingerprint.in_([f for f in fingerprints if f]),
