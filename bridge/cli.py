@@ -260,7 +260,9 @@ def erase_command(yes, as_json, **identifiers):
             f"Erase every registration and event of {what}? This cannot be undone.",
             abort=True, err=True,
         )
-    result = rt.ledger.erase(api_name, value)
+    from .links import marks
+
+    result = rt.ledger.erase(api_name, value, marks(rt.settings.link_secrets))
     if as_json:
         _echo_json(result)
         return
@@ -271,6 +273,8 @@ def erase_command(yes, as_json, **identifiers):
                f"{_plural(result['events'], 'event')} of {what}")
     if result["scrubbed"]:
         message += f"; blanked {_plural(result['scrubbed'], 'mention')} elsewhere"
+    if result["revoked"]:
+        message += f"; revoked their links ({_plural(result['revoked'], 'tombstone')})"
     click.echo(message)
     click.echo("recorded an 'erased' audit event (it holds no personal data)")
 

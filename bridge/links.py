@@ -19,7 +19,8 @@ everything before it. A payload is accepted only if it is canonical base64url,
 one configured secret with its key id gives the same tag
 (``hmac.compare_digest``), it has not expired, and its value passes the same
 normaliser ``/register`` uses. A link binds to the first chat that uses it (see
-``bridge.ledger.reports.use_link``).
+``bridge.ledger.reports.use_link``); erase revokes a person's links through
+:func:`identifier_mark` (see ``bridge.ledger.erasure``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +49,7 @@ TYPE_CODES = {"contactId": 1, "externalCustomerId": 2, "phone": 3, "email": 4}
 TYPE_NAMES = {code: name for name, code in TYPE_CODES.items()}
 
 _DOMAIN = b"reteno-telegram-bridge/start-link\x00"
+_MARK_DOMAIN = b"reteno-telegram-bridge/erased-identifier\x00"
 _PAYLOAD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -63,6 +65,7 @@ class Link:
     value: Any
     expires: datetime | None
     link_id: str  # sha256 of the payload: how the ledger knows a link used before
+    mark: str  # identifier_mark under the secret that signed it: how erase revokes it
 
 
 def _b64(raw: bytes) -> str:
@@ -75,6 +78,20 @@ def key_id(secret: str) -> int:
 
 def _tag(secret: str, body: bytes) -> bytes:
     return hmac.new(secret.encode("utf-8"), _DOMAIN + body, hashlib.sha256).digest()[:TAG_BYTES]
+
+
+def identifier_mark(secret: str, name: str, value: Any) -> str:
+    """The tombstone erase keeps for an identifier (normal form) under one link secret:
+    HMAC-SHA256 keyed with the secret (hex, 64 characters). Without the secret it
+    cannot be traced back to the identifier; the links that secret signed for that
+    identifier are refused (``bridge.ledger.erasure``)."""
+    body = bytes([TYPE_CODES[name]]) + _encode_value(name, value)
+    return hmac.new(secret.encode("utf-8"), _MARK_DOMAIN + body, hashlib.sha256).hexdigest()
+
+
+def marks(secrets: Sequence[str]) -> Callable[[str, Any], list[str]]:
+    """``(name, value) -> [identifier_mark under each secret]``: what erase revokes."""
+    return lambda name, value: [identifier_mark(s, name, value) for s in secrets]
 
 
 def _encode_value(name: str, value: Any) -> bytes:
@@ -160,10 +177,11 @@ def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
     signers = [s for s in secrets if key_id(s) == body[1]]
     if not signers:
         return None, "signed with a key that is not configured (rotated out, or forged)"
-    valid = False
+    signer = None
     for secret in signers:  # every candidate is compared: the time tells nothing
-        valid |= hmac.compare_digest(tag, _tag(secret, body))
-    if not valid:
+        if hmac.compare_digest(tag, _tag(secret, body)):
+            signer = secret
+    if signer is None:
         return None, "bad signature"
     version, code = body[0] >> 4, body[0] & 0x0F
     if version != VERSION:
@@ -179,4 +197,5 @@ def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
         value = _decode_value(name, body[HEAD_BYTES:])
     except (ValueError, ValidationError):
         return None, f"the {name} it carries is not valid"
-    return Link(name, value, expires, hashlib.sha256(b"link\0" + raw).hexdigest()), None
+    return Link(name, value, expires, hashlib.sha256(b"link\0" + raw).hexdigest(),
+                identifier_mark(signer, name, value)), None

@@ -166,10 +166,10 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None,
         log.warning("telegram: update %s: deep link rejected (%s)", update_id, reason)
         return "link_rejected"
     request = TokenRequest(token, **{COLUMN_OF[found.name]: found.value})
-    outcome = ledger.use_link(token, request, found.link_id, at)
-    if outcome is None:
-        log.warning("telegram: update %s: a deep link used by another chat before", update_id)
-        return "link_reused"
+    outcome = ledger.use_link(token, request, found.link_id, at, found.mark)
+    if isinstance(outcome, str):
+        log.warning("telegram: update %s: deep link refused (%s)", update_id, outcome)
+        return outcome
     log.info("telegram: update %s: deep link registered %s as registration %s%s",
              update_id, found.name, outcome.id, " (duplicate)" if outcome.duplicate else "")
     return "start_link"

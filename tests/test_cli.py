@@ -294,7 +294,7 @@ def test_erase_twice_says_the_second_time_erases_nothing(runner, ann):
     first = json.loads(run(runner, "erase", "--phone", "+380 95 649 09 55", "--yes",
                            "--json").output)
     assert first == {"by": "phone", "registrations": 1, "events": 1, "scrubbed": 0,
-                     "erased": True}
+                     "revoked": 0, "erased": True}
     second = run(runner, "erase", "--phone", "380956490955", "--yes")
     assert "nothing to erase: no registration or event mentions phone 380956490955" in (
         second.output)

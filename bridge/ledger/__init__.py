@@ -209,14 +209,15 @@ class Ledger:
             self.on_queued()
         return result
 
-    def use_link(self, token: str, request: TokenRequest, link_id: str, seen: datetime
-                 ) -> Outcome | None:
+    def use_link(self, token: str, request: TokenRequest, link_id: str, seen: datetime,
+                 mark: str | None = None) -> Outcome | str:
         """A signed deep link opened in chat ``token`` at ``seen``: the outcome of its
-        registration, or None when another chat used the link first (recorded)."""
+        registration, or the kind recorded when it registers nothing (``link_reused``:
+        another chat used it first; ``link_rejected``: erase revoked it)."""
         with self.db.write() as conn:
             outcome = reports.use_link(conn, self.clock(), token, request, link_id, seen,
-                                       self.hold_conflicts)
-        if outcome is not None and not outcome.duplicate:
+                                       self.hold_conflicts, mark)
+        if isinstance(outcome, Outcome) and not outcome.duplicate:
             self.on_queued()
         return outcome
 
@@ -284,11 +285,13 @@ class Ledger:
 
     # --- erasure -------------------------------------------------------------------------
 
-    def erase(self, api_name: str, value) -> dict[str, Any]:
-        """Delete one contact's personal data (see :func:`.erasure.erase`), and the copies
-        the database's files keep of it (:meth:`~bridge.db.Database.purge_freed`)."""
+    def erase(self, api_name: str, value,
+              marks: Callable[[str, Any], Sequence[str]] | None = None) -> dict[str, Any]:
+        """Delete one contact's personal data and revoke their links (see
+        :func:`.erasure.erase`), and the copies the database's files keep of it
+        (:meth:`~bridge.db.Database.purge_freed`)."""
         with self.db.write() as conn:
-            result = erasure.erase(conn, self.clock(), api_name, value)
+            result = erasure.erase(conn, self.clock(), api_name, value, marks)
         if result["erased"]:
             self.db.purge_freed()
         return result

@@ -1,11 +1,47 @@
 """Erasure: one contact's personal data out of the ledger, leaving one audit line
-without any (``bridge erase``)."""
+without any (``bridge erase``).
+
+**What counts as a mention.** Stored JSON is read key by key, at any depth
+(inside a status's ``raw`` too). Under an identifier key (``contactId``,
+``externalCustomerId``, ``phone``/``sms``, ``email``, ``token``/``chat_id``/
+``candidates``) a value is compared with the erased values of that kind, in
+their normal forms. Anywhere else — error texts, comments, unknown fields, the
+keys of a raw object — a value is free text, and an erased value is found there
+only as a bounded word (not part of a longer word, number, address, time or
+decimal) that cannot be an ordinary word: an e-mail address, a phone number
+(7-15 digits, as written or as digits), or a chat id, contactId or
+externalCustomerId of at least :data:`MIN_FREE_TEXT` characters that holds
+something other than letters and spaces. A value of fewer characters (``1``,
+``api``) or of letters alone (``SENT``, ``telegram``) is found only under its
+identifier key: in free text it is every contact's vocabulary. JSON numbers
+outside identifier keys are the bridge's counters and ids, never a mention.
+The bridge's own bookkeeping keys (:data:`BOOKKEEPING_KEYS`) are never read or
+rewritten.
+
+**Links.** Erase revokes the person's ``/start`` links and keeps tombstones
+(``link_revoked`` events, no token, no registration, ``{"reason": "erased"}``)
+that hold no personal data:
+
+* a link a chat of theirs used: its link id (``fingerprint``), the SHA-256 of the
+  whole payload including its 96-bit HMAC tag, which nobody without
+  ``BRIDGE_LINK_SECRET`` can compute, so the id cannot be traced back to the
+  identifier it carries;
+* the links nobody used yet, which cannot be listed (a signed link is
+  stateless): for each erased identifier and each link secret configured at the
+  erase, an HMAC-SHA256 of the identifier keyed with that secret
+  (:func:`bridge.links.identifier_mark`). A signed link verifies under one
+  secret, and one carrying a tombstoned identifier under that secret is
+  refused (``link_rejected``, reason ``revoked``). A signed link does not say
+  when it was made, so this refuses the erased identifier's signed links made
+  after the erase too: a person who comes back registers through ``/register``,
+  or a link signed by a key put first in ``BRIDGE_LINK_SECRET`` after the erase.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,29 +54,32 @@ from .states import append_events
 from .types import COLUMN_OF
 
 
-def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
+def erase(conn, now: datetime, api_name: str, value,
+          marks: Callable[[str, Any], Sequence[str]] | None = None) -> dict[str, Any]:
     """Delete one contact's personal data; leave one audit event without any.
 
     ``api_name`` is ``token`` or an identifier name (``contactId``,
     ``externalCustomerId``, ``phone``, ``email``) and ``value`` its normal
-    form. In one write transaction this deletes
+    form; ``marks(name, value)`` gives an identifier's link tombstones, one per
+    configured link secret (none without it). In one write transaction this deletes
 
     * the registrations holding that value, and every registration of
       their tokens (a Telegram chat is one person), with those chats'
       mutes and replays;
-    * their events (by registration and by token), and any event of no
-      registration and no token whose detail mentions the value, one of
-      those tokens, or another identifier of the erased registrations
-      that no remaining registration holds (status events of unmatched
-      contacts carry raw payloads);
+    * their events (by registration and by token: a plain ``/start``, a
+      rejected or reused link, a block of a chat with nothing live), and any
+      event of no registration and no token that mentions the value, one of
+      those tokens, or another identifier of the erased registrations that no
+      remaining registration holds (status events of unmatched contacts carry
+      raw payloads);
 
     replaces such mentions in the events and error texts of other
     registrations and in the shared upstream state by ``[erased]``
-    (``scrubbed`` counts those rows), and appends one ``erased`` event
-    ``{"by", "registrations", "events"}``. When nothing mentions the
-    value, nothing is written and the counts are zero. A mention is a
-    value or a key of stored JSON (a raw status object may use an address
-    as a key), as written or percent-encoded (``ann%40example.com``).
+    (``scrubbed`` counts those rows), revokes the person's links (``revoked``
+    counts the new tombstones), and appends one ``erased`` event ``{"by",
+    "registrations", "events"}`` (with ``scrubbed``, ``revoked`` when not 0).
+    When nothing mentions the value and its tombstones exist, nothing is
+    written and the counts are zero.
     """
     if api_name == "token":
         column = Registration.token
@@ -66,8 +105,9 @@ def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
             select(Event.id).where(Event.registration_id.in_(chunk))))
     for chunk in _chunks(sorted(tokens)):
         doomed.update(conn.scalars(select(Event.id).where(Event.token.in_(chunk))))
-    # Other events that mention the contact: orphans (unmatched or ignored statuses,
-    # rejected deep links) go; another contact's events keep their line, blanked.
+    revoked = _revoke_links(conn, now, doomed, needles, marks)
+    # Other events that mention the contact: orphans (unmatched or ignored statuses)
+    # go; another contact's events keep their line, blanked.
     detail_text = func.lower(cast(Event.detail, Text))
     blank: dict[int, dict] = {}
     for clauses in _chunks(needles.like_clauses(detail_text), 40):
@@ -96,11 +136,44 @@ def erase(conn, now: datetime, api_name: str, value) -> dict[str, Any]:
     summary = {"by": api_name, "registrations": len(regs), "events": len(doomed)}
     if scrubbed:
         summary["scrubbed"] = scrubbed
-    erased = bool(regs or doomed or scrubbed)
+    if revoked:
+        summary["revoked"] = revoked
+    erased = bool(regs or doomed or scrubbed or revoked)
     if erased:
         append_events(conn, [{"at": now, "kind": "erased", "token": None,
                               "registration_id": None, "detail": dict(summary)}])
-    return {**summary, "scrubbed": scrubbed, "erased": erased}
+    return {**summary, "scrubbed": scrubbed, "revoked": revoked, "erased": erased}
+
+
+LINK_REVOKED = "link_revoked"
+
+
+def _revoke_links(conn, now: datetime, doomed: set[int], needles: _Needles,
+                  marks: Callable[[str, Any], Sequence[str]] | None) -> int:
+    """Tombstones for the links the erased chats used (their link ids) and for the erased
+    identifiers (their marks); the new ones, how many."""
+    wanted: set[str] = set()
+    for chunk in _chunks(sorted(doomed)):
+        wanted.update(conn.scalars(select(Event.fingerprint).where(
+            Event.id.in_(chunk), Event.kind == "link_used", Event.fingerprint.is_not(None))))
+    if marks is not None:
+        for name, value in needles.identifiers():
+            wanted.update(marks(name, value))
+    for chunk in _chunks(sorted(wanted)):
+        wanted.difference_update(conn.scalars(select(Event.fingerprint).where(
+            Event.fingerprint.in_(chunk), Event.kind == LINK_REVOKED)))
+    append_events(conn, [{"at": now, "kind": LINK_REVOKED, "token": None,
+                          "registration_id": None, "fingerprint": fingerprint,
+                          "detail": {"reason": "erased"}} for fingerprint in sorted(wanted)])
+    return len(wanted)
+
+
+def revoked(conn, fingerprints: Iterable[str | None]) -> bool:
+    """Whether erase revoked a link by one of these fingerprints (link id, identifier mark)."""
+    return conn.execute(select(Event.id).where(
+        Event.fingerprint.in_([f for f in fingerprints if f]),
+        Event.kind == LINK_REVOKED).limit(1)).first() is not None
+
 
 def _scrub_elsewhere(conn, needles: _Needles) -> int:
     """Mentions left in rows that are not the contact's own: replaced by ``[erased]``."""
@@ -124,13 +197,22 @@ def _scrub_elsewhere(conn, needles: _Needles) -> int:
 
 
 ERASED = "[erased]"
-# Our own numeric bookkeeping in event details: never read as a chat id.
-_COUNTER_KEYS = frozenset({
-    "attempt", "attempts", "batch", "status", "ms", "retryAfter", "registrations", "events",
-    "processed", "unmatched", "ignored", "code", "count", "scrubbed",
-})
-_CONTACT_KEYS = frozenset({"contactId", "contact_id"})
-_PHONE_RUN = re.compile(r"\+?\d[\d ()\-]*\d")
+# Shorter values, and values of letters and spaces alone, are found in free text never.
+MIN_FREE_TEXT = 6
+# The bridge's own bookkeeping in event details: never read as personal data, never rewritten.
+BOOKKEEPING_KEYS = frozenset({"source", "kind", "status", "state", "matchedBy", "via", "reason"})
+# Keys under which an identifier is written (the bridge's, Reteno's, a bot backend's).
+_KIND_OF_KEY = {
+    "contactId": "contactId", "contact_id": "contactId",
+    "externalCustomerId": "externalCustomerId", "external_customer_id": "externalCustomerId",
+    "phone": "phone", "sms": "phone",
+    "email": "email",
+    "token": "token", "tokens": "token", "chat_id": "token", "chatId": "token",
+    "candidates": "token",
+}
+_PHONE_RUN = re.compile(r"(?<![\w+])\+?\d[\d ()\-]*\d(?!\w)")
+_PHONE_SHAPED = re.compile(r"\+?[\d ()\-]+")
+_INTEGER = re.compile(r"-?\d{1,19}")
 
 
 def _chunks(items: Sequence, size: int = 500) -> Iterable[list]:
@@ -141,6 +223,22 @@ def _chunks(items: Sequence, size: int = 500) -> Iterable[list]:
 
 def _json_escaped(text: str) -> str:
     return json.dumps(text)[1:-1]
+
+
+def _integer(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value.strip())
+    return None
+
+
+def _distinctive(value: str) -> bool:
+    """Long enough, and not a word or phrase of letters: safe to look for in free text."""
+    return len(value) >= MIN_FREE_TEXT and any(
+        not (c.isalpha() or c.isspace()) for c in value)
 
 
 @dataclass
@@ -174,17 +272,23 @@ class _Needles:
         elif api_name == "contactId":
             self.contact_ids.add(int(value))
 
+    def _of_kind(self) -> dict[str, set]:
+        return {"email": self.emails, "phone": self.phones,
+                "externalCustomerId": self.external_ids, "contactId": self.contact_ids}
+
     def add_registration(self, r: Any) -> None:
         for api_name, column in IDENTIFIERS:
             self._add(api_name, getattr(r, column))
 
+    def identifiers(self) -> list[tuple[str, Any]]:
+        """The erased identifier values (not chat ids), as ``(name, normal form)``."""
+        return [(name, v) for name, values in self._of_kind().items()
+                for v in sorted(values, key=str)]
+
     def drop_kept(self, conn, erased_ids: set[int]) -> None:
         """Forget identifiers (other than the one asked for) that remaining rows still hold."""
         for api_name, column in IDENTIFIERS:
-            values = {
-                "email": self.emails, "phone": self.phones,
-                "externalCustomerId": self.external_ids, "contactId": self.contact_ids,
-            }[api_name]
+            values = self._of_kind()[api_name]
             col = getattr(Registration, column)
             for chunk in _chunks(sorted(values, key=str)):
                 kept = conn.execute(
@@ -206,6 +310,7 @@ class _Needles:
         return clauses
 
     def in_text(self, text_value: str | None) -> bool:
+        """Free text: whether it holds an erased value as a bounded, distinctive word."""
         if not text_value:
             return False
         if self._in_text(text_value):
@@ -222,41 +327,55 @@ class _Needles:
             re.sub(r"\D", "", run) in self.phones for run in _PHONE_RUN.findall(text_value)
         ):
             return True
-        # a chat id as a number of its own: not part of a longer number, a time or a decimal
-        if any(re.search(rf"(?<![\d.:-]){re.escape(t)}(?!\d|[.:]\d)", text_value)
-               for t in self.tokens):
+        # a number of its own: not part of a longer number, word, time or decimal
+        numbers = {*self.tokens, *(str(c) for c in self.contact_ids)}
+        if any(re.search(rf"(?<![\w.:+-]){re.escape(n)}(?!\w|[.:]\d)", text_value)
+               for n in numbers if len(n.lstrip("-")) >= MIN_FREE_TEXT):
             return True
-        return text_value.strip() in self.external_ids
+        return any(re.search(rf"(?<![\w@.+-]){re.escape(x)}(?![\w@+-]|\.\w)", text_value)
+                   for x in self.external_ids if _distinctive(x))
+
+    def _is_identifier(self, kind: str, value) -> bool:
+        """A value written under an identifier key of ``kind``, in its normal form."""
+        if kind == "contactId":
+            return _integer(value) in self.contact_ids
+        if kind == "token":
+            number = _integer(value)
+            return number is not None and str(number) in self.tokens
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            return False
+        text_value = str(value).strip()
+        if kind == "phone":
+            return bool(_PHONE_SHAPED.fullmatch(text_value)) and (
+                re.sub(r"\D", "", text_value) in self.phones)
+        if kind == "email":
+            return text_value.lower() in self.emails
+        return text_value in self.external_ids
 
     def in_json(self, value, key: str | None = None) -> bool:
+        if key in BOOKKEEPING_KEYS:
+            return False
+        kind = _KIND_OF_KEY.get(key or "")
         if isinstance(value, dict):
             return any(self.in_text(str(k)) or self.in_json(v, str(k))
                        for k, v in value.items())
         if isinstance(value, list):
             return any(self.in_json(v, key) for v in value)
-        if isinstance(value, bool) or value is None:
-            return False
-        if isinstance(value, int):
-            if key in _CONTACT_KEYS and value in self.contact_ids:
-                return True
-            return key not in _COUNTER_KEYS and (
-                str(value) in self.tokens or str(value) in self.phones
-            )
-        if isinstance(value, str):
-            if key in _CONTACT_KEYS and re.fullmatch(r"[0-9]{1,19}", value.strip()):
-                if int(value.strip()) in self.contact_ids:
-                    return True
-            return self.in_text(value)
-        return False
+        if kind is not None and self._is_identifier(kind, value):
+            return True
+        # numbers outside identifier keys are the bridge's counters and ids
+        return isinstance(value, str) and self.in_text(value)
 
     def scrub(self, value, key: str | None = None):
         """``value`` with every mentioning leaf and key replaced by ``[erased]`` (keys
-        made unique: ``[erased]``, ``[erased]#2`` …)."""
+        made unique: ``[erased]``, ``[erased]#2`` …); bookkeeping left as it is."""
+        if key in BOOKKEEPING_KEYS:
+            return value
         if isinstance(value, dict):
             out: dict = {}
             for k, v in value.items():
                 new_key = k
-                if self.in_text(str(k)):
+                if k not in BOOKKEEPING_KEYS and self.in_text(str(k)):
                     new_key, n = ERASED, 1
                     while new_key in out or new_key in value:
                         n += 1

@@ -32,7 +32,7 @@ from sqlalchemy import select, update
 
 from ..db import lock_keys
 from ..models import Event, Registration
-from . import commands, queries, registering
+from . import commands, erasure, queries, registering
 from .states import LIVE_VALUES, State, append_events, move
 from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult, TokenRequest
 
@@ -408,11 +408,18 @@ def sign_of_life(conn, token: str, at: datetime) -> int:
 
 
 def use_link(conn, now: datetime, token: str, request: TokenRequest, link_id: str,
-             seen: datetime, hold_conflicts: bool = False):
+             seen: datetime, hold_conflicts: bool = False, mark: str | None = None):
     """A signed deep link opened in chat ``token``: the link binds to the first chat that
     uses it. That chat registers (again: a duplicate); any other chat registers nothing
-    and is recorded (``link_reused``). The outcome, or None for another chat."""
+    and is recorded (``link_reused``), as is any chat once erase revoked the link (by
+    its id, or by ``mark``, its identifier's tombstone: ``link_rejected``, reason
+    ``revoked``). The outcome, or the kind of event a refusal recorded."""
     lock_keys(conn, [f"link:{link_id}"])
+    if erasure.revoked(conn, [link_id, mark]):
+        append_events(conn, [{"at": now, "kind": "link_rejected", "token": token,
+                              "registration_id": None,
+                              "detail": {"link": link_id[:16], "reason": "revoked"}}])
+        return "link_rejected"
     first = conn.execute(select(Event.token).where(Event.fingerprint == link_id,
                                                    Event.kind == "link_used")
                          .order_by(Event.id).limit(1)).scalar()
@@ -421,7 +428,7 @@ def use_link(conn, now: datetime, token: str, request: TokenRequest, link_id: st
                               "registration_id": None,
                               "detail": {"link": link_id[:16],
                                          "reason": "the link was opened in another chat first"}}])
-        return None
+        return "link_reused"
     outcome = registering.register(conn, [request], ["telegram_link"], now, hold_conflicts,
                                    [seen])[0]
     if first is None:
