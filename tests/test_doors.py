@@ -229,3 +229,25 @@ def test_the_sandbox_is_there_in_sandbox_mode(make_app, method, path, body):
                                         "message": "Token 1 is not held by any contact"}
     else:
         assert response.status_code == 200, response.get_data()[:300]
+
+
+@pytest.mark.real_http
+@pytest.mark.parametrize(("method", "path", "body"), SANDBOX)
+def test_the_sandbox_answers_only_for_a_loopback_host(make_app, method, path, body):
+    """DNS rebinding: a page of another site re-pointed at 127.0.0.1 sends its own name
+    as the Host, and gets a 421 in the bridge's error shape; nothing is changed."""
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True)
+    client = app.test_client()
+    headers = {"X-Reteno-Access-Key": "sandbox-reteno-key"}
+    for base in ("http://rebound.example:5000", "http://127.0.0.1.rebound.example",
+                 "http://localhost.rebound.example"):
+        response = client.open(path, method=method, json=body, headers=headers,
+                               base_url=base)
+        assert response.status_code == 421, (base, response.status_code)
+        assert fz.error_shape_problem(421, response.get_data(), response.content_type) is None
+    assert app.extensions["reteno_bridge"].simulator.stats()["requests"] == 0
+    for base in ("http://localhost", "http://127.0.0.1:5000", "http://127.0.0.2",
+                 "http://[::1]:5000"):
+        response = client.open(path, method=method, json=body, headers=headers,
+                               base_url=base)
+        assert response.status_code != 421, base

@@ -103,7 +103,9 @@ def attach(app, runtime) -> Simulator:
     simulator = Simulator(SimulatorOptions(app_uuid=APP_UUID, api_key=API_KEY,
                                            auth=runtime.settings.auth), status_sink=report)
     if not runtime.settings.base_url_explicit:
-        runtime.client.session.mount(HOST, WSGITransport(create_app(simulator=simulator)))
+        # reached through this transport only, never a socket: its Host is HOST's
+        runtime.client.session.mount(HOST, WSGITransport(create_app(simulator=simulator,
+                                                                    loopback_only=False)))
     if not runtime.settings.api_keys:
         runtime.dev_key_path = dev_key_path(app.instance_path)
     app.register_blueprint(create_blueprint(simulator), url_prefix=f"{prefix}/sandbox/reteno")
