@@ -235,4 +235,4 @@ def _log_request(response):
 
 @bp.get("/openapi.json")
 def openapi():
-    return openapi_document(rt(), request.url_root)
+    return openapi_document(rt(), request.script_root)
