@@ -81,6 +81,16 @@ def handle_unexpected(exc: Exception) -> Response:
     return error_response(500, "The bridge failed to handle this request; it has been logged.")
 
 
+def protect_answer(response: Response) -> Response:
+    """An ``after_request`` hook: no browser guesses a type other than the one sent
+    (``nosniff``), and no cache (a proxy's, a browser's history) keeps a JSON answer,
+    which may hold chat ids, e-mail addresses and phone numbers (``no-store``)."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if response.is_json:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def register_error_handlers(target) -> None:
     """JSON errors for a blueprint (its own views) or a whole app (every route)."""
     target.register_error_handler(HTTPException, handle_http_exception)

@@ -20,6 +20,7 @@ from .http import (
     bearer_required,
     json_body,
     metrics_auth_required,
+    protect_answer,
     register_error_handlers,
     telegram_secret_required,
     webhook_auth_required,
@@ -45,6 +46,7 @@ from .schemas import (
 
 bp = Blueprint("bridge", __name__)
 register_error_handlers(bp)
+bp.after_request(protect_answer)
 
 _token_schema = TokenSchema()
 _batch_schema = BatchSchema()
