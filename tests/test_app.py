@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -130,6 +132,60 @@ def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
     again = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
                      BRIDGE_API_KEYS=None)
     assert again.extensions["reteno_bridge"].api_keys[0] == key
+
+
+@pytest.mark.real_http
+@pytest.mark.parametrize(("content", "mode", "why"), [
+    ("dev-a-long-enough-key-0123456789", 0o644, "had mode 0644, readable by others"),
+    ("dev-a-long-enough-key-0123456789", 0o640, "had mode 0640, readable by others"),
+    ("short-key", 0o600, "held a key under 16 characters"),
+    ("", 0o600, "held a key under 16 characters"),
+])
+def test_a_weak_development_key_file_is_replaced(make_app, caplog, content, mode, why):
+    instance = Path(make_app().instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    key_file = instance / "dev-api-key"
+    key_file.write_text(content + "\n")
+    key_file.chmod(mode)
+    caplog.set_level(logging.WARNING, logger="bridge.sandbox")
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
+                   BRIDGE_API_KEYS=None)
+    key = app.extensions["reteno_bridge"].api_keys[0]
+    assert key != content and len(key) >= 16
+    assert key_file.read_text().strip() == key
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert f"{key_file} {why}: replaced it with a new key, mode 0600" in caplog.text
+    assert key not in caplog.text and (not content or content not in caplog.text)
+    client = app.test_client()
+    assert client.get("/tokens", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert client.get("/tokens", headers={"Authorization": f"Bearer {content}"}
+                      ).status_code == 401
+
+
+@pytest.mark.real_http
+def test_a_development_key_file_behind_a_symbolic_link_is_replaced(make_app, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("dev-a-long-enough-key-0123456789\n")
+    elsewhere.chmod(0o600)
+    instance = Path(make_app().instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    key_file = instance / "dev-api-key"
+    key_file.symlink_to(elsewhere)
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
+                   BRIDGE_API_KEYS=None)
+    key = app.extensions["reteno_bridge"].api_keys[0]
+    assert not key_file.is_symlink() and key_file.read_text().strip() == key
+    assert elsewhere.read_text() == "dev-a-long-enough-key-0123456789\n"  # left alone
+
+
+def test_a_sound_development_key_file_is_kept(tmp_path):
+    from bridge.sandbox import dev_api_key
+
+    key_file = tmp_path / "dev-api-key"
+    key_file.write_text("dev-a-long-enough-key-0123456789\n")
+    key_file.chmod(0o600)
+    assert dev_api_key(str(key_file)) == "dev-a-long-enough-key-0123456789"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev-api-key"]
 
 
 @pytest.mark.real_http
