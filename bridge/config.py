@@ -249,6 +249,11 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         if any(len(k) < MIN_SECRET for k in api_keys):
             raise ConfigError(f"BRIDGE_API_KEYS: every key must be at least {MIN_SECRET} "
                               "characters long")
+        if any("=" in k.rstrip("=") for k in api_keys):  # not echoed: it is a secret
+            raise ConfigError("BRIDGE_API_KEYS: a key holds '=' before its end; werkzeug reads "
+                              "such an Authorization: Bearer value as name=value parameters, "
+                              "not a token, so that key could never authenticate (use letters, "
+                              "digits and - . _ ~ + /; trailing '=' padding is fine)")
     if not api_keys and not sandbox:
         raise ConfigError(
             "BRIDGE_API_KEYS is not set: outside sandbox mode the bridge needs at least one "

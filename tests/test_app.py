@@ -62,6 +62,7 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"RETENO_APP_UUID": None}, "RETENO_APP_UUID"),
         ({"BRIDGE_API_KEYS": None}, "BRIDGE_API_KEYS"),
         ({"BRIDGE_API_KEYS": "short"}, "BRIDGE_API_KEYS"),
+        ({"BRIDGE_API_KEYS": "key-with-an=inside-0123"}, "BRIDGE_API_KEYS"),
         ({"BRIDGE_BATCH_SIZE": "lots"}, "BRIDGE_BATCH_SIZE"),
         ({"BRIDGE_BATCH_SIZE": 0}, "BRIDGE_BATCH_SIZE"),
         ({"BRIDGE_BATCH_SIZE": 1001}, "BRIDGE_BATCH_SIZE"),
@@ -91,6 +92,25 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
 def test_bad_configuration_stops_start_up_naming_the_key(make_app, overrides, key):
     with pytest.raises(ConfigError, match=key):
         make_app(**overrides)
+
+
+@pytest.mark.parametrize("keys", ["good-key-0123456789,key=with-equals-0123",
+                                  "=leading-equals-0123456789", "a==b-0123456789abcdef"])
+def test_a_key_with_an_inner_equals_sign_is_refused_saying_why(make_app, keys):
+    with pytest.raises(ConfigError) as refused:
+        make_app(BRIDGE_API_KEYS=keys)
+    message = str(refused.value)
+    assert message.startswith("BRIDGE_API_KEYS: a key holds '=' before its end")
+    assert "name=value parameters" in message and "could never authenticate" in message
+    for key in keys.split(","):
+        assert key not in message
+
+
+def test_a_key_ending_in_base64_padding_authenticates(make_app):
+    padded = "cGFkZGVkLWtleS0wMTIzNDU2Nzg5=="
+    client = make_app(BRIDGE_API_KEYS=padded).test_client()
+    assert client.get("/tokens", headers={"Authorization": f"Bearer {padded}"}
+                      ).status_code == 200
 
 
 def test_environment_configures_the_bridge(make_app, monkeypatch, requests_mock):
