@@ -18,6 +18,7 @@ from .http import (
     APIError,
     bearer_optional,
     bearer_required,
+    caller_label,
     json_body,
     metrics_auth_required,
     protect_answer,
@@ -231,7 +232,7 @@ def _log_request(response):
     log_request(request.method, request.path,
                 request.args.keys() if request.query_string else (), response.status_code,
                 time.perf_counter() - started if started is not None else 0.0,
-                request.headers)
+                caller_label(rt().api_keys))
     return response
 
 
