@@ -57,6 +57,14 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"RETENO_AUTH": "oauth"}, "RETENO_AUTH"),
         ({"RETENO_BASE_URL": "ftp://reteno.com"}, "RETENO_BASE_URL"),
         ({"RETENO_BASE_URL": "https://bridge:s3cret-pass@reteno.com"}, "RETENO_BASE_URL"),
+        # https unless this machine; no query, fragment or user-info
+        ({"RETENO_BASE_URL": "http://reteno.com"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "http://127.0.0.1.nip.io:8025"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://reteno.com/?x=1"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://reteno.com?"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://reteno.com#top"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://reteno.com:port"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://"}, "RETENO_BASE_URL"),
         ({"RETENO_APP_UUID": ".."}, "RETENO_APP_UUID"),
         ({"RETENO_API_KEY": None}, "RETENO_API_KEY"),
         ({"RETENO_APP_UUID": None}, "RETENO_APP_UUID"),
@@ -111,6 +119,21 @@ def test_a_key_ending_in_base64_padding_authenticates(make_app):
     client = make_app(BRIDGE_API_KEYS=padded).test_client()
     assert client.get("/tokens", headers={"Authorization": f"Bearer {padded}"}
                       ).status_code == 200
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8025", "http://localhost:8025/",
+                                 "HTTP://LOCALHOST", "http://127.0.0.2", "http://[::1]:8025",
+                                 "https://api.yespo.io/"])
+def test_plain_http_reaches_only_this_machine(make_app, url):
+    settings = make_app(RETENO_BASE_URL=url).extensions["reteno_bridge"].settings
+    assert settings.base_url == url.rstrip("/")
+
+
+def test_a_base_url_with_a_query_is_refused_without_echoing_it(make_app):
+    with pytest.raises(ConfigError) as refused:
+        make_app(RETENO_BASE_URL="https://reteno.com/?key=reteno-secret-in-a-url")
+    assert str(refused.value) == ("RETENO_BASE_URL must be a URL without a query (?...) or "
+                                  "fragment (#...)")
 
 
 def test_environment_configures_the_bridge(make_app, monkeypatch, requests_mock):

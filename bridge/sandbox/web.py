@@ -16,7 +16,6 @@ neither header (curl, scripts, tests) are not browsers and are let through."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 from collections import Counter
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
 
+from ..config import loopback
 from ..http import error_body
 from ..logs import get_logger
 from .simulator import (
@@ -106,13 +106,7 @@ def loopback_host(host: str) -> bool:
         parts.port  # noqa: B018 - raises for a port that is not a number
     except ValueError:
         return False
-    name = parts.hostname or ""
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return loopback(parts.hostname or "")
 
 
 _FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
