@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,9 +33,27 @@ from .schemas import (
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells a character beyond U+FFFF as a UTF-16 pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def escape_invisible(text: str, escape=_json_escape) -> str:
+    """``text`` with Unicode format characters (category Cf: bidi overrides and
+    isolates, zero-width characters, U+FEFF) written as ``\\u`` escapes: what the
+    ledger holds from before they were refused, or from Reteno's texts, shows as it is
+    instead of reordering what a terminal prints after it."""
+    if text.isascii():
+        return text
+    return "".join(escape(c) if unicodedata.category(c) == "Cf" else c for c in text)
+
+
 def _echo_json(data) -> None:
     text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
-    click.echo(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+    click.echo(escape_invisible(_JSON_UNSAFE.sub(lambda m: _json_escape(m.group()), text)))
 
 
 _ID_OPTIONS = (
@@ -79,15 +98,21 @@ def _ready():
     return rt
 
 
+def _table_escape(char: str) -> str:
+    code = ord(char)
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _cell(value) -> str:
     if value is None or value == "":
         return "-"
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, dict | list):
-        return escape_control(json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-                                         default=str))
-    return escape_control(" ".join(str(value).split()))
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    else:
+        text = " ".join(str(value).split())
+    return escape_invisible(escape_control(text), _table_escape)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence], *,

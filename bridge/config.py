@@ -9,6 +9,7 @@ failing later in the background.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -193,6 +194,42 @@ def _long_enough(key: str, secret: str | None) -> None:
                           f"(it has {len(secret)})")
 
 
+def loopback(hostname: str) -> bool:
+    """Whether ``hostname`` (no brackets, no port) names this machine: ``localhost``,
+    an address in 127.0.0.0/8, or ``::1``."""
+    if hostname.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def checked_base_url(url: str, name: str, key_goes_in: str) -> str:
+    """``url`` without a trailing slash, or a ConfigError naming ``name``: an upstream
+    base URL gets our key and personal data, so it is https (plain http only to this
+    machine: localhost, 127.0.0.0/8, [::1]), with a host, and with no user-info (the
+    key goes in ``key_goes_in``), query or fragment (never echoed: either may hold a
+    secret). ``RETENO_BASE_URL`` and ``bridge replay --base-url`` both pass here."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ConfigError(f"{name} must not carry credentials (user:password@): the key "
+                          f"goes in {key_goes_in}")
+    if "?" in url or "#" in url:
+        raise ConfigError(f"{name} must be a URL without a query (?...) or fragment (#...)")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{name} must be an https URL with a valid port, got {url!r}") \
+            from None
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if not host or not (scheme == "https" or (scheme == "http" and loopback(host))):
+        raise ConfigError(f"{name} must be an https URL (plain http only to localhost, "
+                          f"127.0.0.1 or [::1]), got {url!r}")
+    return url
+
+
 def load_settings(config: Mapping, instance_path: str, environ: Mapping | None = None) -> Settings:
     """Build :class:`Settings` from a Flask config mapping and the environment."""
     environ = os.environ if environ is None else environ
@@ -206,13 +243,7 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
 
     base_url = _text(config, environ, "RETENO_BASE_URL")
     base_url_explicit = base_url is not None
-    base_url = (base_url or preset_url).rstrip("/")
-    parts = urlsplit(base_url)
-    if "@" in parts.netloc:  # not echoed: it holds a password
-        raise ConfigError("RETENO_BASE_URL must not carry credentials (user:password@): the "
-                          "key goes in RETENO_API_KEY")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"RETENO_BASE_URL must be an http(s) URL, got {base_url!r}")
+    base_url = checked_base_url(base_url or preset_url, "RETENO_BASE_URL", "RETENO_API_KEY")
 
     auth = (_text(config, environ, "RETENO_AUTH") or preset_auth).lower()
     if auth not in AUTH_SCHEMES:
@@ -257,6 +288,11 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         if any(len(k) < MIN_SECRET for k in api_keys):
             raise ConfigError(f"BRIDGE_API_KEYS: every key must be at least {MIN_SECRET} "
                               "characters long")
+        if any("=" in k.rstrip("=") for k in api_keys):  # not echoed: it is a secret
+            raise ConfigError("BRIDGE_API_KEYS: a key holds '=' before its end; werkzeug reads "
+                              "such an Authorization: Bearer value as name=value parameters, "
+                              "not a token, so that key could never authenticate (use letters, "
+                              "digits and - . _ ~ + /; trailing '=' padding is fine)")
     if not api_keys and not sandbox:
         raise ConfigError(
             "BRIDGE_API_KEYS is not set: outside sandbox mode the bridge needs at least one "

@@ -21,7 +21,7 @@ from flask.cli import FlaskGroup
 from . import logs
 from .config import StartupError
 from .extension import Bridge
-from .http import register_error_handlers
+from .http import protect_answer, register_error_handlers
 
 
 def create_app(config: dict | None = None, import_name: str = "bridge",
@@ -37,6 +37,7 @@ def create_app(config: dict | None = None, import_name: str = "bridge",
     logs.configure(app)
     runtime = Bridge().init_app(app, url_prefix=url_prefix)
     register_error_handlers(app)  # the whole app answers 404/405 in the same JSON shape
+    app.after_request(protect_answer)  # those too (a 404's path can name a person)
     runtime.start()  # when served: check the database, say where tokens go, maybe deliver
     return app
 

@@ -18,7 +18,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .logs import get_logger
@@ -79,6 +79,16 @@ def handle_http_exception(exc: HTTPException) -> Response:
 def handle_unexpected(exc: Exception) -> Response:
     log.exception("unhandled error: %s", type(exc).__name__)
     return error_response(500, "The bridge failed to handle this request; it has been logged.")
+
+
+def protect_answer(response: Response) -> Response:
+    """An ``after_request`` hook: no browser guesses a type other than the one sent
+    (``nosniff``), and no cache (a proxy's, a browser's history) keeps a JSON answer,
+    which may hold chat ids, e-mail addresses and phone numbers (``no-store``)."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if response.is_json:
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def register_error_handlers(target) -> None:
@@ -208,14 +218,42 @@ def _equal(given: str | None, expected: str) -> bool:
     return hmac.compare_digest((given or "").encode("utf-8"), expected.encode("utf-8"))
 
 
-def bearer_ok(keys: tuple[str, ...]) -> bool:
+def key_index(keys: tuple[str, ...]) -> int | None:
+    """The position in ``keys`` of the request's bearer key, or None; found once per
+    request (the door asks, then the request log). The key is compared with every one
+    of ``keys``: the time does not tell which matched."""
+    known = g.get("bridge_key_index")
+    if known is not None and known[0] == keys:
+        return known[1]
     auth = request.authorization  # werkzeug parses the header
-    if auth is None or auth.type != "bearer" or not (auth.token or "").strip():
-        return False
-    ok = False
-    for key in keys:  # compare with every key: the time does not tell which matched
-        ok |= _equal(auth.token.strip(), key)
-    return ok
+    found = None
+    if auth is not None and auth.type == "bearer" and (auth.token or "").strip():
+        given = auth.token.strip()
+        for index, key in enumerate(keys):
+            if _equal(given, key) and found is None:
+                found = index
+    g.bridge_key_index = (keys, found)
+    return found
+
+
+def bearer_ok(keys: tuple[str, ...]) -> bool:
+    return key_index(keys) is not None
+
+
+def caller_label(keys: tuple[str, ...]) -> str:
+    """Who called, for the request log, without anything derived from a credential:
+    ``key#N`` (the key's place in ``BRIDGE_API_KEYS``, from 1: the same in every worker
+    and after a restart), ``key#unknown`` (a bearer value that is no key), ``basic``,
+    ``telegram`` or ``anonymous``."""
+    scheme = request.headers.get("Authorization", "").partition(" ")[0].lower()
+    if scheme == "bearer":
+        index = key_index(keys)
+        return "key#unknown" if index is None else f"key#{index + 1}"
+    if scheme == "basic":
+        return "basic"
+    if request.headers.get(TELEGRAM_SECRET_HEADER):
+        return "telegram"
+    return "anonymous"
 
 
 def _basic_ok(username: str | None, password: str | None) -> bool:

@@ -24,7 +24,6 @@ a warning line ``N request-log lines dropped`` (at most once a minute, and at fl
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import logging
 import os
@@ -198,27 +197,6 @@ def _value(text: str) -> str:
     return json.dumps(text) if not text or re.search(r'[\s"=]', text) else text
 
 
-_CALLERS: dict[str, str] = {}  # bearer value -> "key#<6 hex>", for the few keys in use
-
-
-def caller_of(headers) -> str:
-    """Who called, without the credential: ``key#<6 hex of sha256>``, ``basic``, ..."""
-    scheme, _, value = headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        value = value.strip()
-        caller = _CALLERS.get(value)
-        if caller is None:
-            caller = "key#" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:6]
-            if len(_CALLERS) < 64:  # wrong keys must not grow it without end
-                _CALLERS[value] = caller
-        return caller
-    if scheme.lower() == "basic":
-        return "basic"
-    if headers.get("X-Telegram-Bot-Api-Secret-Token"):
-        return "telegram"
-    return "anonymous"
-
-
 class _Forward(logging.Handler):
     """The listener's one handler: hands a record to its own logger, whose filters and
     handlers (and those above it) then take it, in the listener's thread; first, now
@@ -343,12 +321,12 @@ def flush_request_log() -> None:
 
 
 def log_request(method: str, path: str, arg_names, status: int, seconds: float,
-                headers) -> None:
-    """``request method=GET path=/tokens query=email,limit status=200 ms=2.1 caller=key#1a2b3c``.
+                caller: str) -> None:
+    """``request method=GET path=/tokens query=email,limit status=200 ms=2.1 caller=key#1``.
 
     Only the *names* of query arguments are logged (never their values), and the
     path goes through :func:`redact` (a chat id or address in it is masked). The
-    caller is named by :func:`caller_of` (``headers``: the request's).
+    caller is a label (:func:`bridge.http.caller_label`), never a credential.
     """
     logger = _REQUEST_LOG.logger
     if not logger.isEnabledFor(logging.INFO):
@@ -359,6 +337,6 @@ def log_request(method: str, path: str, arg_names, status: int, seconds: float,
         "request method=%s path=%s query=%s status=%d ms=%.1f caller=%s",
         (method, _value("/".join(redact(part) for part in cut(path, MAX_LOGGED_PATH_CHARS)
                                  .split("/"))),
-         ",".join(names) or "-", status, seconds * 1000, caller_of(headers)),
+         ",".join(names) or "-", status, seconds * 1000, caller),
         None, func="log_request",
     ))

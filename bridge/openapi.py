@@ -6,8 +6,8 @@ cannot drift from the code's field names and rules. It covers every route of
 the blueprint, the three ways of authenticating (bearer API keys, the status
 webhook's HTTP Basic credentials, Telegram's secret-token header) and the one
 error shape, which every error response references. The document is built once
-per bridge runtime; only ``servers`` (the request's URL root plus the mount
-prefix) is filled in per request.
+per bridge runtime; only ``servers`` (the mount prefix, a relative URL) is
+filled in per request.
 """
 
 from __future__ import annotations
@@ -265,10 +265,13 @@ def build(max_body_bytes: int) -> dict[str, Any]:
     return spec.to_dict()
 
 
-def document(runtime, url_root: str) -> dict[str, Any]:
-    """The document for ``runtime``, with its server URL (``url_root`` + mount prefix)."""
+def document(runtime, script_root: str) -> dict[str, Any]:
+    """The document for ``runtime``. Its server URL is relative (``script_root``, the
+    WSGI mount, + the blueprint's prefix): a client resolves it against the URL it
+    fetched the document from, and no request header (a forged ``Host``) can make the
+    document send it elsewhere."""
     spec = _cache.get(runtime)
     if spec is None:
         spec = _cache[runtime] = build(runtime.settings.max_body_bytes)
-    server = url_root.rstrip("/") + runtime.url_prefix.rstrip("/")
+    server = script_root.rstrip("/") + runtime.url_prefix.rstrip("/")
     return {**copy.deepcopy(spec), "servers": [{"url": server or "/"}]}

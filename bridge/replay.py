@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import APP_ID, PLATFORMS, ConfigError, Settings
+from .config import APP_ID, PLATFORMS, ConfigError, Settings, checked_base_url
 from .ledger import Ledger, ReplayTarget
 from .reteno import RETRY, RetenoClient
 from .worker import DeliveryWorker, Lane
@@ -40,16 +40,9 @@ def _spelling(url: str) -> str:
 
 
 def _base_url(url: str) -> str:
-    """The target's base URL, as :func:`_spelling` writes it; a ConfigError unless an
-    http(s) URL with a host and no query, fragment or credentials."""
-    parts = urlsplit(url.strip())
-    if "@" in parts.netloc:  # not echoed: it holds a password
-        raise ConfigError("--base-url must not carry credentials (user:password@): the key "
-                          "goes in the variable --api-key-env names")
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname \
-            or parts.query or parts.fragment:
-        raise ConfigError(f"--base-url must be an http(s) URL, got {url!r}")
-    return _spelling(url)
+    """The target's base URL, checked as ``RETENO_BASE_URL`` is and spelt by
+    :func:`_spelling`."""
+    return _spelling(checked_base_url(url, "--base-url", "the variable --api-key-env names"))
 
 
 def target_settings(settings: Settings, app_uuid: str, api_key: str, platform: str | None,

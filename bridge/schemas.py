@@ -10,6 +10,7 @@ with them, and ``/openapi.json`` is generated from them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from marshmallow import (
@@ -76,10 +77,24 @@ def normalize_contact_id(value: Any) -> int:
     return value
 
 
-def normalize_external_id(value: Any) -> str:
+def _visible_text(value: Any) -> str:
+    """``value`` trimmed and in Unicode NFC, so one identifier has one spelling however a
+    client composed its accents; refused if it holds a format character (category Cf:
+    bidi overrides such as U+202E, zero-width spaces and joiners, U+FEFF), which shows
+    nothing yet changes the value, or how a terminal or page lays out what follows."""
     if not isinstance(value, str):
         raise ValidationError("Not a valid string.")
-    value = value.strip()
+    text = unicodedata.normalize("NFC", value.strip())
+    if not text.isascii():
+        for char in text:
+            if unicodedata.category(char) == "Cf":
+                raise ValidationError(f"Must not contain invisible format characters "
+                                      f"(U+{ord(char):04X}).")
+    return text
+
+
+def normalize_external_id(value: Any) -> str:
+    value = _visible_text(value)
     if not value:
         raise ValidationError("Must not be empty.")
     if len(value) > 255:
@@ -91,9 +106,7 @@ def normalize_external_id(value: Any) -> str:
 
 def normalize_phone(value: Any) -> str:
     """The digits alone, as Reteno stores them (``380956490955``)."""
-    if not isinstance(value, str):
-        raise ValidationError("Not a valid string.")
-    text = value.strip()
+    text = _visible_text(value)
     if not _PHONE.match(text) or "+" in text[1:]:
         raise ValidationError(
             "Must be digits with an optional leading +; spaces, dashes and parentheses allowed."
@@ -105,9 +118,7 @@ def normalize_phone(value: Any) -> str:
 
 
 def normalize_email(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValidationError("Not a valid string.")
-    text = value.strip().lower()
+    text = _visible_text(value).lower()
     if len(text) > 254 or not _EMAIL.match(text) or len(text.split("@", 1)[0]) > 64:
         raise ValidationError("Not a valid email address.")
     return text

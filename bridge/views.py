@@ -18,8 +18,10 @@ from .http import (
     APIError,
     bearer_optional,
     bearer_required,
+    caller_label,
     json_body,
     metrics_auth_required,
+    protect_answer,
     register_error_handlers,
     telegram_secret_required,
     webhook_auth_required,
@@ -45,6 +47,7 @@ from .schemas import (
 
 bp = Blueprint("bridge", __name__)
 register_error_handlers(bp)
+bp.after_request(protect_answer)
 
 _token_schema = TokenSchema()
 _batch_schema = BatchSchema()
@@ -229,10 +232,10 @@ def _log_request(response):
     log_request(request.method, request.path,
                 request.args.keys() if request.query_string else (), response.status_code,
                 time.perf_counter() - started if started is not None else 0.0,
-                request.headers)
+                caller_label(rt().api_keys))
     return response
 
 
 @bp.get("/openapi.json")
 def openapi():
-    return openapi_document(rt(), request.url_root)
+    return openapi_document(rt(), request.script_root)

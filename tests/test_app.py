@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,11 +57,20 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"RETENO_AUTH": "oauth"}, "RETENO_AUTH"),
         ({"RETENO_BASE_URL": "ftp://reteno.com"}, "RETENO_BASE_URL"),
         ({"RETENO_BASE_URL": "https://bridge:s3cret-pass@reteno.com"}, "RETENO_BASE_URL"),
+        # https unless this machine; no query, fragment or user-info
+        ({"RETENO_BASE_URL": "http://reteno.com"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "http://127.0.0.1.nip.io:8025"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://reteno.com/?x=1"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://reteno.com?"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://reteno.com#top"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://reteno.com:port"}, "RETENO_BASE_URL"),
+        ({"RETENO_BASE_URL": "https://"}, "RETENO_BASE_URL"),
         ({"RETENO_APP_UUID": ".."}, "RETENO_APP_UUID"),
         ({"RETENO_API_KEY": None}, "RETENO_API_KEY"),
         ({"RETENO_APP_UUID": None}, "RETENO_APP_UUID"),
         ({"BRIDGE_API_KEYS": None}, "BRIDGE_API_KEYS"),
         ({"BRIDGE_API_KEYS": "short"}, "BRIDGE_API_KEYS"),
+        ({"BRIDGE_API_KEYS": "key-with-an=inside-0123"}, "BRIDGE_API_KEYS"),
         ({"BRIDGE_BATCH_SIZE": "lots"}, "BRIDGE_BATCH_SIZE"),
         ({"BRIDGE_BATCH_SIZE": 0}, "BRIDGE_BATCH_SIZE"),
         ({"BRIDGE_BATCH_SIZE": 1001}, "BRIDGE_BATCH_SIZE"),
@@ -89,6 +100,40 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
 def test_bad_configuration_stops_start_up_naming_the_key(make_app, overrides, key):
     with pytest.raises(ConfigError, match=key):
         make_app(**overrides)
+
+
+@pytest.mark.parametrize("keys", ["good-key-0123456789,key=with-equals-0123",
+                                  "=leading-equals-0123456789", "a==b-0123456789abcdef"])
+def test_a_key_with_an_inner_equals_sign_is_refused_saying_why(make_app, keys):
+    with pytest.raises(ConfigError) as refused:
+        make_app(BRIDGE_API_KEYS=keys)
+    message = str(refused.value)
+    assert message.startswith("BRIDGE_API_KEYS: a key holds '=' before its end")
+    assert "name=value parameters" in message and "could never authenticate" in message
+    for key in keys.split(","):
+        assert key not in message
+
+
+def test_a_key_ending_in_base64_padding_authenticates(make_app):
+    padded = "cGFkZGVkLWtleS0wMTIzNDU2Nzg5=="
+    client = make_app(BRIDGE_API_KEYS=padded).test_client()
+    assert client.get("/tokens", headers={"Authorization": f"Bearer {padded}"}
+                      ).status_code == 200
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8025", "http://localhost:8025/",
+                                 "HTTP://LOCALHOST", "http://127.0.0.2", "http://[::1]:8025",
+                                 "https://api.yespo.io/"])
+def test_plain_http_reaches_only_this_machine(make_app, url):
+    settings = make_app(RETENO_BASE_URL=url).extensions["reteno_bridge"].settings
+    assert settings.base_url == url.rstrip("/")
+
+
+def test_a_base_url_with_a_query_is_refused_without_echoing_it(make_app):
+    with pytest.raises(ConfigError) as refused:
+        make_app(RETENO_BASE_URL="https://reteno.com/?key=reteno-secret-in-a-url")
+    assert str(refused.value) == ("RETENO_BASE_URL must be a URL without a query (?...) or "
+                                  "fragment (#...)")
 
 
 def test_environment_configures_the_bridge(make_app, monkeypatch, requests_mock):
@@ -130,6 +175,60 @@ def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
     again = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
                      BRIDGE_API_KEYS=None)
     assert again.extensions["reteno_bridge"].api_keys[0] == key
+
+
+@pytest.mark.real_http
+@pytest.mark.parametrize(("content", "mode", "why"), [
+    ("dev-a-long-enough-key-0123456789", 0o644, "had mode 0644, readable by others"),
+    ("dev-a-long-enough-key-0123456789", 0o640, "had mode 0640, readable by others"),
+    ("short-key", 0o600, "held a key under 16 characters"),
+    ("", 0o600, "held a key under 16 characters"),
+])
+def test_a_weak_development_key_file_is_replaced(make_app, caplog, content, mode, why):
+    instance = Path(make_app().instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    key_file = instance / "dev-api-key"
+    key_file.write_text(content + "\n")
+    key_file.chmod(mode)
+    caplog.set_level(logging.WARNING, logger="bridge.sandbox")
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
+                   BRIDGE_API_KEYS=None)
+    key = app.extensions["reteno_bridge"].api_keys[0]
+    assert key != content and len(key) >= 16
+    assert key_file.read_text().strip() == key
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert f"{key_file} {why}: replaced it with a new key, mode 0600" in caplog.text
+    assert key not in caplog.text and (not content or content not in caplog.text)
+    client = app.test_client()
+    assert client.get("/tokens", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert client.get("/tokens", headers={"Authorization": f"Bearer {content}"}
+                      ).status_code == 401
+
+
+@pytest.mark.real_http
+def test_a_development_key_file_behind_a_symbolic_link_is_replaced(make_app, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("dev-a-long-enough-key-0123456789\n")
+    elsewhere.chmod(0o600)
+    instance = Path(make_app().instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    key_file = instance / "dev-api-key"
+    key_file.symlink_to(elsewhere)
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
+                   BRIDGE_API_KEYS=None)
+    key = app.extensions["reteno_bridge"].api_keys[0]
+    assert not key_file.is_symlink() and key_file.read_text().strip() == key
+    assert elsewhere.read_text() == "dev-a-long-enough-key-0123456789\n"  # left alone
+
+
+def test_a_sound_development_key_file_is_kept(tmp_path):
+    from bridge.sandbox import dev_api_key
+
+    key_file = tmp_path / "dev-api-key"
+    key_file.write_text("dev-a-long-enough-key-0123456789\n")
+    key_file.chmod(0o600)
+    assert dev_api_key(str(key_file)) == "dev-a-long-enough-key-0123456789"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev-api-key"]
 
 
 @pytest.mark.real_http

@@ -365,3 +365,32 @@ def test_control_characters_from_the_ledger_never_reach_the_terminal(client, aut
     assert item["lastError"].endswith(" ".join(HOSTILE.split()))  # as stored
     events = json.loads(outputs["history 4242 --json"])["events"]
     assert any(e["detail"].get("error") == "x" + HOSTILE for e in events)
+
+
+# bidi override and isolate, zero-width space, byte-order mark, a tag beyond U+FFFF
+INVISIBLE = "pay \u202eevil\u202c to \u2066x\u2069\u200b\ufeff\U000e0041 end"
+FORMAT = re.compile("[\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
+
+
+def test_format_characters_from_the_ledger_are_printed_as_escapes(client, auth, bridge,
+                                                                  requests_mock, runner):
+    """Identifiers refuse bidi controls now, but texts others wrote (Reteno's error
+    text, a status's) can still hold them: a table shows them as \\u escapes, and JSON
+    as \\u escapes that read back as what is stored."""
+    requests_mock.post(TOKENS_URL, status_code=400, json={"message": INVISIBLE})
+    register(client, auth, {"token": 4343, "contactId": 43})
+    bridge.deliver_once()
+    client.post("/statuses", headers=auth, json=[
+        {"status": "FAILED", "token": 4343, "error": INVISIBLE}])
+    outputs = {}
+    for args in (["tokens"], ["tokens", "--json"], ["history", "4343"],
+                 ["history", "4343", "--json"]):
+        output = run(runner, *args).output
+        assert not FORMAT.search(output), (args, output)
+        outputs[" ".join(args)] = output
+    escaped = "pay \\u202eevil\\u202c to \\u2066x\\u2069\\u200b\\ufeff\\U000e0041 end"
+    assert escaped in outputs["tokens"] and escaped in outputs["history 4343"]
+    [item] = json.loads(outputs["tokens --json"])["items"]
+    assert item["lastError"].endswith(INVISIBLE)
+    events = json.loads(outputs["history 4343 --json"])["events"]
+    assert any(e["detail"].get("error") == INVISIBLE for e in events)

@@ -130,6 +130,9 @@ def test_door(bridge, client, method, rule, door, kind, name, headers):
     before = fz.ledger_counts(bridge)
     response = client.open(EXAMPLE_PATH.get(rule, rule), method=method, headers=headers,
                            **kwargs)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    if response.is_json:
+        assert response.headers["Cache-Control"] == "no-store"
     if kind == "right":
         assert 200 <= response.status_code < 300, (response.status_code, response.data[:300])
         return
@@ -144,6 +147,34 @@ def test_door(bridge, client, method, rule, door, kind, name, headers):
     body = response.get_data(as_text=True)
     for secret in (API_KEY, OTHER_KEY, HOOK_PASSWORD, TG_SECRET):
         assert secret not in body
+
+
+def test_answers_holding_personal_data_are_never_stored_by_a_cache(client):
+    """Every answer that can hold a chat id, an address or a phone number (and every
+    error) says no-store and nosniff."""
+    key = bearer(API_KEY)
+    person = {"token": 5550001, "email": "ann@example.com", "phone": "+380956490955"}
+    answers = {
+        "register": client.post("/register", json=person, headers=key),
+        "tokens": client.get("/tokens", query_string={"email": "ann@example.com"},
+                             headers=key),
+        "history": client.get("/tokens/5550001/history", headers=key),
+        "mute": client.post("/mute", json={"token": 5550001}, headers=key),
+        "unmute": client.post("/unmute", json={"token": 5550001}, headers=key),
+        "statuses": client.post("/statuses", headers=key, json=[
+            {"status": "SENT", "email": "ann@example.com"}]),
+        "422": client.post("/register", json={"token": 1, "email": "ann@"}, headers=key),
+        "400": client.post("/register", data="{", content_type="application/json",
+                           headers=key),
+        "415": client.post("/register", data="x", headers=key),
+        "404": client.get("/tokens/1/nothing", headers=key),
+        "healthz": client.get("/healthz", headers=key),
+    }
+    for name, response in answers.items():
+        assert response.is_json, name
+        assert response.headers["Cache-Control"] == "no-store", name
+        assert response.headers["X-Content-Type-Options"] == "nosniff", name
+    assert answers["tokens"].get_json()["items"][0]["email"] == "ann@example.com"
 
 
 def test_telegram_endpoint_is_404_while_no_secret_is_set(make_app):
@@ -229,3 +260,49 @@ def test_the_sandbox_is_there_in_sandbox_mode(make_app, method, path, body):
                                         "message": "Token 1 is not held by any contact"}
     else:
         assert response.status_code == 200, response.get_data()[:300]
+
+
+@pytest.mark.real_http
+@pytest.mark.parametrize(("method", "path", "body"), SANDBOX)
+def test_the_sandbox_answers_only_for_a_loopback_host(make_app, method, path, body):
+    """DNS rebinding: a page of another site re-pointed at 127.0.0.1 sends its own name
+    as the Host, and gets a 421 in the bridge's error shape; nothing is changed."""
+    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True)
+    client = app.test_client()
+    headers = {"X-Reteno-Access-Key": "sandbox-reteno-key"}
+    for base in ("http://rebound.example:5000", "http://127.0.0.1.rebound.example",
+                 "http://localhost.rebound.example"):
+        response = client.open(path, method=method, json=body, headers=headers,
+                               base_url=base)
+        assert response.status_code == 421, (base, response.status_code)
+        assert fz.error_shape_problem(421, response.get_data(), response.content_type) is None
+    assert app.extensions["reteno_bridge"].simulator.stats()["requests"] == 0
+    for base in ("http://localhost", "http://127.0.0.1:5000", "http://127.0.0.2",
+                 "http://[::1]:5000"):
+        response = client.open(path, method=method, json=body, headers=headers,
+                               base_url=base)
+        assert response.status_code != 421, base
+
+
+def test_the_blueprint_protects_its_answers_in_any_host_app(config, tmp_path):
+    from flask import Flask
+
+    from bridge import Bridge
+
+    app = Flask("host", instance_path=str(tmp_path / "host"))
+    app.config.from_mapping(config)
+    Bridge(app, url_prefix="/reteno")
+
+    @app.get("/own")
+    def own():
+        return {"host": "page"}
+
+    try:
+        client = app.test_client()
+        for response in (client.get("/reteno/tokens", headers=bearer(API_KEY)),
+                         client.get("/reteno/tokens")):
+            assert response.headers["Cache-Control"] == "no-store"
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Cache-Control" not in client.get("/own").headers  # the host's own stay its own
+    finally:
+        app.extensions["reteno_bridge"].db.dispose()

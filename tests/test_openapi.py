@@ -148,7 +148,10 @@ def test_server_url_is_where_the_bridge_is_mounted(config, tmp_path):
     try:
         spec = app.test_client().get("/reteno/openapi.json",
                                      base_url="https://bots.example.org").get_json()
-        assert spec["servers"] == [{"url": "https://bots.example.org/reteno"}]
+        assert spec["servers"] == [{"url": "/reteno"}]
+        spec = app.test_client().get("/reteno/openapi.json",
+                                     base_url="https://bots.example.org/api").get_json()
+        assert spec["servers"] == [{"url": "/api/reteno"}]  # under a WSGI mount (SCRIPT_NAME)
         for path, methods in blueprint_routes(app, prefix="/reteno"):
             for method in methods:
                 assert method.lower() in spec["paths"][path]
@@ -158,7 +161,20 @@ def test_server_url_is_where_the_bridge_is_mounted(config, tmp_path):
 
 def test_server_url_at_the_root(client):
     spec = client.get("/openapi.json", base_url="http://localhost:5000").get_json()
-    assert spec["servers"] == [{"url": "http://localhost:5000"}]
+    assert spec["servers"] == [{"url": "/"}]
+
+
+@pytest.mark.parametrize("headers", [{"Host": "attacker.example"},
+                                     {"Host": "attacker.example", "X-Forwarded-Host": "x.example",
+                                      "X-Forwarded-Proto": "https"}])
+def test_a_forged_host_never_reaches_the_document(client, headers):
+    """The server URL is relative: a forged Host cannot point clients that read the
+    document (code generators, Swagger UI) at another site."""
+    response = client.get("/openapi.json", headers=headers)
+    assert response.status_code == 200
+    assert "attacker.example" not in response.get_data(as_text=True)
+    assert "x.example" not in response.get_data(as_text=True)
+    assert response.get_json()["servers"] == [{"url": "/"}]
 
 
 def test_the_document_is_built_once_per_runtime(client, bridge, monkeypatch):
@@ -172,7 +188,7 @@ def test_the_document_is_built_once_per_runtime(client, bridge, monkeypatch):
     monkeypatch.setattr(openapi_module, "build", counting)
     monkeypatch.setattr(openapi_module, "_cache", type(openapi_module._cache)())
     first = client.get("/openapi.json", base_url="http://a.example").get_json()
-    second = client.get("/openapi.json", base_url="http://b.example").get_json()
+    second = client.get("/openapi.json", base_url="http://b.example/api").get_json()
     assert len(built) == 1
     assert first["servers"] != second["servers"]
     assert {**first, "servers": None} == {**second, "servers": None}

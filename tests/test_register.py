@@ -145,6 +145,41 @@ def test_invalid_token_object_is_422_naming_the_field(client, auth, body, field)
     assert ledger_rows(client, auth) == []
 
 
+# Unicode format characters (category Cf): bidi overrides and isolates, zero-width
+# space, non-joiner and joiner, the byte-order mark, a tag character beyond U+FFFF.
+FORMAT_CHARACTERS = ["\u202e", "\u202a", "\u2066", "\u2069", "\u200b", "\u200d", "\ufeff",
+                     "\U000e0041"]
+
+
+@pytest.mark.parametrize("char", FORMAT_CHARACTERS)
+def test_an_identifier_with_an_invisible_format_character_is_422_per_field(client, auth,
+                                                                            char):
+    code = f"U+{ord(char):04X}"
+    body = {"tokens": [
+        {"token": 1, "externalCustomerId": f"cust{char}-1"},
+        {"token": 2, "email": f"ann{char}@example.com"},
+        {"token": 3, "phone": f"+380{char}956490955"},
+        {"token": 4, "externalCustomerId": "cust-4"},
+    ]}
+    out = assert_error_shape(post(client, body, auth), 422)
+    message = [f"Must not contain invisible format characters ({code})."]
+    assert out["errors"] == {"tokens.0.externalCustomerId": message,
+                             "tokens.1.email": message, "tokens.2.phone": message}
+    assert ledger_rows(client, auth) == []
+
+
+def test_identifiers_are_stored_and_matched_in_nfc(client, auth):
+    composed, decomposed = "Caf\u00e9-\u00c5se", "Cafe\u0301-A\u030ase"
+    first = post(client, {"token": 7, "externalCustomerId": decomposed}, auth)
+    assert first.status_code == 202
+    again = post(client, {"token": 7, "externalCustomerId": composed}, auth)
+    assert again.get_json()["registrations"][0]["duplicate"] is True
+    for spelling in (composed, decomposed):
+        [row] = client.get("/tokens", headers=auth,
+                           query_string={"externalCustomerId": spelling}).get_json()["items"]
+        assert row["externalCustomerId"] == composed
+
+
 def test_one_bad_object_in_a_batch_stores_nothing(client, auth):
     body = {"tokens": [
         {"token": 1, "email": "good@example.com"},

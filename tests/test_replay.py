@@ -325,6 +325,8 @@ def test_the_same_app_id_on_another_platform_is_another_app(runner, chats):
     (["--to-app", TARGET, "--base-url", "ftp://reteno.com"], "--base-url"),
     (["--to-app", TARGET, "--base-url", "https://"], "--base-url"),
     (["--to-app", TARGET, "--base-url", "https://reteno.com?app=1"], "--base-url"),
+    (["--to-app", TARGET, "--base-url", "https://reteno.com#app"], "--base-url"),
+    (["--to-app", TARGET, "--base-url", "http://reteno.example"], "--base-url"),
     (["--to-app", TARGET, "--platform", "mailchimp"], "--platform"),
 ])
 def test_a_malformed_target_is_refused(runner, chats, requests_mock, args, option):

@@ -806,3 +806,35 @@ def test_block_and_reset_from_the_page_itself_still_work(headers):
     response = client.post("/block/777", data={"from": "page"}, headers=headers)
     assert response.status_code == 303 and "blocked=777" in response.headers["Location"]
     assert client.post("/reset", data={"from": "page"}, headers=headers).status_code == 303
+
+
+@pytest.mark.parametrize("host", ["rebound.example", "rebound.example:8025",
+                                  "127.0.0.1.rebound.example", "[::2]:8025", "0.0.0.0:8025",
+                                  "localhost.:8025"])
+def test_the_standalone_simulator_answers_only_for_a_loopback_host(host):
+    simulator, client = make()
+    base = f"http://{host}"
+    for response in (post_tokens(client, [{"token": "777", "phone": "+1"}], base_url=base),
+                     client.get("/contacts", base_url=base), client.get("/", base_url=base),
+                     client.post("/reset", base_url=base)):
+        assert response.status_code == 421
+        assert response.get_json()["code"] == 421
+        assert "DNS rebinding" in response.get_json()["message"]
+    assert simulator.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:8025", "127.0.0.1:8025",
+                                  "127.3.2.1", "[::1]", "[::1]:8025"])
+def test_the_standalone_simulator_answers_for_every_loopback_name(host):
+    simulator, client = make()
+    response = post_tokens(client, [{"token": "777", "phone": "+1"}], base_url=f"http://{host}")
+    assert response.status_code == 200
+    assert client.get("/", base_url=f"http://{host}").status_code == 200
+
+
+def test_the_sandbox_forbids_framing():
+    simulator, client = make()
+    for response in (client.get("/"), client.get("/contacts"),
+                     client.get("/", base_url="http://rebound.example")):
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"

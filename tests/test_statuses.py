@@ -239,6 +239,18 @@ def test_a_block_found_by_identifier_removes_the_chat_under_every_identifier(cli
     assert states == {"contactId": "removed", "email": "removed"}
 
 
+def test_a_status_names_an_identifier_in_nfc_and_never_by_a_format_character(client, auth):
+    """Statuses read identifiers with the same normalisers as /register: an NFD spelling
+    finds the NFC one, and a value with a bidi override or zero-width space names
+    nobody."""
+    register(client, auth, {"token": "2201", "externalCustomerId": "Caf\u00e9"},
+             {"token": "2202", "externalCustomerId": "Zoe"})
+    body = [activity(externalCustomerId="Zo\u200be"), activity(externalCustomerId="\u202eZoe"),
+            activity(externalCustomerId="Cafe\u0301")]
+    assert post(client, body).json["removed"] == ["2201"]
+    assert row(client, auth, "2202")["state"] == "queued"
+
+
 # --- the simple vocabulary (bot backend, bearer key) ----------------------------------------
 
 

@@ -17,11 +17,14 @@ otherwise.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import secrets
+import stat
 
 import requests
 
+from ..config import MIN_SECRET
 from ..logs import get_logger
 from .simulator import (
     DROP_CONNECTION,
@@ -58,32 +61,53 @@ def dev_key_path(instance_path: str) -> str:
     return os.path.join(instance_path, "dev-api-key")
 
 
+def _kept_key(path: str) -> tuple[str | None, str | None]:
+    """``(key, None)`` from the key file at ``path``, or ``(None, why it will not do)``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None, None
+    except OSError:  # a symbolic link (ELOOP), or unreadable
+        return None, "is not a regular file the bridge can read"
+    with os.fdopen(fd, "rb") as fh:
+        status = os.fstat(fh.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            return None, "is not a regular file the bridge can read"
+        if stat.S_IMODE(status.st_mode) != 0o600:
+            return None, f"had mode {stat.S_IMODE(status.st_mode):04o}, readable by others"
+        key = fh.read().decode("utf-8", "replace").strip()
+    if len(key) < MIN_SECRET:
+        return None, f"held a key under {MIN_SECRET} characters"
+    return key, None
+
+
 def dev_api_key(path: str) -> str:
     """The development API key kept in the file ``path`` (in the instance folder), so
-    every process shares it; made on first use."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    every process shares it; made on first use, and made anew (with a log line, never
+    the key) when the file's key is short or others may read it (mode not 0600)."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    # Several processes may start at once: one at a time reads and replaces (a lock on
+    # the folder), so they all end with the key in the file.
+    lock = os.open(folder, os.O_RDONLY)
     try:
-        with open(path, encoding="utf-8") as fh:
-            key = fh.read().strip()
-        if len(key) >= 16:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        key, problem = _kept_key(path)
+        if key is not None:
             return key
-    except FileNotFoundError:
-        pass
-    # Several processes may start at once: write a private file, then link it into
-    # place; whoever links first wins and the others read the winner's key.
-    key = "dev-" + secrets.token_urlsafe(24)
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(key + "\n")
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        with open(path, encoding="utf-8") as fh:
-            key = fh.read().strip()
+        key = "dev-" + secrets.token_urlsafe(24)
+        tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # whatever the umask
+            fh.write(key + "\n")
+        os.replace(tmp, path)
+        if problem:
+            log.warning("sandbox: the development API key file %s %s: replaced it with a "
+                        "new key, mode 0600", path, problem)
+        return key
     finally:
-        os.unlink(tmp)
-    return key
+        os.close(lock)  # and the lock with it
 
 
 def attach(app, runtime) -> Simulator:
@@ -103,7 +127,9 @@ def attach(app, runtime) -> Simulator:
     simulator = Simulator(SimulatorOptions(app_uuid=APP_UUID, api_key=API_KEY,
                                            auth=runtime.settings.auth), status_sink=report)
     if not runtime.settings.base_url_explicit:
-        runtime.client.session.mount(HOST, WSGITransport(create_app(simulator=simulator)))
+        # reached through this transport only, never a socket: its Host is HOST's
+        runtime.client.session.mount(HOST, WSGITransport(create_app(simulator=simulator,
+                                                                    loopback_only=False)))
     if not runtime.settings.api_keys:
         runtime.dev_key_path = dev_key_path(app.instance_path)
     app.register_blueprint(create_blueprint(simulator), url_prefix=f"{prefix}/sandbox/reteno")

@@ -2,6 +2,12 @@
 token/unmute; JSON inspection of contacts, muted chats and counters; the page and its
 block/reset actions) and a standalone app.
 
+It answers only requests whose ``Host`` is a loopback name (``localhost``,
+``127.0.0.0/8``, ``[::1]``, any port): a page of another site whose name an attacker
+re-points at 127.0.0.1 (DNS rebinding) sends its own name, and gets a 421. Its answers
+forbid framing (``X-Frame-Options``, CSP ``frame-ancestors``), so no page can lay it
+under a visitor's clicks.
+
 The page's actions change state (block sends a FAILED status to the bridge, reset
 forgets every contact and mute), so they refuse a request another site's page made a
 browser send (a cross-site form post): one whose ``Sec-Fetch-Site`` is not
@@ -19,6 +25,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
 
+from ..config import loopback
+from ..http import error_body
 from ..logs import get_logger
 from .simulator import (
     DROP_CONNECTION,
@@ -88,6 +96,23 @@ def _refuse_cross_site() -> Response:
                              "or a client that is not a browser"), 403)
 
 
+def loopback_host(host: str) -> bool:
+    """Whether a ``Host`` value names this machine: ``localhost``, an address in
+    127.0.0.0/8 or ``[::1]``, with or without a port."""
+    if not host or any(c in host for c in "@/\\?# "):
+        return False
+    parts = urlsplit("//" + host)
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        return False
+    return loopback(parts.hostname or "")
+
+
+_FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff"}
+
+
 def _page_notice() -> str | None:
     args = request.args
     if args.get("blocked") is not None:
@@ -99,9 +124,23 @@ def _page_notice() -> str | None:
     return None
 
 
-def create_blueprint(simulator: Simulator) -> Blueprint:
-    """The simulator's routes, relative to wherever the blueprint is mounted."""
+def create_blueprint(simulator: Simulator, loopback_only: bool = True) -> Blueprint:
+    """The simulator's routes, relative to wherever the blueprint is mounted;
+    ``loopback_only=False`` for an app no socket ever reaches (the in-process one)."""
     bp = Blueprint("reteno_sandbox", __name__, template_folder="templates")
+
+    @bp.before_request
+    def _loopback_only() -> Response | None:
+        if loopback_only and not loopback_host(request.host):
+            return _json(error_body(421, "The sandbox answers only requests for localhost, "
+                                         "127.0.0.1 or [::1] (a defence against DNS "
+                                         "rebinding); open it by one of those names."), 421)
+        return None
+
+    @bp.after_request
+    def _no_framing(response: Response) -> Response:
+        response.headers.update(_FRAMING)
+        return response
 
     @bp.post("/api/v1/apps/<app_uuid>/tokens")
     def tokens(app_uuid: str) -> Response:
@@ -171,7 +210,7 @@ def create_blueprint(simulator: Simulator) -> Blueprint:
 
 
 def create_app(options: SimulatorOptions | None = None,
-               simulator: Simulator | None = None) -> Flask:
+               simulator: Simulator | None = None, loopback_only: bool = True) -> Flask:
     """A standalone app serving the simulator at ``/``; the simulator is
     ``app.extensions["reteno_sandbox"]``."""
     if simulator is None:
@@ -180,5 +219,5 @@ def create_app(options: SimulatorOptions | None = None,
         raise ValueError("pass either options or a simulator, not both")
     app = Flask(__name__)
     app.extensions["reteno_sandbox"] = simulator
-    app.register_blueprint(create_blueprint(simulator))
+    app.register_blueprint(create_blueprint(simulator, loopback_only))
     return app
