@@ -11,9 +11,10 @@ the config's ``test-command`` plus the module's ``[mutation.extra-tests]``, or, 
 module with a ``[mutation.modules."<module>"]`` table, the options of ``test-command``
 with that table's ``tests`` alone (the tests that exercise that module; a glob such
 as ``tests/test_erase*.py`` is expanded here, so a new file named like it joins), its
-``timeout`` if it has one, and its ``sample``: a random sample of that many of the
-mutants that run (``seed`` picks it: the same code gives the same sample; no ``sample``, or
-fewer mutants than that: all of them). Mutants that change no code that runs are skipped first
+``deselect`` (tests of those files left out), its ``timeout`` if it has one, and its
+``sample``: a random sample of that many of the mutants that run (``seed`` picks it:
+the same code gives the same sample; no ``sample``, or fewer mutants than that: all of
+them). Mutants that change no code that runs are skipped first
 (``mutation/skip_unevaluated.py``); then the mutants left out of the sample are marked
 skipped as such ("not in the sample"), and neither kind counts in the score.
 ``--survivors`` tests again the mutants that survived in ``<module>.sqlite``, in a copy
@@ -68,7 +69,8 @@ def plan(settings: dict, module: str, survivors_only: bool = False) -> dict:
     own = mutation.get("modules", {}).get(module)
     options = [w for w in base["test-command"].split() if not w.startswith("tests/")]
     if own is not None:
-        tests = [*options, *test_files(own["tests"])]
+        tests = [*options, *test_files(own["tests"]),
+                 *(f"--deselect {test}" for test in own.get("deselect", []))]
     elif survivors_only:  # the options of test-command, the added tests alone
         tests = [*options, *mutation["added-tests"]]
     else:
