@@ -3,19 +3,30 @@ per module of ``mutation/cosmic-ray.toml``, in its order, then a summary.
 
     python mutation/run.py [MODULE ...]    # from the repository root; default: all
     python mutation/run.py --survivors [MODULE ...]
+    python mutation/run.py --plan [MODULE ...]     # what would run; runs nothing
 
 Each session is ``mutation/sessions/<module>.sqlite`` (not committed); a session that
 exists is resumed, not started again (delete it to start afresh). The test command is
-the config's ``test-command`` plus the module's ``[mutation.extra-tests]``. Mutants
-that change no code that runs are skipped first (``mutation/skip_unevaluated.py``).
+the config's ``test-command`` plus the module's ``[mutation.extra-tests]``, or, for a
+module with a ``[mutation.modules."<module>"]`` table, the options of ``test-command``
+with that table's ``tests`` alone (the tests that exercise that module; a glob such
+as ``tests/test_erase*.py`` is expanded here, so a new file named like it joins), its
+``deselect`` (tests of those files left out), its ``timeout`` if it has one, and its
+``sample``: a random sample of that many of the mutants that run (``seed`` picks it:
+the same code gives the same sample; no ``sample``, or fewer mutants than that: all of
+them). Mutants that change no code that runs are skipped first
+(``mutation/skip_unevaluated.py``); then the mutants left out of the sample are marked
+skipped as such ("not in the sample"), and neither kind counts in the score.
 ``--survivors`` tests again the mutants that survived in ``<module>.sqlite``, in a copy
-``<module>.after.sqlite`` (the score after new tests), with the ``added-tests`` alone.
+``<module>.after.sqlite`` (the score after new tests), with the ``added-tests`` alone
+(a module with a table of its own: with its ``tests``).
 cosmic-ray rewrites the module in place while a mutant is tested and restores it
 after; do not edit the tree during a run.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -25,26 +36,82 @@ from pathlib import Path
 
 from cosmic_ray.config import serialize_config
 from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "cosmic-ray.toml"
 SESSIONS = HERE / "sessions"
 BIN = Path(sys.executable).parent
+ROOT = HERE.parent
+NOT_SAMPLED = "skipped: not in the sample"
 
 
 def session_name(module: str) -> str:
     return module.removeprefix("bridge/").replace("/", ".").removesuffix(".py")
 
 
-def summary(session: Path) -> tuple[int, int, int, int, list]:
-    """(killed, survived, skipped, pending, survivors) of a session."""
-    killed = survived = skipped = 0
+def test_files(patterns: list[str]) -> list[str]:
+    """The test files of ``patterns`` (paths or globs from the repository root), in their
+    order, each once; a pattern that matches nothing is an error (a renamed file)."""
+    files: list[str] = []
+    for pattern in patterns:
+        found = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(pattern))
+        if not found:
+            raise SystemExit(f"mutation/cosmic-ray.toml: no test file matches {pattern!r}")
+        files += [f for f in found if f not in files]
+    return files
+
+
+def plan(settings: dict, module: str, survivors_only: bool = False) -> dict:
+    """The cosmic-ray config of one module's session, plus ``sample`` and ``seed``."""
+    base = settings["cosmic-ray"]
+    mutation = settings.get("mutation", {})
+    own = mutation.get("modules", {}).get(module)
+    options = [w for w in base["test-command"].split() if not w.startswith("tests/")]
+    if own is not None:
+        tests = [*options, *test_files(own["tests"]),
+                 *(f"--deselect {test}" for test in own.get("deselect", []))]
+    elif survivors_only:  # the options of test-command, the added tests alone
+        tests = [*options, *mutation["added-tests"]]
+    else:
+        tests = [base["test-command"], *mutation.get("extra-tests", {}).get(module, [])]
+    own = own or {}
+    cfg = {**base, "module-path": [module], "test-command": " ".join(tests),
+           "timeout": float(own.get("timeout", base["timeout"]))}
+    return {"config": cfg, "sample": own.get("sample"), "seed": own.get("seed", 23)}
+
+
+def take_sample(session: Path, size: int, seed: int) -> int:
+    """Mark skipped ("not in the sample") all but ``size`` of the pending mutants, drawn
+    at random with ``seed``; how many were left out. Run once, on a new session. The
+    draw is from the mutants in the order of what they change (not of their job ids,
+    random at each ``init``): the same code and seed give the same sample."""
+    def where(item) -> tuple:
+        return tuple((str(m.module_path), tuple(m.start_pos), m.operator_name, m.occurrence)
+                     for m in item.mutations)
+
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        pending = [item.job_id for item in sorted(db.pending_work_items, key=where)]
+        if len(pending) <= size:
+            return 0
+        kept = set(random.Random(seed).sample(pending, size))
+        left_out = [job for job in pending if job not in kept]
+        for job in left_out:
+            db.set_result(job, WorkResult(output=NOT_SAMPLED,
+                                          worker_outcome=WorkerOutcome.SKIPPED))
+    return len(left_out)
+
+
+def summary(session: Path) -> tuple[int, int, int, int, list, int]:
+    """(killed, survived, skipped, pending, survivors, not sampled) of a session."""
+    killed = survived = skipped = not_sampled = 0
     survivors = []
     with use_db(str(session), WorkDB.Mode.open) as db:
         pending = sum(1 for _ in db.pending_work_items)
         for item, result in db.completed_work_items:
-            if result.worker_outcome == WorkerOutcome.SKIPPED:
+            if result.worker_outcome == WorkerOutcome.SKIPPED and result.output == NOT_SAMPLED:
+                not_sampled += 1
+            elif result.worker_outcome == WorkerOutcome.SKIPPED:
                 skipped += 1
             elif (result.worker_outcome == WorkerOutcome.NORMAL
                   and result.test_outcome == TestOutcome.SURVIVED):
@@ -52,7 +119,7 @@ def summary(session: Path) -> tuple[int, int, int, int, list]:
                 survivors.append(item)
             else:  # killed by a test, an error or the timeout
                 killed += 1
-    return killed, survived, skipped, pending, survivors
+    return killed, survived, skipped, pending, survivors, not_sampled
 
 
 def reset_survivors(before: Path, after: Path) -> None:
@@ -65,39 +132,47 @@ def reset_survivors(before: Path, after: Path) -> None:
 
 def main(argv: list[str]) -> int:
     survivors_only = "--survivors" in argv
-    argv = [a for a in argv if a != "--survivors"]
+    plan_only = "--plan" in argv
+    argv = [a for a in argv if a not in ("--survivors", "--plan")]
     suffix = ".after" if survivors_only else ""
     settings = tomllib.loads(CONFIG.read_text())
-    base = settings["cosmic-ray"]
-    extra = settings.get("mutation", {}).get("extra-tests", {})
-    modules = argv or base["module-path"]
+    modules = argv or settings["cosmic-ray"]["module-path"]
+    if plan_only:
+        for module in modules:
+            p = plan(settings, module, survivors_only)
+            sample = "all mutants" if p["sample"] is None else \
+                f"a random sample of {p['sample']} (seed {p['seed']})"
+            print(f"{module}: {sample}, {p['config']['timeout']:g} s per mutant\n"
+                  f"    {p['config']['test-command']}")
+        return 0
     SESSIONS.mkdir(exist_ok=True)
     for module in modules:
-        tests = [base["test-command"], *extra.get(module, [])]
-        if survivors_only:  # the options of test-command, the added tests alone
-            options = [w for w in base["test-command"].split() if not w.startswith("tests/")]
-            tests = [" ".join(options), *settings["mutation"]["added-tests"]]
-        cfg = {**base, "module-path": [module], "test-command": " ".join(tests)}
+        p = plan(settings, module, survivors_only)
         name = session_name(module)
         config = SESSIONS / f"{name}{suffix}.toml"
-        config.write_text(serialize_config(cfg))
+        config.write_text(serialize_config(p["config"]))
         session = SESSIONS / f"{name}{suffix}.sqlite"
         if survivors_only:
             reset_survivors(SESSIONS / f"{name}.sqlite", session)
         elif not session.exists():
             subprocess.run([BIN / "cosmic-ray", "init", config, session], check=True)
             subprocess.run([sys.executable, HERE / "skip_unevaluated.py", session], check=True)
+            if p["sample"] is not None:
+                left_out = take_sample(session, int(p["sample"]), int(p["seed"]))
+                print(f"{session}: a random sample of {p['sample']} (seed {p['seed']}); "
+                      f"{left_out} mutants left out", flush=True)
         subprocess.run([BIN / "cosmic-ray", "exec", config, session], check=True)
-        k, s, sk, p, _ = summary(session)
+        k, s, sk, pending, _, ns = summary(session)
         print(f"{module}: {k} killed of {k + s} ({100 * k / max(1, k + s):.1f} %), "
-              f"{sk} skipped, {p} pending", flush=True)
-    print("\nmodule | mutants run | killed | survived | score | skipped (not code that runs)")
+              f"{sk} skipped, {ns} not in the sample, {pending} pending", flush=True)
+    print("\nmodule | mutants run | killed | survived | score | skipped (not code that runs)"
+          " | not in the sample")
     for module in modules:
         session = SESSIONS / f"{session_name(module)}{suffix}.sqlite"
         if session.exists():
-            k, s, sk, p, survivors = summary(session)
+            k, s, sk, pending, survivors, ns = summary(session)
             print(f"{module} | {k + s} | {k} | {s} | {100 * k / max(1, k + s):.1f} % | {sk}"
-                  + (f" | {p} pending" if p else ""))
+                  f" | {ns}" + (f" | {pending} pending" if pending else ""))
             for item in survivors:
                 for m in item.mutations:
                     print(f"    survived: {m.module_path}:{m.start_pos[0]} {m.operator_name}"

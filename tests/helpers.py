@@ -193,3 +193,46 @@ def by_token(client, auth):
 def seconds_from_now(clock, iso):
     """How far an ISO 8601 time (as the API shows it) lies ahead of the ``clock`` fixture."""
     return (datetime.fromisoformat(iso) - clock.now).total_seconds()
+
+
+# --- Telegram updates dated on the fake clock -------------------------------------------
+
+TELEGRAM_BOT = {"id": 7000000001, "is_bot": True, "first_name": "Test bot",
+                "username": "my_test_bot"}
+_update_ids = itertools.count(600_000_000)
+
+
+def telegram_date(clock, seconds: float = 0) -> int:
+    """An update's ``date`` (Unix seconds, whole as Telegram's): the whole second the
+    ``clock`` fixture reads, ``seconds`` later (or earlier); never the wall clock."""
+    return int(clock.now.timestamp() + seconds)
+
+
+def chat_member(chat_id, new: str, old: str, date: int) -> dict:
+    """A ``my_chat_member`` update of a private chat: ``kicked`` is a block of the bot,
+    ``member`` an unblock."""
+    def member(status):
+        return {"user": TELEGRAM_BOT, "status": status,
+                **({"until_date": 0} if status == "kicked" else {})}
+
+    return {"update_id": next(_update_ids), "my_chat_member": {
+        "chat": {"id": int(chat_id), "first_name": "Ann", "type": "private"},
+        "from": {"id": int(chat_id), "is_bot": False, "first_name": "Ann"},
+        "date": date, "old_chat_member": member(old), "new_chat_member": member(new)}}
+
+
+def start_message(chat_id, date: int, payload: str | None = None) -> dict:
+    """``/start [payload]`` sent in a private chat."""
+    text = "/start" if payload is None else f"/start {payload}"
+    return {"update_id": next(_update_ids), "message": {
+        "message_id": 17, "date": date, "text": text,
+        "chat": {"id": int(chat_id), "first_name": "Ann", "type": "private"},
+        "from": {"id": int(chat_id), "is_bot": False, "first_name": "Ann"},
+        "entities": [{"offset": 0, "length": len("/start"), "type": "bot_command"}]}}
+
+
+def telegram(client, update: dict, secret: str) -> None:
+    """``POST /telegram/webhook`` of ``update`` with the webhook's secret, asserted 200."""
+    response = client.post("/telegram/webhook", json=update,
+                           headers={"X-Telegram-Bot-Api-Secret-Token": secret})
+    assert response.status_code == 200, response.get_json()

@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 from bridge.sandbox import Simulator, SimulatorOptions
 from bridge.sandbox import create_app as create_simulator_app
 from tests.conftest import API_KEY, APP_UUID, RETENO_KEY, Clock
-from tests.helpers import Tally
+from tests.helpers import Tally, chat_member
 
 pytestmark = pytest.mark.real_http
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -128,7 +128,7 @@ def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serv
 def test_mute_unmute_block_unblock_against_the_simulator(make_app, serve, monkeypatch):
     """Sandbox mode over HTTP: the simulator holds the mute; a block drops it there (as
     Reteno drops a blocked token) and the bridge sends it again once the chat is back."""
-    from tests.test_telegram import SECRET, blocked, unblocked
+    from tests.test_telegram import SECRET
 
     app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
                    BRIDGE_BACKGROUND_DELIVERY=True, TELEGRAM_WEBHOOK_SECRET=SECRET)
@@ -168,8 +168,11 @@ def test_mute_unmute_block_unblock_against_the_simulator(make_app, serve, monkey
     assert mine()[0]["muted"] is True  # the bridge remembers the mute
 
     telegram = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
-    post("/telegram/webhook", blocked(chat), telegram)  # Telegram says so as well
-    post("/telegram/webhook", unblocked(chat), telegram)  # the user is back
+    date = int(runtime.ledger.clock().timestamp()) + 1  # on the clock this bridge runs on
+    post("/telegram/webhook", chat_member(chat, "kicked", "member", date),
+         telegram)  # Telegram says so as well
+    post("/telegram/webhook", chat_member(chat, "member", "kicked", date),
+         telegram)  # the user is back
     delivered.wait_for(6)  # the registration again, then the mute again
     assert muted_there() == [str(chat)]
     assert [i["state"] for i in mine()] == ["delivered", "removed"]

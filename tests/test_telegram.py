@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import itertools
 import re
-import time
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 
 from bridge import links
 from bridge import telegram as tg
-from tests.conftest import TOKENS_URL
+from tests.conftest import TOKENS_URL, Clock
 from tests.helpers import assert_error_shape, history, linear_shape_problem, register, rows
 
 URL = "/telegram/webhook"
@@ -36,18 +35,36 @@ CHAT_ID = 123456789
 PAYLOAD_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 _update_ids = itertools.count(500_000_000)
+# The suite's fake clock, which every app of these tests runs on (``make_app`` below); a
+# fresh one for each test. Module-wide so that the update builders can date on it.
+CLOCK = Clock()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clock():
+    CLOCK.now = Clock().now
+
+
+@pytest.fixture
+def make_app(make_app):
+    def on_the_fake_clock(**overrides):
+        made = make_app(**overrides)
+        made.extensions["reteno_bridge"].ledger.clock = CLOCK
+        return made
+
+    return on_the_fake_clock
 
 
 def now_date() -> int:
-    """An update's ``date`` (Unix seconds) a second ahead of the real clock the ledger of
+    """An update's ``date`` (Unix seconds) a second ahead of the fake clock the ledger of
     these tests runs on: after every registration made so far (time decides), and
     well within a new link's validity."""
-    return int(time.time()) + 1
+    return int(CLOCK.now.timestamp()) + 1
 
 
 def verify(secret, payload):
     """(identifier name, value) of a payload genuine under ``secret`` now, else None."""
-    link, _reason = links.inspect_payload([secret], payload, datetime.now(UTC))
+    link, _reason = links.inspect_payload([secret], payload, CLOCK.now)
     return None if link is None else (link.name, link.value)
 
 
@@ -630,7 +647,7 @@ def test_a_link_binds_to_the_first_chat_that_opens_it(client, auth):
 
 def test_an_expired_link_registers_nothing(client, auth):
     payload = links.make_payload(LINK_SECRET, "contactId", 10,
-                                 datetime.now(UTC) - timedelta(minutes=1))
+                                 CLOCK.now - timedelta(minutes=1))
     send(client, start(payload))
     assert rows(client, auth, token=CHAT_ID) == []
     assert history(client, auth, CHAT_ID)[-1]["detail"]["reason"] == "expired"
