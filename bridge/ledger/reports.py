@@ -156,15 +156,12 @@ def drop_holds(conn, now: datetime, drops: dict[str, datetime]) -> list[str]:
     whose token Reteno dropped."""
     if not drops:
         return []
-    held = [r for r in registrations_by(conn, "token", list(drops), lock=True) if r.reteno_holds]
+    held = [r for r in registrations_by(conn, "token", list(drops), lock=True)
+            if r.reteno_holds]
     latest: dict[tuple, datetime | None] = {}  # chat and identity -> its latest delivery
     for r in held:
         key = (r.token, r.matched_by, r.match_value)
-        if r.delivered_at is not None and (latest.get(key) is None
-                                           or r.delivered_at > latest[key]):
-            latest[key] = r.delivered_at
-        else:
-            latest.setdefault(key, None)
+        latest[key] = max(filter(None, (latest.get(key), r.delivered_at)), default=None)
 
     def dropped(r) -> bool:
         last = latest[(r.token, r.matched_by, r.match_value)]
@@ -338,10 +335,9 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         outcome, removed_now, stale_rows = "matched", [], []
         if blocked and not live and len({r.token for r in targets}) == 1:
             later_blocks[targets[0].token] = max(at, later_blocks.get(targets[0].token, at))
-        if blocked and len({r.token for r in (live or targets)}) == 1:
+        if blocked and len({r.token for r in targets}) == 1:
             # Reteno dropped this chat's token (stale or not: the failure happened)
-            token = (live or targets)[0].token
-            drops[token] = max(at, drops.get(token, at))
+            drops[targets[0].token] = max(at, drops.get(targets[0].token, at))
         if blocked and chat:
             removed_now = [r for r in chat if seen_at[r.id] < at]
             stale_rows = [r for r in chat if seen_at[r.id] >= at]
@@ -427,7 +423,7 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
     live = [r for r in rows if r.state in LIVE_VALUES]
     last = rows[-1] if rows else None
     blocked_at = max((r.removed_at for r in rows if r.removed_at is not None), default=None)
-    new_id, kind = None, "telegram_unblocked"
+    new_id, kind, queued = None, "telegram_unblocked", False
     if live:
         registering.touch(conn, [r.id for r in live], at)
         result = {"result": "a registration is still live",
@@ -451,11 +447,11 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
                                    last.phone, last.email)
             new_id = registering.register(conn, [request], ["telegram"], now, hold_conflicts,
                                           [at])[0].id
-            result = {"result": "queued again", "retenoHolds": False}
+            result, queued = {"result": "queued again", "retenoHolds": False}, True
         result.update(registrationId=new_id, previousRegistrationId=last.id)
     append_events(conn, [{"at": now, "kind": kind, "token": token,
                           "registration_id": new_id, "detail": {**detail, **result}}])
-    return new_id, last.id if last else None, result.get("retenoHolds") is False
+    return new_id, last.id if last else None, queued
 
 
 def sign_of_life(conn, token: str, at: datetime) -> int:
