@@ -86,7 +86,7 @@ def delivered(client, auth, bridge, clock, upstream):
 
 
 def test_a_telegram_block_and_unblock_while_reteno_holds_the_token_sends_nothing(
-        client, auth, bridge, clock, upstream, delivered):
+        client, auth, bridge, clock, upstream, delivered, runner):
     telegram(client, clock, blocked(CHAT))
     assert held(client, auth) == [("removed", True)]  # the ledger's; Reteno still has it
     telegram(client, clock, unblocked(CHAT))
@@ -96,11 +96,15 @@ def test_a_telegram_block_and_unblock_while_reteno_holds_the_token_sends_nothing
     again, first = rows(client, auth, token=CHAT)
     assert first["id"] == delivered
     assert (again["state"], again["retenoHolds"], again["contactId"]) == ("delivered", True, 7)
-    assert again["deliveredAt"] == first["deliveredAt"]  # when Reteno got the token
+    assert again["deliveredAt"] is None  # never sent itself; Reteno got the first one
+    restored = [e for e in history(client, auth, CHAT) if e["kind"] == "restored"]
+    assert restored[0]["detail"]["deliveredAt"] == first["deliveredAt"]
     assert again["lastSeenAt"] == clock.now.replace(microsecond=0).isoformat()
     assert [e["kind"] for e in history(client, auth, CHAT)] == [
         "submitted", "delivered", "removed", "restored", "telegram_unblocked"]
     assert unblock_result(client, auth) == ("live again without a call", True)
+    stats = json.loads(run_cli(runner, "stats", "--json").output)
+    assert sum(day["delivered"] for day in stats["perDay"]) == 1  # one delivery, not two
 
     # and once more: the restored registration is what Reteno holds
     telegram(client, clock, blocked(CHAT))

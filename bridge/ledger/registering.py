@@ -211,13 +211,12 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
 def restore(conn, now: datetime, last, seen: datetime, delivered_at: datetime) -> int:
     """The chat came back (an unblock) while Reteno still holds its token under the
     identity of ``last`` (its latest registration): a registration with those
-    identifiers, live and delivered (``delivered_at``: when Reteno got the token) with
-    nothing to send; its id. The caller holds the chat's lock and has seen nothing
-    live."""
+    identifiers, live and delivered with nothing to send; its id. It was never sent
+    itself (no ``delivered_at``: the day's deliveries count the one that was, at
+    ``delivered_at``). The caller holds the chat's lock and has seen nothing live."""
     request = TokenRequest(last.token, last.contact_id, last.external_customer_id,
                            last.phone, last.email)
-    row = {**_row(request, now, seen, RESTORED, False, True),
-           "next_attempt_at": None, "delivered_at": delivered_at}
+    row = {**_row(request, now, seen, RESTORED, False, True), "next_attempt_at": None}
     [(rid, *_key)] = run(conn, _INSERT[conn.dialect.name], [row])
     append_events(conn, [{"at": now, "registration_id": rid, "token": last.token,
                           "kind": "restored",
