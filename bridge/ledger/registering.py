@@ -212,8 +212,9 @@ def restore(conn, now: datetime, last, seen: datetime, delivered_at: datetime) -
     """The chat came back (an unblock) while Reteno still holds its token under the
     identity of ``last`` (its latest registration): a registration with those
     identifiers, live and delivered with nothing to send; its id. It was never sent
-    itself (no ``delivered_at``: the day's deliveries count the one that was, at
-    ``delivered_at``). The caller holds the chat's lock and has seen nothing live."""
+    itself, so it has no ``delivered_at`` of its own (a day's deliveries count each
+    call once); when Reteno got the token goes to its history. The caller holds the
+    chat's lock and has seen nothing live."""
     request = TokenRequest(last.token, last.contact_id, last.external_customer_id,
                            last.phone, last.email)
     row = {**_row(request, now, seen, RESTORED, False, True), "next_attempt_at": None}
