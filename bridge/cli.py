@@ -149,10 +149,12 @@ def tokens_command(state, conflict, quiet_days, limit, cursor, as_json, **identi
         click.echo("no registrations match")
         return
     headers = ["ID", "TOKEN", "STATE", "MATCHED BY", "CONTACT ID", "EXTERNAL ID", "PHONE",
-               "EMAIL", "ATTEMPTS", "CREATED", "DELIVERED", "REMOVED", "MUTED", "NOTE"]
+               "EMAIL", "ATTEMPTS", "CREATED", "DELIVERED", "REMOVED", "RETENO HOLDS", "MUTED",
+               "NOTE"]
     table = [
         [r.id, r.token, r.state, r.matched_by, r.contact_id, r.external_customer_id, r.phone,
          r.email, r.attempts, r.created_at, r.delivered_at, r.removed_at,
+         "yes" if r.reteno_holds else None,
          (r.muted_until or "until unmuted") if r.muted else None,
          r.removal_reason or r.last_error]
         for r in rows

@@ -107,6 +107,10 @@ class Registration(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Submitted while the chat had a live registration under another identity.
     conflict: Mapped[bool] = mapped_column(Boolean, default=lambda: False)
+    # Reteno holds this chat's token under this identity: set by a delivery (or inherited
+    # from an earlier registration of the same chat and identity), cleared by a Reteno
+    # Forbidden for the chat; a Telegram block leaves it (bridge.ledger.reports).
+    reteno_holds: Mapped[bool] = mapped_column(Boolean, default=lambda: False)
 
     __table_args__ = (
         Index("ix_bridge_registrations_token", "token", "id"),

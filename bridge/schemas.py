@@ -400,6 +400,10 @@ class RegistrationSchema(Schema):
                                  "SENT / DELIVERED / CLICKED status."})
     conflict = fields.Boolean(metadata={"description": "Submitted while the chat had a live "
                                                        "registration under another identity."})
+    retenoHolds = fields.Boolean(attribute="reteno_holds", metadata={
+        "description": "Reteno still holds the token: delivered under this identity, and "
+                       "no Forbidden from Reteno since (a Telegram block leaves it held; an "
+                       "unblock then sends nothing)."})
     muted = fields.Boolean(metadata={"description": "The chat's marketing messages are muted "
                                                     "(POST /mute)."})
     mutedUntil = fields.AwareDateTime(attribute="muted_until", allow_none=True, metadata={

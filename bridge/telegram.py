@@ -126,10 +126,12 @@ def _chat_member(ledger, update_id, change: Any, metrics) -> str:
                  update_id, removed, stale)
         return "blocked" if removed or not stale else "stale"
     if status == "member":
-        new_id, previous_id = ledger.unblock_chat(token, detail, at)
+        new_id, previous_id, queued = ledger.unblock_chat(token, detail, at)
         if new_id is not None:
-            log.info("telegram: update %s unblocked the bot; registration %s queued (was %s)",
-                     update_id, new_id, previous_id)
+            log.info("telegram: update %s unblocked the bot; registration %s %s (was %s)",
+                     update_id, new_id,
+                     "queued" if queued else "live again (Reteno holds the token)",
+                     previous_id)
         return "unblocked"
     _record(ledger, "telegram_ignored", update_id,
             {"update": "my_chat_member", "reason": f"status {status[:20]!r} is not acted on"},

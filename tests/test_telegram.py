@@ -233,11 +233,15 @@ def test_kicked_twice_or_for_an_unknown_chat_is_200_and_harmless(client, auth):
 
 
 def test_member_again_queues_the_last_registration_again(client, auth, bridge, requests_mock):
+    # once Reteno dropped the token (tests/test_reteno_holds.py: not while it holds it)
     requests_mock.post(TOKENS_URL, json="OK")
     [first] = register(client, auth, {"token": CHAT_ID, "externalCustomerId": "C-9",
                                       "email": "ann@example.com"})
     bridge.deliver_once()
     send(client, blocked())
+    assert client.post("/statuses", headers=auth, json={
+        "status": "FAILED", "error": "Forbidden: bot was blocked by the user",
+        "token": str(CHAT_ID)}).status_code == 200
     assert send(client, unblocked()).status_code == 200
 
     items = {r["id"]: r for r in rows(client, auth, token=CHAT_ID)}
@@ -249,10 +253,11 @@ def test_member_again_queues_the_last_registration_again(client, auth, bridge, r
     assert (again["externalCustomerId"], again["email"], again["matchedBy"]) == (
         "C-9", "ann@example.com", "externalCustomerId")
     events = history(client, auth, CHAT_ID)
-    assert [e["kind"] for e in events] == ["submitted", "delivered", "removed", "submitted",
-                                          "telegram_unblocked"]
-    assert events[3]["detail"]["source"] == "telegram"
-    assert events[4]["detail"]["previousRegistrationId"] == first["id"]
+    assert [e["kind"] for e in events] == ["submitted", "delivered", "removed", "status",
+                                          "submitted", "telegram_unblocked"]
+    assert events[4]["detail"]["source"] == "telegram"
+    assert events[5]["detail"]["previousRegistrationId"] == first["id"]
+    assert events[5]["detail"]["result"] == "queued again"
 
     bridge.deliver_once()
     sent = [call.json()["tokens"] for call in requests_mock.request_history]

@@ -198,14 +198,14 @@ class Ledger:
             return reports.block_chat(conn, self.clock(), token, detail, at)
 
     def unblock_chat(self, token: str, detail: dict, at: datetime | None = None
-                     ) -> tuple[int | None, int | None]:
-        """The user unblocked the bot at ``at``: queue its last registration again unless
-        one is live or the chat was blocked later; (new registration id, previous
-        registration id)."""
+                     ) -> tuple[int | None, int | None, bool]:
+        """The user unblocked the bot at ``at``: its last registration live again (queued
+        only if Reteno dropped the token) unless one is live or the chat was blocked
+        later; (new registration id, previous registration id, queued)."""
         with self.db.write() as conn:
             result = reports.unblock_chat(conn, self.clock(), token, detail, at,
                                           self.hold_conflicts)
-        if result[0] is not None:
+        if result[2]:
             self.on_queued()
         return result
 

@@ -7,9 +7,10 @@ registrations, :mod:`.outbox`).
   is under way (the older call's outcome then moves nothing, and the latest is
   sent next). A mute goes out only once the chat's registration has reached
   Reteno, with the time it has left; one whose time ran out before it could be
-  sent ``lapsed``. When a chat's registrations are removed (the user blocked the
-  bot) its mute is sent again once the chat is back, so a muted chat that comes
-  back stays muted until unmuted.
+  sent ``lapsed``. When Reteno drops a chat's token (a Forbidden on one of its
+  sends) its mute is sent again once the chat is back, so a muted chat that comes
+  back stays muted until unmuted; while Reteno still holds the token (the bridge
+  heard of the block from Telegram), the mute is still in force there.
 * **Replay**: every live registration (queued or delivered) queued once for
   another app (a target: app uuid and base URL); running it again queues only
   what that target has not had.
@@ -115,8 +116,8 @@ MUTE_OF_CHAT = and_(Command.token == Registration.token, Command.action.in_(MUTE
 
 
 def resend_mutes(conn, now: datetime, tokens: Iterable[str]) -> int:
-    """The chats' registrations were removed: a mute still in force that Reteno had is
-    queued again, to go out once the chat is back (Reteno forgets a removed token's
+    """Reteno dropped the chats' tokens: a mute still in force that Reteno had is
+    queued again, to go out once the chat is back (Reteno forgets a dropped token's
     mute). It waits, unsent, until a registration of the chat is delivered."""
     tokens = sorted(set(tokens))
     rows = []
@@ -128,7 +129,7 @@ def resend_mutes(conn, now: datetime, tokens: Iterable[str]) -> int:
                    Command.state == State.DELIVERED.value))
             if _muted(r.action, r.muted_until, now + timedelta(seconds=MIN_MUTE_SECONDS)))
     return len(move(conn, "command.resend", rows, now,
-                    {"next_attempt_at": now, "attempts": 0}, {"after": "removed"}))
+                    {"next_attempt_at": now, "attempts": 0}, {"after": "Reteno dropped the token"}))
 
 
 # --- claims ------------------------------------------------------------------------------

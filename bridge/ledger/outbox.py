@@ -181,8 +181,10 @@ def _note(conn, now: datetime, held: Claim, outcome: str, call: dict, **changes)
 
 
 def delivered(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> int:
-    n = _finish(conn, now, "delivered", held, rows,
-                {"delivered_at": now, "next_attempt_at": None, "last_error": None}, call)
+    values = {"delivered_at": now, "next_attempt_at": None, "last_error": None}
+    if held.model is Registration:  # Reteno holds the token from now on
+        values["reteno_holds"] = True
+    n = _finish(conn, now, "delivered", held, rows, values, call)
     _note(conn, now, held, "delivered", call, paused_until=None, pause_reason=None, pause_count=0)
     return n
 

@@ -8,8 +8,10 @@ submission is a sign of life: its ``last_seen_at`` moves on). A new key for a ch
 that has a live registration under another identity is an identity conflict:
 Reteno would put the one chat on two contact cards. It is registered with
 ``conflict`` set, a ``conflict`` history event names the other registrations,
-and with ``hold`` it starts ``held`` instead of ``queued``. One path for SQLite
-and PostgreSQL.
+and with ``hold`` it starts ``held`` instead of ``queued``. A new registration
+inherits ``reteno_holds`` from an earlier one of the same chat and identity: Reteno's
+contact card keeps a delivered token until one of its own sends fails with Forbidden.
+One path for SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from datetime import datetime
 from functools import cache
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, or_, select, update
 
 from ..db import in_params, insert_unless_taken, lock_keys, param_pages, run
 from ..models import Registration, utcnow
-from .states import State, append_events, sql_constant
+from .states import RESTORED, State, append_events, sql_constant
 from .types import Outcome, TokenRequest
 
 _TABLE = Registration.__table__
@@ -49,7 +51,7 @@ _TOUCH_ONE = (update(Registration)
 
 
 def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
-         conflict: bool) -> dict:
+         conflict: bool, holds: bool) -> dict:
     return {
         "token": request.token,
         "contact_id": request.contact_id,
@@ -65,19 +67,22 @@ def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
         "updated_at": now,
         "last_seen_at": seen,
         "conflict": conflict,
+        "reteno_holds": holds,
     }
 
 
 _LIVE_COLUMNS = (Registration.token, Registration.matched_by, Registration.match_value,
-                 Registration.id, Registration.state)
+                 Registration.id, Registration.state, Registration.reteno_holds)
 @cache
-def _live_of_page(size: int):
-    """The live registrations of ``size`` chats (parameters ``t0`` …), oldest first; on
-    the driver (``run``), a statement shape per page size (``param_pages``), each built
-    once: SQLAlchemy's expanding ``IN`` costs more than SQLite's work."""
+def _live_of_page(size: int, held: bool = False):
+    """The live registrations of ``size`` chats (parameters ``t0`` …), with ``held``
+    also the removed ones Reteno still holds, oldest first; on the driver (``run``), a
+    statement shape per page size (``param_pages``), each built once: SQLAlchemy's
+    expanding ``IN`` costs more than SQLite's work."""
+    live = Registration.state != sql_constant(State.REMOVED)
     return (select(*_LIVE_COLUMNS)
             .where(in_params(Registration.token, "t", size),
-                   Registration.state != sql_constant(State.REMOVED))
+                   or_(live, Registration.reteno_holds) if held else live)
             .order_by(Registration.id).with_for_update(read=True))
 
 
@@ -87,15 +92,18 @@ class LiveRow(NamedTuple):
     match_value: str
     id: int
     state: str
+    reteno_holds: bool
 
 
-def live_of_tokens(conn, tokens: Sequence[str]) -> dict[str, list[LiveRow]]:
-    """The live registrations of these chats, oldest first: {token: [rows]}. On
-    PostgreSQL the rows are share-locked: a removal in progress is waited for, and
-    none can start before this transaction ends."""
+def live_of_tokens(conn, tokens: Sequence[str], held: bool = False
+                   ) -> dict[str, list[LiveRow]]:
+    """The live registrations of these chats (with ``held`` also the removed ones Reteno
+    still holds), oldest first: {token: [rows]}. On PostgreSQL the rows are
+    share-locked: a removal in progress is waited for, and none can start before this
+    transaction ends."""
     found: dict[str, list[LiveRow]] = defaultdict(list)
     for size, page in param_pages(sorted(set(tokens)), "t"):  # a chat's rows: one page
-        for row in run(conn, _live_of_page(size), page):
+        for row in run(conn, _live_of_page(size, held), page):
             found[row[0]].append(LiveRow(*row))
     return found
 
@@ -133,7 +141,14 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
     # PostgreSQL: one chat's registrations are decided one transaction at a time, so two
     # identities submitted at once for the same chat see each other.
     lock_keys(conn, [f"chat:{t}" for t in tokens])
-    live = live_of_tokens(conn, tokens)
+    live: dict[str, list[LiveRow]] = defaultdict(list)
+    held: set[tuple] = set()  # (token, matched_by, match_value) that Reteno holds
+    for token, found in live_of_tokens(conn, tokens, held=True).items():
+        for r in found:
+            if r.reteno_holds:
+                held.add((r.token, r.matched_by, r.match_value))
+            if r.state != State.REMOVED.value:
+                live[token].append(r)
     existing = {(r.token, r.matched_by, r.match_value): r for rows in live.values()
                 for r in rows}
 
@@ -149,7 +164,7 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
         new_in_chat[request.token] = earlier + 1
         conflict = earlier > 0 or request.token in live
         state = State.HELD if conflict and hold_conflicts else State.QUEUED
-        rows[key] = _row(request, now, seen[index], state, conflict)
+        rows[key] = _row(request, now, seen[index], state, conflict, key in held)
     inserted = {}
     if rows:
         inserted = {(t, m, v): i
@@ -191,3 +206,22 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
             })
     append_events(conn, events)
     return outcomes
+
+
+def restore(conn, now: datetime, last, seen: datetime, delivered_at: datetime) -> int:
+    """The chat came back (an unblock) while Reteno still holds its token under the
+    identity of ``last`` (its latest registration): a registration with those
+    identifiers, live and delivered with nothing to send; its id. It was never sent
+    itself, so it has no ``delivered_at`` of its own (a day's deliveries count each
+    call once); when Reteno got the token goes to its history. The caller holds the
+    chat's lock and has seen nothing live."""
+    request = TokenRequest(last.token, last.contact_id, last.external_customer_id,
+                           last.phone, last.email)
+    row = {**_row(request, now, seen, RESTORED, False, True), "next_attempt_at": None}
+    [(rid, *_key)] = run(conn, _INSERT[conn.dialect.name], [row])
+    append_events(conn, [{"at": now, "registration_id": rid, "token": last.token,
+                          "kind": "restored",
+                          "detail": {"source": "telegram", "matchedBy": request.matched_by,
+                                     "previousRegistrationId": last.id,
+                                     "deliveredAt": delivered_at.isoformat()}}])
+    return rid

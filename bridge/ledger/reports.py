@@ -14,7 +14,10 @@ The ledger mirrors Reteno, which drops exactly the chat that failed, so:
   candidates.
 
 Removing a chat's other identity releases a registration held for the conflict
-with it; removing a muted chat queues its mute again, for when it comes back. Every
+with it. Reteno keeps a delivered token until one of its own sends fails with
+Forbidden, so only a Reteno status drops what Reteno holds (``reteno_holds``), never
+a Telegram block: an unblock sends the chat again only if Reteno dropped it, and a
+muted chat's mute is queued again, for when it comes back, only then. Every
 report is recorded in the audit history, matched or not. The stale-token report's
 removals (registrations quiet for a number of days) go through here too.
 """
@@ -95,9 +98,7 @@ def remove(conn, now: datetime,
             conn, "removed", rows, now,
             {"removed_at": at, "removal_reason": reason, "lease_id": None,
              "next_attempt_at": None}, detail))
-    tokens = {r.token for r in moved.values()}
-    release_held(conn, now, tokens)
-    commands.resend_mutes(conn, now, tokens)
+    release_held(conn, now, {r.token for r in moved.values()})
     done: list[list[Any]] = []
     for index, (rows, *_rest) in enumerate(removals):
         mine = {r.id: r for r in rows if r.id in moved and owner.get(r.id) == index}
@@ -144,6 +145,44 @@ def remember_block(conn, token: str, at: datetime) -> None:
     if latest is not None and latest.removed_at is not None and latest.removed_at < at:
         conn.execute(update(Registration).where(Registration.id == latest.id)
                      .values(removed_at=at))
+
+
+def drop_holds(conn, now: datetime, drops: dict[str, datetime]) -> list[str]:
+    """Reteno reported a Forbidden for each chat at its time: Reteno dropped the token
+    from every identity it had it under since a delivery no later than that (a delivery
+    after the failure gave it back). Those registrations no longer hold it; a delivered
+    one (the chat came back before the news arrived) is queued to be sent again, and a
+    mute in force is queued again (Reteno forgets a dropped token's mute). The chats
+    whose token Reteno dropped."""
+    if not drops:
+        return []
+    held = [r for r in registrations_by(conn, "token", list(drops), lock=True)
+            if r.reteno_holds]
+    latest: dict[tuple, datetime | None] = {}  # chat and identity -> its latest delivery
+    for r in held:
+        key = (r.token, r.matched_by, r.match_value)
+        latest[key] = max(filter(None, (latest.get(key), r.delivered_at)), default=None)
+
+    def dropped(r) -> bool:
+        last = latest[(r.token, r.matched_by, r.match_value)]
+        # whole seconds, as Reteno dates its events: a send in the same second counts
+        return last is None or last.replace(microsecond=0) <= drops[r.token]
+
+    rows = [r for r in held if dropped(r)]
+    if not rows:
+        return []
+    for start in range(0, len(rows), 500):
+        conn.execute(update(Registration)
+                     .where(Registration.id.in_([r.id for r in rows[start:start + 500]]))
+                     .values(reteno_holds=False))
+    move(conn, "reteno_dropped", [r for r in rows if r.state == State.DELIVERED.value], now,
+         {"next_attempt_at": now},
+         lambda r: {"cause": STATUS_CAUSE, "at": drops[r.token].isoformat(),
+                    "reason": "Reteno reported a Forbidden for the chat after this delivery; "
+                              "the chat is back, so it is sent again"})
+    tokens = sorted({r.token for r in rows})
+    commands.resend_mutes(conn, now, tokens)
+    return tokens
 
 
 # --- status events ----------------------------------------------------------------------
@@ -247,6 +286,7 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
     gone: set[int] = set()  # ids removed earlier in this body
     touched: dict[int, datetime] = {}
     later_blocks: dict[str, datetime] = {}  # blocks of chats with nothing live: remembered
+    drops: dict[str, datetime] = {}  # chats Reteno reported a Forbidden for: when
 
     def record(kind, event, detail, token=None, registration_id=None):
         records.append({"at": now, "kind": kind, "token": token,
@@ -295,6 +335,9 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         outcome, removed_now, stale_rows = "matched", [], []
         if blocked and not live and len({r.token for r in targets}) == 1:
             later_blocks[targets[0].token] = max(at, later_blocks.get(targets[0].token, at))
+        if blocked and len({r.token for r in targets}) == 1:
+            # Reteno dropped this chat's token (stale or not: the failure happened)
+            drops[targets[0].token] = max(at, drops.get(targets[0].token, at))
         if blocked and chat:
             removed_now = [r for r in chat if seen_at[r.id] < at]
             stale_rows = [r for r in chat if seen_at[r.id] >= at]
@@ -332,6 +375,7 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
     for done in remove(conn, now, removals):
         removed += len(done)
         removed_tokens.update((row.token, None) for row in done)
+    drop_holds(conn, now, drops)
     return StatusResult(len(events), list(removed_tokens), counts["unmatched"],
                         counts["ignored"], counts["stale"], counts["ambiguous"],
                         dict(outcomes), removed)
@@ -367,16 +411,19 @@ def block_chat(conn, now: datetime, token: str, detail: dict,
 
 
 def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | None = None,
-                 hold_conflicts: bool = False) -> tuple[int | None, int | None]:
+                 hold_conflicts: bool = False) -> tuple[int | None, int | None, bool]:
     """The user unblocked the bot at ``at``: a sign of life of a live registration, or
-    its last registration queued again, unless the chat was blocked after ``at``
-    (``stale``). (New registration id or None, previous registration id or None)."""
+    the chat live again with its last registration's identifiers — without a call
+    while Reteno still holds the token under them (``restored``), else queued again —
+    unless the chat was blocked after ``at`` (``stale``). (New registration id or
+    None, previous registration id or None, whether something was queued)."""
     at = at or now
+    lock_keys(conn, [f"chat:{token}"])  # as registering does: nothing live appears meanwhile
     rows = registrations_by(conn, "token", [token], lock=True)
     live = [r for r in rows if r.state in LIVE_VALUES]
     last = rows[-1] if rows else None
     blocked_at = max((r.removed_at for r in rows if r.removed_at is not None), default=None)
-    new_id, kind = None, "telegram_unblocked"
+    new_id, kind, queued = None, "telegram_unblocked", False
     if live:
         registering.touch(conn, [r.id for r in live], at)
         result = {"result": "a registration is still live",
@@ -388,15 +435,23 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
         result = {"result": "the chat was blocked after this update",
                   "previousRegistrationId": last.id}
     else:
-        request = TokenRequest(token, last.contact_id, last.external_customer_id, last.phone,
-                               last.email)
-        new_id = registering.register(conn, [request], ["telegram"], now, hold_conflicts,
-                                      [at])[0].id
-        result = {"result": "queued again", "registrationId": new_id,
-                  "previousRegistrationId": last.id}
+        identity = (last.matched_by, last.match_value)
+        delivered_at = max((r.delivered_at for r in rows if r.reteno_holds
+                            and r.delivered_at is not None
+                            and (r.matched_by, r.match_value) == identity), default=None)
+        if delivered_at is not None:
+            new_id = registering.restore(conn, now, last, at, delivered_at)
+            result = {"result": "live again without a call", "retenoHolds": True}
+        else:
+            request = TokenRequest(token, last.contact_id, last.external_customer_id,
+                                   last.phone, last.email)
+            new_id = registering.register(conn, [request], ["telegram"], now, hold_conflicts,
+                                          [at])[0].id
+            result, queued = {"result": "queued again", "retenoHolds": False}, True
+        result.update(registrationId=new_id, previousRegistrationId=last.id)
     append_events(conn, [{"at": now, "kind": kind, "token": token,
                           "registration_id": new_id, "detail": {**detail, **result}}])
-    return new_id, last.id if last else None
+    return new_id, last.id if last else None, queued
 
 
 def sign_of_life(conn, token: str, at: datetime) -> int:

@@ -14,6 +14,11 @@ on the same row cannot move it twice.
       │                  ├──dead──▶ dead ──requeued──▶ queued           │
       └──removed         └──removed (the user blocked the bot) ─────────┘
 
+    ──restored──▶ delivered  (an insert: the user unblocked the bot while Reteno still
+                              holds the chat's token under that identity; no call)
+    delivered ──reteno_dropped──▶ queued  (a Reteno Forbidden older than the chat's
+                              comeback: Reteno no longer has the token; sent again)
+
 Commands (mutes, unmutes, replays: ``bridge_commands``) have a machine of their own
 in the same table, its inputs named ``command.<input>``; their history events are
 named after the command (``mute_requested``, ``replay_delivered``, …):
@@ -50,6 +55,9 @@ class State(StrEnum):
 #: The state a new registration starts in (history kind ``submitted``): queued, or held
 #: when it conflicts with another identity and conflicts are held.
 INITIAL = State.QUEUED
+#: The state a registration starts in when Reteno still holds its chat's token under its
+#: identity (history kind ``restored``, an insert: the user unblocked the bot, no call).
+RESTORED = State.DELIVERED
 #: States in which a registration is live: it counts for duplicates and statuses.
 LIVE = frozenset(State) - {State.REMOVED}
 #: Their values, in one order (for ``state IN (...)``).
@@ -86,6 +94,8 @@ TRANSITIONS: dict[str, Transition] = {
     "requeued": Transition(frozenset({State.DEAD}), State.QUEUED, leased=False),
     "released": Transition(frozenset({State.HELD}), State.QUEUED, leased=False),
     "removed": Transition(frozenset(LIVE), State.REMOVED, leased=False),
+    # a Reteno Forbidden older than the chat's comeback: Reteno no longer has the token
+    "reteno_dropped": Transition(frozenset({State.DELIVERED}), State.QUEUED, leased=False),
     # commands (bridge.ledger.commands): a request (a new one replaces a mute row's last),
     # what an upstream call did, a mute to send again after the chat came back
     "command.requested": Transition(_COMMAND_STATES, State.QUEUED, False, Command),

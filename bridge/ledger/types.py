@@ -104,6 +104,7 @@ class RegistrationRecord:
     removal_reason: str | None
     last_seen_at: datetime | None
     conflict: bool
+    reteno_holds: bool  # Reteno still has the token (delivered, and no Forbidden since)
     muted: bool = False
     muted_until: datetime | None = None
 
