@@ -10,7 +10,6 @@ line on stderr and exit status 1, for processes that start from the command line
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 
@@ -19,7 +18,7 @@ from flask import Flask
 from flask.cli import FlaskGroup
 
 from . import logs
-from .config import StartupError
+from .config import StartupError, instance_folder
 from .extension import Bridge
 from .http import protect_answer, register_error_handlers
 
@@ -27,10 +26,11 @@ from .http import protect_answer, register_error_handlers
 def create_app(config: dict | None = None, import_name: str = "bridge",
                url_prefix: str = "/") -> Flask:
     """A Flask app serving the bridge at ``url_prefix``; configuration from ``config``
-    and the environment. When served (not a CLI command) it checks the database
-    first and raises :class:`~bridge.config.StartupError` if it cannot start."""
-    instance = os.environ.get("BRIDGE_INSTANCE_PATH")
-    app = Flask(import_name, instance_path=os.path.abspath(instance) if instance else None)
+    and the environment; its instance folder :func:`~bridge.config.instance_folder`
+    (``./instance`` of the working directory by default). When served (not a CLI
+    command) it checks the database first and raises
+    :class:`~bridge.config.StartupError` if it cannot start."""
+    app = Flask(import_name, instance_path=instance_folder(config or {}))
     app.json.sort_keys = False
     if config:
         app.config.from_mapping(config)
