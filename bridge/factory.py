@@ -1,7 +1,8 @@
 """The bridge as an application of its own: ``create_app``, and the ``reteno-bridge``
 command (the ``bridge`` CLI group on that app, configured by the environment).
 
-``gunicorn bridge.factory:app`` serves it (the Procfile); the repository's
+``gunicorn -c python:bridge.gunicorn_conf bridge.factory:app`` serves it (the
+Procfile); the repository's
 ``app.py`` is an example host built the same way. Start-up problems (a missing or bad
 setting, an unreachable database, a schema behind the code) are
 :class:`~bridge.config.StartupError`; :func:`app_or_exit` turns one into a single
@@ -10,12 +11,13 @@ line on stderr and exit status 1, for processes that start from the command line
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
 import click
 from flask import Flask
-from flask.cli import FlaskGroup
+from flask.cli import ScriptInfo
 
 from . import logs
 from .config import StartupError, instance_folder
@@ -64,14 +66,22 @@ def main() -> None:
     """``reteno-bridge``: the ``bridge`` CLI group on the bundled app."""
     from .cli import StartupErrorsInOneLine, cli
 
-    class Bundled(StartupErrorsInOneLine, FlaskGroup):
-        pass
+    class Bundled(StartupErrorsInOneLine, click.Group):
+        """The bundled app is built only when a command runs (``with_appcontext``), so
+        ``--help``, of the group or of any command, needs no settings."""
 
-    group = Bundled(name="reteno-bridge", create_app=lambda: app_or_exit(create_app),
-                       add_default_commands=False, add_version_option=False,
-                       load_dotenv=False, set_debug_flag=False,
-                       help="Reteno bridge (configured by the environment): "
-                            + (cli.help or ""))
+        def make_context(self, info_name, args, parent=None, **extra):
+            # as under ``flask``: a command, not a served app (create_app starts nothing)
+            os.environ["FLASK_RUN_FROM_CLI"] = "true"
+            extra.setdefault("obj", ScriptInfo(create_app=lambda: app_or_exit(create_app),
+                                               set_debug_flag=False,
+                                               load_dotenv_defaults=False))
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    group = Bundled(name="reteno-bridge",
+                    help="Reteno bridge on the bundled app, configured by the environment "
+                         "(README: Configuration); its data in ./instance unless "
+                         "BRIDGE_INSTANCE_PATH or BRIDGE_DATABASE_URL say otherwise.")
     for name, command in cli.commands.items():
         group.add_command(command, name)
     group.main(prog_name="reteno-bridge")
