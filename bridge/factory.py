@@ -1,8 +1,9 @@
 """The bridge as an application of its own: ``create_app``, and the ``reteno-bridge``
-command (the ``bridge`` CLI group on that app, configured by the environment).
+command (``serve``, and the ``bridge`` CLI group on that app, configured by the
+environment).
 
-``gunicorn -c python:bridge.gunicorn_conf bridge.factory:app`` serves it (the
-Procfile); the repository's
+``gunicorn -c python:bridge.gunicorn_conf bridge.factory:app`` serves it (the Procfile,
+``reteno-bridge serve``); the repository's
 ``app.py`` is an example host built the same way. Start-up problems (a missing or bad
 setting, an unreachable database, a schema behind the code) are
 :class:`~bridge.config.StartupError`; :func:`app_or_exit` turns one into a single
@@ -63,8 +64,9 @@ def __getattr__(name: str):
 
 
 def main() -> None:
-    """``reteno-bridge``: the ``bridge`` CLI group on the bundled app."""
+    """``reteno-bridge``: ``serve``, and the ``bridge`` CLI group on the bundled app."""
     from .cli import StartupErrorsInOneLine, cli
+    from .serve import serve_command
 
     class Bundled(StartupErrorsInOneLine, click.Group):
         """The bundled app is built only when a command runs (``with_appcontext``), so
@@ -81,7 +83,9 @@ def main() -> None:
     group = Bundled(name="reteno-bridge",
                     help="Reteno bridge on the bundled app, configured by the environment "
                          "(README: Configuration); its data in ./instance unless "
-                         "BRIDGE_INSTANCE_PATH or BRIDGE_DATABASE_URL say otherwise.")
+                         "BRIDGE_INSTANCE_PATH or BRIDGE_DATABASE_URL say otherwise. "
+                         "`reteno-bridge serve --sandbox` tries it in one command.")
+    group.add_command(serve_command)
     for name, command in cli.commands.items():
         group.add_command(command, name)
     group.main(prog_name="reteno-bridge")

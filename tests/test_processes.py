@@ -93,6 +93,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     ["flask", "--app", "app", "bridge", "migrate"],
     ["reteno-bridge", "deliver", "--once"],
     ["reteno-bridge", "migrate"],
+    ["reteno-bridge", "serve", "--port", "1"],
     ["flask", "--app", "app", "run", "--port", "0"],
 ], ids=" ".join)
 def test_a_missing_setting_stops_every_command_in_one_line(tmp_path, command):
