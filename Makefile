@@ -34,7 +34,7 @@ run: export BRIDGE_SANDBOX ?= true
 run: migrate
 	$(BIN)/flask --app app run --host $(HOST) --port $(PORT)
 
-# Production-style: the Procfile's processes under honcho (gunicorn with gunicorn.conf.py,
+# Production-style: the Procfile's processes under honcho (gunicorn with bridge/gunicorn_conf.py,
 # and a separate delivery worker); one Ctrl-C or SIGTERM stops all, and so does one dying.
 serve: migrate
 	HOST=$(HOST) PORT=$(PORT) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start

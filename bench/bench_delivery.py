@@ -14,7 +14,7 @@ requests/s and 100 ms of latency per call. In one run:
   1000 new tokens: single-token requests cannot arrive at 5,000/s). End to end
   = tokens registered / (time the simulator held the last of them - time the
   load started). Every token must arrive exactly once. Not judged, with ``--served``
-  and always without ``--quick``: the same served by the shipped ``gunicorn.conf.py``
+  and always without ``--quick``: the same served by the shipped ``bridge/gunicorn_conf.py``
   (16 threads a worker, whose request threads share the interpreter with the
   delivery thread), and with two ``bridge deliver`` processes instead of threads.
 
@@ -161,7 +161,7 @@ def bridge_full_speed(st: Stack, sim: str, seconds: float, connections: int,
     during = [n for t, n in samples if t <= load_end]
     return {
         "layout": ("delivery thread per gunicorn worker"
-                   + (", gunicorn.conf.py (16 threads each)" if served else ", sync workers"))
+                   + (", gunicorn_conf.py (16 threads each)" if served else ", sync workers"))
         if background else "BRIDGE_BACKGROUND_DELIVERY=false + 2 bridge deliver processes",
         "registered": registered,
         "received": received,
@@ -186,7 +186,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4,
                         help="wrk connections posting 1000-token bodies (4)")
     parser.add_argument("--served", action="store_true",
-                        help="also with the shipped gunicorn.conf.py (threaded workers; "
+                        help="also with the shipped bridge/gunicorn_conf.py (threaded workers; "
                              "always without --quick)")
     parser.add_argument("--no-wait", action="store_true")
     parser.add_argument("--keep", action="store_true")
@@ -214,7 +214,7 @@ def main() -> int:
         served = None
         if args.served or not args.quick:
             served = bridge_full_speed(st, sim, seconds, args.connections, served=True)
-            say(f"  (served by gunicorn.conf.py)        "
+            say(f"  (served by gunicorn_conf.py)        "
                 f"{served['endToEndPerSecond']:8.0f} tokens/s "
                 f"(ingest {served['ingestPerSecond']:.0f}/s, delivered "
                 f"{served['deliveredDuringLoadPerSecond']:.0f}/s during load, "

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The gunicorn settings the bridge ships with (threaded workers, preloading, the delivery
 # thread started with each worker): Stack.gunicorn(config=SERVED_CONFIG).
-SERVED_CONFIG = str(ROOT / "gunicorn.conf.py")
+SERVED_CONFIG = "python:bridge.gunicorn_conf"
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 PYTHON = sys.executable
@@ -281,10 +281,9 @@ class Stack(contextlib.ExitStack):
                  name: str = "gunicorn", extra: list[str] | None = None,
                  config: str = "/dev/null") -> tuple[str, Proc]:
         """``gunicorn -w N target`` on a free port: gunicorn's defaults (sync workers, no
-        preloading) and the flags in ``extra``. gunicorn reads ``gunicorn.conf.py`` from
-        the directory it starts in, and the repository's (threaded workers, preloading)
-        would silently change every layout: ``config`` names the file it reads instead
-        (``SERVED_CONFIG`` for the layout the bridge ships with)."""
+        preloading) and the flags in ``extra``; ``config`` names the settings gunicorn reads
+        (``/dev/null``: none, not even a ``gunicorn.conf.py`` in the directory it starts
+        in; ``SERVED_CONFIG`` for the layout the bridge ships with)."""
         port = free_port()
         proc = self.spawn(name, [
             str(BIN / "gunicorn"), "-c", config, "-w", str(workers), "-b", f"127.0.0.1:{port}",

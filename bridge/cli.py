@@ -354,12 +354,15 @@ def link_command(contact_id, external_customer_id, phone, email, ttl):
 @click.option("--cursor", help="The next-page cursor a previous page printed.")
 @_json_option
 @click.pass_context
-@with_appcontext
 def conflicts_group(ctx, limit, cursor, as_json):
     """Registrations submitted while their chat had another identity (newest first);
     `release ID` sends a held one."""
-    if ctx.invoked_subcommand is not None:
-        return
+    if ctx.invoked_subcommand is None:  # a subcommand loads the app itself, after its --help
+        ctx.invoke(_list_conflicts, limit, cursor, as_json)
+
+
+@with_appcontext
+def _list_conflicts(limit, cursor, as_json):
     page = _page({"conflict": True}, limit, cursor, as_json)
     if page is None:
         return

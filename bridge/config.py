@@ -230,6 +230,16 @@ def checked_base_url(url: str, name: str, key_goes_in: str) -> str:
     return url
 
 
+def instance_folder(config: Mapping, environ: Mapping | None = None) -> str:
+    """The bundled app's instance folder (the default SQLite ledger, the sandbox's
+    development key): ``BRIDGE_INSTANCE_PATH``, else ``instance`` in the working
+    directory; an absolute path. Never Flask's default for an installed package,
+    which is inside the virtualenv (recreating it would wipe the ledger)."""
+    environ = os.environ if environ is None else environ
+    path = _text(config, environ, "BRIDGE_INSTANCE_PATH")
+    return os.path.abspath(path or "instance")
+
+
 def load_settings(config: Mapping, instance_path: str, environ: Mapping | None = None) -> Settings:
     """Build :class:`Settings` from a Flask config mapping and the environment."""
     environ = os.environ if environ is None else environ

@@ -1,7 +1,9 @@
 """The bridge as an application of its own: ``create_app``, and the ``reteno-bridge``
-command (the ``bridge`` CLI group on that app, configured by the environment).
+command (``serve``, and the ``bridge`` CLI group on that app, configured by the
+environment).
 
-``gunicorn bridge.factory:app`` serves it (the Procfile); the repository's
+``gunicorn -c python:bridge.gunicorn_conf bridge.factory:app`` serves it (the Procfile,
+``reteno-bridge serve``); the repository's
 ``app.py`` is an example host built the same way. Start-up problems (a missing or bad
 setting, an unreachable database, a schema behind the code) are
 :class:`~bridge.config.StartupError`; :func:`app_or_exit` turns one into a single
@@ -16,10 +18,10 @@ from collections.abc import Callable
 
 import click
 from flask import Flask
-from flask.cli import FlaskGroup
+from flask.cli import ScriptInfo
 
 from . import logs
-from .config import StartupError
+from .config import StartupError, instance_folder
 from .extension import Bridge
 from .http import protect_answer, register_error_handlers
 
@@ -27,10 +29,11 @@ from .http import protect_answer, register_error_handlers
 def create_app(config: dict | None = None, import_name: str = "bridge",
                url_prefix: str = "/") -> Flask:
     """A Flask app serving the bridge at ``url_prefix``; configuration from ``config``
-    and the environment. When served (not a CLI command) it checks the database
-    first and raises :class:`~bridge.config.StartupError` if it cannot start."""
-    instance = os.environ.get("BRIDGE_INSTANCE_PATH")
-    app = Flask(import_name, instance_path=os.path.abspath(instance) if instance else None)
+    and the environment; its instance folder :func:`~bridge.config.instance_folder`
+    (``./instance`` of the working directory by default). When served (not a CLI
+    command) it checks the database first and raises
+    :class:`~bridge.config.StartupError` if it cannot start."""
+    app = Flask(import_name, instance_path=instance_folder(config or {}))
     app.json.sort_keys = False
     if config:
         app.config.from_mapping(config)
@@ -61,17 +64,28 @@ def __getattr__(name: str):
 
 
 def main() -> None:
-    """``reteno-bridge``: the ``bridge`` CLI group on the bundled app."""
+    """``reteno-bridge``: ``serve``, and the ``bridge`` CLI group on the bundled app."""
     from .cli import StartupErrorsInOneLine, cli
+    from .serve import serve_command
 
-    class Bundled(StartupErrorsInOneLine, FlaskGroup):
-        pass
+    class Bundled(StartupErrorsInOneLine, click.Group):
+        """The bundled app is built only when a command runs (``with_appcontext``), so
+        ``--help``, of the group or of any command, needs no settings."""
 
-    group = Bundled(name="reteno-bridge", create_app=lambda: app_or_exit(create_app),
-                       add_default_commands=False, add_version_option=False,
-                       load_dotenv=False, set_debug_flag=False,
-                       help="Reteno bridge (configured by the environment): "
-                            + (cli.help or ""))
+        def make_context(self, info_name, args, parent=None, **extra):
+            # as under ``flask``: a command, not a served app (create_app starts nothing)
+            os.environ["FLASK_RUN_FROM_CLI"] = "true"
+            extra.setdefault("obj", ScriptInfo(create_app=lambda: app_or_exit(create_app),
+                                               set_debug_flag=False,
+                                               load_dotenv_defaults=False))
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    group = Bundled(name="reteno-bridge",
+                    help="Reteno bridge on the bundled app, configured by the environment "
+                         "(README: Configuration); its data in ./instance unless "
+                         "BRIDGE_INSTANCE_PATH or BRIDGE_DATABASE_URL say otherwise. "
+                         "`reteno-bridge serve --sandbox` tries it in one command.")
+    group.add_command(serve_command)
     for name, command in cli.commands.items():
         group.add_command(command, name)
     group.main(prog_name="reteno-bridge")

@@ -167,7 +167,7 @@ def get_logger(name: str) -> logging.Logger:
 
 def redacting(logger: logging.Logger) -> logging.Logger:
     """``logger`` with the redaction filter on it, whatever handlers it gets (the shipped
-    ``gunicorn.conf.py`` puts it on gunicorn's access and error logs)."""
+    ``bridge/gunicorn_conf.py`` puts it on gunicorn's access and error logs)."""
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger

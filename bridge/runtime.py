@@ -74,7 +74,7 @@ class Runtime:
         use (:class:`~bridge.config.StartupError`: unreachable, or its schema behind),
         say where tokens go, and with ``background`` start the delivery thread now
         (default: under ``flask run``, one process; a forking server's workers start
-        it with their first request, or gunicorn.conf.py's ``post_worker_init``).
+        it with their first request, or bridge/gunicorn_conf.py's ``post_worker_init``).
         In a CLI command (``flask bridge …``) it does nothing: each command checks
         what it needs."""
         from .extension import run_by_flask, served
@@ -104,14 +104,17 @@ class Runtime:
 
     def _announce(self) -> None:
         s = self.settings
+        ledger = dbmod.describe(s.database_url)  # where the data lives, no credentials
         if not s.sandbox:
-            log.info("delivering to %s (platform %s, auth %s)",
-                     s.tokens_url.replace(s.app_uuid or "", "<app>"), s.platform, s.auth)
+            log.info("delivering to %s (platform %s, auth %s); ledger: %s",
+                     s.tokens_url.replace(s.app_uuid or "", "<app>"), s.platform, s.auth,
+                     ledger)
             return
         where = s.base_url if s.base_url_explicit else "the built-in simulator"
         lines = [
             "SANDBOX MODE (BRIDGE_SANDBOX=true): for development only.",
             f"  Tokens are delivered to {where}, NOT to Reteno.",
+            f"  Ledger: {ledger}",
             f"  Look at the simulator: {self.url_prefix.rstrip('/')}/sandbox/reteno/",
             "  Each process has a simulator of its own (README: Sandbox).",
         ]

@@ -221,6 +221,26 @@ def test_a_development_key_file_behind_a_symbolic_link_is_replaced(make_app, tmp
     assert elsewhere.read_text() == "dev-a-long-enough-key-0123456789\n"  # left alone
 
 
+def test_the_instance_folder_is_in_the_working_directory_or_where_the_user_says(
+    make_app, monkeypatch, tmp_path
+):
+    # Flask's own default for an installed package is inside the virtualenv
+    # (<venv>/var/bridge-instance): recreating the virtualenv would wipe the ledger.
+    sandbox = {"RETENO_APP_UUID": None, "RETENO_API_KEY": None, "BRIDGE_SANDBOX": True,
+               "BRIDGE_API_KEYS": None, "BRIDGE_DATABASE_URL": None}
+    monkeypatch.delenv("BRIDGE_INSTANCE_PATH")
+    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")  # built for a command: no database yet
+    monkeypatch.chdir(tmp_path)
+    for where, instance in ((None, tmp_path / "instance"), ("data", tmp_path / "data"),
+                            (str(tmp_path / "abs"), tmp_path / "abs")):
+        if where is not None:
+            monkeypatch.setenv("BRIDGE_INSTANCE_PATH", where)
+        runtime = make_app(**sandbox).extensions["reteno_bridge"]
+        assert runtime.app.instance_path == str(instance)
+        assert runtime.settings.database_url == f"sqlite:///{instance / 'bridge.sqlite3'}"
+        assert runtime.dev_key_path == str(instance / "dev-api-key")
+
+
 def test_a_sound_development_key_file_is_kept(tmp_path):
     from bridge.sandbox import dev_api_key
 

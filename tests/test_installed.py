@@ -2,13 +2,18 @@
 fresh virtualenv in a temporary directory, used from there with no checkout in
 sight: a host app mounts it at a prefix, ``flask bridge migrate`` migrates, gunicorn
 serves it, ``/register`` and ``GET /tokens`` answer over HTTP, and ``reteno-bridge
-deliver --once`` delivers to the simulator (``reteno-sandbox``, also from the wheel)."""
+deliver --once`` delivers to the simulator (``reteno-sandbox``, also from the wheel).
+And as a new user tries it: ``reteno-bridge --help`` with no settings, then
+``reteno-bridge serve --sandbox`` in an empty folder, its data in that folder."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import venv
 from pathlib import Path
 
@@ -44,18 +49,40 @@ def check(args, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+def build_wheel(project: Path, dist: Path) -> Path:
+    """The wheel of the distribution whose ``pyproject.toml`` is in ``project``, built
+    into a folder of its own under ``dist``."""
+    dist.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(dir=dist))
+    check([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out),
+           str(project)])
+    [wheel] = out.glob("*.whl")
+    return wheel
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """A fresh virtualenv outside the checkout with the wheel (and gunicorn) installed."""
+    """A fresh virtualenv outside the checkout with the wheels installed (the bridge's
+    with gunicorn): one line per distribution of this repository."""
     where = tmp_path_factory.mktemp("installed")
-    check([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
-           str(where / "dist"), str(ROOT)])
-    [wheel] = (where / "dist").glob("*.whl")
+    wheels = [
+        f"{build_wheel(ROOT, where / 'dist')}[serve]",
+    ]
     venv.create(where / "venv", with_pip=True)
     python = where / "venv" / "bin" / "python"
     check([str(python), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt"),
-           f"{wheel}[serve]"], cwd=where)
+           *wheels], cwd=where)
     return where
+
+
+def outside(bin_dir: Path, **settings) -> dict:
+    """An environment with none of the bridge's settings but ``settings``, the installed
+    virtualenv first on PATH and nothing that would reach into the checkout."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_", "PYTHON"))}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env.update(settings)
+    return env
 
 
 def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(installed, tmp_path):
@@ -63,10 +90,8 @@ def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(instal
     host = tmp_path / "host"
     host.mkdir()
     (host / "host.py").write_text(HOST_APP)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_", "PYTHON"))}
+    env = outside(bin_dir)
     env.update({
-        "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         "RETENO_APP_UUID": APP_UUID, "RETENO_API_KEY": RETENO_KEY, "BRIDGE_API_KEYS": API_KEY,
         "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
         "BRIDGE_BACKGROUND_DELIVERY": "false",
@@ -111,3 +136,55 @@ def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(instal
         for proc in processes:
             proc.terminate()
             proc.communicate(timeout=30)
+
+
+def test_reteno_bridge_serve_sandbox_from_the_wheel_keeps_its_data_in_the_folder(installed,
+                                                                                tmp_path):
+    bin_dir = installed / "venv" / "bin"
+    env = outside(bin_dir)  # no settings at all
+    trying = tmp_path / "trying"
+    trying.mkdir()
+    helped = check([str(bin_dir / "reteno-bridge"), "--help"], cwd=trying, env=env)
+    assert "\n  serve " in helped.stdout and "\n  migrate " in helped.stdout
+    assert "--sandbox" in check([str(bin_dir / "reteno-bridge"), "serve", "--help"],
+                                cwd=trying, env=env).stdout
+    assert list(trying.iterdir()) == []
+
+    port = free_port()
+    server = subprocess.Popen([str(bin_dir / "reteno-bridge"), "serve", "--sandbox",
+                               "--port", str(port)], cwd=trying, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_listening(port, server)
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{base}/healthz", timeout=10).json()["sandbox"] is True
+        instance = trying / "instance"
+        auth = {"Authorization": f"Bearer {(instance / 'dev-api-key').read_text().strip()}"}
+        response = requests.post(f"{base}/register", headers=auth, timeout=10,
+                                 json={"token": 777002, "email": "Ann@Example.com"})
+        assert response.status_code == 202, response.text
+        # the worker's delivery thread sends it to the simulator (a bounded wait on
+        # another process: no event can tell this test when it is done)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            [item] = requests.get(f"{base}/tokens", headers=auth, timeout=10).json()["items"]
+            if item["state"] == "delivered":
+                break
+            time.sleep(0.1)
+        assert item["state"] == "delivered"
+        contacts = requests.get(f"{base}/sandbox/reteno/contacts", timeout=10).json()
+        assert [c["tokens"] for c in contacts["contacts"]] == [["777002"]]
+        server.send_signal(signal.SIGTERM)
+        _out, err = server.communicate(timeout=40)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"serving http://127.0.0.1:{port}/ with gunicorn" in err
+    assert "SANDBOX MODE" in err
+    assert f"Ledger: SQLite file {instance / 'bridge.sqlite3'}" in err
+    assert f"the development API key is in {instance / 'dev-api-key'}" in err
+    assert (instance / "bridge.sqlite3").is_file()
+    venv_files = {p.name for p in (installed / "venv").rglob("*")}
+    assert not venv_files & {"bridge.sqlite3", "dev-api-key", "bridge-instance"}

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 LATENCY = 2.0  # seconds the slow simulator takes to answer
+SHIPPED = "python:bridge.gunicorn_conf"  # gunicorn's settings as the package ships them
 
 
 def environment(tmp_path, **overrides) -> dict:
@@ -92,6 +93,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     ["flask", "--app", "app", "bridge", "migrate"],
     ["reteno-bridge", "deliver", "--once"],
     ["reteno-bridge", "migrate"],
+    ["reteno-bridge", "serve", "--port", "1"],
     ["flask", "--app", "app", "run", "--port", "0"],
 ], ids=" ".join)
 def test_a_missing_setting_stops_every_command_in_one_line(tmp_path, command):
@@ -113,7 +115,7 @@ def test_a_schema_behind_is_one_line_naming_bridge_migrate(tmp_path):
     env = environment(tmp_path)
     line = one_line_error(run([str(BIN / "reteno-bridge"), "stats"], env))
     assert "bridge migrate" in line
-    served = one_line_error(run([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py",
+    served = one_line_error(run([str(BIN / "gunicorn"), "--config", SHIPPED,
                                  "--bind", f"127.0.0.1:{free_port()}", "bridge.factory:app"],
                                 env))
     assert "bridge migrate" in served
@@ -121,8 +123,8 @@ def test_a_schema_behind_is_one_line_naming_bridge_migrate(tmp_path):
 
 def test_gunicorn_with_a_bad_setting_exits_1_in_one_line(tmp_path):
     env = environment(tmp_path, BRIDGE_BATCH_SIZE="lots")
-    line = one_line_error(run([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{free_port()}",
-                               "app:app"], env))
+    line = one_line_error(run([str(BIN / "gunicorn"), "--config", SHIPPED,
+                               "--bind", f"127.0.0.1:{free_port()}", "app:app"], env))
     assert "BRIDGE_BATCH_SIZE" in line
 
 
@@ -207,7 +209,7 @@ def test_gunicorns_delivery_thread_finishes_its_call_on_sigterm(tmp_path, upstre
     migrate(f"sqlite:///{tmp_path / 'bridge.sqlite3'}")
     port = free_port()
     env = environment(tmp_path, RETENO_BASE_URL=upstream.url, WEB_CONCURRENCY=1)
-    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py",
+    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", SHIPPED,
                                "--bind", f"127.0.0.1:{port}", "bridge.factory:app"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -298,13 +300,13 @@ def test_a_dying_process_stops_the_rest(stack):
 
 
 def test_gunicorn_conf_serves_an_app_without_the_bridge_too(tmp_path):
-    # gunicorn reads ./gunicorn.conf.py for any app started here (the benchmarks' bare app)
+    # the shipped settings serve any app (the benchmarks' bare app)
     (tmp_path / "plain.py").write_text(
         "from flask import Flask\napp = Flask(__name__)\n\n\n"
         "@app.get('/')\ndef index():\n    return 'ok'\n")
     port = free_port()
     env = environment(tmp_path, PYTHONPATH=str(tmp_path))
-    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "--bind",
+    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", SHIPPED, "--bind",
                                f"127.0.0.1:{port}", "plain:app"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

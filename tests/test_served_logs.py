@@ -1,6 +1,6 @@
 """The logs of a served bridge (SECURITY.md, L5 and L6, and gunicorn's control socket):
 the request log never grows without bound while its sink stalls, and the shipped
-``gunicorn.conf.py`` puts the bridge's redaction on gunicorn's access log and turns
+``bridge/gunicorn_conf.py`` puts the bridge's redaction on gunicorn's access log and turns
 gunicorn's control socket off."""
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from bridge.db import migrate
 from bridge.logs import flush_request_log
 from tests.conftest import BACKEND
 from tests.test_metrics import scrape, value
-from tests.test_processes import BIN, ROOT, environment, free_port, wait_until_listening
+from tests.test_processes import (
+    BIN,
+    ROOT,
+    SHIPPED,
+    environment,
+    free_port,
+    wait_until_listening,
+)
 
 CHAT, EMAIL, PHONE = "987654321", "ann.lee@example.com", "+380956490955"
 
@@ -75,11 +82,11 @@ def test_a_stalled_log_sink_drops_lines_instead_of_holding_them(client, auth, ca
     assert len(written) == 1 + 1 + bound  # the first scrape, the line taken, those queued
 
 
-# --- L5 and the control socket: the shipped gunicorn.conf.py ----------------------------
+# --- L5 and the control socket: the shipped bridge/gunicorn_conf.py -------------------
 
 
 def shipped_config():
-    """gunicorn's settings as the shipped ``gunicorn.conf.py`` makes them."""
+    """gunicorn's settings as the shipped ``bridge/gunicorn_conf.py`` makes them."""
     from gunicorn.app.base import Application
 
     class Shipped(Application):
@@ -87,7 +94,7 @@ def shipped_config():
             return None
 
         def load_config(self):
-            self.load_config_from_file(str(ROOT / "gunicorn.conf.py"))
+            self.load_config_from_module_name_or_filename(SHIPPED)
 
         def load(self):
             return None
@@ -126,7 +133,7 @@ def test_gunicorn_serving_with_the_shipped_config_keeps_the_access_log_clean(tmp
     # where gunicorn would put its control socket (HOME/.gunicorn, or XDG_RUNTIME_DIR)
     env = environment(tmp_path, WEB_CONCURRENCY=1, BRIDGE_BACKGROUND_DELIVERY="false",
                       HOME=home, XDG_RUNTIME_DIR=None)
-    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py",
+    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", SHIPPED,
                                "--access-logfile", "-", "--bind", f"127.0.0.1:{port}",
                                "bridge.factory:app"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,7 @@
-"""gunicorn settings for serving the bridge (``make serve``, the Procfile's web process).
-
-gunicorn reads this file from the directory it starts in, or with ``-c``.
+"""gunicorn's settings for serving the bridge, shipped in the package:
+``gunicorn -c python:bridge.gunicorn_conf bridge.factory:app`` (the Procfile's web
+process, ``make serve``, ``reteno-bridge serve``). They suit any app, with the bridge
+or without it.
 """
 
 import os
@@ -43,7 +44,7 @@ logger_class = RedactingLogger
 def post_worker_init(worker):
     """Each worker starts its delivery thread at once (BRIDGE_BACKGROUND_DELIVERY=true;
     a no-op when separate ``bridge deliver`` workers deliver, or for an app without the
-    bridge: gunicorn reads this file for any app started in this folder)."""
+    bridge)."""
     from bridge.runtime import EXTENSION
 
     runtime = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
