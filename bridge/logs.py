@@ -43,8 +43,10 @@ from .config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS, MAX_QUEUED_LOG_LINES
 _EMAIL = re.compile(r"(?<![A-Za-z0-9.!#$%'*+^_`{|}~-])[A-Za-z0-9.!#$%'*+^_`{|}~-]++"
                     r"@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++")
 # a run of digits, spaces, parentheses and dashes that starts with a digit (and is not
-# inside a word or a decimal); :func:`_mask_number` decides how much of it is a number
-_NUMBER_RUN = re.compile(r"(?<![\w.])\+?\d[\d ()-]*+")
+# inside a word or a decimal, nor a port after an address: gunicorn's "Listening at:
+# http://127.0.0.1:5000 (4242)" is no phone); :func:`_mask_number` decides how much of
+# it is a number
+_NUMBER_RUN = re.compile(r"(?<![\w.])(?<![\d\]]:)\+?\d[\d ()-]*+")
 _SEPARATORS = " ()-"
 _WORDISH = re.compile(r"[\w.]")
 

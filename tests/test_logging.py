@@ -258,6 +258,20 @@ def test_numbers_and_addresses_are_masked_as_before():
         assert bridge_logs.redact(line) == expected, line
 
 
+def test_a_served_address_and_its_pid_are_no_phone_number():
+    """gunicorn's error log goes through the redaction too: the line that says where it
+    listens keeps its port and pid, while a number after a word's colon is masked."""
+    cases = {
+        "Listening at: http://127.0.0.1:5000 (12345)":
+            "Listening at: http://127.0.0.1:5000 (12345)",
+        "Listening at: http://[::1]:8000 (4242)": "Listening at: http://[::1]:8000 (4242)",
+        "tel:+380501234567": "tel:<number>",
+        "at 10:30 380501234567": "at 10:30 <number>",
+    }
+    for line, expected in cases.items():
+        assert bridge_logs.redact(line) == expected, line
+
+
 def test_a_url_cannot_forge_a_log_line():
     """%0A in a URL, once decoded, is written as \\n: the access line stays one line."""
     record = logging.LogRecord(
