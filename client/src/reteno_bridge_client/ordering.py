@@ -92,7 +92,7 @@ class OrderedBridge:
 
     def __init__(self, client: AsyncBridgeClient, order: ChatOrder | None = None):
         self.client = client
-        self.order = order or ChatOrder()
+        self.order = order if order is not None else ChatOrder()
 
     def register(self, token: Token, **identifiers: Any) -> Awaitable[Registration]:
         return self.order.run(chat_of(token), lambda: self.client.register(token, **identifiers))
