@@ -322,6 +322,34 @@ def test_with_the_bridge_down_one_error_line_per_lost_forward_and_the_bot_goes_o
     assert str(CHAT) not in caplog.text
 
 
+@pytest.mark.real_http
+def test_a_webhook_mode_aiogram_bot_can_answer_telegram_with_an_error_instead(caplog):
+    """``raise_on_failure=True``: the update's handling fails (aiogram's webhook answers
+    Telegram with an error, so Telegram delivers it again); no handler ran."""
+    from aiogram import Dispatcher
+    from reteno_bridge_client import BridgeError
+    from reteno_bridge_client.aiogram import setup
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    handled = []
+
+    async def go():
+        dispatcher = Dispatcher()
+        async with AsyncBridgeClient(url, API_KEY, retry=RetryPolicy(deadline=0.5)) as client:
+            setup(dispatcher, client, raise_on_failure=True)
+            dispatcher.message.register(lambda message: handled.append(message.text))
+            bot = Bot(BOT_TOKEN, session=AiogramTelegram([]))
+            with pytest.raises(BridgeError):
+                await dispatcher.feed_webhook_update(bot, message(deep_link()))
+            await dispatcher.feed_webhook_update(bot, message("hello"))  # not forwarded
+
+    asyncio.run(go())
+    assert handled == ["hello"]
+    assert not [r for r in caplog.records if r.name.startswith("reteno_bridge_client")]
+
+
 @pytest.mark.parametrize("example", ["examples/aiogram_bot.py", "examples/ptb_bot.py"])
 def test_an_example_without_its_settings_names_them_in_one_line(example):
     root = Path(__file__).resolve().parent.parent
