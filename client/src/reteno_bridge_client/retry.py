@@ -54,7 +54,7 @@ class Attempts:
 
     def __init__(self, policy: RetryPolicy, timeout: httpx.Timeout, repeatable: bool,
                  ends_at: float):
-        self.policy, self.timeout_, self.repeatable = policy, timeout, repeatable
+        self.policy, self.limits, self.repeatable = policy, timeout, repeatable
         self.ends_at = ends_at
         self.made = 0
 
@@ -69,7 +69,7 @@ class Attempts:
         def cut(value: float | None) -> float:
             return left if value is None else min(value, left)
 
-        t = self.timeout_
+        t = self.limits
         return httpx.Timeout(connect=cut(t.connect), read=cut(t.read), write=cut(t.write),
                              pool=cut(t.pool))
 
