@@ -23,9 +23,10 @@ The application handles updates concurrently (``concurrent_updates(True)``), so 
 bridge holds up no other chat; the adapter keeps each chat's calls to the bridge in the
 order of its updates (a ``/stop`` right after ``/start`` mutes a chat already
 registered). With the bridge down, each call gives up after the client's deadline
-(10 s): a forwarded block or deep link is logged as lost, and ``/start``, ``/stop`` and
-``/resume`` answer that it did not work. The bot never talks to Reteno: the bridge
-does, from its durable outbox.
+(10 s): a forwarded block or deep link is logged as lost (the welcome after a deep link
+does not wait for the bridge), and ``/start`` alone, ``/stop`` and ``/resume`` answer
+that it did not work. The bot never talks to Reteno: the bridge does, from its durable
+outbox.
 """
 
 from __future__ import annotations

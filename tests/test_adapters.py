@@ -44,8 +44,9 @@ _update_ids = count(1)
 def message(text: str, chat: dict = PRIVATE) -> dict:
     entities = ([{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
                 if text.startswith("/") else [])
+    user = {**USER, "id": chat["id"]} if chat["type"] == "private" else USER
     return {"update_id": next(_update_ids), "message": {
-        "message_id": next(_update_ids), "date": int(time.time()), "chat": chat, "from": USER,
+        "message_id": next(_update_ids), "date": int(time.time()), "chat": chat, "from": user,
         "text": text, "entities": entities}}
 
 
@@ -149,14 +150,14 @@ class PtbTelegram(BaseRequest):
 
 
 class PtbBot:
-    """examples/ptb_bot.py, started (as run_polling starts it) without polling; each
-    update handed to ``process_update`` as its concurrent update processing does."""
+    """examples/ptb_bot.py, started as ``run_polling`` starts it, with updates put in its
+    update queue instead of fetched from Telegram (so its ``concurrent_updates`` setting
+    decides how they are handled)."""
 
     def __init__(self, client: AsyncBridgeClient):
         self.sent: list[str] = []
         self.application = ptb_bot.build_application(BOT_TOKEN, client,
                                                      request=PtbTelegram(self.sent))
-        self.tasks: list[asyncio.Task] = []
 
     async def __aenter__(self):
         await self.application.initialize()
@@ -164,11 +165,11 @@ class PtbBot:
         return self
 
     def feed(self, update: dict) -> None:
-        typed = PtbUpdate.de_json(update, self.application.bot)
-        self.tasks.append(asyncio.create_task(self.application.process_update(typed)))
+        self.application.update_queue.put_nowait(
+            PtbUpdate.de_json(update, self.application.bot))
 
     async def settle(self) -> None:
-        await asyncio.gather(*self.tasks)
+        await self.application.update_queue.join()  # every update handled
         await self.application.bot_data["bridge"].idle()
 
     async def __aexit__(self, *exc_info):
@@ -201,29 +202,29 @@ def talk(make_bot, url: str, *steps, retry: RetryPolicy | None = None) -> list[s
 # --- the bridge ----------------------------------------------------------------------
 
 
-class SlowTelegramWebhook:
-    """WSGI middleware: the bridge answers forwarded updates after ``delay`` seconds."""
+class Slow:
+    """WSGI middleware: the bridge answers requests to ``path`` after ``delay`` seconds."""
 
-    def __init__(self, app, delay: float):
-        self.app, self.delay = app, delay
+    def __init__(self, app, delay: float, path: str):
+        self.app, self.delay, self.path = app, delay, path
 
     def __call__(self, environ, start_response):
-        if environ["PATH_INFO"] == "/telegram/webhook":
+        if environ["PATH_INFO"] == self.path:
             time.sleep(self.delay)
         return self.app(environ, start_response)
 
 
 @pytest.fixture
 def served(make_app):
-    """A sandbox bridge served on 127.0.0.1 (its webhook answering late with
-    ``served(delay)``); its URL."""
+    """A sandbox bridge served on 127.0.0.1 (answering ``path`` late with
+    ``served(delay, path)``); its URL."""
     servers = []
 
-    def serve(delay: float = 0.0) -> str:
+    def serve(delay: float = 0.0, path: str = "/telegram/webhook") -> str:
         app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
                        BRIDGE_LINK_SECRET=LINK_SECRET, TELEGRAM_BOT_USERNAME="shop_bot")
         if delay:
-            app.wsgi_app = SlowTelegramWebhook(app.wsgi_app, delay)
+            app.wsgi_app = Slow(app.wsgi_app, delay, path)
         servers.append(Server(app))
         return servers[-1].url
 
@@ -299,6 +300,19 @@ def test_with_a_slow_bridge_a_stop_right_after_start_still_mutes(served, make_bo
     assert time.monotonic() - started >= 0.5
     [record] = live(url)
     assert record.external_customer_id == "C-2" and record.muted is True
+
+
+@pytest.mark.real_http
+@pytest.mark.parametrize("make_bot", BOTS)
+def test_a_slow_bridge_holds_up_no_other_chat(served, make_bot):
+    """Two chats' ``/start`` against a bridge taking 1 s per registration: both answered
+    after about one such second, not two."""
+    url = served(delay=1.0, path="/register")
+    started = time.monotonic()
+    replies = talk(make_bot, url, message("/start"),
+                   message("/start", chat={**PRIVATE, "id": CHAT + 1}))
+    assert replies == [aiogram_bot.WELCOME, aiogram_bot.WELCOME]
+    assert time.monotonic() - started < 1.8
 
 
 @pytest.mark.real_http
