@@ -94,7 +94,7 @@ def test_past_max_waiting_a_chats_call_is_refused_at_once():
     async def go():
         client = ordered(SlowBridge(), max_waiting=2)
         calls = [client.mute(1) for _ in range(3)]  # one in flight, two waiting
-        with pytest.raises(BridgeError, match="already waiting"):
+        with pytest.raises(BridgeError, match="already in flight or waiting"):
             client.mute(1)
         other = client.mute(2)  # another chat is not held back
         await asyncio.gather(*calls, other)
@@ -102,6 +102,26 @@ def test_past_max_waiting_a_chats_call_is_refused_at_once():
         return client.order.pending(1)
 
     assert asyncio.run(go()) == 0
+
+
+def test_a_call_cancelled_while_waiting_keeps_the_next_one_behind_the_first():
+    ended = []
+
+    async def call(name, delay):
+        await asyncio.sleep(delay)
+        ended.append(name)
+
+    async def go():
+        order = ChatOrder()
+        first = asyncio.ensure_future(order.run(1, lambda: call("first", 0.05)))
+        second = asyncio.ensure_future(order.run(1, lambda: call("second", 0)))
+        third = asyncio.ensure_future(order.run(1, lambda: call("third", 0)))
+        await asyncio.sleep(0.01)
+        second.cancel()
+        await asyncio.gather(first, third)
+        return len(order)
+
+    assert asyncio.run(go()) == 0 and ended == ["first", "third"]
 
 
 @pytest.mark.parametrize(("update", "chat"), [

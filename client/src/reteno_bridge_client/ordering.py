@@ -52,8 +52,8 @@ class ChatOrder:
         :class:`BridgeError` at once if ``max_waiting`` calls of the chat already wait."""
         previous, taken = self._chats.get(chat, (None, 0))
         if taken > self.max_waiting:
-            raise BridgeError(None, f"{taken} calls for this chat are already waiting for "
-                                    "the bridge; this one was not made")
+            raise BridgeError(None, f"{taken} calls for this chat are already in flight or "
+                                    "waiting for the bridge; this one was not made")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._chats[chat] = (done, taken + 1)
         return self._when_turn(chat, previous, done, call)
