@@ -119,7 +119,8 @@ def test_answers_that_a_repeat_cannot_change_are_not_repeated(policy, status):
 
 @pytest.mark.parametrize("failure", [
     error(503, "down"), error(500, "oops"), error(502, "bad gateway"), error(408, "slow"),
-    (429, {}), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"),
+    (429, {}), httpx.ConnectError("refused"), httpx.ConnectTimeout("no SYN-ACK"),
+    httpx.RemoteProtocolError("Server disconnected without sending a response."),
 ])
 def test_failures_that_may_pass_on_another_try_are_repeated(clock, policy, failure):
     bridge = Bridge(failure, failure, (202, REGISTERED))
@@ -173,6 +174,14 @@ def test_the_deadline_bounds_the_whole_call_and_cuts_each_attempts_timeouts(cloc
     assert clock.now - started == 10.0  # 4 s, a wait, 4 s, a wait, the 1.25 s left
     assert timeouts[0] == {"connect": 3.0, "read": 5.0, "write": 5.0, "pool": 5.0}
     assert timeouts[-1] == {"connect": 1.25, "read": 1.25, "write": 1.25, "pool": 1.25}
+
+
+def test_a_read_timeout_is_not_repeated_and_says_the_call_may_have_been_done(policy):
+    bridge = Bridge(httpx.ReadTimeout("timed out"))
+    with sync_client(bridge, policy) as client, pytest.raises(BridgeError) as raised:
+        client.mute(1)
+    assert raised.value.status is None and "may have carried it out" in raised.value.message
+    assert len(bridge.requests) == 1
 
 
 def test_no_answer_at_all_is_a_bridge_error_without_a_status(policy):

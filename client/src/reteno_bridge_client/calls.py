@@ -49,6 +49,9 @@ class Call(Generic[T]):
 
     def result(self, outcome: httpx.Response | httpx.TransportError) -> T:
         """The result of the last attempt, or :class:`BridgeError`."""
+        if isinstance(outcome, httpx.ReadTimeout):
+            raise BridgeError(None, f"the bridge did not answer {self.method} {self.path} in "
+                                    "time (ReadTimeout); it may have carried it out") from outcome
         if isinstance(outcome, httpx.TransportError):
             raise BridgeError(None, f"the bridge did not answer {self.method} {self.path}: "
                                     f"{type(outcome).__name__}") from outcome

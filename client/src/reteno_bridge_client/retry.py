@@ -3,8 +3,11 @@
 :class:`RetryPolicy` is shared by the sync and the async client; it does no I/O. A
 call is repeated only if it is safe to repeat (each call says whether it is, in
 :mod:`reteno_bridge_client.calls`), and only after a failure that says nothing was
-done or that the bridge may do it on another try: no answer (a connection error or a
-timeout), 408, 429 or a 5xx. Waits grow exponentially with full jitter (a random wait
+done or that the bridge may do it on another try: no connection (a connection error, a
+connect or pool timeout), a connection lost before the answer, 408, 429 or a 5xx. A read
+timeout is not: the bridge has the call and is slow, a repeat would add to its load and
+seldom answer sooner, and the call may well have been carried out (the
+:class:`BridgeError` says so). Waits grow exponentially with full jitter (a random wait
 between 0 and the exponential step, so bots that lost the bridge together do not come
 back together); a ``Retry-After`` of a 429 or 503 is honoured as the least wait. Every
 call has a **deadline** across all its attempts and waits: each attempt's timeouts are
@@ -79,6 +82,8 @@ class Attempts:
             if outcome.status_code not in self.policy.statuses:
                 return None
             least = retry_after(outcome)
+        elif isinstance(outcome, httpx.ReadTimeout):
+            return None
         else:
             least = 0.0
         if not self.repeatable or self.made >= self.policy.attempts:
