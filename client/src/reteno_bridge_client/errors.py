@@ -22,6 +22,6 @@ class BridgeError(Exception):
         self.errors: dict[str, list[str]] = {k: list(v) for k, v in (errors or {}).items()}
 
     def __str__(self) -> str:
-        where = f"HTTP {self.status}" if self.status is not None else "no answer"
         fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.errors.items())
-        return f"{where}: {self.message}" + (f" ({fields})" if fields else "")
+        where = f"HTTP {self.status}: " if self.status is not None else ""
+        return f"{where}{self.message}" + (f" ({fields})" if fields else "")
