@@ -364,6 +364,20 @@ def test_a_webhook_mode_aiogram_bot_can_answer_telegram_with_an_error_instead(ca
     assert not [r for r in caplog.records if r.name.startswith("reteno_bridge_client")]
 
 
+def test_setting_up_an_adapter_twice_is_refused():
+    from reteno_bridge_client import aiogram as aiogram_adapter
+    from reteno_bridge_client import ptb as ptb_adapter
+
+    client = AsyncBridgeClient("http://127.0.0.1:9", API_KEY)
+    dispatcher = aiogram_bot.build_dispatcher(client)
+    with pytest.raises(RuntimeError, match="already called"):
+        aiogram_adapter.setup(dispatcher, client)
+    application = ptb_bot.build_application(BOT_TOKEN, client)
+    with pytest.raises(RuntimeError, match="already called"):
+        ptb_adapter.setup(application, client)
+    asyncio.run(client.aclose())
+
+
 @pytest.mark.parametrize("example", ["examples/aiogram_bot.py", "examples/ptb_bot.py"])
 def test_an_example_without_its_settings_names_them_in_one_line(example):
     root = Path(__file__).resolve().parent.parent

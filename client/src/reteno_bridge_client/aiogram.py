@@ -61,6 +61,9 @@ def setup(dispatcher: Dispatcher, client: AsyncBridgeClient, *, raise_on_failure
     """Forward ``dispatcher``'s blocks, unblocks and deep links to the bridge; handlers
     get the returned :class:`OrderedBridge` as ``bridge``. ``max_waiting``: calls of
     one chat that may wait behind the one in flight (past it a call is refused)."""
+    if dispatcher.get("bridge") is not None:
+        raise RuntimeError("setup() was already called on this dispatcher: every update "
+                           "would be forwarded twice")
     bridge = OrderedBridge(client, ChatOrder(max_waiting))
     dispatcher["bridge"] = bridge
     dispatcher.update.outer_middleware(BridgeMiddleware(Forwarder(bridge, raise_on_failure)))
