@@ -22,9 +22,10 @@ adapter keeps each chat's calls in order either way, in the order its updates re
 the handler.
 
 A forward the bridge did not take within the client's deadline is logged and lost
-(:mod:`reteno_bridge_client.forwarding`). PTB answers Telegram before it handles an
-update (its webhook server queues updates), so an error cannot make Telegram deliver
-an update again: ``raise_on_failure=True`` only hands the
+(:mod:`reteno_bridge_client.forwarding`). PTB never turns a handler's error into the
+webhook's answer (its webhook server answers Telegram once the update is queued, and
+``process_update`` hands errors to the error handlers), so an error cannot make
+Telegram deliver an update again: ``raise_on_failure=True`` only hands the
 :class:`~reteno_bridge_client.BridgeError` to the application's error handlers.
 """
 
