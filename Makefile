@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: install lock run migrate worker serve test test-sqlite test-postgres lint audit sandbox bench clean \
+.PHONY: install lock run migrate worker serve test test-client test-sqlite test-postgres lint audit sandbox bench clean \
         reliability reliability-postgres
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml client/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e './client[aiogram,ptb]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -24,7 +25,7 @@ migrate: install
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet -e '.[test]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[test]' -e './client[aiogram,ptb]'
 	.lock-venv/bin/python -m pip freeze --exclude-editable > constraints.txt
 	rm -rf .lock-venv
 
@@ -47,7 +48,7 @@ sandbox: install
 
 # The whole suite: lint, the dependency audit, then the tests on SQLite, then again on
 # PostgreSQL.
-test: install lint audit test-sqlite test-postgres
+test: install lint audit test-client test-sqlite test-postgres
 
 lint: install
 	$(BIN)/ruff check .
@@ -56,6 +57,10 @@ lint: install
 # and says so and passes when the advisory database cannot be reached.
 audit: install
 	$(BIN)/python tools/audit.py --self-check constraints.txt
+
+# The client's own tests (client/tests: no network, no Flask; its own pytest settings).
+test-client: install
+	$(BIN)/python -m pytest client/tests
 
 test-sqlite: install
 	$(BIN)/python -m pytest

@@ -310,17 +310,24 @@ def webhook_auth_required(view):
 
 
 def telegram_secret_required(view):
-    """The door of ``POST /telegram/webhook``: 404 while TELEGRAM_WEBHOOK_SECRET is unset;
-    401 unless the secret-token header equals it."""
+    """The door of ``POST /telegram/webhook``: the secret-token header equal to
+    TELEGRAM_WEBHOOK_SECRET (Telegram itself), or a bearer key (a bot backend forwarding
+    its own updates, which then holds one credential). While the secret is unset, only a
+    bearer key opens it."""
 
     @functools.wraps(view)
     def guarded(*args, **kwargs):
-        expected = _runtime().settings.telegram_webhook_secret
-        if not expected:
-            raise APIError(404, "No such endpoint.")
-        if not _equal(request.headers.get(TELEGRAM_SECRET_HEADER, ""), expected):
-            raise APIError(401, f"The {TELEGRAM_SECRET_HEADER} header is missing or does not "
-                                "match the webhook's secret_token.")
+        runtime = _runtime()
+        expected = runtime.settings.telegram_webhook_secret
+        # Both checks always run (constant-time each), so the timing tells nothing.
+        ok = bool(expected) & _equal(request.headers.get(TELEGRAM_SECRET_HEADER, ""),
+                                     expected or "")
+        ok |= bearer_ok(runtime.api_keys)
+        if not ok:
+            raise APIError(401, f"A valid API key (Authorization: Bearer <key>) or the "
+                                f"{TELEGRAM_SECRET_HEADER} header equal to the webhook's "
+                                "secret_token is required.",
+                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
         return view(*args, **kwargs)
 
     return guarded

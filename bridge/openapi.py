@@ -196,13 +196,14 @@ def build(max_body_bytes: int) -> dict[str, Any]:
     spec.path("/telegram/webhook", operations={"post": {
         "operationId": "telegramWebhook",
         "summary": "Telegram bot updates: blocks, unblocks and /start deep links",
-        "description": "Answers 404 while TELEGRAM_WEBHOOK_SECRET is unset.",
+        "description": "Telegram sends the secret-token header (TELEGRAM_WEBHOOK_SECRET); "
+                       "a bot backend forwarding its own updates sends a bearer key.",
         "tags": ["telegram"],
-        "security": [{"telegramSecret": []}],
+        "security": [{"telegramSecret": []}, {"bearer": []}],
         "requestBody": _body("TelegramUpdate", "A Telegram Update object."),
         "responses": {
             "200": _json("TelegramAck", "Taken (whatever the update held)."),
-            **_errors(*JSON_BODY_ERRORS, 401, 404),
+            **_errors(*JSON_BODY_ERRORS, 401),
         },
     }})
     spec.path("/tokens", operations={"get": {

@@ -68,7 +68,8 @@ def test_auth_is_documented_per_endpoint(spec):
         assert op["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
     assert paths["/statuses"]["post"]["security"] == [{"webhookBasic": []}, {"bearer": []}]
     assert paths["/statuses"]["get"]["security"] == []
-    assert paths["/telegram/webhook"]["post"]["security"] == [{"telegramSecret": []}]
+    assert paths["/telegram/webhook"]["post"]["security"] == [{"telegramSecret": []},
+                                                               {"bearer": []}]
     assert paths["/healthz"]["get"]["security"] == [{}, {"bearer": []}]  # details with a key
     assert paths["/metrics"]["get"]["security"] == [{"bearer": []}]
     assert paths["/openapi.json"]["get"]["security"] == []

@@ -171,13 +171,15 @@ def link_payload(link: str) -> str:
 # --- authentication -------------------------------------------------------------------------
 
 
-def test_404_while_the_webhook_secret_is_unset(make_app, auth):
+def test_while_the_webhook_secret_is_unset_only_a_bearer_key_is_taken(make_app, auth):
     client = make_app(BRIDGE_LINK_SECRET=LINK_SECRET, TELEGRAM_BOT_USERNAME=BOT).test_client()
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
     for headers in ({}, {SECRET_HEADER: SECRET}, {SECRET_HEADER: ""}):
         response = client.post(URL, json=blocked(), headers=headers)
-        assert_error_shape(response, 404)
+        assert_error_shape(response, 401)
     assert [r["state"] for r in rows(client, auth)] == ["queued"]
+    assert client.post(URL, json=blocked(), headers=auth).status_code == 200  # a bot forwards
+    assert [r["state"] for r in rows(client, auth)] == ["removed"]
 
 
 @pytest.mark.parametrize("secret", [None, "", "wrong", SECRET + "x", SECRET[:-1], SECRET.upper()])
