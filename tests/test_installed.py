@@ -43,6 +43,18 @@ def create_app():
 '''
 
 
+# Registers a chat with the installed client; prints what the bridge answered and the
+# folder the client was imported from (the virtualenv's, not the checkout's).
+CLIENT_REGISTERS = """
+import sys
+import reteno_bridge_client
+from reteno_bridge_client import BridgeClient
+with BridgeClient(sys.argv[1], sys.argv[2]) as client:
+    r = client.register(777001, email="Ann@Example.com")
+print(r.token, r.matched_by, r.state, reteno_bridge_client.__file__)
+"""
+
+
 def check(args, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, **kwargs)
     assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-2000:])
@@ -67,6 +79,7 @@ def installed(tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("installed")
     wheels = [
         f"{build_wheel(ROOT, where / 'dist')}[serve]",
+        f"{build_wheel(ROOT / 'client', where / 'dist')}[aiogram,ptb]",
     ]
     venv.create(where / "venv", with_pip=True)
     python = where / "venv" / "bin" / "python"
@@ -118,9 +131,12 @@ def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(instal
         wait_until_listening(sim_port, processes[0])
         wait_until_listening(web_port, processes[1])
         base = f"http://127.0.0.1:{web_port}/reteno"
-        response = requests.post(f"{base}/register", headers=AUTH, timeout=10,
-                                 json={"token": 777001, "email": "Ann@Example.com"})
-        assert response.status_code == 202, response.text
+        # the bot's side: the client's wheel, from the same virtualenv
+        registered = check([str(bin_dir / "python"), "-c", CLIENT_REGISTERS, base, API_KEY],
+                           cwd=host, env=env)
+        *answer, imported_from = registered.stdout.split()
+        assert answer == ["777001", "email", "queued"], registered.stdout
+        assert imported_from.startswith(str(installed / "venv")), imported_from
         [item] = requests.get(f"{base}/tokens", headers=AUTH, timeout=10).json()["items"]
         assert (item["token"], item["state"]) == ("777001", "queued")
 
