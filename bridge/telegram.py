@@ -28,6 +28,7 @@ from marshmallow import ValidationError
 
 from .ledger import TokenRequest
 from .ledger.reports import TELEGRAM_CAUSE
+from .ledger.times import SECOND, received
 from .ledger.types import COLUMN_OF
 from .links import inspect_payload
 from .logs import get_logger
@@ -55,11 +56,13 @@ def parse_start(text: str) -> tuple[str | None, str | None] | None:
     return bot, rest.strip() or None
 
 
-def _date(value: Any, now: datetime) -> datetime:
-    """An update's ``date`` (Unix seconds); the time it was received when absent or odd."""
+def _date(value: Any) -> datetime | None:
+    """An update's ``date`` (Unix seconds, so :data:`SECOND` is its resolution); None
+    when absent or odd: then the ledger takes the time it was received, as it does for
+    a date later than that."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**32:
         return datetime.fromtimestamp(value, UTC)
-    return now
+    return None
 
 
 def _record(ledger, kind: str, update_id, detail: dict, token: str | None = None) -> None:
@@ -117,16 +120,16 @@ def _chat_member(ledger, update_id, change: Any, metrics) -> str:
         "to": status,
         "date": change.get("date"),
     }
-    at = _date(change.get("date"), ledger.clock())
+    at = _date(change.get("date"))
     if status == "kicked":
-        removed, stale = ledger.block_chat(token, detail, at)
+        removed, stale = ledger.block_chat(token, detail, at, SECOND)
         if metrics is not None and removed:
             metrics.removals.labels(TELEGRAM_CAUSE).inc(removed)
         log.info("telegram: update %s blocked the bot; %d registration(s) removed, %d newer",
                  update_id, removed, stale)
         return "blocked" if removed or not stale else "stale"
     if status == "member":
-        new_id, previous_id = ledger.unblock_chat(token, detail, at)
+        new_id, previous_id = ledger.unblock_chat(token, detail, at, SECOND)
         if new_id is not None:
             log.info("telegram: update %s unblocked the bot; registration %s queued (was %s)",
                      update_id, new_id, previous_id)
@@ -147,14 +150,16 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None,
     if token is None:
         _record(ledger, "telegram_ignored", update_id, {"update": "/start", "reason": why})
         return "ignored"
-    at = _date(message.get("date"), ledger.clock())
+    now = ledger.clock()  # judges the link's expiry: the update's date never does
+    at, _resolution, clamped = received(_date(message.get("date")), now)
     ledger.sign_of_life(token, at)
     if payload is None:
         _record(ledger, "telegram_ignored", update_id,
-                {"update": "/start", "reason": "/start without a deep-link payload"}, token=token)
+                {"update": "/start", "reason": "/start without a deep-link payload", **clamped},
+                token=token)
         return "start"
     if settings.link_secrets:
-        found, reason = inspect_payload(settings.link_secrets, payload, at)
+        found, reason = inspect_payload(settings.link_secrets, payload, now)
     else:
         found, reason = None, "BRIDGE_LINK_SECRET is not set: no deep link can be verified"
     if found is None:
@@ -162,6 +167,7 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None,
             "reason": reason,
             "payloadLength": len(payload),
             "payloadSha256": hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16],
+            **clamped,
         }, token=token)
         log.warning("telegram: update %s: deep link rejected (%s)", update_id, reason)
         return "link_rejected"

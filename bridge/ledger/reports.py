@@ -6,9 +6,11 @@ The ledger mirrors Reteno, which drops exactly the chat that failed, so:
 
 * **a block is about the chat**: it removes every live registration of that token;
 * **time decides**: a block removes only registrations whose latest sign of life
-  (``last_seen_at``) is older than the block; a late report (Reteno retries its
+  (``last_seen_at``) is not later than the block; a late report (Reteno retries its
   webhook for hours, Telegram's updates can queue up) changes nothing and is
-  recorded as ``stale``;
+  recorded as ``stale``. Reported times go through :mod:`.times`: none counts as
+  later than its receipt, and each is compared at the resolution it was given in
+  (a block dated to the second applies to a sign of life within that second);
 * **no guessing**: a block that names no token and whose identifier matches more
   than one live chat removes none and is recorded as ``ambiguous`` with the
   candidates.
@@ -25,7 +27,7 @@ import hashlib
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -34,12 +36,14 @@ from ..db import lock_keys
 from ..models import Event, Registration
 from . import commands, queries, registering
 from .states import LIVE_VALUES, State, append_events, move
+from .times import EXACT, later, received
 from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult, TokenRequest
 
 _MAX_TEXT = 1000
 STATUS_CAUSE = "status_blocked"
 TELEGRAM_CAUSE = "telegram_blocked"
 TELEGRAM_REASON = "Telegram: the user blocked the bot (my_chat_member: kicked)"
+TELEGRAM_REMOVAL = "blocked"  # the reason code of Telegram's kicked (types.removal_reason)
 STALE_CAUSE = "stale"
 STALE_REASON = queries.STALE_REASON
 # A body's ignored objects are one summary event: counts by reason (at most this many
@@ -72,7 +76,8 @@ def _seen(row: Any) -> datetime:
 def remove(conn, now: datetime,
            removals: Sequence[tuple[Sequence[Any], str, str, dict, datetime]]) -> list[list[Any]]:
     """Remove live registrations: ``removals`` is a list of ``(rows, reason, cause,
-    detail, at)`` (``at``: when the block happened, kept as ``removed_at``), applied
+    detail, at)`` (``reason``: what was reported, kept as ``removal_reason``; ``detail``
+    holds the ``reason`` code; ``at``: when the block happened, kept as ``removed_at``), applied
     as if in turn (a row goes to the first removal that lists it). Returns the rows
     each one moved; one UPDATE per distinct (reason, time). Then releases what was
     held for a conflict with a removed identity."""
@@ -87,7 +92,8 @@ def remove(conn, now: datetime,
 
     def detail(r) -> dict:
         _rows, reason, cause, extra, _at = removals[owner[r.id]]
-        return {"cause": cause, "reason": reason, "previousState": r.state, **(extra or {})}
+        return {"cause": cause, "removalReason": reason, "previousState": r.state,
+                **(extra or {})}
 
     moved: dict[int, Any] = {}
     for (reason, at), rows in groups.items():
@@ -115,7 +121,8 @@ def remove_quiet(conn, now: datetime, days: int, limit: int) -> int:
                              .order_by(Registration.id).with_for_update()))
     since = queries.quiet_since(now, days)
     rows = [r for r in rows if r.state in LIVE_VALUES and _seen(r) < since]
-    [done] = remove(conn, now, [(rows, STALE_REASON, STALE_CAUSE, {"quietDays": days}, now)])
+    [done] = remove(conn, now, [(rows, STALE_REASON, STALE_CAUSE,
+                                 {"reason": STALE_CAUSE, "quietDays": days}, now)])
     return len(done)
 
 
@@ -278,9 +285,12 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if duplicate:
             outcomes["duplicate"] += 1
             continue
-        at, blocked = event.at or now, event.blocked  # blocked: worked out once
+        at, resolution, clamped = received(event.at, now, event.resolution)
+        removal = event.removal  # worked out once
+        blocked = removal is not None
         candidates = sorted({r.token for r in live})
-        summary = {**event.summary(), "at": at.isoformat(), "blocked": blocked, "via": via}
+        summary = {**event.summary(), "at": at.isoformat(), **clamped, "blocked": blocked,
+                   "via": via, **({"reason": removal} if blocked else {})}
         if blocked and len(candidates) > 1:
             # A block of one chat among several (Reteno dropped exactly the chat that
             # failed): not ours to guess. Nor is a sign of life, below.
@@ -296,8 +306,8 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if blocked and not live and len({r.token for r in targets}) == 1:
             later_blocks[targets[0].token] = max(at, later_blocks.get(targets[0].token, at))
         if blocked and chat:
-            removed_now = [r for r in chat if seen_at[r.id] < at]
-            stale_rows = [r for r in chat if seen_at[r.id] >= at]
+            removed_now = [r for r in chat if not later(seen_at[r.id], at, resolution)]
+            stale_rows = [r for r in chat if later(seen_at[r.id], at, resolution)]
             outcome = "blocked" if removed_now else "stale"
             if not removed_now:
                 counts["stale"] += 1
@@ -315,8 +325,9 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if removed_now:
             reason = f"{event.status}: {event.error or event.description}"[:_MAX_TEXT]
             removals.append((removed_now, reason, STATUS_CAUSE, {
-                "source": "statuses", "status": event.status, "via": via, "at": at.isoformat(),
-                "messageId": event.raw.get("messageId"), "fingerprint": event.fingerprint,
+                "reason": removal, "source": "statuses", "status": event.status, "via": via,
+                "at": at.isoformat(), **clamped, "messageId": event.raw.get("messageId"),
+                "fingerprint": event.fingerprint,
             }, at))
             gone.update(r.id for r in removed_now)
     if ignored and ignored_fingerprint not in fingerprints:
@@ -340,18 +351,20 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
 # --- Telegram: the user blocked or unblocked the bot -----------------------------------
 
 
-def block_chat(conn, now: datetime, token: str, detail: dict,
-               at: datetime | None = None) -> tuple[int, int]:
-    """The user blocked the bot at ``at``: remove the chat's live registrations that are
-    not newer; (how many were removed, how many were newer and stay: ``stale``).
-    Telegram dates its updates to the second and sends a chat's updates in order, so a
-    block in the same second as the sign of life before it still removes."""
-    at = at or now
+def block_chat(conn, now: datetime, token: str, detail: dict, at: datetime | None = None,
+               resolution: timedelta = EXACT) -> tuple[int, int]:
+    """The user blocked the bot at ``at`` (given to ``resolution``): remove the chat's
+    live registrations that are not newer; (how many were removed, how many were newer
+    and stay: ``stale``). Telegram dates its updates to the second, so a block in the
+    same second as the sign of life before it still removes."""
+    at, resolution, clamped = received(at, now, resolution)
+    detail = {**detail, "at": at.isoformat(), **clamped}
     live = [r for r in registrations_by(conn, "token", [token], lock=True)
             if r.state in LIVE_VALUES]
-    older = [r for r in live if _seen(r) <= at]
-    newer = [r for r in live if _seen(r) > at]
-    [done] = remove(conn, now, [(older, TELEGRAM_REASON, TELEGRAM_CAUSE, detail, at)])
+    older = [r for r in live if not later(_seen(r), at, resolution)]
+    newer = [r for r in live if later(_seen(r), at, resolution)]
+    [done] = remove(conn, now, [(older, TELEGRAM_REASON, TELEGRAM_CAUSE,
+                                 {"reason": TELEGRAM_REMOVAL, **detail}, at)])
     if newer:
         append_events(conn, [{"at": now, "kind": "telegram_stale", "token": token,
                               "registration_id": r.id,
@@ -367,11 +380,14 @@ def block_chat(conn, now: datetime, token: str, detail: dict,
 
 
 def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | None = None,
-                 hold_conflicts: bool = False) -> tuple[int | None, int | None]:
-    """The user unblocked the bot at ``at``: a sign of life of a live registration, or
-    its last registration queued again, unless the chat was blocked after ``at``
-    (``stale``). (New registration id or None, previous registration id or None)."""
-    at = at or now
+                 hold_conflicts: bool = False, resolution: timedelta = EXACT
+                 ) -> tuple[int | None, int | None]:
+    """The user unblocked the bot at ``at`` (given to ``resolution``): a sign of life of
+    a live registration, or its last registration queued again, unless the chat was
+    blocked after ``at`` (``stale``; a block within the same second is not after it).
+    (New registration id or None, previous registration id or None)."""
+    at, resolution, clamped = received(at, now, resolution)
+    detail = {**detail, "at": at.isoformat(), **clamped}
     rows = registrations_by(conn, "token", [token], lock=True)
     live = [r for r in rows if r.state in LIVE_VALUES]
     last = rows[-1] if rows else None
@@ -383,7 +399,7 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
                   "registrationIds": [r.id for r in live]}
     elif last is None:
         result = {"result": "no earlier registration with an identifier"}
-    elif blocked_at is not None and blocked_at > at:
+    elif blocked_at is not None and later(blocked_at, at, resolution):
         kind = "telegram_stale"
         result = {"result": "the chat was blocked after this update",
                   "previousRegistrationId": last.id}
@@ -399,11 +415,11 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
     return new_id, last.id if last else None
 
 
-def sign_of_life(conn, token: str, at: datetime) -> int:
-    """The chat was seen alive at ``at`` (a /start): its live registrations' latest sign
-    of life moves on; how many it had."""
+def sign_of_life(conn, now: datetime, token: str, at: datetime | None) -> int:
+    """The chat was seen alive at ``at`` (a /start; never later than ``now``): its live
+    registrations' latest sign of life moves on; how many it had."""
     live = [r for r in registrations_by(conn, "token", [token]) if r.state in LIVE_VALUES]
-    registering.touch(conn, [r.id for r in live], at)
+    registering.touch(conn, [r.id for r in live], received(at, now)[0])
     return len(live)
 
 
