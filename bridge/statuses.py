@@ -11,6 +11,12 @@ A Flask-free service behind ``POST /statuses``. It owns:
   ignored. Identifiers are normalised as ``/register`` does; values that do not
   normalise are passed over (and noted); an event left with no usable token or
   identifier, or with no recognisable status, is *ignored*;
+* **times**: ``activityDateTime`` (Reteno) or ``time`` (simple), ISO 8601 or epoch
+  seconds, with the resolution it was given in (whole seconds, mostly). Reteno writes
+  its times without an offset, in the account's zone: such a time is read in
+  ``BRIDGE_STATUS_TIMEZONE``; one with an offset, or in epoch seconds, is taken as it
+  is. The ledger takes a time later than the body's receipt as the receipt
+  (:mod:`bridge.ledger.times`);
 * **fingerprinting**: the sha256 of the raw object's canonical JSON, by which the
   ledger recognises a replay (so two genuinely distinct reports with
   byte-identical content, no ``messageId`` and no time, are kept once);
@@ -18,9 +24,13 @@ A Flask-free service behind ``POST /statuses``. It owns:
   transaction: what a block removes, what each event is recorded as), and
   counting the outcome in the metrics.
 
-A failure is ``FAILED``, ``UNDELIVERED`` or ``BOT_SEND_ERROR``; one whose error or
-description matches ``forbidden|blocked|403`` (any case) means the user blocked
-the bot.
+A failure is ``FAILED``, ``UNDELIVERED`` or ``BOT_SEND_ERROR``. Whether it removes
+its chat is read from Telegram's own words in its error or description
+(:func:`bridge.ledger.types.removal_reason`): ``bot was blocked by the user``
+(reason ``blocked``), ``user is deactivated`` (``deactivated``), ``bot was kicked
+from the group/supergroup/channel chat`` (``kicked``), any other Forbidden or a bare
+403 (``forbidden``); anything else (``Bad Request: chat not found`` is a 400) is
+recorded only.
 """
 
 from __future__ import annotations

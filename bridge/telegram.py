@@ -6,11 +6,15 @@ live registrations of the token ``chat.id`` (the user blocked the bot); moving
 to ``member`` queues the token's last registration again unless one is still
 live. The update's ``date`` decides the order, as for statuses: an update older
 than the chat's latest sign of life changes nothing and is recorded as stale.
+Telegram dates in whole seconds, and the ledger compares at that resolution (a
+``kicked`` dated 10:00:00 removes a registration made at 10:00:00.4); a date later
+than the update's receipt counts as the receipt (:mod:`bridge.ledger.times`).
 ``/start <payload>`` in a private chat, with a payload signed by the bridge
 (:mod:`bridge.links`), registers ``chat.id`` with the payload's identifier; the
-link binds to the first chat that uses it. A payload that does not verify
-registers nothing and is recorded (``link_rejected``, with the reason, the
-payload's length and a hash prefix, never the payload itself). Any ``/start``
+link binds to the first chat that uses it; its expiry is judged by the bridge's
+clock, never the update's ``date`` (which the sender writes). A payload that does
+not verify registers nothing and is recorded (``link_rejected``, with the reason,
+the payload's length and a hash prefix, never the payload itself). Any ``/start``
 is a sign of life of the chat. Updates the bridge does not act on are answered
 200 as well, so Telegram never retries them; odd ones are recorded
 (``telegram_ignored``), ordinary chatter (other messages) is only counted.
