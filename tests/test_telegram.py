@@ -666,43 +666,32 @@ def test_a_kick_dated_in_the_future_counts_as_received(client, auth, clock):
     assert sorted(r["state"] for r in rows(client, auth)) == ["queued", "removed"]
 
 
-def test_a_kick_in_the_same_second_as_a_registration_removes_it(client, auth, clock):
-    clock.now = at(0.4)  # /register at 10:00:00.4, the kick dated 10:00:00
+@pytest.mark.parametrize(("registered", "states", "last"), [
+    (0.4, ["removed"], "removed"),  # /register at 10:00:00.4, the kick dated 10:00:00
+    (1, ["queued"], "telegram_stale"),  # the next second: newer than the kick
+])
+def test_a_kick_is_weighed_to_the_second(client, auth, clock, registered, states, last):
+    clock.now = at(registered)
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
     clock.now = at(2)
     send(client, dated(blocked(), epoch(0)))
-    assert [r["state"] for r in rows(client, auth)] == ["removed"]
-    assert kinds(client, auth)[-1] == "removed"
+    assert [r["state"] for r in rows(client, auth)] == states
+    assert kinds(client, auth)[-1] == last
 
 
-def test_a_kick_a_second_before_a_registration_is_stale(client, auth, clock):
-    clock.now = at(1)
-    register(client, auth, {"token": CHAT_ID, "contactId": 1})
-    clock.now = at(2)
-    send(client, dated(blocked(), epoch(0)))
-    assert [r["state"] for r in rows(client, auth)] == ["queued"]
-    assert kinds(client, auth)[-1] == "telegram_stale"
-
-
-def test_an_unblock_in_the_same_second_as_the_block_before_it_brings_the_chat_back(
-        client, auth, clock):
+@pytest.mark.parametrize(("unblocked_at", "states", "last"), [
     # Telegram sends a chat's updates in order: the later one of the same second wins
-    clock.now = at(0)
-    register(client, auth, {"token": CHAT_ID, "contactId": 1})
-    clock.now = at(5.7)
-    send(client, dated(blocked(), epoch(5)))
-    send(client, dated(unblocked(), epoch(5)))
-    assert sorted(r["state"] for r in rows(client, auth)) == ["queued", "removed"]
-
-
-def test_an_unblock_a_second_before_a_block_is_stale(client, auth, clock):
+    (6, ["queued", "removed"], "telegram_unblocked"),
+    (5, ["removed"], "telegram_stale"),  # the second before the block
+])
+def test_an_unblock_is_weighed_to_the_second(client, auth, clock, unblocked_at, states, last):
     clock.now = at(0)
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
     clock.now = at(8)
     send(client, dated(blocked(), epoch(6)))
-    send(client, dated(unblocked(), epoch(5)))
-    assert [r["state"] for r in rows(client, auth)] == ["removed"]
-    assert kinds(client, auth)[-1] == "telegram_stale"
+    send(client, dated(unblocked(), epoch(unblocked_at)))
+    assert sorted(r["state"] for r in rows(client, auth)) == states
+    assert kinds(client, auth)[-1] == last
 
 
 def test_an_expired_link_is_judged_by_the_bridges_clock_not_the_updates_date(client, auth):
