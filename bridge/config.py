@@ -15,7 +15,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -104,6 +106,7 @@ class Settings:
     max_field_errors: int = DEFAULT_MAX_FIELD_ERRORS
     metrics_public: bool = False
     health_cache_seconds: float = DEFAULT_HEALTH_CACHE_SECONDS
+    status_timezone: tzinfo = UTC  # BRIDGE_STATUS_TIMEZONE: Reteno's offset-less times
 
     @property
     def tokens_url(self) -> str:
@@ -186,6 +189,17 @@ def _duration(config, environ, key: str, default: str) -> int:
     except ValueError:
         raise ConfigError(f"{key} must be a duration like 90m, 12h or 30d (0: never "
                           f"expires), got {value!r}") from None
+
+
+def _zone(config, environ, key: str) -> tzinfo:
+    name = _text(config, environ, key)
+    if name is None or name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(f"{key} must be an IANA time zone name like Europe/Kyiv or "
+                          f"America/New_York, got {name!r}") from None
 
 
 def _long_enough(key: str, secret: str | None) -> None:
@@ -394,4 +408,5 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
         metrics_public=_bool(config, environ, "BRIDGE_METRICS_PUBLIC", False),
         health_cache_seconds=_float(config, environ, "BRIDGE_HEALTH_CACHE_SECONDS",
                                     DEFAULT_HEALTH_CACHE_SECONDS, 0.0, 300.0),
+        status_timezone=_zone(config, environ, "BRIDGE_STATUS_TIMEZONE"),
     )

@@ -178,7 +178,12 @@ def build(max_body_bytes: int) -> dict[str, Any]:
             "description": (
                 "One event or an array of events, in the simple vocabulary (`status`, "
                 "`error`, `token` and/or identifiers) or as Reteno activity webhook objects. "
-                "A failure whose error says Forbidden, blocked or 403 removes the token. "
+                "A failure whose error says the bot can no longer reach the chat (Telegram's "
+                "`Forbidden: bot was blocked by the user`, `user is deactivated`, `bot was "
+                "kicked from the ... chat`, or a bare Forbidden / 403) removes the token; "
+                "others (`Bad Request: chat not found`) are recorded only. Offset-less times "
+                "are read in BRIDGE_STATUS_TIMEZONE; a time later than its receipt counts as "
+                "its receipt. "
                 "Every JSON object or array of objects is answered 200; replays change nothing."
             ),
             "tags": ["statuses"],

@@ -485,7 +485,8 @@ class StatusEventSchema(Schema):
     statusDescription = fields.String(metadata={"example": "Forbidden"})
     mediaType = fields.String()
     messageId = _loose("Reteno message id.", type=["integer", "string"])
-    activityDateTime = _loose("When it happened: ISO 8601 (no offset: UTC) or epoch seconds.",
+    activityDateTime = _loose("When it happened: ISO 8601 (no offset: in "
+                              "BRIDGE_STATUS_TIMEZONE, UTC by default) or epoch seconds.",
                               type=["string", "number"])
     time = _loose("The simple vocabulary's event time, as activityDateTime.",
                   type=["string", "number"])

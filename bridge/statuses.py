@@ -11,6 +11,12 @@ A Flask-free service behind ``POST /statuses``. It owns:
   ignored. Identifiers are normalised as ``/register`` does; values that do not
   normalise are passed over (and noted); an event left with no usable token or
   identifier, or with no recognisable status, is *ignored*;
+* **times**: ``activityDateTime`` (Reteno) or ``time`` (simple), ISO 8601 or epoch
+  seconds, with the resolution it was given in (whole seconds, mostly). Reteno writes
+  its times without an offset, in the account's zone: such a time is read in
+  ``BRIDGE_STATUS_TIMEZONE``; one with an offset, or in epoch seconds, is taken as it
+  is. The ledger takes a time later than the body's receipt as the receipt
+  (:mod:`bridge.ledger.times`);
 * **fingerprinting**: the sha256 of the raw object's canonical JSON, by which the
   ledger recognises a replay (so two genuinely distinct reports with
   byte-identical content, no ``messageId`` and no time, are kept once);
@@ -18,9 +24,13 @@ A Flask-free service behind ``POST /statuses``. It owns:
   transaction: what a block removes, what each event is recorded as), and
   counting the outcome in the metrics.
 
-A failure is ``FAILED``, ``UNDELIVERED`` or ``BOT_SEND_ERROR``; one whose error or
-description matches ``forbidden|blocked|403`` (any case) means the user blocked
-the bot.
+A failure is ``FAILED``, ``UNDELIVERED`` or ``BOT_SEND_ERROR``. Whether it removes
+its chat is read from Telegram's own words in its error or description
+(:func:`bridge.ledger.types.removal_reason`): ``bot was blocked by the user``
+(reason ``blocked``), ``user is deactivated`` (``deactivated``), ``bot was kicked
+from the group/supergroup/channel chat`` (``kicked``), any other Forbidden or a bare
+403 (``forbidden``); anything else (``Bad Request: chat not found`` is a 400) is
+recorded only.
 """
 
 from __future__ import annotations
@@ -29,13 +39,14 @@ import hashlib
 import json
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from marshmallow import ValidationError
 
 from .ledger import Ledger, StatusEvent
 from .ledger.reports import STATUS_CAUSE
+from .ledger.times import EXACT, SECOND
 from .logs import get_logger
 from .models import IDENTIFIERS
 from .schemas import NORMALIZERS, normalize_token
@@ -131,35 +142,62 @@ def _status(event: dict) -> tuple[str | None, str | None]:
 # Epoch seconds beyond this are milliseconds (year 2286 in seconds): Reteno's API
 # documents seconds, some exports use milliseconds.
 _EPOCH_MS = 10**10
+_MILLISECOND = timedelta(milliseconds=1)
+# The time of day of an ISO 8601 time, for the resolution it was given in: hours, then
+# minutes, seconds and a fraction, each present only if the one before it is.
+_TIME_OF_DAY = re.compile(
+    r"[Tt ]\d\d(?P<minute>:?\d\d(?P<second>:?\d\d(?P<fraction>[.,]\d{1,9})?)?)?")
 
 
-def event_time(value: Any) -> datetime:
-    """An event's time: ISO 8601 (without an offset: UTC) or epoch seconds (a number or
-    a string of one); ``ValueError`` for anything else."""
+def event_time(value: Any, zone: tzinfo = UTC) -> tuple[datetime, timedelta]:
+    """An event's time and the resolution it was given in: ISO 8601 (without an offset:
+    a time of day in ``zone``, ``BRIDGE_STATUS_TIMEZONE``) or epoch seconds (a number
+    or a string of one; milliseconds past 10^10). ``ValueError`` for anything else.
+
+    Whole epoch seconds, and ISO times to the second, are :data:`SECOND`; a fraction is
+    as fine as its digits; a time to the minute (or hour, or a date alone) is that."""
     if isinstance(value, bool):
         raise ValueError("not a time")
     if isinstance(value, str) and re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", value):
-        value = float(value)
+        value = float(value) if "." in value else int(value)
     if isinstance(value, int | float):
         if not math.isfinite(value) or value < 0:
             raise ValueError("not a time")
-        seconds = value / 1000 if value >= _EPOCH_MS else value
-        return datetime.fromtimestamp(seconds, UTC)
+        if value >= _EPOCH_MS:
+            seconds, resolution = value / 1000, _MILLISECOND
+        else:
+            seconds, resolution = value, SECOND
+        if value != int(value):
+            resolution = EXACT
+        return datetime.fromtimestamp(seconds, UTC), resolution
     if not isinstance(value, str) or len(value) > 64:
         raise ValueError("not a time")
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     parsed = datetime.fromisoformat(text)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    moment = parsed.replace(tzinfo=zone) if parsed.tzinfo is None else parsed
+    return moment.astimezone(UTC), _resolution(text)
+
+
+def _resolution(iso: str) -> timedelta:
+    clock = _TIME_OF_DAY.search(iso)
+    if clock is None:
+        return timedelta(days=1)
+    if clock["fraction"]:
+        return max(EXACT, timedelta(seconds=10 ** -(len(clock["fraction"]) - 1)))
+    if clock["second"]:
+        return SECOND
+    return timedelta(minutes=1) if clock["minute"] else timedelta(hours=1)
 
 
 def _is_telegram(media_type: Any) -> bool:
     return media_type is None or "telegram" in str(media_type).lower()
 
 
-def normalise(obj: dict) -> StatusEvent:
-    """One event object as a :class:`StatusEvent` (never raises)."""
+def normalise(obj: dict, zone: tzinfo = UTC) -> StatusEvent:
+    """One event object as a :class:`StatusEvent` (never raises); offset-less times are
+    read in ``zone``."""
     raw = without_credentials(obj)
     event = StatusEvent(raw=raw, fingerprint=fingerprint(raw))
     event.error = _text(raw.get("error"))
@@ -168,7 +206,7 @@ def normalise(obj: dict) -> StatusEvent:
     for key in ("activityDateTime", "time"):
         if raw.get(key) not in (None, ""):
             try:
-                event.at = event_time(raw[key])
+                event.at, event.resolution = event_time(raw[key], zone)
             except (ValueError, OverflowError, OSError):
                 event.invalid[key] = "not an ISO 8601 time or epoch seconds: the time it " \
                                      "was received counts"
@@ -209,14 +247,16 @@ def normalise(obj: dict) -> StatusEvent:
 # --- handling ---------------------------------------------------------------------------
 
 
-def handle(ledger: Ledger, objects: list[dict], metrics=None) -> dict[str, Any]:
-    """Normalise a body's events and apply them in one ledger transaction.
+def handle(ledger: Ledger, objects: list[dict], metrics=None,
+           zone: tzinfo = UTC) -> dict[str, Any]:
+    """Normalise a body's events (offset-less times in ``zone``) and apply them in one
+    ledger transaction.
 
     Returns ``{"processed", "removed", "unmatched", "ignored", "stale", "ambiguous"}``:
     ``processed`` counts every object of the body; ``removed`` lists the tokens
     removed now.
     """
-    result = ledger.apply_statuses([normalise(obj) for obj in objects])
+    result = ledger.apply_statuses([normalise(obj, zone) for obj in objects])
     if metrics is not None:
         for kind, n in result.outcomes.items():
             metrics.status_events.labels(kind).inc(n)

@@ -6,11 +6,15 @@ live registrations of the token ``chat.id`` (the user blocked the bot); moving
 to ``member`` queues the token's last registration again unless one is still
 live. The update's ``date`` decides the order, as for statuses: an update older
 than the chat's latest sign of life changes nothing and is recorded as stale.
+Telegram dates in whole seconds, and the ledger compares at that resolution (a
+``kicked`` dated 10:00:00 removes a registration made at 10:00:00.4); a date later
+than the update's receipt counts as the receipt (:mod:`bridge.ledger.times`).
 ``/start <payload>`` in a private chat, with a payload signed by the bridge
 (:mod:`bridge.links`), registers ``chat.id`` with the payload's identifier; the
-link binds to the first chat that uses it. A payload that does not verify
-registers nothing and is recorded (``link_rejected``, with the reason, the
-payload's length and a hash prefix, never the payload itself). Any ``/start``
+link binds to the first chat that uses it; its expiry is judged by the bridge's
+clock, never the update's ``date`` (which the sender writes). A payload that does
+not verify registers nothing and is recorded (``link_rejected``, with the reason,
+the payload's length and a hash prefix, never the payload itself). Any ``/start``
 is a sign of life of the chat. Updates the bridge does not act on are answered
 200 as well, so Telegram never retries them; odd ones are recorded
 (``telegram_ignored``), ordinary chatter (other messages) is only counted.
@@ -28,6 +32,7 @@ from marshmallow import ValidationError
 
 from .ledger import TokenRequest
 from .ledger.reports import TELEGRAM_CAUSE
+from .ledger.times import SECOND, received
 from .ledger.types import COLUMN_OF
 from .links import inspect_payload
 from .logs import get_logger
@@ -55,11 +60,13 @@ def parse_start(text: str) -> tuple[str | None, str | None] | None:
     return bot, rest.strip() or None
 
 
-def _date(value: Any, now: datetime) -> datetime:
-    """An update's ``date`` (Unix seconds); the time it was received when absent or odd."""
+def _date(value: Any) -> datetime | None:
+    """An update's ``date`` (Unix seconds, so :data:`SECOND` is its resolution); None
+    when absent or odd: then the ledger takes the time it was received, as it does for
+    a date later than that."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**32:
         return datetime.fromtimestamp(value, UTC)
-    return now
+    return None
 
 
 def _record(ledger, kind: str, update_id, detail: dict, token: str | None = None) -> None:
@@ -117,16 +124,16 @@ def _chat_member(ledger, update_id, change: Any, metrics) -> str:
         "to": status,
         "date": change.get("date"),
     }
-    at = _date(change.get("date"), ledger.clock())
+    at = _date(change.get("date"))
     if status == "kicked":
-        removed, stale = ledger.block_chat(token, detail, at)
+        removed, stale = ledger.block_chat(token, detail, at, SECOND)
         if metrics is not None and removed:
             metrics.removals.labels(TELEGRAM_CAUSE).inc(removed)
         log.info("telegram: update %s blocked the bot; %d registration(s) removed, %d newer",
                  update_id, removed, stale)
         return "blocked" if removed or not stale else "stale"
     if status == "member":
-        new_id, previous_id, queued = ledger.unblock_chat(token, detail, at)
+        new_id, previous_id, queued = ledger.unblock_chat(token, detail, at, SECOND)
         if new_id is not None:
             log.info("telegram: update %s unblocked the bot; registration %s %s (was %s)",
                      update_id, new_id,
@@ -149,14 +156,16 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None,
     if token is None:
         _record(ledger, "telegram_ignored", update_id, {"update": "/start", "reason": why})
         return "ignored"
-    at = _date(message.get("date"), ledger.clock())
+    now = ledger.clock()  # judges the link's expiry: the update's date never does
+    at, _resolution, clamped = received(_date(message.get("date")), now)
     ledger.sign_of_life(token, at)
     if payload is None:
         _record(ledger, "telegram_ignored", update_id,
-                {"update": "/start", "reason": "/start without a deep-link payload"}, token=token)
+                {"update": "/start", "reason": "/start without a deep-link payload", **clamped},
+                token=token)
         return "start"
     if settings.link_secrets:
-        found, reason = inspect_payload(settings.link_secrets, payload, at)
+        found, reason = inspect_payload(settings.link_secrets, payload, now)
     else:
         found, reason = None, "BRIDGE_LINK_SECRET is not set: no deep link can be verified"
     if found is None:
@@ -164,6 +173,7 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None,
             "reason": reason,
             "payloadLength": len(payload),
             "payloadSha256": hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16],
+            **clamped,
         }, token=token)
         log.warning("telegram: update %s: deep link rejected (%s)", update_id, reason)
         return "link_rejected"

@@ -198,7 +198,8 @@ def statuses_post():
     except ValidationError as exc:
         raise invalid(exc, "The body must be a status event object or an array of them; "
                            "nothing was recorded.") from None
-    return statuses.handle(bridge.ledger, objects, bridge.metrics)
+    return statuses.handle(bridge.ledger, objects, bridge.metrics,
+                           bridge.settings.status_timezone)
 
 
 # --- Telegram: the bot's webhook (blocks, unblocks, /start deep links) --------------------

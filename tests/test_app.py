@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import stat
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -95,6 +96,10 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"BRIDGE_LINK_SECRET": "fifteen-chars-x"}, "BRIDGE_LINK_SECRET"),
         ({"BRIDGE_LINK_SECRET": "a-long-enough-secret,short"}, "BRIDGE_LINK_SECRET"),
         ({"BRIDGE_LINK_TTL": "soon"}, "BRIDGE_LINK_TTL"),
+        ({"BRIDGE_STATUS_TIMEZONE": "Mars/Olympus_Mons"}, "BRIDGE_STATUS_TIMEZONE"),
+        ({"BRIDGE_STATUS_TIMEZONE": "+03:00"}, "BRIDGE_STATUS_TIMEZONE"),
+        ({"BRIDGE_STATUS_TIMEZONE": "../../etc/passwd"}, "BRIDGE_STATUS_TIMEZONE"),
+        ({"BRIDGE_STATUS_TIMEZONE": "zone.tab"}, "BRIDGE_STATUS_TIMEZONE"),
     ],
 )
 def test_bad_configuration_stops_start_up_naming_the_key(make_app, overrides, key):
@@ -144,6 +149,16 @@ def test_environment_configures_the_bridge(make_app, monkeypatch, requests_mock)
     assert settings.base_url == "https://yespo.io"
     assert settings.auth == "basic"
     assert settings.batch_size == 250
+
+
+def test_the_status_timezone_is_an_iana_zone_from_either_place(make_app, monkeypatch):
+    assert make_app().extensions["reteno_bridge"].settings.status_timezone == UTC
+    monkeypatch.setenv("BRIDGE_STATUS_TIMEZONE", "Europe/Kyiv")
+    assert make_app().extensions["reteno_bridge"].settings.status_timezone == ZoneInfo(
+        "Europe/Kyiv")
+    app = make_app(BRIDGE_STATUS_TIMEZONE="America/New_York")
+    assert app.extensions["reteno_bridge"].settings.status_timezone == ZoneInfo(
+        "America/New_York")
 
 
 def test_app_config_wins_over_the_environment(make_app, monkeypatch):

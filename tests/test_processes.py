@@ -121,6 +121,12 @@ def test_a_schema_behind_is_one_line_naming_bridge_migrate(tmp_path):
     assert "bridge migrate" in served
 
 
+def test_an_unknown_status_timezone_stops_start_up_in_one_line(tmp_path):
+    env = environment(tmp_path, BRIDGE_STATUS_TIMEZONE="Europe/Atlantis")
+    line = one_line_error(run([str(BIN / "reteno-bridge"), "stats"], env))
+    assert "BRIDGE_STATUS_TIMEZONE" in line and "Europe/Atlantis" in line
+
+
 def test_gunicorn_with_a_bad_setting_exits_1_in_one_line(tmp_path):
     env = environment(tmp_path, BRIDGE_BATCH_SIZE="lots")
     line = one_line_error(run([str(BIN / "gunicorn"), "--config", SHIPPED,

@@ -277,7 +277,8 @@ def test_history_lists_every_event_oldest_first(client, auth, requests_mock, bri
     assert events[1]["detail"]["duplicate"] is True
     assert events[2]["detail"]["status"] == 200
     removed = events[kinds.index("removed")]
-    assert "Forbidden" in removed["detail"]["reason"]
+    assert removed["detail"]["reason"] == "blocked"
+    assert "Forbidden" in removed["detail"]["removalReason"]
     assert all(set(e) >= {"at", "kind", "detail"} for e in events)
 
     item = client.get("/tokens", query_string={"token": "123456789"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -49,7 +50,8 @@ def post(client, body, headers=None, **kwargs):
 def activity(status="UNDELIVERED", description=BLOCKED, **fields):
     """One object as Reteno's activity webhook posts it."""
     event = {
-        # after every registration these tests make (on the real clock): time decides
+        # later than the real clock most of these tests run on: it counts as the time
+        # received (nothing from the future), so after every registration they make
         "activityDateTime": "2030-11-25T10:15:00.000Z",
         "activityStatus": status,
         "broadcastId": 9001,
@@ -632,14 +634,16 @@ def test_a_late_block_does_not_remove_a_chat_seen_alive_after_it(client, auth):
     assert kinds(client, auth, "777")[-1] == "status_stale"
 
 
-@pytest.mark.parametrize("when", ["2099-01-01T00:00:00", "2099-01-01T00:00:00Z",
-                                  "2099-01-01T02:00:00+02:00", 4070908800, "4070908800",
-                                  4070908800000])
-def test_event_times_are_iso_8601_in_utc_or_epoch_seconds(client, auth, when):
+@pytest.mark.parametrize("when", ["2030-01-01T00:00:00", "2030-01-01T00:00:00Z",
+                                  "2030-01-01T02:00:00+02:00", 1893456000, "1893456000",
+                                  1893456000000])
+def test_event_times_are_iso_8601_in_utc_or_epoch_seconds(client, auth, clock, when):
+    clock.now = datetime(2029, 12, 31, tzinfo=UTC)
     register(client, auth, {"token": 778, "contactId": 78})
+    clock.now = datetime(2030, 1, 2, tzinfo=UTC)
     response = post(client, [activity(contactId=78, activityDateTime=when)])
     assert response.json["removed"] == ["778"]
-    assert row(client, auth, "778")["removedAt"].startswith("2099-01-01T00:00:00")
+    assert row(client, auth, "778")["removedAt"] == "2030-01-01T00:00:00+00:00"
 
 
 def test_a_status_without_a_time_takes_the_time_it_was_received(client, auth, clock):
@@ -660,7 +664,9 @@ def test_an_unreadable_time_counts_as_received_and_is_noted(client, auth, clock)
 
 
 def test_sent_delivered_clicked_are_signs_of_life(client, auth, clock):
+    clock.now = datetime(2098, 12, 31, tzinfo=UTC)
     register(client, auth, {"token": 781, "contactId": 81})
+    clock.now = datetime(2099, 2, 1, tzinfo=UTC)
     for n, status in enumerate(("SENT", "DELIVERED", "CLICKED"), 1):
         seen = f"2099-01-0{n}T00:00:00+00:00"
         post(client, [activity(status=status, description=None, contactId=81,
@@ -735,3 +741,193 @@ def test_more_status_events_than_the_cap_is_a_413_and_records_nothing(make_app, 
 
 def test_the_default_cap_takes_ten_thousand_events(bridge):
     assert bridge.settings.max_status_events == 10_000  # RELIABILITY.md posts 10,000
+
+
+# --- reported times: nothing from the future, the account's zone, whole seconds -----------
+# (CONTRACT.md, Statuses; bridge/ledger/times.py). The ledger runs on the suite's clock.
+
+NOW = datetime(2030, 6, 1, 9, 0, tzinfo=UTC)  # 12:00 in Kyiv (UTC+3 in summer)
+
+
+def kyiv(hours: int, minutes: int, seconds: int = 0) -> str:
+    """A time as Reteno writes it for an account in Europe/Kyiv: local, no offset."""
+    return f"2030-06-01T{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
+def status_events(client, auth, token):
+    return [e for e in history(client, auth, token) if e["kind"].startswith("status")]
+
+
+def test_a_block_dated_after_its_receipt_counts_as_received(client, auth, clock):
+    clock.now = NOW
+    register(client, auth, {"token": 790, "contactId": 90})
+    clock.advance(60.5)
+    response = post(client, [activity(contactId=90, activityDateTime="2099-01-01T00:00:00Z")])
+    assert response.json["removed"] == ["790"]
+    assert row(client, auth, "790")["removedAt"] == clock.now.isoformat()
+    [status] = status_events(client, auth, "790")
+    removed = history(client, auth, "790")[-1]
+    for detail in (status["detail"], removed["detail"]):
+        assert detail["at"] == clock.now.isoformat()
+        assert detail["reportedAt"] == "2099-01-01T00:00:00+00:00"
+        assert detail["clamped"] is True
+    assert status["detail"]["raw"]["activityDateTime"] == "2099-01-01T00:00:00Z"
+
+
+def test_a_sign_of_life_dated_after_its_receipt_counts_as_received(client, auth, clock):
+    """A DELIVERED dated 2099 used to keep the chat alive until 2099: no block removed it."""
+    clock.now = NOW
+    register(client, auth, {"token": 791, "contactId": 91})
+    clock.advance(60)
+    post(client, [activity("DELIVERED", None, contactId=91, activityDateTime=4070908800)])
+    assert row(client, auth, "791")["lastSeenAt"] == clock.now.isoformat()
+    [status] = status_events(client, auth, "791")
+    assert status["detail"]["clamped"] is True
+    assert status["detail"]["reportedAt"] == "2099-01-01T00:00:00+00:00"
+    clock.advance(300)
+    block = activity(contactId=91, activityDateTime=(clock.now - timedelta(seconds=60))
+                     .strftime("%Y-%m-%dT%H:%M:%SZ"), messageId=2)
+    assert post(client, [block]).json["removed"] == ["791"]
+
+
+def test_a_time_not_after_its_receipt_is_not_marked(client, auth, clock):
+    clock.now = NOW
+    register(client, auth, {"token": 792, "contactId": 92})
+    clock.advance(60)
+    post(client, [activity(contactId=92, activityDateTime=clock.now.isoformat())])
+    [status] = status_events(client, auth, "792")
+    assert status["detail"]["at"] == clock.now.isoformat()
+    assert "clamped" not in status["detail"] and "reportedAt" not in status["detail"]
+
+
+def zoned_client(make_app, clock, zone):
+    """A client of a bridge reading offset-less times in ``zone`` (None: the default,
+    UTC), on the suite's clock, over the same database as ``client``."""
+    app = make_app(BRIDGE_WEBHOOK_USERNAME=HOOK_USER, BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
+                   BRIDGE_STATUS_TIMEZONE=zone)
+    app.extensions["reteno_bridge"].ledger.clock = clock
+    return app.test_client()
+
+
+@pytest.fixture
+def kyiv_client(make_app, clock):
+    clock.now = NOW
+    return zoned_client(make_app, clock, "Europe/Kyiv")
+
+
+def test_offset_less_times_are_read_in_the_account_zone(kyiv_client, auth, clock):
+    """A Kyiv contact: registered at 12:00 local, DELIVERED at 12:01, blocked at 12:06 (a
+    real block, 5 minutes after the last message reached the chat): removed, dated as
+    it happened."""
+    register(kyiv_client, auth, {"token": 793, "contactId": 93})
+    clock.advance(120)
+    post(kyiv_client, [activity("DELIVERED", None, contactId=93, activityDateTime=kyiv(12, 1))])
+    assert row(kyiv_client, auth, "793")["lastSeenAt"] == "2030-06-01T09:01:00+00:00"
+    clock.advance(600)
+    response = post(kyiv_client, [activity(contactId=93, activityDateTime=kyiv(12, 6),
+                                           messageId=2)])
+    assert response.json["removed"] == ["793"]
+    assert row(kyiv_client, auth, "793")["removedAt"] == "2030-06-01T09:06:00+00:00"
+    assert [e["detail"]["at"] for e in status_events(kyiv_client, auth, "793")] == [
+        "2030-06-01T09:01:00+00:00", "2030-06-01T09:06:00+00:00"]
+
+
+def test_without_the_zone_a_late_block_east_of_utc_removes_a_chat_that_came_back(
+        make_app, auth, clock):
+    """What goes wrong without BRIDGE_STATUS_TIMEZONE for an account in Kyiv: its times
+    read as UTC lie 3 hours ahead, so they count as received. A block at 12:05 that
+    Reteno delivers late, at 12:40, after the user came back at 12:30, is taken as
+    news from 12:40 and removes the chat; with the zone it is stale, as it should be."""
+    for zone, token, removed in ((None, "794", ["794"]), ("Europe/Kyiv", "7940", [])):
+        client = zoned_client(make_app, clock, zone)
+        clock.now = NOW
+        register(client, auth, {"token": token, "contactId": token})
+        clock.now = NOW + timedelta(minutes=30)  # the user comes back: registered again
+        register(client, auth, {"token": token, "contactId": token})
+        clock.now = NOW + timedelta(minutes=40)
+        response = post(client, [activity(contactId=token, activityDateTime=kyiv(12, 5))])
+        assert response.json["removed"] == removed, zone
+
+
+def test_without_the_zone_a_prompt_block_west_of_utc_is_wrongly_stale(make_app, auth, clock):
+    """For an account in New York, times read as UTC lie 4 hours behind: a real block 5
+    minutes after registration looks older than it and is stale; with the zone it
+    removes."""
+    for zone, token, removed in ((None, "795", []), ("America/New_York", "7950", ["7950"])):
+        client = zoned_client(make_app, clock, zone)
+        clock.now = NOW  # 05:00 in New York (UTC-4 in summer)
+        register(client, auth, {"token": token, "contactId": token})
+        clock.now = NOW + timedelta(minutes=6)
+        response = post(client, [activity(contactId=token,
+                                          activityDateTime="2030-06-01T05:05:00")])
+        assert response.json["removed"] == removed, zone
+
+
+@pytest.mark.parametrize("when", ["2030-06-01T09:06:00Z", "2030-06-01T09:06:00+00:00",
+                                  "2030-06-01T11:06:00+02:00", 1906535160, "1906535160",
+                                  1906535160000])
+def test_times_with_an_offset_or_in_epoch_seconds_ignore_the_zone(kyiv_client, auth, clock,
+                                                                  when):
+    register(kyiv_client, auth, {"token": 796, "contactId": 96})
+    clock.advance(600)
+    assert post(kyiv_client, [activity(contactId=96, activityDateTime=when)]).json[
+        "removed"] == ["796"]
+    assert row(kyiv_client, auth, "796")["removedAt"] == "2030-06-01T09:06:00+00:00"
+
+
+@pytest.mark.parametrize(("when", "removed"), [
+    ("2030-06-01T09:00:00Z", True),  # whole seconds: the registration's second
+    ("2030-06-01T12:00:00", True),  # the same, offset-less in Kyiv
+    (1906534800, True),  # epoch seconds
+    ("2030-06-01T09:00:00.4Z", True),  # tenths: the same tenth
+    ("2030-06-01T09:00:00.000Z", False),  # milliseconds: 400 ms before the registration
+    ("2030-06-01T08:59:59Z", False),  # the second before
+])
+def test_a_block_is_compared_at_the_resolution_it_was_given_in(kyiv_client, auth, clock, when,
+                                                               removed):
+    clock.now = NOW + timedelta(milliseconds=400)  # /register at 09:00:00.4
+    register(kyiv_client, auth, {"token": 797, "contactId": 97})
+    clock.advance(5)
+    response = post(kyiv_client, [activity(contactId=97, activityDateTime=when)])
+    assert response.json["removed"] == (["797"] if removed else [])
+    assert response.json["stale"] == (0 if removed else 1)
+
+
+# --- Telegram's own words (CONTRACT.md: a failure is classified on its description) --------
+
+
+@pytest.mark.parametrize(("description", "reason"), [
+    ("Forbidden: bot was blocked by the user", "blocked"),
+    ("403: Forbidden: bot was blocked by the user", "blocked"),
+    ("Forbidden: user is deactivated", "deactivated"),
+    ("Forbidden: bot was kicked from the group chat", "kicked"),
+    ("Forbidden: bot was kicked from the supergroup chat", "kicked"),
+    ("Forbidden: bot was kicked from the channel chat", "kicked"),
+    ("Forbidden", "forbidden"),  # a bare code: removed, and the reason says no more
+    ("403", "forbidden"),
+    ("Forbidden: bot can't initiate conversation with a user", "forbidden"),
+    ("Bad Request: chat not found", None),  # a 400: recorded only
+    ("400: Bad Request: chat not found", None),
+    ("Too Many Requests: retry after 5", None),
+    ("Internal Server Error", None),
+])
+@pytest.mark.parametrize("vocabulary", ["reteno", "simple"])
+def test_a_failure_is_classified_on_telegrams_words(client, auth, description, reason,
+                                                    vocabulary):
+    register(client, auth, {"token": 798, "contactId": 98})
+    event = activity(contactId=98, description=description) if vocabulary == "reteno" else {
+        "status": "FAILED", "error": description, "token": 798}
+    response = post(client, [event])
+    assert response.json["removed"] == (["798"] if reason else [])
+    [status] = status_events(client, auth, "798")
+    assert status["detail"]["blocked"] is (reason is not None)
+    assert status["detail"].get("reason") == reason
+    item = row(client, auth, "798")
+    if reason is None:
+        assert item["state"] == "queued" and item["removalReason"] is None
+        return
+    assert item["state"] == "removed"
+    assert description in item["removalReason"]  # what was reported, in its own words
+    removed = history(client, auth, "798")[-1]
+    assert removed["kind"] == "removed" and removed["detail"]["reason"] == reason
+    assert description in removed["detail"]["removalReason"]

@@ -56,10 +56,10 @@ def make_app(make_app):
 
 
 def now_date() -> int:
-    """An update's ``date`` (Unix seconds) a second ahead of the fake clock the ledger of
-    these tests runs on: after every registration made so far (time decides), and
-    well within a new link's validity."""
-    return int(CLOCK.now.timestamp()) + 1
+    """An update's ``date`` (Unix seconds): the current second of the fake clock the
+    ledger of these tests runs on. Telegram dates to the second, and a block in the same
+    second as a registration before it still removes it (whole seconds)."""
+    return int(CLOCK.now.timestamp())
 
 
 def verify(secret, payload):
@@ -625,20 +625,110 @@ def test_a_kick_older_than_the_chats_last_sign_of_life_is_stale(client, auth):
     assert kinds(client, auth)[-1] == "telegram_stale"
 
 
-def test_an_unblock_older_than_a_later_block_changes_nothing(client, auth):
+def test_an_unblock_older_than_a_later_block_changes_nothing(client, auth, clock):
+    clock.now = at(0)
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
-    send(client, dated(blocked(), now_date() + 60))
-    send(client, dated(unblocked(), now_date() + 30))  # arrives late
+    clock.now = at(100)
+    send(client, dated(blocked(), epoch(60)))
+    send(client, dated(unblocked(), epoch(30)))  # arrives late
     assert [r["state"] for r in rows(client, auth)] == ["removed"]
     assert kinds(client, auth)[-1] == "telegram_stale"
-    send(client, dated(unblocked(), now_date() + 90))
+    send(client, dated(unblocked(), epoch(90)))
     assert sorted(r["state"] for r in rows(client, auth)) == ["queued", "removed"]
 
 
-def test_a_start_is_a_sign_of_life(client, auth):
+def test_a_start_is_a_sign_of_life(client, auth, clock):
+    clock.now = at(0)
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    clock.now = at(100)
+    send(client, dated(start(), epoch(60)))
+    assert rows(client, auth)[0]["lastSeenAt"] == at(60).isoformat()
+
+
+# --- nothing from the future; whole seconds ------------------------------------------------
+# The ledger runs on the suite's clock here, at whole seconds after BASE (2030-03-17).
+
+BASE = 1_900_000_000
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(BASE, UTC) + timedelta(seconds=seconds)
+
+
+def epoch(seconds: int) -> int:
+    return BASE + seconds
+
+
+def test_a_start_dated_in_the_future_counts_as_received(client, auth, clock):
+    """It used to move the chat's latest sign of life to 2099: no block could remove it
+    before then."""
+    clock.now = at(0)
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    clock.now = at(10.5)
     send(client, dated(start(), 4070908800))
-    assert rows(client, auth)[0]["lastSeenAt"] == "2099-01-01T00:00:00+00:00"
+    assert rows(client, auth)[0]["lastSeenAt"] == at(10.5).isoformat()
+    ignored = history(client, auth, CHAT_ID)[-1]
+    assert ignored["kind"] == "telegram_ignored"
+    assert ignored["detail"]["reportedAt"] == "2099-01-01T00:00:00+00:00"
+    assert ignored["detail"]["clamped"] is True
+    clock.now = at(20)
+    send(client, dated(blocked(), epoch(15)))  # a real block after it removes
+    assert rows(client, auth)[0]["state"] == "removed"
+
+
+def test_a_kick_dated_in_the_future_counts_as_received(client, auth, clock):
+    clock.now = at(0)
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    clock.now = at(30.25)
+    send(client, dated(blocked(), epoch(3600)))
+    [item] = rows(client, auth)
+    assert item["state"] == "removed" and item["removedAt"] == at(30.25).isoformat()
+    [removed] = [e for e in history(client, auth, CHAT_ID) if e["kind"] == "removed"]
+    assert removed["detail"]["date"] == epoch(3600)  # what Telegram said, kept
+    assert removed["detail"]["at"] == at(30.25).isoformat()
+    assert removed["detail"]["reportedAt"] == at(3600).isoformat()
+    assert removed["detail"]["clamped"] is True
+    # an unblock that really came after the block is not stale for the block's "future"
+    clock.now = at(40)
+    send(client, dated(unblocked(), epoch(35)))
+    assert sorted(r["state"] for r in rows(client, auth)) == ["queued", "removed"]
+
+
+@pytest.mark.parametrize(("registered", "states", "last"), [
+    (0.4, ["removed"], "removed"),  # /register at 10:00:00.4, the kick dated 10:00:00
+    (1, ["queued"], "telegram_stale"),  # the next second: newer than the kick
+])
+def test_a_kick_is_weighed_to_the_second(client, auth, clock, registered, states, last):
+    clock.now = at(registered)
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    clock.now = at(2)
+    send(client, dated(blocked(), epoch(0)))
+    assert [r["state"] for r in rows(client, auth)] == states
+    assert kinds(client, auth)[-1] == last
+
+
+@pytest.mark.parametrize(("unblocked_at", "states", "last"), [
+    # Telegram sends a chat's updates in order: the later one of the same second wins
+    (6, ["queued", "removed"], "telegram_unblocked"),
+    (5, ["removed"], "telegram_stale"),  # the second before the block
+])
+def test_an_unblock_is_weighed_to_the_second(client, auth, clock, unblocked_at, states, last):
+    clock.now = at(0)
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    clock.now = at(8)
+    send(client, dated(blocked(), epoch(6)))
+    send(client, dated(unblocked(), epoch(unblocked_at)))
+    assert sorted(r["state"] for r in rows(client, auth)) == states
+    assert kinds(client, auth)[-1] == last
+
+
+def test_an_expired_link_is_judged_by_the_bridges_clock_not_the_updates_date(client, auth):
+    payload = links.make_payload(LINK_SECRET, "contactId", 12,
+                                 datetime.now(UTC) - timedelta(minutes=1))
+    send(client, dated(start(payload), 1))  # "sent" in 1970, before the link expired
+    assert rows(client, auth, token=CHAT_ID) == []
+    event = history(client, auth, CHAT_ID)[-1]
+    assert event["kind"] == "link_rejected" and event["detail"]["reason"] == "expired"
 
 
 def test_a_link_binds_to_the_first_chat_that_opens_it(client, auth):

@@ -18,7 +18,7 @@ module per job:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -27,6 +27,7 @@ from ..db import Database
 from ..models import Registration, utcnow
 from . import commands, erasure, outbox, queries, registering, reports
 from .states import TRANSITIONS, State, append_events
+from .times import EXACT
 from .types import (
     Claim,
     HistoryEvent,
@@ -190,21 +191,23 @@ class Ledger:
         with self.db.write() as conn:
             return reports.apply_statuses(conn, self.clock(), events)
 
-    def block_chat(self, token: str, detail: dict, at: datetime | None = None
-                   ) -> tuple[int, int]:
-        """The user blocked the bot at ``at``: remove the chat's live registrations older
-        than that; (removed, stale: newer ones that stay)."""
+    def block_chat(self, token: str, detail: dict, at: datetime | None = None,
+                   resolution: timedelta = EXACT) -> tuple[int, int]:
+        """The user blocked the bot at ``at`` (given to ``resolution``; never later than
+        now): remove the chat's live registrations not seen later; (removed, stale:
+        newer ones that stay)."""
         with self.db.write() as conn:
-            return reports.block_chat(conn, self.clock(), token, detail, at)
+            return reports.block_chat(conn, self.clock(), token, detail, at, resolution)
 
-    def unblock_chat(self, token: str, detail: dict, at: datetime | None = None
-                     ) -> tuple[int | None, int | None, bool]:
-        """The user unblocked the bot at ``at``: its last registration live again (queued
-        only if Reteno dropped the token) unless one is live or the chat was blocked
-        later; (new registration id, previous registration id, queued)."""
+    def unblock_chat(self, token: str, detail: dict, at: datetime | None = None,
+                     resolution: timedelta = EXACT) -> tuple[int | None, int | None, bool]:
+        """The user unblocked the bot at ``at`` (given to ``resolution``; never later
+        than now): its last registration live again (queued only if Reteno dropped the
+        token) unless one is live or the chat was blocked later; (new registration id,
+        previous registration id, queued)."""
         with self.db.write() as conn:
             result = reports.unblock_chat(conn, self.clock(), token, detail, at,
-                                          self.hold_conflicts)
+                                          self.hold_conflicts, resolution)
         if result[2]:
             self.on_queued()
         return result
@@ -221,10 +224,11 @@ class Ledger:
             self.on_queued()
         return outcome
 
-    def sign_of_life(self, token: str, at: datetime) -> int:
-        """The chat was seen alive at ``at`` (a /start); how many live registrations."""
+    def sign_of_life(self, token: str, at: datetime | None) -> int:
+        """The chat was seen alive at ``at`` (a /start; never later than now, which
+        ``None`` means); how many live registrations."""
         with self.db.write() as conn:
-            return reports.sign_of_life(conn, token, at)
+            return reports.sign_of_life(conn, self.clock(), token, at)
 
     def release_held(self, registration_id: int) -> bool:
         """A held registration (identity conflict) goes to the queue after review."""

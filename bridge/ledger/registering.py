@@ -27,6 +27,7 @@ from sqlalchemy import bindparam, or_, select, update
 from ..db import in_params, insert_unless_taken, lock_keys, param_pages, run
 from ..models import Registration, utcnow
 from .states import RESTORED, State, append_events, sql_constant
+from .times import received
 from .types import Outcome, TokenRequest
 
 _TABLE = Registration.__table__
@@ -135,8 +136,9 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
     duplicates (within the call too) and flagging identity conflicts; one
     ``submitted`` event each (``sources[i]`` is request i's), one ``conflict`` event
     per conflicting new registration. ``seen[i]``: when request i's chat was last
-    seen alive (default ``now``). Returns one outcome per request, in order."""
-    seen = [s or now for s in seen] if seen is not None else [now] * len(requests)
+    seen alive (default, and at the latest, ``now``). Returns one outcome per request,
+    in order."""
+    seen = [received(s, now)[0] for s in seen] if seen is not None else [now] * len(requests)
     tokens = sorted({r.token for r in requests})
     # PostgreSQL: one chat's registrations are decided one transaction at a time, so two
     # identities submitted at once for the same chat see each other.

@@ -6,9 +6,11 @@ The ledger mirrors Reteno, which drops exactly the chat that failed, so:
 
 * **a block is about the chat**: it removes every live registration of that token;
 * **time decides**: a block removes only registrations whose latest sign of life
-  (``last_seen_at``) is older than the block; a late report (Reteno retries its
+  (``last_seen_at``) is not later than the block; a late report (Reteno retries its
   webhook for hours, Telegram's updates can queue up) changes nothing and is
-  recorded as ``stale``;
+  recorded as ``stale``. Reported times go through :mod:`.times`: none counts as
+  later than its receipt, and each is compared at the resolution it was given in
+  (a block dated to the second applies to a sign of life within that second);
 * **no guessing**: a block that names no token and whose identifier matches more
   than one live chat removes none and is recorded as ``ambiguous`` with the
   candidates.
@@ -28,7 +30,7 @@ import hashlib
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -37,12 +39,14 @@ from ..db import lock_keys
 from ..models import Event, Registration
 from . import commands, erasure, queries, registering
 from .states import LIVE_VALUES, State, append_events, move
+from .times import EXACT, later, received
 from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult, TokenRequest
 
 _MAX_TEXT = 1000
 STATUS_CAUSE = "status_blocked"
 TELEGRAM_CAUSE = "telegram_blocked"
 TELEGRAM_REASON = "Telegram: the user blocked the bot (my_chat_member: kicked)"
+TELEGRAM_REMOVAL = "blocked"  # the reason code of Telegram's kicked (types.removal_reason)
 STALE_CAUSE = "stale"
 STALE_REASON = queries.STALE_REASON
 # A body's ignored objects are one summary event: counts by reason (at most this many
@@ -75,7 +79,8 @@ def _seen(row: Any) -> datetime:
 def remove(conn, now: datetime,
            removals: Sequence[tuple[Sequence[Any], str, str, dict, datetime]]) -> list[list[Any]]:
     """Remove live registrations: ``removals`` is a list of ``(rows, reason, cause,
-    detail, at)`` (``at``: when the block happened, kept as ``removed_at``), applied
+    detail, at)`` (``reason``: what was reported, kept as ``removal_reason``; ``detail``
+    holds the ``reason`` code; ``at``: when the block happened, kept as ``removed_at``), applied
     as if in turn (a row goes to the first removal that lists it). Returns the rows
     each one moved; one UPDATE per distinct (reason, time). Then releases what was
     held for a conflict with a removed identity."""
@@ -90,7 +95,8 @@ def remove(conn, now: datetime,
 
     def detail(r) -> dict:
         _rows, reason, cause, extra, _at = removals[owner[r.id]]
-        return {"cause": cause, "reason": reason, "previousState": r.state, **(extra or {})}
+        return {"cause": cause, "removalReason": reason, "previousState": r.state,
+                **(extra or {})}
 
     moved: dict[int, Any] = {}
     for (reason, at), rows in groups.items():
@@ -116,7 +122,8 @@ def remove_quiet(conn, now: datetime, days: int, limit: int) -> int:
                              .order_by(Registration.id).with_for_update()))
     since = queries.quiet_since(now, days)
     rows = [r for r in rows if r.state in LIVE_VALUES and _seen(r) < since]
-    [done] = remove(conn, now, [(rows, STALE_REASON, STALE_CAUSE, {"quietDays": days}, now)])
+    [done] = remove(conn, now, [(rows, STALE_REASON, STALE_CAUSE,
+                                 {"reason": STALE_CAUSE, "quietDays": days}, now)])
     return len(done)
 
 
@@ -318,9 +325,12 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if duplicate:
             outcomes["duplicate"] += 1
             continue
-        at, blocked = event.at or now, event.blocked  # blocked: worked out once
+        at, resolution, clamped = received(event.at, now, event.resolution)
+        removal = event.removal  # worked out once
+        blocked = removal is not None
         candidates = sorted({r.token for r in live})
-        summary = {**event.summary(), "at": at.isoformat(), "blocked": blocked, "via": via}
+        summary = {**event.summary(), "at": at.isoformat(), **clamped, "blocked": blocked,
+                   "via": via, **({"reason": removal} if blocked else {})}
         if blocked and len(candidates) > 1:
             # A block of one chat among several (Reteno dropped exactly the chat that
             # failed): not ours to guess. Nor is a sign of life, below.
@@ -339,8 +349,8 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
             # Reteno dropped this chat's token (stale or not: the failure happened)
             drops[targets[0].token] = max(at, drops.get(targets[0].token, at))
         if blocked and chat:
-            removed_now = [r for r in chat if seen_at[r.id] < at]
-            stale_rows = [r for r in chat if seen_at[r.id] >= at]
+            removed_now = [r for r in chat if not later(seen_at[r.id], at, resolution)]
+            stale_rows = [r for r in chat if later(seen_at[r.id], at, resolution)]
             outcome = "blocked" if removed_now else "stale"
             if not removed_now:
                 counts["stale"] += 1
@@ -358,8 +368,9 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if removed_now:
             reason = f"{event.status}: {event.error or event.description}"[:_MAX_TEXT]
             removals.append((removed_now, reason, STATUS_CAUSE, {
-                "source": "statuses", "status": event.status, "via": via, "at": at.isoformat(),
-                "messageId": event.raw.get("messageId"), "fingerprint": event.fingerprint,
+                "reason": removal, "source": "statuses", "status": event.status, "via": via,
+                "at": at.isoformat(), **clamped, "messageId": event.raw.get("messageId"),
+                "fingerprint": event.fingerprint,
             }, at))
             gone.update(r.id for r in removed_now)
     if ignored and ignored_fingerprint not in fingerprints:
@@ -384,18 +395,20 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
 # --- Telegram: the user blocked or unblocked the bot -----------------------------------
 
 
-def block_chat(conn, now: datetime, token: str, detail: dict,
-               at: datetime | None = None) -> tuple[int, int]:
-    """The user blocked the bot at ``at``: remove the chat's live registrations that are
-    not newer; (how many were removed, how many were newer and stay: ``stale``).
-    Telegram dates its updates to the second and sends a chat's updates in order, so a
-    block in the same second as the sign of life before it still removes."""
-    at = at or now
+def block_chat(conn, now: datetime, token: str, detail: dict, at: datetime | None = None,
+               resolution: timedelta = EXACT) -> tuple[int, int]:
+    """The user blocked the bot at ``at`` (given to ``resolution``): remove the chat's
+    live registrations that are not newer; (how many were removed, how many were newer
+    and stay: ``stale``). Telegram dates its updates to the second, so a block in the
+    same second as the sign of life before it still removes."""
+    at, resolution, clamped = received(at, now, resolution)
+    detail = {**detail, "at": at.isoformat(), **clamped}
     live = [r for r in registrations_by(conn, "token", [token], lock=True)
             if r.state in LIVE_VALUES]
-    older = [r for r in live if _seen(r) <= at]
-    newer = [r for r in live if _seen(r) > at]
-    [done] = remove(conn, now, [(older, TELEGRAM_REASON, TELEGRAM_CAUSE, detail, at)])
+    older = [r for r in live if not later(_seen(r), at, resolution)]
+    newer = [r for r in live if later(_seen(r), at, resolution)]
+    [done] = remove(conn, now, [(older, TELEGRAM_REASON, TELEGRAM_CAUSE,
+                                 {"reason": TELEGRAM_REMOVAL, **detail}, at)])
     if newer:
         append_events(conn, [{"at": now, "kind": "telegram_stale", "token": token,
                               "registration_id": r.id,
@@ -411,13 +424,16 @@ def block_chat(conn, now: datetime, token: str, detail: dict,
 
 
 def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | None = None,
-                 hold_conflicts: bool = False) -> tuple[int | None, int | None, bool]:
-    """The user unblocked the bot at ``at``: a sign of life of a live registration, or
-    the chat live again with its last registration's identifiers — without a call
-    while Reteno still holds the token under them (``restored``), else queued again —
-    unless the chat was blocked after ``at`` (``stale``). (New registration id or
-    None, previous registration id or None, whether something was queued)."""
-    at = at or now
+                 hold_conflicts: bool = False, resolution: timedelta = EXACT
+                 ) -> tuple[int | None, int | None, bool]:
+    """The user unblocked the bot at ``at`` (given to ``resolution``): a sign of life of
+    a live registration, or the chat live again with its last registration's
+    identifiers — without a call while Reteno still holds the token under them
+    (``restored``), else queued again — unless the chat was blocked after ``at``
+    (``stale``; a block within the same second is not after it). (New registration id
+    or None, previous registration id or None, whether something was queued)."""
+    at, resolution, clamped = received(at, now, resolution)
+    detail = {**detail, "at": at.isoformat(), **clamped}
     lock_keys(conn, [f"chat:{token}"])  # as registering does: nothing live appears meanwhile
     rows = registrations_by(conn, "token", [token], lock=True)
     live = [r for r in rows if r.state in LIVE_VALUES]
@@ -430,7 +446,7 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
                   "registrationIds": [r.id for r in live]}
     elif last is None:
         result = {"result": "no earlier registration with an identifier"}
-    elif blocked_at is not None and blocked_at > at:
+    elif blocked_at is not None and later(blocked_at, at, resolution):
         kind = "telegram_stale"
         result = {"result": "the chat was blocked after this update",
                   "previousRegistrationId": last.id}
@@ -454,11 +470,11 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
     return new_id, last.id if last else None, queued
 
 
-def sign_of_life(conn, token: str, at: datetime) -> int:
-    """The chat was seen alive at ``at`` (a /start): its live registrations' latest sign
-    of life moves on; how many it had."""
+def sign_of_life(conn, now: datetime, token: str, at: datetime | None) -> int:
+    """The chat was seen alive at ``at`` (a /start; never later than ``now``): its live
+    registrations' latest sign of life moves on; how many it had."""
     live = [r for r in registrations_by(conn, "token", [token]) if r.state in LIVE_VALUES]
-    registering.touch(conn, [r.id for r in live], at)
+    registering.touch(conn, [r.id for r in live], received(at, now)[0])
     return len(live)
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..models import IDENTIFIERS, Registration
+from .times import EXACT
 
 #: Identifier names in Reteno's priority order, and their columns.
 COLUMN_OF = dict(IDENTIFIERS)
@@ -149,7 +150,31 @@ class HistoryEvent:
 
 FAILURES = frozenset({"FAILED", "UNDELIVERED", "BOT_SEND_ERROR"})
 SIGNS_OF_LIFE = frozenset({"SENT", "DELIVERED", "CLICKED"})
-_BLOCKED = re.compile(r"forbidden|blocked|403", re.IGNORECASE)
+# Telegram's own words for a chat the bot can no longer reach (the Bot API's 403
+# descriptions: "Forbidden: bot was blocked by the user", ...), first match wins; then
+# any other Forbidden or 403.
+_REMOVING = (
+    ("blocked", re.compile(r"\bblocked\b", re.IGNORECASE)),
+    ("deactivated", re.compile(r"\buser is deactivated\b", re.IGNORECASE)),
+    ("kicked", re.compile(r"\bbot was kicked from the (?:group|supergroup|channel) chat\b",
+                          re.IGNORECASE)),
+    ("forbidden", re.compile(r"\bforbidden\b|\b403\b", re.IGNORECASE)),
+)
+
+
+def removal_reason(*texts: str | None) -> str | None:
+    """Whether a failure's error or description says the bot can no longer reach the
+    chat, and why: ``blocked`` (the user blocked the bot: Telegram's ``bot was blocked
+    by the user``, or any text saying blocked), ``deactivated`` (the account
+    was deleted), ``kicked`` (from a group, supergroup or channel), ``forbidden`` (any
+    other Forbidden or 403: a bare code says no more, and Reteno drops the token on
+    it); None for any other failure (``Bad Request: chat not found`` is a 400), which
+    is recorded only. Reads Telegram's description, not only the code (Telegram says
+    codes may change)."""
+    for reason, pattern in _REMOVING:
+        if any(pattern.search(text) for text in texts if text):
+            return reason
+    return None
 
 
 @dataclass
@@ -167,6 +192,7 @@ class StatusEvent:
     invalid: dict[str, str] = field(default_factory=dict)
     reason: str | None = None  # why the event is ignored; None when usable
     at: datetime | None = None  # when it happened (activityDateTime / time); None: received
+    resolution: timedelta = EXACT  # what ``at`` was given to: SECOND for 10:00:00, 1 ms for .000
 
     @property
     def alive(self) -> bool:
@@ -178,11 +204,15 @@ class StatusEvent:
         return self.status in FAILURES
 
     @property
+    def removal(self) -> str | None:
+        """Why it removes its chat (:func:`removal_reason`), for a failure that says the
+        bot can no longer reach the chat; else None."""
+        return removal_reason(self.error, self.description) if self.failure else None
+
+    @property
     def blocked(self) -> bool:
-        """A failure that says the user blocked the bot."""
-        return self.failure and any(
-            _BLOCKED.search(text) for text in (self.error, self.description) if text
-        )
+        """A failure that removes its chat (the user blocked the bot, or as good as)."""
+        return self.removal is not None
 
     @property
     def selectors(self) -> list[tuple[str, Any]]:
