@@ -194,6 +194,38 @@ def test_an_ambiguous_forbidden_drops_nothing(client, auth, bridge, clock, upstr
     assert held(client, auth) + held(client, auth, 555) == [("delivered", True)] * 2
 
 
+def test_a_forbidden_by_identifier_is_ambiguous_while_reteno_holds_a_blocked_chat(
+        client, auth, bridge, clock, upstream):
+    """Reteno sends to every token on the contact card, the token of a chat that blocked
+    the bot through Telegram among them: a Forbidden naming only the contact may be that
+    chat's, so the one live chat of the contact is not removed by guess; nor is a sign of
+    life given to it."""
+    register(client, auth, {"token": CHAT, "contactId": 7}, {"token": 555, "contactId": 7})
+    bridge.deliver_once()
+    telegram(client, clock, blocked(555))
+    assert held(client, auth, 555) == [("removed", True)]
+    seen = rows(client, auth, token=CHAT)[0]["lastSeenAt"]
+
+    answer = forbidden(client, auth, clock, contactId=7)
+    assert (answer["ambiguous"], answer["removed"]) == (1, [])
+    assert held(client, auth) == [("delivered", True)]
+    [event] = [e for e in history(client, auth, CHAT) if e["kind"] == "status_ambiguous"]
+    assert event["detail"]["candidates"] == sorted([str(CHAT), "555"])
+
+    clock.advance(10)
+    response = client.post("/statuses", json=[{"status": "SENT", "contactId": 7}],
+                           headers=auth)
+    assert response.status_code == 200
+    assert rows(client, auth, token=CHAT)[0]["lastSeenAt"] == seen
+
+
+def test_a_forbidden_naming_the_chat_is_never_ambiguous(client, auth, bridge, clock, upstream):
+    register(client, auth, {"token": CHAT, "contactId": 7}, {"token": 555, "contactId": 7})
+    bridge.deliver_once()
+    telegram(client, clock, blocked(555))
+    assert forbidden(client, auth, clock)["removed"] == [str(CHAT)]
+
+
 # --- what a new registration of the chat inherits -------------------------------------------
 
 

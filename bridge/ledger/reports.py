@@ -328,7 +328,12 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         at, resolution, clamped = received(event.at, now, event.resolution)
         removal = event.removal  # worked out once
         blocked = removal is not None
-        candidates = sorted({r.token for r in live})
+        candidates = sorted({r.token for r in live} | (
+            # Reteno sends to every token on the contact card, the token of a chat that
+            # blocked the bot through Telegram among them: named by an identifier, the
+            # event may be that chat's
+            {r.token for r in rows if r.reteno_holds and r.state == State.REMOVED.value}
+            if via != "token" else set()))
         summary = {**event.summary(), "at": at.isoformat(), **clamped, "blocked": blocked,
                    "via": via, **({"reason": removal} if blocked else {})}
         if blocked and len(candidates) > 1:
@@ -336,7 +341,7 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
             # failed): not ours to guess. Nor is a sign of life, below.
             counts["ambiguous"] += 1
             outcomes["ambiguous"] += 1
-            for row in live:
+            for row in targets:
                 record("status_ambiguous", event, {**summary, "candidates": candidates},
                        token=row.token, registration_id=row.id)
             continue
