@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: install lock run migrate worker serve test test-client test-sqlite test-postgres lint audit sandbox bench clean \
+.PHONY: install lock run migrate worker serve test test-client test-sqlite test-postgres lint audit docs sandbox bench clean \
         reliability reliability-postgres
 
 $(BIN)/.installed: pyproject.toml client/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,docs]'
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e './client[aiogram,ptb]'
 	touch $@
 
@@ -25,7 +25,7 @@ migrate: install
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet -e '.[test]' -e './client[aiogram,ptb]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[test,docs]' -e './client[aiogram,ptb]'
 	.lock-venv/bin/python -m pip freeze --exclude-editable > constraints.txt
 	rm -rf .lock-venv
 
@@ -46,9 +46,9 @@ worker: migrate
 sandbox: install
 	$(BIN)/python -m bridge.sandbox --port 8025
 
-# The whole suite: lint, the dependency audit, then the tests on SQLite, then again on
-# PostgreSQL.
-test: install lint audit test-client test-sqlite test-postgres
+# The whole suite: lint, the dependency audit, the docs, then the tests on SQLite, then again
+# on PostgreSQL.
+test: install lint audit docs test-client test-sqlite test-postgres
 
 lint: install
 	$(BIN)/ruff check .
@@ -57,6 +57,12 @@ lint: install
 # and says so and passes when the advisory database cannot be reached.
 audit: install
 	$(BIN)/python tools/audit.py --self-check constraints.txt
+
+# The documentation site (docs/) in docs/_build/html: warnings are errors, so a broken internal
+# link or reference (-n: any unresolved one) fails; the references are generated from the code.
+docs: install
+	rm -rf docs/_build
+	$(BIN)/sphinx-build -q -W --keep-going -n -b html docs docs/_build/html
 
 # The client's own tests (client/tests: no network, no Flask; its own pytest settings).
 test-client: install
@@ -88,7 +94,7 @@ reliability-postgres: install
 	$(BIN)/python bench/fuzz.py --database-url $(RELIABILITY_PG)
 
 clean:
-	rm -rf $(VENV) .lock-venv instance .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .lock-venv instance .pytest_cache .ruff_cache *.egg-info docs/_build
 
 # The speed figures (BENCHMARKS.md): each script starts what it needs, measures its
 # baseline and the bridge in one run, and prints the ratios and PASS/FAIL per target.

@@ -1,9 +1,9 @@
 """Example host app: the bridge mounted at ``/``.
 
 ``flask --app app run`` and ``gunicorn app:app`` both serve it (``make run``,
-``make serve``). Configuration comes from the environment (see README.md) or
+``make serve``). Configuration comes from the environment (docs/configuration.rst) or
 from ``create_app(config)``. To mount the bridge in an app of your own, see
-README.md, "Mounting the bridge in your own Flask app".
+docs/getting-started.md, "Mounting the bridge in your own Flask app".
 """
 
 from __future__ import annotations

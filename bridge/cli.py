@@ -28,14 +28,10 @@ from .cli_support import (
     format_table,
 )
 from .config import StartupError, parse_duration
+from .identifiers import normalize_token
 from .runtime import current
 from .sandbox.cli import sandbox_command
-from .schemas import (
-    STATES,
-    HistorySchema,
-    TokenPageSchema,
-    normalize_token,
-)
+from .schemas import STATES, HistorySchema, TokenPageSchema
 
 
 class StartupErrorsInOneLine:

@@ -24,11 +24,12 @@ from .cli_support import (
     format_table,
 )
 from .config import PLATFORMS, ConfigError
+from .identifiers import normalize_token
 from .ledger import MuteRequest, ReplayTarget
 from .ledger.commands import MAX_MUTE_SECONDS, MIN_MUTE_SECONDS
 from .replay import Replay, target_settings
 from .reteno import RetenoClient
-from .schemas import MuteResultSchema, TokenPageSchema, normalize_token
+from .schemas import MuteResultSchema, TokenPageSchema
 
 
 def _mute(request: MuteRequest, as_json: bool) -> None:

@@ -15,18 +15,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
-from marshmallow import ValidationError
 
 from . import db as dbmod
-from .logs import escape_control
-from .runtime import current
-from .schemas import (
+from .identifiers import (
+    IdentifierError,
     normalize_contact_id,
     normalize_email,
     normalize_external_id,
     normalize_phone,
     normalize_token,
 )
+from .logs import escape_control
+from .runtime import current
 
 # What json.dumps leaves raw with ensure_ascii=False and a terminal still obeys: DEL,
 # the C1 controls (\x9b is a one-byte CSI) and the Unicode line separators.
@@ -66,16 +66,15 @@ _ID_OPTIONS = (
 )
 
 def _normalized(normalizer):
-    """A click callback that applies one of bridge.schemas' normalisers."""
+    """A click callback that applies one of :mod:`bridge.identifiers`' rules."""
 
     def callback(ctx, param, value):
         if value is None:
             return None
         try:
             return normalizer(value)
-        except ValidationError as exc:
-            messages = exc.messages if isinstance(exc.messages, list) else [str(exc.messages)]
-            raise click.BadParameter(" ".join(str(m) for m in messages)) from None
+        except IdentifierError as exc:
+            raise click.BadParameter(" ".join(exc.messages)) from None
 
     return callback
 

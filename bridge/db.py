@@ -157,7 +157,7 @@ class Database:
         zeroes what it frees (``secure_delete``); this moves the WAL into the database
         file and empties it (False: a reader kept part of it, emptied later).
         PostgreSQL keeps dead rows until VACUUM, and WAL segments and backups for their
-        retention: README "Erasing a contact" says what to run."""
+        retention: docs/operating.md, "Erasure", says what to run."""
         if self._queue is None:  # not a SQLite file
             return True
         return checkpoint(self.engine)

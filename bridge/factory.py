@@ -65,6 +65,12 @@ def __getattr__(name: str):
 
 def main() -> None:
     """``reteno-bridge``: ``serve``, and the ``bridge`` CLI group on the bundled app."""
+    command_group().main(prog_name="reteno-bridge")
+
+
+def command_group() -> click.Group:
+    """The ``reteno-bridge`` group (built without settings; the docs' CLI reference
+    is generated from it)."""
     from .cli import StartupErrorsInOneLine, cli
     from .serve import serve_command
 
@@ -82,10 +88,10 @@ def main() -> None:
 
     group = Bundled(name="reteno-bridge",
                     help="Reteno bridge on the bundled app, configured by the environment "
-                         "(README: Configuration); its data in ./instance unless "
+                         "(docs: Configuration); its data in ./instance unless "
                          "BRIDGE_INSTANCE_PATH or BRIDGE_DATABASE_URL say otherwise. "
                          "`reteno-bridge serve --sandbox` tries it in one command.")
     group.add_command(serve_command)
     for name, command in cli.commands.items():
         group.add_command(command, name)
-    group.main(prog_name="reteno-bridge")
+    return group

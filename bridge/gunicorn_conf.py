@@ -4,12 +4,12 @@ process, ``make serve``, ``reteno-bridge serve``). They suit any app, with the b
 or without it.
 """
 
-import os
-
 from gunicorn.glogging import Logger
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+from bridge.config import process_setting
+
+bind = f"{process_setting('HOST')}:{process_setting('PORT')}"
+workers = process_setting("WEB_CONCURRENCY")
 # Threaded workers: registrations that arrive together share one transaction and one
 # flush to disk (BENCHMARKS.md).
 worker_class = "gthread"

@@ -36,9 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from marshmallow import ValidationError
-
-from .schemas import NORMALIZERS
+from .identifiers import NORMALIZERS, IdentifierError
 
 PAYLOAD_MAX_CHARS = 64
 TAG_BYTES = 12
@@ -120,7 +118,7 @@ def make_payload(secret: str, name: str, value: Any, expires: datetime | None = 
         raise LinkError(f"Unknown identifier {name!r}: use one of {', '.join(TYPE_CODES)}.")
     try:
         value = NORMALIZERS[name](value)
-    except ValidationError as exc:
+    except IdentifierError as exc:
         raise LinkError(f"{name}: {' '.join(exc.messages)}") from None
     encoded = _encode_value(name, value)
     if len(encoded) > MAX_VALUE_BYTES:
@@ -195,7 +193,7 @@ def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
         return None, "expired"
     try:
         value = _decode_value(name, body[HEAD_BYTES:])
-    except (ValueError, ValidationError):
+    except ValueError:  # IdentifierError among them
         return None, f"the {name} it carries is not valid"
     return Link(name, value, expires, hashlib.sha256(b"link\0" + raw).hexdigest(),
                 identifier_mark(signer, name, value)), None

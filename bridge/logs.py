@@ -34,7 +34,7 @@ import time
 from logging.handlers import QueueHandler, QueueListener
 from urllib.parse import unquote
 
-from .config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS, MAX_QUEUED_LOG_LINES
+from .config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS, MAX_QUEUED_LOG_LINES, process_setting
 
 # Every pattern runs in time linear in the line: no quantifier over an unbounded run
 # gives anything back (possessive ``*+``, ``++``), and a pattern that starts with such a
@@ -182,7 +182,7 @@ def configure(app, level: str | None = None) -> None:
     server's access log) are masked too. For the bridge's own app factory."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level or os.environ.get("BRIDGE_LOG_LEVEL", "INFO"),
+        logging.basicConfig(level=level or process_setting("BRIDGE_LOG_LEVEL"),
                             format=LOG_FORMAT)
     for handler in (*root.handlers, *app.logger.handlers):
         if _FILTER not in handler.filters:

@@ -116,7 +116,7 @@ class Runtime:
             f"  Tokens are delivered to {where}, NOT to Reteno.",
             f"  Ledger: {ledger}",
             f"  Look at the simulator: {self.url_prefix.rstrip('/')}/sandbox/reteno/",
-            "  Each process has a simulator of its own (README: Sandbox).",
+            "  Each process has a simulator of its own (docs: Getting started, the simulator).",
         ]
         if self.dev_key_path:  # the key itself stays out of the console and its logs
             self.api_keys  # noqa: B018 - made now, so the file exists when the banner says so

@@ -1,16 +1,14 @@
 """marshmallow schemas: what the bridge accepts and what it answers.
 
-Owns the identifier rules (a Telegram chat id as the token; contactId,
-externalCustomerId, phone, email and their normal forms; at least one
-identifier; Reteno's priority contactId → externalCustomerId → phone → email)
-and the shape of every response. The views parse with these schemas and dump
-with them, and ``/openapi.json`` is generated from them.
+Owns the request shapes (at least one identifier; Reteno's priority
+contactId → externalCustomerId → phone → email), each identifier field through
+its rule in :mod:`bridge.identifiers`, and the shape of every response. The
+views parse with these schemas and dump with them, and ``/openapi.json`` is
+generated from them.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from typing import Any
 
 from marshmallow import (
@@ -27,113 +25,23 @@ from marshmallow import (
 )
 
 from .config import MAX_TOKENS_PER_REQUEST
+from .identifiers import (
+    IdentifierError,
+    normalize_contact_id,
+    normalize_email,
+    normalize_external_id,
+    normalize_phone,
+    normalize_token,
+)
 from .ledger import MuteRequest, State, TokenRequest
 from .ledger.commands import MAX_MUTE_SECONDS, MIN_MUTE_SECONDS
 from .models import IDENTIFIERS
 
 STATES = tuple(s.value for s in State)
 
-INT64_MAX = 2**63 - 1
-INT64_MIN = -(2**63)
-
-_TOKEN = re.compile(r"^-?[0-9]{1,19}$")
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
-_PHONE = re.compile(r"^\+?[0-9 ()\-]+$")
-_EMAIL = re.compile(
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
-)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-# --- normalisers, shared by the request schemas and the ledger queries -----
-
-
-def normalize_token(value: Any) -> str:
-    """A Telegram chat id, as a canonical decimal string."""
-    if isinstance(value, bool):
-        raise ValidationError("Must be a Telegram chat id: an integer or a string of digits.")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and _TOKEN.match(value.strip()):
-        number = int(value.strip())
-    else:
-        raise ValidationError("Must be a Telegram chat id: an integer or a string of digits.")
-    if not INT64_MIN <= number <= INT64_MAX or number == 0:
-        raise ValidationError("Must be a non-zero chat id within a signed 64-bit integer.")
-    return str(number)
-
-
-def normalize_contact_id(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        # ASCII digits only: str.isdigit() also admits "²" and other scripts' digits
-        if isinstance(value, str) and _DIGITS.match(value.strip()):
-            value = int(value.strip())
-        else:
-            raise ValidationError("Must be a positive integer.")
-    if not 1 <= value <= INT64_MAX:
-        raise ValidationError("Must be a positive integer within a signed 64-bit integer.")
-    return value
-
-
-def _visible_text(value: Any) -> str:
-    """``value`` trimmed and in Unicode NFC, so one identifier has one spelling however a
-    client composed its accents; refused if it holds a format character (category Cf:
-    bidi overrides such as U+202E, zero-width spaces and joiners, U+FEFF), which shows
-    nothing yet changes the value, or how a terminal or page lays out what follows."""
-    if not isinstance(value, str):
-        raise ValidationError("Not a valid string.")
-    text = unicodedata.normalize("NFC", value.strip())
-    if not text.isascii():
-        for char in text:
-            if unicodedata.category(char) == "Cf":
-                raise ValidationError(f"Must not contain invisible format characters "
-                                      f"(U+{ord(char):04X}).")
-    return text
-
-
-def normalize_external_id(value: Any) -> str:
-    value = _visible_text(value)
-    if not value:
-        raise ValidationError("Must not be empty.")
-    if len(value) > 255:
-        raise ValidationError("Must be at most 255 characters.")
-    if _CONTROL.search(value):
-        raise ValidationError("Must not contain control characters.")
-    return value
-
-
-def normalize_phone(value: Any) -> str:
-    """The digits alone, as Reteno stores them (``380956490955``)."""
-    text = _visible_text(value)
-    if not _PHONE.match(text) or "+" in text[1:]:
-        raise ValidationError(
-            "Must be digits with an optional leading +; spaces, dashes and parentheses allowed."
-        )
-    digits = re.sub(r"[^0-9]", "", text)
-    if not 7 <= len(digits) <= 15:
-        raise ValidationError("Must have 7 to 15 digits.")
-    return digits
-
-
-def normalize_email(value: Any) -> str:
-    text = _visible_text(value).lower()
-    if len(text) > 254 or not _EMAIL.match(text) or len(text.split("@", 1)[0]) > 64:
-        raise ValidationError("Not a valid email address.")
-    return text
-
-
-NORMALIZERS = {
-    "contactId": normalize_contact_id,
-    "externalCustomerId": normalize_external_id,
-    "phone": normalize_phone,
-    "email": normalize_email,
-}
-
 
 class Normalized(fields.Field):
-    """A field whose value goes through one of the normalisers above."""
+    """A field whose value goes through one of :mod:`bridge.identifiers`' rules."""
 
     def __init__(self, normalizer, *, openapi: dict | None = None, **kwargs):
         kwargs.setdefault("metadata", {}).update(openapi or {})
@@ -141,7 +49,10 @@ class Normalized(fields.Field):
         self.normalizer = normalizer
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return self.normalizer(value)
+        try:
+            return self.normalizer(value)
+        except IdentifierError as exc:
+            raise ValidationError(exc.messages) from None
 
     def _serialize(self, value, attr, obj, **kwargs):
         return value

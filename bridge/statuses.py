@@ -44,12 +44,12 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from .identifiers import NORMALIZERS, IdentifierError, normalize_token
 from .ledger import Ledger, StatusEvent
 from .ledger.reports import STATUS_CAUSE
 from .ledger.times import EXACT, SECOND
 from .logs import get_logger
 from .models import IDENTIFIERS
-from .schemas import NORMALIZERS, normalize_token
 
 log = get_logger("bridge.statuses")
 
@@ -216,7 +216,7 @@ def normalise(obj: dict, zone: tzinfo = UTC) -> StatusEvent:
     if token not in (None, ""):
         try:
             event.token = normalize_token(token)
-        except ValidationError as exc:
+        except IdentifierError as exc:
             event.invalid["token"] = " ".join(exc.messages)
     for name, _column in IDENTIFIERS:
         for key in _SOURCES[name]:
@@ -225,7 +225,7 @@ def normalise(obj: dict, zone: tzinfo = UTC) -> StatusEvent:
                 continue
             try:
                 event.identifiers.append((name, NORMALIZERS[name](value)))
-            except ValidationError as exc:
+            except IdentifierError as exc:
                 event.invalid[key] = " ".join(exc.messages)
             break
 

@@ -28,15 +28,13 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import ValidationError
-
+from .identifiers import IdentifierError, normalize_token
 from .ledger import TokenRequest
 from .ledger.reports import TELEGRAM_CAUSE
 from .ledger.times import SECOND, received
 from .ledger.types import COLUMN_OF
 from .links import inspect_payload
 from .logs import get_logger
-from .schemas import normalize_token
 
 log = get_logger("bridge.telegram")
 
@@ -82,7 +80,7 @@ def _private_chat(container: Any) -> tuple[str | None, str | None]:
         return None, f"not a private chat ({str(chat.get('type'))[:20]})"
     try:
         return normalize_token(chat.get("id")), None
-    except ValidationError:
+    except IdentifierError:
         return None, "chat.id is not a Telegram chat id"
 
 

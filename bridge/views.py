@@ -26,6 +26,7 @@ from .http import (
     telegram_secret_required,
     webhook_auth_required,
 )
+from .identifiers import IdentifierError, normalize_token
 from .logs import log_request
 from .openapi import document as openapi_document
 from .runtime import current as rt
@@ -42,7 +43,6 @@ from .schemas import (
     UnmuteSchema,
     capped_errors,
     flatten_errors,
-    normalize_token,
 )
 
 bp = Blueprint("bridge", __name__)
@@ -153,7 +153,7 @@ def history(token: str):
     bridge = rt()
     try:
         token = normalize_token(token)
-    except ValidationError as exc:
+    except IdentifierError as exc:
         raise APIError(422, "Not a Telegram chat id.", {"token": exc.messages}) from None
     return _history_schema.dump({"token": token, "events": bridge.ledger.history(token)})
 

@@ -1,5 +1,6 @@
 """The import rules of ARCHITECTURE.md, checked by reading the source: the ledger is
-Flask-free and upstream-free, the services import no Flask, storage knows nothing
+Flask-free and upstream-free, the services import no Flask, the identifier rules
+import nothing but the standard library, storage knows nothing
 of registrations, only the ledger opens write transactions, and only the state
 table writes a registration's state."""
 
@@ -54,6 +55,12 @@ def test_the_ledger_imports_no_http_upstream_or_sandbox(path):
                          ids=lambda p: p.name)
 def test_services_import_no_flask(path):
     assert forbidden(path, ("flask", "werkzeug", "bridge.http", "bridge.views")) == []
+
+
+def test_the_identifier_rules_stand_alone():
+    # domain rules: the schemas, the services and the CLI use them, they use none of them
+    assert [n for n in imports(modules("identifiers")[0])
+            if n.split(".")[0] not in ("__future__", "re", "unicodedata", "typing")] == []
 
 
 @pytest.mark.parametrize("path", modules("db", "storage"), ids=lambda p: p.name)

@@ -307,7 +307,7 @@ def test_the_database_files_hold_no_byte_of_an_erased_contact(runner, client, au
     what was deleted (SECURITY.md finding 7). Every file of the database's folder is
     read as bytes after the erase."""
     if bridge.db.dialect != "sqlite":
-        pytest.skip("PostgreSQL's files are the server's: README says what to run")
+        pytest.skip("PostgreSQL's files are the server's: the docs say what to run")
     statuses(client, auth, [{"comment": "ann%40example.com in a URL", "Ann@example.com": 1}])
     folder = Path(bridge.db.engine.url.database).parent
 
