@@ -252,6 +252,24 @@ class BatchSchema(Schema):
         return data
 
 
+_token_schema = TokenSchema()
+_batch_schema = BatchSchema()
+
+
+class RegisterBodySchema(Schema):
+    """The body of ``POST /register``: one token object or ``{"tokens": [...]}``
+    (documented as ``oneOf`` the two); loads as the list of :class:`TokenRequest`."""
+
+    refusal = "The registration is not valid; nothing was stored."
+
+    def load(self, data, **kwargs) -> list[TokenRequest]:
+        if isinstance(data, dict) and "tokens" in data:
+            return _batch_schema.load(data)["tokens"]
+        if isinstance(data, dict):
+            return [_token_schema.load(data)]
+        raise ValidationError('Must be a token object or {"tokens": [token objects]}.', "_body")
+
+
 class RegistrationResultSchema(Schema):
     id = fields.Integer()
     token = fields.String()
@@ -271,6 +289,8 @@ class RegisterResponseSchema(Schema):
 
 class UnmuteSchema(Schema):
     """``POST /unmute``: a chat whose marketing messages are to arrive again."""
+
+    refusal = "The request is not valid; nothing was stored."
 
     class Meta:
         unknown = RAISE
@@ -360,6 +380,8 @@ def capped_errors(errors: dict[str, list[str]], limit: int) -> dict[str, list[st
 
 class TokenQuerySchema(Schema):
     """Filters of ``GET /tokens`` (identifiers normalised as ``/register`` does)."""
+
+    refusal = "The query is not valid."
 
     class Meta:
         unknown = RAISE
@@ -458,38 +480,35 @@ class HealthSchema(Schema):
 
 
 def _loose(description: str, **metadata) -> fields.Raw:
-    """A field documented as is: the statuses handler normalises (or ignores) it."""
+    """A field documented as is, any JSON value: the statuses handler normalises (or
+    ignores) it, so the document promises nothing about its type."""
     return fields.Raw(metadata={"description": description, **metadata})
 
 
 class StatusEventSchema(Schema):
-    """One event of ``POST /statuses``, in either vocabulary; other fields are ignored."""
+    """One event of ``POST /statuses``, in either vocabulary: any object (a value the
+    handler cannot read is ignored and counted, never refused); other fields are ignored."""
 
     class Meta:
         unknown = INCLUDE
 
-    status = fields.String(metadata={"enum": ["SENT", "FAILED", "CLICKED"],
-                                     "description": "Simple vocabulary (a bot backend)."})
-    error = fields.String(metadata={"example": "Forbidden: bot was blocked by the user"})
-    token = _loose("Telegram chat id.", type=["integer", "string"], example="123456789")
-    contactId = _loose("Reteno contact id.", type=["integer", "string"])
-    externalCustomerId = fields.String()
-    phone = fields.String()
-    sms = fields.String(metadata={"description": "Reteno's name for the phone."})
-    email = fields.String()
-    activityStatus = fields.String(
-        metadata={"example": "UNDELIVERED",
-                  "description": "Reteno activity webhook: SENT, DELIVERED, UNDELIVERED, "
-                                 "CLICKED, BOT_SEND_ERROR, ..."}
-    )
-    statusDescription = fields.String(metadata={"example": "Forbidden"})
-    mediaType = fields.String()
-    messageId = _loose("Reteno message id.", type=["integer", "string"])
+    status = _loose("Simple vocabulary (a bot backend): SENT, FAILED or CLICKED.",
+                    example="FAILED")
+    error = _loose("Why it failed.", example="Forbidden: bot was blocked by the user")
+    token = _loose("Telegram chat id.", example="123456789")
+    contactId = _loose("Reteno contact id.")
+    externalCustomerId = _loose("External customer id.")
+    phone = _loose("Phone number.")
+    sms = _loose("Reteno's name for the phone.")
+    email = _loose("E-mail address.")
+    activityStatus = _loose("Reteno activity webhook: SENT, DELIVERED, UNDELIVERED, CLICKED, "
+                            "BOT_SEND_ERROR, ...", example="UNDELIVERED")
+    statusDescription = _loose("Reteno's description of the status.", example="Forbidden")
+    mediaType = _loose("Reteno's channel.")
+    messageId = _loose("Reteno message id.")
     activityDateTime = _loose("When it happened: ISO 8601 (no offset: in "
-                              "BRIDGE_STATUS_TIMEZONE, UTC by default) or epoch seconds.",
-                              type=["string", "number"])
-    time = _loose("The simple vocabulary's event time, as activityDateTime.",
-                  type=["string", "number"])
+                              "BRIDGE_STATUS_TIMEZONE, UTC by default) or epoch seconds.")
+    time = _loose("The simple vocabulary's event time, as activityDateTime.")
 
 
 class StatusResultSchema(Schema):
@@ -516,16 +535,15 @@ class StatusProbeSchema(Schema):
 
 
 class TelegramUpdateSchema(Schema):
-    """A Telegram ``Update``; the bridge reads ``my_chat_member`` and ``message``."""
+    """A Telegram ``Update``, any object: the bridge reads ``my_chat_member`` and
+    ``message`` and ignores what it cannot read."""
 
     class Meta:
         unknown = INCLUDE
 
-    update_id = fields.Integer()
-    message = fields.Dict(metadata={"description": "Text `/start <signed payload>` registers."})
-    my_chat_member = fields.Dict(
-        metadata={"description": "`kicked` removes the chat's token; `member` queues it again."}
-    )
+    update_id = _loose("Telegram's update id.")
+    message = _loose("Text `/start <signed payload>` registers.")
+    my_chat_member = _loose("`kicked` removes the chat's token; `member` queues it again.")
 
 
 class TelegramAckSchema(Schema):
