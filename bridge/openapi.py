@@ -14,6 +14,8 @@ import weakref
 from http import HTTPStatus
 from typing import Any
 
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Flask
 from flask_smorest import Api
 
@@ -43,6 +45,15 @@ INFO = (
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class _Plugin(MarshmallowPlugin):
+    """apispec's marshmallow plugin, adding a schema's ``openapi_rules`` (what its
+    fields cannot say) to its component."""
+
+    def schema_helper(self, name, _, schema=None, **kwargs):
+        rules = getattr(resolve_schema_cls(schema), "openapi_rules", {}) if schema else {}
+        return {**super().schema_helper(name, _, schema=schema, **kwargs), **rules}
+
+
 class _Api(Api):
     """flask-smorest's ``Api`` with the bridge's error responses and no catch-all."""
 
@@ -52,7 +63,8 @@ class _Api(Api):
         self.max_body_bytes = max_body_bytes
         super().__init__(app, spec_kwargs={
             "title": "reteno-telegram-bridge", "version": __version__,
-            "openapi_version": "3.1.0", "info": {"description": INFO}})
+            "openapi_version": "3.1.0", "info": {"description": INFO},
+            "marshmallow_plugin": _Plugin()})
 
     def _register_pagination_header(self):
         """The bridge pages with its own cursor (``next``), not flask-smorest's header."""

@@ -147,13 +147,62 @@ class Normalized(fields.Field):
         return value
 
 
+# --- the normalisers' rules as JSON Schema, for /openapi.json ----------------------
+# Exact: a value the document allows is one the normaliser takes, and the other way
+# round (schemathesis checks both). Python's ``\s`` is what ``str.strip`` removes.
+
+
+def _decimals_up_to(bound: int) -> str:
+    """A regex of the decimal strings of 1 to ``bound`` (a 19-digit number) with at most
+    19 characters, leading zeros allowed (as ``_TOKEN`` and ``_DIGITS`` take them)."""
+    top = str(bound)
+    width = len(top)
+    shorter = [f"0{{{zeros}}}[1-9][0-9]{{0,{min(width - 2, width - 1 - zeros)}}}"
+               for zeros in range(width)]  # fewer significant digits than ``bound``
+    full = [top] + [f"{top[:i]}[{1 if i == 0 else 0}-{int(top[i]) - 1}][0-9]{{{width - 1 - i}}}"
+                    for i in range(width) if int(top[i]) > (1 if i == 0 else 0)]
+    return "(?:" + "|".join(shorter + full) + ")"
+
+
+_POSITIVE = _decimals_up_to(INT64_MAX)
+TOKEN_PATTERN = rf"^\s*(?:{_POSITIVE}|-{_decimals_up_to(-INT64_MIN)})\s*$"
+CONTACT_ID_PATTERN = rf"^\s*{_POSITIVE}\s*$"
+
+
+def _format_characters() -> str:
+    """A regex class body of Unicode's format characters (category Cf), as ranges."""
+    codes = [c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+    ranges: list[list[int]] = []
+    for code in codes:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    char = "\\u{:04x}".format
+    wide = "\\U{:08x}".format
+    return "".join((char if high < 0x10000 else wide)(low) + (
+        "" if low == high else "-" + (char if high < 0x10000 else wide)(high))
+        for low, high in ranges)
+
+
+# after trimming: something, no control character (_CONTROL), no format character (Cf)
+_UNSEEN = "\\x00-\\x1f\\x7f" + _format_characters()
+EXTERNAL_ID_PATTERN = rf"^\s*[^\s{_UNSEEN}](?:[^{_UNSEEN}]*[^\s{_UNSEEN}])?\s*$"
+PHONE_PATTERN = r"^\s*\+?[ ()\-]*(?:[0-9][ ()\-]*){7,15}\s*$"
+EMAIL_PATTERN = r"^\s*" + _EMAIL.pattern[1:].replace("]+@", "]{1,64}@", 1)[:-1] + r"\s*$"
+INTEGER_RANGE = {"minimum": INT64_MIN, "maximum": INT64_MAX}
+
+
 def token_field(**kwargs) -> Normalized:
     return Normalized(
         normalize_token,
         openapi={
             "type": ["integer", "string"],
-            "pattern": "^-?[0-9]{1,19}$",
-            "description": "Telegram chat id; forwarded to Reteno as a string.",
+            "pattern": TOKEN_PATTERN,
+            **INTEGER_RANGE,
+            "not": {"const": 0},
+            "description": "Telegram chat id (a non-zero signed 64-bit integer, or its digits "
+                           "as a string); forwarded to Reteno as a string.",
             "example": "123456789",
         },
         **kwargs,
@@ -164,7 +213,7 @@ def identifier_fields(nullable: bool = False) -> dict[str, fields.Field]:
     """The four identifier fields; ``nullable``: ``null`` is accepted and counts as absent
     (many clients serialise an absent field as null)."""
 
-    def spec(kind: str, **more) -> dict:  # apispec adds "null" to the type of allow_none
+    def spec(kind, **more) -> dict:  # apispec adds "null" to the type of allow_none
         if nullable:
             more["description"] = (more.get("description", "") + " Null counts as absent.").strip()
         return {"type": kind, **more}
@@ -172,20 +221,24 @@ def identifier_fields(nullable: bool = False) -> dict[str, fields.Field]:
     return {
         "contactId": Normalized(
             normalize_contact_id, allow_none=nullable,
-            openapi=spec("integer", format="int64", minimum=1),
+            openapi=spec(["integer", "string"], format="int64", minimum=1, maximum=INT64_MAX,
+                         pattern=CONTACT_ID_PATTERN,
+                         description="A positive 64-bit integer (or its digits as a string)."),
         ),
         "externalCustomerId": Normalized(
             normalize_external_id, allow_none=nullable,
-            openapi=spec("string", minLength=1, maxLength=255),
+            openapi=spec("string", minLength=1, maxLength=255, pattern=EXTERNAL_ID_PATTERN,
+                         description="Trimmed; no control or invisible format characters."),
         ),
         "phone": Normalized(
             normalize_phone, allow_none=nullable,
-            openapi=spec("string", example="+380 (95) 649-09-55",
+            openapi=spec("string", example="+380 (95) 649-09-55", pattern=PHONE_PATTERN,
                          description="7-15 digits; stored and forwarded as the digits alone."),
         ),
         "email": Normalized(
             normalize_email, allow_none=nullable,
-            openapi=spec("string", format="email", description="Trimmed, lower-cased."),
+            openapi=spec("string", maxLength=254, pattern=EMAIL_PATTERN,
+                         description="Trimmed, lower-cased."),
         ),
     }
 
@@ -195,6 +248,10 @@ def identifier_fields(nullable: bool = False) -> dict[str, fields.Field]:
 
 class TokenSchema(Schema):
     """One token object of ``POST /register``."""
+
+    # for /openapi.json: the rule of _an_identifier, which no field can say
+    openapi_rules = {"anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                               for name, _ in IDENTIFIERS]}
 
     class Meta:
         unknown = RAISE

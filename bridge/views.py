@@ -276,8 +276,9 @@ def statuses_post():
 
 @bp.post("/telegram/webhook", tags=["telegram"])
 @telegram_secret_required
-@Blueprint.json_body_doc(requestBody=json_request_body(TelegramUpdateSchema,
-                                                       "A Telegram Update object."))
+@Blueprint.json_body_doc(requestBody=json_request_body(
+    {"anyOf": [TelegramUpdateSchema, {"description": "Any other JSON value: ignored."}]},
+    "A Telegram Update object."))
 @bp.response(200, TelegramAckSchema, description="Taken (whatever the update held).")
 def telegram_webhook():
     """Telegram bot updates: blocks, unblocks and /start deep links
