@@ -1,8 +1,12 @@
-"""The blueprint: every HTTP endpoint of the bridge, kept thin.
+"""The blueprint: every HTTP endpoint of the bridge, each declared once, kept thin.
 
-Each view authenticates, parses with a schema from :mod:`bridge.schemas`,
-calls the ledger (or the status / Telegram handlers) and dumps with a schema.
-Errors of every kind leave as the one JSON shape of :mod:`bridge.http`.
+flask-smorest's decorators say what an endpoint takes (``@bp.arguments``, parsed
+with a schema from :mod:`bridge.schemas`), what it answers (``@bp.response``,
+dumped with a schema) and which errors (``@bp.alt_response``); a door from
+:mod:`bridge.http` says who may call. ``/openapi.json`` is generated from these
+declarations and the views' docstrings (:mod:`bridge.openapi`). The view itself
+calls the ledger (or the status / Telegram handlers). Errors of every kind leave
+as the one JSON shape of :mod:`bridge.http`.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ def counting_invalid(view):
 # --- POST /register ----------------------------------------------------------
 
 
+# RegisterBodySchema parses one token object or a batch; the document says so as the
+# oneOf of the two schemas (a marshmallow schema cannot describe a union itself).
 @bp.post("/register", tags=["registration"])
 @bp.doc(description=(
     f"One token object, or `{{\"tokens\": [...]}}` with 1 to {MAX_TOKENS_PER_REQUEST}. 202 "
