@@ -1,5 +1,6 @@
 """HTTP plumbing shared by every endpoint: the one JSON error shape, strict
-JSON body parsing and authentication.
+JSON body parsing, authentication, and the flask-smorest blueprint that
+declares each endpoint once (its arguments, answers and door).
 
 Every error, whatever raised it, is answered as
 ``{"code", "status", "message", "errors"}``. Bodies must be
@@ -19,9 +20,12 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Response, current_app, g, request
+from flask_smorest import Blueprint as SmorestBlueprint
+from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .logs import get_logger
+from .schemas import capped_errors, flatten_errors
 
 log = get_logger("bridge.http")
 MAX_DEPTH = 64
@@ -269,6 +273,27 @@ def _runtime():
     return current()
 
 
+# Each door's scheme, for the OpenAPI document; a door documents itself on every
+# view it guards (``security`` and its 401), so no view restates it.
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "One of BRIDGE_API_KEYS."},
+    "webhookBasic": {
+        "type": "http", "scheme": "basic",
+        "description": "BRIDGE_WEBHOOK_USERNAME / BRIDGE_WEBHOOK_PASSWORD (Reteno's webhook).",
+    },
+    "telegramSecret": {
+        "type": "apiKey", "in": "header", "name": TELEGRAM_SECRET_HEADER,
+        "description": "TELEGRAM_WEBHOOK_SECRET, the secret_token given to setWebhook.",
+    },
+}
+BEARER = [{"bearer": []}]
+
+
+def _door(security: list[dict]):
+    return SmorestBlueprint.doc(security=security,
+                                responses={401: HTTPStatus.UNAUTHORIZED.name})
+
+
 def bearer_required(view):
     """The door of ``/register`` and the read API: ``Authorization: Bearer <key>``."""
 
@@ -279,7 +304,7 @@ def bearer_required(view):
                            headers={"WWW-Authenticate": _BEARER_CHALLENGE})
         return view(*args, **kwargs)
 
-    return guarded
+    return _door(BEARER)(guarded)
 
 
 def webhook_auth_required(view):
@@ -306,7 +331,7 @@ def webhook_auth_required(view):
             )
         return view(*args, **kwargs)
 
-    return guarded
+    return _door([{"webhookBasic": []}, *BEARER])(guarded)
 
 
 def telegram_secret_required(view):
@@ -330,7 +355,7 @@ def telegram_secret_required(view):
                            headers={"WWW-Authenticate": _BEARER_CHALLENGE})
         return view(*args, **kwargs)
 
-    return guarded
+    return _door([{"telegramSecret": []}, *BEARER])(guarded)
 
 
 def bearer_optional(view):
@@ -348,7 +373,7 @@ def bearer_optional(view):
                            headers={"WWW-Authenticate": _BEARER_CHALLENGE})
         return view(*args, authenticated=True, **kwargs)
 
-    return guarded
+    return _door([{}, *BEARER])(guarded)  # open; details with a key
 
 
 def metrics_auth_required(view):
@@ -364,4 +389,50 @@ def metrics_auth_required(view):
                            headers={"WWW-Authenticate": _BEARER_CHALLENGE})
         return view(*args, **kwargs)
 
-    return guarded
+    return _door(BEARER)(guarded)
+
+
+# --- declaring endpoints: flask-smorest ----------------------------------------------
+
+
+class ArgumentParser(FlaskParser):
+    """webargs' parser, reading a body with :func:`json_body` (415, 400, 413 as above)
+    and answering refused arguments in the one error shape: 422, keyed by field path
+    (``tokens.0.email``), at most ``BRIDGE_MAX_FIELD_ERRORS`` paths. The 422's sentence
+    is the schema's ``refusal``. Every schema decides for itself about unknown keys
+    (webargs would drop unknown query keys)."""
+
+    DEFAULT_VALIDATION_STATUS = 422
+    DEFAULT_UNKNOWN_BY_LOCATION: dict = {}
+
+    def load_json(self, req, schema):
+        return json_body(_runtime().settings.max_body_bytes)
+
+    def handle_error(self, error, req, schema, *, error_status_code, error_headers):
+        (messages,) = error.messages.values()  # webargs keys them by location
+        raise APIError(422, getattr(schema, "refusal", "The request is not valid."),
+                       capped_errors(flatten_errors(messages),
+                                     _runtime().settings.max_field_errors))
+
+
+JSON_BODY_ERRORS = {code: HTTPStatus(code).name for code in (400, 413, 415)}
+
+
+class Blueprint(SmorestBlueprint):
+    """flask-smorest's blueprint with the bridge's parser; a JSON body's arguments
+    document its 400, 413 and 415 as well as the 422."""
+
+    ARGUMENTS_PARSER = ArgumentParser()
+
+    def arguments(self, schema, *, location: str = "json", **kwargs):
+        parse = super().arguments(schema, location=location, **kwargs)
+        if location != "json":
+            return parse
+        return lambda view: self.json_body_doc()(parse(view))
+
+    @staticmethod
+    def json_body_doc(**doc):
+        """The answers of any view that reads a JSON body (``doc``: more of the
+        operation's documentation, such as a ``requestBody`` the view reads itself)."""
+        responses = {**JSON_BODY_ERRORS, **doc.pop("responses", {})}
+        return SmorestBlueprint.doc(responses=responses, **doc)

@@ -26,6 +26,13 @@ from marshmallow import (
 
 from .config import MAX_TOKENS_PER_REQUEST
 from .identifiers import (
+    CONTACT_ID_PATTERN,
+    EMAIL_PATTERN,
+    EXTERNAL_ID_PATTERN,
+    INT64_MAX,
+    INTEGER_RANGE,
+    PHONE_PATTERN,
+    TOKEN_PATTERN,
     IdentifierError,
     normalize_contact_id,
     normalize_email,
@@ -63,8 +70,11 @@ def token_field(**kwargs) -> Normalized:
         normalize_token,
         openapi={
             "type": ["integer", "string"],
-            "pattern": "^-?[0-9]{1,19}$",
-            "description": "Telegram chat id; forwarded to Reteno as a string.",
+            "pattern": TOKEN_PATTERN,
+            **INTEGER_RANGE,
+            "not": {"const": 0},
+            "description": "Telegram chat id (a non-zero signed 64-bit integer, or its digits "
+                           "as a string); forwarded to Reteno as a string.",
             "example": "123456789",
         },
         **kwargs,
@@ -75,7 +85,7 @@ def identifier_fields(nullable: bool = False) -> dict[str, fields.Field]:
     """The four identifier fields; ``nullable``: ``null`` is accepted and counts as absent
     (many clients serialise an absent field as null)."""
 
-    def spec(kind: str, **more) -> dict:  # apispec adds "null" to the type of allow_none
+    def spec(kind, **more) -> dict:  # apispec adds "null" to the type of allow_none
         if nullable:
             more["description"] = (more.get("description", "") + " Null counts as absent.").strip()
         return {"type": kind, **more}
@@ -83,20 +93,24 @@ def identifier_fields(nullable: bool = False) -> dict[str, fields.Field]:
     return {
         "contactId": Normalized(
             normalize_contact_id, allow_none=nullable,
-            openapi=spec("integer", format="int64", minimum=1),
+            openapi=spec(["integer", "string"], format="int64", minimum=1, maximum=INT64_MAX,
+                         pattern=CONTACT_ID_PATTERN,
+                         description="A positive 64-bit integer (or its digits as a string)."),
         ),
         "externalCustomerId": Normalized(
             normalize_external_id, allow_none=nullable,
-            openapi=spec("string", minLength=1, maxLength=255),
+            openapi=spec("string", minLength=1, maxLength=255, pattern=EXTERNAL_ID_PATTERN,
+                         description="Trimmed; no control or invisible format characters."),
         ),
         "phone": Normalized(
             normalize_phone, allow_none=nullable,
-            openapi=spec("string", example="+380 (95) 649-09-55",
+            openapi=spec("string", example="+380 (95) 649-09-55", pattern=PHONE_PATTERN,
                          description="7-15 digits; stored and forwarded as the digits alone."),
         ),
         "email": Normalized(
             normalize_email, allow_none=nullable,
-            openapi=spec("string", format="email", description="Trimmed, lower-cased."),
+            openapi=spec("string", maxLength=254, pattern=EMAIL_PATTERN,
+                         description="Trimmed, lower-cased."),
         ),
     }
 
@@ -106,6 +120,10 @@ def identifier_fields(nullable: bool = False) -> dict[str, fields.Field]:
 
 class TokenSchema(Schema):
     """One token object of ``POST /register``."""
+
+    # for /openapi.json: the rule of _an_identifier, which no field can say
+    openapi_rules = {"anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                               for name, _ in IDENTIFIERS]}
 
     class Meta:
         unknown = RAISE
@@ -163,6 +181,24 @@ class BatchSchema(Schema):
         return data
 
 
+_token_schema = TokenSchema()
+_batch_schema = BatchSchema()
+
+
+class RegisterBodySchema(Schema):
+    """The body of ``POST /register``: one token object or ``{"tokens": [...]}``
+    (documented as ``oneOf`` the two); loads as the list of :class:`TokenRequest`."""
+
+    refusal = "The registration is not valid; nothing was stored."
+
+    def load(self, data, **kwargs) -> list[TokenRequest]:
+        if isinstance(data, dict) and "tokens" in data:
+            return _batch_schema.load(data)["tokens"]
+        if isinstance(data, dict):
+            return [_token_schema.load(data)]
+        raise ValidationError('Must be a token object or {"tokens": [token objects]}.', "_body")
+
+
 class RegistrationResultSchema(Schema):
     id = fields.Integer()
     token = fields.String()
@@ -182,6 +218,8 @@ class RegisterResponseSchema(Schema):
 
 class UnmuteSchema(Schema):
     """``POST /unmute``: a chat whose marketing messages are to arrive again."""
+
+    refusal = "The request is not valid; nothing was stored."
 
     class Meta:
         unknown = RAISE
@@ -271,6 +309,8 @@ def capped_errors(errors: dict[str, list[str]], limit: int) -> dict[str, list[st
 
 class TokenQuerySchema(Schema):
     """Filters of ``GET /tokens`` (identifiers normalised as ``/register`` does)."""
+
+    refusal = "The query is not valid."
 
     class Meta:
         unknown = RAISE
@@ -369,38 +409,35 @@ class HealthSchema(Schema):
 
 
 def _loose(description: str, **metadata) -> fields.Raw:
-    """A field documented as is: the statuses handler normalises (or ignores) it."""
+    """A field documented as is, any JSON value: the statuses handler normalises (or
+    ignores) it, so the document promises nothing about its type."""
     return fields.Raw(metadata={"description": description, **metadata})
 
 
 class StatusEventSchema(Schema):
-    """One event of ``POST /statuses``, in either vocabulary; other fields are ignored."""
+    """One event of ``POST /statuses``, in either vocabulary: any object (a value the
+    handler cannot read is ignored and counted, never refused); other fields are ignored."""
 
     class Meta:
         unknown = INCLUDE
 
-    status = fields.String(metadata={"enum": ["SENT", "FAILED", "CLICKED"],
-                                     "description": "Simple vocabulary (a bot backend)."})
-    error = fields.String(metadata={"example": "Forbidden: bot was blocked by the user"})
-    token = _loose("Telegram chat id.", type=["integer", "string"], example="123456789")
-    contactId = _loose("Reteno contact id.", type=["integer", "string"])
-    externalCustomerId = fields.String()
-    phone = fields.String()
-    sms = fields.String(metadata={"description": "Reteno's name for the phone."})
-    email = fields.String()
-    activityStatus = fields.String(
-        metadata={"example": "UNDELIVERED",
-                  "description": "Reteno activity webhook: SENT, DELIVERED, UNDELIVERED, "
-                                 "CLICKED, BOT_SEND_ERROR, ..."}
-    )
-    statusDescription = fields.String(metadata={"example": "Forbidden"})
-    mediaType = fields.String()
-    messageId = _loose("Reteno message id.", type=["integer", "string"])
+    status = _loose("Simple vocabulary (a bot backend): SENT, FAILED or CLICKED.",
+                    example="FAILED")
+    error = _loose("Why it failed.", example="Forbidden: bot was blocked by the user")
+    token = _loose("Telegram chat id.", example="123456789")
+    contactId = _loose("Reteno contact id.")
+    externalCustomerId = _loose("External customer id.")
+    phone = _loose("Phone number.")
+    sms = _loose("Reteno's name for the phone.")
+    email = _loose("E-mail address.")
+    activityStatus = _loose("Reteno activity webhook: SENT, DELIVERED, UNDELIVERED, CLICKED, "
+                            "BOT_SEND_ERROR, ...", example="UNDELIVERED")
+    statusDescription = _loose("Reteno's description of the status.", example="Forbidden")
+    mediaType = _loose("Reteno's channel.")
+    messageId = _loose("Reteno message id.")
     activityDateTime = _loose("When it happened: ISO 8601 (no offset: in "
-                              "BRIDGE_STATUS_TIMEZONE, UTC by default) or epoch seconds.",
-                              type=["string", "number"])
-    time = _loose("The simple vocabulary's event time, as activityDateTime.",
-                  type=["string", "number"])
+                              "BRIDGE_STATUS_TIMEZONE, UTC by default) or epoch seconds.")
+    time = _loose("The simple vocabulary's event time, as activityDateTime.")
 
 
 class StatusResultSchema(Schema):
@@ -427,16 +464,15 @@ class StatusProbeSchema(Schema):
 
 
 class TelegramUpdateSchema(Schema):
-    """A Telegram ``Update``; the bridge reads ``my_chat_member`` and ``message``."""
+    """A Telegram ``Update``, any object: the bridge reads ``my_chat_member`` and
+    ``message`` and ignores what it cannot read."""
 
     class Meta:
         unknown = INCLUDE
 
-    update_id = fields.Integer()
-    message = fields.Dict(metadata={"description": "Text `/start <signed payload>` registers."})
-    my_chat_member = fields.Dict(
-        metadata={"description": "`kicked` removes the chat's token; `member` queues it again."}
-    )
+    update_id = _loose("Telegram's update id.")
+    message = _loose("Text `/start <signed payload>` registers.")
+    my_chat_member = _loose("`kicked` removes the chat's token; `member` queues it again.")
 
 
 class TelegramAckSchema(Schema):

@@ -1,21 +1,28 @@
-"""The blueprint: every HTTP endpoint of the bridge, kept thin.
+"""The blueprint: every HTTP endpoint of the bridge, each declared once, kept thin.
 
-Each view authenticates, parses with a schema from :mod:`bridge.schemas`,
-calls the ledger (or the status / Telegram handlers) and dumps with a schema.
-Errors of every kind leave as the one JSON shape of :mod:`bridge.http`.
+flask-smorest's decorators say what an endpoint takes (``@bp.arguments``, parsed
+with a schema from :mod:`bridge.schemas`), what it answers (``@bp.response``,
+dumped with a schema) and which errors (``@bp.alt_response``); a door from
+:mod:`bridge.http` says who may call. ``/openapi.json`` is generated from these
+declarations and the views' docstrings (:mod:`bridge.openapi`). The view itself
+calls the ledger (or the status / Telegram handlers). Errors of every kind leave
+as the one JSON shape of :mod:`bridge.http`.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 
-from flask import Blueprint, Response, g, request
+from flask import Response, g, request
 from marshmallow import ValidationError
 
 from . import statuses, telegram
+from .config import MAX_TOKENS_PER_REQUEST
 from .http import (
     APIError,
+    Blueprint,
     bearer_optional,
     bearer_required,
     caller_label,
@@ -36,58 +43,73 @@ from .schemas import (
     HistorySchema,
     MuteResultSchema,
     MuteSchema,
+    RegisterBodySchema,
     RegisterResponseSchema,
+    StatusEventSchema,
+    StatusProbeSchema,
+    StatusResultSchema,
+    TelegramAckSchema,
+    TelegramUpdateSchema,
     TokenPageSchema,
     TokenQuerySchema,
     TokenSchema,
     UnmuteSchema,
     capped_errors,
     flatten_errors,
+    token_field,
 )
 
-bp = Blueprint("bridge", __name__)
+bp = Blueprint("bridge", __name__, description="The Reteno Telegram bridge.")
 register_error_handlers(bp)
 bp.after_request(protect_answer)
 
-_token_schema = TokenSchema()
-_batch_schema = BatchSchema()
-_register_response = RegisterResponseSchema()
-_query_schema = TokenQuerySchema()
-_page_schema = TokenPageSchema()
-_history_schema = HistorySchema()
-_health_schema = HealthSchema()
-_mute_schema = MuteSchema()
-_unmute_schema = UnmuteSchema()
-_mute_result = MuteResultSchema()
 
-
-
-
-def invalid(exc: ValidationError, message: str = "The request is not valid.") -> APIError:
+def invalid(exc: ValidationError, message: str) -> APIError:
     return APIError(422, message, capped_errors(flatten_errors(exc.messages),
                                                 rt().settings.max_field_errors))
+
+
+def json_request_body(schema, description: str) -> dict:
+    """A ``requestBody`` for a view that reads its body itself (any object)."""
+    return {"required": True, "description": description,
+            "content": {"application/json": {"schema": schema}}}
+
+
+def counting_invalid(view):
+    """Counts a refused registration body (``bridge_registrations_total{result="invalid"}``)."""
+
+    @functools.wraps(view)
+    def counted(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except APIError as exc:
+            if exc.code == 422:
+                rt().metrics.registrations.labels("invalid").inc()
+            raise
+
+    return counted
 
 
 # --- POST /register ----------------------------------------------------------
 
 
-@bp.post("/register")
+# RegisterBodySchema parses one token object or a batch; the document says so as the
+# oneOf of the two schemas (a marshmallow schema cannot describe a union itself).
+@bp.post("/register", tags=["registration"])
+@bp.doc(description=(
+    f"One token object, or `{{\"tokens\": [...]}}` with 1 to {MAX_TOKENS_PER_REQUEST}. 202 "
+    "means the registrations are durably in the ledger; delivery happens off the request "
+    "path. A token already registered with the same identifier, and not removed, is "
+    "answered as a duplicate and not queued again."),
+    requestBody=json_request_body({"oneOf": [TokenSchema, BatchSchema]},
+                                  "A token object or a batch of them."))
 @bearer_required
-def register():
+@counting_invalid
+@bp.arguments(RegisterBodySchema())
+@bp.response(202, RegisterResponseSchema, description="One result per token object, in order.")
+def register(items):
+    """Register contact tokens with Reteno (through the ledger's outbox)"""
     bridge = rt()
-    data = json_body(bridge.settings.max_body_bytes)
-    try:
-        if isinstance(data, dict) and "tokens" in data:
-            items = _batch_schema.load(data)["tokens"]
-        elif isinstance(data, dict):
-            items = [_token_schema.load(data)]
-        else:
-            raise ValidationError(
-                "Must be a token object or {\"tokens\": [token objects]}.", "_body"
-            )
-    except ValidationError as exc:
-        bridge.metrics.registrations.labels("invalid").inc()
-        raise invalid(exc, "The registration is not valid; nothing was stored.") from None
     outcomes = bridge.ledger.register(items, source="api")
     duplicates = sum(o.duplicate for o in outcomes)  # counted per body, not per token
     for label, count in (("duplicate", duplicates), ("queued", len(outcomes) - duplicates)):
@@ -96,83 +118,117 @@ def register():
     for state, count in Counter(o.state for o in outcomes if o.conflict and not o.duplicate
                                 ).items():
         bridge.metrics.conflicts.labels(state).inc(count)
-    return _register_response.dump({"registrations": outcomes}), 202
+    return {"registrations": outcomes}
 
 
 # --- POST /mute, POST /unmute ------------------------------------------------------
 
+MUTE_DESCRIPTION = (
+    "The chat must have a live registration. 202 means the request is in the ledger; it goes "
+    "to Reteno through the outbox once Reteno knows the chat, with the same retries and "
+    "pause as registrations. For a bot's own /stop and /resume.")
 
-def _mute(schema):
-    bridge = rt()
-    try:
-        mute_request = schema.load(json_body(bridge.settings.max_body_bytes))
-    except ValidationError as exc:
-        raise invalid(exc, "The request is not valid; nothing was stored.") from None
-    record = bridge.ledger.mute(mute_request, source="api")
+
+def _mute(mute_request):
+    record = rt().ledger.mute(mute_request, source="api")
     if record is None:
         raise APIError(404, "The chat has no live registration; register it first.",
                        {"token": ["No live registration."]})
-    return _mute_result.dump(record), 202
+    return record
 
 
-@bp.post("/mute")
+@bp.post("/mute", tags=["registration"])
+@bp.doc(description=MUTE_DESCRIPTION)
 @bearer_required
-def mute():
-    return _mute(_mute_schema)
+@bp.arguments(MuteSchema(), description="The chat, and how long.")
+@bp.response(202, MuteResultSchema, description="Queued for Reteno.")
+@bp.alt_response(404, response="NOT_FOUND")
+def mute(mute_request):
+    """Mute a chat's marketing messages for a while or until unmuted
+
+    Transactional messages still arrive; the last request wins.
+    """
+    return _mute(mute_request)
 
 
-@bp.post("/unmute")
+@bp.post("/unmute", tags=["registration"])
+@bp.doc(description=MUTE_DESCRIPTION)
 @bearer_required
-def unmute():
-    return _mute(_unmute_schema)
+@bp.arguments(UnmuteSchema(), description="The chat.")
+@bp.response(202, MuteResultSchema, description="Queued for Reteno.")
+@bp.alt_response(404, response="NOT_FOUND")
+def unmute(mute_request):
+    """Let a chat's marketing messages arrive again"""
+    return _mute(mute_request)
 
 
 # --- reading the ledger ---------------------------------------------------------
 
 
-@bp.get("/tokens")
+@bp.get("/tokens", tags=["ledger"])
 @bearer_required
-def tokens():
-    bridge = rt()
-    try:
-        query = _query_schema.load(request.args.to_dict())
-    except ValidationError as exc:
-        raise invalid(exc, "The query is not valid.") from None
+@bp.arguments(TokenQuerySchema(), location="query")
+@bp.response(200, TokenPageSchema, description="A page of registrations.")
+def tokens(query):
+    """Query registrations, newest first
+
+    Identifiers are normalised as `/register` normalises them. Pages are
+    keyset-paginated: pass `next` of a page as `cursor` to get the following one;
+    `next` is null on the last page.
+    """
     limit = query.pop("limit")
     cursor = query.pop("cursor", None)
     try:
-        rows, nxt = bridge.ledger.find(query, limit=limit, cursor=cursor)
+        rows, nxt = rt().ledger.find(query, limit=limit, cursor=cursor)
     except ValueError as exc:
         raise APIError(422, "The query is not valid.", {"cursor": [str(exc)]}) from None
-    return _page_schema.dump({"items": rows, "next": nxt})
+    return {"items": rows, "next": nxt}
 
 
-@bp.get("/tokens/<token>/history")
+_PATH_TOKEN = {"in": "path", "name": "token", "description": "Telegram chat id.",
+               "schema": {"type": "string", "pattern": token_field().metadata["pattern"]}}
+
+
+@bp.get("/tokens/<token>/history", tags=["ledger"], parameters=[_PATH_TOKEN])
 @bearer_required
+@bp.response(200, HistorySchema,
+             description="Submissions, upstream attempts, statuses and removals.")
+@bp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+@bp.alt_response(404, response="NOT_FOUND")
 def history(token: str):
-    bridge = rt()
+    """Every event of a token, oldest first"""
     try:
         token = normalize_token(token)
     except IdentifierError as exc:
         raise APIError(422, "Not a Telegram chat id.", {"token": exc.messages}) from None
-    return _history_schema.dump({"token": token, "events": bridge.ledger.history(token)})
+    return {"token": token, "events": rt().ledger.history(token)}
 
 
 # --- operations ---------------------------------------------------------------------
 
 
-@bp.get("/healthz")
+@bp.get("/healthz", tags=["operations"])
 @bearer_optional
+@bp.response(200, HealthSchema, description="The bridge is up.")
+@bp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def healthz(authenticated: bool):
+    """Health: status and reason codes, the sandbox flag
+
+    With a bearer key, also the outbox, dead letters, held conflicts and the last
+    upstream result.
+    """
     body, ok = rt().health(details=authenticated)
     if not ok:
         raise APIError(503, body["message"], {"database": [body["message"]]})
-    return _health_schema.dump(body)
+    return body
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", tags=["operations"])
 @metrics_auth_required
+@bp.alt_response(200, schema={"type": "string"}, content_type="text/plain", success=True,
+                 description="Prometheus text format 0.0.4.")
 def metrics():
+    """Prometheus metrics (text exposition format); open with BRIDGE_METRICS_PUBLIC=true"""
     return Response(rt().metrics.render(), mimetype="text/plain",
                     content_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -180,15 +236,34 @@ def metrics():
 # --- statuses: Reteno's activity webhook and the bot backend's reports ----------------
 
 
-@bp.get("/statuses")
+@bp.get("/statuses", tags=["statuses"])
+@bp.doc(security=[])
+@bp.response(200, StatusProbeSchema, description="The webhook is here.")
 def statuses_probe():
-    """Reteno checks the webhook URL with a GET when it is configured."""
+    """Answers 200 (Reteno checks the webhook URL with a GET)"""
     return {"status": "ok", "message": "POST status events (a JSON object or array) here."}
 
 
-@bp.post("/statuses")
+@bp.post("/statuses", tags=["statuses"])
 @webhook_auth_required
+@Blueprint.json_body_doc(
+    requestBody=json_request_body(
+        {"oneOf": [StatusEventSchema, {"type": "array", "items": StatusEventSchema}]},
+        "A status event or an array of them."),
+    responses={422: "UNPROCESSABLE_ENTITY"})
+@bp.response(200, StatusResultSchema, description="What the events did.")
 def statuses_post():
+    """Message statuses from Reteno's webhook or the bot backend
+
+    One event or an array of events, in the simple vocabulary (`status`, `error`,
+    `token` and/or identifiers) or as Reteno activity webhook objects. A failure whose
+    error says the bot can no longer reach the chat (Telegram's `Forbidden: bot was
+    blocked by the user`, `user is deactivated`, `bot was kicked from the ... chat`, or
+    a bare Forbidden / 403) removes the token; others (`Bad Request: chat not found`)
+    are recorded only. Offset-less times are read in BRIDGE_STATUS_TIMEZONE; a time
+    later than its receipt counts as its receipt. Every JSON object or array of objects
+    is answered 200; replays change nothing.
+    """
     bridge = rt()
     data = json_body(bridge.settings.max_body_bytes, replace_unstorable=True)
     try:
@@ -205,9 +280,18 @@ def statuses_post():
 # --- Telegram: the bot's webhook (blocks, unblocks, /start deep links) --------------------
 
 
-@bp.post("/telegram/webhook")
+@bp.post("/telegram/webhook", tags=["telegram"])
 @telegram_secret_required
+@Blueprint.json_body_doc(requestBody=json_request_body(
+    {"anyOf": [TelegramUpdateSchema, {"description": "Any other JSON value: ignored."}]},
+    "A Telegram Update object."))
+@bp.response(200, TelegramAckSchema, description="Taken (whatever the update held).")
 def telegram_webhook():
+    """Telegram bot updates: blocks, unblocks and /start deep links
+
+    Telegram sends the secret-token header (TELEGRAM_WEBHOOK_SECRET); a bot backend
+    forwarding its own updates sends a bearer key.
+    """
     bridge = rt()
     update = json_body(bridge.settings.max_body_bytes, replace_unstorable=True)
     outcome = telegram.handle_update(bridge.ledger, bridge.settings, update, bridge.metrics)
@@ -237,6 +321,10 @@ def _log_request(response):
     return response
 
 
-@bp.get("/openapi.json")
+@bp.get("/openapi.json", tags=["operations"])
+@bp.doc(security=[])
+@bp.alt_response(200, schema={"type": "object"}, description="An OpenAPI 3.1 document.",
+                 success=True)
 def openapi():
+    """This document"""
     return openapi_document(rt(), request.script_root)

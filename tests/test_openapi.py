@@ -6,6 +6,7 @@ import re
 
 import pytest
 from flask import Flask
+from jsonschema import ValidationError
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
@@ -65,7 +66,7 @@ def test_auth_is_documented_per_endpoint(spec):
     for path in ("/register", "/tokens", "/tokens/{token}/history"):
         op = next(iter(paths[path].values()))
         assert op["security"] == [{"bearer": []}], path
-        assert op["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
+        assert op["responses"]["401"] == {"$ref": "#/components/responses/UNAUTHORIZED"}
     assert paths["/statuses"]["post"]["security"] == [{"webhookBasic": []}, {"bearer": []}]
     assert paths["/statuses"]["get"]["security"] == []
     assert paths["/telegram/webhook"]["post"]["security"] == [{"telegramSecret": []},
@@ -83,6 +84,8 @@ def test_every_error_response_is_the_error_shape(spec):
     seen = set()
     for path, operations in spec["paths"].items():
         for method, op in operations.items():
+            if method == "parameters":  # the path's own (``{token}``)
+                continue
             assert "200" in op["responses"] or "202" in op["responses"], (method, path)
             for code, response in op["responses"].items():
                 if code[0] in "45":
@@ -106,7 +109,7 @@ def test_the_schemas_are_those_the_views_use(spec):
     assert limit["schema"] == {"type": "integer", "default": 50, "minimum": 1, "maximum": 500}
     body = spec["paths"]["/register"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"oneOf": [{"$ref": "#/components/schemas/Token"},
-                                        {"$ref": "#/components/schemas/TokenBatch"}]}
+                                        {"$ref": "#/components/schemas/Batch"}]}
     result = spec["paths"]["/statuses"]["post"]["responses"]["200"]
     assert set(schemas["StatusResult"]["properties"]) == {"processed", "removed", "unmatched",
                                                            "ignored", "stale", "ambiguous"}
@@ -193,3 +196,56 @@ def test_the_document_is_built_once_per_runtime(client, bridge, monkeypatch):
     assert len(built) == 1
     assert first["servers"] != second["servers"]
     assert {**first, "servers": None} == {**second, "servers": None}
+
+
+@pytest.mark.parametrize("field, values", [
+    ("token", ["1", "-1", "0", "-0", "007", " 42 ", "+5", "9223372036854775807",
+               "9223372036854775808", "-9223372036854775808", "-9223372036854775809",
+               "0000000000000000001", "00000000000000000001", "1" * 20, "12a", ""]),
+    ("contactId", ["1", "0", " 17 ", "9223372036854775807", "9223372036854775808", "-3",
+                   "0009"]),
+    ("phone", ["+380 (95) 649-09-55", "1234567", "123456", "1" * 15, "1" * 16, "1+234567",
+               " +1234567 ", "+ 1234567"]),
+    ("email", ["ann@example.com", " Ann@Example.COM ", "a" * 64 + "@b.co",
+               "a" * 65 + "@b.co", "a@b", "a@-b.co"]),
+    ("externalCustomerId", ["a", " a ", "a b", "a\tb", "\u200ba", " ", "\x00", "a\u00a0b",
+                            "\U000e0001x"]),
+])
+def test_the_document_states_each_identifier_rule_exactly(spec, client, auth, field, values):
+    """A string the document's pattern allows is one /register takes, and the other way
+    round (schemathesis sends both kinds)."""
+    pattern = re.compile(spec["components"]["schemas"]["Token"]["properties"][field]["pattern"])
+    for value in values:
+        body = {"token": value} if field == "token" else {"token": 5, field: value}
+        if field == "token":
+            body["email"] = "ann@example.com"
+        taken = client.post("/register", headers=auth, json=body).status_code == 202
+        assert bool(pattern.search(value)) == taken, (field, value)
+
+
+def test_the_document_says_an_identifier_is_required(spec):
+    conforms(spec, "#/components/schemas/Token", {"token": 5, "email": "a@b.co"})
+    for instance in ({"token": 5}, {"token": 5, "email": None}):
+        with pytest.raises(ValidationError):
+            conforms(spec, "#/components/schemas/Token", instance)
+
+
+def test_the_bridge_leaves_the_host_apps_own_handlers_and_commands_alone(config, tmp_path):
+    app = Flask("host", instance_path=str(tmp_path / "host"))
+    app.config.from_mapping(config)
+
+    @app.get("/hello")
+    def hello():
+        return "hi"
+
+    Bridge(app, url_prefix="/reteno")
+    try:
+        client = app.test_client()
+        assert client.get("/reteno/openapi.json").status_code == 200
+        assert app.error_handler_spec[None] == {}  # the bridge's handlers are its blueprint's
+        assert "openapi" not in app.cli.commands
+        assert "flask-smorest" not in app.extensions
+        missing = client.get("/nowhere")
+        assert missing.status_code == 404 and not missing.is_json  # Flask's own page
+    finally:
+        app.extensions["reteno_bridge"].db.dispose()
