@@ -35,6 +35,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -378,7 +379,11 @@ def in_params(column, prefix: str, size: int):
     return column.in_([bindparam(f"{prefix}{i}") for i in range(size)])
 
 
-_COMPILED: dict[tuple[int, frozenset], _Compiled] = {}
+# A statement -> {its parameter names -> it compiled}. Keyed on the statement itself,
+# weakly: an entry lives as long as its statement (a statement dropped by its caller
+# takes its SQL with it; an ``id()`` could be another statement's afterwards).
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[frozenset, _Compiled]] = \
+    weakref.WeakKeyDictionary()
 
 
 def run(conn, stmt, params: dict | list[dict]) -> list[tuple] | None:
@@ -394,11 +399,13 @@ def run(conn, stmt, params: dict | list[dict]) -> list[tuple] | None:
     many = isinstance(params, list)
     if many and not params:
         return None
-    first = params[0] if many else params
-    key = (id(stmt), frozenset(first))
-    compiled = _COMPILED.get(key)
+    keys = frozenset(params[0] if many else params)
+    shapes = _COMPILED.get(stmt)
+    if shapes is None:
+        shapes = _COMPILED.setdefault(stmt, {})
+    compiled = shapes.get(keys)
     if compiled is None:
-        compiled = _COMPILED.setdefault(key, _Compiled(stmt, conn.dialect, key[1]))
+        compiled = shapes.setdefault(keys, _Compiled(stmt, conn.dialect, keys))
     raw = conn.connection.driver_connection
     if not many:
         cursor = _driver_execute(raw, compiled.sql, compiled.values(params))

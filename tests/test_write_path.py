@@ -4,15 +4,16 @@ driver-level inserts. Behaviour only; speed is measured by ``bench/``, never her
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import sqlite3
 import threading
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import literal_column, select, text
 
-from bridge.db import Database
+from bridge.db import Database, run
 from bridge.ledger import Ledger, TokenRequest
 from tests.helpers import assert_error_shape, rows
 
@@ -127,6 +128,21 @@ def test_timestamps_are_stored_as_sqlalchemy_stores_them(ledger, db_url):
             "SELECT at FROM bridge_events")).scalars().all()
     # SQLAlchemy's SQLite DATETIME: always six digits of microseconds, a space, no zone
     assert stamps and all(len(s) == 26 and s[10] == " " and s[19] == "." for s in stamps)
+
+
+def test_each_statement_runs_its_own_sql_after_others_are_dropped(db_url):
+    # Statements built, run once and dropped: a new one may live where an old one did.
+    database = Database(db_url)
+    try:
+        with database.read() as conn:
+            for n in range(200):
+                statement = select(literal_column(str(n)))
+                assert run(conn, statement, {}) == [(n,)]
+                del statement
+                if n % 20 == 0:
+                    gc.collect()
+    finally:
+        database.dispose()
 
 
 def test_write_queue_is_reentrant_and_serialises_threads(db_url):
