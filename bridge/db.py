@@ -14,13 +14,13 @@ from __future__ import annotations
 import importlib.resources
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, inspect, make_url, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, inspect, make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from .config import StartupError
@@ -29,8 +29,7 @@ from .storage import (
     GroupCommit,
     WriteQueue,
     checkpoint,
-    in_params,
-    param_pages,
+    page_bounds,
     run,
     sqlite_engine,
     sqlite_path,
@@ -44,7 +43,7 @@ def migrations_dir() -> str:
 VERSION_TABLE = "bridge_alembic_version"
 
 
-__all__ = ["Database", "in_params", "param_pages", "run"]  # the hot path's (bridge.storage)
+__all__ = ["Database", "run"]  # run: the hot path's (bridge.storage)
 
 
 class SchemaBehind(StartupError):
@@ -243,6 +242,29 @@ def insert_unless_taken(table, index_elements: list[str], index_where: str | Non
                                                     index_where=where)
         for module in (sqlite, postgresql)
     )
+
+
+def in_pages(items: Sequence) -> Iterator[list]:
+    """``items`` in pages for ``column IN (…)``, the one way the bridge splits a long list
+    of values: 256, 64 or 16 at a time and a last one under 16
+    (:func:`bridge.storage.page_bounds`). Every page is under each database's limit on
+    parameters, and page sizes are few, so a statement built once per size
+    (:func:`in_params`) has few shapes."""
+    for start, size in page_bounds(len(items)):
+        yield list(items[start:start + size])
+
+
+def in_params(column, prefix: str, size: int):
+    """``column IN (:<prefix>0, …)`` with ``size`` parameters, for a page of
+    :func:`in_pages` (its values: :func:`page_params`): one statement shape per page size,
+    where SQLAlchemy's expanding ``IN`` would render and process the list on every
+    execution."""
+    return column.in_([bindparam(f"{prefix}{i}") for i in range(size)])
+
+
+def page_params(page: Sequence, prefix: str) -> dict:
+    """A page's values as the parameters ``<prefix>0`` … of :func:`in_params`."""
+    return {f"{prefix}{i}": item for i, item in enumerate(page)}
 
 
 def lock_keys(conn: Connection, keys: list[str]) -> None:

@@ -37,12 +37,12 @@ import sqlite3
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
 WRITE_OPTION = "bridge_write"  # execution option: this connection runs a write transaction
@@ -363,20 +363,6 @@ def page_bounds(count: int) -> Iterator[tuple[int, int]]:
         size = next((p for p in (256, 64, 16) if p <= count - start), count - start)
         yield start, size
         start += size
-
-
-def param_pages(items: Sequence, prefix: str) -> Iterator[tuple[int, dict]]:
-    """``items`` in pages (:func:`page_bounds`): each page's size and its items as the
-    parameters ``<prefix>0`` … of a statement built with :func:`in_params` for that size."""
-    for start, size in page_bounds(len(items)):
-        yield size, {f"{prefix}{i}": item for i, item in enumerate(items[start:start + size])}
-
-
-def in_params(column, prefix: str, size: int):
-    """``column IN (:<prefix>0, …)`` with ``size`` parameters: one statement shape per page
-    size (:func:`param_pages`), where SQLAlchemy's expanding ``IN`` would render and
-    process the list on every execution."""
-    return column.in_([bindparam(f"{prefix}{i}") for i in range(size)])
 
 
 # A statement -> {its parameter names -> it compiled}. Keyed on the statement itself,

@@ -13,7 +13,7 @@ import threading
 import pytest
 from sqlalchemy import literal_column, select, text
 
-from bridge.db import Database, run
+from bridge.db import Database, in_pages, run
 from bridge.ledger import Ledger, TokenRequest
 from tests.helpers import assert_error_shape, rows
 
@@ -143,6 +143,15 @@ def test_each_statement_runs_its_own_sql_after_others_are_dropped(db_url):
                     gc.collect()
     finally:
         database.dispose()
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 256, 257, 500, 1000, 1001])
+def test_a_list_for_in_goes_in_pages_of_few_sizes_each_value_once_in_order(count):
+    values = list(range(count))
+    pages = list(in_pages(values))
+    assert [v for page in pages for v in page] == values
+    assert all(len(page) in (256, 64, 16) for page in pages[:-1])
+    assert all(0 < len(page) <= 256 for page in pages)
 
 
 def test_write_queue_is_reentrant_and_serialises_threads(db_url):
