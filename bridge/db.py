@@ -5,7 +5,8 @@ engine from ``BRIDGE_DATABASE_URL``. :class:`Database` is the interface the
 ledger writes through: ``write()`` (a write transaction on a Core connection,
 committed and durable when the block returns), ``read()``, and
 ``group_commit(work)`` (calls of concurrent threads sharing one write
-transaction). SQLite's fast path behind it lives in :mod:`bridge.storage`.
+transaction). SQLite's fast path behind it lives in :mod:`bridge.storage`. A long
+``IN`` list is split into pages by :func:`in_pages`, everywhere.
 Schema changes only come from the Alembic revisions in ``migrations/``.
 """
 
@@ -244,6 +245,24 @@ def insert_unless_taken(table, index_elements: list[str], index_where: str | Non
     )
 
 
+def lock_keys(conn: Connection, keys: list[str]) -> None:
+    """Serialise transactions that touch the same keys: PostgreSQL takes a
+    transaction-scoped advisory lock per key, in one global order (so two such
+    transactions queue instead of deadlocking); SQLite's write transactions are
+    serial already."""
+    if conn.dialect.name != "postgresql" or not keys:
+        return
+    conn.execute(
+        text("SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT "
+             "hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k "
+             "ORDER BY h) AS ordered"),
+        {"keys": list(keys)},
+    )
+
+
+# --- long IN lists ---------------------------------------------------------------------------
+
+
 def in_pages(items: Sequence) -> Iterator[list]:
     """``items`` in pages for ``column IN (…)``, the one way the bridge splits a long list
     of values: 256, 64 or 16 at a time and a last one under 16
@@ -265,18 +284,3 @@ def in_params(column, prefix: str, size: int):
 def page_params(page: Sequence, prefix: str) -> dict:
     """A page's values as the parameters ``<prefix>0`` … of :func:`in_params`."""
     return {f"{prefix}{i}": item for i, item in enumerate(page)}
-
-
-def lock_keys(conn: Connection, keys: list[str]) -> None:
-    """Serialise transactions that touch the same keys: PostgreSQL takes a
-    transaction-scoped advisory lock per key, in one global order (so two such
-    transactions queue instead of deadlocking); SQLite's write transactions are
-    serial already."""
-    if conn.dialect.name != "postgresql" or not keys:
-        return
-    conn.execute(
-        text("SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT "
-             "hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k "
-             "ORDER BY h) AS ordered"),
-        {"keys": list(keys)},
-    )
