@@ -25,7 +25,7 @@ migrate: install
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet -e '.[test,docs]' -e './client[aiogram,ptb]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[test,docs,fuzz,mutation]' -e './client[aiogram,ptb]'
 	.lock-venv/bin/python -m pip freeze --exclude-editable > constraints.txt
 	rm -rf .lock-venv
 
@@ -85,12 +85,14 @@ RELIABILITY_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 reliability: install
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/crashes.py
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[fuzz]'
 	$(BIN)/python bench/fuzz.py
 
 # The same on PostgreSQL: two gunicorn instances and two delivery workers share the outbox.
 reliability-postgres: install
 	$(BIN)/python bench/faults.py --database-url $(RELIABILITY_PG) --servers 2 --workers 2
 	$(BIN)/python bench/crashes.py --database-url $(RELIABILITY_PG) --servers 2 --workers 2
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[fuzz]'
 	$(BIN)/python bench/fuzz.py --database-url $(RELIABILITY_PG)
 
 clean:

@@ -1,4 +1,5 @@
-"""Shared plumbing of the ``bench/bench_*.py`` scripts.
+"""Shared plumbing of the ``bench/`` scripts: :class:`Proc` and :func:`free_port` for
+every script (the reliability runs' own pieces are in ``bench/harness.py``).
 
 Starts and stops what a benchmark needs (the Reteno simulator as its own
 process, gunicorn serving the bridge or a baseline app, ``bridge deliver``),
@@ -171,33 +172,75 @@ def wait_http(url: str, timeout: float = 30.0, proc: Proc | None = None) -> None
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
-@dataclass
 class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
+    """A child process in a session of its own: it leads its process group, so it and
+    the processes it starts (gunicorn's workers) are signalled together, by that group's
+    id, never by name. Its output goes to ``log`` (appended: a process started again,
+    ``start()`` after ``stop()`` or ``kill9()``, adds to it; ``starts`` counts)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log: Path):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log = log
+        self.popen: subprocess.Popen | None = None
+        self.starts = 0
+        self._log_file = None
+
+    def start(self) -> Proc:
+        self._close_log()
+        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in stop()/kill9()
+        self._log_file.write(f"\n--- start #{self.starts + 1} of {self.name} ---\n".encode())
+        self._log_file.flush()
+        self.popen = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.starts += 1
+        return self
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
 
     def tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM to this process's own group (it leads it), then SIGKILL if needed."""
-        if self.popen.poll() is not None:
+    def kill9(self) -> None:
+        """``kill -9`` the process and every process of its group."""
+        self._signal_group(signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait(timeout=30)
+        self._close_log()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM to the group, SIGKILL after ``timeout`` s; then SIGKILL to whatever of
+        the group is left (a child that outlived its parent)."""
+        if self.alive:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.popen.wait(timeout=30)
+        self._signal_group(signal.SIGKILL)
+        self._close_log()
+
+    def _signal_group(self, sig: int) -> None:
+        if self.popen is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)  # the group this child leads, nothing else
+
+    def _close_log(self) -> None:
+        if self._log_file is not None and not self._log_file.closed:
+            self._log_file.close()
 
 
 class Stack(contextlib.ExitStack):
@@ -223,15 +266,10 @@ class Stack(contextlib.ExitStack):
             say(f"# kept {self.dir}")
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> Proc:
-        log = self.dir / f"{name}.log"
-        fh = open(log, "ab")  # noqa: SIM115 - closed with the stack
-        self.callback(fh.close)
-        popen = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=fh,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
+        """``argv`` started as :class:`Proc` ``name`` (environment: this one plus ``env``),
+        stopped with the stack."""
+        proc = Proc(name, argv, {**os.environ, **(env or {})}, self.dir / f"{name}.log")
+        self.procs.append(proc.start())
         return proc
 
     def stop(self, proc: Proc) -> None:

@@ -20,6 +20,8 @@ the ledger) and runs two generators against it over HTTP:
     .venv/bin/python bench/fuzz.py --examples 500 --hypothesis 1000   # quick
 
 Exit status 0 only if no answer was a 5xx and every rejection kept the promise.
+schemathesis is the ``fuzz`` extra, not part of ``make install``:
+``pip install -c constraints.txt -e '.[fuzz]'`` (``make reliability`` installs it).
 """
 
 from __future__ import annotations
@@ -189,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--keep", default=None, help="directory for logs and the database")
     args = parser.parse_args(argv)
+    if args.examples and not (BIN / "schemathesis").exists():
+        parser.error("schemathesis is not installed (the 'fuzz' extra): "
+                     "pip install -c constraints.txt -e '.[fuzz]'")
     workdir = h.workdir_for("bridge-fuzz-", args.keep)
     figures: dict = {"workdir": str(workdir)}
     ok = True

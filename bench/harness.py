@@ -8,9 +8,9 @@ registrations over HTTP from a bounded pool of threads, and reads the truth
 back from three places: what the clients were acknowledged (2xx), what the
 ledger holds, and what the simulator received (per token and per contact).
 
-Every process is started in its own session and ended by its own process
-group id, never by name. Only the standard library, ``requests`` and
-SQLAlchemy are used.
+Every process is a :class:`bench.common.Proc`: started in its own session and
+ended by its own process group id, never by name. Only the standard library,
+``requests`` and SQLAlchemy are used.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ import contextlib
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,22 +31,12 @@ from pathlib import Path
 import requests
 from sqlalchemy import create_engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from bench.common import PYTHON, ROOT, Proc, free_port, say
+
 API_KEY = "reliability-api-key-0123456789"
 APP_UUID = "5f0c6a1e-2b7d-4c1a-9e8f-3a2b1c0d9e8f"
 RETENO_KEY = "reliability-reteno-key-0123456789"
 TOKEN_BASE = 7_000_000_000  # registration i carries chat id TOKEN_BASE + i
-
-
-def say(*parts) -> None:
-    print(*parts, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
@@ -65,67 +52,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
         time.sleep(interval)
 
 
-# --- processes ---------------------------------------------------------------------------
-
-
-class Proc:
-    """A child process in its own session (so its whole group can be killed at once)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict, log_path: Path):
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        self.popen: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> Proc:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill9()
-        log.write(f"\n--- start #{self.starts + 1} of {self.name} ---\n".encode())
-        log.flush()
-        self.popen = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        self._log = log
-        self.starts += 1
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def _signal_group(self, sig: int) -> None:
-        if self.popen is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, sig)  # the group this child leads, nothing else
-
-    def kill9(self) -> None:
-        """``kill -9`` the process and every process of its group (gunicorn's workers)."""
-        self._signal_group(signal.SIGKILL)
-        if self.popen is not None:
-            self.popen.wait(timeout=30)
-        self._close_log()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            self._signal_group(signal.SIGKILL)  # leftovers of the group, if any
-            self._close_log()
-            return
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            self.popen.wait(timeout=30)
-        self._signal_group(signal.SIGKILL)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        log = getattr(self, "_log", None)
-        if log is not None and not log.closed:
-            log.close()
+# --- processes (bench.common.Proc) -----------------------------------------------------------
 
 
 @dataclass

@@ -5,7 +5,8 @@ engine from ``BRIDGE_DATABASE_URL``. :class:`Database` is the interface the
 ledger writes through: ``write()`` (a write transaction on a Core connection,
 committed and durable when the block returns), ``read()``, and
 ``group_commit(work)`` (calls of concurrent threads sharing one write
-transaction). SQLite's fast path behind it lives in :mod:`bridge.storage`.
+transaction). SQLite's fast path behind it lives in :mod:`bridge.storage`. A long
+``IN`` list is split into pages by :func:`in_pages`, everywhere.
 Schema changes only come from the Alembic revisions in ``migrations/``.
 """
 
@@ -14,13 +15,13 @@ from __future__ import annotations
 import importlib.resources
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, inspect, make_url, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, inspect, make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from .config import StartupError
@@ -29,8 +30,7 @@ from .storage import (
     GroupCommit,
     WriteQueue,
     checkpoint,
-    in_params,
-    param_pages,
+    page_bounds,
     run,
     sqlite_engine,
     sqlite_path,
@@ -44,7 +44,7 @@ def migrations_dir() -> str:
 VERSION_TABLE = "bridge_alembic_version"
 
 
-__all__ = ["Database", "in_params", "param_pages", "run"]  # the hot path's (bridge.storage)
+__all__ = ["Database", "run"]  # run: the hot path's (bridge.storage)
 
 
 class SchemaBehind(StartupError):
@@ -258,3 +258,29 @@ def lock_keys(conn: Connection, keys: list[str]) -> None:
              "ORDER BY h) AS ordered"),
         {"keys": list(keys)},
     )
+
+
+# --- long IN lists ---------------------------------------------------------------------------
+
+
+def in_pages(items: Sequence) -> Iterator[list]:
+    """``items`` in pages for ``column IN (…)``, the one way the bridge splits a long list
+    of values: 256, 64 or 16 at a time and a last one under 16
+    (:func:`bridge.storage.page_bounds`). Every page is under each database's limit on
+    parameters, and page sizes are few, so a statement built once per size
+    (:func:`in_params`) has few shapes."""
+    for start, size in page_bounds(len(items)):
+        yield list(items[start:start + size])
+
+
+def in_params(column, prefix: str, size: int):
+    """``column IN (:<prefix>0, …)`` with ``size`` parameters, for a page of
+    :func:`in_pages` (its values: :func:`page_params`): one statement shape per page size,
+    where SQLAlchemy's expanding ``IN`` would render and process the list on every
+    execution."""
+    return column.in_([bindparam(f"{prefix}{i}") for i in range(size)])
+
+
+def page_params(page: Sequence, prefix: str) -> dict:
+    """A page's values as the parameters ``<prefix>0`` … of :func:`in_params`."""
+    return {f"{prefix}{i}": item for i, item in enumerate(page)}

@@ -35,13 +35,14 @@ import fcntl
 import os
 import sqlite3
 import threading
+import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
 WRITE_OPTION = "bridge_write"  # execution option: this connection runs a write transaction
@@ -364,21 +365,11 @@ def page_bounds(count: int) -> Iterator[tuple[int, int]]:
         start += size
 
 
-def param_pages(items: Sequence, prefix: str) -> Iterator[tuple[int, dict]]:
-    """``items`` in pages (:func:`page_bounds`): each page's size and its items as the
-    parameters ``<prefix>0`` … of a statement built with :func:`in_params` for that size."""
-    for start, size in page_bounds(len(items)):
-        yield size, {f"{prefix}{i}": item for i, item in enumerate(items[start:start + size])}
-
-
-def in_params(column, prefix: str, size: int):
-    """``column IN (:<prefix>0, …)`` with ``size`` parameters: one statement shape per page
-    size (:func:`param_pages`), where SQLAlchemy's expanding ``IN`` would render and
-    process the list on every execution."""
-    return column.in_([bindparam(f"{prefix}{i}") for i in range(size)])
-
-
-_COMPILED: dict[tuple[int, frozenset], _Compiled] = {}
+# A statement -> {its parameter names -> it compiled}. Keyed on the statement itself,
+# weakly: an entry lives as long as its statement (a statement dropped by its caller
+# takes its SQL with it; an ``id()`` could be another statement's afterwards).
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[frozenset, _Compiled]] = \
+    weakref.WeakKeyDictionary()
 
 
 def run(conn, stmt, params: dict | list[dict]) -> list[tuple] | None:
@@ -394,11 +385,13 @@ def run(conn, stmt, params: dict | list[dict]) -> list[tuple] | None:
     many = isinstance(params, list)
     if many and not params:
         return None
-    first = params[0] if many else params
-    key = (id(stmt), frozenset(first))
-    compiled = _COMPILED.get(key)
+    keys = frozenset(params[0] if many else params)
+    shapes = _COMPILED.get(stmt)
+    if shapes is None:
+        shapes = _COMPILED.setdefault(stmt, {})
+    compiled = shapes.get(keys)
     if compiled is None:
-        compiled = _COMPILED.setdefault(key, _Compiled(stmt, conn.dialect, key[1]))
+        compiled = shapes.setdefault(keys, _Compiled(stmt, conn.dialect, keys))
     raw = conn.connection.driver_connection
     if not many:
         cursor = _driver_execute(raw, compiled.sql, compiled.values(params))

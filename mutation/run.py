@@ -21,7 +21,8 @@ skipped as such ("not in the sample"), and neither kind counts in the score.
 ``<module>.after.sqlite`` (the score after new tests), with the ``added-tests`` alone
 (a module with a table of its own: with its ``tests``).
 cosmic-ray rewrites the module in place while a mutant is tested and restores it
-after; do not edit the tree during a run.
+after; do not edit the tree during a run. It is the ``mutation`` extra, not part of
+``make install``: ``pip install -c constraints.txt -e '.[mutation]'``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ import sys
 import tomllib
 from pathlib import Path
 
-from cosmic_ray.config import serialize_config
-from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+try:
+    from cosmic_ray.config import serialize_config
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+except ImportError:
+    raise SystemExit("mutation/run.py needs cosmic-ray, the 'mutation' extra: "
+                     "pip install -c constraints.txt -e '.[mutation]'") from None
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "cosmic-ray.toml"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.common import free_port
 from bridge.db import migrate
 from bridge.sandbox import Simulator, SimulatorOptions
 from bridge.sandbox import create_app as create_simulator_app
@@ -56,12 +57,6 @@ def environment(tmp_path, **overrides) -> dict:
 def run(args, env, timeout=60) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:

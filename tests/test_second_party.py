@@ -16,7 +16,7 @@ sees: the HTTP answers, ``GET /tokens``, the history and the calls made upstream
   waiting, dead-lettered or held, in a pass where the mute lane does run (another
   chat's mute goes out in it); a mute with under 5 s left lapses unsent;
 * a replayed body of 1,000 status events records nothing again, for every chat it
-  names (across the ledger's chunks of 500 fingerprints);
+  names (across the ledger's pages of fingerprints, ``bridge.db.in_pages``);
 * a sign of life naming only an identifier that several live chats share touches
   none of them.
 
@@ -317,9 +317,10 @@ CHATS = [str(9000 + n) for n in range(25)]
 
 def test_a_replayed_body_of_a_thousand_events_records_nothing_again_for_any_chat(
         client, auth, clock):
-    """Bug caught: an off-by-one in the ledger's chunks of 500 fingerprints
-    (``reports._seen_fingerprints``): the events at a chunk's edge (the 500th, the
-    501st, the 1,000th) are recorded again on a replay."""
+    """Bug caught: an off-by-one in the ledger's pages of fingerprints
+    (``reports._seen_fingerprints``, ``bridge.db.in_pages``: 256 at a time, then 64, 16
+    and the rest): the events at a page's edge (the 256th, the 257th, the 1,000th) are
+    recorded again on a replay."""
     register(client, auth, *[{"token": t, "contactId": int(t)} for t in CHATS])
     clock.advance(60)
     body = [{"status": "SENT", "token": CHATS[n % len(CHATS)], "messageId": f"m-{n}",

@@ -4,15 +4,16 @@ driver-level inserts. Behaviour only; speed is measured by ``bench/``, never her
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import sqlite3
 import threading
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import literal_column, select, text
 
-from bridge.db import Database
+from bridge.db import Database, in_pages, run
 from bridge.ledger import Ledger, TokenRequest
 from tests.helpers import assert_error_shape, rows
 
@@ -127,6 +128,30 @@ def test_timestamps_are_stored_as_sqlalchemy_stores_them(ledger, db_url):
             "SELECT at FROM bridge_events")).scalars().all()
     # SQLAlchemy's SQLite DATETIME: always six digits of microseconds, a space, no zone
     assert stamps and all(len(s) == 26 and s[10] == " " and s[19] == "." for s in stamps)
+
+
+def test_each_statement_runs_its_own_sql_after_others_are_dropped(db_url):
+    # Statements built, run once and dropped: a new one may live where an old one did.
+    database = Database(db_url)
+    try:
+        with database.read() as conn:
+            for n in range(200):
+                statement = select(literal_column(str(n)))
+                assert run(conn, statement, {}) == [(n,)]
+                del statement
+                if n % 20 == 0:
+                    gc.collect()
+    finally:
+        database.dispose()
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 256, 257, 500, 1000, 1001])
+def test_a_list_for_in_goes_in_pages_of_few_sizes_each_value_once_in_order(count):
+    values = list(range(count))
+    pages = list(in_pages(values))
+    assert [v for page in pages for v in page] == values
+    assert all(len(page) in (256, 64, 16) for page in pages[:-1])
+    assert all(0 < len(page) <= 256 for page in pages)
 
 
 def test_write_queue_is_reentrant_and_serialises_threads(db_url):

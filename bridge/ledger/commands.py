@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from sqlalchemy import and_, exists, func, insert, literal, select, update
 
-from ..db import insert_unless_taken
+from ..db import in_pages, insert_unless_taken
 from ..models import Command, Registration
 from . import registering
 from .outbox import blocked_until, upstream_state
@@ -121,11 +121,11 @@ def resend_mutes(conn, now: datetime, tokens: Iterable[str]) -> int:
     mute). It waits, unsent, until a registration of the chat is delivered."""
     tokens = sorted(set(tokens))
     rows = []
-    for start in range(0, len(tokens), 500):
+    for page in in_pages(tokens):
         rows.extend(r for r in conn.execute(
             select(Command.id, Command.token, Command.action, Command.registration_id,
                    Command.muted_until)
-            .where(Command.token.in_(tokens[start:start + 500]), Command.action == "mute",
+            .where(Command.token.in_(page), Command.action == "mute",
                    Command.state == State.DELIVERED.value))
             if _muted(r.action, r.muted_until, now + timedelta(seconds=MIN_MUTE_SECONDS)))
     return len(move(conn, "command.resend", rows, now,

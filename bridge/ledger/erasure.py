@@ -49,6 +49,7 @@ from urllib.parse import quote, unquote
 
 from sqlalchemy import Text, cast, delete, func, or_, select, update
 
+from ..db import in_pages
 from ..models import IDENTIFIERS, BridgeState, Command, Event, Registration
 from .states import append_events
 from .types import COLUMN_OF
@@ -91,8 +92,8 @@ def erase(conn, now: datetime, api_name: str, value,
     tokens = {r.token for r in regs.values()}
     if api_name == "token":
         tokens.add(str(value))
-    for chunk in _chunks(sorted(tokens)):
-        for r in conn.execute(select(Registration.__table__).where(Registration.token.in_(chunk))):
+    for page in in_pages(sorted(tokens)):
+        for r in conn.execute(select(Registration.__table__).where(Registration.token.in_(page))):
             regs.setdefault(r.id, r)
     needles = _Needles.of(api_name, value, tokens)
     for r in regs.values():
@@ -100,17 +101,17 @@ def erase(conn, now: datetime, api_name: str, value,
     needles.drop_kept(conn, set(regs))
 
     doomed: set[int] = set()
-    for chunk in _chunks(sorted(regs)):
+    for page in in_pages(sorted(regs)):
         doomed.update(conn.scalars(
-            select(Event.id).where(Event.registration_id.in_(chunk))))
-    for chunk in _chunks(sorted(tokens)):
-        doomed.update(conn.scalars(select(Event.id).where(Event.token.in_(chunk))))
+            select(Event.id).where(Event.registration_id.in_(page))))
+    for page in in_pages(sorted(tokens)):
+        doomed.update(conn.scalars(select(Event.id).where(Event.token.in_(page))))
     revoked = _revoke_links(conn, now, doomed, needles, marks)
     # Other events that mention the contact: orphans (unmatched or ignored statuses)
     # go; another contact's events keep their line, blanked.
     detail_text = func.lower(cast(Event.detail, Text))
     blank: dict[int, dict] = {}
-    for clauses in _chunks(needles.like_clauses(detail_text), 40):
+    for clauses in _groups_of(needles.like_clauses(detail_text), 40):
         for event_id, detail, registration_id, token in conn.execute(
             select(Event.id, Event.detail, Event.registration_id, Event.token)
             .where(or_(*clauses))
@@ -125,12 +126,12 @@ def erase(conn, now: datetime, api_name: str, value,
         # the fingerprint is a hash of the raw object that held the data: it goes too
         conn.execute(update(Event).where(Event.id == event_id)
                  .values(detail=detail, fingerprint=None))
-    for chunk in _chunks(sorted(doomed)):
-        conn.execute(delete(Event).where(Event.id.in_(chunk)))
-    for chunk in _chunks(sorted(tokens)):  # the chats' mutes and replays
-        conn.execute(delete(Command).where(Command.token.in_(chunk)))
-    for chunk in _chunks(sorted(regs)):
-        conn.execute(delete(Registration).where(Registration.id.in_(chunk)))
+    for page in in_pages(sorted(doomed)):
+        conn.execute(delete(Event).where(Event.id.in_(page)))
+    for page in in_pages(sorted(tokens)):  # the chats' mutes and replays
+        conn.execute(delete(Command).where(Command.token.in_(page)))
+    for page in in_pages(sorted(regs)):
+        conn.execute(delete(Registration).where(Registration.id.in_(page)))
     scrubbed = len(blank) + _scrub_elsewhere(conn, needles)
 
     summary = {"by": api_name, "registrations": len(regs), "events": len(doomed)}
@@ -153,15 +154,15 @@ def _revoke_links(conn, now: datetime, doomed: set[int], needles: _Needles,
     """Tombstones for the links the erased chats used (their link ids) and for the erased
     identifiers (their marks); the new ones, how many."""
     wanted: set[str] = set()
-    for chunk in _chunks(sorted(doomed)):
+    for page in in_pages(sorted(doomed)):
         wanted.update(conn.scalars(select(Event.fingerprint).where(
-            Event.id.in_(chunk), Event.kind == "link_used", Event.fingerprint.is_not(None))))
+            Event.id.in_(page), Event.kind == "link_used", Event.fingerprint.is_not(None))))
     if marks is not None:
         for name, value in needles.identifiers():
             wanted.update(marks(name, value))
-    for chunk in _chunks(sorted(wanted)):
+    for page in in_pages(sorted(wanted)):
         wanted.difference_update(conn.scalars(select(Event.fingerprint).where(
-            Event.fingerprint.in_(chunk), Event.kind == LINK_REVOKED)))
+            Event.fingerprint.in_(page), Event.kind == LINK_REVOKED)))
     append_events(conn, [{"at": now, "kind": LINK_REVOKED, "token": None,
                           "registration_id": None, "fingerprint": fingerprint,
                           "detail": {"reason": "erased"}} for fingerprint in sorted(wanted)])
@@ -180,7 +181,7 @@ def _scrub_elsewhere(conn, needles: _Needles) -> int:
     scrubbed = 0
     for name in ("last_error", "removal_reason"):
         col = getattr(Registration, name)
-        for clauses in _chunks(needles.like_clauses(func.lower(col)), 40):
+        for clauses in _groups_of(needles.like_clauses(func.lower(col)), 40):
             for rid, textual in conn.execute(
                 select(Registration.id, col).where(or_(*clauses))
             ):
@@ -215,7 +216,9 @@ _PHONE_SHAPED = re.compile(r"\+?[\d ()\-]+")
 _INTEGER = re.compile(r"-?\d{1,19}")
 
 
-def _chunks(items: Sequence, size: int = 500) -> Iterable[list]:
+def _groups_of(items: Sequence, size: int) -> Iterable[list]:
+    """``items`` ``size`` at a time: LIKE clauses joined by OR, a statement per group
+    (the values of an ``IN`` list are paged by :func:`bridge.db.in_pages`)."""
     items = list(items)
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -290,9 +293,9 @@ class _Needles:
         for api_name, column in IDENTIFIERS:
             values = self._of_kind()[api_name]
             col = getattr(Registration, column)
-            for chunk in _chunks(sorted(values, key=str)):
+            for page in in_pages(sorted(values, key=str)):
                 kept = conn.execute(
-                    select(col, Registration.id).where(col.in_(chunk))
+                    select(col, Registration.id).where(col.in_(page))
                 ).all()
                 for held, rid in kept:
                     if rid not in erased_ids and (api_name, held) != self.asked:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from sqlalchemy import bindparam, or_, select, update
 
-from ..db import in_params, insert_unless_taken, lock_keys, param_pages, run
+from ..db import in_pages, in_params, insert_unless_taken, lock_keys, page_params, run
 from ..models import Registration, utcnow
 from .states import RESTORED, State, append_events, sql_constant
 from .times import received
@@ -78,7 +78,7 @@ _LIVE_COLUMNS = (Registration.token, Registration.matched_by, Registration.match
 def _live_of_page(size: int, held: bool = False):
     """The live registrations of ``size`` chats (parameters ``t0`` …), with ``held``
     also the removed ones Reteno still holds, oldest first; on the driver (``run``), a
-    statement shape per page size (``param_pages``), each built once: SQLAlchemy's
+    statement shape per page size (``in_params``), each built once: SQLAlchemy's
     expanding ``IN`` costs more than SQLite's work."""
     live = Registration.state != sql_constant(State.REMOVED)
     return (select(*_LIVE_COLUMNS)
@@ -103,8 +103,8 @@ def live_of_tokens(conn, tokens: Sequence[str], held: bool = False
     share-locked: a removal in progress is waited for, and none can start before this
     transaction ends."""
     found: dict[str, list[LiveRow]] = defaultdict(list)
-    for size, page in param_pages(sorted(set(tokens)), "t"):  # a chat's rows: one page
-        for row in run(conn, _live_of_page(size, held), page):
+    for page in in_pages(sorted(set(tokens))):  # a chat's rows: one page
+        for row in run(conn, _live_of_page(len(page), held), page_params(page, "t")):
             found[row[0]].append(LiveRow(*row))
     return found
 
@@ -115,8 +115,8 @@ def touch(conn, ids: Sequence[int], seen: datetime) -> None:
     if len(ids) == 1:  # a repeated single registration: on the driver
         run(conn, _TOUCH_ONE, {"row_id": ids[0], "seen": seen, "changed": utcnow()})
         return
-    for start in range(0, len(ids), 500):
-        conn.execute(_TOUCH, {"ids": ids[start:start + 500], "seen": seen})
+    for page in in_pages(ids):
+        conn.execute(_TOUCH, {"ids": page, "seen": seen})
 
 
 def _conflicting(key: tuple, live: dict[str, list[LiveRow]],

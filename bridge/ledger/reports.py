@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from ..db import lock_keys
+from ..db import in_pages, lock_keys
 from ..models import Event, Registration
 from . import commands, erasure, queries, registering
 from .states import LIVE_VALUES, State, append_events, move
@@ -63,8 +63,8 @@ def registrations_by(conn, api_name: str, values: Iterable, lock: bool = False) 
         Registration, COLUMN_OF[api_name])
     values = list(dict.fromkeys(values))
     found: list[Any] = []
-    for start in range(0, len(values), 500):
-        query = (select(Registration.__table__).where(column.in_(values[start:start + 500]))
+    for page in in_pages(values):
+        query = (select(Registration.__table__).where(column.in_(page))
                  .order_by(Registration.id))
         if lock:
             query = query.with_for_update()
@@ -178,9 +178,9 @@ def drop_holds(conn, now: datetime, drops: dict[str, datetime]) -> list[str]:
     rows = [r for r in held if dropped(r)]
     if not rows:
         return []
-    for start in range(0, len(rows), 500):
+    for page in in_pages([r.id for r in rows]):
         conn.execute(update(Registration)
-                     .where(Registration.id.in_([r.id for r in rows[start:start + 500]]))
+                     .where(Registration.id.in_(page))
                      .values(reteno_holds=False))
     move(conn, "reteno_dropped", [r for r in rows if r.state == State.DELIVERED.value], now,
          {"next_attempt_at": now},
@@ -210,9 +210,9 @@ def _latest_per_token(rows: list[Any]) -> list[Any]:
 def _seen_fingerprints(conn, fingerprints: Iterable[str]) -> set[str]:
     values = list(dict.fromkeys(fingerprints))
     seen: set[str] = set()
-    for start in range(0, len(values), 500):
+    for page in in_pages(values):
         seen.update(conn.execute(select(Event.fingerprint).distinct().where(
-            Event.fingerprint.in_(values[start:start + 500]))).scalars())
+            Event.fingerprint.in_(page))).scalars())
     return seen
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, literal_column, update
 
-from ..db import in_params, param_pages, run
+from ..db import in_pages, in_params, page_params, run
 from ..models import Command, Event, Registration
 
 
@@ -124,7 +124,7 @@ def sql_constant(state: State):
 @cache
 def _statement(kind: str, columns: frozenset[str], size: int):
     """UPDATE of the rows of ``size`` ids (parameters ``id0`` …) that ``kind`` applies
-    to, setting ``columns``; returns their ids. Built once a shape (``param_pages``) and
+    to, setting ``columns``; returns their ids. Built once a shape (``in_params``) and
     run on the driver (``run``): SQLAlchemy's expanding ``IN`` cost more than SQLite's
     own work for a claim's thousand rows."""
     t = TRANSITIONS[kind]
@@ -165,9 +165,9 @@ def move(conn, kind: str, rows: Sequence[Any], now: datetime, values: dict | Non
     if transition.leased:
         params["held_by"] = held_by
     moved: set[int] = set()
-    for size, page in param_pages(ids, "id"):
-        moved.update(row[0] for row in run(conn, _statement(kind, columns, size),
-                                           {**params, **page}))
+    for page in in_pages(ids):
+        moved.update(row[0] for row in run(conn, _statement(kind, columns, len(page)),
+                                           {**params, **page_params(page, "id")}))
     done, seen = [], set()
     for r in rows:
         if r.id in moved and r.id not in seen:
