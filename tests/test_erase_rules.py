@@ -1,0 +1,87 @@
+"""``bridge erase``: the rules that involve another party's rows (another chat of the same
+number, another contact's events and errors, an orphan status), one scenario each."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TOKENS_URL
+from tests.helpers import history, register, rows
+from tests.test_erase import TELEGRAM_SECRET, dump, statuses, telegram
+
+BOB = "987654321"
+VICTIM = "246813579"
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(TELEGRAM_WEBHOOK_SECRET=TELEGRAM_SECRET)
+
+
+def erase(runner, *args):
+    result = runner.invoke(args=["bridge", "erase", *args, "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_a_short_external_id_is_found_under_its_own_key(runner, client, auth, bridge):
+    """``api`` is nobody's word in free text, but under ``externalCustomerId`` it is the
+    person: an unmatched status naming it goes, another contact's report keeps its line."""
+    assert statuses(client, auth, {"activityStatus": "SENT", "externalCustomerId": "api",
+                                   "mediaType": "TELEGRAM", "messageId": 1})["unmatched"] == 1
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "externalCustomerId": "api"})
+    statuses(client, auth, {"status": "SENT", "token": BOB, "externalCustomerId": "api",
+                            "note": "api"})
+
+    summary = erase(runner, "--external-customer-id", "api")
+    assert (summary["registrations"], summary["scrubbed"]) == (1, 1)
+    assert '"externalCustomerId": "api"' not in dump(bridge)
+    [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
+    assert report == {"status": "SENT", "token": BOB, "externalCustomerId": "[erased]",
+                      "note": "api"}
+
+
+def test_the_scrubbed_count_has_every_row_rewritten(runner, client, auth, bridge,
+                                                   requests_mock):
+    """Bob's retry event and his registration's last error both quote Ann: two rows."""
+    register(client, auth, {"token": int(VICTIM), "email": "ann@example.com"})
+    requests_mock.post(TOKENS_URL, json="OK")
+    bridge.deliver_once()
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"})
+    requests_mock.post(TOKENS_URL, status_code=503, reason="Service Unavailable",
+                       json={"message": "busy with ann@example.com"})
+    bridge.deliver_once()
+    [bob] = rows(client, auth, token=BOB)
+    assert "ann@example.com" in bob["lastError"]
+
+    summary = erase(runner, "--email", "ann@example.com")
+    assert summary["scrubbed"] == 2
+    assert rows(client, auth, token=BOB)[0]["lastError"] == "[erased]"
+    assert "ann@example.com" not in dump(bridge)
+
+
+def test_erasing_a_contact_id_leaves_the_chat_of_that_number_alone(runner, client, auth):
+    """A contactId and a Telegram chat id are different namespaces: erasing contact
+    987654321 erases that contact, not chat 987654321 (Bob's)."""
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "contactId": int(BOB)})
+    bob_before = [e["kind"] for e in history(client, auth, BOB)]
+
+    summary = erase(runner, "--contact-id", BOB)
+    assert summary["registrations"] == 1
+    assert [r["email"] for r in rows(client, auth, token=BOB)] == ["bob@example.com"]
+    assert [e["kind"] for e in history(client, auth, BOB)] == bob_before
+    assert rows(client, auth, token=VICTIM) == [] and history(client, auth, VICTIM) == []
+
+
+def test_erasing_a_chat_that_never_registered_takes_its_events(runner, client, auth, clock):
+    telegram(client, clock, VICTIM, text="/start")
+    telegram(client, clock, VICTIM, old="member", new="kicked")
+    assert len(history(client, auth, VICTIM)) == 2
+
+    summary = erase(runner, "--token", VICTIM)
+    assert (summary["registrations"], summary["events"]) == (0, 2)
+    assert history(client, auth, VICTIM) == []
