@@ -131,7 +131,7 @@ def make_payload(secret: str, name: str, value: Any, expires: datetime | None = 
             "shorter externalCustomerId."
         )
     stamp = int(expires.timestamp()) if expires is not None else 0
-    if not 0 <= stamp < 2**32:
+    if not 0 <= stamp <= 2**32:
         raise LinkError("the expiry must be between 1970 and 2106")
     body = (bytes([VERSION << 4 | TYPE_CODES[name], key_id(secret)])
             + stamp.to_bytes(4, "big") + encoded)

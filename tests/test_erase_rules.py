@@ -13,6 +13,7 @@ from tests.test_erase import TELEGRAM_SECRET, dump, statuses, telegram
 
 BOB = "987654321"
 VICTIM = "246813579"
+CAROL = "135792468"
 
 
 @pytest.fixture
@@ -46,7 +47,8 @@ def test_a_short_external_id_is_found_under_its_own_key(runner, client, auth, br
 
 def test_the_scrubbed_count_has_every_row_rewritten(runner, client, auth, bridge,
                                                    requests_mock):
-    """Bob's retry event and his registration's last error both quote Ann: two rows."""
+    """Bob's retry event and his registration's last error both quote Ann: two rows,
+    and nobody else's."""
     register(client, auth, {"token": int(VICTIM), "email": "ann@example.com"})
     requests_mock.post(TOKENS_URL, json="OK")
     bridge.deliver_once()
@@ -56,10 +58,18 @@ def test_the_scrubbed_count_has_every_row_rewritten(runner, client, auth, bridge
     bridge.deliver_once()
     [bob] = rows(client, auth, token=BOB)
     assert "ann@example.com" in bob["lastError"]
+    # Carol, registered after Bob, fails for a reason of her own: it stays as it is
+    register(client, auth, {"token": int(CAROL), "email": "carol@example.com"})
+    requests_mock.post(TOKENS_URL, status_code=400, reason="Bad Request",
+                       json={"message": "contact carol@example.com is invalid"})
+    bridge.deliver_once()
+    [carol] = rows(client, auth, token=CAROL)
+    assert "carol@example.com is invalid" in carol["lastError"]
 
     summary = erase(runner, "--email", "ann@example.com")
     assert summary["scrubbed"] == 2
     assert rows(client, auth, token=BOB)[0]["lastError"] == "[erased]"
+    assert rows(client, auth, token=CAROL) == [carol]
     assert "ann@example.com" not in dump(bridge)
 
 
