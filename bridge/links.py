@@ -131,7 +131,7 @@ def make_payload(secret: str, name: str, value: Any, expires: datetime | None = 
             "shorter externalCustomerId."
         )
     stamp = int(expires.timestamp()) if expires is not None else 0
-    if not 0 <= stamp <= 2**32:
+    if not 0 <= stamp < 2**32:
         raise LinkError("the expiry must be between 1970 and 2106")
     body = (bytes([VERSION << 4 | TYPE_CODES[name], key_id(secret)])
             + stamp.to_bytes(4, "big") + encoded)
@@ -191,7 +191,7 @@ def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
         return None, f"unknown identifier type {code}"
     stamp = int.from_bytes(body[2:6], "big")
     expires = datetime.fromtimestamp(stamp, UTC) if stamp else None
-    if expires is not None and expires <= now:
+    if expires is not None and expires < now:
         return None, "expired"
     try:
         value = _decode_value(name, body[HEAD_BYTES:])
