@@ -191,7 +191,7 @@ def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
         return None, f"unknown identifier type {code}"
     stamp = int.from_bytes(body[2:6], "big")
     expires = datetime.fromtimestamp(stamp, UTC) if stamp else None
-    if expires is not None and expires < now:
+    if expires is not None and expires <= now:
         return None, "expired"
     try:
         value = _decode_value(name, body[HEAD_BYTES:])

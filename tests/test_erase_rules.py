@@ -95,3 +95,18 @@ def test_erasing_a_chat_that_never_registered_takes_its_events(runner, client, a
     summary = erase(runner, "--token", VICTIM)
     assert (summary["registrations"], summary["events"]) == (0, 2)
     assert history(client, auth, VICTIM) == []
+
+
+def test_identifiers_written_as_json_numbers_under_their_keys_are_found(runner, client, auth):
+    """Bob's report names the erased chat (``chat_id``) and contact (``contactId``) as
+    numbers: both go; his own chat id and counters stay."""
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "contactId": 42})
+    statuses(client, auth, {"status": "SENT", "token": BOB, "chat_id": int(VICTIM),
+                            "contactId": 42, "attempt": 42})
+
+    summary = erase(runner, "--contact-id", "42")
+    assert (summary["registrations"], summary["scrubbed"]) == (1, 1)
+    [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
+    assert report == {"status": "SENT", "token": BOB, "chat_id": "[erased]",
+                      "contactId": "[erased]", "attempt": 42}
