@@ -102,11 +102,25 @@ def test_identifiers_written_as_json_numbers_under_their_keys_are_found(runner, 
     numbers: both go; his own chat id and counters stay."""
     register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
              {"token": int(VICTIM), "contactId": 42})
-    statuses(client, auth, {"status": "SENT", "token": BOB, "chat_id": int(VICTIM),
-                            "contactId": 42, "attempt": 42})
+    statuses(client, auth, [
+        {"status": "SENT", "token": BOB, "chat_id": int(VICTIM), "attempt": 42},
+        {"status": "DELIVERED", "token": BOB, "contactId": 42, "attempt": 42}])
 
     summary = erase(runner, "--contact-id", "42")
-    assert (summary["registrations"], summary["scrubbed"]) == (1, 1)
-    [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
-    assert report == {"status": "SENT", "token": BOB, "chat_id": "[erased]",
-                      "contactId": "[erased]", "attempt": 42}
+    assert (summary["registrations"], summary["scrubbed"]) == (1, 2)
+    reports = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
+    assert reports == [
+        {"status": "SENT", "token": BOB, "chat_id": "[erased]", "attempt": 42},
+        {"status": "DELIVERED", "token": BOB, "contactId": "[erased]", "attempt": 42}]
+
+
+def test_a_chat_of_more_events_than_a_chunk_is_erased_whole(runner, client, auth):
+    """The ledger works in chunks of 500 ids: a chat of 601 events loses all of them."""
+    register(client, auth, {"token": int(VICTIM), "contactId": 42})
+    statuses(client, auth, [{"status": "SENT", "token": VICTIM, "messageId": n}
+                            for n in range(600)])
+    assert len(history(client, auth, VICTIM)) == 601
+
+    summary = erase(runner, "--token", VICTIM)
+    assert (summary["registrations"], summary["events"]) == (1, 601)
+    assert history(client, auth, VICTIM) == []
