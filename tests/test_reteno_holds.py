@@ -360,3 +360,26 @@ def test_the_log_says_whether_an_unblock_queued_the_chat_or_found_reteno_holding
     assert len(lines) == 2
     assert "live again (Reteno holds the token)" in lines[0] and " queued " not in lines[0]
     assert " queued (was " in lines[1]
+
+
+def test_a_forbidden_naming_the_contact_drops_the_one_chat_reteno_still_held(
+        client, auth, bridge, clock, upstream):
+    """Ann has two chats. Reteno dropped B's token (a Forbidden for B); A blocked the bot
+    through Telegram, so Reteno still holds A's. A Forbidden naming her e-mail is A's (the
+    one token left on her card): Reteno dropped it, and A's unblock sends it again."""
+    chat_a, chat_b = 111111111, 222222222
+    register(client, auth, {"token": chat_a, "email": "ann@example.com"},
+             {"token": chat_b, "email": "ann@example.com"})
+    bridge.deliver_once()
+    forbidden(client, auth, clock, token=str(chat_b))
+    telegram(client, clock, blocked(chat_a))
+    assert (held(client, auth, chat_a), held(client, auth, chat_b)) == (
+        [("removed", True)], [("removed", False)])
+
+    forbidden(client, auth, clock, email="ann@example.com")
+    assert held(client, auth, chat_a) == [("removed", False)]
+    telegram(client, clock, unblocked(chat_a))
+    bridge.deliver_once()
+    assert paths(upstream) == ["tokens", "tokens"]
+    assert held(client, auth, chat_a) == [("delivered", True), ("removed", False)]
+    assert unblock_result(client, auth, chat_a) == ("queued again", False)
