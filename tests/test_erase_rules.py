@@ -14,6 +14,7 @@ from tests.test_erase import TELEGRAM_SECRET, dump, statuses, telegram
 BOB = "987654321"
 VICTIM = "246813579"
 CAROL = "135792468"
+DAVE = "112233445"
 
 
 @pytest.fixture
@@ -49,6 +50,12 @@ def test_the_scrubbed_count_has_every_row_rewritten(runner, client, auth, bridge
                                                    requests_mock):
     """Bob's retry event and his registration's last error both quote Ann: two rows,
     and nobody else's."""
+    # Dave, registered before them, fails for a reason of his own: it stays as it is
+    register(client, auth, {"token": int(DAVE), "email": "dave@example.com"})
+    requests_mock.post(TOKENS_URL, status_code=400, reason="Bad Request",
+                       json={"message": "contact dave@example.com is invalid"})
+    bridge.deliver_once()
+    [dave] = rows(client, auth, token=DAVE)
     register(client, auth, {"token": int(VICTIM), "email": "ann@example.com"})
     requests_mock.post(TOKENS_URL, json="OK")
     bridge.deliver_once()
@@ -70,6 +77,7 @@ def test_the_scrubbed_count_has_every_row_rewritten(runner, client, auth, bridge
     assert summary["scrubbed"] == 2
     assert rows(client, auth, token=BOB)[0]["lastError"] == "[erased]"
     assert rows(client, auth, token=CAROL) == [carol]
+    assert rows(client, auth, token=DAVE) == [dave]
     assert "ann@example.com" not in dump(bridge)
 
 
@@ -124,3 +132,50 @@ def test_a_chat_of_more_events_than_a_chunk_is_erased_whole(runner, client, auth
     summary = erase(runner, "--token", VICTIM)
     assert (summary["registrations"], summary["events"]) == (1, 601)
     assert history(client, auth, VICTIM) == []
+
+
+def test_a_word_of_letters_alone_is_not_looked_for_in_free_text(runner, client, auth):
+    """An externalCustomerId of letters alone (``telegram``), however long, is everyone's
+    vocabulary: Bob's note keeps it."""
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "externalCustomerId": "telegram"})
+    statuses(client, auth, {"status": "SENT", "token": BOB, "note": "sent via telegram"})
+
+    summary = erase(runner, "--external-customer-id", "telegram")
+    assert (summary["registrations"], summary["scrubbed"]) == (1, 0)
+    [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
+    assert report["note"] == "sent via telegram"
+
+
+def test_a_contact_id_equal_to_the_persons_own_chat_id_is_found(runner, client, auth):
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "contactId": int(VICTIM)})
+    statuses(client, auth, {"status": "SENT", "token": BOB, "chat_id": int(VICTIM)})
+
+    assert erase(runner, "--token", VICTIM)["scrubbed"] == 1
+    [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
+    assert report["chat_id"] == "[erased]"
+
+
+def test_a_json_boolean_is_no_identifier(runner, client, auth):
+    """Under ``externalCustomerId``, JSON ``true`` is not the externalCustomerId ``True``."""
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "externalCustomerId": "True"})
+    statuses(client, auth, {"status": "SENT", "token": BOB, "externalCustomerId": True})
+
+    assert erase(runner, "--external-customer-id", "True")["scrubbed"] == 0
+    [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
+    assert report["externalCustomerId"] is True
+
+
+def test_keys_that_mention_the_person_are_numbered_from_two(runner, client, auth):
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "email": "ann@example.com"})
+    statuses(client, auth, {"status": "SENT", "token": BOB,
+                            "cc": {"ann@example.com": 1, "Ann@Example.com": 2,
+                                   "ANN@EXAMPLE.COM": 3, "bob@example.com": 4}})
+
+    erase(runner, "--email", "ann@example.com")
+    [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
+    assert report["cc"] == {"[erased]": 1, "[erased]#2": 2, "[erased]#3": 3,
+                            "bob@example.com": 4}
