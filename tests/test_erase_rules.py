@@ -101,8 +101,10 @@ def test_erasing_a_chat_that_never_registered_takes_its_events(runner, client, a
     assert len(history(client, auth, VICTIM)) == 2
 
     summary = erase(runner, "--token", VICTIM)
-    assert (summary["registrations"], summary["events"]) == (0, 2)
+    assert (summary["registrations"], summary["events"], summary["erased"]) == (0, 2, True)
     assert history(client, auth, VICTIM) == []
+    again = runner.invoke(args=["bridge", "erase", "--token", VICTIM, "--yes"])
+    assert "nothing to erase" in again.output  # the first run's audit line holds no chat id
 
 
 def test_identifiers_written_as_json_numbers_under_their_keys_are_found(runner, client, auth):
@@ -179,3 +181,33 @@ def test_keys_that_mention_the_person_are_numbered_from_two(runner, client, auth
     [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
     assert report["cc"] == {"[erased]": 1, "[erased]#2": 2, "[erased]#3": 3,
                             "bob@example.com": 4}
+
+
+def test_a_value_of_six_characters_and_a_non_ascii_value_are_found_in_free_text(
+        runner, client, auth):
+    """Six characters with one that is not a letter are enough (``crm-a1``); a value
+    outside ASCII is found as the database holds it (JSON escapes it: ``\\u00e5``)."""
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "externalCustomerId": "crm-a1"},
+             {"token": int(CAROL), "externalCustomerId": "crm-ånn-7"})
+    statuses(client, auth, [{"status": "SENT", "token": BOB, "note": "merged from crm-a1"},
+                            {"status": "DELIVERED", "token": BOB, "note": "see crm-ånn-7"}])
+
+    assert erase(runner, "--external-customer-id", "crm-a1")["scrubbed"] == 1
+    assert erase(runner, "--external-customer-id", "crm-ånn-7")["scrubbed"] == 1
+    notes = [e["detail"]["raw"]["note"] for e in history(client, auth, BOB)
+             if e["kind"] == "status"]
+    assert notes == ["[erased]", "[erased]"]
+
+
+def test_an_identifier_another_contact_still_holds_is_not_erased(runner, client, auth):
+    """Ann and Bob share a phone: erasing Ann leaves it in Bob's history."""
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com",
+                            "phone": "+380 95 649 09 55"},
+             {"token": int(VICTIM), "email": "ann@example.com", "phone": "380956490955"})
+    statuses(client, auth, {"status": "SENT", "token": BOB, "note": "call +380956490955"})
+
+    summary = erase(runner, "--email", "ann@example.com")
+    assert (summary["registrations"], summary["scrubbed"]) == (1, 0)
+    [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
+    assert report["note"] == "call +380956490955"
