@@ -211,3 +211,19 @@ def test_an_identifier_another_contact_still_holds_is_not_erased(runner, client,
     assert (summary["registrations"], summary["scrubbed"]) == (1, 0)
     [report] = [e["detail"]["raw"] for e in history(client, auth, BOB) if e["kind"] == "status"]
     assert report["note"] == "call +380956490955"
+
+
+def test_a_phone_and_a_six_digit_contact_id_are_found_in_free_text(runner, client, auth):
+    """A phone as a person writes it, and a number of six digits of its own."""
+    register(client, auth, {"token": int(BOB), "email": "bob@example.com"},
+             {"token": int(VICTIM), "phone": "380956490955", "contactId": 123456})
+    statuses(client, auth, [
+        {"status": "SENT", "token": BOB, "note": "call +380 (95) 649-09-55"},
+        {"status": "DELIVERED", "token": BOB, "note": "contact 123456"},
+        {"status": "SENT", "token": BOB, "note": "order 1234567, 12345"}])
+
+    summary = erase(runner, "--token", VICTIM)
+    assert summary["scrubbed"] == 2
+    notes = [e["detail"]["raw"]["note"] for e in history(client, auth, BOB)
+             if e["kind"] == "status"]
+    assert notes == ["[erased]", "[erased]", "order 1234567, 12345"]
