@@ -75,6 +75,8 @@ def test_hold_keeps_the_second_identity_back_until_released(holding, auth, reque
     [first] = register(client, auth, ANN)
     [second] = register(client, auth, BOB)
     assert (second["state"], second["conflict"]) == ("held", True)
+    [conflict] = [e for e in history(client, auth, 4100) if e["kind"] == "conflict"]
+    assert (conflict["detail"]["with"], conflict["detail"]["held"]) == ([first["id"]], True)
     bridge.deliver_once()
     assert [t["email"] for r in requests_mock.request_history for t in r.json()["tokens"]] == [
         "ann@example.com"]

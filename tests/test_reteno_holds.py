@@ -11,6 +11,7 @@ runs on the suite's fake clock; Telegram dates whole seconds of it.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from datetime import timedelta
 
@@ -343,3 +344,42 @@ def test_the_migration_counts_only_live_deliveries_as_held(tmp_path):
     with sqlite3.connect(url.split("///", 1)[1]) as conn:
         assert conn.execute("SELECT id, reteno_holds FROM bridge_registrations ORDER BY id"
                             ).fetchall() == [(1, 1), (2, 0), (3, 0)]
+
+
+def test_the_log_says_whether_an_unblock_queued_the_chat_or_found_reteno_holding_it(
+        client, auth, bridge, clock, upstream, delivered, caplog):
+    """An operator reading the log is told which way an unblock went, and an unblock of a
+    chat still live queues nothing."""
+    with caplog.at_level(logging.INFO, logger="bridge.telegram"):
+        telegram(client, clock, unblocked(CHAT))  # still live: a sign of life only
+        telegram(client, clock, blocked(CHAT))
+        telegram(client, clock, unblocked(CHAT))  # Reteno holds it
+        forbidden(client, auth, clock)
+        telegram(client, clock, unblocked(CHAT))  # Reteno dropped it
+    lines = [r.getMessage() for r in caplog.records if "unblocked the bot" in r.getMessage()]
+    assert len(lines) == 2
+    assert "live again (Reteno holds the token)" in lines[0] and " queued " not in lines[0]
+    assert " queued (was " in lines[1]
+
+
+def test_a_forbidden_naming_the_contact_drops_the_one_chat_reteno_still_held(
+        client, auth, bridge, clock, upstream):
+    """Ann has two chats. Reteno dropped B's token (a Forbidden for B); A blocked the bot
+    through Telegram, so Reteno still holds A's. A Forbidden naming her e-mail is A's (the
+    one token left on her card): Reteno dropped it, and A's unblock sends it again."""
+    chat_a, chat_b = 111111111, 222222222
+    register(client, auth, {"token": chat_a, "email": "ann@example.com"},
+             {"token": chat_b, "email": "ann@example.com"})
+    bridge.deliver_once()
+    forbidden(client, auth, clock, token=str(chat_b))
+    telegram(client, clock, blocked(chat_a))
+    assert (held(client, auth, chat_a), held(client, auth, chat_b)) == (
+        [("removed", True)], [("removed", False)])
+
+    forbidden(client, auth, clock, email="ann@example.com")
+    assert held(client, auth, chat_a) == [("removed", False)]
+    telegram(client, clock, unblocked(chat_a))
+    bridge.deliver_once()
+    assert paths(upstream) == ["tokens", "tokens"]
+    assert held(client, auth, chat_a) == [("delivered", True), ("removed", False)]
+    assert unblock_result(client, auth, chat_a) == ("queued again", False)

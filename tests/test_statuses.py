@@ -725,6 +725,18 @@ def test_a_body_of_unusable_objects_is_one_summary_event(client, auth, bridge):
     assert fz.ledger_counts(bridge) == after
 
 
+def test_a_summary_names_twenty_reasons_and_counts_the_rest(client, auth):
+    """45 objects, each unusable for a reason of its own: the first 20 reasons by count,
+    and the other 25 objects under ``(other reasons)``."""
+    register(client, auth, {"token": "5001", "contactId": 50})
+    response = post(client, [{"status": f"bad-{i}", "token": "5001"} for i in range(45)])
+    assert response.json["ignored"] == 45
+    [ignored] = [e for e in history(client, auth, "5001") if e["kind"] == "status_ignored"]
+    reasons = ignored["detail"]["reasons"]
+    assert len(reasons) == 21 and reasons.pop("(other reasons)") == 25
+    assert sum(reasons.values()) == 20 and ignored["detail"]["count"] == 45
+
+
 def test_more_status_events_than_the_cap_is_a_413_and_records_nothing(make_app, auth):
     app = make_app(BRIDGE_MAX_STATUS_EVENTS=50)
     client, bridge = app.test_client(), app.extensions["reteno_bridge"]

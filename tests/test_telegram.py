@@ -386,6 +386,11 @@ def _tampered_payloads():
         return b64(data + mac)
 
     flipped = good[:3] + ("A" if good[3] != "A" else "B") + good[4:]
+    # 22 bytes are 30 characters, whose last carries 4 unused bits: a genuine link's last
+    # character has them clear (A, Q, g or w); the next character sets one, and decodes to
+    # the same bytes (the same signature) all the same
+    assert len(good) % 4 == 2 and good[-1] in "AQgw"
+    trailing_bits = good[:-1] + chr(ord(good[-1]) + 1)
     return {
         "forged": "QzQy" + "A" * 16,
         "unsigned value": b64(b"C-42"),
@@ -394,6 +399,7 @@ def _tampered_payloads():
         "tag cut short": b64(body + tag[:8]),
         "value truncated, tag kept": b64(body[:-1] + tag),
         "flipped character": flipped,
+        "unused bits set": trailing_bits,
         "re-signed with another secret": links.make_payload("another-secret-" + "y" * 20,
                                                          "externalCustomerId", "C-42"),
         "value changed, old tag": b64(body[:-1] + b"3" + tag),
@@ -420,6 +426,7 @@ REJECTED_FOR = {  # why each tampered payload is refused, as the history records
     "tag cut short": TOO_SHORT,
     "value truncated, tag kept": "bad signature",
     "flipped character": "bad signature",
+    "unused bits set": "not canonical base64url",
     "re-signed with another secret": UNKNOWN_KEY,
     "value changed, old tag": "bad signature",
     "type changed, old tag": "bad signature",
@@ -456,7 +463,8 @@ def test_a_payload_signed_with_a_correct_tag_but_a_bad_value_is_rejected(client,
         (signed(0x21, b"\x00\x05"), "not valid"),  # contactId not minimal
         (signed(0x23, b"12"), "not valid"),  # phone too short
         (signed(0x25, b"x"), "unknown identifier type"),
-        (signed(0x31, b"\x05"), "unknown payload version"),
+        (signed(0x31, b"\x05"), "unknown payload version 3"),
+        (signed(0x11, b"\x05"), "unknown payload version 1"),  # older versions too
         (signed(0x22, b"\xff\xfe"), "not valid"),  # not UTF-8
         (signed(0x21, b"\x05", expires=(1).to_bytes(4, "big")), "expired"),
     ]:
@@ -530,7 +538,7 @@ def test_payloads_fit_roundtrip_and_any_change_breaks_them(identifier, data):
 
 def test_values_that_do_not_fit_are_refused_with_a_clear_message():
     assert len(links.make_payload(LINK_SECRET, "externalCustomerId", "x" * 30)) == 64
-    with pytest.raises(links.LinkError, match="too long.*at most 30"):
+    with pytest.raises(links.LinkError, match="takes 31 bytes and at most 30 fit in the 64-"):
         links.make_payload(LINK_SECRET, "externalCustomerId", "x" * 31)
     with pytest.raises(links.LinkError, match="too long"):
         links.make_payload(LINK_SECRET, "email", "a.very.long.name@an-example-domain.com")
@@ -594,19 +602,18 @@ def test_bridge_link_refuses_bad_input(link_app, args, message):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "names"),
+    ("overrides", "missing"),
     [
-        ({}, ["BRIDGE_LINK_SECRET", "TELEGRAM_BOT_USERNAME"]),
-        ({"BRIDGE_LINK_SECRET": "x" * 32}, ["TELEGRAM_BOT_USERNAME"]),
-        ({"TELEGRAM_BOT_USERNAME": BOT}, ["BRIDGE_LINK_SECRET"]),
+        ({}, "BRIDGE_LINK_SECRET and TELEGRAM_BOT_USERNAME are not set"),
+        ({"BRIDGE_LINK_SECRET": "x" * 32}, "TELEGRAM_BOT_USERNAME is not set"),
+        ({"TELEGRAM_BOT_USERNAME": BOT}, "BRIDGE_LINK_SECRET is not set"),
     ],
 )
-def test_bridge_link_names_the_missing_settings(make_app, overrides, names):
+def test_bridge_link_names_the_missing_settings(make_app, overrides, missing):
     result = make_app(**overrides).test_cli_runner().invoke(
         args=["bridge", "link", "--contact-id", "1"])
     assert result.exit_code == 2
-    for name in names:
-        assert name in result.output
+    assert f"{missing}: deep links need the signing key" in result.output
 
 
 # --- time decides, and deep links that expire and bind -------------------------------------
@@ -748,6 +755,43 @@ def test_an_expired_link_registers_nothing(client, auth):
     send(client, start(payload))
     assert rows(client, auth, token=CHAT_ID) == []
     assert history(client, auth, CHAT_ID)[-1]["detail"]["reason"] == "expired"
+
+
+def test_a_link_expires_at_its_second(client, auth):
+    expires = CLOCK.now.replace(microsecond=0) + timedelta(minutes=5)
+    payload = links.make_payload(LINK_SECRET, "contactId", 13, expires)
+    CLOCK.now = expires
+    send(client, start(payload))
+    assert rows(client, auth, token=CHAT_ID) == []
+    assert history(client, auth, CHAT_ID)[-1]["detail"]["reason"] == "expired"
+    CLOCK.now = expires - timedelta(seconds=1)
+    send(client, start(payload, private_chat(556)))
+    assert [r["contactId"] for r in rows(client, auth, token=556)] == [13]
+
+
+def test_a_link_may_expire_up_to_2106(client, auth):
+    last = datetime.fromtimestamp(2**32 - 1, UTC)  # 2106-02-07T06:28:15Z: the 4 bytes' end
+    assert verify(LINK_SECRET, links.make_payload(LINK_SECRET, "contactId", 14, last)) == (
+        "contactId", 14)
+    send(client, start(links.make_payload(LINK_SECRET, "contactId", 15,
+                                          datetime(2050, 1, 1, tzinfo=UTC))))
+    assert [r["contactId"] for r in rows(client, auth, token=CHAT_ID)] == [15]
+    with pytest.raises(links.LinkError, match="the expiry must be between 1970 and 2106"):
+        links.make_payload(LINK_SECRET, "contactId", 14, last + timedelta(seconds=1))
+
+
+def test_a_link_made_by_the_documented_format_registers(client, auth):
+    """Links already handed out keep working across releases: a payload built here from
+    the module's documented layout alone (key id: the first byte of the secret's SHA-256)
+    is the one the bridge makes, and registers."""
+    body = (bytes([2 << 4 | 1, hashlib.sha256(LINK_SECRET.encode()).digest()[0]])
+            + (0).to_bytes(4, "big") + (300).to_bytes(2, "big"))
+    tag = hmac.new(LINK_SECRET.encode(), b"reteno-telegram-bridge/start-link\x00" + body,
+                   hashlib.sha256).digest()[:12]
+    payload = base64.urlsafe_b64encode(body + tag).decode().rstrip("=")
+    assert links.make_payload(LINK_SECRET, "contactId", 300) == payload
+    send(client, start(payload))
+    assert [r["contactId"] for r in rows(client, auth, token=CHAT_ID)] == [300]
 
 
 def test_rotating_the_secret_keeps_issued_links_working(make_app, auth):

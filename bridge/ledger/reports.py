@@ -350,9 +350,13 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         outcome, removed_now, stale_rows = "matched", [], []
         if blocked and not live and len({r.token for r in targets}) == 1:
             later_blocks[targets[0].token] = max(at, later_blocks.get(targets[0].token, at))
-        if blocked and len({r.token for r in targets}) == 1:
-            # Reteno dropped this chat's token (stale or not: the failure happened)
-            drops[targets[0].token] = max(at, drops.get(targets[0].token, at))
+        # Reteno dropped the token of the chat that failed (stale or not: the failure
+        # happened): the one candidate (named by an identifier, the chat of its contact
+        # whose token Reteno still held), or the one chat of the rows it names
+        failed = candidates[0] if len(candidates) == 1 else (
+            targets[0].token if len({r.token for r in targets}) == 1 else None)
+        if blocked and failed is not None:
+            drops[failed] = max(at, drops.get(failed, at))
         if blocked and chat:
             removed_now = [r for r in chat if not later(seen_at[r.id], at, resolution)]
             stale_rows = [r for r in chat if later(seen_at[r.id], at, resolution)]
