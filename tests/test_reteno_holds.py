@@ -383,3 +383,26 @@ def test_a_forbidden_naming_the_contact_drops_the_one_chat_reteno_still_held(
     assert paths(upstream) == ["tokens", "tokens"]
     assert held(client, auth, chat_a) == [("delivered", True), ("removed", False)]
     assert unblock_result(client, auth, chat_a) == ("queued again", False)
+
+
+def test_a_forbidden_naming_the_contact_is_remembered_as_the_held_chats_block(
+        client, auth, bridge, clock, upstream):
+    """The same two chats: the Forbidden naming her e-mail is A's, and A has nothing
+    live, so it is remembered as A's latest block: an unblock dated before it (and after
+    the Telegram block) is stale, and nothing is sent."""
+    chat_a, chat_b = 111111111, 222222222
+    register(client, auth, {"token": chat_a, "email": "ann@example.com"},
+             {"token": chat_b, "email": "ann@example.com"})
+    bridge.deliver_once()
+    forbidden(client, auth, clock, token=str(chat_b))
+    telegram(client, clock, blocked(chat_a))
+    between = int(clock.now.timestamp()) + 5
+    forbidden(client, auth, clock, email="ann@example.com")  # 10 s after the block
+
+    clock.advance(10)
+    assert send(client, dated(unblocked(chat_a), between)).status_code == 200
+    bridge.deliver_once()
+    assert paths(upstream) == ["tokens"]
+    assert held(client, auth, chat_a) == [("removed", False)]
+    [stale] = [e for e in history(client, auth, chat_a) if e["kind"] == "telegram_stale"]
+    assert stale["detail"]["result"] == "the chat was blocked after this update"

@@ -348,13 +348,13 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         chat = [r for r in chat_rows.get(candidates[0], []) if r.id not in gone] \
             if len(candidates) == 1 else []
         outcome, removed_now, stale_rows = "matched", [], []
-        if blocked and not live and len({r.token for r in targets}) == 1:
-            later_blocks[targets[0].token] = max(at, later_blocks.get(targets[0].token, at))
         # Reteno dropped the token of the chat that failed (stale or not: the failure
         # happened): the one candidate (named by an identifier, the chat of its contact
         # whose token Reteno still held), or the one chat of the rows it names
         failed = candidates[0] if len(candidates) == 1 else (
             targets[0].token if len({r.token for r in targets}) == 1 else None)
+        if blocked and not live and failed is not None:
+            later_blocks[failed] = max(at, later_blocks.get(failed, at))
         if blocked and failed is not None:
             drops[failed] = max(at, drops.get(failed, at))
         if blocked and chat:
