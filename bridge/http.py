@@ -88,7 +88,11 @@ def handle_unexpected(exc: Exception) -> Response:
 def protect_answer(response: Response) -> Response:
     """An ``after_request`` hook: no browser guesses a type other than the one sent
     (``nosniff``), and no cache (a proxy's, a browser's history) keeps a JSON answer,
-    which may hold chat ids, e-mail addresses and phone numbers (``no-store``)."""
+    which may hold chat ids, e-mail addresses and phone numbers (``no-store``). The
+    blueprint's hook and the bundled app's both run on a bridge answer: the second
+    finds it done."""
+    if "X-Content-Type-Options" in response.headers:
+        return response
     response.headers["X-Content-Type-Options"] = "nosniff"
     if response.is_json:
         response.headers["Cache-Control"] = "no-store"
