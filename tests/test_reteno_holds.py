@@ -362,17 +362,26 @@ def test_the_log_says_whether_an_unblock_queued_the_chat_or_found_reteno_holding
     assert " queued (was " in lines[1]
 
 
+CHAT_A, CHAT_B = 111111111, 222222222
+
+
+def ann_with_one_chat_reteno_holds(client, auth, bridge, clock):
+    """Ann's two chats delivered; Reteno dropped B's token (a Forbidden for B), and A
+    blocked the bot through Telegram, so Reteno still holds A's."""
+    register(client, auth, {"token": CHAT_A, "email": "ann@example.com"},
+             {"token": CHAT_B, "email": "ann@example.com"})
+    bridge.deliver_once()
+    forbidden(client, auth, clock, token=str(CHAT_B))
+    telegram(client, clock, blocked(CHAT_A))
+    return CHAT_A, CHAT_B
+
+
 def test_a_forbidden_naming_the_contact_drops_the_one_chat_reteno_still_held(
         client, auth, bridge, clock, upstream):
     """Ann has two chats. Reteno dropped B's token (a Forbidden for B); A blocked the bot
     through Telegram, so Reteno still holds A's. A Forbidden naming her e-mail is A's (the
     one token left on her card): Reteno dropped it, and A's unblock sends it again."""
-    chat_a, chat_b = 111111111, 222222222
-    register(client, auth, {"token": chat_a, "email": "ann@example.com"},
-             {"token": chat_b, "email": "ann@example.com"})
-    bridge.deliver_once()
-    forbidden(client, auth, clock, token=str(chat_b))
-    telegram(client, clock, blocked(chat_a))
+    chat_a, chat_b = ann_with_one_chat_reteno_holds(client, auth, bridge, clock)
     assert (held(client, auth, chat_a), held(client, auth, chat_b)) == (
         [("removed", True)], [("removed", False)])
 
@@ -390,12 +399,7 @@ def test_a_forbidden_naming_the_contact_is_remembered_as_the_held_chats_block(
     """The same two chats: the Forbidden naming her e-mail is A's, and A has nothing
     live, so it is remembered as A's latest block: an unblock dated before it (and after
     the Telegram block) is stale, and nothing is sent."""
-    chat_a, chat_b = 111111111, 222222222
-    register(client, auth, {"token": chat_a, "email": "ann@example.com"},
-             {"token": chat_b, "email": "ann@example.com"})
-    bridge.deliver_once()
-    forbidden(client, auth, clock, token=str(chat_b))
-    telegram(client, clock, blocked(chat_a))
+    chat_a, chat_b = ann_with_one_chat_reteno_holds(client, auth, bridge, clock)
     between = int(clock.now.timestamp()) + 5
     forbidden(client, auth, clock, email="ann@example.com")  # 10 s after the block
 
