@@ -4,6 +4,10 @@ process, ``make serve``, ``reteno-bridge serve``). They suit any app, with the b
 or without it.
 """
 
+import queue
+import signal
+import sys
+
 from gunicorn.glogging import Logger
 
 from bridge.config import process_setting
@@ -39,6 +43,41 @@ class RedactingLogger(Logger):
 
 
 logger_class = RedactingLogger
+
+
+_STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def _stop_booting_worker(_signum, _frame):
+    sys.exit(0)
+
+
+def post_fork(server, worker):
+    """A stop that reaches a worker while it boots stops it.
+
+    A forked worker keeps the master's signal handlers until it sets its own, and the
+    master's handler only queues the signal in the worker's copy of the master's queue,
+    where nobody reads it: gunicorn's SIGTERM to a booting worker was lost, and a stop
+    waited the whole ``graceful_timeout`` (30 s) before the master killed it. Here the
+    worker exits on such a signal until gunicorn installs its own handlers, and exits at
+    once if one already arrived."""
+    for signum in _STOPS:
+        signal.signal(signum, _stop_booting_worker)
+    if any(signum in _STOPS for signum in _queued(server.SIG_QUEUE)):
+        sys.exit(0)
+
+
+def _queued(signals) -> list:
+    """The signals in this process's copy of the master's queue (a list before gunicorn
+    25, a ``SimpleQueue`` since)."""
+    if isinstance(signals, list):
+        return list(signals)
+    arrived = []
+    while True:
+        try:
+            arrived.append(signals.get_nowait())
+        except queue.Empty:
+            return arrived
 
 
 def post_worker_init(worker):

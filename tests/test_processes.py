@@ -300,6 +300,37 @@ def test_a_dying_process_stops_the_rest(stack):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
+def test_a_sigterm_while_workers_boot_stops_gunicorn_at_once(tmp_path):
+    # gunicorn's SIGTERM to a worker that has not yet set its own signal handlers used
+    # to be swallowed, and the stop waited out graceful_timeout (30 s); a slow fork
+    # widens that moment so that the stop always lands in it
+    (tmp_path / "plain.py").write_text(
+        "from flask import Flask\napp = Flask(__name__)\n")
+    (tmp_path / "slow_fork.py").write_text(
+        "import time\n\nfrom bridge import gunicorn_conf\n"
+        "from bridge.gunicorn_conf import *  # noqa: F403\n\n\n"
+        "def post_fork(server, worker):\n"
+        "    time.sleep(3)\n"
+        "    gunicorn_conf.post_fork(server, worker)\n")
+    port = free_port()
+    env = environment(tmp_path, PYTHONPATH=str(tmp_path), WEB_CONCURRENCY=2)
+    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", "python:slow_fork",
+                               "--bind", f"127.0.0.1:{port}", "plain:app"], cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        wait_until_listening(port, server)
+        started = time.monotonic()
+        server.terminate()
+        _out, err = server.communicate(timeout=25)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert time.monotonic() - started < 20, err
+    assert "Shutting down: Master" in err
+
+
 def test_gunicorn_conf_serves_an_app_without_the_bridge_too(tmp_path):
     # the shipped settings serve any app (the benchmarks' bare app)
     (tmp_path / "plain.py").write_text(
@@ -313,7 +344,10 @@ def test_gunicorn_conf_serves_an_app_without_the_bridge_too(tmp_path):
     try:
         wait_until_listening(port, server)
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "ok"
-    finally:
         server.terminate()
         _out, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
     assert "Worker failed to boot" not in err
