@@ -82,9 +82,11 @@ def _mask_number(match: re.Match) -> str:
 # substitutions. Every request writes a log line, so this is on the hot path.
 _MAYBE = re.compile(r"(?i)@|bearer|basic|x-reteno|api[_-]?key|password|secret|"
                     r"\d(?:[ ()-]*+\d){6}")
-# Control characters (C0, DEL, C1) and Unicode line breaks: escaped after redaction, so
-# no value (a URL's %0A, a status text's ESC) makes a second line or reaches a terminal.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters (C0, DEL, C1), Unicode line breaks and the bidirectional controls:
+# escaped after redaction, so no value (a URL's %0A, a status text's ESC, a name's U+202E)
+# makes a second line, reaches a terminal or shows a line in another order than it has.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e"
+                      "\u2066-\u2069]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # A cut line drops its last partial word (an address or number cut in two would escape
 # its pattern); then a trailing run of phone characters, which spans spaces.

@@ -284,6 +284,15 @@ def test_a_url_cannot_forge_a_log_line():
     assert "/x\\r\\nMon level=ERROR logger=bridge.worker FORGED\\x1b[2J" in line
 
 
+def test_a_value_cannot_reorder_a_log_line_with_bidirectional_controls(caplog):
+    # U+202E shows the rest of a line right to left: "erase\u202etoken=1" would read
+    # as something else in a terminal or a log viewer
+    log = bridge_logs.get_logger("bridge.test")
+    log.warning("name %s", "a\u202eb\u2066c\u2069d\u200fe\u061cf")
+    [message] = [r.getMessage() for r in caplog.records if r.name == "bridge.test"]
+    assert message == "name a\\u202eb\\u2066c\\u2069d\\u200fe\\u061cf"
+
+
 def test_the_bridges_own_lines_escape_control_characters(caplog):
     log = bridge_logs.get_logger("bridge.test")
     log.warning("upstream said %s", "no\nlevel=ERROR logger=bridge.worker FORGED\x1b]0;x\x07"
