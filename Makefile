@@ -96,7 +96,8 @@ reliability-postgres: install
 	$(BIN)/python bench/fuzz.py --database-url $(RELIABILITY_PG)
 
 clean:
-	rm -rf $(VENV) .lock-venv instance .pytest_cache .ruff_cache *.egg-info docs/_build
+	rm -rf $(VENV) .lock-venv instance .pytest_cache .ruff_cache *.egg-info docs/_build build dist \
+		client/build client/dist client/src/*.egg-info bench/results mutation/sessions
 
 # The speed figures (BENCHMARKS.md): each script starts what it needs, measures its
 # baseline and the bridge in one run, and prints the ratios and PASS/FAIL per target.
