@@ -104,6 +104,20 @@ def test_past_max_waiting_a_chats_call_is_refused_at_once():
     assert asyncio.run(go()) == 0
 
 
+def test_a_call_nobody_awaits_is_made_and_does_not_hold_the_chat_back():
+    bridge = SlowBridge()
+
+    async def go():
+        client = ordered(bridge)
+        client.register(1, email="a@example.com")  # a forgotten await
+        muted = await asyncio.wait_for(client.mute(1), 10)
+        await client.idle()
+        return muted.muted, len(client.order)
+
+    assert asyncio.run(go()) == (True, 0)
+    assert bridge.arrived == [("/register", 1), ("/mute", 1)]
+
+
 def test_a_call_cancelled_while_waiting_keeps_the_next_one_behind_the_first():
     ended = []
 

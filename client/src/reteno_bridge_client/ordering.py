@@ -4,7 +4,7 @@ another, in the order they were asked for, while other chats' calls go on at onc
 :class:`ChatOrder` hands out turns: :meth:`ChatOrder.run` takes the chat's turn at the
 moment it is called (synchronously, so an adapter takes it while the framework is
 still handling that update) and makes the call once the chat's earlier calls are done,
-whether they succeeded or not. Memory stays bounded: a chat has an entry only while
+whether they succeeded or not, awaited or not. Memory stays bounded: a chat has an entry only while
 one of its calls waits or runs, and at most ``max_waiting`` calls of one chat wait;
 past that, the call is refused at once with a :class:`BridgeError` (it is not made).
 
@@ -38,6 +38,7 @@ class ChatOrder:
         self.max_waiting = max_waiting
         # chat -> (the last turn's "done" future, turns taken and not yet done)
         self._chats: dict[int, tuple[asyncio.Future[None], int]] = {}
+        self._tasks: set[asyncio.Task] = set()  # the calls running (asyncio keeps weak refs)
 
     def __len__(self) -> int:
         """Chats with a call waiting or running (the entries kept)."""
@@ -54,9 +55,15 @@ class ChatOrder:
         if taken > self.max_waiting:
             raise BridgeError(None, f"{taken} calls for this chat are already in flight or "
                                     "waiting for the bridge; this one was not made")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         self._chats[chat] = (done, taken + 1)
-        return self._when_turn(chat, previous, done, call)
+        # a task, not a bare coroutine: the call is made and the turn handed on even if
+        # nobody awaits it (a forgotten ``await`` must not stall the chat for good)
+        task = loop.create_task(self._when_turn(chat, previous, done, call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _when_turn(self, chat: int, previous: asyncio.Future[None] | None,
                          done: asyncio.Future[None], call: Callable[[], Awaitable[T]]) -> T:
