@@ -139,7 +139,8 @@ class Runtime:
 
     def health(self, details: bool = False) -> tuple[dict, bool]:
         """``/healthz``: ``({"status": "ok"|"degraded", "reasons", "sandbox"}, True)``, and
-        with ``details`` the outbox, dead letters, held conflicts, delivery and the last
+        with ``details`` the outbox, dead letters (registrations, and mutes, unmutes and
+        replays by action), held conflicts, delivery and the last
         upstream result (status and reason code). One row read per call; the counts
         come from :class:`~bridge.metrics.CountCache`. ``({"message"}, False)`` when the
         database is unreachable."""
@@ -154,11 +155,14 @@ class Runtime:
         held = bool(blocked and not paused)
         last = upstream.get("last")
         held_conflicts = counts["states"].get("held", 0)
+        dead_commands = {action: states["dead"] for action, states
+                         in sorted(counts["commands"].items()) if states.get("dead")}
         reasons = [code for code, present in (
             ("delivery_paused", paused),
             ("delivery_held", held),
             ("upstream_failing", bool(last and last.get("outcome") == "retry")),
             ("dead_letters", counts["dead"] > 0),
+            ("dead_commands", bool(dead_commands)),
             ("held_conflicts", held_conflicts > 0),
             ("outbox_backlog", counts["oldestAgeSeconds"] > BACKLOG_SECONDS),
         ) if present]
@@ -179,6 +183,7 @@ class Runtime:
             "outbox": {"depth": counts["depth"], "oldestAgeSeconds": counts["oldestAgeSeconds"]},
             "states": counts["states"],
             "deadLetters": counts["dead"],
+            "deadCommands": dead_commands,
             "heldConflicts": held_conflicts,
             "delivery": {
                 "background": bool(self.background and self.background.running),

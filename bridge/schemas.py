@@ -391,12 +391,15 @@ class HealthSchema(Schema):
     status = fields.String(metadata={"enum": ["ok", "degraded"], "example": "ok"})
     reasons = fields.List(fields.String(), metadata={
         "description": "Why degraded: delivery_paused, delivery_held, upstream_failing, "
-                       "dead_letters, held_conflicts, outbox_backlog."})
+                       "dead_letters, dead_commands, held_conflicts, outbox_backlog."})
     sandbox = fields.Boolean()
     warning = fields.String(metadata={"description": "Present in sandbox mode."})
     database = fields.Dict(metadata=_DETAILS)
     outbox = fields.Dict(metadata=_DETAILS)
     deadLetters = fields.Integer(metadata=_DETAILS)
+    deadCommands = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "With a bearer key only: mutes, unmutes and replays Reteno refused "
+                       "for good, by action (none: {})."})
     heldConflicts = fields.Integer(metadata=_DETAILS)
     delivery = fields.Dict(metadata=_DETAILS)
     lastUpstream = fields.Dict(allow_none=True, metadata={

@@ -239,12 +239,17 @@ def test_duration_must_be_positive_int_is_a_dead_letter(client, auth, bridge, de
     assert "Duration must be positive int" in history(client, auth, CHAT)[-1]["detail"]["error"]
     health = client.get("/healthz", headers=auth).get_json()
     assert "delivery_paused" not in health["reasons"]
+    # an operator sees it: the user asked for quiet and Reteno will go on messaging
+    assert "dead_commands" in health["reasons"] and "dead_letters" not in health["reasons"]
+    assert health["deadCommands"] == {"mute": 1} and health["deadLetters"] == 0
     # requeue puts it back
     requests_mock.post(MUTE_URL, json="OK")
     result = runner.invoke(args=["bridge", "requeue"])
     assert result.exit_code == 0, result.output
     bridge.deliver_once()
     assert kinds(client, auth)[-2:] == ["mute_requeued", "mute_delivered"]
+    health = client.get("/healthz", headers=auth).get_json()
+    assert "dead_commands" not in health["reasons"] and health["deadCommands"] == {}
 
 
 def test_a_refused_key_pauses_mutes_and_registrations_alike(client, auth, bridge, delivered_chat,
