@@ -279,6 +279,17 @@ def test_start_registers_stop_mutes_and_resume_unmutes(served, make_bot):
 
 @pytest.mark.real_http
 @pytest.mark.parametrize("make_bot", BOTS)
+def test_a_start_without_a_link_reaches_the_bridge_as_a_sign_of_life(served, make_bot):
+    url = served()
+    talk(make_bot, url, message("/start"))
+    with BridgeClient(url, API_KEY) as client:
+        starts = [e for e in client.history(CHAT) if e.detail.get("update") == "/start"]
+    assert [e.kind for e in starts] == ["telegram_ignored"]
+    assert starts[0].detail["reason"] == "/start without a deep-link payload"
+
+
+@pytest.mark.real_http
+@pytest.mark.parametrize("make_bot", BOTS)
 def test_a_group_or_plain_chatter_is_not_forwarded(served, make_bot):
     url = served()
     group = {"id": -100123, "type": "supergroup", "title": "fans"}

@@ -143,7 +143,8 @@ def test_a_call_cancelled_while_waiting_keeps_the_next_one_behind_the_first():
     (start(text="/start@shop_bot abc"), 5550001),
     (member(), 5550001),
     (member(status="member"), 5550001),
-    (start(text="/start"), None),  # no payload: nothing for the bridge
+    (start(text="/start"), 5550001),  # no payload: a sign of life all the same
+    (start(text="/start@shop_bot"), 5550001),
     (start(text="/starting x"), None),
     (start(text="hello"), None),
     (start(chat={"id": -100123, "type": "supergroup"}), None),

@@ -2,13 +2,14 @@
 
 The bridge acts on two kinds of Telegram update, both about a private chat (the
 chat's id is the token): ``my_chat_member`` (the user blocked or unblocked the bot)
-and a message ``/start <payload>`` (a deep link). :class:`Forwarder` takes such an
+and a message ``/start`` (with a payload, a deep link; with or without one, a sign of
+life, which keeps the chat out of the stale-token report). :class:`Forwarder` takes such an
 update's turn in its chat's order (:mod:`reteno_bridge_client.ordering`) and sends it
 with the client's retries and deadline. A forward the bridge did not take is either
 raised (``raise_on_failure``, for a webhook-mode bot that answers Telegram with an
 error so that Telegram delivers the update again) or logged as one ERROR line on the
 ``reteno_bridge_client`` logger, with the chat id cut to its last three digits, and the
-bot goes on: that block, unblock or deep link is then lost.
+bot goes on: that block, unblock, deep link or sign of life is then lost.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .ordering import OrderedBridge
 
 log = logging.getLogger("reteno_bridge_client")
 
-_START = re.compile(r"/start(?:@\w+)?\s+\S")
+_START = re.compile(r"/start(?:@\w+)?(?:\s|$)")
 _LONG_NUMBER = re.compile(r"-?\d{4,}")
 
 
