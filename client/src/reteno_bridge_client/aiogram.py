@@ -2,9 +2,10 @@
 gives every handler the client as ``bridge``.
 
 An outer middleware on the dispatcher's updates sees each update before any router:
-a private chat's ``my_chat_member`` and ``/start <payload>`` take their chat's turn
-there and go to the bridge's ``/telegram/webhook`` with the client's bearer key, then
-the update goes on to the bot's own handlers (``/start`` reaches them as usual).
+a private chat's ``my_chat_member`` and ``/start`` (with a payload or without) take
+their chat's turn there and go to the bridge's ``/telegram/webhook`` with the client's
+bearer key, then the update goes on to the bot's own handlers (``/start`` reaches them
+as usual).
 
 aiogram handles each update as a task of its own. Handlers get ``bridge``, an
 :class:`~reteno_bridge_client.ordering.OrderedBridge`: its calls about a chat

@@ -3,12 +3,13 @@ what it acts on and puts the client in ``bot_data["bridge"]``.
 
 A handler in an early group (``group=-100``, before the bot's own handlers in group 0,
 which still see every update) takes each private chat's ``my_chat_member`` and
-``/start <payload>``. Its callback returns at once: it takes the chat's turn while PTB
-is still handling that update and hands the forward to ``Application.create_task``
-(awaited by ``Application.stop``; errors go to the error handlers). So it holds up no
-update, as ``block=False`` would, and unlike ``block=False`` (whose callback starts on
-a later turn of the event loop, when a later update's handler may already have called
-the bridge) the chat's order is fixed in the order of its updates.
+``/start`` (with a payload or without). Its callback returns at once: it takes the
+chat's turn while PTB is still handling that update and hands the forward to
+``Application.create_task`` (awaited by ``Application.stop``; errors go to the error
+handlers). So it holds up no update, as ``block=False`` would, and unlike
+``block=False`` (whose callback starts on a later turn of the event loop, when a later
+update's handler may already have called the bridge) the chat's order is fixed in the
+order of its updates.
 
 ``bot_data["bridge"]`` is an :class:`~reteno_bridge_client.ordering.OrderedBridge`:
 ``await context.bot_data["bridge"].mute(chat_id)`` waits for the chat's earlier calls,
