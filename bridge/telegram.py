@@ -138,9 +138,11 @@ def _chat_member(ledger, update_id, change: Any, metrics) -> str:
                      "queued" if queued else "live again (Reteno holds the token)",
                      previous_id)
         return "unblocked"
+    # the status under "to", never in the reason: a reason is the bridge's own words,
+    # which erase leaves as they are; "to" is read for personal data like any value
     _record(ledger, "telegram_ignored", update_id,
-            {"update": "my_chat_member", "reason": f"status {status[:20]!r} is not acted on"},
-            token=token)
+            {"update": "my_chat_member", "reason": "a status that is not acted on",
+             "to": status[:64]}, token=token)
     return "ignored"
 
 

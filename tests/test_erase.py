@@ -132,6 +132,9 @@ def ledger_with_ann(client, auth, bridge, requests_mock, clock):
     clock.advance(5)
     telegram(client, clock, ANN_LINK_CHAT, old="member", new="kicked")
     telegram(client, clock, ANN_LINK_CHAT, old="member", new="kicked")
+    # an update about someone else's chat forwarded with her address for a status (not
+    # acted on, recorded)
+    telegram(client, clock, "246813579", old="kicked", new=ANN_EMAIL)
     # her first chat muted
     assert client.post("/mute", json={"token": ANN_TOKEN}, headers=auth).status_code == 202
     chat_kinds = {e["kind"] for e in history(client, auth, ANN_LINK_CHAT)}
