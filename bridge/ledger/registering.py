@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, or_, select, update
 
 from ..db import in_pages, in_params, insert_unless_taken, lock_keys, page_params, run
 from ..models import Registration, utcnow
-from .states import RESTORED, State, append_events, sql_constant
+from .states import REGISTRATIONS, State, append_events, sql_constant
 from .times import received
 from .types import Outcome, TokenRequest
 
@@ -41,6 +41,9 @@ _INSERT = {
         strict=True,
     )
 }
+# where a registration starts (the state table's inserts)
+_SUBMITTED, _HELD, _RESTORED = (REGISTRATIONS.first(kind).value
+                                for kind in ("submitted", "held", "restored"))
 _TOUCH = (update(Registration)
           .where(Registration.id.in_(bindparam("ids", expanding=True)),
                  Registration.last_seen_at < bindparam("seen"))
@@ -51,7 +54,7 @@ _TOUCH_ONE = (update(Registration)
               .values(last_seen_at=bindparam("seen"), updated_at=bindparam("changed")))
 
 
-def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
+def _row(request: TokenRequest, now: datetime, seen: datetime, state: str,
          conflict: bool, holds: bool) -> dict:
     return {
         "token": request.token,
@@ -61,7 +64,7 @@ def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
         "email": request.email,
         "matched_by": request.matched_by,
         "match_value": request.match_value,
-        "state": state.value,
+        "state": state,
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,
@@ -165,7 +168,7 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
         earlier = new_in_chat.get(request.token, 0)
         new_in_chat[request.token] = earlier + 1
         conflict = earlier > 0 or request.token in live
-        state = State.HELD if conflict and hold_conflicts else State.QUEUED
+        state = _HELD if conflict and hold_conflicts else _SUBMITTED
         rows[key] = _row(request, now, seen[index], state, conflict, key in held)
     inserted = {}
     if rows:
@@ -204,7 +207,7 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
             events.append({
                 "at": now, "registration_id": rid, "token": request.token, "kind": "conflict",
                 "detail": {"with": _conflicting(key, live, new_keys, inserted),
-                           "matchedBy": key[1], "held": state == State.HELD.value},
+                           "matchedBy": key[1], "held": state == _HELD},
             })
     append_events(conn, events)
     return outcomes
@@ -219,7 +222,7 @@ def restore(conn, now: datetime, last, seen: datetime, delivered_at: datetime) -
     chat's lock and has seen nothing live."""
     request = TokenRequest(last.token, last.contact_id, last.external_customer_id,
                            last.phone, last.email)
-    row = {**_row(request, now, seen, RESTORED, False, True), "next_attempt_at": None}
+    row = {**_row(request, now, seen, _RESTORED, False, True), "next_attempt_at": None}
     [(rid, *_key)] = run(conn, _INSERT[conn.dialect.name], [row])
     append_events(conn, [{"at": now, "registration_id": rid, "token": last.token,
                           "kind": "restored",

@@ -38,7 +38,7 @@ from sqlalchemy import select, update
 from ..db import in_pages, lock_keys
 from ..models import Event, Registration
 from . import commands, erasure, queries, registering
-from .states import LIVE_VALUES, State, append_events, move
+from .states import LIVE_VALUES, REGISTRATIONS, State, append_events
 from .times import EXACT, later, received
 from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult, TokenRequest
 
@@ -100,7 +100,7 @@ def remove(conn, now: datetime,
 
     moved: dict[int, Any] = {}
     for (reason, at), rows in groups.items():
-        moved.update((r.id, r) for r in move(
+        moved.update((r.id, r) for r in REGISTRATIONS.move(
             conn, "removed", rows, now,
             {"removed_at": at, "removal_reason": reason, "lease_id": None,
              "next_attempt_at": None}, detail))
@@ -138,7 +138,7 @@ def release_held(conn, now: datetime, tokens: Iterable[str], by: str = "conflict
     wanted = set(ids) if ids is not None else None
     held = [r for rows in live.values() for r in rows if r.state == State.HELD.value
             and (len(rows) == 1 if wanted is None else r.id in wanted)]
-    return move(conn, "released", held, now, {"next_attempt_at": now}, {"by": by})
+    return REGISTRATIONS.move(conn, "released", held, now, {"next_attempt_at": now}, {"by": by})
 
 
 def remember_block(conn, token: str, at: datetime) -> None:
@@ -182,11 +182,12 @@ def drop_holds(conn, now: datetime, drops: dict[str, datetime]) -> list[str]:
         conn.execute(update(Registration)
                      .where(Registration.id.in_(page))
                      .values(reteno_holds=False))
-    move(conn, "reteno_dropped", [r for r in rows if r.state == State.DELIVERED.value], now,
-         {"next_attempt_at": now},
-         lambda r: {"cause": STATUS_CAUSE, "at": drops[r.token].isoformat(),
-                    "reason": "Reteno reported a Forbidden for the chat after this delivery; "
-                              "the chat is back, so it is sent again"})
+    back = [r for r in rows if r.state == State.DELIVERED.value]
+    REGISTRATIONS.move(conn, "reteno_dropped", back, now, {"next_attempt_at": now},
+                       lambda r: {"cause": STATUS_CAUSE, "at": drops[r.token].isoformat(),
+                                  "reason": "Reteno reported a Forbidden for the chat after "
+                                            "this delivery; the chat is back, so it is sent "
+                                            "again"})
     tokens = sorted({r.token for r in rows})
     commands.resend_mutes(conn, now, tokens)
     return tokens
