@@ -71,6 +71,8 @@ class Then(NamedTuple):
 
 @dataclass(frozen=True)
 class Transition:
+    """One input of a machine: a row of its table."""
+
     when: str  # what the input is
     target: State  # the state it leads to (an insert's: the row's first state)
     sources: frozenset[State] = frozenset()  # the states it moves a row from
