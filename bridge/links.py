@@ -161,6 +161,17 @@ def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
                     ) -> tuple[Link | None, str | None]:
     """``(Link, None)`` for a genuine payload still valid at ``now``, else
     ``(None, reason)``."""
+    raw, reason = _decoded(payload)
+    if raw is None:
+        return None, reason
+    signer, reason = _signer(secrets, raw)
+    if signer is None:
+        return None, reason
+    return _link(signer, raw, now)
+
+
+def _decoded(payload: Any) -> tuple[bytes | None, str | None]:
+    """The payload's bytes, if it is canonical base64url long enough to be signed."""
     if not isinstance(payload, str) or not _PAYLOAD.match(payload):
         return None, "not a deep-link payload (1-64 characters of A-Z a-z 0-9 _ -)"
     try:
@@ -171,6 +182,11 @@ def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
         return None, "not canonical base64url"
     if len(raw) < HEAD_BYTES + 1 + TAG_BYTES:
         return None, "too short to carry an identifier and a signature"
+    return raw, None
+
+
+def _signer(secrets: Sequence[str], raw: bytes) -> tuple[str | None, str | None]:
+    """The configured secret whose signature the payload carries."""
     body, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
     signers = [s for s in secrets if key_id(s) == body[1]]
     if not signers:
@@ -179,8 +195,12 @@ def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
     for secret in signers:  # every candidate is compared: the time tells nothing
         if hmac.compare_digest(tag, _tag(secret, body)):
             signer = secret
-    if signer is None:
-        return None, "bad signature"
+    return (signer, None) if signer is not None else (None, "bad signature")
+
+
+def _link(signer: str, raw: bytes, now: datetime) -> tuple[Link | None, str | None]:
+    """What a signed payload carries, if it is of a known kind and not expired."""
+    body = raw[:-TAG_BYTES]
     version, code = body[0] >> 4, body[0] & 0x0F
     if version != VERSION:
         return None, f"unknown payload version {version}"

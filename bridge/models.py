@@ -1,8 +1,8 @@
 """Database models of the audit ledger (SQLAlchemy 2.0 declarative).
 
 Owns the tables and nothing else: no commits, no state changes. Rows are
-written by :mod:`bridge.ledger`; a registration's ``state`` only by its state
-table (``bridge.ledger.states``). The schema is created and changed only by the Alembic
+written by :mod:`bridge.ledger`; a row's ``state`` (its first one too) only by its
+state table (``bridge.ledger.states``). The schema is created and changed only by the Alembic
 revisions in ``migrations/``; ``tests/test_app.py`` checks that these
 models and the migrations agree.
 """
@@ -91,7 +91,7 @@ class Registration(Base):
     email: Mapped[str | None] = mapped_column(String(254))
     matched_by: Mapped[str] = mapped_column(String(24))
     match_value: Mapped[str | None] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(16), default=lambda: "queued")
+    state: Mapped[str] = mapped_column(String(16))  # the first: ledger/states.py
     attempts: Mapped[int] = mapped_column(Integer, default=lambda: 0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_id: Mapped[str | None] = mapped_column(String(36))
@@ -190,7 +190,7 @@ class Command(Base):
     target_url: Mapped[str | None] = mapped_column(String(255))  # replay: its base URL
     # mute/unmute: one more per request; an outcome for an older request moves nothing
     version: Mapped[int] = mapped_column(Integer, default=lambda: 0)
-    state: Mapped[str] = mapped_column(String(16), default=lambda: "queued")
+    state: Mapped[str] = mapped_column(String(16))  # the first: ledger/states.py
     attempts: Mapped[int] = mapped_column(Integer, default=lambda: 0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_id: Mapped[str | None] = mapped_column(String(36))

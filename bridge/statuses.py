@@ -203,6 +203,14 @@ def normalise(obj: dict, zone: tzinfo = UTC) -> StatusEvent:
     event.error = _text(raw.get("error"))
     event.description = _text(raw.get("statusDescription"))
     event.status, reason = _status(raw)
+    _read_time(event, raw, zone)
+    _read_identifiers(event, raw)
+    event.reason = _unusable(event, raw, reason)
+    return event
+
+
+def _read_time(event: StatusEvent, raw: dict, zone: tzinfo) -> None:
+    """The event's time (its first time field), read in ``zone`` when offset-less."""
     for key in ("activityDateTime", "time"):
         if raw.get(key) not in (None, ""):
             try:
@@ -212,6 +220,10 @@ def normalise(obj: dict, zone: tzinfo = UTC) -> StatusEvent:
                                      "was received counts"
             break
 
+
+def _read_identifiers(event: StatusEvent, raw: dict) -> None:
+    """The event's token and its identifiers (each one's first field), normalised; an
+    invalid one noted in ``invalid``."""
     token = raw.get("token")
     if token not in (None, ""):
         try:
@@ -229,19 +241,22 @@ def normalise(obj: dict, zone: tzinfo = UTC) -> StatusEvent:
                 event.invalid[key] = " ".join(exc.messages)
             break
 
+
+def _unusable(event: StatusEvent, raw: dict, reason: str | None) -> str | None:
+    """Why the bridge cannot use the event (its status's ``reason`` first), or None."""
     if reason:
-        event.reason = reason
-    elif not _is_telegram(raw.get("mediaType")):
-        event.reason = f"mediaType {str(raw['mediaType'])[:60]!r} is not Telegram"
-    elif "token" in event.invalid:
-        event.reason = f"token: {event.invalid['token']}"
-    elif event.token is None and not event.identifiers:
-        event.reason = "no token or identifier" + (
+        return reason
+    if not _is_telegram(raw.get("mediaType")):
+        return f"mediaType {str(raw['mediaType'])[:60]!r} is not Telegram"
+    if "token" in event.invalid:
+        return f"token: {event.invalid['token']}"
+    if event.token is None and not event.identifiers:
+        return "no token or identifier" + (
             " that is valid (" + "; ".join(f"{k}: {v}" for k, v in event.invalid.items()) + ")"
             if event.invalid
             else ": expected token, contactId, externalCustomerId, phone/sms or email"
         )
-    return event
+    return None
 
 
 # --- handling ---------------------------------------------------------------------------

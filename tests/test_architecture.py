@@ -7,6 +7,7 @@ table writes a registration's state."""
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,60 @@ def test_only_the_state_table_writes_state():
                 if isinstance(arg, ast.Dict):
                     keys.update(k.value for k in arg.keys if isinstance(k, ast.Constant))
             assert "state" not in keys, f"{path.name}:{node.lineno} writes state"
+
+
+def test_inserts_take_their_state_from_the_state_table():
+    # a state written as a constant beside a "state" key is a row's first state decided
+    # outside the table (Machine.first)
+    for path in modules("."):
+        if path == PACKAGE / "ledger" / "states.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Dict):
+                continue
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "state":
+                    constant = isinstance(value, ast.Constant) or "State." in ast.unparse(value)
+                    assert not constant, f"{path.name}:{node.lineno} writes a state of its own"
+
+
+def state_table(machine) -> str:
+    """``machine``'s table as ARCHITECTURE.md shows it, one row per input."""
+    from bridge.ledger.states import State
+
+    lines = ["| input | when | from | to | only rows the claim holds | what follows (done by) |",
+             "|---|---|---|---|---|---|"]
+    for kind, t in machine.transitions.items():
+        sources = ["— (insert)"] * t.insert + [s.value for s in State if s in t.sources]
+        upon = "<br>".join(f"`{by}`: " + "; ".join(then.what for then in same)
+                           for by, same in itertools.groupby(t.upon, lambda then: then.by))
+        lines.append(f"| `{kind}` | {t.when} | {', '.join(sources)} | {t.target.value} | "
+                     f"{'yes' if t.leased else ''} | {upon} |")
+    return "\n".join(lines)
+
+
+def test_architecture_md_shows_the_state_tables_of_the_module():
+    from bridge.ledger.states import MACHINES
+
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    for machine in MACHINES:
+        start = f"<!-- the state table of ledger/states.py: {machine.name} -->\n"
+        assert start in text, f"ARCHITECTURE.md has no {start.strip()}"
+        shown = text.split(start, 1)[1].split("\n\n", 1)[0]
+        assert shown == state_table(machine), \
+            f"ARCHITECTURE.md's {machine.name} table, from the module:\n{state_table(machine)}"
+
+
+def test_each_consequence_names_a_ledger_function():
+    import importlib
+
+    from bridge.ledger import Ledger
+    from bridge.ledger.states import MACHINES
+
+    for machine in MACHINES:
+        for kind, t in machine.transitions.items():
+            for then in t.upon:
+                module, name = then.by.split(".")
+                owner = Ledger if module == "Ledger" else importlib.import_module(
+                    f"bridge.ledger.{module}")
+                assert callable(getattr(owner, name, None)), f"{machine.name} {kind}: {then.by}"

@@ -5,8 +5,9 @@ one transaction (reads never write), opened here and nowhere else. It speaks
 domain values (``bridge.ledger.types``), never request JSON. Behind it, one
 module per job:
 
-* :mod:`.states` — the state table and :func:`~.states.move`, the only writer of
-  a registration's state;
+* :mod:`.states` — the state tables of registrations and commands (each input's
+  sources, target and consequences) and :meth:`~.states.Machine.move`, the only
+  writer of ``state``;
 * :mod:`.registering` — new registrations with duplicate suppression;
 * :mod:`.outbox` — claims, leases and what an upstream call did;
 * :mod:`.commands` — mutes, unmutes and replays into another app, and their outbox;
@@ -26,7 +27,7 @@ from sqlalchemy import select
 from ..db import Database
 from ..models import Registration, utcnow
 from . import commands, erasure, outbox, queries, registering, reports
-from .states import TRANSITIONS, State, append_events
+from .states import COMMANDS, REGISTRATIONS, State, append_events
 from .times import EXACT
 from .types import (
     Claim,
@@ -42,9 +43,9 @@ from .types import (
 )
 
 __all__ = [
-    "TRANSITIONS", "Claim", "HistoryEvent", "Ledger", "MuteRecord", "MuteRequest", "Outcome",
-    "RegistrationRecord", "ReplayTarget", "State", "StatusEvent", "StatusResult",
-    "TokenRequest",
+    "COMMANDS", "REGISTRATIONS", "Claim", "HistoryEvent", "Ledger", "MuteRecord",
+    "MuteRequest", "Outcome", "RegistrationRecord", "ReplayTarget", "State", "StatusEvent",
+    "StatusResult", "TokenRequest",
 ]
 
 

@@ -30,7 +30,7 @@ from ..db import in_pages, insert_unless_taken
 from ..models import Command, Registration
 from . import registering
 from .outbox import blocked_until, upstream_state
-from .states import INITIAL, State, append_events, move
+from .states import COMMANDS, State, append_events
 from .types import Claim, MuteRecord, MuteRequest, ReplayTarget
 
 MIN_MUTE_SECONDS = 5  # Reteno's shortest mute
@@ -40,6 +40,8 @@ REPLAY = "replay"
 # what a chat's live registrations are for Reteno: queued or delivered (not dead, held)
 _REPLAYED_STATES = (State.QUEUED.value, State.DELIVERED.value)
 
+# where a command starts (the state table's inserts)
+_REQUESTED, _REPLAY_QUEUED = (COMMANDS.first(kind).value for kind in ("requested", "queued"))
 _MUTE_ROW = dict(zip(
     ("sqlite", "postgresql"),
     insert_unless_taken(Command.__table__, ["token"], "action IN ('mute', 'unmute')"),
@@ -75,7 +77,7 @@ def request_mute(conn, now: datetime, request: MuteRequest, source: str) -> Mute
     registration_id = live[-1].id  # the newest
     action = "mute" if request.mute else "unmute"
     conn.execute(_MUTE_ROW[conn.dialect.name], {
-        "action": action, "token": request.token, "version": 0, "state": INITIAL.value,
+        "action": action, "token": request.token, "version": 0, "state": _REQUESTED,
         "attempts": 0, "created_at": now, "updated_at": now, "next_attempt_at": now})
     row = conn.execute(select(Command.id, Command.version, Command.lease_id,
                               Command.next_attempt_at)
@@ -88,7 +90,7 @@ def request_mute(conn, now: datetime, request: MuteRequest, source: str) -> Mute
     in_flight = row.lease_id is not None and row.next_attempt_at and row.next_attempt_at > now
     target = SimpleNamespace(id=row.id, token=request.token, action=action,
                              registration_id=registration_id)
-    move(conn, "command.requested", [target], now,
+    COMMANDS.move(conn, "requested", [target], now,
          {"action": action, "duration": request.duration if request.mute else None,
           "muted_until": until, "version": row.version + 1, "attempts": 0,
           "last_error": None, "registration_id": registration_id,
@@ -96,7 +98,7 @@ def request_mute(conn, now: datetime, request: MuteRequest, source: str) -> Mute
          {"source": source, **({"duration": request.duration,
                                 "mutedUntil": until.isoformat() if until else None}
                                if request.mute else {})})
-    return MuteRecord(request.token, action, request.mute, until, State.QUEUED.value, now)
+    return MuteRecord(request.token, action, request.mute, until, _REQUESTED, now)
 
 
 def _muted(action: str, until: datetime | None, now: datetime) -> bool:
@@ -128,7 +130,7 @@ def resend_mutes(conn, now: datetime, tokens: Iterable[str]) -> int:
             .where(Command.token.in_(page), Command.action == "mute",
                    Command.state == State.DELIVERED.value))
             if _muted(r.action, r.muted_until, now + timedelta(seconds=MIN_MUTE_SECONDS)))
-    return len(move(conn, "command.resend", rows, now,
+    return len(COMMANDS.move(conn, "resend", rows, now,
                     {"next_attempt_at": now, "attempts": 0}, {"after": "Reteno dropped the token"}))
 
 
@@ -166,7 +168,7 @@ def claim_mutes(conn, now: datetime, limit: int, lease_seconds: int) -> Claim | 
     soon = now + timedelta(seconds=MIN_MUTE_SECONDS)
     lapsed = [r for r in rows if r.action == "mute" and r.muted_until is not None
               and r.muted_until < soon]
-    move(conn, "command.lapsed", lapsed, now,
+    COMMANDS.move(conn, "lapsed", lapsed, now,
          {"lease_id": None, "next_attempt_at": None, "delivered_at": now},
          lambda r: {"mutedUntil": r.muted_until.isoformat(), "sent": False}, held_by=lease_id)
     rows = [CommandRow(*r) for r in rows if r not in lapsed]
@@ -195,7 +197,7 @@ def queue_replay(conn, now: datetime, target: ReplayTarget) -> int:
     for the lot; each registration's own comes with its delivery)."""
     source = (select(literal(REPLAY), Registration.token, Registration.id,
                      literal(target.app_uuid), literal(target.base_url), literal(0),
-                     literal(INITIAL.value), literal(0), literal(now, Command.created_at.type),
+                     literal(_REPLAY_QUEUED), literal(0), literal(now, Command.created_at.type),
                      literal(now, Command.created_at.type), literal(now, Command.created_at.type))
               .where(*_unreplayed(target)).order_by(Registration.id))
     columns = ["action", "token", "registration_id", "target_app", "target_url", "version",
@@ -229,7 +231,7 @@ def claim_replay(conn, now: datetime, target: ReplayTarget, limit: int, lease_se
         due = conn.execute(due_rows).all()
         if not due:
             return None
-        move(conn, "command.dropped", [r for r in due if not r.live], now,
+        COMMANDS.move(conn, "dropped", [r for r in due if not r.live], now,
              {"next_attempt_at": None, "lease_id": None},
              {"reason": "the registration is no longer live (removed, dead or held)"})
         ids = [r.id for r in due if r.live]
@@ -275,7 +277,7 @@ def requeue_dead(conn, now: datetime, token: str | None) -> int:
     if token:
         query = query.where(Command.token == token)
     rows = conn.execute(query.order_by(Command.id)).all()
-    return len(move(conn, "command.requeued", rows, now, {"next_attempt_at": now},
+    return len(COMMANDS.move(conn, "requeued", rows, now, {"next_attempt_at": now},
                     lambda r: {"from": State.DEAD.value, "lastError": r.last_error}))
 
 

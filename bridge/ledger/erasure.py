@@ -82,46 +82,14 @@ def erase(conn, now: datetime, api_name: str, value,
     When nothing mentions the value and its tombstones exist, nothing is
     written and the counts are zero.
     """
-    if api_name == "token":
-        column = Registration.token
-    elif api_name in COLUMN_OF:
-        column = getattr(Registration, COLUMN_OF[api_name])
-    else:
-        raise ValueError(f"cannot erase by {api_name!r}")
-    regs = {r.id: r for r in conn.execute(select(Registration.__table__).where(column == value))}
-    tokens = {r.token for r in regs.values()}
-    if api_name == "token":
-        tokens.add(str(value))
-    for page in in_pages(sorted(tokens)):
-        for r in conn.execute(select(Registration.__table__).where(Registration.token.in_(page))):
-            regs.setdefault(r.id, r)
+    regs, tokens = _registrations_of(conn, api_name, value)
     needles = _Needles.of(api_name, value, tokens)
     for r in regs.values():
         needles.add_registration(r)
     needles.drop_kept(conn, set(regs))
-
-    doomed: set[int] = set()
-    for page in in_pages(sorted(regs)):
-        doomed.update(conn.scalars(
-            select(Event.id).where(Event.registration_id.in_(page))))
-    for page in in_pages(sorted(tokens)):
-        doomed.update(conn.scalars(select(Event.id).where(Event.token.in_(page))))
+    doomed = _own_events(conn, regs, tokens)
     revoked = _revoke_links(conn, now, doomed, needles, marks)
-    # Other events that mention the contact: orphans (unmatched or ignored statuses)
-    # go; another contact's events keep their line, blanked.
-    detail_text = func.lower(cast(Event.detail, Text))
-    blank: dict[int, dict] = {}
-    for clauses in _groups_of(needles.like_clauses(detail_text), 40):
-        for event_id, detail, registration_id, token in conn.execute(
-            select(Event.id, Event.detail, Event.registration_id, Event.token)
-            .where(or_(*clauses))
-        ):
-            if event_id in doomed or event_id in blank or not needles.in_json(detail):
-                continue
-            if registration_id is None and token is None:
-                doomed.add(event_id)
-            else:
-                blank[event_id] = needles.scrub(detail)
+    blank = _mentions(conn, needles, doomed)
     for event_id, detail in blank.items():
         # the fingerprint is a hash of the raw object that held the data: it goes too
         conn.execute(update(Event).where(Event.id == event_id)
@@ -144,6 +112,55 @@ def erase(conn, now: datetime, api_name: str, value,
         append_events(conn, [{"at": now, "kind": "erased", "token": None,
                               "registration_id": None, "detail": dict(summary)}])
     return {**summary, "scrubbed": scrubbed, "revoked": revoked, "erased": erased}
+
+
+def _registrations_of(conn, api_name: str, value) -> tuple[dict[int, Any], set[str]]:
+    """The registrations holding the value and every registration of their chats
+    ({id: row}), and those chats' tokens."""
+    if api_name == "token":
+        column = Registration.token
+    elif api_name in COLUMN_OF:
+        column = getattr(Registration, COLUMN_OF[api_name])
+    else:
+        raise ValueError(f"cannot erase by {api_name!r}")
+    regs = {r.id: r for r in conn.execute(select(Registration.__table__).where(column == value))}
+    tokens = {r.token for r in regs.values()}
+    if api_name == "token":
+        tokens.add(str(value))
+    for page in in_pages(sorted(tokens)):
+        for r in conn.execute(select(Registration.__table__).where(Registration.token.in_(page))):
+            regs.setdefault(r.id, r)
+    return regs, tokens
+
+
+def _own_events(conn, regs: dict[int, Any], tokens: set[str]) -> set[int]:
+    """The ids of the events of these registrations and of these chats."""
+    doomed: set[int] = set()
+    for page in in_pages(sorted(regs)):
+        doomed.update(conn.scalars(
+            select(Event.id).where(Event.registration_id.in_(page))))
+    for page in in_pages(sorted(tokens)):
+        doomed.update(conn.scalars(select(Event.id).where(Event.token.in_(page))))
+    return doomed
+
+
+def _mentions(conn, needles: _Needles, doomed: set[int]) -> dict[int, dict]:
+    """Other events that mention the contact: orphans (unmatched or ignored statuses)
+    join ``doomed``; another contact's events keep their line, blanked: {id: detail}."""
+    detail_text = func.lower(cast(Event.detail, Text))
+    blank: dict[int, dict] = {}
+    for clauses in _groups_of(needles.like_clauses(detail_text), 40):
+        for event_id, detail, registration_id, token in conn.execute(
+            select(Event.id, Event.detail, Event.registration_id, Event.token)
+            .where(or_(*clauses))
+        ):
+            if event_id in doomed or event_id in blank or not needles.in_json(detail):
+                continue
+            if registration_id is None and token is None:
+                doomed.add(event_id)
+            else:
+                blank[event_id] = needles.scrub(detail)
+    return blank
 
 
 LINK_REVOKED = "link_revoked"

@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, select, update
 
 from ..db import insert_unless_taken
 from ..models import BridgeState, Command, Registration
-from .states import State, move
+from .states import COMMANDS, MACHINE_OF, REGISTRATIONS, State
 from .types import Claim
 
 # Delivery policy: backoff of a failing token, pause of the whole outbox.
@@ -147,9 +147,8 @@ def _finish(conn, now: datetime, kind: str, held: Claim, rows: Sequence[Any], va
             detail: dict) -> int:
     lock_in_order(conn, [r.id for r in rows], held.model)
     if held.model is Command:
-        kind = f"command.{kind}"
         rows = _superseded(conn, now, held, rows)
-    moved = move(conn, kind, rows, now, {"lease_id": None, **values},
+    moved = MACHINE_OF[held.model].move(conn, kind, rows, now, {"lease_id": None, **values},
                  lambda r: {"attempt": r.attempts, **detail}, held_by=held.lease_id)
     return len(moved)
 
@@ -164,7 +163,7 @@ def _superseded(conn, now: datetime, held: Claim, rows: Sequence[Any]) -> list[A
                                  .where(Command.id.in_([r.id for r in rows]))).all())
     newer = [r for r in rows if versions.get(r.id, r.version) != r.version]
     if newer:
-        move(conn, "command.superseded", newer, now,
+        COMMANDS.move(conn, "superseded", newer, now,
              {"lease_id": None, "next_attempt_at": now, "attempts": 0},
              lambda r: {"attempt": r.attempts}, held_by=held.lease_id)
     return [r for r in rows if r not in newer]
@@ -249,5 +248,5 @@ def requeue_dead(conn, now: datetime, ids: Sequence[int] | None, error_contains:
     if token:
         query = query.where(Registration.token == token)
     rows = conn.execute(query.order_by(Registration.id)).all()
-    return len(move(conn, "requeued", rows, now, {"next_attempt_at": now},
+    return len(REGISTRATIONS.move(conn, "requeued", rows, now, {"next_attempt_at": now},
                     lambda r: {"from": State.DEAD.value, "lastError": r.last_error}))

@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, or_, select, update
 
 from ..db import in_pages, in_params, insert_unless_taken, lock_keys, page_params, run
 from ..models import Registration, utcnow
-from .states import RESTORED, State, append_events, sql_constant
+from .states import REGISTRATIONS, State, append_events, sql_constant
 from .times import received
 from .types import Outcome, TokenRequest
 
@@ -41,6 +41,9 @@ _INSERT = {
         strict=True,
     )
 }
+# where a registration starts (the state table's inserts)
+_SUBMITTED, _HELD, _RESTORED = (REGISTRATIONS.first(kind).value
+                                for kind in ("submitted", "held", "restored"))
 _TOUCH = (update(Registration)
           .where(Registration.id.in_(bindparam("ids", expanding=True)),
                  Registration.last_seen_at < bindparam("seen"))
@@ -51,7 +54,7 @@ _TOUCH_ONE = (update(Registration)
               .values(last_seen_at=bindparam("seen"), updated_at=bindparam("changed")))
 
 
-def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
+def _row(request: TokenRequest, now: datetime, seen: datetime, state: str,
          conflict: bool, holds: bool) -> dict:
     return {
         "token": request.token,
@@ -61,7 +64,7 @@ def _row(request: TokenRequest, now: datetime, seen: datetime, state: State,
         "email": request.email,
         "matched_by": request.matched_by,
         "match_value": request.match_value,
-        "state": state.value,
+        "state": state,
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,
@@ -143,58 +146,88 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
     # PostgreSQL: one chat's registrations are decided one transaction at a time, so two
     # identities submitted at once for the same chat see each other.
     lock_keys(conn, [f"chat:{t}" for t in tokens])
+    live, held = _live_and_held(conn, tokens)
+    existing = {(r.token, r.matched_by, r.match_value): r for rows in live.values()
+                for r in rows}
+    keys = [r.live_key for r in requests]
+    new = _new_rows(requests, keys, existing, live, held, now, seen, hold_conflicts)
+    inserted = {}
+    if new.rows:
+        inserted = {(t, m, v): i for i, t, m, v in run(conn, _INSERT[conn.dialect.name],
+                                                       list(new.rows.values()))}
+    if len(inserted) != len(new.rows):  # only without the chat lock: cannot happen here
+        raise RuntimeError("a registration was inserted concurrently")
+    touched: dict[datetime, list[int]] = defaultdict(list)  # the duplicates' signs of life
+    for index, key in enumerate(keys):
+        if key in existing:
+            touched[seen[index]].append(existing[key].id)
+    for at, ids in touched.items():
+        touch(conn, ids, at)
+    outcomes, events = _history(now, requests, sources, keys, new, inserted, existing, live)
+    append_events(conn, events)
+    return outcomes
+
+
+def _live_and_held(conn, tokens: Sequence[str]
+                   ) -> tuple[dict[str, list[LiveRow]], set[tuple]]:
+    """The chats' live registrations ({token: [rows]}, oldest first), and the keys
+    (token, matched_by, match_value) under which Reteno holds a chat's token."""
     live: dict[str, list[LiveRow]] = defaultdict(list)
-    held: set[tuple] = set()  # (token, matched_by, match_value) that Reteno holds
+    held: set[tuple] = set()
     for token, found in live_of_tokens(conn, tokens, held=True).items():
         for r in found:
             if r.reteno_holds:
                 held.add((r.token, r.matched_by, r.match_value))
             if r.state != State.REMOVED.value:
                 live[token].append(r)
-    existing = {(r.token, r.matched_by, r.match_value): r for rows in live.values()
-                for r in rows}
+    return live, held
 
-    keys = [r.live_key for r in requests]
-    first: dict[tuple, int] = {}  # new key -> index of its first request
-    rows: dict[tuple, dict] = {}  # new key -> its row
-    new_in_chat: dict[str, int] = {}  # token -> its new keys so far in this call
+
+class _New(NamedTuple):
+    """The new keys of a call: each one's first request, its row, and how many new keys
+    each chat has."""
+
+    first: dict[tuple, int]  # new key -> index of its first request
+    rows: dict[tuple, dict]  # new key -> its row
+    in_chat: dict[str, int]  # token -> its new keys
+
+
+def _new_rows(requests: Sequence[TokenRequest], keys: list[tuple], existing: dict,
+              live: dict[str, list[LiveRow]], held: set[tuple], now: datetime,
+              seen: list[datetime], hold_conflicts: bool) -> _New:
+    """A row for each key not live, from its first request: a conflict when its chat
+    is live under another identity or has an earlier new key, held if conflicts are."""
+    new = _New({}, {}, {})
     for index, (request, key) in enumerate(zip(requests, keys, strict=True)):
-        if key in existing or key in first:
+        if key in existing or key in new.first:
             continue
-        first[key] = index
-        earlier = new_in_chat.get(request.token, 0)
-        new_in_chat[request.token] = earlier + 1
+        new.first[key] = index
+        earlier = new.in_chat.get(request.token, 0)
+        new.in_chat[request.token] = earlier + 1
         conflict = earlier > 0 or request.token in live
-        state = State.HELD if conflict and hold_conflicts else State.QUEUED
-        rows[key] = _row(request, now, seen[index], state, conflict, key in held)
-    inserted = {}
-    if rows:
-        inserted = {(t, m, v): i
-                    for i, t, m, v in run(conn, _INSERT[conn.dialect.name], list(rows.values()))}
-    if len(inserted) != len(rows):  # only without the chat lock: cannot happen here
-        raise RuntimeError("a registration was inserted concurrently")
-    touched: dict[datetime, list[int]] = defaultdict(list)
-    for index, key in enumerate(keys):
-        if key in existing:
-            touched[seen[index]].append(existing[key].id)
-    for at, ids in touched.items():
-        touch(conn, ids, at)
+        state = _HELD if conflict and hold_conflicts else _SUBMITTED
+        new.rows[key] = _row(request, now, seen[index], state, conflict, key in held)
+    return new
 
+
+def _history(now: datetime, requests: Sequence[TokenRequest], sources: Sequence[str],
+             keys: list[tuple], new: _New, inserted: dict[tuple, int], existing: dict,
+             live: dict[str, list[LiveRow]]) -> tuple[list[Outcome], list[dict]]:
+    """One outcome per request, and the history: a ``submitted`` event each, a
+    ``conflict`` event for each new conflicting registration."""
     new_keys: dict[str, list[tuple]] = defaultdict(list)  # only chats with several
-    for key in rows:
-        if new_in_chat[key[0]] > 1:
+    for key in new.rows:
+        if new.in_chat[key[0]] > 1:
             new_keys[key[0]].append(key)
-
     outcomes, events = [], []
     for index, (request, key) in enumerate(zip(requests, keys, strict=True)):
-        row = rows.get(key)
+        row = new.rows.get(key)
         if row is not None:
-            rid, state, duplicate, conflict = (inserted[key], row["state"], first[key] != index,
-                                               row["conflict"])
+            rid, state, duplicate, conflict = (inserted[key], row["state"],
+                                               new.first[key] != index, row["conflict"])
         else:
             rid, state, duplicate, conflict = existing[key].id, existing[key].state, True, False
-        outcome = Outcome(rid, request.token, key[1], state, duplicate, conflict)
-        outcomes.append(outcome)
+        outcomes.append(Outcome(rid, request.token, key[1], state, duplicate, conflict))
         events.append({
             "at": now, "registration_id": rid, "token": request.token, "kind": "submitted",
             "detail": {"source": sources[index], "matchedBy": key[1], "duplicate": duplicate,
@@ -204,10 +237,9 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
             events.append({
                 "at": now, "registration_id": rid, "token": request.token, "kind": "conflict",
                 "detail": {"with": _conflicting(key, live, new_keys, inserted),
-                           "matchedBy": key[1], "held": state == State.HELD.value},
+                           "matchedBy": key[1], "held": state == _HELD},
             })
-    append_events(conn, events)
-    return outcomes
+    return outcomes, events
 
 
 def restore(conn, now: datetime, last, seen: datetime, delivered_at: datetime) -> int:
@@ -219,7 +251,7 @@ def restore(conn, now: datetime, last, seen: datetime, delivered_at: datetime) -
     chat's lock and has seen nothing live."""
     request = TokenRequest(last.token, last.contact_id, last.external_customer_id,
                            last.phone, last.email)
-    row = {**_row(request, now, seen, RESTORED, False, True), "next_attempt_at": None}
+    row = {**_row(request, now, seen, _RESTORED, False, True), "next_attempt_at": None}
     [(rid, *_key)] = run(conn, _INSERT[conn.dialect.name], [row])
     append_events(conn, [{"at": now, "registration_id": rid, "token": last.token,
                           "kind": "restored",

@@ -38,7 +38,7 @@ from sqlalchemy import select, update
 from ..db import in_pages, lock_keys
 from ..models import Event, Registration
 from . import commands, erasure, queries, registering
-from .states import LIVE_VALUES, State, append_events, move
+from .states import LIVE_VALUES, REGISTRATIONS, State, append_events
 from .times import EXACT, later, received
 from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult, TokenRequest
 
@@ -100,7 +100,7 @@ def remove(conn, now: datetime,
 
     moved: dict[int, Any] = {}
     for (reason, at), rows in groups.items():
-        moved.update((r.id, r) for r in move(
+        moved.update((r.id, r) for r in REGISTRATIONS.move(
             conn, "removed", rows, now,
             {"removed_at": at, "removal_reason": reason, "lease_id": None,
              "next_attempt_at": None}, detail))
@@ -138,7 +138,7 @@ def release_held(conn, now: datetime, tokens: Iterable[str], by: str = "conflict
     wanted = set(ids) if ids is not None else None
     held = [r for rows in live.values() for r in rows if r.state == State.HELD.value
             and (len(rows) == 1 if wanted is None else r.id in wanted)]
-    return move(conn, "released", held, now, {"next_attempt_at": now}, {"by": by})
+    return REGISTRATIONS.move(conn, "released", held, now, {"next_attempt_at": now}, {"by": by})
 
 
 def remember_block(conn, token: str, at: datetime) -> None:
@@ -182,11 +182,12 @@ def drop_holds(conn, now: datetime, drops: dict[str, datetime]) -> list[str]:
         conn.execute(update(Registration)
                      .where(Registration.id.in_(page))
                      .values(reteno_holds=False))
-    move(conn, "reteno_dropped", [r for r in rows if r.state == State.DELIVERED.value], now,
-         {"next_attempt_at": now},
-         lambda r: {"cause": STATUS_CAUSE, "at": drops[r.token].isoformat(),
-                    "reason": "Reteno reported a Forbidden for the chat after this delivery; "
-                              "the chat is back, so it is sent again"})
+    back = [r for r in rows if r.state == State.DELIVERED.value]
+    REGISTRATIONS.move(conn, "reteno_dropped", back, now, {"next_attempt_at": now},
+                       lambda r: {"cause": STATUS_CAUSE, "at": drops[r.token].isoformat(),
+                                  "reason": "Reteno reported a Forbidden for the chat after "
+                                            "this delivery; the chat is back, so it is sent "
+                                            "again"})
     tokens = sorted({r.token for r in rows})
     commands.resend_mutes(conn, now, tokens)
     return tokens
@@ -259,6 +260,20 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
     wrote 250,000 rows.
     """
     lock_keys(conn, ["statuses"])  # one body at a time: a replay racing its original sees it
+    rows_of, chat_rows = _look_up(conn, events)
+    body = _Body(now, events, rows_of, chat_rows)
+    body.fingerprints = _seen_fingerprints(
+        conn, [e.fingerprint for e in events if e.reason is None]
+        + [body.ignored_fingerprint] * bool(body.ignored))
+    for event in events:
+        body.apply(event)
+    return body.write(conn)
+
+
+def _look_up(conn, events: list[StatusEvent]
+             ) -> tuple[dict[tuple[str, Any], list[Any]], dict[str, list[Any]]]:
+    """The registrations the events name, by (selector, value), row-locked; and every
+    live registration of the chats among them, by token: a block is about the chat."""
     wanted: dict[str, set] = defaultdict(set)
     for event in events:
         if event.reason is None:
@@ -269,7 +284,6 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
         if name in wanted:
             for row in registrations_by(conn, name, wanted[name], lock=True):
                 rows_of[(name, _value_of(row, name))].append(row)
-    # Every live registration of the chats these events found: a block is about the chat.
     # A chat looked up by its token above has every registration in rows_of already.
     chats = {r.token for rows in rows_of.values() for r in rows if r.state in LIVE_VALUES}
     known = chats & wanted.get("token", set())
@@ -279,126 +293,163 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
             registrations_by(conn, "token", chats - known, lock=True)):
         if row.state in LIVE_VALUES:
             chat_rows[row.token].append(row)
-    seen_at = {r.id: _seen(r) for rows in chat_rows.values() for r in rows}
-    ignored = [e for e in events if e.reason is not None]
-    ignored_fingerprint = _ignored_fingerprint(ignored)
-    fingerprints = _seen_fingerprints(
-        conn, [e.fingerprint for e in events if e.reason is None]
-        + [ignored_fingerprint] * bool(ignored))
+    return rows_of, chat_rows
 
-    outcomes: dict[str, int] = defaultdict(int)
-    counts = {"unmatched": 0, "ignored": 0, "stale": 0, "ambiguous": 0}
-    records: list[dict] = []
-    removals: list[tuple[list[Any], str, str, dict, datetime]] = []
-    gone: set[int] = set()  # ids removed earlier in this body
-    touched: dict[int, datetime] = {}
-    later_blocks: dict[str, datetime] = {}  # blocks of chats with nothing live: remembered
-    drops: dict[str, datetime] = {}  # chats Reteno reported a Forbidden for: when
 
-    def record(kind, event, detail, token=None, registration_id=None):
-        records.append({"at": now, "kind": kind, "token": token,
-                        "registration_id": registration_id, "fingerprint": event.fingerprint,
-                        "detail": {**detail, "raw": event.raw}})
+def _candidates(via: str, rows: list[Any], live: list[Any]) -> list[str]:
+    """The chats an event may be about: those of its live matches and, named by an
+    identifier, the removed chats whose token Reteno still holds: Reteno sends to every
+    token on the contact card, that of a chat that blocked the bot through Telegram
+    among them."""
+    held = {r.token for r in rows if r.reteno_holds and r.state == State.REMOVED.value} \
+        if via != "token" else set()
+    return sorted({r.token for r in live} | held)
 
-    for event in events:
-        duplicate = event.fingerprint in fingerprints
-        fingerprints.add(event.fingerprint)
+
+class _Body:
+    """One body of status events: what each event does, gathered in order, then
+    written (:meth:`write`)."""
+
+    def __init__(self, now: datetime, events: list[StatusEvent],
+                 rows_of: dict[tuple[str, Any], list[Any]], chat_rows: dict[str, list[Any]]):
+        self.now, self.events, self.rows_of, self.chat_rows = now, events, rows_of, chat_rows
+        self.seen_at = {r.id: _seen(r) for rows in chat_rows.values() for r in rows}
+        self.ignored = [e for e in events if e.reason is not None]
+        self.ignored_fingerprint = _ignored_fingerprint(self.ignored)
+        self.fingerprints: set[str] = set()  # in the ledger, or earlier in the body
+        self.outcomes: dict[str, int] = defaultdict(int)
+        self.counts = {"unmatched": 0, "ignored": 0, "stale": 0, "ambiguous": 0}
+        self.records: list[dict] = []
+        self.removals: list[tuple[list[Any], str, str, dict, datetime]] = []
+        self.gone: set[int] = set()  # ids removed earlier in this body
+        self.touched: dict[int, datetime] = {}
+        self.later_blocks: dict[str, datetime] = {}  # blocks of chats with nothing live
+        self.drops: dict[str, datetime] = {}  # chats Reteno reported a Forbidden for: when
+
+    def record(self, kind: str, event: StatusEvent, detail: dict, token: str | None = None,
+               registration_id: int | None = None) -> None:
+        self.records.append({"at": self.now, "kind": kind, "token": token,
+                             "registration_id": registration_id,
+                             "fingerprint": event.fingerprint,
+                             "detail": {**detail, "raw": event.raw}})
+
+    def apply(self, event: StatusEvent) -> None:
+        """Count, record and act on one event."""
+        duplicate = event.fingerprint in self.fingerprints
+        self.fingerprints.add(event.fingerprint)
         if event.reason is not None:
-            counts["ignored"] += 1
-            outcomes["duplicate" if ignored_fingerprint in fingerprints else "ignored"] += 1
-            continue
+            self.counts["ignored"] += 1
+            self.outcomes["duplicate" if self.ignored_fingerprint in self.fingerprints
+                          else "ignored"] += 1
+            return
         via, rows = event.selectors[0][0], []
         for name, value in event.selectors:
-            if rows_of.get((name, value)):
-                via, rows = name, rows_of[(name, value)]
+            if self.rows_of.get((name, value)):
+                via, rows = name, self.rows_of[(name, value)]
                 break
-        live = [r for r in rows if r.state in LIVE_VALUES and r.id not in gone]
+        live = [r for r in rows if r.state in LIVE_VALUES and r.id not in self.gone]
         targets = live or _latest_per_token(rows)
         if not targets:
-            counts["unmatched"] += 1
-            outcomes["duplicate" if duplicate else "unmatched"] += 1
+            self.counts["unmatched"] += 1
+            self.outcomes["duplicate" if duplicate else "unmatched"] += 1
             if not duplicate:
-                record("status_unmatched", event,
-                       {"reason": f"no registration matches its {via}", "via": via,
-                        **event.summary()}, token=event.token)
-            continue
-        if duplicate:
-            outcomes["duplicate"] += 1
-            continue
-        at, resolution, clamped = received(event.at, now, event.resolution)
+                self.record("status_unmatched", event,
+                            {"reason": f"no registration matches its {via}", "via": via,
+                             **event.summary()}, token=event.token)
+        elif duplicate:
+            self.outcomes["duplicate"] += 1
+        else:
+            self._act(event, via, rows, live, targets)
+
+    def _act(self, event: StatusEvent, via: str, rows: list[Any], live: list[Any],
+             targets: list[Any]) -> None:
+        """A new event that matched ``targets``: a block, a sign of life, or a record."""
+        at, resolution, clamped = received(event.at, self.now, event.resolution)
         removal = event.removal  # worked out once
         blocked = removal is not None
-        candidates = sorted({r.token for r in live} | (
-            # Reteno sends to every token on the contact card, the token of a chat that
-            # blocked the bot through Telegram among them: named by an identifier, the
-            # event may be that chat's
-            {r.token for r in rows if r.reteno_holds and r.state == State.REMOVED.value}
-            if via != "token" else set()))
+        candidates = _candidates(via, rows, live)
         summary = {**event.summary(), "at": at.isoformat(), **clamped, "blocked": blocked,
                    "via": via, **({"reason": removal} if blocked else {})}
         if blocked and len(candidates) > 1:
             # A block of one chat among several (Reteno dropped exactly the chat that
             # failed): not ours to guess. Nor is a sign of life, below.
-            counts["ambiguous"] += 1
-            outcomes["ambiguous"] += 1
+            self.counts["ambiguous"] += 1
+            self.outcomes["ambiguous"] += 1
             for row in targets:
-                record("status_ambiguous", event, {**summary, "candidates": candidates},
-                       token=row.token, registration_id=row.id)
-            continue
-        chat = [r for r in chat_rows.get(candidates[0], []) if r.id not in gone] \
+                self.record("status_ambiguous", event, {**summary, "candidates": candidates},
+                            token=row.token, registration_id=row.id)
+            return
+        chat = [r for r in self.chat_rows.get(candidates[0], []) if r.id not in self.gone] \
             if len(candidates) == 1 else []
-        outcome, removed_now, stale_rows = "matched", [], []
-        # Reteno dropped the token of the chat that failed (stale or not: the failure
-        # happened): the one candidate (named by an identifier, the chat of its contact
-        # whose token Reteno still held), or the one chat of the rows it names
-        failed = candidates[0] if len(candidates) == 1 else (
-            targets[0].token if len({r.token for r in targets}) == 1 else None)
-        if blocked and not live and failed is not None:
-            later_blocks[failed] = max(at, later_blocks.get(failed, at))
-        if blocked and failed is not None:
-            drops[failed] = max(at, drops.get(failed, at))
-        if blocked and chat:
-            removed_now = [r for r in chat if not later(seen_at[r.id], at, resolution)]
-            stale_rows = [r for r in chat if later(seen_at[r.id], at, resolution)]
-            outcome = "blocked" if removed_now else "stale"
-            if not removed_now:
-                counts["stale"] += 1
-        elif event.alive and chat:
-            for r in chat:
-                if seen_at[r.id] < at:
-                    seen_at[r.id] = touched[r.id] = at
-        outcomes[outcome] += 1
+        if blocked:
+            self._failed(candidates, targets, live, at)
+        outcome, removed_now, stale_rows = self._on_chat(event, blocked, chat, at, resolution)
+        self.outcomes[outcome] += 1
         stale_ids = {r.id for r in stale_rows}
         for row in targets:
-            state = State.REMOVED.value if row.id in gone else row.state
-            record("status_stale" if row.id in stale_ids else "status", event,
-                   {**summary, "registrationState": state}, token=row.token,
-                   registration_id=row.id)
+            state = State.REMOVED.value if row.id in self.gone else row.state
+            self.record("status_stale" if row.id in stale_ids else "status", event,
+                        {**summary, "registrationState": state}, token=row.token,
+                        registration_id=row.id)
         if removed_now:
             reason = f"{event.status}: {event.error or event.description}"[:_MAX_TEXT]
-            removals.append((removed_now, reason, STATUS_CAUSE, {
+            self.removals.append((removed_now, reason, STATUS_CAUSE, {
                 "reason": removal, "source": "statuses", "status": event.status, "via": via,
                 "at": at.isoformat(), **clamped, "messageId": event.raw.get("messageId"),
                 "fingerprint": event.fingerprint,
             }, at))
-            gone.update(r.id for r in removed_now)
-    if ignored and ignored_fingerprint not in fingerprints:
-        records.append(_ignored(now, ignored, ignored_fingerprint))
-    append_events(conn, records)
-    for row_id, at in touched.items():
-        registering.touch(conn, [row_id], at)
-    for token, at in later_blocks.items():
-        remember_block(conn, token, at)
+            self.gone.update(r.id for r in removed_now)
 
-    removed_tokens: dict[str, None] = {}
-    removed = 0
-    for done in remove(conn, now, removals):
-        removed += len(done)
-        removed_tokens.update((row.token, None) for row in done)
-    drop_holds(conn, now, drops)
-    return StatusResult(len(events), list(removed_tokens), counts["unmatched"],
-                        counts["ignored"], counts["stale"], counts["ambiguous"],
-                        dict(outcomes), removed)
+    def _on_chat(self, event: StatusEvent, blocked: bool, chat: list[Any], at: datetime,
+                 resolution: timedelta) -> tuple[str, list[Any], list[Any]]:
+        """What the event does to its one chat's live registrations (``chat``): a block
+        removes those not seen alive later (``stale`` when none is), a sign of life
+        moves their last one on. (The outcome, the rows removed, the rows newer.)"""
+        if blocked and chat:
+            removed_now = [r for r in chat if not later(self.seen_at[r.id], at, resolution)]
+            stale_rows = [r for r in chat if later(self.seen_at[r.id], at, resolution)]
+            if not removed_now:
+                self.counts["stale"] += 1
+            return "blocked" if removed_now else "stale", removed_now, stale_rows
+        if event.alive and chat:
+            for r in chat:
+                if self.seen_at[r.id] < at:
+                    self.seen_at[r.id] = self.touched[r.id] = at
+        return "matched", [], []
+
+    def _failed(self, candidates: list[str], targets: list[Any], live: list[Any],
+                at: datetime) -> None:
+        """A block at ``at``: Reteno dropped the token of the chat that failed (stale or
+        not: the failure happened): the one candidate (named by an identifier, the chat
+        of its contact whose token Reteno still held), or the one chat of the rows it
+        names; with nothing live, the block is remembered for that chat."""
+        failed = candidates[0] if len(candidates) == 1 else (
+            targets[0].token if len({r.token for r in targets}) == 1 else None)
+        if failed is None:
+            return
+        if not live:
+            self.later_blocks[failed] = max(at, self.later_blocks.get(failed, at))
+        self.drops[failed] = max(at, self.drops.get(failed, at))
+
+    def write(self, conn) -> StatusResult:
+        """Write what the body did: its records, signs of life, remembered blocks,
+        removals and dropped holds; the result."""
+        if self.ignored and self.ignored_fingerprint not in self.fingerprints:
+            self.records.append(_ignored(self.now, self.ignored, self.ignored_fingerprint))
+        append_events(conn, self.records)
+        for row_id, at in self.touched.items():
+            registering.touch(conn, [row_id], at)
+        for token, at in self.later_blocks.items():
+            remember_block(conn, token, at)
+        removed_tokens: dict[str, None] = {}
+        removed = 0
+        for done in remove(conn, self.now, self.removals):
+            removed += len(done)
+            removed_tokens.update((row.token, None) for row in done)
+        drop_holds(conn, self.now, self.drops)
+        return StatusResult(len(self.events), list(removed_tokens), self.counts["unmatched"],
+                            self.counts["ignored"], self.counts["stale"],
+                            self.counts["ambiguous"], dict(self.outcomes), removed)
 
 
 # --- Telegram: the user blocked or unblocked the bot -----------------------------------

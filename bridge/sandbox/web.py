@@ -124,67 +124,56 @@ def _page_notice() -> str | None:
     return None
 
 
-def create_blueprint(simulator: Simulator, loopback_only: bool = True) -> Blueprint:
-    """The simulator's routes, relative to wherever the blueprint is mounted;
-    ``loopback_only=False`` for an app no socket ever reaches (the in-process one)."""
-    bp = Blueprint("reteno_sandbox", __name__, template_folder="templates")
+class _Views:
+    """The simulator's views, each over the one simulator."""
 
-    @bp.before_request
-    def _loopback_only() -> Response | None:
-        if loopback_only and not loopback_host(request.host):
+    def __init__(self, simulator: Simulator, loopback_only: bool):
+        self.simulator = simulator
+        self.loopback_only = loopback_only
+
+    def refuse_other_hosts(self) -> Response | None:
+        if self.loopback_only and not loopback_host(request.host):
             return _json(error_body(421, "The sandbox answers only requests for localhost, "
                                          "127.0.0.1 or [::1] (a defence against DNS "
                                          "rebinding); open it by one of those names."), 421)
         return None
 
-    @bp.after_request
-    def _no_framing(response: Response) -> Response:
-        response.headers.update(_FRAMING)
-        return response
+    def tokens(self, app_uuid: str) -> Response:
+        return _answer(*self.simulator.add_tokens(app_uuid, request.headers,
+                                                  request.get_data(cache=False)))
 
-    @bp.post("/api/v1/apps/<app_uuid>/tokens")
-    def tokens(app_uuid: str) -> Response:
-        return _answer(*simulator.add_tokens(app_uuid, request.headers,
-                                             request.get_data(cache=False)))
+    def mute(self, app_uuid: str) -> Response:
+        return _answer(*self.simulator.mute_token(app_uuid, request.headers,
+                                                  request.get_data(cache=False)))
 
-    @bp.post("/api/v1/apps/<app_uuid>/token/mute")
-    def mute(app_uuid: str) -> Response:
-        return _answer(*simulator.mute_token(app_uuid, request.headers,
-                                             request.get_data(cache=False)))
+    def unmute(self, app_uuid: str) -> Response:
+        return _answer(*self.simulator.unmute_token(app_uuid, request.headers,
+                                                    request.get_data(cache=False)))
 
-    @bp.post("/api/v1/apps/<app_uuid>/token/unmute")
-    def unmute(app_uuid: str) -> Response:
-        return _answer(*simulator.unmute_token(app_uuid, request.headers,
-                                               request.get_data(cache=False)))
-
-    @bp.get("/contacts")
-    def contacts() -> Response:
+    def contacts(self) -> Response:
         token = request.args.get("token")
-        found = simulator.contacts() if token is None else simulator.find_by_token(token)
-        return _json({"contacts": found, "stats": simulator.stats()})
+        found = self.simulator.contacts() if token is None \
+            else self.simulator.find_by_token(token)
+        return _json({"contacts": found, "stats": self.simulator.stats()})
 
-    @bp.get("/muted")
-    def muted() -> Response:
-        return _json({"muted": simulator.muted(), "stats": simulator.stats()})
+    def muted(self) -> Response:
+        return _json({"muted": self.simulator.muted(), "stats": self.simulator.stats()})
 
-    @bp.get("/stats")
-    def stats() -> Response:
-        return _json(simulator.stats())
+    def stats(self) -> Response:
+        return _json(self.simulator.stats())
 
-    @bp.post("/reset")
-    def reset() -> Response:
+    def reset(self) -> Response:
         if _cross_site():
             return _refuse_cross_site()
-        simulator.reset()
+        self.simulator.reset()
         if _is_form_post():
             return redirect(url_for(".index", reset=1), code=303)
         return _json({"status": "reset"})
 
-    @bp.post("/block/<path:token>")
-    def block_token(token: str) -> Response:
+    def block_token(self, token: str) -> Response:
         if _cross_site():
             return _refuse_cross_site()
-        events = simulator.block(token)
+        events = self.simulator.block(token)
         if _is_form_post():
             if events:
                 target = url_for(".index", blocked=token, events=len(events))
@@ -195,17 +184,45 @@ def create_blueprint(simulator: Simulator, loopback_only: bool = True) -> Bluepr
             return _json(_error(404, f"Token {token} is not held by any contact"), 404)
         return _json({"token": token, "events": events})
 
-    @bp.get("/")
-    def index() -> str:
-        stats = simulator.stats()
-        contacts = [{**c, "counts": Counter(c["tokens"])} for c in simulator.contacts()]
+    def index(self) -> str:
+        stats = self.simulator.stats()
+        contacts = [{**c, "counts": Counter(c["tokens"])} for c in self.simulator.contacts()]
         return render_template(
-            "reteno_sandbox/index.html", options=simulator.options, stats=stats,
-            contacts=contacts, muted=simulator.muted(), identifiers=IDENTIFIERS,
+            "reteno_sandbox/index.html", options=self.simulator.options, stats=stats,
+            contacts=contacts, muted=self.simulator.muted(), identifiers=IDENTIFIERS,
             notice=_page_notice(),
             faults=", ".join(f"{kind}: {n}" for kind, n in stats["faults"].items() if n),
         )
 
+
+#: (rule, method, view): the view's name is its endpoint (``url_for(".index")``).
+_ROUTES = (
+    ("/api/v1/apps/<app_uuid>/tokens", "POST", "tokens"),
+    ("/api/v1/apps/<app_uuid>/token/mute", "POST", "mute"),
+    ("/api/v1/apps/<app_uuid>/token/unmute", "POST", "unmute"),
+    ("/contacts", "GET", "contacts"),
+    ("/muted", "GET", "muted"),
+    ("/stats", "GET", "stats"),
+    ("/reset", "POST", "reset"),
+    ("/block/<path:token>", "POST", "block_token"),
+    ("/", "GET", "index"),
+)
+
+
+def _no_framing(response: Response) -> Response:
+    response.headers.update(_FRAMING)
+    return response
+
+
+def create_blueprint(simulator: Simulator, loopback_only: bool = True) -> Blueprint:
+    """The simulator's routes, relative to wherever the blueprint is mounted;
+    ``loopback_only=False`` for an app no socket ever reaches (the in-process one)."""
+    bp = Blueprint("reteno_sandbox", __name__, template_folder="templates")
+    views = _Views(simulator, loopback_only)
+    bp.before_request(views.refuse_other_hosts)
+    bp.after_request(_no_framing)
+    for rule, method, name in _ROUTES:
+        bp.add_url_rule(rule, name, getattr(views, name), methods=[method])
     return bp
 
 

@@ -92,55 +92,65 @@ def _field_list(schema: dict) -> list[str]:
 def http_rst(doc: dict) -> str:
     out = [f"The document is OpenAPI {doc['openapi']} ({doc['info']['title']} "
            f"{doc['info']['version']}), served at ``GET /openapi.json``.", ""]
-    responses = doc.get("components", {}).get("responses", {})
-    schemes = doc.get("components", {}).get("securitySchemes", {})
     for path, item in doc["paths"].items():
         for method in METHODS:
-            if method not in item:
-                continue
-            op = item[method]
-            title = f"``{method.upper()} {path}``"
-            out += [title, "-" * len(title), ""]
-            if op.get("summary"):
-                out += [_cell(op["summary"]) + ".", ""]
-            if op.get("description"):
-                out += [_cell(op["description"]), ""]
-            security = op.get("security")
-            if security:
-                names = [", ".join(req) or "none" for req in security]
-                auth = " or ".join(
-                    f"{name} ({_cell(schemes.get(name, {}).get('description', '')) or name})"
-                    if name in schemes else name for name in names)
-                out += [f"**Authentication**: {auth}", ""]
-            params = op.get("parameters", [])
-            if params:
-                out += ["**Parameters**:", ""]
-                for p in params:
-                    out.append(f"- ``{p['name']}`` ({p['in']}, {_schema_text(p.get('schema', {}))}"
-                               f"{', required' if p.get('required') else ''})"
-                               f"{': ' + _cell(p['description']) if p.get('description') else ''}")
-                out.append("")
-            if "requestBody" in op:
-                out += [f"**Body**: {_body(op['requestBody'].get('content'))}", ""]
-            out += ["**Answers**:", ""]
-            for status, answer in op.get("responses", {}).items():
-                if "$ref" in answer:
-                    answer = responses.get(answer["$ref"].rsplit("/", 1)[-1], {})
-                out.append(f"- ``{status}``: {_cell(answer.get('description', ''))}"
-                           f" ({_body(answer.get('content'))})")
-            out.append("")
+            if method in item:
+                out += _operation_rst(doc, method, path, item[method])
     out += ["Schemas", "-------", ""]
     for name, schema in doc.get("components", {}).get("schemas", {}).items():
-        out += [f".. _schema-{name.lower()}:", "", name, "~" * len(name), ""]
-        if schema.get("description"):
-            out += [_cell(schema["description"]), ""]
-        fields = _field_list(schema)
-        if fields:
-            out += [".. list-table::", "   :header-rows: 1", "   :widths: 25 20 55", "",
-                    "   * - field", "     - type", "     - meaning", *fields, ""]
-        else:
-            out += [f"``{_cell(json.dumps(schema))}``", ""]
+        out += _schema_rst(name, schema)
     return "\n".join(out)
+
+
+def _operation_rst(doc: dict, method: str, path: str, op: dict) -> list[str]:
+    """One operation: its title, summary, description, authentication, parameters, body
+    and answers."""
+    responses = doc.get("components", {}).get("responses", {})
+    schemes = doc.get("components", {}).get("securitySchemes", {})
+    title = f"``{method.upper()} {path}``"
+    out = [title, "-" * len(title), ""]
+    if op.get("summary"):
+        out += [_cell(op["summary"]) + ".", ""]
+    if op.get("description"):
+        out += [_cell(op["description"]), ""]
+    security = op.get("security")
+    if security:
+        names = [", ".join(req) or "none" for req in security]
+        auth = " or ".join(
+            f"{name} ({_cell(schemes.get(name, {}).get('description', '')) or name})"
+            if name in schemes else name for name in names)
+        out += [f"**Authentication**: {auth}", ""]
+    params = op.get("parameters", [])
+    if params:
+        out += ["**Parameters**:", ""]
+        for p in params:
+            out.append(f"- ``{p['name']}`` ({p['in']}, {_schema_text(p.get('schema', {}))}"
+                       f"{', required' if p.get('required') else ''})"
+                       f"{': ' + _cell(p['description']) if p.get('description') else ''}")
+        out.append("")
+    if "requestBody" in op:
+        out += [f"**Body**: {_body(op['requestBody'].get('content'))}", ""]
+    out += ["**Answers**:", ""]
+    for status, answer in op.get("responses", {}).items():
+        if "$ref" in answer:
+            answer = responses.get(answer["$ref"].rsplit("/", 1)[-1], {})
+        out.append(f"- ``{status}``: {_cell(answer.get('description', ''))}"
+                   f" ({_body(answer.get('content'))})")
+    out.append("")
+    return out
+
+
+def _schema_rst(name: str, schema: dict) -> list[str]:
+    out = [f".. _schema-{name.lower()}:", "", name, "~" * len(name), ""]
+    if schema.get("description"):
+        out += [_cell(schema["description"]), ""]
+    fields = _field_list(schema)
+    if fields:
+        out += [".. list-table::", "   :header-rows: 1", "   :widths: 25 20 55", "",
+                "   * - field", "     - type", "     - meaning", *fields, ""]
+    else:
+        out += [f"``{_cell(json.dumps(schema))}``", ""]
+    return out
 
 
 class SettingsDirective(SphinxDirective):
