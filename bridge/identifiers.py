@@ -69,12 +69,14 @@ def _visible_text(value: Any) -> str:
     nothing yet changes the value, or how a terminal or page lays out what follows."""
     if not isinstance(value, str):
         raise IdentifierError("Not a valid string.")
-    text = unicodedata.normalize("NFC", value.strip())
-    if not text.isascii():
-        for char in text:
-            if unicodedata.category(char) == "Cf":
-                raise IdentifierError(f"Must not contain invisible format characters "
-                                      f"(U+{ord(char):04X}).")
+    text = value.strip()
+    if text.isascii():  # already NFC, and no format character is ASCII
+        return text
+    text = unicodedata.normalize("NFC", text)
+    for char in text:
+        if unicodedata.category(char) == "Cf":
+            raise IdentifierError(f"Must not contain invisible format characters "
+                                  f"(U+{ord(char):04X}).")
     return text
 
 

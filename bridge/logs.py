@@ -12,13 +12,13 @@ and puts the filter on them too, which covers the server's own lines (the
 development server's access log). Nothing process-wide is replaced.
 
 The request log never makes a request wait for a log handler: its records go
-through the standard library's :class:`~logging.handlers.QueueHandler` to a
-:class:`~logging.handlers.QueueListener` thread (one per process, started with
-the first line), which hands them, in order, to ``bridge.request`` and so to
-its handlers and those above it. At exit, whatever is queued is written. The
-queue holds at most ``MAX_QUEUED_LOG_LINES``: while the sink stalls, further lines
-are dropped (a request never waits for the log), counted in ``/metrics`` and told in
-a warning line ``N request-log lines dropped`` (at most once a minute, and at flush).
+through a queue to the standard library's :class:`~logging.handlers.QueueListener`
+thread (one per process, started with the first line), which hands them, in order,
+to ``bridge.request`` and so to its handlers and those above it. At exit, whatever
+is queued is written. The queue holds at most ``MAX_QUEUED_LOG_LINES``: while the sink
+stalls, further lines are dropped (a request never waits for the log), counted in
+``/metrics`` and told in a warning line ``N request-log lines dropped`` (at most once
+a minute, and at flush).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import queue
 import re
 import threading
 import time
-from logging.handlers import QueueHandler, QueueListener
+from logging.handlers import QueueListener
 from urllib.parse import unquote
 
 from .config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS, MAX_QUEUED_LOG_LINES, process_setting
@@ -197,8 +197,11 @@ REQUEST_LOGGER = "bridge.request"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,39}$")
 
 
+_QUOTED = re.compile(r'[\s"=]')  # a value with one of these is written as a JSON string
+
+
 def _value(text: str) -> str:
-    return json.dumps(text) if not text or re.search(r'[\s"=]', text) else text
+    return json.dumps(text) if not text or _QUOTED.search(text) else text
 
 
 class _Forward(logging.Handler):
@@ -209,22 +212,6 @@ class _Forward(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         _REQUEST_LOG.report_drops(every=_Listener.REPORT_SECONDS)
         logging.getLogger(record.name).handle(record)
-
-
-class _InProcessQueueHandler(QueueHandler):
-    """Queues the record itself: its listener is a thread of this process and the
-    arguments of a request-log record are plain strings and numbers, so the stdlib's
-    preparation for another process (formatting the message, copying the record) would
-    only do in the request's thread what the handlers do again."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:  # the sink stalls: the line goes, the request does not wait
-            _REQUEST_LOG.count_drop()
 
 
 class _Listener(QueueListener):
@@ -245,22 +232,26 @@ class _Listener(QueueListener):
         return self.queue.get()
 
     def enqueue_sentinel(self) -> None:
-        self.queue.put(self._sentinel)  # a full queue: wait for the thread to make room
+        self.queue.put(self._sentinel)  # past the bound: the listener's own last record
 
 
 class _RequestLog:
     """``bridge.request`` records through a queue to a listener thread (see the top)."""
 
     def __init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue(MAX_QUEUED_LOG_LINES)
+        # The records themselves, put by the request's thread (not through a handler of
+        # the logger: they must reach its handlers in the listener's thread). The listener
+        # is a thread of this process and the arguments of a request-log record are plain
+        # strings and numbers: nothing to prepare for another process, as QueueHandler
+        # would (formatting the message, copying the record).
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.maxsize = MAX_QUEUED_LOG_LINES
+        self._bound = threading.Lock()  # a check of the size and a put, as one
         self.logger = get_logger(REQUEST_LOGGER)
         self.dropped = 0  # lines dropped by this process (bridge_request_log_dropped_total)
         self._reported = 0  # of which a warning told
         self._reported_at: float | None = None
         self._drops = threading.Lock()
-        # Not a handler of the logger: the records must reach the logger's handlers in
-        # the listener's thread, not in the request's.
-        self.enqueue = _InProcessQueueHandler(self.queue)
         self._listener: QueueListener | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
@@ -268,7 +259,11 @@ class _RequestLog:
     def submit(self, record: logging.LogRecord) -> None:
         if self._pid != os.getpid():
             self._listen()
-        self.enqueue.handle(record)
+        with self._bound:
+            if self.queue.qsize() < self.maxsize:
+                self.queue.put(record)
+                return
+        self.count_drop()  # the sink stalls: the line goes, the request does not wait
 
     def _listen(self) -> None:
         with self._lock:
@@ -297,7 +292,7 @@ class _RequestLog:
             count, self._reported, self._reported_at = \
                 self.dropped - self._reported, self.dropped, now
         _DROPS_LOGGER.warning("%d request-log lines dropped: the log sink fell behind "
-                              "(%d lines wait at most)", count, self.queue.maxsize)
+                              "(%d lines wait at most)", count, self.maxsize)
 
     def flush(self) -> None:
         """Write every line queued so far (the listener starts again with the next)."""

@@ -35,6 +35,7 @@ from . import __version__
 from .config import MAX_UPSTREAM_ANSWER_BYTES
 from .logs import get_logger
 from .models import utcnow
+from .watch import Job, Watch
 
 log = get_logger("bridge.reteno")
 
@@ -153,41 +154,30 @@ _IN_FLIGHT = threading.local()  # .deadline: the _Deadline of this thread's call
 
 
 class _Deadline:
-    """A call's total time limit: past it, a watchdog thread shuts the socket of the
-    call's connection, so a read blocked on a trickling or stalled answer (headers or
-    body) ends at once. Connecting cannot be cut short (no socket yet): the connect
-    time-out bounds it, and the watchdog shuts the socket as soon as there is one."""
+    """A call's total time limit: past it, a job on the client's watch shuts the socket
+    of the call's connection, so a read blocked on a trickling or stalled answer
+    (headers or body) ends at once. Connecting cannot be cut short (no socket yet): the
+    connect time-out bounds it, and the job shuts the socket as soon as there is one."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, watch: Watch, seconds: float):
+        self.watch = watch
         self.seconds = seconds
         self.connection = None  # the urllib3 connection the call uses (_WatchedAdapter)
         self.expired = False
-        self._lock = threading.Lock()
-        self._done = threading.Event()
+        self._job: Job | None = None
 
     def __enter__(self) -> _Deadline:
         _IN_FLIGHT.deadline = self
-        threading.Thread(target=self._watch, name="bridge-upstream-deadline",
-                         daemon=True).start()
+        self._job = self.watch.after(self.seconds, self._expire)
         return self
 
     def __exit__(self, *exc) -> None:
         _IN_FLIGHT.deadline = None
-        with self._lock:  # the watchdog shuts nothing once this call is over
-            self._done.set()
+        self._job.cancel()  # once the call is over, the watch shuts nothing of it
 
-    def _watch(self) -> None:
-        if self._done.wait(self.seconds):
-            return
-        while True:
-            with self._lock:
-                if self._done.is_set():
-                    return
-                self.expired = True
-                if _shut(self.connection):
-                    return
-            if self._done.wait(0.05):  # still connecting
-                return
+    def _expire(self) -> float | None:
+        self.expired = True
+        return None if _shut(self.connection) else 0.05  # still connecting: soon again
 
 
 def _shut(connection) -> bool:
@@ -244,6 +234,8 @@ class RetenoClient:
         self.timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
         self.deadline = settings.upstream_deadline
         self.clock = clock  # reads Retry-After dates
+        # its calls' deadlines; the worker's lease renewals of the claims they send, too
+        self.watch = Watch()
         self.session = session or requests.Session()
         for prefix in ("https://", "http://"):
             self.session.mount(prefix, _WatchedAdapter())
@@ -267,7 +259,7 @@ class RetenoClient:
 
     def _post(self, url: str, body: dict) -> CallResult:
         started = time.perf_counter()
-        deadline = _Deadline(self.deadline)
+        deadline = _Deadline(self.watch, self.deadline)
         try:
             with deadline:
                 response = self.session.post(url, json=body, timeout=self.timeout,

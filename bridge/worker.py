@@ -48,6 +48,7 @@ class DeliveryWorker:
         self.metrics = metrics
         self.lease_seconds = lease_seconds  # BRIDGE_LEASE_SECONDS
         self.heartbeat_seconds = lease_seconds / 3  # lease renewals while a call is in flight
+        self.watch = client.watch  # renews them: the thread that keeps the calls' deadlines
         self.mark = mark or {}  # added to every outcome's history (sandbox deliveries)
         self.lanes = lanes or [
             Lane("registrations", lambda: ledger.claim(self.batch_size, self.lease_seconds),
@@ -57,15 +58,11 @@ class DeliveryWorker:
         ]
 
     def _call(self, lane: Lane, claim, rows) -> CallResult:
-        done = threading.Event()
-        heartbeat = threading.Thread(target=self._keep_lease, args=(claim, rows, done),
-                                     name="bridge-lease", daemon=True)
-        heartbeat.start()
+        lease = self.watch.after(self.heartbeat_seconds, lambda: self._renew(claim, rows))
         try:
             result = lane.call(rows)
         finally:
-            done.set()
-            heartbeat.join()
+            lease.cancel()  # no renewal runs once the call is over
         log.info(
             "upstream call%s outcome=%s status=%s reason=%s batch=%d ms=%.1f%s",
             "" if lane.name == "registrations" else f" {lane.name}", result.outcome,
@@ -77,15 +74,16 @@ class DeliveryWorker:
             self.metrics.upstream_latency.observe(result.seconds)
         return result
 
-    def _keep_lease(self, claim, rows, done: threading.Event) -> None:
-        """Renew the lease of ``rows`` every ``heartbeat_seconds`` until ``done``: the
-        call's deadline (at most half the lease) cannot cut short a name look-up or a
-        connect, and no other worker may take rows whose call is still under way."""
-        while not done.wait(self.heartbeat_seconds):
-            try:
-                self.ledger.renew(claim, rows, self.lease_seconds)
-            except Exception as exc:  # the database restarting: the next beat tries again
-                log.warning("lease of a call in flight not renewed (%s)", type(exc).__name__)
+    def _renew(self, claim, rows) -> float:
+        """Renew the lease of ``rows`` of a call in flight (a job on the watch, every
+        ``heartbeat_seconds`` until the call is over): the call's deadline (at most half
+        the lease) cannot cut short a name look-up or a connect, and no other worker may
+        take rows whose call is still under way."""
+        try:
+            self.ledger.renew(claim, rows, self.lease_seconds)
+        except Exception as exc:  # the database restarting: the next beat tries again
+            log.warning("lease of a call in flight not renewed (%s)", type(exc).__name__)
+        return self.heartbeat_seconds
 
     def _count(self, lane: Lane, outcome: str, n: int, stats: Counter) -> None:
         stats[outcome] += n
@@ -197,6 +195,7 @@ class DeliveryWorker:
             wake.wait(poll_seconds)
             if wake is not stop:
                 wake.clear()
+        self.watch.stop()
 
 
 class BackgroundDelivery:

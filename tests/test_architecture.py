@@ -52,7 +52,8 @@ def test_the_ledger_imports_no_http_upstream_or_sandbox(path):
                             "bridge.runtime", "bridge.extension", "bridge.schemas")) == []
 
 
-@pytest.mark.parametrize("path", modules("statuses", "telegram", "worker", "reteno", "replay"),
+@pytest.mark.parametrize("path", modules("statuses", "telegram", "worker", "reteno", "replay",
+                                          "watch"),
                          ids=lambda p: p.name)
 def test_services_import_no_flask(path):
     assert forbidden(path, ("flask", "werkzeug", "bridge.http", "bridge.views")) == []

@@ -56,7 +56,7 @@ def test_a_stalled_log_sink_drops_lines_instead_of_holding_them(client, auth, ca
                                                                 monkeypatch):
     caplog.set_level(logging.INFO, logger="bridge.request")
     bound = 5
-    monkeypatch.setattr(bridge_logs._REQUEST_LOG.queue, "maxsize", bound)
+    monkeypatch.setattr(bridge_logs._REQUEST_LOG, "maxsize", bound)
     _, samples = scrape(client, auth)
     before = value(samples, "bridge_request_log_dropped_total")
     flush_request_log()  # the scrape's own line is written before the sink stalls

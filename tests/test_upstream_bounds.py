@@ -192,6 +192,41 @@ def test_a_call_in_flight_keeps_its_lease(make_app, auth, requests_mock, monkeyp
     assert rows(client, auth)[0]["state"] == "delivered"
 
 
+def test_one_thread_keeps_every_calls_lease_and_deadline_and_ends_with_the_worker(
+        make_app, auth, requests_mock, monkeypatch):
+    """No thread per call: the calls of a worker share one watch thread (lease renewals,
+    deadlines), which ends once the worker's loop is stopped."""
+    app = make_app(BRIDGE_LEASE_SECONDS=LEASE, BRIDGE_BATCH_SIZE=1)
+    bridge = app.extensions["reteno_bridge"]
+    bridge.worker.heartbeat_seconds = 0.02
+    renewed = Tally(monkeypatch, app, "renew", amount=len)
+    renewers = set()
+    real_renew = bridge.ledger.renew
+    monkeypatch.setattr(bridge.ledger, "renew", lambda *args: renewers.add(
+        threading.current_thread()) or real_renew(*args))
+    client = app.test_client()
+    register(client, auth, *({"token": n, "contactId": n} for n in range(1, 4)))
+    before = set(threading.enumerate())
+    alive_in_calls = []
+    stop = threading.Event()
+
+    def slow_answer(request, context):
+        renewed.wait_for(renewed.total + 1)  # a renewal while this call is in flight
+        alive_in_calls.append(set(threading.enumerate()) - before)
+        if len(alive_in_calls) == 3:
+            stop.set()
+        return "OK"
+
+    requests_mock.post(TOKENS_URL, text=slow_answer)
+    bridge.worker.run(stop, poll_seconds=0.01)
+    assert {r["state"] for r in rows(client, auth)} == {"delivered"}
+    [watch] = renewers
+    assert watch.name == "bridge-watch"
+    assert alive_in_calls == [{watch}] * 3
+    watch.join(10)  # bounds a hang; times nothing
+    assert not watch.is_alive()
+
+
 def test_the_deadline_is_at_most_half_the_lease_and_at_least_the_connect_time_out(make_app):
     settings = make_app().extensions["reteno_bridge"].settings
     # the default: the two time-outs, which a lease of 120 s outlasts twice over
