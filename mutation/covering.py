@@ -147,6 +147,7 @@ def main(argv: list[str]) -> int:
         return 0
     import pytest
 
+    sys.path.insert(0, str(ROOT))  # this tree's code, as ``python -m pytest`` from it
     return int(pytest.main(argv[2:], plugins=[Keep(tests)] if tests is not None else []))
 
 
