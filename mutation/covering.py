@@ -21,9 +21,10 @@ and the like). Then:
 - otherwise the tests that executed any of those lines run, in the selection's order,
   with the selection's options (``-x``: the first failure ends the run);
 - no test executed them: the mutant survives (exit 0, never pytest's "no tests
-  collected", which cosmic-ray would count as a kill). Code run only in a subprocess
-  is invisible to coverage, so its mutants survive here and are judged by hand, never
-  counted as killed.
+  collected", which cosmic-ray would count as a kill); so does one whose pytest run
+  ends in a usage or internal error, or collects nothing (not a failing test). Code
+  run only in a subprocess is invisible to coverage, so its mutants survive here and
+  are judged by hand, never counted as killed.
 """
 
 from __future__ import annotations
@@ -151,9 +152,15 @@ def main(argv: list[str]) -> int:
     args = argv[2:]
     if tests is not None:  # collect only the files holding those tests
         files = {test.split("::", 1)[0] for test in tests}
-        args = [a for a in args if not a.startswith("tests/") or a in files
-                or a.split("::", 1)[0] in files]
-    return int(pytest.main(args, plugins=[Keep(tests)] if tests is not None else []))
+        args = [a for i, a in enumerate(args) if not a.startswith("tests/")
+                or a in files or args[i - 1] == "--deselect"]
+    code = int(pytest.main(args, plugins=[Keep(tests)] if tests is not None else []))
+    if code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR,
+                pytest.ExitCode.NO_TESTS_COLLECTED):  # not the mutant's doing: never a kill
+        print(f"covering.py: pytest exit {code} ({pytest.ExitCode(code).name}), not a "
+              "failing test: counted as survived, to be looked at")
+        return 0
+    return code
 
 
 if __name__ == "__main__":
