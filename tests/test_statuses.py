@@ -473,6 +473,17 @@ def test_a_late_status_about_a_removed_token_lands_on_its_history(client, auth):
     assert row(client, auth, "6301")["state"] == "removed"
 
 
+def test_a_late_status_lands_on_the_latest_of_the_chats_removed_registrations(client, auth):
+    [first] = register(client, auth, {"token": "6401", "contactId": 65})
+    assert post(client, [activity(contactId=65, messageId=1)]).json["removed"] == ["6401"]
+    [again] = register(client, auth, {"token": "6401", "contactId": 65})
+    assert post(client, [activity(contactId=65, messageId=2)]).json["removed"] == ["6401"]
+    post(client, [activity("CLICKED", None, contactId=65, messageId=3)])
+    [late] = [e for e in history(client, auth, "6401") if e["kind"] == "status"][-1:]
+    assert late["detail"]["status"] == "CLICKED"
+    assert (late["registrationId"], first["id"]) == (again["id"], first["id"])
+
+
 def test_a_removed_token_registered_again_is_a_new_registration(client, auth, bridge,
                                                                  requests_mock):
     requests_mock.post(TOKENS_URL, json="OK")
@@ -632,6 +643,22 @@ def test_a_late_block_does_not_remove_a_chat_seen_alive_after_it(client, auth):
                              "stale": 1, "ambiguous": 0}
     assert row(client, auth, "777")["state"] == "queued"
     assert kinds(client, auth, "777")[-1] == "status_stale"
+
+
+def test_an_older_sign_of_life_earlier_in_the_body_leaves_a_later_block_stale(client, auth,
+                                                                              clock):
+    # registered at noon; the body says "delivered at 10:00", then "blocked at 11:00":
+    # the chat was alive at noon, so the block is stale, and noon stays its last sign
+    clock.now = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    register(client, auth, {"token": 782, "contactId": 82})
+    seen = row(client, auth, "782")["lastSeenAt"]
+    response = post(client, [
+        activity("DELIVERED", None, contactId=82, activityDateTime="2030-01-01T10:00:00Z",
+                 messageId=1),
+        activity(contactId=82, activityDateTime="2030-01-01T11:00:00Z", messageId=2)])
+    assert response.json["removed"] == [] and response.json["stale"] == 1
+    assert (row(client, auth, "782")["state"], row(client, auth, "782")["lastSeenAt"]) == (
+        "queued", seen)
 
 
 @pytest.mark.parametrize("when", ["2030-01-01T00:00:00", "2030-01-01T00:00:00Z",
