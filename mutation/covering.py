@@ -16,6 +16,9 @@ place. The mutated lines are those where the module differs from the source in
 ``MAP``; each is widened to its whole statement (a clause header for ``if``, ``def``
 and the like). Then:
 
+- a module that no longer compiles with warnings taken for errors, as the suite's
+  ``filterwarnings`` takes them (``x is "literal"``), is killed: no test imports it;
+
 - a line executed outside any test (the module's import: a default argument, a
   decorator, a constant) runs the whole selection;
 - otherwise the tests that executed any of those lines run, in the selection's order,
@@ -36,6 +39,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +109,12 @@ def covering(test_map: dict) -> tuple[set[str] | None, str]:
     """(the tests to run, None for all of them; why) for the module as it is now."""
     before = test_map["source"]
     after = (ROOT / test_map["module"]).read_text()
+    with warnings.catch_warnings():  # as the suite's filterwarnings = ["error"] does
+        warnings.simplefilter("error")
+        try:
+            compile(after, test_map["module"], "exec")
+        except (SyntaxError, SyntaxWarning) as error:
+            return set(), f"the module no longer compiles ({error}): killed"
     changed = mutated_lines(before, after)
     if not changed:
         return None, "the module is as mapped: the whole selection"
@@ -143,6 +153,8 @@ def main(argv: list[str]) -> int:
     test_map = json.loads(Path(argv[1]).read_text())
     tests, why = covering(test_map)
     print(f"covering.py: {why}", flush=True)
+    if why.endswith(": killed"):
+        return 1
     if tests is not None and not tests:
         print("covering.py: no test executes the mutated code: survived")
         return 0
