@@ -473,6 +473,17 @@ def test_a_late_status_about_a_removed_token_lands_on_its_history(client, auth):
     assert row(client, auth, "6301")["state"] == "removed"
 
 
+def test_a_sign_of_life_of_a_removed_chat_leaves_its_removal_time(client, auth, clock):
+    clock.now = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    register(client, auth, {"token": "6501", "contactId": 66})
+    clock.now = datetime(2030, 1, 1, 15, tzinfo=UTC)
+    blocked = activity(contactId=66, activityDateTime="2030-01-01T13:00:00Z", messageId=1)
+    assert post(client, [blocked]).json["removed"] == ["6501"]
+    post(client, [activity("CLICKED", None, contactId=66, activityDateTime="2030-01-01T14:00:00Z",
+                           messageId=2)])
+    assert row(client, auth, "6501")["removedAt"] == "2030-01-01T13:00:00+00:00"
+
+
 def test_a_late_status_lands_on_the_latest_of_the_chats_removed_registrations(client, auth):
     [first] = register(client, auth, {"token": "6401", "contactId": 65})
     assert post(client, [activity(contactId=65, messageId=1)]).json["removed"] == ["6401"]
