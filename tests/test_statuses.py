@@ -585,6 +585,10 @@ def test_status_metrics_are_exported(client, auth):
     assert 'bridge_status_events_total{kind="unmatched"} 1.0' in text
     assert 'bridge_status_events_total{kind="ignored"} 1.0' in text
     assert 'bridge_removals_total{cause="status_blocked"} 1.0' in text
+    # the same body again: each of its three objects counted once more, as a duplicate
+    post(client, [activity(contactId=90), activity(contactId=91), {"status": "SENT"}])
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert 'bridge_status_events_total{kind="duplicate"} 3.0' in text
 
 
 # --- sandbox: the simulator blocks a token and reports it like Reteno -----------------------

@@ -745,6 +745,11 @@ def test_a_link_binds_to_the_first_chat_that_opens_it(client, auth):
     assert [r["contactId"] for r in rows(client, auth, token=CHAT_ID)] == [9]
     assert rows(client, auth, token=555) == []
     assert kinds(client, auth, 555) == ["link_reused"]
+    # both chats' histories name the link alike: the first 16 characters of its id
+    link_id = links.inspect_payload([LINK_SECRET], payload, datetime.now(UTC))[0].link_id
+    [used] = [e for e in history(client, auth, CHAT_ID) if e["kind"] == "link_used"]
+    assert used["detail"]["link"] == history(client, auth, 555)[0]["detail"]["link"] == (
+        link_id[:16])
     send(client, start(payload))  # the same chat again: a duplicate, not an error
     assert len(rows(client, auth, token=CHAT_ID)) == 1
 
