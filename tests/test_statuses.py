@@ -231,6 +231,9 @@ def test_a_block_naming_a_contact_of_several_chats_removes_none(client, auth):
         assert last["kind"] == "status_ambiguous"
         assert last["detail"]["candidates"] == ["2001", "2002"]
     assert kinds(client, auth, "2003") == ["submitted"]
+    # the rest of a body goes on after an ambiguous block
+    response = post(client, [activity(contactId=77, messageId=2), activity(contactId=78)])
+    assert response.json["removed"] == ["2003"] and response.json["ambiguous"] == 1
 
 
 def test_a_block_found_by_identifier_removes_the_chat_under_every_identifier(client, auth):
