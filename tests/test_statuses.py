@@ -782,6 +782,14 @@ def test_a_summary_names_twenty_reasons_and_counts_the_rest(client, auth):
     assert sum(reasons.values()) == 20 and ignored["detail"]["count"] == 45
 
 
+def test_a_summary_of_twenty_reasons_names_them_all_and_no_other(client, auth):
+    register(client, auth, {"token": "5002", "contactId": 51})
+    post(client, [{"status": f"bad-{i}", "token": "5002"} for i in range(20)])
+    [ignored] = [e for e in history(client, auth, "5002") if e["kind"] == "status_ignored"]
+    reasons = ignored["detail"]["reasons"]
+    assert "(other reasons)" not in reasons and list(reasons.values()) == [1] * 20
+
+
 def test_more_status_events_than_the_cap_is_a_413_and_records_nothing(make_app, auth):
     app = make_app(BRIDGE_MAX_STATUS_EVENTS=50)
     client, bridge = app.test_client(), app.extensions["reteno_bridge"]
