@@ -126,6 +126,9 @@ def summary(session: Path) -> tuple[int, int, int, int, list, int, int]:
                 not_sampled += 1
             elif result.worker_outcome == WorkerOutcome.SKIPPED:
                 skipped += 1
+            elif result.worker_outcome == WorkerOutcome.ABNORMAL:
+                pending += 1  # the worker failed, not the tests (an http worker's
+                # request timed out): no outcome; delete the result to run it again
             elif (result.worker_outcome == WorkerOutcome.NORMAL
                   and result.test_outcome == TestOutcome.SURVIVED):
                 survived += 1
