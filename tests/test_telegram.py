@@ -644,6 +644,21 @@ def test_an_unblock_older_than_a_later_block_changes_nothing(client, auth, clock
     assert sorted(r["state"] for r in rows(client, auth)) == ["queued", "removed"]
 
 
+def test_an_unblock_brings_back_the_chats_latest_identifiers(client, auth, clock):
+    clock.now = at(0)
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    clock.now = at(10)
+    send(client, dated(blocked(), epoch(10)))
+    clock.now = at(20)
+    register(client, auth, {"token": CHAT_ID, "contactId": 2})  # registered again, anew
+    clock.now = at(30)
+    send(client, dated(blocked(), epoch(30)))
+    clock.now = at(40)
+    send(client, dated(unblocked(), epoch(40)))
+    [live] = [r for r in rows(client, auth) if r["state"] != "removed"]
+    assert live["contactId"] == 2
+
+
 def test_a_start_is_a_sign_of_life(client, auth, clock):
     clock.now = at(0)
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
