@@ -115,6 +115,15 @@ def test_a_telegram_block_and_unblock_while_reteno_holds_the_token_sends_nothing
     assert held(client, auth) == [("delivered", True), ("removed", True), ("removed", True)]
 
 
+def test_a_forbidden_naming_the_contact_removes_a_chat_restored_after_its_block(
+        client, auth, bridge, clock, upstream, delivered):
+    telegram(client, clock, blocked(CHAT))
+    telegram(client, clock, unblocked(CHAT))  # live again; the removed one still held
+    assert held(client, auth) == [("delivered", True), ("removed", True)]
+    assert forbidden(client, auth, clock, contactId=7)["removed"] == [str(CHAT)]
+    assert [state for state, _ in held(client, auth)] == ["removed", "removed"]
+
+
 @pytest.mark.parametrize("story", ["reteno only", "telegram, then reteno",
                                    "reteno, then telegram"])
 def test_an_unblock_after_reteno_dropped_the_token_sends_it_again(
