@@ -159,6 +159,17 @@ def test_a_chat_never_delivered_is_sent_after_its_unblock(client, auth, bridge, 
     assert held(client, auth) == [("delivered", True), ("removed", False)]
 
 
+def test_a_forbidden_in_the_second_of_the_delivery_drops_the_token(client, auth, bridge,
+                                                                   clock, upstream):
+    # Reteno dates its events to the second: a failure in the delivery's second follows it
+    clock.now = clock.now.replace(microsecond=500000)
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    bridge.deliver_once()
+    answer = forbidden(client, auth, clock, at=clock.now)
+    assert answer["removed"] == [str(CHAT)]
+    assert held(client, auth) == [("removed", False)]
+
+
 def test_a_forbidden_older_than_the_delivery_leaves_the_token_held(client, auth, bridge,
                                                                     clock, upstream):
     # Reteno failed a send, then took the token again from this delivery
