@@ -8,10 +8,13 @@ per module of ``mutation/cosmic-ray.toml``, in its order, then a summary.
 Each session is ``mutation/sessions/<module>.sqlite`` (not committed); a session that
 exists is resumed, not started again (delete it to start afresh). The test command is
 the config's ``test-command`` plus the module's ``[mutation.extra-tests]``, or, for a
-module with a ``[mutation.modules."<module>"]`` table, the options of ``test-command``
-with that table's ``tests`` alone (the tests that exercise that module; a glob such
-as ``tests/test_erase*.py`` is expanded here, so a new file named like it joins), its
-``deselect`` (tests of those files left out), its ``timeout`` if it has one, and its
+module with a ``[mutation.modules."<module>"]`` table, ``mutation/covering.py`` over
+the options of ``test-command`` with that table's ``tests`` alone (the tests that
+exercise that module; a glob such as ``tests/test_erase*.py`` is expanded here, so a
+new file named like it joins) and its ``deselect`` (tests of those files left out):
+each mutant runs only the tests of that selection that execute its code, by a map
+built under coverage when the session starts (``<module>.map.json``; again for
+``--survivors``). Such a table also gives a ``timeout`` if it has one, and its
 ``sample``: a random sample of that many of the mutants that run (``seed`` picks it:
 the same code gives the same sample; no ``sample``, or fewer mutants than that: all of
 them). Mutants that change no code that runs are skipped first
@@ -19,7 +22,9 @@ them). Mutants that change no code that runs are skipped first
 skipped as such ("not in the sample"), and neither kind counts in the score.
 ``--survivors`` tests again the mutants that survived in ``<module>.sqlite``, in a copy
 ``<module>.after.sqlite`` (the score after new tests), with the ``added-tests`` alone
-(a module with a table of its own: with its ``tests``).
+(a module with a table of its own: with its ``tests``). A mutant that timed out runs
+once more; a second time-out is a kill. A mutant whose worker failed (``ABNORMAL``)
+counts as pending, never as killed.
 cosmic-ray rewrites the module in place while a mutant is tested and restores it
 after; do not edit the tree during a run. It is the ``mutation`` extra, not part of
 ``make install``: ``pip install -c constraints.txt -e '.[mutation]'``.
