@@ -8,10 +8,13 @@ per module of ``mutation/cosmic-ray.toml``, in its order, then a summary.
 Each session is ``mutation/sessions/<module>.sqlite`` (not committed); a session that
 exists is resumed, not started again (delete it to start afresh). The test command is
 the config's ``test-command`` plus the module's ``[mutation.extra-tests]``, or, for a
-module with a ``[mutation.modules."<module>"]`` table, the options of ``test-command``
-with that table's ``tests`` alone (the tests that exercise that module; a glob such
-as ``tests/test_erase*.py`` is expanded here, so a new file named like it joins), its
-``deselect`` (tests of those files left out), its ``timeout`` if it has one, and its
+module with a ``[mutation.modules."<module>"]`` table, ``mutation/covering.py`` over
+the options of ``test-command`` with that table's ``tests`` alone (the tests that
+exercise that module; a glob such as ``tests/test_erase*.py`` is expanded here, so a
+new file named like it joins) and its ``deselect`` (tests of those files left out):
+each mutant runs only the tests of that selection that execute its code, by a map
+built under coverage when the session starts (``<module>.map.json``; again for
+``--survivors``). Such a table also gives a ``timeout`` if it has one, and its
 ``sample``: a random sample of that many of the mutants that run (``seed`` picks it:
 the same code gives the same sample; no ``sample``, or fewer mutants than that: all of
 them). Mutants that change no code that runs are skipped first
@@ -19,7 +22,9 @@ them). Mutants that change no code that runs are skipped first
 skipped as such ("not in the sample"), and neither kind counts in the score.
 ``--survivors`` tests again the mutants that survived in ``<module>.sqlite``, in a copy
 ``<module>.after.sqlite`` (the score after new tests), with the ``added-tests`` alone
-(a module with a table of its own: with its ``tests``).
+(a module with a table of its own: with its ``tests``). A mutant that timed out runs
+once more; a second time-out is a kill. A mutant whose worker failed (``ABNORMAL``)
+counts as pending, never as killed.
 cosmic-ray rewrites the module in place while a mutant is tested and restores it
 after; do not edit the tree during a run. It is the ``mutation`` extra, not part of
 ``make install``: ``pip install -c constraints.txt -e '.[mutation]'``.
@@ -68,14 +73,20 @@ def test_files(patterns: list[str]) -> list[str]:
 
 
 def plan(settings: dict, module: str, survivors_only: bool = False) -> dict:
-    """The cosmic-ray config of one module's session, plus ``sample`` and ``seed``."""
+    """The cosmic-ray config of one module's session, plus ``sample``, ``seed`` and, for a
+    module with a table of its own, ``selection`` (its pytest arguments) and ``map``."""
     base = settings["cosmic-ray"]
     mutation = settings.get("mutation", {})
     own = mutation.get("modules", {}).get(module)
     options = [w for w in base["test-command"].split() if not w.startswith("tests/")]
+    selection = test_map = None
     if own is not None:
-        tests = [*options, *test_files(own["tests"]),
-                 *(f"--deselect {test}" for test in own.get("deselect", []))]
+        selection = [*options[3:], *test_files(own["tests"]),
+                     *(w for test in own.get("deselect", []) for w in ("--deselect", test))]
+        suffix = ".after" if survivors_only else ""
+        test_map = SESSIONS / f"{session_name(module)}{suffix}.map.json"
+        tests = ["python", "mutation/covering.py", "--map",
+                 str(test_map.relative_to(ROOT)), *selection]
     elif survivors_only:  # the options of test-command, the added tests alone
         tests = [*options, *mutation["added-tests"]]
     else:
@@ -83,7 +94,8 @@ def plan(settings: dict, module: str, survivors_only: bool = False) -> dict:
     own = own or {}
     cfg = {**base, "module-path": [module], "test-command": " ".join(tests),
            "timeout": float(own.get("timeout", base["timeout"]))}
-    return {"config": cfg, "sample": own.get("sample"), "seed": own.get("seed", 23)}
+    return {"config": cfg, "sample": own.get("sample"), "seed": own.get("seed", 23),
+            "selection": selection, "map": test_map}
 
 
 def take_sample(session: Path, size: int, seed: int) -> int:
@@ -107,9 +119,10 @@ def take_sample(session: Path, size: int, seed: int) -> int:
     return len(left_out)
 
 
-def summary(session: Path) -> tuple[int, int, int, int, list, int]:
-    """(killed, survived, skipped, pending, survivors, not sampled) of a session."""
-    killed = survived = skipped = not_sampled = 0
+def summary(session: Path) -> tuple[int, int, int, int, list, int, int]:
+    """(killed, survived, skipped, pending, survivors, not sampled, killed by a time-out)
+    of a session."""
+    killed = survived = skipped = not_sampled = timed_out = 0
     survivors = []
     with use_db(str(session), WorkDB.Mode.open) as db:
         pending = sum(1 for _ in db.pending_work_items)
@@ -118,13 +131,31 @@ def summary(session: Path) -> tuple[int, int, int, int, list, int]:
                 not_sampled += 1
             elif result.worker_outcome == WorkerOutcome.SKIPPED:
                 skipped += 1
+            elif result.worker_outcome == WorkerOutcome.ABNORMAL:
+                pending += 1  # the worker failed, not the tests (an http worker's
+                # request timed out): no outcome; delete the result to run it again
             elif (result.worker_outcome == WorkerOutcome.NORMAL
                   and result.test_outcome == TestOutcome.SURVIVED):
                 survived += 1
                 survivors.append(item)
-            else:  # killed by a test, an error or the timeout
+            else:  # killed by a test, an error or a time-out (twice: retry_timeouts)
                 killed += 1
-    return killed, survived, skipped, pending, survivors, not_sampled
+                timed_out += result.output == "timeout"
+    return killed, survived, skipped, pending, survivors, not_sampled, timed_out
+
+
+def retry_timeouts(session: Path) -> int:
+    """Make the mutants of ``session`` that timed out for the first time pending again
+    (marked so: a second time-out stands); how many."""
+    with sqlite3.connect(session) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS timed_out_once (job_id TEXT PRIMARY KEY)")
+        jobs = [job for (job,) in db.execute(
+            "SELECT job_id FROM work_results WHERE output = 'timeout' "
+            "AND job_id NOT IN (SELECT job_id FROM timed_out_once)")]
+        for job in jobs:
+            db.execute("INSERT INTO timed_out_once VALUES (?)", (job,))
+            db.execute("DELETE FROM work_results WHERE job_id = ?", (job,))
+    return len(jobs)
 
 
 def reset_survivors(before: Path, after: Path) -> None:
@@ -166,17 +197,25 @@ def main(argv: list[str]) -> int:
                 left_out = take_sample(session, int(p["sample"]), int(p["seed"]))
                 print(f"{session}: a random sample of {p['sample']} (seed {p['seed']}); "
                       f"{left_out} mutants left out", flush=True)
+        if p["map"] is not None and (survivors_only or not p["map"].exists()):
+            subprocess.run([sys.executable, HERE / "covering.py", "--build", p["map"], module,
+                            *p["selection"]], cwd=ROOT, check=True)
         subprocess.run([BIN / "cosmic-ray", "exec", config, session], check=True)
-        k, s, sk, pending, _, ns = summary(session)
-        print(f"{module}: {k} killed of {k + s} ({100 * k / max(1, k + s):.1f} %), "
+        timed_out = retry_timeouts(session)
+        if timed_out:  # each once more, alone: a time-out is a kill only if it recurs
+            print(f"{session}: {timed_out} mutants timed out; each runs once more", flush=True)
+            subprocess.run([BIN / "cosmic-ray", "exec", config, session], check=True)
+        k, s, sk, pending, _, ns, to = summary(session)
+        print(f"{module}: {k} killed of {k + s} ({100 * k / max(1, k + s):.1f} %; {to} by "
+              f"a time-out, twice), "
               f"{sk} skipped, {ns} not in the sample, {pending} pending", flush=True)
-    print("\nmodule | mutants run | killed | survived | score | skipped (not code that runs)"
-          " | not in the sample")
+    print("\nmodule | mutants run | killed (by a time-out) | survived | score"
+          " | skipped (not code that runs) | not in the sample")
     for module in modules:
         session = SESSIONS / f"{session_name(module)}{suffix}.sqlite"
         if session.exists():
-            k, s, sk, pending, survivors, ns = summary(session)
-            print(f"{module} | {k + s} | {k} | {s} | {100 * k / max(1, k + s):.1f} % | {sk}"
+            k, s, sk, pending, survivors, ns, to = summary(session)
+            print(f"{module} | {k + s} | {k} ({to}) | {s} | {100 * k / max(1, k + s):.1f} % | {sk}"
                   f" | {ns}" + (f" | {pending} pending" if pending else ""))
             for item in survivors:
                 for m in item.mutations:

@@ -503,6 +503,11 @@ def test_after_erase_her_links_register_nothing(runner, client, auth, bridge, cl
     assert rows(client, auth, email=ANN_EMAIL) == rows(client, auth, phone=ANN_PHONE) == []
     assert refusals(client, auth, STRANGER) == [("link_rejected", "revoked")] * 4
     assert refusals(client, auth, ANN_LINK_CHAT) == [("link_rejected", "revoked")]
+    # each refusal names its link by the first 16 characters of the link's id
+    named = [e["detail"]["link"] for e in history(client, auth, STRANGER)
+             if e["kind"] == "link_rejected"]
+    assert named == [links.inspect_payload([LINK_SECRET], p, clock())[0].link_id[:16]
+                     for p in (ANN_LINK, *unused)]
 
     # Bob's link still works
     telegram(client, clock, "868686868",

@@ -115,6 +115,15 @@ def test_a_telegram_block_and_unblock_while_reteno_holds_the_token_sends_nothing
     assert held(client, auth) == [("delivered", True), ("removed", True), ("removed", True)]
 
 
+def test_a_forbidden_naming_the_contact_removes_a_chat_restored_after_its_block(
+        client, auth, bridge, clock, upstream, delivered):
+    telegram(client, clock, blocked(CHAT))
+    telegram(client, clock, unblocked(CHAT))  # live again; the removed one still held
+    assert held(client, auth) == [("delivered", True), ("removed", True)]
+    assert forbidden(client, auth, clock, contactId=7)["removed"] == [str(CHAT)]
+    assert [state for state, _ in held(client, auth)] == ["removed", "removed"]
+
+
 @pytest.mark.parametrize("story", ["reteno only", "telegram, then reteno",
                                    "reteno, then telegram"])
 def test_an_unblock_after_reteno_dropped_the_token_sends_it_again(
@@ -148,6 +157,17 @@ def test_a_chat_never_delivered_is_sent_after_its_unblock(client, auth, bridge, 
     assert upstream.request_history[0].json()["tokens"] == [{"token": str(CHAT),
                                                              "contactId": 7}]
     assert held(client, auth) == [("delivered", True), ("removed", False)]
+
+
+def test_a_forbidden_in_the_second_of_the_delivery_drops_the_token(client, auth, bridge,
+                                                                   clock, upstream):
+    # Reteno dates its events to the second: a failure in the delivery's second follows it
+    clock.now = clock.now.replace(microsecond=500000)
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    bridge.deliver_once()
+    answer = forbidden(client, auth, clock, at=clock.now)
+    assert answer["removed"] == [str(CHAT)]
+    assert held(client, auth) == [("removed", False)]
 
 
 def test_a_forbidden_older_than_the_delivery_leaves_the_token_held(client, auth, bridge,

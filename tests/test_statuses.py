@@ -231,6 +231,9 @@ def test_a_block_naming_a_contact_of_several_chats_removes_none(client, auth):
         assert last["kind"] == "status_ambiguous"
         assert last["detail"]["candidates"] == ["2001", "2002"]
     assert kinds(client, auth, "2003") == ["submitted"]
+    # the rest of a body goes on after an ambiguous block
+    response = post(client, [activity(contactId=77, messageId=2), activity(contactId=78)])
+    assert response.json["removed"] == ["2003"] and response.json["ambiguous"] == 1
 
 
 def test_a_block_found_by_identifier_removes_the_chat_under_every_identifier(client, auth):
@@ -473,6 +476,28 @@ def test_a_late_status_about_a_removed_token_lands_on_its_history(client, auth):
     assert row(client, auth, "6301")["state"] == "removed"
 
 
+def test_a_sign_of_life_of_a_removed_chat_leaves_its_removal_time(client, auth, clock):
+    clock.now = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    register(client, auth, {"token": "6501", "contactId": 66})
+    clock.now = datetime(2030, 1, 1, 15, tzinfo=UTC)
+    blocked = activity(contactId=66, activityDateTime="2030-01-01T13:00:00Z", messageId=1)
+    assert post(client, [blocked]).json["removed"] == ["6501"]
+    post(client, [activity("CLICKED", None, contactId=66, activityDateTime="2030-01-01T14:00:00Z",
+                           messageId=2)])
+    assert row(client, auth, "6501")["removedAt"] == "2030-01-01T13:00:00+00:00"
+
+
+def test_a_late_status_lands_on_the_latest_of_the_chats_removed_registrations(client, auth):
+    [first] = register(client, auth, {"token": "6401", "contactId": 65})
+    assert post(client, [activity(contactId=65, messageId=1)]).json["removed"] == ["6401"]
+    [again] = register(client, auth, {"token": "6401", "contactId": 65})
+    assert post(client, [activity(contactId=65, messageId=2)]).json["removed"] == ["6401"]
+    post(client, [activity("CLICKED", None, contactId=65, messageId=3)])
+    [late] = [e for e in history(client, auth, "6401") if e["kind"] == "status"][-1:]
+    assert late["detail"]["status"] == "CLICKED"
+    assert (late["registrationId"], first["id"]) == (again["id"], first["id"])
+
+
 def test_a_removed_token_registered_again_is_a_new_registration(client, auth, bridge,
                                                                  requests_mock):
     requests_mock.post(TOKENS_URL, json="OK")
@@ -563,6 +588,10 @@ def test_status_metrics_are_exported(client, auth):
     assert 'bridge_status_events_total{kind="unmatched"} 1.0' in text
     assert 'bridge_status_events_total{kind="ignored"} 1.0' in text
     assert 'bridge_removals_total{cause="status_blocked"} 1.0' in text
+    # the same body again: each of its three objects counted once more, as a duplicate
+    post(client, [activity(contactId=90), activity(contactId=91), {"status": "SENT"}])
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert 'bridge_status_events_total{kind="duplicate"} 3.0' in text
 
 
 # --- sandbox: the simulator blocks a token and reports it like Reteno -----------------------
@@ -632,6 +661,22 @@ def test_a_late_block_does_not_remove_a_chat_seen_alive_after_it(client, auth):
                              "stale": 1, "ambiguous": 0}
     assert row(client, auth, "777")["state"] == "queued"
     assert kinds(client, auth, "777")[-1] == "status_stale"
+
+
+def test_an_older_sign_of_life_earlier_in_the_body_leaves_a_later_block_stale(client, auth,
+                                                                              clock):
+    # registered at noon; the body says "delivered at 10:00", then "blocked at 11:00":
+    # the chat was alive at noon, so the block is stale, and noon stays its last sign
+    clock.now = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    register(client, auth, {"token": 782, "contactId": 82})
+    seen = row(client, auth, "782")["lastSeenAt"]
+    response = post(client, [
+        activity("DELIVERED", None, contactId=82, activityDateTime="2030-01-01T10:00:00Z",
+                 messageId=1),
+        activity(contactId=82, activityDateTime="2030-01-01T11:00:00Z", messageId=2)])
+    assert response.json["removed"] == [] and response.json["stale"] == 1
+    assert (row(client, auth, "782")["state"], row(client, auth, "782")["lastSeenAt"]) == (
+        "queued", seen)
 
 
 @pytest.mark.parametrize("when", ["2030-01-01T00:00:00", "2030-01-01T00:00:00Z",
@@ -735,6 +780,14 @@ def test_a_summary_names_twenty_reasons_and_counts_the_rest(client, auth):
     reasons = ignored["detail"]["reasons"]
     assert len(reasons) == 21 and reasons.pop("(other reasons)") == 25
     assert sum(reasons.values()) == 20 and ignored["detail"]["count"] == 45
+
+
+def test_a_summary_of_twenty_reasons_names_them_all_and_no_other(client, auth):
+    register(client, auth, {"token": "5002", "contactId": 51})
+    post(client, [{"status": f"bad-{i}", "token": "5002"} for i in range(20)])
+    [ignored] = [e for e in history(client, auth, "5002") if e["kind"] == "status_ignored"]
+    reasons = ignored["detail"]["reasons"]
+    assert "(other reasons)" not in reasons and list(reasons.values()) == [1] * 20
 
 
 def test_more_status_events_than_the_cap_is_a_413_and_records_nothing(make_app, auth):

@@ -644,6 +644,21 @@ def test_an_unblock_older_than_a_later_block_changes_nothing(client, auth, clock
     assert sorted(r["state"] for r in rows(client, auth)) == ["queued", "removed"]
 
 
+def test_an_unblock_brings_back_the_chats_latest_identifiers(client, auth, clock):
+    clock.now = at(0)
+    register(client, auth, {"token": CHAT_ID, "contactId": 1})
+    clock.now = at(10)
+    send(client, dated(blocked(), epoch(10)))
+    clock.now = at(20)
+    register(client, auth, {"token": CHAT_ID, "contactId": 2})  # registered again, anew
+    clock.now = at(30)
+    send(client, dated(blocked(), epoch(30)))
+    clock.now = at(40)
+    send(client, dated(unblocked(), epoch(40)))
+    [live] = [r for r in rows(client, auth) if r["state"] != "removed"]
+    assert live["contactId"] == 2
+
+
 def test_a_start_is_a_sign_of_life(client, auth, clock):
     clock.now = at(0)
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
@@ -745,6 +760,11 @@ def test_a_link_binds_to_the_first_chat_that_opens_it(client, auth):
     assert [r["contactId"] for r in rows(client, auth, token=CHAT_ID)] == [9]
     assert rows(client, auth, token=555) == []
     assert kinds(client, auth, 555) == ["link_reused"]
+    # both chats' histories name the link alike: the first 16 characters of its id
+    link_id = links.inspect_payload([LINK_SECRET], payload, datetime.now(UTC))[0].link_id
+    [used] = [e for e in history(client, auth, CHAT_ID) if e["kind"] == "link_used"]
+    assert used["detail"]["link"] == history(client, auth, 555)[0]["detail"]["link"] == (
+        link_id[:16])
     send(client, start(payload))  # the same chat again: a duplicate, not an error
     assert len(rows(client, auth, token=CHAT_ID)) == 1
 
