@@ -166,49 +166,46 @@ def reset_survivors(before: Path, after: Path) -> None:
                    "AND test_outcome = 'SURVIVED'")
 
 
-def main(argv: list[str]) -> int:
-    survivors_only = "--survivors" in argv
-    plan_only = "--plan" in argv
-    argv = [a for a in argv if a not in ("--survivors", "--plan")]
-    suffix = ".after" if survivors_only else ""
-    settings = tomllib.loads(CONFIG.read_text())
-    modules = argv or settings["cosmic-ray"]["module-path"]
-    if plan_only:
-        for module in modules:
-            p = plan(settings, module, survivors_only)
-            sample = "all mutants" if p["sample"] is None else \
-                f"a random sample of {p['sample']} (seed {p['seed']})"
-            print(f"{module}: {sample}, {p['config']['timeout']:g} s per mutant\n"
-                  f"    {p['config']['test-command']}")
-        return 0
-    SESSIONS.mkdir(exist_ok=True)
+def print_plan(settings: dict, modules: list[str], survivors_only: bool) -> None:
     for module in modules:
         p = plan(settings, module, survivors_only)
-        name = session_name(module)
-        config = SESSIONS / f"{name}{suffix}.toml"
-        config.write_text(serialize_config(p["config"]))
-        session = SESSIONS / f"{name}{suffix}.sqlite"
-        if survivors_only:
-            reset_survivors(SESSIONS / f"{name}.sqlite", session)
-        elif not session.exists():
-            subprocess.run([BIN / "cosmic-ray", "init", config, session], check=True)
-            subprocess.run([sys.executable, HERE / "skip_unevaluated.py", session], check=True)
-            if p["sample"] is not None:
-                left_out = take_sample(session, int(p["sample"]), int(p["seed"]))
-                print(f"{session}: a random sample of {p['sample']} (seed {p['seed']}); "
-                      f"{left_out} mutants left out", flush=True)
-        if p["map"] is not None and (survivors_only or not p["map"].exists()):
-            subprocess.run([sys.executable, HERE / "covering.py", "--build", p["map"], module,
-                            *p["selection"]], cwd=ROOT, check=True)
+        sample = "all mutants" if p["sample"] is None else \
+            f"a random sample of {p['sample']} (seed {p['seed']})"
+        print(f"{module}: {sample}, {p['config']['timeout']:g} s per mutant\n"
+              f"    {p['config']['test-command']}")
+
+
+def run_session(settings: dict, module: str, survivors_only: bool, suffix: str) -> None:
+    """Start (or resume) ``module``'s session, run it, run its time-outs again."""
+    p = plan(settings, module, survivors_only)
+    name = session_name(module)
+    config = SESSIONS / f"{name}{suffix}.toml"
+    config.write_text(serialize_config(p["config"]))
+    session = SESSIONS / f"{name}{suffix}.sqlite"
+    if survivors_only:
+        reset_survivors(SESSIONS / f"{name}.sqlite", session)
+    elif not session.exists():
+        subprocess.run([BIN / "cosmic-ray", "init", config, session], check=True)
+        subprocess.run([sys.executable, HERE / "skip_unevaluated.py", session], check=True)
+        if p["sample"] is not None:
+            left_out = take_sample(session, int(p["sample"]), int(p["seed"]))
+            print(f"{session}: a random sample of {p['sample']} (seed {p['seed']}); "
+                  f"{left_out} mutants left out", flush=True)
+    if p["map"] is not None and (survivors_only or not p["map"].exists()):
+        subprocess.run([sys.executable, HERE / "covering.py", "--build", p["map"], module,
+                        *p["selection"]], cwd=ROOT, check=True)
+    subprocess.run([BIN / "cosmic-ray", "exec", config, session], check=True)
+    timed_out = retry_timeouts(session)
+    if timed_out:  # each once more, alone: a time-out is a kill only if it recurs
+        print(f"{session}: {timed_out} mutants timed out; each runs once more", flush=True)
         subprocess.run([BIN / "cosmic-ray", "exec", config, session], check=True)
-        timed_out = retry_timeouts(session)
-        if timed_out:  # each once more, alone: a time-out is a kill only if it recurs
-            print(f"{session}: {timed_out} mutants timed out; each runs once more", flush=True)
-            subprocess.run([BIN / "cosmic-ray", "exec", config, session], check=True)
-        k, s, sk, pending, _, ns, to = summary(session)
-        print(f"{module}: {k} killed of {k + s} ({100 * k / max(1, k + s):.1f} %; {to} by "
-              f"a time-out, twice), "
-              f"{sk} skipped, {ns} not in the sample, {pending} pending", flush=True)
+    k, s, sk, pending, _, ns, to = summary(session)
+    print(f"{module}: {k} killed of {k + s} ({100 * k / max(1, k + s):.1f} %; {to} by "
+          f"a time-out, twice), "
+          f"{sk} skipped, {ns} not in the sample, {pending} pending", flush=True)
+
+
+def print_table(modules: list[str], suffix: str) -> None:
     print("\nmodule | mutants run | killed (by a time-out) | survived | score"
           " | skipped (not code that runs) | not in the sample")
     for module in modules:
@@ -221,6 +218,22 @@ def main(argv: list[str]) -> int:
                 for m in item.mutations:
                     print(f"    survived: {m.module_path}:{m.start_pos[0]} {m.operator_name}"
                           f" #{m.occurrence} ({item.job_id})")
+
+
+def main(argv: list[str]) -> int:
+    survivors_only = "--survivors" in argv
+    plan_only = "--plan" in argv
+    argv = [a for a in argv if a not in ("--survivors", "--plan")]
+    suffix = ".after" if survivors_only else ""
+    settings = tomllib.loads(CONFIG.read_text())
+    modules = argv or settings["cosmic-ray"]["module-path"]
+    if plan_only:
+        print_plan(settings, modules, survivors_only)
+        return 0
+    SESSIONS.mkdir(exist_ok=True)
+    for module in modules:
+        run_session(settings, module, survivors_only, suffix)
+    print_table(modules, suffix)
     return 0
 
 
