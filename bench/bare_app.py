@@ -123,8 +123,7 @@ class _Group:
                 self.queue.clear()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("INSERT INTO hits (body) VALUES (?)",
-                                 [(c.body,) for c in batch])
+                conn.executemany("INSERT INTO hits (body) VALUES (?)", [(c.body,) for c in batch])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -73,8 +73,9 @@ def direct_loop(sim: str, seconds: float, threads: int = 32) -> dict:
         while time.monotonic() < stop:
             i += 1
             token = str(5_000_000_000 + n * 10_000_000 + i)
-            r = session.post(url, json={"tokens": [{"token": token, "externalCustomerId": token}]},
-                             timeout=10)
+            r = session.post(
+                url, json={"tokens": [{"token": token, "externalCustomerId": token}]}, timeout=10
+            )
             key = "ok" if r.status_code == 200 else "limited" if r.status_code == 429 else "other"
             with lock:
                 counts[key] += 1
@@ -93,8 +94,10 @@ def register_batches(url: str, count: int, first: int) -> None:
     session = requests.Session()
     headers = {"Authorization": f"Bearer {API_KEY}"}
     for start in range(0, count, 1000):
-        tokens = [{"token": first + i, "externalCustomerId": f"c{first + i}"}
-                  for i in range(start, min(count, start + 1000))]
+        tokens = [
+            {"token": first + i, "externalCustomerId": f"c{first + i}"}
+            for i in range(start, min(count, start + 1000))
+        ]
         r = session.post(f"{url}/register", json={"tokens": tokens}, headers=headers, timeout=60)
         assert r.status_code == 202, r.text[:300]
 
@@ -112,19 +115,29 @@ def bridge_batch_size_one(st: Stack, sim: str, seconds: float) -> dict:
     time.sleep(seconds)
     after, elapsed = simulator_stats(sim)["tokens_received"], time.monotonic() - started
     st.stop(proc)
-    return {"tokens": after - before, "seconds": round(elapsed, 2),
-            "tokensPerSecond": (after - before) / elapsed}
+    return {
+        "tokens": after - before,
+        "seconds": round(elapsed, 2),
+        "tokensPerSecond": (after - before) / elapsed,
+    }
 
 
-def bridge_full_speed(st: Stack, sim: str, seconds: float, connections: int,
-                      background: bool = True, served: bool = False) -> dict:
+def bridge_full_speed(
+    st: Stack,
+    sim: str,
+    seconds: float,
+    connections: int,
+    background: bool = True,
+    served: bool = False,
+) -> dict:
     label = ("bridge-served" if served else "bridge") if background else "bridge-deliver-procs"
     db = st.dir / f"{label}.sqlite3"
     env = st.bridge_env(db, sim, batch_size=1000, background=background)
     st.migrate(env)
     reset(sim)
-    url, proc = st.gunicorn("app:app", env=env, name=label,
-                            **({"config": SERVED_CONFIG} if served else {}))
+    url, proc = st.gunicorn(
+        "app:app", env=env, name=label, **({"config": SERVED_CONFIG} if served else {})
+    )
     delivers = [] if background else [st.deliver_worker(env, name=f"{label}-{n}") for n in (1, 2)]
     script = lua(st.dir, "register", REGISTER_LUA)
     samples: list[tuple[float, int]] = []
@@ -138,8 +151,15 @@ def bridge_full_speed(st: Stack, sim: str, seconds: float, connections: int,
     sampler = threading.Thread(target=sample, daemon=True)
     started = time.monotonic()
     sampler.start()
-    load = wrk(url, script, seconds, connections=connections, threads=min(2, connections),
-               args=["batch", "1000000000", "1000"], timeout_s=30)
+    load = wrk(
+        url,
+        script,
+        seconds,
+        connections=connections,
+        threads=min(2, connections),
+        args=["batch", "1000000000", "1000"],
+        timeout_s=30,
+    )
     load_end = time.monotonic()
     # Requests still in flight when wrk stops are registered too: count the ledger.
     time.sleep(0.5)
@@ -160,9 +180,12 @@ def bridge_full_speed(st: Stack, sim: str, seconds: float, connections: int,
         st.stop(d)
     during = [n for t, n in samples if t <= load_end]
     return {
-        "layout": ("delivery thread per gunicorn worker"
-                   + (", gunicorn_conf.py (16 threads each)" if served else ", sync workers"))
-        if background else "BRIDGE_BACKGROUND_DELIVERY=false + 2 bridge deliver processes",
+        "layout": (
+            "delivery thread per gunicorn worker"
+            + (", gunicorn_conf.py (16 threads each)" if served else ", sync workers")
+        )
+        if background
+        else "BRIDGE_BACKGROUND_DELIVERY=false + 2 bridge deliver processes",
         "registered": registered,
         "received": received,
         "loadSeconds": round(load_end - started, 2),
@@ -183,66 +206,94 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seconds", type=float, default=None, help="load duration (20)")
-    parser.add_argument("--connections", type=int, default=4,
-                        help="wrk connections posting 1000-token bodies (4)")
-    parser.add_argument("--served", action="store_true",
-                        help="also with the shipped bridge/gunicorn_conf.py (threaded workers; "
-                             "always without --quick)")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="wrk connections posting 1000-token bodies (4)"
+    )
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="also with the shipped bridge/gunicorn_conf.py (threaded workers; "
+        "always without --quick)",
+    )
     parser.add_argument("--no-wait", action="store_true")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     seconds = args.seconds or (6.0 if args.quick else 20.0)
     window = 5.0 if args.quick else 10.0
     quiet = {"loadavg": None, "quiet": None} if args.no_wait else wait_quiet()
-    say(f"# bench_delivery: simulator 200 req/s, 100 ms; load {seconds:g} s; "
-        f"load average at start {quiet['loadavg']}")
+    say(
+        f"# bench_delivery: simulator 200 req/s, 100 ms; load {seconds:g} s; "
+        f"load average at start {quiet['loadavg']}"
+    )
     with Stack("delivery", keep=args.keep) as st:
         sim = st.simulator(rps=200, latency_ms=100)
         reset(sim)
         loop = direct_loop(sim, window)
-        say(f"baseline: direct loop, 1 token/call    {loop['tokensPerSecond']:8.1f} tokens/s "
-            f"({loop['ok']} accepted, {loop['limited']} answered 429)")
+        say(
+            f"baseline: direct loop, 1 token/call    {loop['tokensPerSecond']:8.1f} tokens/s "
+            f"({loop['ok']} accepted, {loop['limited']} answered 429)"
+        )
         one = bridge_batch_size_one(st, sim, window)
-        say(f"baseline: bridge, BATCH_SIZE=1        {one['tokensPerSecond']:8.1f} tokens/s "
-            f"({one['tokens']} in {one['seconds']} s)")
+        say(
+            f"baseline: bridge, BATCH_SIZE=1        {one['tokensPerSecond']:8.1f} tokens/s "
+            f"({one['tokens']} in {one['seconds']} s)"
+        )
         full = bridge_full_speed(st, sim, seconds, args.connections)
-        say(f"bridge, BATCH_SIZE=1000 (e2e)         {full['endToEndPerSecond']:8.0f} tokens/s "
+        say(
+            f"bridge, BATCH_SIZE=1000 (e2e)         {full['endToEndPerSecond']:8.0f} tokens/s "
             f"({full['registered']} tokens; ingest {full['ingestPerSecond']:.0f}/s, delivered "
             f"{full['deliveredDuringLoadPerSecond']:.0f}/s during load; "
             f"{full['upstreamCalls']} calls, {full['rateLimited']} x 429, "
-            f"{full['duplicates']} duplicates)")
+            f"{full['duplicates']} duplicates)"
+        )
         served = None
         if args.served or not args.quick:
             served = bridge_full_speed(st, sim, seconds, args.connections, served=True)
-            say(f"  (served by gunicorn_conf.py)        "
+            say(
+                f"  (served by gunicorn_conf.py)        "
                 f"{served['endToEndPerSecond']:8.0f} tokens/s "
                 f"(ingest {served['ingestPerSecond']:.0f}/s, delivered "
                 f"{served['deliveredDuringLoadPerSecond']:.0f}/s during load, "
-                f"{served['duplicates']} duplicates)")
+                f"{served['duplicates']} duplicates)"
+            )
         alt = None
         if not args.quick:
             alt = bridge_full_speed(st, sim, seconds, args.connections, background=False)
-            say(f"  (+2 deliver processes, no threads)  {alt['endToEndPerSecond']:8.0f} tokens/s "
-                f"(ingest {alt['ingestPerSecond']:.0f}/s, {alt['duplicates']} duplicates)")
+            say(
+                f"  (+2 deliver processes, no threads)  {alt['endToEndPerSecond']:8.0f} tokens/s "
+                f"(ingest {alt['ingestPerSecond']:.0f}/s, {alt['duplicates']} duplicates)"
+            )
     baseline = max(loop["tokensPerSecond"], one["tokensPerSecond"])
     rate = full["endToEndPerSecond"]
     ratio = rate / baseline if baseline else 0.0
-    exact = (full["duplicates"] == 0 and full["distinct"] == full["registered"]
-             == full["received"])
+    exact = full["duplicates"] == 0 and full["distinct"] == full["registered"] == full["received"]
     ok = rate >= RATE_TARGET and ratio >= RATIO_TARGET and exact
     say("")
-    say(f"one call per token (best measured): {baseline:.1f} tokens/s "
-        f"(the 200 requests/s limit allows at most 200)")
-    say(f"bridge end to end: {rate:.0f} tokens/s = {ratio:.0f}x baseline "
+    say(
+        f"one call per token (best measured): {baseline:.1f} tokens/s "
+        f"(the 200 requests/s limit allows at most 200)"
+    )
+    say(
+        f"bridge end to end: {rate:.0f} tokens/s = {ratio:.0f}x baseline "
         f"(targets >= {RATE_TARGET:.0f}/s and >= {RATIO_TARGET:.0f}x); every token exactly once: "
-        f"{'yes' if exact else 'NO'}  {verdict(ok)}")
-    save_result("delivery", {
-        "quiet": quiet, "loadSeconds": seconds, "connections": args.connections,
-        "baselineDirectLoop": loop, "baselineBridgeBatch1": one, "bridge": full,
-        "bridgeServed": served, "bridgeDeliverProcesses": alt, "baseline": baseline,
-        "ratio": round(ratio, 1),
-        "pass": ok,
-    })
+        f"{'yes' if exact else 'NO'}  {verdict(ok)}"
+    )
+    save_result(
+        "delivery",
+        {
+            "quiet": quiet,
+            "loadSeconds": seconds,
+            "connections": args.connections,
+            "baselineDirectLoop": loop,
+            "baselineBridgeBatch1": one,
+            "bridge": full,
+            "bridgeServed": served,
+            "bridgeDeliverProcesses": alt,
+            "baseline": baseline,
+            "ratio": round(ratio, 1),
+            "pass": ok,
+        },
+    )
     return 0 if ok else 1
 
 

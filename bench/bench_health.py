@@ -33,9 +33,13 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 def build(url: str, cache_seconds: float | None):
     from app import create_app
 
-    config = {"RETENO_APP_UUID": "bench-app", "RETENO_API_KEY": "bench-reteno-key-0123456789",
-              "BRIDGE_API_KEYS": API_KEY, "BRIDGE_DATABASE_URL": url,
-              "BRIDGE_BACKGROUND_DELIVERY": False}
+    config = {
+        "RETENO_APP_UUID": "bench-app",
+        "RETENO_API_KEY": "bench-reteno-key-0123456789",
+        "BRIDGE_API_KEYS": API_KEY,
+        "BRIDGE_DATABASE_URL": url,
+        "BRIDGE_BACKGROUND_DELIVERY": False,
+    }
     if cache_seconds is not None:
         config["BRIDGE_HEALTH_CACHE_SECONDS"] = cache_seconds
     return create_app(config)
@@ -69,10 +73,12 @@ def main() -> int:
         loaded = bulk_load(db, rows, events=False)
         print(f"{rows:,} registrations loaded in {loaded:.1f} s; {reps} requests per line")
         apps = {"counted every call": build(url, 0), "cached (default 5 s)": build(url, None)}
-        cases = [("GET /tokens?token= (normal)", "/tokens?token=1000000007", AUTH),
-                 ("GET /healthz (open)", "/healthz", {}),
-                 ("GET /healthz (bearer: details)", "/healthz", AUTH),
-                 ("GET /metrics (bearer)", "/metrics", AUTH)]
+        cases = [
+            ("GET /tokens?token= (normal)", "/tokens?token=1000000007", AUTH),
+            ("GET /healthz (open)", "/healthz", {}),
+            ("GET /healthz (bearer: details)", "/healthz", AUTH),
+            ("GET /metrics (bearer)", "/metrics", AUTH),
+        ]
         print(f"{'request':34} " + " ".join(f"{name:>22}" for name in apps))
         for label, path, headers in cases:
             cells = []

@@ -45,8 +45,15 @@ def _path(n: int) -> str:
 
 
 def _update(text: str) -> dict:
-    return {"update_id": 1, "message": {"message_id": 1, "date": 1, "text": text,
-                                        "chat": {"id": 123456789, "type": "private"}}}
+    return {
+        "update_id": 1,
+        "message": {
+            "message_id": 1,
+            "date": 1,
+            "text": text,
+            "chat": {"id": 123456789, "type": "private"},
+        },
+    }
 
 
 def cases(quick: bool):
@@ -55,33 +62,82 @@ def cases(quick: bool):
     yield "GET 401 normal", None, "GET", "/tokens/123456789/history", {}
     for size in (4 * KB, 64 * KB, 1024 * KB):
         yield f"GET 401 path {size // KB} KB", "GET 401 normal", "GET", _path(size), {}
-    yield ("GET 401 path 64 KB, %-encoded", "GET 401 normal", "GET",
-           "/tokens/" + "%0A1" * (16 * KB) + "/history", {})
-    yield ("GET 422 token 64 KB", "GET 401 normal", "GET", "/tokens/" + "1 " * (32 * KB)
-           + "/history", {"headers": AUTH})
-    yield "POST /register normal", None, "POST", "/register", {
-        "json": {"token": 1, "email": "ann@example.com"}, "headers": AUTH}
+    yield (
+        "GET 401 path 64 KB, %-encoded",
+        "GET 401 normal",
+        "GET",
+        "/tokens/" + "%0A1" * (16 * KB) + "/history",
+        {},
+    )
+    yield (
+        "GET 422 token 64 KB",
+        "GET 401 normal",
+        "GET",
+        "/tokens/" + "1 " * (32 * KB) + "/history",
+        {"headers": AUTH},
+    )
+    yield (
+        "POST /register normal",
+        None,
+        "POST",
+        "/register",
+        {"json": {"token": 1, "email": "ann@example.com"}, "headers": AUTH},
+    )
     for size in (4 * KB, 1024 * KB):
-        yield (f"POST /register email {size // KB} KB", "POST /register normal", "POST",
-               "/register", {"json": {"token": 1, "email": "a" * size + "@x"},
-                             "headers": AUTH})
+        yield (
+            f"POST /register email {size // KB} KB",
+            "POST /register normal",
+            "POST",
+            "/register",
+            {"json": {"token": 1, "email": "a" * size + "@x"}, "headers": AUTH},
+        )
     keys = 100_000 if quick else 330_000
-    yield (f"POST /register {keys:,} unknown keys", "POST /register normal", "POST", "/register",
-           {"json": {"token": 1, "email": "ann@example.com",
-                     **{f"k{i}": 0 for i in range(keys)}}, "headers": AUTH})
-    yield "POST /statuses normal", None, "POST", "/statuses", {
-        "json": [{"status": "SENT", "token": 1}], "headers": AUTH}
-    yield ("POST /statuses error text 1 MB", "POST /statuses normal", "POST", "/statuses",
-           {"json": [{"status": "FAILED", "token": 1, "error": "x" * (1024 * KB)}],
-            "headers": AUTH})
-    yield (f"POST /statuses {big:,} tiny objects", "POST /statuses normal", "POST",
-           "/statuses", {"json": [{"a": i} for i in range(big)], "headers": AUTH})
-    yield "POST /telegram/webhook normal /start", None, "POST", "/telegram/webhook", {
-        "json": _update("/start abc"), "headers": TG}
+    yield (
+        f"POST /register {keys:,} unknown keys",
+        "POST /register normal",
+        "POST",
+        "/register",
+        {
+            "json": {"token": 1, "email": "ann@example.com", **{f"k{i}": 0 for i in range(keys)}},
+            "headers": AUTH,
+        },
+    )
+    yield (
+        "POST /statuses normal",
+        None,
+        "POST",
+        "/statuses",
+        {"json": [{"status": "SENT", "token": 1}], "headers": AUTH},
+    )
+    yield (
+        "POST /statuses error text 1 MB",
+        "POST /statuses normal",
+        "POST",
+        "/statuses",
+        {"json": [{"status": "FAILED", "token": 1, "error": "x" * (1024 * KB)}], "headers": AUTH},
+    )
+    yield (
+        f"POST /statuses {big:,} tiny objects",
+        "POST /statuses normal",
+        "POST",
+        "/statuses",
+        {"json": [{"a": i} for i in range(big)], "headers": AUTH},
+    )
+    yield (
+        "POST /telegram/webhook normal /start",
+        None,
+        "POST",
+        "/telegram/webhook",
+        {"json": _update("/start abc"), "headers": TG},
+    )
     for size in (4 * KB, 100 * KB):
-        yield (f"POST /telegram/webhook /start + {size // KB} KB of spaces",
-               "POST /telegram/webhook normal /start", "POST", "/telegram/webhook",
-               {"json": _update("/start a" + " " * size + "b"), "headers": TG})
+        yield (
+            f"POST /telegram/webhook /start + {size // KB} KB of spaces",
+            "POST /telegram/webhook normal /start",
+            "POST",
+            "/telegram/webhook",
+            {"json": _update("/start a" + " " * size + "b"), "headers": TG},
+        )
 
 
 class _AccessLine:
@@ -94,8 +150,9 @@ class _AccessLine:
         from flask import request
 
         raw = request.environ.get("RAW_URI") or quote(request.environ.get("PATH_INFO", ""))
-        self.log.info('127.0.0.1 - - "%s %s HTTP/1.1" %s -', request.method, raw,
-                      response.status_code)
+        self.log.info(
+            '127.0.0.1 - - "%s %s HTTP/1.1" %s -', request.method, raw, response.status_code
+        )
         return response
 
 
@@ -113,13 +170,18 @@ def build(workdir: Path):
     os.environ["BRIDGE_INSTANCE_PATH"] = str(workdir / "instance")
     from app import create_app
 
-    app = create_app({
-        "RETENO_APP_UUID": "bench-app", "RETENO_API_KEY": "bench-reteno-key-0123456789",
-        "BRIDGE_API_KEYS": API_KEY, "BRIDGE_DATABASE_URL": url,
-        "BRIDGE_BACKGROUND_DELIVERY": False, "TELEGRAM_WEBHOOK_SECRET": TG_SECRET,
-        "BRIDGE_LINK_SECRET": "bench-link-secret-0123456789",
-        "BRIDGE_MAX_BODY_BYTES": 8 * 1024 * KB,
-    })
+    app = create_app(
+        {
+            "RETENO_APP_UUID": "bench-app",
+            "RETENO_API_KEY": "bench-reteno-key-0123456789",
+            "BRIDGE_API_KEYS": API_KEY,
+            "BRIDGE_DATABASE_URL": url,
+            "BRIDGE_BACKGROUND_DELIVERY": False,
+            "TELEGRAM_WEBHOOK_SECRET": TG_SECRET,
+            "BRIDGE_LINK_SECRET": "bench-link-secret-0123456789",
+            "BRIDGE_MAX_BODY_BYTES": 8 * 1024 * KB,
+        }
+    )
     app.after_request(_AccessLine())
     return app
 
@@ -129,8 +191,7 @@ def measure(client, method, path, kwargs, reps: int, seconds: float) -> tuple[fl
     from bridge.logs import flush_request_log
 
     if "json" in kwargs:  # encoded once, outside the timing
-        kwargs = {**kwargs, "data": json.dumps(kwargs["json"]),
-                  "content_type": "application/json"}
+        kwargs = {**kwargs, "data": json.dumps(kwargs["json"]), "content_type": "application/json"}
         kwargs.pop("json")
     times, status = [], None
     deadline = time.perf_counter() + seconds
@@ -152,8 +213,12 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=None, help="per case (200; quick 40)")
     parser.add_argument("--seconds", type=float, default=None, help="per case (5; quick 2)")
     parser.add_argument("--only", default="", help="only cases whose name starts with this")
-    parser.add_argument("--skip", action="append", default=[],
-                        help="leave out cases whose name contains this (repeatable)")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        help="leave out cases whose name contains this (repeatable)",
+    )
     args = parser.parse_args()
     reps = args.reps or (40 if args.quick else 200)
     seconds = args.seconds or (2.0 if args.quick else 5.0)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
 
-CHILD = r'''
+CHILD = r"""
 import json, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
 from bridge.db import Database, migrate
@@ -75,12 +75,12 @@ for batch in batches:
     times.append(time.process_time() - t)
 print(json.dumps({"single_us": single * 1e6, "duplicate_us": duplicate * 1e6,
                   "batch1000_ms": sorted(times)[len(times) // 2] * 1e3}))
-'''
+"""
 
 
 # One POST /register of a new token per request, through the test client of the tree's own
 # example app (app.py's create_app), as the test suite configures it.
-REQUEST_CHILD = r'''
+REQUEST_CHILD = r"""
 import json, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
 from app import create_app
@@ -112,11 +112,12 @@ t = time.process_time()
 for i in range(warm, warm + count):
     post(i)
 print(json.dumps({"request_us": (time.process_time() - t) / count * 1e6}))
-'''
+"""
 
 
-def run(tree: Path, count: int, child: str = CHILD, valgrind: bool = False,
-        batch: bool = False) -> dict:
+def run(
+    tree: Path, count: int, child: str = CHILD, valgrind: bool = False, batch: bool = False
+) -> dict:
     argv = [sys.executable, "-c", child, str(tree), str(count), "batch" if batch else "one"]
     if valgrind:
         argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + argv
@@ -142,11 +143,17 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="another checkout")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--instructions", action="store_true",
-                        help="count instructions per POST /register under callgrind (one "
-                             "run per tree; --count 500 is plenty, and takes minutes)")
-    parser.add_argument("--batch", action="store_true",
-                        help="with --instructions: bodies of 1,000 new tokens (--count 6)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per POST /register under callgrind (one "
+        "run per tree; --count 500 is plenty, and takes minutes)",
+    )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="with --instructions: bodies of 1,000 new tokens (--count 6)",
+    )
     args = parser.parse_args()
     if args.instructions:
         base = instructions(args.baseline, args.count, REQUEST_CHILD, args.batch)
@@ -158,12 +165,17 @@ def main() -> None:
     results: dict[str, list[dict]] = {"baseline": [], "this": []}
     for _ in range(args.rounds):  # alternated, so drifts in the machine's load hit both
         for name, tree in (("baseline", args.baseline), ("this", HERE)):
-            results[name].append({**run(tree, args.count),
-                                  **run(tree, args.count, REQUEST_CHILD)})
-    print(f"{'figure (median of ' + str(args.rounds) + ')':<32}{'baseline':>12}{'this':>12}"
-          f"{'ratio':>8}")
-    for key, unit in (("single_us", "us"), ("duplicate_us", "us"), ("batch1000_ms", "ms"),
-                      ("request_us", "us")):
+            results[name].append({**run(tree, args.count), **run(tree, args.count, REQUEST_CHILD)})
+    print(
+        f"{'figure (median of ' + str(args.rounds) + ')':<32}{'baseline':>12}{'this':>12}"
+        f"{'ratio':>8}"
+    )
+    for key, unit in (
+        ("single_us", "us"),
+        ("duplicate_us", "us"),
+        ("batch1000_ms", "ms"),
+        ("request_us", "us"),
+    ):
         base = statistics.median(r[key] for r in results["baseline"])
         this = statistics.median(r[key] for r in results["this"])
         print(f"{key:<32}{base:>10.1f}{unit}{this:>10.1f}{unit}{this / base:>8.2f}")

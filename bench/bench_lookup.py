@@ -59,26 +59,36 @@ def main() -> int:
             env = st.bridge_env(db, None, background=False)
             st.migrate(env)
             took = bulk_load(db, size, events=not args.no_events)
-            say(f"# loaded {size:,} registrations{'' if args.no_events else ' (+2 events each)'}"
-                f" in {took:.1f} s ({db.stat().st_size / 2**20:.0f} MiB)")
+            say(
+                f"# loaded {size:,} registrations{'' if args.no_events else ' (+2 events each)'}"
+                f" in {took:.1f} s ({db.stat().st_size / 2**20:.0f} MiB)"
+            )
             dbs[size] = (db, env)
         quiet = {"loadavg": None, "quiet": None} if args.no_wait else wait_quiet()
         results["quiet"] = quiet
-        say(f"# bench_lookup: wrk -t2 -c{args.connections} -d{seconds:g}s per look-up, "
-            f"gunicorn -w 2; load average {quiet['loadavg']}")
+        say(
+            f"# bench_lookup: wrk -t2 -c{args.connections} -d{seconds:g}s per look-up, "
+            f"gunicorn -w 2; load average {quiet['loadavg']}"
+        )
         script = lua(st.dir, "lookup", LOOKUP_LUA)
         figures: dict = {}
         for size in sizes:
             db, env = dbs[size]
             url, proc = st.gunicorn("app:app", env=env, name=f"bridge-{size}")
-            status, body = http_json(f"{url}/tokens?email=user7@example.com",
-                                     headers={"Authorization": f"Bearer {API_KEY}"})
+            status, body = http_json(
+                f"{url}/tokens?email=user7@example.com",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
             assert status == 200 and len(body["items"]) == 1, (status, body)
             for kind in ("email", "token"):
-                wrk(url, script, 1 if args.quick else 2, connections=args.connections,
-                    args=[kind, str(size)])
-                r = wrk(url, script, seconds, connections=args.connections,
-                        args=[kind, str(size)])
+                wrk(
+                    url,
+                    script,
+                    1 if args.quick else 2,
+                    connections=args.connections,
+                    args=[kind, str(size)],
+                )
+                r = wrk(url, script, seconds, connections=args.connections, args=[kind, str(size)])
                 figures[(kind, size)] = r
                 say(f"{kind:5s} look-up, {size:>9,} registrations: {r.line()}")
             st.stop(proc)
@@ -90,11 +100,17 @@ def main() -> int:
         ratio = big.p50_ms / small.p50_ms if small.p50_ms else float("inf")
         good = ratio <= RATIO_TARGET and big.non2xx == 0 and small.non2xx == 0
         ok &= good
-        say(f"GET /tokens?{kind}=: median {small.p50_ms:.2f} ms at {sizes[0]:,}, "
+        say(
+            f"GET /tokens?{kind}=: median {small.p50_ms:.2f} ms at {sizes[0]:,}, "
             f"{big.p50_ms:.2f} ms at {sizes[1]:,} -> {ratio:.2f}x "
-            f"(target <= {RATIO_TARGET}x)  {verdict(good)}")
-        results[kind] = {"small": small.as_dict(), "large": big.as_dict(),
-                         "ratio": round(ratio, 3), "pass": good}
+            f"(target <= {RATIO_TARGET}x)  {verdict(good)}"
+        )
+        results[kind] = {
+            "small": small.as_dict(),
+            "large": big.as_dict(),
+            "ratio": round(ratio, 3),
+            "pass": good,
+        }
     if args.quick:
         say(f"# --quick: the large ledger has {sizes[1]:,} registrations, not 1,000,000")
     save_result("lookup", results)

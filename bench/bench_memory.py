@@ -58,8 +58,10 @@ def main() -> int:
     args = parser.parse_args()
     total = args.tokens or (200_000 if args.quick else 1_000_000)
     quiet = {"loadavg": None, "quiet": None} if args.no_wait else wait_quiet()
-    say(f"# bench_memory: {total:,} registrations over HTTP, gunicorn -w 2 with delivery "
-        f"threads; load average at start {quiet['loadavg']}")
+    say(
+        f"# bench_memory: {total:,} registrations over HTTP, gunicorn -w 2 with delivery "
+        f"threads; load average at start {quiet['loadavg']}"
+    )
     with Stack("memory", keep=args.keep) as st:
         sim = st.simulator(rps=200, latency_ms=100)
         db = st.dir / "ledger.sqlite3"
@@ -88,9 +90,14 @@ def main() -> int:
                 first, size = take(1 if rng.random() < 0.1 else rng.randint(1, 1000))
                 if size <= 0:
                     return
-                tokens = [{"token": first + i, "externalCustomerId": f"m{first + i}",
-                           **({"email": f"m{first + i}@example.com"} if i % 3 == 0 else {})}
-                          for i in range(size)]
+                tokens = [
+                    {
+                        "token": first + i,
+                        "externalCustomerId": f"m{first + i}",
+                        **({"email": f"m{first + i}@example.com"} if i % 3 == 0 else {}),
+                    }
+                    for i in range(size)
+                ]
                 body = tokens[0] if size == 1 else {"tokens": tokens}
                 r = session.post(f"{url}/register", json=body, headers=headers, timeout=120)
                 with lock:
@@ -102,8 +109,13 @@ def main() -> int:
 
         def sampler() -> None:
             while not stop.is_set():
-                samples.append({"t": time.monotonic(), "registered": progress["sent"],
-                                "rss": {w: rss_kib(w) for w in workers}})
+                samples.append(
+                    {
+                        "t": time.monotonic(),
+                        "registered": progress["sent"],
+                        "rss": {w: rss_kib(w) for w in workers},
+                    }
+                )
                 time.sleep(0.5)
 
         started = time.monotonic()
@@ -118,12 +130,16 @@ def main() -> int:
                 last_report = time.monotonic()
                 rss = ", ".join(f"{rss_kib(w) / 1024:.1f}" for w in workers)
                 elapsed = time.monotonic() - started
-                say(f"  {progress['sent']:>9,} registered after {elapsed:5.0f} s;"
-                    f" worker RSS MiB: {rss}")
+                say(
+                    f"  {progress['sent']:>9,} registered after {elapsed:5.0f} s;"
+                    f" worker RSS MiB: {rss}"
+                )
         ingest_done = time.monotonic()
         deadline = time.monotonic() + 900
-        while (simulator_stats(sim)["tokens_received"] < progress["sent"]
-               and time.monotonic() < deadline):
+        while (
+            simulator_stats(sim)["tokens_received"] < progress["sent"]
+            and time.monotonic() < deadline
+        ):
             time.sleep(1)
         delivered_done = time.monotonic()
         time.sleep(1.5)
@@ -144,24 +160,47 @@ def main() -> int:
         hi, lo = (max(later), min(later)) if later else (float("nan"),) * 2
         good = bool(later) and all(abs(v / base - 1) <= TOLERANCE for v in later)
         ok &= good
-        per_worker[w] = {"baselineKiB": base, "finalKiB": final, "maxKiB": hi, "minKiB": lo,
-                         "finalRatio": round(final / base, 3), "maxRatio": round(hi / base, 3),
-                         "pass": good}
-        say(f"worker {w}: RSS warm {base / 1024:.1f} MiB, final {final / 1024:.1f} MiB "
+        per_worker[w] = {
+            "baselineKiB": base,
+            "finalKiB": final,
+            "maxKiB": hi,
+            "minKiB": lo,
+            "finalRatio": round(final / base, 3),
+            "maxRatio": round(hi / base, 3),
+            "pass": good,
+        }
+        say(
+            f"worker {w}: RSS warm {base / 1024:.1f} MiB, final {final / 1024:.1f} MiB "
             f"({final / base - 1:+.1%}), range {lo / 1024:.1f}-{hi / 1024:.1f} MiB "
-            f"(max {hi / base - 1:+.1%}; target within +-{TOLERANCE:.0%})  {verdict(good)}")
-    say(f"{progress['sent']:,} registrations in {progress['requests']:,} requests "
+            f"(max {hi / base - 1:+.1%}; target within +-{TOLERANCE:.0%})  {verdict(good)}"
+        )
+    say(
+        f"{progress['sent']:,} registrations in {progress['requests']:,} requests "
         f"({progress['errors']} errors), ingest {ingest_done - started:.0f} s, all delivered "
         f"after {delivered_done - started:.0f} s ({received:,} at the simulator); "
-        f"outbox {health.get('outbox')}  {verdict(ok)}")
-    save_result("memory", {
-        "quiet": quiet, "tokens": total, "progress": progress, "workers": per_worker,
-        "ingestSeconds": round(ingest_done - started, 1),
-        "deliveredSeconds": round(delivered_done - started, 1), "received": received,
-        "samples": [{"t": round(s["t"] - started, 1), "registered": s["registered"],
-                     "rssKiB": list(s["rss"].values())} for s in samples[::4]],
-        "pass": ok,
-    })
+        f"outbox {health.get('outbox')}  {verdict(ok)}"
+    )
+    save_result(
+        "memory",
+        {
+            "quiet": quiet,
+            "tokens": total,
+            "progress": progress,
+            "workers": per_worker,
+            "ingestSeconds": round(ingest_done - started, 1),
+            "deliveredSeconds": round(delivered_done - started, 1),
+            "received": received,
+            "samples": [
+                {
+                    "t": round(s["t"] - started, 1),
+                    "registered": s["registered"],
+                    "rssKiB": list(s["rss"].values()),
+                }
+                for s in samples[::4]
+            ],
+            "pass": ok,
+        },
+    )
     return 0 if ok else 1
 
 

@@ -42,20 +42,35 @@ BUCKETS = [
     # running even in on-CPU mode: this bucket is mostly the disk, not the CPU.
     ("flush to disk (Database.sync: fdatasync, a disk wait)", lambda f: "Database.sync" in f),
     ("SQLite: COMMIT (WAL write + fsync)", lambda f: "do_commit" in f),
-    ("SQLite: statements", lambda f: "_driver_execute" in f or "_begin (bridge/storage" in f
-     or "do_execute" in f),
+    (
+        "SQLite: statements",
+        lambda f: "_driver_execute" in f or "_begin (bridge/storage" in f or "do_execute" in f,
+    ),
     ("waiting: write lock (flock)", lambda f: "WriteQueue.hold" in f),
     ("waiting: group commit", lambda f: "GroupCommit.run" in f),
-    ("waiting: for a request", lambda f: "select (selectors" in f or "sync.py:3" in f
-     or "socket.accept" in f or "SyncWorker.wait" in f),
+    (
+        "waiting: for a request",
+        lambda f: (
+            "select (selectors" in f
+            or "sync.py:3" in f
+            or "socket.accept" in f
+            or "SyncWorker.wait" in f
+        ),
+    ),
     ("request log (logging)", lambda f: "logging/" in f or "bridge/logs.py" in f),
     ("SQLAlchemy (connection, pool, events)", lambda f: "sqlalchemy/" in f),
-    ("ledger + storage (bridge Python)", lambda f: "bridge/ledger/" in f
-     or "bridge/storage.py" in f or "bridge/db.py" in f),
-    ("validation (marshmallow, schemas)", lambda f: "marshmallow/" in f
-     or "bridge/schemas.py" in f),
-    ("JSON body, auth, response (bridge/http, json)", lambda f: "bridge/http.py" in f
-     or "json/" in f),
+    (
+        "ledger + storage (bridge Python)",
+        lambda f: "bridge/ledger/" in f or "bridge/storage.py" in f or "bridge/db.py" in f,
+    ),
+    (
+        "validation (marshmallow, schemas)",
+        lambda f: "marshmallow/" in f or "bridge/schemas.py" in f,
+    ),
+    (
+        "JSON body, auth, response (bridge/http, json)",
+        lambda f: "bridge/http.py" in f or "json/" in f,
+    ),
     ("metrics (prometheus_client)", lambda f: "prometheus_client/" in f),
     ("view (bridge/views.py)", lambda f: "bridge/views.py" in f),
     ("Flask / Werkzeug", lambda f: "flask/" in f or "werkzeug/" in f),
@@ -76,10 +91,16 @@ def main() -> int:
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="sync")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--svg", default=None, help="also write a flame graph here")
-    parser.add_argument("--wall", dest="wall", action="store_true", default=None,
-                        help="wall-clock samples, waits included (default for sync)")
-    parser.add_argument("--cpu", dest="wall", action="store_false",
-                        help="on-CPU samples only (default for gthread)")
+    parser.add_argument(
+        "--wall",
+        dest="wall",
+        action="store_true",
+        default=None,
+        help="wall-clock samples, waits included (default for sync)",
+    )
+    parser.add_argument(
+        "--cpu", dest="wall", action="store_false", help="on-CPU samples only (default for gthread)"
+    )
     parser.add_argument("--no-wait", action="store_true")
     args = parser.parse_args()
     wall = args.wall if args.wall is not None else args.layout == "sync"
@@ -98,13 +119,30 @@ def main() -> int:
         wrk(url, script, 2, args=["unique", "2000000000"])
         worker = sorted(children(proc.pid))[0]
         raw = st.dir / "profile.txt"
-        record = [spy, "record", *(["--idle"] if wall else []), "--nonblocking", "-r", "250",
-                  "-p", str(worker), "-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw)]
+        record = [
+            spy,
+            "record",
+            *(["--idle"] if wall else []),
+            "--nonblocking",
+            "-r",
+            "250",
+            "-p",
+            str(worker),
+            "-d",
+            str(int(args.seconds)),
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+        ]
         sampler = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         svg = None
         if args.svg:
-            svg = subprocess.Popen([*record[:-4], "-f", "flamegraph", "-o", args.svg],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            svg = subprocess.Popen(
+                [*record[:-4], "-f", "flamegraph", "-o", args.svg],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         load = wrk(url, script, args.seconds + 1, args=["unique", "3000000000"])
         sampler.wait()
         if svg:
@@ -119,8 +157,10 @@ def main() -> int:
                 continue
             n = int(count)
             parts = stack.split(";")
-            if not any("Flask.__call__" in f or "handle" in f or "accept" in f or "wait" in f
-                       for f in parts):
+            if not any(
+                "Flask.__call__" in f or "handle" in f or "accept" in f or "wait" in f
+                for f in parts
+            ):
                 continue  # the delivery-free worker's other threads (gthread: its poller)
             total += n
             buckets[bucket(parts)] += n

@@ -99,15 +99,26 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 s runs, fewer variants")
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (8)")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--paced-seconds", type=float, default=None,
-                        help=f"the open-loop run at {PACED_SHARE * 100:.0f}%% of the bridge's "
-                             "maximum (5, or 10 without --quick)")
-    parser.add_argument("--layouts", default="sync,gthread",
-                        help="comma-separated: sync, gthread (16 threads), gthread8, gthread4")
+    parser.add_argument(
+        "--paced-seconds",
+        type=float,
+        default=None,
+        help=f"the open-loop run at {PACED_SHARE * 100:.0f}%% of the bridge's "
+        "maximum (5, or 10 without --quick)",
+    )
+    parser.add_argument(
+        "--layouts",
+        default="sync,gthread",
+        help="comma-separated: sync, gthread (16 threads), gthread8, gthread4",
+    )
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    parser.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
-                        help="also serve parts of /register alone (default: not with --quick)")
+    parser.add_argument(
+        "--parts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also serve parts of /register alone (default: not with --quick)",
+    )
     args = parser.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 8.0)
     paced_seconds = args.paced_seconds or (5.0 if args.quick else 10.0)
@@ -117,8 +128,10 @@ def main() -> int:
     with_parts = args.parts if args.parts is not None else not args.quick
 
     quiet = {"loadavg": None, "quiet": None} if args.no_wait else wait_quiet()
-    say(f"# bench_register: wrk -t2 -c{conns} -d{seconds:g}s, gunicorn -w 2; "
-        f"load average at start {quiet['loadavg']}")
+    say(
+        f"# bench_register: wrk -t2 -c{conns} -d{seconds:g}s, gunicorn -w 2; "
+        f"load average at start {quiet['loadavg']}"
+    )
     results: dict = {"seconds": seconds, "connections": conns, "quiet": quiet, "layouts": {}}
     with Stack("register", keep=args.keep) as st:
         script = lua(st.dir, "register", REGISTER_LUA)
@@ -146,8 +159,9 @@ def main() -> int:
 
         def served(label: str, target: str, extra: list[str], env: dict):
             """``target`` served alone (no delivery) and measured with new tokens."""
-            url, proc = st.gunicorn(target, env=env, name=target.split(":")[0].split(".")[-1],
-                                    extra=extra)
+            url, proc = st.gunicorn(
+                target, env=env, name=target.split(":")[0].split(".")[-1], extra=extra
+            )
             result = measure(url, "unique", warm, gunicorn=proc)
             st.stop(proc)
             say(f"{label:34s} {result.line()}")
@@ -162,25 +176,39 @@ def main() -> int:
             for length in (warm, paced_seconds):
                 counter[0] += 1
                 first = str(1_000_000_000 + counter[0] * 1_000_000_000)
-                result = wrk_paced(url, paced_script, length, rate, connections=conns,
-                                   args=[first])
+                result = wrk_paced(url, paced_script, length, rate, connections=conns, args=[first])
             return result
 
-        def bridge(label: str, extra: list[str], background: bool, modes=("unique",),
-                   with_paced: bool = False):
+        def bridge(
+            label: str,
+            extra: list[str],
+            background: bool,
+            modes=("unique",),
+            with_paced: bool = False,
+        ):
             db = st.dir / f"bridge-{counter[0]}.sqlite3"
             env = st.bridge_env(db, sim, background=background)
             st.migrate(env)
             url, proc = st.gunicorn("app:app", env=env, name="bridge", extra=extra)
             deliver = None if background else st.deliver_worker(env, name="deliver")
-            status, body = http_json(f"{url}/register", "POST", {"token": 7, "email": "a@b.co"},
-                                     {"Authorization": f"Bearer {API_KEY}"})
+            status, body = http_json(
+                f"{url}/register",
+                "POST",
+                {"token": 7, "email": "a@b.co"},
+                {"Authorization": f"Bearer {API_KEY}"},
+            )
             assert status == 202, (status, body)
             before = simulator_stats(sim)["tokens_received"]
             out = {}
             for mode in modes:
-                out[mode] = measure(url, mode, warm if mode == "unique" else 0, gunicorn=proc,
-                                    deliver=deliver, simulator=sim_proc)
+                out[mode] = measure(
+                    url,
+                    mode,
+                    warm if mode == "unique" else 0,
+                    gunicorn=proc,
+                    deliver=deliver,
+                    simulator=sim_proc,
+                )
                 say(f"{label + ' (' + mode + ')':34s} {out[mode].line()}")
             during = simulator_stats(sim)["tokens_received"] - before
             if with_paced:
@@ -197,8 +225,10 @@ def main() -> int:
                 "outboxDepthAfter": health.get("outbox", {}).get("depth"),
                 "states": health.get("states"),
             }
-            say(f"{'':34s} {during} tokens reached the simulator while under load; "
-                f"outbox afterwards: {out['delivery']['outboxDepthAfter']}")
+            say(
+                f"{'':34s} {during} tokens reached the simulator while under load; "
+                f"outbox afterwards: {out['delivery']['outboxDepthAfter']}"
+            )
             st.stop(proc)
             if deliver:
                 st.stop(deliver)
@@ -207,23 +237,37 @@ def main() -> int:
         def part(label: str, extra: list[str], spec: str):
             db = st.dir / f"parts-{counter[0]}.sqlite3"
             st.migrate(st.bridge_env(db, None))
-            return served(label, "bench.parts_app:app", extra, {
-                "BENCH_PARTS": spec, "BENCH_PARTS_DB": str(db), "BENCH_PARTS_KEY": API_KEY})
+            return served(
+                label,
+                "bench.parts_app:app",
+                extra,
+                {"BENCH_PARTS": spec, "BENCH_PARTS_DB": str(db), "BENCH_PARTS_KEY": API_KEY},
+            )
 
         for name in layouts:
             extra = LAYOUTS[name]
             say(f"## layout {name}: gunicorn -w 2 {' '.join(extra)}".rstrip())
             base1 = bare(f"baseline: bare Flask [{name}]", extra)
-            run = bridge(f"bridge [{name}]", extra, background=False,
-                         modes=("unique", "dup") if name == "sync" or not args.quick
-                         else ("unique",), with_paced=True)
-            naive = bare(f"naive: 1 insert, FULL [{name}]", extra,
-                         BENCH_BARE_SQLITE=str(st.dir / f"naive-{name}.db"),
-                         BENCH_BARE_SYNC="FULL")
+            run = bridge(
+                f"bridge [{name}]",
+                extra,
+                background=False,
+                modes=("unique", "dup") if name == "sync" or not args.quick else ("unique",),
+                with_paced=True,
+            )
+            naive = bare(
+                f"naive: 1 insert, FULL [{name}]",
+                extra,
+                BENCH_BARE_SQLITE=str(st.dir / f"naive-{name}.db"),
+                BENCH_BARE_SYNC="FULL",
+            )
             naive_runs[name] = naive
-            floor = bare(f"floor: durable insert [{name}]", extra,
-                         BENCH_BARE_SQLITE=str(st.dir / f"floor-{name}.db"),
-                         BENCH_BARE_SYNC="GROUP")
+            floor = bare(
+                f"floor: durable insert [{name}]",
+                extra,
+                BENCH_BARE_SQLITE=str(st.dir / f"floor-{name}.db"),
+                BENCH_BARE_SYNC="GROUP",
+            )
             base2 = bare(f"baseline: bare Flask again [{name}]", extra)
             baseline = max(base1.rps, base2.rps)
             reg = run["unique"]
@@ -233,17 +277,23 @@ def main() -> int:
             entry = {
                 "gunicorn": " ".join(["-w", "2", *extra]),
                 "baseline": {"runs": [base1.as_dict(), base2.as_dict()], "rps": baseline},
-                "bridge": {k: (v.as_dict() if hasattr(v, "as_dict") else v)
-                           for k, v in run.items()},
+                "bridge": {
+                    k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in run.items()
+                },
                 "ratio": round(ratio, 3),
-                "floor": {**floor.as_dict(), "ratio": round(floor.rps / baseline, 3)
-                          if baseline else 0.0},
+                "floor": {
+                    **floor.as_dict(),
+                    "ratio": round(floor.rps / baseline, 3) if baseline else 0.0,
+                },
                 "naive": {**naive.as_dict(), "bridgeRatio": round(naive_ratio, 3)},
-                "pass": {"throughput": ratio >= RATIO_TARGET and reg.non2xx == 0,
-                         "p99": reg.p99_ms <= P99_TARGET_MS,
-                         "pacedP99": slow.p99_ms <= PACED_P99_TARGET_MS and slow.non2xx == 0
-                         and not sum(slow.errors.values()),
-                         "naiveRatio": naive_ratio >= NAIVE_RATIO_TARGET and reg.non2xx == 0},
+                "pass": {
+                    "throughput": ratio >= RATIO_TARGET and reg.non2xx == 0,
+                    "p99": reg.p99_ms <= P99_TARGET_MS,
+                    "pacedP99": slow.p99_ms <= PACED_P99_TARGET_MS
+                    and slow.non2xx == 0
+                    and not sum(slow.errors.values()),
+                    "naiveRatio": naive_ratio >= NAIVE_RATIO_TARGET and reg.non2xx == 0,
+                },
             }
             if with_parts:
                 entry["parts"] = {
@@ -253,7 +303,8 @@ def main() -> int:
             if not args.quick:
                 bg = bridge(f"bridge, delivery threads [{name}]", extra, background=True)
                 entry["bridgeDeliveryThreads"] = {
-                    k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in bg.items()}
+                    k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in bg.items()
+                }
             results["layouts"][name] = entry
         say("## references (sync layout)")
         refs = {}
@@ -262,9 +313,12 @@ def main() -> int:
                 refs[sync] = naive_runs["sync"]  # the same handler, served the same way
                 say(f"{'bare + 1 insert, synchronous=FULL':34s} the naive run of [sync] above")
                 continue
-            refs[sync] = bare(f"bare + 1 insert, synchronous={sync}", [],
-                              BENCH_BARE_SQLITE=str(st.dir / f"bare-{sync}.db"),
-                              BENCH_BARE_SYNC=sync)
+            refs[sync] = bare(
+                f"bare + 1 insert, synchronous={sync}",
+                [],
+                BENCH_BARE_SQLITE=str(st.dir / f"bare-{sync}.db"),
+                BENCH_BARE_SYNC=sync,
+            )
         results["referenceBareSqlite"] = {k: v.as_dict() for k, v in refs.items()}
 
     say("")
@@ -273,39 +327,57 @@ def main() -> int:
         reg = entry["bridge"]["unique"]
         ok = all(entry["pass"].values())
         ok_any |= ok
-        say(f"[{name}] baseline {entry['baseline']['rps']:.0f} req/s; bridge {reg['rps']:.0f} "
+        say(
+            f"[{name}] baseline {entry['baseline']['rps']:.0f} req/s; bridge {reg['rps']:.0f} "
             f"req/s = {entry['ratio']:.0%} (target >= {RATIO_TARGET:.0%}) "
             f"{verdict(entry['pass']['throughput'])}; p99 {reg['p99_ms']:.1f} ms "
-            f"(target <= {P99_TARGET_MS:g} ms) {verdict(entry['pass']['p99'])}")
+            f"(target <= {P99_TARGET_MS:g} ms) {verdict(entry['pass']['p99'])}"
+        )
         slow = entry["bridge"]["paced"]
-        say(f"[{name}] paced at {PACED_SHARE:.0%} of that, open loop: offered "
+        say(
+            f"[{name}] paced at {PACED_SHARE:.0%} of that, open loop: offered "
             f"{slow['offered_rps']:.0f} req/s, achieved {slow['rps']:.0f} req/s; p50 "
             f"{slow['p50_ms']:.1f} ms, p99 {slow['p99_ms']:.1f} ms from the intended send "
             f"(target <= {PACED_P99_TARGET_MS:g} ms) {verdict(entry['pass']['pacedP99'])}; "
-            f"wrk's own p99, from the actual send, {slow['sent_p99_ms']:.1f} ms")
+            f"wrk's own p99, from the actual send, {slow['sent_p99_ms']:.1f} ms"
+        )
         naive = entry["naive"]
-        say(f"[{name}] naive durable handler (1 insert, own transaction, synchronous=FULL): "
+        say(
+            f"[{name}] naive durable handler (1 insert, own transaction, synchronous=FULL): "
             f"{naive['rps']:.0f} req/s, p99 {naive['p99_ms']:.1f} ms; the bridge "
             f"{naive['bridgeRatio']:.2f}x it (target >= {NAIVE_RATIO_TARGET:.1f}x) "
-            f"{verdict(entry['pass']['naiveRatio'])}")
+            f"{verdict(entry['pass']['naiveRatio'])}"
+        )
         floor = entry["floor"]
-        say(f"[{name}]   floor, a bare handler's durable insert alone: {floor['rps']:.0f} req/s "
-            f"({floor['ratio']:.0%}), p99 {floor['p99_ms']:.1f} ms")
+        say(
+            f"[{name}]   floor, a bare handler's durable insert alone: {floor['rps']:.0f} req/s "
+            f"({floor['ratio']:.0%}), p99 {floor['p99_ms']:.1f} ms"
+        )
         if "dup" in entry["bridge"]:
             dup = entry["bridge"]["dup"]
-            say(f"[{name}]   all duplicates: {dup['rps']:.0f} req/s "
-                f"({dup['rps'] / entry['baseline']['rps']:.0%}), p99 {dup['p99_ms']:.1f} ms")
+            say(
+                f"[{name}]   all duplicates: {dup['rps']:.0f} req/s "
+                f"({dup['rps'] / entry['baseline']['rps']:.0%}), p99 {dup['p99_ms']:.1f} ms"
+            )
         for spec, result in entry.get("parts", {}).items():
-            say(f"[{name}]   only {spec + ':':17s} {result['rps']:.0f} req/s "
-                f"({result['rps'] / entry['baseline']['rps']:.0%}), p99 {result['p99_ms']:.1f} ms")
+            say(
+                f"[{name}]   only {spec + ':':17s} {result['rps']:.0f} req/s "
+                f"({result['rps'] / entry['baseline']['rps']:.0%}), p99 {result['p99_ms']:.1f} ms"
+            )
         if "bridgeDeliveryThreads" in entry:
             bg = entry["bridgeDeliveryThreads"]["unique"]
-            say(f"[{name}]   delivery threads in the workers: {bg['rps']:.0f} req/s "
-                f"({bg['rps'] / entry['baseline']['rps']:.0%}), p99 {bg['p99_ms']:.1f} ms")
+            say(
+                f"[{name}]   delivery threads in the workers: {bg['rps']:.0f} req/s "
+                f"({bg['rps'] / entry['baseline']['rps']:.0%}), p99 {bg['p99_ms']:.1f} ms"
+            )
     if "sync" in results["layouts"]:
         base = results["layouts"]["sync"]["baseline"]["rps"]
-        say("[sync]   bare + 1 SQLite insert: " + ", ".join(
-            f"synchronous={k} {v.rps:.0f} req/s ({v.rps / base:.0%})" for k, v in refs.items()))
+        say(
+            "[sync]   bare + 1 SQLite insert: "
+            + ", ".join(
+                f"synchronous={k} {v.rps:.0f} req/s ({v.rps / base:.0%})" for k, v in refs.items()
+            )
+        )
     results["loadavgAtEnd"] = loadavg()
     say(f"# load average at the end: {results['loadavgAtEnd']:.2f}")
     save_result("register", results)

@@ -87,8 +87,10 @@ def main() -> int:
         quiet = {"loadavg": None, "quiet": None} if args.no_wait else wait_quiet()
         results["quiet"] = quiet
         url, proc = st.gunicorn("app:app", env=env)
-        say(f"# bench_webhooks: gunicorn -w 2, one request at a time; "
-            f"load average {quiet['loadavg']}")
+        say(
+            f"# bench_webhooks: gunicorn -w 2, one request at a time; "
+            f"load average {quiet['loadavg']}"
+        )
         session = requests.Session()
         bearer = {"Authorization": f"Bearer {API_KEY}"}
         for _ in range(20):  # warm both workers
@@ -106,91 +108,139 @@ def main() -> int:
                 yield_check(i, response)
             time.sleep(0.3)
             server = logged_ms(proc.log, method, path, skip)
-            return {"n": n, "serverMedianMs": median(server), "serverP90Ms": pct(server, 0.9),
-                    "serverMaxMs": max(server) if server else float("nan"),
-                    "rttMedianMs": median(rtt), "rttMaxMs": max(rtt), "logged": len(server)}
+            return {
+                "n": n,
+                "serverMedianMs": median(server),
+                "serverP90Ms": pct(server, 0.9),
+                "serverMaxMs": max(server) if server else float("nan"),
+                "rttMedianMs": median(rtt),
+                "rttMaxMs": max(rtt),
+                "logged": len(server),
+            }
 
         checks: list = []
 
         def yield_check(i, response):
             checks.append(response.json())
 
-        probe = timed("GET", "/statuses", 200, lambda i: session.get(f"{url}/statuses",
-                                                                     timeout=10))
-        say(f"baseline GET /statuses (probe):        server median {probe['serverMedianMs']:6.2f}"
-            f" ms, round trip {probe['rttMedianMs']:.2f} ms")
+        probe = timed("GET", "/statuses", 200, lambda i: session.get(f"{url}/statuses", timeout=10))
+        say(
+            f"baseline GET /statuses (probe):        server median {probe['serverMedianMs']:6.2f}"
+            f" ms, round trip {probe['rttMedianMs']:.2f} ms"
+        )
 
         next_token = [1_000_000_000]
 
         def simple_array(_i):
             first = next_token[0]
             next_token[0] += 1000
-            events = [{"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-                       "token": str(first + k)} for k in range(1000)]
+            events = [
+                {
+                    "status": "FAILED",
+                    "error": "Forbidden: bot was blocked by the user",
+                    "token": str(first + k),
+                }
+                for k in range(1000)
+            ]
             return session.post(f"{url}/statuses", json=events, headers=bearer, timeout=60)
 
         checks.clear()
         simple = timed("POST", "/statuses", arrays, simple_array)
         removed = [len(c["removed"]) for c in checks]
-        say(f"POST /statuses, 1000 FAILED events:    server median {simple['serverMedianMs']:6.1f}"
+        say(
+            f"POST /statuses, 1000 FAILED events:    server median {simple['serverMedianMs']:6.1f}"
             f" ms, max {simple['serverMaxMs']:.1f} ms, round trip {simple['rttMedianMs']:.1f} ms;"
-            f" removed per array {sorted(set(removed))}")
+            f" removed per array {sorted(set(removed))}"
+        )
 
         def reteno_array(_i):
             first = next_token[0] - 1_000_000_000
             next_token[0] += 1000
-            events = [{"activityStatus": "UNDELIVERED", "mediaType": "telegrambot",
-                       "statusDescription": "403: Forbidden: bot was blocked by the user",
-                       "externalCustomerId": f"cust-{first + k}", "messageId": first + k,
-                       # now: an event older than the registration removes nothing
-                       "activityDateTime": now_iso()} for k in range(1000)]
+            events = [
+                {
+                    "activityStatus": "UNDELIVERED",
+                    "mediaType": "telegrambot",
+                    "statusDescription": "403: Forbidden: bot was blocked by the user",
+                    "externalCustomerId": f"cust-{first + k}",
+                    "messageId": first + k,
+                    # now: an event older than the registration removes nothing
+                    "activityDateTime": now_iso(),
+                }
+                for k in range(1000)
+            ]
             return session.post(f"{url}/statuses", json=events, headers=bearer, timeout=60)
 
         checks.clear()
         reteno = timed("POST", "/statuses", max(2, arrays // 2), reteno_array)
         removed_reteno = [len(c["removed"]) for c in checks]
-        say(f"POST /statuses, 1000 Reteno events:    server median {reteno['serverMedianMs']:6.1f}"
+        say(
+            f"POST /statuses, 1000 Reteno events:    server median {reteno['serverMedianMs']:6.1f}"
             f" ms, max {reteno['serverMaxMs']:.1f} ms; removed per array "
-            f"{sorted(set(removed_reteno))}")
+            f"{sorted(set(removed_reteno))}"
+        )
 
         tg_headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
 
         def kicked(i):
             token = next_token[0]
             next_token[0] += 1
-            update = {"update_id": 10_000 + i, "my_chat_member": {
-                "chat": {"id": token, "type": "private"},
-                "from": {"id": token, "is_bot": False, "first_name": "U"},
-                # dated now: an update older than the registration removes nothing
-                "date": int(time.time()),
-                "old_chat_member": {"status": "member", "user": {"id": 1, "is_bot": True,
-                                                                "first_name": "B"}},
-                "new_chat_member": {"status": "kicked", "until_date": 0,
-                                    "user": {"id": 1, "is_bot": True, "first_name": "B"}}}}
-            return session.post(f"{url}/telegram/webhook", json=update, headers=tg_headers,
-                                timeout=10)
+            update = {
+                "update_id": 10_000 + i,
+                "my_chat_member": {
+                    "chat": {"id": token, "type": "private"},
+                    "from": {"id": token, "is_bot": False, "first_name": "U"},
+                    # dated now: an update older than the registration removes nothing
+                    "date": int(time.time()),
+                    "old_chat_member": {
+                        "status": "member",
+                        "user": {"id": 1, "is_bot": True, "first_name": "B"},
+                    },
+                    "new_chat_member": {
+                        "status": "kicked",
+                        "until_date": 0,
+                        "user": {"id": 1, "is_bot": True, "first_name": "B"},
+                    },
+                },
+            }
+            return session.post(
+                f"{url}/telegram/webhook", json=update, headers=tg_headers, timeout=10
+            )
 
         checks.clear()
         tg = timed("POST", "/telegram/webhook", updates, kicked)
-        say(f"POST /telegram/webhook, kicked:        server median {tg['serverMedianMs']:6.2f} ms,"
+        say(
+            f"POST /telegram/webhook, kicked:        server median {tg['serverMedianMs']:6.2f} ms,"
             f" p90 {tg['serverP90Ms']:.2f} ms, max {tg['serverMaxMs']:.2f} ms, round trip "
-            f"{tg['rttMedianMs']:.2f} ms")
-        with requests.get(f"{url}/tokens", params={"token": str(next_token[0] - 1)},
-                          headers=bearer, timeout=10) as r:
+            f"{tg['rttMedianMs']:.2f} ms"
+        )
+        with requests.get(
+            f"{url}/tokens", params={"token": str(next_token[0] - 1)}, headers=bearer, timeout=10
+        ) as r:
             last_state = r.json()["items"][0]["state"]
         st.stop(proc)
-    ok_status = (simple["serverMaxMs"] <= STATUSES_TARGET_MS and set(removed) == {1000})
+    ok_status = simple["serverMaxMs"] <= STATUSES_TARGET_MS and set(removed) == {1000}
     ok_tg = tg["serverMedianMs"] <= TELEGRAM_TARGET_MS and last_state == "removed"
     say("")
-    say(f"1000-event status array: {simple['serverMedianMs']:.1f} ms median, "
+    say(
+        f"1000-event status array: {simple['serverMedianMs']:.1f} ms median, "
         f"{simple['serverMaxMs']:.1f} ms worst of {arrays} (target <= {STATUSES_TARGET_MS:g} ms, "
-        f"every one removing 1000 tokens)  {verdict(ok_status)}")
-    say(f"kicked Telegram update: {tg['serverMedianMs']:.2f} ms median, p90 "
+        f"every one removing 1000 tokens)  {verdict(ok_status)}"
+    )
+    say(
+        f"kicked Telegram update: {tg['serverMedianMs']:.2f} ms median, p90 "
         f"{tg['serverP90Ms']:.2f} ms (target <= {TELEGRAM_TARGET_MS:g} ms); round trip "
         f"{tg['rttMedianMs']:.2f} ms vs {probe['rttMedianMs']:.2f} ms for the probe "
-        f"({tg['rttMedianMs'] / probe['rttMedianMs']:.1f}x)  {verdict(ok_tg)}")
-    results.update({"probe": probe, "statusesSimple": simple, "statusesReteno": reteno,
-                    "telegramKicked": tg, "pass": {"statuses": ok_status, "telegram": ok_tg}})
+        f"({tg['rttMedianMs'] / probe['rttMedianMs']:.1f}x)  {verdict(ok_tg)}"
+    )
+    results.update(
+        {
+            "probe": probe,
+            "statusesSimple": simple,
+            "statusesReteno": reteno,
+            "telegramKicked": tg,
+            "pass": {"statuses": ok_status, "telegram": ok_tg},
+        }
+    )
     save_result("webhooks", results)
     return 0 if ok_status and ok_tg else 1
 

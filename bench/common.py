@@ -85,8 +85,12 @@ def save_result(name: str, result: dict) -> Path:
     """Write the figures of one run to ``bench/results/<name>.json`` (git-ignored)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    result = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "loadavgAtEnd": loadavg(), **result}
+    result = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "loadavgAtEnd": loadavg(),
+        **result,
+    }
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
@@ -124,8 +128,7 @@ def wait_quiet(max_load: float = QUIET_LOAD, timeout: float = 300.0) -> dict:
     load = loadavg()
     quiet = load < max_load
     if not quiet:
-        say(f"# WARNING: the machine is not quiet (load average {load:.2f}); "
-            "figures may be low")
+        say(f"# WARNING: the machine is not quiet (load average {load:.2f}); figures may be low")
     return {"loadavg": load, "quiet": quiet, "waitedSeconds": round(time.monotonic() - started)}
 
 
@@ -138,8 +141,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_json(url: str, method: str = "GET", body=None, headers: dict | None = None,
-              timeout: float = 10.0):
+def http_json(
+    url: str, method: str = "GET", body=None, headers: dict | None = None, timeout: float = 10.0
+):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
@@ -193,8 +197,13 @@ class Proc:
         self._log_file.write(f"\n--- start #{self.starts + 1} of {self.name} ---\n".encode())
         self._log_file.flush()
         self.popen = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            self.argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.starts += 1
         return self
@@ -279,20 +288,39 @@ class Stack(contextlib.ExitStack):
 
     # --- the pieces ----------------------------------------------------------------
 
-    def simulator(self, rps: float = 200, latency_ms: float = 100, name: str = "simulator"
-                  ) -> str:
+    def simulator(self, rps: float = 200, latency_ms: float = 100, name: str = "simulator") -> str:
         """The Reteno simulator as a separate process; its base URL."""
         port = free_port()
-        proc = self.spawn(name, [
-            PYTHON, "-m", "bridge.sandbox", "--port", str(port), "--app-uuid", APP_UUID,
-            "--api-key", RETENO_KEY, "--rps", f"{rps:g}", "--latency-ms", f"{latency_ms:g}",
-        ])
+        proc = self.spawn(
+            name,
+            [
+                PYTHON,
+                "-m",
+                "bridge.sandbox",
+                "--port",
+                str(port),
+                "--app-uuid",
+                APP_UUID,
+                "--api-key",
+                RETENO_KEY,
+                "--rps",
+                f"{rps:g}",
+                "--latency-ms",
+                f"{latency_ms:g}",
+            ],
+        )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/stats", proc=proc)
         return url
 
-    def bridge_env(self, db: Path, simulator_url: str | None, batch_size: int = 1000,
-                   background: bool = True, **extra) -> dict:
+    def bridge_env(
+        self,
+        db: Path,
+        simulator_url: str | None,
+        batch_size: int = 1000,
+        background: bool = True,
+        **extra,
+    ) -> dict:
         env = {
             "BRIDGE_DATABASE_URL": f"sqlite:///{db}",
             "BRIDGE_API_KEYS": API_KEY,
@@ -312,21 +340,47 @@ class Stack(contextlib.ExitStack):
         return env
 
     def migrate(self, env: dict) -> None:
-        subprocess.run([PYTHON, "-m", "flask", "--app", "app", "bridge", "migrate"], cwd=ROOT,
-                       env={**os.environ, **env}, check=True, capture_output=True)
+        subprocess.run(
+            [PYTHON, "-m", "flask", "--app", "app", "bridge", "migrate"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+        )
 
-    def gunicorn(self, target: str, env: dict | None = None, workers: int = 2,
-                 name: str = "gunicorn", extra: list[str] | None = None,
-                 config: str = "/dev/null") -> tuple[str, Proc]:
+    def gunicorn(
+        self,
+        target: str,
+        env: dict | None = None,
+        workers: int = 2,
+        name: str = "gunicorn",
+        extra: list[str] | None = None,
+        config: str = "/dev/null",
+    ) -> tuple[str, Proc]:
         """``gunicorn -w N target`` on a free port: gunicorn's defaults (sync workers, no
         preloading) and the flags in ``extra``; ``config`` names the settings gunicorn reads
         (``/dev/null``: none, not even a ``gunicorn.conf.py`` in the directory it starts
         in; ``SERVED_CONFIG`` for the layout the bridge ships with)."""
         port = free_port()
-        proc = self.spawn(name, [
-            str(BIN / "gunicorn"), "-c", config, "-w", str(workers), "-b", f"127.0.0.1:{port}",
-            "--backlog", "2048", "--graceful-timeout", "5", *(extra or []), target,
-        ], env=env)
+        proc = self.spawn(
+            name,
+            [
+                str(BIN / "gunicorn"),
+                "-c",
+                config,
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "--backlog",
+                "2048",
+                "--graceful-timeout",
+                "5",
+                *(extra or []),
+                target,
+            ],
+            env=env,
+        )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", proc=proc)
         # Both workers must be up before load starts.
@@ -336,8 +390,9 @@ class Stack(contextlib.ExitStack):
         return url, proc
 
     def deliver_worker(self, env: dict, name: str = "deliver") -> Proc:
-        return self.spawn(name, [PYTHON, "-m", "flask", "--app", "app", "bridge", "deliver"],
-                          env=env)
+        return self.spawn(
+            name, [PYTHON, "-m", "flask", "--app", "app", "bridge", "deliver"], env=env
+        )
 
 
 # --- /proc: memory ------------------------------------------------------------------
@@ -438,33 +493,61 @@ class WrkResult:
 
     def line(self) -> str:
         errs = sum(self.errors.values())
-        cpu = ("  CPU/request " + ", ".join(f"{k} {v:.0f} us" for k, v in self.cpu.items())
-               if self.cpu else "")
-        return (f"{self.rps:8.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
-                f"  max {self.max_ms:7.2f} ms  ({self.requests} requests, "
-                f"{self.non2xx} non-2xx, {errs} socket errors){cpu}")
+        cpu = (
+            "  CPU/request " + ", ".join(f"{k} {v:.0f} us" for k, v in self.cpu.items())
+            if self.cpu
+            else ""
+        )
+        return (
+            f"{self.rps:8.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
+            f"  max {self.max_ms:7.2f} ms  ({self.requests} requests, "
+            f"{self.non2xx} non-2xx, {errs} socket errors){cpu}"
+        )
 
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
 
 
-def _wrk_json(url: str, script: Path | str, seconds: float, connections: int, threads: int,
-              args: list[str] | None, timeout_s: int) -> dict:
+def _wrk_json(
+    url: str,
+    script: Path | str,
+    seconds: float,
+    connections: int,
+    threads: int,
+    args: list[str] | None,
+    timeout_s: int,
+) -> dict:
     """Run wrk with a Lua script whose ``done`` prints one ``WRKJSON {...}`` line; that."""
     exe = require_wrk()
-    argv = [exe, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            f"--timeout={timeout_s}s", "--latency", "-s", str(script), url]
+    argv = [
+        exe,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        f"--timeout={timeout_s}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     if args:
         argv += ["--", *args]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     for line in out.stdout.splitlines():
         if line.startswith("WRKJSON "):
-            return json.loads(line[len("WRKJSON "):])
+            return json.loads(line[len("WRKJSON ") :])
     raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
 
 
-def wrk(url: str, script: Path | str, seconds: float, connections: int = 32, threads: int = 2,
-        args: list[str] | None = None, timeout_s: int = 5) -> WrkResult:
+def wrk(
+    url: str,
+    script: Path | str,
+    seconds: float,
+    connections: int = 32,
+    threads: int = 2,
+    args: list[str] | None = None,
+    timeout_s: int = 5,
+) -> WrkResult:
     """Run wrk with a Lua script whose ``done`` prints one ``WRKJSON {...}`` line."""
     data = _wrk_json(url, script, seconds, connections, threads, args, timeout_s)
     secs = data["duration_us"] / 1e6
@@ -510,25 +593,35 @@ class PacedResult:
 
     def line(self) -> str:
         errs = sum(self.errors.values())
-        return (f"offered {self.offered_rps:5.0f} req/s, achieved {self.rps:5.0f} req/s"
-                f"  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
-                f"  max {self.max_ms:7.2f} ms from the intended send (wrk's own, from the"
-                f" actual send: p99 {self.sent_p99_ms:.2f} ms)  ({self.requests} answers,"
-                f" {self.late} sent > 2 ms late, {self.unanswered} unanswered,"
-                f" {self.non2xx} non-2xx, {errs} socket errors)")
+        return (
+            f"offered {self.offered_rps:5.0f} req/s, achieved {self.rps:5.0f} req/s"
+            f"  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
+            f"  max {self.max_ms:7.2f} ms from the intended send (wrk's own, from the"
+            f" actual send: p99 {self.sent_p99_ms:.2f} ms)  ({self.requests} answers,"
+            f" {self.late} sent > 2 ms late, {self.unanswered} unanswered,"
+            f" {self.non2xx} non-2xx, {errs} socket errors)"
+        )
 
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
 
 
-def wrk_paced(url: str, script: Path | str, seconds: float, rate: float, connections: int = 32,
-              threads: int = 2, args: list[str] | None = None, timeout_s: int = 5
-              ) -> PacedResult:
+def wrk_paced(
+    url: str,
+    script: Path | str,
+    seconds: float,
+    rate: float,
+    connections: int = 32,
+    threads: int = 2,
+    args: list[str] | None = None,
+    timeout_s: int = 5,
+) -> PacedResult:
     """wrk with :data:`PACED_REGISTER_LUA`: ``rate`` requests a second in all, on a fixed
     schedule (each wrk thread ``rate / threads``), open loop while a connection is free."""
     per_thread = rate / threads
-    data = _wrk_json(url, script, seconds, connections, threads,
-                     [f"{per_thread:.3f}", *(args or [])], timeout_s)
+    data = _wrk_json(
+        url, script, seconds, connections, threads, [f"{per_thread:.3f}", *(args or [])], timeout_s
+    )
     secs = data["duration_us"] / 1e6
     return PacedResult(
         offered_rps=rate,
@@ -554,8 +647,9 @@ def wrk_paced(url: str, script: Path | str, seconds: float, rate: float, connect
 # --- the ledger, loaded directly ---------------------------------------------------------
 
 
-def bulk_load(db: Path, count: int, events: bool = True, chunk: int = 50_000,
-              seed: int = 7) -> float:
+def bulk_load(
+    db: Path, count: int, events: bool = True, chunk: int = 50_000, seed: int = 7
+) -> float:
     """Insert ``count`` delivered registrations (and their events) with plain SQL.
 
     Tokens are ``1_000_000_000 + i``, e-mail ``user<i>@example.com``, external
@@ -569,16 +663,16 @@ def bulk_load(db: Path, count: int, events: bool = True, chunk: int = 50_000,
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-262144")
     base = datetime(2026, 1, 1)
-    start_id = (conn.execute("SELECT COALESCE(MAX(id), 0) FROM bridge_registrations")
-                .fetchone()[0])
+    start_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM bridge_registrations").fetchone()[0]
     reg_sql = (
         "INSERT INTO bridge_registrations (id, token, contact_id, external_customer_id, phone,"
         " email, matched_by, match_value, state, attempts, next_attempt_at, lease_id,"
         " last_error, created_at, updated_at, delivered_at, removed_at, removal_reason)"
         " VALUES (?,?,?,?,?,?,?,?,?,?,NULL,NULL,NULL,?,?,?,NULL,NULL)"
     )
-    ev_sql = ("INSERT INTO bridge_events (at, registration_id, token, kind, detail)"
-              " VALUES (?,?,?,?,?)")
+    ev_sql = (
+        "INSERT INTO bridge_events (at, registration_id, token, kind, detail) VALUES (?,?,?,?,?)"
+    )
     conn.execute("BEGIN")
     for lo in range(0, count, chunk):
         regs, evs = [], []
@@ -589,14 +683,49 @@ def bulk_load(db: Path, count: int, events: bool = True, chunk: int = 50_000,
             ext = f"cust-{i}"
             phone = f"380{rng.randrange(10**8, 10**9)}" if i % 10 == 0 else None
             at = (base + timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f")
-            regs.append((rid, token, None, ext, phone, email, "externalCustomerId", ext,
-                         "delivered", 1, at, at, at))
+            regs.append(
+                (
+                    rid,
+                    token,
+                    None,
+                    ext,
+                    phone,
+                    email,
+                    "externalCustomerId",
+                    ext,
+                    "delivered",
+                    1,
+                    at,
+                    at,
+                    at,
+                )
+            )
             if events:
-                evs.append((at, rid, token, "submitted", json.dumps(
-                    {"source": "api", "matchedBy": "externalCustomerId", "duplicate": False,
-                     "state": "queued"})))
-                evs.append((at, rid, token, "delivered", json.dumps(
-                    {"attempt": 1, "status": 200, "batch": 1000, "ms": 101.0})))
+                evs.append(
+                    (
+                        at,
+                        rid,
+                        token,
+                        "submitted",
+                        json.dumps(
+                            {
+                                "source": "api",
+                                "matchedBy": "externalCustomerId",
+                                "duplicate": False,
+                                "state": "queued",
+                            }
+                        ),
+                    )
+                )
+                evs.append(
+                    (
+                        at,
+                        rid,
+                        token,
+                        "delivered",
+                        json.dumps({"attempt": 1, "status": 200, "batch": 1000, "ms": 101.0}),
+                    )
+                )
         conn.executemany(reg_sql, regs)
         if evs:
             conn.executemany(ev_sql, evs)

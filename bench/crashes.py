@@ -45,18 +45,36 @@ def leased_tokens(db_url: str) -> set[str]:
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            return set(conn.execute(text(
-                "SELECT token FROM bridge_registrations "
-                "WHERE state = 'queued' AND lease_id IS NOT NULL")).scalars())
+            return set(
+                conn.execute(
+                    text(
+                        "SELECT token FROM bridge_registrations "
+                        "WHERE state = 'queued' AND lease_id IS NOT NULL"
+                    )
+                ).scalars()
+            )
     finally:
         engine.dispose()
 
 
-def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
-        database_url: str | None = None, servers: int = 1, workers: int = 1,
-        gunicorn_workers: int = 2, concurrency: int = 8, batch_size: int = 50,
-        latency_ms: float = 150.0, lease_seconds: int = 6, seed: int | None = None,
-        drain_timeout: float = 300.0, keep: str | None = None, quiet: bool = False) -> dict:
+def run(
+    count: int = 10_000,
+    *,
+    duration: float = 60.0,
+    kills: int = 3,
+    database_url: str | None = None,
+    servers: int = 1,
+    workers: int = 1,
+    gunicorn_workers: int = 2,
+    concurrency: int = 8,
+    batch_size: int = 50,
+    latency_ms: float = 150.0,
+    lease_seconds: int = 6,
+    seed: int | None = None,
+    drain_timeout: float = 300.0,
+    keep: str | None = None,
+    quiet: bool = False,
+) -> dict:
     """Run the crash scenario; return its figures."""
     say = (lambda *a: None) if quiet else h.say
     rng = random.Random(seed)
@@ -67,7 +85,9 @@ def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
     try:
         with h.database(database_url, workdir) as db_url:
             env = h.bridge_env(
-                workdir, db_url, sim,
+                workdir,
+                db_url,
+                sim,
                 BRIDGE_BATCH_SIZE=batch_size,
                 BRIDGE_BACKGROUND_DELIVERY="false",
                 BRIDGE_UPSTREAM_CONNECT_TIMEOUT=1.0,
@@ -75,8 +95,7 @@ def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
                 BRIDGE_LEASE_SECONDS=lease_seconds,
             )
             h.migrate(env, workdir)
-            server_procs, urls = h.start_servers(env, workdir, servers, gunicorn_workers,
-                                                 procs)
+            server_procs, urls = h.start_servers(env, workdir, servers, gunicorn_workers, procs)
             worker_procs = h.start_workers(env, workdir, workers, procs)
 
             moments = sorted(rng.uniform(0.05, 0.95) * duration for _ in range(2 * kills))
@@ -106,38 +125,43 @@ def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
                     log.append(entry)
                     say(f"#   {entry}")
 
-            say(f"# {count} registrations over {duration:g} s -> {', '.join(urls)}; "
-                f"{workers} worker(s); {kills}+{kills} kill -9; logs in {workdir}")
+            say(
+                f"# {count} registrations over {duration:g} s -> {', '.join(urls)}; "
+                f"{workers} worker(s); {kills}+{kills} kill -9; logs in {workdir}"
+            )
             started_load = time.monotonic()
             chaos_thread = threading.Thread(target=chaos, daemon=True)
             chaos_thread.start()
             load_box["load"] = load = h.send_load(
-                urls, count, concurrency=concurrency, rate=count / duration,
-                deadline=duration + 180)
+                urls, count, concurrency=concurrency, rate=count / duration, deadline=duration + 180
+            )
             chaos_thread.join(timeout=duration + 120)
             say(f"# load sent in {load.seconds:.1f} s: {dict(load.statuses)}")
             for url in urls:
                 h.wait_healthy(url)
-            drained = h.wait_drained(db_url, drain_timeout,
-                                     on_wait=lambda depth: say(f"#   outbox depth {depth}"))
+            drained = h.wait_drained(
+                db_url, drain_timeout, on_wait=lambda depth: say(f"#   outbox depth {depth}")
+            )
             figures = h.verify(count, load, db_url, sim)
             per_token, _, _ = h.upstream_counts(sim.contacts())
             twice = {t for t, n in per_token.items() if n > 1}
             worker_kills = [e for e in log if "leasedRows" in e]
             figures.update(h.run_figures(load, db_url, drained, servers))
-            figures.update({
-                "kills": log,
-                "serverKills": len(log) - len(worker_kills),
-                "workerKills": len(worker_kills),
-                "leasedAtWorkerKills": sum(e["leasedRows"] for e in worker_kills),
-                "sentTwiceOutsideLeasedAtKill": len(twice - at_risk),
-                "batchSize": batch_size,
-                "leaseSeconds": lease_seconds,
-                "upstreamCalls": sim.stats()["requests"],
-                "loadSeconds": round(load.seconds, 1),
-                "wallSeconds": round(time.monotonic() - started, 1),
-                "deliveryWorkers": workers,
-            })
+            figures.update(
+                {
+                    "kills": log,
+                    "serverKills": len(log) - len(worker_kills),
+                    "workerKills": len(worker_kills),
+                    "leasedAtWorkerKills": sum(e["leasedRows"] for e in worker_kills),
+                    "sentTwiceOutsideLeasedAtKill": len(twice - at_risk),
+                    "batchSize": batch_size,
+                    "leaseSeconds": lease_seconds,
+                    "upstreamCalls": sim.stats()["requests"],
+                    "loadSeconds": round(load.seconds, 1),
+                    "wallSeconds": round(time.monotonic() - started, 1),
+                    "deliveryWorkers": workers,
+                }
+            )
             return h.stop_and_read_logs(procs[1:], workdir, figures)
     finally:
         for proc in procs:
@@ -145,41 +169,65 @@ def run(count: int = 10_000, *, duration: float = 60.0, kills: int = 3,
 
 
 def passed(figures: dict, kills: int = 3) -> bool:
-    return (figures["lost"] == 0 and figures["drained"]
-            and figures["acknowledged"] == figures["registrations"]
-            and figures["wrongIdentity"] == 0 and figures["unexpectedTokens"] == 0
-            and figures["logLinesWithSecretsOrPersonalData"] == 0
-            and figures["serverKills"] == kills and figures["workerKills"] == kills
-            and figures["sentTwiceOutsideLeasedAtKill"] == 0
-            and figures["sentTwice"] <= figures["workerKills"] * figures["batchSize"])
+    return (
+        figures["lost"] == 0
+        and figures["drained"]
+        and figures["acknowledged"] == figures["registrations"]
+        and figures["wrongIdentity"] == 0
+        and figures["unexpectedTokens"] == 0
+        and figures["logLinesWithSecretsOrPersonalData"] == 0
+        and figures["serverKills"] == kills
+        and figures["workerKills"] == kills
+        and figures["sentTwiceOutsideLeasedAtKill"] == 0
+        and figures["sentTwice"] <= figures["workerKills"] * figures["batchSize"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--count", type=int, default=10_000)
-    parser.add_argument("--duration", type=float, default=60.0,
-                        help="seconds to spread the load (and the kills) over")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=60.0,
+        help="seconds to spread the load (and the kills) over",
+    )
     parser.add_argument("--kills", type=int, default=3, help="kills of each kind")
-    parser.add_argument("--database-url", default=None,
-                        help="a PostgreSQL server URL: a fresh database is made on it")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server URL: a fresh database is made on it",
+    )
     parser.add_argument("--servers", type=int, default=1, help="gunicorn instances")
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="`bridge deliver` workers")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads")
     parser.add_argument("--batch-size", type=int, default=50, help="BRIDGE_BATCH_SIZE")
-    parser.add_argument("--latency-ms", type=float, default=150.0,
-                        help="simulator latency (a longer call: kills land mid-call)")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=150.0,
+        help="simulator latency (a longer call: kills land mid-call)",
+    )
     parser.add_argument("--lease-seconds", type=int, default=6, help="BRIDGE_LEASE_SECONDS")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     parser.add_argument("--keep", default=None, help="directory for logs and the database")
     args = parser.parse_args(argv)
     figures = run(
-        args.count, duration=args.duration, kills=args.kills,
-        database_url=args.database_url, servers=args.servers, workers=args.workers,
-        gunicorn_workers=args.gunicorn_workers, concurrency=args.concurrency,
-        batch_size=args.batch_size, latency_ms=args.latency_ms,
-        lease_seconds=args.lease_seconds, seed=args.seed, drain_timeout=args.drain_timeout,
+        args.count,
+        duration=args.duration,
+        kills=args.kills,
+        database_url=args.database_url,
+        servers=args.servers,
+        workers=args.workers,
+        gunicorn_workers=args.gunicorn_workers,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        latency_ms=args.latency_ms,
+        lease_seconds=args.lease_seconds,
+        seed=args.seed,
+        drain_timeout=args.drain_timeout,
         keep=args.keep,
     )
     h.print_figures("figure 2: crashes", figures)

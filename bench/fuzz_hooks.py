@@ -29,8 +29,10 @@ def _counts() -> tuple[int, int]:
     if _engine is None:
         _engine = create_engine(os.environ["FUZZ_LEDGER_URL"])
     with _engine.connect() as conn:
-        return (conn.execute(text("SELECT count(*) FROM bridge_registrations")).scalar(),
-                conn.execute(text("SELECT count(*) FROM bridge_events")).scalar())
+        return (
+            conn.execute(text("SELECT count(*) FROM bridge_registrations")).scalar(),
+            conn.execute(text("SELECT count(*) FROM bridge_events")).scalar(),
+        )
 
 
 @schemathesis.check
@@ -59,4 +61,5 @@ class bridge_ledger_unchanged_by_rejections:  # noqa: N801 - the check's name in
         if before is not None and 400 <= response.status_code < 500 and now != before:
             raise AssertionError(
                 f"{response.status_code} answer but the ledger went from {before} to {now} "
-                "(registrations, events)")
+                "(registrations, events)"
+            )

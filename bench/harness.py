@@ -67,16 +67,42 @@ class Simulator:
         return requests.get(f"{self.url}/contacts", timeout=60).json()["contacts"]
 
 
-def start_simulator(workdir: Path, *, failure_rate: float = 0.0,
-                    failures: str = "500,503,429,429-retry-after,timeout,drop",
-                    timeout_seconds: float = 2.0, latency_ms: float = 0.0, rps: float = 0.0,
-                    seed: int | None = None) -> Simulator:
+def start_simulator(
+    workdir: Path,
+    *,
+    failure_rate: float = 0.0,
+    failures: str = "500,503,429,429-retry-after,timeout,drop",
+    timeout_seconds: float = 2.0,
+    latency_ms: float = 0.0,
+    rps: float = 0.0,
+    seed: int | None = None,
+) -> Simulator:
     port = free_port()
-    argv = [PYTHON, "-m", "bridge.sandbox", "--host", "127.0.0.1", "--port", str(port),
-            "--app-uuid", APP_UUID, "--api-key", RETENO_KEY, "--auth", "header",
-            "--rps", str(rps), "--latency-ms", str(latency_ms),
-            "--failure-rate", str(failure_rate), "--failures", failures,
-            "--timeout-seconds", str(timeout_seconds)]
+    argv = [
+        PYTHON,
+        "-m",
+        "bridge.sandbox",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--app-uuid",
+        APP_UUID,
+        "--api-key",
+        RETENO_KEY,
+        "--auth",
+        "header",
+        "--rps",
+        str(rps),
+        "--latency-ms",
+        str(latency_ms),
+        "--failure-rate",
+        str(failure_rate),
+        "--failures",
+        failures,
+        "--timeout-seconds",
+        str(timeout_seconds),
+    ]
     if seed is not None:
         argv += ["--seed", str(seed)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -110,39 +136,66 @@ def database(url: str | None, workdir: Path):
 
 def bridge_env(workdir: Path, db_url: str, sim: Simulator, **extra) -> dict:
     """Environment of every bridge process: credentials set, upstream = the simulator."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_"))}
-    env.update({
-        "PYTHONUNBUFFERED": "1",
-        "RETENO_APP_UUID": APP_UUID,
-        "RETENO_API_KEY": RETENO_KEY,
-        "RETENO_BASE_URL": sim.url,
-        "RETENO_AUTH": "header",
-        "BRIDGE_API_KEYS": API_KEY,
-        "BRIDGE_DATABASE_URL": db_url,
-        "BRIDGE_INSTANCE_PATH": str(workdir / "instance"),
-        "BRIDGE_LOG_LEVEL": "WARNING",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_"))
+    }
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "RETENO_APP_UUID": APP_UUID,
+            "RETENO_API_KEY": RETENO_KEY,
+            "RETENO_BASE_URL": sim.url,
+            "RETENO_AUTH": "header",
+            "BRIDGE_API_KEYS": API_KEY,
+            "BRIDGE_DATABASE_URL": db_url,
+            "BRIDGE_INSTANCE_PATH": str(workdir / "instance"),
+            "BRIDGE_LOG_LEVEL": "WARNING",
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
 def migrate(env: dict, workdir: Path) -> None:
     with open(workdir / "migrate.log", "ab") as log:
-        subprocess.run([PYTHON, "-m", "flask", "--app", "app", "bridge", "migrate"], cwd=ROOT,
-                       env=env, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120)
+        subprocess.run(
+            [PYTHON, "-m", "flask", "--app", "app", "bridge", "migrate"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            timeout=120,
+        )
 
 
 def gunicorn(name: str, env: dict, workdir: Path, workers: int = 2) -> tuple[Proc, str]:
     port = free_port()
-    argv = [PYTHON, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-            "--timeout", "60", "--graceful-timeout", "5", "app:app"]
+    argv = [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "-w",
+        str(workers),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "60",
+        "--graceful-timeout",
+        "5",
+        "app:app",
+    ]
     return Proc(name, argv, env, workdir / f"{name}.log"), f"http://127.0.0.1:{port}"
 
 
 def wait_healthy(url: str, timeout: float = 60.0) -> None:
-    wait_until(lambda: requests.get(f"{url}/healthz", timeout=2).status_code == 200, timeout,
-               what=f"{url}/healthz")
+    wait_until(
+        lambda: requests.get(f"{url}/healthz", timeout=2).status_code == 200,
+        timeout,
+        what=f"{url}/healthz",
+    )
 
 
 def deliver_worker(name: str, env: dict, workdir: Path, poll: float = 0.2) -> Proc:
@@ -150,8 +203,9 @@ def deliver_worker(name: str, env: dict, workdir: Path, poll: float = 0.2) -> Pr
     return Proc(name, argv, env, workdir / f"{name}.log")
 
 
-def start_servers(env: dict, workdir: Path, servers: int, gunicorn_workers: int,
-                  started: list[Proc]) -> tuple[list[Proc], list[str]]:
+def start_servers(
+    env: dict, workdir: Path, servers: int, gunicorn_workers: int, started: list[Proc]
+) -> tuple[list[Proc], list[str]]:
     """``servers`` gunicorn instances of the bridge, started and healthy; them and their
     URLs. Each is also added to ``started`` as soon as it runs, so that the caller
     stops it even if a later one fails to start."""
@@ -166,8 +220,7 @@ def start_servers(env: dict, workdir: Path, servers: int, gunicorn_workers: int,
     return procs, urls
 
 
-def start_workers(env: dict, workdir: Path, workers: int, started: list[Proc]
-                  ) -> list[Proc]:
+def start_workers(env: dict, workdir: Path, workers: int, started: list[Proc]) -> list[Proc]:
     """``workers`` ``bridge deliver`` processes, started (and added to ``started``)."""
     procs = []
     for n in range(workers):
@@ -238,9 +291,17 @@ class LoadResult:
     seconds: float = 0.0
 
 
-def send_load(urls: list[str], count: int, *, concurrency: int = 8, per_request: int = 1,
-              retry: bool = True, deadline: float = 600.0, rate: float | None = None,
-              stop: threading.Event | None = None) -> LoadResult:
+def send_load(
+    urls: list[str],
+    count: int,
+    *,
+    concurrency: int = 8,
+    per_request: int = 1,
+    retry: bool = True,
+    deadline: float = 600.0,
+    rate: float | None = None,
+    stop: threading.Event | None = None,
+) -> LoadResult:
     """POST registrations 0..count-1 to ``urls`` (round robin) from ``concurrency`` threads.
 
     A request that gets no 2xx (connection refused or reset while a server is
@@ -272,15 +333,19 @@ def send_load(urls: list[str], count: int, *, concurrency: int = 8, per_request:
                 return
             pace(n)
             ids = chunks[n]
-            body = token_object(ids[0]) if per_request == 1 else {
-                "tokens": [token_object(i) for i in ids]}
+            body = (
+                token_object(ids[0])
+                if per_request == 1
+                else {"tokens": [token_object(i) for i in ids]}
+            )
             attempt = 0
             while time.monotonic() < end and not (stop and stop.is_set()):
                 url = urls[(n + attempt) % len(urls)]
                 attempt += 1
                 try:
-                    response = session.post(f"{url}/register", json=body, headers=headers,
-                                            timeout=30)
+                    response = session.post(
+                        f"{url}/register", json=body, headers=headers, timeout=30
+                    )
                     outcome: object = response.status_code
                 except requests.RequestException as exc:
                     outcome, response = type(exc).__name__, None
@@ -317,8 +382,9 @@ def ledger_rows(db_url: str) -> dict[str, list[tuple[int, str, int]]]:
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT token, id, state, attempts FROM bridge_registrations ORDER BY id"))
+            rows = conn.execute(
+                text("SELECT token, id, state, attempts FROM bridge_registrations ORDER BY id")
+            )
             out: dict[str, list[tuple[int, str, int]]] = {}
             for token, rid, state, attempts in rows:
                 out.setdefault(token, []).append((rid, state, attempts))
@@ -331,8 +397,11 @@ def queued_count(db_url: str) -> int:
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            return int(conn.execute(text(
-                "SELECT count(*) FROM bridge_registrations WHERE state = 'queued'")).scalar())
+            return int(
+                conn.execute(
+                    text("SELECT count(*) FROM bridge_registrations WHERE state = 'queued'")
+                ).scalar()
+            )
     finally:
         engine.dispose()
 
@@ -413,8 +482,16 @@ def leaks_in_logs(workdir: Path) -> int:
     or a phone number the run sent: there must be none."""
     import re
 
-    pattern = re.compile("|".join([re.escape(API_KEY), re.escape(RETENO_KEY),
-                                   r"user\d+@example\.com", r"\+?380[ ]?5\d{8}"]))
+    pattern = re.compile(
+        "|".join(
+            [
+                re.escape(API_KEY),
+                re.escape(RETENO_KEY),
+                r"user\d+@example\.com",
+                r"\+?380[ ]?5\d{8}",
+            ]
+        )
+    )
     found = 0
     for path in workdir.glob("*.log"):
         with open(path, errors="replace") as fh:

@@ -29,8 +29,9 @@ from bridge.schemas import RegisterResponseSchema, TokenSchema
 PARTS = {part.strip() for part in os.environ.get("BENCH_PARTS", "").split(",") if part}
 KEYS = (os.environ.get("BENCH_PARTS_KEY", ""),)
 app = Flask(__name__)
-_ledger = Ledger(Database(f"sqlite:///{os.environ['BENCH_PARTS_DB']}")) if "ledger" in PARTS \
-    else None
+_ledger = (
+    Ledger(Database(f"sqlite:///{os.environ['BENCH_PARTS_DB']}")) if "ledger" in PARTS else None
+)
 _token = TokenSchema()
 _response = RegisterResponseSchema()
 

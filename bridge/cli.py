@@ -119,13 +119,24 @@ def _page(filters: dict, limit: int, cursor: str | None, as_json: bool):
 @cli.command("tokens")
 @_identifier_options
 @click.option("--state", type=click.Choice(STATES), help="Only registrations in this state.")
-@click.option("--conflict/--no-conflict", default=None,
-              help="Only identity conflicts (or only registrations without one).")
-@click.option("--quiet-days", type=click.IntRange(1, 36500),
-              help="Only live registrations with no sign of life for this many days, the "
-                   "longest quiet first (the stale-token report).")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True,
-              help="Registrations per page.")
+@click.option(
+    "--conflict/--no-conflict",
+    default=None,
+    help="Only identity conflicts (or only registrations without one).",
+)
+@click.option(
+    "--quiet-days",
+    type=click.IntRange(1, 36500),
+    help="Only live registrations with no sign of life for this many days, the "
+    "longest quiet first (the stale-token report).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 500),
+    default=50,
+    show_default=True,
+    help="Registrations per page.",
+)
 @click.option("--cursor", help="The next-page cursor a previous page printed.")
 @_json_option
 def tokens_command(state, conflict, quiet_days, limit, cursor, as_json, **identifiers):
@@ -144,15 +155,41 @@ def tokens_command(state, conflict, quiet_days, limit, cursor, as_json, **identi
     if not rows:
         click.echo("no registrations match")
         return
-    headers = ["ID", "TOKEN", "STATE", "MATCHED BY", "CONTACT ID", "EXTERNAL ID", "PHONE",
-               "EMAIL", "ATTEMPTS", "CREATED", "DELIVERED", "REMOVED", "RETENO HOLDS", "MUTED",
-               "NOTE"]
+    headers = [
+        "ID",
+        "TOKEN",
+        "STATE",
+        "MATCHED BY",
+        "CONTACT ID",
+        "EXTERNAL ID",
+        "PHONE",
+        "EMAIL",
+        "ATTEMPTS",
+        "CREATED",
+        "DELIVERED",
+        "REMOVED",
+        "RETENO HOLDS",
+        "MUTED",
+        "NOTE",
+    ]
     table = [
-        [r.id, r.token, r.state, r.matched_by, r.contact_id, r.external_customer_id, r.phone,
-         r.email, r.attempts, r.created_at, r.delivered_at, r.removed_at,
-         "yes" if r.reteno_holds else None,
-         (r.muted_until or "until unmuted") if r.muted else None,
-         r.removal_reason or r.last_error]
+        [
+            r.id,
+            r.token,
+            r.state,
+            r.matched_by,
+            r.contact_id,
+            r.external_customer_id,
+            r.phone,
+            r.email,
+            r.attempts,
+            r.created_at,
+            r.delivered_at,
+            r.removed_at,
+            "yes" if r.reteno_holds else None,
+            (r.muted_until or "until unmuted") if r.muted else None,
+            r.removal_reason or r.last_error,
+        ]
         for r in rows
     ]
     headers, table = _without_empty_columns(headers, table, keep=4)
@@ -178,18 +215,32 @@ def history_command(token, as_json):
     if not events:
         click.echo(f"no events for token {token}")
         return
-    click.echo(format_table(["AT", "KIND", "REGISTRATION", "DETAIL"],
-                            [[e.at, e.kind, e.registration_id, e.detail] for e in events],
-                            right={2}))
+    click.echo(
+        format_table(
+            ["AT", "KIND", "REGISTRATION", "DETAIL"],
+            [[e.at, e.kind, e.registration_id, e.detail] for e in events],
+            right={2},
+        )
+    )
     click.echo("")
     click.echo(f"{_plural(len(events), 'event')} for token {token}")
 
 
 @cli.command("stats")
-@click.option("--days", type=click.IntRange(1, 366), default=7, show_default=True,
-              help="Days (UTC, today included) of the per-day summary.")
-@click.option("--quiet-days", type=click.IntRange(1, 36500), default=30, show_default=True,
-              help="Live registrations quiet this long are counted as stale.")
+@click.option(
+    "--days",
+    type=click.IntRange(1, 366),
+    default=7,
+    show_default=True,
+    help="Days (UTC, today included) of the per-day summary.",
+)
+@click.option(
+    "--quiet-days",
+    type=click.IntRange(1, 36500),
+    default=30,
+    show_default=True,
+    help="Live registrations quiet this long are counted as stale.",
+)
 @_json_option
 def stats_command(days, quiet_days, as_json):
     """Registrations by state, the outbox, dead letters by error, stale registrations,
@@ -204,32 +255,50 @@ def stats_command(days, quiet_days, as_json):
     outbox = stats["outbox"]
     age = outbox["oldestAgeSeconds"]
     click.echo("")
-    click.echo(f"Outbox: {_plural(outbox['depth'], 'registration')} queued"
-               + (f", oldest queued {age:.0f} s ago" if outbox["depth"] else ""))
+    click.echo(
+        f"Outbox: {_plural(outbox['depth'], 'registration')} queued"
+        + (f", oldest queued {age:.0f} s ago" if outbox["depth"] else "")
+    )
     click.echo("")
     dead = stats["deadLetters"]
     click.echo(f"Dead letters: {dead['total']}")
     if dead["byError"]:
-        click.echo(format_table(["COUNT", "LAST ERROR"],
-                                [[d["count"], d["error"]] for d in dead["byError"]],
-                                right={0}))
+        click.echo(
+            format_table(
+                ["COUNT", "LAST ERROR"],
+                [[d["count"], d["error"]] for d in dead["byError"]],
+                right={0},
+            )
+        )
     stale = stats["stale"]
     quiet = ", ".join(f"{state} {n}" for state, n in stale["states"].items() if n) or "none"
     click.echo("")
-    click.echo(f"Quiet for {stale['quietDays']} days (bridge stale): {quiet}; removed as "
-               f"stale so far: {stale['removed']}")
+    click.echo(
+        f"Quiet for {stale['quietDays']} days (bridge stale): {quiet}; removed as "
+        f"stale so far: {stale['removed']}"
+    )
     if stats["commands"]:
         click.echo("")
         click.echo("Mutes, unmutes and replays")
-        click.echo(format_table(
-            ["ACTION", "QUEUED", "DELIVERED", "DEAD"],
-            [[a, c.get("queued", 0), c.get("delivered", 0), c.get("dead", 0)]
-             for a, c in sorted(stats["commands"].items())], right={1, 2, 3}))
+        click.echo(
+            format_table(
+                ["ACTION", "QUEUED", "DELIVERED", "DEAD"],
+                [
+                    [a, c.get("queued", 0), c.get("delivered", 0), c.get("dead", 0)]
+                    for a, c in sorted(stats["commands"].items())
+                ],
+                right={1, 2, 3},
+            )
+        )
     click.echo("")
     click.echo(f"Per day (UTC), last {_plural(days, 'day')}")
-    click.echo(format_table(["DAY", "DELIVERED", "REMOVED"],
-                            [[d["day"], d["delivered"], d["removed"]] for d in stats["perDay"]],
-                            right={1, 2}))
+    click.echo(
+        format_table(
+            ["DAY", "DELIVERED", "REMOVED"],
+            [[d["day"], d["delivered"], d["removed"]] for d in stats["perDay"]],
+            right={1, 2},
+        )
+    )
 
 
 @cli.command("erase")
@@ -247,16 +316,15 @@ def erase_command(yes, as_json, **identifiers):
     """
     given = [(name, value) for name, value in identifiers.items() if value is not None]
     if len(given) != 1:
-        raise click.UsageError(
-            "Name exactly one of " + ", ".join(_FLAG_OF.values()) + " to erase."
-        )
+        raise click.UsageError("Name exactly one of " + ", ".join(_FLAG_OF.values()) + " to erase.")
     api_name, value = given[0]
     what = f"{_FLAG_OF[api_name].lstrip('-').replace('-', ' ')} {value}"
     rt = _ready()
     if not yes:
         click.confirm(
             f"Erase every registration and event of {what}? This cannot be undone.",
-            abort=True, err=True,
+            abort=True,
+            err=True,
         )
     from .links import marks
 
@@ -267,8 +335,10 @@ def erase_command(yes, as_json, **identifiers):
     if not result["erased"]:
         click.echo(f"nothing to erase: no registration or event mentions {what}")
         return
-    message = (f"erased {_plural(result['registrations'], 'registration')} and "
-               f"{_plural(result['events'], 'event')} of {what}")
+    message = (
+        f"erased {_plural(result['registrations'], 'registration')} and "
+        f"{_plural(result['events'], 'event')} of {what}"
+    )
     if result["scrubbed"]:
         message += f"; blanked {_plural(result['scrubbed'], 'mention')} elsewhere"
     if result["revoked"]:
@@ -278,25 +348,32 @@ def erase_command(yes, as_json, **identifiers):
 
 
 @cli.command("requeue")
-@click.option("--id", "ids", type=click.IntRange(min=1), multiple=True,
-              help="Registration id (repeatable).")
+@click.option(
+    "--id", "ids", type=click.IntRange(min=1), multiple=True, help="Registration id (repeatable)."
+)
 @click.option("--error-contains", help="Only dead letters whose last error contains this text.")
-@click.option("--token", callback=_normalized(normalize_token),
-              help="Only dead letters of this Telegram chat id.")
+@click.option(
+    "--token",
+    callback=_normalized(normalize_token),
+    help="Only dead letters of this Telegram chat id.",
+)
 @_json_option
 def requeue_command(ids, error_contains, token, as_json):
     """Move dead letters back to the queue: all of them, or those matching the filters."""
     rt = _ready()
-    count = rt.ledger.requeue_dead(ids=list(ids) or None, error_contains=error_contains,
-                                   token=token)
+    count = rt.ledger.requeue_dead(
+        ids=list(ids) or None, error_contains=error_contains, token=token
+    )
     if as_json:
         _echo_json({"requeued": count})
         return
     if not count:
         click.echo("no dead letters match; nothing requeued")
         return
-    click.echo(f"requeued {_plural(count, 'dead letter')}; the delivery worker sends them next "
-               "(or run `bridge deliver --once`)")
+    click.echo(
+        f"requeued {_plural(count, 'dead letter')}; the delivery worker sends them next "
+        "(or run `bridge deliver --once`)"
+    )
 
 
 # --- deep links ---------------------------------------------------------------------
@@ -304,12 +381,17 @@ def requeue_command(ids, error_contains, token, as_json):
 
 @cli.command("link")
 @click.option("--contact-id", "contact_id", help="Reteno contactId.")
-@click.option("--external-customer-id", "external_customer_id",
-              help="externalCustomerId (your own customer id).")
+@click.option(
+    "--external-customer-id",
+    "external_customer_id",
+    help="externalCustomerId (your own customer id).",
+)
 @click.option("--phone", help="Phone number (stored as its digits).")
 @click.option("--email", help="E-mail address.")
-@click.option("--ttl", help="How long the link stays valid: 90m, 12h, 30d; 0 for ever "
-                            "(default BRIDGE_LINK_TTL, 30d).")
+@click.option(
+    "--ttl",
+    help="How long the link stays valid: 90m, 12h, 30d; 0 for ever (default BRIDGE_LINK_TTL, 30d).",
+)
 def link_command(contact_id, external_customer_id, phone, email, ttl):
     """Print a signed https://t.me/<bot>?start=… link that registers the chat that opens
     it first (any other chat opening it registers nothing).
@@ -366,13 +448,19 @@ def _list_conflicts(limit, cursor, as_json):
     if not rows:
         click.echo("no identity conflicts")
         return
-    click.echo(format_table(
-        ["ID", "TOKEN", "STATE", "MATCHED BY", "CREATED"],
-        [[r.id, r.token, r.state, r.matched_by, r.created_at] for r in rows], right={0}))
+    click.echo(
+        format_table(
+            ["ID", "TOKEN", "STATE", "MATCHED BY", "CREATED"],
+            [[r.id, r.token, r.state, r.matched_by, r.created_at] for r in rows],
+            right={0},
+        )
+    )
     held = sum(r.state == "held" for r in rows)
     click.echo("")
-    click.echo(f"{_plural(len(rows), 'conflict')} shown, {held} held"
-               + (f"; next page: --cursor {nxt}" if nxt else ""))
+    click.echo(
+        f"{_plural(len(rows), 'conflict')} shown, {held} held"
+        + (f"; next page: --cursor {nxt}" if nxt else "")
+    )
 
 
 @conflicts_group.command("release")

@@ -59,11 +59,11 @@ def _echo_json(data) -> None:
 _ID_OPTIONS = (
     ("--token", "token", normalize_token, "Telegram chat id (digits, optional leading -)."),
     ("--contact-id", "contactId", normalize_contact_id, "Reteno contactId."),
-    ("--external-customer-id", "externalCustomerId", normalize_external_id,
-     "externalCustomerId."),
+    ("--external-customer-id", "externalCustomerId", normalize_external_id, "externalCustomerId."),
     ("--phone", "phone", normalize_phone, "Phone; any formatting, matched by its digits."),
     ("--email", "email", normalize_email, "E-mail address; matched trimmed and lower-cased."),
 )
+
 
 def _normalized(normalizer):
     """A click callback that applies one of :mod:`bridge.identifiers`' rules."""
@@ -81,13 +81,15 @@ def _normalized(normalizer):
 
 def _identifier_options(command):
     for flag, name, normalizer, help_text in reversed(_ID_OPTIONS):
-        command = click.option(flag, name, callback=_normalized(normalizer),
-                               help=help_text)(command)
+        command = click.option(flag, name, callback=_normalized(normalizer), help=help_text)(
+            command
+        )
     return command
 
 
-_json_option = click.option("--json", "as_json", is_flag=True,
-                            help="Print JSON (for scripts) instead of a table.")
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table."
+)
 
 
 def _ready():
@@ -114,25 +116,26 @@ def _cell(value) -> str:
     return escape_invisible(escape_control(text), _table_escape)
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence], *,
-                 right: Sequence[int] = ()) -> str:
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence], *, right: Sequence[int] = ()
+) -> str:
     """Rows as aligned plain-text columns under a header; ``right``: right-aligned columns."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
 
     def line(values):
-        parts = [v.rjust(w) if i in right else v.ljust(w)
-                 for i, (v, w) in enumerate(zip(values, widths, strict=True))]
+        parts = [
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
         return "  ".join(parts).rstrip()
 
-    return "\n".join([line(headers), line(["-" * w for w in widths]),
-                      *(line(r) for r in cells)])
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
 def _without_empty_columns(headers, rows, keep: int):
     """Drop columns (after the first ``keep``) that are empty in every row."""
-    used = [i for i in range(len(headers))
-            if i < keep or any(_cell(r[i]) != "-" for r in rows)]
+    used = [i for i in range(len(headers)) if i < keep or any(_cell(r[i]) != "-" for r in rows)]
     return [headers[i] for i in used], [[r[i] for i in used] for r in rows]
 
 
@@ -148,8 +151,10 @@ def _stopped_by_signals() -> Iterator[threading.Event]:
     if threading.current_thread() is not threading.main_thread():
         yield stop  # signals reach the main thread only (e.g. a test's CLI runner)
         return
-    previous = {sig: signal.signal(sig, lambda _sig, _frame: stop.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.signal(sig, lambda _sig, _frame: stop.set())
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         yield stop
     finally:

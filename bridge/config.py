@@ -202,8 +202,10 @@ def flag() -> Callable:
 def integer(low: int | Callable, high: int) -> Callable:
     """An integer from ``low`` (or a function of the values read so far) to ``high``."""
 
-    @_reader(f"integer, {low} to {high}" if isinstance(low, int) else f"integer, at most {high}",
-             text=False)
+    @_reader(
+        f"integer, {low} to {high}" if isinstance(low, int) else f"integer, at most {high}",
+        text=False,
+    )
     def read(key, value, values):
         least = low(values) if callable(low) else low
         try:
@@ -211,8 +213,7 @@ def integer(low: int | Callable, high: int) -> Callable:
         except ValueError:
             number = None
         if isinstance(value, bool) or number is None or not least <= number <= high:
-            raise ConfigError(f"{key} must be an integer from {least} to {high}, "
-                              f"got {value!r}")
+            raise ConfigError(f"{key} must be an integer from {least} to {high}, got {value!r}")
         return number
 
     return read
@@ -226,8 +227,9 @@ def seconds(low: float, high: float) -> Callable:
         except ValueError:
             number = None
         if isinstance(value, bool) or number is None or not low <= number <= high:
-            raise ConfigError(f"{key} must be a number of seconds from {low:g} to {high:g}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"{key} must be a number of seconds from {low:g} to {high:g}, got {value!r}"
+            )
         return float(number)
 
     return read
@@ -239,8 +241,9 @@ def duration() -> Callable:
         try:
             return parse_duration(value)
         except ValueError:
-            raise ConfigError(f"{key} must be a duration like 90m, 12h or 30d (0: never "
-                              f"expires), got {value!r}") from None
+            raise ConfigError(
+                f"{key} must be a duration like 90m, 12h or 30d (0: never expires), got {value!r}"
+            ) from None
 
     return read
 
@@ -253,8 +256,10 @@ def zone() -> Callable:
         try:
             return ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ConfigError(f"{key} must be an IANA time zone name like Europe/Kyiv or "
-                              f"America/New_York, got {value!r}") from None
+            raise ConfigError(
+                f"{key} must be an IANA time zone name like Europe/Kyiv or "
+                f"America/New_York, got {value!r}"
+            ) from None
 
     return read
 
@@ -275,8 +280,9 @@ def secrets(check: Callable[[str, tuple[str, ...]], None], text: bool = True) ->
 
 def _long_enough(key: str, secret: str | None) -> None:
     if secret is not None and len(secret) < MIN_SECRET:
-        raise ConfigError(f"{key} must be at least {MIN_SECRET} characters long "
-                          f"(it has {len(secret)})")
+        raise ConfigError(
+            f"{key} must be at least {MIN_SECRET} characters long (it has {len(secret)})"
+        )
 
 
 def _link_secrets(key: str, found: tuple[str, ...]) -> None:
@@ -288,10 +294,12 @@ def _api_keys(key: str, found: tuple[str, ...]) -> None:
     if any(len(k) < MIN_SECRET for k in found):
         raise ConfigError(f"{key}: every key must be at least {MIN_SECRET} characters long")
     if any("=" in k.rstrip("=") for k in found):  # not echoed: it is a secret
-        raise ConfigError(f"{key}: a key holds '=' before its end; werkzeug reads such an "
-                          "Authorization: Bearer value as name=value parameters, not a token, "
-                          "so that key could never authenticate (use letters, digits and "
-                          "- . _ ~ + /; trailing '=' padding is fine)")
+        raise ConfigError(
+            f"{key}: a key holds '=' before its end; werkzeug reads such an "
+            "Authorization: Bearer value as name=value parameters, not a token, "
+            "so that key could never authenticate (use letters, digits and "
+            "- . _ ~ + /; trailing '=' padding is fine)"
+        )
 
 
 def _telegram_secret(key: str, value: str, values: Mapping) -> None:
@@ -360,19 +368,21 @@ def checked_base_url(url: str, name: str, key_goes_in: str) -> str:
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
     if "@" in parts.netloc:
-        raise ConfigError(f"{name} must not carry credentials (user:password@): the key "
-                          f"goes in {key_goes_in}")
+        raise ConfigError(
+            f"{name} must not carry credentials (user:password@): the key goes in {key_goes_in}"
+        )
     if "?" in url or "#" in url:
         raise ConfigError(f"{name} must be a URL without a query (?...) or fragment (#...)")
     try:
         parts.port  # noqa: B018 - raises for a port that is not a number
     except ValueError:
-        raise ConfigError(f"{name} must be an https URL with a valid port, got {url!r}") \
-            from None
+        raise ConfigError(f"{name} must be an https URL with a valid port, got {url!r}") from None
     scheme, host = parts.scheme.lower(), parts.hostname or ""
     if not host or not (scheme == "https" or (scheme == "http" and loopback(host))):
-        raise ConfigError(f"{name} must be an https URL (plain http only to localhost, "
-                          f"127.0.0.1 or [::1]), got {url!r}")
+        raise ConfigError(
+            f"{name} must be an https URL (plain http only to localhost, "
+            f"127.0.0.1 or [::1]), got {url!r}"
+        )
     return url
 
 
@@ -429,8 +439,9 @@ def _lookup(config: Mapping, environ: Mapping, key: str):
 def _sandbox_or_reteno(values: Mapping) -> None:
     app_uuid, api_key = values["RETENO_APP_UUID"], values["RETENO_API_KEY"]
     if values["BRIDGE_SANDBOX"] and (app_uuid or api_key):
-        given = " and ".join(k for k, v in (("RETENO_APP_UUID", app_uuid),
-                                            ("RETENO_API_KEY", api_key)) if v)
+        given = " and ".join(
+            k for k, v in (("RETENO_APP_UUID", app_uuid), ("RETENO_API_KEY", api_key)) if v
+        )
         raise ConfigError(
             f"BRIDGE_SANDBOX=true and {given} are both set: sandbox mode never delivers to "
             "Reteno; unset BRIDGE_SANDBOX to deliver for real, or the credentials"
@@ -466,11 +477,15 @@ def _webhook_needs_both(values: Mapping) -> None:
 
 
 def _deadline_covers_connect(values: Mapping) -> None:
-    deadline, connect = values["BRIDGE_UPSTREAM_DEADLINE"], \
-        values["BRIDGE_UPSTREAM_CONNECT_TIMEOUT"]
+    deadline, connect = (
+        values["BRIDGE_UPSTREAM_DEADLINE"],
+        values["BRIDGE_UPSTREAM_CONNECT_TIMEOUT"],
+    )
     if deadline < connect:
-        raise ConfigError(f"BRIDGE_UPSTREAM_DEADLINE ({deadline:g}) must be at least "
-                          f"BRIDGE_UPSTREAM_CONNECT_TIMEOUT ({connect:g})")
+        raise ConfigError(
+            f"BRIDGE_UPSTREAM_DEADLINE ({deadline:g}) must be at least "
+            f"BRIDGE_UPSTREAM_CONNECT_TIMEOUT ({connect:g})"
+        )
 
 
 def _shortest_lease(values: Mapping) -> int:
@@ -485,123 +500,247 @@ def _preset(index: int) -> Callable[[Mapping], str]:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("RETENO_PLATFORM", lowered(tuple(PLATFORMS), "one of " + ", ".join(PLATFORMS)),
-        "Preset for the base URL and the auth scheme.", default="reteno", field="platform"),
-    Key("RETENO_BASE_URL", base_url(),
+    Key(
+        "RETENO_PLATFORM",
+        lowered(tuple(PLATFORMS), "one of " + ", ".join(PLATFORMS)),
+        "Preset for the base URL and the auth scheme.",
+        default="reteno",
+        field="platform",
+    ),
+    Key(
+        "RETENO_BASE_URL",
+        base_url(),
         "Where ``/api/v1/apps/{app_uuid}/tokens`` lives: https (plain http only to "
         "``localhost``, ``127.0.0.0/8``, ``[::1]``), no user-info, query or fragment (as "
-        "``bridge replay --base-url``).", default=_preset(0),
+        "``bridge replay --base-url``).",
+        default=_preset(0),
         shown=", ".join(f"``{url}``" for url, _ in PLATFORMS.values()) + " by platform",
-        field="base_url"),
-    Key("RETENO_AUTH", lowered(AUTH_SCHEMES, "'header' or 'basic'"),
+        field="base_url",
+    ),
+    Key(
+        "RETENO_AUTH",
+        lowered(AUTH_SCHEMES, "'header' or 'basic'"),
         "``header``: ``X-Reteno-Access-Key: <key>``; ``basic``: HTTP Basic, user "
-        "``bridge``, the key as password.", default=_preset(1),
-        shown="``header`` for reteno, ``basic`` for esputnik and yespo", field="auth"),
-    Key("RETENO_APP_UUID", matching(APP_ID, "must be the application ID from Settings → "
-                                    "My bots", "application ID"),
-        "The bot's application ID (Reteno: Settings → My bots).", field="app_uuid"),
+        "``bridge``, the key as password.",
+        default=_preset(1),
+        shown="``header`` for reteno, ``basic`` for esputnik and yespo",
+        field="auth",
+    ),
+    Key(
+        "RETENO_APP_UUID",
+        matching(APP_ID, "must be the application ID from Settings → My bots", "application ID"),
+        "The bot's application ID (Reteno: Settings → My bots).",
+        field="app_uuid",
+    ),
     Key("RETENO_API_KEY", text(), "The Reteno API key.", field="api_key"),
-    Key("BRIDGE_SANDBOX", flag(),
+    Key(
+        "BRIDGE_SANDBOX",
+        flag(),
         "``true``: deliver to the built-in Reteno simulator (development only; ``make run`` "
         "sets it). Refused together with Reteno credentials; without it, both "
-        "``RETENO_APP_UUID`` and ``RETENO_API_KEY`` are needed.", default=False,
-        field="sandbox", check=_sandbox_or_reteno),
-    Key("BRIDGE_DATABASE_URL", database_url(),
+        "``RETENO_APP_UUID`` and ``RETENO_API_KEY`` are needed.",
+        default=False,
+        field="sandbox",
+        check=_sandbox_or_reteno,
+    ),
+    Key(
+        "BRIDGE_DATABASE_URL",
+        database_url(),
         "A SQLAlchemy URL of SQLite or PostgreSQL, e.g. "
         "``postgresql+psycopg://user@host/db`` (the two databases the suite runs on; "
         "others are refused at start-up).",
-        default=lambda values: "sqlite:///" + os.path.join(values["BRIDGE_INSTANCE_PATH"],
-                                                           "bridge.sqlite3"),
-        shown="``sqlite:///<instance folder>/bridge.sqlite3``", field="database_url"),
-    Key("BRIDGE_API_KEYS", secrets(_api_keys, text=False),
+        default=lambda values: (
+            "sqlite:///" + os.path.join(values["BRIDGE_INSTANCE_PATH"], "bridge.sqlite3")
+        ),
+        shown="``sqlite:///<instance folder>/bridge.sqlite3``",
+        field="database_url",
+    ),
+    Key(
+        "BRIDGE_API_KEYS",
+        secrets(_api_keys, text=False),
         "The callers' keys, sent as ``Authorization: Bearer <key>``; no ``=`` but trailing "
         "padding (werkzeug would read ``Bearer <key>`` as parameters). Needed outside "
-        "sandbox mode.", default="", field="api_keys", check=_callers_have_keys),
-    Key("BRIDGE_WEBHOOK_USERNAME", text(),
+        "sandbox mode.",
+        default="",
+        field="api_keys",
+        check=_callers_have_keys,
+    ),
+    Key(
+        "BRIDGE_WEBHOOK_USERNAME",
+        text(),
         "The HTTP Basic user name Reteno's status webhook is configured with.",
-        field="webhook_username"),
-    Key("BRIDGE_WEBHOOK_PASSWORD", secret(_webhook_pair),
-        "Its password; the two go together.", field="webhook_password",
-        check=_webhook_needs_both),
-    Key("TELEGRAM_WEBHOOK_SECRET", secret(_telegram_secret),
+        field="webhook_username",
+    ),
+    Key(
+        "BRIDGE_WEBHOOK_PASSWORD",
+        secret(_webhook_pair),
+        "Its password; the two go together.",
+        field="webhook_password",
+        check=_webhook_needs_both,
+    ),
+    Key(
+        "TELEGRAM_WEBHOOK_SECRET",
+        secret(_telegram_secret),
         "The ``secret_token`` given to Telegram's setWebhook (A-Z a-z 0-9 _ -, at most 256); "
         "while unset, ``/telegram/webhook`` takes only a bearer key (a bot forwarding its "
-        "updates).", field="telegram_webhook_secret"),
-    Key("BRIDGE_LINK_SECRET", secrets(_link_secrets),
+        "updates).",
+        field="telegram_webhook_secret",
+    ),
+    Key(
+        "BRIDGE_LINK_SECRET",
+        secrets(_link_secrets),
         "Keys for ``/start`` deep-link payloads: the first signs, every one verifies "
-        "(rotation without breaking issued links).", default="", field="link_secrets"),
-    Key("BRIDGE_LINK_TTL", duration(),
+        "(rotation without breaking issued links).",
+        default="",
+        field="link_secrets",
+    ),
+    Key(
+        "BRIDGE_LINK_TTL",
+        duration(),
         "How long a new deep link stays valid (``0``: never expires).",
-        default=DEFAULT_LINK_TTL, field="link_ttl"),
-    Key("BRIDGE_ON_CONFLICT", lowered(ON_CONFLICT, "one of " + ", ".join(ON_CONFLICT)),
+        default=DEFAULT_LINK_TTL,
+        field="link_ttl",
+    ),
+    Key(
+        "BRIDGE_ON_CONFLICT",
+        lowered(ON_CONFLICT, "one of " + ", ".join(ON_CONFLICT)),
         "A token submitted under a second identity: ``send`` (Reteno's own behaviour, "
-        "flagged) or ``hold`` (kept back for review).", default="send",
-        field="on_conflict"),
-    Key("TELEGRAM_BOT_USERNAME", bot_username(),
+        "flagged) or ``hold`` (kept back for review).",
+        default="send",
+        field="on_conflict",
+    ),
+    Key(
+        "TELEGRAM_BOT_USERNAME",
+        bot_username(),
         "The bot's @username, for ``https://t.me/<username>?start=…`` links.",
-        field="telegram_bot_username"),
-    Key("BRIDGE_UPSTREAM_CONNECT_TIMEOUT", seconds(0.1, 120.0),
-        "Seconds to connect to Reteno.", default=DEFAULT_CONNECT_TIMEOUT,
-        field="upstream_connect_timeout"),
-    Key("BRIDGE_UPSTREAM_READ_TIMEOUT", seconds(0.1, 600.0),
-        "Seconds to wait for each read of Reteno's answer.", default=DEFAULT_READ_TIMEOUT,
-        field="upstream_read_timeout"),
+        field="telegram_bot_username",
+    ),
+    Key(
+        "BRIDGE_UPSTREAM_CONNECT_TIMEOUT",
+        seconds(0.1, 120.0),
+        "Seconds to connect to Reteno.",
+        default=DEFAULT_CONNECT_TIMEOUT,
+        field="upstream_connect_timeout",
+    ),
+    Key(
+        "BRIDGE_UPSTREAM_READ_TIMEOUT",
+        seconds(0.1, 600.0),
+        "Seconds to wait for each read of Reteno's answer.",
+        default=DEFAULT_READ_TIMEOUT,
+        field="upstream_read_timeout",
+    ),
     # The read time-out bounds each socket read, not the call: an answer trickling a byte
     # a second would never end. The deadline bounds the whole call; connecting cannot be
     # cut short, so it is at least the connect time-out.
-    Key("BRIDGE_UPSTREAM_DEADLINE", seconds(0.1, 600.0),
+    Key(
+        "BRIDGE_UPSTREAM_DEADLINE",
+        seconds(0.1, 600.0),
         "Seconds one call to Reteno may last, its answer read included (a slow trickle "
         "ends there and is retried like a time-out); at least the connect time-out. At "
         f"most {MAX_UPSTREAM_ANSWER_BYTES // 1024} KB of any answer is read.",
-        default=lambda values: values["BRIDGE_UPSTREAM_CONNECT_TIMEOUT"]
-        + values["BRIDGE_UPSTREAM_READ_TIMEOUT"],
+        default=lambda values: (
+            values["BRIDGE_UPSTREAM_CONNECT_TIMEOUT"] + values["BRIDGE_UPSTREAM_READ_TIMEOUT"]
+        ),
         shown=f"the two time-outs added (``{DEFAULT_CONNECT_TIMEOUT + DEFAULT_READ_TIMEOUT:g}``)",
-        field="upstream_deadline", check=_deadline_covers_connect),
-    Key("BRIDGE_LEASE_SECONDS", integer(_shortest_lease, 86400),
+        field="upstream_deadline",
+        check=_deadline_covers_connect,
+    ),
+    Key(
+        "BRIDGE_LEASE_SECONDS",
+        integer(_shortest_lease, 86400),
         "How long a worker holds claimed rows before another may take them; at least twice "
         "the deadline, and renewed every third of it while their call is in flight.",
         default=lambda values: max(DEFAULT_LEASE_SECONDS, _shortest_lease(values)),
         shown=f"``{DEFAULT_LEASE_SECONDS}`` (at least twice the deadline)",
-        field="lease_seconds"),
-    Key("BRIDGE_BATCH_SIZE", integer(1, MAX_BATCH_SIZE),
-        "Most tokens in one upstream call.", default=DEFAULT_BATCH_SIZE, field="batch_size"),
-    Key("BRIDGE_BACKGROUND_DELIVERY", flag(),
+        field="lease_seconds",
+    ),
+    Key(
+        "BRIDGE_BATCH_SIZE",
+        integer(1, MAX_BATCH_SIZE),
+        "Most tokens in one upstream call.",
+        default=DEFAULT_BATCH_SIZE,
+        field="batch_size",
+    ),
+    Key(
+        "BRIDGE_BACKGROUND_DELIVERY",
+        flag(),
         "The served app delivers in a background thread; ``false`` when separate "
-        "``bridge deliver`` workers do it.", default=True, field="background_delivery"),
-    Key("BRIDGE_MAX_BODY_BYTES", integer(1024, 1 << 30),
-        "Request bodies above this get 413.", default=DEFAULT_MAX_BODY_BYTES,
-        field="max_body_bytes"),
-    Key("BRIDGE_MAX_STATUS_EVENTS", integer(1, 10_000_000),
+        "``bridge deliver`` workers do it.",
+        default=True,
+        field="background_delivery",
+    ),
+    Key(
+        "BRIDGE_MAX_BODY_BYTES",
+        integer(1024, 1 << 30),
+        "Request bodies above this get 413.",
+        default=DEFAULT_MAX_BODY_BYTES,
+        field="max_body_bytes",
+    ),
+    Key(
+        "BRIDGE_MAX_STATUS_EVENTS",
+        integer(1, 10_000_000),
         "Most events in one ``POST /statuses`` body; more is a 413 (far above what Reteno "
-        "sends in one call).", default=DEFAULT_MAX_STATUS_EVENTS, field="max_status_events"),
-    Key("BRIDGE_MAX_FIELD_ERRORS", integer(1, 100_000),
+        "sends in one call).",
+        default=DEFAULT_MAX_STATUS_EVENTS,
+        field="max_status_events",
+    ),
+    Key(
+        "BRIDGE_MAX_FIELD_ERRORS",
+        integer(1, 100_000),
         "Most field paths listed in a 422's ``errors``; the number of the others is under "
-        "``_more``.", default=DEFAULT_MAX_FIELD_ERRORS, field="max_field_errors"),
-    Key("BRIDGE_METRICS_PUBLIC", flag(),
-        "``true``: ``/metrics`` answers without a bearer key (for a scraper on a private "
-        "network).", default=False, field="metrics_public"),
-    Key("BRIDGE_HEALTH_CACHE_SECONDS", seconds(0.0, 300.0),
+        "``_more``.",
+        default=DEFAULT_MAX_FIELD_ERRORS,
+        field="max_field_errors",
+    ),
+    Key(
+        "BRIDGE_METRICS_PUBLIC",
+        flag(),
+        "``true``: ``/metrics`` answers without a bearer key (for a scraper on a private network).",
+        default=False,
+        field="metrics_public",
+    ),
+    Key(
+        "BRIDGE_HEALTH_CACHE_SECONDS",
+        seconds(0.0, 300.0),
         "The ledger's table-wide counts in ``/healthz`` and ``/metrics`` are made at most "
-        "this often (``0``: on every call).", default=DEFAULT_HEALTH_CACHE_SECONDS,
-        field="health_cache_seconds"),
-    Key("BRIDGE_STATUS_TIMEZONE", zone(),
+        "this often (``0``: on every call).",
+        default=DEFAULT_HEALTH_CACHE_SECONDS,
+        field="health_cache_seconds",
+    ),
+    Key(
+        "BRIDGE_STATUS_TIMEZONE",
+        zone(),
         "The zone (``Europe/Kyiv``) in which Reteno's offset-less times "
         "(``activityDateTime``) are read: your Reteno account's zone; an unknown zone "
-        "stops start-up.", default="UTC", field="status_timezone"),
+        "stops start-up.",
+        default="UTC",
+        field="status_timezone",
+    ),
     # Read where the process starts, not into Settings (an app that mounts the bridge
     # has its own instance folder, logging and server).
-    Key("BRIDGE_INSTANCE_PATH", text(),
+    Key(
+        "BRIDGE_INSTANCE_PATH",
+        text(),
         "The folder of the default SQLite file and the sandbox's development key, for the "
         "bundled app (``reteno-bridge``, ``bridge.factory``) and ``app.py``; an app of your "
-        "own that mounts the bridge uses its Flask instance folder.", default="instance",
-        shown="``./instance`` of the working directory"),
-    Key("BRIDGE_LOG_LEVEL", text(), "Log level of the bundled app and ``app.py``.",
-        default="INFO"),
-    Key("HOST", text(), "Where ``make run``, ``make serve`` and the shipped gunicorn "
-        "settings listen.", default="127.0.0.1"),
+        "own that mounts the bridge uses its Flask instance folder.",
+        default="instance",
+        shown="``./instance`` of the working directory",
+    ),
+    Key("BRIDGE_LOG_LEVEL", text(), "Log level of the bundled app and ``app.py``.", default="INFO"),
+    Key(
+        "HOST",
+        text(),
+        "Where ``make run``, ``make serve`` and the shipped gunicorn settings listen.",
+        default="127.0.0.1",
+    ),
     Key("PORT", integer(1, 65535), "Their port.", default=5000),
-    Key("WEB_CONCURRENCY", integer(1, 1000), "gunicorn's worker processes (shipped "
-        "settings).", default=2),
+    Key(
+        "WEB_CONCURRENCY",
+        integer(1, 1000),
+        "gunicorn's worker processes (shipped settings).",
+        default=2,
+    ),
 )
 KEY = {key.name: key for key in KEYS}
 
@@ -636,5 +775,7 @@ def load_settings(config: Mapping, instance_path: str, environ: Mapping | None =
             given.add(key.name)
         if key.check:
             key.check(values)
-    return Settings(**{key.field: values[key.name] for key in KEYS if key.field},
-                    base_url_explicit="RETENO_BASE_URL" in given)
+    return Settings(
+        **{key.field: values[key.name] for key in KEYS if key.field},
+        base_url_explicit="RETENO_BASE_URL" in given,
+    )

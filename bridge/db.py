@@ -41,6 +41,8 @@ def migrations_dir() -> str:
     """The Alembic scripts: ``migrations/`` of the repository, shipped in the package as
     ``bridge.migrations`` (an installed wheel has them there, a checkout maps them)."""
     return str(importlib.resources.files("bridge.migrations"))
+
+
 VERSION_TABLE = "bridge_alembic_version"
 
 
@@ -60,8 +62,10 @@ def describe(url: str) -> str:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return f"SQLite file {parsed.database}" if parsed.database else "SQLite in memory"
-    return f"{parsed.get_backend_name()} at {parsed.host or 'localhost'}" \
+    return (
+        f"{parsed.get_backend_name()} at {parsed.host or 'localhost'}"
         f"{':' + str(parsed.port) if parsed.port else ''}/{parsed.database or ''}"
+    )
 
 
 @contextmanager
@@ -81,8 +85,9 @@ def make_engine(url: str, flushed_by_caller: bool = False) -> Engine:
     if url.startswith("sqlite"):
         return sqlite_engine(url, flushed_by_caller)
     # hide_parameters: bound values (tokens, emails, phones) stay out of error messages
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                         hide_parameters=True)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+    )
 
 
 class Database:
@@ -239,8 +244,9 @@ def insert_unless_taken(table, index_elements: list[str], index_where: str | Non
 
     where = text(index_where) if index_where else None
     return tuple(
-        module.insert(table).on_conflict_do_nothing(index_elements=index_elements,
-                                                    index_where=where)
+        module.insert(table).on_conflict_do_nothing(
+            index_elements=index_elements, index_where=where
+        )
         for module in (sqlite, postgresql)
     )
 
@@ -253,9 +259,11 @@ def lock_keys(conn: Connection, keys: list[str]) -> None:
     if conn.dialect.name != "postgresql" or not keys:
         return
     conn.execute(
-        text("SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT "
-             "hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k "
-             "ORDER BY h) AS ordered"),
+        text(
+            "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT "
+            "hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k "
+            "ORDER BY h) AS ordered"
+        ),
         {"keys": list(keys)},
     )
 
@@ -270,7 +278,7 @@ def in_pages(items: Sequence) -> Iterator[list]:
     parameters, and page sizes are few, so a statement built once per size
     (:func:`in_params`) has few shapes."""
     for start, size in page_bounds(len(items)):
-        yield list(items[start:start + size])
+        yield list(items[start : start + size])
 
 
 def in_params(column, prefix: str, size: int):

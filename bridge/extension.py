@@ -28,8 +28,11 @@ def served() -> bool:
 def run_by_flask() -> bool:
     """True under ``flask run`` (one process, never forked)."""
     ctx = click.get_current_context(silent=True)
-    return os.environ.get("FLASK_RUN_FROM_CLI") == "true" and ctx is not None \
+    return (
+        os.environ.get("FLASK_RUN_FROM_CLI") == "true"
+        and ctx is not None
         and ctx.info_name == "run"
+    )
 
 
 class Bridge:

@@ -26,8 +26,9 @@ from .extension import Bridge
 from .http import protect_answer, register_error_handlers
 
 
-def create_app(config: dict | None = None, import_name: str = "bridge",
-               url_prefix: str = "/") -> Flask:
+def create_app(
+    config: dict | None = None, import_name: str = "bridge", url_prefix: str = "/"
+) -> Flask:
     """A Flask app serving the bridge at ``url_prefix``; configuration from ``config``
     and the environment; its instance folder :func:`~bridge.config.instance_folder`
     (``./instance`` of the working directory by default). When served (not a CLI
@@ -81,16 +82,23 @@ def command_group() -> click.Group:
         def make_context(self, info_name, args, parent=None, **extra):
             # as under ``flask``: a command, not a served app (create_app starts nothing)
             os.environ["FLASK_RUN_FROM_CLI"] = "true"
-            extra.setdefault("obj", ScriptInfo(create_app=lambda: app_or_exit(create_app),
-                                               set_debug_flag=False,
-                                               load_dotenv_defaults=False))
+            extra.setdefault(
+                "obj",
+                ScriptInfo(
+                    create_app=lambda: app_or_exit(create_app),
+                    set_debug_flag=False,
+                    load_dotenv_defaults=False,
+                ),
+            )
             return super().make_context(info_name, args, parent=parent, **extra)
 
-    group = Bundled(name="reteno-bridge",
-                    help="Reteno bridge on the bundled app, configured by the environment "
-                         "(docs: Configuration); its data in ./instance unless "
-                         "BRIDGE_INSTANCE_PATH or BRIDGE_DATABASE_URL say otherwise. "
-                         "`reteno-bridge serve --sandbox` tries it in one command.")
+    group = Bundled(
+        name="reteno-bridge",
+        help="Reteno bridge on the bundled app, configured by the environment "
+        "(docs: Configuration); its data in ./instance unless "
+        "BRIDGE_INSTANCE_PATH or BRIDGE_DATABASE_URL say otherwise. "
+        "`reteno-bridge serve --sandbox` tries it in one command.",
+    )
     group.add_command(serve_command)
     for name, command in cli.commands.items():
         group.add_command(command, name)

@@ -35,8 +35,13 @@ MAX_DEPTH = 64
 class APIError(HTTPException):
     """An HTTP error with a sentence for people and field-keyed details."""
 
-    def __init__(self, code: int, message: str, errors: dict[str, list[str]] | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        errors: dict[str, list[str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(description=message)
         self.code = code
         self.errors = errors or {}
@@ -51,8 +56,9 @@ def error_body(code: int, message: str, errors: dict | None = None) -> dict[str,
     return {"code": code, "status": phrase, "message": message, "errors": errors or {}}
 
 
-def error_response(code: int, message: str, errors: dict | None = None,
-                   headers: dict | None = None) -> Response:
+def error_response(
+    code: int, message: str, errors: dict | None = None, headers: dict | None = None
+) -> Response:
     response = current_app.json.response(error_body(code, message, errors))
     response.status_code = code
     for key, value in (headers or {}).items():
@@ -158,8 +164,10 @@ def _clean_text(value, replace: bool, level: int = 0):
             raise ValueError("a string holds an unpaired UTF-16 surrogate escape")
         return value
     if isinstance(value, dict):
-        return {_clean_text(k, replace, level): _clean_text(v, replace, level + 1)
-                for k, v in value.items()}
+        return {
+            _clean_text(k, replace, level): _clean_text(v, replace, level + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_clean_text(v, replace, level + 1) for v in value]
     return value
@@ -186,8 +194,9 @@ def json_body(limit: int, replace_unstorable: bool = False) -> Any:
         raise APIError(415, "The body must be JSON (Content-Type: application/json).")
     charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
     if charset not in _UTF8:
-        raise APIError(415, "JSON bodies must be UTF-8 (Content-Type: application/json; "
-                            "charset=utf-8).")
+        raise APIError(
+            415, "JSON bodies must be UTF-8 (Content-Type: application/json; charset=utf-8)."
+        )
     if request.content_length is not None and request.content_length > limit:
         raise APIError(413, f"The request body is larger than {limit} bytes.")
     # One byte more than the limit: a chunked body (no Content-Length) is cut at
@@ -204,9 +213,13 @@ def json_body(limit: int, replace_unstorable: bool = False) -> Any:
     except UnicodeDecodeError:
         raise APIError(400, "The body is not valid UTF-8.") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
-                          parse_float=_lenient_float if replace_unstorable else _finite_float,
-                          parse_int=_int_or_text)
+        data = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_float=_lenient_float if replace_unstorable else _finite_float,
+            parse_int=_int_or_text,
+        )
         # Unpaired surrogates and NULs can only come from \u escapes (the UTF-8 decoding
         # and the JSON grammar refuse them raw), and no body with at most MAX_DEPTH
         # brackets is nested deeper: the usual small body skips the walk.
@@ -279,11 +292,14 @@ def _basic_ok(username: str | None, password: str | None) -> bool:
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "One of BRIDGE_API_KEYS."},
     "webhookBasic": {
-        "type": "http", "scheme": "basic",
+        "type": "http",
+        "scheme": "basic",
         "description": "BRIDGE_WEBHOOK_USERNAME / BRIDGE_WEBHOOK_PASSWORD (Reteno's webhook).",
     },
     "telegramSecret": {
-        "type": "apiKey", "in": "header", "name": TELEGRAM_SECRET_HEADER,
+        "type": "apiKey",
+        "in": "header",
+        "name": TELEGRAM_SECRET_HEADER,
         "description": "TELEGRAM_WEBHOOK_SECRET, the secret_token given to setWebhook.",
     },
 }
@@ -300,8 +316,11 @@ def bearer_required(view):
     @functools.wraps(view)
     def guarded(*args, **kwargs):
         if not bearer_ok(current().api_keys):
-            raise APIError(401, "A valid API key is required: send Authorization: Bearer <key>.",
-                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+            raise APIError(
+                401,
+                "A valid API key is required: send Authorization: Bearer <key>.",
+                headers={"WWW-Authenticate": _BEARER_CHALLENGE},
+            )
         return view(*args, **kwargs)
 
     return _door(BEARER)(guarded)
@@ -345,14 +364,18 @@ def telegram_secret_required(view):
         runtime = current()
         expected = runtime.settings.telegram_webhook_secret
         # Both checks always run (constant-time each), so the timing tells nothing.
-        ok = bool(expected) & _equal(request.headers.get(TELEGRAM_SECRET_HEADER, ""),
-                                     expected or "")
+        ok = bool(expected) & _equal(
+            request.headers.get(TELEGRAM_SECRET_HEADER, ""), expected or ""
+        )
         ok |= bearer_ok(runtime.api_keys)
         if not ok:
-            raise APIError(401, f"A valid API key (Authorization: Bearer <key>) or the "
-                                f"{TELEGRAM_SECRET_HEADER} header equal to the webhook's "
-                                "secret_token is required.",
-                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+            raise APIError(
+                401,
+                f"A valid API key (Authorization: Bearer <key>) or the "
+                f"{TELEGRAM_SECRET_HEADER} header equal to the webhook's "
+                "secret_token is required.",
+                headers={"WWW-Authenticate": _BEARER_CHALLENGE},
+            )
         return view(*args, **kwargs)
 
     return _door([{"telegramSecret": []}, *BEARER])(guarded)
@@ -368,9 +391,12 @@ def bearer_optional(view):
         if "Authorization" not in request.headers:
             return view(*args, authenticated=False, **kwargs)
         if not bearer_ok(current().api_keys):
-            raise APIError(401, "The API key is not valid: send a valid Authorization: Bearer "
-                                "<key> for the details, or no Authorization header.",
-                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+            raise APIError(
+                401,
+                "The API key is not valid: send a valid Authorization: Bearer "
+                "<key> for the details, or no Authorization header.",
+                headers={"WWW-Authenticate": _BEARER_CHALLENGE},
+            )
         return view(*args, authenticated=True, **kwargs)
 
     return _door([{}, *BEARER])(guarded)  # open; details with a key
@@ -383,10 +409,13 @@ def metrics_auth_required(view):
     def guarded(*args, **kwargs):
         runtime = current()
         if not runtime.settings.metrics_public and not bearer_ok(runtime.api_keys):
-            raise APIError(401, "A valid API key is required: send Authorization: Bearer <key> "
-                                "(or set BRIDGE_METRICS_PUBLIC=true for a scraper on a private "
-                                "network).",
-                           headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+            raise APIError(
+                401,
+                "A valid API key is required: send Authorization: Bearer <key> "
+                "(or set BRIDGE_METRICS_PUBLIC=true for a scraper on a private "
+                "network).",
+                headers={"WWW-Authenticate": _BEARER_CHALLENGE},
+            )
         return view(*args, **kwargs)
 
     return _door(BEARER)(guarded)
@@ -410,9 +439,11 @@ class ArgumentParser(FlaskParser):
 
     def handle_error(self, error, req, schema, *, error_status_code, error_headers):
         (messages,) = error.messages.values()  # webargs keys them by location
-        raise APIError(422, getattr(schema, "refusal", "The request is not valid."),
-                       capped_errors(flatten_errors(messages),
-                                     current().settings.max_field_errors))
+        raise APIError(
+            422,
+            getattr(schema, "refusal", "The request is not valid."),
+            capped_errors(flatten_errors(messages), current().settings.max_field_errors),
+        )
 
 
 JSON_BODY_ERRORS = {code: HTTPStatus(code).name for code in (400, 413, 415)}

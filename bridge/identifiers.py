@@ -75,8 +75,9 @@ def _visible_text(value: Any) -> str:
     text = unicodedata.normalize("NFC", text)
     for char in text:
         if unicodedata.category(char) == "Cf":
-            raise IdentifierError(f"Must not contain invisible format characters "
-                                  f"(U+{ord(char):04X}).")
+            raise IdentifierError(
+                f"Must not contain invisible format characters (U+{ord(char):04X})."
+            )
     return text
 
 
@@ -129,10 +130,14 @@ def _decimals_up_to(bound: int) -> str:
     19 characters, leading zeros allowed (as ``_TOKEN`` and ``_DIGITS`` take them)."""
     top = str(bound)
     width = len(top)
-    shorter = [f"0{{{zeros}}}[1-9][0-9]{{0,{min(width - 2, width - 1 - zeros)}}}"
-               for zeros in range(width)]  # fewer significant digits than ``bound``
-    full = [top] + [f"{top[:i]}[{1 if i == 0 else 0}-{int(top[i]) - 1}][0-9]{{{width - 1 - i}}}"
-                    for i in range(width) if int(top[i]) > (1 if i == 0 else 0)]
+    shorter = [
+        f"0{{{zeros}}}[1-9][0-9]{{0,{min(width - 2, width - 1 - zeros)}}}" for zeros in range(width)
+    ]  # fewer significant digits than ``bound``
+    full = [top] + [
+        f"{top[:i]}[{1 if i == 0 else 0}-{int(top[i]) - 1}][0-9]{{{width - 1 - i}}}"
+        for i in range(width)
+        if int(top[i]) > (1 if i == 0 else 0)
+    ]
     return "(?:" + "|".join(shorter + full) + ")"
 
 
@@ -155,9 +160,11 @@ def _format_characters() -> str:
             ranges.append([code, code])
     char = "\\u{:04x}".format
     wide = "\\U{:08x}".format
-    return "".join((char if high < 0x10000 else wide)(low) + (
-        "" if low == high else "-" + (char if high < 0x10000 else wide)(high))
-        for low, high in ranges)
+    return "".join(
+        (char if high < 0x10000 else wide)(low)
+        + ("" if low == high else "-" + (char if high < 0x10000 else wide)(high))
+        for low, high in ranges
+    )
 
 
 # after trimming: something, no control character (_CONTROL), no format character (Cf)

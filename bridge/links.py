@@ -131,20 +131,33 @@ def make_payload(secret: str, name: str, value: Any, expires: datetime | None = 
     stamp = int(expires.timestamp()) if expires is not None else 0
     if not 0 <= stamp < 2**32:
         raise LinkError("the expiry must be between 1970 and 2106")
-    body = (bytes([VERSION << 4 | TYPE_CODES[name], key_id(secret)])
-            + stamp.to_bytes(4, "big") + encoded)
+    body = (
+        bytes([VERSION << 4 | TYPE_CODES[name], key_id(secret)])
+        + stamp.to_bytes(4, "big")
+        + encoded
+    )
     payload = _b64(body + _tag(secret, body))
     assert len(payload) <= PAYLOAD_MAX_CHARS and _PAYLOAD.match(payload)
     return payload
 
 
-def make_link(settings, identifier_name: str, value: Any, ttl_seconds: int | None = None,
-              now: datetime | None = None) -> str:
+def make_link(
+    settings,
+    identifier_name: str,
+    value: Any,
+    ttl_seconds: int | None = None,
+    now: datetime | None = None,
+) -> str:
     """``https://t.me/<bot>?start=<payload>``, valid for ``ttl_seconds`` (default
     ``BRIDGE_LINK_TTL``; 0: for ever); :class:`LinkError` names what is missing."""
-    missing = [key for key, present in (("BRIDGE_LINK_SECRET", settings.link_secrets),
-                                        ("TELEGRAM_BOT_USERNAME", settings.telegram_bot_username))
-               if not present]
+    missing = [
+        key
+        for key, present in (
+            ("BRIDGE_LINK_SECRET", settings.link_secrets),
+            ("TELEGRAM_BOT_USERNAME", settings.telegram_bot_username),
+        )
+        if not present
+    ]
     if missing:
         raise LinkError(
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
@@ -157,8 +170,9 @@ def make_link(settings, identifier_name: str, value: Any, ttl_seconds: int | Non
     return f"https://t.me/{quote(settings.telegram_bot_username)}?start={payload}"
 
 
-def inspect_payload(secrets: Sequence[str], payload: Any, now: datetime
-                    ) -> tuple[Link | None, str | None]:
+def inspect_payload(
+    secrets: Sequence[str], payload: Any, now: datetime
+) -> tuple[Link | None, str | None]:
     """``(Link, None)`` for a genuine payload still valid at ``now``, else
     ``(None, reason)``."""
     raw, reason = _decoded(payload)
@@ -215,5 +229,10 @@ def _link(signer: str, raw: bytes, now: datetime) -> tuple[Link | None, str | No
         value = _decode_value(name, body[HEAD_BYTES:])
     except ValueError:  # IdentifierError among them
         return None, f"the {name} it carries is not valid"
-    return Link(name, value, expires, hashlib.sha256(b"link\0" + raw).hexdigest(),
-                identifier_mark(signer, name, value)), None
+    return Link(
+        name,
+        value,
+        expires,
+        hashlib.sha256(b"link\0" + raw).hexdigest(),
+        identifier_mark(signer, name, value),
+    ), None

@@ -40,8 +40,10 @@ from .config import MAX_LOG_CHARS, MAX_LOGGED_PATH_CHARS, MAX_QUEUED_LOG_LINES, 
 # gives anything back (possessive ``*+``, ``++``), and a pattern that starts with such a
 # run only starts where the run does (a lookbehind), so a long run is scanned once, not
 # once per character. tests/test_logging.py checks this on the parsed patterns.
-_EMAIL = re.compile(r"(?<![A-Za-z0-9.!#$%'*+^_`{|}~-])[A-Za-z0-9.!#$%'*+^_`{|}~-]++"
-                    r"@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++")
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9.!#$%'*+^_`{|}~-])[A-Za-z0-9.!#$%'*+^_`{|}~-]++"
+    r"@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++"
+)
 # a run of digits, spaces, parentheses and dashes that starts with a digit (and is not
 # inside a word or a decimal, nor a port after an address: gunicorn's "Listening at:
 # http://127.0.0.1:5000 (4242)" is no phone); :func:`_mask_number` decides how much of
@@ -51,12 +53,19 @@ _SEPARATORS = " ()-"
 _WORDISH = re.compile(r"[\w.]")
 
 _PATTERNS = [
-    (re.compile(r"(?i)(authorization['\"]?\s*+[:=]\s*+['\"]?)(bearer|basic)\s++[^\s'\",]++"),
-     r"\1\2 ***"),
+    (
+        re.compile(r"(?i)(authorization['\"]?\s*+[:=]\s*+['\"]?)(bearer|basic)\s++[^\s'\",]++"),
+        r"\1\2 ***",
+    ),
     (re.compile(r"(?i)\b(bearer|basic)\s++[A-Za-z0-9._~+/=-]{8,}+"), r"\1 ***"),
     (re.compile(r"(?i)(x-reteno-access-key['\"]?\s*+[:=]\s*+['\"]?)[^\s'\",]++"), r"\1***"),
-    (re.compile(r"(?i)((?:api[_-]?key|password|secret|token_secret)['\"]?\s*+[:=]\s*+['\"]?)"
-                r"[^\s'\",&]++"), r"\1***"),
+    (
+        re.compile(
+            r"(?i)((?:api[_-]?key|password|secret|token_secret)['\"]?\s*+[:=]\s*+['\"]?)"
+            r"[^\s'\",&]++"
+        ),
+        r"\1***",
+    ),
     (_EMAIL, "<email>"),
 ]
 
@@ -80,13 +89,14 @@ def _mask_number(match: re.Match) -> str:
 # Something at least one of the patterns above needs (a keyword, an "@", seven or more
 # digits): a line without any is returned as it is after one search instead of six
 # substitutions. Every request writes a log line, so this is on the hot path.
-_MAYBE = re.compile(r"(?i)@|bearer|basic|x-reteno|api[_-]?key|password|secret|"
-                    r"\d(?:[ ()-]*+\d){6}")
+_MAYBE = re.compile(
+    r"(?i)@|bearer|basic|x-reteno|api[_-]?key|password|secret|"
+    r"\d(?:[ ()-]*+\d){6}"
+)
 # Control characters (C0, DEL, C1), Unicode line breaks and the bidirectional controls:
 # escaped after redaction, so no value (a URL's %0A, a status text's ESC, a name's U+202E)
 # makes a second line, reaches a terminal or shows a line in another order than it has.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e"
-                      "\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # A cut line drops its last partial word (an address or number cut in two would escape
 # its pattern); then a trailing run of phone characters, which spans spaces.
@@ -96,8 +106,9 @@ _PHONE_CHARS = "0123456789 ()+-"
 
 def _escape_control(match: re.Match) -> str:
     char = match.group()
-    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100
-                                  else f"\\u{ord(char):04x}")
+    return _ESCAPES.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
 
 
 def escape_control(text: str) -> str:
@@ -184,8 +195,7 @@ def configure(app, level: str | None = None) -> None:
     server's access log) are masked too. For the bridge's own app factory."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level or process_setting("BRIDGE_LOG_LEVEL"),
-                            format=LOG_FORMAT)
+        logging.basicConfig(level=level or process_setting("BRIDGE_LOG_LEVEL"), format=LOG_FORMAT)
     for handler in (*root.handlers, *app.logger.handlers):
         if _FILTER not in handler.filters:
             handler.addFilter(_FILTER)
@@ -287,12 +297,19 @@ class _RequestLog:
         with self._drops:
             now = time.monotonic()
             if self.dropped == self._reported or (
-                    self._reported_at is not None and now - self._reported_at < every):
+                self._reported_at is not None and now - self._reported_at < every
+            ):
                 return
-            count, self._reported, self._reported_at = \
-                self.dropped - self._reported, self.dropped, now
-        _DROPS_LOGGER.warning("%d request-log lines dropped: the log sink fell behind "
-                              "(%d lines wait at most)", count, self.maxsize)
+            count, self._reported, self._reported_at = (
+                self.dropped - self._reported,
+                self.dropped,
+                now,
+            )
+        _DROPS_LOGGER.warning(
+            "%d request-log lines dropped: the log sink fell behind (%d lines wait at most)",
+            count,
+            self.maxsize,
+        )
 
     def flush(self) -> None:
         """Write every line queued so far (the listener starts again with the next)."""
@@ -319,8 +336,9 @@ def flush_request_log() -> None:
     _REQUEST_LOG.flush()
 
 
-def log_request(method: str, path: str, arg_names, status: int, seconds: float,
-                caller: str) -> None:
+def log_request(
+    method: str, path: str, arg_names, status: int, seconds: float, caller: str
+) -> None:
     """``request method=GET path=/tokens query=email,limit status=200 ms=2.1 caller=key#1``.
 
     Only the *names* of query arguments are logged (never their values), and the
@@ -331,11 +349,24 @@ def log_request(method: str, path: str, arg_names, status: int, seconds: float,
     if not logger.isEnabledFor(logging.INFO):
         return
     names = sorted({n if _NAME.match(n) else "?" for n in arg_names}) if arg_names else ()
-    _REQUEST_LOG.submit(logger.makeRecord(
-        REQUEST_LOGGER, logging.INFO, __file__, 0,
-        "request method=%s path=%s query=%s status=%d ms=%.1f caller=%s",
-        (method, _value("/".join(redact(part) for part in cut(path, MAX_LOGGED_PATH_CHARS)
-                                 .split("/"))),
-         ",".join(names) or "-", status, seconds * 1000, caller),
-        None, func="log_request",
-    ))
+    _REQUEST_LOG.submit(
+        logger.makeRecord(
+            REQUEST_LOGGER,
+            logging.INFO,
+            __file__,
+            0,
+            "request method=%s path=%s query=%s status=%d ms=%.1f caller=%s",
+            (
+                method,
+                _value(
+                    "/".join(redact(part) for part in cut(path, MAX_LOGGED_PATH_CHARS).split("/"))
+                ),
+                ",".join(names) or "-",
+                status,
+                seconds * 1000,
+                caller,
+            ),
+            None,
+            func="log_request",
+        )
+    )

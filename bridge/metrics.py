@@ -76,11 +76,13 @@ class _LedgerCollector:
             "bridge_dead_letters", "Registrations Reteno refused for good", value=outbox["dead"]
         )
         yield GaugeMetricFamily(
-            "bridge_removed_stale", "Registrations removed by the stale-token report",
+            "bridge_removed_stale",
+            "Registrations removed by the stale-token report",
             value=outbox["removedStale"],
         )
         commands = GaugeMetricFamily(
-            "bridge_ledger_commands", "Mutes, unmutes and replays in the ledger by state",
+            "bridge_ledger_commands",
+            "Mutes, unmutes and replays in the ledger by state",
             labels=["action", "state"],
         )
         for action, states in sorted(outbox["commands"].items()):
@@ -94,8 +96,9 @@ class _RequestLogCollector:
 
     def collect(self):
         yield CounterMetricFamily(
-            "bridge_request_log_dropped", "Request-log lines dropped because the log sink "
-            "fell behind (this process)", value=dropped_request_lines(),
+            "bridge_request_log_dropped",
+            "Request-log lines dropped because the log sink fell behind (this process)",
+            value=dropped_request_lines(),
         )
 
 
@@ -106,22 +109,29 @@ class Metrics:
         self.registrations = Counter(
             "bridge_registrations",
             "Token objects accepted by /register (queued, duplicate); rejected requests (invalid)",
-            ["result"], registry=r,
+            ["result"],
+            registry=r,
         )
         self.deliveries = Counter(
             "bridge_deliveries", "Registrations per delivery outcome", ["outcome"], registry=r
         )
         self.commands = Counter(
-            "bridge_commands", "Mutes, unmutes and replays per delivery outcome",
-            ["lane", "outcome"], registry=r,
+            "bridge_commands",
+            "Mutes, unmutes and replays per delivery outcome",
+            ["lane", "outcome"],
+            registry=r,
         )
         self.upstream_calls = Counter(
-            "bridge_upstream_calls", "Calls to Reteno by outcome and HTTP status",
-            ["outcome", "status"], registry=r,
+            "bridge_upstream_calls",
+            "Calls to Reteno by outcome and HTTP status",
+            ["outcome", "status"],
+            registry=r,
         )
         self.upstream_latency = Histogram(
-            "bridge_upstream_latency_seconds", "Latency of calls to Reteno",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+            "bridge_upstream_latency_seconds",
+            "Latency of calls to Reteno",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
         )
         self.removals = Counter(
             "bridge_removals", "Registrations removed, by cause", ["cause"], registry=r
@@ -130,8 +140,10 @@ class Metrics:
             "bridge_status_events", "Status events received, by kind", ["kind"], registry=r
         )
         self.conflicts = Counter(
-            "bridge_conflicts", "Registrations of a chat that has another identity, by the "
-            "state they started in (queued: sent anyway; held: kept back)", ["state"],
+            "bridge_conflicts",
+            "Registrations of a chat that has another identity, by the "
+            "state they started in (queued: sent anyway; held: kept back)",
+            ["state"],
             registry=r,
         )
         self.telegram_updates = Counter(

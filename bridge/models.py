@@ -115,10 +115,16 @@ class Registration(Base):
     __table_args__ = (
         Index("ix_bridge_registrations_token", "token", "id"),
         # A registration has one to four identifiers: their indexes skip the NULLs.
-        *(Index(f"ix_bridge_registrations_{column}", column, "id",
+        *(
+            Index(
+                f"ix_bridge_registrations_{column}",
+                column,
+                "id",
                 sqlite_where=text(f"{column} IS NOT NULL"),
-                postgresql_where=text(f"{column} IS NOT NULL"))
-          for _name, column in IDENTIFIERS),
+                postgresql_where=text(f"{column} IS NOT NULL"),
+            )
+            for _name, column in IDENTIFIERS
+        ),
         Index("ix_bridge_registrations_state", "state", "id"),
         # The outbox: due queued rows, oldest first.
         Index(
@@ -139,8 +145,12 @@ class Registration(Base):
             postgresql_where=text("state <> 'removed'"),
         ),
         # GET /tokens?conflict=true
-        Index("ix_bridge_registrations_conflict", "id", sqlite_where=text("conflict"),
-              postgresql_where=text("conflict")),
+        Index(
+            "ix_bridge_registrations_conflict",
+            "id",
+            sqlite_where=text("conflict"),
+            postgresql_where=text("conflict"),
+        ),
         # SQLite: ids are never reused, even after an erase (migration 0004).
         {"sqlite_autoincrement": True},
     )
@@ -165,9 +175,12 @@ class Event(Base):
     __table_args__ = (
         Index("ix_bridge_events_token", "token", "id"),
         Index("ix_bridge_events_registration_id", "registration_id"),
-        Index("ix_bridge_events_fingerprint", "fingerprint",
-              sqlite_where=text("fingerprint IS NOT NULL"),
-              postgresql_where=text("fingerprint IS NOT NULL")),
+        Index(
+            "ix_bridge_events_fingerprint",
+            "fingerprint",
+            sqlite_where=text("fingerprint IS NOT NULL"),
+            postgresql_where=text("fingerprint IS NOT NULL"),
+        ),
     )
 
 
@@ -183,7 +196,8 @@ class Command(Base):
     token: Mapped[str] = mapped_column(String(24))
     # replay: the registration replayed; mute/unmute: the live one when last requested
     registration_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("bridge_registrations.id", ondelete="SET NULL"))
+        BigId, ForeignKey("bridge_registrations.id", ondelete="SET NULL")
+    )
     duration: Mapped[int | None] = mapped_column(Integer)  # mute: seconds asked for
     muted_until: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None: until unmuted
     target_app: Mapped[str | None] = mapped_column(String(64))  # replay: the app uuid
@@ -201,15 +215,30 @@ class Command(Base):
 
     __table_args__ = (
         # one mute row per chat
-        Index("uq_bridge_commands_mute", "token", unique=True,
-              sqlite_where=text("action IN ('mute', 'unmute')"),
-              postgresql_where=text("action IN ('mute', 'unmute')")),
+        Index(
+            "uq_bridge_commands_mute",
+            "token",
+            unique=True,
+            sqlite_where=text("action IN ('mute', 'unmute')"),
+            postgresql_where=text("action IN ('mute', 'unmute')"),
+        ),
         # a registration is replayed once into a target
-        Index("uq_bridge_commands_replay", "registration_id", "target_app", "target_url",
-              unique=True, sqlite_where=text("action = 'replay'"),
-              postgresql_where=text("action = 'replay'")),
-        Index("ix_bridge_commands_outbox", "next_attempt_at", "id",
-              sqlite_where=text("state = 'queued'"), postgresql_where=text("state = 'queued'")),
+        Index(
+            "uq_bridge_commands_replay",
+            "registration_id",
+            "target_app",
+            "target_url",
+            unique=True,
+            sqlite_where=text("action = 'replay'"),
+            postgresql_where=text("action = 'replay'"),
+        ),
+        Index(
+            "ix_bridge_commands_outbox",
+            "next_attempt_at",
+            "id",
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
         Index("ix_bridge_commands_registration_id", "registration_id"),
         {"sqlite_autoincrement": True},
     )

@@ -28,12 +28,12 @@ ERRORS = {
     400: "The body is not well-formed JSON (or not UTF-8).",
     401: "Missing or wrong credentials.",
     404: "No such endpoint (a history path whose token is empty or holds a `/`), or (mute, "
-         "unmute) the chat has no live registration.",
+    "unmute) the chat has no live registration.",
     413: "The body is larger than BRIDGE_MAX_BODY_BYTES ({limit} bytes), or (statuses) holds "
-         "more than BRIDGE_MAX_STATUS_EVENTS events.",
+    "more than BRIDGE_MAX_STATUS_EVENTS events.",
     415: "The body is not JSON (Content-Type: application/json).",
     422: "A field is not valid; `errors` is keyed by field path (`tokens.0.email`); nothing "
-         "was stored.",
+    "was stored.",
     503: "The ledger database is unreachable.",
 }
 INFO = (
@@ -61,10 +61,16 @@ class _Api(Api):
 
     def __init__(self, app: Flask, max_body_bytes: int):
         self.max_body_bytes = max_body_bytes
-        super().__init__(app, spec_kwargs={
-            "title": "reteno-telegram-bridge", "version": __version__,
-            "openapi_version": "3.1.0", "info": {"description": INFO},
-            "marshmallow_plugin": _Plugin()})
+        super().__init__(
+            app,
+            spec_kwargs={
+                "title": "reteno-telegram-bridge",
+                "version": __version__,
+                "openapi_version": "3.1.0",
+                "info": {"description": INFO},
+                "marshmallow_plugin": _Plugin(),
+            },
+        )
 
     def _register_pagination_header(self):
         """The bridge pages with its own cursor (``next``), not flask-smorest's header."""
@@ -75,9 +81,13 @@ class _Api(Api):
     def _register_responses(self):
         self.spec.components.schema("Error", schema=ErrorSchema)
         for code, description in ERRORS.items():
-            self.spec.components.response(HTTPStatus(code).name, {
-                "description": description.format(limit=self.max_body_bytes),
-                "content": {"application/json": {"schema": "Error"}}})
+            self.spec.components.response(
+                HTTPStatus(code).name,
+                {
+                    "description": description.format(limit=self.max_body_bytes),
+                    "content": {"application/json": {"schema": "Error"}},
+                },
+            )
 
 
 def build(max_body_bytes: int) -> dict[str, Any]:

@@ -35,8 +35,15 @@ def _spelling(url: str) -> str:
     """``url`` with its scheme and host in lower case and no trailing slash: one target,
     one spelling (the ledger tells targets apart by it)."""
     parts = urlsplit(url.strip())
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"),
-                       parts.query, parts.fragment))
+    return urlunsplit(
+        (
+            parts.scheme.lower(),
+            parts.netloc.lower(),
+            parts.path.rstrip("/"),
+            parts.query,
+            parts.fragment,
+        )
+    )
 
 
 def _base_url(url: str) -> str:
@@ -45,15 +52,17 @@ def _base_url(url: str) -> str:
     return _spelling(checked_base_url(url, "--base-url", "the variable --api-key-env names"))
 
 
-def target_settings(settings: Settings, app_uuid: str, api_key: str, platform: str | None,
-                    base_url: str | None) -> Settings:
+def target_settings(
+    settings: Settings, app_uuid: str, api_key: str, platform: str | None, base_url: str | None
+) -> Settings:
     """The bridge's settings, pointed at the target: its app, key, platform (base URL and
     auth scheme from the preset) and base URL. Refuses the bridge's own app."""
     if platform is not None and platform not in PLATFORMS:
         raise ConfigError(f"--platform must be one of {', '.join(PLATFORMS)}, got {platform!r}")
     if not APP_ID.fullmatch(app_uuid):
-        raise ConfigError(f"--to-app must be an application ID (Settings → My bots), got "
-                          f"{app_uuid!r}")
+        raise ConfigError(
+            f"--to-app must be an application ID (Settings → My bots), got {app_uuid!r}"
+        )
     if _UUID.fullmatch(app_uuid):
         app_uuid = app_uuid.lower()  # one app, one spelling: a UUID ignores case
     preset_url, auth = PLATFORMS[platform] if platform else (settings.base_url, settings.auth)
@@ -61,10 +70,18 @@ def target_settings(settings: Settings, app_uuid: str, api_key: str, platform: s
     # the same app however it is spelt: host names and UUIDs ignore case
     own = (_spelling(settings.base_url), (settings.app_uuid or "").lower())
     if (url, app_uuid.lower()) == own:
-        raise ConfigError("the target is the bridge's own app: replaying there would only "
-                          "duplicate its tokens (Reteno never updates a token)")
-    return dataclasses.replace(settings, platform=platform or settings.platform, base_url=url,
-                               app_uuid=app_uuid, api_key=api_key, auth=auth)
+        raise ConfigError(
+            "the target is the bridge's own app: replaying there would only "
+            "duplicate its tokens (Reteno never updates a token)"
+        )
+    return dataclasses.replace(
+        settings,
+        platform=platform or settings.platform,
+        base_url=url,
+        app_uuid=app_uuid,
+        api_key=api_key,
+        auth=auth,
+    )
 
 
 @dataclass
@@ -79,8 +96,16 @@ class ReplayResult:
 class Replay:
     """One replay run into ``target`` (``client``: a Reteno client for its settings)."""
 
-    def __init__(self, ledger: Ledger, client: RetenoClient, target: ReplayTarget,
-                 batch_size: int, lease_seconds: int, metrics=None, mark: dict | None = None):
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: RetenoClient,
+        target: ReplayTarget,
+        batch_size: int,
+        lease_seconds: int,
+        metrics=None,
+        mark: dict | None = None,
+    ):
         self.ledger = ledger
         self.target = target
         self.result = ReplayResult()
@@ -102,15 +127,22 @@ class Replay:
             return ledger.claim_replay(target, batch_size, lease_seconds)
 
         lane = Lane("replay", claim, call)
-        self.worker = DeliveryWorker(ledger, client, batch_size, metrics, lease_seconds,
-                                     mark={"targetApp": target.app_uuid, **(mark or {})},
-                                     lanes=[lane])
+        self.worker = DeliveryWorker(
+            ledger,
+            client,
+            batch_size,
+            metrics,
+            lease_seconds,
+            mark={"targetApp": target.app_uuid, **(mark or {})},
+            lanes=[lane],
+        )
 
     def queued(self) -> int:
         return self.ledger.replay_summary(self.target)["queued"]
 
-    def run(self, progress: Callable[[int], None] | None = None,
-            stop: threading.Event | None = None) -> ReplayResult:
+    def run(
+        self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None
+    ) -> ReplayResult:
         """Queue what the target has not had, then send until nothing is queued, the target
         refuses our credentials, or ``stop`` is set (the rest stays queued)."""
         stop = stop or threading.Event()
@@ -136,5 +168,4 @@ class Replay:
         ends = [t for t in (due, self.hold_until) if t is not None]
         if not ends:
             return 0.0
-        return min(MAX_WAIT_SECONDS,
-                   max(0.05, (max(ends) - self.ledger.clock()).total_seconds()))
+        return min(MAX_WAIT_SECONDS, max(0.05, (max(ends) - self.ledger.clock()).total_seconds()))

@@ -47,11 +47,18 @@ DELIVERED, RETRY, PAUSE, REJECT = "delivered", "retry", "pause", "reject"
 _WHOLE_REQUEST_ERRORS = re.compile(
     r"wrong app uuid|tokens must be specified|not registered application", re.IGNORECASE
 )
-_WHOLE_REQUEST_REASONS = {"wrong app uuid": "wrong_app_uuid",
-                          "tokens must be specified": "tokens_missing",
-                          "not registered application": "app_not_registered"}
-_STATUS_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found",
-                   408: "request_timeout", 429: "rate_limited"}
+_WHOLE_REQUEST_REASONS = {
+    "wrong app uuid": "wrong_app_uuid",
+    "tokens must be specified": "tokens_missing",
+    "not registered application": "app_not_registered",
+}
+_STATUS_REASONS = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    408: "request_timeout",
+    429: "rate_limited",
+}
 
 
 @dataclass
@@ -65,8 +72,12 @@ class CallResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def detail(self, batch: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self.status, "reason": self.reason, "batch": batch,
-                               "ms": round(self.seconds * 1000, 1)}
+        out: dict[str, Any] = {
+            "status": self.status,
+            "reason": self.reason,
+            "batch": batch,
+            "ms": round(self.seconds * 1000, 1),
+        }
         if self.error:
             out["error"] = self.error
         if self.retry_after is not None:
@@ -131,8 +142,10 @@ def _message(response: requests.Response, answer: bytes) -> str:
         body = body.get("message") or body.get("error") or body
     text = body if isinstance(body, str) else str(body)
     text = " ".join(text.split())[:300]
-    status = f"{response.status_code} {response.reason}" if response.reason else str(
-        response.status_code
+    status = (
+        f"{response.status_code} {response.reason}"
+        if response.reason
+        else str(response.status_code)
     )
     return f"{status}: {text}"
 
@@ -206,14 +219,16 @@ def _watched(cls: type) -> type:
     if getattr(cls, "_bridge_watched", False):
         return cls
     if cls not in _WATCHED:
+
         def request(self, *args, **kwargs):
             deadline = getattr(_IN_FLIGHT, "deadline", None)
             if deadline is not None:
                 deadline.connection = self
             return cls.request(self, *args, **kwargs)
 
-        _WATCHED[cls] = type(f"Watched{cls.__name__}", (cls,),
-                             {"request": request, "_bridge_watched": True})
+        _WATCHED[cls] = type(
+            f"Watched{cls.__name__}", (cls,), {"request": request, "_bridge_watched": True}
+        )
     return _WATCHED[cls]
 
 
@@ -227,8 +242,12 @@ class _WatchedAdapter(HTTPAdapter):
 
 
 class RetenoClient:
-    def __init__(self, settings, session: requests.Session | None = None,
-                 clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self,
+        settings,
+        session: requests.Session | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ):
         self.url = settings.tokens_url
         self.app_url = self.url.removesuffix("/tokens")
         self.timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
@@ -262,8 +281,9 @@ class RetenoClient:
         deadline = _Deadline(self.watch, self.deadline)
         try:
             with deadline:
-                response = self.session.post(url, json=body, timeout=self.timeout,
-                                             allow_redirects=False, stream=True)
+                response = self.session.post(
+                    url, json=body, timeout=self.timeout, allow_redirects=False, stream=True
+                )
                 try:
                     answer = _read_answer(response)
                 finally:
@@ -276,33 +296,58 @@ class RetenoClient:
             return CallResult(DELIVERED, status, "ok", seconds=seconds)
         if 300 <= status < 400:
             # Not followed (see the top): the base URL is wrong, as with a 404.
-            return CallResult(PAUSE, status, "redirect",
-                              f"{status} {response.reason or 'redirect'}: redirects are not "
-                              "followed; check RETENO_BASE_URL", seconds=seconds)
+            return CallResult(
+                PAUSE,
+                status,
+                "redirect",
+                f"{status} {response.reason or 'redirect'}: redirects are not "
+                "followed; check RETENO_BASE_URL",
+                seconds=seconds,
+            )
         message = _message(response, answer)
         if status == 429 or status >= 500 or status == 408:
-            return CallResult(RETRY, status, _STATUS_REASONS.get(status, "server_error"), message,
-                              parse_retry_after(response.headers.get("Retry-After"), self.clock()),
-                              seconds)
+            return CallResult(
+                RETRY,
+                status,
+                _STATUS_REASONS.get(status, "server_error"),
+                message,
+                parse_retry_after(response.headers.get("Retry-After"), self.clock()),
+                seconds,
+            )
         whole = _WHOLE_REQUEST_ERRORS.search(message)
         if status in (401, 403, 404) or whole:
             # Credentials or app id wrong, or Reteno refusing the request itself, not a
             # token in it: splitting would dead-letter every token, so pause instead.
-            reason = _STATUS_REASONS.get(status) if status in (401, 403, 404) else \
-                _WHOLE_REQUEST_REASONS[whole.group().lower()]
+            reason = (
+                _STATUS_REASONS.get(status)
+                if status in (401, 403, 404)
+                else _WHOLE_REQUEST_REASONS[whole.group().lower()]
+            )
             return CallResult(PAUSE, status, reason, message, seconds=seconds)
         return CallResult(REJECT, status, "rejected", message, seconds=seconds)
 
-    def _no_answer(self, exc: requests.RequestException, expired: bool,
-                   seconds: float) -> CallResult:
+    def _no_answer(
+        self, exc: requests.RequestException, expired: bool, seconds: float
+    ) -> CallResult:
         """A call that ended without a whole answer: retried, as a time-out is."""
         if expired:
-            return CallResult(RETRY, None, "deadline",
-                              f"no whole answer within {self.deadline:g} s", seconds=seconds)
+            return CallResult(
+                RETRY,
+                None,
+                "deadline",
+                f"no whole answer within {self.deadline:g} s",
+                seconds=seconds,
+            )
         if isinstance(exc, requests.Timeout):
             return CallResult(RETRY, None, "timeout", "timed out", seconds=seconds)
         if isinstance(exc, requests.ConnectionError):
-            return CallResult(RETRY, None, "connection_failed",
-                              f"connection failed ({type(exc).__name__})", seconds=seconds)
-        return CallResult(RETRY, None, "request_failed",
-                          f"request failed ({type(exc).__name__})", seconds=seconds)
+            return CallResult(
+                RETRY,
+                None,
+                "connection_failed",
+                f"connection failed ({type(exc).__name__})",
+                seconds=seconds,
+            )
+        return CallResult(
+            RETRY, None, "request_failed", f"request failed ({type(exc).__name__})", seconds=seconds
+        )

@@ -24,8 +24,7 @@ from .worker import BackgroundDelivery, DeliveryWorker
 log = get_logger("bridge")
 EXTENSION = "reteno_bridge"
 # What /healthz shows of the last upstream call: figures and codes, never Reteno's text.
-_LAST_UPSTREAM_KEYS = ("outcome", "status", "reason", "at", "batch", "ms", "retryAfter",
-                       "sandbox")
+_LAST_UPSTREAM_KEYS = ("outcome", "status", "reason", "at", "batch", "ms", "retryAfter", "sandbox")
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
@@ -43,13 +42,17 @@ class Runtime:
         self.settings = settings
         self.url_prefix = url_prefix
         self.db = dbmod.Database(settings.database_url)
-        self.ledger = Ledger(self.db, on_queued=self._wake,
-                             hold_conflicts=settings.hold_conflicts)
+        self.ledger = Ledger(self.db, on_queued=self._wake, hold_conflicts=settings.hold_conflicts)
         self.metrics = Metrics(self.ledger, settings.health_cache_seconds)
         self.client = RetenoClient(settings, clock=lambda: self.ledger.clock())
-        self.worker = DeliveryWorker(self.ledger, self.client, settings.batch_size, self.metrics,
-                                     lease_seconds=settings.lease_seconds,
-                                     mark={"sandbox": True} if settings.sandbox else None)
+        self.worker = DeliveryWorker(
+            self.ledger,
+            self.client,
+            settings.batch_size,
+            self.metrics,
+            lease_seconds=settings.lease_seconds,
+            mark={"sandbox": True} if settings.sandbox else None,
+        )
         self.background: BackgroundDelivery | None = None
         self.simulator = None  # the sandbox's, in sandbox mode (bridge.sandbox.attach)
         self.dev_key_path: str | None = None  # sandbox without BRIDGE_API_KEYS
@@ -99,16 +102,21 @@ class Runtime:
         if self.background is None:
             s = self.settings
             self.background = BackgroundDelivery(
-                self.worker, stop_timeout=s.upstream_connect_timeout + s.upstream_read_timeout + 2)
+                self.worker, stop_timeout=s.upstream_connect_timeout + s.upstream_read_timeout + 2
+            )
         self.background.start()
 
     def _announce(self) -> None:
         s = self.settings
         ledger = dbmod.describe(s.database_url)  # where the data lives, no credentials
         if not s.sandbox:
-            log.info("delivering to %s (platform %s, auth %s); ledger: %s",
-                     s.tokens_url.replace(s.app_uuid or "", "<app>"), s.platform, s.auth,
-                     ledger)
+            log.info(
+                "delivering to %s (platform %s, auth %s); ledger: %s",
+                s.tokens_url.replace(s.app_uuid or "", "<app>"),
+                s.platform,
+                s.auth,
+                ledger,
+            )
             return
         where = s.base_url if s.base_url_explicit else "the built-in simulator"
         lines = [
@@ -120,8 +128,9 @@ class Runtime:
         ]
         if self.dev_key_path:  # the key itself stays out of the console and its logs
             self.api_keys  # noqa: B018 - made now, so the file exists when the banner says so
-            lines.append("  BRIDGE_API_KEYS is not set: the development API key is in "
-                         f"{self.dev_key_path}")
+            lines.append(
+                f"  BRIDGE_API_KEYS is not set: the development API key is in {self.dev_key_path}"
+            )
         print("\n".join(["=" * 72, *lines, "=" * 72]), file=sys.stderr, flush=True)
         log.warning("sandbox mode: delivering to the Reteno simulator, not to Reteno")
 
@@ -155,19 +164,29 @@ class Runtime:
         held = bool(blocked and not paused)
         last = upstream.get("last")
         held_conflicts = counts["states"].get("held", 0)
-        dead_commands = {action: states["dead"] for action, states
-                         in sorted(counts["commands"].items()) if states.get("dead")}
-        reasons = [code for code, present in (
-            ("delivery_paused", paused),
-            ("delivery_held", held),
-            ("upstream_failing", bool(last and last.get("outcome") == "retry")),
-            ("dead_letters", counts["dead"] > 0),
-            ("dead_commands", bool(dead_commands)),
-            ("held_conflicts", held_conflicts > 0),
-            ("outbox_backlog", counts["oldestAgeSeconds"] > BACKLOG_SECONDS),
-        ) if present]
-        body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
-                "sandbox": self.settings.sandbox}
+        dead_commands = {
+            action: states["dead"]
+            for action, states in sorted(counts["commands"].items())
+            if states.get("dead")
+        }
+        reasons = [
+            code
+            for code, present in (
+                ("delivery_paused", paused),
+                ("delivery_held", held),
+                ("upstream_failing", bool(last and last.get("outcome") == "retry")),
+                ("dead_letters", counts["dead"] > 0),
+                ("dead_commands", bool(dead_commands)),
+                ("held_conflicts", held_conflicts > 0),
+                ("outbox_backlog", counts["oldestAgeSeconds"] > BACKLOG_SECONDS),
+            )
+            if present
+        ]
+        body = {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "sandbox": self.settings.sandbox,
+        }
         if self.settings.sandbox:
             body["warning"] = (
                 "SANDBOX MODE: tokens go to the built-in Reteno simulator, not to Reteno. "
@@ -177,25 +196,34 @@ class Runtime:
         if not details:
             return body, True
         pause_reason = upstream.get("pause_reason") if paused else None
-        body.update({
-            "platform": self.settings.platform,
-            "database": {"ok": True, "dialect": self.db.dialect, "revision": revision},
-            "outbox": {"depth": counts["depth"], "oldestAgeSeconds": counts["oldestAgeSeconds"]},
-            "states": counts["states"],
-            "deadLetters": counts["dead"],
-            "deadCommands": dead_commands,
-            "heldConflicts": held_conflicts,
-            "delivery": {
-                "background": bool(self.background and self.background.running),
-                "paused": paused,
-                "pausedUntil": paused_until if paused else None,
-                # a code; a state written before codes held Reteno's text, never shown
-                "pauseReason": (pause_reason if pause_reason is None
-                                or _CODE.match(str(pause_reason)) else "unknown"),
-                "heldUntil": upstream.get("hold_until") if held else None,
-                "batchSize": self.settings.batch_size,
-            },
-            "lastUpstream": {k: last[k] for k in _LAST_UPSTREAM_KEYS if k in last}
-            if last else None,
-        })
+        body.update(
+            {
+                "platform": self.settings.platform,
+                "database": {"ok": True, "dialect": self.db.dialect, "revision": revision},
+                "outbox": {
+                    "depth": counts["depth"],
+                    "oldestAgeSeconds": counts["oldestAgeSeconds"],
+                },
+                "states": counts["states"],
+                "deadLetters": counts["dead"],
+                "deadCommands": dead_commands,
+                "heldConflicts": held_conflicts,
+                "delivery": {
+                    "background": bool(self.background and self.background.running),
+                    "paused": paused,
+                    "pausedUntil": paused_until if paused else None,
+                    # a code; a state written before codes held Reteno's text, never shown
+                    "pauseReason": (
+                        pause_reason
+                        if pause_reason is None or _CODE.match(str(pause_reason))
+                        else "unknown"
+                    ),
+                    "heldUntil": upstream.get("hold_until") if held else None,
+                    "batchSize": self.settings.batch_size,
+                },
+                "lastUpstream": {k: last[k] for k in _LAST_UPSTREAM_KEYS if k in last}
+                if last
+                else None,
+            }
+        )
         return body, True

@@ -74,7 +74,7 @@ def token_field(**kwargs) -> Normalized:
             **INTEGER_RANGE,
             "not": {"const": 0},
             "description": "Telegram chat id (a non-zero signed 64-bit integer, or its digits "
-                           "as a string); forwarded to Reteno as a string.",
+            "as a string); forwarded to Reteno as a string.",
             "example": "123456789",
         },
         **kwargs,
@@ -92,25 +92,44 @@ def identifier_fields(nullable: bool = False) -> dict[str, fields.Field]:
 
     return {
         "contactId": Normalized(
-            normalize_contact_id, allow_none=nullable,
-            openapi=spec(["integer", "string"], format="int64", minimum=1, maximum=INT64_MAX,
-                         pattern=CONTACT_ID_PATTERN,
-                         description="A positive 64-bit integer (or its digits as a string)."),
+            normalize_contact_id,
+            allow_none=nullable,
+            openapi=spec(
+                ["integer", "string"],
+                format="int64",
+                minimum=1,
+                maximum=INT64_MAX,
+                pattern=CONTACT_ID_PATTERN,
+                description="A positive 64-bit integer (or its digits as a string).",
+            ),
         ),
         "externalCustomerId": Normalized(
-            normalize_external_id, allow_none=nullable,
-            openapi=spec("string", minLength=1, maxLength=255, pattern=EXTERNAL_ID_PATTERN,
-                         description="Trimmed; no control or invisible format characters."),
+            normalize_external_id,
+            allow_none=nullable,
+            openapi=spec(
+                "string",
+                minLength=1,
+                maxLength=255,
+                pattern=EXTERNAL_ID_PATTERN,
+                description="Trimmed; no control or invisible format characters.",
+            ),
         ),
         "phone": Normalized(
-            normalize_phone, allow_none=nullable,
-            openapi=spec("string", example="+380 (95) 649-09-55", pattern=PHONE_PATTERN,
-                         description="7-15 digits; stored and forwarded as the digits alone."),
+            normalize_phone,
+            allow_none=nullable,
+            openapi=spec(
+                "string",
+                example="+380 (95) 649-09-55",
+                pattern=PHONE_PATTERN,
+                description="7-15 digits; stored and forwarded as the digits alone.",
+            ),
         ),
         "email": Normalized(
-            normalize_email, allow_none=nullable,
-            openapi=spec("string", maxLength=254, pattern=EMAIL_PATTERN,
-                         description="Trimmed, lower-cased."),
+            normalize_email,
+            allow_none=nullable,
+            openapi=spec(
+                "string", maxLength=254, pattern=EMAIL_PATTERN, description="Trimmed, lower-cased."
+            ),
         ),
     }
 
@@ -122,8 +141,12 @@ class TokenSchema(Schema):
     """One token object of ``POST /register``."""
 
     # for /openapi.json: the rule of _an_identifier, which no field can say
-    openapi_rules = {"anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
-                               for name, _ in IDENTIFIERS]}
+    openapi_rules = {
+        "anyOf": [
+            {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+            for name, _ in IDENTIFIERS
+        ]
+    }
 
     class Meta:
         unknown = RAISE
@@ -138,9 +161,12 @@ class TokenSchema(Schema):
         # any token has an error, so this one runs always and tells for itself: without
         # an identifier, the only other errors an object can have are its token's (then
         # not loaded) and unknown fields.
-        if (isinstance(original, dict) and "token" in data
-                and original.keys() <= self.fields.keys()
-                and not any(original.get(name) is not None for name, _ in IDENTIFIERS)):
+        if (
+            isinstance(original, dict)
+            and "token" in data
+            and original.keys() <= self.fields.keys()
+            and not any(original.get(name) is not None for name, _ in IDENTIFIERS)
+        ):
             raise ValidationError(
                 "At least one identifier is required: contactId, externalCustomerId, "
                 "phone or email.",
@@ -149,8 +175,13 @@ class TokenSchema(Schema):
 
     @post_load
     def _request(self, data, **kwargs) -> TokenRequest:
-        return TokenRequest(data["token"], data.get("contactId"), data.get("externalCustomerId"),
-                            data.get("phone"), data.get("email"))
+        return TokenRequest(
+            data["token"],
+            data.get("contactId"),
+            data.get("externalCustomerId"),
+            data.get("phone"),
+            data.get("email"),
+        )
 
 
 class BatchSchema(Schema):
@@ -205,8 +236,9 @@ class RegistrationResultSchema(Schema):
     matchedBy = fields.String(attribute="matched_by")
     state = fields.String(validate=validate.OneOf(STATES))
     duplicate = fields.Boolean()
-    conflict = fields.Boolean(metadata={"description": "The chat has a live registration "
-                                                       "under another identity."})
+    conflict = fields.Boolean(
+        metadata={"description": "The chat has a live registration under another identity."}
+    )
 
 
 class RegisterResponseSchema(Schema):
@@ -236,10 +268,14 @@ class MuteSchema(UnmuteSchema):
     seconds, or until unmuted (transactional messages still arrive)."""
 
     duration = fields.Integer(
-        strict=True, allow_none=True,
+        strict=True,
+        allow_none=True,
         validate=validate.Range(min=MIN_MUTE_SECONDS, max=MAX_MUTE_SECONDS),
-        metadata={"description": "Seconds (5 to 31,536,000); absent or null: until unmuted.",
-                  "example": 86400})
+        metadata={
+            "description": "Seconds (5 to 31,536,000); absent or null: until unmuted.",
+            "example": 86400,
+        },
+    )
 
     @post_load
     def _request(self, data, **kwargs) -> MuteRequest:
@@ -251,8 +287,11 @@ class MuteResultSchema(Schema):
 
     token = fields.String()
     muted = fields.Boolean()
-    mutedUntil = fields.AwareDateTime(attribute="muted_until", allow_none=True, metadata={
-        "description": "When the mute ends; null while muted: until unmuted."})
+    mutedUntil = fields.AwareDateTime(
+        attribute="muted_until",
+        allow_none=True,
+        metadata={"description": "When the mute ends; null while muted: until unmuted."},
+    )
     state = fields.String(metadata={"example": "queued"})
     requestedAt = fields.AwareDateTime(attribute="requested_at")
 
@@ -318,11 +357,19 @@ class TokenQuerySchema(Schema):
     token = token_field()
     contactId, externalCustomerId, phone, email = identifier_fields().values()
     state = fields.String(validate=validate.OneOf(STATES))
-    conflict = fields.Boolean(metadata={"description": "Only registrations submitted while "
-                                        "the chat had another identity (true), or not."})
-    quietDays = fields.Integer(validate=validate.Range(min=1, max=36500), metadata={
-        "description": "The stale-token report: live registrations with no sign of life for "
-                       "this many days, the longest quiet first."})
+    conflict = fields.Boolean(
+        metadata={
+            "description": "Only registrations submitted while "
+            "the chat had another identity (true), or not."
+        }
+    )
+    quietDays = fields.Integer(
+        validate=validate.Range(min=1, max=36500),
+        metadata={
+            "description": "The stale-token report: live registrations with no sign of life for "
+            "this many days, the longest quiet first."
+        },
+    )
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.String(validate=validate.Length(max=200))
 
@@ -346,19 +393,35 @@ class RegistrationSchema(Schema):
     removedAt = fields.AwareDateTime(attribute="removed_at", allow_none=True)
     removalReason = fields.String(attribute="removal_reason", allow_none=True)
     lastSeenAt = fields.AwareDateTime(
-        attribute="last_seen_at", allow_none=True,
-        metadata={"description": "Latest sign of life: submission, unblock, /start, or a "
-                                 "SENT / DELIVERED / CLICKED status."})
-    conflict = fields.Boolean(metadata={"description": "Submitted while the chat had a live "
-                                                       "registration under another identity."})
-    retenoHolds = fields.Boolean(attribute="reteno_holds", metadata={
-        "description": "Reteno still holds the token: delivered under this identity, and "
-                       "no Forbidden from Reteno since (a Telegram block leaves it held; an "
-                       "unblock then sends nothing)."})
-    muted = fields.Boolean(metadata={"description": "The chat's marketing messages are muted "
-                                                    "(POST /mute)."})
-    mutedUntil = fields.AwareDateTime(attribute="muted_until", allow_none=True, metadata={
-        "description": "When the mute ends; null while muted: until unmuted."})
+        attribute="last_seen_at",
+        allow_none=True,
+        metadata={
+            "description": "Latest sign of life: submission, unblock, /start, or a "
+            "SENT / DELIVERED / CLICKED status."
+        },
+    )
+    conflict = fields.Boolean(
+        metadata={
+            "description": "Submitted while the chat had a live "
+            "registration under another identity."
+        }
+    )
+    retenoHolds = fields.Boolean(
+        attribute="reteno_holds",
+        metadata={
+            "description": "Reteno still holds the token: delivered under this identity, and "
+            "no Forbidden from Reteno since (a Telegram block leaves it held; an "
+            "unblock then sends nothing)."
+        },
+    )
+    muted = fields.Boolean(
+        metadata={"description": "The chat's marketing messages are muted (POST /mute)."}
+    )
+    mutedUntil = fields.AwareDateTime(
+        attribute="muted_until",
+        allow_none=True,
+        metadata={"description": "When the mute ends; null while muted: until unmuted."},
+    )
 
 
 class TokenPageSchema(Schema):
@@ -389,21 +452,34 @@ class HealthSchema(Schema):
         unknown = EXCLUDE
 
     status = fields.String(metadata={"enum": ["ok", "degraded"], "example": "ok"})
-    reasons = fields.List(fields.String(), metadata={
-        "description": "Why degraded: delivery_paused, delivery_held, upstream_failing, "
-                       "dead_letters, dead_commands, held_conflicts, outbox_backlog."})
+    reasons = fields.List(
+        fields.String(),
+        metadata={
+            "description": "Why degraded: delivery_paused, delivery_held, upstream_failing, "
+            "dead_letters, dead_commands, held_conflicts, outbox_backlog."
+        },
+    )
     sandbox = fields.Boolean()
     warning = fields.String(metadata={"description": "Present in sandbox mode."})
     database = fields.Dict(metadata=_DETAILS)
     outbox = fields.Dict(metadata=_DETAILS)
     deadLetters = fields.Integer(metadata=_DETAILS)
-    deadCommands = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
-        "description": "With a bearer key only: mutes, unmutes and replays Reteno refused "
-                       "for good, by action (none: {})."})
+    deadCommands = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={
+            "description": "With a bearer key only: mutes, unmutes and replays Reteno refused "
+            "for good, by action (none: {})."
+        },
+    )
     heldConflicts = fields.Integer(metadata=_DETAILS)
     delivery = fields.Dict(metadata=_DETAILS)
-    lastUpstream = fields.Dict(allow_none=True, metadata={
-        "description": "With a bearer key only: outcome, HTTP status, reason code, time."})
+    lastUpstream = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "With a bearer key only: outcome, HTTP status, reason code, time."
+        },
+    )
     platform = fields.String(metadata={"example": "reteno", **_DETAILS})
     states = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata=_DETAILS)
 
@@ -424,8 +500,7 @@ class StatusEventSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    status = _loose("Simple vocabulary (a bot backend): SENT, FAILED or CLICKED.",
-                    example="FAILED")
+    status = _loose("Simple vocabulary (a bot backend): SENT, FAILED or CLICKED.", example="FAILED")
     error = _loose("Why it failed.", example="Forbidden: bot was blocked by the user")
     token = _loose("Telegram chat id.", example="123456789")
     contactId = _loose("Reteno contact id.")
@@ -433,13 +508,17 @@ class StatusEventSchema(Schema):
     phone = _loose("Phone number.")
     sms = _loose("Reteno's name for the phone.")
     email = _loose("E-mail address.")
-    activityStatus = _loose("Reteno activity webhook: SENT, DELIVERED, UNDELIVERED, CLICKED, "
-                            "BOT_SEND_ERROR, ...", example="UNDELIVERED")
+    activityStatus = _loose(
+        "Reteno activity webhook: SENT, DELIVERED, UNDELIVERED, CLICKED, BOT_SEND_ERROR, ...",
+        example="UNDELIVERED",
+    )
     statusDescription = _loose("Reteno's description of the status.", example="Forbidden")
     mediaType = _loose("Reteno's channel.")
     messageId = _loose("Reteno message id.")
-    activityDateTime = _loose("When it happened: ISO 8601 (no offset: in "
-                              "BRIDGE_STATUS_TIMEZONE, UTC by default) or epoch seconds.")
+    activityDateTime = _loose(
+        "When it happened: ISO 8601 (no offset: in "
+        "BRIDGE_STATUS_TIMEZONE, UTC by default) or epoch seconds."
+    )
     time = _loose("The simple vocabulary's event time, as activityDateTime.")
 
 
@@ -452,11 +531,18 @@ class StatusResultSchema(Schema):
     ignored = fields.Integer(
         metadata={"description": "Objects with no recognisable status or identifier."}
     )
-    stale = fields.Integer(metadata={"description": "Blocks older than the chat's latest "
-                                                    "sign of life: nothing removed."})
-    ambiguous = fields.Integer(metadata={"description": "Blocks naming no token whose "
-                                                        "identifier matched several live "
-                                                        "chats: nothing removed."})
+    stale = fields.Integer(
+        metadata={
+            "description": "Blocks older than the chat's latest sign of life: nothing removed."
+        }
+    )
+    ambiguous = fields.Integer(
+        metadata={
+            "description": "Blocks naming no token whose "
+            "identifier matched several live "
+            "chats: nothing removed."
+        }
+    )
 
 
 class StatusProbeSchema(Schema):

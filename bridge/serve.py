@@ -25,13 +25,21 @@ GUNICORN_CONFIG = "python:bridge.gunicorn_conf"
 
 
 @click.command("serve")
-@click.option("--sandbox", is_flag=True,
-              help="Sandbox mode (BRIDGE_SANDBOX=true): deliver to the built-in Reteno "
-                   "simulator, never to Reteno (development only; refused with Reteno "
-                   "credentials set).")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Sandbox mode (BRIDGE_SANDBOX=true): deliver to the built-in Reteno "
+    "simulator, never to Reteno (development only; refused with Reteno "
+    "credentials set).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
-              help="Port to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5000,
+    show_default=True,
+    help="Port to listen on.",
+)
 def serve_command(sandbox: bool, host: str, port: int):
     """Apply the migrations and serve the bridge on http://HOST:PORT/.
 
@@ -49,8 +57,12 @@ def serve_command(sandbox: bool, host: str, port: int):
     url = runtime.settings.database_url
     with dbmod.reachable(url):
         before, after = dbmod.migrate(url, runtime.db.engine)
-    click.echo(f"bridge database at revision {after}" if before == after
-               else f"bridge database migrated from {before or 'empty'} to {after}", err=True)
+    click.echo(
+        f"bridge database at revision {after}"
+        if before == after
+        else f"bridge database migrated from {before or 'empty'} to {after}",
+        err=True,
+    )
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 address
     address = f"http://{bind}/"
     os.environ.pop("FLASK_RUN_FROM_CLI", None)  # from here on, a served app
@@ -61,17 +73,35 @@ def serve_command(sandbox: bool, host: str, port: int):
     if gunicorn is not None:
         runtime.db.dispose()
         workers = ["--workers", "1"] if runtime.settings.sandbox else []
-        click.echo(f"serving {address} with gunicorn {gunicorn.__version__} and the shipped "
-                   f"settings{' (one worker: one simulator)' if workers else ''}; "
-                   "Ctrl-C or SIGTERM stops it", err=True)
+        click.echo(
+            f"serving {address} with gunicorn {gunicorn.__version__} and the shipped "
+            f"settings{' (one worker: one simulator)' if workers else ''}; "
+            "Ctrl-C or SIGTERM stops it",
+            err=True,
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         # gunicorn's master takes this process over: signals and the exit status are its
-        os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG,
-                                  "--bind", bind, *workers, "bridge.factory:app"])
-    click.echo("gunicorn is not installed (pip install 'reteno-telegram-bridge[serve]'): "
-               f"serving {address} with werkzeug's development server, one process; "
-               "Ctrl-C or SIGTERM stops it", err=True)
+        os.execv(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                GUNICORN_CONFIG,
+                "--bind",
+                bind,
+                *workers,
+                "bridge.factory:app",
+            ],
+        )
+    click.echo(
+        "gunicorn is not installed (pip install 'reteno-telegram-bridge[serve]'): "
+        f"serving {address} with werkzeug's development server, one process; "
+        "Ctrl-C or SIGTERM stops it",
+        err=True,
+    )
     _serve_with_werkzeug(app, host, port)
 
 

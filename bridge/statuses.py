@@ -85,10 +85,13 @@ def events_from_body(data: Any, limit: int | None = None) -> list[dict]:
         return [data]
     if isinstance(data, list) and limit is not None and len(data) > limit:
         # Reteno would retry this body and hold later events: say so loudly.
-        log.error("statuses: a body of %d events refused (BRIDGE_MAX_STATUS_EVENTS=%d)",
-                  len(data), limit)
-        raise TooManyEvents(f"The body holds {len(data)} status events; at most {limit} are "
-                            "taken in one request (BRIDGE_MAX_STATUS_EVENTS).")
+        log.error(
+            "statuses: a body of %d events refused (BRIDGE_MAX_STATUS_EVENTS=%d)", len(data), limit
+        )
+        raise TooManyEvents(
+            f"The body holds {len(data)} status events; at most {limit} are "
+            "taken in one request (BRIDGE_MAX_STATUS_EVENTS)."
+        )
     if isinstance(data, list):
         errors = {
             str(index): ["Must be a status event object."]
@@ -146,7 +149,8 @@ _MILLISECOND = timedelta(milliseconds=1)
 # The time of day of an ISO 8601 time, for the resolution it was given in: hours, then
 # minutes, seconds and a fraction, each present only if the one before it is.
 _TIME_OF_DAY = re.compile(
-    r"[Tt ]\d\d(?P<minute>:?\d\d(?P<second>:?\d\d(?P<fraction>[.,]\d{1,9})?)?)?")
+    r"[Tt ]\d\d(?P<minute>:?\d\d(?P<second>:?\d\d(?P<fraction>[.,]\d{1,9})?)?)?"
+)
 
 
 def event_time(value: Any, zone: tzinfo = UTC) -> tuple[datetime, timedelta]:
@@ -216,8 +220,9 @@ def _read_time(event: StatusEvent, raw: dict, zone: tzinfo) -> None:
             try:
                 event.at, event.resolution = event_time(raw[key], zone)
             except (ValueError, OverflowError, OSError):
-                event.invalid[key] = "not an ISO 8601 time or epoch seconds: the time it " \
-                                     "was received counts"
+                event.invalid[key] = (
+                    "not an ISO 8601 time or epoch seconds: the time it was received counts"
+                )
             break
 
 
@@ -262,8 +267,7 @@ def _unusable(event: StatusEvent, raw: dict, reason: str | None) -> str | None:
 # --- handling ---------------------------------------------------------------------------
 
 
-def handle(ledger: Ledger, objects: list[dict], metrics=None,
-           zone: tzinfo = UTC) -> dict[str, Any]:
+def handle(ledger: Ledger, objects: list[dict], metrics=None, zone: tzinfo = UTC) -> dict[str, Any]:
     """Normalise a body's events (offset-less times in ``zone``) and apply them in one
     ledger transaction.
 
@@ -281,8 +285,14 @@ def handle(ledger: Ledger, objects: list[dict], metrics=None,
         "statuses: %d event(s): %s; %d registration(s) of %d token(s) removed",
         result.processed,
         ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items())) or "none",
-        result.removed_registrations, len(result.removed),
+        result.removed_registrations,
+        len(result.removed),
     )
-    return {"processed": result.processed, "removed": result.removed,
-            "unmatched": result.unmatched, "ignored": result.ignored, "stale": result.stale,
-            "ambiguous": result.ambiguous}
+    return {
+        "processed": result.processed,
+        "removed": result.removed,
+        "unmatched": result.unmatched,
+        "ignored": result.ignored,
+        "stale": result.stale,
+        "ambiguous": result.ambiguous,
+    }

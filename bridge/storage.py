@@ -88,8 +88,9 @@ def sqlite_engine(url: str, flushed_by_caller: bool) -> Engine:
     @event.listens_for(engine, "begin")
     def _begin(conn):
         write = conn.get_execution_options().get(WRITE_OPTION)
-        _driver_execute(conn.connection.driver_connection,
-                        "BEGIN IMMEDIATE" if write else "BEGIN", ())
+        _driver_execute(
+            conn.connection.driver_connection, "BEGIN IMMEDIATE" if write else "BEGIN", ()
+        )
 
     return engine
 
@@ -183,8 +184,12 @@ class GroupCommit:
 
     MAX_ITEMS = 5000  # items per shared transaction
 
-    def __init__(self, transaction: Callable[[], Any], sync: Callable[[], None],
-                 work: Callable[[Any, list], list]):
+    def __init__(
+        self,
+        transaction: Callable[[], Any],
+        sync: Callable[[], None],
+        work: Callable[[Any, list], list],
+    ):
         self._transaction = transaction  # a context manager: the write transaction
         self._sync = sync
         self._work = work  # work(conn, items) -> one result per item
@@ -258,7 +263,7 @@ class GroupCommit:
             return
         start = 0
         for c in batch:
-            c.results, c.done = results[start:start + len(c.items)], True
+            c.results, c.done = results[start : start + len(c.items)], True
             start += len(c.items)
 
     def _alone(self, call: _Call) -> None:
@@ -308,7 +313,7 @@ def _last_value_memo(process, cell: list):
             return out
         out = process(value)
         if isinstance(value, datetime):  # immutable, kept alive by the cell: its identity
-            cell[0] = (value, out)       # cannot be another value's
+            cell[0] = (value, out)  # cannot be another value's
         return out
 
     return memo
@@ -330,19 +335,28 @@ class _Compiled:
             raise ValueError(f"parameters {missing} are not given one value each")
         self.sql = compiled.string
         self.returns_rows = bool(compiled.returning) or stmt.is_select
-        self.params = [(b.key, _last_value_memo(
-            b.type.dialect_impl(dialect).bind_processor(dialect),
-            _MEMO_CELLS.setdefault(type(b.type), [(object(), None)]))) for b in binds]
+        self.params = [
+            (
+                b.key,
+                _last_value_memo(
+                    b.type.dialect_impl(dialect).bind_processor(dialect),
+                    _MEMO_CELLS.setdefault(type(b.type), [(object(), None)]),
+                ),
+            )
+            for b in binds
+        ]
         # "INSERT ... VALUES (?, ..., ?) <rest>": many rows go in multi-row statements
         head, sep, tail = self.sql.partition(" VALUES (")
         group, close, rest = tail.partition(")")
-        self._multi = (head + sep[:-1], sep[-1] + group + close, rest) if (
-            stmt.is_insert and sep and close and set(group) <= set("?, ")) else None
+        self._multi = (
+            (head + sep[:-1], sep[-1] + group + close, rest)
+            if (stmt.is_insert and sep and close and set(group) <= set("?, "))
+            else None
+        )
         self._multi_sql: dict[int, str] = {}
 
     def values(self, row: dict) -> list:
-        return [row[key] if process is None else process(row[key])
-                for key, process in self.params]
+        return [row[key] if process is None else process(row[key]) for key, process in self.params]
 
     def pages(self, rows: list[dict]) -> Iterator[tuple[str, list]]:
         """(SQL, values) of multi-row INSERTs for ``rows``, a page (:func:`page_bounds`)
@@ -352,7 +366,7 @@ class _Compiled:
             if sql is None:
                 head, group, rest = self._multi
                 sql = self._multi_sql.setdefault(size, f"{head} {', '.join([group] * size)}{rest}")
-            yield sql, [v for row in rows[start:start + size] for v in self.values(row)]
+            yield sql, [v for row in rows[start : start + size] for v in self.values(row)]
 
 
 def page_bounds(count: int) -> Iterator[tuple[int, int]]:
@@ -368,8 +382,7 @@ def page_bounds(count: int) -> Iterator[tuple[int, int]]:
 # A statement -> {its parameter names -> it compiled}. Keyed on the statement itself,
 # weakly: an entry lives as long as its statement (a statement dropped by its caller
 # takes its SQL with it; an ``id()`` could be another statement's afterwards).
-_COMPILED: weakref.WeakKeyDictionary[Any, dict[frozenset, _Compiled]] = \
-    weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[frozenset, _Compiled]] = weakref.WeakKeyDictionary()
 
 
 def run(conn, stmt, params: dict | list[dict]) -> list[tuple] | None:
@@ -397,11 +410,17 @@ def run(conn, stmt, params: dict | list[dict]) -> list[tuple] | None:
         cursor = _driver_execute(raw, compiled.sql, compiled.values(params))
         return cursor.fetchall() if cursor.description is not None else None
     if compiled._multi is not None and len(params) > 1:  # one SQLite step per page of rows
-        found = [r for sql, values in compiled.pages(params)
-                 for r in _driver_execute(raw, sql, values).fetchall()]
+        found = [
+            r
+            for sql, values in compiled.pages(params)
+            for r in _driver_execute(raw, sql, values).fetchall()
+        ]
         return found if compiled.returns_rows else None
     if not compiled.returns_rows:
         _driver_execute(raw, compiled.sql, [compiled.values(row) for row in params], many=True)
         return None
-    return [found for row in params
-            for found in _driver_execute(raw, compiled.sql, compiled.values(row)).fetchall()]
+    return [
+        found
+        for row in params
+        for found in _driver_execute(raw, compiled.sql, compiled.values(row)).fetchall()
+    ]

@@ -49,10 +49,10 @@ def parse_start(text: str) -> tuple[str | None, str | None] | None:
     payload before ``\\s*$`` took time quadratic in a long run of whitespace."""
     if not text.startswith("/start"):
         return None
-    rest, bot = text[len("/start"):], None
+    rest, bot = text[len("/start") :], None
     mention = _BOT_MENTION.match(rest)
     if mention:
-        bot, rest = mention.group(1), rest[mention.end():]
+        bot, rest = mention.group(1), rest[mention.end() :]
     if rest and not rest[0].isspace():
         return None  # "/starting", "/start@", "/start@bot!"
     return bot, rest.strip() or None
@@ -111,8 +111,9 @@ def _chat_member(ledger, update_id, change: Any, metrics) -> str:
     status = new.get("status") if isinstance(new, dict) else None
     if token is None or not isinstance(status, str):
         reason = why or "no new_chat_member.status"
-        _record(ledger, "telegram_ignored", update_id,
-                {"update": "my_chat_member", "reason": reason})
+        _record(
+            ledger, "telegram_ignored", update_id, {"update": "my_chat_member", "reason": reason}
+        )
         return "ignored"
     old = change.get("old_chat_member")
     detail = {
@@ -127,29 +128,41 @@ def _chat_member(ledger, update_id, change: Any, metrics) -> str:
         removed, stale = ledger.block_chat(token, detail, at, SECOND)
         if metrics is not None and removed:
             metrics.removals.labels(TELEGRAM_CAUSE).inc(removed)
-        log.info("telegram: update %s blocked the bot; %d registration(s) removed, %d newer",
-                 update_id, removed, stale)
+        log.info(
+            "telegram: update %s blocked the bot; %d registration(s) removed, %d newer",
+            update_id,
+            removed,
+            stale,
+        )
         return "blocked" if removed or not stale else "stale"
     if status == "member":
         new_id, previous_id, queued = ledger.unblock_chat(token, detail, at, SECOND)
         if new_id is not None:
-            log.info("telegram: update %s unblocked the bot; registration %s %s (was %s)",
-                     update_id, new_id,
-                     "queued" if queued else "live again (Reteno holds the token)",
-                     previous_id)
+            log.info(
+                "telegram: update %s unblocked the bot; registration %s %s (was %s)",
+                update_id,
+                new_id,
+                "queued" if queued else "live again (Reteno holds the token)",
+                previous_id,
+            )
         return "unblocked"
     # the status under "to", never in the reason: a reason is the bridge's own words,
     # which erase leaves as they are; "to" is read for personal data like any value
-    _record(ledger, "telegram_ignored", update_id,
-            {"update": "my_chat_member", "reason": "a status that is not acted on",
-             "to": status[:64]}, token=token)
+    _record(
+        ledger,
+        "telegram_ignored",
+        update_id,
+        {"update": "my_chat_member", "reason": "a status that is not acted on", "to": status[:64]},
+        token=token,
+    )
     return "ignored"
 
 
-def _start(ledger, settings, update_id, message: dict, bot: str | None,
-           payload: str | None) -> str:
-    if bot and settings.telegram_bot_username and (
-        bot.lower() != settings.telegram_bot_username.lower()
+def _start(ledger, settings, update_id, message: dict, bot: str | None, payload: str | None) -> str:
+    if (
+        bot
+        and settings.telegram_bot_username
+        and (bot.lower() != settings.telegram_bot_username.lower())
     ):
         return "other"  # a command for another bot in the same chat
     token, why = _private_chat(message)
@@ -160,21 +173,31 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None,
     at, _resolution, clamped = received(_date(message.get("date")), now)
     ledger.sign_of_life(token, at)
     if payload is None:
-        _record(ledger, "telegram_ignored", update_id,
-                {"update": "/start", "reason": "/start without a deep-link payload", **clamped},
-                token=token)
+        _record(
+            ledger,
+            "telegram_ignored",
+            update_id,
+            {"update": "/start", "reason": "/start without a deep-link payload", **clamped},
+            token=token,
+        )
         return "start"
     if settings.link_secrets:
         found, reason = inspect_payload(settings.link_secrets, payload, now)
     else:
         found, reason = None, "BRIDGE_LINK_SECRET is not set: no deep link can be verified"
     if found is None:
-        _record(ledger, "link_rejected", update_id, {
-            "reason": reason,
-            "payloadLength": len(payload),
-            "payloadSha256": hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16],
-            **clamped,
-        }, token=token)
+        _record(
+            ledger,
+            "link_rejected",
+            update_id,
+            {
+                "reason": reason,
+                "payloadLength": len(payload),
+                "payloadSha256": hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16],
+                **clamped,
+            },
+            token=token,
+        )
         log.warning("telegram: update %s: deep link rejected (%s)", update_id, reason)
         return "link_rejected"
     request = TokenRequest(token, **{COLUMN_OF[found.name]: found.value})
@@ -182,6 +205,11 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None,
     if isinstance(outcome, str):
         log.warning("telegram: update %s: deep link refused (%s)", update_id, outcome)
         return outcome
-    log.info("telegram: update %s: deep link registered %s as registration %s%s",
-             update_id, found.name, outcome.id, " (duplicate)" if outcome.duplicate else "")
+    log.info(
+        "telegram: update %s: deep link registered %s as registration %s%s",
+        update_id,
+        found.name,
+        outcome.id,
+        " (duplicate)" if outcome.duplicate else "",
+    )
     return "start_link"

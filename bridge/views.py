@@ -65,14 +65,18 @@ bp.after_request(protect_answer)
 
 
 def invalid(exc: ValidationError, message: str) -> APIError:
-    return APIError(422, message, capped_errors(flatten_errors(exc.messages),
-                                                rt().settings.max_field_errors))
+    return APIError(
+        422, message, capped_errors(flatten_errors(exc.messages), rt().settings.max_field_errors)
+    )
 
 
 def json_request_body(schema, description: str) -> dict:
     """A ``requestBody`` for a view that reads its body itself (any object)."""
-    return {"required": True, "description": description,
-            "content": {"application/json": {"schema": schema}}}
+    return {
+        "required": True,
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
 
 
 def counting_invalid(view):
@@ -96,13 +100,17 @@ def counting_invalid(view):
 # RegisterBodySchema parses one token object or a batch; the document says so as the
 # oneOf of the two schemas (a marshmallow schema cannot describe a union itself).
 @bp.post("/register", tags=["registration"])
-@bp.doc(description=(
-    f"One token object, or `{{\"tokens\": [...]}}` with 1 to {MAX_TOKENS_PER_REQUEST}. 202 "
-    "means the registrations are durably in the ledger; delivery happens off the request "
-    "path. A token already registered with the same identifier, and not removed, is "
-    "answered as a duplicate and not queued again."),
-    requestBody=json_request_body({"oneOf": [TokenSchema, BatchSchema]},
-                                  "A token object or a batch of them."))
+@bp.doc(
+    description=(
+        f'One token object, or `{{"tokens": [...]}}` with 1 to {MAX_TOKENS_PER_REQUEST}. 202 '
+        "means the registrations are durably in the ledger; delivery happens off the request "
+        "path. A token already registered with the same identifier, and not removed, is "
+        "answered as a duplicate and not queued again."
+    ),
+    requestBody=json_request_body(
+        {"oneOf": [TokenSchema, BatchSchema]}, "A token object or a batch of them."
+    ),
+)
 @bearer_required
 @counting_invalid
 @bp.arguments(RegisterBodySchema())
@@ -115,8 +123,9 @@ def register(items):
     for label, count in (("duplicate", duplicates), ("queued", len(outcomes) - duplicates)):
         if count:
             bridge.metrics.registrations.labels(label).inc(count)
-    for state, count in Counter(o.state for o in outcomes if o.conflict and not o.duplicate
-                                ).items():
+    for state, count in Counter(
+        o.state for o in outcomes if o.conflict and not o.duplicate
+    ).items():
         bridge.metrics.conflicts.labels(state).inc(count)
     return {"registrations": outcomes}
 
@@ -126,14 +135,18 @@ def register(items):
 MUTE_DESCRIPTION = (
     "The chat must have a live registration. 202 means the request is in the ledger; it goes "
     "to Reteno through the outbox once Reteno knows the chat, with the same retries and "
-    "pause as registrations. For a bot's own /stop and /resume.")
+    "pause as registrations. For a bot's own /stop and /resume."
+)
 
 
 def _mute(mute_request):
     record = rt().ledger.mute(mute_request, source="api")
     if record is None:
-        raise APIError(404, "The chat has no live registration; register it first.",
-                       {"token": ["No live registration."]})
+        raise APIError(
+            404,
+            "The chat has no live registration; register it first.",
+            {"token": ["No live registration."]},
+        )
     return record
 
 
@@ -185,14 +198,19 @@ def tokens(query):
     return {"items": rows, "next": nxt}
 
 
-_PATH_TOKEN = {"in": "path", "name": "token", "description": "Telegram chat id.",
-               "schema": {"type": "string", "pattern": token_field().metadata["pattern"]}}
+_PATH_TOKEN = {
+    "in": "path",
+    "name": "token",
+    "description": "Telegram chat id.",
+    "schema": {"type": "string", "pattern": token_field().metadata["pattern"]},
+}
 
 
 @bp.get("/tokens/<token>/history", tags=["ledger"], parameters=[_PATH_TOKEN])
 @bearer_required
-@bp.response(200, HistorySchema,
-             description="Submissions, upstream attempts, statuses and removals.")
+@bp.response(
+    200, HistorySchema, description="Submissions, upstream attempts, statuses and removals."
+)
 @bp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 @bp.alt_response(404, response="NOT_FOUND")
 def history(token: str):
@@ -225,12 +243,20 @@ def healthz(authenticated: bool):
 
 @bp.get("/metrics", tags=["operations"])
 @metrics_auth_required
-@bp.alt_response(200, schema={"type": "string"}, content_type="text/plain", success=True,
-                 description="Prometheus text format 0.0.4.")
+@bp.alt_response(
+    200,
+    schema={"type": "string"},
+    content_type="text/plain",
+    success=True,
+    description="Prometheus text format 0.0.4.",
+)
 def metrics():
     """Prometheus metrics (text exposition format); open with BRIDGE_METRICS_PUBLIC=true"""
-    return Response(rt().metrics.render(), mimetype="text/plain",
-                    content_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        rt().metrics.render(),
+        mimetype="text/plain",
+        content_type="text/plain; version=0.0.4; charset=utf-8",
+    )
 
 
 # --- statuses: Reteno's activity webhook and the bot backend's reports ----------------
@@ -249,8 +275,10 @@ def statuses_probe():
 @Blueprint.json_body_doc(
     requestBody=json_request_body(
         {"oneOf": [StatusEventSchema, {"type": "array", "items": StatusEventSchema}]},
-        "A status event or an array of them."),
-    responses={422: "UNPROCESSABLE_ENTITY"})
+        "A status event or an array of them.",
+    ),
+    responses={422: "UNPROCESSABLE_ENTITY"},
+)
 @bp.response(200, StatusResultSchema, description="What the events did.")
 def statuses_post():
     """Message statuses from Reteno's webhook or the bot backend
@@ -271,10 +299,10 @@ def statuses_post():
     except statuses.TooManyEvents as exc:
         raise APIError(413, str(exc)) from None
     except ValidationError as exc:
-        raise invalid(exc, "The body must be a status event object or an array of them; "
-                           "nothing was recorded.") from None
-    return statuses.handle(bridge.ledger, objects, bridge.metrics,
-                           bridge.settings.status_timezone)
+        raise invalid(
+            exc, "The body must be a status event object or an array of them; nothing was recorded."
+        ) from None
+    return statuses.handle(bridge.ledger, objects, bridge.metrics, bridge.settings.status_timezone)
 
 
 # --- Telegram: the bot's webhook (blocks, unblocks, /start deep links) --------------------
@@ -282,9 +310,12 @@ def statuses_post():
 
 @bp.post("/telegram/webhook", tags=["telegram"])
 @telegram_secret_required
-@Blueprint.json_body_doc(requestBody=json_request_body(
-    {"anyOf": [TelegramUpdateSchema, {"description": "Any other JSON value: ignored."}]},
-    "A Telegram Update object."))
+@Blueprint.json_body_doc(
+    requestBody=json_request_body(
+        {"anyOf": [TelegramUpdateSchema, {"description": "Any other JSON value: ignored."}]},
+        "A Telegram Update object.",
+    )
+)
 @bp.response(200, TelegramAckSchema, description="Taken (whatever the update held).")
 def telegram_webhook():
     """Telegram bot updates: blocks, unblocks and /start deep links
@@ -314,17 +345,22 @@ def _start_clock():
 def _log_request(response):
     """One ``key=value`` line per request; query values and credentials never appear."""
     started = g.get("bridge_started")
-    log_request(request.method, request.path,
-                request.args.keys() if request.query_string else (), response.status_code,
-                time.perf_counter() - started if started is not None else 0.0,
-                caller_label(rt().api_keys))
+    log_request(
+        request.method,
+        request.path,
+        request.args.keys() if request.query_string else (),
+        response.status_code,
+        time.perf_counter() - started if started is not None else 0.0,
+        caller_label(rt().api_keys),
+    )
     return response
 
 
 @bp.get("/openapi.json", tags=["operations"])
 @bp.doc(security=[])
-@bp.alt_response(200, schema={"type": "object"}, description="An OpenAPI 3.1 document.",
-                 success=True)
+@bp.alt_response(
+    200, schema={"type": "object"}, description="An OpenAPI 3.1 document.", success=True
+)
 def openapi():
     """This document"""
     return openapi_document(rt(), request.script_root)

@@ -40,8 +40,16 @@ class Lane:
 
 
 class DeliveryWorker:
-    def __init__(self, ledger, client, batch_size: int, metrics, lease_seconds: int,
-                 mark: dict | None = None, lanes: list[Lane] | None = None):
+    def __init__(
+        self,
+        ledger,
+        client,
+        batch_size: int,
+        metrics,
+        lease_seconds: int,
+        mark: dict | None = None,
+        lanes: list[Lane] | None = None,
+    ):
         self.ledger = ledger
         self.client = client
         self.batch_size = batch_size
@@ -51,8 +59,11 @@ class DeliveryWorker:
         self.watch = client.watch  # renews them: the thread that keeps the calls' deadlines
         self.mark = mark or {}  # added to every outcome's history (sandbox deliveries)
         self.lanes = lanes or [
-            Lane("registrations", lambda: ledger.claim(self.batch_size, self.lease_seconds),
-                 client.add_tokens),
+            Lane(
+                "registrations",
+                lambda: ledger.claim(self.batch_size, self.lease_seconds),
+                client.add_tokens,
+            ),
             # one chat per call (Reteno's mute takes one token)
             Lane("mute", lambda: ledger.claim_mutes(1, self.lease_seconds), client.send_command),
         ]
@@ -65,8 +76,12 @@ class DeliveryWorker:
             lease.cancel()  # no renewal runs once the call is over
         log.info(
             "upstream call%s outcome=%s status=%s reason=%s batch=%d ms=%.1f%s",
-            "" if lane.name == "registrations" else f" {lane.name}", result.outcome,
-            result.status, result.reason, len(rows), result.seconds * 1000,
+            "" if lane.name == "registrations" else f" {lane.name}",
+            result.outcome,
+            result.status,
+            result.reason,
+            len(rows),
+            result.seconds * 1000,
             f" error={result.error!r}" if result.error and result.outcome != DELIVERED else "",
         )
         if self.metrics:
@@ -93,8 +108,15 @@ class DeliveryWorker:
             else:
                 self.metrics.commands.labels(lane.name, outcome).inc(n)
 
-    def _send(self, lane: Lane, claim, rows, stats: Counter, renew: bool = False,
-              stop: threading.Event | None = None) -> CallResult | None:
+    def _send(
+        self,
+        lane: Lane,
+        claim,
+        rows,
+        stats: Counter,
+        renew: bool = False,
+        stop: threading.Event | None = None,
+    ) -> CallResult | None:
         """Deliver ``rows`` of a claim; the failure that stops delivery for now, if any.
 
         ``renew``: a further call of the same claim (a split batch) first extends
@@ -118,12 +140,20 @@ class DeliveryWorker:
         if result.outcome == PAUSE:
             until = self.ledger.pause(claim, rows, detail)
             if claim.shared:
-                log.error("delivery paused until %s: Reteno answered %s (%s; check "
-                          "RETENO_BASE_URL, RETENO_API_KEY, RETENO_APP_UUID, RETENO_AUTH)",
-                          until.isoformat(), result.status, result.reason)
+                log.error(
+                    "delivery paused until %s: Reteno answered %s (%s; check "
+                    "RETENO_BASE_URL, RETENO_API_KEY, RETENO_APP_UUID, RETENO_AUTH)",
+                    until.isoformat(),
+                    result.status,
+                    result.reason,
+                )
             else:  # another app's answer (a replay): its run stops; ours goes on
-                log.error("%s stopped: the target answered %s (%s; check its app id, key "
-                          "and base URL)", lane.name, result.status, result.reason)
+                log.error(
+                    "%s stopped: the target answered %s (%s; check its app id, key and base URL)",
+                    lane.name,
+                    result.status,
+                    result.reason,
+                )
             self._count(lane, "paused", len(rows), stats)
             return result
         assert result.outcome == REJECT
@@ -134,17 +164,21 @@ class DeliveryWorker:
         first, rest = rows[:middle], rows[middle:]
         if stop is not None and stop.is_set():  # stopping: give the whole split back
             first, rest = [], rows
-        blocked = self._send(lane, claim, first, stats, renew=True, stop=stop) if first \
-            else None
+        blocked = self._send(lane, claim, first, stats, renew=True, stop=stop) if first else None
         if blocked is None and not (stop is not None and stop.is_set()):
             return self._send(lane, claim, rest, stats, renew=True, stop=stop)
         if blocked is None:  # stopping: the rest is due again at once, for the next worker
-            self.ledger.release(claim, rest, {"batch": len(rest), "sent": False,
-                                              "stopping": True, **self.mark}, 0.0)
+            self.ledger.release(
+                claim, rest, {"batch": len(rest), "sent": False, "stopping": True, **self.mark}, 0.0
+            )
             return None
         # The first half hit a transient failure or a pause: the rest waits with it.
-        self.ledger.release(claim, rest, {**blocked.detail(len(rest)), **self.mark, "sent": False},
-                            blocked.retry_after if blocked.outcome == RETRY else 0.0)
+        self.ledger.release(
+            claim,
+            rest,
+            {**blocked.detail(len(rest)), **self.mark, "sent": False},
+            blocked.retry_after if blocked.outcome == RETRY else 0.0,
+        )
         return blocked
 
     def deliver_batch(self, stats: Counter | None = None) -> int:
@@ -158,8 +192,9 @@ class DeliveryWorker:
         self._send(lane, claim, list(claim.rows), stats)
         return len(claim.rows)
 
-    def drain(self, progress: Callable[[int], None] | None = None,
-              stop: threading.Event | None = None) -> Counter:
+    def drain(
+        self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None
+    ) -> Counter:
         """Send batches, lane after lane, until nothing is due (or delivery is paused or
         held: the first call that says so ends the drain)."""
         stats: Counter = Counter()
@@ -175,8 +210,9 @@ class DeliveryWorker:
                     return stats
         return stats
 
-    def run(self, stop: threading.Event, wake: threading.Event | None = None,
-            poll_seconds: float = 0.5) -> None:
+    def run(
+        self, stop: threading.Event, wake: threading.Event | None = None, poll_seconds: float = 0.5
+    ) -> None:
         """Deliver until ``stop`` is set: drain, then wait for ``wake`` (or ``stop``) or
         the next poll. A failure (the database restarting, say) is logged and retried
         with backoff, so the loop outlives it. Once ``stop`` is set, the call in flight
@@ -189,8 +225,11 @@ class DeliveryWorker:
                 failures = 0
             except Exception as exc:
                 failures += 1
-                log.error("delivery failed (%s); retrying", type(exc).__name__,
-                          exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error(
+                    "delivery failed (%s); retrying",
+                    type(exc).__name__,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 stop.wait(min(30.0, poll_seconds * 2**failures))
             wake.wait(poll_seconds)
             if wake is not stop:
@@ -204,8 +243,9 @@ class BackgroundDelivery:
     Stopped at interpreter exit (after Ctrl-C, or a gunicorn worker's SIGTERM): the
     call in flight is finished and recorded, within ``stop_timeout`` seconds."""
 
-    def __init__(self, worker: DeliveryWorker, poll_seconds: float = 0.5,
-                 stop_timeout: float = 15.0):
+    def __init__(
+        self, worker: DeliveryWorker, poll_seconds: float = 0.5, stop_timeout: float = 15.0
+    ):
         self.worker = worker
         self.poll_seconds = poll_seconds
         self.stop_timeout = stop_timeout
@@ -227,9 +267,7 @@ class BackgroundDelivery:
             # After a fork (gunicorn --preload) the parent's thread is gone: start afresh.
             self.stop_event = threading.Event()
             self._pid = os.getpid()
-            self._thread = threading.Thread(
-                target=self._run, name="bridge-delivery", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="bridge-delivery", daemon=True)
             self._thread.start()
             if not self._at_exit:
                 atexit.register(self.stop)

@@ -61,8 +61,9 @@ def build_router() -> Router:
     @router.message(CommandStart(deep_link=False))
     async def on_start(message: Message, bridge: OrderedBridge) -> None:
         try:
-            await bridge.register(message.chat.id,
-                                  external_customer_id=f"tg-{message.from_user.id}")
+            await bridge.register(
+                message.chat.id, external_customer_id=f"tg-{message.from_user.id}"
+            )
         except BridgeError:
             await message.answer(SORRY)
             return
@@ -97,9 +98,11 @@ async def run(bot_token: str, bridge_url: str, api_key: str) -> None:
 def main() -> None:
     missing = [name for name in SETTINGS if not os.environ.get(name, "").strip()]
     if missing:
-        sys.exit(f"aiogram_bot: {', '.join(missing)} not set: the bot needs "
-                 "TELEGRAM_BOT_TOKEN (from @BotFather), BRIDGE_URL (where the bridge "
-                 "listens) and BRIDGE_API_KEY (one of the bridge's BRIDGE_API_KEYS)")
+        sys.exit(
+            f"aiogram_bot: {', '.join(missing)} not set: the bot needs "
+            "TELEGRAM_BOT_TOKEN (from @BotFather), BRIDGE_URL (where the bridge "
+            "listens) and BRIDGE_API_KEY (one of the bridge's BRIDGE_API_KEYS)"
+        )
     logging.basicConfig(level=logging.INFO)
     asyncio.run(run(*(os.environ[name].strip() for name in SETTINGS)))
 

@@ -52,7 +52,8 @@ async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not context.args:  # a deep link's payload was forwarded by the adapter
         try:
             await context.bot_data["bridge"].register(
-                update.effective_chat.id, external_customer_id=f"tg-{update.effective_user.id}")
+                update.effective_chat.id, external_customer_id=f"tg-{update.effective_user.id}"
+            )
         except BridgeError:
             await update.effective_message.reply_text(SORRY)
             return
@@ -70,8 +71,9 @@ async def on_stop_or_resume(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     await update.effective_message.reply_text(STOPPED if stop else RESUMED)
 
 
-def build_application(bot_token: str, bridge: AsyncBridgeClient,
-                      request: BaseRequest | None = None) -> Application:
+def build_application(
+    bot_token: str, bridge: AsyncBridgeClient, request: BaseRequest | None = None
+) -> Application:
     """The bot; ``request``: how it reaches Telegram (tests pass one of their own)."""
     builder = Application.builder().token(bot_token).concurrent_updates(True)
     if request is not None:
@@ -84,17 +86,18 @@ def build_application(bot_token: str, bridge: AsyncBridgeClient,
     setup(application, bridge)
     private = filters.ChatType.PRIVATE
     application.add_handler(CommandHandler("start", on_start, filters=private))
-    application.add_handler(CommandHandler(["stop", "resume"], on_stop_or_resume,
-                                           filters=private))
+    application.add_handler(CommandHandler(["stop", "resume"], on_stop_or_resume, filters=private))
     return application
 
 
 def main() -> None:
     missing = [name for name in SETTINGS if not os.environ.get(name, "").strip()]
     if missing:
-        sys.exit(f"ptb_bot: {', '.join(missing)} not set: the bot needs "
-                 "TELEGRAM_BOT_TOKEN (from @BotFather), BRIDGE_URL (where the bridge "
-                 "listens) and BRIDGE_API_KEY (one of the bridge's BRIDGE_API_KEYS)")
+        sys.exit(
+            f"ptb_bot: {', '.join(missing)} not set: the bot needs "
+            "TELEGRAM_BOT_TOKEN (from @BotFather), BRIDGE_URL (where the bridge "
+            "listens) and BRIDGE_API_KEY (one of the bridge's BRIDGE_API_KEYS)"
+        )
     token, url, key = (os.environ[name].strip() for name in SETTINGS)
     build_application(token, AsyncBridgeClient(url, key)).run_polling()
 

@@ -55,21 +55,43 @@ def build(map_path: Path, module: str, pytest_args: list[str]) -> int:
         data_file = Path(scratch) / ".coverage"
         env = {**os.environ, "COVERAGE_FILE": str(data_file)}
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", *pytest_args, "-p", "pytest_cov",
-             f"--cov={Path(module).parent}", "--cov-context=test", "--cov-report="],
-            cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                *pytest_args,
+                "-p",
+                "pytest_cov",
+                f"--cov={Path(module).parent}",
+                "--cov-context=test",
+                "--cov-report=",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
         if done.returncode != 0:
-            print(f"{module}: its selection fails without a mutant (exit "
-                  f"{done.returncode}); no map written", file=sys.stderr)
+            print(
+                f"{module}: its selection fails without a mutant (exit "
+                f"{done.returncode}); no map written",
+                file=sys.stderr,
+            )
             return done.returncode or 1
         data = CoverageData(basename=str(data_file))
         data.read()
         measured = {Path(f).resolve(): f for f in data.measured_files()}
         by_line = data.contexts_by_lineno(measured[(ROOT / module).resolve()])
-    lines = {line: sorted({c.rsplit("|", 1)[0] for c in contexts})
-             for line, contexts in by_line.items()}
-    map_path.write_text(json.dumps({"module": module, "source": source,
-                                    "lines": {str(k): v for k, v in sorted(lines.items())}}))
+    lines = {
+        line: sorted({c.rsplit("|", 1)[0] for c in contexts}) for line, contexts in by_line.items()
+    }
+    map_path.write_text(
+        json.dumps(
+            {
+                "module": module,
+                "source": source,
+                "lines": {str(k): v for k, v in sorted(lines.items())},
+            }
+        )
+    )
     tests = {t for ts in lines.values() for t in ts if t != WHOLE}
     print(f"{map_path}: {len(lines)} lines of {module} executed, by {len(tests)} tests")
     return 0
@@ -87,8 +109,7 @@ def statement_lines(tree: ast.Module, line: int) -> set[int]:
                 end = body[0].lineno - 1
                 if line > end:  # inside the body: an inner statement holds it
                     continue
-            first = min([node.lineno, *(d.lineno for d in
-                                        getattr(node, "decorator_list", []))])
+            first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
             if best is None or end - first < best[1] - best[0]:
                 best = (first, end)
     return set(range(best[0], best[1] + 1)) if best else {line}
@@ -97,8 +118,7 @@ def statement_lines(tree: ast.Module, line: int) -> set[int]:
 def mutated_lines(before: str, after: str) -> set[int]:
     """The lines (numbered as in ``before``) that ``after`` changes."""
     changed: set[int] = set()
-    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(),
-                                      autojunk=False)
+    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
     for tag, i1, i2, _, _ in matcher.get_opcodes():
         if tag != "equal":
             changed |= set(range(i1 + 1, max(i2, i1 + 1) + 1))
@@ -164,13 +184,21 @@ def main(argv: list[str]) -> int:
     args = argv[2:]
     if tests is not None:  # collect only the files holding those tests
         files = {test.split("::", 1)[0] for test in tests}
-        args = [a for i, a in enumerate(args) if not a.startswith("tests/")
-                or a in files or args[i - 1] == "--deselect"]
+        args = [
+            a
+            for i, a in enumerate(args)
+            if not a.startswith("tests/") or a in files or args[i - 1] == "--deselect"
+        ]
     code = int(pytest.main(args, plugins=[Keep(tests)] if tests is not None else []))
-    if code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR,
-                pytest.ExitCode.NO_TESTS_COLLECTED):  # not the mutant's doing: never a kill
-        print(f"covering.py: pytest exit {code} ({pytest.ExitCode(code).name}), not a "
-              "failing test: counted as survived, to be looked at")
+    if code in (
+        pytest.ExitCode.INTERNAL_ERROR,
+        pytest.ExitCode.USAGE_ERROR,
+        pytest.ExitCode.NO_TESTS_COLLECTED,
+    ):  # not the mutant's doing: never a kill
+        print(
+            f"covering.py: pytest exit {code} ({pytest.ExitCode(code).name}), not a "
+            "failing test: counted as survived, to be looked at"
+        )
         return 0
     return code
 

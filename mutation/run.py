@@ -45,8 +45,10 @@ try:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 except ImportError:
-    raise SystemExit("mutation/run.py needs cosmic-ray, the 'mutation' extra: "
-                     "pip install -c constraints.txt -e '.[mutation]'") from None
+    raise SystemExit(
+        "mutation/run.py needs cosmic-ray, the 'mutation' extra: "
+        "pip install -c constraints.txt -e '.[mutation]'"
+    ) from None
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "cosmic-ray.toml"
@@ -81,21 +83,38 @@ def plan(settings: dict, module: str, survivors_only: bool = False) -> dict:
     options = [w for w in base["test-command"].split() if not w.startswith("tests/")]
     selection = test_map = None
     if own is not None:
-        selection = [*options[3:], *test_files(own["tests"]),
-                     *(w for test in own.get("deselect", []) for w in ("--deselect", test))]
+        selection = [
+            *options[3:],
+            *test_files(own["tests"]),
+            *(w for test in own.get("deselect", []) for w in ("--deselect", test)),
+        ]
         suffix = ".after" if survivors_only else ""
         test_map = SESSIONS / f"{session_name(module)}{suffix}.map.json"
-        tests = ["python", "mutation/covering.py", "--map",
-                 str(test_map.relative_to(ROOT)), *selection]
+        tests = [
+            "python",
+            "mutation/covering.py",
+            "--map",
+            str(test_map.relative_to(ROOT)),
+            *selection,
+        ]
     elif survivors_only:  # the options of test-command, the added tests alone
         tests = [*options, *mutation["added-tests"]]
     else:
         tests = [base["test-command"], *mutation.get("extra-tests", {}).get(module, [])]
     own = own or {}
-    cfg = {**base, "module-path": [module], "test-command": " ".join(tests),
-           "timeout": float(own.get("timeout", base["timeout"]))}
-    return {"config": cfg, "sample": own.get("sample"), "seed": own.get("seed", 23),
-            "selection": selection, "map": test_map}
+    cfg = {
+        **base,
+        "module-path": [module],
+        "test-command": " ".join(tests),
+        "timeout": float(own.get("timeout", base["timeout"])),
+    }
+    return {
+        "config": cfg,
+        "sample": own.get("sample"),
+        "seed": own.get("seed", 23),
+        "selection": selection,
+        "map": test_map,
+    }
 
 
 def take_sample(session: Path, size: int, seed: int) -> int:
@@ -103,9 +122,12 @@ def take_sample(session: Path, size: int, seed: int) -> int:
     at random with ``seed``; how many were left out. Run once, on a new session. The
     draw is from the mutants in the order of what they change (not of their job ids,
     random at each ``init``): the same code and seed give the same sample."""
+
     def where(item) -> tuple:
-        return tuple((str(m.module_path), tuple(m.start_pos), m.operator_name, m.occurrence)
-                     for m in item.mutations)
+        return tuple(
+            (str(m.module_path), tuple(m.start_pos), m.operator_name, m.occurrence)
+            for m in item.mutations
+        )
 
     with use_db(str(session), WorkDB.Mode.open) as db:
         pending = [item.job_id for item in sorted(db.pending_work_items, key=where)]
@@ -114,8 +136,7 @@ def take_sample(session: Path, size: int, seed: int) -> int:
         kept = set(random.Random(seed).sample(pending, size))
         left_out = [job for job in pending if job not in kept]
         for job in left_out:
-            db.set_result(job, WorkResult(output=NOT_SAMPLED,
-                                          worker_outcome=WorkerOutcome.SKIPPED))
+            db.set_result(job, WorkResult(output=NOT_SAMPLED, worker_outcome=WorkerOutcome.SKIPPED))
     return len(left_out)
 
 
@@ -134,8 +155,10 @@ def summary(session: Path) -> tuple[int, int, int, int, list, int, int]:
             elif result.worker_outcome == WorkerOutcome.ABNORMAL:
                 pending += 1  # the worker failed, not the tests (an http worker's
                 # request timed out): no outcome; delete the result to run it again
-            elif (result.worker_outcome == WorkerOutcome.NORMAL
-                  and result.test_outcome == TestOutcome.SURVIVED):
+            elif (
+                result.worker_outcome == WorkerOutcome.NORMAL
+                and result.test_outcome == TestOutcome.SURVIVED
+            ):
                 survived += 1
                 survivors.append(item)
             else:  # killed by a test, an error or a time-out (twice: retry_timeouts)
@@ -149,9 +172,13 @@ def retry_timeouts(session: Path) -> int:
     (marked so: a second time-out stands); how many."""
     with sqlite3.connect(session) as db:
         db.execute("CREATE TABLE IF NOT EXISTS timed_out_once (job_id TEXT PRIMARY KEY)")
-        jobs = [job for (job,) in db.execute(
-            "SELECT job_id FROM work_results WHERE output = 'timeout' "
-            "AND job_id NOT IN (SELECT job_id FROM timed_out_once)")]
+        jobs = [
+            job
+            for (job,) in db.execute(
+                "SELECT job_id FROM work_results WHERE output = 'timeout' "
+                "AND job_id NOT IN (SELECT job_id FROM timed_out_once)"
+            )
+        ]
         for job in jobs:
             db.execute("INSERT INTO timed_out_once VALUES (?)", (job,))
             db.execute("DELETE FROM work_results WHERE job_id = ?", (job,))
@@ -162,17 +189,23 @@ def reset_survivors(before: Path, after: Path) -> None:
     """``after``: a copy of session ``before`` whose surviving mutants are pending again."""
     shutil.copy(before, after)
     with sqlite3.connect(after) as db:
-        db.execute("DELETE FROM work_results WHERE worker_outcome = 'NORMAL' "
-                   "AND test_outcome = 'SURVIVED'")
+        db.execute(
+            "DELETE FROM work_results WHERE worker_outcome = 'NORMAL' AND test_outcome = 'SURVIVED'"
+        )
 
 
 def print_plan(settings: dict, modules: list[str], survivors_only: bool) -> None:
     for module in modules:
         p = plan(settings, module, survivors_only)
-        sample = "all mutants" if p["sample"] is None else \
-            f"a random sample of {p['sample']} (seed {p['seed']})"
-        print(f"{module}: {sample}, {p['config']['timeout']:g} s per mutant\n"
-              f"    {p['config']['test-command']}")
+        sample = (
+            "all mutants"
+            if p["sample"] is None
+            else f"a random sample of {p['sample']} (seed {p['seed']})"
+        )
+        print(
+            f"{module}: {sample}, {p['config']['timeout']:g} s per mutant\n"
+            f"    {p['config']['test-command']}"
+        )
 
 
 def run_session(settings: dict, module: str, survivors_only: bool, suffix: str) -> None:
@@ -189,35 +222,50 @@ def run_session(settings: dict, module: str, survivors_only: bool, suffix: str) 
         subprocess.run([sys.executable, HERE / "skip_unevaluated.py", session], check=True)
         if p["sample"] is not None:
             left_out = take_sample(session, int(p["sample"]), int(p["seed"]))
-            print(f"{session}: a random sample of {p['sample']} (seed {p['seed']}); "
-                  f"{left_out} mutants left out", flush=True)
+            print(
+                f"{session}: a random sample of {p['sample']} (seed {p['seed']}); "
+                f"{left_out} mutants left out",
+                flush=True,
+            )
     if p["map"] is not None and (survivors_only or not p["map"].exists()):
-        subprocess.run([sys.executable, HERE / "covering.py", "--build", p["map"], module,
-                        *p["selection"]], cwd=ROOT, check=True)
+        subprocess.run(
+            [sys.executable, HERE / "covering.py", "--build", p["map"], module, *p["selection"]],
+            cwd=ROOT,
+            check=True,
+        )
     subprocess.run([BIN / "cosmic-ray", "exec", config, session], check=True)
     timed_out = retry_timeouts(session)
     if timed_out:  # each once more, alone: a time-out is a kill only if it recurs
         print(f"{session}: {timed_out} mutants timed out; each runs once more", flush=True)
         subprocess.run([BIN / "cosmic-ray", "exec", config, session], check=True)
     k, s, sk, pending, _, ns, to = summary(session)
-    print(f"{module}: {k} killed of {k + s} ({100 * k / max(1, k + s):.1f} %; {to} by "
-          f"a time-out, twice), "
-          f"{sk} skipped, {ns} not in the sample, {pending} pending", flush=True)
+    print(
+        f"{module}: {k} killed of {k + s} ({100 * k / max(1, k + s):.1f} %; {to} by "
+        f"a time-out, twice), "
+        f"{sk} skipped, {ns} not in the sample, {pending} pending",
+        flush=True,
+    )
 
 
 def print_table(modules: list[str], suffix: str) -> None:
-    print("\nmodule | mutants run | killed (by a time-out) | survived | score"
-          " | skipped (not code that runs) | not in the sample")
+    print(
+        "\nmodule | mutants run | killed (by a time-out) | survived | score"
+        " | skipped (not code that runs) | not in the sample"
+    )
     for module in modules:
         session = SESSIONS / f"{session_name(module)}{suffix}.sqlite"
         if session.exists():
             k, s, sk, pending, survivors, ns, to = summary(session)
-            print(f"{module} | {k + s} | {k} ({to}) | {s} | {100 * k / max(1, k + s):.1f} % | {sk}"
-                  f" | {ns}" + (f" | {pending} pending" if pending else ""))
+            print(
+                f"{module} | {k + s} | {k} ({to}) | {s} | {100 * k / max(1, k + s):.1f} % | {sk}"
+                f" | {ns}" + (f" | {pending} pending" if pending else "")
+            )
             for item in survivors:
                 for m in item.mutations:
-                    print(f"    survived: {m.module_path}:{m.start_pos[0]} {m.operator_name}"
-                          f" #{m.occurrence} ({item.job_id})")
+                    print(
+                        f"    survived: {m.module_path}:{m.start_pos[0]} {m.operator_name}"
+                        f" #{m.occurrence} ({item.job_id})"
+                    )
 
 
 def main(argv: list[str]) -> int:

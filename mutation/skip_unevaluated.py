@@ -18,9 +18,20 @@ from pathlib import Path
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-_OPS = {"Add": ast.Add, "Sub": ast.Sub, "Mul": ast.Mult, "Div": ast.Div,
-        "FloorDiv": ast.FloorDiv, "Mod": ast.Mod, "Pow": ast.Pow, "RShift": ast.RShift,
-        "LShift": ast.LShift, "BitOr": ast.BitOr, "BitAnd": ast.BitAnd, "BitXor": ast.BitXor}
+_OPS = {
+    "Add": ast.Add,
+    "Sub": ast.Sub,
+    "Mul": ast.Mult,
+    "Div": ast.Div,
+    "FloorDiv": ast.FloorDiv,
+    "Mod": ast.Mod,
+    "Pow": ast.Pow,
+    "RShift": ast.RShift,
+    "LShift": ast.LShift,
+    "BitOr": ast.BitOr,
+    "BitAnd": ast.BitAnd,
+    "BitXor": ast.BitXor,
+}
 
 
 def _spans(tree):
@@ -29,15 +40,19 @@ def _spans(tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.BinOp):
             # the operator lies between the end of the left operand and the right one
-            evaluated.append((type(node.op), (node.left.end_lineno, node.left.end_col_offset),
-                              (node.right.lineno, node.right.col_offset)))
+            evaluated.append(
+                (
+                    type(node.op),
+                    (node.left.end_lineno, node.left.end_col_offset),
+                    (node.right.lineno, node.right.col_offset),
+                )
+            )
         ann = []
         if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
             ann.append(node.annotation)
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
             ann.append(node.returns)
-        annotations += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset))
-                        for a in ann]
+        annotations += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in ann]
     return evaluated, annotations
 
 
@@ -63,8 +78,10 @@ def main(session: str) -> int:
             for m in item.mutations:
                 why = unevaluated(str(m.module_path), m.operator_name, tuple(m.start_pos))
                 if why:
-                    db.set_result(item.job_id, WorkResult(
-                        output=f"skipped: {why}", worker_outcome=WorkerOutcome.SKIPPED))
+                    db.set_result(
+                        item.job_id,
+                        WorkResult(output=f"skipped: {why}", worker_outcome=WorkerOutcome.SKIPPED),
+                    )
                     skipped += 1
                     break
     print(f"{session}: {skipped} mutants skipped (they change no code that runs)")

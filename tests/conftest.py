@@ -23,14 +23,32 @@ from bridge.db import migrate
 from bridge.logs import flush_request_log
 
 CONFIG_KEYS = [
-    "RETENO_PLATFORM", "RETENO_BASE_URL", "RETENO_APP_UUID", "RETENO_API_KEY", "RETENO_AUTH",
-    "BRIDGE_DATABASE_URL", "BRIDGE_API_KEYS", "BRIDGE_WEBHOOK_USERNAME",
-    "BRIDGE_WEBHOOK_PASSWORD", "TELEGRAM_WEBHOOK_SECRET", "BRIDGE_LINK_SECRET",
-    "TELEGRAM_BOT_USERNAME", "BRIDGE_BATCH_SIZE", "BRIDGE_BACKGROUND_DELIVERY",
-    "BRIDGE_MAX_BODY_BYTES", "FLASK_RUN_FROM_CLI", "BRIDGE_SANDBOX", "BRIDGE_LOG_LEVEL",
-    "BRIDGE_LEASE_SECONDS", "BRIDGE_UPSTREAM_CONNECT_TIMEOUT", "BRIDGE_UPSTREAM_READ_TIMEOUT",
-    "BRIDGE_METRICS_PUBLIC", "BRIDGE_HEALTH_CACHE_SECONDS", "BRIDGE_MAX_STATUS_EVENTS",
-    "BRIDGE_MAX_FIELD_ERRORS", "BRIDGE_STATUS_TIMEZONE",
+    "RETENO_PLATFORM",
+    "RETENO_BASE_URL",
+    "RETENO_APP_UUID",
+    "RETENO_API_KEY",
+    "RETENO_AUTH",
+    "BRIDGE_DATABASE_URL",
+    "BRIDGE_API_KEYS",
+    "BRIDGE_WEBHOOK_USERNAME",
+    "BRIDGE_WEBHOOK_PASSWORD",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "BRIDGE_LINK_SECRET",
+    "TELEGRAM_BOT_USERNAME",
+    "BRIDGE_BATCH_SIZE",
+    "BRIDGE_BACKGROUND_DELIVERY",
+    "BRIDGE_MAX_BODY_BYTES",
+    "FLASK_RUN_FROM_CLI",
+    "BRIDGE_SANDBOX",
+    "BRIDGE_LOG_LEVEL",
+    "BRIDGE_LEASE_SECONDS",
+    "BRIDGE_UPSTREAM_CONNECT_TIMEOUT",
+    "BRIDGE_UPSTREAM_READ_TIMEOUT",
+    "BRIDGE_METRICS_PUBLIC",
+    "BRIDGE_HEALTH_CACHE_SECONDS",
+    "BRIDGE_MAX_STATUS_EVENTS",
+    "BRIDGE_MAX_FIELD_ERRORS",
+    "BRIDGE_STATUS_TIMEZONE",
     "BRIDGE_UPSTREAM_DEADLINE",
 ]
 
@@ -93,8 +111,12 @@ def db_url(_database_template, tmp_path):
         return f"sqlite:///{path}"
     engine = create_engine(where)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE bridge_events, bridge_commands, bridge_registrations, "
-                          "bridge_state RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text(
+                "TRUNCATE bridge_events, bridge_commands, bridge_registrations, "
+                "bridge_state RESTART IDENTITY CASCADE"
+            )
+        )
     engine.dispose()
     return where
 

@@ -22,11 +22,34 @@ HUGE = 2**80
 
 hostile_text = st.one_of(
     st.text(max_size=30),
-    st.text(alphabet=st.characters(codec="utf-8", categories=["Cc", "Zs", "Cf", "Co", "So"]),
-            max_size=12),
-    st.sampled_from(["", " ", "\x00", "a\x00b", "\n", "\u202e", "\ufeff", "\U0001f600",
-                     "0", "-0", "+1", "1e3", "NaN", "null", "Infinity", "0x10",
-                     "9" * 30, "-" + "9" * 20, "٣٤٥", "１２３"]),
+    st.text(
+        alphabet=st.characters(codec="utf-8", categories=["Cc", "Zs", "Cf", "Co", "So"]),
+        max_size=12,
+    ),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "a\x00b",
+            "\n",
+            "\u202e",
+            "\ufeff",
+            "\U0001f600",
+            "0",
+            "-0",
+            "+1",
+            "1e3",
+            "NaN",
+            "null",
+            "Infinity",
+            "0x10",
+            "9" * 30,
+            "-" + "9" * 20,
+            "٣٤٥",
+            "１２３",
+        ]
+    ),
 )
 numbers = st.one_of(
     st.integers(min_value=-HUGE, max_value=HUGE),
@@ -36,18 +59,19 @@ numbers = st.one_of(
 scalars = st.one_of(st.none(), st.booleans(), numbers, hostile_text)
 json_values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(hostile_text, inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 IDENTIFIER_VALUES = {
     "token": st.one_of(numbers, st.from_regex(r"-?[0-9]{1,21}", fullmatch=True), json_values),
     "contactId": st.one_of(numbers, st.from_regex(r"[0-9]{1,21}", fullmatch=True), json_values),
-    "externalCustomerId": st.one_of(hostile_text, st.text(min_size=250, max_size=260),
-                                    json_values),
-    "phone": st.one_of(st.from_regex(r"\+?[0-9 ()\-]{3,22}", fullmatch=True), hostile_text,
-                       json_values),
+    "externalCustomerId": st.one_of(hostile_text, st.text(min_size=250, max_size=260), json_values),
+    "phone": st.one_of(
+        st.from_regex(r"\+?[0-9 ()\-]{3,22}", fullmatch=True), hostile_text, json_values
+    ),
     "email": st.one_of(st.emails(), hostile_text, st.just("A@B.CO"), json_values),
 }
 token_objects = st.builds(
@@ -58,18 +82,26 @@ token_objects = st.builds(
 register_bodies = st.one_of(
     token_objects,
     st.builds(lambda items: {"tokens": items}, st.lists(token_objects, max_size=4)),
-    st.builds(lambda items, extra: {"tokens": items, **extra}, st.lists(token_objects,
-              max_size=2), st.dictionaries(hostile_text, json_values, max_size=2)),
+    st.builds(
+        lambda items, extra: {"tokens": items, **extra},
+        st.lists(token_objects, max_size=2),
+        st.dictionaries(hostile_text, json_values, max_size=2),
+    ),
     json_values,
 )
 
 STATUS_FIELDS = {
-    "status": st.one_of(st.sampled_from(["SENT", "FAILED", "CLICKED", "failed", ""]),
-                        json_values),
-    "activityStatus": st.one_of(st.sampled_from(["UNDELIVERED", "DELIVERED", "BOT_SEND_ERROR"]),
-                                json_values),
-    "error": st.one_of(st.sampled_from(["Forbidden", "Forbidden: bot was blocked by the user",
-                                        "403", "blocked\x00"]), hostile_text, json_values),
+    "status": st.one_of(st.sampled_from(["SENT", "FAILED", "CLICKED", "failed", ""]), json_values),
+    "activityStatus": st.one_of(
+        st.sampled_from(["UNDELIVERED", "DELIVERED", "BOT_SEND_ERROR"]), json_values
+    ),
+    "error": st.one_of(
+        st.sampled_from(
+            ["Forbidden", "Forbidden: bot was blocked by the user", "403", "blocked\x00"]
+        ),
+        hostile_text,
+        json_values,
+    ),
     "statusDescription": st.one_of(hostile_text, json_values),
     **{k: v for k, v in IDENTIFIER_VALUES.items()},
     "sms": IDENTIFIER_VALUES["phone"],
@@ -84,38 +116,65 @@ status_events = st.builds(
 status_bodies = st.one_of(status_events, st.lists(status_events, max_size=4), json_values)
 
 chats = st.fixed_dictionaries(
-    {"id": st.one_of(numbers, hostile_text), "type": st.sampled_from(["private", "group", "x"])})
+    {"id": st.one_of(numbers, hostile_text), "type": st.sampled_from(["private", "group", "x"])}
+)
 telegram_updates = st.one_of(
-    st.fixed_dictionaries({
-        "update_id": numbers,
-        "my_chat_member": st.fixed_dictionaries({
-            "chat": chats,
-            "from": st.fixed_dictionaries({"id": numbers}),
-            "date": numbers,
-            "old_chat_member": st.fixed_dictionaries(
-                {"status": st.sampled_from(["member", "kicked", "left"])}),
-            "new_chat_member": st.fixed_dictionaries(
-                {"status": st.one_of(st.sampled_from(["member", "kicked"]), json_values)}),
-        }),
-    }),
-    st.fixed_dictionaries({
-        "update_id": numbers,
-        "message": st.fixed_dictionaries({
-            "message_id": numbers,
-            "chat": chats,
-            "text": st.one_of(st.builds(lambda p: f"/start {p}", hostile_text),
-                              st.from_regex(r"/start [A-Za-z0-9_-]{0,70}", fullmatch=True),
-                              json_values),
-        }),
-    }),
+    st.fixed_dictionaries(
+        {
+            "update_id": numbers,
+            "my_chat_member": st.fixed_dictionaries(
+                {
+                    "chat": chats,
+                    "from": st.fixed_dictionaries({"id": numbers}),
+                    "date": numbers,
+                    "old_chat_member": st.fixed_dictionaries(
+                        {"status": st.sampled_from(["member", "kicked", "left"])}
+                    ),
+                    "new_chat_member": st.fixed_dictionaries(
+                        {"status": st.one_of(st.sampled_from(["member", "kicked"]), json_values)}
+                    ),
+                }
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "update_id": numbers,
+            "message": st.fixed_dictionaries(
+                {
+                    "message_id": numbers,
+                    "chat": chats,
+                    "text": st.one_of(
+                        st.builds(lambda p: f"/start {p}", hostile_text),
+                        st.from_regex(r"/start [A-Za-z0-9_-]{0,70}", fullmatch=True),
+                        json_values,
+                    ),
+                }
+            ),
+        }
+    ),
     json_values,
 )
 
 query_values = st.one_of(hostile_text, numbers.map(str))
 token_queries = st.dictionaries(
-    st.one_of(st.sampled_from(["token", "contactId", "externalCustomerId", "phone", "email",
-                               "state", "limit", "cursor"]), hostile_text),
-    query_values, max_size=4,
+    st.one_of(
+        st.sampled_from(
+            [
+                "token",
+                "contactId",
+                "externalCustomerId",
+                "phone",
+                "email",
+                "state",
+                "limit",
+                "cursor",
+            ]
+        ),
+        hostile_text,
+    ),
+    query_values,
+    max_size=4,
 )
 path_tokens = st.one_of(st.from_regex(r"-?[0-9]{1,22}", fullmatch=True), hostile_text)
 
@@ -149,8 +208,9 @@ RAW_BODIES = [
     b"[" * 100_000 + b"]" * 100_000,
     b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
     b"[" * 70 + b"]" * 70,
-    b'{"tokens": [' + b",".join(b'{"token": %d, "contactId": %d}' % (i + 1, i + 1)
-                                for i in range(10_000)) + b"]}",
+    b'{"tokens": ['
+    + b",".join(b'{"token": %d, "contactId": %d}' % (i + 1, i + 1) for i in range(10_000))
+    + b"]}",
     b"[" + b",".join(b"{}" for _ in range(10_000)) + b"]",
     b'{"tokens": [' + b",".join(b"1" for _ in range(10_000)) + b"]}",
 ]
@@ -173,9 +233,11 @@ CONTENT_TYPES = [
 
 def ledger_counts(bridge) -> tuple[int, int, int]:
     with bridge.db.read() as session:
-        return (session.scalar(select(func.count()).select_from(Registration)),
-                session.scalar(select(func.count()).select_from(Event)),
-                session.scalar(select(func.count()).select_from(Command)))
+        return (
+            session.scalar(select(func.count()).select_from(Registration)),
+            session.scalar(select(func.count()).select_from(Event)),
+            session.scalar(select(func.count()).select_from(Command)),
+        )
 
 
 def error_shape_problem(status: int, body: bytes, content_type: str | None) -> str | None:

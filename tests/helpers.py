@@ -69,8 +69,9 @@ def step_perf_counter(monkeypatch, module, step: float) -> None:
     each reading (the rest of its ``time`` is the real one): a duration it measures from
     one reading to the next is ``step``. Choose a ``step`` a float holds exactly (0.25)."""
     readings = itertools.count()
-    fake = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time)
-                                    if not name.startswith("_")})
+    fake = types.SimpleNamespace(
+        **{name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
+    )
     fake.perf_counter = lambda: next(readings) * step
     monkeypatch.setattr(module, "time", fake)
 
@@ -104,6 +105,7 @@ class Tally:
 
 
 # --- the shape of a regular expression ----------------------------------------------
+
 
 def _unbounded_repeats_that_give_back(parsed, found):
     """Greedy or lazy repeats without an upper bound, anywhere in a parsed pattern."""
@@ -143,8 +145,7 @@ def _starts_with_a_run(parsed) -> bool:
             return _starts_with_a_run(arg[-1])
         if op == c.AT:
             continue
-        return op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and \
-            arg[1] == c.MAXREPEAT
+        return op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and arg[1] == c.MAXREPEAT
     return False
 
 
@@ -197,8 +198,12 @@ def seconds_from_now(clock, iso):
 
 # --- Telegram updates dated on the fake clock -------------------------------------------
 
-TELEGRAM_BOT = {"id": 7000000001, "is_bot": True, "first_name": "Test bot",
-                "username": "my_test_bot"}
+TELEGRAM_BOT = {
+    "id": 7000000001,
+    "is_bot": True,
+    "first_name": "Test bot",
+    "username": "my_test_bot",
+}
 _update_ids = itertools.count(600_000_000)
 
 
@@ -211,28 +216,45 @@ def telegram_date(clock, seconds: float = 0) -> int:
 def chat_member(chat_id, new: str, old: str, date: int) -> dict:
     """A ``my_chat_member`` update of a private chat: ``kicked`` is a block of the bot,
     ``member`` an unblock."""
-    def member(status):
-        return {"user": TELEGRAM_BOT, "status": status,
-                **({"until_date": 0} if status == "kicked" else {})}
 
-    return {"update_id": next(_update_ids), "my_chat_member": {
-        "chat": {"id": int(chat_id), "first_name": "Ann", "type": "private"},
-        "from": {"id": int(chat_id), "is_bot": False, "first_name": "Ann"},
-        "date": date, "old_chat_member": member(old), "new_chat_member": member(new)}}
+    def member(status):
+        return {
+            "user": TELEGRAM_BOT,
+            "status": status,
+            **({"until_date": 0} if status == "kicked" else {}),
+        }
+
+    return {
+        "update_id": next(_update_ids),
+        "my_chat_member": {
+            "chat": {"id": int(chat_id), "first_name": "Ann", "type": "private"},
+            "from": {"id": int(chat_id), "is_bot": False, "first_name": "Ann"},
+            "date": date,
+            "old_chat_member": member(old),
+            "new_chat_member": member(new),
+        },
+    }
 
 
 def start_message(chat_id, date: int, payload: str | None = None) -> dict:
     """``/start [payload]`` sent in a private chat."""
     text = "/start" if payload is None else f"/start {payload}"
-    return {"update_id": next(_update_ids), "message": {
-        "message_id": 17, "date": date, "text": text,
-        "chat": {"id": int(chat_id), "first_name": "Ann", "type": "private"},
-        "from": {"id": int(chat_id), "is_bot": False, "first_name": "Ann"},
-        "entities": [{"offset": 0, "length": len("/start"), "type": "bot_command"}]}}
+    return {
+        "update_id": next(_update_ids),
+        "message": {
+            "message_id": 17,
+            "date": date,
+            "text": text,
+            "chat": {"id": int(chat_id), "first_name": "Ann", "type": "private"},
+            "from": {"id": int(chat_id), "is_bot": False, "first_name": "Ann"},
+            "entities": [{"offset": 0, "length": len("/start"), "type": "bot_command"}],
+        },
+    }
 
 
 def telegram(client, update: dict, secret: str) -> None:
     """``POST /telegram/webhook`` of ``update`` with the webhook's secret, asserted 200."""
-    response = client.post("/telegram/webhook", json=update,
-                           headers={"X-Telegram-Bot-Api-Secret-Token": secret})
+    response = client.post(
+        "/telegram/webhook", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": secret}
+    )
     assert response.status_code == 200, response.get_json()

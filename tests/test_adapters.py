@@ -42,22 +42,43 @@ _update_ids = count(1)
 
 
 def message(text: str, chat: dict = PRIVATE) -> dict:
-    entities = ([{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
-                if text.startswith("/") else [])
+    entities = (
+        [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
+        if text.startswith("/")
+        else []
+    )
     user = {**USER, "id": chat["id"]} if chat["type"] == "private" else USER
-    return {"update_id": next(_update_ids), "message": {
-        "message_id": next(_update_ids), "date": int(time.time()), "chat": chat, "from": user,
-        "text": text, "entities": entities}}
+    return {
+        "update_id": next(_update_ids),
+        "message": {
+            "message_id": next(_update_ids),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": user,
+            "text": text,
+            "entities": entities,
+        },
+    }
 
 
 def chat_member(old: str, new: str) -> dict:
     def member(status: str) -> dict:  # as Telegram sends it: a ban has its until_date
-        return {"status": status, "user": BOT_USER, **({"until_date": 0}
-                                                       if status == "kicked" else {})}
+        return {
+            "status": status,
+            "user": BOT_USER,
+            **({"until_date": 0} if status == "kicked" else {}),
+        }
 
-    return {"update_id": next(_update_ids), "my_chat_member": {
-        "chat": PRIVATE, "from": USER, "date": int(time.time()),
-        "old_chat_member": member(old), "new_chat_member": member(new)}}
+    return {
+        "update_id": next(_update_ids),
+        "my_chat_member": {
+            "chat": PRIVATE,
+            "from": USER,
+            "date": int(time.time()),
+            "old_chat_member": member(old),
+            "new_chat_member": member(new),
+        },
+    }
 
 
 def deep_link(value: str = "C-1") -> str:
@@ -65,8 +86,12 @@ def deep_link(value: str = "C-1") -> str:
 
 
 def sent_message(chat_id, text) -> dict:
-    return {"message_id": 1000, "date": int(time.time()),
-            "chat": {"id": chat_id, "type": "private"}, "text": text}
+    return {
+        "message_id": 1000,
+        "date": int(time.time()),
+        "chat": {"id": chat_id, "type": "private"},
+        "text": text,
+    }
 
 
 # --- the two bots, each behind the same small interface --------------------------------
@@ -83,11 +108,11 @@ class AiogramTelegram(BaseSession):
         assert type(method).__name__ == "SendMessage", f"the bot called {method!r}"
         self.sent.append(method.text)
         content = json.dumps({"ok": True, "result": sent_message(method.chat_id, method.text)})
-        return self.check_response(bot=bot, method=method, status_code=200,
-                                   content=content).result
+        return self.check_response(bot=bot, method=method, status_code=200, content=content).result
 
-    async def stream_content(self, url, headers=None, timeout=30, chunk_size=65536,
-                             raise_for_status=True):
+    async def stream_content(
+        self, url, headers=None, timeout=30, chunk_size=65536, raise_for_status=True
+    ):
         raise AssertionError("the bot streamed from Telegram")
         yield b""
 
@@ -137,8 +162,16 @@ class PtbTelegram(BaseRequest):
     async def shutdown(self):
         pass
 
-    async def do_request(self, url, method, request_data=None, read_timeout=None,
-                         write_timeout=None, connect_timeout=None, pool_timeout=None):
+    async def do_request(
+        self,
+        url,
+        method,
+        request_data=None,
+        read_timeout=None,
+        write_timeout=None,
+        connect_timeout=None,
+        pool_timeout=None,
+    ):
         endpoint = url.rsplit("/", 1)[-1]
         params = request_data.parameters if request_data else {}
         assert endpoint in ("getMe", "sendMessage"), f"the bot called {endpoint}"
@@ -156,8 +189,9 @@ class PtbBot:
 
     def __init__(self, client: AsyncBridgeClient):
         self.sent: list[str] = []
-        self.application = ptb_bot.build_application(BOT_TOKEN, client,
-                                                     request=PtbTelegram(self.sent))
+        self.application = ptb_bot.build_application(
+            BOT_TOKEN, client, request=PtbTelegram(self.sent)
+        )
 
     async def __aenter__(self):
         await self.application.initialize()
@@ -165,8 +199,7 @@ class PtbBot:
         return self
 
     def feed(self, update: dict) -> None:
-        self.application.update_queue.put_nowait(
-            PtbUpdate.de_json(update, self.application.bot))
+        self.application.update_queue.put_nowait(PtbUpdate.de_json(update, self.application.bot))
 
     async def settle(self) -> None:
         await self.application.update_queue.join()  # every update handled
@@ -221,8 +254,13 @@ def served(make_app):
     servers = []
 
     def serve(delay: float = 0.0, path: str = "/telegram/webhook") -> str:
-        app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
-                       BRIDGE_LINK_SECRET=LINK_SECRET, TELEGRAM_BOT_USERNAME="shop_bot")
+        app = make_app(
+            RETENO_APP_UUID=None,
+            RETENO_API_KEY=None,
+            BRIDGE_SANDBOX=True,
+            BRIDGE_LINK_SECRET=LINK_SECRET,
+            TELEGRAM_BOT_USERNAME="shop_bot",
+        )
         if delay:
             app.wsgi_app = Slow(app.wsgi_app, delay, path)
         servers.append(Server(app))
@@ -266,8 +304,7 @@ def test_a_deep_link_registers_and_blocks_and_unblocks_reach_the_bridge(served, 
 @pytest.mark.parametrize("make_bot", BOTS)
 def test_start_registers_stop_mutes_and_resume_unmutes(served, make_bot):
     url = served()
-    replies = talk(make_bot, url, message("/stop"), None, message("/start"), None,
-                   message("/stop"))
+    replies = talk(make_bot, url, message("/stop"), None, message("/start"), None, message("/stop"))
     assert replies == [aiogram_bot.NOT_YET, aiogram_bot.WELCOME, aiogram_bot.STOPPED]
     [record] = live(url)
     assert record.external_customer_id == f"tg-{CHAT}"
@@ -320,28 +357,30 @@ def test_a_slow_bridge_holds_up_no_other_chat(served, make_bot):
     after about one such second, not two."""
     url = served(delay=1.0, path="/register")
     started = time.monotonic()
-    replies = talk(make_bot, url, message("/start"),
-                   message("/start", chat={**PRIVATE, "id": CHAT + 1}))
+    replies = talk(
+        make_bot, url, message("/start"), message("/start", chat={**PRIVATE, "id": CHAT + 1})
+    )
     assert replies == [aiogram_bot.WELCOME, aiogram_bot.WELCOME]
     assert time.monotonic() - started < 1.8
 
 
 @pytest.mark.real_http
 @pytest.mark.parametrize("make_bot", BOTS)
-def test_with_the_bridge_down_one_error_line_per_lost_forward_and_the_bot_goes_on(
-        make_bot, caplog):
+def test_with_the_bridge_down_one_error_line_per_lost_forward_and_the_bot_goes_on(make_bot, caplog):
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{closed.getsockname()[1]}"
     retry = RetryPolicy(deadline=1.0)
     started = time.monotonic()
     with caplog.at_level(logging.INFO):
-        replies = talk(make_bot, url, message(deep_link()), None, message("/stop"),
-                       retry=retry)
+        replies = talk(make_bot, url, message(deep_link()), None, message("/stop"), retry=retry)
     assert time.monotonic() - started < 2 * retry.deadline + 1.0
     assert replies == [aiogram_bot.WELCOME, aiogram_bot.SORRY]  # the next update answered
-    lines = [r for r in caplog.records if r.name.startswith("reteno_bridge_client")
-             and r.levelno >= logging.WARNING]
+    lines = [
+        r
+        for r in caplog.records
+        if r.name.startswith("reteno_bridge_client") and r.levelno >= logging.WARNING
+    ]
     assert [r.levelno for r in lines] == [logging.ERROR]
     assert "(/start) of chat ***001 lost after" in lines[0].getMessage()
     assert str(CHAT) not in caplog.text
@@ -392,8 +431,14 @@ def test_setting_up_an_adapter_twice_is_refused():
 @pytest.mark.parametrize("example", ["examples/aiogram_bot.py", "examples/ptb_bot.py"])
 def test_an_example_without_its_settings_names_them_in_one_line(example):
     root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, example], cwd=root, env={"PATH": "/usr/bin:/bin"},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, example],
+        cwd=root,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()
     assert "TELEGRAM_BOT_TOKEN, BRIDGE_URL, BRIDGE_API_KEY not set" in line

@@ -91,8 +91,10 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"RETENO_APP_UUID": None, "RETENO_API_KEY": None}, "RETENO_APP_UUID"),
         # every secret has at least 16 characters
         ({"TELEGRAM_WEBHOOK_SECRET": "x"}, "TELEGRAM_WEBHOOK_SECRET"),
-        ({"BRIDGE_WEBHOOK_USERNAME": "reteno", "BRIDGE_WEBHOOK_PASSWORD": "p"},
-         "BRIDGE_WEBHOOK_PASSWORD"),
+        (
+            {"BRIDGE_WEBHOOK_USERNAME": "reteno", "BRIDGE_WEBHOOK_PASSWORD": "p"},
+            "BRIDGE_WEBHOOK_PASSWORD",
+        ),
         ({"BRIDGE_LINK_SECRET": "fifteen-chars-x"}, "BRIDGE_LINK_SECRET"),
         ({"BRIDGE_LINK_SECRET": "a-long-enough-secret,short"}, "BRIDGE_LINK_SECRET"),
         ({"BRIDGE_LINK_TTL": "soon"}, "BRIDGE_LINK_TTL"),
@@ -107,8 +109,14 @@ def test_bad_configuration_stops_start_up_naming_the_key(make_app, overrides, ke
         make_app(**overrides)
 
 
-@pytest.mark.parametrize("keys", ["good-key-0123456789,key=with-equals-0123",
-                                  "=leading-equals-0123456789", "a==b-0123456789abcdef"])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        "good-key-0123456789,key=with-equals-0123",
+        "=leading-equals-0123456789",
+        "a==b-0123456789abcdef",
+    ],
+)
 def test_a_key_with_an_inner_equals_sign_is_refused_saying_why(make_app, keys):
     with pytest.raises(ConfigError) as refused:
         make_app(BRIDGE_API_KEYS=keys)
@@ -122,13 +130,20 @@ def test_a_key_with_an_inner_equals_sign_is_refused_saying_why(make_app, keys):
 def test_a_key_ending_in_base64_padding_authenticates(make_app):
     padded = "cGFkZGVkLWtleS0wMTIzNDU2Nzg5=="
     client = make_app(BRIDGE_API_KEYS=padded).test_client()
-    assert client.get("/tokens", headers={"Authorization": f"Bearer {padded}"}
-                      ).status_code == 200
+    assert client.get("/tokens", headers={"Authorization": f"Bearer {padded}"}).status_code == 200
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8025", "http://localhost:8025/",
-                                 "HTTP://LOCALHOST", "http://127.0.0.2", "http://[::1]:8025",
-                                 "https://api.yespo.io/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8025",
+        "http://localhost:8025/",
+        "HTTP://LOCALHOST",
+        "http://127.0.0.2",
+        "http://[::1]:8025",
+        "https://api.yespo.io/",
+    ],
+)
 def test_plain_http_reaches_only_this_machine(make_app, url):
     settings = make_app(RETENO_BASE_URL=url).extensions["reteno_bridge"].settings
     assert settings.base_url == url.rstrip("/")
@@ -137,8 +152,9 @@ def test_plain_http_reaches_only_this_machine(make_app, url):
 def test_a_base_url_with_a_query_is_refused_without_echoing_it(make_app):
     with pytest.raises(ConfigError) as refused:
         make_app(RETENO_BASE_URL="https://reteno.com/?key=reteno-secret-in-a-url")
-    assert str(refused.value) == ("RETENO_BASE_URL must be a URL without a query (?...) or "
-                                  "fragment (#...)")
+    assert str(refused.value) == (
+        "RETENO_BASE_URL must be a URL without a query (?...) or fragment (#...)"
+    )
 
 
 def test_environment_configures_the_bridge(make_app, monkeypatch, requests_mock):
@@ -155,10 +171,10 @@ def test_the_status_timezone_is_an_iana_zone_from_either_place(make_app, monkeyp
     assert make_app().extensions["reteno_bridge"].settings.status_timezone == UTC
     monkeypatch.setenv("BRIDGE_STATUS_TIMEZONE", "Europe/Kyiv")
     assert make_app().extensions["reteno_bridge"].settings.status_timezone == ZoneInfo(
-        "Europe/Kyiv")
+        "Europe/Kyiv"
+    )
     app = make_app(BRIDGE_STATUS_TIMEZONE="America/New_York")
-    assert app.extensions["reteno_bridge"].settings.status_timezone == ZoneInfo(
-        "America/New_York")
+    assert app.extensions["reteno_bridge"].settings.status_timezone == ZoneInfo("America/New_York")
 
 
 def test_app_config_wins_over_the_environment(make_app, monkeypatch):
@@ -169,8 +185,9 @@ def test_app_config_wins_over_the_environment(make_app, monkeypatch):
 
 @pytest.mark.real_http
 def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
-                   BRIDGE_API_KEYS=None)
+    app = make_app(
+        RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True, BRIDGE_API_KEYS=None
+    )
     err = capsys.readouterr().err
     assert "SANDBOX MODE" in err
     key = app.extensions["reteno_bridge"].api_keys[0]
@@ -183,22 +200,29 @@ def test_sandbox_mode_is_loud_and_makes_a_development_key(make_app, capsys):
     health = client.get("/healthz").json
     assert health["sandbox"] is True
     assert "SANDBOX" in health["warning"]
-    response = client.post("/register", json={"token": 1, "email": "a@b.co"},
-                           headers={"Authorization": f"Bearer {key}"})
+    response = client.post(
+        "/register",
+        json={"token": 1, "email": "a@b.co"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
     assert response.status_code == 202
     # the key is kept in the instance folder: every process and restart shares it
-    again = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
-                     BRIDGE_API_KEYS=None)
+    again = make_app(
+        RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True, BRIDGE_API_KEYS=None
+    )
     assert again.extensions["reteno_bridge"].api_keys[0] == key
 
 
 @pytest.mark.real_http
-@pytest.mark.parametrize(("content", "mode", "why"), [
-    ("dev-a-long-enough-key-0123456789", 0o644, "had mode 0644, readable by others"),
-    ("dev-a-long-enough-key-0123456789", 0o640, "had mode 0640, readable by others"),
-    ("short-key", 0o600, "held a key under 16 characters"),
-    ("", 0o600, "held a key under 16 characters"),
-])
+@pytest.mark.parametrize(
+    ("content", "mode", "why"),
+    [
+        ("dev-a-long-enough-key-0123456789", 0o644, "had mode 0644, readable by others"),
+        ("dev-a-long-enough-key-0123456789", 0o640, "had mode 0640, readable by others"),
+        ("short-key", 0o600, "held a key under 16 characters"),
+        ("", 0o600, "held a key under 16 characters"),
+    ],
+)
 def test_a_weak_development_key_file_is_replaced(make_app, caplog, content, mode, why):
     instance = Path(make_app().instance_path)
     instance.mkdir(parents=True, exist_ok=True)
@@ -206,8 +230,9 @@ def test_a_weak_development_key_file_is_replaced(make_app, caplog, content, mode
     key_file.write_text(content + "\n")
     key_file.chmod(mode)
     caplog.set_level(logging.WARNING, logger="bridge.sandbox")
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
-                   BRIDGE_API_KEYS=None)
+    app = make_app(
+        RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True, BRIDGE_API_KEYS=None
+    )
     key = app.extensions["reteno_bridge"].api_keys[0]
     assert key != content and len(key) >= 16
     assert key_file.read_text().strip() == key
@@ -216,8 +241,7 @@ def test_a_weak_development_key_file_is_replaced(make_app, caplog, content, mode
     assert key not in caplog.text and (not content or content not in caplog.text)
     client = app.test_client()
     assert client.get("/tokens", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-    assert client.get("/tokens", headers={"Authorization": f"Bearer {content}"}
-                      ).status_code == 401
+    assert client.get("/tokens", headers={"Authorization": f"Bearer {content}"}).status_code == 401
 
 
 @pytest.mark.real_http
@@ -229,8 +253,9 @@ def test_a_development_key_file_behind_a_symbolic_link_is_replaced(make_app, tmp
     instance.mkdir(parents=True, exist_ok=True)
     key_file = instance / "dev-api-key"
     key_file.symlink_to(elsewhere)
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
-                   BRIDGE_API_KEYS=None)
+    app = make_app(
+        RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True, BRIDGE_API_KEYS=None
+    )
     key = app.extensions["reteno_bridge"].api_keys[0]
     assert not key_file.is_symlink() and key_file.read_text().strip() == key
     assert elsewhere.read_text() == "dev-a-long-enough-key-0123456789\n"  # left alone
@@ -241,13 +266,21 @@ def test_the_instance_folder_is_in_the_working_directory_or_where_the_user_says(
 ):
     # Flask's own default for an installed package is inside the virtualenv
     # (<venv>/var/bridge-instance): recreating the virtualenv would wipe the ledger.
-    sandbox = {"RETENO_APP_UUID": None, "RETENO_API_KEY": None, "BRIDGE_SANDBOX": True,
-               "BRIDGE_API_KEYS": None, "BRIDGE_DATABASE_URL": None}
+    sandbox = {
+        "RETENO_APP_UUID": None,
+        "RETENO_API_KEY": None,
+        "BRIDGE_SANDBOX": True,
+        "BRIDGE_API_KEYS": None,
+        "BRIDGE_DATABASE_URL": None,
+    }
     monkeypatch.delenv("BRIDGE_INSTANCE_PATH")
     monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")  # built for a command: no database yet
     monkeypatch.chdir(tmp_path)
-    for where, instance in ((None, tmp_path / "instance"), ("data", tmp_path / "data"),
-                            (str(tmp_path / "abs"), tmp_path / "abs")):
+    for where, instance in (
+        (None, tmp_path / "instance"),
+        ("data", tmp_path / "data"),
+        (str(tmp_path / "abs"), tmp_path / "abs"),
+    ):
         if where is not None:
             monkeypatch.setenv("BRIDGE_INSTANCE_PATH", where)
         runtime = make_app(**sandbox).extensions["reteno_bridge"]
@@ -291,7 +324,9 @@ def test_sandbox_deliveries_are_marked_in_the_history(make_app):
     app.extensions["reteno_bridge"].deliver_once()
     events = client.get("/tokens/43/history", headers=auth).json["events"]
     assert [(e["kind"], e["detail"].get("sandbox")) for e in events] == [
-        ("submitted", None), ("delivered", True)]
+        ("submitted", None),
+        ("delivered", True),
+    ]
 
 
 def test_real_deliveries_are_not_marked_sandbox(client, auth, bridge, requests_mock):
@@ -327,19 +362,28 @@ def test_healthz_reports_503_when_the_database_is_gone(app, client):
 
 # --- /healthz: open and cheap; the details behind a bearer key -------------------------
 
+
 def test_open_healthz_says_ok_with_no_reasons(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "reasons": [], "sandbox": False}
 
 
-def test_healthz_details_need_a_bearer_key_and_never_quote_reteno(client, auth, bridge,
-                                                                 requests_mock):
+def test_healthz_details_need_a_bearer_key_and_never_quote_reteno(
+    client, auth, bridge, requests_mock
+):
     """Reteno's error text can quote personal data: /healthz shows a status and a code."""
-    requests_mock.post(TOKENS_URL, status_code=401,
-                       json={"message": "key revoked by ann.lee@example.com (+380956490955)"})
-    assert client.post("/register", json={"token": 7, "email": "ann.lee@example.com"},
-                       headers=auth).status_code == 202
+    requests_mock.post(
+        TOKENS_URL,
+        status_code=401,
+        json={"message": "key revoked by ann.lee@example.com (+380956490955)"},
+    )
+    assert (
+        client.post(
+            "/register", json={"token": 7, "email": "ann.lee@example.com"}, headers=auth
+        ).status_code
+        == 202
+    )
     bridge.deliver_once()
     open_body = client.get("/healthz").get_json()
     assert open_body == {"status": "degraded", "reasons": ["delivery_paused"], "sandbox": False}
@@ -350,7 +394,11 @@ def test_healthz_details_need_a_bearer_key_and_never_quote_reteno(client, auth, 
     assert details["delivery"]["pauseReason"] == "unauthorized"
     last = details["lastUpstream"]
     assert {k: last[k] for k in ("outcome", "status", "reason", "batch")} == {
-        "outcome": "paused", "status": 401, "reason": "unauthorized", "batch": 1}
+        "outcome": "paused",
+        "status": 401,
+        "reason": "unauthorized",
+        "batch": 1,
+    }
     assert set(last) == {"outcome", "status", "reason", "batch", "ms", "at"}
     assert details["outbox"]["depth"] == 1 and details["deadLetters"] == 0
     assert details["heldConflicts"] == 0
@@ -360,10 +408,14 @@ def test_healthz_details_need_a_bearer_key_and_never_quote_reteno(client, auth, 
     assert_error_shape(wrong, 401)
 
 
-def test_healthz_names_dead_letters_and_a_failing_upstream(client, auth, bridge,
-                                                           requests_mock):
-    requests_mock.post(TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid"}},
-                                    {"status_code": 503, "json": {"message": "down"}}])
+def test_healthz_names_dead_letters_and_a_failing_upstream(client, auth, bridge, requests_mock):
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 400, "json": {"message": "Invalid"}},
+            {"status_code": 503, "json": {"message": "down"}},
+        ],
+    )
     client.post("/register", json={"token": 8, "contactId": 8}, headers=auth)
     bridge.deliver_once()
     assert client.get("/healthz").get_json()["reasons"] == ["dead_letters"]
@@ -380,10 +432,17 @@ def test_a_pause_reason_stored_before_reason_codes_is_not_shown(client, auth, br
 
     until = (clock.now + timedelta(seconds=60)).isoformat()
     with bridge.db.write() as conn:
-        outbox.set_upstream(conn, clock.now, paused_until=until,
-                            pause_reason="401 Unauthorized: ann.lee@example.com",
-                            last={"outcome": "paused", "status": 401,
-                                  "error": "401 Unauthorized: ann.lee@example.com"})
+        outbox.set_upstream(
+            conn,
+            clock.now,
+            paused_until=until,
+            pause_reason="401 Unauthorized: ann.lee@example.com",
+            last={
+                "outcome": "paused",
+                "status": 401,
+                "error": "401 Unauthorized: ann.lee@example.com",
+            },
+        )
     text = client.get("/healthz", headers=auth).get_data(as_text=True)
     assert '"pauseReason":"unknown"' in text.replace(" ", "")
     assert "ann.lee" not in text

@@ -41,28 +41,50 @@ def imports(path: Path) -> set[str]:
 
 
 def forbidden(path: Path, prefixes: tuple[str, ...]) -> list[str]:
-    return sorted(n for n in imports(path)
-                  if any(n == p or n.startswith(p + ".") for p in prefixes))
+    return sorted(
+        n for n in imports(path) if any(n == p or n.startswith(p + ".") for p in prefixes)
+    )
 
 
 @pytest.mark.parametrize("path", modules("ledger"), ids=lambda p: p.name)
 def test_the_ledger_imports_no_http_upstream_or_sandbox(path):
-    assert forbidden(path, ("flask", "werkzeug", "requests", "bridge.http", "bridge.views",
-                            "bridge.reteno", "bridge.worker", "bridge.sandbox",
-                            "bridge.runtime", "bridge.extension", "bridge.schemas")) == []
+    assert (
+        forbidden(
+            path,
+            (
+                "flask",
+                "werkzeug",
+                "requests",
+                "bridge.http",
+                "bridge.views",
+                "bridge.reteno",
+                "bridge.worker",
+                "bridge.sandbox",
+                "bridge.runtime",
+                "bridge.extension",
+                "bridge.schemas",
+            ),
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize("path", modules("statuses", "telegram", "worker", "reteno", "replay",
-                                          "watch"),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    modules("statuses", "telegram", "worker", "reteno", "replay", "watch"),
+    ids=lambda p: p.name,
+)
 def test_services_import_no_flask(path):
     assert forbidden(path, ("flask", "werkzeug", "bridge.http", "bridge.views")) == []
 
 
 def test_the_identifier_rules_stand_alone():
     # domain rules: the schemas, the services and the CLI use them, they use none of them
-    assert [n for n in imports(modules("identifiers")[0])
-            if n.split(".")[0] not in ("__future__", "re", "unicodedata", "typing")] == []
+    assert [
+        n
+        for n in imports(modules("identifiers")[0])
+        if n.split(".")[0] not in ("__future__", "re", "unicodedata", "typing")
+    ] == []
 
 
 @pytest.mark.parametrize("path", modules("db", "storage"), ids=lambda p: p.name)
@@ -74,24 +96,34 @@ def test_production_modules_reach_the_sandbox_only_through_the_setting():
     for path in modules("."):
         if "sandbox" in path.parts or path.name in ("extension.py", "runtime.py"):
             continue
-        allowed = {"bridge.sandbox.cli", "bridge.sandbox.cli.sandbox_command"} \
-            if path.name == "cli.py" else set()  # `flask bridge sandbox` runs it alone
+        allowed = (
+            {"bridge.sandbox.cli", "bridge.sandbox.cli.sandbox_command"}
+            if path.name == "cli.py"
+            else set()
+        )  # `flask bridge sandbox` runs it alone
         assert set(forbidden(path, ("bridge.sandbox",))) - allowed == set(), path.name
 
 
 def _calls(path: Path, attribute: str):
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr == attribute:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == attribute
+        ):
             yield node
 
 
 def test_only_the_ledger_opens_write_transactions():
-    outside = [p for p in modules(".") if "ledger" not in p.parts
-               and p.name not in ("db.py", "storage.py")]
+    outside = [
+        p for p in modules(".") if "ledger" not in p.parts and p.name not in ("db.py", "storage.py")
+    ]
     for path in outside:
-        writes = [n.lineno for n in _calls(path, "write")
-                  if isinstance(n.func.value, ast.Attribute) and n.func.value.attr == "db"]
+        writes = [
+            n.lineno
+            for n in _calls(path, "write")
+            if isinstance(n.func.value, ast.Attribute) and n.func.value.attr == "db"
+        ]
         assert writes == [], f"{path.name} opens a write transaction at lines {writes}"
 
 
@@ -126,14 +158,20 @@ def state_table(machine) -> str:
     """``machine``'s table as ARCHITECTURE.md shows it, one row per input."""
     from bridge.ledger.states import State
 
-    lines = ["| input | when | from | to | only rows the claim holds | what follows (done by) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| input | when | from | to | only rows the claim holds | what follows (done by) |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, t in machine.transitions.items():
         sources = ["— (insert)"] * t.insert + [s.value for s in State if s in t.sources]
-        upon = "<br>".join(f"`{by}`: " + "; ".join(then.what for then in same)
-                           for by, same in itertools.groupby(t.upon, lambda then: then.by))
-        lines.append(f"| `{kind}` | {t.when} | {', '.join(sources)} | {t.target.value} | "
-                     f"{'yes' if t.leased else ''} | {upon} |")
+        upon = "<br>".join(
+            f"`{by}`: " + "; ".join(then.what for then in same)
+            for by, same in itertools.groupby(t.upon, lambda then: then.by)
+        )
+        lines.append(
+            f"| `{kind}` | {t.when} | {', '.join(sources)} | {t.target.value} | "
+            f"{'yes' if t.leased else ''} | {upon} |"
+        )
     return "\n".join(lines)
 
 
@@ -145,8 +183,9 @@ def test_architecture_md_shows_the_state_tables_of_the_module():
         start = f"<!-- the state table of ledger/states.py: {machine.name} -->\n"
         assert start in text, f"ARCHITECTURE.md has no {start.strip()}"
         shown = text.split(start, 1)[1].split("\n\n", 1)[0]
-        assert shown == state_table(machine), \
+        assert shown == state_table(machine), (
             f"ARCHITECTURE.md's {machine.name} table, from the module:\n{state_table(machine)}"
+        )
 
 
 def test_each_consequence_names_a_ledger_function():
@@ -159,6 +198,9 @@ def test_each_consequence_names_a_ledger_function():
         for kind, t in machine.transitions.items():
             for then in t.upon:
                 module, name = then.by.split(".")
-                owner = Ledger if module == "Ledger" else importlib.import_module(
-                    f"bridge.ledger.{module}")
+                owner = (
+                    Ledger
+                    if module == "Ledger"
+                    else importlib.import_module(f"bridge.ledger.{module}")
+                )
                 assert callable(getattr(owner, name, None)), f"{machine.name} {kind}: {then.by}"

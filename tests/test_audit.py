@@ -15,19 +15,43 @@ import pytest
 
 from tools import audit
 
-FLAGGED = {"dependencies": [{"name": "urllib3", "version": "1.26.0", "vulns": [
-    {"id": "PYSEC-2021-108", "fix_versions": ["1.26.5"], "aliases": ["CVE-2021-33503"]},
-    {"id": "GHSA-34jh-p97f-mpxf", "fix_versions": ["1.26.18", "2.0.7"], "aliases": []}]}],
-    "fixes": []}
-CLEAN = {"dependencies": [{"name": "flask", "version": "3.1.3", "vulns": []},
-                          {"name": "jinja2", "version": "3.1.6", "vulns": []},
-                          {"name": "urllib3", "version": "2.8.0", "vulns": []}], "fixes": []}
+FLAGGED = {
+    "dependencies": [
+        {
+            "name": "urllib3",
+            "version": "1.26.0",
+            "vulns": [
+                {"id": "PYSEC-2021-108", "fix_versions": ["1.26.5"], "aliases": ["CVE-2021-33503"]},
+                {"id": "GHSA-34jh-p97f-mpxf", "fix_versions": ["1.26.18", "2.0.7"], "aliases": []},
+            ],
+        }
+    ],
+    "fixes": [],
+}
+CLEAN = {
+    "dependencies": [
+        {"name": "flask", "version": "3.1.3", "vulns": []},
+        {"name": "jinja2", "version": "3.1.6", "vulns": []},
+        {"name": "urllib3", "version": "2.8.0", "vulns": []},
+    ],
+    "fixes": [],
+}
 # A mirror that serves packages but not PyPI's per-version JSON: every pin skipped.
-MIRROR = {"dependencies": [{"name": "urllib3", "skip_reason": "Dependency not found on PyPI "
-                            "and could not be audited: urllib3 (1.26.0)"}], "fixes": []}
-OFFLINE = ("Traceback (most recent call last):\n  ...\nrequests.exceptions.ConnectionError: "
-           "HTTPSConnectionPool(host='api.osv.dev', port=443): Max retries exceeded with url: "
-           "/v1/query (Caused by NameResolutionError(\"Failed to resolve 'api.osv.dev'\"))\n")
+MIRROR = {
+    "dependencies": [
+        {
+            "name": "urllib3",
+            "skip_reason": "Dependency not found on PyPI "
+            "and could not be audited: urllib3 (1.26.0)",
+        }
+    ],
+    "fixes": [],
+}
+OFFLINE = (
+    "Traceback (most recent call last):\n  ...\nrequests.exceptions.ConnectionError: "
+    "HTTPSConnectionPool(host='api.osv.dev', port=443): Max retries exceeded with url: "
+    "/v1/query (Caused by NameResolutionError(\"Failed to resolve 'api.osv.dev'\"))\n"
+)
 
 
 def answers(**by_service):
@@ -38,11 +62,13 @@ def answers(**by_service):
     def run(requirements, service, timeout):
         checking = os.path.basename(requirements).startswith("audit-self-check-")
         calls.append(("self-check" if checking else requirements, service))
-        key = f"{service}_self_check" if checking and f"{service}_self_check" in by_service \
+        key = (
+            f"{service}_self_check"
+            if checking and f"{service}_self_check" in by_service
             else service
+        )
         report, status, stderr = by_service[key]
-        return subprocess.CompletedProcess([], status, json.dumps(report) if report else "",
-                                           stderr)
+        return subprocess.CompletedProcess([], status, json.dumps(report) if report else "", stderr)
 
     run.calls = calls
     return run

@@ -16,9 +16,14 @@ from tests.helpers import run_cli as run
 @pytest.fixture
 def ann(client, auth):
     return register(
-        client, auth,
-        {"token": 123456789, "contactId": 42, "phone": "+380 (95) 649-09-55",
-         "email": "Ann@Example.com"},
+        client,
+        auth,
+        {
+            "token": 123456789,
+            "contactId": 42,
+            "phone": "+380 (95) 649-09-55",
+            "email": "Ann@Example.com",
+        },
         {"token": 987654321, "email": "bob@example.com"},
     )
 
@@ -30,22 +35,37 @@ def test_tokens_prints_an_aligned_table(runner, ann):
     result = run(runner, "tokens")
     lines = result.output.splitlines()
     header, rule = lines[0], lines[1]
-    assert header.split() == ["ID", "TOKEN", "STATE", "MATCHED", "BY", "CONTACT", "ID",
-                              "PHONE", "EMAIL", "ATTEMPTS", "CREATED"]
+    assert header.split() == [
+        "ID",
+        "TOKEN",
+        "STATE",
+        "MATCHED",
+        "BY",
+        "CONTACT",
+        "ID",
+        "PHONE",
+        "EMAIL",
+        "ATTEMPTS",
+        "CREATED",
+    ]
     assert set(rule.replace(" ", "")) == {"-"}
     # every column starts where its header starts
     for line in lines[2:4]:
-        assert line[header.index("TOKEN"):].startswith(("123456789", "987654321"))
-        assert line[header.index("STATE"):].startswith("queued")
-        assert line[header.index("EMAIL"):].split()[0] in ("ann@example.com", "bob@example.com")
+        assert line[header.index("TOKEN") :].startswith(("123456789", "987654321"))
+        assert line[header.index("STATE") :].startswith("queued")
+        assert line[header.index("EMAIL") :].split()[0] in ("ann@example.com", "bob@example.com")
     rows = table_rows(result.output)
     assert [r[1] for r in rows[1:]] == ["987654321", "123456789"]  # newest first
     assert "2 registrations; no more pages" in result.output
 
 
 def test_tokens_filters_are_normalised(runner, ann):
-    for args in (["--email", " ANN@example.COM "], ["--phone", "+380 (95) 649-09-55"],
-                 ["--contact-id", "42"], ["--token", "00123456789"]):
+    for args in (
+        ["--email", " ANN@example.COM "],
+        ["--phone", "+380 (95) 649-09-55"],
+        ["--contact-id", "42"],
+        ["--token", "00123456789"],
+    ):
         rows = table_rows(run(runner, "tokens", *args).output)
         assert [r[1] for r in rows[1:]] == ["123456789"], args
     assert "no registrations match" in run(runner, "tokens", "--email", "x@example.com").output
@@ -127,11 +147,11 @@ def test_history_table_and_json(runner, client, auth, bridge, requests_mock, ann
 
 def test_history_of_a_negative_chat_id_and_of_nothing(runner, client, auth):
     register(client, auth, {"token": -1001234567890, "email": "group@example.com"})
-    assert "1 event for token -1001234567890" in run(runner, "history", "--",
-                                                     "-1001234567890").output
+    assert (
+        "1 event for token -1001234567890" in run(runner, "history", "--", "-1001234567890").output
+    )
     assert "no events for token 5" in run(runner, "history", "5").output
-    assert json.loads(run(runner, "history", "5", "--json").output) == {"token": "5",
-                                                                        "events": []}
+    assert json.loads(run(runner, "history", "5", "--json").output) == {"token": "5", "events": []}
     assert "Invalid value for 'TOKEN'" in run(runner, "history", "abc", code=2).output
 
 
@@ -143,18 +163,29 @@ def known_ledger(client, auth, bridge, requests_mock, clock):
     """Two days ago: 2 delivered. Today: 1 dead, 1 removed (delivered earlier), 1 queued."""
     today = clock.now
     clock.now = today - timedelta(days=2)
-    register(client, auth, {"token": 1001001, "email": "a@example.com"},
-             {"token": 1001002, "email": "b@example.com"})
+    register(
+        client,
+        auth,
+        {"token": 1001001, "email": "a@example.com"},
+        {"token": 1001002, "email": "b@example.com"},
+    )
     requests_mock.post(TOKENS_URL, json="OK")
     bridge.deliver_once()
     clock.now = today
     register(client, auth, {"token": 1001003, "email": "c@example.com"})
-    requests_mock.post(TOKENS_URL, status_code=400, reason="Bad Request",
-                       json={"message": "token is invalid"})
+    requests_mock.post(
+        TOKENS_URL, status_code=400, reason="Bad Request", json={"message": "token is invalid"}
+    )
     bridge.deliver_once()
-    response = client.post("/statuses", headers=auth, json={
-        "status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-        "token": "1001001"})
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json={
+            "status": "FAILED",
+            "error": "Forbidden: bot was blocked by the user",
+            "token": "1001001",
+        },
+    )
     assert response.get_json()["removed"] == ["1001001"]
     clock.advance(90)
     register(client, auth, {"token": 1001004, "email": "d@example.com"})
@@ -167,13 +198,18 @@ def test_stats_json(runner, known_ledger):
     assert stats["states"] == {"queued": 1, "delivered": 1, "removed": 1, "dead": 1, "held": 0}
     assert stats["outbox"] == {"depth": 1, "oldestAgeSeconds": 30.0}
     assert stats["deadLetters"] == {
-        "total": 1, "byError": [{"error": "400 Bad Request: token is invalid", "count": 1}]}
+        "total": 1,
+        "byError": [{"error": "400 Bad Request: token is invalid", "count": 1}],
+    }
     days = stats["perDay"]
     assert len(days) == 7
     today = known_ledger.astimezone(UTC).date()
     assert days[-1] == {"day": today.isoformat(), "delivered": 0, "removed": 1}
-    assert days[-3] == {"day": (today - timedelta(days=2)).isoformat(), "delivered": 2,
-                        "removed": 0}
+    assert days[-3] == {
+        "day": (today - timedelta(days=2)).isoformat(),
+        "delivered": 2,
+        "removed": 0,
+    }
     assert sum(d["delivered"] for d in days) == 2
     assert [d["day"] for d in days] == sorted(d["day"] for d in days)
 
@@ -185,8 +221,14 @@ def test_stats_tables(runner, known_ledger):
     output = run(runner, "stats").output
     assert "Registrations by state" in output
     rows = table_rows(output)
-    assert rows == [["STATE", "COUNT"], ["queued", "1"], ["delivered", "1"], ["removed", "1"],
-                    ["dead", "1"], ["held", "0"]]
+    assert rows == [
+        ["STATE", "COUNT"],
+        ["queued", "1"],
+        ["delivered", "1"],
+        ["removed", "1"],
+        ["dead", "1"],
+        ["held", "0"],
+    ]
     assert "Outbox: 1 registration queued, oldest queued 30 s ago" in output
     assert "Dead letters: 1" in output
     assert "1  400 Bad Request: token is invalid" in output
@@ -209,8 +251,12 @@ def test_stats_of_an_empty_ledger(runner):
 def dead_letters(client, auth, bridge, requests_mock):
     """Three dead letters: two refused for the token, one for the phone."""
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": "token is invalid"})
-    register(client, auth, {"token": 3000001, "email": "a@example.com"},
-             {"token": 3000002, "email": "b@example.com"})
+    register(
+        client,
+        auth,
+        {"token": 3000001, "email": "a@example.com"},
+        {"token": 3000002, "email": "b@example.com"},
+    )
     bridge.deliver_once()
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": "phone 50% wrong"})
     outcome = register(client, auth, {"token": 3000003, "phone": "+1 202 555 0100"})
@@ -234,10 +280,12 @@ def test_requeue_by_error_text(runner, client, auth, dead_letters):
 
 
 def test_requeue_by_id_and_by_token(runner, client, auth, dead_letters):
-    assert json.loads(run(runner, "requeue", "--id", str(dead_letters), "--id", "999",
-                          "--json").output) == {"requeued": 1}
+    assert json.loads(
+        run(runner, "requeue", "--id", str(dead_letters), "--id", "999", "--json").output
+    ) == {"requeued": 1}
     assert json.loads(run(runner, "requeue", "--token", "03000002", "--json").output) == {
-        "requeued": 1}
+        "requeued": 1
+    }
     assert states(client, auth) == {"3000001": "dead", "3000002": "queued", "3000003": "queued"}
     assert "Invalid value for '--id'" in run(runner, "requeue", "--id", "x", code=2).output
 
@@ -254,8 +302,7 @@ def test_requeue_all_then_deliver(runner, client, auth, bridge, requests_mock, d
 # --- deliver --once -----------------------------------------------------------------------
 
 
-def test_deliver_once_drains_a_large_queue_with_a_progress_bar(runner, client, auth,
-                                                               requests_mock):
+def test_deliver_once_drains_a_large_queue_with_a_progress_bar(runner, client, auth, requests_mock):
     register(client, auth, *[{"token": str(10_000 + i), "contactId": i + 1} for i in range(250)])
     requests_mock.post(TOKENS_URL, json="OK")
     result = run(runner, "deliver", "--once")
@@ -287,19 +334,32 @@ def test_erase_asks_first(runner, client, auth, ann):
     assert "erased 1 registration and 1 event of email ann@example.com" in result.stdout
     assert "recorded an 'erased' audit event" in result.stdout
     assert [i["token"] for i in client.get("/tokens", headers=auth).get_json()["items"]] == [
-        "987654321"]
+        "987654321"
+    ]
 
 
 def test_erase_twice_says_the_second_time_erases_nothing(runner, ann):
-    first = json.loads(run(runner, "erase", "--phone", "+380 95 649 09 55", "--yes",
-                           "--json").output)
-    assert first == {"by": "phone", "registrations": 1, "events": 1, "scrubbed": 0,
-                     "revoked": 0, "erased": True}
+    first = json.loads(
+        run(runner, "erase", "--phone", "+380 95 649 09 55", "--yes", "--json").output
+    )
+    assert first == {
+        "by": "phone",
+        "registrations": 1,
+        "events": 1,
+        "scrubbed": 0,
+        "revoked": 0,
+        "erased": True,
+    }
     second = run(runner, "erase", "--phone", "380956490955", "--yes")
     assert "nothing to erase: no registration or event mentions phone 380956490955" in (
-        second.output)
-    assert json.loads(run(runner, "erase", "--phone", "380956490955", "--yes",
-                          "--json").output)["erased"] is False
+        second.output
+    )
+    assert (
+        json.loads(run(runner, "erase", "--phone", "380956490955", "--yes", "--json").output)[
+            "erased"
+        ]
+        is False
+    )
 
 
 @pytest.mark.parametrize(
@@ -312,13 +372,17 @@ def test_erase_twice_says_the_second_time_erases_nothing(runner, ann):
 )
 def test_erase_needs_exactly_one_identifier(runner, ann, args):
     result = run(runner, "erase", *args, code=2)
-    assert "Name exactly one of --token, --contact-id, --external-customer-id, --phone, " \
-           "--email" in result.output
+    assert (
+        "Name exactly one of --token, --contact-id, --external-customer-id, --phone, "
+        "--email" in result.output
+    )
 
 
 def test_erase_rejects_a_bad_value(runner, ann):
-    assert "Invalid value for '--email'" in run(runner, "erase", "--email", "ann", "--yes",
-                                                code=2).output
+    assert (
+        "Invalid value for '--email'"
+        in run(runner, "erase", "--email", "ann", "--yes", code=2).output
+    )
 
 
 # --- migrate and a database that is behind -------------------------------------------------
@@ -328,10 +392,13 @@ def test_migrate_is_safe_to_run_again(runner):
     assert "already at revision" in run(runner, "migrate").output
 
 
-@pytest.mark.parametrize("command", [["tokens"], ["history", "1"], ["stats"], ["requeue"],
-                                     ["erase", "--token", "1", "--yes"]])
-def test_commands_on_an_unmigrated_database_name_bridge_migrate(make_app, tmp_path, monkeypatch,
-                                                                command):
+@pytest.mark.parametrize(
+    "command",
+    [["tokens"], ["history", "1"], ["stats"], ["requeue"], ["erase", "--token", "1", "--yes"]],
+)
+def test_commands_on_an_unmigrated_database_name_bridge_migrate(
+    make_app, tmp_path, monkeypatch, command
+):
     monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")  # as under `flask --app app bridge ...`
     app = make_app(BRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}")
     result = app.test_cli_runner().invoke(args=["bridge", *command])
@@ -343,19 +410,29 @@ HOSTILE = "bad \x1b[2J\x1b]0;owned\x07 token\x9b31m\x7f\u2028end"
 CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # all but the line feed
 
 
-def test_control_characters_from_the_ledger_never_reach_the_terminal(client, auth, bridge,
-                                                                     requests_mock, runner):
+def test_control_characters_from_the_ledger_never_reach_the_terminal(
+    client, auth, bridge, requests_mock, runner
+):
     """An error text Reteno (or whoever answers on its URL) sent, and a status event's
     text, are printed with their control characters escaped: no terminal escape codes."""
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": HOSTILE})
     register(client, auth, {"token": 4242, "contactId": 42})
     bridge.deliver_once()
-    response = client.post("/statuses", headers=auth, json=[
-        {"status": "FAILED", "token": 4242, "error": "x" + HOSTILE}])
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json=[{"status": "FAILED", "token": 4242, "error": "x" + HOSTILE}],
+    )
     assert response.status_code == 200
     outputs = {}
-    for args in (["tokens"], ["tokens", "--json"], ["history", "4242"],
-                 ["history", "4242", "--json"], ["stats"], ["stats", "--json"]):
+    for args in (
+        ["tokens"],
+        ["tokens", "--json"],
+        ["history", "4242"],
+        ["history", "4242", "--json"],
+        ["stats"],
+        ["stats", "--json"],
+    ):
         output = run(runner, *args).output
         assert not CONTROL.search(output), (args, output)
         outputs[" ".join(args)] = output
@@ -372,19 +449,25 @@ INVISIBLE = "pay \u202eevil\u202c to \u2066x\u2069\u200b\ufeff\U000e0041 end"
 FORMAT = re.compile("[\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
 
 
-def test_format_characters_from_the_ledger_are_printed_as_escapes(client, auth, bridge,
-                                                                  requests_mock, runner):
+def test_format_characters_from_the_ledger_are_printed_as_escapes(
+    client, auth, bridge, requests_mock, runner
+):
     """Identifiers refuse bidi controls now, but texts others wrote (Reteno's error
     text, a status's) can still hold them: a table shows them as \\u escapes, and JSON
     as \\u escapes that read back as what is stored."""
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": INVISIBLE})
     register(client, auth, {"token": 4343, "contactId": 43})
     bridge.deliver_once()
-    client.post("/statuses", headers=auth, json=[
-        {"status": "FAILED", "token": 4343, "error": INVISIBLE}])
+    client.post(
+        "/statuses", headers=auth, json=[{"status": "FAILED", "token": 4343, "error": INVISIBLE}]
+    )
     outputs = {}
-    for args in (["tokens"], ["tokens", "--json"], ["history", "4343"],
-                 ["history", "4343", "--json"]):
+    for args in (
+        ["tokens"],
+        ["tokens", "--json"],
+        ["history", "4343"],
+        ["history", "4343", "--json"],
+    ):
         output = run(runner, *args).output
         assert not FORMAT.search(output), (args, output)
         outputs[" ".join(args)] = output

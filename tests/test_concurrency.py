@@ -61,8 +61,9 @@ def all_at_once(n: int, call):
 
 
 def registrations(url: str, **filters) -> list[dict]:
-    response = requests.get(f"{url}/tokens", headers=AUTH, timeout=30,
-                            params={"limit": 500, **filters})
+    response = requests.get(
+        f"{url}/tokens", headers=AUTH, timeout=30, params={"limit": 500, **filters}
+    )
     assert response.status_code == 200
     return response.json()["items"]
 
@@ -76,8 +77,9 @@ def history(url: str, token: str) -> list[dict]:
 def test_fifty_identical_registrations_make_one_registration_and_one_send(served):
     url, simulator, delivered = served
     body = {"token": 424242, "email": "Race@Example.com"}
-    responses = all_at_once(THREADS, lambda s, i: s.post(f"{url}/register", json=body,
-                                                          headers=AUTH, timeout=60))
+    responses = all_at_once(
+        THREADS, lambda s, i: s.post(f"{url}/register", json=body, headers=AUTH, timeout=60)
+    )
     assert [r.status_code for r in responses] == [202] * THREADS
     answers = [r.json()["registrations"][0] for r in responses]
     assert len({a["id"] for a in answers}) == 1
@@ -98,12 +100,12 @@ def test_fifty_batches_of_the_same_tokens_in_any_order(served):
     def post(session, i):
         batch = list(tokens)
         random.Random(i).shuffle(batch)
-        return session.post(f"{url}/register", json={"tokens": batch}, headers=AUTH,
-                            timeout=60)
+        return session.post(f"{url}/register", json={"tokens": batch}, headers=AUTH, timeout=60)
 
     responses = all_at_once(THREADS, post)
     assert [r.status_code for r in responses] == [202] * THREADS, [
-        r.text for r in responses if r.status_code != 202][:1]
+        r.text for r in responses if r.status_code != 202
+    ][:1]
     ids: dict[str, set[int]] = {}
     for response in responses:
         for answer in response.json()["registrations"]:
@@ -155,8 +157,14 @@ def test_block_racing_register_ends_in_a_state_the_history_explains(served):
         sends += 1
         delivered.wait_for(sends, timeout=60)
         assert [r["state"] for r in registrations(url, token=token)] == ["delivered"]
-        block = [{"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-                  "token": token, "messageId": n}]
+        block = [
+            {
+                "status": "FAILED",
+                "error": "Forbidden: bot was blocked by the user",
+                "token": token,
+                "messageId": n,
+            }
+        ]
 
         def call(session, i, body=body, block=block):
             if i == 0:
@@ -180,13 +188,16 @@ def test_block_racing_register_ends_in_a_state_the_history_explains(served):
 
 
 @pytest.mark.skipif(BACKEND != "postgres", reason="SQLite serialises writers (BEGIN IMMEDIATE)")
-def test_a_block_committed_between_insert_and_lookup_makes_a_new_registration(app, bridge,
-                                                                             client, auth):
+def test_a_block_committed_between_insert_and_lookup_makes_a_new_registration(
+    app, bridge, client, auth
+):
     """The narrowest interleaving on PostgreSQL, forced: /register's insert is a no-op
     because the token is live, then a block removes it and commits before /register
     looks the live row up. The registration must become a new one, not a 500."""
-    assert client.post("/register", json={"token": 5151, "contactId": 51},
-                       headers=auth).status_code == 202
+    assert (
+        client.post("/register", json={"token": 5151, "contactId": 51}, headers=auth).status_code
+        == 202
+    )
     armed = {"on": True}
 
     def block():
@@ -194,8 +205,11 @@ def test_a_block_committed_between_insert_and_lookup_makes_a_new_registration(ap
 
     @event.listens_for(bridge.db.engine, "before_cursor_execute")
     def interleave(conn, cursor, statement, parameters, context, executemany):
-        if armed["on"] and statement.lstrip().upper().startswith("SELECT") and \
-                "bridge_registrations.match_value, bridge_registrations.id" in statement:
+        if (
+            armed["on"]
+            and statement.lstrip().upper().startswith("SELECT")
+            and "bridge_registrations.match_value, bridge_registrations.id" in statement
+        ):
             armed["on"] = False
             thread = threading.Thread(target=block)
             thread.start()
@@ -203,16 +217,17 @@ def test_a_block_committed_between_insert_and_lookup_makes_a_new_registration(ap
             assert not thread.is_alive()
 
     try:
-        response = client.post("/register", json={"token": 5151, "contactId": 51},
-                               headers=auth)
+        response = client.post("/register", json={"token": 5151, "contactId": 51}, headers=auth)
     finally:
         event.remove(bridge.db.engine, "before_cursor_execute", interleave)
     assert armed["on"] is False, "the look-up statement was not seen"
     assert response.status_code == 202, response.json
     [answer] = response.json["registrations"]
     assert answer["duplicate"] is False and answer["state"] == "queued"
-    states = {r["id"]: r["state"] for r in client.get(
-        "/tokens", query_string={"token": 5151}, headers=auth).json["items"]}
+    states = {
+        r["id"]: r["state"]
+        for r in client.get("/tokens", query_string={"token": 5151}, headers=auth).json["items"]
+    }
     assert sorted(states.values()) == ["queued", "removed"] and states[answer["id"]] == "queued"
 
 
@@ -223,8 +238,7 @@ def test_concurrent_batches_in_different_orders_never_deadlock(bridge):
     errors: list[str] = []
 
     def write(seed: int, round_: int) -> None:
-        items = [TokenRequest(str(30_000 + round_ * 100 + n), contact_id=n + 1)
-                 for n in range(40)]
+        items = [TokenRequest(str(30_000 + round_ * 100 + n), contact_id=n + 1) for n in range(40)]
         random.Random(seed).shuffle(items)
         try:
             outcomes = bridge.ledger.register(items)
@@ -233,8 +247,9 @@ def test_concurrent_batches_in_different_orders_never_deadlock(bridge):
             errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
 
     for round_ in range(25):
-        threads = [threading.Thread(target=write, args=(i * 1000 + round_, round_))
-                   for i in range(8)]
+        threads = [
+            threading.Thread(target=write, args=(i * 1000 + round_, round_)) for i in range(8)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

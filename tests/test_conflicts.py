@@ -25,8 +25,9 @@ def test_a_second_identity_is_flagged_and_names_the_first(client, auth, bridge, 
     assert (first["conflict"], second["conflict"]) == (False, True)
     assert second["state"] == "queued"  # the default: sent anyway, like Reteno would
     conflict = [e for e in history(client, auth, 4100) if e["kind"] == "conflict"]
-    assert [(e["registrationId"], e["detail"]["with"], e["detail"]["held"])
-            for e in conflict] == [(second["id"], [first["id"]], False)]
+    assert [(e["registrationId"], e["detail"]["with"], e["detail"]["held"]) for e in conflict] == [
+        (second["id"], [first["id"]], False)
+    ]
     assert [r["id"] for r in rows(client, auth, conflict="true")] == [second["id"]]
     assert [r["id"] for r in rows(client, auth, conflict="false")] == [first["id"]]
     requests_mock.post(TOKENS_URL, json="OK")
@@ -47,20 +48,35 @@ def test_two_identities_in_one_batch_conflict_with_each_other(client, auth):
     assert (first["conflict"], second["conflict"]) == (False, True)
 
 
-def test_a_conflict_in_a_batch_names_the_live_registrations_then_the_earlier_new_ones(
-        client, auth):
+def test_a_conflict_in_a_batch_names_the_live_registrations_then_the_earlier_new_ones(client, auth):
     [live] = register(client, auth, ANN)
     cat, other_chat, bob, cat_again, dan = register(
-        client, auth, {"token": 4100, "email": "cat@example.com"},
-        {"token": 4200, "email": "eve@example.com"}, BOB,
-        {"token": 4100, "email": "cat@example.com"}, {"token": 4100, "phone": "+380951234567"})
+        client,
+        auth,
+        {"token": 4100, "email": "cat@example.com"},
+        {"token": 4200, "email": "eve@example.com"},
+        BOB,
+        {"token": 4100, "email": "cat@example.com"},
+        {"token": 4100, "phone": "+380951234567"},
+    )
     assert [r["conflict"] for r in (cat, other_chat, bob, cat_again, dan)] == [
-        True, False, True, True, True]
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
     assert cat_again["duplicate"] and cat_again["id"] == cat["id"]
-    named = {e["registrationId"]: e["detail"]["with"]
-             for e in history(client, auth, 4100) if e["kind"] == "conflict"}
-    assert named == {cat["id"]: [live["id"]], bob["id"]: [live["id"], cat["id"]],
-                     dan["id"]: [live["id"], cat["id"], bob["id"]]}
+    named = {
+        e["registrationId"]: e["detail"]["with"]
+        for e in history(client, auth, 4100)
+        if e["kind"] == "conflict"
+    }
+    assert named == {
+        cat["id"]: [live["id"]],
+        bob["id"]: [live["id"], cat["id"]],
+        dan["id"]: [live["id"], cat["id"], bob["id"]],
+    }
     assert "conflict" not in kinds(client, auth, token=4200)
 
 
@@ -79,11 +95,13 @@ def test_hold_keeps_the_second_identity_back_until_released(holding, auth, reque
     assert (conflict["detail"]["with"], conflict["detail"]["held"]) == ([first["id"]], True)
     bridge.deliver_once()
     assert [t["email"] for r in requests_mock.request_history for t in r.json()["tokens"]] == [
-        "ann@example.com"]
+        "ann@example.com"
+    ]
     runner = holding.test_cli_runner()
     listed = runner.invoke(args=["bridge", "conflicts", "--json"])
     assert [(r["id"], r["state"]) for r in json.loads(listed.output)["items"]] == [
-        (second["id"], "held")]
+        (second["id"], "held")
+    ]
     assert runner.invoke(args=["bridge", "conflicts", "release", str(first["id"])]).exit_code == 1
     released = runner.invoke(args=["bridge", "conflicts", "release", str(second["id"])])
     assert released.exit_code == 0, released.output
@@ -96,9 +114,16 @@ def test_hold_ends_when_the_other_identity_is_removed(holding, auth, requests_mo
     client = holding.test_client()
     [first] = register(client, auth, ANN)
     [second] = register(client, auth, BOB)
-    response = client.post("/statuses", headers=auth, json={
-        "status": "FAILED", "error": "Forbidden", "email": "ann@example.com",
-        "time": "2099-01-01T00:00:00"})
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json={
+            "status": "FAILED",
+            "error": "Forbidden",
+            "email": "ann@example.com",
+            "time": "2099-01-01T00:00:00",
+        },
+    )
     assert response.get_json()["removed"] == ["4100"]
     states = {r["id"]: r["state"] for r in rows(client, auth, token=4100)}
     # a block is about the chat: both identities go; a held one with them
@@ -118,8 +143,11 @@ def test_a_hold_is_released_when_the_other_identity_alone_is_removed(make_app, a
 
         with ledger.db.write() as conn:
             rows_ = reports.registrations_by(conn, "token", ["4100"], lock=True)
-            reports.remove(conn, ledger.clock(), [([r for r in rows_ if r.id == first["id"]],
-                                                   "test", "test", {}, ledger.clock())])
+            reports.remove(
+                conn,
+                ledger.clock(),
+                [([r for r in rows_ if r.id == first["id"]], "test", "test", {}, ledger.clock())],
+            )
     states = {r["id"]: r["state"] for r in rows(client, auth, token=4100)}
     assert states == {first["id"]: "removed", second["id"]: "queued"}
     assert kinds(client, auth)[-1] == "released"

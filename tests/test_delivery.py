@@ -35,20 +35,36 @@ def sent_tokens(requests_mock):
 
 def test_exact_body_and_reteno_header_auth(client, auth, bridge, requests_mock):
     requests_mock.post(TOKENS_URL, json="OK")
-    register(client, auth, [
-        {"token": 11, "email": "Ann@Example.com", "phone": "+380 95 649 09 55",
-         "contactId": 5, "externalCustomerId": "C-5"},
-        {"token": "-22", "phone": "(380) 95-649-09-56"},
-    ])
+    register(
+        client,
+        auth,
+        [
+            {
+                "token": 11,
+                "email": "Ann@Example.com",
+                "phone": "+380 95 649 09 55",
+                "contactId": 5,
+                "externalCustomerId": "C-5",
+            },
+            {"token": "-22", "phone": "(380) 95-649-09-56"},
+        ],
+    )
     bridge.deliver_once()
     [call] = requests_mock.request_history
     assert call.method == "POST"
     assert call.url == TOKENS_URL
-    assert call.json() == {"tokens": [
-        {"token": "11", "contactId": 5, "externalCustomerId": "C-5",
-         "phone": "380956490955", "email": "ann@example.com"},
-        {"token": "-22", "phone": "380956490956"},
-    ]}
+    assert call.json() == {
+        "tokens": [
+            {
+                "token": "11",
+                "contactId": 5,
+                "externalCustomerId": "C-5",
+                "phone": "380956490955",
+                "email": "ann@example.com",
+            },
+            {"token": "-22", "phone": "380956490956"},
+        ]
+    }
     assert call.headers["X-Reteno-Access-Key"] == RETENO_KEY
     assert "Authorization" not in call.headers
     assert call.headers["Content-Type"] == "application/json"
@@ -86,8 +102,11 @@ def test_base_url_and_auth_can_be_overridden(make_app, auth, requests_mock):
 def test_many_tokens_go_in_few_calls(make_app, auth, requests_mock):
     app = make_app(BRIDGE_BATCH_SIZE=200)
     requests_mock.post(TOKENS_URL, json="OK")
-    register(app.test_client(), auth,
-             [{"token": i, "externalCustomerId": f"c{i}"} for i in range(1, 501)])
+    register(
+        app.test_client(),
+        auth,
+        [{"token": i, "externalCustomerId": f"c{i}"} for i in range(1, 501)],
+    )
     app.extensions["reteno_bridge"].deliver_once()
     sizes = [len(r.json()["tokens"]) for r in requests_mock.request_history]
     assert sizes == [200, 200, 100]
@@ -95,10 +114,17 @@ def test_many_tokens_go_in_few_calls(make_app, auth, requests_mock):
 
 
 def test_429_retries_after_retry_after(client, auth, bridge, clock, requests_mock):
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": 429, "headers": {"Retry-After": "30"}, "json": {"message": "slow down"}},
-        {"status_code": 200, "json": "OK"},
-    ])
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {
+                "status_code": 429,
+                "headers": {"Retry-After": "30"},
+                "json": {"message": "slow down"},
+            },
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, [{"token": 1, "email": "a@b.co"}])
     bridge.deliver_once()
     assert states(client, auth)["1"]["state"] == "queued"
@@ -114,16 +140,18 @@ def test_429_retries_after_retry_after(client, auth, bridge, clock, requests_moc
     assert history_kinds(client, auth, "1") == ["submitted", "retry", "delivered"]
 
 
-def test_5xx_and_network_errors_back_off_exponentially(client, auth, bridge, clock,
-                                                        requests_mock):
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": 503, "text": "unavailable"},
-        {"exc": requests.exceptions.ConnectTimeout},
-        {"exc": requests.exceptions.ConnectionError},
-        {"exc": requests.exceptions.ReadTimeout},
-        {"status_code": 500, "text": "boom"},
-        {"status_code": 200, "json": "OK"},
-    ])
+def test_5xx_and_network_errors_back_off_exponentially(client, auth, bridge, clock, requests_mock):
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 503, "text": "unavailable"},
+            {"exc": requests.exceptions.ConnectTimeout},
+            {"exc": requests.exceptions.ConnectionError},
+            {"exc": requests.exceptions.ReadTimeout},
+            {"status_code": 500, "text": "boom"},
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, [{"token": 1, "email": "a@b.co"}])
     waits = []
     for _ in range(6):
@@ -145,18 +173,24 @@ def test_5xx_and_network_errors_back_off_exponentially(client, auth, bridge, clo
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
-def test_auth_errors_pause_delivery_and_drop_nothing(client, auth, bridge, clock,
-                                                      requests_mock, status):
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": status, "json": {"message": "Not registered application"}},
-        {"status_code": 200, "json": "OK"},
-    ])
+def test_auth_errors_pause_delivery_and_drop_nothing(
+    client, auth, bridge, clock, requests_mock, status
+):
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": status, "json": {"message": "Not registered application"}},
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, [{"token": i, "contactId": i} for i in (1, 2, 3)])
     bridge.deliver_once()
     health = client.get("/healthz", headers=auth).json
     assert health["delivery"]["paused"] is True
-    assert health["delivery"]["pauseReason"] == {401: "unauthorized", 403: "forbidden",
-                                                 404: "not_found"}[status]
+    assert (
+        health["delivery"]["pauseReason"]
+        == {401: "unauthorized", 403: "forbidden", 404: "not_found"}[status]
+    )
     assert health["lastUpstream"]["status"] == status
     assert health["outbox"]["depth"] == 3
     bridge.deliver_once()
@@ -188,22 +222,28 @@ def test_400_splits_the_batch_and_kills_only_the_bad_token(client, auth, bridge,
         str(i): "delivered" for i in range(1, 21) if i != 13
     }
     accepted = [
-        t["token"] for r in requests_mock.request_history
-        if "13" not in {t["token"] for t in r.json()["tokens"]} for t in r.json()["tokens"]
+        t["token"]
+        for r in requests_mock.request_history
+        if "13" not in {t["token"] for t in r.json()["tokens"]}
+        for t in r.json()["tokens"]
     ]
     assert sorted(accepted, key=int) == [str(i) for i in range(1, 21) if i != 13]
     assert client.get("/healthz", headers=auth).json["deadLetters"] == 1
     assert history_kinds(client, auth, "13")[-1] == "dead"
 
 
-def test_transient_failure_while_splitting_keeps_the_rest_queued(client, auth, bridge, clock,
-                                                                 requests_mock):
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": 400, "json": {"message": "bad"}},
-        {"status_code": 503, "text": "down"},
-        {"status_code": 200, "json": "OK"},
-        {"status_code": 200, "json": "OK"},
-    ])
+def test_transient_failure_while_splitting_keeps_the_rest_queued(
+    client, auth, bridge, clock, requests_mock
+):
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 400, "json": {"message": "bad"}},
+            {"status_code": 503, "text": "down"},
+            {"status_code": 200, "json": "OK"},
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, [{"token": i, "contactId": i} for i in range(1, 5)])
     bridge.deliver_once()
     assert requests_mock.call_count == 2
@@ -265,8 +305,9 @@ def test_acknowledged_tokens_survive_a_restart(make_app, auth, requests_mock):
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-def test_a_redirect_is_not_followed_and_pauses_delivery(client, auth, bridge, requests_mock,
-                                                        status):
+def test_a_redirect_is_not_followed_and_pauses_delivery(
+    client, auth, bridge, requests_mock, status
+):
     """Followed, a 307/308 would resend the body (personal data) and X-Reteno-Access-Key
     to the host the answer names (requests strips only Authorization)."""
     elsewhere = "https://collector.example/api/v1/apps/x/tokens"

@@ -19,8 +19,9 @@ from tests.conftest import TOKENS_URL
 from tests.helpers import Tally, register, rows, step_perf_counter
 
 
-def test_background_delivery_outlives_a_failing_database(make_app, auth, requests_mock,
-                                                         monkeypatch):
+def test_background_delivery_outlives_a_failing_database(
+    make_app, auth, requests_mock, monkeypatch
+):
     app = make_app(BRIDGE_BACKGROUND_DELIVERY=True)
     ledger = app.extensions["reteno_bridge"].ledger
     requests_mock.post(TOKENS_URL, json="OK")
@@ -94,10 +95,23 @@ def test_the_delivery_loop_backs_off_after_failures_and_starts_over_after_a_succ
     bridge.worker.run(stop, wake)  # the default poll: 0.5 s
     poll = ("wake", 0.5)
     assert waits == [
-        ("stop", 1.0), poll, ("stop", 2.0), poll, ("stop", 4.0), poll, ("stop", 8.0), poll,
-        ("stop", 16.0), poll, ("stop", 30.0), poll, ("stop", 30.0), poll,  # at most 30 s
+        ("stop", 1.0),
+        poll,
+        ("stop", 2.0),
+        poll,
+        ("stop", 4.0),
+        poll,
+        ("stop", 8.0),
+        poll,
+        ("stop", 16.0),
+        poll,
+        ("stop", 30.0),
+        poll,
+        ("stop", 30.0),
+        poll,  # at most 30 s
         poll,  # a pass that failed nothing: no back-off, and the next failure starts over
-        ("stop", 1.0), poll,
+        ("stop", 1.0),
+        poll,
     ]
 
 
@@ -108,15 +122,22 @@ def test_each_upstream_call_is_one_log_line_with_its_duration_and_error(
 
     caplog.set_level(logging.INFO, logger="bridge.worker")
     step_perf_counter(monkeypatch, reteno, 0.25)  # every upstream call takes 250 ms
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": 503, "reason": "Service Unavailable", "text": "down"},
-        {"status_code": 200, "json": "OK"}])
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 503, "reason": "Service Unavailable", "text": "down"},
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, {"token": 1, "contactId": 1})
     bridge.deliver_once()
     clock.advance(2)
     bridge.deliver_once()
-    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.worker"
-             and r.getMessage().startswith("upstream call")]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "bridge.worker" and r.getMessage().startswith("upstream call")
+    ]
     assert lines == [
         "upstream call outcome=retry status=503 reason=server_error batch=1 ms=250.0"
         " error='503 Service Unavailable: down'",
@@ -125,7 +146,8 @@ def test_each_upstream_call_is_one_log_line_with_its_duration_and_error(
 
 
 def test_the_history_keeps_a_calls_duration_to_a_tenth_of_a_millisecond(
-        client, auth, bridge, requests_mock, monkeypatch):
+    client, auth, bridge, requests_mock, monkeypatch
+):
     from bridge import reteno
 
     step_perf_counter(monkeypatch, reteno, 0.0078125)  # 7.8125 ms, exact in a float
@@ -140,8 +162,7 @@ def background(client, auth) -> bool:
     return client.get("/healthz", headers=auth).get_json()["delivery"]["background"]
 
 
-def test_a_forked_worker_process_starts_a_delivery_thread_of_its_own(make_app, auth,
-                                                                     monkeypatch):
+def test_a_forked_worker_process_starts_a_delivery_thread_of_its_own(make_app, auth, monkeypatch):
     """Under gunicorn --preload a worker is a fork: the thread of the process it was forked
     from does not run in it. The bridge tells by the process id, whichever way the new
     id compares with the old, and starts the worker's own thread with its first request.
@@ -189,11 +210,20 @@ def test_a_stop_during_a_split_gives_the_rest_back_due_at_once(make_app, auth, r
         stop.set()
         return "OK"
 
-    requests_mock.post(TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid token"}},
-                                    {"text": the_first_half_while_stopping}])
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 400, "json": {"message": "Invalid token"}},
+            {"text": the_first_half_while_stopping},
+        ],
+    )
     runtime.worker.drain(stop=stop)
     assert {r["token"]: r["state"] for r in rows(client, auth)} == {
-        "1": "delivered", "2": "delivered", "3": "queued", "4": "queued"}
+        "1": "delivered",
+        "2": "delivered",
+        "3": "queued",
+        "4": "queued",
+    }
     last = client.get("/tokens/3/history", headers=auth).get_json()["events"][-1]
     assert last["kind"] == "not_sent"
     assert last["detail"]["stopping"] is True and last["detail"]["sent"] is False
@@ -213,8 +243,9 @@ def test_the_loop_of_bridge_deliver_stops_when_told(bridge, monkeypatch):
         return real_claim(*args, **kwargs)
 
     monkeypatch.setattr(bridge.ledger, "claim", claim)
-    loop = threading.Thread(target=bridge.worker.run, args=(stop,),
-                            kwargs={"poll_seconds": 0.01}, daemon=True)
+    loop = threading.Thread(
+        target=bridge.worker.run, args=(stop,), kwargs={"poll_seconds": 0.01}, daemon=True
+    )
     loop.start()
     loop.join(10)  # bounds a hang; times nothing
     assert not loop.is_alive(), "the loop went on after its stop"
@@ -222,7 +253,8 @@ def test_the_loop_of_bridge_deliver_stops_when_told(bridge, monkeypatch):
 
 
 def test_the_background_thread_is_stopped_at_exit_once_however_often_it_starts(
-        make_app, monkeypatch):
+    make_app, monkeypatch
+):
     import bridge.worker as worker_module
 
     at_exit = []

@@ -36,8 +36,10 @@ def bearer(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-TELEGRAM_UPDATE = {"update_id": 1, "message": {"message_id": 1, "text": "hello",
-                                               "chat": {"id": 5, "type": "private"}}}
+TELEGRAM_UPDATE = {
+    "update_id": 1,
+    "message": {"message_id": 1, "text": "hello", "chat": {"id": 5, "type": "private"}},
+}
 # (method, rule) -> (door, request kwargs that succeed with the right credential)
 TABLE = {
     ("POST", "/register"): ("bearer", {"json": {"token": 1, "contactId": 1}}),
@@ -71,8 +73,10 @@ WRONG = {
         "wrong password": basic(HOOK_USER, "not-the-password"),
         "wrong user": basic("someone", HOOK_PASSWORD),
         "password as user": basic(HOOK_PASSWORD, HOOK_USER),
-        "no colon": {"Authorization": "Basic " + base64.b64encode(
-            (HOOK_USER + HOOK_PASSWORD).encode()).decode()},
+        "no colon": {
+            "Authorization": "Basic "
+            + base64.b64encode((HOOK_USER + HOOK_PASSWORD).encode()).decode()
+        },
         "not base64": {"Authorization": "Basic %%%not-base64"},
         "wrong bearer": bearer("not-the-key-0123456789"),
         "telegram secret": {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET},
@@ -87,32 +91,45 @@ WRONG = {
     "public": {},
 }
 RIGHT = {
-    "bearer": {"bearer": bearer(API_KEY), "second key": bearer(OTHER_KEY),
-               "lower-case scheme": {"Authorization": f"bearer {API_KEY}"}},
+    "bearer": {
+        "bearer": bearer(API_KEY),
+        "second key": bearer(OTHER_KEY),
+        "lower-case scheme": {"Authorization": f"bearer {API_KEY}"},
+    },
     "webhook": {"basic": basic(HOOK_USER, HOOK_PASSWORD), "bearer": bearer(API_KEY)},
-    "telegram": {"secret": {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET},
-                 "bearer (a bot forwarding its updates)": bearer(API_KEY)},
+    "telegram": {
+        "secret": {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET},
+        "bearer (a bot forwarding its updates)": bearer(API_KEY),
+    },
     "public": {"nothing": {}},
 }
 CASES = [
     pytest.param(method, rule, door, kind, name, headers, id=f"{method} {rule} {kind}: {name}")
     for (method, rule), (door, _) in TABLE.items()
-    for kind, cases in (("missing", {"no credential": {}} if door != "public" else {}),
-                        ("wrong", WRONG[door]), ("right", RIGHT[door]))
+    for kind, cases in (
+        ("missing", {"no credential": {}} if door != "public" else {}),
+        ("wrong", WRONG[door]),
+        ("right", RIGHT[door]),
+    )
     for name, headers in cases.items()
 ]
 
 
 @pytest.fixture
 def app(make_app):
-    return make_app(BRIDGE_API_KEYS=f"{API_KEY},{OTHER_KEY}", TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
-                    BRIDGE_WEBHOOK_USERNAME=HOOK_USER, BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD)
+    return make_app(
+        BRIDGE_API_KEYS=f"{API_KEY},{OTHER_KEY}",
+        TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
+        BRIDGE_WEBHOOK_USERNAME=HOOK_USER,
+        BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
+    )
 
 
 def blueprint_routes(app) -> set[tuple[str, str]]:
     return {
         (method, rule.rule)
-        for rule in app.url_map.iter_rules() if rule.endpoint.startswith("bridge.")
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("bridge.")
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
 
@@ -129,8 +146,7 @@ def test_door(bridge, client, method, rule, door, kind, name, headers):
     if rule in NEEDS_A_REGISTRATION:
         client.post("/register", json={"token": 1, "contactId": 1}, headers=bearer(API_KEY))
     before = fz.ledger_counts(bridge)
-    response = client.open(EXAMPLE_PATH.get(rule, rule), method=method, headers=headers,
-                           **kwargs)
+    response = client.open(EXAMPLE_PATH.get(rule, rule), method=method, headers=headers, **kwargs)
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     if response.is_json:
         assert response.headers["Cache-Control"] == "no-store"
@@ -157,16 +173,15 @@ def test_answers_holding_personal_data_are_never_stored_by_a_cache(client):
     person = {"token": 5550001, "email": "ann@example.com", "phone": "+380956490955"}
     answers = {
         "register": client.post("/register", json=person, headers=key),
-        "tokens": client.get("/tokens", query_string={"email": "ann@example.com"},
-                             headers=key),
+        "tokens": client.get("/tokens", query_string={"email": "ann@example.com"}, headers=key),
         "history": client.get("/tokens/5550001/history", headers=key),
         "mute": client.post("/mute", json={"token": 5550001}, headers=key),
         "unmute": client.post("/unmute", json={"token": 5550001}, headers=key),
-        "statuses": client.post("/statuses", headers=key, json=[
-            {"status": "SENT", "email": "ann@example.com"}]),
+        "statuses": client.post(
+            "/statuses", headers=key, json=[{"status": "SENT", "email": "ann@example.com"}]
+        ),
         "422": client.post("/register", json={"token": 1, "email": "ann@"}, headers=key),
-        "400": client.post("/register", data="{", content_type="application/json",
-                           headers=key),
+        "400": client.post("/register", data="{", content_type="application/json", headers=key),
         "415": client.post("/register", data="x", headers=key),
         "404": client.get("/tokens/1/nothing", headers=key),
         "healthz": client.get("/healthz", headers=key),
@@ -203,8 +218,9 @@ def test_bearer_keys_are_compared_in_constant_time_against_every_key(client, mon
     assert spy.calls == 2  # both configured keys, whichever matched (or none)
 
 
-@pytest.mark.parametrize("headers", [basic(HOOK_USER, HOOK_PASSWORD), basic("x", "y"),
-                                     bearer(API_KEY)])
+@pytest.mark.parametrize(
+    "headers", [basic(HOOK_USER, HOOK_PASSWORD), basic("x", "y"), bearer(API_KEY)]
+)
 def test_webhook_credentials_are_compared_in_constant_time(client, monkeypatch, headers):
     spy = Spy()
     monkeypatch.setattr(hmac, "compare_digest", spy)
@@ -218,23 +234,36 @@ def test_webhook_credentials_are_compared_in_constant_time(client, monkeypatch, 
 def test_telegram_secret_is_compared_in_constant_time(client, monkeypatch, secret):
     spy = Spy()
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    client.post("/telegram/webhook", json=TELEGRAM_UPDATE,
-                headers={"X-Telegram-Bot-Api-Secret-Token": secret})
+    client.post(
+        "/telegram/webhook",
+        json=TELEGRAM_UPDATE,
+        headers={"X-Telegram-Bot-Api-Secret-Token": secret},
+    )
     assert spy.calls == 1
 
 
-SANDBOX = [("GET", "/sandbox/reteno/", None), ("GET", "/sandbox/reteno/contacts", None),
-           ("GET", "/sandbox/reteno/stats", None), ("POST", "/sandbox/reteno/reset", None),
-           ("POST", "/sandbox/reteno/block/1", None),
-           ("POST", "/sandbox/reteno/api/v1/apps/sandbox-app/tokens",
-            {"tokens": [{"token": "1", "contactId": 1}]})]
+SANDBOX = [
+    ("GET", "/sandbox/reteno/", None),
+    ("GET", "/sandbox/reteno/contacts", None),
+    ("GET", "/sandbox/reteno/stats", None),
+    ("POST", "/sandbox/reteno/reset", None),
+    ("POST", "/sandbox/reteno/block/1", None),
+    (
+        "POST",
+        "/sandbox/reteno/api/v1/apps/sandbox-app/tokens",
+        {"tokens": [{"token": "1", "contactId": 1}]},
+    ),
+]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), SANDBOX)
-def test_the_sandbox_is_unreachable_when_credentials_are_set(client, auth, method, path,
-                                                             body):
-    response = client.open(path, method=method, json=body, headers={
-        "X-Reteno-Access-Key": "sandbox-reteno-key", **auth})
+def test_the_sandbox_is_unreachable_when_credentials_are_set(client, auth, method, path, body):
+    response = client.open(
+        path,
+        method=method,
+        json=body,
+        headers={"X-Reteno-Access-Key": "sandbox-reteno-key", **auth},
+    )
     assert response.status_code == 404
     assert fz.error_shape_problem(404, response.get_data(), response.content_type) is None
 
@@ -244,12 +273,15 @@ def test_the_sandbox_is_unreachable_when_credentials_are_set(client, auth, metho
 def test_the_sandbox_is_there_in_sandbox_mode(make_app, method, path, body):
     """The counterpart: the same paths answer when no credentials are set."""
     client = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True).test_client()
-    response = client.open(path, method=method, json=body,
-                           headers={"X-Reteno-Access-Key": "sandbox-reteno-key"})
+    response = client.open(
+        path, method=method, json=body, headers={"X-Reteno-Access-Key": "sandbox-reteno-key"}
+    )
     if path.endswith("/block/1"):  # the simulator answers: it holds no token 1
         assert response.status_code == 404
-        assert response.get_json() == {"status": 404,
-                                        "message": "Token 1 is not held by any contact"}
+        assert response.get_json() == {
+            "status": 404,
+            "message": "Token 1 is not held by any contact",
+        }
     else:
         assert response.status_code == 200, response.get_data()[:300]
 
@@ -262,17 +294,22 @@ def test_the_sandbox_answers_only_for_a_loopback_host(make_app, method, path, bo
     app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True)
     client = app.test_client()
     headers = {"X-Reteno-Access-Key": "sandbox-reteno-key"}
-    for base in ("http://rebound.example:5000", "http://127.0.0.1.rebound.example",
-                 "http://localhost.rebound.example"):
-        response = client.open(path, method=method, json=body, headers=headers,
-                               base_url=base)
+    for base in (
+        "http://rebound.example:5000",
+        "http://127.0.0.1.rebound.example",
+        "http://localhost.rebound.example",
+    ):
+        response = client.open(path, method=method, json=body, headers=headers, base_url=base)
         assert response.status_code == 421, (base, response.status_code)
         assert fz.error_shape_problem(421, response.get_data(), response.content_type) is None
     assert app.extensions["reteno_bridge"].simulator.stats()["requests"] == 0
-    for base in ("http://localhost", "http://127.0.0.1:5000", "http://127.0.0.2",
-                 "http://[::1]:5000"):
-        response = client.open(path, method=method, json=body, headers=headers,
-                               base_url=base)
+    for base in (
+        "http://localhost",
+        "http://127.0.0.1:5000",
+        "http://127.0.0.2",
+        "http://[::1]:5000",
+    ):
+        response = client.open(path, method=method, json=body, headers=headers, base_url=base)
         assert response.status_code != 421, base
 
 
@@ -291,8 +328,10 @@ def test_the_blueprint_protects_its_answers_in_any_host_app(config, tmp_path):
 
     try:
         client = app.test_client()
-        for response in (client.get("/reteno/tokens", headers=bearer(API_KEY)),
-                         client.get("/reteno/tokens")):
+        for response in (
+            client.get("/reteno/tokens", headers=bearer(API_KEY)),
+            client.get("/reteno/tokens"),
+        ):
             assert response.headers["Cache-Control"] == "no-store"
             assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert "Cache-Control" not in client.get("/own").headers  # the host's own stay its own

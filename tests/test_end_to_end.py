@@ -47,13 +47,21 @@ def serve():
 
 
 def test_sandbox_register_to_simulator_over_http(make_app, serve, monkeypatch):
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
-                   BRIDGE_BACKGROUND_DELIVERY=True)
+    app = make_app(
+        RETENO_APP_UUID=None,
+        RETENO_API_KEY=None,
+        BRIDGE_SANDBOX=True,
+        BRIDGE_BACKGROUND_DELIVERY=True,
+    )
     delivered = Tally(monkeypatch, app, "delivered")
     bridge = serve(app)
     url = bridge.url
-    response = requests.post(f"{url}/register", headers=AUTH, timeout=5,
-                             json={"token": 123456789, "email": "Ann@Example.com"})
+    response = requests.post(
+        f"{url}/register",
+        headers=AUTH,
+        timeout=5,
+        json={"token": 123456789, "email": "Ann@Example.com"},
+    )
     assert response.status_code == 202
     assert response.json()["registrations"][0]["matchedBy"] == "email"
 
@@ -63,13 +71,16 @@ def test_sandbox_register_to_simulator_over_http(make_app, serve, monkeypatch):
     [item] = requests.get(f"{url}/tokens", headers=AUTH, timeout=5).json()["items"]
     assert item["state"] == "delivered"
 
-    again = requests.post(f"{url}/register", headers=AUTH, timeout=5,
-                          json={"token": 123456789, "email": "ann@example.com"})
+    again = requests.post(
+        f"{url}/register",
+        headers=AUTH,
+        timeout=5,
+        json={"token": 123456789, "email": "ann@example.com"},
+    )
     assert again.json()["registrations"][0]["duplicate"] is True
 
     batch = {"tokens": [{"token": i, "externalCustomerId": f"c-{i}"} for i in range(1, 501)]}
-    assert requests.post(f"{url}/register", headers=AUTH, json=batch,
-                         timeout=10).status_code == 202
+    assert requests.post(f"{url}/register", headers=AUTH, json=batch, timeout=10).status_code == 202
     delivered.wait_for(501)
     stats = requests.get(f"{url}/sandbox/reteno/stats", timeout=5).json()
     assert stats["tokens_received"] == 501
@@ -78,14 +89,19 @@ def test_sandbox_register_to_simulator_over_http(make_app, serve, monkeypatch):
     assert stats["duplicate_tokens"] == 0
 
 
-def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serve,
-                                                                  monkeypatch):
+def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serve, monkeypatch):
     """Credentials set, RETENO_BASE_URL at a simulator that fails every call; the server
     stops and starts again; the upstream recovers: every acknowledged token arrives once."""
-    simulator = Simulator(SimulatorOptions(
-        app_uuid=APP_UUID, api_key=RETENO_KEY, auth="header", rps=0,
-        failure_rate=1.0, failures=("503",),
-    ))
+    simulator = Simulator(
+        SimulatorOptions(
+            app_uuid=APP_UUID,
+            api_key=RETENO_KEY,
+            auth="header",
+            rps=0,
+            failure_rate=1.0,
+            failures=("503",),
+        )
+    )
     upstream = serve(create_simulator_app(simulator=simulator))
     config = {"RETENO_BASE_URL": upstream.url, "BRIDGE_BACKGROUND_DELIVERY": True}
 
@@ -94,8 +110,12 @@ def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serv
     first = serve(first_app)
     tokens = [{"token": i, "contactId": i} for i in range(1, 201)]
     for start in range(0, 200, 50):
-        response = requests.post(f"{first.url}/register", headers=AUTH, timeout=10,
-                                 json={"tokens": tokens[start:start + 50]})
+        response = requests.post(
+            f"{first.url}/register",
+            headers=AUTH,
+            timeout=10,
+            json={"tokens": tokens[start : start + 50]},
+        )
         assert response.status_code == 202
     retried.wait_for(1)
     assert simulator.stats()["faults"]["503"] >= 1
@@ -119,8 +139,9 @@ def test_restart_with_a_failing_upstream_delivers_each_token_once(make_app, serv
     counts = simulator.received_counts()
     assert sorted(map(int, counts)) == list(range(1, 201))
     assert set(counts.values()) == {1}, "a token was delivered twice"
-    items = requests.get(f"{second.url}/tokens", headers=AUTH, params={"limit": 500},
-                         timeout=5).json()["items"]
+    items = requests.get(
+        f"{second.url}/tokens", headers=AUTH, params={"limit": 500}, timeout=5
+    ).json()["items"]
     assert len(items) == 200
     assert {i["state"] for i in items} == {"delivered"}
 
@@ -130,8 +151,13 @@ def test_mute_unmute_block_unblock_against_the_simulator(make_app, serve, monkey
     Reteno drops a blocked token) and the bridge sends it again once the chat is back."""
     from tests.test_telegram import SECRET
 
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
-                   BRIDGE_BACKGROUND_DELIVERY=True, TELEGRAM_WEBHOOK_SECRET=SECRET)
+    app = make_app(
+        RETENO_APP_UUID=None,
+        RETENO_API_KEY=None,
+        BRIDGE_SANDBOX=True,
+        BRIDGE_BACKGROUND_DELIVERY=True,
+        TELEGRAM_WEBHOOK_SECRET=SECRET,
+    )
     runtime = app.extensions["reteno_bridge"]
     delivered = Tally(monkeypatch, app, "delivered")
     url = serve(app).url
@@ -147,8 +173,9 @@ def test_mute_unmute_block_unblock_against_the_simulator(make_app, serve, monkey
         return [m["token"] for m in body["muted"]]
 
     def mine():
-        return requests.get(f"{url}/tokens", params={"token": chat}, headers=AUTH,
-                            timeout=5).json()["items"]
+        return requests.get(
+            f"{url}/tokens", params={"token": chat}, headers=AUTH, timeout=5
+        ).json()["items"]
 
     post("/register", {"token": chat, "contactId": 77})
     delivered.wait_for(1)
@@ -169,10 +196,12 @@ def test_mute_unmute_block_unblock_against_the_simulator(make_app, serve, monkey
 
     telegram = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
     date = int(runtime.ledger.clock().timestamp()) + 1  # on the clock this bridge runs on
-    post("/telegram/webhook", chat_member(chat, "kicked", "member", date),
-         telegram)  # Telegram says so as well
-    post("/telegram/webhook", chat_member(chat, "member", "kicked", date),
-         telegram)  # the user is back
+    post(
+        "/telegram/webhook", chat_member(chat, "kicked", "member", date), telegram
+    )  # Telegram says so as well
+    post(
+        "/telegram/webhook", chat_member(chat, "member", "kicked", date), telegram
+    )  # the user is back
     delivered.wait_for(6)  # the registration again, then the mute again
     assert muted_there() == [str(chat)]
     assert [i["state"] for i in mine()] == ["delivered", "removed"]
@@ -180,6 +209,10 @@ def test_mute_unmute_block_unblock_against_the_simulator(make_app, serve, monkey
     post("/unmute", {"token": chat})
     delivered.wait_for(7)
     assert muted_there() == []
-    kinds = [e["kind"] for e in requests.get(f"{url}/tokens/{chat}/history", headers=AUTH,
-                                             timeout=5).json()["events"]]
+    kinds = [
+        e["kind"]
+        for e in requests.get(f"{url}/tokens/{chat}/history", headers=AUTH, timeout=5).json()[
+            "events"
+        ]
+    ]
     assert kinds.count("mute_delivered") == 3 and kinds.count("unmute_delivered") == 2

@@ -29,8 +29,11 @@ ANN_LINK = links.make_payload(LINK_SECRET, "email", ANN_EMAIL)  # never expires
 
 @pytest.fixture
 def app(make_app):
-    return make_app(TELEGRAM_WEBHOOK_SECRET=TELEGRAM_SECRET, BRIDGE_LINK_SECRET=LINK_SECRET,
-                    TELEGRAM_BOT_USERNAME="erase_test_bot")
+    return make_app(
+        TELEGRAM_WEBHOOK_SECRET=TELEGRAM_SECRET,
+        BRIDGE_LINK_SECRET=LINK_SECRET,
+        TELEGRAM_BOT_USERNAME="erase_test_bot",
+    )
 
 
 _update_ids = iter(range(900_000_000, 999_999_999))
@@ -41,17 +44,31 @@ def telegram(client, clock, chat, **update):
     date = int(clock().timestamp())
     private = {"id": int(chat), "type": "private", "first_name": "A"}
     if "text" in update:
-        body = {"message": {"message_id": 1, "date": date, "chat": private,
-                            "from": {"id": int(chat), "is_bot": False, "first_name": "A"},
-                            "text": update["text"]}}
+        body = {
+            "message": {
+                "message_id": 1,
+                "date": date,
+                "chat": private,
+                "from": {"id": int(chat), "is_bot": False, "first_name": "A"},
+                "text": update["text"],
+            }
+        }
     else:
         member = {"user": {"id": 7000000001, "is_bot": True, "first_name": "Bot"}}
-        body = {"my_chat_member": {
-            "chat": private, "from": {"id": int(chat), "is_bot": False, "first_name": "A"},
-            "date": date, "old_chat_member": {**member, "status": update["old"]},
-            "new_chat_member": {**member, "status": update["new"]}}}
-    response = client.post("/telegram/webhook", json={"update_id": next(_update_ids), **body},
-                           headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET})
+        body = {
+            "my_chat_member": {
+                "chat": private,
+                "from": {"id": int(chat), "is_bot": False, "first_name": "A"},
+                "date": date,
+                "old_chat_member": {**member, "status": update["old"]},
+                "new_chat_member": {**member, "status": update["new"]},
+            }
+        }
+    response = client.post(
+        "/telegram/webhook",
+        json={"update_id": next(_update_ids), **body},
+        headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET},
+    )
     assert response.status_code == 200, response.get_json()
 
 
@@ -86,12 +103,29 @@ def ledger_with_ann(client, auth, bridge, requests_mock, clock):
     """Ann's data everywhere a contact's data can be, next to Bob's and Joann's: Telegram
     events with her chat ids and no registration, her deep link used, a mute."""
     # A status about Ann before she registered: unmatched, kept with its raw payload.
-    assert statuses(client, auth, {"activityStatus": "SENT", "email": "Ann@Example.COM",
-                                   "mediaType": "TELEGRAM", "messageId": 1})["unmatched"] == 1
+    assert (
+        statuses(
+            client,
+            auth,
+            {
+                "activityStatus": "SENT",
+                "email": "Ann@Example.COM",
+                "mediaType": "TELEGRAM",
+                "messageId": 1,
+            },
+        )["unmatched"]
+        == 1
+    )
     register(
-        client, auth,
-        {"token": int(ANN_TOKEN), "contactId": 42, "externalCustomerId": "crm-ann",
-         "phone": "+380 (95) 649-09-55", "email": "Ann@Example.com"},
+        client,
+        auth,
+        {
+            "token": int(ANN_TOKEN),
+            "contactId": 42,
+            "externalCustomerId": "crm-ann",
+            "phone": "+380 (95) 649-09-55",
+            "email": "Ann@Example.com",
+        },
         {"token": ANN_TOKEN, "contactId": 4242},  # the same chat under another identifier
         {"token": 987654321, "phone": "+44 20 7946 0958", "email": "bob@example.com"},
         {"token": 1234567890, "email": "joann@example.com"},  # look-alikes of Ann's values
@@ -100,28 +134,49 @@ def ledger_with_ann(client, auth, bridge, requests_mock, clock):
     bridge.deliver_once()
     # Ann's second chat, refused by Reteno with a message that quotes her address.
     register(client, auth, {"token": int(ANN_OTHER_CHAT), "email": ANN_EMAIL})
-    requests_mock.post(TOKENS_URL, status_code=400, reason="Bad Request",
-                       json={"message": f"contact {ANN_EMAIL} is invalid"})
+    requests_mock.post(
+        TOKENS_URL,
+        status_code=400,
+        reason="Bad Request",
+        json={"message": f"contact {ANN_EMAIL} is invalid"},
+    )
     bridge.deliver_once()
     # Bob's second chat waits after an outage whose error text quotes Ann's address.
     register(client, auth, {"token": 987654322, "email": "bob@example.com"})
-    requests_mock.post(TOKENS_URL, status_code=503, reason="Service Unavailable",
-                       json={"message": f"busy with {ANN_EMAIL}"})
+    requests_mock.post(
+        TOKENS_URL,
+        status_code=503,
+        reason="Service Unavailable",
+        json={"message": f"busy with {ANN_EMAIL}"},
+    )
     bridge.deliver_once()
 
     clock.advance(5)  # the statuses come after the registrations
-    statuses(client, auth, [
-        # Reteno's activity webhook about Ann, phone as she typed it
-        {"activityStatus": "DELIVERED", "email": "ANN@example.com",
-         "sms": "+380 95 649 09 55", "contactId": 42, "mediaType": "TELEGRAM", "messageId": 2},
-        # an object nobody can use, which still mentions Ann
-        {"comment": "ann@example.com called from +380 (95) 649-09-55"},
-        # a report about Bob's chat that happens to carry Ann's address
-        {"status": "SENT", "token": "987654321", "forwardedFrom": ANN_EMAIL},
-        # Joann is blocked: removed, with history
-        {"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-         "token": "1234567890"},
-    ])
+    statuses(
+        client,
+        auth,
+        [
+            # Reteno's activity webhook about Ann, phone as she typed it
+            {
+                "activityStatus": "DELIVERED",
+                "email": "ANN@example.com",
+                "sms": "+380 95 649 09 55",
+                "contactId": 42,
+                "mediaType": "TELEGRAM",
+                "messageId": 2,
+            },
+            # an object nobody can use, which still mentions Ann
+            {"comment": "ann@example.com called from +380 (95) 649-09-55"},
+            # a report about Bob's chat that happens to carry Ann's address
+            {"status": "SENT", "token": "987654321", "forwardedFrom": ANN_EMAIL},
+            # Joann is blocked: removed, with history
+            {
+                "status": "FAILED",
+                "error": "Forbidden: bot was blocked by the user",
+                "token": "1234567890",
+            },
+        ],
+    )
     # Ann's third chat: a plain /start (telegram_ignored), a forged link (link_rejected),
     # her e-mail link (link_used), which her first chat opens too (link_reused); then it
     # blocks the bot twice, the second time with nothing live (telegram_blocked).
@@ -139,18 +194,19 @@ def ledger_with_ann(client, auth, bridge, requests_mock, clock):
     assert client.post("/mute", json={"token": ANN_TOKEN}, headers=auth).status_code == 202
     chat_kinds = {e["kind"] for e in history(client, auth, ANN_LINK_CHAT)}
     assert {"telegram_ignored", "link_rejected", "link_used", "telegram_blocked"} <= chat_kinds
-    assert {"link_reused", "mute_requested"} <= {e["kind"] for e in history(client, auth,
-                                                                            ANN_TOKEN)}
+    assert {"link_reused", "mute_requested"} <= {
+        e["kind"] for e in history(client, auth, ANN_TOKEN)
+    }
     everything = dump(bridge)
     assert has_ann_email(everything) and ANN_PHONE in everything
     assert "649-09-55" in everything and mentions(everything, ANN_TOKEN)
-    return {"bob": history(client, auth, "987654321"),
-            "joann": history(client, auth, "1234567890")}
+    return {"bob": history(client, auth, "987654321"), "joann": history(client, auth, "1234567890")}
 
 
 def test_erase_leaves_nothing_of_the_contact(runner, client, auth, bridge, ledger_with_ann):
-    result = runner.invoke(args=["bridge", "erase", "--email", " ANN@example.com ", "--yes",
-                                 "--json"])
+    result = runner.invoke(
+        args=["bridge", "erase", "--email", " ANN@example.com ", "--yes", "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["erased"] is True and summary["by"] == "email"
@@ -167,16 +223,25 @@ def test_erase_leaves_nothing_of_the_contact(runner, client, auth, bridge, ledge
     for number in (ANN_TOKEN, ANN_OTHER_CHAT, ANN_LINK_CHAT, "4242"):
         assert not mentions(everything, number), number
     with bridge.db.read() as conn:
-        assert conn.execute(select(Registration.id).where(
-            Registration.contact_id.in_([42, 4242]))).all() == []
+        assert (
+            conn.execute(
+                select(Registration.id).where(Registration.contact_id.in_([42, 4242]))
+            ).all()
+            == []
+        )
 
     # one audit line, without personal data
     with bridge.db.read() as conn:
         erased = conn.execute(select(Event.__table__).where(Event.kind == "erased")).all()
     assert len(erased) == 1
     assert erased[0].token is None and erased[0].registration_id is None
-    assert erased[0].detail == {"by": "email", "registrations": 4, "events": summary["events"],
-                                "scrubbed": summary["scrubbed"], "revoked": 6}
+    assert erased[0].detail == {
+        "by": "email",
+        "registrations": 4,
+        "events": summary["events"],
+        "scrubbed": summary["scrubbed"],
+        "revoked": 6,
+    }
 
 
 def test_erase_takes_her_chats_telegram_events_and_mutes(runner, bridge, ledger_with_ann):
@@ -184,18 +249,23 @@ def test_erase_takes_her_chats_telegram_events_and_mutes(runner, bridge, ledger_
     a block of a chat with nothing live) and the chat's mute go with the chat."""
     ann_chats = [ANN_TOKEN, ANN_OTHER_CHAT, ANN_LINK_CHAT]
     with bridge.db.read() as conn:
-        orphans = conn.execute(select(Event.kind).where(
-            Event.token.in_(ann_chats), Event.registration_id.is_(None))).scalars().all()
-    assert {"telegram_ignored", "link_rejected", "link_reused", "telegram_blocked"} <= set(
-        orphans)
+        orphans = (
+            conn.execute(
+                select(Event.kind).where(
+                    Event.token.in_(ann_chats), Event.registration_id.is_(None)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert {"telegram_ignored", "link_rejected", "link_reused", "telegram_blocked"} <= set(orphans)
     assert runner.invoke(args=["bridge", "erase", "--email", ANN_EMAIL, "--yes"]).exit_code == 0
     with bridge.db.read() as conn:
         assert conn.execute(select(Event.kind).where(Event.token.in_(ann_chats))).all() == []
         assert conn.execute(select(Command.id).where(Command.token.in_(ann_chats))).all() == []
 
 
-def test_other_contacts_keep_their_data_and_history(runner, client, auth, bridge,
-                                                    ledger_with_ann):
+def test_other_contacts_keep_their_data_and_history(runner, client, auth, bridge, ledger_with_ann):
     assert runner.invoke(args=["bridge", "erase", "--email", ANN_EMAIL, "--yes"]).exit_code == 0
     everything = dump(bridge)
     assert "joann@example.com" in everything and "bob@example.com" in everything
@@ -239,9 +309,15 @@ def test_asked_twice_the_second_run_erases_nothing(runner, bridge, ledger_with_a
 )
 def test_erase_by_any_identifier(runner, client, auth, bridge, requests_mock, option, value):
     register(
-        client, auth,
-        {"token": int(ANN_TOKEN), "contactId": 42, "externalCustomerId": "crm-ann",
-         "phone": "+380 (95) 649-09-55", "email": ANN_EMAIL},
+        client,
+        auth,
+        {
+            "token": int(ANN_TOKEN),
+            "contactId": 42,
+            "externalCustomerId": "crm-ann",
+            "phone": "+380 (95) 649-09-55",
+            "email": ANN_EMAIL,
+        },
         {"token": 987654321, "contactId": 43, "email": "bob@example.com"},
     )
     requests_mock.post(TOKENS_URL, json="OK")
@@ -249,15 +325,25 @@ def test_erase_by_any_identifier(runner, client, auth, bridge, requests_mock, op
     result = runner.invoke(args=["bridge", "erase", option, value, "--yes", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
-        "by": {"--token": "token", "--contact-id": "contactId",
-               "--external-customer-id": "externalCustomerId", "--phone": "phone",
-               "--email": "email"}[option],
-        "registrations": 1, "events": 2, "scrubbed": 0, "revoked": 4, "erased": True}
+        "by": {
+            "--token": "token",
+            "--contact-id": "contactId",
+            "--external-customer-id": "externalCustomerId",
+            "--phone": "phone",
+            "--email": "email",
+        }[option],
+        "registrations": 1,
+        "events": 2,
+        "scrubbed": 0,
+        "revoked": 4,
+        "erased": True,
+    }
     everything = dump(bridge)
     assert not has_ann_email(everything) and ANN_PHONE not in everything
     assert "crm-ann" not in everything and not mentions(everything, ANN_TOKEN)
     assert [i["token"] for i in client.get("/tokens", headers=auth).get_json()["items"]] == [
-        "987654321"]
+        "987654321"
+    ]
     assert len(history(client, auth, "987654321")) == 2
 
 
@@ -281,17 +367,29 @@ def test_erasing_an_unknown_contact_writes_nothing(runner, client, auth, bridge)
     assert dump(bridge) == before
 
 
-def test_a_json_key_and_a_percent_encoded_form_are_erased_too(runner, client, auth, bridge,
-                                                              ledger_with_ann):
-    statuses(client, auth, [
-        # unmatched objects that name Ann in a key, and percent-encoded in a URL
-        {"activityStatus": "SENT", "mediaType": "TELEGRAM", "messageId": 7,
-         "Ann@Example.com": {"opened": 1}},
-        {"comment": "see https://crm.example/c?email=Ann%40Example.com&tel=%2B380956490955"},
-        # Bob's report, which keeps its line, with Ann in a key and in a URL
-        {"status": "SENT", "token": "987654321",
-         "cc": {"ann%40example.com": "x", "bob@example.com": "y"}},
-    ])
+def test_a_json_key_and_a_percent_encoded_form_are_erased_too(
+    runner, client, auth, bridge, ledger_with_ann
+):
+    statuses(
+        client,
+        auth,
+        [
+            # unmatched objects that name Ann in a key, and percent-encoded in a URL
+            {
+                "activityStatus": "SENT",
+                "mediaType": "TELEGRAM",
+                "messageId": 7,
+                "Ann@Example.com": {"opened": 1},
+            },
+            {"comment": "see https://crm.example/c?email=Ann%40Example.com&tel=%2B380956490955"},
+            # Bob's report, which keeps its line, with Ann in a key and in a URL
+            {
+                "status": "SENT",
+                "token": "987654321",
+                "cc": {"ann%40example.com": "x", "bob@example.com": "y"},
+            },
+        ],
+    )
     everything = dump(bridge).lower()
     assert "ann%40example.com" in everything and "%2b380956490955" in everything
     run = runner.invoke(args=["bridge", "erase", "--email", ANN_EMAIL, "--yes"])
@@ -301,11 +399,13 @@ def test_a_json_key_and_a_percent_encoded_form_are_erased_too(runner, client, au
     assert "ann%40example.com" not in everything and "%2b380956490955" not in everything
     bob = history(client, auth, "987654321")
     assert {"[erased]": "x", "bob@example.com": "y"} in [
-        e["detail"].get("raw", {}).get("cc") for e in bob]
+        e["detail"].get("raw", {}).get("cc") for e in bob
+    ]
 
 
-def test_the_database_files_hold_no_byte_of_an_erased_contact(runner, client, auth, bridge,
-                                                             ledger_with_ann):
+def test_the_database_files_hold_no_byte_of_an_erased_contact(
+    runner, client, auth, bridge, ledger_with_ann
+):
     """Not only the rows: the SQLite file's free space and its -wal file kept copies of
     what was deleted (SECURITY.md finding 7). Every file of the database's folder is
     read as bytes after the erase."""
@@ -369,8 +469,15 @@ def test_a_database_the_bridge_creates_is_its_owners_only(make_app, tmp_path, au
     finally:
         os.umask(old)
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
-    assert modes == {name: "0o600" for name in (
-        "bridge.sqlite3", "bridge.sqlite3-wal", "bridge.sqlite3-shm", "bridge.sqlite3-writelock")}
+    assert modes == {
+        name: "0o600"
+        for name in (
+            "bridge.sqlite3",
+            "bridge.sqlite3-wal",
+            "bridge.sqlite3-shm",
+            "bridge.sqlite3-writelock",
+        )
+    }
     assert oct(stat.S_IMODE(folder.stat().st_mode)) == "0o700"
 
 
@@ -383,54 +490,89 @@ VICTIM_TOKEN = "246813579"
 def crowd(client, auth, bridge, requests_mock, clock):
     """Bob and Carol, whose histories are full of short, common strings ("api", "1", "SENT"),
     and orphan events holding them; ``snapshot()`` is every row of theirs, as text."""
-    register(client, auth, {"token": 987654321, "externalCustomerId": "crm-bob",
-                            "email": "bob@example.com"},
-             {"token": 135792468, "contactId": 7, "phone": "+44 20 7946 0958"})
+    register(
+        client,
+        auth,
+        {"token": 987654321, "externalCustomerId": "crm-bob", "email": "bob@example.com"},
+        {"token": 135792468, "contactId": 7, "phone": "+44 20 7946 0958"},
+    )
     requests_mock.post(TOKENS_URL, json="OK")
     bridge.deliver_once()
     register(client, auth, {"token": 135792469, "contactId": 8})
-    requests_mock.post(TOKENS_URL, status_code=503, reason="Service Unavailable",
-                       json={"message": "api 1 SENT"})
+    requests_mock.post(
+        TOKENS_URL, status_code=503, reason="Service Unavailable", json={"message": "api 1 SENT"}
+    )
     bridge.deliver_once()
     clock.advance(5)
-    statuses(client, auth, [
-        {"status": "SENT", "token": "987654321", "note": "api 1 SENT", "api": 1, "SENT": "1"},
-        {"activityStatus": "SENT", "externalCustomerId": "crm-bob", "mediaType": "TELEGRAM",
-         "messageId": 1, "statusDescription": "api SENT 1"},
-        {"activityStatus": "DELIVERED", "contactId": 7, "messageId": 1, "comment": "1 api"},
-        # orphans: an unmatched status and an unusable object, holding the same words
-        {"activityStatus": "SENT", "externalCustomerId": "nobody-9", "comment": "api",
-         "messageId": 1, "contactId": 99},
-        {"comment": "api 1 SENT", "source": "api"},
-    ])
+    statuses(
+        client,
+        auth,
+        [
+            {"status": "SENT", "token": "987654321", "note": "api 1 SENT", "api": 1, "SENT": "1"},
+            {
+                "activityStatus": "SENT",
+                "externalCustomerId": "crm-bob",
+                "mediaType": "TELEGRAM",
+                "messageId": 1,
+                "statusDescription": "api SENT 1",
+            },
+            {"activityStatus": "DELIVERED", "contactId": 7, "messageId": 1, "comment": "1 api"},
+            # orphans: an unmatched status and an unusable object, holding the same words
+            {
+                "activityStatus": "SENT",
+                "externalCustomerId": "nobody-9",
+                "comment": "api",
+                "messageId": 1,
+                "contactId": 99,
+            },
+            {"comment": "api 1 SENT", "source": "api"},
+        ],
+    )
     telegram(client, clock, "135792468", text="/start")
 
     def snapshot() -> dict[str, str]:
         with bridge.db.read() as conn:
-            events = {f"event {r.id}": json.dumps(list(r), default=str) for r in conn.execute(
-                select(Event.__table__).where(Event.kind.not_in(["erased", "link_revoked"]),
-                                              or_(Event.token.is_(None),
-                                                  Event.token != VICTIM_TOKEN)))}
-            regs = {f"registration {r.id}": json.dumps(list(r), default=str)
-                    for r in conn.execute(select(Registration.__table__).where(
-                        Registration.token != VICTIM_TOKEN))}
-            state = {f"state {r.name}": json.dumps(list(r), default=str)
-                     for r in conn.execute(text("SELECT * FROM bridge_state"))}
+            events = {
+                f"event {r.id}": json.dumps(list(r), default=str)
+                for r in conn.execute(
+                    select(Event.__table__).where(
+                        Event.kind.not_in(["erased", "link_revoked"]),
+                        or_(Event.token.is_(None), Event.token != VICTIM_TOKEN),
+                    )
+                )
+            }
+            regs = {
+                f"registration {r.id}": json.dumps(list(r), default=str)
+                for r in conn.execute(
+                    select(Registration.__table__).where(Registration.token != VICTIM_TOKEN)
+                )
+            }
+            state = {
+                f"state {r.name}": json.dumps(list(r), default=str)
+                for r in conn.execute(text("SELECT * FROM bridge_state"))
+            }
         return {**events, **regs, **state}
 
     return snapshot
 
 
-@pytest.mark.parametrize(("option", "name", "value"), [
-    ("--external-customer-id", "externalCustomerId", "api"),
-    ("--external-customer-id", "externalCustomerId", "SENT"),
-    ("--contact-id", "contactId", 1),
-    ("--token", "token", None),
-])
+@pytest.mark.parametrize(
+    ("option", "name", "value"),
+    [
+        ("--external-customer-id", "externalCustomerId", "api"),
+        ("--external-customer-id", "externalCustomerId", "SENT"),
+        ("--contact-id", "contactId", 1),
+        ("--token", "token", None),
+    ],
+)
 def test_erasing_a_short_common_value_leaves_everyone_else_byte_for_byte(
-        runner, client, auth, bridge, clock, crowd, option, name, value):
-    victim = {"token": 1, "email": "victim@example.org"} if name == "token" else {
-        "token": int(VICTIM_TOKEN), name: value}
+    runner, client, auth, bridge, clock, crowd, option, name, value
+):
+    victim = (
+        {"token": 1, "email": "victim@example.org"}
+        if name == "token"
+        else {"token": int(VICTIM_TOKEN), name: value}
+    )
     victim_token = str(victim["token"])
     if name == "token":  # chat id 1: its history is the snapshot's to leave alone too
         value = 1
@@ -456,21 +598,36 @@ def test_erasing_a_short_common_value_leaves_everyone_else_byte_for_byte(
 
 
 def test_a_distinctive_value_is_still_found_in_free_text_as_a_word_of_its_own(
-        runner, client, auth, bridge, crowd):
+    runner, client, auth, bridge, crowd
+):
     register(client, auth, {"token": int(VICTIM_TOKEN), "externalCustomerId": "crm-ann-7"})
-    statuses(client, auth, [
-        {"status": "SENT", "token": "987654321", "note": "merged from crm-ann-7"},
-        {"status": "SENT", "token": "135792468",
-         "note": f"not her: crm-ann-77, xcrm-ann-7, order 1{VICTIM_TOKEN}, 0.{VICTIM_TOKEN}"},
-        {"status": "SENT", "token": "135792469", "note": f"chat {VICTIM_TOKEN}"},
-    ])
+    statuses(
+        client,
+        auth,
+        [
+            {"status": "SENT", "token": "987654321", "note": "merged from crm-ann-7"},
+            {
+                "status": "SENT",
+                "token": "135792468",
+                "note": f"not her: crm-ann-77, xcrm-ann-7, order 1{VICTIM_TOKEN}, 0.{VICTIM_TOKEN}",
+            },
+            {"status": "SENT", "token": "135792469", "note": f"chat {VICTIM_TOKEN}"},
+        ],
+    )
     run = runner.invoke(args=["bridge", "erase", "--external-customer-id", "crm-ann-7", "--yes"])
     assert run.exit_code == 0, run.output
-    notes = {t: [e["detail"]["raw"].get("note") for e in history(client, auth, t)
-                 if e["kind"] == "status"] for t in ("987654321", "135792468", "135792469")}
+    notes = {
+        t: [
+            e["detail"]["raw"].get("note")
+            for e in history(client, auth, t)
+            if e["kind"] == "status"
+        ]
+        for t in ("987654321", "135792468", "135792469")
+    }
     assert notes["987654321"][-1] == "[erased]"
     assert notes["135792468"][-1] == (
-        f"not her: crm-ann-77, xcrm-ann-7, order 1{VICTIM_TOKEN}, 0.{VICTIM_TOKEN}")
+        f"not her: crm-ann-77, xcrm-ann-7, order 1{VICTIM_TOKEN}, 0.{VICTIM_TOKEN}"
+    )
     assert notes["135792469"][-1] == "[erased]"  # her chat id, a number of its own
     assert '"crm-ann-7' not in dump(bridge) and history(client, auth, VICTIM_TOKEN) == []
 
@@ -481,42 +638,57 @@ STRANGER = "424242424"
 
 
 def refusals(client, auth, chat) -> list[tuple[str, str]]:
-    return [(e["kind"], e["detail"].get("reason")) for e in history(client, auth, chat)
-            if e["kind"].startswith("link_")]
+    return [
+        (e["kind"], e["detail"].get("reason"))
+        for e in history(client, auth, chat)
+        if e["kind"].startswith("link_")
+    ]
 
 
-def test_after_erase_her_links_register_nothing(runner, client, auth, bridge, clock,
-                                                ledger_with_ann):
+def test_after_erase_her_links_register_nothing(
+    runner, client, auth, bridge, clock, ledger_with_ann
+):
     """The link her chat used, and links for her identifiers nobody used yet, are refused
     in any chat (``link_rejected``, ``revoked``); the tombstones hold no personal data."""
-    unused = [links.make_payload(LINK_SECRET, "phone", ANN_PHONE, clock() + timedelta(days=1)),
-              links.make_payload(LINK_SECRET, "externalCustomerId", "crm-ann"),
-              links.make_payload(LINK_SECRET, "contactId", 4242)]
+    unused = [
+        links.make_payload(LINK_SECRET, "phone", ANN_PHONE, clock() + timedelta(days=1)),
+        links.make_payload(LINK_SECRET, "externalCustomerId", "crm-ann"),
+        links.make_payload(LINK_SECRET, "contactId", 4242),
+    ]
     run = runner.invoke(args=["bridge", "erase", "--email", ANN_EMAIL, "--yes"])
     assert run.exit_code == 0, run.output
 
     clock.advance(5)
-    for chat, payload in [(STRANGER, ANN_LINK), (ANN_LINK_CHAT, ANN_LINK),
-                          *((STRANGER, p) for p in unused)]:
+    for chat, payload in [
+        (STRANGER, ANN_LINK),
+        (ANN_LINK_CHAT, ANN_LINK),
+        *((STRANGER, p) for p in unused),
+    ]:
         telegram(client, clock, chat, text="/start " + payload)
     assert rows(client, auth, token=STRANGER) == rows(client, auth, token=ANN_LINK_CHAT) == []
     assert rows(client, auth, email=ANN_EMAIL) == rows(client, auth, phone=ANN_PHONE) == []
     assert refusals(client, auth, STRANGER) == [("link_rejected", "revoked")] * 4
     assert refusals(client, auth, ANN_LINK_CHAT) == [("link_rejected", "revoked")]
     # each refusal names its link by the first 16 characters of the link's id
-    named = [e["detail"]["link"] for e in history(client, auth, STRANGER)
-             if e["kind"] == "link_rejected"]
-    assert named == [links.inspect_payload([LINK_SECRET], p, clock())[0].link_id[:16]
-                     for p in (ANN_LINK, *unused)]
+    named = [
+        e["detail"]["link"] for e in history(client, auth, STRANGER) if e["kind"] == "link_rejected"
+    ]
+    assert named == [
+        links.inspect_payload([LINK_SECRET], p, clock())[0].link_id[:16]
+        for p in (ANN_LINK, *unused)
+    ]
 
     # Bob's link still works
-    telegram(client, clock, "868686868",
-             text="/start " + links.make_payload(LINK_SECRET, "email", "bob@example.com"))
+    telegram(
+        client,
+        clock,
+        "868686868",
+        text="/start " + links.make_payload(LINK_SECRET, "email", "bob@example.com"),
+    )
     assert [r["email"] for r in rows(client, auth, token="868686868")] == ["bob@example.com"]
 
     with bridge.db.read() as conn:
-        tombstones = conn.execute(select(Event.__table__).where(
-            Event.kind == "link_revoked")).all()
+        tombstones = conn.execute(select(Event.__table__).where(Event.kind == "link_revoked")).all()
     assert len(tombstones) == 6
     for row in tombstones:
         assert (row.token, row.registration_id, row.detail) == (None, None, {"reason": "erased"})
@@ -527,7 +699,8 @@ def test_after_erase_her_links_register_nothing(runner, client, auth, bridge, cl
 
 
 def test_a_person_erased_before_any_registration_has_their_links_revoked(
-        runner, client, auth, bridge, clock):
+    runner, client, auth, bridge, clock
+):
     link = links.make_payload(LINK_SECRET, "email", "zoe@example.com")
     run = runner.invoke(args=["bridge", "erase", "--email", "zoe@example.com", "--yes"])
     assert "erased 0 registrations and 0 events" in run.output
@@ -540,27 +713,32 @@ def test_a_person_erased_before_any_registration_has_their_links_revoked(
     assert "nothing to erase" in again.output
 
 
-def test_a_link_signed_by_a_key_added_after_the_erase_registers(runner, make_app, auth, clock,
-                                                                ledger_with_ann):
+def test_a_link_signed_by_a_key_added_after_the_erase_registers(
+    runner, make_app, auth, clock, ledger_with_ann
+):
     """A signed link does not say when it was made: the tombstone refuses every link for
     the identifier under the keys of the erase; a new first key signs links that work."""
     assert runner.invoke(args=["bridge", "erase", "--email", ANN_EMAIL, "--yes"]).exit_code == 0
     new_key = "link-secret-rotated-" + "z" * 20
-    rotated = make_app(TELEGRAM_WEBHOOK_SECRET=TELEGRAM_SECRET,
-                       BRIDGE_LINK_SECRET=f"{new_key},{LINK_SECRET}",
-                       TELEGRAM_BOT_USERNAME="erase_test_bot")
+    rotated = make_app(
+        TELEGRAM_WEBHOOK_SECRET=TELEGRAM_SECRET,
+        BRIDGE_LINK_SECRET=f"{new_key},{LINK_SECRET}",
+        TELEGRAM_BOT_USERNAME="erase_test_bot",
+    )
     rotated.extensions["reteno_bridge"].ledger.clock = clock
     client = rotated.test_client()
     clock.advance(5)
     telegram(client, clock, STRANGER, text="/start " + ANN_LINK)  # the old key's link
     assert rows(client, auth, token=STRANGER) == []
-    telegram(client, clock, STRANGER,
-             text="/start " + links.make_payload(new_key, "email", ANN_EMAIL))
+    telegram(
+        client, clock, STRANGER, text="/start " + links.make_payload(new_key, "email", ANN_EMAIL)
+    )
     assert [r["email"] for r in rows(client, auth, token=STRANGER)] == [ANN_EMAIL]
 
 
 def test_erasing_a_chat_revokes_the_link_it_used_not_the_identifiers_others_hold(
-        runner, client, auth, bridge, clock, ledger_with_ann):
+    runner, client, auth, bridge, clock, ledger_with_ann
+):
     """Her link's chat erased: her e-mail is still another chat's, so only that link (by its
     id) is revoked; a new link for her e-mail still registers."""
     run = runner.invoke(args=["bridge", "erase", "--token", ANN_LINK_CHAT, "--yes", "--json"])

@@ -97,15 +97,21 @@ order_settings = settings(
     deadline=None,
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
 )
 
 
 @pytest.fixture
 def app(make_app):
-    return make_app(TELEGRAM_WEBHOOK_SECRET=TG_SECRET, BRIDGE_WEBHOOK_USERNAME=HOOK_USER,
-                    BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD)
+    return make_app(
+        TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
+        BRIDGE_WEBHOOK_USERNAME=HOOK_USER,
+        BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
+    )
 
 
 def basic() -> dict:
@@ -176,9 +182,11 @@ def sequences(draw, identities: int = 1):
     dates = sorted(draw(st.lists(st.integers(1, 30), min_size=n, max_size=n, unique=True)))
     events, blocked, timed = [Ev("register", 0)], False, 0
     for _ in range(n - 1):
-        allowed = ("register", "register", "status_block", "simple_block", "unblock",
-                   "unblock") if blocked else ("register", "register", *BLOCKS,
-                                               "delivered", "start")
+        allowed = (
+            ("register", "register", "status_block", "simple_block", "unblock", "unblock")
+            if blocked
+            else ("register", "register", *BLOCKS, "delivered", "start")
+        )
         kind = draw(st.sampled_from(allowed))
         who = draw(st.integers(0, identities - 1))
         if kind == "register":
@@ -278,12 +286,20 @@ class Deliverer:
     def chat_member(self, new: str, old: str, date: int) -> dict:
         bot = {"id": 7000000000, "is_bot": True, "first_name": "Bot", "username": "order_bot"}
         user = {"id": self.token, "is_bot": False, "first_name": "Ann"}
-        return {"update_id": next(self._ids), "my_chat_member": {
-            "chat": {"id": self.token, "first_name": "Ann", "type": "private"},
-            "from": user, "date": BASE + date,
-            "old_chat_member": {"user": bot, "status": old},
-            "new_chat_member": {"user": bot, "status": new,
-                                **({"until_date": 0} if new == "kicked" else {})}}}
+        return {
+            "update_id": next(self._ids),
+            "my_chat_member": {
+                "chat": {"id": self.token, "first_name": "Ann", "type": "private"},
+                "from": user,
+                "date": BASE + date,
+                "old_chat_member": {"user": bot, "status": old},
+                "new_chat_member": {
+                    "user": bot,
+                    "status": new,
+                    **({"until_date": 0} if new == "kicked" else {}),
+                },
+            },
+        }
 
     def statuses(self, event: dict):
         response = self.client.post("/statuses", json=[event], headers=basic())
@@ -300,25 +316,43 @@ class Deliverer:
             register(self.client, self.auth, {"token": self.token, "email": self.email(event.who)})
         elif event.kind in ("status_block", "delivered"):
             blocked = event.kind == "status_block"
-            self.statuses({
-                "activityStatus": "UNDELIVERED" if blocked else "DELIVERED",
-                "statusDescription": BLOCKED if blocked else None,
-                "activityDateTime": written(event.reported, event.fmt, self.zone),
-                "email": self.email(event.who), "mediaType": "telegrambot",
-                "messageId": next(self._ids)})
+            self.statuses(
+                {
+                    "activityStatus": "UNDELIVERED" if blocked else "DELIVERED",
+                    "statusDescription": BLOCKED if blocked else None,
+                    "activityDateTime": written(event.reported, event.fmt, self.zone),
+                    "email": self.email(event.who),
+                    "mediaType": "telegrambot",
+                    "messageId": next(self._ids),
+                }
+            )
         elif event.kind == "simple_block":
-            self.statuses({"status": "FAILED", "error": "Forbidden", "token": str(self.token),
-                           "time": written(event.reported, event.fmt, self.zone)})
+            self.statuses(
+                {
+                    "status": "FAILED",
+                    "error": "Forbidden",
+                    "token": str(self.token),
+                    "time": written(event.reported, event.fmt, self.zone),
+                }
+            )
         elif event.kind == "telegram_block":
             self.telegram(self.chat_member("kicked", "member", event.reported))
         elif event.kind == "unblock":
             self.telegram(self.chat_member("member", "kicked", event.reported))
         elif event.kind == "start":
-            self.telegram({"update_id": next(self._ids), "message": {
-                "message_id": next(self._ids), "date": BASE + event.reported, "text": "/start",
-                "from": {"id": self.token, "is_bot": False, "first_name": "Ann"},
-                "chat": {"id": self.token, "first_name": "Ann", "type": "private"},
-                "entities": [{"offset": 0, "length": 6, "type": "bot_command"}]}})
+            self.telegram(
+                {
+                    "update_id": next(self._ids),
+                    "message": {
+                        "message_id": next(self._ids),
+                        "date": BASE + event.reported,
+                        "text": "/start",
+                        "from": {"id": self.token, "is_bot": False, "first_name": "Ann"},
+                        "chat": {"id": self.token, "first_name": "Ann", "type": "private"},
+                        "entities": [{"offset": 0, "length": 6, "type": "bot_command"}],
+                    },
+                }
+            )
         else:  # pragma: no cover
             raise AssertionError(event.kind)
 
@@ -329,13 +363,15 @@ class Deliverer:
         and a block that removes nothing is not remembered)."""
         items = rows(self.client, self.auth, token=self.token)
         removed = [datetime.fromisoformat(r["removedAt"]) for r in items if r["removedAt"]]
-        return (bool(items) and all(r["state"] == "removed" for r in items)
-                and max(removed) < at(date))
+        return (
+            bool(items) and all(r["state"] == "removed" for r in items) and max(removed) < at(date)
+        )
 
     def state(self) -> list[int]:
         """The identities with a registration that is not removed."""
         return live_identities(rows(self.client, self.auth, token=self.token)).get(
-            str(self.token), [])
+            str(self.token), []
+        )
 
 
 def live_identities(items) -> dict[str, list[int]]:
@@ -367,10 +403,15 @@ def assert_every_chat(client, auth, expected: dict[str, list[int]]) -> None:
     """Every chat of ``expected`` ({token: live identities}) is still in that state, read
     once all of them are done: the events of one chat changed no other."""
     actual = every_chat(client, auth)
-    wrong = {token: (actual.get(token), want) for token, want in expected.items()
-             if actual.get(token, []) != want}
-    assert not wrong, f"{len(wrong)} of {len(expected)} chats changed after their own " \
-                      f"events (token: (now, expected)): {dict(list(wrong.items())[:10])}"
+    wrong = {
+        token: (actual.get(token), want)
+        for token, want in expected.items()
+        if actual.get(token, []) != want
+    }
+    assert not wrong, (
+        f"{len(wrong)} of {len(expected)} chats changed after their own "
+        f"events (token: (now, expected)): {dict(list(wrong.items())[:10])}"
+    )
 
 
 def run_order(client, auth, clock, order, gaps):
@@ -385,8 +426,13 @@ def describe(happened) -> str:
     return "; ".join(f"arrives at {t}: {e}" for t, e in happened)
 
 
-TALLY = {"sequences": 0, "orders": 0, "events": 0, "forgotten_block": 0,
-         "forgotten_block_differs": 0}
+TALLY = {
+    "sequences": 0,
+    "orders": 0,
+    "events": 0,
+    "forgotten_block": 0,
+    "forgotten_block_differs": 0,
+}
 
 
 def check_every_order(client, auth, clock, events, gaps, done: dict[str, list[int]]):
@@ -406,7 +452,8 @@ def check_every_order(client, auth, clock, events, gaps, done: dict[str, list[in
             TALLY["forgotten_block_differs"] += actual != expected
         assert actual == expected, (
             f"chat {chat.token}: {describe(happened)} -> live identities {actual}, "
-            f"the events' own times imply {expected}")
+            f"the events' own times imply {expected}"
+        )
         done[str(chat.token)] = expected
 
 
@@ -437,8 +484,12 @@ def test_a_block_that_found_nothing_live_still_makes_an_older_unblock_stale(clie
     first (the second finds nothing live: the first removed it), then the unblock dated 6,
     which is older than the block dated 8 and so should be stale."""
     chat = Deliverer(client, auth, clock)
-    for when, event in [(1, Ev("register")), (5, Ev("status_block", date=4)),
-                        (9, Ev("status_block", date=8)), (10, Ev("unblock", date=6))]:
+    for when, event in [
+        (1, Ev("register")),
+        (5, Ev("status_block", date=4)),
+        (9, Ev("status_block", date=8)),
+        (10, Ev("unblock", date=6)),
+    ]:
         chat.send(when, event)
     assert chat.state() == []
 
@@ -454,15 +505,34 @@ def test_a_delayed_block_dated_yesterday_removes_nothing(client, auth, clock):
     assert again["duplicate"] and again["id"] == first["id"]
     clock.advance(3600)
     yesterday = (clock.now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    response = client.post("/statuses", headers=basic(), json=[{
-        "activityStatus": "UNDELIVERED", "statusDescription": BLOCKED,
-        "activityDateTime": yesterday, "email": "ann@example.com",
-        "mediaType": "telegrambot", "messageId": 4242}])
+    response = client.post(
+        "/statuses",
+        headers=basic(),
+        json=[
+            {
+                "activityStatus": "UNDELIVERED",
+                "statusDescription": BLOCKED,
+                "activityDateTime": yesterday,
+                "email": "ann@example.com",
+                "mediaType": "telegrambot",
+                "messageId": 4242,
+            }
+        ],
+    )
     assert response.status_code == 200
-    assert response.get_json() == {"processed": 1, "removed": [], "unmatched": 0,
-                                   "ignored": 0, "stale": 1, "ambiguous": 0}
+    assert response.get_json() == {
+        "processed": 1,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 1,
+        "ambiguous": 0,
+    }
     [item] = rows(client, auth, token=777)
     assert item["state"] == "queued" and item["email"] == "ann@example.com"
     assert item["lastSeenAt"].startswith("2030-11-25T11:00:00")
     assert [e["kind"] for e in history(client, auth, 777)] == [
-        "submitted", "submitted", "status_stale"]
+        "submitted",
+        "submitted",
+        "status_stale",
+    ]

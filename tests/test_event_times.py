@@ -69,8 +69,17 @@ from tests.test_event_order import (
 EXAMPLES = int(os.environ.get("BRIDGE_TIMES_EXAMPLES", "150"))
 HOURS = 3600
 # Offsets on 2030-03-17 (BASE): -11, -4 (DST), -2:30 (DST), 0, +2, +5:30, +5:45, +11 (DST), +14
-ZONES = ("Pacific/Pago_Pago", "America/New_York", "America/St_Johns", "UTC", "Europe/Kyiv",
-         "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe", "Pacific/Kiritimati")
+ZONES = (
+    "Pacific/Pago_Pago",
+    "America/New_York",
+    "America/St_Johns",
+    "UTC",
+    "Europe/Kyiv",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "Pacific/Kiritimati",
+)
 MODES = ("clocks", "zone", "true")
 STATUSES = ("status_block", "simple_block", "delivered")  # the kinds whose time is written
 # Lies a clock tells, besides any drawn: the extremes, a zone's worth, a little ahead
@@ -93,8 +102,12 @@ def bridges(make_app, clock):
 
     def client(zone: str):
         if zone not in made:
-            app = make_app(TELEGRAM_WEBHOOK_SECRET=TG_SECRET, BRIDGE_WEBHOOK_USERNAME=HOOK_USER,
-                           BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD, BRIDGE_STATUS_TIMEZONE=zone)
+            app = make_app(
+                TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
+                BRIDGE_WEBHOOK_USERNAME=HOOK_USER,
+                BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
+                BRIDGE_STATUS_TIMEZONE=zone,
+            )
             app.extensions["reteno_bridge"].ledger.clock = clock
             made[zone] = app.test_client()
         return made[zone]
@@ -123,8 +136,11 @@ def cases(draw):
         if event.kind == "register":
             pass
         elif mode == "clocks":  # up to 14 h either way, an even number of seconds
-            skew = draw(st.one_of(st.sampled_from(SKEWS),
-                                  st.integers(-7 * HOURS, 7 * HOURS).map(lambda s: 2 * s)))
+            skew = draw(
+                st.one_of(
+                    st.sampled_from(SKEWS), st.integers(-7 * HOURS, 7 * HOURS).map(lambda s: 2 * s)
+                )
+            )
         elif event.kind in STATUSES and event.fmt == "naive":
             # written in the account's zone, read in the bridge's
             skew = read_in(written(event.date, "naive", ZoneInfo(account)), zone) - event.date
@@ -148,15 +164,18 @@ def arrivals(order, gaps) -> list[tuple[int, object]]:
 def as_known(arrived) -> list[tuple[int, object]]:
     """The events with the times the bridge can know: what each reports, or its receipt
     when it reports a later one (nothing from the future)."""
-    return [(t, e if e.kind == "register" else
-             replace(e, date=min(e.reported, t), skew=0)) for t, e in arrived]
+    return [
+        (t, e if e.kind == "register" else replace(e, date=min(e.reported, t), skew=0))
+        for t, e in arrived
+    ]
 
 
 def possible(known) -> bool:
     """Whether the timed events, in the order of these times, tell a story that can
     happen (as ``sequences`` draws them), with no two at the same time."""
-    own = sorted(((e.date if e.kind != "register" else t, e) for t, e in known),
-                 key=lambda pair: pair[0])
+    own = sorted(
+        ((e.date if e.kind != "register" else t, e) for t, e in known), key=lambda pair: pair[0]
+    )
     if len({t for t, _ in own}) < len(own):
         return False
     blocked = False
@@ -194,8 +213,15 @@ def assert_nothing_after_receipt(chat: Deliverer, received: int, describe_it) ->
             assert detail["clamped"] is True and iso(detail["reportedAt"]) > recorded, event
 
 
-TALLY = {"examples": 0, "events": 0, "reported_later_than_received": 0, "judged": 0,
-         "judged_true": 0, "not_a_possible_story": 0, **{m: 0 for m in MODES}}
+TALLY = {
+    "examples": 0,
+    "events": 0,
+    "reported_later_than_received": 0,
+    "judged": 0,
+    "judged_true": 0,
+    "not_a_possible_story": 0,
+    **{m: 0 for m in MODES},
+}
 
 
 def test_reported_times_never_move_a_chat_past_its_receipt(bridges, auth, clock):
@@ -210,14 +236,17 @@ def test_reported_times_never_move_a_chat_past_its_receipt(bridges, auth, clock)
         arrived = arrivals(order, gaps)
 
         def story():
-            return (f"chat {chat.token}, mode {mode}, bridge in {zone}, account in {account}: "
-                    + describe(arrived))
+            return (
+                f"chat {chat.token}, mode {mode}, bridge in {zone}, account in {account}: "
+                + describe(arrived)
+            )
 
         for received, event in arrived:
             chat.send(received, event)
             assert_nothing_after_receipt(chat, received, story)
             TALLY["reported_later_than_received"] += (
-                event.kind != "register" and event.reported > received)
+                event.kind != "register" and event.reported > received
+            )
         TALLY["examples"] += 1
         TALLY["events"] += len(arrived)
         TALLY[mode] += 1
@@ -229,8 +258,8 @@ def test_reported_times_never_move_a_chat_past_its_receipt(bridges, auth, clock)
             return
         expected = oracle(known)
         assert chat.state() == expected, (
-            f"{story()} -> live identities {chat.state()}, the times it could know "
-            f"imply {expected}")
+            f"{story()} -> live identities {chat.state()}, the times it could know imply {expected}"
+        )
         TALLY["judged"] += 1
         TALLY["judged_true"] += mode == "true"
         done[str(chat.token)] = expected
@@ -256,8 +285,11 @@ def test_a_clock_fourteen_hours_ahead_cannot_keep_a_chat_alive(bridges, auth, cl
     chat.send(3, Ev("delivered", date=2, fmt="naive", skew=14 * HOURS))
     chat.send(63, Ev("status_block", date=62, fmt="naive"))
     assert chat.state() == []
-    [delivered] = [e for e in history(chat.client, auth, chat.token)
-                   if e["detail"].get("status") == "DELIVERED"]
+    [delivered] = [
+        e
+        for e in history(chat.client, auth, chat.token)
+        if e["detail"].get("status") == "DELIVERED"
+    ]
     assert delivered["detail"]["at"] == at(3).isoformat()
     assert delivered["detail"]["reportedAt"] == at(2 + 14 * HOURS).isoformat()
     assert delivered["detail"]["clamped"] is True

@@ -25,13 +25,15 @@ from tests.test_processes import free_port, wait_until_listening
 
 pytestmark = [
     pytest.mark.real_http,
-    pytest.mark.skipif(BACKEND == "postgres",
-                       reason="the installed package keeps its ledger in SQLite here: run "
-                              "once, in the SQLite pass of the suite"),
+    pytest.mark.skipif(
+        BACKEND == "postgres",
+        reason="the installed package keeps its ledger in SQLite here: run "
+        "once, in the SQLite pass of the suite",
+    ),
 ]
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-HOST_APP = '''
+HOST_APP = """
 from flask import Flask
 from bridge import Bridge
 
@@ -40,7 +42,7 @@ def create_app():
     app = Flask(__name__)
     Bridge().init_app(app, url_prefix="/reteno").start()  # served: checks the database
     return app
-'''
+"""
 
 
 # Registers a chat with the installed client; prints what the bridge answered and the
@@ -66,8 +68,9 @@ def build_wheel(project: Path, dist: Path) -> Path:
     into a folder of its own under ``dist``."""
     dist.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(dir=dist))
-    check([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out),
-           str(project)])
+    check(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(project)]
+    )
     [wheel] = out.glob("*.whl")
     return wheel
 
@@ -83,16 +86,30 @@ def installed(tmp_path_factory) -> Path:
     ]
     venv.create(where / "venv", with_pip=True)
     python = where / "venv" / "bin" / "python"
-    check([str(python), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt"),
-           *wheels], cwd=where)
+    check(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-c",
+            str(ROOT / "constraints.txt"),
+            *wheels,
+        ],
+        cwd=where,
+    )
     return where
 
 
 def outside(bin_dir: Path, **settings) -> dict:
     """An environment with none of the bridge's settings but ``settings``, the installed
     virtualenv first on PATH and nothing that would reach into the checkout."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_", "PYTHON"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_", "PYTHON"))
+    }
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env.update(settings)
     return env
@@ -104,48 +121,73 @@ def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(instal
     host.mkdir()
     (host / "host.py").write_text(HOST_APP)
     env = outside(bin_dir)
-    env.update({
-        "RETENO_APP_UUID": APP_UUID, "RETENO_API_KEY": RETENO_KEY, "BRIDGE_API_KEYS": API_KEY,
-        "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-        "BRIDGE_BACKGROUND_DELIVERY": "false",
-    })
-    where = check([str(bin_dir / "python"), "-c", "import bridge; print(bridge.__file__)"],
-                  cwd=host, env=env).stdout.strip()
+    env.update(
+        {
+            "RETENO_APP_UUID": APP_UUID,
+            "RETENO_API_KEY": RETENO_KEY,
+            "BRIDGE_API_KEYS": API_KEY,
+            "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+            "BRIDGE_BACKGROUND_DELIVERY": "false",
+        }
+    )
+    where = check(
+        [str(bin_dir / "python"), "-c", "import bridge; print(bridge.__file__)"], cwd=host, env=env
+    ).stdout.strip()
     assert where.startswith(str(installed / "venv")), where
 
-    migrated = check([str(bin_dir / "flask"), "--app", "host", "bridge", "migrate"],
-                     cwd=host, env=env)
+    migrated = check(
+        [str(bin_dir / "flask"), "--app", "host", "bridge", "migrate"], cwd=host, env=env
+    )
     assert "migrated from empty to" in migrated.stdout
 
     sim_port, web_port = free_port(), free_port()
     env["RETENO_BASE_URL"] = f"http://127.0.0.1:{sim_port}"
     processes = [
-        subprocess.Popen([str(bin_dir / "reteno-sandbox"), "--port", str(sim_port),
-                          "--app-uuid", APP_UUID, "--api-key", RETENO_KEY], cwd=host, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
-        subprocess.Popen([str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{web_port}",
-                          "host:create_app()"], cwd=host, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(
+            [
+                str(bin_dir / "reteno-sandbox"),
+                "--port",
+                str(sim_port),
+                "--app-uuid",
+                APP_UUID,
+                "--api-key",
+                RETENO_KEY,
+            ],
+            cwd=host,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        subprocess.Popen(
+            [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{web_port}", "host:create_app()"],
+            cwd=host,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
     ]
     try:
         wait_until_listening(sim_port, processes[0])
         wait_until_listening(web_port, processes[1])
         base = f"http://127.0.0.1:{web_port}/reteno"
         # the bot's side: the client's wheel, from the same virtualenv
-        registered = check([str(bin_dir / "python"), "-c", CLIENT_REGISTERS, base, API_KEY],
-                           cwd=host, env=env)
+        registered = check(
+            [str(bin_dir / "python"), "-c", CLIENT_REGISTERS, base, API_KEY], cwd=host, env=env
+        )
         *answer, imported_from = registered.stdout.split()
         assert answer == ["777001", "email", "queued"], registered.stdout
         assert imported_from.startswith(str(installed / "venv")), imported_from
         [item] = requests.get(f"{base}/tokens", headers=AUTH, timeout=10).json()["items"]
         assert (item["token"], item["state"]) == ("777001", "queued")
 
-        delivered = check([str(bin_dir / "reteno-bridge"), "deliver", "--once"],
-                          cwd=host, env=env)
+        delivered = check([str(bin_dir / "reteno-bridge"), "deliver", "--once"], cwd=host, env=env)
         assert "delivered 1" in delivered.stdout
         contacts = requests.get(f"http://127.0.0.1:{sim_port}/contacts", timeout=10).json()
         assert [(c["email"], c["tokens"]) for c in contacts["contacts"]] == [
-            ("ann@example.com", ["777001"])]
+            ("ann@example.com", ["777001"])
+        ]
         [item] = requests.get(f"{base}/tokens", headers=AUTH, timeout=10).json()["items"]
         assert item["state"] == "delivered"
     finally:
@@ -154,30 +196,42 @@ def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(instal
             proc.communicate(timeout=30)
 
 
-def test_reteno_bridge_serve_sandbox_from_the_wheel_keeps_its_data_in_the_folder(installed,
-                                                                                tmp_path):
+def test_reteno_bridge_serve_sandbox_from_the_wheel_keeps_its_data_in_the_folder(
+    installed, tmp_path
+):
     bin_dir = installed / "venv" / "bin"
     env = outside(bin_dir)  # no settings at all
     trying = tmp_path / "trying"
     trying.mkdir()
     helped = check([str(bin_dir / "reteno-bridge"), "--help"], cwd=trying, env=env)
     assert "\n  serve " in helped.stdout and "\n  migrate " in helped.stdout
-    assert "--sandbox" in check([str(bin_dir / "reteno-bridge"), "serve", "--help"],
-                                cwd=trying, env=env).stdout
+    assert (
+        "--sandbox"
+        in check([str(bin_dir / "reteno-bridge"), "serve", "--help"], cwd=trying, env=env).stdout
+    )
     assert list(trying.iterdir()) == []
 
     port = free_port()
-    server = subprocess.Popen([str(bin_dir / "reteno-bridge"), "serve", "--sandbox",
-                               "--port", str(port)], cwd=trying, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [str(bin_dir / "reteno-bridge"), "serve", "--sandbox", "--port", str(port)],
+        cwd=trying,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_listening(port, server)
         base = f"http://127.0.0.1:{port}"
         assert requests.get(f"{base}/healthz", timeout=10).json()["sandbox"] is True
         instance = trying / "instance"
         auth = {"Authorization": f"Bearer {(instance / 'dev-api-key').read_text().strip()}"}
-        response = requests.post(f"{base}/register", headers=auth, timeout=10,
-                                 json={"token": 777002, "email": "Ann@Example.com"})
+        response = requests.post(
+            f"{base}/register",
+            headers=auth,
+            timeout=10,
+            json={"token": 777002, "email": "Ann@Example.com"},
+        )
         assert response.status_code == 202, response.text
         # the worker's delivery thread sends it to the simulator (a bounded wait on
         # another process: no event can tell this test when it is done)

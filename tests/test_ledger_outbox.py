@@ -34,8 +34,6 @@ def app(make_app):
     return make_app(BRIDGE_LEASE_SECONDS=LEASE)
 
 
-
-
 def delivery(client):
     response = client.get("/healthz", headers={"Authorization": f"Bearer {API_KEY}"})
     assert response.status_code == 200
@@ -91,8 +89,9 @@ def test_pauses_double_from_15_s_to_10_minutes_and_resume_starts_them_over(
 # --- a hold outlives another worker's success --------------------------------------------
 
 
-def test_a_retry_after_hold_outlives_another_workers_success(make_app, client, auth, bridge,
-                                                             clock, requests_mock):
+def test_a_retry_after_hold_outlives_another_workers_success(
+    make_app, client, auth, bridge, clock, requests_mock
+):
     # B sends batch 1; while its call is in flight, A sends batch 2 and Reteno answers A
     # 429 + Retry-After: 30. B's call then succeeds. Batch 3 must still wait the 30 s.
     other = second_worker(make_app, clock)
@@ -126,13 +125,21 @@ def test_a_retry_after_hold_outlives_another_workers_success(make_app, client, a
 # --- a removed registration is never claimed ---------------------------------------------
 
 
-def test_a_registration_removed_before_delivery_is_never_sent(client, auth, bridge,
-                                                             requests_mock):
+def test_a_registration_removed_before_delivery_is_never_sent(client, auth, bridge, requests_mock):
     requests_mock.post(TOKENS_URL, json="OK")
     register(client, auth, *tokens(1, 2))
-    response = client.post("/statuses", headers=auth, json=[
-        {"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-         "messageId": 1, "token": "1"}])
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json=[
+            {
+                "status": "FAILED",
+                "error": "Forbidden: bot was blocked by the user",
+                "messageId": 1,
+                "token": "1",
+            }
+        ],
+    )
     assert response.get_json()["removed"] == ["1"]
     bridge.deliver_once()
     assert calls(requests_mock) == [["2"]]
@@ -151,8 +158,10 @@ def test_a_split_sends_nothing_another_worker_claimed_whatever_the_lease_ids(
     # the rows. A's renewal must keep none of them, however B's lease id compares to A's.
     low, high = "0" * 32, "f" * 32
     leases = iter([low, high] if b_lease_sorts == "after" else [high, low])
-    monkeypatch.setattr("bridge.ledger.outbox.uuid", types.SimpleNamespace(
-        uuid4=lambda: types.SimpleNamespace(hex=next(leases))))
+    monkeypatch.setattr(
+        "bridge.ledger.outbox.uuid",
+        types.SimpleNamespace(uuid4=lambda: types.SimpleNamespace(hex=next(leases))),
+    )
     other = second_worker(make_app, clock)
     register(client, auth, *tokens(1, 2, 3, 4))
 
@@ -171,13 +180,21 @@ def test_a_split_sends_nothing_another_worker_claimed_whatever_the_lease_ids(
     assert {r["state"] for r in rows(client, auth)} == {"queued"}
 
 
-def test_a_chat_blocked_while_its_batch_is_split_is_not_sent(client, auth, bridge,
-                                                            requests_mock):
+def test_a_chat_blocked_while_its_batch_is_split_is_not_sent(client, auth, bridge, requests_mock):
     def answer(request, context):
         if requests_mock.call_count == 1:  # the whole batch, refused: it will be split
-            response = client.post("/statuses", headers=auth, json=[
-                {"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-                 "messageId": 1, "token": "1"}])
+            response = client.post(
+                "/statuses",
+                headers=auth,
+                json=[
+                    {
+                        "status": "FAILED",
+                        "error": "Forbidden: bot was blocked by the user",
+                        "messageId": 1,
+                        "token": "1",
+                    }
+                ],
+            )
             assert response.get_json()["removed"] == ["1"]
             context.status_code = 400
             return {"message": "Invalid token"}
@@ -194,16 +211,20 @@ def test_a_chat_blocked_while_its_batch_is_split_is_not_sent(client, auth, bridg
 # --- when the unsent half of a split batch comes due --------------------------------------
 
 
-@pytest.mark.parametrize(("answer", "wait"), [
-    ({"status_code": 503, "text": "down"}, 0),
-    ({"status_code": 401, "json": {"message": "Unauthorized"}}, 0),
-    ({"status_code": 429, "headers": {"Retry-After": "30"}, "json": {"message": "wait"}}, 30),
-])
+@pytest.mark.parametrize(
+    ("answer", "wait"),
+    [
+        ({"status_code": 503, "text": "down"}, 0),
+        ({"status_code": 401, "json": {"message": "Unauthorized"}}, 0),
+        ({"status_code": 429, "headers": {"Retry-After": "30"}, "json": {"message": "wait"}}, 30),
+    ],
+)
 def test_the_unsent_half_of_a_split_batch_waits_exactly_the_retry_after(
     client, auth, bridge, clock, requests_mock, answer, wait
 ):
-    requests_mock.post(TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid token"}},
-                                    answer])
+    requests_mock.post(
+        TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid token"}}, answer]
+    )
     register(client, auth, *tokens(1, 2, 3, 4))
     bridge.deliver_once()
     assert calls(requests_mock) == [["1", "2", "3", "4"], ["1", "2"]]
@@ -217,8 +238,7 @@ def test_the_unsent_half_of_a_split_batch_waits_exactly_the_retry_after(
 # --- requeue ---------------------------------------------------------------------------
 
 
-def test_requeue_by_token_moves_that_dead_letter_only(runner, client, auth, bridge,
-                                                      requests_mock):
+def test_requeue_by_token_moves_that_dead_letter_only(runner, client, auth, bridge, requests_mock):
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": "Invalid token"})
     register(client, auth, *tokens(1, 2, 3))
     bridge.deliver_once()
@@ -230,12 +250,16 @@ def test_requeue_by_token_moves_that_dead_letter_only(runner, client, auth, brid
     assert states == {"1": "dead", "2": "queued", "3": "dead"}
 
 
-def test_requeue_by_error_text_takes_the_text_literally(runner, client, auth, bridge,
-                                                        requests_mock):
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": 400, "json": {"message": "Invalid token"}},
-        {"status_code": 400, "json": {"message": "phone 50% wrong"}},
-    ])
+def test_requeue_by_error_text_takes_the_text_literally(
+    runner, client, auth, bridge, requests_mock
+):
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 400, "json": {"message": "Invalid token"}},
+            {"status_code": 400, "json": {"message": "phone 50% wrong"}},
+        ],
+    )
     register(client, auth, *tokens(1))
     bridge.deliver_once()
     register(client, auth, *tokens(2))

@@ -32,25 +32,27 @@ def app(make_app):
     return make_app(BRIDGE_LEASE_SECONDS=LEASE)
 
 
-
-
 @pytest.mark.parametrize("b_lease_sorts", ["after", "before"])
-@pytest.mark.parametrize("late_answer", [
-    {"status_code": 200, "json": "OK"},  # delivered
-    {"status_code": 503, "text": "down"},  # retry
-    {"status_code": 401, "json": {"message": "Unauthorized"}},  # paused
-])
+@pytest.mark.parametrize(
+    "late_answer",
+    [
+        {"status_code": 200, "json": "OK"},  # delivered
+        {"status_code": 503, "text": "down"},  # retry
+        {"status_code": 401, "json": {"message": "Unauthorized"}},  # paused
+    ],
+)
 def test_a_late_answer_moves_nothing_another_worker_holds(
-    make_app, client, auth, bridge, clock, requests_mock, monkeypatch, late_answer,
-    b_lease_sorts
+    make_app, client, auth, bridge, clock, requests_mock, monkeypatch, late_answer, b_lease_sorts
 ):
     # A's call outlasts its lease; B claims the rows (and has not sent them yet) before
     # Reteno answers A. Whatever A heard, the rows stay as B's claim left them, whether
     # B's lease id sorts after A's or before it.
     low, high = "0" * 32, "f" * 32
     leases = iter([low, high] if b_lease_sorts == "after" else [high, low])
-    monkeypatch.setattr("bridge.ledger.outbox.uuid", types.SimpleNamespace(
-        uuid4=lambda: types.SimpleNamespace(hex=next(leases))))
+    monkeypatch.setattr(
+        "bridge.ledger.outbox.uuid",
+        types.SimpleNamespace(uuid4=lambda: types.SimpleNamespace(hex=next(leases))),
+    )
     other = second_worker(make_app, clock)
     register(client, auth, *tokens(1, 2))
     seen_by_b = {}
@@ -79,14 +81,14 @@ def test_a_batch_of_more_than_500_is_delivered_whole(make_app, auth, requests_mo
         register(client, auth, *tokens(*range(first, first + 400)))
     app.extensions["reteno_bridge"].deliver_once()
     assert [len(c) for c in calls(requests_mock)] == [1000, 200]
-    assert rows(client, auth, state="queued") == [], (
-        "rows past the 500th of a batch were not moved")
+    assert rows(client, auth, state="queued") == [], "rows past the 500th of a batch were not moved"
     health = client.get("/healthz", headers={"Authorization": f"Bearer {API_KEY}"})
     assert health.get_json()["outbox"]["depth"] == 0
 
 
-def test_the_unsent_half_another_worker_took_is_left_to_it(make_app, client, auth, bridge,
-                                                            clock, requests_mock):
+def test_the_unsent_half_another_worker_took_is_left_to_it(
+    make_app, client, auth, bridge, clock, requests_mock
+):
     # A's batch 1-4 is refused as a whole (400) a second before its lease ends; A renews
     # 1-2 and sends them. During that call the lease of 3-4 runs out and B claims them.
     # Reteno answers A 503: A backs off 1-2 and must not release 3-4, which B holds.
@@ -115,7 +117,8 @@ def test_the_unsent_half_another_worker_took_is_left_to_it(make_app, client, aut
     after = by_token(client, auth)
     for token in "34":
         assert [e["kind"] for e in history(client, auth, token)] == ["submitted"], (
-            "A released rows B holds")
+            "A released rows B holds"
+        )
         due = datetime.fromisoformat(after[token]["nextAttemptAt"])
         assert (due - held_by_b["at"]).total_seconds() == LEASE, "B's lease was cut short"
     bridge.deliver_once()  # no time passed: 1-2 back off, 3-4 are B's
@@ -144,7 +147,9 @@ def test_a_token_refused_after_another_worker_took_it_is_not_dead_lettered(
     assert calls(requests_mock) == [["1", "2"], ["1"]]
     assert held_by_b == ["1", "2"]
     assert {t: r["state"] for t, r in by_token(client, auth).items()} == {
-        "1": "queued", "2": "queued"}
+        "1": "queued",
+        "2": "queued",
+    }
     assert [e["kind"] for e in history(client, auth, "1")] == ["submitted"]
     health = client.get("/healthz", headers={"Authorization": f"Bearer {API_KEY}"})
     assert health.get_json()["deadLetters"] == 0

@@ -56,31 +56,47 @@ def request_lines(caplog) -> list[dict[str, str]]:
     return lines
 
 
-def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, runner,
-                                                             bridge, requests_mock, logs,
-                                                             monkeypatch):
+def test_a_full_scenario_logs_no_secret_and_no_personal_data(
+    app, client, auth, runner, bridge, requests_mock, logs, monkeypatch
+):
     step_perf_counter(monkeypatch, views, 0.25)  # every request takes 250 ms
     basic = "Basic " + base64.b64encode(f"{WEBHOOK_USER}:{WEBHOOK_PASSWORD}".encode()).decode()
-    response = client.post("/register", headers=auth,
-                           json={"token": 123456789, "email": EMAIL, "phone": PHONE})
+    response = client.post(
+        "/register", headers=auth, json={"token": 123456789, "email": EMAIL, "phone": PHONE}
+    )
     assert response.status_code == 202
     requests_mock.post(TOKENS_URL, json="OK")
     assert bridge.deliver_once()["delivered"] == 1
     assert requests_mock.last_request.headers["X-Reteno-Access-Key"] == RETENO_KEY
-    response = client.post("/statuses", headers={"Authorization": basic}, json=[
-        {"activityStatus": "UNDELIVERED", "statusDescription": "Forbidden", "email": EMAIL,
-         "sms": PHONE, "mediaType": "TELEGRAM"},
-        {"activityStatus": "SENT", "email": "other@example.com", "mediaType": "TELEGRAM"},
-    ])
+    response = client.post(
+        "/statuses",
+        headers={"Authorization": basic},
+        json=[
+            {
+                "activityStatus": "UNDELIVERED",
+                "statusDescription": "Forbidden",
+                "email": EMAIL,
+                "sms": PHONE,
+                "mediaType": "TELEGRAM",
+            },
+            {"activityStatus": "SENT", "email": "other@example.com", "mediaType": "TELEGRAM"},
+        ],
+    )
     assert response.get_json()["removed"] == ["123456789"]
-    assert client.get("/tokens", headers=auth,
-                      query_string={"email": EMAIL}).get_json()["items"]
-    assert client.get("/tokens", headers=auth,
-                      query_string={"phone": PHONE, "limit": 5}).get_json()["items"]
+    assert client.get("/tokens", headers=auth, query_string={"email": EMAIL}).get_json()["items"]
+    assert client.get(
+        "/tokens", headers=auth, query_string={"phone": PHONE, "limit": 5}
+    ).get_json()["items"]
     assert client.get("/tokens/123456789/history", headers=auth).status_code == 200
     assert client.get(f"/tokens/{EMAIL}/history", headers=auth).status_code == 422
-    assert client.get("/tokens", headers={"Authorization": "Bearer wrong-key-987"},
-                      query_string={"email": EMAIL}).status_code == 401
+    assert (
+        client.get(
+            "/tokens",
+            headers={"Authorization": "Bearer wrong-key-987"},
+            query_string={"email": EMAIL},
+        ).status_code
+        == 401
+    )
     result = runner.invoke(args=["bridge", "erase", "--email", EMAIL, "--yes"])
     assert result.exit_code == 0 and "erased 1 registration" in result.output
 
@@ -88,8 +104,9 @@ def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, 
     # what the checks below search: the lines of every step that handles personal data
     assert text.count(" request method=") == 7
     assert "upstream call outcome=delivered status=200 reason=ok batch=1" in text
-    assert ("statuses: 2 event(s): blocked 1, unmatched 1; 1 registration(s) of 1 token(s) "
-            "removed") in text
+    assert (
+        "statuses: 2 event(s): blocked 1, unmatched 1; 1 registration(s) of 1 token(s) removed"
+    ) in text
     for secret in (API_KEY, RETENO_KEY, WEBHOOK_PASSWORD, basic.split()[1], "wrong-key-987"):
         assert secret not in text, secret
     lowered = text.lower()
@@ -99,11 +116,23 @@ def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, 
 
     lines = request_lines(logs)
     assert [(line["method"], line["status"]) for line in lines] == [
-        ("POST", "202"), ("POST", "200"), ("GET", "200"), ("GET", "200"), ("GET", "200"),
-        ("GET", "422"), ("GET", "401"),
+        ("POST", "202"),
+        ("POST", "200"),
+        ("GET", "200"),
+        ("GET", "200"),
+        ("GET", "200"),
+        ("GET", "422"),
+        ("GET", "401"),
     ]
-    assert [line["caller"] for line in lines] == [KEY_ID, "basic", KEY_ID, KEY_ID, KEY_ID,
-                                                  KEY_ID, lines[-1]["caller"]]
+    assert [line["caller"] for line in lines] == [
+        KEY_ID,
+        "basic",
+        KEY_ID,
+        KEY_ID,
+        KEY_ID,
+        KEY_ID,
+        lines[-1]["caller"],
+    ]
     assert lines[-1]["caller"] == "key#unknown"
     assert lines[0]["path"] == "/register" and lines[0]["query"] == "-"
     assert lines[2]["path"] == "/tokens" and lines[2]["query"] == "email"
@@ -112,21 +141,30 @@ def test_a_full_scenario_logs_no_secret_and_no_personal_data(app, client, auth, 
     assert lines[5]["path"] == "/tokens/<email>/history"
     assert [line["ms"] for line in lines] == ["250.0"] * 7
 
-    upstream = [r.getMessage() for r in logs.records if r.name == "bridge.worker"
-                and r.getMessage().startswith("upstream call")]
+    upstream = [
+        r.getMessage()
+        for r in logs.records
+        if r.name == "bridge.worker" and r.getMessage().startswith("upstream call")
+    ]
     assert len(upstream) == 1
-    assert re.fullmatch(r"upstream call outcome=delivered status=200 reason=ok batch=1 ms=[\d.]+",
-                        upstream[0])
+    assert re.fullmatch(
+        r"upstream call outcome=delivered status=200 reason=ok batch=1 ms=[\d.]+", upstream[0]
+    )
 
 
-def test_a_failed_upstream_call_is_one_line_with_its_error_masked(client, auth, bridge,
-                                                                  requests_mock, logs):
+def test_a_failed_upstream_call_is_one_line_with_its_error_masked(
+    client, auth, bridge, requests_mock, logs
+):
     client.post("/register", headers=auth, json={"token": 123456789, "email": EMAIL})
-    requests_mock.post(TOKENS_URL, status_code=400,
-                       json={"message": f"contact {EMAIL.lower()} is invalid"})
+    requests_mock.post(
+        TOKENS_URL, status_code=400, json={"message": f"contact {EMAIL.lower()} is invalid"}
+    )
     bridge.deliver_once()
-    upstream = [r.getMessage() for r in logs.records if r.name == "bridge.worker"
-                and r.getMessage().startswith("upstream call")]
+    upstream = [
+        r.getMessage()
+        for r in logs.records
+        if r.name == "bridge.worker" and r.getMessage().startswith("upstream call")
+    ]
     assert len(upstream) == 1
     assert "outcome=reject status=400 reason=rejected batch=1" in upstream[0]
     assert "<email>" in upstream[0] and EMAIL.lower() not in logged(logs).lower()
@@ -136,11 +174,16 @@ def test_anonymous_and_telegram_callers(make_app, logs):
     app = make_app(TELEGRAM_WEBHOOK_SECRET="tg-secret-value-1")
     client = app.test_client()
     client.get("/healthz")
-    client.post("/telegram/webhook", json={"update_id": 1},
-                headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret-value-1"})
+    client.post(
+        "/telegram/webhook",
+        json={"update_id": 1},
+        headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret-value-1"},
+    )
     lines = request_lines(logs)
     assert [(line["path"], line["caller"]) for line in lines] == [
-        ("/healthz", "anonymous"), ("/telegram/webhook", "telegram")]
+        ("/healthz", "anonymous"),
+        ("/telegram/webhook", "telegram"),
+    ]
     assert "tg-secret-value-1" not in logged(logs)
 
 
@@ -155,7 +198,11 @@ def test_the_caller_is_the_keys_place_never_a_digest_of_it(make_app, logs):
         for key in (second, API_KEY, "not-a-key-0123456789", "key=with=params"):
             client.get("/tokens", headers={"Authorization": f"Bearer {key}"})
     assert [line["caller"] for line in request_lines(logs)] == [
-        "key#2", "key#1", "key#unknown", "key#unknown"] * 2
+        "key#2",
+        "key#1",
+        "key#unknown",
+        "key#unknown",
+    ] * 2
     text = logged(logs)
     for key in (API_KEY, second):
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -163,8 +210,11 @@ def test_the_caller_is_the_keys_place_never_a_digest_of_it(make_app, logs):
 
 
 def test_query_values_and_odd_argument_names_stay_out(client, auth, logs):
-    client.get("/tokens", headers=auth,
-               query_string={"email": "x@example.com", "ann@example.com": "1", "cursor": "abc"})
+    client.get(
+        "/tokens",
+        headers=auth,
+        query_string={"email": "x@example.com", "ann@example.com": "1", "cursor": "abc"},
+    )
     line = request_lines(logs)[-1]
     assert line["query"] == "?,cursor,email"
     assert "example.com" not in logged(logs) and "abc" not in logged(logs)
@@ -200,6 +250,7 @@ def test_request_lines_are_written_without_being_asked(client, auth, logs):
 
 # --- hostile lines: long, quadratic-shaped, forged ------------------------------------
 
+
 def test_every_redaction_pattern_scans_a_line_in_linear_time():
     """No backtracking over an unbounded run (SECURITY.md finding 1): every unbounded
     repeat is possessive, and a pattern that starts with a run starts only where the run
@@ -207,8 +258,10 @@ def test_every_redaction_pattern_scans_a_line_in_linear_time():
     saves is in bench/bench_hostile.py; here the shape of each pattern is checked."""
     patterns = [p for p, _ in bridge_logs._PATTERNS] + [bridge_logs._NUMBER_RUN, bridge_logs._MAYBE]
     for pattern in patterns:
-        assert linear_shape_problem(pattern) is None, (pattern.pattern,
-                                                       linear_shape_problem(pattern))
+        assert linear_shape_problem(pattern) is None, (
+            pattern.pattern,
+            linear_shape_problem(pattern),
+        )
 
 
 def test_redaction_reads_at_most_a_capped_line(monkeypatch):
@@ -235,8 +288,12 @@ def test_redaction_reads_at_most_a_capped_line(monkeypatch):
 @pytest.mark.parametrize("value", [EMAIL.lower(), PHONE, PHONE_DIGITS, "Bearer " + API_KEY])
 def test_a_value_cut_in_two_by_the_cap_is_left_out(value):
     for shift in range(1, len(value)):  # the cap falls after `shift` characters of it
-        line = "x " * ((MAX_LOG_CHARS - shift) // 2) + " " * ((MAX_LOG_CHARS - shift) % 2) \
-            + value + " tail" * 100
+        line = (
+            "x " * ((MAX_LOG_CHARS - shift) // 2)
+            + " " * ((MAX_LOG_CHARS - shift) % 2)
+            + value
+            + " tail" * 100
+        )
         clean = bridge_logs.redact(line)
         assert len(clean) < len(line)
         assert value not in clean
@@ -262,8 +319,9 @@ def test_a_served_address_and_its_pid_are_no_phone_number():
     """gunicorn's error log goes through the redaction too: the line that says where it
     listens keeps its port and pid, while a number after a word's colon is masked."""
     cases = {
-        "Listening at: http://127.0.0.1:5000 (12345)":
-            "Listening at: http://127.0.0.1:5000 (12345)",
+        "Listening at: http://127.0.0.1:5000 (12345)": (
+            "Listening at: http://127.0.0.1:5000 (12345)"
+        ),
         "Listening at: http://[::1]:8000 (4242)": "Listening at: http://[::1]:8000 (4242)",
         "tel:+380501234567": "tel:<number>",
         "at 10:30 380501234567": "at 10:30 <number>",
@@ -275,9 +333,18 @@ def test_a_served_address_and_its_pid_are_no_phone_number():
 def test_a_url_cannot_forge_a_log_line():
     """%0A in a URL, once decoded, is written as \\n: the access line stays one line."""
     record = logging.LogRecord(
-        "werkzeug", logging.INFO, __file__, 1, '%s - - "%s" %s',
-        ("127.0.0.1", "GET /x%0D%0AMon level=ERROR logger=bridge.worker FORGED%1B[2J "
-                      "HTTP/1.1", 401), None)
+        "werkzeug",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - - "%s" %s',
+        (
+            "127.0.0.1",
+            "GET /x%0D%0AMon level=ERROR logger=bridge.worker FORGED%1B[2J HTTP/1.1",
+            401,
+        ),
+        None,
+    )
     bridge_logs.RedactingFilter().filter(record)
     line = logging.Formatter(bridge_logs.LOG_FORMAT).format(record)
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
@@ -295,15 +362,17 @@ def test_a_value_cannot_reorder_a_log_line_with_bidirectional_controls(caplog):
 
 def test_the_bridges_own_lines_escape_control_characters(caplog):
     log = bridge_logs.get_logger("bridge.test")
-    log.warning("upstream said %s", "no\nlevel=ERROR logger=bridge.worker FORGED\x1b]0;x\x07"
-                                    "\x9b31m\u2028")
+    log.warning(
+        "upstream said %s", "no\nlevel=ERROR logger=bridge.worker FORGED\x1b]0;x\x07\x9b31m\u2028"
+    )
     try:
         raise ValueError("bad\nlevel=ERROR logger=bridge.worker FORGED")
     except ValueError:
         log.exception("failed")
     messages = [r.getMessage() for r in caplog.records if r.name == "bridge.test"]
-    assert messages[0] == ("upstream said no\\nlevel=ERROR logger=bridge.worker FORGED"
-                           "\\x1b]0;x\\x07\\x9b31m\\u2028")
+    assert messages[0] == (
+        "upstream said no\\nlevel=ERROR logger=bridge.worker FORGED\\x1b]0;x\\x07\\x9b31m\\u2028"
+    )
     formatted = logging.Formatter(bridge_logs.LOG_FORMAT).format(caplog.records[-1])
     lines = formatted.split("\n")
     assert lines[0].endswith("failed")

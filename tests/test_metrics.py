@@ -25,8 +25,7 @@ def value(samples, name, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clock,
-                                        monkeypatch):
+def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clock, monkeypatch):
     step_perf_counter(monkeypatch, reteno, 0.25)  # every upstream call takes 0.25 s
     a = {"token": 111111111, "email": "a@example.com"}
     b = {"token": 222222222, "email": "b@example.com"}
@@ -54,22 +53,33 @@ def test_metrics_after_a_known_sequence(client, auth, bridge, requests_mock, clo
     # statuses: one block, one plain match, one for nobody, one unusable object; received
     # a second after the registrations (a block is no older than the chat's last sign of life)
     clock.advance(1)
-    response = client.post("/statuses", headers=auth, json=[
-        {"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-         "token": "111111111"},
-        {"status": "SENT", "token": "222222222"},
-        {"status": "SENT", "email": "nobody@example.com"},
-        {"hello": "world"},
-    ])
-    assert response.get_json() == {"processed": 4, "removed": ["111111111"], "unmatched": 1,
-                                   "ignored": 1, "stale": 0, "ambiguous": 0}
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json=[
+            {
+                "status": "FAILED",
+                "error": "Forbidden: bot was blocked by the user",
+                "token": "111111111",
+            },
+            {"status": "SENT", "token": "222222222"},
+            {"status": "SENT", "email": "nobody@example.com"},
+            {"hello": "world"},
+        ],
+    )
+    assert response.get_json() == {
+        "processed": 4,
+        "removed": ["111111111"],
+        "unmatched": 1,
+        "ignored": 1,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     # Reteno refuses the next token for good; another one waits in the outbox
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": "bad token"})
-    client.post("/register", json={"token": 333333333, "email": "c@example.com"},
-                headers=auth)
+    client.post("/register", json={"token": 333333333, "email": "c@example.com"}, headers=auth)
     bridge.deliver_once()
-    client.post("/register", json={"token": 444444444, "email": "d@example.com"},
-                headers=auth)
+    client.post("/register", json={"token": 444444444, "email": "d@example.com"}, headers=auth)
     clock.advance(30)
 
     body, samples = scrape(client, auth)

@@ -67,8 +67,9 @@ def delivered_chat(client, auth, bridge, upstream):
 # --- the API ------------------------------------------------------------------------
 
 
-def test_a_mute_is_queued_shown_and_sent_with_its_duration(client, auth, bridge, clock,
-                                                           delivered_chat, upstream):
+def test_a_mute_is_queued_shown_and_sent_with_its_duration(
+    client, auth, bridge, clock, delivered_chat, upstream
+):
     body = mute(client, auth, duration=3600)
     assert body["token"] == CHAT and body["muted"] is True and body["state"] == "queued"
     until = datetime.fromisoformat(body["mutedUntil"])
@@ -87,8 +88,9 @@ def test_a_mute_is_queued_shown_and_sent_with_its_duration(client, auth, bridge,
     assert events[-1]["detail"]["status"] == 200
 
 
-def test_a_mute_without_duration_lasts_until_unmuted(client, auth, bridge, delivered_chat,
-                                                      upstream):
+def test_a_mute_without_duration_lasts_until_unmuted(
+    client, auth, bridge, delivered_chat, upstream
+):
     body = mute(client, auth)
     assert body["muted"] is True and body["mutedUntil"] is None
     assert mute(client, auth, duration=None)["mutedUntil"] is None  # null counts as absent
@@ -103,20 +105,28 @@ def test_a_mute_without_duration_lasts_until_unmuted(client, auth, bridge, deliv
 
 
 @pytest.mark.parametrize("path", ["/mute", "/unmute"])
-def test_a_chat_without_a_live_registration_is_404_and_nothing_is_stored(client, auth, path,
-                                                                         upstream):
+def test_a_chat_without_a_live_registration_is_404_and_nothing_is_stored(
+    client, auth, path, upstream
+):
     response = client.post(path, json={"token": 42}, headers=auth)
     body = assert_error_shape(response, 404)
     assert "token" in body["errors"]
     assert history(client, auth, "42") == []
 
 
-@pytest.mark.parametrize("body", [
-    {"token": CHAT, "duration": 4}, {"token": CHAT, "duration": 31_536_001},
-    {"token": CHAT, "duration": "60"}, {"token": CHAT, "duration": True},
-    {"token": CHAT, "duration": 60.5}, {"duration": 60}, {"token": "abc"},
-    {"token": CHAT, "until": "tomorrow"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"token": CHAT, "duration": 4},
+        {"token": CHAT, "duration": 31_536_001},
+        {"token": CHAT, "duration": "60"},
+        {"token": CHAT, "duration": True},
+        {"token": CHAT, "duration": 60.5},
+        {"duration": 60},
+        {"token": "abc"},
+        {"token": CHAT, "until": "tomorrow"},
+    ],
+)
 def test_invalid_mutes_are_422_and_store_nothing(client, auth, body, upstream):
     register(client, auth, {"token": CHAT, "contactId": 7})
     before = history(client, auth, CHAT)
@@ -142,8 +152,9 @@ def test_a_mute_waits_until_reteno_knows_the_chat(client, auth, bridge, upstream
     assert [path for path, _ in calls(upstream)] == ["tokens", "mute"]
 
 
-def test_a_mute_of_a_chat_whose_registration_is_not_delivered_is_not_sent(client, auth, bridge,
-                                                                         requests_mock):
+def test_a_mute_of_a_chat_whose_registration_is_not_delivered_is_not_sent(
+    client, auth, bridge, requests_mock
+):
     requests_mock.post(TOKENS_URL, status_code=503)
     requests_mock.post(MUTE_URL, json="OK")
     register(client, auth, {"token": CHAT, "contactId": 7})
@@ -153,8 +164,9 @@ def test_a_mute_of_a_chat_whose_registration_is_not_delivered_is_not_sent(client
     assert [r.url for r in requests_mock.request_history] == [TOKENS_URL]
 
 
-def test_the_last_request_wins_before_anything_is_sent(client, auth, bridge, delivered_chat,
-                                                       upstream):
+def test_the_last_request_wins_before_anything_is_sent(
+    client, auth, bridge, delivered_chat, upstream
+):
     mute(client, auth, duration=600)
     unmute(client, auth)
     mute(client, auth, duration=900)
@@ -162,8 +174,9 @@ def test_the_last_request_wins_before_anything_is_sent(client, auth, bridge, del
     assert calls(upstream) == [("mute", {"token": CHAT, "duration": 900})]
 
 
-def test_the_last_request_wins_over_one_being_retried(client, auth, bridge, clock,
-                                                      delivered_chat, requests_mock):
+def test_the_last_request_wins_over_one_being_retried(
+    client, auth, bridge, clock, delivered_chat, requests_mock
+):
     requests_mock.post(MUTE_URL, status_code=503)
     requests_mock.post(UNMUTE_URL, json="OK")
     mute(client, auth)
@@ -179,7 +192,8 @@ def test_the_last_request_wins_over_one_being_retried(client, auth, bridge, cloc
 
 
 def test_a_request_made_while_the_previous_is_in_flight_is_sent_after_it(
-        client, auth, bridge, delivered_chat, requests_mock):
+    client, auth, bridge, delivered_chat, requests_mock
+):
     """The unmute arrives while the mute call is under way: Reteno gets the mute, then the
     unmute, never the other way round, and the mute's success does not swallow it."""
 
@@ -209,8 +223,9 @@ def test_a_mute_is_sent_with_the_time_it_has_left(client, auth, bridge, clock, r
     assert requests_mock.request_history[-1].json() == {"token": CHAT, "duration": 3500}
 
 
-def test_a_mute_that_ran_out_before_it_could_be_sent_is_not_sent(client, auth, bridge, clock,
-                                                                 requests_mock):
+def test_a_mute_that_ran_out_before_it_could_be_sent_is_not_sent(
+    client, auth, bridge, clock, requests_mock
+):
     requests_mock.post(TOKENS_URL, [{"status_code": 503}, {"json": "OK"}])
     requests_mock.post(MUTE_URL, json="OK")
     register(client, auth, {"token": CHAT, "contactId": 7})
@@ -227,10 +242,12 @@ def test_a_mute_that_ran_out_before_it_could_be_sent_is_not_sent(client, auth, b
 # --- Reteno's answers -----------------------------------------------------------------------
 
 
-def test_duration_must_be_positive_int_is_a_dead_letter(client, auth, bridge, delivered_chat,
-                                                        requests_mock, runner):
-    requests_mock.post(MUTE_URL, status_code=400,
-                       json={"status": 400, "message": "Duration must be positive int"})
+def test_duration_must_be_positive_int_is_a_dead_letter(
+    client, auth, bridge, delivered_chat, requests_mock, runner
+):
+    requests_mock.post(
+        MUTE_URL, status_code=400, json={"status": 400, "message": "Duration must be positive int"}
+    )
     mute(client, auth, duration=600)
     bridge.deliver_once()
     bridge.deliver_once()
@@ -252,8 +269,9 @@ def test_duration_must_be_positive_int_is_a_dead_letter(client, auth, bridge, de
     assert "dead_commands" not in health["reasons"] and health["deadCommands"] == {}
 
 
-def test_a_refused_key_pauses_mutes_and_registrations_alike(client, auth, bridge, delivered_chat,
-                                                            requests_mock):
+def test_a_refused_key_pauses_mutes_and_registrations_alike(
+    client, auth, bridge, delivered_chat, requests_mock
+):
     requests_mock.post(MUTE_URL, status_code=401, json={"message": "Unauthorized"})
     requests_mock.post(TOKENS_URL, json="OK")
     mute(client, auth)
@@ -266,8 +284,7 @@ def test_a_refused_key_pauses_mutes_and_registrations_alike(client, auth, bridge
     assert kinds(client, auth)[-1] == "mute_paused"
 
 
-def test_a_transient_failure_is_retried(client, auth, bridge, clock, delivered_chat,
-                                        requests_mock):
+def test_a_transient_failure_is_retried(client, auth, bridge, clock, delivered_chat, requests_mock):
     requests_mock.post(MUTE_URL, [{"status_code": 503}, {"json": "OK"}])
     mute(client, auth)
     bridge.deliver_once()
@@ -281,13 +298,15 @@ def test_a_transient_failure_is_retried(client, auth, bridge, clock, delivered_c
 
 
 def block(client, auth, token=CHAT):
-    response = client.post("/statuses", json=[{"status": "FAILED", "error": BLOCKED,
-                                               "token": token}], headers=auth)
+    response = client.post(
+        "/statuses", json=[{"status": "FAILED", "error": BLOCKED, "token": token}], headers=auth
+    )
     assert response.status_code == 200 and response.get_json()["removed"] == [token]
 
 
-def test_a_muted_chat_that_blocks_and_comes_back_stays_muted(client, auth, bridge, clock,
-                                                             delivered_chat, upstream):
+def test_a_muted_chat_that_blocks_and_comes_back_stays_muted(
+    client, auth, bridge, clock, delivered_chat, upstream
+):
     mute(client, auth)
     bridge.deliver_once()
     clock.advance(10)
@@ -308,8 +327,9 @@ def test_a_muted_chat_that_blocks_and_comes_back_stays_muted(client, auth, bridg
     assert registration(client, auth)["muted"] is False
 
 
-def test_an_unmuted_chat_that_comes_back_gets_no_call_for_it(client, auth, bridge, clock,
-                                                             delivered_chat, upstream):
+def test_an_unmuted_chat_that_comes_back_gets_no_call_for_it(
+    client, auth, bridge, clock, delivered_chat, upstream
+):
     mute(client, auth)
     unmute(client, auth)
     bridge.deliver_once()
@@ -335,8 +355,10 @@ def test_cli_mute_and_unmute(runner, client, auth, bridge, delivered_chat, upstr
     bridge.deliver_once()
     assert [path for path, _ in calls(upstream)] == ["unmute"]  # the last one wins
     events = history(client, auth, CHAT)
-    assert [e["detail"].get("source") for e in events if e["kind"].endswith("_requested")] \
-        == ["cli", "cli"]
+    assert [e["detail"].get("source") for e in events if e["kind"].endswith("_requested")] == [
+        "cli",
+        "cli",
+    ]
     result = runner.invoke(args=["bridge", "mute", "404404", "--duration", "4"])
     assert result.exit_code == 2 and "4 is not in the range" in result.output
     result = runner.invoke(args=["bridge", "mute", "404404"])
@@ -371,12 +393,15 @@ def test_mutes_of_several_chats_go_out_one_call_each(client, auth, bridge, upstr
     mute(client, auth, "777")
     unmute(client, auth, "777")
     bridge.deliver_once()
-    assert calls(upstream)[1:] == [("mute", {"token": CHAT, "duration": 600}),
-                                   ("unmute", {"token": "777"})]
+    assert calls(upstream)[1:] == [
+        ("mute", {"token": CHAT, "duration": 600}),
+        ("unmute", {"token": "777"}),
+    ]
 
 
-def test_a_mute_call_is_one_log_line_naming_its_lane(client, auth, bridge, delivered_chat,
-                                                      upstream, caplog):
+def test_a_mute_call_is_one_log_line_naming_its_lane(
+    client, auth, bridge, delivered_chat, upstream, caplog
+):
     caplog.set_level(logging.INFO, logger="bridge.worker")
     mute(client, auth)
     bridge.deliver_once()
@@ -398,14 +423,18 @@ def two_workers_and_a_mute(make_app, auth, requests_mock):
     return client, runtime, clock, other
 
 
-@pytest.mark.parametrize("late_answer", [
-    {"status_code": 200, "json": "OK"},  # delivered
-    {"status_code": 503, "text": "down"},  # retry
-    {"status_code": 401, "json": {"message": "Unauthorized"}},  # paused
-    {"status_code": 400, "json": {"message": "Duration must be positive int"}},  # dead
-])
-def test_a_late_answer_to_a_mute_moves_nothing_another_worker_holds(make_app, auth,
-                                                                    requests_mock, late_answer):
+@pytest.mark.parametrize(
+    "late_answer",
+    [
+        {"status_code": 200, "json": "OK"},  # delivered
+        {"status_code": 503, "text": "down"},  # retry
+        {"status_code": 401, "json": {"message": "Unauthorized"}},  # paused
+        {"status_code": 400, "json": {"message": "Duration must be positive int"}},  # dead
+    ],
+)
+def test_a_late_answer_to_a_mute_moves_nothing_another_worker_holds(
+    make_app, auth, requests_mock, late_answer
+):
     """Worker A's mute call outlasts its lease; worker B claims the mute meanwhile. Whatever
     Reteno answers A, the mute stays as B's claim left it (queued, B's to finish)."""
     client, runtime, clock, other = two_workers_and_a_mute(make_app, auth, requests_mock)
@@ -426,11 +455,16 @@ def test_a_late_answer_to_a_mute_moves_nothing_another_worker_holds(make_app, au
     assert kinds(client, auth)[-1] == "mute_delivered"
 
 
-def test_a_new_request_after_a_dead_mute_is_sent(client, auth, bridge, delivered_chat,
-                                                requests_mock):
-    requests_mock.post(MUTE_URL, [
-        {"status_code": 400, "json": {"message": "Duration must be positive int"}},
-        {"json": "OK"}])
+def test_a_new_request_after_a_dead_mute_is_sent(
+    client, auth, bridge, delivered_chat, requests_mock
+):
+    requests_mock.post(
+        MUTE_URL,
+        [
+            {"status_code": 400, "json": {"message": "Duration must be positive int"}},
+            {"json": "OK"},
+        ],
+    )
     mute(client, auth, duration=600)
     bridge.deliver_once()
     assert kinds(client, auth)[-1] == "mute_dead"
@@ -450,7 +484,8 @@ def test_bridge_tokens_shows_until_when_a_chat_is_muted(runner, client, auth, de
 
 
 def test_a_request_made_while_a_call_is_in_flight_waits_for_it_on_every_worker(
-        make_app, auth, requests_mock):
+    make_app, auth, requests_mock
+):
     """While worker A's mute call is under way, an unmute comes in: worker B does not take
     it (it would reach Reteno before the mute); it goes out after A's answer."""
     client, runtime, clock, other = two_workers_and_a_mute(make_app, auth, requests_mock)
@@ -470,7 +505,8 @@ def test_a_request_made_while_a_call_is_in_flight_waits_for_it_on_every_worker(
 
 
 def test_a_new_request_goes_out_at_once_while_the_last_one_backs_off(
-        client, auth, bridge, delivered_chat, requests_mock):
+    client, auth, bridge, delivered_chat, requests_mock
+):
     requests_mock.post(MUTE_URL, status_code=503)
     requests_mock.post(UNMUTE_URL, json="OK")
     mute(client, auth)
@@ -480,14 +516,14 @@ def test_a_new_request_goes_out_at_once_while_the_last_one_backs_off(
     assert [r.url for r in requests_mock.request_history] == [MUTE_URL, UNMUTE_URL]
 
 
-def test_requeue_of_one_chat_puts_back_that_chats_dead_mute_only(runner, client, auth, bridge,
-                                                                 upstream, requests_mock):
+def test_requeue_of_one_chat_puts_back_that_chats_dead_mute_only(
+    runner, client, auth, bridge, upstream, requests_mock
+):
     from tests.helpers import run_cli
 
     register(client, auth, {"token": CHAT, "contactId": 7}, {"token": "777", "contactId": 8})
     bridge.deliver_once()
-    requests_mock.post(MUTE_URL, status_code=400,
-                       json={"message": "Duration must be positive int"})
+    requests_mock.post(MUTE_URL, status_code=400, json={"message": "Duration must be positive int"})
     mute(client, auth, CHAT, duration=600)
     mute(client, auth, "777", duration=600)
     bridge.deliver_once()

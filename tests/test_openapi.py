@@ -36,7 +36,7 @@ def blueprint_routes(app, prefix: str = ""):
         if rule.endpoint.startswith("bridge."):
             path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
             assert path.startswith(prefix)
-            yield path[len(prefix):] or "/", sorted(rule.methods - {"HEAD", "OPTIONS"})
+            yield path[len(prefix) :] or "/", sorted(rule.methods - {"HEAD", "OPTIONS"})
 
 
 def test_the_document_is_valid_openapi(spec):
@@ -47,8 +47,16 @@ def test_the_document_is_valid_openapi(spec):
 
 def test_every_route_of_the_blueprint_is_documented(app, spec):
     routes = list(blueprint_routes(app))
-    assert {"/register", "/tokens", "/tokens/{token}/history", "/healthz", "/metrics",
-            "/openapi.json", "/statuses", "/telegram/webhook"} <= {p for p, _ in routes}
+    assert {
+        "/register",
+        "/tokens",
+        "/tokens/{token}/history",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/statuses",
+        "/telegram/webhook",
+    } <= {p for p, _ in routes}
     for path, methods in routes:
         assert path in spec["paths"], path
         for method in methods:
@@ -57,8 +65,11 @@ def test_every_route_of_the_blueprint_is_documented(app, spec):
 
 def test_auth_is_documented_per_endpoint(spec):
     schemes = spec["components"]["securitySchemes"]
-    assert schemes["bearer"] == {"type": "http", "scheme": "bearer",
-                                 "description": schemes["bearer"]["description"]}
+    assert schemes["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schemes["bearer"]["description"],
+    }
     assert schemes["webhookBasic"]["scheme"] == "basic"
     assert schemes["telegramSecret"]["in"] == "header"
     assert schemes["telegramSecret"]["name"] == "X-Telegram-Bot-Api-Secret-Token"
@@ -69,8 +80,10 @@ def test_auth_is_documented_per_endpoint(spec):
         assert op["responses"]["401"] == {"$ref": "#/components/responses/UNAUTHORIZED"}
     assert paths["/statuses"]["post"]["security"] == [{"webhookBasic": []}, {"bearer": []}]
     assert paths["/statuses"]["get"]["security"] == []
-    assert paths["/telegram/webhook"]["post"]["security"] == [{"telegramSecret": []},
-                                                               {"bearer": []}]
+    assert paths["/telegram/webhook"]["post"]["security"] == [
+        {"telegramSecret": []},
+        {"bearer": []},
+    ]
     assert paths["/healthz"]["get"]["security"] == [{}, {"bearer": []}]  # details with a key
     assert paths["/metrics"]["get"]["security"] == [{"bearer": []}]
     assert paths["/openapi.json"]["get"]["security"] == []
@@ -80,7 +93,8 @@ def test_every_error_response_is_the_error_shape(spec):
     responses = spec["components"]["responses"]
     for ref in responses.values():
         assert ref["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/Error"}
+            "$ref": "#/components/schemas/Error"
+        }
     seen = set()
     for path, operations in spec["paths"].items():
         for method, op in operations.items():
@@ -94,8 +108,11 @@ def test_every_error_response_is_the_error_shape(spec):
                     assert name in responses, (code, path)
     assert seen == ERROR_CODES
     error = spec["components"]["schemas"]["Error"]
-    assert set(error["properties"]) == set(ErrorSchema().fields) == {
-        "code", "status", "message", "errors"}
+    assert (
+        set(error["properties"])
+        == set(ErrorSchema().fields)
+        == {"code", "status", "message", "errors"}
+    )
 
 
 def test_the_schemas_are_those_the_views_use(spec):
@@ -108,35 +125,55 @@ def test_the_schemas_are_those_the_views_use(spec):
     limit = next(p for p in parameters if p["name"] == "limit")
     assert limit["schema"] == {"type": "integer", "default": 50, "minimum": 1, "maximum": 500}
     body = spec["paths"]["/register"]["post"]["requestBody"]["content"]["application/json"]
-    assert body["schema"] == {"oneOf": [{"$ref": "#/components/schemas/Token"},
-                                        {"$ref": "#/components/schemas/Batch"}]}
+    assert body["schema"] == {
+        "oneOf": [{"$ref": "#/components/schemas/Token"}, {"$ref": "#/components/schemas/Batch"}]
+    }
     result = spec["paths"]["/statuses"]["post"]["responses"]["200"]
-    assert set(schemas["StatusResult"]["properties"]) == {"processed", "removed", "unmatched",
-                                                           "ignored", "stale", "ambiguous"}
+    assert set(schemas["StatusResult"]["properties"]) == {
+        "processed",
+        "removed",
+        "unmatched",
+        "ignored",
+        "stale",
+        "ambiguous",
+    }
     assert result["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/StatusResult"}
+        "$ref": "#/components/schemas/StatusResult"
+    }
 
 
 def test_real_answers_conform_to_the_document(client, auth, spec, requests_mock, bridge):
-    registered = client.post("/register", headers=auth, json={"tokens": [
-        {"token": 123456789, "email": "ann@example.com", "phone": "+380 95 649 09 55"}]})
+    registered = client.post(
+        "/register",
+        headers=auth,
+        json={
+            "tokens": [
+                {"token": 123456789, "email": "ann@example.com", "phone": "+380 95 649 09 55"}
+            ]
+        },
+    )
     conforms(spec, "#/components/schemas/RegisterResponse", registered.get_json())
     requests_mock.post(TOKENS_URL, json="OK")
     bridge.deliver_once()
-    conforms(spec, "#/components/schemas/TokenPage",
-             client.get("/tokens", headers=auth).get_json())
-    conforms(spec, "#/components/schemas/History",
-             client.get("/tokens/123456789/history", headers=auth).get_json())
-    conforms(spec, "#/components/schemas/StatusResult", client.post(
-        "/statuses", headers=auth, json={"status": "SENT", "token": "123456789"}).get_json())
+    conforms(spec, "#/components/schemas/TokenPage", client.get("/tokens", headers=auth).get_json())
+    conforms(
+        spec,
+        "#/components/schemas/History",
+        client.get("/tokens/123456789/history", headers=auth).get_json(),
+    )
+    conforms(
+        spec,
+        "#/components/schemas/StatusResult",
+        client.post(
+            "/statuses", headers=auth, json={"status": "SENT", "token": "123456789"}
+        ).get_json(),
+    )
     conforms(spec, "#/components/schemas/StatusProbe", client.get("/statuses").get_json())
     conforms(spec, "#/components/schemas/Health", client.get("/healthz").get_json())
-    conforms(spec, "#/components/schemas/Health",
-             client.get("/healthz", headers=auth).get_json())
+    conforms(spec, "#/components/schemas/Health", client.get("/healthz", headers=auth).get_json())
     for response, code in (
         (client.post("/register", headers=auth, json={"token": "x"}), 422),
-        (client.post("/register", headers=auth, data="{", content_type="application/json"),
-         400),
+        (client.post("/register", headers=auth, data="{", content_type="application/json"), 400),
         (client.post("/register", headers=auth, data="a", content_type="text/plain"), 415),
         (client.get("/tokens"), 401),
         (client.get("/tokens", headers=auth, query_string={"cursor": "nope"}), 422),
@@ -150,11 +187,17 @@ def test_server_url_is_where_the_bridge_is_mounted(config, tmp_path):
     app.config.from_mapping(config)
     Bridge(app, url_prefix="/reteno")
     try:
-        spec = app.test_client().get("/reteno/openapi.json",
-                                     base_url="https://bots.example.org").get_json()
+        spec = (
+            app.test_client()
+            .get("/reteno/openapi.json", base_url="https://bots.example.org")
+            .get_json()
+        )
         assert spec["servers"] == [{"url": "/reteno"}]
-        spec = app.test_client().get("/reteno/openapi.json",
-                                     base_url="https://bots.example.org/api").get_json()
+        spec = (
+            app.test_client()
+            .get("/reteno/openapi.json", base_url="https://bots.example.org/api")
+            .get_json()
+        )
         assert spec["servers"] == [{"url": "/api/reteno"}]  # under a WSGI mount (SCRIPT_NAME)
         for path, methods in blueprint_routes(app, prefix="/reteno"):
             for method in methods:
@@ -168,9 +211,13 @@ def test_server_url_at_the_root(client):
     assert spec["servers"] == [{"url": "/"}]
 
 
-@pytest.mark.parametrize("headers", [{"Host": "attacker.example"},
-                                     {"Host": "attacker.example", "X-Forwarded-Host": "x.example",
-                                      "X-Forwarded-Proto": "https"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "attacker.example"},
+        {"Host": "attacker.example", "X-Forwarded-Host": "x.example", "X-Forwarded-Proto": "https"},
+    ],
+)
 def test_a_forged_host_never_reaches_the_document(client, headers):
     """The server URL is relative: a forged Host cannot point clients that read the
     document (code generators, Swagger UI) at another site."""
@@ -198,19 +245,64 @@ def test_the_document_is_built_once_per_runtime(client, bridge, monkeypatch):
     assert {**first, "servers": None} == {**second, "servers": None}
 
 
-@pytest.mark.parametrize("field, values", [
-    ("token", ["1", "-1", "0", "-0", "007", " 42 ", "+5", "9223372036854775807",
-               "9223372036854775808", "-9223372036854775808", "-9223372036854775809",
-               "0000000000000000001", "00000000000000000001", "1" * 20, "12a", ""]),
-    ("contactId", ["1", "0", " 17 ", "9223372036854775807", "9223372036854775808", "-3",
-                   "0009"]),
-    ("phone", ["+380 (95) 649-09-55", "1234567", "123456", "1" * 15, "1" * 16, "1+234567",
-               " +1234567 ", "+ 1234567"]),
-    ("email", ["ann@example.com", " Ann@Example.COM ", "a" * 64 + "@b.co",
-               "a" * 65 + "@b.co", "a@b", "a@-b.co"]),
-    ("externalCustomerId", ["a", " a ", "a b", "a\tb", "\u200ba", " ", "\x00", "a\u00a0b",
-                            "\U000e0001x"]),
-])
+@pytest.mark.parametrize(
+    "field, values",
+    [
+        (
+            "token",
+            [
+                "1",
+                "-1",
+                "0",
+                "-0",
+                "007",
+                " 42 ",
+                "+5",
+                "9223372036854775807",
+                "9223372036854775808",
+                "-9223372036854775808",
+                "-9223372036854775809",
+                "0000000000000000001",
+                "00000000000000000001",
+                "1" * 20,
+                "12a",
+                "",
+            ],
+        ),
+        (
+            "contactId",
+            ["1", "0", " 17 ", "9223372036854775807", "9223372036854775808", "-3", "0009"],
+        ),
+        (
+            "phone",
+            [
+                "+380 (95) 649-09-55",
+                "1234567",
+                "123456",
+                "1" * 15,
+                "1" * 16,
+                "1+234567",
+                " +1234567 ",
+                "+ 1234567",
+            ],
+        ),
+        (
+            "email",
+            [
+                "ann@example.com",
+                " Ann@Example.COM ",
+                "a" * 64 + "@b.co",
+                "a" * 65 + "@b.co",
+                "a@b",
+                "a@-b.co",
+            ],
+        ),
+        (
+            "externalCustomerId",
+            ["a", " a ", "a b", "a\tb", "\u200ba", " ", "\x00", "a\u00a0b", "\U000e0001x"],
+        ),
+    ],
+)
 def test_the_document_states_each_identifier_rule_exactly(spec, client, auth, field, values):
     """A string the document's pattern allows is one /register takes, and the other way
     round (schemathesis sends both kinds)."""

@@ -53,11 +53,15 @@ def health(client, auth):
 # --- 1. claims: oldest due first --------------------------------------------------------
 
 
-def test_claims_take_the_oldest_due_registrations_first(client, auth, bridge, clock,
-                                                        requests_mock):
-    requests_mock.post(TOKENS_URL, [{"status_code": 503, "text": "down"},
-                                    {"status_code": 200, "json": "OK"},
-                                    {"status_code": 200, "json": "OK"}])
+def test_claims_take_the_oldest_due_registrations_first(client, auth, bridge, clock, requests_mock):
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 503, "text": "down"},
+            {"status_code": 200, "json": "OK"},
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, *tokens(*range(1, 101)))
     clock.advance(0.1)
     register(client, auth, *tokens(*range(101, 201)))
@@ -102,7 +106,8 @@ def test_a_worker_whose_lease_expired_changes_nothing_when_it_finishes(
     # B's attempt, B's error, B's next attempt).
     after = by_token(client, auth)
     assert {t: r["state"] for t, r in after.items()} == dict.fromkeys("123", "queued"), (
-        "A's late answer moved rows B holds")
+        "A's late answer moved rows B holds"
+    )
     assert after == seen_by_b["rows"]
     assert {t: history(client, auth, t) for t in "123"} == seen_by_b["history"]
     assert {(r["state"], r["attempts"]) for r in seen_by_b["rows"].values()} == {("queued", 2)}
@@ -113,19 +118,30 @@ def test_a_worker_whose_lease_expired_changes_nothing_when_it_finishes(
     assert requests_mock.call_count == 3
     for token in "123":
         assert [e["kind"] for e in history(client, auth, token)] == [
-            "submitted", "retry", "delivered"]
+            "submitted",
+            "retry",
+            "delivered",
+        ]
         assert by_token(client, auth)[token]["attempts"] == 3
 
 
 # --- 3. a 429 with Retry-After holds the whole outbox ------------------------------------
 
 
-def test_a_429_with_retry_after_holds_every_batch(make_app, client, auth, bridge, clock,
-                                                   requests_mock):
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": 429, "headers": {"Retry-After": "30"}, "json": {"message": "slow down"}},
-        {"status_code": 200, "json": "OK"},
-    ])
+def test_a_429_with_retry_after_holds_every_batch(
+    make_app, client, auth, bridge, clock, requests_mock
+):
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {
+                "status_code": 429,
+                "headers": {"Retry-After": "30"},
+                "json": {"message": "slow down"},
+            },
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, *tokens(*range(1, 301)))  # three batches of 100
     bridge.deliver_once()
     assert requests_mock.call_count == 1
@@ -151,11 +167,11 @@ def test_a_429_with_retry_after_holds_every_batch(make_app, client, auth, bridge
 # --- 4. pauses back off, and start over after a success ----------------------------------
 
 
-def test_repeated_pauses_back_off_and_a_success_resets_them(client, auth, bridge, clock,
-                                                            requests_mock):
+def test_repeated_pauses_back_off_and_a_success_resets_them(
+    client, auth, bridge, clock, requests_mock
+):
     refused = {"status_code": 401, "json": {"message": "Unauthorized"}}
-    requests_mock.post(TOKENS_URL, [refused, refused, {"status_code": 200, "json": "OK"},
-                                    refused])
+    requests_mock.post(TOKENS_URL, [refused, refused, {"status_code": 200, "json": "OK"}, refused])
     register(client, auth, *tokens(1))
 
     bridge.deliver_once()
@@ -181,20 +197,25 @@ def test_repeated_pauses_back_off_and_a_success_resets_them(client, auth, bridge
     bridge.deliver_once()
     assert requests_mock.call_count == 4
     assert seconds_from_now(clock, health(client, auth)["delivery"]["pausedUntil"]) == 15, (
-        "a pause after a success starts again from 15 s")
+        "a pause after a success starts again from 15 s"
+    )
 
 
 # --- 5. the unsent half of a split batch is due at once ---------------------------------
 
 
-def test_the_unsent_half_of_a_split_batch_is_due_at_once(client, auth, bridge, clock,
-                                                         requests_mock):
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": 400, "json": {"message": "Invalid token"}},  # split the batch
-        {"status_code": 503, "text": "down"},  # the first half: transient, backs off
-        {"status_code": 200, "json": "OK"},
-        {"status_code": 200, "json": "OK"},
-    ])
+def test_the_unsent_half_of_a_split_batch_is_due_at_once(
+    client, auth, bridge, clock, requests_mock
+):
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 400, "json": {"message": "Invalid token"}},  # split the batch
+            {"status_code": 503, "text": "down"},  # the first half: transient, backs off
+            {"status_code": 200, "json": "OK"},
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, *tokens(1, 2, 3, 4))
     bridge.deliver_once()
     assert calls(requests_mock) == [names([1, 2, 3, 4]), names([1, 2])]
@@ -203,7 +224,11 @@ def test_the_unsent_half_of_a_split_batch_is_due_at_once(client, auth, bridge, c
     bridge.deliver_once()  # no time has passed: not the lease, not even the back-off
     assert calls(requests_mock)[2:] == [names([3, 4])]
     assert {t: r["state"] for t, r in by_token(client, auth).items()} == {
-        "1": "queued", "2": "queued", "3": "delivered", "4": "delivered"}
+        "1": "queued",
+        "2": "queued",
+        "3": "delivered",
+        "4": "delivered",
+    }
 
     clock.advance(2)  # past the first half's back-off (at most 1 s)
     bridge.deliver_once()
@@ -214,8 +239,9 @@ def test_the_unsent_half_of_a_split_batch_is_due_at_once(client, auth, bridge, c
 # --- 6. the lease is renewed between the calls of a split batch ---------------------------
 
 
-def test_the_lease_is_renewed_between_split_calls(make_app, client, auth, bridge, clock,
-                                                  requests_mock):
+def test_the_lease_is_renewed_between_split_calls(
+    make_app, client, auth, bridge, clock, requests_mock
+):
     # A's batch is refused as a whole (400) and split; the split calls succeed. The first
     # call ends a second before the lease does, the second ends past it: unless A renewed
     # the lease of the half it sends, B can claim that half while A is sending it. (B may
@@ -243,7 +269,8 @@ def test_the_lease_is_renewed_between_split_calls(make_app, client, auth, bridge
     bridge.worker.deliver_batch()
     assert in_flight["A"] == names([1, 2])
     assert not set(in_flight.get("B", [])) & set(in_flight["A"]), (
-        "B claimed rows A was sending: A's lease was not renewed before the call")
+        "B claimed rows A was sending: A's lease was not renewed before the call"
+    )
     accepted = [t for c in calls(requests_mock)[1:] for t in c]
     assert sorted(accepted) == names([1, 2, 3, 4]), "each token sent once after the split"
     for token in "1234":
@@ -254,8 +281,10 @@ def test_the_lease_is_renewed_between_split_calls(make_app, client, auth, bridge
 
 
 def test_a_408_is_retried_not_dead_lettered(client, auth, bridge, clock, requests_mock):
-    requests_mock.post(TOKENS_URL, [{"status_code": 408, "text": "Request Timeout"},
-                                    {"status_code": 200, "json": "OK"}])
+    requests_mock.post(
+        TOKENS_URL,
+        [{"status_code": 408, "text": "Request Timeout"}, {"status_code": 200, "json": "OK"}],
+    )
     register(client, auth, *tokens(1))
     bridge.deliver_once()
     row = by_token(client, auth)["1"]
@@ -267,12 +296,17 @@ def test_a_408_is_retried_not_dead_lettered(client, auth, bridge, clock, request
     assert health(client, auth)["deadLetters"] == 0
 
 
-@pytest.mark.parametrize(("message", "reason"), [
-    ("Wrong app uuid", "wrong_app_uuid"), ("Tokens must be specified", "tokens_missing"),
-    ("Not registered application", "app_not_registered")])
-def test_a_400_about_the_whole_request_pauses_instead_of_splitting(client, auth, bridge,
-                                                                   requests_mock, message,
-                                                                   reason):
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("Wrong app uuid", "wrong_app_uuid"),
+        ("Tokens must be specified", "tokens_missing"),
+        ("Not registered application", "app_not_registered"),
+    ],
+)
+def test_a_400_about_the_whole_request_pauses_instead_of_splitting(
+    client, auth, bridge, requests_mock, message, reason
+):
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": message})
     register(client, auth, *tokens(1, 2, 3))
     bridge.deliver_once()
@@ -290,23 +324,35 @@ def test_a_400_about_the_whole_request_pauses_instead_of_splitting(client, auth,
 
 
 def forbidden(message_id, **selector):
-    return {"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-            "messageId": message_id, **selector}
+    return {
+        "status": "FAILED",
+        "error": "Forbidden: bot was blocked by the user",
+        "messageId": message_id,
+        **selector,
+    }
 
 
 def test_a_second_block_in_the_same_body_does_not_remove_again(client, auth):
     register(client, auth, {"token": "1001", "contactId": 5})
-    response = client.post("/statuses", headers=auth, json=[
-        forbidden(1, contactId=5), forbidden(2, contactId=5)])
+    response = client.post(
+        "/statuses", headers=auth, json=[forbidden(1, contactId=5), forbidden(2, contactId=5)]
+    )
     assert response.status_code == 200
-    assert response.get_json() == {"processed": 2, "removed": ["1001"], "unmatched": 0,
-                                   "ignored": 0, "stale": 0, "ambiguous": 0}
+    assert response.get_json() == {
+        "processed": 2,
+        "removed": ["1001"],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     events = history(client, auth, "1001")
     assert [e["kind"] for e in events] == ["submitted", "status", "status", "removed"]
     assert [e["detail"]["registrationState"] for e in events[1:3]] == ["queued", "removed"]
     metrics = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_status_events_total{kind="blocked"} 1.0' in metrics, (
-        "the second event counted as a block of a live registration")
+        "the second event counted as a block of a live registration"
+    )
     assert 'bridge_status_events_total{kind="matched"} 1.0' in metrics
     assert 'bridge_removals_total{cause="status_blocked"} 1.0' in metrics
 
@@ -315,25 +361,31 @@ def test_a_later_event_lands_only_on_registrations_still_live(client, auth):
     # contact 5 has two chats; the first event removes chat 1001, the second is about
     # the contact: it is recorded on the chat still live, not on the one just removed.
     register(client, auth, {"token": "1001", "contactId": 5}, {"token": "1002", "contactId": 5})
-    response = client.post("/statuses", headers=auth, json=[
-        forbidden(1, token="1001"), {"status": "DELIVERED", "messageId": 2, "contactId": 5}])
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json=[forbidden(1, token="1001"), {"status": "DELIVERED", "messageId": 2, "contactId": 5}],
+    )
     assert response.get_json()["removed"] == ["1001"]
-    assert [e["kind"] for e in history(client, auth, "1001")] == [
-        "submitted", "status", "removed"]
+    assert [e["kind"] for e in history(client, auth, "1001")] == ["submitted", "status", "removed"]
     assert [e["kind"] for e in history(client, auth, "1002")] == ["submitted", "status"]
 
 
 # --- 9. Retry-After as an HTTP date is read against the bridge's clock -------------------
 
 
-def test_retry_after_as_an_http_date_is_read_against_the_bridge_clock(client, auth, bridge,
-                                                                      clock, requests_mock):
+def test_retry_after_as_an_http_date_is_read_against_the_bridge_clock(
+    client, auth, bridge, clock, requests_mock
+):
     clock.now = datetime(2030, 1, 1, tzinfo=UTC)  # far from the real time
     later = format_datetime(clock.now + timedelta(seconds=60), usegmt=True)
-    requests_mock.post(TOKENS_URL, [
-        {"status_code": 429, "headers": {"Retry-After": later}, "json": {"message": "wait"}},
-        {"status_code": 200, "json": "OK"},
-    ])
+    requests_mock.post(
+        TOKENS_URL,
+        [
+            {"status_code": 429, "headers": {"Retry-After": later}, "json": {"message": "wait"}},
+            {"status_code": 200, "json": "OK"},
+        ],
+    )
     register(client, auth, *tokens(1))
     bridge.deliver_once()
     held_until = health(client, auth)["delivery"]["heldUntil"]

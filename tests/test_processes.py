@@ -26,9 +26,11 @@ from tests.test_end_to_end import Server
 
 pytestmark = [
     pytest.mark.real_http,
-    pytest.mark.skipif(BACKEND == "postgres",
-                       reason="these processes keep their ledger in SQLite: run once, in the "
-                              "SQLite pass of the suite"),
+    pytest.mark.skipif(
+        BACKEND == "postgres",
+        reason="these processes keep their ledger in SQLite: run once, in the "
+        "SQLite pass of the suite",
+    ),
 ]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -39,15 +41,23 @@ SHIPPED = "python:bridge.gunicorn_conf"  # gunicorn's settings as the package sh
 
 def environment(tmp_path, **overrides) -> dict:
     """A bridge's environment: credentials, a SQLite ledger in ``tmp_path``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_"))}
-    env.update({
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "RETENO_APP_UUID": APP_UUID, "RETENO_API_KEY": RETENO_KEY, "BRIDGE_API_KEYS": API_KEY,
-        "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.sqlite3'}",
-        "BRIDGE_INSTANCE_PATH": str(tmp_path / "instance"),
-        "BRIDGE_UPSTREAM_READ_TIMEOUT": "5", "BRIDGE_UPSTREAM_CONNECT_TIMEOUT": "1",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RETENO_", "BRIDGE_", "TELEGRAM_", "FLASK_"))
+    }
+    env.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "RETENO_APP_UUID": APP_UUID,
+            "RETENO_API_KEY": RETENO_KEY,
+            "BRIDGE_API_KEYS": API_KEY,
+            "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.sqlite3'}",
+            "BRIDGE_INSTANCE_PATH": str(tmp_path / "instance"),
+            "BRIDGE_UPSTREAM_READ_TIMEOUT": "5",
+            "BRIDGE_UPSTREAM_CONNECT_TIMEOUT": "1",
+        }
+    )
     env.update({k: str(v) for k, v in overrides.items() if v is not None})
     for key in [k for k, v in overrides.items() if v is None]:
         env.pop(key, None)
@@ -55,8 +65,7 @@ def environment(tmp_path, **overrides) -> dict:
 
 
 def run(args, env, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def wait_until_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -83,23 +92,29 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", [
-    ["flask", "--app", "app", "bridge", "tokens"],
-    ["flask", "--app", "app", "bridge", "migrate"],
-    ["reteno-bridge", "deliver", "--once"],
-    ["reteno-bridge", "migrate"],
-    ["reteno-bridge", "serve", "--port", "1"],
-    ["flask", "--app", "app", "run", "--port", "0"],
-], ids=" ".join)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["flask", "--app", "app", "bridge", "tokens"],
+        ["flask", "--app", "app", "bridge", "migrate"],
+        ["reteno-bridge", "deliver", "--once"],
+        ["reteno-bridge", "migrate"],
+        ["reteno-bridge", "serve", "--port", "1"],
+        ["flask", "--app", "app", "run", "--port", "0"],
+    ],
+    ids=" ".join,
+)
 def test_a_missing_setting_stops_every_command_in_one_line(tmp_path, command):
-    line = one_line_error(run([str(BIN / command[0]), *command[1:]],
-                              environment(tmp_path, RETENO_APP_UUID=None)))
+    line = one_line_error(
+        run([str(BIN / command[0]), *command[1:]], environment(tmp_path, RETENO_APP_UUID=None))
+    )
     assert "RETENO_APP_UUID" in line
 
 
 def test_an_unreachable_database_is_one_line_naming_it(tmp_path):
-    env = environment(tmp_path,
-                      BRIDGE_DATABASE_URL="postgresql+psycopg://bridge:pw@127.0.0.1:1/nothing")
+    env = environment(
+        tmp_path, BRIDGE_DATABASE_URL="postgresql+psycopg://bridge:pw@127.0.0.1:1/nothing"
+    )
     for command in (["reteno-bridge", "migrate"], ["reteno-bridge", "stats"]):
         line = one_line_error(run([str(BIN / command[0]), *command[1:]], env))
         assert "BRIDGE_DATABASE_URL" in line and "127.0.0.1:1" in line
@@ -110,9 +125,19 @@ def test_a_schema_behind_is_one_line_naming_bridge_migrate(tmp_path):
     env = environment(tmp_path)
     line = one_line_error(run([str(BIN / "reteno-bridge"), "stats"], env))
     assert "bridge migrate" in line
-    served = one_line_error(run([str(BIN / "gunicorn"), "--config", SHIPPED,
-                                 "--bind", f"127.0.0.1:{free_port()}", "bridge.factory:app"],
-                                env))
+    served = one_line_error(
+        run(
+            [
+                str(BIN / "gunicorn"),
+                "--config",
+                SHIPPED,
+                "--bind",
+                f"127.0.0.1:{free_port()}",
+                "bridge.factory:app",
+            ],
+            env,
+        )
+    )
     assert "bridge migrate" in served
 
 
@@ -124,8 +149,19 @@ def test_an_unknown_status_timezone_stops_start_up_in_one_line(tmp_path):
 
 def test_gunicorn_with_a_bad_setting_exits_1_in_one_line(tmp_path):
     env = environment(tmp_path, BRIDGE_BATCH_SIZE="lots")
-    line = one_line_error(run([str(BIN / "gunicorn"), "--config", SHIPPED,
-                               "--bind", f"127.0.0.1:{free_port()}", "app:app"], env))
+    line = one_line_error(
+        run(
+            [
+                str(BIN / "gunicorn"),
+                "--config",
+                SHIPPED,
+                "--bind",
+                f"127.0.0.1:{free_port()}",
+                "app:app",
+            ],
+            env,
+        )
+    )
     assert "BRIDGE_BATCH_SIZE" in line
 
 
@@ -143,9 +179,12 @@ class SlowUpstream:
             self.called.set()
             time.sleep(seconds)
 
-        self.simulator = Simulator(SimulatorOptions(app_uuid=APP_UUID, api_key=RETENO_KEY,
-                                                    rps=0, latency_ms=LATENCY * 1000),
-                                   sleep=slow)
+        self.simulator = Simulator(
+            SimulatorOptions(
+                app_uuid=APP_UUID, api_key=RETENO_KEY, rps=0, latency_ms=LATENCY * 1000
+            ),
+            sleep=slow,
+        )
         self.server = Server(create_simulator_app(simulator=self.simulator))
         self.url = self.server.url
 
@@ -162,12 +201,20 @@ def register_tokens(tmp_path, base_url: str, tokens) -> None:
     migrate(url)
     from bridge.factory import create_app
 
-    app = create_app({"RETENO_APP_UUID": APP_UUID, "RETENO_API_KEY": RETENO_KEY,
-                      "BRIDGE_API_KEYS": API_KEY, "BRIDGE_DATABASE_URL": url,
-                      "BRIDGE_BACKGROUND_DELIVERY": False, "RETENO_BASE_URL": base_url})
+    app = create_app(
+        {
+            "RETENO_APP_UUID": APP_UUID,
+            "RETENO_API_KEY": RETENO_KEY,
+            "BRIDGE_API_KEYS": API_KEY,
+            "BRIDGE_DATABASE_URL": url,
+            "BRIDGE_BACKGROUND_DELIVERY": False,
+            "RETENO_BASE_URL": base_url,
+        }
+    )
     client = app.test_client()
-    response = client.post("/register", headers=AUTH, json={"tokens": [
-        {"token": t, "contactId": t} for t in tokens]})
+    response = client.post(
+        "/register", headers=AUTH, json={"tokens": [{"token": t, "contactId": t} for t in tokens]}
+    )
     assert response.status_code == 202
     app.extensions["reteno_bridge"].db.dispose()
 
@@ -180,13 +227,17 @@ def states(tmp_path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
-def test_bridge_deliver_stops_cleanly_and_a_restart_resends_nothing(tmp_path, upstream,
-                                                                     signum):
+def test_bridge_deliver_stops_cleanly_and_a_restart_resends_nothing(tmp_path, upstream, signum):
     register_tokens(tmp_path, upstream.url, [101, 102, 103])
     env = environment(tmp_path, RETENO_BASE_URL=upstream.url, BRIDGE_BATCH_SIZE=1)
-    worker = subprocess.Popen([str(BIN / "flask"), "--app", "app", "bridge", "deliver"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [str(BIN / "flask"), "--app", "app", "bridge", "deliver"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert upstream.called.wait(30), "the worker made no upstream call"
         worker.send_signal(signum)
@@ -210,14 +261,29 @@ def test_gunicorns_delivery_thread_finishes_its_call_on_sigterm(tmp_path, upstre
     migrate(f"sqlite:///{tmp_path / 'bridge.sqlite3'}")
     port = free_port()
     env = environment(tmp_path, RETENO_BASE_URL=upstream.url, WEB_CONCURRENCY=1)
-    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", SHIPPED,
-                               "--bind", f"127.0.0.1:{port}", "bridge.factory:app"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "--config",
+            SHIPPED,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "bridge.factory:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_listening(port, server)
-        response = requests.post(f"http://127.0.0.1:{port}/register", headers=AUTH,
-                                 json={"token": 201, "contactId": 201}, timeout=10)
+        response = requests.post(
+            f"http://127.0.0.1:{port}/register",
+            headers=AUTH,
+            json={"token": 201, "contactId": 201},
+            timeout=10,
+        )
         assert response.status_code == 202
         assert upstream.called.wait(30), "the delivery thread made no upstream call"
         server.send_signal(signal.SIGTERM)
@@ -263,8 +329,14 @@ def stack(tmp_path, upstream):
     migrate(f"sqlite:///{tmp_path / 'bridge.sqlite3'}")
     port = free_port()
     env = environment(tmp_path, RETENO_BASE_URL=upstream.url, PORT=port, WEB_CONCURRENCY=1)
-    honcho = subprocess.Popen([str(BIN / "honcho"), "start"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    honcho = subprocess.Popen(
+        [str(BIN / "honcho"), "start"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_until_listening(port, honcho)
         yield honcho, port
@@ -285,14 +357,20 @@ def test_one_sigterm_stops_the_whole_stack(stack):
     assert any("reteno-bridge deliver" in cmdline(p) for p in processes)
     honcho.send_signal(signal.SIGTERM)
     output, _ = honcho.communicate(timeout=40)
-    assert [p for p in processes if Path(f"/proc/{p}").exists()
-            and "(Z)" not in Path(f"/proc/{p}/stat").read_text()] == [], output
+    assert [
+        p
+        for p in processes
+        if Path(f"/proc/{p}").exists() and "(Z)" not in Path(f"/proc/{p}/stat").read_text()
+    ] == [], output
 
 
 def test_a_dying_process_stops_the_rest(stack):
     honcho, port = stack
-    [worker] = [p for p in descendants(honcho.pid)
-                if "reteno-bridge deliver" in cmdline(p) and "/bin/sh" not in cmdline(p)]
+    [worker] = [
+        p
+        for p in descendants(honcho.pid)
+        if "reteno-bridge deliver" in cmdline(p) and "/bin/sh" not in cmdline(p)
+    ]
     os.kill(worker, signal.SIGKILL)
     output, _ = honcho.communicate(timeout=40)
     assert honcho.returncode != 0, output
@@ -304,20 +382,31 @@ def test_a_sigterm_while_workers_boot_stops_gunicorn_at_once(tmp_path):
     # gunicorn's SIGTERM to a worker that has not yet set its own signal handlers used
     # to be swallowed, and the stop waited out graceful_timeout (30 s); a slow fork
     # widens that moment so that the stop always lands in it
-    (tmp_path / "plain.py").write_text(
-        "from flask import Flask\napp = Flask(__name__)\n")
+    (tmp_path / "plain.py").write_text("from flask import Flask\napp = Flask(__name__)\n")
     (tmp_path / "slow_fork.py").write_text(
         "import time\n\nfrom bridge import gunicorn_conf\n"
         "from bridge.gunicorn_conf import *  # noqa: F403\n\n\n"
         "def post_fork(server, worker):\n"
         "    time.sleep(3)\n"
-        "    gunicorn_conf.post_fork(server, worker)\n")
+        "    gunicorn_conf.post_fork(server, worker)\n"
+    )
     port = free_port()
     env = environment(tmp_path, PYTHONPATH=str(tmp_path), WEB_CONCURRENCY=2)
-    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", "python:slow_fork",
-                               "--bind", f"127.0.0.1:{port}", "plain:app"], cwd=ROOT,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+    server = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "--config",
+            "python:slow_fork",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "plain:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_listening(port, server)
         started = time.monotonic()
@@ -335,12 +424,18 @@ def test_gunicorn_conf_serves_an_app_without_the_bridge_too(tmp_path):
     # the shipped settings serve any app (the benchmarks' bare app)
     (tmp_path / "plain.py").write_text(
         "from flask import Flask\napp = Flask(__name__)\n\n\n"
-        "@app.get('/')\ndef index():\n    return 'ok'\n")
+        "@app.get('/')\ndef index():\n    return 'ok'\n"
+    )
     port = free_port()
     env = environment(tmp_path, PYTHONPATH=str(tmp_path))
-    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", SHIPPED, "--bind",
-                               f"127.0.0.1:{port}", "plain:app"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [str(BIN / "gunicorn"), "--config", SHIPPED, "--bind", f"127.0.0.1:{port}", "plain:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_listening(port, server)
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "ok"

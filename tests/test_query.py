@@ -105,8 +105,7 @@ def test_the_walk_is_stable_while_registrations_arrive(client, auth):
 def test_limit_bounds(client, auth):
     register(client, auth, *many(1000, 3))
     for bad in ("0", "501", "-1", "ten"):
-        assert_error(client.get("/tokens", query_string={"limit": bad}, headers=auth), 422,
-                     "limit")
+        assert_error(client.get("/tokens", query_string={"limit": bad}, headers=auth), 422, "limit")
     for good, n in (("1", 1), ("500", 3)):
         response = client.get("/tokens", query_string={"limit": good}, headers=auth)
         assert response.status_code == 200 and len(response.get_json()["items"]) == n
@@ -142,11 +141,22 @@ def test_a_cursor_that_is_not_ours_is_422(client, auth, cursor):
 @pytest.fixture
 def ann_and_bob(client, auth):
     return register(
-        client, auth,
-        {"token": 123456789, "contactId": 42, "externalCustomerId": "crm-7",
-         "phone": "+380 (95) 649-09-55", "email": "Ann@Example.com"},
-        {"token": "987654321", "contactId": 43, "externalCustomerId": "crm-8",
-         "phone": "+44 20 7946 0958", "email": "bob@example.com"},
+        client,
+        auth,
+        {
+            "token": 123456789,
+            "contactId": 42,
+            "externalCustomerId": "crm-7",
+            "phone": "+380 (95) 649-09-55",
+            "email": "Ann@Example.com",
+        },
+        {
+            "token": "987654321",
+            "contactId": 43,
+            "externalCustomerId": "crm-8",
+            "phone": "+44 20 7946 0958",
+            "email": "bob@example.com",
+        },
     )
 
 
@@ -166,8 +176,7 @@ def ann_and_bob(client, auth):
         {"token": "0123456789", "email": "ANN@example.com"},
     ],
 )
-def test_identifiers_are_normalised_as_register_normalises_them(client, auth, ann_and_bob,
-                                                                 args):
+def test_identifiers_are_normalised_as_register_normalises_them(client, auth, ann_and_bob, args):
     items = client.get("/tokens", query_string=args, headers=auth).get_json()["items"]
     assert [item["token"] for item in items] == ["123456789"]
     assert items[0]["phone"] == "380956490955"
@@ -181,11 +190,13 @@ def test_a_raw_plus_in_the_query_string_still_finds_the_phone(client, auth, ann_
 
 
 def test_filters_combine_and_a_miss_is_an_empty_page(client, auth, ann_and_bob):
-    both = client.get("/tokens", query_string={"contactId": 42, "email": "bob@example.com"},
-                      headers=auth).get_json()
+    both = client.get(
+        "/tokens", query_string={"contactId": 42, "email": "bob@example.com"}, headers=auth
+    ).get_json()
     assert both == {"items": [], "next": None}
-    assert client.get("/tokens", query_string={"email": "nobody@example.com"},
-                      headers=auth).get_json() == {"items": [], "next": None}
+    assert client.get(
+        "/tokens", query_string={"email": "nobody@example.com"}, headers=auth
+    ).get_json() == {"items": [], "next": None}
 
 
 @pytest.mark.parametrize(
@@ -227,8 +238,7 @@ def test_state_filter(client, auth, requests_mock, bridge):
     assert [len(p["items"]) for p in pages] == [2, 1]
 
 
-def test_a_registration_shows_its_identifiers_state_and_times(client, auth, requests_mock,
-                                                              bridge):
+def test_a_registration_shows_its_identifiers_state_and_times(client, auth, requests_mock, bridge):
     register(client, auth, {"token": 555000111, "contactId": 9, "phone": "+1 202 555 0100"})
     requests_mock.post(TOKENS_URL, json="OK")
     bridge.deliver_once()
@@ -259,8 +269,11 @@ def test_history_lists_every_event_oldest_first(client, auth, requests_mock, bri
     clock.advance(1)
     response = client.post(
         "/statuses",
-        json={"status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-              "token": "123456789"},
+        json={
+            "status": "FAILED",
+            "error": "Forbidden: bot was blocked by the user",
+            "token": "123456789",
+        },
         headers=auth,
     )
     assert response.status_code == 200
@@ -281,8 +294,9 @@ def test_history_lists_every_event_oldest_first(client, auth, requests_mock, bri
     assert "Forbidden" in removed["detail"]["removalReason"]
     assert all(set(e) >= {"at", "kind", "detail"} for e in events)
 
-    item = client.get("/tokens", query_string={"token": "123456789"},
-                      headers=auth).get_json()["items"][0]
+    item = client.get("/tokens", query_string={"token": "123456789"}, headers=auth).get_json()[
+        "items"
+    ][0]
     assert item["state"] == "removed"
     assert "Forbidden" in item["removalReason"] and item["removedAt"]
 
@@ -292,7 +306,9 @@ def test_history_of_a_token_is_normalised_and_an_unknown_token_has_none(client, 
     body = client.get("/tokens/-01001234567890/history", headers=auth).get_json()
     assert body["token"] == "-1001234567890" and len(body["events"]) == 1
     assert client.get("/tokens/42/history", headers=auth).get_json() == {
-        "token": "42", "events": []}
+        "token": "42",
+        "events": [],
+    }
 
 
 def test_history_of_something_that_is_not_a_chat_id_is_422(client, auth):

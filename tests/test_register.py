@@ -27,8 +27,12 @@ def test_single_token_is_queued_and_normalised(client, auth):
     assert response.status_code == 202
     [reg] = response.json["registrations"]
     assert reg == {
-        "id": reg["id"], "token": "123456789", "matchedBy": "email",
-        "state": "queued", "duplicate": False, "conflict": False,
+        "id": reg["id"],
+        "token": "123456789",
+        "matchedBy": "email",
+        "state": "queued",
+        "duplicate": False,
+        "conflict": False,
     }
     [row] = ledger_rows(client, auth)
     assert row["email"] == "ann@example.com"
@@ -39,8 +43,10 @@ def test_single_token_is_queued_and_normalised(client, auth):
     ("identifiers", "expected"),
     [
         ({"email": "a@b.co", "phone": "+380 95 649 09 55"}, "phone"),
-        ({"email": "a@b.co", "externalCustomerId": "C-1", "phone": "3809564909"},
-         "externalCustomerId"),
+        (
+            {"email": "a@b.co", "externalCustomerId": "C-1", "phone": "3809564909"},
+            "externalCustomerId",
+        ),
         ({"email": "a@b.co", "contactId": 42, "externalCustomerId": "C-1"}, "contactId"),
         ({"email": "a@b.co"}, "email"),
     ],
@@ -83,17 +89,25 @@ def test_duplicate_shows_the_existing_state(client, auth, bridge, requests_mock)
     post(client, {"token": 8, "contactId": 99}, auth)
     bridge.deliver_once()
     dup = post(client, {"token": 8, "contactId": 99}, auth).json["registrations"][0]
-    assert dup == {"id": dup["id"], "token": "8", "matchedBy": "contactId",
-                   "state": "delivered", "duplicate": True, "conflict": False}
+    assert dup == {
+        "id": dup["id"],
+        "token": "8",
+        "matchedBy": "contactId",
+        "state": "delivered",
+        "duplicate": True,
+        "conflict": False,
+    }
     assert requests_mock.call_count == 1
 
 
 def test_batch_answers_one_result_per_object_in_order(client, auth):
-    body = {"tokens": [
-        {"token": 1, "email": "one@example.com"},
-        {"token": 2, "contactId": 2},
-        {"token": 1, "email": "one@example.com"},
-    ]}
+    body = {
+        "tokens": [
+            {"token": 1, "email": "one@example.com"},
+            {"token": 2, "contactId": 2},
+            {"token": 1, "email": "one@example.com"},
+        ]
+    }
     response = post(client, body, auth)
     assert response.status_code == 202
     regs = response.json["registrations"]
@@ -147,24 +161,36 @@ def test_invalid_token_object_is_422_naming_the_field(client, auth, body, field)
 
 # Unicode format characters (category Cf): bidi overrides and isolates, zero-width
 # space, non-joiner and joiner, the byte-order mark, a tag character beyond U+FFFF.
-FORMAT_CHARACTERS = ["\u202e", "\u202a", "\u2066", "\u2069", "\u200b", "\u200d", "\ufeff",
-                     "\U000e0041"]
+FORMAT_CHARACTERS = [
+    "\u202e",
+    "\u202a",
+    "\u2066",
+    "\u2069",
+    "\u200b",
+    "\u200d",
+    "\ufeff",
+    "\U000e0041",
+]
 
 
 @pytest.mark.parametrize("char", FORMAT_CHARACTERS)
-def test_an_identifier_with_an_invisible_format_character_is_422_per_field(client, auth,
-                                                                            char):
+def test_an_identifier_with_an_invisible_format_character_is_422_per_field(client, auth, char):
     code = f"U+{ord(char):04X}"
-    body = {"tokens": [
-        {"token": 1, "externalCustomerId": f"cust{char}-1"},
-        {"token": 2, "email": f"ann{char}@example.com"},
-        {"token": 3, "phone": f"+380{char}956490955"},
-        {"token": 4, "externalCustomerId": "cust-4"},
-    ]}
+    body = {
+        "tokens": [
+            {"token": 1, "externalCustomerId": f"cust{char}-1"},
+            {"token": 2, "email": f"ann{char}@example.com"},
+            {"token": 3, "phone": f"+380{char}956490955"},
+            {"token": 4, "externalCustomerId": "cust-4"},
+        ]
+    }
     out = assert_error_shape(post(client, body, auth), 422)
     message = [f"Must not contain invisible format characters ({code})."]
-    assert out["errors"] == {"tokens.0.externalCustomerId": message,
-                             "tokens.1.email": message, "tokens.2.phone": message}
+    assert out["errors"] == {
+        "tokens.0.externalCustomerId": message,
+        "tokens.1.email": message,
+        "tokens.2.phone": message,
+    }
     assert ledger_rows(client, auth) == []
 
 
@@ -175,17 +201,20 @@ def test_identifiers_are_stored_and_matched_in_nfc(client, auth):
     again = post(client, {"token": 7, "externalCustomerId": composed}, auth)
     assert again.get_json()["registrations"][0]["duplicate"] is True
     for spelling in (composed, decomposed):
-        [row] = client.get("/tokens", headers=auth,
-                           query_string={"externalCustomerId": spelling}).get_json()["items"]
+        [row] = client.get(
+            "/tokens", headers=auth, query_string={"externalCustomerId": spelling}
+        ).get_json()["items"]
         assert row["externalCustomerId"] == composed
 
 
 def test_one_bad_object_in_a_batch_stores_nothing(client, auth):
-    body = {"tokens": [
-        {"token": 1, "email": "good@example.com"},
-        {"token": 2, "email": "bad"},
-        {"token": 3},
-    ]}
+    body = {
+        "tokens": [
+            {"token": 1, "email": "good@example.com"},
+            {"token": 2, "email": "bad"},
+            {"token": 3},
+        ]
+    }
     out = assert_error_shape(post(client, body, auth), 422)
     assert set(out["errors"]) == {"tokens.1.email", "tokens.2.identifiers"}
     assert ledger_rows(client, auth) == []
@@ -213,28 +242,38 @@ def test_a_bad_body_structure_names_where(client, auth):
     assert ledger_rows(client, auth) == []
 
 
-@pytest.mark.parametrize(("body", "fields"), [
-    ({"token": "x"}, {"token"}),
-    ({"token": 1, "nickname": "ann"}, {"nickname"}),
-    ({"token": 1, "email": None}, {"identifiers"}),
-    ({"tokens": [{"token": "x"}, {"token": 2}]}, {"tokens.0.token", "tokens.1.identifiers"}),
-])
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"token": "x"}, {"token"}),
+        ({"token": 1, "nickname": "ann"}, {"nickname"}),
+        ({"token": 1, "email": None}, {"identifiers"}),
+        ({"tokens": [{"token": "x"}, {"token": 2}]}, {"tokens.0.token", "tokens.1.identifiers"}),
+    ],
+)
 def test_missing_identifiers_are_named_only_when_the_rest_of_the_object_is_valid(
-        client, auth, body, fields):
+    client, auth, body, fields
+):
     assert set(assert_error_shape(post(client, body, auth), 422)["errors"]) == fields
 
 
 def test_not_json_is_415(client, auth):
-    response = client.post(URL, data="token=1", headers=auth,
-                           content_type="application/x-www-form-urlencoded")
+    response = client.post(
+        URL, data="token=1", headers=auth, content_type="application/x-www-form-urlencoded"
+    )
     assert_error_shape(response, 415)
 
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{", b'{"token": 1, "email": "a@b.co",}', b'{"token": NaN, "email": "a@b.co"}',
-     b'{"token": 1, "token": 2, "email": "a@b.co"}', b'\xff\xfe{"token": 1}',
-     b"[" * 10000 + b"]" * 10000],
+    [
+        b"{",
+        b'{"token": 1, "email": "a@b.co",}',
+        b'{"token": NaN, "email": "a@b.co"}',
+        b'{"token": 1, "token": 2, "email": "a@b.co"}',
+        b'\xff\xfe{"token": 1}',
+        b"[" * 10000 + b"]" * 10000,
+    ],
 )
 def test_malformed_json_is_400(client, auth, raw):
     response = client.post(URL, data=raw, headers=auth, content_type="application/json")
@@ -245,15 +284,21 @@ def test_malformed_json_is_400(client, auth, raw):
 def test_body_over_the_limit_is_413(make_app, auth):
     client = make_app(BRIDGE_MAX_BODY_BYTES=2048).test_client()
     body = {"tokens": [{"token": i, "email": f"user{i}@example.com"} for i in range(1, 200)]}
-    response = client.post(URL, data=json.dumps(body), headers=auth,
-                           content_type="application/json")
+    response = client.post(
+        URL, data=json.dumps(body), headers=auth, content_type="application/json"
+    )
     assert_error_shape(response, 413)
 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong-key-wrong-key"}, {"Authorization": API_KEY},
-     {"Authorization": f"Basic {API_KEY}"}, {"Authorization": "Bearer "}],
+    [
+        {},
+        {"Authorization": "Bearer wrong-key-wrong-key"},
+        {"Authorization": API_KEY},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"Authorization": "Bearer "},
+    ],
 )
 def test_without_a_valid_key_is_401(client, auth, headers):
     response = client.post(URL, json={"token": 1, "email": "a@b.co"}, headers=headers)
@@ -266,8 +311,9 @@ def test_without_a_valid_key_is_401(client, auth, headers):
 def test_any_of_several_keys_works(make_app):
     client = make_app(BRIDGE_API_KEYS="first-key-0123456789, second-key-0123456789").test_client()
     for key in ("first-key-0123456789", "second-key-0123456789"):
-        response = client.post(URL, json={"token": 1, "email": "a@b.co"},
-                               headers={"Authorization": f"Bearer {key}"})
+        response = client.post(
+            URL, json={"token": 1, "email": "a@b.co"}, headers={"Authorization": f"Bearer {key}"}
+        )
         assert response.status_code == 202
 
 
@@ -292,8 +338,17 @@ def test_integer_literal_beyond_int_limits_is_422(client, auth):
 
 
 def test_a_null_identifier_counts_as_absent(client, auth):
-    [reg] = register(client, auth, {"token": 8801, "contactId": None, "externalCustomerId": None,
-                                    "phone": "+380 95 649 09 55", "email": None})
+    [reg] = register(
+        client,
+        auth,
+        {
+            "token": 8801,
+            "contactId": None,
+            "externalCustomerId": None,
+            "phone": "+380 95 649 09 55",
+            "email": None,
+        },
+    )
     assert reg["matchedBy"] == "phone" and reg["duplicate"] is False
     [row] = rows(client, auth, token=8801)
     assert (row["phone"], row["email"], row["contactId"]) == ("380956490955", None, None)
@@ -318,6 +373,8 @@ def test_a_422_lists_at_most_the_configured_number_of_fields(make_app, auth):
     assert all(v == ["Unknown field."] for v in listed.values())
     client = make_app(BRIDGE_MAX_FIELD_ERRORS=2).test_client()
     errors = assert_error_shape(post(client, {"tokens": [{"token": "x"}] * 3}, auth), 422)
-    assert errors["errors"] == {"tokens.0.token": errors["errors"]["tokens.0.token"],
-                                "tokens.1.token": errors["errors"]["tokens.1.token"],
-                                "_more": ["1 more fields have errors (not listed)."]}
+    assert errors["errors"] == {
+        "tokens.0.token": errors["errors"]["tokens.0.token"],
+        "tokens.1.token": errors["errors"]["tokens.1.token"],
+        "_more": ["1 more fields have errors (not listed)."],
+    }

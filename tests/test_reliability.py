@@ -22,13 +22,15 @@ pytestmark = pytest.mark.real_http
 POSTGRES = BACKEND == "postgres"
 TOPOLOGY = (
     {"database_url": POSTGRES_URL, "servers": 2, "workers": 2, "gunicorn_workers": 1}
-    if POSTGRES else {"servers": 1, "gunicorn_workers": 2}
+    if POSTGRES
+    else {"servers": 1, "gunicorn_workers": 2}
 )
 
 
 def test_upstream_faults_lose_nothing_and_send_nothing_twice(tmp_path):
-    figures = faults.run(300, batch_size=10, keep=str(tmp_path), quiet=True,
-                         drain_timeout=180, **TOPOLOGY)
+    figures = faults.run(
+        300, batch_size=10, keep=str(tmp_path), quiet=True, drain_timeout=180, **TOPOLOGY
+    )
     assert figures["faultsInjected"] > 0, figures
     assert figures["acknowledged"] == 300, figures
     assert figures["lost"] == 0, figures["examples"]
@@ -40,8 +42,17 @@ def test_upstream_faults_lose_nothing_and_send_nothing_twice(tmp_path):
 def test_kill_9_servers_and_workers_loses_nothing_acknowledged(tmp_path):
     topology = dict(TOPOLOGY)
     topology.setdefault("workers", 1)
-    figures = crashes.run(200, duration=8, batch_size=20, latency_ms=100, seed=7,
-                          keep=str(tmp_path), quiet=True, drain_timeout=120, **topology)
+    figures = crashes.run(
+        200,
+        duration=8,
+        batch_size=20,
+        latency_ms=100,
+        seed=7,
+        keep=str(tmp_path),
+        quiet=True,
+        drain_timeout=120,
+        **topology,
+    )
     assert figures["serverKills"] == 3 and figures["workerKills"] == 3, figures["kills"]
     assert figures["acknowledged"] == 200, figures
     assert figures["lost"] == 0, figures["examples"]

@@ -84,8 +84,11 @@ def replay(runner, *args, code=0):
 
 def calls(requests_mock, url=TARGET_URL):
     """The tokens of every call to ``url``, call by call."""
-    return [[t["token"] for t in r.json()["tokens"]]
-            for r in requests_mock.request_history if r.url == url]
+    return [
+        [t["token"] for t in r.json()["tokens"]]
+        for r in requests_mock.request_history
+        if r.url == url
+    ]
 
 
 def replay_events(client, auth, token):
@@ -104,13 +107,16 @@ def stored_replays(runner):
 # --- --dry-run ----------------------------------------------------------------------------
 
 
-def test_dry_run_prints_what_would_be_sent_and_sends_nothing(runner, client, auth, chats,
-                                                            requests_mock):
+def test_dry_run_prints_what_would_be_sent_and_sends_nothing(
+    runner, client, auth, chats, requests_mock
+):
     result = run(runner, "replay", "--to-app", TARGET, "--dry-run")  # no key needed
     for chat in chats:
         assert f"  {chat['token']}  (registration " in result.output
-    assert (f"dry run: 5 registrations to queue for app {TARGET} at {TARGET_URL}: "
-            f"3 requests of up to {BATCH} tokens; nothing sent") in result.output
+    assert (
+        f"dry run: 5 registrations to queue for app {TARGET} at {TARGET_URL}: "
+        f"3 requests of up to {BATCH} tokens; nothing sent"
+    ) in result.output
     assert requests_mock.call_count == 0
     assert stored_replays(runner) == {}
     assert all(not replay_events(client, auth, chat["token"]) for chat in chats)
@@ -136,7 +142,8 @@ def test_dry_run_of_nothing_to_send(runner, chats, requests_mock):
 
 
 def test_a_run_sends_every_live_registration_in_batches_with_the_targets_key(
-        runner, client, auth, chats, requests_mock):
+    runner, client, auth, chats, requests_mock
+):
     requests_mock.post(TARGET_URL, json="OK")
     result = replay(runner)
     assert calls(requests_mock) == [["1001", "1002"], ["1003", "1004"], ["1005"]]
@@ -153,16 +160,23 @@ def test_a_run_sends_every_live_registration_in_batches_with_the_targets_key(
     assert Counter(r["state"] for r in rows(client, auth)) == {"delivered": 3, "queued": 2}
 
 
-@pytest.mark.parametrize("args,base,scheme", [
-    ([], "https://reteno.com", "header"),
-    (["--base-url", "https://eu.reteno.example/"], "https://eu.reteno.example", "header"),
-    (["--platform", "esputnik"], "https://esputnik.com", "basic"),
-    (["--platform", "yespo"], "https://yespo.io", "basic"),
-    (["--platform", "yespo", "--base-url", "https://api.yespo.example"],
-     "https://api.yespo.example", "basic"),
-])
-def test_the_platform_decides_the_url_and_the_auth_scheme(runner, chats, requests_mock, args,
-                                                          base, scheme):
+@pytest.mark.parametrize(
+    "args,base,scheme",
+    [
+        ([], "https://reteno.com", "header"),
+        (["--base-url", "https://eu.reteno.example/"], "https://eu.reteno.example", "header"),
+        (["--platform", "esputnik"], "https://esputnik.com", "basic"),
+        (["--platform", "yespo"], "https://yespo.io", "basic"),
+        (
+            ["--platform", "yespo", "--base-url", "https://api.yespo.example"],
+            "https://api.yespo.example",
+            "basic",
+        ),
+    ],
+)
+def test_the_platform_decides_the_url_and_the_auth_scheme(
+    runner, chats, requests_mock, args, base, scheme
+):
     url = f"{base}/api/v1/apps/{TARGET}/tokens"
     requests_mock.post(url, json="OK")
     replay(runner, *args)
@@ -189,18 +203,34 @@ def test_removed_dead_and_held_registrations_are_not_replayed(make_app, auth, re
     bridge.deliver_once()
     # removed: the user blocked the bot
     requests_mock.post(TOKENS_URL, json="OK")
-    _, ann = register(client, auth, {"token": "2002", "email": "gone@example.com"},
-                      {"token": "2003", "email": "ann@example.com"})
+    _, ann = register(
+        client,
+        auth,
+        {"token": "2002", "email": "gone@example.com"},
+        {"token": "2003", "email": "ann@example.com"},
+    )
     bridge.deliver_once()
-    response = client.post("/statuses", headers=auth, json={
-        "status": "FAILED", "error": "Forbidden: bot was blocked by the user", "token": "2002"})
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json={
+            "status": "FAILED",
+            "error": "Forbidden: bot was blocked by the user",
+            "token": "2002",
+        },
+    )
     assert response.get_json()["removed"] == ["2002"]
     # held: a second identity for chat 2003; and one chat still queued
     [held] = register(client, auth, {"token": "2003", "email": "bob@example.com"})
     assert held["state"] == "held"
     register(client, auth, {"token": "2004", "contactId": 4})
     assert Counter(r["state"] for r in rows(client, auth)) == {
-        "dead": 1, "removed": 1, "delivered": 1, "held": 1, "queued": 1}
+        "dead": 1,
+        "removed": 1,
+        "delivered": 1,
+        "held": 1,
+        "queued": 1,
+    }
 
     requests_mock.reset_mock()
     requests_mock.post(TARGET_URL, json="OK")
@@ -208,15 +238,18 @@ def test_removed_dead_and_held_registrations_are_not_replayed(make_app, auth, re
     assert "dry run: 2 registrations to queue" in replay(runner, "--dry-run").output
     replay(runner)
     assert [t for r in requests_mock.request_history for t in r.json()["tokens"]] == [
-        {"token": "2003", "email": "ann@example.com"}, {"token": "2004", "contactId": 4}]
+        {"token": "2003", "email": "ann@example.com"},
+        {"token": "2004", "contactId": 4},
+    ]
     for token in ("2001", "2002"):
         assert replay_events(client, auth, token) == []
     # chat 2003 is replayed once: its live registration, not the held one
     assert [e["registrationId"] for e in replay_events(client, auth, "2003")] == [ann["id"]]
 
 
-def test_history_records_each_replay_with_the_target_app(runner, client, auth, chats,
-                                                        requests_mock):
+def test_history_records_each_replay_with_the_target_app(
+    runner, client, auth, chats, requests_mock
+):
     requests_mock.post(TARGET_URL, json="OK")
     replay(runner)
     registrations = {r["token"]: r["id"] for r in rows(client, auth)}
@@ -227,8 +260,10 @@ def test_history_records_each_replay_with_the_target_app(runner, client, auth, c
         assert event["detail"]["status"] == 200
         assert event["registrationId"] == registrations[chat["token"]]
         assert history(client, auth, chat["token"])[-1] == event  # the latest event
-    assert json.loads(run(runner, "history", "1001", "--json").output)["events"][-1][
-        "kind"] == "replay_delivered"
+    assert (
+        json.loads(run(runner, "history", "1001", "--json").output)["events"][-1]["kind"]
+        == "replay_delivered"
+    )
 
 
 def test_running_it_again_sends_nothing_new(runner, client, auth, chats, requests_mock):
@@ -279,15 +314,21 @@ def test_each_target_gets_every_registration_once(runner, chats, requests_mock):
 # --- refused before anything is sent ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args,message", [
-    ([], "--api-key-env must name an environment variable holding the target's API key"),
-    (["--api-key-env", "NO_SUCH_VARIABLE"], "the environment variable NO_SUCH_VARIABLE is "
-                                            "not set"),
-    (["--api-key-env", "EMPTY_VARIABLE"], "the environment variable EMPTY_VARIABLE is not set"),
-    (["--api-key", TARGET_KEY], "No such option '--api-key'"),  # keys never on the command line
-])
-def test_the_key_must_come_from_an_environment_variable(runner, chats, requests_mock,
-                                                        monkeypatch, args, message):
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "--api-key-env must name an environment variable holding the target's API key"),
+        (
+            ["--api-key-env", "NO_SUCH_VARIABLE"],
+            "the environment variable NO_SUCH_VARIABLE is not set",
+        ),
+        (["--api-key-env", "EMPTY_VARIABLE"], "the environment variable EMPTY_VARIABLE is not set"),
+        (["--api-key", TARGET_KEY], "No such option '--api-key'"),  # keys never on the command line
+    ],
+)
+def test_the_key_must_come_from_an_environment_variable(
+    runner, chats, requests_mock, monkeypatch, args, message
+):
     monkeypatch.setenv("EMPTY_VARIABLE", "")
     requests_mock.post(TARGET_URL, json="OK")
     result = run(runner, "replay", "--to-app", TARGET, *args, code=2)
@@ -296,14 +337,17 @@ def test_the_key_must_come_from_an_environment_variable(runner, chats, requests_
     assert stored_replays(runner) == {}
 
 
-@pytest.mark.parametrize("args", [
-    ["--to-app", APP_UUID],
-    ["--to-app", APP_UUID, "--platform", "reteno"],
-    ["--to-app", APP_UUID, "--base-url", "https://reteno.com/"],
-    ["--to-app", APP_UUID.upper()],
-    ["--to-app", APP_UUID, "--base-url", "HTTPS://Reteno.COM"],
-    ["--to-app", APP_UUID, "--dry-run"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--to-app", APP_UUID],
+        ["--to-app", APP_UUID, "--platform", "reteno"],
+        ["--to-app", APP_UUID, "--base-url", "https://reteno.com/"],
+        ["--to-app", APP_UUID.upper()],
+        ["--to-app", APP_UUID, "--base-url", "HTTPS://Reteno.COM"],
+        ["--to-app", APP_UUID, "--dry-run"],
+    ],
+)
 def test_the_bridges_own_app_is_refused(runner, chats, requests_mock, args):
     result = run(runner, "replay", "--api-key-env", KEY_ENV, *args, code=2)
     assert "the target is the bridge's own app" in result.output
@@ -312,27 +356,31 @@ def test_the_bridges_own_app_is_refused(runner, chats, requests_mock, args):
 
 
 def test_the_same_app_id_on_another_platform_is_another_app(runner, chats):
-    result = run(runner, "replay", "--to-app", APP_UUID, "--platform", "esputnik",
-                 "--dry-run")
+    result = run(runner, "replay", "--to-app", APP_UUID, "--platform", "esputnik", "--dry-run")
     assert f"5 registrations to queue for app {APP_UUID} at https://esputnik.com/" in (
-        result.output)
+        result.output
+    )
 
 
-@pytest.mark.parametrize("args,option", [
-    (["--to-app", "../../other-app"], "--to-app"),
-    (["--to-app", f"{TARGET}/tokens?x="], "--to-app"),
-    (["--to-app", ""], "--to-app"),
-    (["--to-app", TARGET, "--base-url", "ftp://reteno.com"], "--base-url"),
-    (["--to-app", TARGET, "--base-url", "https://"], "--base-url"),
-    (["--to-app", TARGET, "--base-url", "https://reteno.com?app=1"], "--base-url"),
-    (["--to-app", TARGET, "--base-url", "https://reteno.com#app"], "--base-url"),
-    (["--to-app", TARGET, "--base-url", "http://reteno.example"], "--base-url"),
-    (["--to-app", TARGET, "--platform", "mailchimp"], "--platform"),
-])
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (["--to-app", "../../other-app"], "--to-app"),
+        (["--to-app", f"{TARGET}/tokens?x="], "--to-app"),
+        (["--to-app", ""], "--to-app"),
+        (["--to-app", TARGET, "--base-url", "ftp://reteno.com"], "--base-url"),
+        (["--to-app", TARGET, "--base-url", "https://"], "--base-url"),
+        (["--to-app", TARGET, "--base-url", "https://reteno.com?app=1"], "--base-url"),
+        (["--to-app", TARGET, "--base-url", "https://reteno.com#app"], "--base-url"),
+        (["--to-app", TARGET, "--base-url", "http://reteno.example"], "--base-url"),
+        (["--to-app", TARGET, "--platform", "mailchimp"], "--platform"),
+    ],
+)
 def test_a_malformed_target_is_refused(runner, chats, requests_mock, args, option):
     result = run(runner, "replay", "--api-key-env", KEY_ENV, *args, code=2)
     assert f"Invalid value for '{option}'" in result.output or f"{option} must be" in (
-        result.output)
+        result.output
+    )
     assert requests_mock.call_count == 0
     assert stored_replays(runner) == {}
 
@@ -348,6 +396,7 @@ def clock_time_only(bridge, clock, monkeypatch):
     """Time passes on the ledger's clock only, a second (TICK) at every reading, and a
     run's waits for a backoff or a Retry-After take no real time (they read the clock
     again): a run that waits minutes takes a fraction of a second."""
+
     def now():
         clock.advance(TICK.total_seconds())
         return clock.now
@@ -360,12 +409,16 @@ def at(event):
     return datetime.fromisoformat(event["at"])
 
 
-@pytest.mark.parametrize("answer", [
-    {"status_code": 429, "headers": {"Retry-After": "30"}, "json": {"message": "slow down"}},
-    {"status_code": 503, "text": "down for a moment"},
-])
-def test_a_transient_failure_is_retried(runner, client, auth, chats, requests_mock,
-                                        clock_time_only, answer):
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status_code": 429, "headers": {"Retry-After": "30"}, "json": {"message": "slow down"}},
+        {"status_code": 503, "text": "down for a moment"},
+    ],
+)
+def test_a_transient_failure_is_retried(
+    runner, client, auth, chats, requests_mock, clock_time_only, answer
+):
     requests_mock.post(TARGET_URL, [answer, {"json": "OK"}])
     result = replay(runner)
     sent = calls(requests_mock)
@@ -385,19 +438,21 @@ def test_a_transient_failure_is_retried(runner, client, auth, chats, requests_mo
             [later] = replay_events(client, auth, chat["token"])
             assert at(later) - at(retry) >= timedelta(seconds=30) - TICK, chat
     # the target's answers are not the bridge's: its own delivery is neither held nor failing
-    assert not {"delivery_held", "delivery_paused", "upstream_failing"} & set(
-        reasons(client, auth))
+    assert not {"delivery_held", "delivery_paused", "upstream_failing"} & set(reasons(client, auth))
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
 def test_a_refusal_of_the_credentials_stops_the_run_and_not_the_bridge(
-        runner, client, auth, bridge, chats, requests_mock, status):
+    runner, client, auth, bridge, chats, requests_mock, status
+):
     requests_mock.post(TARGET_URL, status_code=status, json={"message": "Unauthorized"})
     result = replay(runner, code=1)
     assert calls(requests_mock) == [["1001", "1002"]]  # the first refusal stops the run
     assert "0 delivered, 0 dead, 5 still queued; 1 upstream call" in result.stdout
-    assert ("not finished: the target refused the credentials or the app id; run the same "
-            "command again to go on") in result.stderr
+    assert (
+        "not finished: the target refused the credentials or the app id; run the same "
+        "command again to go on"
+    ) in result.stderr
     # the bridge's own delivery goes on
     health = client.get("/healthz", headers=auth).get_json()
     assert "delivery_paused" not in health["reasons"]
@@ -411,11 +466,12 @@ def test_a_refusal_of_the_credentials_stops_the_run_and_not_the_bridge(
     assert "5 delivered, 0 dead, 0 still queued; 3 upstream calls" in replay(runner).stdout
     assert sorted(sum(calls(requests_mock)[1:], [])) == [c["token"] for c in chats]
     assert [e["kind"] for e in replay_events(client, auth, "1001")] == [
-        "replay_paused", "replay_delivered"]
+        "replay_paused",
+        "replay_delivered",
+    ]
 
 
-def test_a_400_batch_is_split_and_only_the_refused_token_ends_dead(make_app, auth,
-                                                                   requests_mock):
+def test_a_400_batch_is_split_and_only_the_refused_token_ends_dead(make_app, auth, requests_mock):
     app = make_app(BRIDGE_BATCH_SIZE=8)
     client, runner = app.test_client(), app.test_cli_runner()
     requests_mock.post(TOKENS_URL, json="OK")
@@ -433,9 +489,15 @@ def test_a_400_batch_is_split_and_only_the_refused_token_ends_dead(make_app, aut
     result = replay(runner)
     assert "7 delivered, 1 dead, 0 still queued" in result.stdout
     sent = calls(requests_mock)
-    assert sent == [[str(3000 + i) for i in range(1, 9)],  # halves until 3005 is alone
-                    ["3001", "3002", "3003", "3004"], ["3005", "3006", "3007", "3008"],
-                    ["3005", "3006"], ["3005"], ["3006"], ["3007", "3008"]]
+    assert sent == [
+        [str(3000 + i) for i in range(1, 9)],  # halves until 3005 is alone
+        ["3001", "3002", "3003", "3004"],
+        ["3005", "3006", "3007", "3008"],
+        ["3005", "3006"],
+        ["3005"],
+        ["3006"],
+        ["3007", "3008"],
+    ]
     accepted = [t for call in sent if "3005" not in call for t in call]
     assert sorted(accepted) == [str(3000 + i) for i in range(1, 9) if i != 5]  # each once
     [dead] = replay_events(client, auth, "3005")
@@ -454,7 +516,8 @@ def test_a_400_batch_is_split_and_only_the_refused_token_ends_dead(make_app, aut
 
 
 def test_a_run_killed_halfway_sends_only_what_the_target_did_not_acknowledge(
-        runner, client, auth, bridge, chats, clock, requests_mock):
+    runner, client, auth, bridge, chats, clock, requests_mock
+):
     register(client, auth, {"token": "1006", "contactId": 6})
     tokens = [c["token"] for c in chats] + ["1006"]
     # A run that died: it queued everything, the target acknowledged its first batch, and
@@ -463,13 +526,16 @@ def test_a_run_killed_halfway_sends_only_what_the_target_did_not_acknowledge(
     lease = bridge.settings.lease_seconds
     bridge.ledger.queue_replay(target)
     acknowledged = bridge.ledger.claim_replay(target, BATCH, lease)
-    bridge.ledger.delivered(acknowledged, list(acknowledged.rows),
-                            {"status": 200, "targetApp": TARGET})
+    bridge.ledger.delivered(
+        acknowledged, list(acknowledged.rows), {"status": 200, "targetApp": TARGET}
+    )
     in_flight = bridge.ledger.claim_replay(target, BATCH, lease)
     assert [r.token for r in acknowledged.rows + in_flight.rows] == tokens[:4]
 
-    assert ("dry run: 0 registrations to queue and 4 queued by an earlier run"
-            in replay(runner, "--dry-run").output)
+    assert (
+        "dry run: 0 registrations to queue and 4 queued by an earlier run"
+        in replay(runner, "--dry-run").output
+    )
     clock.advance(lease + 1)  # the dead run's lease has run out
     requests_mock.post(TARGET_URL, json="OK")
     result = replay(runner)
@@ -486,8 +552,9 @@ class Killed(BaseException):
     """The process dies in the middle of an upstream call (nothing below catches it)."""
 
 
-def test_a_run_that_dies_during_a_call_goes_on_where_it_stopped(runner, client, auth, chats,
-                                                                clock, bridge, requests_mock):
+def test_a_run_that_dies_during_a_call_goes_on_where_it_stopped(
+    runner, client, auth, chats, clock, bridge, requests_mock
+):
     answers = iter(["OK"])
 
     def answer(request, context):
@@ -511,17 +578,26 @@ def test_a_run_that_dies_during_a_call_goes_on_where_it_stopped(runner, client, 
 # --- a chat that went away meanwhile ------------------------------------------------------------
 
 
-def test_a_chat_removed_while_its_replay_waits_is_not_replayed(runner, client, auth, bridge,
-                                                               chats, requests_mock):
+def test_a_chat_removed_while_its_replay_waits_is_not_replayed(
+    runner, client, auth, bridge, chats, requests_mock
+):
     bridge.ledger.queue_replay(ReplayTarget(TARGET, "https://reteno.com"))  # a run stopped
-    response = client.post("/statuses", headers=auth, json={
-        "status": "FAILED", "error": "Forbidden: bot was blocked by the user", "token": "1001"})
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json={
+            "status": "FAILED",
+            "error": "Forbidden: bot was blocked by the user",
+            "token": "1001",
+        },
+    )
     assert response.get_json()["removed"] == ["1001"]
     requests_mock.post(TARGET_URL, json="OK")
     replay(runner)
     assert "1001" not in sum(calls(requests_mock), [])
-    kinds = [e["kind"] for e in client.get("/tokens/1001/history", headers=auth)
-             .get_json()["events"]]
+    kinds = [
+        e["kind"] for e in client.get("/tokens/1001/history", headers=auth).get_json()["events"]
+    ]
     assert kinds[-1] == "replay_dropped"
 
 
@@ -531,25 +607,42 @@ def test_sandbox_mode_asks_for_a_simulator_run_apart(make_app, monkeypatch, requ
     monkeypatch.setenv(KEY_ENV, TARGET_KEY)
     app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True)
     result = app.test_cli_runner().invoke(
-        args=["bridge", "replay", "--to-app", TARGET, "--api-key-env", KEY_ENV])
+        args=["bridge", "replay", "--to-app", TARGET, "--api-key-env", KEY_ENV]
+    )
     assert result.exit_code == 2
     assert "reteno-sandbox --port" in result.output and "--base-url" in result.output
     assert requests_mock.call_count == 0
     requests_mock.post(f"http://127.0.0.1:8026/api/v1/apps/{TARGET}/tokens", json="OK")
     result = app.test_cli_runner().invoke(
-        args=["bridge", "replay", "--to-app", TARGET, "--api-key-env", KEY_ENV,
-              "--base-url", "http://127.0.0.1:8026"])
+        args=[
+            "bridge",
+            "replay",
+            "--to-app",
+            TARGET,
+            "--api-key-env",
+            KEY_ENV,
+            "--base-url",
+            "http://127.0.0.1:8026",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "0 registrations queued now" in result.output
 
 
 def test_a_whole_batch_of_chats_gone_meanwhile_is_dropped_and_the_rest_sent(
-        runner, client, auth, bridge, chats, requests_mock):
+    runner, client, auth, bridge, chats, requests_mock
+):
     bridge.ledger.queue_replay(ReplayTarget(TARGET, "https://reteno.com"))  # a run stopped
     for token in ("1001", "1002"):  # the first batch (BATCH = 2), both blocked meanwhile
-        response = client.post("/statuses", headers=auth, json={
-            "status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-            "token": token})
+        response = client.post(
+            "/statuses",
+            headers=auth,
+            json={
+                "status": "FAILED",
+                "error": "Forbidden: bot was blocked by the user",
+                "token": token,
+            },
+        )
         assert response.get_json()["removed"] == [token]
     requests_mock.post(TARGET_URL, json="OK")
     result = replay(runner)
@@ -558,8 +651,7 @@ def test_a_whole_batch_of_chats_gone_meanwhile_is_dropped_and_the_rest_sent(
     assert "3 delivered, 2 dead, 0 still queued" in result.stdout
 
 
-def test_a_base_url_with_credentials_is_refused_without_echoing_them(runner, chats,
-                                                                     requests_mock):
+def test_a_base_url_with_credentials_is_refused_without_echoing_them(runner, chats, requests_mock):
     result = replay(runner, "--base-url", "https://bridge:s3cret-pass@reteno.com", code=2)
     assert "must not carry credentials" in result.output
     assert "s3cret-pass" not in result.output
@@ -572,50 +664,61 @@ def test_replays_are_counted_apart_from_deliveries(runner, client, auth, chats, 
     replay(runner)
     text = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_commands_total{lane="replay",outcome="delivered"} 5.0' in text
-    delivered = [line for line in text.splitlines()
-                 if line.startswith('bridge_deliveries_total{outcome="delivered"}')]
-    assert delivered == [line for line in before.splitlines()
-                         if line.startswith('bridge_deliveries_total{outcome="delivered"}')]
+    delivered = [
+        line
+        for line in text.splitlines()
+        if line.startswith('bridge_deliveries_total{outcome="delivered"}')
+    ]
+    assert delivered == [
+        line
+        for line in before.splitlines()
+        if line.startswith('bridge_deliveries_total{outcome="delivered"}')
+    ]
 
 
 def test_a_refused_replay_never_lengthens_the_bridges_own_pauses(
-        runner, client, auth, bridge, chats, requests_mock):
+    runner, client, auth, bridge, chats, requests_mock
+):
     """A target's 401 is recorded as the first pause of its own (15 s), and the next 401
     of the bridge's own Reteno is the bridge's first pause too, 15 s, not the second."""
     requests_mock.post(TARGET_URL, status_code=401, json={"message": "Unauthorized"})
     replay(runner, code=1)
     [paused] = [e for e in replay_events(client, auth, "1001") if e["kind"] == "replay_paused"]
-    at, until = (datetime.fromisoformat(v) for v in (paused["at"],
-                                                      paused["detail"]["pausedUntil"]))
+    at, until = (datetime.fromisoformat(v) for v in (paused["at"], paused["detail"]["pausedUntil"]))
     assert until - at == timedelta(seconds=15)
     requests_mock.post(TOKENS_URL, status_code=401, json={"message": "Unauthorized"})
     bridge.deliver_once()
     own = client.get("/healthz", headers=auth).get_json()["delivery"]
     last = [e for e in history(client, auth, "1004") if e["kind"] == "paused"][-1]
     assert own["paused"] is True
-    assert datetime.fromisoformat(own["pausedUntil"]) - datetime.fromisoformat(last["at"]) \
-        == timedelta(seconds=15)
+    assert datetime.fromisoformat(own["pausedUntil"]) - datetime.fromisoformat(
+        last["at"]
+    ) == timedelta(seconds=15)
 
 
 def test_replay_calls_are_logged_as_the_replays(runner, chats, requests_mock, caplog):
     caplog.set_level(logging.INFO, logger="bridge.worker")
-    requests_mock.post(TARGET_URL, [{"json": "OK"},
-                                    {"status_code": 401, "json": {"message": "Unauthorized"}}])
+    requests_mock.post(
+        TARGET_URL, [{"json": "OK"}, {"status_code": 401, "json": {"message": "Unauthorized"}}]
+    )
     replay(runner, code=1)
     lines = [r.getMessage() for r in caplog.records if r.name == "bridge.worker"]
     assert lines[0].startswith("upstream call replay outcome=delivered status=200")
     assert lines[1].startswith("upstream call replay outcome=pause status=401")
-    assert lines[2] == ("replay stopped: the target answered 401 (unauthorized; check its app "
-                        "id, key and base URL)")
+    assert lines[2] == (
+        "replay stopped: the target answered 401 (unauthorized; check its app id, key and base URL)"
+    )
     assert not any("delivery paused" in line for line in lines)
 
 
 def test_a_registration_live_again_is_replayed_by_the_next_run(
-        runner, client, auth, bridge, requests_mock):
+    runner, client, auth, bridge, requests_mock
+):
     """A chat dead (refused) during the first run, requeued and delivered later, is sent by
     the next run, whatever its id is next to those already replayed."""
-    requests_mock.post(TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid"}},
-                                    {"json": "OK"}])
+    requests_mock.post(
+        TOKENS_URL, [{"status_code": 400, "json": {"message": "Invalid"}}, {"json": "OK"}]
+    )
     register(client, auth, {"token": "2001", "contactId": 1})  # the older: dead
     bridge.deliver_once()
     register(client, auth, {"token": "2002", "contactId": 2})
@@ -638,12 +741,20 @@ def test_each_target_base_url_is_a_target_of_its_own(runner, chats, requests_moc
     assert "0 delivered, 0 dead, 5 still queued; 1 upstream call" in result.stdout
 
 
-@pytest.mark.parametrize("second", ["0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0",  # sorts before
-                                    "ff1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"])  # and after
+@pytest.mark.parametrize(
+    "second",
+    [
+        "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0",  # sorts before
+        "ff1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0",
+    ],
+)  # and after
 def test_each_app_is_a_target_of_its_own(runner, chats, requests_mock, second):
     requests_mock.post(TARGET_URL, json="OK")
     replay(runner)
-    requests_mock.post(f"https://reteno.com/api/v1/apps/{second}/tokens", status_code=401,
-                       json={"message": "Unauthorized"})
+    requests_mock.post(
+        f"https://reteno.com/api/v1/apps/{second}/tokens",
+        status_code=401,
+        json={"message": "Unauthorized"},
+    )
     result = run(runner, "replay", "--to-app", second, "--api-key-env", KEY_ENV, code=1)
     assert "5 registrations queued now; 0 delivered, 0 dead, 5 still queued" in result.stdout

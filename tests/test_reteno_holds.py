@@ -87,7 +87,8 @@ def delivered(client, auth, bridge, clock, upstream):
 
 
 def test_a_telegram_block_and_unblock_while_reteno_holds_the_token_sends_nothing(
-        client, auth, bridge, clock, upstream, delivered, runner):
+    client, auth, bridge, clock, upstream, delivered, runner
+):
     telegram(client, clock, blocked(CHAT))
     assert held(client, auth) == [("removed", True)]  # the ledger's; Reteno still has it
     telegram(client, clock, unblocked(CHAT))
@@ -102,7 +103,12 @@ def test_a_telegram_block_and_unblock_while_reteno_holds_the_token_sends_nothing
     assert restored[0]["detail"]["deliveredAt"] == first["deliveredAt"]
     assert again["lastSeenAt"] == clock.now.replace(microsecond=0).isoformat()
     assert [e["kind"] for e in history(client, auth, CHAT)] == [
-        "submitted", "delivered", "removed", "restored", "telegram_unblocked"]
+        "submitted",
+        "delivered",
+        "removed",
+        "restored",
+        "telegram_unblocked",
+    ]
     assert unblock_result(client, auth) == ("live again without a call", True)
     stats = json.loads(run_cli(runner, "stats", "--json").output)
     assert sum(day["delivered"] for day in stats["perDay"]) == 1  # one delivery, not two
@@ -116,7 +122,8 @@ def test_a_telegram_block_and_unblock_while_reteno_holds_the_token_sends_nothing
 
 
 def test_a_forbidden_naming_the_contact_removes_a_chat_restored_after_its_block(
-        client, auth, bridge, clock, upstream, delivered):
+    client, auth, bridge, clock, upstream, delivered
+):
     telegram(client, clock, blocked(CHAT))
     telegram(client, clock, unblocked(CHAT))  # live again; the removed one still held
     assert held(client, auth) == [("delivered", True), ("removed", True)]
@@ -124,10 +131,10 @@ def test_a_forbidden_naming_the_contact_removes_a_chat_restored_after_its_block(
     assert [state for state, _ in held(client, auth)] == ["removed", "removed"]
 
 
-@pytest.mark.parametrize("story", ["reteno only", "telegram, then reteno",
-                                   "reteno, then telegram"])
+@pytest.mark.parametrize("story", ["reteno only", "telegram, then reteno", "reteno, then telegram"])
 def test_an_unblock_after_reteno_dropped_the_token_sends_it_again(
-        client, auth, bridge, clock, upstream, delivered, story):
+    client, auth, bridge, clock, upstream, delivered, story
+):
     if story.startswith("telegram"):
         telegram(client, clock, blocked(CHAT))
         answer = forbidden(client, auth, clock)  # a campaign failed: nothing live to remove
@@ -145,8 +152,7 @@ def test_an_unblock_after_reteno_dropped_the_token_sends_it_again(
     assert held(client, auth) == [("delivered", True), ("removed", False)]
 
 
-def test_a_chat_never_delivered_is_sent_after_its_unblock(client, auth, bridge, clock,
-                                                          upstream):
+def test_a_chat_never_delivered_is_sent_after_its_unblock(client, auth, bridge, clock, upstream):
     register(client, auth, {"token": CHAT, "contactId": 7})
     telegram(client, clock, blocked(CHAT))
     telegram(client, clock, unblocked(CHAT))
@@ -154,13 +160,13 @@ def test_a_chat_never_delivered_is_sent_after_its_unblock(client, auth, bridge, 
     assert unblock_result(client, auth) == ("queued again", False)
     bridge.deliver_once()
     assert paths(upstream) == ["tokens"]
-    assert upstream.request_history[0].json()["tokens"] == [{"token": str(CHAT),
-                                                             "contactId": 7}]
+    assert upstream.request_history[0].json()["tokens"] == [{"token": str(CHAT), "contactId": 7}]
     assert held(client, auth) == [("delivered", True), ("removed", False)]
 
 
-def test_a_forbidden_in_the_second_of_the_delivery_drops_the_token(client, auth, bridge,
-                                                                   clock, upstream):
+def test_a_forbidden_in_the_second_of_the_delivery_drops_the_token(
+    client, auth, bridge, clock, upstream
+):
     # Reteno dates its events to the second: a failure in the delivery's second follows it
     clock.now = clock.now.replace(microsecond=500000)
     register(client, auth, {"token": CHAT, "contactId": 7})
@@ -170,8 +176,9 @@ def test_a_forbidden_in_the_second_of_the_delivery_drops_the_token(client, auth,
     assert held(client, auth) == [("removed", False)]
 
 
-def test_a_forbidden_older_than_the_delivery_leaves_the_token_held(client, auth, bridge,
-                                                                    clock, upstream):
+def test_a_forbidden_older_than_the_delivery_leaves_the_token_held(
+    client, auth, bridge, clock, upstream
+):
     # Reteno failed a send, then took the token again from this delivery
     register(client, auth, {"token": CHAT, "contactId": 7})
     registered = clock.now
@@ -187,7 +194,8 @@ def test_a_forbidden_older_than_the_delivery_leaves_the_token_held(client, auth,
 
 
 def test_late_news_of_a_forbidden_after_the_comeback_sends_the_chat_again(
-        client, auth, bridge, clock, upstream, delivered):
+    client, auth, bridge, clock, upstream, delivered
+):
     # Telegram's block and unblock arrive first; Reteno's Forbidden from between them is
     # stale for the chat (it came back) but says Reteno no longer has the token
     telegram(client, clock, blocked(CHAT))
@@ -216,7 +224,8 @@ def test_an_ambiguous_forbidden_drops_nothing(client, auth, bridge, clock, upstr
 
 
 def test_a_forbidden_by_identifier_is_ambiguous_while_reteno_holds_a_blocked_chat(
-        client, auth, bridge, clock, upstream):
+    client, auth, bridge, clock, upstream
+):
     """Reteno sends to every token on the contact card, the token of a chat that blocked
     the bot through Telegram among them: a Forbidden naming only the contact may be that
     chat's, so the one live chat of the contact is not removed by guess; nor is a sign of
@@ -234,8 +243,7 @@ def test_a_forbidden_by_identifier_is_ambiguous_while_reteno_holds_a_blocked_cha
     assert event["detail"]["candidates"] == sorted([str(CHAT), "555"])
 
     clock.advance(10)
-    response = client.post("/statuses", json=[{"status": "SENT", "contactId": 7}],
-                           headers=auth)
+    response = client.post("/statuses", json=[{"status": "SENT", "contactId": 7}], headers=auth)
     assert response.status_code == 200
     assert rows(client, auth, token=CHAT)[0]["lastSeenAt"] == seen
 
@@ -251,7 +259,8 @@ def test_a_forbidden_naming_the_chat_is_never_ambiguous(client, auth, bridge, cl
 
 
 def test_a_new_registration_inherits_what_reteno_holds_for_its_identity(
-        client, auth, bridge, clock, upstream, delivered):
+    client, auth, bridge, clock, upstream, delivered
+):
     telegram(client, clock, blocked(CHAT))
     [same] = register(client, auth, {"token": CHAT, "contactId": 7})
     assert (same["state"], same["duplicate"]) == ("queued", False)
@@ -272,8 +281,9 @@ def muted(client, auth, bridge, upstream, delivered):
     assert paths(upstream) == ["tokens", "mute"]
 
 
-def test_a_mute_is_not_sent_again_while_reteno_holds_the_token(client, auth, bridge, clock,
-                                                               upstream, muted):
+def test_a_mute_is_not_sent_again_while_reteno_holds_the_token(
+    client, auth, bridge, clock, upstream, muted
+):
     telegram(client, clock, blocked(CHAT))
     telegram(client, clock, unblocked(CHAT))
     bridge.deliver_once()
@@ -282,10 +292,12 @@ def test_a_mute_is_not_sent_again_while_reteno_holds_the_token(client, auth, bri
     assert history(client, auth, CHAT)[-1]["kind"] == "telegram_unblocked"
 
 
-@pytest.mark.parametrize("story", ["forbidden", "telegram, then forbidden",
-                                   "telegram, unblock, late forbidden"])
-def test_a_mute_is_sent_again_once_reteno_dropped_the_token(client, auth, bridge, clock,
-                                                            upstream, muted, story):
+@pytest.mark.parametrize(
+    "story", ["forbidden", "telegram, then forbidden", "telegram, unblock, late forbidden"]
+)
+def test_a_mute_is_sent_again_once_reteno_dropped_the_token(
+    client, auth, bridge, clock, upstream, muted, story
+):
     failed_at = None
     if story.startswith("telegram"):
         telegram(client, clock, blocked(CHAT))
@@ -299,15 +311,15 @@ def test_a_mute_is_sent_again_once_reteno_dropped_the_token(client, auth, bridge
         telegram(client, clock, unblocked(CHAT))
     bridge.deliver_once()
     assert paths(upstream) == ["tokens", "mute", "tokens", "mute"]
-    assert [e["kind"] for e in history(client, auth, CHAT)][-2:] == ["delivered",
-                                                                    "mute_delivered"]
+    assert [e["kind"] for e in history(client, auth, CHAT)][-2:] == ["delivered", "mute_delivered"]
 
 
 # --- reading the ledger, the simulator --------------------------------------------------
 
 
-def test_bridge_tokens_shows_what_reteno_holds(runner, client, auth, bridge, clock, upstream,
-                                               delivered):
+def test_bridge_tokens_shows_what_reteno_holds(
+    runner, client, auth, bridge, clock, upstream, delivered
+):
     register(client, auth, {"token": 555, "contactId": 8})
     table = run_cli(runner, "tokens").output
     assert "RETENO HOLDS" in table.splitlines()[0]
@@ -319,8 +331,12 @@ def test_bridge_tokens_shows_what_reteno_holds(runner, client, auth, bridge, clo
 
 @pytest.mark.real_http
 def test_the_simulator_shows_the_token_once_after_a_block_and_unblock(make_app):
-    app = make_app(RETENO_APP_UUID=None, RETENO_API_KEY=None, BRIDGE_SANDBOX=True,
-                   TELEGRAM_WEBHOOK_SECRET=SECRET)
+    app = make_app(
+        RETENO_APP_UUID=None,
+        RETENO_API_KEY=None,
+        BRIDGE_SANDBOX=True,
+        TELEGRAM_WEBHOOK_SECRET=SECRET,
+    )
     runtime = app.extensions["reteno_bridge"]
     clock = runtime.ledger.clock = Clock()
     client = app.test_client()
@@ -351,23 +367,30 @@ def test_the_migration_counts_only_live_deliveries_as_held(tmp_path):
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0006")
-        for rid, state, delivered_at in ((1, "delivered", "'2026-11-01 00:00:00'"),
-                                         (2, "removed", "'2026-11-01 00:00:00'"),
-                                         (3, "queued", "NULL")):
-            conn.execute(text(
-                "INSERT INTO bridge_registrations (id, token, contact_id, matched_by, "
-                "match_value, state, attempts, created_at, updated_at, delivered_at) VALUES "
-                f"({rid}, '{rid}', {rid}, 'contactId', '{rid}', '{state}', 1, "
-                f"'2026-11-01 00:00:00', '2026-11-01 00:00:00', {delivered_at})"))
+        for rid, state, delivered_at in (
+            (1, "delivered", "'2026-11-01 00:00:00'"),
+            (2, "removed", "'2026-11-01 00:00:00'"),
+            (3, "queued", "NULL"),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO bridge_registrations (id, token, contact_id, matched_by, "
+                    "match_value, state, attempts, created_at, updated_at, delivered_at) VALUES "
+                    f"({rid}, '{rid}', {rid}, 'contactId', '{rid}', '{state}', 1, "
+                    f"'2026-11-01 00:00:00', '2026-11-01 00:00:00', {delivered_at})"
+                )
+            )
     engine.dispose()
     migrate(url)
     with sqlite3.connect(url.split("///", 1)[1]) as conn:
-        assert conn.execute("SELECT id, reteno_holds FROM bridge_registrations ORDER BY id"
-                            ).fetchall() == [(1, 1), (2, 0), (3, 0)]
+        assert conn.execute(
+            "SELECT id, reteno_holds FROM bridge_registrations ORDER BY id"
+        ).fetchall() == [(1, 1), (2, 0), (3, 0)]
 
 
 def test_the_log_says_whether_an_unblock_queued_the_chat_or_found_reteno_holding_it(
-        client, auth, bridge, clock, upstream, delivered, caplog):
+    client, auth, bridge, clock, upstream, delivered, caplog
+):
     """An operator reading the log is told which way an unblock went, and an unblock of a
     chat still live queues nothing."""
     with caplog.at_level(logging.INFO, logger="bridge.telegram"):
@@ -388,8 +411,12 @@ CHAT_A, CHAT_B = 111111111, 222222222
 def ann_with_one_chat_reteno_holds(client, auth, bridge, clock):
     """Ann's two chats delivered; Reteno dropped B's token (a Forbidden for B), and A
     blocked the bot through Telegram, so Reteno still holds A's."""
-    register(client, auth, {"token": CHAT_A, "email": "ann@example.com"},
-             {"token": CHAT_B, "email": "ann@example.com"})
+    register(
+        client,
+        auth,
+        {"token": CHAT_A, "email": "ann@example.com"},
+        {"token": CHAT_B, "email": "ann@example.com"},
+    )
     bridge.deliver_once()
     forbidden(client, auth, clock, token=str(CHAT_B))
     telegram(client, clock, blocked(CHAT_A))
@@ -397,13 +424,16 @@ def ann_with_one_chat_reteno_holds(client, auth, bridge, clock):
 
 
 def test_a_forbidden_naming_the_contact_drops_the_one_chat_reteno_still_held(
-        client, auth, bridge, clock, upstream):
+    client, auth, bridge, clock, upstream
+):
     """Ann has two chats. Reteno dropped B's token (a Forbidden for B); A blocked the bot
     through Telegram, so Reteno still holds A's. A Forbidden naming her e-mail is A's (the
     one token left on her card): Reteno dropped it, and A's unblock sends it again."""
     chat_a, chat_b = ann_with_one_chat_reteno_holds(client, auth, bridge, clock)
     assert (held(client, auth, chat_a), held(client, auth, chat_b)) == (
-        [("removed", True)], [("removed", False)])
+        [("removed", True)],
+        [("removed", False)],
+    )
 
     forbidden(client, auth, clock, email="ann@example.com")
     assert held(client, auth, chat_a) == [("removed", False)]
@@ -415,7 +445,8 @@ def test_a_forbidden_naming_the_contact_drops_the_one_chat_reteno_still_held(
 
 
 def test_a_forbidden_naming_the_contact_is_remembered_as_the_held_chats_block(
-        client, auth, bridge, clock, upstream):
+    client, auth, bridge, clock, upstream
+):
     """The same two chats: the Forbidden naming her e-mail is A's, and A has nothing
     live, so it is remembered as A's latest block: an unblock dated before it (and after
     the Telegram block) is stale, and nothing is sent."""

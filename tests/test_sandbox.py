@@ -463,8 +463,14 @@ def test_seeded_fault_mix_is_reproducible():
     assert first == second
     codes, faults = first
     assert set(codes) == {200, 500, 503}  # half the calls fail, with both kinds
-    assert faults == {"500": codes.count(500), "503": codes.count(503), "429": 0,
-                      "429-retry-after": 0, "timeout": 0, "drop": 0}
+    assert faults == {
+        "500": codes.count(500),
+        "503": codes.count(503),
+        "429": 0,
+        "429-retry-after": 0,
+        "timeout": 0,
+        "drop": 0,
+    }
 
 
 def test_invalid_options_are_refused():
@@ -777,8 +783,9 @@ CROSS_SITE = [
 
 
 @pytest.mark.parametrize("headers", CROSS_SITE)
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded",
-                                          "multipart/form-data", "text/plain"])
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data", "text/plain"]
+)
 def test_block_and_reset_refuse_a_cross_site_post(headers, content_type):
     """Another site's page cannot make a visitor's browser block a token or wipe the
     simulator (a form post, or a text/plain one, needs no CORS preflight)."""
@@ -786,20 +793,29 @@ def test_block_and_reset_refuse_a_cross_site_post(headers, content_type):
     simulator, client = make(status_sink=received.append)
     post_tokens(client, [{"token": "777", "phone": "+1"}])
     for path in ("/block/777", "/reset"):
-        response = client.post(path, data="from=page", content_type=content_type,
-                               headers=headers)
+        response = client.post(path, data="from=page", content_type=content_type, headers=headers)
         assert response.status_code == 403, (path, response.status_code)
-        assert response.get_json() == {"status": 403, "message": (
-            "Cross-site requests are refused: use the sandbox page itself, or a client that "
-            "is not a browser")}
+        assert response.get_json() == {
+            "status": 403,
+            "message": (
+                "Cross-site requests are refused: use the sandbox page itself, or a client that "
+                "is not a browser"
+            ),
+        }
     assert [c["tokens"] for c in simulator.contacts()] == [["777"]]
     assert received == []
 
 
-@pytest.mark.parametrize("headers", [
-    {}, {"Origin": "http://localhost"}, {"Sec-Fetch-Site": "same-origin"},
-    {"Sec-Fetch-Site": "none"},
-    {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Origin": "http://localhost"},
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},
+        {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"},
+    ],
+)
 def test_block_and_reset_from_the_page_itself_still_work(headers):
     simulator, client = make()
     post_tokens(client, [{"token": "777", "phone": "+1"}])
@@ -808,23 +824,35 @@ def test_block_and_reset_from_the_page_itself_still_work(headers):
     assert client.post("/reset", data={"from": "page"}, headers=headers).status_code == 303
 
 
-@pytest.mark.parametrize("host", ["rebound.example", "rebound.example:8025",
-                                  "127.0.0.1.rebound.example", "[::2]:8025", "0.0.0.0:8025",
-                                  "localhost.:8025"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "rebound.example",
+        "rebound.example:8025",
+        "127.0.0.1.rebound.example",
+        "[::2]:8025",
+        "0.0.0.0:8025",
+        "localhost.:8025",
+    ],
+)
 def test_the_standalone_simulator_answers_only_for_a_loopback_host(host):
     simulator, client = make()
     base = f"http://{host}"
-    for response in (post_tokens(client, [{"token": "777", "phone": "+1"}], base_url=base),
-                     client.get("/contacts", base_url=base), client.get("/", base_url=base),
-                     client.post("/reset", base_url=base)):
+    for response in (
+        post_tokens(client, [{"token": "777", "phone": "+1"}], base_url=base),
+        client.get("/contacts", base_url=base),
+        client.get("/", base_url=base),
+        client.post("/reset", base_url=base),
+    ):
         assert response.status_code == 421
         assert response.get_json()["code"] == 421
         assert "DNS rebinding" in response.get_json()["message"]
     assert simulator.stats()["requests"] == 0
 
 
-@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:8025", "127.0.0.1:8025",
-                                  "127.3.2.1", "[::1]", "[::1]:8025"])
+@pytest.mark.parametrize(
+    "host", ["localhost", "LOCALHOST:8025", "127.0.0.1:8025", "127.3.2.1", "[::1]", "[::1]:8025"]
+)
 def test_the_standalone_simulator_answers_for_every_loopback_name(host):
     simulator, client = make()
     response = post_tokens(client, [{"token": "777", "phone": "+1"}], base_url=f"http://{host}")
@@ -834,7 +862,10 @@ def test_the_standalone_simulator_answers_for_every_loopback_name(host):
 
 def test_the_sandbox_forbids_framing():
     simulator, client = make()
-    for response in (client.get("/"), client.get("/contacts"),
-                     client.get("/", base_url="http://rebound.example")):
+    for response in (
+        client.get("/"),
+        client.get("/contacts"),
+        client.get("/", base_url="http://rebound.example"),
+    ):
         assert response.headers["X-Frame-Options"] == "DENY"
         assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"

@@ -98,8 +98,9 @@ def test_duration_bounds_are_accepted(duration):
 
 def test_null_duration_is_for_ever():
     simulator, client = make()
-    response = client.post(MUTE, json={"token": "100", "duration": None},
-                           headers={"X-Reteno-Access-Key": KEY})
+    response = client.post(
+        MUTE, json={"token": "100", "duration": None}, headers={"X-Reteno-Access-Key": KEY}
+    )
     assert response.status_code == 200
     assert simulator.muted() == [entry()]
 
@@ -161,14 +162,24 @@ def test_mute_and_unmute_can_be_called_directly():
 
 
 @pytest.mark.parametrize("path", ["mute", "unmute"])
-@pytest.mark.parametrize("body", [
-    {}, {"token": ""}, {"token": "  "}, {"token": None}, {"token": 100}, {"token": ["1"]},
-    {"duration": 60}, {"tokens": [{"token": "1"}]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"token": ""},
+        {"token": "  "},
+        {"token": None},
+        {"token": 100},
+        {"token": ["1"]},
+        {"duration": 60},
+        {"tokens": [{"token": "1"}]},
+    ],
+)
 def test_token_must_be_specified(path, body):
     simulator, client = make()
-    response = client.post(f"/api/v1/apps/{APP}/token/{path}", json=body,
-                           headers={"X-Reteno-Access-Key": KEY})
+    response = client.post(
+        f"/api/v1/apps/{APP}/token/{path}", json=body, headers={"X-Reteno-Access-Key": KEY}
+    )
     assert response.status_code == 400
     assert response.get_json() == {"status": 400, "message": "Tokens must be specified"}
     assert simulator.muted() == []
@@ -179,8 +190,12 @@ def test_token_must_be_specified(path, body):
 @pytest.mark.parametrize("path", ["mute", "unmute"])
 def test_an_empty_body_is_a_missing_token(path):
     _, client = make()
-    response = client.post(f"/api/v1/apps/{APP}/token/{path}", data="",
-                           content_type="application/json", headers={"X-Reteno-Access-Key": KEY})
+    response = client.post(
+        f"/api/v1/apps/{APP}/token/{path}",
+        data="",
+        content_type="application/json",
+        headers={"X-Reteno-Access-Key": KEY},
+    )
     assert response.get_json() == {"status": 400, "message": "Tokens must be specified"}
 
 
@@ -219,10 +234,14 @@ def test_unknown_app_uuid_is_404(path):
 
 
 @pytest.mark.parametrize("path", ["mute", "unmute"])
-@pytest.mark.parametrize(("key", "message"), [
-    (None, "Access key is missing"), ("", "Access key is missing"),
-    ("wrong", "Invalid access key"),
-])
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (None, "Access key is missing"),
+        ("", "Access key is missing"),
+        ("wrong", "Invalid access key"),
+    ],
+)
 def test_header_auth_applies(path, key, message):
     simulator, client = make()
     simulator.mute_token(APP, {"X-Reteno-Access-Key": KEY}, {"token": "100"})
@@ -267,8 +286,9 @@ def test_all_three_calls_share_the_rate_limit():
 @pytest.mark.parametrize(("kind", "status"), [("500", 500), ("503", 503), ("429", 429)])
 def test_faults_are_injected_before_validation(path, kind, status):
     simulator, client = make(failure_rate=1.0, failures=(kind,))
-    response = client.post(f"/api/v1/apps/{APP}/token/{path}", json={},
-                           headers={"X-Reteno-Access-Key": KEY})
+    response = client.post(
+        f"/api/v1/apps/{APP}/token/{path}", json={}, headers={"X-Reteno-Access-Key": KEY}
+    )
     assert response.status_code == status
     assert response.get_json()["status"] == status
     assert simulator.stats()["faults"][kind] == 1
@@ -306,8 +326,7 @@ def test_mute_calls_log_no_key(caplog):
 def test_block_drops_the_mute_and_a_returning_token_is_not_muted():
     received = []
     simulator, client = make(status_sink=received.extend, app_uuid=None)
-    post_tokens(client, [{"token": "100", "phone": "+1"}, {"token": "200", "phone": "+2"}],
-                url=URL)
+    post_tokens(client, [{"token": "100", "phone": "+1"}, {"token": "200", "phone": "+2"}], url=URL)
     mute(client, "100")
     mute(client, "100", url=f"/api/v1/apps/{OTHER_APP}/token/mute")
     mute(client, "200", duration=60)

@@ -53,8 +53,12 @@ DAY = 24 * 3600
 @pytest.fixture
 def app(make_app):
     """Conflicts held; Telegram's webhook and deep links on."""
-    return make_app(BRIDGE_ON_CONFLICT="hold", TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
-                    BRIDGE_LINK_SECRET=LINK_SECRET, TELEGRAM_BOT_USERNAME=BOT)
+    return make_app(
+        BRIDGE_ON_CONFLICT="hold",
+        TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
+        BRIDGE_LINK_SECRET=LINK_SECRET,
+        TELEGRAM_BOT_USERNAME=BOT,
+    )
 
 
 def kinds(client, auth, token):
@@ -75,7 +79,8 @@ def seconds(iso: str | None) -> float | None:
 
 
 def test_a_link_first_opened_by_a_chat_that_had_its_identifier_still_binds_to_it(
-        client, auth, runner, clock):
+    client, auth, runner, clock
+):
     """Bug caught: ``use_link`` records the link as used only when its registration is
     new, so a duplicate first use leaves the link free for the next chat."""
     [mine] = register(client, auth, {"token": 111, "contactId": 9})
@@ -100,13 +105,15 @@ def test_one_links_use_never_makes_another_link_read_as_used(client, auth, clock
     for_nine = links.make_payload(LINK_SECRET, "contactId", 9)
     for_ten = links.make_payload(LINK_SECRET, "contactId", 10)
     # another link for the same contact: a link of its own
-    nine_again = links.make_payload(LINK_SECRET, "contactId", 9,
-                                    clock.now + timedelta(days=1))
+    nine_again = links.make_payload(LINK_SECRET, "contactId", 9, clock.now + timedelta(days=1))
     for chat, payload in ((111, for_nine), (222, for_ten), (333, nine_again)):
         clock.advance(10)
         telegram(client, start_message(chat, telegram_date(clock), payload), TG_SECRET)
     assert {r["token"]: r["contactId"] for r in rows(client, auth)} == {
-        "111": 9, "222": 10, "333": 9}
+        "111": 9,
+        "222": 10,
+        "333": 9,
+    }
     for chat in (111, 222, 333):
         assert kinds(client, auth, chat) == ["submitted", "link_used"]
     clock.advance(10)  # and each is still bound to its own chat
@@ -121,13 +128,15 @@ def block(client, auth, how, token, date):
     if how == "telegram":
         telegram(client, chat_member(token, "kicked", "member", date), TG_SECRET)
     else:
-        post_statuses(client, auth, {"status": "FAILED", "error": BLOCKED,
-                                     "token": str(token), "time": date})
+        post_statuses(
+            client, auth, {"status": "FAILED", "error": BLOCKED, "token": str(token), "time": date}
+        )
 
 
 @pytest.mark.parametrize("how", ["telegram", "statuses"])
 def test_a_block_of_a_chat_with_nothing_live_moves_that_chats_removal_only(
-        client, auth, clock, how):
+    client, auth, clock, how
+):
     """Bug caught: ``remember_block`` finds the latest removed registration of any chat
     (not of the blocked one) and moves its ``removedAt``."""
     register(client, auth, *[{"token": t, "contactId": t} for t in (301, 302, 303)])
@@ -166,8 +175,7 @@ def stale_remove(runner, days=30):
     return run_cli(runner, "stale", "--days", str(days), "--remove", "--yes").output
 
 
-def test_a_held_identity_waits_while_a_released_third_one_is_live(client, auth, runner,
-                                                                   clock):
+def test_a_held_identity_waits_while_a_released_third_one_is_live(client, auth, runner, clock):
     """Bug caught: ``release_held`` releases a held registration when at most two
     identities of its chat are live, or when the one it was held for goes, though
     another is still live (Reteno would put the chat on two contact cards)."""
@@ -182,11 +190,17 @@ def test_a_held_identity_waits_while_a_released_third_one_is_live(client, auth, 
     clock.advance(DAY)  # ANN quiet for 41 days, CAT for 21, BOB for 1
     assert "removed 1 registration" in stale_remove(runner)
     assert states_by_email(client, auth) == {
-        "ann@example.com": "removed", "cat@example.com": "queued", "bob@example.com": "held"}
+        "ann@example.com": "removed",
+        "cat@example.com": "queued",
+        "bob@example.com": "held",
+    }
     clock.advance(14 * DAY)  # CAT quiet for 35 days, BOB for 15
     assert "removed 1 registration" in stale_remove(runner)
     assert states_by_email(client, auth) == {
-        "ann@example.com": "removed", "cat@example.com": "removed", "bob@example.com": "queued"}
+        "ann@example.com": "removed",
+        "cat@example.com": "removed",
+        "bob@example.com": "queued",
+    }
     assert kinds(client, auth, 4100)[-2:] == ["removed", "released"]
 
 
@@ -201,11 +215,17 @@ def test_two_held_identities_wait_for_each_other(client, auth, runner, clock):
     clock.advance(10 * DAY)  # ANN quiet for 35 days, BOB for 15, CAT for 10
     assert "removed 1 registration" in stale_remove(runner)
     assert states_by_email(client, auth) == {
-        "ann@example.com": "removed", "bob@example.com": "held", "cat@example.com": "held"}
+        "ann@example.com": "removed",
+        "bob@example.com": "held",
+        "cat@example.com": "held",
+    }
     clock.advance(17 * DAY)  # BOB quiet for 32 days, CAT for 27
     assert "removed 1 registration" in stale_remove(runner)
     assert states_by_email(client, auth) == {
-        "ann@example.com": "removed", "bob@example.com": "removed", "cat@example.com": "queued"}
+        "ann@example.com": "removed",
+        "bob@example.com": "removed",
+        "cat@example.com": "queued",
+    }
 
 
 # --- another lane's precondition: mutes ------------------------------------------------------
@@ -218,8 +238,12 @@ def upstream_calls(requests_mock):
     out = []
     for r in requests_mock.request_history:
         body = r.json()
-        out.append((r.url.rsplit("/", 1)[1],
-                    body["token"] if "token" in body else [t["token"] for t in body["tokens"]]))
+        out.append(
+            (
+                r.url.rsplit("/", 1)[1],
+                body["token"] if "token" in body else [t["token"] for t in body["tokens"]],
+            )
+        )
     return out
 
 
@@ -240,7 +264,8 @@ def other_chat(client, auth, bridge, requests_mock):
 
 
 def test_a_mute_waits_while_its_chats_registration_waits_for_a_retry(
-        client, auth, bridge, clock, requests_mock, other_chat):
+    client, auth, bridge, clock, requests_mock, other_chat
+):
     """Bug caught: ``claim_mutes`` sends a mute whatever its chat's registration is
     (the precondition "Reteno knows the chat" left out or widened to queued)."""
     requests_mock.post(TOKENS_URL, status_code=503)
@@ -258,7 +283,8 @@ def test_a_mute_waits_while_its_chats_registration_waits_for_a_retry(
 
 
 def test_a_mute_waits_while_its_chats_registration_is_a_dead_letter(
-        client, auth, bridge, requests_mock, runner, other_chat):
+    client, auth, bridge, requests_mock, runner, other_chat
+):
     """Bug caught: ``claim_mutes`` takes a dead-lettered registration for one Reteno
     knows (any state but queued, or any live state)."""
     requests_mock.post(TOKENS_URL, status_code=400, json={"message": "token is invalid"})
@@ -275,7 +301,8 @@ def test_a_mute_waits_while_its_chats_registration_is_a_dead_letter(
 
 
 def test_a_mute_waits_while_its_chats_registration_is_held(
-        client, auth, bridge, clock, requests_mock, runner, other_chat):
+    client, auth, bridge, clock, requests_mock, runner, other_chat
+):
     """Bug caught: ``claim_mutes`` takes a held registration for one Reteno knows."""
     requests_mock.post(TOKENS_URL, status_code=503)
     register(client, auth, {"token": CHAT, "contactId": 7})
@@ -294,8 +321,9 @@ def test_a_mute_waits_while_its_chats_registration_is_held(
 
 
 @pytest.mark.parametrize(("left", "sent"), [(4, False), (5, True)])
-def test_a_mute_with_under_five_seconds_left_lapses(client, auth, bridge, clock,
-                                                     requests_mock, left, sent):
+def test_a_mute_with_under_five_seconds_left_lapses(
+    client, auth, bridge, clock, requests_mock, left, sent
+):
     """Bug caught: ``claim_mutes`` lapses only a mute whose time is over (or also one
     with exactly 5 s left): Reteno refuses a mute shorter than 5 s."""
     requests_mock.post(TOKENS_URL, [{"status_code": 503}, {"json": "OK"}])
@@ -316,46 +344,72 @@ CHATS = [str(9000 + n) for n in range(25)]
 
 
 def test_a_replayed_body_of_a_thousand_events_records_nothing_again_for_any_chat(
-        client, auth, clock):
+    client, auth, clock
+):
     """Bug caught: an off-by-one in the ledger's pages of fingerprints
     (``reports._seen_fingerprints``, ``bridge.db.in_pages``: 256 at a time, then 64, 16
     and the rest): the events at a page's edge (the 256th, the 257th, the 1,000th) are
     recorded again on a replay."""
     register(client, auth, *[{"token": t, "contactId": int(t)} for t in CHATS])
     clock.advance(60)
-    body = [{"status": "SENT", "token": CHATS[n % len(CHATS)], "messageId": f"m-{n}",
-             "time": telegram_date(clock, -30)} for n in range(1000)]
+    body = [
+        {
+            "status": "SENT",
+            "token": CHATS[n % len(CHATS)],
+            "messageId": f"m-{n}",
+            "time": telegram_date(clock, -30),
+        }
+        for n in range(1000)
+    ]
     assert post_statuses(client, auth, body)["processed"] == 1000
     before = {t: history(client, auth, t) for t in CHATS}
     assert all(len(events) == 1 + 40 for events in before.values())
     clock.advance(60)
     again = post_statuses(client, auth, body)
-    assert again == {"processed": 1000, "removed": [], "unmatched": 0, "ignored": 0,
-                     "stale": 0, "ambiguous": 0}
+    assert again == {
+        "processed": 1000,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert {t: history(client, auth, t) for t in CHATS} == before
 
 
 # --- a sign of life naming an identifier several chats share -------------------------------------
 
 
-def test_a_sign_of_life_naming_a_shared_identifier_touches_none_of_its_chats(
-        client, auth, clock):
+def test_a_sign_of_life_naming_a_shared_identifier_touches_none_of_its_chats(client, auth, clock):
     """Bug caught: a SENT / DELIVERED / CLICKED event whose identifier matches several
     live chats moves their ``lastSeenAt`` (all of them, or the first) by guess."""
-    register(client, auth, {"token": 801, "email": "shared@example.com"},
-             {"token": 802, "email": "shared@example.com"},
-             {"token": 803, "email": "solo@example.com"})
+    register(
+        client,
+        auth,
+        {"token": 801, "email": "shared@example.com"},
+        {"token": 802, "email": "shared@example.com"},
+        {"token": 803, "email": "solo@example.com"},
+    )
     seen = {r["token"]: r["lastSeenAt"] for r in rows(client, auth)}
     clock.advance(60)
     when = clock.now - timedelta(seconds=30)
     written = when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
-    post_statuses(client, auth, [
-        {"status": "SENT", "email": "shared@example.com", "time": int(when.timestamp())},
-        {"activityStatus": "DELIVERED", "email": "shared@example.com",
-         "activityDateTime": written, "mediaType": "telegrambot", "messageId": 1},
-        {"status": "CLICKED", "email": "shared@example.com", "time": int(when.timestamp())},
-        {"status": "SENT", "email": "solo@example.com", "time": int(when.timestamp())},
-    ])
+    post_statuses(
+        client,
+        auth,
+        [
+            {"status": "SENT", "email": "shared@example.com", "time": int(when.timestamp())},
+            {
+                "activityStatus": "DELIVERED",
+                "email": "shared@example.com",
+                "activityDateTime": written,
+                "mediaType": "telegrambot",
+                "messageId": 1,
+            },
+            {"status": "CLICKED", "email": "shared@example.com", "time": int(when.timestamp())},
+            {"status": "SENT", "email": "solo@example.com", "time": int(when.timestamp())},
+        ],
+    )
     after = {r["token"]: r["lastSeenAt"] for r in rows(client, auth)}
     assert (after["801"], after["802"]) == (seen["801"], seen["802"])
     assert seconds(after["803"]) == int(when.timestamp())  # one chat: its sign of life

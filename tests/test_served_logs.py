@@ -52,8 +52,7 @@ class Stalled(logging.Handler):
             self.released_by_test = self.released.wait(30)
 
 
-def test_a_stalled_log_sink_drops_lines_instead_of_holding_them(client, auth, caplog,
-                                                                monkeypatch):
+def test_a_stalled_log_sink_drops_lines_instead_of_holding_them(client, auth, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="bridge.request")
     bound = 5
     monkeypatch.setattr(bridge_logs._REQUEST_LOG, "maxsize", bound)
@@ -102,16 +101,17 @@ def shipped_config():
     return Shipped().cfg
 
 
-def test_the_shipped_gunicorn_config_redacts_the_access_log_and_has_no_control_socket(
-    capsys
-):
+def test_the_shipped_gunicorn_config_redacts_the_access_log_and_has_no_control_socket(capsys):
     cfg = shipped_config()
     assert cfg.settings["control_socket_disable"].get() is True
     cfg.set("accesslog", "-")
     logger = cfg.logger_class(cfg)
-    environ = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1",
-               "RAW_URI": f"/tokens?email={EMAIL}&phone=%2B380956490955",
-               "REMOTE_ADDR": "127.0.0.1"}
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "RAW_URI": f"/tokens?email={EMAIL}&phone=%2B380956490955",
+        "REMOTE_ADDR": "127.0.0.1",
+    }
     response = SimpleNamespace(status="200 OK", headers=[], sent=2)
     logger.access(response, SimpleNamespace(headers=[]), environ, timedelta(seconds=0.01))
     environ["RAW_URI"] = f"/tokens/{CHAT}/history"
@@ -131,20 +131,43 @@ def test_gunicorn_serving_with_the_shipped_config_keeps_the_access_log_clean(tmp
     home = tmp_path / "home"
     home.mkdir()
     # where gunicorn would put its control socket (HOME/.gunicorn, or XDG_RUNTIME_DIR)
-    env = environment(tmp_path, WEB_CONCURRENCY=1, BRIDGE_BACKGROUND_DELIVERY="false",
-                      HOME=home, XDG_RUNTIME_DIR=None)
-    server = subprocess.Popen([str(BIN / "gunicorn"), "--config", SHIPPED,
-                               "--access-logfile", "-", "--bind", f"127.0.0.1:{port}",
-                               "bridge.factory:app"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = environment(
+        tmp_path,
+        WEB_CONCURRENCY=1,
+        BRIDGE_BACKGROUND_DELIVERY="false",
+        HOME=home,
+        XDG_RUNTIME_DIR=None,
+    )
+    server = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "--config",
+            SHIPPED,
+            "--access-logfile",
+            "-",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "bridge.factory:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_listening(port, server)
         base = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {env['BRIDGE_API_KEYS']}"}
-        assert requests.get(f"{base}/tokens", params={"email": EMAIL, "phone": PHONE},
-                            headers=auth, timeout=10).status_code == 200
-        assert requests.get(f"{base}/tokens/{CHAT}/history", headers=auth,
-                            timeout=10).status_code in (200, 404)
+        assert (
+            requests.get(
+                f"{base}/tokens", params={"email": EMAIL, "phone": PHONE}, headers=auth, timeout=10
+            ).status_code
+            == 200
+        )
+        assert requests.get(
+            f"{base}/tokens/{CHAT}/history", headers=auth, timeout=10
+        ).status_code in (200, 404)
         # gunicorn removes its control socket when it stops: look while it serves
         assert not list(home.rglob("*.ctl")), "gunicorn made a control socket"
     finally:

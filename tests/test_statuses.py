@@ -103,8 +103,14 @@ def test_wrong_or_missing_credentials_get_401_and_change_nothing(client, auth, h
 def test_basic_credentials_are_accepted(client):
     response = post(client, [], headers=basic())
     assert response.status_code == 200
-    assert response.json == {"processed": 0, "removed": [], "unmatched": 0, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 0,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
 
 
 def test_bearer_key_is_accepted(client, auth):
@@ -133,13 +139,20 @@ def test_basic_is_refused_when_no_webhook_credentials_are_configured(make_app, a
         ({"phone": "+380 (95) 649-09-55"}, {"phone": "+380956490955"}),
     ],
 )
-def test_undelivered_forbidden_removes_the_matching_token(client, auth, clock, registered,
-                                                          reported):
+def test_undelivered_forbidden_removes_the_matching_token(
+    client, auth, clock, registered, reported
+):
     register(client, auth, {"token": "1001", **registered})
     response = post(client, [activity(**reported)])
     assert response.status_code == 200, response.json
-    assert response.json == {"processed": 1, "removed": ["1001"], "unmatched": 0, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 1,
+        "removed": ["1001"],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
 
     item = row(client, auth, "1001")
     assert item["state"] == "removed"
@@ -164,11 +177,15 @@ def test_undelivered_forbidden_removes_the_matching_token(client, auth, clock, r
 @pytest.mark.parametrize("status", ["FAILED", "UNDELIVERED", "BOT_SEND_ERROR", "failed"])
 @pytest.mark.parametrize(
     "description",
-    ["Forbidden", "Forbidden: bot was blocked by the user", "403", "user BLOCKED the bot",
-     "Error 403: Forbidden: user is deactivated"],
+    [
+        "Forbidden",
+        "Forbidden: bot was blocked by the user",
+        "403",
+        "user BLOCKED the bot",
+        "Error 403: Forbidden: user is deactivated",
+    ],
 )
-def test_every_failure_saying_forbidden_blocked_or_403_removes(client, auth, status,
-                                                               description):
+def test_every_failure_saying_forbidden_blocked_or_403_removes(client, auth, status, description):
     register(client, auth, {"token": "1002", "externalCustomerId": "C-2"})
     response = post(client, [activity(status, description, externalCustomerId="C-2")])
     assert response.json["removed"] == ["1002"]
@@ -187,8 +204,14 @@ def test_every_failure_saying_forbidden_blocked_or_403_removes(client, auth, sta
 def test_other_failures_and_statuses_are_recorded_only(client, auth, status, description):
     register(client, auth, {"token": "1003", "contactId": 3})
     response = post(client, [activity(status, description, contactId=3)])
-    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 1,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert row(client, auth, "1003")["state"] == "queued"
     [status_event] = [e for e in history(client, auth, "1003") if e["kind"] == "status"]
     assert status_event["detail"]["status"] == status
@@ -207,12 +230,17 @@ def test_delivered_sent_clicked_are_recorded_on_the_registration_history(
         activity("CLICKED", None, contactId=4, messageId=1, link="https://example.com/x"),
     ]
     response = post(client, body)
-    assert response.json == {"processed": 3, "removed": [], "unmatched": 0, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 3,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert row(client, auth, "1004")["state"] == "delivered"
     events = history(client, auth, "1004")
-    assert [e["kind"] for e in events] == ["submitted", "delivered", "status", "status",
-                                          "status"]
+    assert [e["kind"] for e in events] == ["submitted", "delivered", "status", "status", "status"]
     assert [e["detail"]["status"] for e in events[2:]] == ["SENT", "DELIVERED", "CLICKED"]
     assert {e["registrationId"] for e in events[2:]} == {reg["id"]}
     assert events[4]["detail"]["raw"]["link"] == "https://example.com/x"
@@ -220,12 +248,20 @@ def test_delivered_sent_clicked_are_recorded_on_the_registration_history(
 
 def test_a_block_naming_a_contact_of_several_chats_removes_none(client, auth):
     # Reteno drops exactly the chat that failed; the event names only the contact: no guessing
-    register(client, auth, {"token": "2001", "contactId": 77}, {"token": "2002", "contactId": 77},
-             {"token": "2003", "contactId": 78})
+    register(
+        client,
+        auth,
+        {"token": "2001", "contactId": 77},
+        {"token": "2002", "contactId": 77},
+        {"token": "2003", "contactId": 78},
+    )
     response = post(client, [activity(contactId=77)])
     assert response.json["removed"] == [] and response.json["ambiguous"] == 1
     assert {t: row(client, auth, t)["state"] for t in ("2001", "2002", "2003")} == {
-        "2001": "queued", "2002": "queued", "2003": "queued"}
+        "2001": "queued",
+        "2002": "queued",
+        "2003": "queued",
+    }
     for token in ("2001", "2002"):
         last = history(client, auth, token)[-1]
         assert last["kind"] == "status_ambiguous"
@@ -248,10 +284,17 @@ def test_a_status_names_an_identifier_in_nfc_and_never_by_a_format_character(cli
     """Statuses read identifiers with the same normalisers as /register: an NFD spelling
     finds the NFC one, and a value with a bidi override or zero-width space names
     nobody."""
-    register(client, auth, {"token": "2201", "externalCustomerId": "Caf\u00e9"},
-             {"token": "2202", "externalCustomerId": "Zoe"})
-    body = [activity(externalCustomerId="Zo\u200be"), activity(externalCustomerId="\u202eZoe"),
-            activity(externalCustomerId="Cafe\u0301")]
+    register(
+        client,
+        auth,
+        {"token": "2201", "externalCustomerId": "Caf\u00e9"},
+        {"token": "2202", "externalCustomerId": "Zoe"},
+    )
+    body = [
+        activity(externalCustomerId="Zo\u200be"),
+        activity(externalCustomerId="\u202eZoe"),
+        activity(externalCustomerId="Cafe\u0301"),
+    ]
     assert post(client, body).json["removed"] == ["2201"]
     assert row(client, auth, "2202")["state"] == "queued"
 
@@ -260,39 +303,72 @@ def test_a_status_names_an_identifier_in_nfc_and_never_by_a_format_character(cli
 
 
 def test_bot_backend_reports_forbidden_by_token(client, auth):
-    register(client, auth, {"token": "123", "email": "ann@example.com"},
-             {"token": "123", "contactId": 9})
+    register(
+        client, auth, {"token": "123", "email": "ann@example.com"}, {"token": "123", "contactId": 9}
+    )
     body = {"token": "123", "status": "FAILED", "error": "Forbidden: bot was blocked by the user"}
     response = post(client, body, headers=auth)
     assert response.status_code == 200
-    assert response.json == {"processed": 1, "removed": ["123"], "unmatched": 0, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 1,
+        "removed": ["123"],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert {r["state"] for r in rows(client, auth, token="123")} == {"removed"}
     events = history(client, auth, "123")
     # one chat under two identities: the second is an identity conflict
-    assert [e["kind"] for e in events] == ["submitted", "submitted", "conflict", "status",
-                                          "status", "removed", "removed"]
+    assert [e["kind"] for e in events] == [
+        "submitted",
+        "submitted",
+        "conflict",
+        "status",
+        "status",
+        "removed",
+        "removed",
+    ]
     assert events[3]["detail"]["raw"] == body
     assert events[3]["detail"]["via"] == "token"
 
 
 def test_token_given_as_integer_and_identifiers_in_simple_vocabulary(client, auth):
-    register(client, auth, {"token": "-1001234", "phone": "380501112233"},
-             {"token": "555", "externalCustomerId": "E-1"})
-    response = post(client, [
-        {"token": -1001234, "status": "FAILED", "error": "Forbidden"},
-        {"externalCustomerId": "E-1", "status": "SENT"},
-    ], headers=auth)
-    assert response.json == {"processed": 2, "removed": ["-1001234"], "unmatched": 0,
-                             "ignored": 0, "stale": 0, "ambiguous": 0}
+    register(
+        client,
+        auth,
+        {"token": "-1001234", "phone": "380501112233"},
+        {"token": "555", "externalCustomerId": "E-1"},
+    )
+    response = post(
+        client,
+        [
+            {"token": -1001234, "status": "FAILED", "error": "Forbidden"},
+            {"externalCustomerId": "E-1", "status": "SENT"},
+        ],
+        headers=auth,
+    )
+    assert response.json == {
+        "processed": 2,
+        "removed": ["-1001234"],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert kinds(client, auth, "555") == ["submitted", "status"]
 
 
 def test_the_highest_priority_identifier_decides(client, auth):
-    register(client, auth, {"token": "3001", "contactId": 31},
-             {"token": "3002", "email": "x@example.com"})
-    response = post(client, [activity(contactId=31, email="x@example.com",
-                                      externalCustomerId=None)])
+    register(
+        client,
+        auth,
+        {"token": "3001", "contactId": 31},
+        {"token": "3002", "email": "x@example.com"},
+    )
+    response = post(
+        client, [activity(contactId=31, email="x@example.com", externalCustomerId=None)]
+    )
     assert response.json["removed"] == ["3001"]
     assert row(client, auth, "3002")["state"] == "queued"
     assert kinds(client, auth, "3002") == ["submitted"]
@@ -310,8 +386,11 @@ def test_a_lower_identifier_is_used_when_the_higher_names_no_registration(client
 
 def test_token_wins_over_identifiers(client, auth):
     register(client, auth, {"token": "3201", "contactId": 32}, {"token": "3202", "contactId": 32})
-    response = post(client, {"token": "3202", "contactId": 32, "status": "FAILED",
-                             "error": "Forbidden"}, headers=auth)
+    response = post(
+        client,
+        {"token": "3202", "contactId": 32, "status": "FAILED", "error": "Forbidden"},
+        headers=auth,
+    )
     assert response.json["removed"] == ["3202"]
     assert row(client, auth, "3201")["state"] == "queued"
 
@@ -321,14 +400,23 @@ def test_token_wins_over_identifiers(client, auth):
 
 def test_events_matching_no_registration_are_counted_unmatched(client, auth):
     register(client, auth, {"token": "4001", "contactId": 40})
-    response = post(client, [
-        activity(contactId=424242),
-        activity("DELIVERED", None, email="nobody@example.com"),
-        {"token": "4999", "status": "FAILED", "error": "Forbidden"},
-    ])
+    response = post(
+        client,
+        [
+            activity(contactId=424242),
+            activity("DELIVERED", None, email="nobody@example.com"),
+            {"token": "4999", "status": "FAILED", "error": "Forbidden"},
+        ],
+    )
     assert response.status_code == 200
-    assert response.json == {"processed": 3, "removed": [], "unmatched": 3, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 3,
+        "removed": [],
+        "unmatched": 3,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert row(client, auth, "4001")["state"] == "queued"
     [event] = history(client, auth, "4999")
     assert event["kind"] == "status_unmatched"
@@ -350,8 +438,14 @@ def test_events_without_a_usable_status_are_ignored_and_recorded(client, auth, e
     register(client, auth, {"token": "5001", "contactId": 50})
     response = post(client, [event])
     assert response.status_code == 200
-    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 1,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 1,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 1,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     ignored = [e for e in history(client, auth, "5001") if e["kind"] == "status_ignored"]
     assert len(ignored) == 1  # the body's one summary, on the one token its objects name
     detail = ignored[0]["detail"]
@@ -377,8 +471,14 @@ def test_events_without_a_usable_token_or_identifier_are_ignored(client, auth, e
     register(client, auth, {"token": "5002", "contactId": 50})
     response = post(client, [event, event | {"messageId": "other"}])
     assert response.status_code == 200
-    assert response.json == {"processed": 2, "removed": [], "unmatched": 0, "ignored": 2,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 2,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 2,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert row(client, auth, "5002")["state"] == "queued"
 
 
@@ -392,8 +492,19 @@ def test_an_invalid_lower_identifier_does_not_spoil_a_valid_higher_one(client, a
 
 def test_credentials_in_an_event_are_not_stored(client, auth):
     register(client, auth, {"token": "5004", "contactId": 54})
-    post(client, [activity("DELIVERED", None, contactId=54, password="hunter2",
-                           apiKey="k-123", nested={"client_secret": "s", "keep": 1})])
+    post(
+        client,
+        [
+            activity(
+                "DELIVERED",
+                None,
+                contactId=54,
+                password="hunter2",
+                apiKey="k-123",
+                nested={"client_secret": "s", "keep": 1},
+            )
+        ],
+    )
     [status] = [e for e in history(client, auth, "5004") if e["kind"] == "status"]
     raw = status["detail"]["raw"]
     assert "password" not in raw and "apiKey" not in raw
@@ -413,15 +524,27 @@ def test_replaying_the_same_body_changes_and_records_nothing_more(client, auth):
         {"token": "6002", "note": "no status"},
     ]
     first = post(client, body)
-    assert first.json == {"processed": 4, "removed": ["6001"], "unmatched": 1, "ignored": 1,
-                          "stale": 0, "ambiguous": 0}
+    assert first.json == {
+        "processed": 4,
+        "removed": ["6001"],
+        "unmatched": 1,
+        "ignored": 1,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     before = {t: history(client, auth, t) for t in ("6001", "6002")}
     rows_before = rows(client, auth)
 
     second = post(client, body)
     assert second.status_code == 200
-    assert second.json == {"processed": 4, "removed": [], "unmatched": 1, "ignored": 1,
-                           "stale": 0, "ambiguous": 0}
+    assert second.json == {
+        "processed": 4,
+        "removed": [],
+        "unmatched": 1,
+        "ignored": 1,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert {t: history(client, auth, t) for t in ("6001", "6002")} == before
     assert rows(client, auth) == rows_before
 
@@ -447,8 +570,14 @@ def test_a_repeated_event_inside_one_body_is_applied_once(client, auth):
     register(client, auth, {"token": "6101", "contactId": 62})
     event = activity("DELIVERED", None, contactId=62)
     response = post(client, [event, event])
-    assert response.json == {"processed": 2, "removed": [], "unmatched": 0, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 2,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     assert kinds(client, auth, "6101") == ["submitted", "status"]
 
 
@@ -463,13 +592,27 @@ def test_a_replayed_old_block_does_not_remove_the_token_registered_again(client,
 
 def test_a_late_status_about_a_removed_token_lands_on_its_history(client, auth):
     register(client, auth, {"token": "6301", "contactId": 64})
-    response = post(client, [activity(contactId=64, messageId=1),
-                             activity("CLICKED", None, contactId=64, messageId=2)])
-    assert response.json == {"processed": 2, "removed": ["6301"], "unmatched": 0, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    response = post(
+        client,
+        [activity(contactId=64, messageId=1), activity("CLICKED", None, contactId=64, messageId=2)],
+    )
+    assert response.json == {
+        "processed": 2,
+        "removed": ["6301"],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     response = post(client, [activity(contactId=64, messageId=3)])
-    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0,
-                             "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 1,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     events = history(client, auth, "6301")
     assert [e["kind"] for e in events] == ["submitted", "status", "status", "removed", "status"]
     assert events[2]["detail"]["registrationState"] == "removed"
@@ -482,8 +625,14 @@ def test_a_sign_of_life_of_a_removed_chat_leaves_its_removal_time(client, auth, 
     clock.now = datetime(2030, 1, 1, 15, tzinfo=UTC)
     blocked = activity(contactId=66, activityDateTime="2030-01-01T13:00:00Z", messageId=1)
     assert post(client, [blocked]).json["removed"] == ["6501"]
-    post(client, [activity("CLICKED", None, contactId=66, activityDateTime="2030-01-01T14:00:00Z",
-                           messageId=2)])
+    post(
+        client,
+        [
+            activity(
+                "CLICKED", None, contactId=66, activityDateTime="2030-01-01T14:00:00Z", messageId=2
+            )
+        ],
+    )
     assert row(client, auth, "6501")["removedAt"] == "2030-01-01T13:00:00+00:00"
 
 
@@ -498,8 +647,9 @@ def test_a_late_status_lands_on_the_latest_of_the_chats_removed_registrations(cl
     assert (late["registrationId"], first["id"]) == (again["id"], first["id"])
 
 
-def test_a_removed_token_registered_again_is_a_new_registration(client, auth, bridge,
-                                                                 requests_mock):
+def test_a_removed_token_registered_again_is_a_new_registration(
+    client, auth, bridge, requests_mock
+):
     requests_mock.post(TOKENS_URL, json="OK")
     [first] = register(client, auth, {"token": "7001", "externalCustomerId": "C-7"})
     bridge.deliver_once()
@@ -510,7 +660,9 @@ def test_a_removed_token_registered_again_is_a_new_registration(client, auth, br
     assert again["state"] == "queued"
     bridge.deliver_once()
     assert [r.json()["tokens"][0]["token"] for r in requests_mock.request_history] == [
-        "7001", "7001"]
+        "7001",
+        "7001",
+    ]
     states = {r["id"]: r["state"] for r in rows(client, auth, token="7001")}
     assert states == {first["id"]: "removed", again["id"]: "delivered"}
 
@@ -523,7 +675,7 @@ def test_a_removed_token_registered_again_is_a_new_registration(client, auth, br
     [
         ({"data": "token=1", "content_type": "application/x-www-form-urlencoded"}, 415),
         ({"data": "[{]", "content_type": "text/plain"}, 415),
-        ({"data": "[{\"status\": ", "content_type": "application/json"}, 400),
+        ({"data": '[{"status": ', "content_type": "application/json"}, 400),
         ({"data": b"\xff\xfe", "content_type": "application/json"}, 400),
         ({"json": [1, 2]}, 422),
         ({"json": "x"}, 422),
@@ -545,8 +697,11 @@ def test_malformed_bodies_get_4xx_and_change_nothing(client, auth, kwargs, code)
 
 
 def test_a_body_over_the_limit_is_413(make_app):
-    client = make_app(BRIDGE_WEBHOOK_USERNAME=HOOK_USER, BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
-                      BRIDGE_MAX_BODY_BYTES=2048).test_client()
+    client = make_app(
+        BRIDGE_WEBHOOK_USERNAME=HOOK_USER,
+        BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
+        BRIDGE_MAX_BODY_BYTES=2048,
+    ).test_client()
     response = post(client, [activity(contactId=i) for i in range(1, 50)])
     assert_error_shape(response, 413)
 
@@ -555,8 +710,11 @@ def test_a_body_over_the_limit_is_413(make_app):
 
 
 def test_a_thousand_events_in_one_request(client, auth):
-    register(client, auth, *({"token": str(10_000 + i), "externalCustomerId": f"C-{i}"}
-                             for i in range(1000)))
+    register(
+        client,
+        auth,
+        *({"token": str(10_000 + i), "externalCustomerId": f"C-{i}"} for i in range(1000)),
+    )
     body = []
     for i in range(1000):
         if i % 2:
@@ -603,8 +761,12 @@ def test_sandbox_block_reaches_the_ledger_over_http(make_app, auth):
     bridge = app.extensions["reteno_bridge"]
     assert bridge.settings.sandbox
     client = app.test_client()
-    register(client, auth, {"token": "880001", "externalCustomerId": "C-88"},
-             {"token": "880002", "externalCustomerId": "C-89"})
+    register(
+        client,
+        auth,
+        {"token": "880001", "externalCustomerId": "C-88"},
+        {"token": "880002", "externalCustomerId": "C-89"},
+    )
     bridge.deliver_once()
     assert {r["state"] for r in rows(client, auth)} == {"delivered"}
     held = client.get("/sandbox/reteno/contacts", query_string={"token": "880001"})
@@ -623,8 +785,10 @@ def test_sandbox_block_reaches_the_ledger_over_http(make_app, auth):
     events = history(client, auth, "880001")
     assert [e["kind"] for e in events][-2:] == ["status", "removed"]
     assert events[-2]["detail"]["raw"]["externalCustomerId"] == "C-88"
-    assert client.get("/sandbox/reteno/contacts",
-                      query_string={"token": "880001"}).json["contacts"] == []
+    assert (
+        client.get("/sandbox/reteno/contacts", query_string={"token": "880001"}).json["contacts"]
+        == []
+    )
 
     # Blocking again: the simulator no longer holds it, and the ledger stays as it is.
     assert client.post("/sandbox/reteno/block/880001").status_code == 404
@@ -633,17 +797,20 @@ def test_sandbox_block_reaches_the_ledger_over_http(make_app, auth):
 
 @pytest.mark.parametrize("value", ["²", "١٢", "1" * 5000])
 def test_odd_contact_ids_are_ignored_not_a_500(client, auth, value):
-    response = client.post("/statuses", headers=auth, json=[
-        {"status": "FAILED", "error": "Forbidden", "contactId": value},
-    ])
+    response = client.post(
+        "/statuses",
+        headers=auth,
+        json=[
+            {"status": "FAILED", "error": "Forbidden", "contactId": value},
+        ],
+    )
     assert response.status_code == 200
     assert response.json["ignored"] == 1
 
 
 def test_a_huge_integer_literal_is_an_ignored_event(client, auth):
     body = '[{"status": "FAILED", "error": "Forbidden", "contactId": ' + "9" * 5000 + "}]"
-    response = client.post("/statuses", headers=auth, data=body,
-                           content_type="application/json")
+    response = client.post("/statuses", headers=auth, data=body, content_type="application/json")
     assert response.status_code == 200
     assert response.json["ignored"] == 1
 
@@ -655,33 +822,58 @@ def test_a_late_block_does_not_remove_a_chat_seen_alive_after_it(client, auth):
     # the issue's case: blocked yesterday, registered again today, the news arrives late
     register(client, auth, {"token": 777, "email": "ann@example.com"})
     register(client, auth, {"token": 777, "email": "ann@example.com"})  # a sign of life
-    response = post(client, [activity(email="ann@example.com",
-                                      activityDateTime="2020-01-01T10:00:00")])
-    assert response.json == {"processed": 1, "removed": [], "unmatched": 0, "ignored": 0,
-                             "stale": 1, "ambiguous": 0}
+    response = post(
+        client, [activity(email="ann@example.com", activityDateTime="2020-01-01T10:00:00")]
+    )
+    assert response.json == {
+        "processed": 1,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 0,
+        "stale": 1,
+        "ambiguous": 0,
+    }
     assert row(client, auth, "777")["state"] == "queued"
     assert kinds(client, auth, "777")[-1] == "status_stale"
 
 
-def test_an_older_sign_of_life_earlier_in_the_body_leaves_a_later_block_stale(client, auth,
-                                                                              clock):
+def test_an_older_sign_of_life_earlier_in_the_body_leaves_a_later_block_stale(client, auth, clock):
     # registered at noon; the body says "delivered at 10:00", then "blocked at 11:00":
     # the chat was alive at noon, so the block is stale, and noon stays its last sign
     clock.now = datetime(2030, 1, 1, 12, tzinfo=UTC)
     register(client, auth, {"token": 782, "contactId": 82})
     seen = row(client, auth, "782")["lastSeenAt"]
-    response = post(client, [
-        activity("DELIVERED", None, contactId=82, activityDateTime="2030-01-01T10:00:00Z",
-                 messageId=1),
-        activity(contactId=82, activityDateTime="2030-01-01T11:00:00Z", messageId=2)])
+    response = post(
+        client,
+        [
+            activity(
+                "DELIVERED",
+                None,
+                contactId=82,
+                activityDateTime="2030-01-01T10:00:00Z",
+                messageId=1,
+            ),
+            activity(contactId=82, activityDateTime="2030-01-01T11:00:00Z", messageId=2),
+        ],
+    )
     assert response.json["removed"] == [] and response.json["stale"] == 1
     assert (row(client, auth, "782")["state"], row(client, auth, "782")["lastSeenAt"]) == (
-        "queued", seen)
+        "queued",
+        seen,
+    )
 
 
-@pytest.mark.parametrize("when", ["2030-01-01T00:00:00", "2030-01-01T00:00:00Z",
-                                  "2030-01-01T02:00:00+02:00", 1893456000, "1893456000",
-                                  1893456000000])
+@pytest.mark.parametrize(
+    "when",
+    [
+        "2030-01-01T00:00:00",
+        "2030-01-01T00:00:00Z",
+        "2030-01-01T02:00:00+02:00",
+        1893456000,
+        "1893456000",
+        1893456000000,
+    ],
+)
 def test_event_times_are_iso_8601_in_utc_or_epoch_seconds(client, auth, clock, when):
     clock.now = datetime(2029, 12, 31, tzinfo=UTC)
     register(client, auth, {"token": 778, "contactId": 78})
@@ -714,8 +906,18 @@ def test_sent_delivered_clicked_are_signs_of_life(client, auth, clock):
     clock.now = datetime(2099, 2, 1, tzinfo=UTC)
     for n, status in enumerate(("SENT", "DELIVERED", "CLICKED"), 1):
         seen = f"2099-01-0{n}T00:00:00+00:00"
-        post(client, [activity(status=status, description=None, contactId=81,
-                               activityDateTime=seen, messageId=n)])
+        post(
+            client,
+            [
+                activity(
+                    status=status,
+                    description=None,
+                    contactId=81,
+                    activityDateTime=seen,
+                    messageId=n,
+                )
+            ],
+        )
         assert row(client, auth, "781")["lastSeenAt"] == seen
     # a block dated before the latest sign of life is stale
     response = post(client, [activity(contactId=81, activityDateTime="2099-01-02T00:00:00")])
@@ -727,43 +929,73 @@ def test_an_ambiguous_block_is_settled_by_telegram(make_app, auth):
     client = app.test_client()
     register(client, auth, {"token": 2201, "contactId": 91}, {"token": 2202, "contactId": 91})
     assert post(client, [activity(contactId=91)], headers=auth).json["ambiguous"] == 1
-    kicked = {"update_id": 1, "my_chat_member": {
-        "chat": {"id": 2202, "type": "private"}, "from": {"id": 2202, "is_bot": False,
-                                                          "first_name": "A"},
-        "date": 4070908800, "old_chat_member": {"status": "member", "user": {
-            "id": 1, "is_bot": True, "first_name": "b"}},
-        "new_chat_member": {"status": "kicked", "until_date": 0, "user": {
-            "id": 1, "is_bot": True, "first_name": "b"}}}}
-    assert client.post("/telegram/webhook", json=kicked, headers={
-        "X-Telegram-Bot-Api-Secret-Token": "tg-secret-0123456789"}).status_code == 200
+    kicked = {
+        "update_id": 1,
+        "my_chat_member": {
+            "chat": {"id": 2202, "type": "private"},
+            "from": {"id": 2202, "is_bot": False, "first_name": "A"},
+            "date": 4070908800,
+            "old_chat_member": {
+                "status": "member",
+                "user": {"id": 1, "is_bot": True, "first_name": "b"},
+            },
+            "new_chat_member": {
+                "status": "kicked",
+                "until_date": 0,
+                "user": {"id": 1, "is_bot": True, "first_name": "b"},
+            },
+        },
+    }
+    assert (
+        client.post(
+            "/telegram/webhook",
+            json=kicked,
+            headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret-0123456789"},
+        ).status_code
+        == 200
+    )
     assert (row(client, auth, "2201")["state"], row(client, auth, "2202")["state"]) == (
-        "queued", "removed")
+        "queued",
+        "removed",
+    )
     assert 'bridge_status_events_total{kind="ambiguous"} 1.0' in client.get(
-        "/metrics", headers=auth).get_data(as_text=True)
+        "/metrics", headers=auth
+    ).get_data(as_text=True)
 
 
 # --- bounded work per body (SECURITY.md finding 10) -------------------------------------
+
 
 def test_a_body_of_unusable_objects_is_one_summary_event(client, auth, bridge):
     """250,000 tiny objects wrote 250,000 rows; now the ignored ones of a body are one
     event, counted by reason, with the first few as samples. A replay adds nothing."""
     register(client, auth, {"token": "7001", "contactId": 70})
     body = [{"n": i} for i in range(3000)] + [
-        {"status": "SENT", "token": "7001"}, {"status": "??", "token": "7001"}]
+        {"status": "SENT", "token": "7001"},
+        {"status": "??", "token": "7001"},
+    ]
     before = fz.ledger_counts(bridge)
     response = post(client, body)
-    assert response.json == {"processed": 3002, "removed": [], "unmatched": 0,
-                             "ignored": 3001, "stale": 0, "ambiguous": 0}
+    assert response.json == {
+        "processed": 3002,
+        "removed": [],
+        "unmatched": 0,
+        "ignored": 3001,
+        "stale": 0,
+        "ambiguous": 0,
+    }
     after = fz.ledger_counts(bridge)
     assert after[1] - before[1] == 2  # events: the SENT status and one summary
     with bridge.db.read() as conn:
-        [summary] = conn.execute(select(Event.token, Event.detail)
-                                 .where(Event.kind == "status_ignored")).all()
+        [summary] = conn.execute(
+            select(Event.token, Event.detail).where(Event.kind == "status_ignored")
+        ).all()
     assert summary.token is None  # the objects name no single token
     assert summary.detail["count"] == 3001
     assert summary.detail["reasons"] == {
         "no status: expected 'status' or 'activityStatus'": 3000,
-        "unrecognised status '??'": 1}
+        "unrecognised status '??'": 1,
+    }
     assert summary.detail["samples"] == [{"n": i} for i in range(5)]
     again = post(client, body)
     assert again.json == response.json
@@ -794,13 +1026,15 @@ def test_more_status_events_than_the_cap_is_a_413_and_records_nothing(make_app, 
     app = make_app(BRIDGE_MAX_STATUS_EVENTS=50)
     client, bridge = app.test_client(), app.extensions["reteno_bridge"]
     before = fz.ledger_counts(bridge)
-    response = client.post(URL, json=[{"status": "SENT", "token": i} for i in range(1, 52)],
-                           headers=auth)
+    response = client.post(
+        URL, json=[{"status": "SENT", "token": i} for i in range(1, 52)], headers=auth
+    )
     body = assert_error_shape(response, 413)
     assert "BRIDGE_MAX_STATUS_EVENTS" in body["message"] and "51" in body["message"]
     assert fz.ledger_counts(bridge) == before
-    response = client.post(URL, json=[{"status": "SENT", "token": i} for i in range(1, 51)],
-                           headers=auth)
+    response = client.post(
+        URL, json=[{"status": "SENT", "token": i} for i in range(1, 51)], headers=auth
+    )
     assert response.status_code == 200 and response.json["processed"] == 50
 
 
@@ -850,8 +1084,11 @@ def test_a_sign_of_life_dated_after_its_receipt_counts_as_received(client, auth,
     assert status["detail"]["clamped"] is True
     assert status["detail"]["reportedAt"] == "2099-01-01T00:00:00+00:00"
     clock.advance(300)
-    block = activity(contactId=91, activityDateTime=(clock.now - timedelta(seconds=60))
-                     .strftime("%Y-%m-%dT%H:%M:%SZ"), messageId=2)
+    block = activity(
+        contactId=91,
+        activityDateTime=(clock.now - timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        messageId=2,
+    )
     assert post(client, [block]).json["removed"] == ["791"]
 
 
@@ -868,8 +1105,11 @@ def test_a_time_not_after_its_receipt_is_not_marked(client, auth, clock):
 def zoned_client(make_app, clock, zone):
     """A client of a bridge reading offset-less times in ``zone`` (None: the default,
     UTC), on the suite's clock, over the same database as ``client``."""
-    app = make_app(BRIDGE_WEBHOOK_USERNAME=HOOK_USER, BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
-                   BRIDGE_STATUS_TIMEZONE=zone)
+    app = make_app(
+        BRIDGE_WEBHOOK_USERNAME=HOOK_USER,
+        BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
+        BRIDGE_STATUS_TIMEZONE=zone,
+    )
     app.extensions["reteno_bridge"].ledger.clock = clock
     return app.test_client()
 
@@ -889,16 +1129,20 @@ def test_offset_less_times_are_read_in_the_account_zone(kyiv_client, auth, clock
     post(kyiv_client, [activity("DELIVERED", None, contactId=93, activityDateTime=kyiv(12, 1))])
     assert row(kyiv_client, auth, "793")["lastSeenAt"] == "2030-06-01T09:01:00+00:00"
     clock.advance(600)
-    response = post(kyiv_client, [activity(contactId=93, activityDateTime=kyiv(12, 6),
-                                           messageId=2)])
+    response = post(
+        kyiv_client, [activity(contactId=93, activityDateTime=kyiv(12, 6), messageId=2)]
+    )
     assert response.json["removed"] == ["793"]
     assert row(kyiv_client, auth, "793")["removedAt"] == "2030-06-01T09:06:00+00:00"
     assert [e["detail"]["at"] for e in status_events(kyiv_client, auth, "793")] == [
-        "2030-06-01T09:01:00+00:00", "2030-06-01T09:06:00+00:00"]
+        "2030-06-01T09:01:00+00:00",
+        "2030-06-01T09:06:00+00:00",
+    ]
 
 
 def test_without_the_zone_a_late_block_east_of_utc_removes_a_chat_that_came_back(
-        make_app, auth, clock):
+    make_app, auth, clock
+):
     """What goes wrong without BRIDGE_STATUS_TIMEZONE for an account in Kyiv: its times
     read as UTC lie 3 hours ahead, so they count as received. A block at 12:05 that
     Reteno delivers late, at 12:40, after the user came back at 12:30, is taken as
@@ -923,33 +1167,44 @@ def test_without_the_zone_a_prompt_block_west_of_utc_is_wrongly_stale(make_app, 
         clock.now = NOW  # 05:00 in New York (UTC-4 in summer)
         register(client, auth, {"token": token, "contactId": token})
         clock.now = NOW + timedelta(minutes=6)
-        response = post(client, [activity(contactId=token,
-                                          activityDateTime="2030-06-01T05:05:00")])
+        response = post(client, [activity(contactId=token, activityDateTime="2030-06-01T05:05:00")])
         assert response.json["removed"] == removed, zone
 
 
-@pytest.mark.parametrize("when", ["2030-06-01T09:06:00Z", "2030-06-01T09:06:00+00:00",
-                                  "2030-06-01T11:06:00+02:00", 1906535160, "1906535160",
-                                  1906535160000])
-def test_times_with_an_offset_or_in_epoch_seconds_ignore_the_zone(kyiv_client, auth, clock,
-                                                                  when):
+@pytest.mark.parametrize(
+    "when",
+    [
+        "2030-06-01T09:06:00Z",
+        "2030-06-01T09:06:00+00:00",
+        "2030-06-01T11:06:00+02:00",
+        1906535160,
+        "1906535160",
+        1906535160000,
+    ],
+)
+def test_times_with_an_offset_or_in_epoch_seconds_ignore_the_zone(kyiv_client, auth, clock, when):
     register(kyiv_client, auth, {"token": 796, "contactId": 96})
     clock.advance(600)
-    assert post(kyiv_client, [activity(contactId=96, activityDateTime=when)]).json[
-        "removed"] == ["796"]
+    assert post(kyiv_client, [activity(contactId=96, activityDateTime=when)]).json["removed"] == [
+        "796"
+    ]
     assert row(kyiv_client, auth, "796")["removedAt"] == "2030-06-01T09:06:00+00:00"
 
 
-@pytest.mark.parametrize(("when", "removed"), [
-    ("2030-06-01T09:00:00Z", True),  # whole seconds: the registration's second
-    ("2030-06-01T12:00:00", True),  # the same, offset-less in Kyiv
-    (1906534800, True),  # epoch seconds
-    ("2030-06-01T09:00:00.4Z", True),  # tenths: the same tenth
-    ("2030-06-01T09:00:00.000Z", False),  # milliseconds: 400 ms before the registration
-    ("2030-06-01T08:59:59Z", False),  # the second before
-])
-def test_a_block_is_compared_at_the_resolution_it_was_given_in(kyiv_client, auth, clock, when,
-                                                               removed):
+@pytest.mark.parametrize(
+    ("when", "removed"),
+    [
+        ("2030-06-01T09:00:00Z", True),  # whole seconds: the registration's second
+        ("2030-06-01T12:00:00", True),  # the same, offset-less in Kyiv
+        (1906534800, True),  # epoch seconds
+        ("2030-06-01T09:00:00.4Z", True),  # tenths: the same tenth
+        ("2030-06-01T09:00:00.000Z", False),  # milliseconds: 400 ms before the registration
+        ("2030-06-01T08:59:59Z", False),  # the second before
+    ],
+)
+def test_a_block_is_compared_at_the_resolution_it_was_given_in(
+    kyiv_client, auth, clock, when, removed
+):
     clock.now = NOW + timedelta(milliseconds=400)  # /register at 09:00:00.4
     register(kyiv_client, auth, {"token": 797, "contactId": 97})
     clock.advance(5)
@@ -961,27 +1216,32 @@ def test_a_block_is_compared_at_the_resolution_it_was_given_in(kyiv_client, auth
 # --- Telegram's own words (CONTRACT.md: a failure is classified on its description) --------
 
 
-@pytest.mark.parametrize(("description", "reason"), [
-    ("Forbidden: bot was blocked by the user", "blocked"),
-    ("403: Forbidden: bot was blocked by the user", "blocked"),
-    ("Forbidden: user is deactivated", "deactivated"),
-    ("Forbidden: bot was kicked from the group chat", "kicked"),
-    ("Forbidden: bot was kicked from the supergroup chat", "kicked"),
-    ("Forbidden: bot was kicked from the channel chat", "kicked"),
-    ("Forbidden", "forbidden"),  # a bare code: removed, and the reason says no more
-    ("403", "forbidden"),
-    ("Forbidden: bot can't initiate conversation with a user", "forbidden"),
-    ("Bad Request: chat not found", None),  # a 400: recorded only
-    ("400: Bad Request: chat not found", None),
-    ("Too Many Requests: retry after 5", None),
-    ("Internal Server Error", None),
-])
+@pytest.mark.parametrize(
+    ("description", "reason"),
+    [
+        ("Forbidden: bot was blocked by the user", "blocked"),
+        ("403: Forbidden: bot was blocked by the user", "blocked"),
+        ("Forbidden: user is deactivated", "deactivated"),
+        ("Forbidden: bot was kicked from the group chat", "kicked"),
+        ("Forbidden: bot was kicked from the supergroup chat", "kicked"),
+        ("Forbidden: bot was kicked from the channel chat", "kicked"),
+        ("Forbidden", "forbidden"),  # a bare code: removed, and the reason says no more
+        ("403", "forbidden"),
+        ("Forbidden: bot can't initiate conversation with a user", "forbidden"),
+        ("Bad Request: chat not found", None),  # a 400: recorded only
+        ("400: Bad Request: chat not found", None),
+        ("Too Many Requests: retry after 5", None),
+        ("Internal Server Error", None),
+    ],
+)
 @pytest.mark.parametrize("vocabulary", ["reteno", "simple"])
-def test_a_failure_is_classified_on_telegrams_words(client, auth, description, reason,
-                                                    vocabulary):
+def test_a_failure_is_classified_on_telegrams_words(client, auth, description, reason, vocabulary):
     register(client, auth, {"token": 798, "contactId": 98})
-    event = activity(contactId=98, description=description) if vocabulary == "reteno" else {
-        "status": "FAILED", "error": description, "token": 798}
+    event = (
+        activity(contactId=98, description=description)
+        if vocabulary == "reteno"
+        else {"status": "FAILED", "error": description, "token": 798}
+    )
     response = post(client, [event])
     assert response.json["removed"] == (["798"] if reason else [])
     [status] = status_events(client, auth, "798")

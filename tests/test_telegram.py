@@ -70,16 +70,22 @@ def verify(secret, payload):
 
 @pytest.fixture
 def app(make_app):
-    return make_app(TELEGRAM_WEBHOOK_SECRET=SECRET, BRIDGE_LINK_SECRET=LINK_SECRET,
-                    TELEGRAM_BOT_USERNAME=BOT)
+    return make_app(
+        TELEGRAM_WEBHOOK_SECRET=SECRET, BRIDGE_LINK_SECRET=LINK_SECRET, TELEGRAM_BOT_USERNAME=BOT
+    )
 
 
 # --- real Update shapes -------------------------------------------------------------------
 
 
 def user(chat_id=CHAT_ID):
-    return {"id": chat_id, "is_bot": False, "first_name": "Ann", "username": "ann_example",
-            "language_code": "en"}
+    return {
+        "id": chat_id,
+        "is_bot": False,
+        "first_name": "Ann",
+        "username": "ann_example",
+        "language_code": "en",
+    }
 
 
 def private_chat(chat_id=CHAT_ID):
@@ -93,9 +99,13 @@ def group_chat(chat_id=-1001234567890):
 def chat_member_update(new_status, old_status, chat=None):
     """What Telegram sends when a user blocks (kicked) or unblocks (member) the bot."""
     chat = chat or private_chat()
+
     def member(status):
-        return {"user": BOT_USER, "status": status, **({"until_date": 0}
-                                                      if status == "kicked" else {})}
+        return {
+            "user": BOT_USER,
+            "status": status,
+            **({"until_date": 0} if status == "kicked" else {}),
+        }
 
     return {
         "update_id": next(_update_ids),
@@ -139,8 +149,13 @@ def start(payload=None, chat=None, command="/start"):
 def test_the_update_shapes_are_real_telegram_updates():
     from telegram import Update
 
-    for data in (blocked(), unblocked(), start("abc"), start(chat=group_chat()),
-                 chat_member_update("left", "member", group_chat())):
+    for data in (
+        blocked(),
+        unblocked(),
+        start("abc"),
+        start(chat=group_chat()),
+        chat_member_update("left", "member", group_chat()),
+    ):
         update = Update.de_json(data, None)
         assert update.update_id == data["update_id"]
     assert Update.de_json(blocked(), None).my_chat_member.new_chat_member.status == "kicked"
@@ -197,16 +212,22 @@ def test_a_wrong_or_missing_secret_is_401_and_nothing_happens(client, auth, secr
 def test_non_json_bodies_get_4xx_once_authenticated(client):
     headers = {SECRET_HEADER: SECRET}
     assert_error_shape(client.post(URL, data="x", content_type="text/plain", headers=headers), 415)
-    assert_error_shape(client.post(URL, data="{", content_type="application/json",
-                                   headers=headers), 400)
+    assert_error_shape(
+        client.post(URL, data="{", content_type="application/json", headers=headers), 400
+    )
 
 
 # --- blocks and unblocks --------------------------------------------------------------------
 
 
 def test_kicked_removes_every_live_registration_of_the_chat(client, auth):
-    register(client, auth, {"token": CHAT_ID, "contactId": 11},
-             {"token": CHAT_ID, "email": "ann@example.com"}, {"token": 999, "contactId": 11})
+    register(
+        client,
+        auth,
+        {"token": CHAT_ID, "contactId": 11},
+        {"token": CHAT_ID, "email": "ann@example.com"},
+        {"token": 999, "contactId": 11},
+    )
     update = blocked()
     response = send(client, update)
     assert response.status_code == 200
@@ -237,13 +258,23 @@ def test_kicked_twice_or_for_an_unknown_chat_is_200_and_harmless(client, auth):
 def test_member_again_queues_the_last_registration_again(client, auth, bridge, requests_mock):
     # once Reteno dropped the token (tests/test_reteno_holds.py: not while it holds it)
     requests_mock.post(TOKENS_URL, json="OK")
-    [first] = register(client, auth, {"token": CHAT_ID, "externalCustomerId": "C-9",
-                                      "email": "ann@example.com"})
+    [first] = register(
+        client, auth, {"token": CHAT_ID, "externalCustomerId": "C-9", "email": "ann@example.com"}
+    )
     bridge.deliver_once()
     send(client, blocked())
-    assert client.post("/statuses", headers=auth, json={
-        "status": "FAILED", "error": "Forbidden: bot was blocked by the user",
-        "token": str(CHAT_ID)}).status_code == 200
+    assert (
+        client.post(
+            "/statuses",
+            headers=auth,
+            json={
+                "status": "FAILED",
+                "error": "Forbidden: bot was blocked by the user",
+                "token": str(CHAT_ID),
+            },
+        ).status_code
+        == 200
+    )
     assert send(client, unblocked()).status_code == 200
 
     items = {r["id"]: r for r in rows(client, auth, token=CHAT_ID)}
@@ -253,18 +284,29 @@ def test_member_again_queues_the_last_registration_again(client, auth, bridge, r
     again = items[new_id]
     assert again["state"] == "queued"
     assert (again["externalCustomerId"], again["email"], again["matchedBy"]) == (
-        "C-9", "ann@example.com", "externalCustomerId")
+        "C-9",
+        "ann@example.com",
+        "externalCustomerId",
+    )
     events = history(client, auth, CHAT_ID)
-    assert [e["kind"] for e in events] == ["submitted", "delivered", "removed", "status",
-                                          "submitted", "telegram_unblocked"]
+    assert [e["kind"] for e in events] == [
+        "submitted",
+        "delivered",
+        "removed",
+        "status",
+        "submitted",
+        "telegram_unblocked",
+    ]
     assert events[4]["detail"]["source"] == "telegram"
     assert events[5]["detail"]["previousRegistrationId"] == first["id"]
     assert events[5]["detail"]["result"] == "queued again"
 
     bridge.deliver_once()
     sent = [call.json()["tokens"] for call in requests_mock.request_history]
-    assert sent == [[{"token": str(CHAT_ID), "externalCustomerId": "C-9",
-                      "email": "ann@example.com"}]] * 2
+    assert (
+        sent
+        == [[{"token": str(CHAT_ID), "externalCustomerId": "C-9", "email": "ann@example.com"}]] * 2
+    )
     assert rows(client, auth, token=CHAT_ID)[0]["state"] == "delivered"
 
 
@@ -275,7 +317,8 @@ def test_member_while_live_or_never_registered_queues_nothing(client, auth):
     assert send(client, unblocked(777)).status_code == 200
     assert rows(client, auth, token=777) == []
     assert [e["detail"]["result"] for e in history(client, auth, 777)] == [
-        "no earlier registration with an identifier"]
+        "no earlier registration with an identifier"
+    ]
 
 
 @pytest.mark.parametrize("status", ["kicked", "left", "member", "administrator"])
@@ -302,12 +345,23 @@ def test_other_chat_member_statuses_in_private_chats_are_recorded_only(client, a
         "x",
         {"update_id": 2, "my_chat_member": "nonsense"},
         {"update_id": 3, "my_chat_member": {"chat": {"type": "private", "id": "abc"}}},
-        {"update_id": 4, "edited_message": {"message_id": 1, "chat": private_chat(),
-                                            "date": 1, "text": "hi"}},
-        {"update_id": 5, "message": {"message_id": 1, "chat": private_chat(), "date": 1,
-                                     "text": "hello bot"}},
-        {"update_id": 6, "message": {"message_id": 1, "chat": private_chat(), "date": 1,
-                                     "sticker": {"file_id": "x"}}},
+        {
+            "update_id": 4,
+            "edited_message": {"message_id": 1, "chat": private_chat(), "date": 1, "text": "hi"},
+        },
+        {
+            "update_id": 5,
+            "message": {"message_id": 1, "chat": private_chat(), "date": 1, "text": "hello bot"},
+        },
+        {
+            "update_id": 6,
+            "message": {
+                "message_id": 1,
+                "chat": private_chat(),
+                "date": 1,
+                "sticker": {"file_id": "x"},
+            },
+        },
     ],
 )
 def test_any_other_update_is_answered_200(client, auth, update):
@@ -361,8 +415,9 @@ def test_opening_the_same_link_twice_is_a_duplicate(client, auth):
     send(client, start(payload))
     send(client, start(payload))
     assert len(rows(client, auth, token=CHAT_ID)) == 1
-    assert [e["detail"]["duplicate"] for e in history(client, auth, CHAT_ID)
-            if e["kind"] == "submitted"] == [False, True]
+    assert [
+        e["detail"]["duplicate"] for e in history(client, auth, CHAT_ID) if e["kind"] == "submitted"
+    ] == [False, True]
 
 
 def test_a_link_opened_by_a_chat_that_blocked_before_registers_again(client, auth):
@@ -400,12 +455,14 @@ def _tampered_payloads():
         "value truncated, tag kept": b64(body[:-1] + tag),
         "flipped character": flipped,
         "unused bits set": trailing_bits,
-        "re-signed with another secret": links.make_payload("another-secret-" + "y" * 20,
-                                                         "externalCustomerId", "C-42"),
+        "re-signed with another secret": links.make_payload(
+            "another-secret-" + "y" * 20, "externalCustomerId", "C-42"
+        ),
         "value changed, old tag": b64(body[:-1] + b"3" + tag),
         "type changed, old tag": b64(bytes([0x21]) + body[1:] + tag),
-        "no domain separation": b64(body + hmac.new(LINK_SECRET.encode(), body,
-                                                    hashlib.sha256).digest()[:12]),
+        "no domain separation": b64(
+            body + hmac.new(LINK_SECRET.encode(), body, hashlib.sha256).digest()[:12]
+        ),
         "version 3 re-signed": resign(bytes([0x32]) + body[1:], "another-secret-" + "y" * 20),
         "padded": good + "=",
         "too long": good + "A" * (65 - len(good)),
@@ -513,12 +570,18 @@ def test_telegram_metrics_are_exported(client, auth):
         st.tuples(st.just("contactId"), st.integers(1, 2**63 - 1)),
         st.tuples(st.just("phone"), st.from_regex(r"\A[0-9]{7,15}\Z")),
         # identifiers in their normal form: NFC, and no format character (Cf)
-        st.tuples(st.just("externalCustomerId"), st.text(
-            st.characters(min_codepoint=33, max_codepoint=0x2FFF,
-                          exclude_categories=("Cc", "Cs", "Cf")),
-            min_size=1, max_size=30,
-        ).filter(lambda s: s == unicodedata.normalize("NFC", s.strip())
-                 and len(s.encode()) <= 30)),
+        st.tuples(
+            st.just("externalCustomerId"),
+            st.text(
+                st.characters(
+                    min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cc", "Cs", "Cf")
+                ),
+                min_size=1,
+                max_size=30,
+            ).filter(
+                lambda s: s == unicodedata.normalize("NFC", s.strip()) and len(s.encode()) <= 30
+            ),
+        ),
     ),
     st.data(),
 )
@@ -530,7 +593,7 @@ def test_payloads_fit_roundtrip_and_any_change_breaks_them(identifier, data):
     assert verify("other-" + LINK_SECRET, payload) is None
     index = data.draw(st.integers(0, len(payload) - 1))
     replacement = data.draw(st.sampled_from("AQgw_-9z"))
-    changed = payload[:index] + replacement + payload[index + 1:]
+    changed = payload[:index] + replacement + payload[index + 1 :]
     if changed != payload:
         assert verify(LINK_SECRET, changed) is None
     assert verify(LINK_SECRET, payload[:index]) is None
@@ -551,13 +614,15 @@ def test_values_that_do_not_fit_are_refused_with_a_clear_message():
 
 @pytest.fixture
 def link_app(make_app):
-    return make_app(BRIDGE_LINK_SECRET="x" * 32, TELEGRAM_BOT_USERNAME=BOT,
-                    TELEGRAM_WEBHOOK_SECRET=SECRET)
+    return make_app(
+        BRIDGE_LINK_SECRET="x" * 32, TELEGRAM_BOT_USERNAME=BOT, TELEGRAM_WEBHOOK_SECRET=SECRET
+    )
 
 
 def test_bridge_link_prints_a_link_whose_payload_registers_the_customer(link_app, auth):
     result = link_app.test_cli_runner().invoke(
-        args=["bridge", "link", "--external-customer-id", "C-42"])
+        args=["bridge", "link", "--external-customer-id", "C-42"]
+    )
     assert result.exit_code == 0, result.output
     link = result.output.strip()
     assert link.startswith(f"https://t.me/{BOT}?start=")
@@ -568,7 +633,10 @@ def test_bridge_link_prints_a_link_whose_payload_registers_the_customer(link_app
     assert send(client, start(payload)).status_code == 200
     [item] = rows(client, auth, token=CHAT_ID)
     assert (item["externalCustomerId"], item["matchedBy"], item["state"]) == (
-        "C-42", "externalCustomerId", "queued")
+        "C-42",
+        "externalCustomerId",
+        "queued",
+    )
 
 
 @pytest.mark.parametrize(
@@ -610,8 +678,9 @@ def test_bridge_link_refuses_bad_input(link_app, args, message):
     ],
 )
 def test_bridge_link_names_the_missing_settings(make_app, overrides, missing):
-    result = make_app(**overrides).test_cli_runner().invoke(
-        args=["bridge", "link", "--contact-id", "1"])
+    result = (
+        make_app(**overrides).test_cli_runner().invoke(args=["bridge", "link", "--contact-id", "1"])
+    )
     assert result.exit_code == 2
     assert f"{missing}: deep links need the signing key" in result.output
 
@@ -716,10 +785,13 @@ def test_a_kick_dated_in_the_future_counts_as_received(client, auth, clock):
     assert sorted(r["state"] for r in rows(client, auth)) == ["queued", "removed"]
 
 
-@pytest.mark.parametrize(("registered", "states", "last"), [
-    (0.4, ["removed"], "removed"),  # /register at 10:00:00.4, the kick dated 10:00:00
-    (1, ["queued"], "telegram_stale"),  # the next second: newer than the kick
-])
+@pytest.mark.parametrize(
+    ("registered", "states", "last"),
+    [
+        (0.4, ["removed"], "removed"),  # /register at 10:00:00.4, the kick dated 10:00:00
+        (1, ["queued"], "telegram_stale"),  # the next second: newer than the kick
+    ],
+)
 def test_a_kick_is_weighed_to_the_second(client, auth, clock, registered, states, last):
     clock.now = at(registered)
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
@@ -729,11 +801,14 @@ def test_a_kick_is_weighed_to_the_second(client, auth, clock, registered, states
     assert kinds(client, auth)[-1] == last
 
 
-@pytest.mark.parametrize(("unblocked_at", "states", "last"), [
-    # Telegram sends a chat's updates in order: the later one of the same second wins
-    (6, ["queued", "removed"], "telegram_unblocked"),
-    (5, ["removed"], "telegram_stale"),  # the second before the block
-])
+@pytest.mark.parametrize(
+    ("unblocked_at", "states", "last"),
+    [
+        # Telegram sends a chat's updates in order: the later one of the same second wins
+        (6, ["queued", "removed"], "telegram_unblocked"),
+        (5, ["removed"], "telegram_stale"),  # the second before the block
+    ],
+)
 def test_an_unblock_is_weighed_to_the_second(client, auth, clock, unblocked_at, states, last):
     clock.now = at(0)
     register(client, auth, {"token": CHAT_ID, "contactId": 1})
@@ -745,8 +820,9 @@ def test_an_unblock_is_weighed_to_the_second(client, auth, clock, unblocked_at, 
 
 
 def test_an_expired_link_is_judged_by_the_bridges_clock_not_the_updates_date(client, auth):
-    payload = links.make_payload(LINK_SECRET, "contactId", 12,
-                                 datetime.now(UTC) - timedelta(minutes=1))
+    payload = links.make_payload(
+        LINK_SECRET, "contactId", 12, datetime.now(UTC) - timedelta(minutes=1)
+    )
     send(client, dated(start(payload), 1))  # "sent" in 1970, before the link expired
     assert rows(client, auth, token=CHAT_ID) == []
     event = history(client, auth, CHAT_ID)[-1]
@@ -763,15 +839,15 @@ def test_a_link_binds_to_the_first_chat_that_opens_it(client, auth):
     # both chats' histories name the link alike: the first 16 characters of its id
     link_id = links.inspect_payload([LINK_SECRET], payload, datetime.now(UTC))[0].link_id
     [used] = [e for e in history(client, auth, CHAT_ID) if e["kind"] == "link_used"]
-    assert used["detail"]["link"] == history(client, auth, 555)[0]["detail"]["link"] == (
-        link_id[:16])
+    assert (
+        used["detail"]["link"] == history(client, auth, 555)[0]["detail"]["link"] == (link_id[:16])
+    )
     send(client, start(payload))  # the same chat again: a duplicate, not an error
     assert len(rows(client, auth, token=CHAT_ID)) == 1
 
 
 def test_an_expired_link_registers_nothing(client, auth):
-    payload = links.make_payload(LINK_SECRET, "contactId", 10,
-                                 CLOCK.now - timedelta(minutes=1))
+    payload = links.make_payload(LINK_SECRET, "contactId", 10, CLOCK.now - timedelta(minutes=1))
     send(client, start(payload))
     assert rows(client, auth, token=CHAT_ID) == []
     assert history(client, auth, CHAT_ID)[-1]["detail"]["reason"] == "expired"
@@ -792,9 +868,13 @@ def test_a_link_expires_at_its_second(client, auth):
 def test_a_link_may_expire_up_to_2106(client, auth):
     last = datetime.fromtimestamp(2**32 - 1, UTC)  # 2106-02-07T06:28:15Z: the 4 bytes' end
     assert verify(LINK_SECRET, links.make_payload(LINK_SECRET, "contactId", 14, last)) == (
-        "contactId", 14)
-    send(client, start(links.make_payload(LINK_SECRET, "contactId", 15,
-                                          datetime(2050, 1, 1, tzinfo=UTC))))
+        "contactId",
+        14,
+    )
+    send(
+        client,
+        start(links.make_payload(LINK_SECRET, "contactId", 15, datetime(2050, 1, 1, tzinfo=UTC))),
+    )
     assert [r["contactId"] for r in rows(client, auth, token=CHAT_ID)] == [15]
     with pytest.raises(links.LinkError, match="the expiry must be between 1970 and 2106"):
         links.make_payload(LINK_SECRET, "contactId", 14, last + timedelta(seconds=1))
@@ -804,10 +884,14 @@ def test_a_link_made_by_the_documented_format_registers(client, auth):
     """Links already handed out keep working across releases: a payload built here from
     the module's documented layout alone (key id: the first byte of the secret's SHA-256)
     is the one the bridge makes, and registers."""
-    body = (bytes([2 << 4 | 1, hashlib.sha256(LINK_SECRET.encode()).digest()[0]])
-            + (0).to_bytes(4, "big") + (300).to_bytes(2, "big"))
-    tag = hmac.new(LINK_SECRET.encode(), b"reteno-telegram-bridge/start-link\x00" + body,
-                   hashlib.sha256).digest()[:12]
+    body = (
+        bytes([2 << 4 | 1, hashlib.sha256(LINK_SECRET.encode()).digest()[0]])
+        + (0).to_bytes(4, "big")
+        + (300).to_bytes(2, "big")
+    )
+    tag = hmac.new(
+        LINK_SECRET.encode(), b"reteno-telegram-bridge/start-link\x00" + body, hashlib.sha256
+    ).digest()[:12]
     payload = base64.urlsafe_b64encode(body + tag).decode().rstrip("=")
     assert links.make_payload(LINK_SECRET, "contactId", 300) == payload
     send(client, start(payload))
@@ -816,8 +900,11 @@ def test_a_link_made_by_the_documented_format_registers(client, auth):
 
 def test_rotating_the_secret_keeps_issued_links_working(make_app, auth):
     old = links.make_payload(LINK_SECRET, "contactId", 11)
-    app = make_app(TELEGRAM_WEBHOOK_SECRET=SECRET, TELEGRAM_BOT_USERNAME=BOT,
-                   BRIDGE_LINK_SECRET=f"new-secret-{'z' * 20},{LINK_SECRET}")
+    app = make_app(
+        TELEGRAM_WEBHOOK_SECRET=SECRET,
+        TELEGRAM_BOT_USERNAME=BOT,
+        BRIDGE_LINK_SECRET=f"new-secret-{'z' * 20},{LINK_SECRET}",
+    )
     client = app.test_client()
     send(client, start(old))
     assert [r["contactId"] for r in rows(client, auth, token=CHAT_ID)] == [11]
@@ -829,11 +916,13 @@ def test_rotating_the_secret_keeps_issued_links_working(make_app, auth):
 
 @pytest.mark.parametrize(("ttl", "valid_for"), [("90m", 5400), ("12h", 43200), ("0", None)])
 def test_bridge_link_ttl(link_app, ttl, valid_for):
-    result = link_app.test_cli_runner().invoke(args=["bridge", "link", "--contact-id", "5",
-                                                     "--ttl", ttl])
+    result = link_app.test_cli_runner().invoke(
+        args=["bridge", "link", "--contact-id", "5", "--ttl", ttl]
+    )
     assert result.exit_code == 0, result.output
-    link, _ = links.inspect_payload(["x" * 32], link_payload(result.output.strip()),
-                                    datetime.now(UTC))
+    link, _ = links.inspect_payload(
+        ["x" * 32], link_payload(result.output.strip()), datetime.now(UTC)
+    )
     if valid_for is None:
         assert link.expires is None
     else:
@@ -842,8 +931,9 @@ def test_bridge_link_ttl(link_app, ttl, valid_for):
 
 
 def test_bridge_link_refuses_a_bad_ttl(link_app):
-    result = link_app.test_cli_runner().invoke(args=["bridge", "link", "--contact-id", "5",
-                                                     "--ttl", "soon"])
+    result = link_app.test_cli_runner().invoke(
+        args=["bridge", "link", "--contact-id", "5", "--ttl", "soon"]
+    )
     assert result.exit_code == 2 and "--ttl" in result.output
 
 
@@ -859,18 +949,39 @@ def old_parse(text):
     return (match.group(1), match.group(2)) if match else None
 
 
-@pytest.mark.parametrize("text", [
-    "/start", "/start ", "/start  abc  ", "/start\nabc\n", "/start\tabc def\n\n",
-    "/start@my_bot abc", "/start@my_bot", "/start@", "/start@ abc", "/startabc",
-    "/start@bot!x", "/start \u00a0\u2003", "/start a\u2028b ", "/start@b_1\u3000x y ",
-    "hello /start x", "/Start x", "/start@bot@bot x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/start",
+        "/start ",
+        "/start  abc  ",
+        "/start\nabc\n",
+        "/start\tabc def\n\n",
+        "/start@my_bot abc",
+        "/start@my_bot",
+        "/start@",
+        "/start@ abc",
+        "/startabc",
+        "/start@bot!x",
+        "/start \u00a0\u2003",
+        "/start a\u2028b ",
+        "/start@b_1\u3000x y ",
+        "hello /start x",
+        "/Start x",
+        "/start@bot@bot x",
+    ],
+)
 def test_start_is_parsed_as_before(text):
     assert tg.parse_start(text) == old_parse(text)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.lists(st.sampled_from(["/start", "@", "b", "_", " ", "\n", "\t", "x", "!",
-                                 "\u00a0", "-"]), max_size=12).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(["/start", "@", "b", "_", " ", "\n", "\t", "x", "!", "\u00a0", "-"]),
+        max_size=12,
+    ).map("".join)
+)
 def test_start_is_parsed_as_before_for_any_text(text):
     assert tg.parse_start(text) == old_parse(text)
 

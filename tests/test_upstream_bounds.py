@@ -64,7 +64,7 @@ class Trickle:
                 started = time.monotonic()
                 try:
                     for i in range(len(answer)):
-                        conn.sendall(answer[i:i + 1])
+                        conn.sendall(answer[i : i + 1])
                         time.sleep(BYTE_EVERY)
                 except OSError:
                     self.cut_after = time.monotonic() - started
@@ -79,8 +79,11 @@ class Trickle:
                 return False
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
         while len(body) < length:
             body += conn.recv(65536)
         return True
@@ -94,8 +97,12 @@ class Trickle:
 def test_a_trickling_answer_ends_at_the_deadline_and_is_retried_later(make_app, auth, part):
     upstream = Trickle(part)
     try:
-        app = make_app(RETENO_BASE_URL=upstream.url, BRIDGE_UPSTREAM_CONNECT_TIMEOUT=0.5,
-                       BRIDGE_UPSTREAM_READ_TIMEOUT=1, BRIDGE_UPSTREAM_DEADLINE=1)
+        app = make_app(
+            RETENO_BASE_URL=upstream.url,
+            BRIDGE_UPSTREAM_CONNECT_TIMEOUT=0.5,
+            BRIDGE_UPSTREAM_READ_TIMEOUT=1,
+            BRIDGE_UPSTREAM_DEADLINE=1,
+        )
         bridge = app.extensions["reteno_bridge"]
         clock = bridge.ledger.clock = Clock()  # leases and backoffs; the socket is real
         client = app.test_client()
@@ -144,16 +151,19 @@ class Huge(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         n = min(len(buffer), self.size - self.given)
-        data = (self.start[self.given:self.given + n]).ljust(n, b"x")
+        data = (self.start[self.given : self.given + n]).ljust(n, b"x")
         buffer[:n] = data
         self.given += n
         return n
 
 
-@pytest.mark.parametrize(("status", "state", "kind"), [
-    (200, "delivered", "delivered"), (400, "dead", "dead"), (503, "queued", "retry")])
-def test_at_most_64_kb_of_a_huge_answer_is_read(client, auth, bridge, requests_mock, status,
-                                                state, kind):
+@pytest.mark.parametrize(
+    ("status", "state", "kind"),
+    [(200, "delivered", "delivered"), (400, "dead", "dead"), (503, "queued", "retry")],
+)
+def test_at_most_64_kb_of_a_huge_answer_is_read(
+    client, auth, bridge, requests_mock, status, state, kind
+):
     body = Huge(b'{"message": "Invalid token ', 400 * 1024 * 1024)
     requests_mock.post(TOKENS_URL, status_code=status, reason="Reason", body=body)
     register(client, auth, {"token": 1, "contactId": 1})
@@ -193,7 +203,8 @@ def test_a_call_in_flight_keeps_its_lease(make_app, auth, requests_mock, monkeyp
 
 
 def test_one_thread_keeps_every_calls_lease_and_deadline_and_ends_with_the_worker(
-        make_app, auth, requests_mock, monkeypatch):
+    make_app, auth, requests_mock, monkeypatch
+):
     """No thread per call: the calls of a worker share one watch thread (lease renewals,
     deadlines), which ends once the worker's loop is stopped."""
     app = make_app(BRIDGE_LEASE_SECONDS=LEASE, BRIDGE_BATCH_SIZE=1)
@@ -202,8 +213,11 @@ def test_one_thread_keeps_every_calls_lease_and_deadline_and_ends_with_the_worke
     renewed = Tally(monkeypatch, app, "renew", amount=len)
     renewers = set()
     real_renew = bridge.ledger.renew
-    monkeypatch.setattr(bridge.ledger, "renew", lambda *args: renewers.add(
-        threading.current_thread()) or real_renew(*args))
+    monkeypatch.setattr(
+        bridge.ledger,
+        "renew",
+        lambda *args: renewers.add(threading.current_thread()) or real_renew(*args),
+    )
     client = app.test_client()
     register(client, auth, *({"token": n, "contactId": n} for n in range(1, 4)))
     before = set(threading.enumerate())
@@ -235,7 +249,8 @@ def test_the_deadline_is_at_most_half_the_lease_and_at_least_the_connect_time_ou
 
     with pytest.raises(ConfigError, match="BRIDGE_LEASE_SECONDS must be an integer from 60"):
         make_app(BRIDGE_UPSTREAM_DEADLINE=30, BRIDGE_LEASE_SECONDS=59)
-    with pytest.raises(ConfigError, match="BRIDGE_UPSTREAM_DEADLINE .* must be at least "
-                                          "BRIDGE_UPSTREAM_CONNECT_TIMEOUT"):
+    with pytest.raises(
+        ConfigError,
+        match="BRIDGE_UPSTREAM_DEADLINE .* must be at least BRIDGE_UPSTREAM_CONNECT_TIMEOUT",
+    ):
         make_app(BRIDGE_UPSTREAM_DEADLINE=1, BRIDGE_UPSTREAM_CONNECT_TIMEOUT=2)
-

@@ -52,8 +52,7 @@ def test_concurrent_calls_each_get_their_own_outcomes_in_order(ledger):
     def work(n):
         # every thread registers its own tokens and one token all threads share
         for i in range(20):
-            items = [item(n * 1000 + i, f"t{n}-{i}@example.com"),
-                     item(999, "shared@example.com")]
+            items = [item(n * 1000 + i, f"t{n}-{i}@example.com"), item(999, "shared@example.com")]
             results.setdefault(n, []).append((items, ledger.register(items)))
 
     run_threads(work, 8)
@@ -72,7 +71,8 @@ def test_concurrent_calls_each_get_their_own_outcomes_in_order(ledger):
     with ledger.db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM bridge_registrations")).scalar() == 161
         submitted = conn.execute(
-            text("SELECT count(*) FROM bridge_events WHERE kind = 'submitted'")).scalar()
+            text("SELECT count(*) FROM bridge_events WHERE kind = 'submitted'")
+        ).scalar()
     assert submitted == 8 * 20 * 2  # one audit event per token object
 
 
@@ -123,9 +123,16 @@ def test_timestamps_are_stored_as_sqlalchemy_stores_them(ledger, db_url):
     ledger.register([item(1, "a@example.com")])
     ledger.register([item(2, "b@example.com"), item(3, "c@example.com")])
     with ledger.db.engine.connect() as conn:
-        stamps = conn.execute(text(
-            "SELECT created_at FROM bridge_registrations UNION ALL "
-            "SELECT at FROM bridge_events")).scalars().all()
+        stamps = (
+            conn.execute(
+                text(
+                    "SELECT created_at FROM bridge_registrations UNION ALL "
+                    "SELECT at FROM bridge_events"
+                )
+            )
+            .scalars()
+            .all()
+        )
     # SQLAlchemy's SQLite DATETIME: always six digits of microseconds, a space, no zone
     assert stamps and all(len(s) == 26 and s[10] == " " and s[19] == "." for s in stamps)
 
@@ -179,20 +186,39 @@ def test_write_queue_is_reentrant_and_serialises_threads(db_url):
 
 
 def test_a_batch_mixing_new_and_registered_tokens_gets_the_right_ids(client, auth):
-    first = client.post("/register", headers=auth, json={"tokens": [
-        {"token": 1, "email": "one@example.com"}, {"token": 3, "email": "three@example.com"}]})
+    first = client.post(
+        "/register",
+        headers=auth,
+        json={
+            "tokens": [
+                {"token": 1, "email": "one@example.com"},
+                {"token": 3, "email": "three@example.com"},
+            ]
+        },
+    )
     old = {r["token"]: r["id"] for r in first.get_json()["registrations"]}
-    response = client.post("/register", headers=auth, json={"tokens": [
-        {"token": 1, "email": "one@example.com"},
-        {"token": 2, "email": "two@example.com"},
-        {"token": 3, "email": "three@example.com"},
-        {"token": 4, "email": "four@example.com"},
-        {"token": 2, "email": "two@example.com"},
-    ]})
+    response = client.post(
+        "/register",
+        headers=auth,
+        json={
+            "tokens": [
+                {"token": 1, "email": "one@example.com"},
+                {"token": 2, "email": "two@example.com"},
+                {"token": 3, "email": "three@example.com"},
+                {"token": 4, "email": "four@example.com"},
+                {"token": 2, "email": "two@example.com"},
+            ]
+        },
+    )
     assert response.status_code == 202
     regs = response.get_json()["registrations"]
     assert [(r["token"], r["duplicate"]) for r in regs] == [
-        ("1", True), ("2", False), ("3", True), ("4", False), ("2", True)]
+        ("1", True),
+        ("2", False),
+        ("3", True),
+        ("4", False),
+        ("2", True),
+    ]
     assert regs[0]["id"] == old["1"] and regs[2]["id"] == old["3"]
     assert regs[4]["id"] == regs[1]["id"]
     # every id answered is the ledger's own row of that token
@@ -224,8 +250,7 @@ def _wal_flushes(monkeypatch, db_url, on_flush):
     monkeypatch.setattr(os, "fdatasync", spy)
 
 
-def test_an_acknowledged_registration_was_flushed_to_disk_first(client, auth, db_url,
-                                                                   monkeypatch):
+def test_an_acknowledged_registration_was_flushed_to_disk_first(client, auth, db_url, monkeypatch):
     if not db_url.startswith("sqlite") or not os.path.exists("/proc/self/fd"):
         pytest.skip("the WAL flush is SQLite's (and this test reads /proc)")
     path = db_url.split("///", 1)[1]
@@ -233,8 +258,11 @@ def test_an_acknowledged_registration_was_flushed_to_disk_first(client, auth, db
 
     def check():
         with sqlite3.connect(path) as conn:
-            flushed_with_it.append(conn.execute(
-                "SELECT count(*) FROM bridge_registrations WHERE token = '4242'").fetchone()[0])
+            flushed_with_it.append(
+                conn.execute(
+                    "SELECT count(*) FROM bridge_registrations WHERE token = '4242'"
+                ).fetchone()[0]
+            )
 
     _wal_flushes(monkeypatch, db_url, check)
     response = client.post("/register", headers=auth, json={"token": 4242, "email": "a@b.co"})
@@ -243,8 +271,7 @@ def test_an_acknowledged_registration_was_flushed_to_disk_first(client, auth, db
     assert 1 in flushed_with_it
 
 
-def test_a_registration_whose_flush_failed_is_not_acknowledged(client, auth, db_url,
-                                                                 monkeypatch):
+def test_a_registration_whose_flush_failed_is_not_acknowledged(client, auth, db_url, monkeypatch):
     if not db_url.startswith("sqlite") or not os.path.exists("/proc/self/fd"):
         pytest.skip("the WAL flush is SQLite's (and this test reads /proc)")
 
@@ -253,8 +280,7 @@ def test_a_registration_whose_flush_failed_is_not_acknowledged(client, auth, db_
 
     with monkeypatch.context() as patch:
         _wal_flushes(patch, db_url, fail)
-        response = client.post("/register", headers=auth,
-                               json={"token": 77, "email": "a@b.co"})
+        response = client.post("/register", headers=auth, json={"token": 77, "email": "a@b.co"})
     assert_error_shape(response, 500)
     # The row may be there (committed, not known to be on disk): sending it again is safe.
     again = client.post("/register", headers=auth, json={"token": 77, "email": "a@b.co"})

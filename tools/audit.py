@@ -28,7 +28,8 @@ KNOWN_VULNERABLE = "urllib3==1.26.0"
 _UNREACHABLE = re.compile(
     r"ConnectionError|ConnectTimeout|ReadTimeout|NameResolutionError|Max retries exceeded|"
     r"Name or service not known|Temporary failure in name resolution|Network is unreachable|"
-    r"Connection refused|Could not connect|timed out|SSLError|ServiceError")
+    r"Connection refused|Could not connect|timed out|SSLError|ServiceError"
+)
 
 
 @dataclass
@@ -43,9 +44,27 @@ Runner = Callable[[str, str, int], subprocess.CompletedProcess]
 def pip_audit(requirements: str, service: str, timeout: int) -> subprocess.CompletedProcess:
     """pip-audit of the pins in ``requirements`` alone (no resolution, no pip run)."""
     return subprocess.run(
-        [sys.executable, "-m", "pip_audit", "-r", requirements, "--no-deps", "--disable-pip",
-         "-s", service, "-f", "json", "--progress-spinner", "off", "--timeout", str(timeout)],
-        capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pip_audit",
+            "-r",
+            requirements,
+            "--no-deps",
+            "--disable-pip",
+            "-s",
+            service,
+            "-f",
+            "json",
+            "--progress-spinner",
+            "off",
+            "--timeout",
+            str(timeout),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def classify(returncode: int, stdout: str, stderr: str) -> Result:
@@ -56,13 +75,16 @@ def classify(returncode: int, stdout: str, stderr: str) -> Result:
         report = None
     if not isinstance(report, dict):
         tail = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or [
-            f"pip-audit exited {returncode} without a report"]
+            f"pip-audit exited {returncode} without a report"
+        ]
         return Result("unreachable" if _UNREACHABLE.search(stderr) else "error", tail)
     dependencies = report.get("dependencies", [])
     vulnerable = [
         f"{dep['name']} {dep.get('version', '?')}: {vuln['id']} (fixed in "
         f"{', '.join(vuln.get('fix_versions') or []) or 'no release yet'})"
-        for dep in dependencies for vuln in dep.get("vulns") or []]
+        for dep in dependencies
+        for vuln in dep.get("vulns") or []
+    ]
     if vulnerable:
         return Result("vulnerable", vulnerable)
     skipped = [dep for dep in dependencies if "skip_reason" in dep]
@@ -72,8 +94,11 @@ def classify(returncode: int, stdout: str, stderr: str) -> Result:
     if not audited:
         why = skipped[0]["skip_reason"] if skipped else "the requirements name no pin"
         return Result("unreachable", [f"no pin could be audited ({why})"])
-    return Result("clean", [f"{audited} pins audited: no known vulnerability"] + [
-        f"not audited: {dep['skip_reason']}" for dep in skipped])
+    return Result(
+        "clean",
+        [f"{audited} pins audited: no known vulnerability"]
+        + [f"not audited: {dep['skip_reason']}" for dep in skipped],
+    )
 
 
 def audit(requirements: str, run: Runner = pip_audit, timeout: int = 15) -> Result:
@@ -102,8 +127,11 @@ def self_check(run: Runner = pip_audit, timeout: int = 15) -> Result:
 def main(argv: list[str] | None = None, run: Runner = pip_audit) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("requirements", nargs="?", default="constraints.txt")
-    parser.add_argument("--self-check", action="store_true",
-                        help=f"first check that the database flags {KNOWN_VULNERABLE}")
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help=f"first check that the database flags {KNOWN_VULNERABLE}",
+    )
     parser.add_argument("--timeout", type=int, default=15, help="seconds per request")
     args = parser.parse_args(argv)
 
@@ -113,18 +141,24 @@ def main(argv: list[str] | None = None, run: Runner = pip_audit) -> int:
     if args.self_check:
         check = self_check(run, args.timeout)
         if check.verdict == "unreachable":
-            say("SKIPPED: the advisory database could not be reached, nothing was audited "
-                f"({'; '.join(check.lines)})")
+            say(
+                "SKIPPED: the advisory database could not be reached, nothing was audited "
+                f"({'; '.join(check.lines)})"
+            )
             return 0
         if check.verdict != "vulnerable":
-            say(f"FAILED self-check: {KNOWN_VULNERABLE} was not flagged ({check.verdict}: "
-                f"{'; '.join(check.lines)}); the audit cannot be trusted")
+            say(
+                f"FAILED self-check: {KNOWN_VULNERABLE} was not flagged ({check.verdict}: "
+                f"{'; '.join(check.lines)}); the audit cannot be trusted"
+            )
             return 2 if check.verdict == "error" else 1
         say(f"self-check: {KNOWN_VULNERABLE} is flagged, as it must be")
     result = audit(args.requirements, run, args.timeout)
     if result.verdict == "unreachable":
-        say(f"SKIPPED: the advisory database could not be reached, {args.requirements} was "
-            f"not audited ({'; '.join(result.lines)})")
+        say(
+            f"SKIPPED: the advisory database could not be reached, {args.requirements} was "
+            f"not audited ({'; '.join(result.lines)})"
+        )
         return 0
     if result.verdict == "vulnerable":
         say(f"FAILED: known vulnerabilities in {args.requirements}:")

@@ -43,9 +43,20 @@ from .types import (
 )
 
 __all__ = [
-    "COMMANDS", "REGISTRATIONS", "Claim", "HistoryEvent", "Ledger", "MuteRecord",
-    "MuteRequest", "Outcome", "RegistrationRecord", "ReplayTarget", "State", "StatusEvent",
-    "StatusResult", "TokenRequest",
+    "COMMANDS",
+    "REGISTRATIONS",
+    "Claim",
+    "HistoryEvent",
+    "Ledger",
+    "MuteRecord",
+    "MuteRequest",
+    "Outcome",
+    "RegistrationRecord",
+    "ReplayTarget",
+    "State",
+    "StatusEvent",
+    "StatusResult",
+    "TokenRequest",
 ]
 
 
@@ -53,8 +64,13 @@ class Ledger:
     """The ledger of one database. ``clock`` gives every timestamp it writes (tests move
     it); ``on_queued`` is called after registrations were queued (to wake delivery)."""
 
-    def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow,
-                 on_queued: Callable[[], None] | None = None, hold_conflicts: bool = False):
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], datetime] = utcnow,
+        on_queued: Callable[[], None] | None = None,
+        hold_conflicts: bool = False,
+    ):
         self.db = db
         self.clock = clock
         self.on_queued = on_queued or (lambda: None)
@@ -63,8 +79,9 @@ class Ledger:
 
     # --- registrations -----------------------------------------------------------------
 
-    def register(self, requests: Sequence[TokenRequest], source: str = "api",
-                 seen: datetime | None = None) -> list[Outcome]:
+    def register(
+        self, requests: Sequence[TokenRequest], source: str = "api", seen: datetime | None = None
+    ) -> list[Outcome]:
         """Put token requests in the outbox, suppressing live duplicates and flagging
         identity conflicts; one outcome each, in order. ``seen``: when the chats were
         last seen alive (default: now). All or none are stored; concurrent calls of
@@ -75,18 +92,35 @@ class Ledger:
             self.on_queued()
         return outcomes
 
-    def _register_work(self, conn, items: list[tuple[TokenRequest, str, datetime | None]]
-                       ) -> list[Outcome]:
-        return registering.register(conn, [r for r, _, _ in items], [s for _, s, _ in items],
-                                    self.clock(), self.hold_conflicts,
-                                    [at for _, _, at in items])
+    def _register_work(
+        self, conn, items: list[tuple[TokenRequest, str, datetime | None]]
+    ) -> list[Outcome]:
+        return registering.register(
+            conn,
+            [r for r, _, _ in items],
+            [s for _, s, _ in items],
+            self.clock(),
+            self.hold_conflicts,
+            [at for _, _, at in items],
+        )
 
-    def record(self, kind: str, detail: dict, token: str | None = None,
-               registration_id: int | None = None) -> None:
+    def record(
+        self, kind: str, detail: dict, token: str | None = None, registration_id: int | None = None
+    ) -> None:
         """Append one event that moves nothing (e.g. a rejected deep link)."""
         with self.db.write() as conn:
-            append_events(conn, [{"at": self.clock(), "kind": kind, "token": token,
-                                  "registration_id": registration_id, "detail": detail}])
+            append_events(
+                conn,
+                [
+                    {
+                        "at": self.clock(),
+                        "kind": kind,
+                        "token": token,
+                        "registration_id": registration_id,
+                        "detail": detail,
+                    }
+                ],
+            )
 
     # --- the outbox ----------------------------------------------------------------------
 
@@ -105,8 +139,9 @@ class Ledger:
         with self.db.write() as conn:
             return outbox.delivered(conn, self.clock(), claim, rows, call)
 
-    def retry(self, claim: Claim, rows: Sequence[Any], call: dict,
-              retry_after: float | None = None) -> float:
+    def retry(
+        self, claim: Claim, rows: Sequence[Any], call: dict, retry_after: float | None = None
+    ) -> float:
         with self.db.write() as conn:
             return outbox.retry(conn, self.clock(), claim, rows, call, retry_after)
 
@@ -118,8 +153,9 @@ class Ledger:
         with self.db.write() as conn:
             return outbox.dead(conn, self.clock(), claim, row, call)
 
-    def release(self, claim: Claim, rows: Sequence[Any], detail: dict,
-                delay: float | None = 0.0) -> int:
+    def release(
+        self, claim: Claim, rows: Sequence[Any], detail: dict, delay: float | None = 0.0
+    ) -> int:
         with self.db.write() as conn:
             return outbox.release(conn, self.clock(), claim, rows, detail, delay)
 
@@ -128,8 +164,12 @@ class Ledger:
         with self.db.write() as conn:
             outbox.resume(conn, self.clock())
 
-    def requeue_dead(self, ids: Sequence[int] | None = None, error_contains: str | None = None,
-                     token: str | None = None) -> int:
+    def requeue_dead(
+        self,
+        ids: Sequence[int] | None = None,
+        error_contains: str | None = None,
+        token: str | None = None,
+    ) -> int:
         """Dead letters back to the queue (all, or those matching the filters)."""
         with self.db.write() as conn:
             count = outbox.requeue_dead(conn, self.clock(), ids, error_contains, token)
@@ -171,8 +211,7 @@ class Ledger:
         with self.db.write() as conn:
             return commands.queue_replay(conn, self.clock(), target)
 
-    def claim_replay(self, target: ReplayTarget, limit: int, lease_seconds: int
-                     ) -> Claim | None:
+    def claim_replay(self, target: ReplayTarget, limit: int, lease_seconds: int) -> Claim | None:
         with self.db.write() as conn:
             return commands.claim_replay(conn, self.clock(), target, limit, lease_seconds)
 
@@ -192,35 +231,45 @@ class Ledger:
         with self.db.write() as conn:
             return reports.apply_statuses(conn, self.clock(), events)
 
-    def block_chat(self, token: str, detail: dict, at: datetime | None = None,
-                   resolution: timedelta = EXACT) -> tuple[int, int]:
+    def block_chat(
+        self, token: str, detail: dict, at: datetime | None = None, resolution: timedelta = EXACT
+    ) -> tuple[int, int]:
         """The user blocked the bot at ``at`` (given to ``resolution``; never later than
         now): remove the chat's live registrations not seen later; (removed, stale:
         newer ones that stay)."""
         with self.db.write() as conn:
             return reports.block_chat(conn, self.clock(), token, detail, at, resolution)
 
-    def unblock_chat(self, token: str, detail: dict, at: datetime | None = None,
-                     resolution: timedelta = EXACT) -> tuple[int | None, int | None, bool]:
+    def unblock_chat(
+        self, token: str, detail: dict, at: datetime | None = None, resolution: timedelta = EXACT
+    ) -> tuple[int | None, int | None, bool]:
         """The user unblocked the bot at ``at`` (given to ``resolution``; never later
         than now): its last registration live again (queued only if Reteno dropped the
         token) unless one is live or the chat was blocked later; (new registration id,
         previous registration id, queued)."""
         with self.db.write() as conn:
-            result = reports.unblock_chat(conn, self.clock(), token, detail, at,
-                                          self.hold_conflicts, resolution)
+            result = reports.unblock_chat(
+                conn, self.clock(), token, detail, at, self.hold_conflicts, resolution
+            )
         if result[2]:
             self.on_queued()
         return result
 
-    def use_link(self, token: str, request: TokenRequest, link_id: str, seen: datetime,
-                 mark: str | None = None) -> Outcome | str:
+    def use_link(
+        self,
+        token: str,
+        request: TokenRequest,
+        link_id: str,
+        seen: datetime,
+        mark: str | None = None,
+    ) -> Outcome | str:
         """A signed deep link opened in chat ``token`` at ``seen``: the outcome of its
         registration, or the kind recorded when it registers nothing (``link_reused``:
         another chat used it first; ``link_rejected``: erase revoked it)."""
         with self.db.write() as conn:
-            outcome = reports.use_link(conn, self.clock(), token, request, link_id, seen,
-                                       self.hold_conflicts, mark)
+            outcome = reports.use_link(
+                conn, self.clock(), token, request, link_id, seen, self.hold_conflicts, mark
+            )
         if isinstance(outcome, Outcome) and not outcome.duplicate:
             self.on_queued()
         return outcome
@@ -234,18 +283,23 @@ class Ledger:
     def release_held(self, registration_id: int) -> bool:
         """A held registration (identity conflict) goes to the queue after review."""
         with self.db.write() as conn:
-            token = conn.execute(select(Registration.token).where(
-                Registration.id == registration_id)).scalar()
-            moved = token is not None and bool(reports.release_held(
-                conn, self.clock(), [token], by="operator", ids=[registration_id]))
+            token = conn.execute(
+                select(Registration.token).where(Registration.id == registration_id)
+            ).scalar()
+            moved = token is not None and bool(
+                reports.release_held(
+                    conn, self.clock(), [token], by="operator", ids=[registration_id]
+                )
+            )
         if moved:
             self.on_queued()
         return moved
 
     # --- reading -------------------------------------------------------------------------
 
-    def find(self, filters: dict, limit: int = 50, cursor: str | None = None
-             ) -> tuple[list[RegistrationRecord], str | None]:
+    def find(
+        self, filters: dict, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[RegistrationRecord], str | None]:
         """Registrations matching ``filters``, newest first, keyset-paginated
         (``ValueError`` for a bad cursor)."""
         with self.db.read() as conn:
@@ -262,8 +316,9 @@ class Ledger:
         with self.db.read() as conn:
             return queries.quiet_counts(conn, self.clock(), days)
 
-    def remove_stale(self, days: int, progress: Callable[[int], None] | None = None,
-                     chunk: int = 500) -> int:
+    def remove_stale(
+        self, days: int, progress: Callable[[int], None] | None = None, chunk: int = 500
+    ) -> int:
         """Remove the stale-token report's registrations (reason ``stale``), ``chunk`` at
         a time (one transaction each); how many. ``progress`` gets each chunk's count."""
         total = 0
@@ -290,8 +345,9 @@ class Ledger:
 
     # --- erasure -------------------------------------------------------------------------
 
-    def erase(self, api_name: str, value,
-              marks: Callable[[str, Any], Sequence[str]] | None = None) -> dict[str, Any]:
+    def erase(
+        self, api_name: str, value, marks: Callable[[str, Any], Sequence[str]] | None = None
+    ) -> dict[str, Any]:
         """Delete one contact's personal data and revoke their links (see
         :func:`.erasure.erase`), and the copies the database's files keep of it
         (:meth:`~bridge.db.Database.purge_freed`)."""

@@ -55,8 +55,13 @@ from .states import append_events
 from .types import COLUMN_OF
 
 
-def erase(conn, now: datetime, api_name: str, value,
-          marks: Callable[[str, Any], Sequence[str]] | None = None) -> dict[str, Any]:
+def erase(
+    conn,
+    now: datetime,
+    api_name: str,
+    value,
+    marks: Callable[[str, Any], Sequence[str]] | None = None,
+) -> dict[str, Any]:
     """Delete one contact's personal data; leave one audit event without any.
 
     ``api_name`` is ``token`` or an identifier name (``contactId``,
@@ -92,8 +97,9 @@ def erase(conn, now: datetime, api_name: str, value,
     blank = _mentions(conn, needles, doomed)
     for event_id, detail in blank.items():
         # the fingerprint is a hash of the raw object that held the data: it goes too
-        conn.execute(update(Event).where(Event.id == event_id)
-                 .values(detail=detail, fingerprint=None))
+        conn.execute(
+            update(Event).where(Event.id == event_id).values(detail=detail, fingerprint=None)
+        )
     for page in in_pages(sorted(doomed)):
         conn.execute(delete(Event).where(Event.id.in_(page)))
     for page in in_pages(sorted(tokens)):  # the chats' mutes and replays
@@ -109,8 +115,18 @@ def erase(conn, now: datetime, api_name: str, value,
         summary["revoked"] = revoked
     erased = bool(regs or doomed or scrubbed or revoked)
     if erased:
-        append_events(conn, [{"at": now, "kind": "erased", "token": None,
-                              "registration_id": None, "detail": dict(summary)}])
+        append_events(
+            conn,
+            [
+                {
+                    "at": now,
+                    "kind": "erased",
+                    "token": None,
+                    "registration_id": None,
+                    "detail": dict(summary),
+                }
+            ],
+        )
     return {**summary, "scrubbed": scrubbed, "revoked": revoked, "erased": erased}
 
 
@@ -137,8 +153,7 @@ def _own_events(conn, regs: dict[int, Any], tokens: set[str]) -> set[int]:
     """The ids of the events of these registrations and of these chats."""
     doomed: set[int] = set()
     for page in in_pages(sorted(regs)):
-        doomed.update(conn.scalars(
-            select(Event.id).where(Event.registration_id.in_(page))))
+        doomed.update(conn.scalars(select(Event.id).where(Event.registration_id.in_(page))))
     for page in in_pages(sorted(tokens)):
         doomed.update(conn.scalars(select(Event.id).where(Event.token.in_(page))))
     return doomed
@@ -151,8 +166,7 @@ def _mentions(conn, needles: _Needles, doomed: set[int]) -> dict[int, dict]:
     blank: dict[int, dict] = {}
     for clauses in _groups_of(needles.like_clauses(detail_text), 40):
         for event_id, detail, registration_id, token in conn.execute(
-            select(Event.id, Event.detail, Event.registration_id, Event.token)
-            .where(or_(*clauses))
+            select(Event.id, Event.detail, Event.registration_id, Event.token).where(or_(*clauses))
         ):
             if event_id in doomed or event_id in blank or not needles.in_json(detail):
                 continue
@@ -166,31 +180,64 @@ def _mentions(conn, needles: _Needles, doomed: set[int]) -> dict[int, dict]:
 LINK_REVOKED = "link_revoked"
 
 
-def _revoke_links(conn, now: datetime, doomed: set[int], needles: _Needles,
-                  marks: Callable[[str, Any], Sequence[str]] | None) -> int:
+def _revoke_links(
+    conn,
+    now: datetime,
+    doomed: set[int],
+    needles: _Needles,
+    marks: Callable[[str, Any], Sequence[str]] | None,
+) -> int:
     """Tombstones for the links the erased chats used (their link ids) and for the erased
     identifiers (their marks); the new ones, how many."""
     wanted: set[str] = set()
     for page in in_pages(sorted(doomed)):
-        wanted.update(conn.scalars(select(Event.fingerprint).where(
-            Event.id.in_(page), Event.kind == "link_used", Event.fingerprint.is_not(None))))
+        wanted.update(
+            conn.scalars(
+                select(Event.fingerprint).where(
+                    Event.id.in_(page), Event.kind == "link_used", Event.fingerprint.is_not(None)
+                )
+            )
+        )
     if marks is not None:
         for name, value in needles.identifiers():
             wanted.update(marks(name, value))
     for page in in_pages(sorted(wanted)):
-        wanted.difference_update(conn.scalars(select(Event.fingerprint).where(
-            Event.fingerprint.in_(page), Event.kind == LINK_REVOKED)))
-    append_events(conn, [{"at": now, "kind": LINK_REVOKED, "token": None,
-                          "registration_id": None, "fingerprint": fingerprint,
-                          "detail": {"reason": "erased"}} for fingerprint in sorted(wanted)])
+        wanted.difference_update(
+            conn.scalars(
+                select(Event.fingerprint).where(
+                    Event.fingerprint.in_(page), Event.kind == LINK_REVOKED
+                )
+            )
+        )
+    append_events(
+        conn,
+        [
+            {
+                "at": now,
+                "kind": LINK_REVOKED,
+                "token": None,
+                "registration_id": None,
+                "fingerprint": fingerprint,
+                "detail": {"reason": "erased"},
+            }
+            for fingerprint in sorted(wanted)
+        ],
+    )
     return len(wanted)
 
 
 def revoked(conn, fingerprints: Iterable[str | None]) -> bool:
     """Whether erase revoked a link by one of these fingerprints (link id, identifier mark)."""
-    return conn.execute(select(Event.id).where(
-        Event.fingerprint.in_([f for f in fingerprints if f]),
-        Event.kind == LINK_REVOKED).limit(1)).first() is not None
+    return (
+        conn.execute(
+            select(Event.id)
+            .where(
+                Event.fingerprint.in_([f for f in fingerprints if f]), Event.kind == LINK_REVOKED
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )
 
 
 def _scrub_elsewhere(conn, needles: _Needles) -> int:
@@ -199,17 +246,19 @@ def _scrub_elsewhere(conn, needles: _Needles) -> int:
     for name in ("last_error", "removal_reason"):
         col = getattr(Registration, name)
         for clauses in _groups_of(needles.like_clauses(func.lower(col)), 40):
-            for rid, textual in conn.execute(
-                select(Registration.id, col).where(or_(*clauses))
-            ):
+            for rid, textual in conn.execute(select(Registration.id, col).where(or_(*clauses))):
                 if needles.in_text(textual):
-                    conn.execute(update(Registration).where(Registration.id == rid)
-                                 .values({name: ERASED}))
+                    conn.execute(
+                        update(Registration).where(Registration.id == rid).values({name: ERASED})
+                    )
                     scrubbed += 1
     for name, value in conn.execute(select(BridgeState.name, BridgeState.value)):
         if needles.in_json(value):
-            conn.execute(update(BridgeState).where(BridgeState.name == name)
-                         .values(value=needles.scrub(value)))
+            conn.execute(
+                update(BridgeState)
+                .where(BridgeState.name == name)
+                .values(value=needles.scrub(value))
+            )
             scrubbed += 1
     return scrubbed
 
@@ -221,11 +270,17 @@ MIN_FREE_TEXT = 6
 BOOKKEEPING_KEYS = frozenset({"source", "kind", "status", "state", "matchedBy", "via", "reason"})
 # Keys under which an identifier is written (the bridge's, Reteno's, a bot backend's).
 _KIND_OF_KEY = {
-    "contactId": "contactId", "contact_id": "contactId",
-    "externalCustomerId": "externalCustomerId", "external_customer_id": "externalCustomerId",
-    "phone": "phone", "sms": "phone",
+    "contactId": "contactId",
+    "contact_id": "contactId",
+    "externalCustomerId": "externalCustomerId",
+    "external_customer_id": "externalCustomerId",
+    "phone": "phone",
+    "sms": "phone",
     "email": "email",
-    "token": "token", "tokens": "token", "chat_id": "token", "chatId": "token",
+    "token": "token",
+    "tokens": "token",
+    "chat_id": "token",
+    "chatId": "token",
     "candidates": "token",
 }
 _PHONE_RUN = re.compile(r"(?<![\w+])\+?\d[\d ()\-]*\d(?!\w)")
@@ -238,7 +293,7 @@ def _groups_of(items: Sequence, size: int) -> Iterable[list]:
     (the values of an ``IN`` list are paged by :func:`bridge.db.in_pages`)."""
     items = list(items)
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _json_escaped(text: str) -> str:
@@ -257,8 +312,7 @@ def _integer(value) -> int | None:
 
 def _distinctive(value: str) -> bool:
     """Long enough, and not a word or phrase of letters: safe to look for in free text."""
-    return len(value) >= MIN_FREE_TEXT and any(
-        not (c.isalpha() or c.isspace()) for c in value)
+    return len(value) >= MIN_FREE_TEXT and any(not (c.isalpha() or c.isspace()) for c in value)
 
 
 @dataclass
@@ -293,8 +347,12 @@ class _Needles:
             self.contact_ids.add(int(value))
 
     def _of_kind(self) -> dict[str, set]:
-        return {"email": self.emails, "phone": self.phones,
-                "externalCustomerId": self.external_ids, "contactId": self.contact_ids}
+        return {
+            "email": self.emails,
+            "phone": self.phones,
+            "externalCustomerId": self.external_ids,
+            "contactId": self.contact_ids,
+        }
 
     def add_registration(self, r: Any) -> None:
         for api_name, column in IDENTIFIERS:
@@ -302,8 +360,9 @@ class _Needles:
 
     def identifiers(self) -> list[tuple[str, Any]]:
         """The erased identifier values (not chat ids), as ``(name, normal form)``."""
-        return [(name, v) for name, values in self._of_kind().items()
-                for v in sorted(values, key=str)]
+        return [
+            (name, v) for name, values in self._of_kind().items() for v in sorted(values, key=str)
+        ]
 
     def drop_kept(self, conn, erased_ids: set[int]) -> None:
         """Forget identifiers (other than the one asked for) that remaining rows still hold."""
@@ -311,9 +370,7 @@ class _Needles:
             values = self._of_kind()[api_name]
             col = getattr(Registration, column)
             for page in in_pages(sorted(values, key=str)):
-                kept = conn.execute(
-                    select(col, Registration.id).where(col.in_(page))
-                ).all()
+                kept = conn.execute(select(col, Registration.id).where(col.in_(page))).all()
                 for held, rid in kept:
                     if rid not in erased_ids and (api_name, held) != self.asked:
                         values.discard(held)
@@ -322,8 +379,14 @@ class _Needles:
         """SQL conditions that pick candidate rows (refined by :meth:`in_json`/:meth:`in_text`)."""
         plain = set(self.tokens) | {str(c) for c in self.contact_ids} | set(self.phones)
         for text_value in (*self.emails, *self.external_ids):
-            plain.update({text_value.lower(), _json_escaped(text_value).lower(),
-                          quote(text_value, safe="").lower(), quote(text_value).lower()})
+            plain.update(
+                {
+                    text_value.lower(),
+                    _json_escaped(text_value).lower(),
+                    quote(text_value, safe="").lower(),
+                    quote(text_value).lower(),
+                }
+            )
         clauses = [lowered_text.contains(p, autoescape=True) for p in sorted(plain) if p]
         # a phone as the sender wrote it: "+380 (95) 649-09-55"
         clauses += [lowered_text.like("%" + "%".join(p) + "%") for p in sorted(self.phones)]
@@ -340,8 +403,10 @@ class _Needles:
 
     def _in_text(self, text_value: str) -> bool:
         lowered = text_value.lower()
-        if any(re.search(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){re.escape(e)}(?![\w-]|\.[\w-])",
-                         lowered) for e in self.emails):
+        if any(
+            re.search(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){re.escape(e)}(?![\w-]|\.[\w-])", lowered)
+            for e in self.emails
+        ):
             return True
         if self.phones and any(
             re.sub(r"\D", "", run) in self.phones for run in _PHONE_RUN.findall(text_value)
@@ -349,11 +414,17 @@ class _Needles:
             return True
         # a number of its own: not part of a longer number, word, time or decimal
         numbers = {*self.tokens, *(str(c) for c in self.contact_ids)}
-        if any(re.search(rf"(?<![\w.:+-]){re.escape(n)}(?!\w|[.:]\d)", text_value)
-               for n in numbers if len(n.lstrip("-")) >= MIN_FREE_TEXT):
+        if any(
+            re.search(rf"(?<![\w.:+-]){re.escape(n)}(?!\w|[.:]\d)", text_value)
+            for n in numbers
+            if len(n.lstrip("-")) >= MIN_FREE_TEXT
+        ):
             return True
-        return any(re.search(rf"(?<![\w@.+-]){re.escape(x)}(?![\w@+-]|\.\w)", text_value)
-                   for x in self.external_ids if _distinctive(x))
+        return any(
+            re.search(rf"(?<![\w@.+-]){re.escape(x)}(?![\w@+-]|\.\w)", text_value)
+            for x in self.external_ids
+            if _distinctive(x)
+        )
 
     def _is_identifier(self, kind: str, value) -> bool:
         """A value written under an identifier key of ``kind``, in its normal form."""
@@ -367,7 +438,8 @@ class _Needles:
         text_value = str(value).strip()
         if kind == "phone":
             return bool(_PHONE_SHAPED.fullmatch(text_value)) and (
-                re.sub(r"\D", "", text_value) in self.phones)
+                re.sub(r"\D", "", text_value) in self.phones
+            )
         if kind == "email":
             return text_value.lower() in self.emails
         return text_value in self.external_ids
@@ -377,8 +449,7 @@ class _Needles:
             return False
         kind = _KIND_OF_KEY.get(key or "")
         if isinstance(value, dict):
-            return any(self.in_text(str(k)) or self.in_json(v, str(k))
-                       for k, v in value.items())
+            return any(self.in_text(str(k)) or self.in_json(v, str(k)) for k, v in value.items())
         if isinstance(value, list):
             return any(self.in_json(v, key) for v in value)
         if kind is not None and self._is_identifier(kind, value):

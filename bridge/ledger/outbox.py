@@ -36,26 +36,44 @@ UPSTREAM = "upstream"  # the bridge_state row of the shared upstream state
 _CLAIM = (
     update(Registration)
     .where(Registration.id.in_(bindparam("ids", expanding=True)))
-    .values(lease_id=bindparam("lease_id"), next_attempt_at=bindparam("next_attempt_at"),
-            attempts=Registration.attempts + 1, updated_at=bindparam("updated_at"))
-    .returning(Registration.id, Registration.token, Registration.contact_id,
-               Registration.external_customer_id, Registration.phone, Registration.email,
-               Registration.matched_by, Registration.attempts)
+    .values(
+        lease_id=bindparam("lease_id"),
+        next_attempt_at=bindparam("next_attempt_at"),
+        attempts=Registration.attempts + 1,
+        updated_at=bindparam("updated_at"),
+    )
+    .returning(
+        Registration.id,
+        Registration.token,
+        Registration.contact_id,
+        Registration.external_customer_id,
+        Registration.phone,
+        Registration.email,
+        Registration.matched_by,
+        Registration.attempts,
+    )
 )
 _RENEW = {
     model: update(model)
-    .where(model.id.in_(bindparam("ids", expanding=True)),
-           model.lease_id == bindparam("held_by"), model.state == State.QUEUED.value)
+    .where(
+        model.id.in_(bindparam("ids", expanding=True)),
+        model.lease_id == bindparam("held_by"),
+        model.state == State.QUEUED.value,
+    )
     .values(next_attempt_at=bindparam("until"))
     .returning(model.id)
     for model in (Registration, Command)
 }
 _UPSTREAM_ROW = {
-    dialect: stmt for dialect, stmt in zip(
+    dialect: stmt
+    for dialect, stmt in zip(
         ("sqlite", "postgresql"),
-        (s.values(name=UPSTREAM, value={}, updated_at=bindparam("now"))
-         for s in insert_unless_taken(BridgeState.__table__, ["name"])),
-        strict=True)
+        (
+            s.values(name=UPSTREAM, value={}, updated_at=bindparam("now"))
+            for s in insert_unless_taken(BridgeState.__table__, ["name"])
+        ),
+        strict=True,
+    )
 }
 
 
@@ -71,8 +89,7 @@ def backoff(attempts: int, retry_after: float | None = None) -> float:
 
 
 def upstream_state(conn) -> dict[str, Any]:
-    value = conn.execute(select(BridgeState.value).where(BridgeState.name == UPSTREAM)
-                         ).scalar()
+    value = conn.execute(select(BridgeState.value).where(BridgeState.name == UPSTREAM)).scalar()
     return dict(value or {})
 
 
@@ -81,18 +98,21 @@ def set_upstream(conn, now: datetime, **changes) -> dict:
     # The row exists before it is locked: two workers inserting it at once would
     # otherwise fail a transaction after Reteno took the tokens.
     conn.execute(_UPSTREAM_ROW[conn.dialect.name], {"now": now})
-    value = conn.execute(select(BridgeState.value).where(BridgeState.name == UPSTREAM)
-                         .with_for_update()).scalar()
+    value = conn.execute(
+        select(BridgeState.value).where(BridgeState.name == UPSTREAM).with_for_update()
+    ).scalar()
     value = {**(value or {}), **changes}
-    conn.execute(update(BridgeState).where(BridgeState.name == UPSTREAM)
-                 .values(value=value, updated_at=now))
+    conn.execute(
+        update(BridgeState).where(BridgeState.name == UPSTREAM).values(value=value, updated_at=now)
+    )
     return value
 
 
 def blocked_until(state: dict, now: datetime) -> datetime | None:
     """When a pause (bad credentials) or a hold (Retry-After) ends, if one is in force."""
-    ends = [datetime.fromisoformat(state[k]) for k in ("paused_until", "hold_until")
-            if state.get(k)]
+    ends = [
+        datetime.fromisoformat(state[k]) for k in ("paused_until", "hold_until") if state.get(k)
+    ]
     ends = [e for e in ends if e > now]
     return max(ends) if ends else None
 
@@ -105,18 +125,26 @@ def claim(conn, now: datetime, limit: int, lease_seconds: int) -> Claim | None:
     is due or delivery is held or paused."""
     if blocked_until(upstream_state(conn), now):
         return None
-    due = (select(Registration.id)
-           .where(Registration.state == State.QUEUED.value, Registration.next_attempt_at <= now)
-           .order_by(Registration.next_attempt_at, Registration.id)
-           .limit(limit)
-           .with_for_update(skip_locked=True))
+    due = (
+        select(Registration.id)
+        .where(Registration.state == State.QUEUED.value, Registration.next_attempt_at <= now)
+        .order_by(Registration.next_attempt_at, Registration.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     ids = list(conn.execute(due).scalars())
     if not ids:
         return None
     lease_id = uuid.uuid4().hex
-    rows = conn.execute(_CLAIM, {"ids": ids, "lease_id": lease_id, "updated_at": now,
-                                 "next_attempt_at": now + timedelta(seconds=lease_seconds)}
-                        ).all()
+    rows = conn.execute(
+        _CLAIM,
+        {
+            "ids": ids,
+            "lease_id": lease_id,
+            "updated_at": now,
+            "next_attempt_at": now + timedelta(seconds=lease_seconds),
+        },
+    ).all()
     return Claim(lease_id, tuple(sorted(rows, key=lambda r: r.id)))
 
 
@@ -125,31 +153,42 @@ def lock_in_order(conn, ids: Sequence[int], model: type = Registration) -> None:
     registration takes its share locks in, so the two never wait on each other in a
     cycle (an ``UPDATE … IN`` locks rows in whatever order it scans them)."""
     if conn.dialect.name == "postgresql" and ids:
-        conn.execute(select(model.id).where(model.id.in_(list(ids)))
-                     .order_by(model.id).with_for_update())
+        conn.execute(
+            select(model.id).where(model.id.in_(list(ids))).order_by(model.id).with_for_update()
+        )
 
 
-def renew(conn, now: datetime, held: Claim, rows: Sequence[Any],
-          lease_seconds: int) -> list[Any]:
+def renew(conn, now: datetime, held: Claim, rows: Sequence[Any], lease_seconds: int) -> list[Any]:
     """Extend the lease of ``rows`` before another upstream call of the same claim; the
     rows still held (one whose lease ran out and that another worker took is not)."""
     ids = [r.id for r in rows]
     if not ids:
         return []
     lock_in_order(conn, ids, held.model)
-    kept = set(conn.execute(_RENEW[held.model], {"ids": ids, "held_by": held.lease_id,
-                                     "until": now + timedelta(seconds=lease_seconds)}
-                            ).scalars())
+    kept = set(
+        conn.execute(
+            _RENEW[held.model],
+            {"ids": ids, "held_by": held.lease_id, "until": now + timedelta(seconds=lease_seconds)},
+        ).scalars()
+    )
     return [r for r in rows if r.id in kept]
 
 
-def _finish(conn, now: datetime, kind: str, held: Claim, rows: Sequence[Any], values: dict,
-            detail: dict) -> int:
+def _finish(
+    conn, now: datetime, kind: str, held: Claim, rows: Sequence[Any], values: dict, detail: dict
+) -> int:
     lock_in_order(conn, [r.id for r in rows], held.model)
     if held.model is Command:
         rows = _superseded(conn, now, held, rows)
-    moved = MACHINE_OF[held.model].move(conn, kind, rows, now, {"lease_id": None, **values},
-                 lambda r: {"attempt": r.attempts, **detail}, held_by=held.lease_id)
+    moved = MACHINE_OF[held.model].move(
+        conn,
+        kind,
+        rows,
+        now,
+        {"lease_id": None, **values},
+        lambda r: {"attempt": r.attempts, **detail},
+        held_by=held.lease_id,
+    )
     return len(moved)
 
 
@@ -159,13 +198,22 @@ def _superseded(conn, now: datetime, held: Claim, rows: Sequence[Any]) -> list[A
     rest, whose outcome this call decides."""
     if all(r.action == "replay" for r in rows):  # one request each: never superseded
         return list(rows)
-    versions = dict(conn.execute(select(Command.id, Command.version)
-                                 .where(Command.id.in_([r.id for r in rows]))).all())
+    versions = dict(
+        conn.execute(
+            select(Command.id, Command.version).where(Command.id.in_([r.id for r in rows]))
+        ).all()
+    )
     newer = [r for r in rows if versions.get(r.id, r.version) != r.version]
     if newer:
-        COMMANDS.move(conn, "superseded", newer, now,
-             {"lease_id": None, "next_attempt_at": now, "attempts": 0},
-             lambda r: {"attempt": r.attempts}, held_by=held.lease_id)
+        COMMANDS.move(
+            conn,
+            "superseded",
+            newer,
+            now,
+            {"lease_id": None, "next_attempt_at": now, "attempts": 0},
+            lambda r: {"attempt": r.attempts},
+            held_by=held.lease_id,
+        )
     return [r for r in rows if r not in newer]
 
 
@@ -175,8 +223,7 @@ def _note(conn, now: datetime, held: Claim, outcome: str, call: dict, **changes)
     # into another app leaves the shared state alone: its answers are not this app's.
     if held.shared:
         last = {k: v for k, v in call.items() if k != "error"}
-        set_upstream(conn, now, last={"outcome": outcome, **last, "at": now.isoformat()},
-                     **changes)
+        set_upstream(conn, now, last={"outcome": outcome, **last, "at": now.isoformat()}, **changes)
 
 
 def delivered(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> int:
@@ -188,17 +235,23 @@ def delivered(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict)
     return n
 
 
-def retry(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict,
-          retry_after: float | None) -> float:
+def retry(
+    conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict, retry_after: float | None
+) -> float:
     """A transient failure: the rows stay queued and come due after a backoff; a
     ``retry_after`` holds the whole outbox that long."""
     delay = backoff(max((r.attempts for r in rows), default=1), retry_after)
     nxt = now + timedelta(seconds=delay)
-    _finish(conn, now, "retry", held, rows, {"next_attempt_at": nxt,
-                                             "last_error": call.get("error")},
-            {**call, "nextAttemptAt": nxt.isoformat()})
-    hold = {"hold_until": (now + timedelta(seconds=retry_after)).isoformat()} if retry_after \
-        else {}
+    _finish(
+        conn,
+        now,
+        "retry",
+        held,
+        rows,
+        {"next_attempt_at": nxt, "last_error": call.get("error")},
+        {**call, "nextAttemptAt": nxt.isoformat()},
+    )
+    hold = {"hold_until": (now + timedelta(seconds=retry_after)).isoformat()} if retry_after else {}
     _note(conn, now, held, "retry", call, **hold)
     return delay
 
@@ -208,27 +261,56 @@ def pause(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> 
     nothing; each pause in a row lasts twice the one before (15 s to 10 minutes)."""
     count = int(upstream_state(conn).get("pause_count") or 0) + 1 if held.shared else 1
     until = now + timedelta(seconds=min(PAUSE_CAP, PAUSE_BASE * 2 ** (count - 1)))
-    _finish(conn, now, "paused", held, rows,
-            {"next_attempt_at": now, "last_error": call.get("error")},
-            {**call, "pausedUntil": until.isoformat()})
-    _note(conn, now, held, "paused", call, paused_until=until.isoformat(),
-          pause_reason=call.get("reason"), pause_count=count)
+    _finish(
+        conn,
+        now,
+        "paused",
+        held,
+        rows,
+        {"next_attempt_at": now, "last_error": call.get("error")},
+        {**call, "pausedUntil": until.isoformat()},
+    )
+    _note(
+        conn,
+        now,
+        held,
+        "paused",
+        call,
+        paused_until=until.isoformat(),
+        pause_reason=call.get("reason"),
+        pause_count=count,
+    )
     return until
 
 
 def dead(conn, now: datetime, held: Claim, row: Any, call: dict) -> int:
     """Reteno refused this token for good (a 400 for it alone)."""
-    n = _finish(conn, now, "dead", held, [row],
-                {"next_attempt_at": None, "last_error": call.get("error")}, call)
+    n = _finish(
+        conn,
+        now,
+        "dead",
+        held,
+        [row],
+        {"next_attempt_at": None, "last_error": call.get("error")},
+        call,
+    )
     _note(conn, now, held, "rejected", call)
     return n
 
 
-def release(conn, now: datetime, held: Claim, rows: Sequence[Any], detail: dict,
-            delay: float | None) -> int:
+def release(
+    conn, now: datetime, held: Claim, rows: Sequence[Any], detail: dict, delay: float | None
+) -> int:
     """Rows of a claim that were not sent: back to the queue, due after ``delay``."""
-    return _finish(conn, now, "not_sent", held, rows,
-                   {"next_attempt_at": now + timedelta(seconds=delay or 0.0)}, detail)
+    return _finish(
+        conn,
+        now,
+        "not_sent",
+        held,
+        rows,
+        {"next_attempt_at": now + timedelta(seconds=delay or 0.0)},
+        detail,
+    )
 
 
 def resume(conn, now: datetime) -> None:
@@ -236,11 +318,13 @@ def resume(conn, now: datetime) -> None:
     set_upstream(conn, now, paused_until=None, hold_until=None, pause_count=0)
 
 
-def requeue_dead(conn, now: datetime, ids: Sequence[int] | None, error_contains: str | None,
-                 token: str | None) -> int:
+def requeue_dead(
+    conn, now: datetime, ids: Sequence[int] | None, error_contains: str | None, token: str | None
+) -> int:
     """Dead letters back to the queue (all, or those matching the filters)."""
     query = select(Registration.id, Registration.token, Registration.last_error).where(
-        Registration.state == State.DEAD.value)
+        Registration.state == State.DEAD.value
+    )
     if ids:
         query = query.where(Registration.id.in_(list(ids)))
     if error_contains:
@@ -248,5 +332,13 @@ def requeue_dead(conn, now: datetime, ids: Sequence[int] | None, error_contains:
     if token:
         query = query.where(Registration.token == token)
     rows = conn.execute(query.order_by(Registration.id)).all()
-    return len(REGISTRATIONS.move(conn, "requeued", rows, now, {"next_attempt_at": now},
-                    lambda r: {"from": State.DEAD.value, "lastError": r.last_error}))
+    return len(
+        REGISTRATIONS.move(
+            conn,
+            "requeued",
+            rows,
+            now,
+            {"next_attempt_at": now},
+            lambda r: {"from": State.DEAD.value, "lastError": r.last_error},
+        )
+    )

@@ -18,25 +18,34 @@ from .types import COLUMN_OF, HistoryEvent, RegistrationRecord
 
 STALE_REASON = "stale: no sign of life"  # the removal reason of the stale-token report
 
-_RECORD_COLUMNS = [getattr(Registration, name)
-                   for name in RegistrationRecord.__dataclass_fields__
-                   if name not in ("muted", "muted_until")]
+_RECORD_COLUMNS = [
+    getattr(Registration, name)
+    for name in RegistrationRecord.__dataclass_fields__
+    if name not in ("muted", "muted_until")
+]
 # Built once: a query refines it (where, order, limit). Each registration with its chat's
 # mute row, if any, in the same query.
-_RECORDS = (select(*_RECORD_COLUMNS, Command.action, Command.muted_until)
-            .select_from(Registration).outerjoin(Command, commands.MUTE_OF_CHAT))
+_RECORDS = (
+    select(*_RECORD_COLUMNS, Command.action, Command.muted_until)
+    .select_from(Registration)
+    .outerjoin(Command, commands.MUTE_OF_CHAT)
+)
 
 
 def _records(rows, now: datetime) -> list[RegistrationRecord]:
-    return [RegistrationRecord(*row[:-2], *commands.mute_state(row[-2], row[-1], now))
-            for row in rows]
+    return [
+        RegistrationRecord(*row[:-2], *commands.mute_state(row[-2], row[-1], now)) for row in rows
+    ]
 
 
 def encode_cursor(last) -> str:
     """A page's cursor: the last id shown, or for the stale-token report (oldest first)
     the last registration's (last seen, id)."""
-    key = {"before": last} if isinstance(last, int) else \
-        {"quietAfter": [last[0].isoformat(), last[1]]}
+    key = (
+        {"before": last}
+        if isinstance(last, int)
+        else {"quietAfter": [last[0].isoformat(), last[1]]}
+    )
     raw = json.dumps(key).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -77,8 +86,7 @@ def quiet(query, since):
 
 
 @cache
-def _find_query(names: frozenset[str], conflict: bool | None, quiet_report: bool,
-                paged: bool):
+def _find_query(names: frozenset[str], conflict: bool | None, quiet_report: bool, paged: bool):
     """The select of :func:`find` for one shape of filters (which are given, the conflict
     flag, report or not, a later page or not), its values as parameters. Built once a
     shape: SQLAlchemy reuses a compiled statement's result layout only for the same
@@ -97,9 +105,12 @@ def _find_query(names: frozenset[str], conflict: bool | None, quiet_report: bool
     if quiet_report:  # the stale-token report: the longest quiet first
         query = quiet(query, bindparam("quiet_since")).order_by(_SEEN, Registration.id)
         if paged:
-            query = query.where(or_(_SEEN > bindparam("seen"),
-                                    and_(_SEEN == bindparam("seen"),
-                                         Registration.id > bindparam("last_id"))))
+            query = query.where(
+                or_(
+                    _SEEN > bindparam("seen"),
+                    and_(_SEEN == bindparam("seen"), Registration.id > bindparam("last_id")),
+                )
+            )
     else:
         query = query.order_by(Registration.id.desc())
         if paged:
@@ -107,8 +118,9 @@ def _find_query(names: frozenset[str], conflict: bool | None, quiet_report: bool
     return query.limit(bindparam("limit", type_=Integer))
 
 
-def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime
-         ) -> tuple[list[RegistrationRecord], str | None]:
+def find(
+    conn, filters: dict, limit: int, cursor: str | None, now: datetime
+) -> tuple[list[RegistrationRecord], str | None]:
     """Registrations matching ``filters`` (``token``, identifiers by API name,
     ``state``, ``conflict``, ``quietDays``), newest first; and the cursor of the next
     page, if any."""
@@ -136,12 +148,12 @@ def find(conn, filters: dict, limit: int, cursor: str | None, now: datetime
     if not (more and records):
         return records, None
     last = records[-1]
-    return records, encode_cursor(last.id if quiet_days is None
-                                  else (last.last_seen_at or last.created_at, last.id))
+    return records, encode_cursor(
+        last.id if quiet_days is None else (last.last_seen_at or last.created_at, last.id)
+    )
 
 
-def stale(conn, now: datetime, days: int, limit: int | None = None
-          ) -> list[RegistrationRecord]:
+def stale(conn, now: datetime, days: int, limit: int | None = None) -> list[RegistrationRecord]:
     """Live registrations quiet for ``days`` days, the longest quiet first."""
     query = quiet(_RECORDS, quiet_since(now, days)).order_by(_SEEN, Registration.id)
     rows = conn.execute(query.limit(limit) if limit else query).all()
@@ -150,27 +162,38 @@ def stale(conn, now: datetime, days: int, limit: int | None = None
 
 def quiet_counts(conn, now: datetime, days: int) -> dict[str, int]:
     """Live registrations quiet for ``days`` days, by state."""
-    counts = dict(conn.execute(quiet(select(Registration.state, func.count()),
-                                     quiet_since(now, days))
-                               .group_by(Registration.state)).all())
+    counts = dict(
+        conn.execute(
+            quiet(select(Registration.state, func.count()), quiet_since(now, days)).group_by(
+                Registration.state
+            )
+        ).all()
+    )
     return {s.value: int(counts.get(s.value, 0)) for s in State if s in LIVE}
 
 
 def history(conn, token: str) -> list[HistoryEvent]:
-    rows = conn.execute(select(Event.at, Event.kind, Event.detail, Event.registration_id)
-                        .where(Event.token == token).order_by(Event.id))
+    rows = conn.execute(
+        select(Event.at, Event.kind, Event.detail, Event.registration_id)
+        .where(Event.token == token)
+        .order_by(Event.id)
+    )
     return [HistoryEvent(*row) for row in rows]
 
 
 def outbox(conn, now: datetime) -> dict[str, Any]:
     """Depth and age of the outbox, dead letters, counts by state."""
-    counts = dict(conn.execute(
-        select(Registration.state, func.count()).group_by(Registration.state)).all())
-    oldest = conn.execute(select(func.min(Registration.created_at))
-                          .where(Registration.state == State.QUEUED.value)).scalar()
-    stale = conn.execute(select(func.count()).where(
-        Registration.state == State.REMOVED.value,
-        Registration.removal_reason == STALE_REASON)).scalar()
+    counts = dict(
+        conn.execute(select(Registration.state, func.count()).group_by(Registration.state)).all()
+    )
+    oldest = conn.execute(
+        select(func.min(Registration.created_at)).where(Registration.state == State.QUEUED.value)
+    ).scalar()
+    stale = conn.execute(
+        select(func.count()).where(
+            Registration.state == State.REMOVED.value, Registration.removal_reason == STALE_REASON
+        )
+    ).scalar()
     return {
         "states": {s.value: int(counts.get(s.value, 0)) for s in State},
         "removedStale": int(stale or 0),
@@ -201,23 +224,31 @@ def stats(conn, now: datetime, days: int, quiet_days: int = 30) -> dict[str, Any
     today = now.astimezone(UTC).date()
     first = today - timedelta(days=days - 1)
     since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    dead = conn.execute(select(Registration.last_error, func.count())
-                        .where(Registration.state == State.DEAD.value)
-                        .group_by(Registration.last_error)).all()
+    dead = conn.execute(
+        select(Registration.last_error, func.count())
+        .where(Registration.state == State.DEAD.value)
+        .group_by(Registration.last_error)
+    ).all()
     delivered = _per_day(conn, Registration.delivered_at, since)
     removed = _per_day(conn, Registration.removed_at, since)
-    by_error = sorted(({"error": error, "count": int(count)} for error, count in dead),
-                      key=lambda item: (-item["count"], item["error"] or ""))
+    by_error = sorted(
+        ({"error": error, "count": int(count)} for error, count in dead),
+        key=lambda item: (-item["count"], item["error"] or ""),
+    )
     per_day = []
     for offset in range(days):
         day = (first + timedelta(days=offset)).isoformat()
-        per_day.append({"day": day, "delivered": delivered.get(day, 0),
-                        "removed": removed.get(day, 0)})
+        per_day.append(
+            {"day": day, "delivered": delivered.get(day, 0), "removed": removed.get(day, 0)}
+        )
     return {
         "states": box["states"],
         "outbox": {"depth": box["depth"], "oldestAgeSeconds": box["oldestAgeSeconds"]},
-        "stale": {"quietDays": quiet_days, "states": quiet_counts(conn, now, quiet_days),
-                  "removed": box["removedStale"]},
+        "stale": {
+            "quietDays": quiet_days,
+            "states": quiet_counts(conn, now, quiet_days),
+            "removed": box["removedStale"],
+        },
         "commands": box["commands"],
         "deadLetters": {"total": box["dead"], "byError": by_error},
         "perDay": per_day,

@@ -32,30 +32,35 @@ from .types import Outcome, TokenRequest
 
 _TABLE = Registration.__table__
 _INSERT = {
-    dialect: stmt.returning(_TABLE.c.id, _TABLE.c.token, _TABLE.c.matched_by,
-                            _TABLE.c.match_value)
+    dialect: stmt.returning(_TABLE.c.id, _TABLE.c.token, _TABLE.c.matched_by, _TABLE.c.match_value)
     for dialect, stmt in zip(
         ("sqlite", "postgresql"),
-        insert_unless_taken(_TABLE, ["token", "matched_by", "match_value"],
-                            "state <> 'removed'"),
+        insert_unless_taken(_TABLE, ["token", "matched_by", "match_value"], "state <> 'removed'"),
         strict=True,
     )
 }
 # where a registration starts (the state table's inserts)
-_SUBMITTED, _HELD, _RESTORED = (REGISTRATIONS.first(kind).value
-                                for kind in ("submitted", "held", "restored"))
-_TOUCH = (update(Registration)
-          .where(Registration.id.in_(bindparam("ids", expanding=True)),
-                 Registration.last_seen_at < bindparam("seen"))
-          .values(last_seen_at=bindparam("seen")))
-_TOUCH_ONE = (update(Registration)
-              .where(Registration.id == bindparam("row_id"),
-                     Registration.last_seen_at < bindparam("seen"))
-              .values(last_seen_at=bindparam("seen"), updated_at=bindparam("changed")))
+_SUBMITTED, _HELD, _RESTORED = (
+    REGISTRATIONS.first(kind).value for kind in ("submitted", "held", "restored")
+)
+_TOUCH = (
+    update(Registration)
+    .where(
+        Registration.id.in_(bindparam("ids", expanding=True)),
+        Registration.last_seen_at < bindparam("seen"),
+    )
+    .values(last_seen_at=bindparam("seen"))
+)
+_TOUCH_ONE = (
+    update(Registration)
+    .where(Registration.id == bindparam("row_id"), Registration.last_seen_at < bindparam("seen"))
+    .values(last_seen_at=bindparam("seen"), updated_at=bindparam("changed"))
+)
 
 
-def _row(request: TokenRequest, now: datetime, seen: datetime, state: str,
-         conflict: bool, holds: bool) -> dict:
+def _row(
+    request: TokenRequest, now: datetime, seen: datetime, state: str, conflict: bool, holds: bool
+) -> dict:
     return {
         "token": request.token,
         "contact_id": request.contact_id,
@@ -75,8 +80,16 @@ def _row(request: TokenRequest, now: datetime, seen: datetime, state: str,
     }
 
 
-_LIVE_COLUMNS = (Registration.token, Registration.matched_by, Registration.match_value,
-                 Registration.id, Registration.state, Registration.reteno_holds)
+_LIVE_COLUMNS = (
+    Registration.token,
+    Registration.matched_by,
+    Registration.match_value,
+    Registration.id,
+    Registration.state,
+    Registration.reteno_holds,
+)
+
+
 @cache
 def _live_of_page(size: int, held: bool = False):
     """The live registrations of ``size`` chats (parameters ``t0`` …), with ``held``
@@ -84,10 +97,15 @@ def _live_of_page(size: int, held: bool = False):
     statement shape per page size (``in_params``), each built once: SQLAlchemy's
     expanding ``IN`` costs more than SQLite's work."""
     live = Registration.state != sql_constant(State.REMOVED)
-    return (select(*_LIVE_COLUMNS)
-            .where(in_params(Registration.token, "t", size),
-                   or_(live, Registration.reteno_holds) if held else live)
-            .order_by(Registration.id).with_for_update(read=True))
+    return (
+        select(*_LIVE_COLUMNS)
+        .where(
+            in_params(Registration.token, "t", size),
+            or_(live, Registration.reteno_holds) if held else live,
+        )
+        .order_by(Registration.id)
+        .with_for_update(read=True)
+    )
 
 
 class LiveRow(NamedTuple):
@@ -99,8 +117,7 @@ class LiveRow(NamedTuple):
     reteno_holds: bool
 
 
-def live_of_tokens(conn, tokens: Sequence[str], held: bool = False
-                   ) -> dict[str, list[LiveRow]]:
+def live_of_tokens(conn, tokens: Sequence[str], held: bool = False) -> dict[str, list[LiveRow]]:
     """The live registrations of these chats (with ``held`` also the removed ones Reteno
     still holds), oldest first: {token: [rows]}. On PostgreSQL the rows are
     share-locked: a removal in progress is waited for, and none can start before this
@@ -122,19 +139,28 @@ def touch(conn, ids: Sequence[int], seen: datetime) -> None:
         conn.execute(_TOUCH, {"ids": page, "seen": seen})
 
 
-def _conflicting(key: tuple, live: dict[str, list[LiveRow]],
-                 new_keys: dict[str, list[tuple]], inserted: dict[tuple, int]) -> list[int]:
+def _conflicting(
+    key: tuple,
+    live: dict[str, list[LiveRow]],
+    new_keys: dict[str, list[tuple]],
+    inserted: dict[tuple, int],
+) -> list[int]:
     """The registrations a new ``key`` conflicts with: its chat's live ones, then those of
     the chat's new keys that came before it in the same call (``new_keys``: a chat's new
     keys in order, for the chats that have several)."""
     chat = new_keys.get(key[0], [])
-    earlier = chat[:chat.index(key)] if key in chat else []
+    earlier = chat[: chat.index(key)] if key in chat else []
     return [r.id for r in live.get(key[0], ())] + [inserted[k] for k in earlier]
 
 
-def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now: datetime,
-             hold_conflicts: bool = False,
-             seen: Sequence[datetime | None] | None = None) -> list[Outcome]:
+def register(
+    conn,
+    requests: Sequence[TokenRequest],
+    sources: Sequence[str],
+    now: datetime,
+    hold_conflicts: bool = False,
+    seen: Sequence[datetime | None] | None = None,
+) -> list[Outcome]:
     """Put ``requests`` in the outbox in the transaction of ``conn``, suppressing live
     duplicates (within the call too) and flagging identity conflicts; one
     ``submitted`` event each (``sources[i]`` is request i's), one ``conflict`` event
@@ -147,14 +173,15 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
     # identities submitted at once for the same chat see each other.
     lock_keys(conn, [f"chat:{t}" for t in tokens])
     live, held = _live_and_held(conn, tokens)
-    existing = {(r.token, r.matched_by, r.match_value): r for rows in live.values()
-                for r in rows}
+    existing = {(r.token, r.matched_by, r.match_value): r for rows in live.values() for r in rows}
     keys = [r.live_key for r in requests]
     new = _new_rows(requests, keys, existing, live, held, now, seen, hold_conflicts)
     inserted = {}
     if new.rows:
-        inserted = {(t, m, v): i for i, t, m, v in run(conn, _INSERT[conn.dialect.name],
-                                                       list(new.rows.values()))}
+        inserted = {
+            (t, m, v): i
+            for i, t, m, v in run(conn, _INSERT[conn.dialect.name], list(new.rows.values()))
+        }
     if len(inserted) != len(new.rows):  # only without the chat lock: cannot happen here
         raise RuntimeError("a registration was inserted concurrently")
     touched: dict[datetime, list[int]] = defaultdict(list)  # the duplicates' signs of life
@@ -168,8 +195,7 @@ def register(conn, requests: Sequence[TokenRequest], sources: Sequence[str], now
     return outcomes
 
 
-def _live_and_held(conn, tokens: Sequence[str]
-                   ) -> tuple[dict[str, list[LiveRow]], set[tuple]]:
+def _live_and_held(conn, tokens: Sequence[str]) -> tuple[dict[str, list[LiveRow]], set[tuple]]:
     """The chats' live registrations ({token: [rows]}, oldest first), and the keys
     (token, matched_by, match_value) under which Reteno holds a chat's token."""
     live: dict[str, list[LiveRow]] = defaultdict(list)
@@ -192,9 +218,16 @@ class _New(NamedTuple):
     in_chat: dict[str, int]  # token -> its new keys
 
 
-def _new_rows(requests: Sequence[TokenRequest], keys: list[tuple], existing: dict,
-              live: dict[str, list[LiveRow]], held: set[tuple], now: datetime,
-              seen: list[datetime], hold_conflicts: bool) -> _New:
+def _new_rows(
+    requests: Sequence[TokenRequest],
+    keys: list[tuple],
+    existing: dict,
+    live: dict[str, list[LiveRow]],
+    held: set[tuple],
+    now: datetime,
+    seen: list[datetime],
+    hold_conflicts: bool,
+) -> _New:
     """A row for each key not live, from its first request: a conflict when its chat
     is live under another identity or has an earlier new key, held if conflicts are."""
     new = _New({}, {}, {})
@@ -210,9 +243,16 @@ def _new_rows(requests: Sequence[TokenRequest], keys: list[tuple], existing: dic
     return new
 
 
-def _history(now: datetime, requests: Sequence[TokenRequest], sources: Sequence[str],
-             keys: list[tuple], new: _New, inserted: dict[tuple, int], existing: dict,
-             live: dict[str, list[LiveRow]]) -> tuple[list[Outcome], list[dict]]:
+def _history(
+    now: datetime,
+    requests: Sequence[TokenRequest],
+    sources: Sequence[str],
+    keys: list[tuple],
+    new: _New,
+    inserted: dict[tuple, int],
+    existing: dict,
+    live: dict[str, list[LiveRow]],
+) -> tuple[list[Outcome], list[dict]]:
     """One outcome per request, and the history: a ``submitted`` event each, a
     ``conflict`` event for each new conflicting registration."""
     new_keys: dict[str, list[tuple]] = defaultdict(list)  # only chats with several
@@ -223,22 +263,43 @@ def _history(now: datetime, requests: Sequence[TokenRequest], sources: Sequence[
     for index, (request, key) in enumerate(zip(requests, keys, strict=True)):
         row = new.rows.get(key)
         if row is not None:
-            rid, state, duplicate, conflict = (inserted[key], row["state"],
-                                               new.first[key] != index, row["conflict"])
+            rid, state, duplicate, conflict = (
+                inserted[key],
+                row["state"],
+                new.first[key] != index,
+                row["conflict"],
+            )
         else:
             rid, state, duplicate, conflict = existing[key].id, existing[key].state, True, False
         outcomes.append(Outcome(rid, request.token, key[1], state, duplicate, conflict))
-        events.append({
-            "at": now, "registration_id": rid, "token": request.token, "kind": "submitted",
-            "detail": {"source": sources[index], "matchedBy": key[1], "duplicate": duplicate,
-                       "state": state},
-        })
+        events.append(
+            {
+                "at": now,
+                "registration_id": rid,
+                "token": request.token,
+                "kind": "submitted",
+                "detail": {
+                    "source": sources[index],
+                    "matchedBy": key[1],
+                    "duplicate": duplicate,
+                    "state": state,
+                },
+            }
+        )
         if conflict and not duplicate:
-            events.append({
-                "at": now, "registration_id": rid, "token": request.token, "kind": "conflict",
-                "detail": {"with": _conflicting(key, live, new_keys, inserted),
-                           "matchedBy": key[1], "held": state == _HELD},
-            })
+            events.append(
+                {
+                    "at": now,
+                    "registration_id": rid,
+                    "token": request.token,
+                    "kind": "conflict",
+                    "detail": {
+                        "with": _conflicting(key, live, new_keys, inserted),
+                        "matchedBy": key[1],
+                        "held": state == _HELD,
+                    },
+                }
+            )
     return outcomes, events
 
 
@@ -249,13 +310,26 @@ def restore(conn, now: datetime, last, seen: datetime, delivered_at: datetime) -
     itself, so it has no ``delivered_at`` of its own (a day's deliveries count each
     call once); when Reteno got the token goes to its history. The caller holds the
     chat's lock and has seen nothing live."""
-    request = TokenRequest(last.token, last.contact_id, last.external_customer_id,
-                           last.phone, last.email)
+    request = TokenRequest(
+        last.token, last.contact_id, last.external_customer_id, last.phone, last.email
+    )
     row = {**_row(request, now, seen, _RESTORED, False, True), "next_attempt_at": None}
     [(rid, *_key)] = run(conn, _INSERT[conn.dialect.name], [row])
-    append_events(conn, [{"at": now, "registration_id": rid, "token": last.token,
-                          "kind": "restored",
-                          "detail": {"source": "telegram", "matchedBy": request.matched_by,
-                                     "previousRegistrationId": last.id,
-                                     "deliveredAt": delivered_at.isoformat()}}])
+    append_events(
+        conn,
+        [
+            {
+                "at": now,
+                "registration_id": rid,
+                "token": last.token,
+                "kind": "restored",
+                "detail": {
+                    "source": "telegram",
+                    "matchedBy": request.matched_by,
+                    "previousRegistrationId": last.id,
+                    "deliveredAt": delivered_at.isoformat(),
+                },
+            }
+        ],
+    )
     return rid

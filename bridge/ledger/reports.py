@@ -59,13 +59,13 @@ def registrations_by(conn, api_name: str, values: Iterable, lock: bool = False) 
     """Every registration, in any state, of these tokens (``api_name == "token"``) or
     identifier values; oldest first. ``lock`` takes row locks (PostgreSQL) so two
     writers do not act on the same rows at once."""
-    column = Registration.token if api_name == "token" else getattr(
-        Registration, COLUMN_OF[api_name])
+    column = (
+        Registration.token if api_name == "token" else getattr(Registration, COLUMN_OF[api_name])
+    )
     values = list(dict.fromkeys(values))
     found: list[Any] = []
     for page in in_pages(values):
-        query = (select(Registration.__table__).where(column.in_(page))
-                 .order_by(Registration.id))
+        query = select(Registration.__table__).where(column.in_(page)).order_by(Registration.id)
         if lock:
             query = query.with_for_update()
         found.extend(conn.execute(query))
@@ -76,8 +76,9 @@ def _seen(row: Any) -> datetime:
     return row.last_seen_at or row.created_at
 
 
-def remove(conn, now: datetime,
-           removals: Sequence[tuple[Sequence[Any], str, str, dict, datetime]]) -> list[list[Any]]:
+def remove(
+    conn, now: datetime, removals: Sequence[tuple[Sequence[Any], str, str, dict, datetime]]
+) -> list[list[Any]]:
     """Remove live registrations: ``removals`` is a list of ``(rows, reason, cause,
     detail, at)`` (``reason``: what was reported, kept as ``removal_reason``; ``detail``
     holds the ``reason`` code; ``at``: when the block happened, kept as ``removed_at``), applied
@@ -95,15 +96,26 @@ def remove(conn, now: datetime,
 
     def detail(r) -> dict:
         _rows, reason, cause, extra, _at = removals[owner[r.id]]
-        return {"cause": cause, "removalReason": reason, "previousState": r.state,
-                **(extra or {})}
+        return {"cause": cause, "removalReason": reason, "previousState": r.state, **(extra or {})}
 
     moved: dict[int, Any] = {}
     for (reason, at), rows in groups.items():
-        moved.update((r.id, r) for r in REGISTRATIONS.move(
-            conn, "removed", rows, now,
-            {"removed_at": at, "removal_reason": reason, "lease_id": None,
-             "next_attempt_at": None}, detail))
+        moved.update(
+            (r.id, r)
+            for r in REGISTRATIONS.move(
+                conn,
+                "removed",
+                rows,
+                now,
+                {
+                    "removed_at": at,
+                    "removal_reason": reason,
+                    "lease_id": None,
+                    "next_attempt_at": None,
+                },
+                detail,
+            )
+        )
     release_held(conn, now, {r.token for r in moved.values()})
     done: list[list[Any]] = []
     for index, (rows, *_rest) in enumerate(removals):
@@ -118,17 +130,31 @@ def remove_quiet(conn, now: datetime, days: int, limit: int) -> int:
     ids = [r.id for r in queries.stale(conn, now, days, limit)]
     if not ids:
         return 0
-    rows = list(conn.execute(select(Registration.__table__).where(Registration.id.in_(ids))
-                             .order_by(Registration.id).with_for_update()))
+    rows = list(
+        conn.execute(
+            select(Registration.__table__)
+            .where(Registration.id.in_(ids))
+            .order_by(Registration.id)
+            .with_for_update()
+        )
+    )
     since = queries.quiet_since(now, days)
     rows = [r for r in rows if r.state in LIVE_VALUES and _seen(r) < since]
-    [done] = remove(conn, now, [(rows, STALE_REASON, STALE_CAUSE,
-                                 {"reason": STALE_CAUSE, "quietDays": days}, now)])
+    [done] = remove(
+        conn,
+        now,
+        [(rows, STALE_REASON, STALE_CAUSE, {"reason": STALE_CAUSE, "quietDays": days}, now)],
+    )
     return len(done)
 
 
-def release_held(conn, now: datetime, tokens: Iterable[str], by: str = "conflict gone",
-                 ids: Iterable[int] | None = None) -> list[Any]:
+def release_held(
+    conn,
+    now: datetime,
+    tokens: Iterable[str],
+    by: str = "conflict gone",
+    ids: Iterable[int] | None = None,
+) -> list[Any]:
     """Held registrations of these chats back to the queue: each that is now its chat's
     only live registration (the other identity is gone), or, with ``ids``, those."""
     tokens = sorted(set(tokens))
@@ -136,22 +162,26 @@ def release_held(conn, now: datetime, tokens: Iterable[str], by: str = "conflict
         return []
     live = registering.live_of_tokens(conn, tokens)
     wanted = set(ids) if ids is not None else None
-    held = [r for rows in live.values() for r in rows if r.state == State.HELD.value
-            and (len(rows) == 1 if wanted is None else r.id in wanted)]
+    held = [
+        r
+        for rows in live.values()
+        for r in rows
+        if r.state == State.HELD.value and (len(rows) == 1 if wanted is None else r.id in wanted)
+    ]
     return REGISTRATIONS.move(conn, "released", held, now, {"next_attempt_at": now}, {"by": by})
 
 
 def remember_block(conn, token: str, at: datetime) -> None:
     """A block of a chat that had nothing live: the chat's latest removal now dates from
     ``at`` if that is later, so that an unblock older than this block stays stale."""
-    latest = conn.execute(select(Registration.id, Registration.removed_at)
-                          .where(Registration.token == token,
-                                 Registration.state == State.REMOVED.value)
-                          .order_by(Registration.removed_at.desc(), Registration.id.desc())
-                          .limit(1)).first()
+    latest = conn.execute(
+        select(Registration.id, Registration.removed_at)
+        .where(Registration.token == token, Registration.state == State.REMOVED.value)
+        .order_by(Registration.removed_at.desc(), Registration.id.desc())
+        .limit(1)
+    ).first()
     if latest is not None and latest.removed_at is not None and latest.removed_at < at:
-        conn.execute(update(Registration).where(Registration.id == latest.id)
-                     .values(removed_at=at))
+        conn.execute(update(Registration).where(Registration.id == latest.id).values(removed_at=at))
 
 
 def drop_holds(conn, now: datetime, drops: dict[str, datetime]) -> list[str]:
@@ -163,8 +193,7 @@ def drop_holds(conn, now: datetime, drops: dict[str, datetime]) -> list[str]:
     whose token Reteno dropped."""
     if not drops:
         return []
-    held = [r for r in registrations_by(conn, "token", list(drops), lock=True)
-            if r.reteno_holds]
+    held = [r for r in registrations_by(conn, "token", list(drops), lock=True) if r.reteno_holds]
     latest: dict[tuple, datetime | None] = {}  # chat and identity -> its latest delivery
     for r in held:
         key = (r.token, r.matched_by, r.match_value)
@@ -179,15 +208,24 @@ def drop_holds(conn, now: datetime, drops: dict[str, datetime]) -> list[str]:
     if not rows:
         return []
     for page in in_pages([r.id for r in rows]):
-        conn.execute(update(Registration)
-                     .where(Registration.id.in_(page))
-                     .values(reteno_holds=False))
+        conn.execute(
+            update(Registration).where(Registration.id.in_(page)).values(reteno_holds=False)
+        )
     back = [r for r in rows if r.state == State.DELIVERED.value]
-    REGISTRATIONS.move(conn, "reteno_dropped", back, now, {"next_attempt_at": now},
-                       lambda r: {"cause": STATUS_CAUSE, "at": drops[r.token].isoformat(),
-                                  "reason": "Reteno reported a Forbidden for the chat after "
-                                            "this delivery; the chat is back, so it is sent "
-                                            "again"})
+    REGISTRATIONS.move(
+        conn,
+        "reteno_dropped",
+        back,
+        now,
+        {"next_attempt_at": now},
+        lambda r: {
+            "cause": STATUS_CAUSE,
+            "at": drops[r.token].isoformat(),
+            "reason": "Reteno reported a Forbidden for the chat after "
+            "this delivery; the chat is back, so it is sent "
+            "again",
+        },
+    )
     tokens = sorted({r.token for r in rows})
     commands.resend_mutes(conn, now, tokens)
     return tokens
@@ -212,8 +250,11 @@ def _seen_fingerprints(conn, fingerprints: Iterable[str]) -> set[str]:
     values = list(dict.fromkeys(fingerprints))
     seen: set[str] = set()
     for page in in_pages(values):
-        seen.update(conn.execute(select(Event.fingerprint).distinct().where(
-            Event.fingerprint.in_(page))).scalars())
+        seen.update(
+            conn.execute(
+                select(Event.fingerprint).distinct().where(Event.fingerprint.in_(page))
+            ).scalars()
+        )
     return seen
 
 
@@ -235,11 +276,18 @@ def _ignored(now: datetime, ignored: list[StatusEvent], fingerprint: str) -> dic
     if len(by_reason) > _IGNORED_REASONS:
         reasons["(other reasons)"] = sum(by_reason.values()) - sum(reasons.values())
     tokens = {e.token for e in ignored}
-    return {"at": now, "kind": "status_ignored", "registration_id": None,
-            "token": next(iter(tokens)) if len(tokens) == 1 else None,
-            "fingerprint": fingerprint,
-            "detail": {"count": len(ignored), "reasons": reasons,
-                       "samples": [e.raw for e in ignored[:_IGNORED_SAMPLES]]}}
+    return {
+        "at": now,
+        "kind": "status_ignored",
+        "registration_id": None,
+        "token": next(iter(tokens)) if len(tokens) == 1 else None,
+        "fingerprint": fingerprint,
+        "detail": {
+            "count": len(ignored),
+            "reasons": reasons,
+            "samples": [e.raw for e in ignored[:_IGNORED_SAMPLES]],
+        },
+    }
 
 
 def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResult:
@@ -263,15 +311,18 @@ def apply_statuses(conn, now: datetime, events: list[StatusEvent]) -> StatusResu
     rows_of, chat_rows = _look_up(conn, events)
     body = _Body(now, events, rows_of, chat_rows)
     body.fingerprints = _seen_fingerprints(
-        conn, [e.fingerprint for e in events if e.reason is None]
-        + [body.ignored_fingerprint] * bool(body.ignored))
+        conn,
+        [e.fingerprint for e in events if e.reason is None]
+        + [body.ignored_fingerprint] * bool(body.ignored),
+    )
     for event in events:
         body.apply(event)
     return body.write(conn)
 
 
-def _look_up(conn, events: list[StatusEvent]
-             ) -> tuple[dict[tuple[str, Any], list[Any]], dict[str, list[Any]]]:
+def _look_up(
+    conn, events: list[StatusEvent]
+) -> tuple[dict[tuple[str, Any], list[Any]], dict[str, list[Any]]]:
     """The registrations the events name, by (selector, value), row-locked; and every
     live registration of the chats among them, by token: a block is about the chat."""
     wanted: dict[str, set] = defaultdict(set)
@@ -289,8 +340,9 @@ def _look_up(conn, events: list[StatusEvent]
     known = chats & wanted.get("token", set())
     chat_rows: dict[str, list[Any]] = defaultdict(list)
     for row in itertools.chain(
-            (r for t in sorted(known) for r in rows_of[("token", t)]),
-            registrations_by(conn, "token", chats - known, lock=True)):
+        (r for t in sorted(known) for r in rows_of[("token", t)]),
+        registrations_by(conn, "token", chats - known, lock=True),
+    ):
         if row.state in LIVE_VALUES:
             chat_rows[row.token].append(row)
     return rows_of, chat_rows
@@ -301,8 +353,11 @@ def _candidates(via: str, rows: list[Any], live: list[Any]) -> list[str]:
     identifier, the removed chats whose token Reteno still holds: Reteno sends to every
     token on the contact card, that of a chat that blocked the bot through Telegram
     among them."""
-    held = {r.token for r in rows if r.reteno_holds and r.state == State.REMOVED.value} \
-        if via != "token" else set()
+    held = (
+        {r.token for r in rows if r.reteno_holds and r.state == State.REMOVED.value}
+        if via != "token"
+        else set()
+    )
     return sorted({r.token for r in live} | held)
 
 
@@ -310,8 +365,13 @@ class _Body:
     """One body of status events: what each event does, gathered in order, then
     written (:meth:`write`)."""
 
-    def __init__(self, now: datetime, events: list[StatusEvent],
-                 rows_of: dict[tuple[str, Any], list[Any]], chat_rows: dict[str, list[Any]]):
+    def __init__(
+        self,
+        now: datetime,
+        events: list[StatusEvent],
+        rows_of: dict[tuple[str, Any], list[Any]],
+        chat_rows: dict[str, list[Any]],
+    ):
         self.now, self.events, self.rows_of, self.chat_rows = now, events, rows_of, chat_rows
         self.seen_at = {r.id: _seen(r) for rows in chat_rows.values() for r in rows}
         self.ignored = [e for e in events if e.reason is not None]
@@ -326,12 +386,24 @@ class _Body:
         self.later_blocks: dict[str, datetime] = {}  # blocks of chats with nothing live
         self.drops: dict[str, datetime] = {}  # chats Reteno reported a Forbidden for: when
 
-    def record(self, kind: str, event: StatusEvent, detail: dict, token: str | None = None,
-               registration_id: int | None = None) -> None:
-        self.records.append({"at": self.now, "kind": kind, "token": token,
-                             "registration_id": registration_id,
-                             "fingerprint": event.fingerprint,
-                             "detail": {**detail, "raw": event.raw}})
+    def record(
+        self,
+        kind: str,
+        event: StatusEvent,
+        detail: dict,
+        token: str | None = None,
+        registration_id: int | None = None,
+    ) -> None:
+        self.records.append(
+            {
+                "at": self.now,
+                "kind": kind,
+                "token": token,
+                "registration_id": registration_id,
+                "fingerprint": event.fingerprint,
+                "detail": {**detail, "raw": event.raw},
+            }
+        )
 
     def apply(self, event: StatusEvent) -> None:
         """Count, record and act on one event."""
@@ -339,8 +411,9 @@ class _Body:
         self.fingerprints.add(event.fingerprint)
         if event.reason is not None:
             self.counts["ignored"] += 1
-            self.outcomes["duplicate" if self.ignored_fingerprint in self.fingerprints
-                          else "ignored"] += 1
+            self.outcomes[
+                "duplicate" if self.ignored_fingerprint in self.fingerprints else "ignored"
+            ] += 1
             return
         via, rows = event.selectors[0][0], []
         for name, value in event.selectors:
@@ -353,34 +426,52 @@ class _Body:
             self.counts["unmatched"] += 1
             self.outcomes["duplicate" if duplicate else "unmatched"] += 1
             if not duplicate:
-                self.record("status_unmatched", event,
-                            {"reason": f"no registration matches its {via}", "via": via,
-                             **event.summary()}, token=event.token)
+                self.record(
+                    "status_unmatched",
+                    event,
+                    {"reason": f"no registration matches its {via}", "via": via, **event.summary()},
+                    token=event.token,
+                )
         elif duplicate:
             self.outcomes["duplicate"] += 1
         else:
             self._act(event, via, rows, live, targets)
 
-    def _act(self, event: StatusEvent, via: str, rows: list[Any], live: list[Any],
-             targets: list[Any]) -> None:
+    def _act(
+        self, event: StatusEvent, via: str, rows: list[Any], live: list[Any], targets: list[Any]
+    ) -> None:
         """A new event that matched ``targets``: a block, a sign of life, or a record."""
         at, resolution, clamped = received(event.at, self.now, event.resolution)
         removal = event.removal  # worked out once
         blocked = removal is not None
         candidates = _candidates(via, rows, live)
-        summary = {**event.summary(), "at": at.isoformat(), **clamped, "blocked": blocked,
-                   "via": via, **({"reason": removal} if blocked else {})}
+        summary = {
+            **event.summary(),
+            "at": at.isoformat(),
+            **clamped,
+            "blocked": blocked,
+            "via": via,
+            **({"reason": removal} if blocked else {}),
+        }
         if blocked and len(candidates) > 1:
             # A block of one chat among several (Reteno dropped exactly the chat that
             # failed): not ours to guess. Nor is a sign of life, below.
             self.counts["ambiguous"] += 1
             self.outcomes["ambiguous"] += 1
             for row in targets:
-                self.record("status_ambiguous", event, {**summary, "candidates": candidates},
-                            token=row.token, registration_id=row.id)
+                self.record(
+                    "status_ambiguous",
+                    event,
+                    {**summary, "candidates": candidates},
+                    token=row.token,
+                    registration_id=row.id,
+                )
             return
-        chat = [r for r in self.chat_rows.get(candidates[0], []) if r.id not in self.gone] \
-            if len(candidates) == 1 else []
+        chat = (
+            [r for r in self.chat_rows.get(candidates[0], []) if r.id not in self.gone]
+            if len(candidates) == 1
+            else []
+        )
         if blocked:
             self._failed(candidates, targets, live, at)
         outcome, removed_now, stale_rows = self._on_chat(event, blocked, chat, at, resolution)
@@ -388,20 +479,43 @@ class _Body:
         stale_ids = {r.id for r in stale_rows}
         for row in targets:
             state = State.REMOVED.value if row.id in self.gone else row.state
-            self.record("status_stale" if row.id in stale_ids else "status", event,
-                        {**summary, "registrationState": state}, token=row.token,
-                        registration_id=row.id)
+            self.record(
+                "status_stale" if row.id in stale_ids else "status",
+                event,
+                {**summary, "registrationState": state},
+                token=row.token,
+                registration_id=row.id,
+            )
         if removed_now:
             reason = f"{event.status}: {event.error or event.description}"[:_MAX_TEXT]
-            self.removals.append((removed_now, reason, STATUS_CAUSE, {
-                "reason": removal, "source": "statuses", "status": event.status, "via": via,
-                "at": at.isoformat(), **clamped, "messageId": event.raw.get("messageId"),
-                "fingerprint": event.fingerprint,
-            }, at))
+            self.removals.append(
+                (
+                    removed_now,
+                    reason,
+                    STATUS_CAUSE,
+                    {
+                        "reason": removal,
+                        "source": "statuses",
+                        "status": event.status,
+                        "via": via,
+                        "at": at.isoformat(),
+                        **clamped,
+                        "messageId": event.raw.get("messageId"),
+                        "fingerprint": event.fingerprint,
+                    },
+                    at,
+                )
+            )
             self.gone.update(r.id for r in removed_now)
 
-    def _on_chat(self, event: StatusEvent, blocked: bool, chat: list[Any], at: datetime,
-                 resolution: timedelta) -> tuple[str, list[Any], list[Any]]:
+    def _on_chat(
+        self,
+        event: StatusEvent,
+        blocked: bool,
+        chat: list[Any],
+        at: datetime,
+        resolution: timedelta,
+    ) -> tuple[str, list[Any], list[Any]]:
         """What the event does to its one chat's live registrations (``chat``): a block
         removes those not seen alive later (``stale`` when none is), a sign of life
         moves their last one on. (The outcome, the rows removed, the rows newer.)"""
@@ -417,14 +531,18 @@ class _Body:
                     self.seen_at[r.id] = self.touched[r.id] = at
         return "matched", [], []
 
-    def _failed(self, candidates: list[str], targets: list[Any], live: list[Any],
-                at: datetime) -> None:
+    def _failed(
+        self, candidates: list[str], targets: list[Any], live: list[Any], at: datetime
+    ) -> None:
         """A block at ``at``: Reteno dropped the token of the chat that failed (stale or
         not: the failure happened): the one candidate (named by an identifier, the chat
         of its contact whose token Reteno still held), or the one chat of the rows it
         names; with nothing live, the block is remembered for that chat."""
-        failed = candidates[0] if len(candidates) == 1 else (
-            targets[0].token if len({r.token for r in targets}) == 1 else None)
+        failed = (
+            candidates[0]
+            if len(candidates) == 1
+            else (targets[0].token if len({r.token for r in targets}) == 1 else None)
+        )
         if failed is None:
             return
         if not live:
@@ -447,45 +565,85 @@ class _Body:
             removed += len(done)
             removed_tokens.update((row.token, None) for row in done)
         drop_holds(conn, self.now, self.drops)
-        return StatusResult(len(self.events), list(removed_tokens), self.counts["unmatched"],
-                            self.counts["ignored"], self.counts["stale"],
-                            self.counts["ambiguous"], dict(self.outcomes), removed)
+        return StatusResult(
+            len(self.events),
+            list(removed_tokens),
+            self.counts["unmatched"],
+            self.counts["ignored"],
+            self.counts["stale"],
+            self.counts["ambiguous"],
+            dict(self.outcomes),
+            removed,
+        )
 
 
 # --- Telegram: the user blocked or unblocked the bot -----------------------------------
 
 
-def block_chat(conn, now: datetime, token: str, detail: dict, at: datetime | None = None,
-               resolution: timedelta = EXACT) -> tuple[int, int]:
+def block_chat(
+    conn,
+    now: datetime,
+    token: str,
+    detail: dict,
+    at: datetime | None = None,
+    resolution: timedelta = EXACT,
+) -> tuple[int, int]:
     """The user blocked the bot at ``at`` (given to ``resolution``): remove the chat's
     live registrations that are not newer; (how many were removed, how many were newer
     and stay: ``stale``). Telegram dates its updates to the second, so a block in the
     same second as the sign of life before it still removes."""
     at, resolution, clamped = received(at, now, resolution)
     detail = {**detail, "at": at.isoformat(), **clamped}
-    live = [r for r in registrations_by(conn, "token", [token], lock=True)
-            if r.state in LIVE_VALUES]
+    live = [
+        r for r in registrations_by(conn, "token", [token], lock=True) if r.state in LIVE_VALUES
+    ]
     older = [r for r in live if not later(_seen(r), at, resolution)]
     newer = [r for r in live if later(_seen(r), at, resolution)]
-    [done] = remove(conn, now, [(older, TELEGRAM_REASON, TELEGRAM_CAUSE,
-                                 {"reason": TELEGRAM_REMOVAL, **detail}, at)])
+    [done] = remove(
+        conn,
+        now,
+        [(older, TELEGRAM_REASON, TELEGRAM_CAUSE, {"reason": TELEGRAM_REMOVAL, **detail}, at)],
+    )
     if newer:
-        append_events(conn, [{"at": now, "kind": "telegram_stale", "token": token,
-                              "registration_id": r.id,
-                              "detail": {**detail, "reason": "the chat was seen alive after "
-                                                             "this update"}} for r in newer])
+        append_events(
+            conn,
+            [
+                {
+                    "at": now,
+                    "kind": "telegram_stale",
+                    "token": token,
+                    "registration_id": r.id,
+                    "detail": {**detail, "reason": "the chat was seen alive after this update"},
+                }
+                for r in newer
+            ],
+        )
     if not live:
         remember_block(conn, token, at)
-        append_events(conn, [{"at": now, "kind": "telegram_blocked", "token": token,
-                              "registration_id": None,
-                              "detail": {**detail, "removed": 0,
-                                         "reason": "no live registration"}}])
+        append_events(
+            conn,
+            [
+                {
+                    "at": now,
+                    "kind": "telegram_blocked",
+                    "token": token,
+                    "registration_id": None,
+                    "detail": {**detail, "removed": 0, "reason": "no live registration"},
+                }
+            ],
+        )
     return len(done), len(newer)
 
 
-def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | None = None,
-                 hold_conflicts: bool = False, resolution: timedelta = EXACT
-                 ) -> tuple[int | None, int | None, bool]:
+def unblock_chat(
+    conn,
+    now: datetime,
+    token: str,
+    detail: dict,
+    at: datetime | None = None,
+    hold_conflicts: bool = False,
+    resolution: timedelta = EXACT,
+) -> tuple[int | None, int | None, bool]:
     """The user unblocked the bot at ``at`` (given to ``resolution``): a sign of life of
     a live registration, or the chat live again with its last registration's
     identifiers — without a call while Reteno still holds the token under them
@@ -502,31 +660,51 @@ def unblock_chat(conn, now: datetime, token: str, detail: dict, at: datetime | N
     new_id, kind, queued = None, "telegram_unblocked", False
     if live:
         registering.touch(conn, [r.id for r in live], at)
-        result = {"result": "a registration is still live",
-                  "registrationIds": [r.id for r in live]}
+        result = {"result": "a registration is still live", "registrationIds": [r.id for r in live]}
     elif last is None:
         result = {"result": "no earlier registration with an identifier"}
     elif blocked_at is not None and later(blocked_at, at, resolution):
         kind = "telegram_stale"
-        result = {"result": "the chat was blocked after this update",
-                  "previousRegistrationId": last.id}
+        result = {
+            "result": "the chat was blocked after this update",
+            "previousRegistrationId": last.id,
+        }
     else:
         identity = (last.matched_by, last.match_value)
-        delivered_at = max((r.delivered_at for r in rows if r.reteno_holds
-                            and r.delivered_at is not None
-                            and (r.matched_by, r.match_value) == identity), default=None)
+        delivered_at = max(
+            (
+                r.delivered_at
+                for r in rows
+                if r.reteno_holds
+                and r.delivered_at is not None
+                and (r.matched_by, r.match_value) == identity
+            ),
+            default=None,
+        )
         if delivered_at is not None:
             new_id = registering.restore(conn, now, last, at, delivered_at)
             result = {"result": "live again without a call", "retenoHolds": True}
         else:
-            request = TokenRequest(token, last.contact_id, last.external_customer_id,
-                                   last.phone, last.email)
-            new_id = registering.register(conn, [request], ["telegram"], now, hold_conflicts,
-                                          [at])[0].id
+            request = TokenRequest(
+                token, last.contact_id, last.external_customer_id, last.phone, last.email
+            )
+            new_id = registering.register(conn, [request], ["telegram"], now, hold_conflicts, [at])[
+                0
+            ].id
             result, queued = {"result": "queued again", "retenoHolds": False}, True
         result.update(registrationId=new_id, previousRegistrationId=last.id)
-    append_events(conn, [{"at": now, "kind": kind, "token": token,
-                          "registration_id": new_id, "detail": {**detail, **result}}])
+    append_events(
+        conn,
+        [
+            {
+                "at": now,
+                "kind": kind,
+                "token": token,
+                "registration_id": new_id,
+                "detail": {**detail, **result},
+            }
+        ],
+    )
     return new_id, last.id if last else None, queued
 
 
@@ -538,8 +716,16 @@ def sign_of_life(conn, now: datetime, token: str, at: datetime | None) -> int:
     return len(live)
 
 
-def use_link(conn, now: datetime, token: str, request: TokenRequest, link_id: str,
-             seen: datetime, hold_conflicts: bool = False, mark: str | None = None):
+def use_link(
+    conn,
+    now: datetime,
+    token: str,
+    request: TokenRequest,
+    link_id: str,
+    seen: datetime,
+    hold_conflicts: bool = False,
+    mark: str | None = None,
+):
     """A signed deep link opened in chat ``token``: the link binds to the first chat that
     uses it. That chat registers (again: a duplicate); any other chat registers nothing
     and is recorded (``link_reused``), as is any chat once erase revoked the link (by
@@ -547,23 +733,57 @@ def use_link(conn, now: datetime, token: str, request: TokenRequest, link_id: st
     ``revoked``). The outcome, or the kind of event a refusal recorded."""
     lock_keys(conn, [f"link:{link_id}"])
     if erasure.revoked(conn, [link_id, mark]):
-        append_events(conn, [{"at": now, "kind": "link_rejected", "token": token,
-                              "registration_id": None,
-                              "detail": {"link": link_id[:16], "reason": "revoked"}}])
+        append_events(
+            conn,
+            [
+                {
+                    "at": now,
+                    "kind": "link_rejected",
+                    "token": token,
+                    "registration_id": None,
+                    "detail": {"link": link_id[:16], "reason": "revoked"},
+                }
+            ],
+        )
         return "link_rejected"
-    first = conn.execute(select(Event.token).where(Event.fingerprint == link_id,
-                                                   Event.kind == "link_used")
-                         .order_by(Event.id).limit(1)).scalar()
+    first = conn.execute(
+        select(Event.token)
+        .where(Event.fingerprint == link_id, Event.kind == "link_used")
+        .order_by(Event.id)
+        .limit(1)
+    ).scalar()
     if first is not None and first != token:
-        append_events(conn, [{"at": now, "kind": "link_reused", "token": token,
-                              "registration_id": None,
-                              "detail": {"link": link_id[:16],
-                                         "reason": "the link was opened in another chat first"}}])
+        append_events(
+            conn,
+            [
+                {
+                    "at": now,
+                    "kind": "link_reused",
+                    "token": token,
+                    "registration_id": None,
+                    "detail": {
+                        "link": link_id[:16],
+                        "reason": "the link was opened in another chat first",
+                    },
+                }
+            ],
+        )
         return "link_reused"
-    outcome = registering.register(conn, [request], ["telegram_link"], now, hold_conflicts,
-                                   [seen])[0]
+    outcome = registering.register(conn, [request], ["telegram_link"], now, hold_conflicts, [seen])[
+        0
+    ]
     if first is None:
-        append_events(conn, [{"at": now, "kind": "link_used", "token": token,
-                              "registration_id": outcome.id, "fingerprint": link_id,
-                              "detail": {"link": link_id[:16], "matchedBy": outcome.matched_by}}])
+        append_events(
+            conn,
+            [
+                {
+                    "at": now,
+                    "kind": "link_used",
+                    "token": token,
+                    "registration_id": outcome.id,
+                    "fingerprint": link_id,
+                    "detail": {"link": link_id[:16], "matchedBy": outcome.matched_by},
+                }
+            ],
+        )
     return outcome

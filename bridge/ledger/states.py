@@ -81,13 +81,13 @@ class Transition:
     upon: tuple[Then, ...] = ()  # what else happens upon it
 
 
-def _insert(when: str, target: State, *upon: Then, sources: Iterable[State] = ()
-            ) -> Transition:
+def _insert(when: str, target: State, *upon: Then, sources: Iterable[State] = ()) -> Transition:
     return Transition(when, target, frozenset(sources), insert=True, upon=upon)
 
 
-def _on(sources: Iterable[State], target: State, when: str, *upon: Then,
-        leased: bool = False) -> Transition:
+def _on(
+    sources: Iterable[State], target: State, when: str, *upon: Then, leased: bool = False
+) -> Transition:
     return Transition(when, target, frozenset(sources), leased=leased, upon=upon)
 
 
@@ -113,9 +113,16 @@ class Machine:
         """The history event's kind: the input, or for a command ``<action>_<input>``."""
         return f"{row.action}_{kind}" if self.model is Command else kind
 
-    def move(self, conn, kind: str, rows: Sequence[Any], now: datetime,
-             values: dict | None = None, detail: Callable[[Any], dict] | dict | None = None,
-             held_by: str | None = None) -> list[Any]:
+    def move(
+        self,
+        conn,
+        kind: str,
+        rows: Sequence[Any],
+        now: datetime,
+        values: dict | None = None,
+        detail: Callable[[Any], dict] | dict | None = None,
+        held_by: str | None = None,
+    ) -> list[Any]:
         """Apply input ``kind`` to ``rows`` (objects with ``id`` and ``token``; a command's
         also ``action``, and optionally ``registration_id``) in the transaction of
         ``conn``: set ``state`` to the transition's target and ``values`` (other
@@ -142,147 +149,249 @@ class Machine:
             params["held_by"] = held_by
         moved: set[int] = set()
         for page in in_pages(ids):
-            moved.update(row[0] for row in run(conn, _statement(self, kind, columns, len(page)),
-                                               {**params, **page_params(page, "id")}))
+            moved.update(
+                row[0]
+                for row in run(
+                    conn,
+                    _statement(self, kind, columns, len(page)),
+                    {**params, **page_params(page, "id")},
+                )
+            )
         done, seen = [], set()
         for r in rows:
             if r.id in moved and r.id not in seen:
                 seen.add(r.id)
                 done.append(r)
         command = self.model is Command
-        append_events(conn, ({
-            "at": now, "registration_id": getattr(r, "registration_id", None) if command
-            else r.id,
-            "token": r.token, "kind": self.event(kind, r),
-            "detail": detail(r) if callable(detail) else dict(detail or {}),
-        } for r in done))
+        append_events(
+            conn,
+            (
+                {
+                    "at": now,
+                    "registration_id": getattr(r, "registration_id", None) if command else r.id,
+                    "token": r.token,
+                    "kind": self.event(kind, r),
+                    "detail": detail(r) if callable(detail) else dict(detail or {}),
+                }
+                for r in done
+            ),
+        )
         return done
 
 
 _NOT_SHARED = "a replay's answers are the target's: they leave the bridge's upstream state alone"
 
 #: Registrations: the inputs of a token's way to Reteno, and history kinds (the input).
-REGISTRATIONS = Machine("registration", Registration, {
-    # where a registration starts
-    "submitted": _insert(
-        "a token request with a key (chat, identity) not live: `POST /register`, a signed "
-        "`/start` link, an unblock after Reteno dropped the token",
-        QUEUED,
-        Then("registering.register", "a request whose key is live inserts nothing: it is "
-             "that registration's duplicate and sign of life (`last_seen_at`)"),
-        Then("registering.register", "`reteno_holds` inherited from an earlier registration "
-             "of the chat and identity"),
-        Then("registering.register", "a chat live under another identity: `conflict` set, a "
-             "`conflict` event naming the others"),
-        Then("Ledger.register", "delivery is woken")),
-    "held": _insert(
-        "a submitted identity conflict under `BRIDGE_ON_CONFLICT=hold` (history kind "
-        "`submitted`, with its `conflict` event)", HELD),
-    "restored": _insert(
-        "an unblock while Reteno still holds the chat's token under its last identity "
-        "(history kind `restored`)", DELIVERED,
-        Then("registering.restore", "no call: `reteno_holds` set, nothing due")),
-    # operators, statuses and Telegram
-    "released": _on(
-        {HELD}, QUEUED,
-        "its conflict is gone (the chat's other identity removed), or an operator "
-        "released it",
-        Then("Ledger.release_held", "delivery is woken (an operator's release)")),
-    "removed": _on(
-        LIVE, REMOVED,
-        "a block not older than the registration's last sign of life: a Reteno status, "
-        "Telegram's `kicked`; or the stale-token report's removal",
-        Then("reports.release_held", "a held registration of the chat that is now its only "
-             "live one goes to the queue (`released`)")),
-    "reteno_dropped": _on(
-        {DELIVERED}, QUEUED,
-        "a Reteno Forbidden for a chat that is back (the news older than its comeback): "
-        "Reteno no longer has the token, so it is sent again",
-        Then("reports.drop_holds", "upon any Forbidden, whether a row moves or not: every "
-             "registration of the chat and identity delivered no later than the failure, "
-             "removed ones too, stops holding the token (`reteno_holds` cleared)"),
-        Then("commands.resend_mutes", "and the chat's mute in force is queued again "
-             "(`resend`)")),
-    "requeued": _on(
-        {DEAD}, QUEUED, "an operator requeued the dead letter",
-        Then("Ledger.requeue_dead", "without filters, dead commands too; delivery is woken")),
-    # the outbox: what an upstream call did with a claimed row
-    "delivered": _on(
-        {QUEUED}, DELIVERED, "Reteno took the token",
-        Then("outbox.delivered", "`reteno_holds` set: Reteno keeps the token until one of "
-             "its sends fails with Forbidden"),
-        Then("outbox.delivered", "a pause of the outbox ends"),
-        leased=True),
-    "retry": _on(
-        {QUEUED}, QUEUED, "a transient failure (timeout, 429, 5xx)",
-        Then("outbox.retry", "due again after a backoff (1 s doubling to 5 minutes, "
-             "jittered); a `Retry-After` holds the whole outbox that long"),
-        leased=True),
-    "paused": _on(
-        {QUEUED}, QUEUED, "Reteno refused the credentials or the request itself",
-        Then("outbox.pause", "the whole outbox pauses, nothing dropped: 15 s, doubling "
-             "with each pause in a row up to 10 minutes"),
-        leased=True),
-    "not_sent": _on(
-        {QUEUED}, QUEUED, "claimed but not sent: the rest of a split batch stopped by a "
-        "failure, or a worker stopping", leased=True),
-    "dead": _on(
-        {QUEUED}, DEAD, "Reteno refused this token for good (a 400 for it alone)",
-        leased=True),
-})
+REGISTRATIONS = Machine(
+    "registration",
+    Registration,
+    {
+        # where a registration starts
+        "submitted": _insert(
+            "a token request with a key (chat, identity) not live: `POST /register`, a signed "
+            "`/start` link, an unblock after Reteno dropped the token",
+            QUEUED,
+            Then(
+                "registering.register",
+                "a request whose key is live inserts nothing: it is "
+                "that registration's duplicate and sign of life (`last_seen_at`)",
+            ),
+            Then(
+                "registering.register",
+                "`reteno_holds` inherited from an earlier registration of the chat and identity",
+            ),
+            Then(
+                "registering.register",
+                "a chat live under another identity: `conflict` set, a "
+                "`conflict` event naming the others",
+            ),
+            Then("Ledger.register", "delivery is woken"),
+        ),
+        "held": _insert(
+            "a submitted identity conflict under `BRIDGE_ON_CONFLICT=hold` (history kind "
+            "`submitted`, with its `conflict` event)",
+            HELD,
+        ),
+        "restored": _insert(
+            "an unblock while Reteno still holds the chat's token under its last identity "
+            "(history kind `restored`)",
+            DELIVERED,
+            Then("registering.restore", "no call: `reteno_holds` set, nothing due"),
+        ),
+        # operators, statuses and Telegram
+        "released": _on(
+            {HELD},
+            QUEUED,
+            "its conflict is gone (the chat's other identity removed), or an operator released it",
+            Then("Ledger.release_held", "delivery is woken (an operator's release)"),
+        ),
+        "removed": _on(
+            LIVE,
+            REMOVED,
+            "a block not older than the registration's last sign of life: a Reteno status, "
+            "Telegram's `kicked`; or the stale-token report's removal",
+            Then(
+                "reports.release_held",
+                "a held registration of the chat that is now its only "
+                "live one goes to the queue (`released`)",
+            ),
+        ),
+        "reteno_dropped": _on(
+            {DELIVERED},
+            QUEUED,
+            "a Reteno Forbidden for a chat that is back (the news older than its comeback): "
+            "Reteno no longer has the token, so it is sent again",
+            Then(
+                "reports.drop_holds",
+                "upon any Forbidden, whether a row moves or not: every "
+                "registration of the chat and identity delivered no later than the failure, "
+                "removed ones too, stops holding the token (`reteno_holds` cleared)",
+            ),
+            Then(
+                "commands.resend_mutes", "and the chat's mute in force is queued again (`resend`)"
+            ),
+        ),
+        "requeued": _on(
+            {DEAD},
+            QUEUED,
+            "an operator requeued the dead letter",
+            Then("Ledger.requeue_dead", "without filters, dead commands too; delivery is woken"),
+        ),
+        # the outbox: what an upstream call did with a claimed row
+        "delivered": _on(
+            {QUEUED},
+            DELIVERED,
+            "Reteno took the token",
+            Then(
+                "outbox.delivered",
+                "`reteno_holds` set: Reteno keeps the token until one of "
+                "its sends fails with Forbidden",
+            ),
+            Then("outbox.delivered", "a pause of the outbox ends"),
+            leased=True,
+        ),
+        "retry": _on(
+            {QUEUED},
+            QUEUED,
+            "a transient failure (timeout, 429, 5xx)",
+            Then(
+                "outbox.retry",
+                "due again after a backoff (1 s doubling to 5 minutes, "
+                "jittered); a `Retry-After` holds the whole outbox that long",
+            ),
+            leased=True,
+        ),
+        "paused": _on(
+            {QUEUED},
+            QUEUED,
+            "Reteno refused the credentials or the request itself",
+            Then(
+                "outbox.pause",
+                "the whole outbox pauses, nothing dropped: 15 s, doubling "
+                "with each pause in a row up to 10 minutes",
+            ),
+            leased=True,
+        ),
+        "not_sent": _on(
+            {QUEUED},
+            QUEUED,
+            "claimed but not sent: the rest of a split batch stopped by a "
+            "failure, or a worker stopping",
+            leased=True,
+        ),
+        "dead": _on(
+            {QUEUED}, DEAD, "Reteno refused this token for good (a 400 for it alone)", leased=True
+        ),
+    },
+)
 
 #: Commands: mutes, unmutes and replays into another app; history kinds
 #: ``<action>_<input>``.
-COMMANDS = Machine("command", Command, {
-    # where a command starts
-    "requested": _insert(
-        "a mute or unmute of a chat with a live registration: the chat's one mute row "
-        "holds the latest request (an insert, or a new request over the last)",
-        QUEUED,
-        Then("commands.request_mute", "a call under way for the previous request keeps "
-             "its lease: this one goes out after it (`superseded`)"),
-        Then("Ledger.mute", "delivery is woken"),
-        sources={QUEUED, DELIVERED, DEAD}),
-    "queued": _insert(
-        "a replay: each live registration a target has not had (one `replay_queued` "
-        "event for the lot)", QUEUED),
-    # statuses and operators
-    "resend": _on(
-        {DELIVERED}, QUEUED,
-        "Reteno dropped the chat's token while its mute was in force: sent again once "
-        "the chat is back",
-        Then("commands.claim_mutes", "it waits, unsent, until a registration of the chat "
-             "is delivered")),
-    "dropped": _on(
-        {QUEUED}, DEAD,
-        "a replay whose registration stopped being live (removed, dead, held) before it "
-        "was sent"),
-    "requeued": _on({DEAD}, QUEUED, "an operator requeued the dead letters"),
-    # the outbox: what an upstream call did with a claimed row
-    "delivered": _on(
-        {QUEUED}, DELIVERED, "Reteno took the call",
-        Then("outbox.delivered", f"a pause of the outbox ends ({_NOT_SHARED})"),
-        leased=True),
-    "lapsed": _on(
-        {QUEUED}, DELIVERED, "a mute claimed with under 5 s left: its time ran out unsent",
-        leased=True),
-    "superseded": _on(
-        {QUEUED}, QUEUED, "the chat's mute row was asked for again while this call was "
-        "under way",
-        Then("outbox._superseded", "due at once: the latest request goes out next"),
-        leased=True),
-    "retry": _on(
-        {QUEUED}, QUEUED, "a transient failure (timeout, 429, 5xx)",
-        Then("outbox.retry", f"as a registration's ({_NOT_SHARED})"), leased=True),
-    "paused": _on(
-        {QUEUED}, QUEUED, "the upstream refused the credentials or the request itself",
-        Then("outbox.pause", f"as a registration's ({_NOT_SHARED})"), leased=True),
-    "not_sent": _on(
-        {QUEUED}, QUEUED, "claimed but not sent: the rest of a split batch stopped by a "
-        "failure, or a worker stopping", leased=True),
-    "dead": _on(
-        {QUEUED}, DEAD, "refused for good (a 400)", leased=True),
-})
+COMMANDS = Machine(
+    "command",
+    Command,
+    {
+        # where a command starts
+        "requested": _insert(
+            "a mute or unmute of a chat with a live registration: the chat's one mute row "
+            "holds the latest request (an insert, or a new request over the last)",
+            QUEUED,
+            Then(
+                "commands.request_mute",
+                "a call under way for the previous request keeps "
+                "its lease: this one goes out after it (`superseded`)",
+            ),
+            Then("Ledger.mute", "delivery is woken"),
+            sources={QUEUED, DELIVERED, DEAD},
+        ),
+        "queued": _insert(
+            "a replay: each live registration a target has not had (one `replay_queued` "
+            "event for the lot)",
+            QUEUED,
+        ),
+        # statuses and operators
+        "resend": _on(
+            {DELIVERED},
+            QUEUED,
+            "Reteno dropped the chat's token while its mute was in force: sent again once "
+            "the chat is back",
+            Then(
+                "commands.claim_mutes",
+                "it waits, unsent, until a registration of the chat is delivered",
+            ),
+        ),
+        "dropped": _on(
+            {QUEUED},
+            DEAD,
+            "a replay whose registration stopped being live (removed, dead, held) before it "
+            "was sent",
+        ),
+        "requeued": _on({DEAD}, QUEUED, "an operator requeued the dead letters"),
+        # the outbox: what an upstream call did with a claimed row
+        "delivered": _on(
+            {QUEUED},
+            DELIVERED,
+            "Reteno took the call",
+            Then("outbox.delivered", f"a pause of the outbox ends ({_NOT_SHARED})"),
+            leased=True,
+        ),
+        "lapsed": _on(
+            {QUEUED},
+            DELIVERED,
+            "a mute claimed with under 5 s left: its time ran out unsent",
+            leased=True,
+        ),
+        "superseded": _on(
+            {QUEUED},
+            QUEUED,
+            "the chat's mute row was asked for again while this call was under way",
+            Then("outbox._superseded", "due at once: the latest request goes out next"),
+            leased=True,
+        ),
+        "retry": _on(
+            {QUEUED},
+            QUEUED,
+            "a transient failure (timeout, 429, 5xx)",
+            Then("outbox.retry", f"as a registration's ({_NOT_SHARED})"),
+            leased=True,
+        ),
+        "paused": _on(
+            {QUEUED},
+            QUEUED,
+            "the upstream refused the credentials or the request itself",
+            Then("outbox.pause", f"as a registration's ({_NOT_SHARED})"),
+            leased=True,
+        ),
+        "not_sent": _on(
+            {QUEUED},
+            QUEUED,
+            "claimed but not sent: the rest of a split batch stopped by a "
+            "failure, or a worker stopping",
+            leased=True,
+        ),
+        "dead": _on({QUEUED}, DEAD, "refused for good (a 400)", leased=True),
+    },
+)
 
 MACHINES = (REGISTRATIONS, COMMANDS)
 #: The machine of each table (an outbox claim finishes rows of either).
@@ -305,14 +414,21 @@ def _statement(machine: Machine, kind: str, columns: frozenset[str], size: int):
     own work for a claim's thousand rows."""
     t = machine.transitions[kind]
     table = machine.model
-    conditions = [in_params(table.id, "id", size),
-                  table.state.in_([sql_constant(s) for s in sorted(t.sources)])]
+    conditions = [
+        in_params(table.id, "id", size),
+        table.state.in_([sql_constant(s) for s in sorted(t.sources)]),
+    ]
     if t.leased:
         conditions.append(table.lease_id == bindparam("held_by"))
     values = {name: bindparam(name) for name in columns}
     values["state"] = sql_constant(t.target)
-    return (update(table).where(*conditions).values(values)
-            .returning(table.id).execution_options(synchronize_session=False))
+    return (
+        update(table)
+        .where(*conditions)
+        .values(values)
+        .returning(table.id)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def append_events(conn, rows: Iterable[dict]) -> None:

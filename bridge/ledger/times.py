@@ -23,8 +23,9 @@ EXACT = timedelta(microseconds=1)
 SECOND = timedelta(seconds=1)
 
 
-def received(reported: datetime | None, now: datetime,
-             resolution: timedelta = EXACT) -> tuple[datetime, timedelta, dict]:
+def received(
+    reported: datetime | None, now: datetime, resolution: timedelta = EXACT
+) -> tuple[datetime, timedelta, dict]:
     """What a reported time counts as when it is received at ``now``: ``(time, its
     resolution, note)``. No time, or one later than ``now``, counts as ``now`` (to the
     microsecond); the note, for the history, is ``{"reportedAt", "clamped": True}``

@@ -44,8 +44,11 @@ class TokenRequest:
 
     def identifiers(self) -> dict[str, Any]:
         """The identifiers present, by API name, in priority order."""
-        return {name: getattr(self, column) for name, column in IDENTIFIERS
-                if getattr(self, column) is not None}
+        return {
+            name: getattr(self, column)
+            for name, column in IDENTIFIERS
+            if getattr(self, column) is not None
+        }
 
     @property
     def matched_by(self) -> str:
@@ -156,8 +159,10 @@ SIGNS_OF_LIFE = frozenset({"SENT", "DELIVERED", "CLICKED"})
 _REMOVING = (
     ("blocked", re.compile(r"\bblocked\b", re.IGNORECASE)),
     ("deactivated", re.compile(r"\buser is deactivated\b", re.IGNORECASE)),
-    ("kicked", re.compile(r"\bbot was kicked from the (?:group|supergroup|channel) chat\b",
-                          re.IGNORECASE)),
+    (
+        "kicked",
+        re.compile(r"\bbot was kicked from the (?:group|supergroup|channel) chat\b", re.IGNORECASE),
+    ),
     ("forbidden", re.compile(r"\bforbidden\b|\b403\b", re.IGNORECASE)),
 )
 

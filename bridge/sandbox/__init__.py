@@ -37,8 +37,16 @@ from .transport import WSGITransport
 from .web import create_app, create_blueprint
 
 __all__ = [
-    "DROP_CONNECTION", "DROP_FALLBACK_HEADER", "FAULT_KINDS", "Simulator", "SimulatorOptions",
-    "WSGITransport", "attach", "create_app", "create_blueprint", "settings_for",
+    "DROP_CONNECTION",
+    "DROP_FALLBACK_HEADER",
+    "FAULT_KINDS",
+    "Simulator",
+    "SimulatorOptions",
+    "WSGITransport",
+    "attach",
+    "create_app",
+    "create_blueprint",
+    "settings_for",
 ]
 
 log = get_logger("bridge.sandbox")
@@ -52,7 +60,9 @@ def settings_for(settings):
     """The settings a sandbox bridge runs with: the simulator's app id and key, and the
     simulator in this process unless ``RETENO_BASE_URL`` names one elsewhere."""
     return dataclasses.replace(
-        settings, app_uuid=APP_UUID, api_key=API_KEY,
+        settings,
+        app_uuid=APP_UUID,
+        api_key=API_KEY,
         base_url=settings.base_url if settings.base_url_explicit else HOST,
     )
 
@@ -103,8 +113,12 @@ def dev_api_key(path: str) -> str:
             fh.write(key + "\n")
         os.replace(tmp, path)
         if problem:
-            log.warning("sandbox: the development API key file %s %s: replaced it with a "
-                        "new key, mode 0600", path, problem)
+            log.warning(
+                "sandbox: the development API key file %s %s: replaced it with a "
+                "new key, mode 0600",
+                path,
+                problem,
+            )
         return key
     finally:
         os.close(lock)  # and the lock with it
@@ -118,18 +132,24 @@ def attach(app, runtime) -> Simulator:
         """The simulator reports statuses to the bridge's own /statuses, as Reteno would."""
         session = requests.Session()
         session.mount("http://bridge.local", WSGITransport(app.wsgi_app))
-        response = session.post(f"http://bridge.local{prefix}/statuses", json=events,
-                                headers={"Authorization": f"Bearer {runtime.api_keys[0]}"},
-                                timeout=10)
+        response = session.post(
+            f"http://bridge.local{prefix}/statuses",
+            json=events,
+            headers={"Authorization": f"Bearer {runtime.api_keys[0]}"},
+            timeout=10,
+        )
         if response.status_code != 200:
             log.error("sandbox status report refused: HTTP %s", response.status_code)
 
-    simulator = Simulator(SimulatorOptions(app_uuid=APP_UUID, api_key=API_KEY,
-                                           auth=runtime.settings.auth), status_sink=report)
+    simulator = Simulator(
+        SimulatorOptions(app_uuid=APP_UUID, api_key=API_KEY, auth=runtime.settings.auth),
+        status_sink=report,
+    )
     if not runtime.settings.base_url_explicit:
         # reached through this transport only, never a socket: its Host is HOST's
-        runtime.client.session.mount(HOST, WSGITransport(create_app(simulator=simulator,
-                                                                    loopback_only=False)))
+        runtime.client.session.mount(
+            HOST, WSGITransport(create_app(simulator=simulator, loopback_only=False))
+        )
     if not runtime.settings.api_keys:
         runtime.dev_key_path = dev_key_path(app.instance_path)
     app.register_blueprint(create_blueprint(simulator), url_prefix=f"{prefix}/sandbox/reteno")

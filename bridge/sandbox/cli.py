@@ -17,13 +17,19 @@ _DEFAULTS = SimulatorOptions()
 def options_from(params: dict) -> SimulatorOptions:
     """Simulator options from the command's parameters (validated)."""
     options = SimulatorOptions(
-        app_uuid=params["app_uuid"], api_key=params["api_key"], auth=params["auth"],
-        rps=params["rps"], latency_ms=params["latency_ms"],
+        app_uuid=params["app_uuid"],
+        api_key=params["api_key"],
+        auth=params["auth"],
+        rps=params["rps"],
+        latency_ms=params["latency_ms"],
         failure_rate=params["failure_rate"],
         failures=tuple(k.strip() for k in params["failures"].split(",") if k.strip()),
-        timeout_seconds=params["timeout_seconds"], seed=params["seed"],
-        webhook_url=params["webhook_url"], webhook_username=params["webhook_username"],
-        webhook_password=params["webhook_password"], webhook_bearer=params["webhook_bearer"],
+        timeout_seconds=params["timeout_seconds"],
+        seed=params["seed"],
+        webhook_url=params["webhook_url"],
+        webhook_username=params["webhook_username"],
+        webhook_password=params["webhook_password"],
+        webhook_bearer=params["webhook_bearer"],
     )
     options.validate()
     return options
@@ -34,8 +40,13 @@ def describe(host: str, port: int, options: SimulatorOptions) -> str:
     shown_host = f"[{host}]" if ":" in host else host
     webhook = "none"
     if options.webhook_url:
-        auth = ("basic" if options.webhook_username else
-                "bearer" if options.webhook_bearer else "no auth")
+        auth = (
+            "basic"
+            if options.webhook_username
+            else "bearer"
+            if options.webhook_bearer
+            else "no auth"
+        )
         webhook = f"{_redact_url(options.webhook_url)} ({auth})"
     settings: Iterable[str] = (
         f"app_uuid={options.app_uuid or 'any'}",
@@ -56,20 +67,53 @@ def describe(host: str, port: int, options: SimulatorOptions) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=int, default=8025, show_default=True, help="Port to listen on.")
 @click.option("--app-uuid", default=None, help="The only app uuid accepted (default: any).")
-@click.option("--api-key", default=None, envvar="SANDBOX_API_KEY",
-              help="The access key required (default: any non-empty; env SANDBOX_API_KEY).")
-@click.option("--auth", type=click.Choice(AUTH_SCHEMES), default=_DEFAULTS.auth,
-              show_default=True, help="Auth scheme.")
-@click.option("--rps", type=float, default=_DEFAULTS.rps, show_default=True,
-              help="Requests per second (0: unlimited).")
-@click.option("--latency-ms", type=float, default=_DEFAULTS.latency_ms, show_default=True,
-              help="Latency added to every tokens call.")
-@click.option("--failure-rate", type=float, default=_DEFAULTS.failure_rate, show_default=True,
-              help="Share of tokens calls that fail (0..1).")
-@click.option("--failures", default=",".join(_DEFAULTS.failures), show_default=True,
-              help=f"Comma-separated fault kinds out of {','.join(FAULT_KINDS)}.")
-@click.option("--timeout-seconds", type=float, default=_DEFAULTS.timeout_seconds,
-              show_default=True, help="How long a 'timeout' fault waits.")
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="SANDBOX_API_KEY",
+    help="The access key required (default: any non-empty; env SANDBOX_API_KEY).",
+)
+@click.option(
+    "--auth",
+    type=click.Choice(AUTH_SCHEMES),
+    default=_DEFAULTS.auth,
+    show_default=True,
+    help="Auth scheme.",
+)
+@click.option(
+    "--rps",
+    type=float,
+    default=_DEFAULTS.rps,
+    show_default=True,
+    help="Requests per second (0: unlimited).",
+)
+@click.option(
+    "--latency-ms",
+    type=float,
+    default=_DEFAULTS.latency_ms,
+    show_default=True,
+    help="Latency added to every tokens call.",
+)
+@click.option(
+    "--failure-rate",
+    type=float,
+    default=_DEFAULTS.failure_rate,
+    show_default=True,
+    help="Share of tokens calls that fail (0..1).",
+)
+@click.option(
+    "--failures",
+    default=",".join(_DEFAULTS.failures),
+    show_default=True,
+    help=f"Comma-separated fault kinds out of {','.join(FAULT_KINDS)}.",
+)
+@click.option(
+    "--timeout-seconds",
+    type=float,
+    default=_DEFAULTS.timeout_seconds,
+    show_default=True,
+    help="How long a 'timeout' fault waits.",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the fault choices.")
 @click.option("--webhook-url", default=None, help="Where to POST status events.")
 @click.option("--webhook-username", default=None)

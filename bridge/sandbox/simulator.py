@@ -267,8 +267,11 @@ class Simulator:
         with self._lock:
             mutes = list(self._mutes.items())
         return [
-            {"token": token, "app_uuid": app_uuid,
-             "muted_until": MUTED_FOREVER if until is None else _stamp(until)}
+            {
+                "token": token,
+                "app_uuid": app_uuid,
+                "muted_until": MUTED_FOREVER if until is None else _stamp(until),
+            }
             for (app_uuid, token), until in mutes
             if until is None or until > now
         ]
@@ -540,8 +543,7 @@ class Simulator:
                 events.append(event)
             if events:
                 self._counters["blocked"] += 1
-                self._mutes = {key: until for key, until in self._mutes.items()
-                               if key[1] != token}
+                self._mutes = {key: until for key, until in self._mutes.items() if key[1] != token}
         if not events:
             return []
         log.info("sandbox: blocked token %s (%d status event(s))", token, len(events))
@@ -611,8 +613,7 @@ def _parse_mute_body(body: Any, with_duration: bool) -> tuple[str, int | None, t
     if duration is None:
         return token, None, None
     low, high = MUTE_DURATION_RANGE
-    if isinstance(duration, bool) or not isinstance(duration, int) \
-            or not low <= duration <= high:
+    if isinstance(duration, bool) or not isinstance(duration, int) or not low <= duration <= high:
         return "", None, (400, _error(400, "Duration must be positive int"), {})
     return token, duration, None
 

@@ -43,8 +43,12 @@ _FORM_MIMETYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(json.dumps(payload, ensure_ascii=False), status=status,
-                    mimetype="application/json", headers=dict(headers or {}))
+    return Response(
+        json.dumps(payload, ensure_ascii=False),
+        status=status,
+        mimetype="application/json",
+        headers=dict(headers or {}),
+    )
 
 
 def _drop_connection(environ: Mapping[str, Any]) -> bool:
@@ -66,8 +70,9 @@ def _answer(status: int, payload: Any, headers: Mapping[str, str]) -> Response:
         if _drop_connection(request.environ):
             return Response(b"", status=500)
         log.warning("sandbox: cannot drop this connection; answering 502 instead")
-        return _json(_error(502, "Connection dropped (injected fault)"), 502,
-                     {DROP_FALLBACK_HEADER: "drop"})
+        return _json(
+            _error(502, "Connection dropped (injected fault)"), 502, {DROP_FALLBACK_HEADER: "drop"}
+        )
     return _json(payload, status, headers)
 
 
@@ -92,8 +97,14 @@ def _cross_site() -> bool:
 
 
 def _refuse_cross_site() -> Response:
-    return _json(_error(403, "Cross-site requests are refused: use the sandbox page itself, "
-                             "or a client that is not a browser"), 403)
+    return _json(
+        _error(
+            403,
+            "Cross-site requests are refused: use the sandbox page itself, "
+            "or a client that is not a browser",
+        ),
+        403,
+    )
 
 
 def loopback_host(host: str) -> bool:
@@ -109,8 +120,11 @@ def loopback_host(host: str) -> bool:
     return loopback(parts.hostname or "")
 
 
-_FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
-            "X-Content-Type-Options": "nosniff"}
+_FRAMING = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def _page_notice() -> str | None:
@@ -133,27 +147,35 @@ class _Views:
 
     def refuse_other_hosts(self) -> Response | None:
         if self.loopback_only and not loopback_host(request.host):
-            return _json(error_body(421, "The sandbox answers only requests for localhost, "
-                                         "127.0.0.1 or [::1] (a defence against DNS "
-                                         "rebinding); open it by one of those names."), 421)
+            return _json(
+                error_body(
+                    421,
+                    "The sandbox answers only requests for localhost, "
+                    "127.0.0.1 or [::1] (a defence against DNS "
+                    "rebinding); open it by one of those names.",
+                ),
+                421,
+            )
         return None
 
     def tokens(self, app_uuid: str) -> Response:
-        return _answer(*self.simulator.add_tokens(app_uuid, request.headers,
-                                                  request.get_data(cache=False)))
+        return _answer(
+            *self.simulator.add_tokens(app_uuid, request.headers, request.get_data(cache=False))
+        )
 
     def mute(self, app_uuid: str) -> Response:
-        return _answer(*self.simulator.mute_token(app_uuid, request.headers,
-                                                  request.get_data(cache=False)))
+        return _answer(
+            *self.simulator.mute_token(app_uuid, request.headers, request.get_data(cache=False))
+        )
 
     def unmute(self, app_uuid: str) -> Response:
-        return _answer(*self.simulator.unmute_token(app_uuid, request.headers,
-                                                    request.get_data(cache=False)))
+        return _answer(
+            *self.simulator.unmute_token(app_uuid, request.headers, request.get_data(cache=False))
+        )
 
     def contacts(self) -> Response:
         token = request.args.get("token")
-        found = self.simulator.contacts() if token is None \
-            else self.simulator.find_by_token(token)
+        found = self.simulator.contacts() if token is None else self.simulator.find_by_token(token)
         return _json({"contacts": found, "stats": self.simulator.stats()})
 
     def muted(self) -> Response:
@@ -188,8 +210,12 @@ class _Views:
         stats = self.simulator.stats()
         contacts = [{**c, "counts": Counter(c["tokens"])} for c in self.simulator.contacts()]
         return render_template(
-            "reteno_sandbox/index.html", options=self.simulator.options, stats=stats,
-            contacts=contacts, muted=self.simulator.muted(), identifiers=IDENTIFIERS,
+            "reteno_sandbox/index.html",
+            options=self.simulator.options,
+            stats=stats,
+            contacts=contacts,
+            muted=self.simulator.muted(),
+            identifiers=IDENTIFIERS,
             notice=_page_notice(),
             faults=", ".join(f"{kind}: {n}" for kind, n in stats["faults"].items() if n),
         )
@@ -226,8 +252,11 @@ def create_blueprint(simulator: Simulator, loopback_only: bool = True) -> Bluepr
     return bp
 
 
-def create_app(options: SimulatorOptions | None = None,
-               simulator: Simulator | None = None, loopback_only: bool = True) -> Flask:
+def create_app(
+    options: SimulatorOptions | None = None,
+    simulator: Simulator | None = None,
+    loopback_only: bool = True,
+) -> Flask:
     """A standalone app serving the simulator at ``/``; the simulator is
     ``app.extensions["reteno_sandbox"]``."""
     if simulator is None:

@@ -20,13 +20,17 @@ PRIVATE = {"id": 5550001, "type": "private"}
 
 
 def start(chat=PRIVATE, text="/start abc", update_id=1):
-    return {"update_id": update_id,
-            "message": {"message_id": 1, "date": 1, "chat": chat, "text": text}}
+    return {
+        "update_id": update_id,
+        "message": {"message_id": 1, "date": 1, "chat": chat, "text": text},
+    }
 
 
 def member(chat=PRIVATE, status="kicked"):
-    return {"update_id": 2, "my_chat_member": {"chat": chat, "date": 1,
-                                               "new_chat_member": {"status": status}}}
+    return {
+        "update_id": 2,
+        "my_chat_member": {"chat": chat, "date": 1, "new_chat_member": {"status": status}},
+    }
 
 
 class SlowBridge:
@@ -44,15 +48,29 @@ class SlowBridge:
         self.arrived.append(call)
         await asyncio.sleep(self.delay * (10 if call == ("/register", 1) else 1))
         self.ended.append(call)
-        return httpx.Response(202, json={"registrations": [
-            {"id": 1, "token": "1", "matchedBy": "email", "state": "queued",
-             "duplicate": False, "conflict": False}]} if request.url.path == "/register"
-            else {"token": "1", "muted": True, "state": "queued"})
+        return httpx.Response(
+            202,
+            json={
+                "registrations": [
+                    {
+                        "id": 1,
+                        "token": "1",
+                        "matchedBy": "email",
+                        "state": "queued",
+                        "duplicate": False,
+                        "conflict": False,
+                    }
+                ]
+            }
+            if request.url.path == "/register"
+            else {"token": "1", "muted": True, "state": "queued"},
+        )
 
 
 def ordered(bridge, **order) -> OrderedBridge:
-    return OrderedBridge(AsyncBridgeClient(URL, KEY, transport=httpx.MockTransport(bridge)),
-                         ChatOrder(**order))
+    return OrderedBridge(
+        AsyncBridgeClient(URL, KEY, transport=httpx.MockTransport(bridge)), ChatOrder(**order)
+    )
 
 
 def test_one_chats_calls_go_in_order_while_other_chats_go_on():
@@ -138,19 +156,22 @@ def test_a_call_cancelled_while_waiting_keeps_the_next_one_behind_the_first():
     assert asyncio.run(go()) == 0 and ended == ["first", "third"]
 
 
-@pytest.mark.parametrize(("update", "chat"), [
-    (start(), 5550001),
-    (start(text="/start@shop_bot abc"), 5550001),
-    (member(), 5550001),
-    (member(status="member"), 5550001),
-    (start(text="/start"), 5550001),  # no payload: a sign of life all the same
-    (start(text="/start@shop_bot"), 5550001),
-    (start(text="/starting x"), None),
-    (start(text="hello"), None),
-    (start(chat={"id": -100123, "type": "supergroup"}), None),
-    (member(chat={"id": -100123, "type": "group"}), None),
-    ({"update_id": 3, "callback_query": {"id": "1"}}, None),
-])
+@pytest.mark.parametrize(
+    ("update", "chat"),
+    [
+        (start(), 5550001),
+        (start(text="/start@shop_bot abc"), 5550001),
+        (member(), 5550001),
+        (member(status="member"), 5550001),
+        (start(text="/start"), 5550001),  # no payload: a sign of life all the same
+        (start(text="/start@shop_bot"), 5550001),
+        (start(text="/starting x"), None),
+        (start(text="hello"), None),
+        (start(chat={"id": -100123, "type": "supergroup"}), None),
+        (member(chat={"id": -100123, "type": "group"}), None),
+        ({"update_id": 3, "callback_query": {"id": "1"}}, None),
+    ],
+)
 def test_what_is_forwarded(update, chat):
     assert chat_to_forward(update) == chat
 
@@ -159,8 +180,12 @@ def down_client():
     def refused(request):
         raise httpx.ConnectError("[Errno 111] Connection refused")
 
-    return AsyncBridgeClient(URL, KEY, transport=httpx.MockTransport(refused),
-                             retry=RetryPolicy(deadline=0.2, backoff=0.01))
+    return AsyncBridgeClient(
+        URL,
+        KEY,
+        transport=httpx.MockTransport(refused),
+        retry=RetryPolicy(deadline=0.2, backoff=0.01),
+    )
 
 
 def test_a_lost_forward_is_one_error_line_with_the_chat_masked(caplog):

@@ -30,11 +30,23 @@ def _cell(text: str) -> str:
 def settings_rst() -> str:
     from bridge.config import KEYS
 
-    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 22 18 20 40", "",
-             "   * - key", "     - takes", "     - default", "     - meaning"]
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 22 18 20 40",
+        "",
+        "   * - key",
+        "     - takes",
+        "     - default",
+        "     - meaning",
+    ]
     for key in KEYS:
-        lines += [f"   * - ``{key.name}``", f"     - {_cell(key.read.kind)}",
-                  f"     - {_cell(key.default_text)}", f"     - {_cell(key.help)}"]
+        lines += [
+            f"   * - ``{key.name}``",
+            f"     - {_cell(key.read.kind)}",
+            f"     - {_cell(key.default_text)}",
+            f"     - {_cell(key.help)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -47,8 +59,11 @@ def openapi_document() -> dict:
     logging.getLogger("bridge").setLevel(logging.WARNING)  # no request-log lines in the build
     with tempfile.TemporaryDirectory() as folder:
         app = Flask("bridge_docs", instance_path=folder)
-        app.config.update(BRIDGE_SANDBOX=True, BRIDGE_BACKGROUND_DELIVERY=False,
-                          BRIDGE_DATABASE_URL=f"sqlite:///{folder}/docs.sqlite3")
+        app.config.update(
+            BRIDGE_SANDBOX=True,
+            BRIDGE_BACKGROUND_DELIVERY=False,
+            BRIDGE_DATABASE_URL=f"sqlite:///{folder}/docs.sqlite3",
+        )
         Bridge().init_app(app)
         answer = app.test_client().get("/openapi.json")
         if answer.status_code != 200:
@@ -72,8 +87,9 @@ def _schema_text(schema: dict) -> str:
 def _body(content: dict | None) -> str:
     if not content:
         return "no body"
-    return "; ".join(f"``{media}``: {_schema_text(v.get('schema', {}))}"
-                     for media, v in content.items())
+    return "; ".join(
+        f"``{media}``: {_schema_text(v.get('schema', {}))}" for media, v in content.items()
+    )
 
 
 def _field_list(schema: dict) -> list[str]:
@@ -90,8 +106,11 @@ def _field_list(schema: dict) -> list[str]:
 
 
 def http_rst(doc: dict) -> str:
-    out = [f"The document is OpenAPI {doc['openapi']} ({doc['info']['title']} "
-           f"{doc['info']['version']}), served at ``GET /openapi.json``.", ""]
+    out = [
+        f"The document is OpenAPI {doc['openapi']} ({doc['info']['title']} "
+        f"{doc['info']['version']}), served at ``GET /openapi.json``.",
+        "",
+    ]
     for path, item in doc["paths"].items():
         for method in METHODS:
             if method in item:
@@ -118,15 +137,20 @@ def _operation_rst(doc: dict, method: str, path: str, op: dict) -> list[str]:
         names = [", ".join(req) or "none" for req in security]
         auth = " or ".join(
             f"{name} ({_cell(schemes.get(name, {}).get('description', '')) or name})"
-            if name in schemes else name for name in names)
+            if name in schemes
+            else name
+            for name in names
+        )
         out += [f"**Authentication**: {auth}", ""]
     params = op.get("parameters", [])
     if params:
         out += ["**Parameters**:", ""]
         for p in params:
-            out.append(f"- ``{p['name']}`` ({p['in']}, {_schema_text(p.get('schema', {}))}"
-                       f"{', required' if p.get('required') else ''})"
-                       f"{': ' + _cell(p['description']) if p.get('description') else ''}")
+            out.append(
+                f"- ``{p['name']}`` ({p['in']}, {_schema_text(p.get('schema', {}))}"
+                f"{', required' if p.get('required') else ''})"
+                f"{': ' + _cell(p['description']) if p.get('description') else ''}"
+            )
         out.append("")
     if "requestBody" in op:
         out += [f"**Body**: {_body(op['requestBody'].get('content'))}", ""]
@@ -134,8 +158,10 @@ def _operation_rst(doc: dict, method: str, path: str, op: dict) -> list[str]:
     for status, answer in op.get("responses", {}).items():
         if "$ref" in answer:
             answer = responses.get(answer["$ref"].rsplit("/", 1)[-1], {})
-        out.append(f"- ``{status}``: {_cell(answer.get('description', ''))}"
-                   f" ({_body(answer.get('content'))})")
+        out.append(
+            f"- ``{status}``: {_cell(answer.get('description', ''))}"
+            f" ({_body(answer.get('content'))})"
+        )
     out.append("")
     return out
 
@@ -146,8 +172,17 @@ def _schema_rst(name: str, schema: dict) -> list[str]:
         out += [_cell(schema["description"]), ""]
     fields = _field_list(schema)
     if fields:
-        out += [".. list-table::", "   :header-rows: 1", "   :widths: 25 20 55", "",
-                "   * - field", "     - type", "     - meaning", *fields, ""]
+        out += [
+            ".. list-table::",
+            "   :header-rows: 1",
+            "   :widths: 25 20 55",
+            "",
+            "   * - field",
+            "     - type",
+            "     - meaning",
+            *fields,
+            "",
+        ]
     else:
         out += [f"``{_cell(json.dumps(schema))}``", ""]
     return out
@@ -165,8 +200,7 @@ class HttpDirective(SphinxDirective):
     """The HTTP reference: every path of the bridge's own /openapi.json."""
 
     def run(self):
-        return self.parse_text_to_nodes(http_rst(openapi_document()),
-                                        allow_section_headings=True)
+        return self.parse_text_to_nodes(http_rst(openapi_document()), allow_section_headings=True)
 
 
 def setup(app):

@@ -24,8 +24,10 @@ IDENTIFIERS = ("contact_id", "external_customer_id", "phone", "email")
 
 
 def _not_null(column: str) -> dict:
-    return {"sqlite_where": sa.text(f"{column} IS NOT NULL"),
-            "postgresql_where": sa.text(f"{column} IS NOT NULL")}
+    return {
+        "sqlite_where": sa.text(f"{column} IS NOT NULL"),
+        "postgresql_where": sa.text(f"{column} IS NOT NULL"),
+    }
 
 
 def upgrade() -> None:
@@ -34,8 +36,9 @@ def upgrade() -> None:
         op.drop_index(name, table_name="bridge_registrations")
         op.create_index(name, "bridge_registrations", [column, "id"], **_not_null(column))
     op.drop_index("ix_bridge_events_fingerprint", table_name="bridge_events")
-    op.create_index("ix_bridge_events_fingerprint", "bridge_events", ["fingerprint"],
-                    **_not_null("fingerprint"))
+    op.create_index(
+        "ix_bridge_events_fingerprint", "bridge_events", ["fingerprint"], **_not_null("fingerprint")
+    )
     op.drop_index("ix_bridge_events_kind_at", table_name="bridge_events")
 
 

@@ -26,13 +26,16 @@ def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name != "sqlite":
         return
-    with op.batch_alter_table("bridge_registrations", recreate="always",
-                              table_kwargs={"sqlite_autoincrement": True}):
+    with op.batch_alter_table(
+        "bridge_registrations", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+    ):
         pass
     # The rebuilt table must keep the partial unique index of duplicate suppression as
     # it was (a removed token may be registered again).
-    sql = bind.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'index' AND "
-                               "name = 'uq_bridge_registrations_live'").scalar()
+    sql = bind.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND "
+        "name = 'uq_bridge_registrations_live'"
+    ).scalar()
     if not sql or "WHERE" not in sql.upper():
         raise RuntimeError("rebuilding bridge_registrations lost its partial unique index")
 
@@ -40,6 +43,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
-    with op.batch_alter_table("bridge_registrations", recreate="always",
-                              table_kwargs={"sqlite_autoincrement": False}):
+    with op.batch_alter_table(
+        "bridge_registrations", recreate="always", table_kwargs={"sqlite_autoincrement": False}
+    ):
         pass

@@ -23,18 +23,25 @@ depends_on = None
 
 def upgrade() -> None:
     # Plain ADD COLUMNs: a batch would rebuild the SQLite table and lose AUTOINCREMENT.
-    op.add_column("bridge_registrations",
-                  sa.Column("last_seen_at", UTCDateTime(), nullable=True))
-    op.add_column("bridge_registrations",
-                  sa.Column("conflict", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("bridge_registrations", sa.Column("last_seen_at", UTCDateTime(), nullable=True))
+    op.add_column(
+        "bridge_registrations",
+        sa.Column("conflict", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.execute("UPDATE bridge_registrations SET last_seen_at = created_at")
-    op.create_index("ix_bridge_registrations_conflict", "bridge_registrations", ["id"],
-                    sqlite_where=sa.text("conflict"), postgresql_where=sa.text("conflict"))
+    op.create_index(
+        "ix_bridge_registrations_conflict",
+        "bridge_registrations",
+        ["id"],
+        sqlite_where=sa.text("conflict"),
+        postgresql_where=sa.text("conflict"),
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_bridge_registrations_conflict", table_name="bridge_registrations")
-    with op.batch_alter_table("bridge_registrations",
-                              table_kwargs={"sqlite_autoincrement": True}) as batch:
+    with op.batch_alter_table(
+        "bridge_registrations", table_kwargs={"sqlite_autoincrement": True}
+    ) as batch:
         batch.drop_column("conflict")
         batch.drop_column("last_seen_at")

@@ -38,24 +38,39 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("delivered_at", UTCDateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["registration_id"], ["bridge_registrations.id"],
-                                name="fk_bridge_commands_registration_id_bridge_registrations",
-                                ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["registration_id"],
+            ["bridge_registrations.id"],
+            name="fk_bridge_commands_registration_id_bridge_registrations",
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_bridge_commands"),
         sqlite_autoincrement=True,
     )
-    op.create_index("uq_bridge_commands_mute", "bridge_commands", ["token"], unique=True,
-                    sqlite_where=sa.text("action IN ('mute', 'unmute')"),
-                    postgresql_where=sa.text("action IN ('mute', 'unmute')"))
-    op.create_index("uq_bridge_commands_replay", "bridge_commands",
-                    ["registration_id", "target_app", "target_url"], unique=True,
-                    sqlite_where=sa.text("action = 'replay'"),
-                    postgresql_where=sa.text("action = 'replay'"))
-    op.create_index("ix_bridge_commands_outbox", "bridge_commands", ["next_attempt_at", "id"],
-                    sqlite_where=sa.text("state = 'queued'"),
-                    postgresql_where=sa.text("state = 'queued'"))
-    op.create_index("ix_bridge_commands_registration_id", "bridge_commands",
-                    ["registration_id"])
+    op.create_index(
+        "uq_bridge_commands_mute",
+        "bridge_commands",
+        ["token"],
+        unique=True,
+        sqlite_where=sa.text("action IN ('mute', 'unmute')"),
+        postgresql_where=sa.text("action IN ('mute', 'unmute')"),
+    )
+    op.create_index(
+        "uq_bridge_commands_replay",
+        "bridge_commands",
+        ["registration_id", "target_app", "target_url"],
+        unique=True,
+        sqlite_where=sa.text("action = 'replay'"),
+        postgresql_where=sa.text("action = 'replay'"),
+    )
+    op.create_index(
+        "ix_bridge_commands_outbox",
+        "bridge_commands",
+        ["next_attempt_at", "id"],
+        sqlite_where=sa.text("state = 'queued'"),
+        postgresql_where=sa.text("state = 'queued'"),
+    )
+    op.create_index("ix_bridge_commands_registration_id", "bridge_commands", ["registration_id"])
 
 
 def downgrade() -> None:

@@ -21,15 +21,20 @@ depends_on = None
 
 def upgrade() -> None:
     # A plain ADD COLUMN: a batch would rebuild the SQLite table and lose AUTOINCREMENT.
-    op.add_column("bridge_registrations",
-                  sa.Column("reteno_holds", sa.Boolean(), nullable=False,
-                            server_default=sa.false()))
-    op.execute(sa.text("UPDATE bridge_registrations SET reteno_holds = :yes "
-                       "WHERE delivered_at IS NOT NULL AND state <> 'removed'")
-               .bindparams(yes=True))
+    op.add_column(
+        "bridge_registrations",
+        sa.Column("reteno_holds", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.execute(
+        sa.text(
+            "UPDATE bridge_registrations SET reteno_holds = :yes "
+            "WHERE delivered_at IS NOT NULL AND state <> 'removed'"
+        ).bindparams(yes=True)
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("bridge_registrations",
-                              table_kwargs={"sqlite_autoincrement": True}) as batch:
+    with op.batch_alter_table(
+        "bridge_registrations", table_kwargs={"sqlite_autoincrement": True}
+    ) as batch:
         batch.drop_column("reteno_holds")

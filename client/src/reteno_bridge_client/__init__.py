@@ -8,6 +8,15 @@ from .errors import BridgeError
 from .results import HistoryEvent, MuteResult, Registration, RegistrationRecord, TokenPage
 from .retry import DEFAULT_TIMEOUT, RetryPolicy
 
-__all__ = ["AsyncBridgeClient", "BridgeClient", "BridgeError", "DEFAULT_TIMEOUT",
-           "HistoryEvent", "MuteResult", "Registration", "RegistrationRecord", "RetryPolicy",
-           "TokenPage"]
+__all__ = [
+    "AsyncBridgeClient",
+    "BridgeClient",
+    "BridgeError",
+    "DEFAULT_TIMEOUT",
+    "HistoryEvent",
+    "MuteResult",
+    "Registration",
+    "RegistrationRecord",
+    "RetryPolicy",
+    "TokenPage",
+]

@@ -43,11 +43,16 @@ class BridgeMiddleware(BaseMiddleware):
         self.forwarder = forwarder
         self._background: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
-                       event: TelegramObject, data: dict[str, Any]) -> Any:
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
         if isinstance(event, Update):
             sending = self.forwarder.forward(
-                event.model_dump(mode="json", exclude_none=True, by_alias=True))
+                event.model_dump(mode="json", exclude_none=True, by_alias=True)
+            )
             if sending is not None and self.forwarder.raise_on_failure:
                 await sending
             elif sending is not None:
@@ -57,14 +62,20 @@ class BridgeMiddleware(BaseMiddleware):
         return await handler(event, data)
 
 
-def setup(dispatcher: Dispatcher, client: AsyncBridgeClient, *, raise_on_failure: bool = False,
-          max_waiting: int = MAX_WAITING) -> OrderedBridge:
+def setup(
+    dispatcher: Dispatcher,
+    client: AsyncBridgeClient,
+    *,
+    raise_on_failure: bool = False,
+    max_waiting: int = MAX_WAITING,
+) -> OrderedBridge:
     """Forward ``dispatcher``'s blocks, unblocks and deep links to the bridge; handlers
     get the returned :class:`OrderedBridge` as ``bridge``. ``max_waiting``: calls of
     one chat that may wait behind the one in flight (past it a call is refused)."""
     if dispatcher.get("bridge") is not None:
-        raise RuntimeError("setup() was already called on this dispatcher: every update "
-                           "would be forwarded twice")
+        raise RuntimeError(
+            "setup() was already called on this dispatcher: every update would be forwarded twice"
+        )
     bridge = OrderedBridge(client, ChatOrder(max_waiting))
     dispatcher["bridge"] = bridge
     dispatcher.update.outer_middleware(BridgeMiddleware(Forwarder(bridge, raise_on_failure)))

@@ -27,10 +27,21 @@ import httpx
 from .errors import BridgeError
 from .results import HistoryEvent, MuteResult, Registration, TokenPage
 
-IDENTIFIERS = {"contact_id": "contactId", "external_customer_id": "externalCustomerId",
-               "phone": "phone", "email": "email"}
-FILTERS = {**IDENTIFIERS, "token": "token", "state": "state", "conflict": "conflict",
-           "quiet_days": "quietDays", "limit": "limit", "cursor": "cursor"}
+IDENTIFIERS = {
+    "contact_id": "contactId",
+    "external_customer_id": "externalCustomerId",
+    "phone": "phone",
+    "email": "email",
+}
+FILTERS = {
+    **IDENTIFIERS,
+    "token": "token",
+    "state": "state",
+    "conflict": "conflict",
+    "quiet_days": "quietDays",
+    "limit": "limit",
+    "cursor": "cursor",
+}
 
 Token = int | str
 T = TypeVar("T")
@@ -50,11 +61,16 @@ class Call(Generic[T]):
     def result(self, outcome: httpx.Response | httpx.TransportError) -> T:
         """The result of the last attempt, or :class:`BridgeError`."""
         if isinstance(outcome, httpx.ReadTimeout):
-            raise BridgeError(None, f"the bridge did not answer {self.method} {self.path} in "
-                                    "time (ReadTimeout); it may have carried it out") from outcome
+            raise BridgeError(
+                None,
+                f"the bridge did not answer {self.method} {self.path} in "
+                "time (ReadTimeout); it may have carried it out",
+            ) from outcome
         if isinstance(outcome, httpx.TransportError):
-            raise BridgeError(None, f"the bridge did not answer {self.method} {self.path}: "
-                                    f"{type(outcome).__name__}") from outcome
+            raise BridgeError(
+                None,
+                f"the bridge did not answer {self.method} {self.path}: {type(outcome).__name__}",
+            ) from outcome
         if outcome.is_success:
             return self.read(outcome.json() if outcome.content else None)
         try:
@@ -62,38 +78,49 @@ class Call(Generic[T]):
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise BridgeError(outcome.status_code, f"{self.method} {self.path}: "
-                                                   f"{outcome.reason_phrase}")
+            raise BridgeError(
+                outcome.status_code, f"{self.method} {self.path}: {outcome.reason_phrase}"
+            )
         errors = body.get("errors") if isinstance(body.get("errors"), dict) else {}
-        raise BridgeError(outcome.status_code, str(body.get("message", outcome.reason_phrase)),
-                          errors)
+        raise BridgeError(
+            outcome.status_code, str(body.get("message", outcome.reason_phrase)), errors
+        )
 
 
 def _token_object(token: Token, identifiers: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(identifiers) - set(IDENTIFIERS)
     if unknown:
         raise TypeError(f"unknown identifier(s) {sorted(unknown)}: use {list(IDENTIFIERS)}")
-    return {"token": token, **{IDENTIFIERS[k]: v for k, v in identifiers.items()
-                               if v is not None}}
+    return {"token": token, **{IDENTIFIERS[k]: v for k, v in identifiers.items() if v is not None}}
 
 
 def register(token: Token, **identifiers: Any) -> Call[Registration]:
-    return Call("POST", "/register", lambda body: Registration.from_json(
-        body["registrations"][0]), json=_token_object(token, identifiers))
+    return Call(
+        "POST",
+        "/register",
+        lambda body: Registration.from_json(body["registrations"][0]),
+        json=_token_object(token, identifiers),
+    )
 
 
 def register_many(contacts: Iterable[Mapping[str, Any]]) -> Call[list[Registration]]:
-    objects = [_token_object(c["token"], {k: v for k, v in c.items() if k != "token"})
-               for c in contacts]
-    return Call("POST", "/register", lambda body: [
-        Registration.from_json(r) for r in body["registrations"]], json={"tokens": objects})
+    objects = [
+        _token_object(c["token"], {k: v for k, v in c.items() if k != "token"}) for c in contacts
+    ]
+    return Call(
+        "POST",
+        "/register",
+        lambda body: [Registration.from_json(r) for r in body["registrations"]],
+        json={"tokens": objects},
+    )
 
 
 def mute(token: Token, duration: int | timedelta | None = None) -> Call[MuteResult]:
     body: dict[str, Any] = {"token": token}
     if duration is not None:
-        body["duration"] = int(duration.total_seconds() if isinstance(duration, timedelta)
-                               else duration)
+        body["duration"] = int(
+            duration.total_seconds() if isinstance(duration, timedelta) else duration
+        )
     return Call("POST", "/mute", MuteResult.from_json, json=body)
 
 
@@ -109,11 +136,17 @@ def tokens(**filters: Any) -> Call[TokenPage]:
     unknown = set(filters) - set(FILTERS)
     if unknown:
         raise TypeError(f"unknown filter(s) {sorted(unknown)}: use {list(FILTERS)}")
-    params = {FILTERS[k]: (str(v).lower() if isinstance(v, bool) else str(v))
-              for k, v in filters.items() if v is not None}
+    params = {
+        FILTERS[k]: (str(v).lower() if isinstance(v, bool) else str(v))
+        for k, v in filters.items()
+        if v is not None
+    }
     return Call("GET", "/tokens", TokenPage.from_json, params=params)
 
 
 def history(token: Token) -> Call[list[HistoryEvent]]:
-    return Call("GET", f"/tokens/{quote(str(token), safe='')}/history",
-                lambda body: [HistoryEvent.from_json(e) for e in body["events"]])
+    return Call(
+        "GET",
+        f"/tokens/{quote(str(token), safe='')}/history",
+        lambda body: [HistoryEvent.from_json(e) for e in body["events"]],
+    )

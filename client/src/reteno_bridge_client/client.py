@@ -30,14 +30,19 @@ log = logging.getLogger("reteno_bridge_client")
 
 
 def _options(base_url: str, api_key: str, timeout: httpx.Timeout) -> dict[str, Any]:
-    return {"base_url": base_url.rstrip("/"), "timeout": timeout,
-            "headers": {"Authorization": f"Bearer {api_key}",
-                        "User-Agent": "reteno-bridge-client"}}
+    return {
+        "base_url": base_url.rstrip("/"),
+        "timeout": timeout,
+        "headers": {"Authorization": f"Bearer {api_key}", "User-Agent": "reteno-bridge-client"},
+    }
 
 
 def _retrying(call: Call, outcome: httpx.Response | httpx.TransportError, pause: float):
-    what = (f"HTTP {outcome.status_code}" if isinstance(outcome, httpx.Response)
-            else type(outcome).__name__)
+    what = (
+        f"HTTP {outcome.status_code}"
+        if isinstance(outcome, httpx.Response)
+        else type(outcome).__name__
+    )
     log.debug("%s %s: %s; again in %.2f s", call.method, call.path, what, pause)
 
 
@@ -45,9 +50,15 @@ class BridgeClient:
     """The bridge's bot-facing API, synchronously. Each method raises
     :class:`~reteno_bridge_client.BridgeError` for a call the bridge did not carry out."""
 
-    def __init__(self, base_url: str, api_key: str, *,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self._http = httpx.Client(transport=transport, **_options(base_url, api_key, timeout))
@@ -57,8 +68,12 @@ class BridgeClient:
         while True:
             try:
                 outcome: httpx.Response | httpx.TransportError = self._http.request(
-                    call.method, call.path, json=call.json, params=call.params,
-                    timeout=attempts.timeout())
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    params=call.params,
+                    timeout=attempts.timeout(),
+                )
             except httpx.TransportError as exc:
                 outcome = exc
             pause = attempts.pause(outcome)
@@ -118,21 +133,30 @@ class BridgeClient:
 class AsyncBridgeClient:
     """The same calls as :class:`BridgeClient`, awaitable."""
 
-    def __init__(self, base_url: str, api_key: str, *,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
-        self._http = httpx.AsyncClient(transport=transport,
-                                       **_options(base_url, api_key, timeout))
+        self._http = httpx.AsyncClient(transport=transport, **_options(base_url, api_key, timeout))
 
     async def _send(self, call: Call[T]) -> T:
         attempts = self.retry.start(self.timeout, call.repeatable)
         while True:
             try:
                 outcome: httpx.Response | httpx.TransportError = await self._http.request(
-                    call.method, call.path, json=call.json, params=call.params,
-                    timeout=attempts.timeout())
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    params=call.params,
+                    timeout=attempts.timeout(),
+                )
             except httpx.TransportError as exc:
                 outcome = exc
             pause = attempts.pause(outcome)

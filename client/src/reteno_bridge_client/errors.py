@@ -14,8 +14,9 @@ class BridgeError(Exception):
     went wrong on the way; ``errors`` holds the field errors of a 422, keyed like
     ``tokens.0.email``."""
 
-    def __init__(self, status: int | None, message: str,
-                 errors: Mapping[str, Sequence[str]] | None = None):
+    def __init__(
+        self, status: int | None, message: str, errors: Mapping[str, Sequence[str]] | None = None
+    ):
         super().__init__(status, message)
         self.status = status
         self.message = message

@@ -73,19 +73,24 @@ class Forwarder:
             return self._failed(chat, update, error, time.monotonic())
         return self._send(chat, update, sending)
 
-    async def _send(self, chat: int, update: Mapping[str, Any],
-                    sending: Awaitable[None]) -> None:
+    async def _send(self, chat: int, update: Mapping[str, Any], sending: Awaitable[None]) -> None:
         started = time.monotonic()
         try:
             await sending
         except BridgeError as error:
             await self._failed(chat, update, error, started)
 
-    async def _failed(self, chat: int, update: Mapping[str, Any], error: BridgeError,
-                      started: float) -> None:
+    async def _failed(
+        self, chat: int, update: Mapping[str, Any], error: BridgeError, started: float
+    ) -> None:
         if self.raise_on_failure:
             raise error
         kind = "my_chat_member" if "my_chat_member" in update else "/start"
-        log.error("reteno-bridge: update %s (%s) of chat %s lost after %.1f s: %s",
-                  update.get("update_id"), kind, masked(chat), time.monotonic() - started,
-                  _masked_text(str(error)))
+        log.error(
+            "reteno-bridge: update %s (%s) of chat %s lost after %.1f s: %s",
+            update.get("update_id"),
+            kind,
+            masked(chat),
+            time.monotonic() - started,
+            _masked_text(str(error)),
+        )

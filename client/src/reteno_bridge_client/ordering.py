@@ -53,8 +53,11 @@ class ChatOrder:
         :class:`BridgeError` at once if ``max_waiting`` calls of the chat already wait."""
         previous, taken = self._chats.get(chat, (None, 0))
         if taken > self.max_waiting:
-            raise BridgeError(None, f"{taken} calls for this chat are already in flight or "
-                                    "waiting for the bridge; this one was not made")
+            raise BridgeError(
+                None,
+                f"{taken} calls for this chat are already in flight or "
+                "waiting for the bridge; this one was not made",
+            )
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._chats[chat] = (done, taken + 1)
@@ -65,8 +68,13 @@ class ChatOrder:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _when_turn(self, chat: int, previous: asyncio.Future[None] | None,
-                         done: asyncio.Future[None], call: Callable[[], Awaitable[T]]) -> T:
+    async def _when_turn(
+        self,
+        chat: int,
+        previous: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+        call: Callable[[], Awaitable[T]],
+    ) -> T:
         try:
             if previous is not None:
                 await asyncio.shield(previous)
@@ -104,8 +112,7 @@ class OrderedBridge:
     def register(self, token: Token, **identifiers: Any) -> Awaitable[Registration]:
         return self.order.run(chat_of(token), lambda: self.client.register(token, **identifiers))
 
-    def mute(self, token: Token,
-             duration: int | timedelta | None = None) -> Awaitable[MuteResult]:
+    def mute(self, token: Token, duration: int | timedelta | None = None) -> Awaitable[MuteResult]:
         return self.order.run(chat_of(token), lambda: self.client.mute(token, duration))
 
     def unmute(self, token: Token) -> Awaitable[MuteResult]:

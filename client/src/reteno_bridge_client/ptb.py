@@ -42,15 +42,22 @@ from .ordering import MAX_WAITING, ChatOrder, OrderedBridge
 GROUP = -100
 
 
-def setup(application: Application, client: AsyncBridgeClient, *, group: int = GROUP,
-          raise_on_failure: bool = False, max_waiting: int = MAX_WAITING) -> OrderedBridge:
+def setup(
+    application: Application,
+    client: AsyncBridgeClient,
+    *,
+    group: int = GROUP,
+    raise_on_failure: bool = False,
+    max_waiting: int = MAX_WAITING,
+) -> OrderedBridge:
     """Forward ``application``'s blocks, unblocks and deep links to the bridge; the
     returned :class:`OrderedBridge` is also ``bot_data["bridge"]``. ``max_waiting``:
     calls of one chat that may wait behind the one in flight (past it a call is
     refused)."""
     if application.bot_data.get("bridge") is not None:
-        raise RuntimeError("setup() was already called on this application: every update "
-                           "would be forwarded twice")
+        raise RuntimeError(
+            "setup() was already called on this application: every update would be forwarded twice"
+        )
     bridge = OrderedBridge(client, ChatOrder(max_waiting))
     forwarder = Forwarder(bridge, raise_on_failure)
 

@@ -43,8 +43,9 @@ class RetryPolicy:
     max_backoff: float = 2.0
     statuses: frozenset[int] = RETRY_STATUSES
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
-    jitter: Callable[[float, float], float] = field(default=random.uniform, repr=False,
-                                                     compare=False)
+    jitter: Callable[[float, float], float] = field(
+        default=random.uniform, repr=False, compare=False
+    )
 
     def start(self, timeout: httpx.Timeout, repeatable: bool) -> Attempts:
         """The attempts of one call (``repeatable``: the call is safe to repeat)."""
@@ -55,8 +56,9 @@ class Attempts:
     """One call's attempts under a :class:`RetryPolicy`: the timeout of the next one,
     and after each outcome whether to wait and try again."""
 
-    def __init__(self, policy: RetryPolicy, timeout: httpx.Timeout, repeatable: bool,
-                 ends_at: float):
+    def __init__(
+        self, policy: RetryPolicy, timeout: httpx.Timeout, repeatable: bool, ends_at: float
+    ):
         self.policy, self.limits, self.repeatable = policy, timeout, repeatable
         self.ends_at = ends_at
         self.made = 0
@@ -73,8 +75,9 @@ class Attempts:
             return left if value is None else min(value, left)
 
         t = self.limits
-        return httpx.Timeout(connect=cut(t.connect), read=cut(t.read), write=cut(t.write),
-                             pool=cut(t.pool))
+        return httpx.Timeout(
+            connect=cut(t.connect), read=cut(t.read), write=cut(t.write), pool=cut(t.pool)
+        )
 
     def pause(self, outcome: httpx.Response | httpx.TransportError) -> float | None:
         """Seconds to wait before the next attempt, or None: ``outcome`` is final."""
