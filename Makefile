@@ -52,6 +52,7 @@ test: install lint audit docs test-client test-sqlite test-postgres
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # pip-audit of the locked set (tools/audit.py): fails on a pin with a known vulnerability,
 # and says so and passes when the advisory database cannot be reached.
