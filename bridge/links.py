@@ -19,7 +19,7 @@ everything before it. A payload is accepted only if it is canonical base64url,
 one configured secret with its key id gives the same tag
 (``hmac.compare_digest``), it has not expired, and its value passes the same
 normaliser ``/register`` uses. A link binds to the first chat that uses it (see
-``bridge.ledger.reports.use_link``); erase revokes a person's links through
+``bridge.ledger.chats.use_link``); erase revokes a person's links through
 :func:`identifier_mark` (see ``bridge.ledger.erasure``).
 """
 

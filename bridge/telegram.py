@@ -30,7 +30,7 @@ from typing import Any
 
 from .identifiers import IdentifierError, normalize_token
 from .ledger import TokenRequest
-from .ledger.reports import TELEGRAM_CAUSE
+from .ledger.chats import TELEGRAM_CAUSE
 from .ledger.times import SECOND, received
 from .ledger.types import COLUMN_OF
 from .links import inspect_payload

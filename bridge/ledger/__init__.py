@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from ..db import Database
 from ..models import Registration, utcnow
-from . import commands, erasure, outbox, queries, registering, reports
+from . import chats, commands, erasure, outbox, queries, registering, reports
 from .states import COMMANDS, REGISTRATIONS, State, append_events
 from .times import EXACT
 from .types import (
@@ -238,7 +238,7 @@ class Ledger:
         now): remove the chat's live registrations not seen later; (removed, stale:
         newer ones that stay)."""
         with self.db.write() as conn:
-            return reports.block_chat(conn, self.clock(), token, detail, at, resolution)
+            return chats.block_chat(conn, self.clock(), token, detail, at, resolution)
 
     def unblock_chat(
         self, token: str, detail: dict, at: datetime | None = None, resolution: timedelta = EXACT
@@ -248,7 +248,7 @@ class Ledger:
         token) unless one is live or the chat was blocked later; (new registration id,
         previous registration id, queued)."""
         with self.db.write() as conn:
-            result = reports.unblock_chat(
+            result = chats.unblock_chat(
                 conn, self.clock(), token, detail, at, self.hold_conflicts, resolution
             )
         if result[2]:
@@ -267,7 +267,7 @@ class Ledger:
         registration, or the kind recorded when it registers nothing (``link_reused``:
         another chat used it first; ``link_rejected``: erase revoked it)."""
         with self.db.write() as conn:
-            outcome = reports.use_link(
+            outcome = chats.use_link(
                 conn, self.clock(), token, request, link_id, seen, self.hold_conflicts, mark
             )
         if isinstance(outcome, Outcome) and not outcome.duplicate:
@@ -278,7 +278,7 @@ class Ledger:
         """The chat was seen alive at ``at`` (a /start; never later than now, which
         ``None`` means); how many live registrations."""
         with self.db.write() as conn:
-            return reports.sign_of_life(conn, self.clock(), token, at)
+            return chats.sign_of_life(conn, self.clock(), token, at)
 
     def release_held(self, registration_id: int) -> bool:
         """A held registration (identity conflict) goes to the queue after review."""

@@ -1,6 +1,6 @@
-"""What the outside world reports about chats: status events (Reteno's activity
-webhook, the bot backend) and Telegram's blocks and unblocks. The only ways a
-registration is removed.
+"""Status events (Reteno's activity webhook, the bot backend's reports) and how a
+registration is removed: :func:`remove` is the one way, for statuses, for
+Telegram's blocks (:mod:`.chats`) and for the stale-token report.
 
 The ledger mirrors Reteno, which drops exactly the chat that failed, so:
 
@@ -37,16 +37,13 @@ from sqlalchemy import select, update
 
 from ..db import in_pages, lock_keys
 from ..models import Event, Registration
-from . import commands, erasure, queries, registering
+from . import commands, queries, registering
 from .states import LIVE_VALUES, REGISTRATIONS, State, append_events
-from .times import EXACT, later, received
-from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult, TokenRequest
+from .times import later, received
+from .types import COLUMN_OF, PRIORITY, StatusEvent, StatusResult
 
 _MAX_TEXT = 1000
 STATUS_CAUSE = "status_blocked"
-TELEGRAM_CAUSE = "telegram_blocked"
-TELEGRAM_REASON = "Telegram: the user blocked the bot (my_chat_member: kicked)"
-TELEGRAM_REMOVAL = "blocked"  # the reason code of Telegram's kicked (types.removal_reason)
 STALE_CAUSE = "stale"
 STALE_REASON = queries.STALE_REASON
 # A body's ignored objects are one summary event: counts by reason (at most this many
@@ -72,7 +69,7 @@ def registrations_by(conn, api_name: str, values: Iterable, lock: bool = False) 
     return found
 
 
-def _seen(row: Any) -> datetime:
+def seen(row: Any) -> datetime:
     return row.last_seen_at or row.created_at
 
 
@@ -139,7 +136,7 @@ def remove_quiet(conn, now: datetime, days: int, limit: int) -> int:
         )
     )
     since = queries.quiet_since(now, days)
-    rows = [r for r in rows if r.state in LIVE_VALUES and _seen(r) < since]
+    rows = [r for r in rows if r.state in LIVE_VALUES and seen(r) < since]
     [done] = remove(
         conn,
         now,
@@ -373,7 +370,7 @@ class _Body:
         chat_rows: dict[str, list[Any]],
     ):
         self.now, self.events, self.rows_of, self.chat_rows = now, events, rows_of, chat_rows
-        self.seen_at = {r.id: _seen(r) for rows in chat_rows.values() for r in rows}
+        self.seen_at = {r.id: seen(r) for rows in chat_rows.values() for r in rows}
         self.ignored = [e for e in events if e.reason is not None]
         self.ignored_fingerprint = _ignored_fingerprint(self.ignored)
         self.fingerprints: set[str] = set()  # in the ledger, or earlier in the body
@@ -575,215 +572,3 @@ class _Body:
             dict(self.outcomes),
             removed,
         )
-
-
-# --- Telegram: the user blocked or unblocked the bot -----------------------------------
-
-
-def block_chat(
-    conn,
-    now: datetime,
-    token: str,
-    detail: dict,
-    at: datetime | None = None,
-    resolution: timedelta = EXACT,
-) -> tuple[int, int]:
-    """The user blocked the bot at ``at`` (given to ``resolution``): remove the chat's
-    live registrations that are not newer; (how many were removed, how many were newer
-    and stay: ``stale``). Telegram dates its updates to the second, so a block in the
-    same second as the sign of life before it still removes."""
-    at, resolution, clamped = received(at, now, resolution)
-    detail = {**detail, "at": at.isoformat(), **clamped}
-    live = [
-        r for r in registrations_by(conn, "token", [token], lock=True) if r.state in LIVE_VALUES
-    ]
-    older = [r for r in live if not later(_seen(r), at, resolution)]
-    newer = [r for r in live if later(_seen(r), at, resolution)]
-    [done] = remove(
-        conn,
-        now,
-        [(older, TELEGRAM_REASON, TELEGRAM_CAUSE, {"reason": TELEGRAM_REMOVAL, **detail}, at)],
-    )
-    if newer:
-        append_events(
-            conn,
-            [
-                {
-                    "at": now,
-                    "kind": "telegram_stale",
-                    "token": token,
-                    "registration_id": r.id,
-                    "detail": {**detail, "reason": "the chat was seen alive after this update"},
-                }
-                for r in newer
-            ],
-        )
-    if not live:
-        remember_block(conn, token, at)
-        append_events(
-            conn,
-            [
-                {
-                    "at": now,
-                    "kind": "telegram_blocked",
-                    "token": token,
-                    "registration_id": None,
-                    "detail": {**detail, "removed": 0, "reason": "no live registration"},
-                }
-            ],
-        )
-    return len(done), len(newer)
-
-
-def unblock_chat(
-    conn,
-    now: datetime,
-    token: str,
-    detail: dict,
-    at: datetime | None = None,
-    hold_conflicts: bool = False,
-    resolution: timedelta = EXACT,
-) -> tuple[int | None, int | None, bool]:
-    """The user unblocked the bot at ``at`` (given to ``resolution``): a sign of life of
-    a live registration, or the chat live again with its last registration's
-    identifiers — without a call while Reteno still holds the token under them
-    (``restored``), else queued again — unless the chat was blocked after ``at``
-    (``stale``; a block within the same second is not after it). (New registration id
-    or None, previous registration id or None, whether something was queued)."""
-    at, resolution, clamped = received(at, now, resolution)
-    detail = {**detail, "at": at.isoformat(), **clamped}
-    lock_keys(conn, [f"chat:{token}"])  # as registering does: nothing live appears meanwhile
-    rows = registrations_by(conn, "token", [token], lock=True)
-    live = [r for r in rows if r.state in LIVE_VALUES]
-    last = rows[-1] if rows else None
-    blocked_at = max((r.removed_at for r in rows if r.removed_at is not None), default=None)
-    new_id, kind, queued = None, "telegram_unblocked", False
-    if live:
-        registering.touch(conn, [r.id for r in live], at)
-        result = {"result": "a registration is still live", "registrationIds": [r.id for r in live]}
-    elif last is None:
-        result = {"result": "no earlier registration with an identifier"}
-    elif blocked_at is not None and later(blocked_at, at, resolution):
-        kind = "telegram_stale"
-        result = {
-            "result": "the chat was blocked after this update",
-            "previousRegistrationId": last.id,
-        }
-    else:
-        identity = (last.matched_by, last.match_value)
-        delivered_at = max(
-            (
-                r.delivered_at
-                for r in rows
-                if r.reteno_holds
-                and r.delivered_at is not None
-                and (r.matched_by, r.match_value) == identity
-            ),
-            default=None,
-        )
-        if delivered_at is not None:
-            new_id = registering.restore(conn, now, last, at, delivered_at)
-            result = {"result": "live again without a call", "retenoHolds": True}
-        else:
-            request = TokenRequest(
-                token, last.contact_id, last.external_customer_id, last.phone, last.email
-            )
-            new_id = registering.register(conn, [request], ["telegram"], now, hold_conflicts, [at])[
-                0
-            ].id
-            result, queued = {"result": "queued again", "retenoHolds": False}, True
-        result.update(registrationId=new_id, previousRegistrationId=last.id)
-    append_events(
-        conn,
-        [
-            {
-                "at": now,
-                "kind": kind,
-                "token": token,
-                "registration_id": new_id,
-                "detail": {**detail, **result},
-            }
-        ],
-    )
-    return new_id, last.id if last else None, queued
-
-
-def sign_of_life(conn, now: datetime, token: str, at: datetime | None) -> int:
-    """The chat was seen alive at ``at`` (a /start; never later than ``now``): its live
-    registrations' latest sign of life moves on; how many it had."""
-    live = [r for r in registrations_by(conn, "token", [token]) if r.state in LIVE_VALUES]
-    registering.touch(conn, [r.id for r in live], received(at, now)[0])
-    return len(live)
-
-
-def use_link(
-    conn,
-    now: datetime,
-    token: str,
-    request: TokenRequest,
-    link_id: str,
-    seen: datetime,
-    hold_conflicts: bool = False,
-    mark: str | None = None,
-):
-    """A signed deep link opened in chat ``token``: the link binds to the first chat that
-    uses it. That chat registers (again: a duplicate); any other chat registers nothing
-    and is recorded (``link_reused``), as is any chat once erase revoked the link (by
-    its id, or by ``mark``, its identifier's tombstone: ``link_rejected``, reason
-    ``revoked``). The outcome, or the kind of event a refusal recorded."""
-    lock_keys(conn, [f"link:{link_id}"])
-    if erasure.revoked(conn, [link_id, mark]):
-        append_events(
-            conn,
-            [
-                {
-                    "at": now,
-                    "kind": "link_rejected",
-                    "token": token,
-                    "registration_id": None,
-                    "detail": {"link": link_id[:16], "reason": "revoked"},
-                }
-            ],
-        )
-        return "link_rejected"
-    first = conn.execute(
-        select(Event.token)
-        .where(Event.fingerprint == link_id, Event.kind == "link_used")
-        .order_by(Event.id)
-        .limit(1)
-    ).scalar()
-    if first is not None and first != token:
-        append_events(
-            conn,
-            [
-                {
-                    "at": now,
-                    "kind": "link_reused",
-                    "token": token,
-                    "registration_id": None,
-                    "detail": {
-                        "link": link_id[:16],
-                        "reason": "the link was opened in another chat first",
-                    },
-                }
-            ],
-        )
-        return "link_reused"
-    outcome = registering.register(conn, [request], ["telegram_link"], now, hold_conflicts, [seen])[
-        0
-    ]
-    if first is None:
-        append_events(
-            conn,
-            [
-                {
-                    "at": now,
-                    "kind": "link_used",
-                    "token": token,
-                    "registration_id": outcome.id,
-                    "fingerprint": link_id,
-                    "detail": {"link": link_id[:16], "matchedBy": outcome.matched_by},
-                }
-            ],
-        )
-    return outcome
