@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,28 @@ def wait_until_listening(port: int, proc: subprocess.Popen, timeout: float = 30.
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port} after {timeout:g} s")
+
+
+@contextmanager
+def gunicorn(env: dict, app: str, config: str = SHIPPED, stdout=subprocess.DEVNULL):
+    """gunicorn serving ``app`` with ``config`` on a free port, once it listens:
+    (the process, its port). Killed on the way out if the test did not stop it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "gunicorn"), "--config", config, "--bind", f"127.0.0.1:{port}", app],
+        cwd=ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_listening(port, server)
+        yield server, port
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
 
 
 # --- start-up errors: one line on stderr, exit status 1, no traceback ------------------
@@ -259,25 +282,8 @@ def test_bridge_deliver_stops_cleanly_and_a_restart_resends_nothing(tmp_path, up
 
 def test_gunicorns_delivery_thread_finishes_its_call_on_sigterm(tmp_path, upstream):
     migrate(f"sqlite:///{tmp_path / 'bridge.sqlite3'}")
-    port = free_port()
     env = environment(tmp_path, RETENO_BASE_URL=upstream.url, WEB_CONCURRENCY=1)
-    server = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            "--config",
-            SHIPPED,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "bridge.factory:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until_listening(port, server)
+    with gunicorn(env, "bridge.factory:app", stdout=subprocess.PIPE) as (server, port):
         response = requests.post(
             f"http://127.0.0.1:{port}/register",
             headers=AUTH,
@@ -288,9 +294,6 @@ def test_gunicorns_delivery_thread_finishes_its_call_on_sigterm(tmp_path, upstre
         assert upstream.called.wait(30), "the delivery thread made no upstream call"
         server.send_signal(signal.SIGTERM)
         _out, err = server.communicate(timeout=LATENCY + 20)
-    finally:
-        if server.poll() is None:
-            server.kill()
     assert server.returncode == 0, err
     assert states(tmp_path) == {"201": "delivered"}
     assert upstream.simulator.received_counts() == {"201": 1}
@@ -390,32 +393,11 @@ def test_a_sigterm_while_workers_boot_stops_gunicorn_at_once(tmp_path):
         "    time.sleep(3)\n"
         "    gunicorn_conf.post_fork(server, worker)\n"
     )
-    port = free_port()
     env = environment(tmp_path, PYTHONPATH=str(tmp_path), WEB_CONCURRENCY=2)
-    server = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            "--config",
-            "python:slow_fork",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "plain:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until_listening(port, server)
+    with gunicorn(env, "plain:app", config="python:slow_fork") as (server, _port):
         started = time.monotonic()
         server.terminate()
         _out, err = server.communicate(timeout=25)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
     assert time.monotonic() - started < 20, err
     assert "Shutting down: Master" in err
 
@@ -426,23 +408,9 @@ def test_gunicorn_conf_serves_an_app_without_the_bridge_too(tmp_path):
         "from flask import Flask\napp = Flask(__name__)\n\n\n"
         "@app.get('/')\ndef index():\n    return 'ok'\n"
     )
-    port = free_port()
     env = environment(tmp_path, PYTHONPATH=str(tmp_path))
-    server = subprocess.Popen(
-        [str(BIN / "gunicorn"), "--config", SHIPPED, "--bind", f"127.0.0.1:{port}", "plain:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until_listening(port, server)
+    with gunicorn(env, "plain:app") as (server, port):
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "ok"
         server.terminate()
         _out, err = server.communicate(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
     assert "Worker failed to boot" not in err
