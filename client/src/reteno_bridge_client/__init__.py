@@ -5,15 +5,27 @@ The adapters live in ``reteno_bridge_client.aiogram`` and ``reteno_bridge_client
 
 from .client import AsyncBridgeClient, BridgeClient
 from .errors import BridgeError
-from .results import HistoryEvent, MuteResult, Registration, RegistrationRecord, TokenPage
+from .results import (
+    ClaimCode,
+    HistoryEvent,
+    Link,
+    LinkStatus,
+    MuteResult,
+    Registration,
+    RegistrationRecord,
+    TokenPage,
+)
 from .retry import DEFAULT_TIMEOUT, RetryPolicy
 
 __all__ = [
     "AsyncBridgeClient",
     "BridgeClient",
     "BridgeError",
+    "ClaimCode",
     "DEFAULT_TIMEOUT",
     "HistoryEvent",
+    "Link",
+    "LinkStatus",
     "MuteResult",
     "Registration",
     "RegistrationRecord",

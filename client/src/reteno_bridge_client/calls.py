@@ -1,7 +1,7 @@
 """The bridge's bot-facing endpoints, each once: what is sent, whether a repeat is safe,
 and how the answer is read. The sync and the async client make these calls.
 
-Every call here is safe to repeat, which is why the client may retry them:
+Every call here but ``claim`` is safe to repeat, which is why the client may retry them:
 
 * ``register``: the bridge suppresses duplicates (the same token with the same
   identifier is answered ``duplicate: true`` and not queued again);
@@ -11,7 +11,13 @@ Every call here is safe to repeat, which is why the client may retry them:
   the same state (a second block finds nothing live, a second unblock finds the chat
   live, the same deep link again from the same chat is a duplicate); its history
   records the repeat;
-* ``tokens`` and ``history`` only read.
+* ``create_link`` and ``create_claim``: a repeat makes another link or code; only the
+  one answered reaches the caller, and the others expire unused;
+* ``revoke_link``: a repeat cannot do more than the first (the link ends revoked);
+* ``tokens``, ``history`` and ``link_status`` only read.
+
+``claim`` is not repeated: its code is single use, so a repeat after a lost answer
+would find the code used (410) although the chat was registered.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from urllib.parse import quote
 import httpx
 
 from .errors import BridgeError
-from .results import HistoryEvent, MuteResult, Registration, TokenPage
+from .results import (
+    ClaimCode,
+    HistoryEvent,
+    Link,
+    LinkStatus,
+    MuteResult,
+    Registration,
+    TokenPage,
+)
 
 IDENTIFIERS = {
     "contact_id": "contactId",
@@ -87,20 +101,28 @@ class Call(Generic[T]):
         )
 
 
-def _token_object(token: Token, identifiers: Mapping[str, Any]) -> dict[str, Any]:
+def _identifiers(identifiers: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword identifiers (``contact_id`` …) as the bridge names them; None is absent."""
     unknown = set(identifiers) - set(IDENTIFIERS)
     if unknown:
         raise TypeError(f"unknown identifier(s) {sorted(unknown)}: use {list(IDENTIFIERS)}")
-    return {"token": token, **{IDENTIFIERS[k]: v for k, v in identifiers.items() if v is not None}}
+    return {IDENTIFIERS[k]: v for k, v in identifiers.items() if v is not None}
+
+
+def _token_object(token: Token, identifiers: Mapping[str, Any]) -> dict[str, Any]:
+    return {"token": token, **_identifiers(identifiers)}
+
+
+def _seconds(value: int | timedelta) -> int:
+    return int(value.total_seconds() if isinstance(value, timedelta) else value)
+
+
+def _first_registration(body: Any) -> Registration:
+    return Registration.from_json(body["registrations"][0])
 
 
 def register(token: Token, **identifiers: Any) -> Call[Registration]:
-    return Call(
-        "POST",
-        "/register",
-        lambda body: Registration.from_json(body["registrations"][0]),
-        json=_token_object(token, identifiers),
-    )
+    return Call("POST", "/register", _first_registration, json=_token_object(token, identifiers))
 
 
 def register_many(contacts: Iterable[Mapping[str, Any]]) -> Call[list[Registration]]:
@@ -118,9 +140,7 @@ def register_many(contacts: Iterable[Mapping[str, Any]]) -> Call[list[Registrati
 def mute(token: Token, duration: int | timedelta | None = None) -> Call[MuteResult]:
     body: dict[str, Any] = {"token": token}
     if duration is not None:
-        body["duration"] = int(
-            duration.total_seconds() if isinstance(duration, timedelta) else duration
-        )
+        body["duration"] = _seconds(duration)
     return Call("POST", "/mute", MuteResult.from_json, json=body)
 
 
@@ -149,4 +169,37 @@ def history(token: Token) -> Call[list[HistoryEvent]]:
         "GET",
         f"/tokens/{quote(str(token), safe='')}/history",
         lambda body: [HistoryEvent.from_json(e) for e in body["events"]],
+    )
+
+
+def create_link(*, ttl: int | str | timedelta | None = None, **identifiers: Any) -> Call[Link]:
+    body = _identifiers(identifiers)
+    if ttl is not None:
+        body["ttl"] = ttl if isinstance(ttl, str) else _seconds(ttl)
+    return Call("POST", "/links", Link.from_json, json=body)
+
+
+def _link_path(link_id: int | str) -> str:
+    return f"/links/{quote(str(link_id), safe='')}"
+
+
+def link_status(link_id: int | str) -> Call[LinkStatus]:
+    return Call("GET", _link_path(link_id), LinkStatus.from_json)
+
+
+def revoke_link(link_id: int | str) -> Call[None]:
+    return Call("DELETE", _link_path(link_id), lambda body: None)
+
+
+def create_claim(token: Token) -> Call[ClaimCode]:
+    return Call("POST", "/links/claims", ClaimCode.from_json, json={"token": token})
+
+
+def claim(code: str, **identifiers: Any) -> Call[Registration]:
+    return Call(
+        "POST",
+        f"/links/claims/{quote(code, safe='')}",
+        _first_registration,
+        repeatable=False,
+        json=_identifiers(identifiers),
     )

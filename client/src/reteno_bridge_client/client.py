@@ -5,8 +5,9 @@ Both send ``Authorization: Bearer <api_key>`` (one of the bridge's
 ``BRIDGE_API_KEYS``) and take the same options: ``timeout`` (an ``httpx.Timeout``,
 default :data:`DEFAULT_TIMEOUT`: connect 3 s, read, write and pool 5 s), ``retry``
 (default: a 10 s deadline per call, at most 4 attempts) and ``transport`` (an httpx
-transport, e.g. ``httpx.MockTransport`` in tests). The two classes differ only in how
-they wait and send; what each call sends and reads is said once, in ``calls``.
+transport: ``httpx.MockTransport`` in tests, or ``httpx.WSGITransport(app=app)`` to call
+a bridge mounted in the same Flask app, as a website's tests do). The two classes differ
+only in how they wait and send; what each call sends and reads is said once, in ``calls``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import httpx
 
 from . import calls
 from .calls import Call, Token
-from .results import HistoryEvent, MuteResult, Registration, RegistrationRecord, TokenPage
+from .results import (
+    ClaimCode,
+    HistoryEvent,
+    Link,
+    LinkStatus,
+    MuteResult,
+    Registration,
+    RegistrationRecord,
+    TokenPage,
+)
 from .retry import DEFAULT_TIMEOUT, RetryPolicy
 
 T = TypeVar("T")
@@ -120,6 +130,28 @@ class BridgeClient:
     def history(self, token: Token) -> list[HistoryEvent]:
         return self._send(calls.history(token))
 
+    def create_link(self, *, ttl: int | str | timedelta | None = None, **identifiers: Any) -> Link:
+        """A deep link that registers, with these identifiers (as :meth:`register` takes
+        them), the chat that opens it; ``ttl``: seconds, a ``timedelta`` or ``"12h"``
+        (default: the bridge's ``BRIDGE_LINK_TTL``)."""
+        return self._send(calls.create_link(ttl=ttl, **identifiers))
+
+    def link_status(self, link_id: int | str) -> LinkStatus:
+        return self._send(calls.link_status(link_id))
+
+    def revoke_link(self, link_id: int | str) -> None:
+        return self._send(calls.revoke_link(link_id))
+
+    def create_claim(self, token: Token) -> ClaimCode:
+        """A single-use code (15 minutes) for chat ``token`` to show its user, who enters
+        it on the website; the website then calls :meth:`claim`."""
+        return self._send(calls.create_claim(token))
+
+    def claim(self, code: str, **identifiers: Any) -> Registration:
+        """Register the chat behind ``code`` with these identifiers; a 410 for a code
+        used or expired, a 404 for an unknown one (neither registers anything)."""
+        return self._send(calls.claim(code, **identifiers))
+
     def close(self) -> None:
         self._http.close()
 
@@ -194,6 +226,23 @@ class AsyncBridgeClient:
 
     async def history(self, token: Token) -> list[HistoryEvent]:
         return await self._send(calls.history(token))
+
+    async def create_link(
+        self, *, ttl: int | str | timedelta | None = None, **identifiers: Any
+    ) -> Link:
+        return await self._send(calls.create_link(ttl=ttl, **identifiers))
+
+    async def link_status(self, link_id: int | str) -> LinkStatus:
+        return await self._send(calls.link_status(link_id))
+
+    async def revoke_link(self, link_id: int | str) -> None:
+        return await self._send(calls.revoke_link(link_id))
+
+    async def create_claim(self, token: Token) -> ClaimCode:
+        return await self._send(calls.create_claim(token))
+
+    async def claim(self, code: str, **identifiers: Any) -> Registration:
+        return await self._send(calls.claim(code, **identifiers))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from .calls import Token
 from .client import AsyncBridgeClient
 from .errors import BridgeError
-from .results import HistoryEvent, MuteResult, Registration
+from .results import ClaimCode, HistoryEvent, MuteResult, Registration
 
 T = TypeVar("T")
 
@@ -102,8 +102,9 @@ def chat_of(token: Token) -> int:
 
 class OrderedBridge:
     """An :class:`AsyncBridgeClient` whose calls about a chat go in that chat's order
-    (``register``, ``mute``, ``unmute``, ``history``, ``forward_update``); ``client``
-    is the client itself, for calls about no chat in particular (``tokens``)."""
+    (``register``, ``mute``, ``unmute``, ``history``, ``create_claim``,
+    ``forward_update``); ``client`` is the client itself, for calls about no chat in
+    particular (``tokens``, ``create_link``)."""
 
     def __init__(self, client: AsyncBridgeClient, order: ChatOrder | None = None):
         self.client = client
@@ -120,6 +121,9 @@ class OrderedBridge:
 
     def history(self, token: Token) -> Awaitable[list[HistoryEvent]]:
         return self.order.run(chat_of(token), lambda: self.client.history(token))
+
+    def create_claim(self, token: Token) -> Awaitable[ClaimCode]:
+        return self.order.run(chat_of(token), lambda: self.client.create_claim(token))
 
     def forward_update(self, chat: int, update: Mapping[str, Any]) -> Awaitable[None]:
         """``update`` (about ``chat``) to the bridge, in the chat's order."""

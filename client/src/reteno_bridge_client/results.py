@@ -100,3 +100,34 @@ class HistoryEvent(_FromJson):
     kind: str
     detail: dict[str, Any]
     registration_id: int | None
+
+
+@dataclass(frozen=True)
+class Link(_FromJson):
+    """``POST /links``: a deep link that registers the chat that opens it."""
+
+    id: int | str
+    url: str  # https://t.me/<bot>?start=<payload>
+    payload: str  # opaque, no personal data
+    expires_at: datetime
+    qr: str  # the path of the link's QR code (SVG) under the bridge's mount
+
+
+@dataclass(frozen=True)
+class LinkStatus(_FromJson):
+    """``GET /links/<id>``: where a link stands."""
+
+    id: int | str
+    state: str  # pending, used, expired, revoked
+    expires_at: datetime
+    used_at: datetime | None
+    token: str | None  # the chat that used it
+
+
+@dataclass(frozen=True)
+class ClaimCode(_FromJson):
+    """``POST /links/claims``: a single-use code a chat shows its user, to be entered on
+    the website, which then claims it with the person's identifiers."""
+
+    code: str
+    expires_at: datetime
