@@ -164,6 +164,24 @@ def test_a_chat_never_delivered_is_sent_after_its_unblock(client, auth, bridge, 
     assert held(client, auth) == [("delivered", True), ("removed", False)]
 
 
+@pytest.mark.parametrize("other", [3, 9], ids=["sorting-before", "sorting-after"])
+def test_an_unblock_sends_the_last_identity_when_reteno_holds_only_an_earlier_one(
+    client, auth, bridge, clock, upstream, delivered, other
+):
+    # Reteno holds the chat under contact 7; the chat's last registration, under another
+    # contact, had not gone out when the user blocked the bot: the comeback sends it
+    register(client, auth, {"token": CHAT, "contactId": other})
+    telegram(client, clock, blocked(CHAT))
+    telegram(client, clock, unblocked(CHAT))
+    assert unblock_result(client, auth) == ("queued again", False)
+    bridge.deliver_once()
+    assert paths(upstream) == ["tokens", "tokens"]
+    assert upstream.request_history[1].json()["tokens"] == [
+        {"token": str(CHAT), "contactId": other}
+    ]
+    assert held(client, auth)[0] == ("delivered", True)
+
+
 def test_a_forbidden_in_the_second_of_the_delivery_drops_the_token(
     client, auth, bridge, clock, upstream
 ):
