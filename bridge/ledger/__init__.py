@@ -28,12 +28,14 @@ from sqlalchemy import select
 from ..db import Database
 from ..models import Registration, utcnow
 from . import chats, commands, erasure, linking, outbox, queries, registering, reports
-from .linking import IssuedCode, IssuedLink, LinkRecord
 from .states import COMMANDS, LINKS, REGISTRATIONS, State, append_events
 from .times import EXACT
 from .types import (
     Claim,
     HistoryEvent,
+    IssuedCode,
+    IssuedLink,
+    LinkRecord,
     MuteRecord,
     MuteRequest,
     Outcome,

@@ -41,7 +41,7 @@ from ..db import in_pages, insert_unless_taken, lock_keys
 from ..models import IDENTIFIERS, BridgeState, Event, Link
 from . import registering
 from .states import LINKS, LinkState, append_events
-from .types import TokenRequest
+from .types import IssuedCode, IssuedLink, LinkRecord, TokenRequest
 
 LINK, CLAIM = "link", "claim"
 _ISSUED = LINKS.first("issued").value
@@ -60,30 +60,6 @@ _KEY_INSERT = {
 # Events that tell a chat blocked the bot, or came back (the latest decides).
 _BLOCKS = ("removed", "telegram_blocked")
 _COMEBACKS = ("telegram_unblocked", "restored", "submitted")
-
-
-@dataclass(frozen=True)
-class IssuedLink:
-    id: str
-    payload: str
-    expires_at: datetime | None
-
-
-@dataclass(frozen=True)
-class IssuedCode:
-    code: str
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class LinkRecord:
-    """A link as ``GET /links/<id>`` shows it (``state`` ``expired`` derived)."""
-
-    id: str
-    state: str
-    expires_at: datetime | None
-    used_at: datetime | None
-    token: str | None
 
 
 def secret_hash(secret: str) -> str:
@@ -198,12 +174,11 @@ def revoke(conn, now: datetime, link_id: str) -> str:
     row = _row(conn, Link.id == link_id, Link.kind == LINK)
     if row is None:
         return "unknown"
-    if row.state == LinkState.USED:
-        return "used"
-    LINKS.move(
-        conn, "revoked", [row], now, {"revoked_at": now, "reason": "deleted"}, {"link": row.id}
-    )
-    return "revoked"
+    if row.state == LinkState.PENDING:
+        values = {"revoked_at": now, "reason": "deleted"}
+        if not LINKS.move(conn, "revoked", [row], now, values, {"link": row.id}):
+            row = _row(conn, Link.id == link_id)  # a chat bound it meanwhile
+    return "used" if row.state == LinkState.USED else "revoked"
 
 
 def _refused(conn, now: datetime, kind: str, token: str, detail: dict) -> str:
@@ -216,6 +191,9 @@ def _refused(conn, now: datetime, kind: str, token: str, detail: dict) -> str:
 
 @dataclass(frozen=True)
 class _Chat:
+    """A link row as :meth:`.states.Machine.move` takes it: its id, and the chat whose
+    history gets the event (None: no chat's)."""
+
     id: str
     token: str | None
 
