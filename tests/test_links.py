@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 import pytest
 import segno
 import zxingcpp
+from flask import Flask
 from PIL import Image
 from sqlalchemy import select
 
-from bridge import links
+from bridge import Bridge, links
 from bridge.models import Link
 from tests.helpers import (
     assert_error_shape,
@@ -458,3 +459,19 @@ def test_bridge_link_prints_the_qr_code_in_the_terminal(runner, client, auth, cl
     open_link(client, clock, 111, url.split("?start=", 1)[1])
     assert status(client, auth, link_id)["token"] == "111"
 
+
+
+def test_the_qr_path_is_under_the_bridges_mount(config, tmp_path, auth):
+    host = Flask("host", instance_path=str(tmp_path / "host"))
+    host.config.from_mapping({**config, "TELEGRAM_BOT_USERNAME": BOT})
+    Bridge(host, url_prefix="/reteno")
+    try:
+        client = host.test_client()
+        made = client.post(
+            "/reteno/links", json={"contactId": 1}, headers=auth, base_url="https://shop.example/api"
+        ).get_json()
+        assert made["qr"] == f"/api/reteno/links/{made['id']}/qr.svg"
+        svg = client.get(made["qr"].removeprefix("/api"), headers=auth)
+        assert svg.status_code == 200
+    finally:
+        host.extensions["reteno_bridge"].db.dispose()
