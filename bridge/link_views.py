@@ -43,6 +43,9 @@ _PATH_CODE = {
 _NO_LINK = "No such link."
 
 
+_NO_USERNAME = "Links need the bot's @username: set TELEGRAM_BOT_USERNAME."
+
+
 def _link_url(payload: str) -> str:
     return f"https://t.me/{rt().settings.telegram_bot_username}?start={payload}"
 
@@ -70,9 +73,7 @@ def create_link(body):
     """
     bridge = rt()
     if not bridge.settings.telegram_bot_username:
-        raise APIError(
-            409, "Links need the bot's @username: set TELEGRAM_BOT_USERNAME. Nothing was stored."
-        )
+        raise APIError(409, f"{_NO_USERNAME} Nothing was stored.")
     ttl = body["ttl"] if body["ttl"] is not None else bridge.settings.link_ttl
     link = bridge.ledger.create_link(body["identifiers"], ttl)
     return {
@@ -115,7 +116,10 @@ def revoke_link(link_id: str):
 
 
 def _qr(link_id: str) -> segno.QRCode:
-    return segno.make_qr(_link_url(_known_link(link_id)))
+    payload = _known_link(link_id)
+    if not rt().settings.telegram_bot_username:
+        raise APIError(409, _NO_USERNAME)
+    return segno.make_qr(_link_url(payload))
 
 
 @bp.get("/links/<link_id>/qr.svg", tags=["links"], parameters=[_PATH_LINK])
@@ -128,6 +132,7 @@ def _qr(link_id: str) -> segno.QRCode:
     description="The QR code of the link's `url`, for a phone's camera.",
 )
 @bp.alt_response(404, response="NOT_FOUND")
+@bp.alt_response(409, response="CONFLICT")
 def link_qr_svg(link_id: str):
     """The QR code of a link (SVG)"""
     out = io.BytesIO()
@@ -145,6 +150,7 @@ def link_qr_svg(link_id: str):
     description="The QR code of the link's `url`.",
 )
 @bp.alt_response(404, response="NOT_FOUND")
+@bp.alt_response(409, response="CONFLICT")
 def link_qr_png(link_id: str):
     """The QR code of a link (PNG)"""
     out = io.BytesIO()

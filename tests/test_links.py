@@ -228,10 +228,15 @@ def test_the_longest_ttl_is_365_days(client, auth, clock):
     assert datetime.fromisoformat(made["expiresAt"]) == clock.now + timedelta(days=365)
 
 
-def test_links_need_the_bots_username(make_app, auth):
-    client = make_app(TELEGRAM_WEBHOOK_SECRET=TG_SECRET).test_client()
-    body = assert_error_shape(client.post("/links", json={"contactId": 1}, headers=auth), 409)
+def test_links_need_the_bots_username(client, make_app, auth, bridge):
+    made = make_link(client, auth)
+    without = make_app(TELEGRAM_WEBHOOK_SECRET=TG_SECRET).test_client()  # the same ledger
+    body = assert_error_shape(without.post("/links", json={"contactId": 1}, headers=auth), 409)
     assert "TELEGRAM_BOT_USERNAME" in body["message"]
+    assert len(link_rows(bridge)) == 1
+    for drawing in ("qr.svg", "qr.png"):
+        assert_error_shape(without.get(f"/links/{made['id']}/{drawing}", headers=auth), 409)
+    assert status(without, auth, made["id"])["state"] == "pending"
 
 
 @pytest.mark.parametrize(
