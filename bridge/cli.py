@@ -390,18 +390,26 @@ def requeue_command(ids, error_contains, token, as_json):
 @click.option("--email", help="E-mail address.")
 @click.option(
     "--ttl",
-    help="How long the link stays valid: 90m, 12h, 30d; 0 for ever (default BRIDGE_LINK_TTL, 30d).",
+    help="How long the link stays valid: 90m, 12h, 30d (at most 365d); 0 for ever "
+    "(default BRIDGE_LINK_TTL).",
 )
-def link_command(contact_id, external_customer_id, phone, email, ttl):
-    """Print a signed https://t.me/<bot>?start=… link that registers the chat that opens
-    it first (any other chat opening it registers nothing).
+@click.option("--qr", "show_qr", is_flag=True, help="Print its QR code in the terminal too.")
+def link_command(contact_id, external_customer_id, phone, email, ttl, show_qr):
+    """Print a https://t.me/<bot>?start=… link that registers the chat that opens it
+    first with these identifiers (any other chat opening it registers nothing).
 
-    Give exactly one identifier. Needs BRIDGE_LINK_SECRET and TELEGRAM_BOT_USERNAME.
+    Give at least one identifier. Needs TELEGRAM_BOT_USERNAME. The link is kept in the
+    ledger like those of POST /links (GET /links/<id> tells whether it was used).
     """
-    from .links import LinkError, make_link
+    import io
 
-    given = [
-        (name, value)
+    import segno
+
+    from .config import MAX_LINK_TTL
+    from .identifiers import NORMALIZERS, IdentifierError
+
+    given = {
+        name: value
         for name, value in (
             ("contactId", contact_id),
             ("externalCustomerId", external_customer_id),
@@ -409,19 +417,42 @@ def link_command(contact_id, external_customer_id, phone, email, ttl):
             ("email", email),
         )
         if value is not None
-    ]
-    if len(given) != 1:
+    }
+    if not given:
         raise click.UsageError(
-            "Give exactly one of --contact-id, --external-customer-id, --phone, --email."
+            "Give at least one of --contact-id, --external-customer-id, --phone, --email."
         )
+    identifiers = {}
+    for name, value in given.items():
+        try:
+            identifiers[name] = NORMALIZERS[name](value)
+        except IdentifierError as exc:
+            raise click.UsageError(f"{name}: {' '.join(exc.messages)}") from None
     try:
         ttl_seconds = parse_duration(ttl) if ttl is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--ttl'") from None
-    try:
-        click.echo(make_link(current().settings, *given[0], ttl_seconds=ttl_seconds))
-    except LinkError as exc:
-        raise click.UsageError(str(exc)) from None
+    if ttl_seconds is not None and ttl_seconds > MAX_LINK_TTL:
+        raise click.BadParameter(
+            f"at most {MAX_LINK_TTL // 86400}d (0: never expires)", param_hint="'--ttl'"
+        )
+    rt = _ready()
+    username = rt.settings.telegram_bot_username
+    if not username:
+        raise click.UsageError(
+            "TELEGRAM_BOT_USERNAME is not set: a link needs the bot's @username."
+        )
+    made = rt.ledger.create_link(
+        identifiers, rt.settings.link_ttl if ttl_seconds is None else ttl_seconds
+    )
+    url = f"https://t.me/{username}?start={made.payload}"
+    click.echo(url)
+    if show_qr:
+        out = io.StringIO()
+        segno.make_qr(url).terminal(out=out, compact=True)
+        click.echo(out.getvalue(), nl=False)
+    expires = made.expires_at.isoformat() if made.expires_at else "never"
+    click.echo(f"link {made.id}: expires {expires}", err=True)
 
 
 # --- identity conflicts ---------------------------------------------------------------

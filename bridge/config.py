@@ -57,6 +57,7 @@ DEFAULT_HEALTH_CACHE_SECONDS = 5.0  # the ledger's counts in /healthz and /metri
 BACKLOG_SECONDS = 900  # /healthz says "outbox_backlog" once the oldest queued row is older
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
 DEFAULT_LINK_TTL = "30d"
+MAX_LINK_TTL = 365 * 86400  # seconds: the longest a link may stay valid (0, never, aside)
 ON_CONFLICT = ("send", "hold")
 _DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -476,6 +477,13 @@ def _webhook_needs_both(values: Mapping) -> None:
         )
 
 
+def _link_ttl_bounded(values: Mapping) -> None:
+    if values["BRIDGE_LINK_TTL"] > MAX_LINK_TTL:
+        raise ConfigError(
+            f"BRIDGE_LINK_TTL must be at most {MAX_LINK_TTL // 86400}d (or 0: never expires)"
+        )
+
+
 def _deadline_covers_connect(values: Mapping) -> None:
     deadline, connect = (
         values["BRIDGE_UPSTREAM_DEADLINE"],
@@ -589,17 +597,19 @@ KEYS: tuple[Key, ...] = (
     Key(
         "BRIDGE_LINK_SECRET",
         secrets(_link_secrets),
-        "Keys for ``/start`` deep-link payloads: the first signs, every one verifies "
-        "(rotation without breaking issued links).",
+        "Keys that verify the signed ``/start`` payloads of the links made before links "
+        "became opaque (they keep working until they expire); no new link is signed.",
         default="",
         field="link_secrets",
     ),
     Key(
         "BRIDGE_LINK_TTL",
         duration(),
-        "How long a new deep link stays valid (``0``: never expires).",
+        "How long a new link stays valid (``0``: never expires; at most ``365d``), unless "
+        "``POST /links`` or ``bridge link --ttl`` says otherwise.",
         default=DEFAULT_LINK_TTL,
         field="link_ttl",
+        check=_link_ttl_bounded,
     ),
     Key(
         "BRIDGE_ON_CONFLICT",

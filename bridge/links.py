@@ -1,4 +1,9 @@
-"""Signed ``/start`` deep links: ``https://t.me/<bot>?start=<payload>``.
+"""Signed ``/start`` deep links of the old format: ``https://t.me/<bot>?start=<payload>``.
+
+No new link is signed: links are opaque now (:mod:`bridge.ledger.linking`). The
+signed payloads already handed out keep working until they expire, verified here
+(:func:`inspect_payload`); :func:`make_payload` stays as the format's definition (the
+tests make old payloads with it), and nothing in the bridge calls it.
 
 Telegram allows at most 64 characters of ``[A-Za-z0-9_-]`` in a start payload,
 so the payload is the unpadded base64url of at most 48 bytes::
@@ -11,7 +16,7 @@ SHA-256 of the secret that signed it, so several secrets can verify
 (``BRIDGE_LINK_SECRET`` is a comma-separated list: the first signs, every one
 verifies, and rotating keeps the links already handed out working).
 ``expires`` is a big-endian Unix time in seconds, 0 for never
-(``BRIDGE_LINK_TTL``, ``bridge link --ttl``). ``value`` is the identifier's normal
+(``BRIDGE_LINK_TTL`` when it was made). ``value`` is the identifier's normal
 form: contactId as a minimal big-endian unsigned integer (1-8 bytes), the others
 as UTF-8 (phone: its digits), at most 30 bytes. ``tag`` is the first 12 bytes
 (96 bits) of HMAC-SHA256 keyed with the secret over a fixed domain string plus
@@ -32,9 +37,8 @@ import hmac
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from .identifiers import NORMALIZERS, IdentifierError
 
@@ -139,35 +143,6 @@ def make_payload(secret: str, name: str, value: Any, expires: datetime | None = 
     payload = _b64(body + _tag(secret, body))
     assert len(payload) <= PAYLOAD_MAX_CHARS and _PAYLOAD.match(payload)
     return payload
-
-
-def make_link(
-    settings,
-    identifier_name: str,
-    value: Any,
-    ttl_seconds: int | None = None,
-    now: datetime | None = None,
-) -> str:
-    """``https://t.me/<bot>?start=<payload>``, valid for ``ttl_seconds`` (default
-    ``BRIDGE_LINK_TTL``; 0: for ever); :class:`LinkError` names what is missing."""
-    missing = [
-        key
-        for key, present in (
-            ("BRIDGE_LINK_SECRET", settings.link_secrets),
-            ("TELEGRAM_BOT_USERNAME", settings.telegram_bot_username),
-        )
-        if not present
-    ]
-    if missing:
-        raise LinkError(
-            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
-            "deep links need the signing key (BRIDGE_LINK_SECRET) and the bot's @username "
-            "(TELEGRAM_BOT_USERNAME)."
-        )
-    ttl = settings.link_ttl if ttl_seconds is None else ttl_seconds
-    expires = (now or datetime.now(UTC)) + timedelta(seconds=ttl) if ttl else None
-    payload = make_payload(settings.link_secrets[0], identifier_name, value, expires)
-    return f"https://t.me/{quote(settings.telegram_bot_username)}?start={payload}"
 
 
 def inspect_payload(

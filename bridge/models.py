@@ -244,6 +244,51 @@ class Command(Base):
     )
 
 
+class Link(Base):
+    """A ``/start`` link made for a customer (``kind`` link: the first chat that opens it
+    binds it) or a chat-first claim code (``kind`` claim: made for a chat, claimed once by
+    the site with the customer's identifiers). Neither the payload nor the code is kept:
+    only its SHA-256. Erase clears the identifiers and the chat: a tombstone remains."""
+
+    __tablename__ = "bridge_links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public, random hex
+    kind: Mapped[str] = mapped_column(String(8))  # link | claim
+    secret_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the payload / code
+    contact_id: Mapped[int | None] = mapped_column(BigInteger)
+    external_customer_id: Mapped[str | None] = mapped_column(String(255))
+    phone: Mapped[str | None] = mapped_column(String(15))
+    email: Mapped[str | None] = mapped_column(String(254))
+    token: Mapped[str | None] = mapped_column(String(24))  # link: the chat bound; claim: its chat
+    state: Mapped[str] = mapped_column(String(16))  # the first: ledger/states.py
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None: never
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(String(16))  # why revoked: deleted | erased
+
+    __table_args__ = (
+        Index("uq_bridge_links_secret_hash", "secret_hash", unique=True),
+        Index(
+            "ix_bridge_links_token",
+            "token",
+            sqlite_where=text("token IS NOT NULL"),
+            postgresql_where=text("token IS NOT NULL"),
+        ),
+        # erase finds a person's links by any identifier
+        *(
+            Index(
+                f"ix_bridge_links_{column}",
+                column,
+                sqlite_where=text(f"{column} IS NOT NULL"),
+                postgresql_where=text(f"{column} IS NOT NULL"),
+            )
+            for _name, column in IDENTIFIERS
+        ),
+    )
+
+
 class BridgeState(Base):
     """Small shared facts every process must see: delivery pause, last upstream result."""
 

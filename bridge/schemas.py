@@ -24,7 +24,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from .config import MAX_TOKENS_PER_REQUEST
+from .config import MAX_LINK_TTL, MAX_TOKENS_PER_REQUEST, parse_duration
 from .identifiers import (
     CONTACT_ID_PATTERN,
     EMAIL_PATTERN,
@@ -42,6 +42,7 @@ from .identifiers import (
 )
 from .ledger import MuteRequest, State, TokenRequest
 from .ledger.commands import MAX_MUTE_SECONDS, MIN_MUTE_SECONDS
+from .ledger.linking import CLAIM_TTL
 from .models import IDENTIFIERS
 
 STATES = tuple(s.value for s in State)
@@ -294,6 +295,132 @@ class MuteResultSchema(Schema):
     )
     state = fields.String(metadata={"example": "queued"})
     requestedAt = fields.AwareDateTime(attribute="requested_at")
+
+
+# --- links ---------------------------------------------------------------------------
+
+_AN_IDENTIFIER = (
+    "At least one identifier is required: contactId, externalCustomerId, phone or email."
+)
+
+
+class IdentifiersSchema(Schema):
+    """A customer's identifiers, as ``/register`` takes them (at least one); loads as a
+    dict of the ones given, by API name, in normal form."""
+
+    refusal = "The identifiers are not valid; nothing was stored."
+    openapi_rules = TokenSchema.openapi_rules
+
+    class Meta:
+        unknown = RAISE
+
+    contactId, externalCustomerId, phone, email = identifier_fields(nullable=True).values()
+
+    @validates_schema(skip_on_field_errors=True)
+    def _an_identifier(self, data, **kwargs):
+        if not any(data.get(name) is not None for name, _ in IDENTIFIERS):
+            raise ValidationError(_AN_IDENTIFIER, "identifiers")
+
+    @post_load
+    def _identifiers(self, data, **kwargs) -> dict:
+        return {name: data[name] for name, _ in IDENTIFIERS if data.get(name) is not None}
+
+
+class Ttl(fields.Field):
+    """Seconds (an integer from 1), or a duration ``90m``, ``12h``, ``30d``; at most
+    :data:`MAX_LINK_TTL`."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValidationError("Must be a number of seconds or a duration like 90m, 12h, 30d.")
+        try:
+            seconds = value if isinstance(value, int) else parse_duration(value)
+        except ValueError:
+            raise ValidationError("Not a duration like 90m, 12h or 30d.") from None
+        if not 1 <= seconds <= MAX_LINK_TTL:
+            raise ValidationError(
+                f"Must be from 1 second to {MAX_LINK_TTL // 86400} days ({MAX_LINK_TTL} s)."
+            )
+        return seconds
+
+
+class LinkRequestSchema(IdentifiersSchema):
+    """``POST /links``: the customer's identifiers, and how long the link stays valid."""
+
+    refusal = "The link request is not valid; nothing was stored."
+
+    ttl = Ttl(
+        metadata={
+            "type": ["integer", "string"],
+            "minimum": 1,
+            "maximum": MAX_LINK_TTL,
+            "pattern": r"^\s*\d{1,9}[smhdSMHD]?\s*$",
+            "description": "Seconds (an integer from 1), or `90m`, `12h`, `30d`; at most "
+            f"{MAX_LINK_TTL // 86400} days. Default: BRIDGE_LINK_TTL.",
+            "example": "12h",
+        }
+    )
+
+    @post_load
+    def _identifiers(self, data, **kwargs) -> dict:
+        return {
+            "identifiers": super()._identifiers(data),
+            "ttl": data.get("ttl"),
+        }
+
+
+class LinkCreatedSchema(Schema):
+    """The answer of ``POST /links`` (201)."""
+
+    id = fields.String(metadata={"description": "The link's id: for its status and QR code."})
+    url = fields.String(metadata={"example": "https://t.me/my_shop_bot?start=L0123456789abcdef"})
+    payload = fields.String(
+        metadata={"description": "The `/start` payload: opaque, no personal data."}
+    )
+    expiresAt = fields.AwareDateTime(
+        attribute="expires_at",
+        allow_none=True,
+        metadata={"description": "Null: never expires (BRIDGE_LINK_TTL=0)."},
+    )
+    qr = fields.String(metadata={"description": "The path of its QR code (SVG)."})
+
+
+class LinkStatusSchema(Schema):
+    """``GET /links/<id>``."""
+
+    id = fields.String()
+    state = fields.String(
+        validate=validate.OneOf(("pending", "used", "expired", "revoked")),
+        metadata={"description": "`used`: a chat opened it (`token`, `usedAt`)."},
+    )
+    expiresAt = fields.AwareDateTime(attribute="expires_at", allow_none=True)
+    usedAt = fields.AwareDateTime(attribute="used_at", allow_none=True)
+    token = fields.String(
+        allow_none=True, metadata={"description": "The chat id once used, else null."}
+    )
+
+
+class ClaimCodeRequestSchema(Schema):
+    """``POST /links/claims``: the chat that asks for a code."""
+
+    refusal = "The request is not valid; nothing was stored."
+
+    class Meta:
+        unknown = RAISE
+
+    token = token_field(required=True)
+
+
+class ClaimCodeSchema(Schema):
+    """The answer of ``POST /links/claims`` (201)."""
+
+    code = fields.String(
+        metadata={
+            "description": f"Single use, valid {CLAIM_TTL.seconds // 60} minutes: the site "
+            "claims it with the customer's identifiers."
+        }
+    )
+    expiresAt = fields.AwareDateTime(attribute="expires_at")
 
 
 # --- errors --------------------------------------------------------------------

@@ -9,12 +9,14 @@ than the chat's latest sign of life changes nothing and is recorded as stale.
 Telegram dates in whole seconds, and the ledger compares at that resolution (a
 ``kicked`` dated 10:00:00 removes a registration made at 10:00:00.4); a date later
 than the update's receipt counts as the receipt (:mod:`bridge.ledger.times`).
-``/start <payload>`` in a private chat, with a payload signed by the bridge
-(:mod:`bridge.links`), registers ``chat.id`` with the payload's identifier; the
+``/start <payload>`` in a private chat, with an opaque link's payload
+(:mod:`bridge.ledger.linking`) or one signed by the bridge in the old format
+(:mod:`bridge.links`), registers ``chat.id`` with the link's identifiers; the
 link binds to the first chat that uses it; its expiry is judged by the bridge's
-clock, never the update's ``date`` (which the sender writes). A payload that does
-not verify registers nothing and is recorded (``link_rejected``, with the reason,
-the payload's length and a hash prefix, never the payload itself). Any ``/start``
+clock, never the update's ``date`` (which the sender writes). A payload that is
+unknown, expired, revoked or does not verify registers nothing and is recorded
+(``link_rejected``, with the reason and the link's id or a hash prefix of the
+payload, never the payload itself). Any ``/start``
 is a sign of life of the chat. Updates the bridge does not act on are answered
 200 as well, so Telegram never retries them; odd ones are recorded
 (``telegram_ignored``), ordinary chatter (other messages) is only counted.
@@ -31,6 +33,7 @@ from typing import Any
 from .identifiers import IdentifierError, normalize_token
 from .ledger import TokenRequest
 from .ledger.chats import TELEGRAM_CAUSE
+from .ledger.linking import is_opaque
 from .ledger.times import SECOND, received
 from .ledger.types import COLUMN_OF
 from .links import inspect_payload
@@ -181,6 +184,8 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None, payload:
             token=token,
         )
         return "start"
+    if is_opaque(payload):
+        return _opaque(ledger, token, update_id, payload, at, clamped)
     if settings.link_secrets:
         found, reason = inspect_payload(settings.link_secrets, payload, now)
     else:
@@ -209,6 +214,20 @@ def _start(ledger, settings, update_id, message: dict, bot: str | None, payload:
         "telegram: update %s: deep link registered %s as registration %s%s",
         update_id,
         found.name,
+        outcome.id,
+        " (duplicate)" if outcome.duplicate else "",
+    )
+    return "start_link"
+
+
+def _opaque(ledger, token: str, update_id, payload: str, at: datetime, clamped: dict) -> str:
+    outcome = ledger.open_link(token, payload, at, {"updateId": update_id, **clamped})
+    if isinstance(outcome, str):
+        log.warning("telegram: update %s: link refused (%s)", update_id, outcome)
+        return outcome
+    log.info(
+        "telegram: update %s: link registered the chat as registration %s%s",
+        update_id,
         outcome.id,
         " (duplicate)" if outcome.duplicate else "",
     )

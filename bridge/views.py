@@ -364,3 +364,7 @@ def _log_request(response):
 def openapi():
     """This document"""
     return openapi_document(rt(), request.script_root)
+
+
+# the links' endpoints, declared on this blueprint in a module of their own
+from . import link_views  # noqa: E402, F401

@@ -1,10 +1,9 @@
 """An aiogram 3 bot (long polling) that reports its users to the bridge through the
 adapter ``reteno_bridge_client.aiogram``.
 
-* ``/start <payload>`` with a deep link made by the bridge (``bridge link --email
-  ann@example.com``, or ``POST /links``): the adapter forwards it and the bridge
-  registers the chat with the link's identifier (the bridge needs
-  ``BRIDGE_LINK_SECRET``);
+* ``/start <payload>`` with a link made by the bridge (``POST /links``, or ``bridge
+  link --email ann@example.com``): the adapter forwards it and the bridge registers the
+  chat with the link's identifiers;
 * ``/start`` alone: the bot registers the chat itself with a demo identifier,
   ``externalCustomerId = "tg-<Telegram user id>"`` (a real bot uses an id its company
   knows the user by);

@@ -113,7 +113,7 @@ def db_url(_database_template, tmp_path):
     with engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE bridge_events, bridge_commands, bridge_registrations, "
+                "TRUNCATE bridge_events, bridge_commands, bridge_registrations, bridge_links, "
                 "bridge_state RESTART IDENTITY CASCADE"
             )
         )

@@ -13,7 +13,7 @@ import json
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from bridge.models import Command, Event, Registration
+from bridge.models import Command, Event, Link, Registration
 
 INT64 = 2**63
 HUGE = 2**80
@@ -231,12 +231,11 @@ CONTENT_TYPES = [
 # --- the oracle ---------------------------------------------------------------------------
 
 
-def ledger_counts(bridge) -> tuple[int, int, int]:
+def ledger_counts(bridge) -> tuple[int, ...]:
     with bridge.db.read() as session:
-        return (
-            session.scalar(select(func.count()).select_from(Registration)),
-            session.scalar(select(func.count()).select_from(Event)),
-            session.scalar(select(func.count()).select_from(Command)),
+        return tuple(
+            session.scalar(select(func.count()).select_from(model))
+            for model in (Registration, Event, Command, Link)
         )
 
 

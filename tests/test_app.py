@@ -98,6 +98,7 @@ def test_served_app_refuses_a_database_that_is_behind(make_app, tmp_path):
         ({"BRIDGE_LINK_SECRET": "fifteen-chars-x"}, "BRIDGE_LINK_SECRET"),
         ({"BRIDGE_LINK_SECRET": "a-long-enough-secret,short"}, "BRIDGE_LINK_SECRET"),
         ({"BRIDGE_LINK_TTL": "soon"}, "BRIDGE_LINK_TTL"),
+        ({"BRIDGE_LINK_TTL": "366d"}, "BRIDGE_LINK_TTL must be at most 365d"),
         ({"BRIDGE_STATUS_TIMEZONE": "Mars/Olympus_Mons"}, "BRIDGE_STATUS_TIMEZONE"),
         ({"BRIDGE_STATUS_TIMEZONE": "+03:00"}, "BRIDGE_STATUS_TIMEZONE"),
         ({"BRIDGE_STATUS_TIMEZONE": "../../etc/passwd"}, "BRIDGE_STATUS_TIMEZONE"),

@@ -156,14 +156,12 @@ def test_inserts_take_their_state_from_the_state_table():
 
 def state_table(machine) -> str:
     """``machine``'s table as ARCHITECTURE.md shows it, one row per input."""
-    from bridge.ledger.states import State
-
     lines = [
         "| input | when | from | to | only rows the claim holds | what follows (done by) |",
         "|---|---|---|---|---|---|",
     ]
     for kind, t in machine.transitions.items():
-        sources = ["— (insert)"] * t.insert + [s.value for s in State if s in t.sources]
+        sources = ["— (insert)"] * t.insert + [s.value for s in machine.states if s in t.sources]
         upon = "<br>".join(
             f"`{by}`: " + "; ".join(then.what for then in same)
             for by, same in itertools.groupby(t.upon, lambda then: then.by)

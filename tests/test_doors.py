@@ -53,9 +53,18 @@ TABLE = {
     ("GET", "/statuses"): ("public", {}),
     ("POST", "/statuses"): ("webhook", {"json": [{"status": "SENT", "token": 1}]}),
     ("POST", "/telegram/webhook"): ("telegram", {"json": TELEGRAM_UPDATE}),
+    ("POST", "/links"): ("bearer", {"json": {"contactId": 1}}),
+    ("GET", "/links/<link_id>"): ("bearer", {}),
+    ("DELETE", "/links/<link_id>"): ("bearer", {}),
+    ("GET", "/links/<link_id>/qr.svg"): ("bearer", {}),
+    ("GET", "/links/<link_id>/qr.png"): ("bearer", {}),
+    ("POST", "/links/claims"): ("bearer", {"json": {"token": 1}}),
+    ("POST", "/links/claims/<code>"): ("bearer", {"json": {"contactId": 1}}),
 }
 EXAMPLE_PATH = {"/tokens/<token>/history": "/tokens/1/history"}
 NEEDS_A_REGISTRATION = {"/mute", "/unmute"}  # of chat 1, or they answer 404
+# made (with the right key) before the request, or they answer 404
+NEEDS_A_LINK, NEEDS_A_CODE = "<link_id>", "<code>"
 
 WRONG = {
     "bearer": {
@@ -120,6 +129,7 @@ def app(make_app):
     return make_app(
         BRIDGE_API_KEYS=f"{API_KEY},{OTHER_KEY}",
         TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
+        TELEGRAM_BOT_USERNAME="doors_test_bot",
         BRIDGE_WEBHOOK_USERNAME=HOOK_USER,
         BRIDGE_WEBHOOK_PASSWORD=HOOK_PASSWORD,
     )
@@ -145,8 +155,15 @@ def test_door(bridge, client, method, rule, door, kind, name, headers):
     _, kwargs = TABLE[(method, rule)]
     if rule in NEEDS_A_REGISTRATION:
         client.post("/register", json={"token": 1, "contactId": 1}, headers=bearer(API_KEY))
+    path = EXAMPLE_PATH.get(rule, rule)
+    if NEEDS_A_LINK in rule:
+        made = client.post("/links", json={"contactId": 1}, headers=bearer(API_KEY))
+        path = path.replace(NEEDS_A_LINK, made.get_json()["id"])
+    if NEEDS_A_CODE in rule:
+        made = client.post("/links/claims", json={"token": 1}, headers=bearer(API_KEY))
+        path = path.replace(NEEDS_A_CODE, made.get_json()["code"])
     before = fz.ledger_counts(bridge)
-    response = client.open(EXAMPLE_PATH.get(rule, rule), method=method, headers=headers, **kwargs)
+    response = client.open(path, method=method, headers=headers, **kwargs)
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     if response.is_json:
         assert response.headers["Cache-Control"] == "no-store"

@@ -13,6 +13,7 @@ module per job:
 * :mod:`.commands` — mutes, unmutes and replays into another app, and their outbox;
 * :mod:`.reports` — status events, Telegram's blocks and unblocks, stale removals;
 * :mod:`.queries` — look-ups, history and statistics;
+* :mod:`.linking` — links and claim codes: issued, opened, claimed, revoked;
 * :mod:`.erasure` — one contact's data out.
 """
 
@@ -26,12 +27,15 @@ from sqlalchemy import select
 
 from ..db import Database
 from ..models import Registration, utcnow
-from . import chats, commands, erasure, outbox, queries, registering, reports
-from .states import COMMANDS, REGISTRATIONS, State, append_events
+from . import chats, commands, erasure, linking, outbox, queries, registering, reports
+from .states import COMMANDS, LINKS, REGISTRATIONS, State, append_events
 from .times import EXACT
 from .types import (
     Claim,
     HistoryEvent,
+    IssuedCode,
+    IssuedLink,
+    LinkRecord,
     MuteRecord,
     MuteRequest,
     Outcome,
@@ -46,8 +50,12 @@ __all__ = [
     "COMMANDS",
     "REGISTRATIONS",
     "Claim",
+    "LINKS",
     "HistoryEvent",
+    "IssuedCode",
+    "IssuedLink",
     "Ledger",
+    "LinkRecord",
     "MuteRecord",
     "MuteRequest",
     "Outcome",
@@ -274,6 +282,21 @@ class Ledger:
             self.on_queued()
         return outcome
 
+    def open_link(
+        self, token: str, payload: str, seen: datetime, detail: dict | None = None
+    ) -> Outcome | str:
+        """An opaque link opened in chat ``token`` at ``seen`` (its expiry judged by the
+        ledger's clock): the outcome of its registration, or the kind recorded when it
+        registers nothing (``link_rejected``: unknown, expired or revoked;
+        ``link_reused``: another chat bound it first). ``detail`` joins a refusal's event."""
+        with self.db.write() as conn:
+            outcome = linking.use(
+                conn, self.clock(), token, payload, seen, self.hold_conflicts, detail
+            )
+        if isinstance(outcome, Outcome) and not outcome.duplicate:
+            self.on_queued()
+        return outcome
+
     def sign_of_life(self, token: str, at: datetime | None) -> int:
         """The chat was seen alive at ``at`` (a /start; never later than now, which
         ``None`` means); how many live registrations."""
@@ -294,6 +317,45 @@ class Ledger:
         if moved:
             self.on_queued()
         return moved
+
+    # --- links and claim codes -----------------------------------------------------------
+
+    def create_link(self, identifiers: dict[str, Any], ttl_seconds: int) -> IssuedLink:
+        """A link for the customer of ``identifiers`` (API names, normal forms), valid
+        ``ttl_seconds`` from now (0: for ever)."""
+        now = self.clock()
+        expires = now + timedelta(seconds=ttl_seconds) if ttl_seconds else None
+        with self.db.write() as conn:
+            return linking.issue(conn, now, identifiers, expires)
+
+    def link(self, link_id: str) -> LinkRecord | None:
+        with self.db.read() as conn:
+            return linking.record(conn, self.clock(), link_id)
+
+    def link_payload(self, link_id: str) -> str | None:
+        """A link's payload (for its QR code), None for no such link."""
+        with self.db.read() as conn:
+            return linking.url_payload(conn, self.clock(), link_id)
+
+    def revoke_link(self, link_id: str) -> str:
+        """``revoked``, ``used`` (not revoked), or ``unknown``."""
+        with self.db.write() as conn:
+            return linking.revoke(conn, self.clock(), link_id)
+
+    def create_claim_code(self, token: str) -> IssuedCode:
+        """A one-time code for chat ``token``, for the site to claim."""
+        with self.db.write() as conn:
+            return linking.issue_code(conn, self.clock(), token)
+
+    def claim_code(self, code: str, identifiers: dict[str, Any]) -> Outcome | str:
+        """Claim ``code`` for the customer of ``identifiers``: the registration of its
+        chat, or why nothing was registered (``unknown``, ``used``, ``expired``,
+        ``revoked``, ``blocked``)."""
+        with self.db.write() as conn:
+            outcome = linking.claim(conn, self.clock(), code, identifiers, self.hold_conflicts)
+        if isinstance(outcome, Outcome) and not outcome.duplicate:
+            self.on_queued()
+        return outcome
 
     # --- reading -------------------------------------------------------------------------
 

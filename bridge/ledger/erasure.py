@@ -18,7 +18,10 @@ outside identifier keys are the bridge's counters and ids, never a mention.
 The bridge's own bookkeeping keys (:data:`BOOKKEEPING_KEYS`) are never read or
 rewritten.
 
-**Links.** Erase revokes the person's ``/start`` links and keeps tombstones
+**Links.** Erase revokes the person's links and claim codes (``bridge_links``, by
+their chats and their identifiers: :func:`.linking.erase`): the pending ones are
+revoked (reason ``erased``) and every row of theirs, used ones too, keeps no
+identifier and no chat. For the signed links of the old format it keeps tombstones
 (``link_revoked`` events, no token, no registration, ``{"reason": "erased"}``)
 that hold no personal data:
 
@@ -51,6 +54,7 @@ from sqlalchemy import Text, cast, delete, func, or_, select, update
 
 from ..db import in_pages
 from ..models import IDENTIFIERS, BridgeState, Command, Event, Registration
+from . import linking
 from .states import append_events
 from .types import COLUMN_OF
 
@@ -82,7 +86,7 @@ def erase(
     replaces such mentions in the events and error texts of other
     registrations and in the shared upstream state by ``[erased]``
     (``scrubbed`` counts those rows), revokes the person's links (``revoked``
-    counts the new tombstones), and appends one ``erased`` event ``{"by",
+    counts the link rows erased and the new tombstones), and appends one ``erased`` event ``{"by",
     "registrations", "events"}`` (with ``scrubbed``, ``revoked`` when not 0).
     When nothing mentions the value and its tombstones exist, nothing is
     written and the counts are zero.
@@ -94,6 +98,7 @@ def erase(
     needles.drop_kept(conn, set(regs))
     doomed = _own_events(conn, regs, tokens)
     revoked = _revoke_links(conn, now, doomed, needles, marks)
+    revoked += linking.erase(conn, now, tokens, needles.identifiers())
     blank = _mentions(conn, needles, doomed)
     for event_id, detail in blank.items():
         # the fingerprint is a hash of the raw object that held the data: it goes too

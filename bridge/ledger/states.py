@@ -1,5 +1,6 @@
-"""The ledger's two state machines, registrations and commands: each one table that
-says everything about its rows, and :meth:`Machine.move`, the only writer of ``state``.
+"""The ledger's three state machines, registrations, commands and links: each one table
+that says everything about its rows, and :meth:`Machine.move`, the only writer of
+``state``.
 
 A table maps each input to a :class:`Transition`: when the input happens, the states
 it moves a row from, the state it leads to, whether only rows the caller's claim
@@ -10,7 +11,8 @@ state from its table (:meth:`Machine.first`), none writes a state of its own.
 
 :meth:`Machine.move` applies one input to a set of rows in the caller's transaction
 and appends one history event per row moved (the input, or for a command
-``<action>_<input>``: ``mute_requested``, ``replay_delivered``, …). A row in another
+``<action>_<input>``: ``mute_requested``, ``replay_delivered``, …; for a link
+``link_<input>``). A row in another
 state is left alone (a late or repeated input changes nothing), so two writers
 racing on the same row cannot move it twice.
 
@@ -29,6 +31,12 @@ Commands (``bridge_commands``: mutes, unmutes, replays into another app)::
     queued ──retry / paused / not_sent / superseded──▶ queued
     queued ──dead / dropped──▶ dead ──requeued──▶ queued
     delivered, dead ──requested──▶ queued
+
+Links (``bridge_links``: website links and chat-first claim codes; ``expired`` is no
+state but a pending link past its ``expires_at`` by the bridge's clock)::
+
+    ──issued──▶ pending ──used──▶ used
+    pending ──revoked──▶ revoked
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import bindparam, insert, literal_column, update
 
 from ..db import in_pages, in_params, page_params, run
-from ..models import Command, Event, Registration
+from ..models import Command, Event, Link, Registration
 
 
 class State(StrEnum):
@@ -61,6 +69,14 @@ LIVE = frozenset(State) - {State.REMOVED}
 LIVE_VALUES = tuple(s.value for s in State if s in LIVE)
 
 
+class LinkState(StrEnum):
+    """The states of a link or claim code (``bridge_links``)."""
+
+    PENDING = "pending"  # issued, not used yet (``expired`` once past its expiry)
+    USED = "used"  # bound to a chat (a link) or claimed by the site (a code)
+    REVOKED = "revoked"  # revoked through the API, or by erase
+
+
 class Then(NamedTuple):
     """A consequence of an input: the ledger function that carries it out (``module.name``
     in :mod:`bridge.ledger`, or ``Ledger.method``), and what it does."""
@@ -74,19 +90,21 @@ class Transition:
     """One input of a machine: a row of its table."""
 
     when: str  # what the input is
-    target: State  # the state it leads to (an insert's: the row's first state)
-    sources: frozenset[State] = frozenset()  # the states it moves a row from
+    target: StrEnum  # the state it leads to (an insert's: the row's first state)
+    sources: frozenset[StrEnum] = frozenset()  # the states it moves a row from
     insert: bool = False  # a new row starts in ``target``
     leased: bool = False  # only rows still leased by the caller's claim move
     upon: tuple[Then, ...] = ()  # what else happens upon it
 
 
-def _insert(when: str, target: State, *upon: Then, sources: Iterable[State] = ()) -> Transition:
+def _insert(
+    when: str, target: StrEnum, *upon: Then, sources: Iterable[StrEnum] = ()
+) -> Transition:
     return Transition(when, target, frozenset(sources), insert=True, upon=upon)
 
 
 def _on(
-    sources: Iterable[State], target: State, when: str, *upon: Then, leased: bool = False
+    sources: Iterable[StrEnum], target: StrEnum, when: str, *upon: Then, leased: bool = False
 ) -> Transition:
     return Transition(when, target, frozenset(sources), leased=leased, upon=upon)
 
@@ -96,13 +114,15 @@ QUEUED, DELIVERED, REMOVED, DEAD, HELD = State  # the table below reads as prose
 
 @dataclass(frozen=True, eq=False)
 class Machine:
-    """One state machine: its table (``transitions``) and the table whose rows it moves."""
+    """One state machine: its table (``transitions``), the table whose rows it moves,
+    and its states (``states``, in the order its documentation lists them)."""
 
     name: str
     model: type
     transitions: Mapping[str, Transition]
+    states: type[StrEnum] = State
 
-    def first(self, kind: str) -> State:
+    def first(self, kind: str) -> StrEnum:
         """The state in which insert input ``kind`` starts a row."""
         transition = self.transitions[kind]
         if not transition.insert:
@@ -110,8 +130,19 @@ class Machine:
         return transition.target
 
     def event(self, kind: str, row: Any) -> str:
-        """The history event's kind: the input, or for a command ``<action>_<input>``."""
-        return f"{row.action}_{kind}" if self.model is Command else kind
+        """The history event's kind: the input; for a command ``<action>_<input>``, for a
+        link ``link_<input>``."""
+        if self.model is Command:
+            return f"{row.action}_{kind}"
+        return f"link_{kind}" if self.model is Link else kind
+
+    def registration_of(self, row: Any) -> int | None:
+        """The registration a row's history event belongs to: a registration's own id, a
+        command's registration if it names one; a link belongs to none (its events go on
+        its chat's history when it has a chat)."""
+        if self.model is Registration:
+            return row.id
+        return getattr(row, "registration_id", None) if self.model is Command else None
 
     def move(
         self,
@@ -123,8 +154,9 @@ class Machine:
         detail: Callable[[Any], dict] | dict | None = None,
         held_by: str | None = None,
     ) -> list[Any]:
-        """Apply input ``kind`` to ``rows`` (objects with ``id`` and ``token``; a command's
-        also ``action``, and optionally ``registration_id``) in the transaction of
+        """Apply input ``kind`` to ``rows`` (objects with ``id`` and ``token``, the chat whose
+        history gets the event; a command's also ``action``, and optionally
+        ``registration_id``) in the transaction of
         ``conn``: set ``state`` to the transition's target and ``values`` (other
         columns), append one event per row moved with ``detail`` (a dict, or a function
         of the row). Returns the rows moved, in the order given.
@@ -162,13 +194,12 @@ class Machine:
             if r.id in moved and r.id not in seen:
                 seen.add(r.id)
                 done.append(r)
-        command = self.model is Command
         append_events(
             conn,
             (
                 {
                     "at": now,
-                    "registration_id": getattr(r, "registration_id", None) if command else r.id,
+                    "registration_id": self.registration_of(r),
                     "token": r.token,
                     "kind": self.event(kind, r),
                     "detail": detail(r) if callable(detail) else dict(detail or {}),
@@ -393,14 +424,54 @@ COMMANDS = Machine(
     },
 )
 
-MACHINES = (REGISTRATIONS, COMMANDS)
+PENDING, USED, REVOKED = LinkState
+
+#: Links: a website's ``/start`` link (``kind`` link) and a chat's claim code (``kind``
+#: claim); history kinds ``link_<input>``, on the chat's history once a chat is known.
+LINKS = Machine(
+    "link",
+    Link,
+    {
+        "issued": _insert(
+            "`POST /links` or `bridge link` (a link for a customer's identifiers), "
+            "`POST /links/claims` (a code for a chat)",
+            PENDING,
+        ),
+        "used": _on(
+            {PENDING},
+            USED,
+            "a link opened in a chat for the first time before its expiry (the bridge's "
+            "clock); a code claimed by the site before its expiry, with the customer's "
+            "identifiers",
+            Then(
+                "linking.use",
+                "the chat is registered with the identifiers (a link bound: another chat "
+                "opening it gets `link_reused`; the same chat again is a duplicate)",
+            ),
+        ),
+        "revoked": _on(
+            {PENDING},
+            REVOKED,
+            "`DELETE /links/<id>`, or erase of the person it names or of its chat "
+            "(`reason`: deleted, erased)",
+            Then(
+                "linking.erase",
+                "erase also clears the identifiers and chat of every row of the person, "
+                "used ones too: a tombstone without personal data",
+            ),
+        ),
+    },
+    LinkState,
+)
+
+MACHINES = (REGISTRATIONS, COMMANDS, LINKS)
 #: The machine of each table (an outbox claim finishes rows of either).
 MACHINE_OF = {machine.model: machine for machine in MACHINES}
 
 _EVENT_INSERT = insert(Event.__table__)
 
 
-def sql_constant(state: State):
+def sql_constant(state: StrEnum):
     """``state`` written into the SQL, not a parameter: the statements run on the driver
     (``bridge.db.run``) take one value per named parameter, constants in the SQL."""
     return literal_column(f"'{state.value}'")

@@ -249,3 +249,31 @@ class StatusResult:
     ambiguous: int  # blocks naming no token whose identifier matched several live chats
     outcomes: dict[str, int]  # per kind: blocked, matched, unmatched, ignored, duplicate, ...
     removed_registrations: int
+
+
+@dataclass(frozen=True)
+class IssuedLink:
+    """A new link: its public id, its ``/start`` payload, its expiry (None: never)."""
+
+    id: str
+    payload: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    """A new claim code for a chat, and its expiry."""
+
+    code: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    """A link as ``GET /links/<id>`` shows it (``state`` ``expired`` derived)."""
+
+    id: str
+    state: str
+    expires_at: datetime | None
+    used_at: datetime | None
+    token: str | None

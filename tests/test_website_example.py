@@ -1,0 +1,57 @@
+"""examples/website.py, the shop's "Get offers in Telegram" page, driven through Flask's
+test client against a bridge: its ``BridgeClient`` reaches the bridge app in process
+(``httpx.WSGITransport``), and Telegram's ``/start`` goes to the bridge's webhook."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import httpx
+import pytest
+from reteno_bridge_client import BridgeClient
+
+from examples import website
+from tests.conftest import API_KEY
+from tests.helpers import rows, start_message, telegram, telegram_date
+
+TG_SECRET = "tg-webhook-secret_0123456789"
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(BridgeClient, "create_link"),
+    reason="the client's create_link / link_status come with the client's part of the links",
+)
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(TELEGRAM_BOT_USERNAME="my_shop_bot", TELEGRAM_WEBHOOK_SECRET=TG_SECRET)
+
+
+def test_the_page_makes_a_link_for_the_customer_and_says_when_it_is_connected(
+    app, client, auth, clock
+):
+    bridge = BridgeClient(
+        "http://bridge.test", API_KEY, transport=httpx.WSGITransport(app=app)
+    )
+    shop = website.create_app(bridge).test_client()
+    assert shop.get("/telegram").status_code == 401  # signed in only
+    assert shop.post("/login", data={"email": "Ann@Example.com"}).status_code == 204
+
+    page = shop.get("/telegram")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    url = html.unescape(re.search(r'id="open" href="([^"]+)"', text).group(1))
+    assert url.startswith("https://t.me/my_shop_bot?start=L")
+    assert "<svg" in text
+    assert "ann@example.com" not in url
+    assert shop.get("/telegram/status").get_json() == {"state": "pending", "connected": False}
+
+    payload = url.split("?start=", 1)[1]
+    telegram(client, start_message(4242, telegram_date(clock), payload), TG_SECRET)
+    assert shop.get("/telegram/status").get_json() == {"state": "used", "connected": True}
+    [registration] = rows(client, auth, token=4242)
+    assert (registration["externalCustomerId"], registration["email"]) == (
+        "shop-ann@example.com",
+        "ann@example.com",
+    )
