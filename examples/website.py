@@ -69,18 +69,18 @@ def create_app(bridge: BridgeClient | None = None) -> Flask:
     def connect_telegram():
         customer = session.get("customer") or abort(401)
         link = bridge.create_link(external_customer_id=customer["id"], email=customer["email"])
-        session["telegram_link"] = link["id"]
+        session["telegram_link"] = link.id
         return render_template_string(
             PAGE,
-            url=link["url"],
-            qr=Markup(segno.make_qr(link["url"]).svg_inline(scale=4)),
+            url=link.url,
+            qr=Markup(segno.make_qr(link.url).svg_inline(scale=4)),
             status_url="/telegram/status",
         )
 
     @app.get("/telegram/status")
     def telegram_status():
         link_id = session.get("telegram_link") or abort(404)
-        state = bridge.link_status(link_id)["state"]  # pending, used, expired, revoked
+        state = bridge.link_status(link_id).state  # pending, used, expired, revoked
         return jsonify(state=state, connected=state == "used")
 
     return app

@@ -17,12 +17,6 @@ from tests.helpers import rows, start_message, telegram, telegram_date
 
 TG_SECRET = "tg-webhook-secret_0123456789"
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(BridgeClient, "create_link"),
-    reason="the client's create_link / link_status come with the client's part of the links",
-)
-
-
 @pytest.fixture
 def app(make_app):
     return make_app(TELEGRAM_BOT_USERNAME="my_shop_bot", TELEGRAM_WEBHOOK_SECRET=TG_SECRET)
