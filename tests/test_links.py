@@ -465,7 +465,6 @@ def test_bridge_link_prints_the_qr_code_in_the_terminal(runner, client, auth, cl
     assert status(client, auth, link_id)["token"] == "111"
 
 
-
 def test_the_qr_path_is_under_the_bridges_mount(config, tmp_path, auth):
     host = Flask("host", instance_path=str(tmp_path / "host"))
     host.config.from_mapping({**config, "TELEGRAM_BOT_USERNAME": BOT})
@@ -473,7 +472,10 @@ def test_the_qr_path_is_under_the_bridges_mount(config, tmp_path, auth):
     try:
         client = host.test_client()
         made = client.post(
-            "/reteno/links", json={"contactId": 1}, headers=auth, base_url="https://shop.example/api"
+            "/reteno/links",
+            json={"contactId": 1},
+            headers=auth,
+            base_url="https://shop.example/api",
         ).get_json()
         assert made["qr"] == f"/api/reteno/links/{made['id']}/qr.svg"
         svg = client.get(made["qr"].removeprefix("/api"), headers=auth)

@@ -17,6 +17,7 @@ from tests.helpers import rows, start_message, telegram, telegram_date
 
 TG_SECRET = "tg-webhook-secret_0123456789"
 
+
 @pytest.fixture
 def app(make_app):
     return make_app(TELEGRAM_BOT_USERNAME="my_shop_bot", TELEGRAM_WEBHOOK_SECRET=TG_SECRET)
@@ -25,9 +26,7 @@ def app(make_app):
 def test_the_page_makes_a_link_for_the_customer_and_says_when_it_is_connected(
     app, client, auth, clock
 ):
-    bridge = BridgeClient(
-        "http://bridge.test", API_KEY, transport=httpx.WSGITransport(app=app)
-    )
+    bridge = BridgeClient("http://bridge.test", API_KEY, transport=httpx.WSGITransport(app=app))
     shop = website.create_app(bridge).test_client()
     assert shop.get("/telegram").status_code == 401  # signed in only
     assert shop.post("/login", data={"email": "Ann@Example.com"}).status_code == 204

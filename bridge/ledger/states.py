@@ -97,9 +97,7 @@ class Transition:
     upon: tuple[Then, ...] = ()  # what else happens upon it
 
 
-def _insert(
-    when: str, target: StrEnum, *upon: Then, sources: Iterable[StrEnum] = ()
-) -> Transition:
+def _insert(when: str, target: StrEnum, *upon: Then, sources: Iterable[StrEnum] = ()) -> Transition:
     return Transition(when, target, frozenset(sources), insert=True, upon=upon)
 
 
