@@ -20,7 +20,9 @@ and the like). Then:
   ``filterwarnings`` takes them (``x is "literal"``), is killed: no test imports it;
 
 - a line executed outside any test (the module's import: a default argument, a
-  decorator, a constant) runs the whole selection;
+  decorator, a constant) runs the whole selection; so does a line in the body of a
+  function whose results are cached (``@cache``, ``@lru_cache``): it runs for the first
+  test that asks, and every later test gets its result without running it;
 - otherwise the tests that executed any of those lines run, in the selection's order,
   with the selection's options (``-x``: the first failure ends the run);
 - no test executed them: the mutant survives (exit 0, never pytest's "no tests
@@ -115,6 +117,20 @@ def statement_lines(tree: ast.Module, line: int) -> set[int]:
     return set(range(best[0], best[1] + 1)) if best else {line}
 
 
+def cached_lines(tree: ast.Module) -> set[int]:
+    """The lines of the functions decorated ``@cache`` or ``@lru_cache`` (either name,
+    bare, called or as ``functools.``'s attribute)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for decorator in node.decorator_list:
+                target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                name = getattr(target, "attr", getattr(target, "id", None))
+                if name in ("cache", "lru_cache"):
+                    lines |= set(range(node.lineno, node.end_lineno + 1))
+    return lines
+
+
 def mutated_lines(before: str, after: str) -> set[int]:
     """The lines (numbered as in ``before``) that ``after`` changes."""
     changed: set[int] = set()
@@ -140,8 +156,11 @@ def covering(test_map: dict) -> tuple[set[str] | None, str]:
         return None, "the module is as mapped: the whole selection"
     tree = ast.parse(before)
     lines = set().union(*(statement_lines(tree, line) for line in changed))
+    cached = cached_lines(tree)
     tests: set[str] = set()
     for line in sorted(lines):
+        if line in cached:
+            return None, f"line {line} is in a cached function: the whole selection"
         ran = test_map["lines"].get(str(line), [])
         if WHOLE in ran:
             return None, f"line {line} runs at import: the whole selection"
