@@ -46,6 +46,13 @@ def test_a_duplicate_is_not_a_conflict(client, auth):
 def test_two_identities_in_one_batch_conflict_with_each_other(client, auth):
     first, second = register(client, auth, ANN, BOB)
     assert (first["conflict"], second["conflict"]) == (False, True)
+    events = history(client, auth, 4100)
+    assert [(e["kind"], e["detail"]["matchedBy"]) for e in events] == [
+        ("submitted", "email"),
+        ("submitted", "email"),
+        ("conflict", "email"),
+    ]
+    assert events[-1]["detail"]["with"] == [first["id"]]  # the earlier one of the same call
 
 
 def test_a_conflict_in_a_batch_names_the_live_registrations_then_the_earlier_new_ones(client, auth):

@@ -117,6 +117,12 @@ def test_batch_answers_one_result_per_object_in_order(client, auth):
     assert len(ledger_rows(client, auth)) == 2
 
 
+def test_no_new_token_of_a_large_batch_is_a_duplicate(client, auth):
+    batch = [{"token": 7_000_000 + n, "contactId": 1 + n} for n in range(300)]
+    answers = register(client, auth, *batch)
+    assert [a["duplicate"] for a in answers] == [False] * 300
+
+
 def test_batch_of_1000_is_accepted(client, auth):
     body = {"tokens": [{"token": i, "externalCustomerId": f"c{i}"} for i in range(1, 1001)]}
     response = post(client, body, auth)

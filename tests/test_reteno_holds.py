@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from bridge.db import alembic_config, make_engine, migrate
 from tests.conftest import API_KEY, TOKENS_URL, Clock
-from tests.helpers import history, register, rows, run_cli
+from tests.helpers import history, register, rows, run_cli, start_message, telegram_date
 from tests.test_mute import MUTE_URL, UNMUTE_URL
 from tests.test_telegram import SECRET, blocked, dated, send, unblocked
 
@@ -98,6 +98,7 @@ def test_a_telegram_block_and_unblock_while_reteno_holds_the_token_sends_nothing
     again, first = rows(client, auth, token=CHAT)
     assert first["id"] == delivered
     assert (again["state"], again["retenoHolds"], again["contactId"]) == ("delivered", True, 7)
+    assert again["conflict"] is False  # the chat's own identity again
     assert again["deliveredAt"] is None  # never sent itself; Reteno got the first one
     restored = [e for e in history(client, auth, CHAT) if e["kind"] == "restored"]
     assert restored[0]["detail"]["deliveredAt"] == first["deliveredAt"]
@@ -180,6 +181,38 @@ def test_an_unblock_sends_the_last_identity_when_reteno_holds_only_an_earlier_on
         {"token": str(CHAT), "contactId": other}
     ]
     assert held(client, auth)[0] == ("delivered", True)
+
+
+def test_a_chat_queued_again_by_an_unblock_was_last_seen_at_the_unblocks_date(
+    client, auth, bridge, clock, upstream
+):
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    telegram(client, clock, blocked(CHAT))
+    clock.advance(60)
+    dated_at = clock.now.replace(microsecond=0) - timedelta(seconds=30)  # after the block
+    assert send(client, dated(unblocked(CHAT), int(dated_at.timestamp()))).status_code == 200
+    assert unblock_result(client, auth) == ("queued again", False)
+    assert rows(client, auth, token=CHAT)[0]["lastSeenAt"] == dated_at.isoformat()
+
+
+def test_an_older_start_leaves_every_live_registrations_last_sign_of_life(
+    client, auth, bridge, clock, upstream
+):
+    register(client, auth, {"token": CHAT, "contactId": 7}, {"token": CHAT, "contactId": 9})
+    seen = [r["lastSeenAt"] for r in rows(client, auth, token=CHAT)]
+    clock.advance(60)
+    assert send(client, start_message(CHAT, telegram_date(clock, -90))).status_code == 200
+    assert [r["lastSeenAt"] for r in rows(client, auth, token=CHAT)] == seen
+
+
+def test_a_blocked_chat_cannot_be_muted_while_reteno_still_holds_its_token(
+    client, auth, bridge, clock, upstream, delivered
+):
+    telegram(client, clock, blocked(CHAT))
+    assert held(client, auth) == [("removed", True)]
+    assert client.post("/mute", json={"token": CHAT}, headers=auth).status_code == 404
+    bridge.deliver_once()
+    assert paths(upstream) == ["tokens"]
 
 
 def test_a_forbidden_in_the_second_of_the_delivery_drops_the_token(
