@@ -7,12 +7,12 @@ link's state and QR code (segno), and the chat-first claim codes. Thin: the ledg
 from __future__ import annotations
 
 import io
-import re
 
 import segno
 from flask import Response, url_for
 
 from .http import APIError, bearer_required
+from .ledger.linking import LINK_ID as _LINK_ID
 from .runtime import current as rt
 from .schemas import (
     ClaimCodeRequestSchema,
@@ -27,7 +27,6 @@ from .views import bp
 
 # --- links: a website's "Connect Telegram" button, and chat-first claim codes ------------
 
-_LINK_ID = re.compile(r"^[0-9a-f]{32}$")
 _PATH_LINK = {
     "in": "path",
     "name": "link_id",

@@ -332,6 +332,11 @@ class Ledger:
         with self.db.read() as conn:
             return linking.record(conn, self.clock(), link_id)
 
+    def recent_links(self, limit: int = 50) -> list[LinkRecord]:
+        """The ``limit`` newest links, newest first (the sandbox page lists them)."""
+        with self.db.read() as conn:
+            return linking.recent(conn, self.clock(), limit)
+
     def link_payload(self, link_id: str) -> str | None:
         """A link's payload (for its QR code), None for no such link."""
         with self.db.read() as conn:

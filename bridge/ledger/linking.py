@@ -2,10 +2,10 @@
 knows (``POST /links``, ``bridge link``), and the chat-first claim codes (``POST
 /links/claims``) that the site claims with the customer's identifiers.
 
-Owns issuing both, their look-up, their states (through :data:`.states.LINKS`: pending,
-used, revoked; ``expired`` is a pending row past ``expires_at`` by the bridge's clock),
-a link opened in a chat (:func:`use`), a code claimed (:func:`claim`), and what erase
-does to a person's rows (:func:`erase`).
+Owns issuing both, their look-up (one link, or the newest: :func:`recent`), their
+states (through :data:`.states.LINKS`: pending, used, revoked; ``expired`` is a pending
+row past ``expires_at`` by the bridge's clock), a link opened in a chat (:func:`use`), a
+code claimed (:func:`claim`), and what erase does to a person's rows (:func:`erase`).
 
 **What is kept.** Neither a payload nor a code is stored: a row holds the SHA-256 of
 it (``secret_hash``), by which it is found. A link's payload is ``L`` followed by 32
@@ -45,6 +45,7 @@ from .types import IssuedCode, IssuedLink, LinkRecord, TokenRequest
 
 LINK, CLAIM = "link", "claim"
 _ISSUED = LINKS.first("issued").value
+LINK_ID = re.compile(r"^[0-9a-f]{32}$")  # a link's public id: secrets.token_hex(16)
 PREFIX = "L"  # an opaque payload's first character; a signed one's is "I"
 PAYLOAD_LENGTH = 1 + 32
 CLAIM_TTL = timedelta(minutes=15)
@@ -153,11 +154,24 @@ def _row(conn, *where):
     return conn.execute(select(Link.__table__).where(*where)).first()
 
 
+def _record(row: Any, now: datetime) -> LinkRecord:
+    return LinkRecord(row.id, shown_state(row, now), row.expires_at, row.used_at, row.token)
+
+
 def record(conn, now: datetime, link_id: str) -> LinkRecord | None:
     row = _row(conn, Link.id == link_id, Link.kind == LINK)
-    if row is None:
-        return None
-    return LinkRecord(row.id, shown_state(row, now), row.expires_at, row.used_at, row.token)
+    return None if row is None else _record(row, now)
+
+
+def recent(conn, now: datetime, limit: int) -> list[LinkRecord]:
+    """The ``limit`` newest links (not claim codes), newest first."""
+    rows = conn.execute(
+        select(Link.__table__)
+        .where(Link.kind == LINK)
+        .order_by(Link.created_at.desc(), Link.id.desc())
+        .limit(limit)
+    ).all()
+    return [_record(row, now) for row in rows]
 
 
 def url_payload(conn, now: datetime, link_id: str) -> str | None:

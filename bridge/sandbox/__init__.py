@@ -5,8 +5,9 @@ It imitates ``POST /api/v1/apps/{app_uuid}/tokens`` and ``…/token/mute`` and
 matching and rate limit), injects latency and faults, and can "block" a token,
 sending the FAILED (Forbidden) status back to the bridge. Modules:
 :mod:`.simulator` (the in-memory Reteno), :mod:`.web` (its routes and page),
-:mod:`.transport` (an in-process ``requests`` adapter), :mod:`.cli` (``flask
-bridge sandbox``, ``python -m bridge.sandbox``).
+:mod:`.transport` (an in-process ``requests`` adapter), :mod:`.links` (the page's
+links section, a sandbox bridge's only), :mod:`.cli` (``flask bridge sandbox``,
+``python -m bridge.sandbox``).
 
 The bridge knows it through one setting: with ``BRIDGE_SANDBOX=true``,
 :func:`attach` mounts it under ``<prefix>/sandbox/reteno`` and points the
@@ -22,10 +23,9 @@ import os
 import secrets
 import stat
 
-import requests
-
 from ..config import MIN_SECRET
 from ..logs import get_logger
+from .links import links_panel
 from .simulator import (
     DROP_CONNECTION,
     DROP_FALLBACK_HEADER,
@@ -33,7 +33,7 @@ from .simulator import (
     Simulator,
     SimulatorOptions,
 )
-from .transport import WSGITransport
+from .transport import WSGITransport, post_in_process
 from .web import create_app, create_blueprint
 
 __all__ = [
@@ -130,14 +130,7 @@ def attach(app, runtime) -> Simulator:
 
     def report(events: list[dict]) -> None:
         """The simulator reports statuses to the bridge's own /statuses, as Reteno would."""
-        session = requests.Session()
-        session.mount("http://bridge.local", WSGITransport(app.wsgi_app))
-        response = session.post(
-            f"http://bridge.local{prefix}/statuses",
-            json=events,
-            headers={"Authorization": f"Bearer {runtime.api_keys[0]}"},
-            timeout=10,
-        )
+        response = post_in_process(app.wsgi_app, f"{prefix}/statuses", events, runtime.api_keys[0])
         if response.status_code != 200:
             log.error("sandbox status report refused: HTTP %s", response.status_code)
 
@@ -152,6 +145,9 @@ def attach(app, runtime) -> Simulator:
         )
     if not runtime.settings.api_keys:
         runtime.dev_key_path = dev_key_path(app.instance_path)
-    app.register_blueprint(create_blueprint(simulator), url_prefix=f"{prefix}/sandbox/reteno")
+    app.register_blueprint(
+        create_blueprint(simulator, links=links_panel(app, runtime)),
+        url_prefix=f"{prefix}/sandbox/reteno",
+    )
     runtime.simulator = simulator
     return simulator

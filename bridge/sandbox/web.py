@@ -1,6 +1,7 @@
 """The simulator over HTTP: a blueprint (Reteno's routes: tokens, token/mute and
 token/unmute; JSON inspection of contacts, muted chats and counters; the page and its
-block/reset actions) and a standalone app.
+block/reset actions; in a sandbox bridge, the page's links section and its Press Start
+action, given as a :class:`LinksPanel`) and a standalone app.
 
 It answers only requests whose ``Host`` is a loopback name (``localhost``,
 ``127.0.0.0/8``, ``[::1]``, any port): a page of another site whose name an attacker
@@ -9,17 +10,20 @@ forbid framing (``X-Frame-Options``, CSP ``frame-ancestors``), so no page can la
 under a visitor's clicks.
 
 The page's actions change state (block sends a FAILED status to the bridge, reset
-forgets every contact and mute), so they refuse a request another site's page made a
-browser send (a cross-site form post): one whose ``Sec-Fetch-Site`` is not
-``same-origin`` or ``none``, or whose ``Origin`` is not this host. Tools that send
-neither header (curl, scripts, tests) are not browsers and are let through."""
+forgets every contact and mute, Press Start binds a link to a chat), so they refuse a
+request another site's page made a browser send (a cross-site form post): one whose
+``Sec-Fetch-Site`` is not ``same-origin`` or ``none``, or whose ``Origin`` is not this
+host. Tools that send neither header (curl, scripts, tests) are not browsers and are let
+through."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -127,8 +131,52 @@ _FRAMING = {
 }
 
 
+@dataclass(frozen=True)
+class LinksPanel:
+    """The page's links section, which a sandbox bridge gives it
+    (:func:`bridge.sandbox.links.links_panel`); a standalone simulator has none.
+
+    ``recent()``: the newest links, each a mapping with ``id``, ``state`` (``pending``,
+    ``used``, ``expired``, ``revoked``), ``expires_at``, ``used_at`` and ``chat`` (as
+    the page may show it, or None). ``press_start(link_id, chat)``: a chat taps Start on
+    the link; what came of it, one of :data:`START_NOTICES`' keys."""
+
+    recent: Callable[[], list[Mapping[str, Any]]]
+    press_start: Callable[[str, str], str]
+
+
+#: What came of Press Start, as the page tells it ({link}: the link's id).
+START_NOTICES = {
+    "bound": (
+        "Pressed Start on link {link}: the chat is bound to it and registered; its token "
+        "shows under the contacts once delivered."
+    ),
+    "again": (
+        "Pressed Start on link {link} again in the chat it is bound to: registered again "
+        "(a duplicate while that registration is live)."
+    ),
+    "reused": "Link {link} is bound to another chat: nothing was registered.",
+    "expired": "Link {link} has expired: nothing was registered.",
+    "revoked": "Link {link} is revoked: nothing was registered.",
+    "unknown": "No such link: nothing was sent.",
+    "bad_chat": (
+        "Not a private chat's id: give a positive whole number (a Telegram user id). "
+        "Nothing was sent."
+    ),
+    "refused": "The bridge refused the update (see its log): nothing was registered.",
+    "unchanged": "The bridge took the update, but the link did not change (see its log).",
+}
+
+
+def fresh_chat_id() -> str:
+    """A fresh random chat id to press Start with (a private chat's: positive, ten digits)."""
+    return str(1_000_000_000 + secrets.randbelow(9_000_000_000))
+
+
 def _page_notice() -> str | None:
     args = request.args
+    if args.get("outcome") in START_NOTICES:
+        return START_NOTICES[args["outcome"]].format(link=args.get("link", "")[:32])
     if args.get("blocked") is not None:
         return f"Blocked token {args['blocked']}: {args.get('events', '0')} status event(s) sent."
     if args.get("unknown") is not None:
@@ -141,9 +189,10 @@ def _page_notice() -> str | None:
 class _Views:
     """The simulator's views, each over the one simulator."""
 
-    def __init__(self, simulator: Simulator, loopback_only: bool):
+    def __init__(self, simulator: Simulator, loopback_only: bool, links: LinksPanel | None):
         self.simulator = simulator
         self.loopback_only = loopback_only
+        self.links = links
 
     def refuse_other_hosts(self) -> Response | None:
         if self.loopback_only and not loopback_host(request.host):
@@ -206,8 +255,17 @@ class _Views:
             return _json(_error(404, f"Token {token} is not held by any contact"), 404)
         return _json({"token": token, "events": events})
 
+    def press_start(self, link_id: str) -> Response:
+        if _cross_site():
+            return _refuse_cross_site()
+        outcome = self.links.press_start(link_id, request.form.get("chat", ""))
+        return redirect(url_for(".index", outcome=outcome, link=link_id), code=303)
+
     def index(self) -> str:
         stats = self.simulator.stats()
+        links = None
+        if self.links is not None:
+            links = [{**link, "test_chat": fresh_chat_id()} for link in self.links.recent()]
         contacts = [{**c, "counts": Counter(c["tokens"])} for c in self.simulator.contacts()]
         return render_template(
             "reteno_sandbox/index.html",
@@ -217,6 +275,7 @@ class _Views:
             muted=self.simulator.muted(),
             identifiers=IDENTIFIERS,
             notice=_page_notice(),
+            links=links,
             faults=", ".join(f"{kind}: {n}" for kind, n in stats["faults"].items() if n),
         )
 
@@ -233,6 +292,7 @@ _ROUTES = (
     ("/block/<path:token>", "POST", "block_token"),
     ("/", "GET", "index"),
 )
+_PRESS_START = ("/links/<link_id>/start", "POST", "press_start")  # with a LinksPanel only
 
 
 def _no_framing(response: Response) -> Response:
@@ -240,14 +300,19 @@ def _no_framing(response: Response) -> Response:
     return response
 
 
-def create_blueprint(simulator: Simulator, loopback_only: bool = True) -> Blueprint:
+def create_blueprint(
+    simulator: Simulator, loopback_only: bool = True, links: LinksPanel | None = None
+) -> Blueprint:
     """The simulator's routes, relative to wherever the blueprint is mounted;
-    ``loopback_only=False`` for an app no socket ever reaches (the in-process one)."""
+    ``loopback_only=False`` for an app no socket ever reaches (the in-process one);
+    ``links``: the page's links section and ``POST /links/<id>/start`` (a sandbox
+    bridge's)."""
     bp = Blueprint("reteno_sandbox", __name__, template_folder="templates")
-    views = _Views(simulator, loopback_only)
+    views = _Views(simulator, loopback_only, links)
     bp.before_request(views.refuse_other_hosts)
     bp.after_request(_no_framing)
-    for rule, method, name in _ROUTES:
+    routes = _ROUTES if links is None else (*_ROUTES, _PRESS_START)
+    for rule, method, name in routes:
         bp.add_url_rule(rule, name, getattr(views, name), methods=[method])
     return bp
 
