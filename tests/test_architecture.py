@@ -104,9 +104,7 @@ def test_production_modules_reach_the_sandbox_only_through_the_setting():
         assert set(forbidden(path, ("bridge.sandbox",))) - allowed == set(), path.name
 
 
-@pytest.mark.parametrize(
-    "path", modules("sandbox/simulator", "sandbox/web"), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", modules("sandbox/simulator", "sandbox/web"), ids=lambda p: p.name)
 def test_the_simulator_knows_no_ledger(path):
     # it runs alone too; a sandbox bridge hands its page the links section (sandbox/links)
     assert forbidden(path, ("bridge.ledger", "bridge.runtime", "bridge.models")) == []

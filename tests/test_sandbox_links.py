@@ -41,9 +41,7 @@ def client(sandbox):
 
 
 def make_link(client, **identifiers) -> dict:
-    response = client.post(
-        "/links", json={"email": "ann@example.com", **identifiers}, headers=AUTH
-    )
+    response = client.post("/links", json={"email": "ann@example.com", **identifiers}, headers=AUTH)
     assert response.status_code == 201, response.data
     return response.json
 
@@ -93,9 +91,7 @@ def test_press_start_binds_the_link_and_the_chat_reaches_the_simulator(client, b
 
     status = client.get(f"/links/{link['id']}", headers=AUTH).json
     assert status["state"] == "used" and status["token"] == CHAT
-    [registration] = client.get("/tokens", query_string={"token": CHAT}, headers=AUTH).json[
-        "items"
-    ]
+    [registration] = client.get("/tokens", query_string={"token": CHAT}, headers=AUTH).json["items"]
     assert registration["email"] == "ann@example.com"
     history = client.get(f"/tokens/{CHAT}/history", headers=AUTH).json["events"]
     kinds = [e["kind"] for e in history]
@@ -133,9 +129,10 @@ def test_press_start_in_another_chat_registers_nothing(client):
         response.get_data(as_text=True)
     )
     assert client.get(f"/links/{link['id']}", headers=AUTH).json["token"] == CHAT
-    assert client.get("/tokens", query_string={"token": "4400099999"}, headers=AUTH).json[
-        "items"
-    ] == []
+    assert (
+        client.get("/tokens", query_string={"token": "4400099999"}, headers=AUTH).json["items"]
+        == []
+    )
 
 
 def test_an_expired_or_revoked_link_has_no_button_and_registers_nothing(client, clock):
@@ -155,9 +152,7 @@ def test_an_expired_or_revoked_link_has_no_button_and_registers_nothing(client, 
 @pytest.mark.parametrize("chat", ["", "ann", "-1001234567890", "0", "1" * 20])
 def test_press_start_refuses_what_is_not_a_private_chat(client, chat):
     link = make_link(client)
-    text = press_start(client, link["id"], chat=chat, follow_redirects=True).get_data(
-        as_text=True
-    )
+    text = press_start(client, link["id"], chat=chat, follow_redirects=True).get_data(as_text=True)
     assert "Not a private chat&#39;s id" in text and "Nothing was sent." in text
     assert client.get(f"/links/{link['id']}", headers=AUTH).json["state"] == "pending"
 
