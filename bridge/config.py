@@ -56,6 +56,7 @@ MAX_QUEUED_LOG_LINES = 10_000
 DEFAULT_HEALTH_CACHE_SECONDS = 5.0  # the ledger's counts in /healthz and /metrics
 BACKLOG_SECONDS = 900  # /healthz says "outbox_backlog" once the oldest queued row is older
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
+MIN_SESSION_SECRET = 32  # characters of BRIDGE_SECRET_KEY (it signs the support page's cookie)
 DEFAULT_LINK_TTL = "30d"
 ON_CONFLICT = ("send", "hold")
 _DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
@@ -112,6 +113,8 @@ class Settings:
     metrics_public: bool
     health_cache_seconds: float
     status_timezone: tzinfo  # Reteno's offset-less times are read in it
+    support_page: bool = False  # the support page under /support/
+    secret_key: str | None = field(default=None, repr=False)  # signs its session cookie
 
     @property
     def hold_conflicts(self) -> bool:
@@ -274,6 +277,19 @@ def secrets(check: Callable[[str, tuple[str, ...]], None], text: bool = True) ->
         found = tuple(str(i).strip() for i in items if str(i).strip())
         check(key, found)
         return found
+
+    return read
+
+
+def session_secret() -> Callable:
+    @_reader(f"secret, {MIN_SESSION_SECRET}+ characters")
+    def read(key, value, values):
+        if len(value) < MIN_SESSION_SECRET:
+            raise ConfigError(
+                f"{key} must be at least {MIN_SESSION_SECRET} characters long "
+                f"(it has {len(value)})"
+            )
+        return value
 
     return read
 
@@ -473,6 +489,14 @@ def _webhook_needs_both(values: Mapping) -> None:
         missing = "BRIDGE_WEBHOOK_PASSWORD" if username else "BRIDGE_WEBHOOK_USERNAME"
         raise ConfigError(
             f"{missing} is not set: the webhook needs both a user name and a password"
+        )
+
+
+def _support_page_has_key(values: Mapping) -> None:
+    if values["BRIDGE_SUPPORT_PAGE"] and not values["BRIDGE_SECRET_KEY"]:
+        raise ConfigError(
+            "BRIDGE_SECRET_KEY is not set: BRIDGE_SUPPORT_PAGE=true needs it to sign the "
+            f"support page's session cookie ({MIN_SESSION_SECRET}+ characters)"
         )
 
 
@@ -715,6 +739,22 @@ KEYS: tuple[Key, ...] = (
         "stops start-up.",
         default="UTC",
         field="status_timezone",
+    ),
+    Key(
+        "BRIDGE_SUPPORT_PAGE",
+        flag(),
+        "``true``: serve the support page under ``/support/`` of the bridge's mount "
+        "(read-only, for support staff with ``bridge support-user`` accounts; needs "
+        "``BRIDGE_SECRET_KEY``).",
+        default=False,
+        field="support_page",
+    ),
+    Key(
+        "BRIDGE_SECRET_KEY",
+        session_secret(),
+        "Signs the support page's session cookie; changing it logs every staff user out.",
+        field="secret_key",
+        check=_support_page_has_key,
     ),
     # Read where the process starts, not into Settings (an app that mounts the bridge
     # has its own instance folder, logging and server).

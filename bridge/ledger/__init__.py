@@ -13,7 +13,8 @@ module per job:
 * :mod:`.commands` — mutes, unmutes and replays into another app, and their outbox;
 * :mod:`.reports` — status events, Telegram's blocks and unblocks, stale removals;
 * :mod:`.queries` — look-ups, history and statistics;
-* :mod:`.erasure` — one contact's data out.
+* :mod:`.erasure` — one contact's data out;
+* :mod:`.staff` — the support page's staff accounts and its failed-login throttle.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy import select
 
 from ..db import Database
 from ..models import Registration, utcnow
-from . import chats, commands, erasure, outbox, queries, registering, reports
+from . import chats, commands, erasure, outbox, queries, registering, reports, staff
 from .states import COMMANDS, REGISTRATIONS, State, append_events
 from .times import EXACT
 from .types import (
@@ -342,6 +343,42 @@ class Ledger:
     def stats(self, days: int = 7, quiet_days: int = 30) -> dict[str, Any]:
         with self.db.read() as conn:
             return queries.stats(conn, self.clock(), days, quiet_days)
+
+    def activity(self, days: int = 30) -> list[dict[str, Any]]:
+        """Registrations, removals and comebacks per UTC day, the last ``days`` (today
+        included), oldest first."""
+        with self.db.read() as conn:
+            return queries.activity(conn, self.clock(), days)
+
+    # --- the support page's staff ---------------------------------------------------------
+
+    def add_staff(self, name: str, password_hash: str) -> bool:
+        """Create a staff account, or give it a new password hash; True when new."""
+        with self.db.write() as conn:
+            return staff.add(conn, self.clock(), name, password_hash)
+
+    def remove_staff(self, name: str) -> bool:
+        with self.db.write() as conn:
+            return staff.remove(conn, name)
+
+    def staff(self) -> list[tuple[str, datetime, datetime | None]]:
+        """(name, created, last login) of every staff account."""
+        with self.db.read() as conn:
+            return staff.accounts(conn)
+
+    def staff_password_hash(self, name: str) -> str | None:
+        with self.db.read() as conn:
+            return staff.password_hash(conn, name)
+
+    def login_attempt(self, name: str) -> tuple[bool, float]:
+        """Whether an attempt to log in as ``name`` is heard now, and the seconds of
+        its wait (see :func:`.staff.attempt`)."""
+        with self.db.write() as conn:
+            return staff.attempt(conn, self.clock(), name)
+
+    def logged_in(self, name: str) -> None:
+        with self.db.write() as conn:
+            staff.logged_in(conn, self.clock(), name)
 
     # --- erasure -------------------------------------------------------------------------
 

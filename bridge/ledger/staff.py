@@ -1,0 +1,104 @@
+"""The support page's staff accounts and its failed-login throttle.
+
+Accounts (``bridge_support_users``) hold a name and a password hash made by the
+caller (the ledger never sees a password). The throttle (``bridge_support_logins``)
+counts failed logins in a row per user name, known or not (so the answer says
+nothing of which names exist): after :data:`FREE_FAILURES` of them, each further
+attempt must wait :func:`wait_after` seconds, doubling up to :data:`MAX_WAIT`. It
+is kept in the ledger, so every worker process reads the same wait; a successful
+login clears it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+
+from ..db import insert_unless_taken, lock_keys
+from ..models import SupportLogin, SupportUser
+
+FREE_FAILURES = 3  # failed logins in a row for a name before attempts must wait
+MAX_WAIT = 900  # seconds: the longest wait between attempts
+
+
+def wait_after(failures: int) -> int:
+    """Seconds the next attempt of a name waits after ``failures`` failed ones in a row."""
+    if failures < FREE_FAILURES:
+        return 0
+    return min(MAX_WAIT, 2 ** (failures - FREE_FAILURES + 1))
+
+
+def add(conn, now: datetime, name: str, password_hash: str) -> bool:
+    """Create the account ``name``, or give it a new password; True when it is new."""
+    lock_keys(conn, [f"support-user:{name}"])
+    changed = conn.execute(
+        update(SupportUser).where(SupportUser.name == name).values(password_hash=password_hash)
+    ).rowcount
+    if changed:
+        return False
+    conn.execute(
+        SupportUser.__table__.insert().values(
+            name=name, password_hash=password_hash, created_at=now
+        )
+    )
+    return True
+
+
+def remove(conn, name: str) -> bool:
+    """Delete the account ``name`` (its sessions end with their next request)."""
+    conn.execute(delete(SupportLogin).where(SupportLogin.name == name))
+    return bool(conn.execute(delete(SupportUser).where(SupportUser.name == name)).rowcount)
+
+
+def accounts(conn) -> list[tuple[str, datetime, datetime | None]]:
+    """(name, created, last login) of every account, by name."""
+    rows = conn.execute(
+        select(SupportUser.name, SupportUser.created_at, SupportUser.last_login_at).order_by(
+            SupportUser.name
+        )
+    )
+    return [tuple(row) for row in rows]
+
+
+def password_hash(conn, name: str) -> str | None:
+    """The password hash of the account ``name``; None when there is none."""
+    return conn.execute(
+        select(SupportUser.password_hash).where(SupportUser.name == name)
+    ).scalar()
+
+
+def attempt(conn, now: datetime, name: str) -> tuple[bool, float]:
+    """An attempt to log in as ``name``: (heard, seconds). Not heard while an earlier
+    failure's wait runs (``seconds``: what is left of it). A heard attempt counts as
+    failed until :func:`logged_in` says otherwise, in the same transaction that let it
+    through, so attempts made at once each count; ``seconds``: the wait that follows
+    it if it fails."""
+    lock_keys(conn, [f"support-login:{name}"])
+    row = conn.execute(
+        select(SupportLogin.failures, SupportLogin.wait_until).where(SupportLogin.name == name)
+    ).first()
+    if row is None:
+        sqlite_insert, postgresql_insert = insert_unless_taken(SupportLogin.__table__, ["name"])
+        statement = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(statement.values(name=name, failures=0, wait_until=None))
+        failures, until = 0, None
+    else:
+        failures, until = row
+    if until is not None and until > now:
+        return False, (until - now).total_seconds()
+    wait = wait_after(failures + 1)
+    conn.execute(
+        update(SupportLogin)
+        .where(SupportLogin.name == name)
+        .values(
+            failures=failures + 1, wait_until=now + timedelta(seconds=wait) if wait else None
+        )
+    )
+    return True, float(wait)
+
+
+def logged_in(conn, now: datetime, name: str) -> None:
+    """``name`` logged in: its failures are forgotten, its last login noted."""
+    conn.execute(delete(SupportLogin).where(SupportLogin.name == name))
+    conn.execute(update(SupportUser).where(SupportUser.name == name).values(last_login_at=now))
