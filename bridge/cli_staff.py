@@ -7,6 +7,7 @@ Parsing and printing only: the password is hashed here (werkzeug's
 from __future__ import annotations
 
 import re
+import sys
 
 import click
 from flask.cli import AppGroup
@@ -49,7 +50,7 @@ support_user_group = AppGroup(
 def add_command(name: str, password_stdin: bool):
     """Create the account NAME, or give it a new password (asked for twice)."""
     if password_stdin:
-        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     if len(password) < MIN_PASSWORD:
