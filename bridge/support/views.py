@@ -14,6 +14,7 @@ from markupsafe import Markup
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..cli_staff import valid_name
+from ..ledger import State
 from ..logs import get_logger
 from ..runtime import current
 from . import overview, session, story
@@ -155,7 +156,7 @@ def overview_page():
     health, _ok = rt.health(details=True)
     if not _ok:
         return _page("overview.html", 503, error=health["message"])
-    held, _next = rt.ledger.find({"state": "held"}, limit=20)
+    held, _next = rt.ledger.find(dict(state=State.HELD.value), limit=20)  # a filter, no write
     view = overview.build(
         health, rt.ledger.stats(days=1), rt.ledger.activity(overview.DAYS), held
     )
