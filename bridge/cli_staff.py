@@ -54,9 +54,7 @@ def add_command(name: str, password_stdin: bool):
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     if len(password) < MIN_PASSWORD:
-        raise click.ClickException(
-            f"the password must be at least {MIN_PASSWORD} characters long"
-        )
+        raise click.ClickException(f"the password must be at least {MIN_PASSWORD} characters long")
     rt = _ready()
     created = rt.ledger.add_staff(name, generate_password_hash(password))
     click.echo(f"support user {name} " + ("added" if created else "has a new password"))
@@ -79,9 +77,7 @@ def list_command(as_json: bool):
     rt = _ready()
     accounts = rt.ledger.staff()
     if as_json:
-        _echo_json(
-            [{"name": n, "createdAt": c, "lastLoginAt": last} for n, c, last in accounts]
-        )
+        _echo_json([{"name": n, "createdAt": c, "lastLoginAt": last} for n, c, last in accounts])
         return
     if not accounts:
         click.echo("no support users; add one with `bridge support-user add NAME`")

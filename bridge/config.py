@@ -286,8 +286,7 @@ def session_secret() -> Callable:
     def read(key, value, values):
         if len(value) < MIN_SESSION_SECRET:
             raise ConfigError(
-                f"{key} must be at least {MIN_SESSION_SECRET} characters long "
-                f"(it has {len(value)})"
+                f"{key} must be at least {MIN_SESSION_SECRET} characters long (it has {len(value)})"
             )
         return value
 

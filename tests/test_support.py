@@ -550,7 +550,7 @@ def test_the_overview_counts_states_and_the_outbox(
     totals = " ".join(re.search(r'<p id="totals">(.*?)</p>', page).group(1).split())
     assert totals.startswith("4 registrations, 2 removals and 1 comebacks")
     assert '<pattern id="hatch"' in page and '<pattern id="dots"' in page
-    assert "<title id=\"chart-title\">Registrations, removals and comebacks per day" in page
+    assert '<title id="chart-title">Registrations, removals and comebacks per day' in page
     assert page.count("<tr><td>20") == 30  # the text alternative: one row a day
 
 
@@ -579,9 +579,7 @@ def test_the_overview_lists_held_conflicts(make_app, staff, auth, upstream):
 
 
 def test_support_user_add_prompts_twice(runner, client):
-    result = run_cli(
-        runner, "support-user", "add", "carol", input=f"{PASSWORD}\n{PASSWORD}\n"
-    )
+    result = run_cli(runner, "support-user", "add", "carol", input=f"{PASSWORD}\n{PASSWORD}\n")
     assert "support user carol added" in result.output
     assert PASSWORD not in result.output
     assert login(client, "carol", PASSWORD).status_code == 303

@@ -210,8 +210,10 @@ def test_log_in_search_read_a_story_see_the_overview_log_out(browser, site):
     assert driver.find_element(By.TAG_NAME, "h1").text == "Overview"
     chart = driver.find_element(By.CSS_SELECTOR, "svg.chart")
     assert chart.size["width"] > 300
-    assert driver.find_element(By.ID, "chart-title").get_attribute("textContent").startswith(
-        "Registrations, removals and comebacks per day, the last 30 days"
+    assert (
+        driver.find_element(By.ID, "chart-title")
+        .get_attribute("textContent")
+        .startswith("Registrations, removals and comebacks per day, the last 30 days")
     )
     assert driver.find_element(By.ID, "totals").text.startswith(
         "78 registrations, 11 removals and 4 comebacks"

@@ -63,9 +63,7 @@ def accounts(conn) -> list[tuple[str, datetime, datetime | None]]:
 
 def password_hash(conn, name: str) -> str | None:
     """The password hash of the account ``name``; None when there is none."""
-    return conn.execute(
-        select(SupportUser.password_hash).where(SupportUser.name == name)
-    ).scalar()
+    return conn.execute(select(SupportUser.password_hash).where(SupportUser.name == name)).scalar()
 
 
 def attempt(conn, now: datetime, name: str) -> tuple[bool, float]:
@@ -91,9 +89,7 @@ def attempt(conn, now: datetime, name: str) -> tuple[bool, float]:
     conn.execute(
         update(SupportLogin)
         .where(SupportLogin.name == name)
-        .values(
-            failures=failures + 1, wait_until=now + timedelta(seconds=wait) if wait else None
-        )
+        .values(failures=failures + 1, wait_until=now + timedelta(seconds=wait) if wait else None)
     )
     return True, float(wait)
 

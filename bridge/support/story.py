@@ -137,8 +137,7 @@ def _removed_answer(record: RegistrationRecord, detail: dict, now: datetime) -> 
     start_again = "until the customer presses Start again"
     if cause.startswith("telegram"):
         return (
-            f"Blocked the bot on {at} (Telegram); Reteno will not message this chat "
-            f"{start_again}"
+            f"Blocked the bot on {at} (Telegram); Reteno will not message this chat {start_again}"
         )
     if cause.startswith("status"):
         said = {
@@ -197,9 +196,7 @@ def answer(
 def _delivered_answer(record, events, by_id, now: datetime) -> str:
     since = when(record.delivered_at or record.created_at, now)
     if record.muted:
-        until = (
-            f"until {when(record.muted_until, now)}" if record.muted_until else "until unmuted"
-        )
+        until = f"until {when(record.muted_until, now)}" if record.muted_until else "until unmuted"
         sentence = (
             f"Muted {until}: Reteno sends this chat no marketing messages meanwhile "
             "(transactional ones still arrive)"

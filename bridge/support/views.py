@@ -157,9 +157,5 @@ def overview_page():
     if not _ok:
         return _page("overview.html", 503, error=health["message"])
     held, _next = rt.ledger.find(dict(state=State.HELD.value), limit=20)  # a filter, no write
-    view = overview.build(
-        health, rt.ledger.stats(days=1), rt.ledger.activity(overview.DAYS), held
-    )
-    return _page(
-        "overview.html", view=view, chart=Markup(view.chart_svg), exact=story.exact
-    )
+    view = overview.build(health, rt.ledger.stats(days=1), rt.ledger.activity(overview.DAYS), held)
+    return _page("overview.html", view=view, chart=Markup(view.chart_svg), exact=story.exact)
