@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+from datetime import datetime
 
 import pytest
 from werkzeug.security import generate_password_hash
@@ -346,6 +347,7 @@ def test_a_partial_value_lists_nobody(staff_client, auth, upstream, kind, value)
         ("email", "not an address", "That is not a valid E-mail"),
         ("externalCustomerId", "a\u202eb", "That is not a valid externalCustomerId"),
         ("token", "   ", "Enter a Telegram chat id"),
+        ("email", "a" * 100_000 + "@example.com", "That is not a valid E-mail: it is far too long"),
         ("nonsense", "1", "Choose what to search by."),
     ],
 )
@@ -466,12 +468,15 @@ def test_a_muted_chat(staff_client, auth, bridge, upstream, clock):
     answer = staff_client.post("/mute", json={"token": CHAT, "duration": 3600}, headers=auth)
     assert answer.status_code == 202
     bridge.deliver_once()
-    until = answer.get_json()["mutedUntil"]
-    from datetime import datetime
-
-    assert answers(story(staff_client)) == [
-        f"Muted until {when(datetime.fromisoformat(until), clock.now)}: Reteno sends this chat "
+    until = datetime.fromisoformat(answer.get_json()["mutedUntil"])
+    page = story(staff_client)
+    assert answers(page) == [
+        f"Muted until {when(until, clock.now)}: Reteno sends this chat "
         "no marketing messages meanwhile (transactional ones still arrive)."
+    ]
+    assert texts(page, "what")[:2] == [
+        "Reteno took the mute",
+        f"Mute asked for, until {until:%Y-%m-%d %H:%M:%S} UTC",
     ]
 
 
@@ -522,7 +527,7 @@ def test_a_queued_chat_while_reteno_refuses_the_key(staff_client, auth, bridge, 
     [sentence] = answers(story(staff_client))
     assert sentence.startswith("Not with Reteno yet: waiting to be sent since ")
     assert "1 attempt(s) so far; delivery is paused until " in sentence
-    assert "(unauthorized)." in sentence
+    assert "(Reteno refused the bridge's API key (401))." in sentence
 
 
 # --- the overview ---------------------------------------------------------------------

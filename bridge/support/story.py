@@ -15,6 +15,7 @@ from typing import Any
 
 from ..identifiers import NORMALIZERS, IdentifierError, normalize_token
 from ..ledger import HistoryEvent, RegistrationRecord
+from .overview import PAUSE_REASONS
 
 #: What a look-up can be by: (form value, label, normaliser), in the form's order.
 KINDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
@@ -27,6 +28,7 @@ KINDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
 LABEL = {kind: label for kind, label, _ in KINDS}
 MAX_CHATS = 20  # chats shown for one identifier (one person rarely has more than a few)
 MAX_REGISTRATIONS = 200  # registrations read for one look-up
+MAX_VALUE = 1000  # characters of a look-up value read at all
 
 NOT_FOUND = (
     "Nothing is known of this {what}: either the bridge never received it, or the "
@@ -59,6 +61,8 @@ def normalize(kind: str, value: str) -> Any:
     normalizers = {k: fn for k, _, fn in KINDS}
     if kind not in normalizers:
         raise BadLookup("Choose what to search by.")
+    if len(value) > MAX_VALUE:  # no identifier is this long: not worth reading
+        raise BadLookup(f"That is not a valid {LABEL[kind]}: it is far too long.")
     if not value.strip():
         raise BadLookup(f"Enter a {LABEL[kind]} to search for.")
     try:
@@ -96,7 +100,8 @@ def _paused(ledger, now: datetime) -> str | None:
     if until is None:
         return None
     reason = state.get("pause_reason") if state.get("paused_until") else "Retry-After"
-    return f"until {when(until, now)} ({reason or 'Reteno refused the bridge'})"
+    why = PAUSE_REASONS.get(reason, reason) or "Reteno refused the bridge"
+    return f"until {when(until, now)} ({why})"
 
 
 # --- words -------------------------------------------------------------------------
@@ -287,6 +292,14 @@ def _words(event: HistoryEvent, records, now: datetime) -> str:  # noqa: C901 - 
             return "Pressed Start (a sign of life)"
         return f"A Telegram update the bridge does not act on ({d.get('reason', '')})"
     action, _, step = kind.partition("_")
+    if action in ("mute", "unmute") and step in ("requested", "delivered"):
+        if step == "delivered":
+            return f"Reteno took the {action}"
+        if action == "unmute":
+            return "Unmute asked for: marketing messages may reach the chat again"
+        until = d.get("mutedUntil")
+        until = f"until {exact(datetime.fromisoformat(until))}" if until else "until unmuted"
+        return f"Mute asked for, {until}"
     if action in ("mute", "unmute", "replay") and step:
         return f"{action.capitalize()}: {step.replace('_', ' ')}"
     return kind.replace("_", " ").capitalize()
