@@ -278,3 +278,6 @@ class SupportLogin(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=lambda: 0)
     wait_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())  # a day quiet: forgotten
+
+    __table_args__ = (Index("ix_bridge_support_logins_last_attempt_at", "last_attempt_at"),)

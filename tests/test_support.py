@@ -13,6 +13,7 @@ import re
 from datetime import datetime
 
 import pytest
+from sqlalchemy import text
 from werkzeug.security import generate_password_hash
 
 from bridge.config import ConfigError
@@ -273,6 +274,22 @@ def test_the_waits_double(app, staff, clock):
         waits.append(int(found.group(1)) if found else 0)
         clock.advance(waits[-1] + 0.1)
     assert waits == [0, 0, 2, 4, 8, 16]
+
+
+def test_a_day_without_attempts_forgets_the_failures(app, staff, clock, bridge):
+    client = app.test_client()
+    for _ in range(3):
+        login(client, password="wrong password here")
+    assert login(client).status_code == 429
+    for number in range(12):  # guessed names, one a second
+        clock.advance(1)
+        login(client, f"guess{number}", "wrong password here")
+    clock.advance(86400 + 1)
+    assert login(client).status_code == 303
+    with bridge.db.read() as conn:
+        names = conn.execute(text("SELECT name FROM bridge_support_logins ORDER BY name"))
+        # the attempt after a quiet day forgot the ten oldest names (its own first)
+        assert [n for (n,) in names] == ["guess10", "guess11", "guess9"]
 
 
 def test_a_removed_account_is_logged_out(staff_client, runner):

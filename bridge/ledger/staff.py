@@ -6,7 +6,8 @@ counts failed logins in a row per user name, known or not (so the answer says
 nothing of which names exist): after :data:`FREE_FAILURES` of them, each further
 attempt must wait :func:`wait_after` seconds, doubling up to :data:`MAX_WAIT`. It
 is kept in the ledger, so every worker process reads the same wait; a successful
-login clears it.
+login clears it, and so does a day without attempts (each new name forgets a few
+such names, so guessed names never pile up).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from ..models import SupportLogin, SupportUser
 
 FREE_FAILURES = 3  # failed logins in a row for a name before attempts must wait
 MAX_WAIT = 900  # seconds: the longest wait between attempts
+FORGET_AFTER = timedelta(days=1)  # a name's failures are forgotten after a day without attempts
+_FORGET_AT_ONCE = 10  # forgotten names deleted upon each new name
 
 
 def wait_after(failures: int) -> int:
@@ -74,24 +77,46 @@ def attempt(conn, now: datetime, name: str) -> tuple[bool, float]:
     it if it fails."""
     lock_keys(conn, [f"support-login:{name}"])
     row = conn.execute(
-        select(SupportLogin.failures, SupportLogin.wait_until).where(SupportLogin.name == name)
+        select(SupportLogin.failures, SupportLogin.wait_until, SupportLogin.last_attempt_at).where(
+            SupportLogin.name == name
+        )
     ).first()
+    if row is None or row.last_attempt_at < now - FORGET_AFTER:
+        _forget(conn, now)
     if row is None:
         sqlite_insert, postgresql_insert = insert_unless_taken(SupportLogin.__table__, ["name"])
         statement = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(statement.values(name=name, failures=0, wait_until=None))
+        conn.execute(statement.values(name=name, failures=0, wait_until=None, last_attempt_at=now))
+        failures, until = 0, None
+    elif row.last_attempt_at < now - FORGET_AFTER:
         failures, until = 0, None
     else:
-        failures, until = row
+        failures, until = row.failures, row.wait_until
     if until is not None and until > now:
         return False, (until - now).total_seconds()
     wait = wait_after(failures + 1)
     conn.execute(
         update(SupportLogin)
         .where(SupportLogin.name == name)
-        .values(failures=failures + 1, wait_until=now + timedelta(seconds=wait) if wait else None)
+        .values(
+            failures=failures + 1,
+            wait_until=now + timedelta(seconds=wait) if wait else None,
+            last_attempt_at=now,
+        )
     )
     return True, float(wait)
+
+
+def _forget(conn, now: datetime) -> None:
+    """Delete the few names whose last attempt is the oldest, a day old or more (through
+    the index on it)."""
+    old = (
+        select(SupportLogin.name)
+        .where(SupportLogin.last_attempt_at < now - FORGET_AFTER)
+        .order_by(SupportLogin.last_attempt_at)
+        .limit(_FORGET_AT_ONCE)
+    )
+    conn.execute(delete(SupportLogin).where(SupportLogin.name.in_(old.scalar_subquery())))
 
 
 def logged_in(conn, now: datetime, name: str) -> None:

@@ -35,10 +35,15 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("wait_until", UTCDateTime(), nullable=True),
+        sa.Column("last_attempt_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("name", name="pk_bridge_support_logins"),
+    )
+    op.create_index(
+        "ix_bridge_support_logins_last_attempt_at", "bridge_support_logins", ["last_attempt_at"]
     )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_bridge_support_logins_last_attempt_at", "bridge_support_logins")
     op.drop_table("bridge_support_logins")
     op.drop_table("bridge_support_users")
