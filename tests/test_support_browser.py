@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import requests_mock as requests_mock_module
 from werkzeug.security import generate_password_hash
 from werkzeug.serving import make_server
 
-from tests.conftest import TOKENS_URL
+from tests.conftest import API_KEY, TOKENS_URL
 from tests.helpers import register
 from tests.test_support import ANN, CHAT, PASSWORD, STAFF, SUPPORT
 from tests.test_telegram import blocked, dated, send, unblocked
@@ -46,6 +47,7 @@ SENTENCE = (
 def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.selenium_manager import SeleniumManager
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -59,7 +61,9 @@ def browser():
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    never = AssertionError("Selenium Manager must not run: it would download a browser")
+    with mock.patch.object(SeleniumManager, "binary_paths", side_effect=never):
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.implicitly_wait(2)
     yield driver
     driver.quit()
@@ -91,18 +95,20 @@ def site(make_app):
     bridge.ledger.clock = clock
     bridge.ledger.add_staff(STAFF, generate_password_hash(PASSWORD, "pbkdf2:sha256:1000"))
     client = app.test_client()
-    auth = {"Authorization": f"Bearer {SUPPORT_KEY}"}
+    auth = {"Authorization": f"Bearer {API_KEY}"}
     with requests_mock_module.Mocker() as upstream:  # Reteno, for the month's deliveries
         upstream.post(TOKENS_URL, json="OK")
         for day in range(30):
-            clock.at(datetime(2026, 11, 4, 9, 0, tzinfo=UTC).replace(day=1) + _days(day + 3))
+            clock.at(datetime(2026, 11, 4, 9, 0, tzinfo=UTC) + timedelta(days=day))
             chats = [900000 + day * 10 + i for i in range(1 + day % 4)]
             register(client, auth, *[{"token": c, "contactId": c} for c in chats])
             bridge.deliver_once()
             if day % 3 == 0:
-                _telegram(client, clock, blocked(chats[0]), clock.now + _minutes(30))
-            if day % 6 == 0 and day:
-                _telegram(client, clock, unblocked(chats[0] - 30), clock.now + _minutes(40))
+                later = clock.now + timedelta(minutes=30)
+                _telegram(client, clock, blocked(chats[0]), later)
+            if day % 6 == 0 and day:  # the chat blocked three days ago comes back
+                later = clock.now + timedelta(minutes=10)
+                _telegram(client, clock, unblocked(chats[0] - 30), later)
         clock.at(datetime(2026, 12, 3, 13, 0, tzinfo=UTC))
         register(client, auth, ANN)
         bridge.deliver_once()
@@ -114,21 +120,6 @@ def site(make_app):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
-
-
-SUPPORT_KEY = "test-api-key-0123456789"
-
-
-def _days(n):
-    from datetime import timedelta
-
-    return timedelta(days=n)
-
-
-def _minutes(n):
-    from datetime import timedelta
-
-    return timedelta(minutes=n)
 
 
 def _navigates(driver, action) -> None:
