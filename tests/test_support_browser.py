@@ -82,6 +82,7 @@ class Clock:
 
 def _telegram(client, clock, update, when):
     clock.at(when)
+    update["update_id"] = int(when.timestamp())  # the same on every run: so are the screenshots
     assert send(client, dated(update, int(when.timestamp()))).status_code == 200
 
 
@@ -135,9 +136,11 @@ def _navigates(driver, action) -> None:
 
 def _screenshot(driver, name: str) -> None:
     """The whole page, from its top, as ``docs/_static/support/<name>.png``."""
+    driver.set_window_size(1200, 600)  # the page's own height, not the window's
     driver.execute_script("window.scrollTo(0, 0)")
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1200, min(2400, height + 100))
+    frame = driver.get_window_size()["height"] - driver.execute_script("return innerHeight")
+    driver.set_window_size(1200, min(2400, height + frame))
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
