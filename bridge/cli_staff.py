@@ -6,7 +6,6 @@ Parsing and printing only: the password is hashed here (werkzeug's
 
 from __future__ import annotations
 
-import re
 import sys
 
 import click
@@ -14,15 +13,9 @@ from flask.cli import AppGroup
 from werkzeug.security import generate_password_hash
 
 from .cli_support import _echo_json, _json_option, _plural, _ready, format_table
+from .ledger.staff import valid_name
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 MIN_PASSWORD = 12  # characters of a staff password
-
-
-def valid_name(name: str) -> bool:
-    """A staff user name: 1 to 64 of letters, digits and ``. _ @ -``, not starting with
-    a sign (the support page's login form takes the same)."""
-    return bool(NAME.fullmatch(name))
 
 
 def _name(ctx, param, value: str) -> str:

@@ -577,12 +577,16 @@ def test_the_overview_counts_states_and_the_outbox(
 
 
 def test_the_overview_shows_dead_letters_and_why(staff_client, auth, bridge, requests_mock):
-    requests_mock.post(TOKENS_URL, status_code=400, json={"message": "Invalid token"})
-    register(staff_client, auth, {"token": 9, "contactId": 9})
+    requests_mock.post(
+        TOKENS_URL, status_code=400, json={"message": "Invalid token 987654321 of x@example.com"}
+    )
+    register(staff_client, auth, {"token": 987654321, "email": "x@example.com"})
     bridge.deliver_once()
     page = staff_client.get("/support/overview").text
     assert '<dd id="dead">1</dd>' in page
-    assert "Why they died" in page
+    [reason] = re.findall(r"Why they died.*?<td>(.*?)</td>", page, re.S)
+    assert "Invalid token &lt;number&gt; of &lt;email&gt;" in reason
+    assert "987654321" not in page and "x@example.com" not in page
 
 
 def test_the_overview_lists_held_conflicts(make_app, staff, auth, upstream):

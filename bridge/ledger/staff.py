@@ -12,6 +12,7 @@ such names, so guessed names never pile up).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
@@ -25,6 +26,15 @@ FORGET_AFTER = timedelta(days=1)  # a name's failures are forgotten after a day 
 _FORGET_AT_ONCE = 10  # forgotten names deleted upon each new name
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def valid_name(name: str) -> bool:
+    """A staff user name: 1 to 64 of letters, digits and ``. _ @ -``, starting with a
+    letter or digit (the CLI and the login form take the same)."""
+    return bool(NAME.fullmatch(name))
+
+
 def wait_after(failures: int) -> int:
     """Seconds the next attempt of a name waits after ``failures`` failed ones in a row."""
     if failures < FREE_FAILURES:
@@ -34,6 +44,8 @@ def wait_after(failures: int) -> int:
 
 def add(conn, now: datetime, name: str, password_hash: str) -> bool:
     """Create the account ``name``, or give it a new password; True when it is new."""
+    if not valid_name(name):
+        raise ValueError(f"not a staff user name: {name!r}")
     lock_keys(conn, [f"support-user:{name}"])
     changed = conn.execute(
         update(SupportUser).where(SupportUser.name == name).values(password_hash=password_hash)

@@ -1,7 +1,8 @@
 """The support page's overview: counts by state, the outbox (queued, oldest waiting,
 paused and why, dead letters and why), the conflicts waiting for review, and the
 last 30 days' chart. Flask-free: it words what ``/healthz``'s details, the ledger's
-statistics and its per-day activity say."""
+statistics and its per-day activity say. It shows no customer's data: ids and counts,
+and Reteno's reasons for dead letters with addresses and numbers masked."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..logs import redact
 from . import chart
 
 DAYS = 30
@@ -85,8 +87,8 @@ def build(health: dict, stats: dict, days: list[dict], held: list[Any]) -> Overv
         oldest_wait=duration(health["outbox"]["oldestAgeSeconds"]),
         paused=paused,
         dead=health.get("deadLetters", 0),
-        dead_by_error=[
-            (item["error"] or "no reason given", item["count"])
+        dead_by_error=[  # Reteno's words may quote someone: masked as in the logs
+            (redact(item["error"]) if item["error"] else "no reason given", item["count"])
             for item in stats["deadLetters"]["byError"]
         ],
         dead_commands=health.get("deadCommands", {}),

@@ -13,8 +13,8 @@ from flask import Blueprint, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from ..cli_staff import valid_name
 from ..ledger import State
+from ..ledger.staff import valid_name
 from ..logs import get_logger
 from ..runtime import current
 from . import overview, session, story
