@@ -59,7 +59,7 @@ def _answer(response):
 def _page(template: str, status: int = 200, **context):
     context.setdefault("user", g.support.user if g.support else None)
     context.setdefault("csrf", (g.support_cookie or g.support).csrf)
-    return render_template(f"support/{template}", kinds=story.KINDS, **context), status
+    return render_template(f"bridge_support/{template}", kinds=story.KINDS, **context), status
 
 
 # --- logging in and out -------------------------------------------------------------
