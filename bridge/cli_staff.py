@@ -68,7 +68,7 @@ def remove_command(name: str):
 def list_command(as_json: bool):
     """The staff accounts: name, when made, last login."""
     rt = _ready()
-    accounts = rt.ledger.staff()
+    accounts = rt.ledger.staff_accounts()
     if as_json:
         _echo_json([{"name": n, "createdAt": c, "lastLoginAt": last} for n, c, last in accounts])
         return

@@ -361,7 +361,7 @@ class Ledger:
         with self.db.write() as conn:
             return staff.remove(conn, name)
 
-    def staff(self) -> list[tuple[str, datetime, datetime | None]]:
+    def staff_accounts(self) -> list[tuple[str, datetime, datetime | None]]:
         """(name, created, last login) of every staff account."""
         with self.db.read() as conn:
             return staff.accounts(conn)
