@@ -230,6 +230,19 @@ def test_logging_out_ends_the_session(staff_client):
     assert "You are logged out." in staff_client.get("/support/login?out=1").text
 
 
+def test_logging_out_ends_every_session_of_the_account(app, staff_client):
+    copied = staff_client.get_cookie("bridge_support", path="/support").value
+    elsewhere = app.test_client()
+    assert login(elsewhere).status_code == 303
+    token = csrf_of(staff_client.get("/support/").text)
+    staff_client.post("/support/logout", data={"csrf": token})
+    assert elsewhere.get("/support/").status_code == 303
+    staff_client.set_cookie("bridge_support", copied, path="/support")
+    assert staff_client.get("/support/").status_code == 303  # a copied cookie is no login
+    assert login(staff_client).status_code == 303  # a new login works at once
+    assert staff_client.get("/support/").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("name", "password"),
     [(STAFF, "wrong password here"), ("nobody", PASSWORD), ("<script>", PASSWORD)],

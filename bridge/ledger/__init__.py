@@ -366,9 +366,11 @@ class Ledger:
         with self.db.read() as conn:
             return staff.accounts(conn)
 
-    def staff_password_hash(self, name: str) -> str | None:
+    def staff_account(self, name: str) -> tuple[str, int] | None:
+        """(password hash, session generation) of a staff account; None when there is
+        none."""
         with self.db.read() as conn:
-            return staff.password_hash(conn, name)
+            return staff.account(conn, name)
 
     def login_attempt(self, name: str) -> tuple[bool, float]:
         """Whether an attempt to log in as ``name`` is heard now, and the seconds of
@@ -379,6 +381,11 @@ class Ledger:
     def logged_in(self, name: str) -> None:
         with self.db.write() as conn:
             staff.logged_in(conn, self.clock(), name)
+
+    def logged_out(self, name: str) -> None:
+        """Every session of the staff account made until now ends."""
+        with self.db.write() as conn:
+            staff.logged_out(conn, name)
 
     # --- erasure -------------------------------------------------------------------------
 

@@ -76,9 +76,13 @@ def accounts(conn) -> list[tuple[str, datetime, datetime | None]]:
     return [tuple(row) for row in rows]
 
 
-def password_hash(conn, name: str) -> str | None:
-    """The password hash of the account ``name``; None when there is none."""
-    return conn.execute(select(SupportUser.password_hash).where(SupportUser.name == name)).scalar()
+def account(conn, name: str) -> tuple[str, int] | None:
+    """The account ``name``: (password hash, session generation); None when there is
+    none."""
+    row = conn.execute(
+        select(SupportUser.password_hash, SupportUser.generation).where(SupportUser.name == name)
+    ).first()
+    return tuple(row) if row else None
 
 
 def attempt(conn, now: datetime, name: str) -> tuple[bool, float]:
@@ -129,6 +133,16 @@ def _forget(conn, now: datetime) -> None:
         .limit(_FORGET_AT_ONCE)
     )
     conn.execute(delete(SupportLogin).where(SupportLogin.name.in_(old.scalar_subquery())))
+
+
+def logged_out(conn, name: str) -> None:
+    """``name`` logged out: every session of the account made until now ends (a new
+    generation)."""
+    conn.execute(
+        update(SupportUser)
+        .where(SupportUser.name == name)
+        .values(generation=SupportUser.generation + 1)
+    )
 
 
 def logged_in(conn, now: datetime, name: str) -> None:

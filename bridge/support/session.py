@@ -29,6 +29,7 @@ POLICY = (
 class Session:
     user: str | None  # the staff user logged in; None before login
     csrf: str  # the token the page's forms send back
+    generation: int = 0  # its account's session generation at login (a logout ends it)
 
 
 def _signer(secret_key: str) -> URLSafeTimedSerializer:
@@ -46,13 +47,15 @@ def read(secret_key: str) -> Session | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("c"), str):
         return None
-    user = data.get("u")
-    return Session(user if isinstance(user, str) else None, data["c"])
+    user, generation = data.get("u"), data.get("g", 0)
+    if not isinstance(user, str) or not isinstance(generation, int):
+        user, generation = None, 0
+    return Session(user, data["c"], generation)
 
 
-def fresh(user: str | None = None) -> Session:
+def fresh(user: str | None = None, generation: int = 0) -> Session:
     """A new session (a new CSRF token): before login, and upon login."""
-    return Session(user, secrets.token_urlsafe(32))
+    return Session(user, secrets.token_urlsafe(32), generation)
 
 
 def _path() -> str:
@@ -62,7 +65,7 @@ def _path() -> str:
 def write(response: Response, secret_key: str, session: Session) -> None:
     response.set_cookie(
         COOKIE,
-        _signer(secret_key).dumps({"u": session.user, "c": session.csrf}),
+        _signer(secret_key).dumps({"u": session.user, "c": session.csrf, "g": session.generation}),
         max_age=SESSION_SECONDS,
         path=_path(),
         secure=request.is_secure,

@@ -42,8 +42,10 @@ def _who():
     if request.endpoint in _OPEN:
         return None
     user = g.support.user if g.support else None
-    if user is None or current().ledger.staff_password_hash(user) is None:
-        return redirect(url_for("support.login"), 303)  # a removed account ends here too
+    account = current().ledger.staff_account(user) if user else None
+    if account is None or account[1] != g.support.generation:
+        # no login, a removed account, or a session its user ended by logging out
+        return redirect(url_for("support.login"), 303)
     return None
 
 
@@ -93,7 +95,8 @@ def login_post():
             error=f"Too many failed logins for this user name: try again in {int(wait) + 1} s.",
             name=name,
         )
-    stored = ledger.staff_password_hash(name)
+    account = ledger.staff_account(name)
+    stored = account[0] if account else None
     if not _UNKNOWN_HASH:
         _UNKNOWN_HASH.append(generate_password_hash(session.fresh().csrf))
     if not check_password_hash(stored or _UNKNOWN_HASH[0], password) or stored is None:
@@ -104,7 +107,7 @@ def login_post():
         return _page("login.html", 401, error=error, name=name)
     ledger.logged_in(name)
     log.info("support login user=%s", name)
-    g.support_cookie = session.fresh(name)
+    g.support_cookie = session.fresh(name, account[1])
     return redirect(url_for("support.search"), 303)
 
 
@@ -112,6 +115,7 @@ def login_post():
 def logout():
     if not session.csrf_ok(g.support, request.form.get("csrf")):
         return _page("search.html", 400, error="This form expired; please try again.")
+    current().ledger.logged_out(g.support.user)  # ends its other sessions too
     log.info("support logout user=%s", g.support.user)
     g.support_logout = True
     return redirect(url_for("support.login", out=1), 303)

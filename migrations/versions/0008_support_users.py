@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(255), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("last_login_at", UTCDateTime(), nullable=True),
+        sa.Column("generation", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_bridge_support_users"),
         sa.UniqueConstraint("name", name="uq_bridge_support_users_name"),
         sqlite_autoincrement=True,
