@@ -38,7 +38,7 @@ def _secret() -> str:
 @bp.before_request
 def _who():
     g.support = session.read(_secret())
-    g.support_cookie = None
+    g.support_cookie, g.support_user = None, None
     if request.endpoint in _OPEN:
         return None
     user = g.support.user if g.support else None
@@ -46,6 +46,7 @@ def _who():
     if account is None or account[1] != g.support.generation:
         # no login, a removed account, or a session its user ended by logging out
         return redirect(url_for("support.login"), 303)
+    g.support_user = user  # who the page says is logged in, and who the log names
     return None
 
 
@@ -59,7 +60,7 @@ def _answer(response):
 
 
 def _page(template: str, status: int = 200, **context):
-    context.setdefault("user", g.support.user if g.support else None)
+    context.setdefault("user", g.support_user)
     context.setdefault("csrf", (g.support_cookie or g.support).csrf)
     return render_template(f"bridge_support/{template}", kinds=story.KINDS, **context), status
 
@@ -115,8 +116,8 @@ def login_post():
 def logout():
     if not session.csrf_ok(g.support, request.form.get("csrf")):
         return _page("search.html", 400, error="This form expired; please try again.")
-    current().ledger.logged_out(g.support.user)  # ends its other sessions too
-    log.info("support logout user=%s", g.support.user)
+    current().ledger.logged_out(g.support_user)  # ends its other sessions too
+    log.info("support logout user=%s", g.support_user)
     g.support_logout = True
     return redirect(url_for("support.login", out=1), 303)
 
@@ -137,12 +138,12 @@ def search_post():
     try:
         normal = story.normalize(kind, value)
     except story.BadLookup as exc:
-        log.info("support look-up user=%s kind=%s refused", g.support.user, kind[:32])
+        log.info("support look-up user=%s kind=%s refused", g.support_user, kind[:32])
         return _page("search.html", 422, error=str(exc), kind=kind, value=value[:300])
     rt = current()
     stories, none = story.look_up(rt.ledger, kind, normal, rt.ledger.clock())
     log.info(
-        "support look-up user=%s kind=%s chats=%d", g.support.user, kind, len(stories)
+        "support look-up user=%s kind=%s chats=%d", g.support_user, kind, len(stories)
     )  # the value never: only the kind of identifier
     return _page(
         "search.html",
