@@ -91,7 +91,7 @@ def chat_story(ledger, token: str, now: datetime) -> Story:
         token=token,
         answer=answer(records, events, now, paused),
         registrations=records,
-        lines=[line(e, records, now) for e in reversed(events)],
+        lines=[line(e) for e in reversed(events)],
     )
 
 
@@ -223,9 +223,7 @@ def _delivered_answer(record, events, by_id, now: datetime) -> str:
 _SOURCES = {
     "api": "the bot's backend (POST /register)",
     "telegram": "Telegram (the customer unblocked the bot)",
-    "link": "a /start link",
-    "cli": "the command line",
-    "claim": "a claim code",
+    "telegram_link": "a /start link the customer opened",
 }
 _REASONS = {
     "blocked": "the customer blocked the bot",
@@ -235,7 +233,7 @@ _REASONS = {
 }
 
 
-def _words(event: HistoryEvent, records, now: datetime) -> str:  # noqa: C901 - one table
+def _words(event: HistoryEvent) -> str:  # noqa: C901 - one table, read top to bottom
     d, kind = event.detail or {}, event.kind
     if kind == "submitted":
         text = (
@@ -305,7 +303,8 @@ def _words(event: HistoryEvent, records, now: datetime) -> str:  # noqa: C901 - 
     return kind.replace("_", " ").capitalize()
 
 
-def line(event: HistoryEvent, records, now: datetime) -> Line:
+def line(event: HistoryEvent) -> Line:
+    """One line of a story: the event in words, and as the history API shows it."""
     raw = json.dumps(
         {
             "at": event.at.isoformat(),
@@ -317,4 +316,4 @@ def line(event: HistoryEvent, records, now: datetime) -> Line:
         ensure_ascii=False,
         default=str,
     )
-    return Line(event.at, _words(event, records, now), event.kind, raw)
+    return Line(event.at, _words(event), event.kind, raw)
