@@ -15,6 +15,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import db as dbmod
 from .cli_chats import COMMANDS as chat_commands
+from .cli_staff import support_user_group
 from .cli_support import (
     _ID_OPTIONS,
     _echo_json,
@@ -53,6 +54,7 @@ cli = _Group("bridge", help="Reteno bridge: migrations, delivery and the audit l
 cli.add_command(sandbox_command)  # the simulator alone: `flask bridge sandbox --port 8025`
 for _command in chat_commands:  # mute, unmute, stale, replay
     cli.add_command(_command)
+cli.add_command(support_user_group)  # the support page's staff accounts
 
 
 @cli.command("migrate")

@@ -56,6 +56,7 @@ MAX_QUEUED_LOG_LINES = 10_000
 DEFAULT_HEALTH_CACHE_SECONDS = 5.0  # the ledger's counts in /healthz and /metrics
 BACKLOG_SECONDS = 900  # /healthz says "outbox_backlog" once the oldest queued row is older
 MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link secrets
+MIN_SESSION_SECRET = 32  # characters of BRIDGE_SECRET_KEY (it signs the support page's cookie)
 DEFAULT_LINK_TTL = "30d"
 MAX_LINK_TTL = 365 * 86400  # seconds: the longest a link may stay valid (0, never, aside)
 ON_CONFLICT = ("send", "hold")
@@ -113,6 +114,8 @@ class Settings:
     metrics_public: bool
     health_cache_seconds: float
     status_timezone: tzinfo  # Reteno's offset-less times are read in it
+    support_page: bool = False  # the support page under /support/
+    secret_key: str | None = field(default=None, repr=False)  # signs its session cookie
 
     @property
     def hold_conflicts(self) -> bool:
@@ -275,6 +278,18 @@ def secrets(check: Callable[[str, tuple[str, ...]], None], text: bool = True) ->
         found = tuple(str(i).strip() for i in items if str(i).strip())
         check(key, found)
         return found
+
+    return read
+
+
+def session_secret() -> Callable:
+    @_reader(f"secret, {MIN_SESSION_SECRET}+ characters")
+    def read(key, value, values):
+        if len(value) < MIN_SESSION_SECRET:
+            raise ConfigError(
+                f"{key} must be at least {MIN_SESSION_SECRET} characters long (it has {len(value)})"
+            )
+        return value
 
     return read
 
@@ -481,6 +496,14 @@ def _link_ttl_bounded(values: Mapping) -> None:
     if values["BRIDGE_LINK_TTL"] > MAX_LINK_TTL:
         raise ConfigError(
             f"BRIDGE_LINK_TTL must be at most {MAX_LINK_TTL // 86400}d (or 0: never expires)"
+        )
+
+
+def _support_page_has_key(values: Mapping) -> None:
+    if values["BRIDGE_SUPPORT_PAGE"] and not values["BRIDGE_SECRET_KEY"]:
+        raise ConfigError(
+            "BRIDGE_SECRET_KEY is not set: BRIDGE_SUPPORT_PAGE=true needs it to sign the "
+            f"support page's session cookie ({MIN_SESSION_SECRET}+ characters)"
         )
 
 
@@ -725,6 +748,22 @@ KEYS: tuple[Key, ...] = (
         "stops start-up.",
         default="UTC",
         field="status_timezone",
+    ),
+    Key(
+        "BRIDGE_SUPPORT_PAGE",
+        flag(),
+        "``true``: serve the support page under ``/support/`` of the bridge's mount "
+        "(read-only, for support staff with ``bridge support-user`` accounts; needs "
+        "``BRIDGE_SECRET_KEY``).",
+        default=False,
+        field="support_page",
+    ),
+    Key(
+        "BRIDGE_SECRET_KEY",
+        session_secret(),
+        "Signs the support page's session cookie; changing it logs every staff user out.",
+        field="secret_key",
+        check=_support_page_has_key,
     ),
     # Read where the process starts, not into Settings (an app that mounts the bridge
     # has its own instance folder, logging and server).

@@ -1,8 +1,9 @@
 """The Flask extension object: ``Bridge().init_app(app, url_prefix=...)``.
 
 ``init_app`` only wires: it reads the settings (refusing bad ones), builds the
-runtime (:mod:`bridge.runtime`), registers the blueprint and the ``bridge``
-CLI group, and, in sandbox mode, attaches the simulator. It does no database
+runtime (:mod:`bridge.runtime`), registers the blueprint (and, with
+``BRIDGE_SUPPORT_PAGE``, the support page's) and the ``bridge`` CLI group, and, in
+sandbox mode, attaches the simulator. It does no database
 I/O, writes no file, starts no thread and leaves the process's logging alone;
 a second registration on the same app is refused. What a served app does
 before serving (the schema check, the start-up banner, the delivery thread)
@@ -59,6 +60,10 @@ class Bridge:
         runtime = Runtime(app, settings, prefix or "/")
         app.extensions[EXTENSION] = runtime
         app.register_blueprint(bp, url_prefix=prefix or None)
+        if settings.support_page:
+            from .support.views import bp as support
+
+            app.register_blueprint(support, url_prefix=f"{prefix}/support")
         if settings.sandbox:
             sandbox.attach(app, runtime)
         app.cli.add_command(cli)

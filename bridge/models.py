@@ -297,3 +297,35 @@ class BridgeState(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class SupportUser(Base):
+    """A staff account of the support page (``bridge support-user``): a name and a
+    password hash (werkzeug's), never the password."""
+
+    __tablename__ = "bridge_support_users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # one more with each logout: a session cookie names the generation it was made in, so
+    # a logout ends every session of the account (cookies are signed, not stored)
+    generation: Mapped[int] = mapped_column(Integer, default=lambda: 0)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+class SupportLogin(Base):
+    """Failed logins to the support page in a row, per user name (known or not): every
+    process reads the same wait before the next attempt is heard."""
+
+    __tablename__ = "bridge_support_logins"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=lambda: 0)
+    wait_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())  # a day quiet: forgotten
+
+    __table_args__ = (Index("ix_bridge_support_logins_last_attempt_at", "last_attempt_at"),)

@@ -50,6 +50,8 @@ CONFIG_KEYS = [
     "BRIDGE_MAX_FIELD_ERRORS",
     "BRIDGE_STATUS_TIMEZONE",
     "BRIDGE_UPSTREAM_DEADLINE",
+    "BRIDGE_SUPPORT_PAGE",
+    "BRIDGE_SECRET_KEY",
 ]
 
 API_KEY = "test-api-key-0123456789"
@@ -114,6 +116,7 @@ def db_url(_database_template, tmp_path):
         conn.execute(
             text(
                 "TRUNCATE bridge_events, bridge_commands, bridge_registrations, bridge_links, "
+                "bridge_support_users, bridge_support_logins, "
                 "bridge_state RESTART IDENTITY CASCADE"
             )
         )

@@ -71,7 +71,17 @@ def test_the_ledger_imports_no_http_upstream_or_sandbox(path):
 
 @pytest.mark.parametrize(
     "path",
-    modules("statuses", "telegram", "worker", "reteno", "replay", "watch"),
+    modules(
+        "statuses",
+        "telegram",
+        "worker",
+        "reteno",
+        "replay",
+        "watch",
+        "support/story",
+        "support/overview",
+        "support/chart",
+    ),
     ids=lambda p: p.name,
 )
 def test_services_import_no_flask(path):

@@ -1,8 +1,9 @@
 """The package as users mount it: a wheel built from this checkout, installed into a
 fresh virtualenv in a temporary directory, used from there with no checkout in
 sight: a host app mounts it at a prefix, ``flask bridge migrate`` migrates, gunicorn
-serves it, ``/register`` and ``GET /tokens`` answer over HTTP, and ``reteno-bridge
-deliver --once`` delivers to the simulator (``reteno-sandbox``, also from the wheel).
+serves it, ``/register`` and ``GET /tokens`` answer over HTTP, ``reteno-bridge
+deliver --once`` delivers to the simulator (``reteno-sandbox``, also from the wheel),
+and the support page serves its templates and stylesheet.
 And as a new user tries it: ``reteno-bridge --help`` with no settings, then
 ``reteno-bridge serve --sandbox`` in an empty folder, its data in that folder."""
 
@@ -128,6 +129,8 @@ def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(instal
             "BRIDGE_API_KEYS": API_KEY,
             "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
             "BRIDGE_BACKGROUND_DELIVERY": "false",
+            "BRIDGE_SUPPORT_PAGE": "true",
+            "BRIDGE_SECRET_KEY": "installed-support-secret-" + "s" * 16,
         }
     )
     where = check(
@@ -139,6 +142,14 @@ def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(instal
         [str(bin_dir / "flask"), "--app", "host", "bridge", "migrate"], cwd=host, env=env
     )
     assert "migrated from empty to" in migrated.stdout
+    staff = check(
+        [str(bin_dir / "flask"), "--app", "host", "bridge", "support-user", "add", "ann"]
+        + ["--password-stdin"],
+        cwd=host,
+        env=env,
+        input="a long enough password\n",
+    )
+    assert "support user ann added" in staff.stdout
 
     sim_port, web_port = free_port(), free_port()
     env["RETENO_BASE_URL"] = f"http://127.0.0.1:{sim_port}"
@@ -190,6 +201,11 @@ def test_the_wheel_mounts_migrates_serves_and_delivers_outside_a_checkout(instal
         ]
         [item] = requests.get(f"{base}/tokens", headers=AUTH, timeout=10).json()["items"]
         assert item["state"] == "delivered"
+        # the support page's templates and stylesheet are in the wheel
+        login = requests.get(f"{base}/support/login", timeout=10)
+        assert login.status_code == 200 and "<h1>Log in</h1>" in login.text
+        css = requests.get(f"{base}/support/static/support.css", timeout=10)
+        assert css.status_code == 200 and ":focus-visible" in css.text
     finally:
         for proc in processes:
             proc.terminate()

@@ -14,7 +14,8 @@ module per job:
 * :mod:`.reports` — status events, Telegram's blocks and unblocks, stale removals;
 * :mod:`.queries` — look-ups, history and statistics;
 * :mod:`.linking` — links and claim codes: issued, opened, claimed, revoked;
-* :mod:`.erasure` — one contact's data out.
+* :mod:`.erasure` — one contact's data out;
+* :mod:`.staff` — the support page's staff accounts and its failed-login throttle.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy import select
 
 from ..db import Database
 from ..models import Registration, utcnow
-from . import chats, commands, erasure, linking, outbox, queries, registering, reports
+from . import chats, commands, erasure, linking, outbox, queries, registering, reports, staff
 from .states import COMMANDS, LINKS, REGISTRATIONS, State, append_events
 from .times import EXACT
 from .types import (
@@ -409,6 +410,49 @@ class Ledger:
     def stats(self, days: int = 7, quiet_days: int = 30) -> dict[str, Any]:
         with self.db.read() as conn:
             return queries.stats(conn, self.clock(), days, quiet_days)
+
+    def activity(self, days: int = 30) -> list[dict[str, Any]]:
+        """Registrations, removals and comebacks per UTC day, the last ``days`` (today
+        included), oldest first."""
+        with self.db.read() as conn:
+            return queries.activity(conn, self.clock(), days)
+
+    # --- the support page's staff ---------------------------------------------------------
+
+    def add_staff(self, name: str, password_hash: str) -> bool:
+        """Create a staff account, or give it a new password hash; True when new."""
+        with self.db.write() as conn:
+            return staff.add(conn, self.clock(), name, password_hash)
+
+    def remove_staff(self, name: str) -> bool:
+        with self.db.write() as conn:
+            return staff.remove(conn, name)
+
+    def staff_accounts(self) -> list[tuple[str, datetime, datetime | None]]:
+        """(name, created, last login) of every staff account."""
+        with self.db.read() as conn:
+            return staff.accounts(conn)
+
+    def staff_account(self, name: str) -> tuple[str, int] | None:
+        """(password hash, session generation) of a staff account; None when there is
+        none."""
+        with self.db.read() as conn:
+            return staff.account(conn, name)
+
+    def login_attempt(self, name: str) -> tuple[bool, float]:
+        """Whether an attempt to log in as ``name`` is heard now, and the seconds of
+        its wait (see :func:`.staff.attempt`)."""
+        with self.db.write() as conn:
+            return staff.attempt(conn, self.clock(), name)
+
+    def logged_in(self, name: str) -> None:
+        with self.db.write() as conn:
+            staff.logged_in(conn, self.clock(), name)
+
+    def logged_out(self, name: str) -> None:
+        """Every session of the staff account made until now ends."""
+        with self.db.write() as conn:
+            staff.logged_out(conn, name)
 
     # --- erasure -------------------------------------------------------------------------
 

@@ -204,14 +204,51 @@ def outbox(conn, now: datetime) -> dict[str, Any]:
     }
 
 
-def _per_day(conn, column, since: datetime) -> dict[str, int]:
-    """``{"YYYY-MM-DD": count}`` of registrations whose ``column`` is at or after ``since``."""
+def _per_day(conn, column, since: datetime, *where) -> dict[str, int]:
+    """``{"YYYY-MM-DD": count}`` of the rows (registrations, or events) whose ``column``
+    is at or after ``since`` and that meet ``where``."""
     if conn.dialect.name == "postgresql":
         day = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
     else:  # SQLite keeps naive UTC text: "YYYY-MM-DD HH:MM:SS.ffffff"
         day = func.substr(column, 1, 10)
-    rows = conn.execute(select(day, func.count()).where(column >= since).group_by(day)).all()
+    rows = conn.execute(
+        select(day, func.count()).where(column >= since, *where).group_by(day)
+    ).all()
     return {str(d): int(n) for d, n in rows}
+
+
+def _days(now: datetime, days: int) -> tuple[list[str], datetime]:
+    """The last ``days`` UTC calendar days (today included) as ``YYYY-MM-DD``, and when
+    the first began."""
+    today = now.astimezone(UTC).date()
+    first = today - timedelta(days=days - 1)
+    names = [(first + timedelta(days=offset)).isoformat() for offset in range(days)]
+    return names, datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+
+
+def activity(conn, now: datetime, days: int) -> list[dict[str, Any]]:
+    """Per UTC day of the last ``days`` (every day, zeros too): ``registered``
+    (registrations made), ``removed`` (registrations removed) and ``cameBack`` (chats
+    live again after a block: an unblock that made a registration)."""
+    names, since = _days(now, days)
+    registered = _per_day(conn, Registration.created_at, since)
+    removed = _per_day(conn, Registration.removed_at, since)
+    came_back = _per_day(
+        conn,
+        Event.at,
+        since,
+        Event.kind == "telegram_unblocked",
+        Event.registration_id.is_not(None),
+    )
+    return [
+        {
+            "day": day,
+            "registered": registered.get(day, 0),
+            "removed": removed.get(day, 0),
+            "cameBack": came_back.get(day, 0),
+        }
+        for day in names
+    ]
 
 
 def stats(conn, now: datetime, days: int, quiet_days: int = 30) -> dict[str, Any]:
