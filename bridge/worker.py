@@ -2,8 +2,8 @@
 
 Owns the loop, not the states: it claims due registrations from the ledger
 in batches of ``BRIDGE_BATCH_SIZE``, makes one upstream call per batch and
-tells the ledger what happened; then the due mutes and unmutes, one call
-each. Each of these is a :class:`Lane` (a claim and a call); a replay into
+tells the ledger what happened; then the due mutes and unmutes, and the bots'
+custom events, one call each. Each of these is a :class:`Lane` (a claim and a call); a replay into
 another app is a worker with a lane of its own. A batch Reteno refuses with a 4xx other than
 401/403/404 is split in halves until the offending token is alone; that one
 goes ``dead`` and the rest are delivered. It runs as a background thread of
@@ -27,6 +27,8 @@ from .logs import get_logger
 from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
 
 log = get_logger("bridge.worker")
+
+EVENTS_RATE = 350  # the events lane: Reteno's limit for /api/v2/event, requests a second
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class DeliveryWorker:
             ),
             # one chat per call (Reteno's mute takes one token)
             Lane("mute", lambda: ledger.claim_mutes(1, self.lease_seconds), client.send_command),
+            # one event per call (Reteno has no bulk call for live events), at most EVENTS_RATE/s
+            Lane("events", lambda: ledger.claim_events(1, self.lease_seconds), client.send_event),
         ]
 
     def _call(self, lane: Lane, claim, rows) -> CallResult:
