@@ -251,6 +251,7 @@ def test_reteno_s_400_is_a_dead_letter_with_its_text_and_requeue_brings_it_back(
     assert PARAMS_TEXT in history(client, auth, CHAT)[-1]["detail"]["error"]
     health = client.get("/healthz", headers=auth).get_json()
     assert "delivery_paused" not in health["reasons"]
+    assert "dead_commands" in health["reasons"] and health["deadCommands"] == {"event": 1}
     assert PARAMS_TEXT not in str(health)  # Reteno's text can quote personal data
     metrics = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_ledger_events{state="dead"} 1.0' in metrics
@@ -259,6 +260,7 @@ def test_reteno_s_400_is_a_dead_letter_with_its_text_and_requeue_brings_it_back(
     run_cli(runner, "requeue", "--error-contains", "following params")
     bridge.deliver_once()
     assert kinds(client, auth)[-2:] == ["event_requeued", "event_delivered"]
+    assert client.get("/healthz", headers=auth).get_json()["deadCommands"] == {}
 
 
 def test_an_event_of_a_chat_that_blocks_before_it_is_sent_is_not_sent(
@@ -276,6 +278,8 @@ def test_an_event_of_a_chat_that_blocks_before_it_is_sent_is_not_sent(
     assert "no live registration" in dropped["detail"]["reason"]
     metrics = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'bridge_ledger_events{state="dropped"} 1.0' in metrics
+    # the user's choice, not a fault: no dead letter for an operator
+    assert client.get("/healthz", headers=auth).get_json()["deadCommands"] == {}
     # requeued while the chat is still gone: dropped again, never sent
     run_cli(runner, "requeue")
     bridge.deliver_once()
