@@ -207,7 +207,10 @@ class CustomEventResultSchema(Schema):
     token = fields.String()
     eventTypeKey = fields.String(attribute="event_type_key")
     state = fields.String(metadata={"example": "queued"})
-    time = fields.AwareDateTime(metadata={"description": "When it happened."})
+    occurredAt = fields.AwareDateTime(
+        attribute="time",
+        metadata={"description": "When it happened (`time`, else when received)."},
+    )
     requestedAt = fields.AwareDateTime(attribute="requested_at")
 
 

@@ -9,9 +9,11 @@ upstream call is answered by ``requests_mock``.
 
 from __future__ import annotations
 
+import httpx
 import pytest
+from reteno_bridge_client import BridgeClient, BridgeError
 
-from tests.conftest import TOKENS_URL
+from tests.conftest import API_KEY, TOKENS_URL
 from tests.helpers import assert_error_shape, history, register, run_cli
 
 EVENT_URL = "https://reteno.com/api/v2/event"
@@ -146,7 +148,7 @@ def test_a_batch_is_answered_in_order(client, auth, bridge, delivered_chat, upst
 
 def test_a_time_is_kept_in_the_history(client, auth, delivered_chat, clock):
     body = send(client, auth, event(time="2026-01-02T03:04:05Z"))
-    assert body["events"][0]["time"].startswith("2026-01-02T03:04:05")
+    assert body["events"][0]["occurredAt"].startswith("2026-01-02T03:04:05")
     assert history(client, auth, CHAT)[-1]["detail"]["time"].startswith("2026-01-02T03:04:05")
     later = int(clock.now.timestamp()) + 3600  # a future time counts as the time received
     detail = send(client, auth, event(time=later)) and history(client, auth, CHAT)[-1]["detail"]
@@ -324,3 +326,17 @@ def test_the_openapi_document_declares_the_route(client):
     spec = client.get("/openapi.json").get_json()
     operation = spec["paths"]["/events"]["post"]
     assert {"202", "401", "404", "422"} <= set(operation["responses"])
+
+
+def test_the_client_s_send_event_against_the_bridge(app, bridge, delivered_chat, upstream):
+    transport = httpx.WSGITransport(app=app)
+    with BridgeClient("http://bridge.test", API_KEY, transport=transport) as client:
+        result = client.send_event(int(CHAT), "welcome", {"plan": "gold"})
+        with pytest.raises(BridgeError) as raised:
+            client.send_event(777, "welcome")
+    assert (result.token, result.event_type_key, result.state) == (CHAT, "welcome", "queued")
+    assert result.occurred_at is not None and result.requested_at is not None
+    assert raised.value.status == 404
+    assert raised.value.errors == {"token": ["No live registration."]}
+    bridge.deliver_once()
+    assert event_calls(upstream)[0]["params"][1:] == [{"name": "plan", "value": "gold"}]
