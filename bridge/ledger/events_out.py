@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, exists, func, insert, select, update
 from ..db import in_pages
 from ..models import OutgoingEvent, Registration
 from .outbox import blocked_until, upstream_state
-from .states import EVENTS, State, append_events
+from .states import EVENTS, State, append_events, sql_constant
 from .times import received
 from .types import Claim, EventRecord, EventRequest
 
@@ -155,7 +155,7 @@ def claim(conn, now: datetime, limit: int, lease_seconds: int) -> Claim | None:
     due_rows = (
         select(OutgoingEvent.id, OutgoingEvent.token, known.label("known"))
         .where(
-            OutgoingEvent.state == State.QUEUED.value,
+            OutgoingEvent.state == sql_constant(State.QUEUED),  # the outbox's partial index
             OutgoingEvent.next_attempt_at <= now,
             known | ~sendable,  # one waiting for its chat's registration stays out of the way
         )
