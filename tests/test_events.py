@@ -9,6 +9,8 @@ upstream call is answered by ``requests_mock``.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from reteno_bridge_client import BridgeClient, BridgeError
@@ -320,6 +322,17 @@ def test_metrics_count_events_by_outcome(client, auth, bridge, delivered_chat, u
     assert 'bridge_events_total{result="invalid"} 1.0' in text
     assert 'bridge_commands_total{lane="events",outcome="delivered"} 2.0' in text
     assert 'bridge_ledger_events{state="delivered"} 2.0' in text
+
+
+def test_bridge_stats_counts_events(client, auth, bridge, delivered_chat, upstream, runner):
+    assert "Custom events" not in run_cli(runner, "stats").output
+    send(client, auth, {"events": [event(), event()]})
+    bridge.deliver_once()
+    send(client, auth, event())
+    output = run_cli(runner, "stats").output
+    assert "Custom events: queued 1, delivered 2, dead 0, dropped 0" in output
+    stats = json.loads(run_cli(runner, "stats", "--json").output)
+    assert stats["events"] == {"queued": 1, "delivered": 2, "dead": 0, "dropped": 0}
 
 
 def test_the_openapi_document_declares_the_route(client):

@@ -251,6 +251,7 @@ def stats(conn, now: datetime, days: int, quiet_days: int = 30) -> dict[str, Any
             "removed": box["removedStale"],
         },
         "commands": box["commands"],
+        "events": box["events"],
         "deadLetters": {"total": box["dead"], "byError": by_error},
         "perDay": per_day,
     }
