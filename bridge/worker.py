@@ -2,8 +2,8 @@
 
 Owns the loop, not the states: it claims due registrations from the ledger
 in batches of ``BRIDGE_BATCH_SIZE``, makes one upstream call per batch and
-tells the ledger what happened; then the due mutes and unmutes, and the bots'
-custom events, one call each. Each of these is a :class:`Lane` (a claim and a call); a replay into
+tells the ledger what happened; then the due mutes and unmutes, one call
+each. Each of these is a :class:`Lane` (a claim and a call); a replay into
 another app is a worker with a lane of its own. A batch Reteno refuses with a 4xx other than
 401/403/404 is split in halves until the offending token is alone; that one
 goes ``dead`` and the rest are delivered. It runs as a background thread of
