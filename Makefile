@@ -103,7 +103,7 @@ clean:
 # The speed figures (BENCHMARKS.md): each script starts what it needs, measures its
 # baseline and the bridge in one run, and prints the ratios and PASS/FAIL per target.
 # Several minutes in all (the 1,000,000-registration runs dominate); QUICK=1 for a short run.
-BENCHES ?= register delivery lookup webhooks memory
+BENCHES ?= register delivery events lookup webhooks memory
 
 bench: install
 	@status=0; for b in $(BENCHES); do \

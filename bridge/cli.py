@@ -246,7 +246,7 @@ def history_command(token, as_json):
 @_json_option
 def stats_command(days, quiet_days, as_json):
     """Registrations by state, the outbox, dead letters by error, stale registrations,
-    mutes and replays, deliveries per day."""
+    mutes and replays, custom events, deliveries per day."""
     rt = _ready()
     stats = rt.ledger.stats(days=days, quiet_days=quiet_days)
     if as_json:
@@ -291,6 +291,11 @@ def stats_command(days, quiet_days, as_json):
                 ],
                 right={1, 2, 3},
             )
+        )
+    if any(stats["events"].values()):
+        click.echo("")
+        click.echo(
+            "Custom events: " + ", ".join(f"{state} {n}" for state, n in stats["events"].items())
         )
     click.echo("")
     click.echo(f"Per day (UTC), last {_plural(days, 'day')}")

@@ -33,6 +33,8 @@ PLATFORMS = {
 AUTH_SCHEMES = ("header", "basic")
 # The one home of the bridge's limits and defaults.
 MAX_TOKENS_PER_REQUEST = 1000  # token objects in one /register body
+MAX_EVENTS_PER_REQUEST = 1000  # events in one POST /events body
+MAX_EVENT_BYTES = 20 * 1024  # Reteno's largest event body (/api/v2/event)
 DEFAULT_BATCH_SIZE = 1000  # tokens in one upstream call
 MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -124,6 +126,11 @@ class Settings:
     @property
     def tokens_url(self) -> str:
         return f"{self.base_url}/api/v1/apps/{self.app_uuid}/tokens"
+
+    @property
+    def events_url(self) -> str:
+        """Reteno's custom events (``POST /events``: one call per event)."""
+        return f"{self.base_url}/api/v2/event"
 
 
 # --- readers: how a key's value is read and checked ---------------------------------

@@ -89,6 +89,14 @@ class _LedgerCollector:
             for state, count in sorted(states.items()):
                 commands.add_metric([action, state], count)
         yield commands
+        events = GaugeMetricFamily(
+            "bridge_ledger_events",
+            "Custom events to Reteno in the ledger by state (dropped: its chat was gone)",
+            labels=["state"],
+        )
+        for state, count in sorted(outbox["events"].items()):
+            events.add_metric([state], count)
+        yield events
 
 
 class _RequestLogCollector:
@@ -112,12 +120,19 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.events = Counter(
+            "bridge_events",
+            "Custom events to Reteno taken by POST /events (queued); refused (not_found, "
+            "invalid); their delivery outcomes are bridge_commands_total{lane=\"events\"}",
+            ["result"],
+            registry=r,
+        )
         self.deliveries = Counter(
             "bridge_deliveries", "Registrations per delivery outcome", ["outcome"], registry=r
         )
         self.commands = Counter(
             "bridge_commands",
-            "Mutes, unmutes and replays per delivery outcome",
+            "Mutes, unmutes, replays and custom events per delivery outcome",
             ["lane", "outcome"],
             registry=r,
         )

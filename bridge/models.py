@@ -244,6 +244,46 @@ class Command(Base):
     )
 
 
+class OutgoingEvent(Base):
+    """A bot's custom event for Reteno (``POST /events``), in its own outbox: the chat it
+    is about, the event type key and params as the bot gave them; the chat's contact
+    identifier is added when it is sent (``registration_id``: the registration it was
+    taken from)."""
+
+    __tablename__ = "bridge_outgoing_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token: Mapped[str] = mapped_column(String(24))
+    registration_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("bridge_registrations.id", ondelete="SET NULL")
+    )
+    event_type_key: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())  # "time", else received
+    state: Mapped[str] = mapped_column(String(16))  # the first: ledger/states.py
+    attempts: Mapped[int] = mapped_column(Integer, default=lambda: 0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_id: Mapped[str | None] = mapped_column(String(36))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_bridge_outgoing_events_token", "token", "id"),
+        Index("ix_bridge_outgoing_events_state", "state", "id"),
+        Index(
+            "ix_bridge_outgoing_events_outbox",
+            "next_attempt_at",
+            "id",
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
+        Index("ix_bridge_outgoing_events_registration_id", "registration_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
 class Link(Base):
     """A ``/start`` link made for a customer (``kind`` link: the first chat that opens it
     binds it) or a chat-first claim code (``kind`` claim: made for a chat, claimed once by

@@ -1,5 +1,5 @@
-"""The Reteno client: one upstream call, ``POST /api/v1/apps/{app_uuid}/tokens``, or
-a chat's ``…/token/mute`` or ``…/token/unmute``.
+"""The Reteno client: one upstream call, ``POST /api/v1/apps/{app_uuid}/tokens``, a
+chat's ``…/token/mute`` or ``…/token/unmute``, or a custom event (``/api/v2/event``).
 
 Owns the HTTP details (a ``requests.Session`` with connect/read time-outs and
 a deadline for the whole call, at most ``MAX_UPSTREAM_ANSWER_BYTES`` of an answer read,
@@ -8,7 +8,8 @@ exact body Reteno expects) and the classification of the answer into what
 the delivery worker should do: ``delivered``, ``retry`` (429, 5xx, time-outs,
 the deadline, broken connections), ``pause`` (401/403/404: credentials or app id wrong; a 3xx:
 the base URL is wrong) or ``reject`` (any other 4xx: the batch holds a token
-Reteno refuses). Redirects are never followed: requests would resend the body
+Reteno refuses; an event Reteno refuses, e.g. ``The event should have the following
+params: […]``). Redirects are never followed: requests would resend the body
 (personal data) and our ``X-Reteno-Access-Key`` to whatever host the answer
 names. Each result carries a reason code (``reason``), which is what the
 bridge shows outside the ledger; Reteno's own text can quote personal data.
@@ -109,6 +110,14 @@ def command_body(row, now: datetime) -> dict:
     if row.action == "mute" and row.muted_until is not None:
         body["duration"] = max(1, math.ceil((row.muted_until - now).total_seconds()))
     return body
+
+
+def event_body(row) -> dict:
+    """Reteno's body for a custom event (a claimed event): its params as name/value pairs,
+    the chat's contact identifier first."""
+    params = [{"name": row.identifier, "value": row.identifier_value}]
+    params.extend({"name": name, "value": value} for name, value in row.params.items())
+    return {"eventTypeKey": row.event_type_key, "params": params}
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -249,6 +258,7 @@ class RetenoClient:
         clock: Callable[[], datetime] = utcnow,
     ):
         self.url = settings.tokens_url
+        self.events_url = settings.events_url
         self.app_url = self.url.removesuffix("/tokens")
         self.timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
         self.deadline = settings.upstream_deadline
@@ -275,6 +285,12 @@ class RetenoClient:
         """A chat's mute or unmute (``rows``: one claimed command)."""
         [row] = rows
         return self._post(f"{self.app_url}/token/{row.action}", command_body(row, self.clock()))
+
+    def send_event(self, rows) -> CallResult:
+        """A custom event (``rows``: one claimed event; Reteno has no bulk call for live
+        events)."""
+        [row] = rows
+        return self._post(self.events_url, event_body(row))
 
     def _post(self, url: str, body: dict) -> CallResult:
         started = time.perf_counter()

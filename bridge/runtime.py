@@ -148,8 +148,8 @@ class Runtime:
 
     def health(self, details: bool = False) -> tuple[dict, bool]:
         """``/healthz``: ``({"status": "ok"|"degraded", "reasons", "sandbox"}, True)``, and
-        with ``details`` the outbox, dead letters (registrations, and mutes, unmutes and
-        replays by action), held conflicts, delivery and the last
+        with ``details`` the outbox, dead letters (registrations, and mutes, unmutes,
+        replays and custom events by action), held conflicts, delivery and the last
         upstream result (status and reason code). One row read per call; the counts
         come from :class:`~bridge.metrics.CountCache`. ``({"message"}, False)`` when the
         database is unreachable."""
@@ -169,6 +169,8 @@ class Runtime:
             for action, states in sorted(counts["commands"].items())
             if states.get("dead")
         }
+        if counts["events"]["dead"]:  # custom events Reteno refused (not the dropped ones)
+            dead_commands["event"] = counts["events"]["dead"]
         reasons = [
             code
             for code, present in (

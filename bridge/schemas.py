@@ -595,8 +595,8 @@ class HealthSchema(Schema):
         keys=fields.String(),
         values=fields.Integer(),
         metadata={
-            "description": "With a bearer key only: mutes, unmutes and replays Reteno refused "
-            "for good, by action (none: {})."
+            "description": "With a bearer key only: mutes, unmutes, replays and custom events "
+            "(`event`) Reteno refused for good, by action (none: {})."
         },
     )
     heldConflicts = fields.Integer(metadata=_DETAILS)

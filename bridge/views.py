@@ -367,4 +367,4 @@ def openapi():
 
 
 # the links' endpoints, declared on this blueprint in a module of their own
-from . import link_views  # noqa: E402, F401
+from . import event_views, link_views  # noqa: E402, F401

@@ -28,6 +28,8 @@ from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
 
 log = get_logger("bridge.worker")
 
+EVENTS_RATE = 350  # the events lane: Reteno's limit for /api/v2/event, requests a second
+
 
 @dataclass(frozen=True)
 class Lane:
@@ -66,6 +68,8 @@ class DeliveryWorker:
             ),
             # one chat per call (Reteno's mute takes one token)
             Lane("mute", lambda: ledger.claim_mutes(1, self.lease_seconds), client.send_command),
+            # one event per call (Reteno has no bulk call for live events), at most EVENTS_RATE/s
+            Lane("events", lambda: ledger.claim_events(1, self.lease_seconds), client.send_event),
         ]
 
     def _call(self, lane: Lane, claim, rows) -> CallResult:

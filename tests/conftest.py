@@ -116,7 +116,7 @@ def db_url(_database_template, tmp_path):
         conn.execute(
             text(
                 "TRUNCATE bridge_events, bridge_commands, bridge_registrations, bridge_links, "
-                "bridge_support_users, bridge_support_logins, "
+                "bridge_support_users, bridge_support_logins, bridge_outgoing_events, "
                 "bridge_state RESTART IDENTITY CASCADE"
             )
         )

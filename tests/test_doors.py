@@ -45,6 +45,7 @@ TABLE = {
     ("POST", "/register"): ("bearer", {"json": {"token": 1, "contactId": 1}}),
     ("POST", "/mute"): ("bearer", {"json": {"token": 1, "duration": 60}}),
     ("POST", "/unmute"): ("bearer", {"json": {"token": 1}}),
+    ("POST", "/events"): ("bearer", {"json": {"token": 1, "eventTypeKey": "k"}}),
     ("GET", "/tokens"): ("bearer", {}),
     ("GET", "/tokens/<token>/history"): ("bearer", {}),
     ("GET", "/healthz"): ("public", {}),
@@ -62,7 +63,7 @@ TABLE = {
     ("POST", "/links/claims/<code>"): ("bearer", {"json": {"contactId": 1}}),
 }
 EXAMPLE_PATH = {"/tokens/<token>/history": "/tokens/1/history"}
-NEEDS_A_REGISTRATION = {"/mute", "/unmute"}  # of chat 1, or they answer 404
+NEEDS_A_REGISTRATION = {"/mute", "/unmute", "/events"}  # of chat 1, or they answer 404
 # made (with the right key) before the request, or they answer 404
 NEEDS_A_LINK, NEEDS_A_CODE = "<link_id>", "<code>"
 
@@ -194,6 +195,9 @@ def test_answers_holding_personal_data_are_never_stored_by_a_cache(client):
         "history": client.get("/tokens/5550001/history", headers=key),
         "mute": client.post("/mute", json={"token": 5550001}, headers=key),
         "unmute": client.post("/unmute", json={"token": 5550001}, headers=key),
+        "events": client.post(
+            "/events", json={"token": 5550001, "eventTypeKey": "k"}, headers=key
+        ),
         "statuses": client.post(
             "/statuses", headers=key, json=[{"status": "SENT", "email": "ann@example.com"}]
         ),

@@ -11,6 +11,7 @@ module per job:
 * :mod:`.registering` — new registrations with duplicate suppression;
 * :mod:`.outbox` — claims, leases and what an upstream call did;
 * :mod:`.commands` — mutes, unmutes and replays into another app, and their outbox;
+* :mod:`.events_out` — the bots' custom events for Reteno, and their outbox;
 * :mod:`.reports` — status events, Telegram's blocks and unblocks, stale removals;
 * :mod:`.queries` — look-ups, history and statistics;
 * :mod:`.linking` — links and claim codes: issued, opened, claimed, revoked;
@@ -28,11 +29,24 @@ from sqlalchemy import select
 
 from ..db import Database
 from ..models import Registration, utcnow
-from . import chats, commands, erasure, linking, outbox, queries, registering, reports, staff
-from .states import COMMANDS, LINKS, REGISTRATIONS, State, append_events
+from . import (
+    chats,
+    commands,
+    erasure,
+    events_out,
+    linking,
+    outbox,
+    queries,
+    registering,
+    reports,
+    staff,
+)
+from .states import COMMANDS, EVENTS, LINKS, REGISTRATIONS, State, append_events
 from .times import EXACT
 from .types import (
     Claim,
+    EventRecord,
+    EventRequest,
     HistoryEvent,
     IssuedCode,
     IssuedLink,
@@ -51,6 +65,9 @@ __all__ = [
     "COMMANDS",
     "REGISTRATIONS",
     "Claim",
+    "EVENTS",
+    "EventRecord",
+    "EventRequest",
     "LINKS",
     "HistoryEvent",
     "IssuedCode",
@@ -184,6 +201,8 @@ class Ledger:
             count = outbox.requeue_dead(conn, self.clock(), ids, error_contains, token)
             if not ids and not error_contains:  # dead mutes and replays too
                 count += commands.requeue_dead(conn, self.clock(), token)
+            if not ids:  # dead events too (their ids are their own)
+                count += events_out.requeue_dead(conn, self.clock(), error_contains, token)
         if count:
             self.on_queued()
         return count
@@ -232,6 +251,25 @@ class Ledger:
     def replay_preview(self, target: ReplayTarget, limit: int = 10) -> list:
         with self.db.read() as conn:
             return commands.replay_preview(conn, target, limit)
+
+    # --- the bots' custom events ---------------------------------------------------------
+
+    def send_events(
+        self, requests: Sequence[EventRequest], source: str = "api"
+    ) -> tuple[list[EventRecord], list[str]]:
+        """Queue custom events for Reteno: (their records, in order; ``[]``), or when a
+        chat has no live registration (``[]``, those chats) and nothing stored."""
+        with self.db.write() as conn:
+            records, missing = events_out.request(conn, self.clock(), requests, source)
+        if records:
+            self.on_queued()
+        return records, missing
+
+    def claim_events(self, limit: int, lease_seconds: int) -> Claim | None:
+        """Lease due events of chats Reteno has, with their contact identifiers (None:
+        none, or delivery held or paused); events of chats gone are dropped."""
+        with self.db.write() as conn:
+            return events_out.claim(conn, self.clock(), limit, lease_seconds)
 
     # --- reports from outside ------------------------------------------------------------
 

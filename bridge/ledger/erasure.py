@@ -53,7 +53,7 @@ from urllib.parse import quote, unquote
 from sqlalchemy import Text, cast, delete, func, or_, select, update
 
 from ..db import in_pages
-from ..models import IDENTIFIERS, BridgeState, Command, Event, Registration
+from ..models import IDENTIFIERS, BridgeState, Command, Event, OutgoingEvent, Registration
 from . import linking
 from .states import append_events
 from .types import COLUMN_OF
@@ -75,7 +75,7 @@ def erase(
 
     * the registrations holding that value, and every registration of
       their tokens (a Telegram chat is one person), with those chats'
-      mutes and replays;
+      mutes, replays and custom events;
     * their events (by registration and by token: a plain ``/start``, a
       rejected or reused link, a block of a chat with nothing live), and any
       event of no registration and no token that mentions the value, one of
@@ -107,8 +107,9 @@ def erase(
         )
     for page in in_pages(sorted(doomed)):
         conn.execute(delete(Event).where(Event.id.in_(page)))
-    for page in in_pages(sorted(tokens)):  # the chats' mutes and replays
+    for page in in_pages(sorted(tokens)):  # the chats' mutes, replays and events
         conn.execute(delete(Command).where(Command.token.in_(page)))
+        conn.execute(delete(OutgoingEvent).where(OutgoingEvent.token.in_(page)))
     for page in in_pages(sorted(regs)):
         conn.execute(delete(Registration).where(Registration.id.in_(page)))
     scrubbed = len(blank) + _scrub_elsewhere(conn, needles)

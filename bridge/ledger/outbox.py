@@ -1,7 +1,8 @@
 """The outbox: claiming due registrations, and what an upstream call did with them.
 
 The outbox is the set of ``queued`` registrations (and of queued commands,
-:mod:`.commands`, whose claims end the same way). A worker claims due rows,
+:mod:`.commands`, and outgoing events, :mod:`.events_out`, whose claims end the same
+way). A worker claims due rows,
 oldest first, by pushing their ``next_attempt_at`` past a lease and stamping a
 ``lease_id``: a crashed worker's rows come due again by themselves, and two
 workers never hold the same row at once. Every outcome (delivered, retry,
@@ -22,7 +23,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 
 from ..db import insert_unless_taken
-from ..models import BridgeState, Command, Registration
+from ..models import BridgeState, Command, OutgoingEvent, Registration
 from .states import COMMANDS, MACHINE_OF, REGISTRATIONS, State
 from .types import Claim
 
@@ -62,7 +63,7 @@ _RENEW = {
     )
     .values(next_attempt_at=bindparam("until"))
     .returning(model.id)
-    for model in (Registration, Command)
+    for model in (Registration, Command, OutgoingEvent)
 }
 _UPSTREAM_ROW = {
     dialect: stmt

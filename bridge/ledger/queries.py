@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Integer, and_, bindparam, func, or_, select
 
 from ..models import Command, Event, Registration
-from . import commands
+from . import commands, events_out
 from .states import LIVE, LIVE_VALUES, State
 from .types import COLUMN_OF, HistoryEvent, RegistrationRecord
 
@@ -198,6 +198,7 @@ def outbox(conn, now: datetime) -> dict[str, Any]:
         "states": {s.value: int(counts.get(s.value, 0)) for s in State},
         "removedStale": int(stale or 0),
         "commands": commands.counts(conn),
+        "events": events_out.counts(conn),
         "depth": int(counts.get(State.QUEUED.value, 0)),
         "oldestAgeSeconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
         "dead": int(counts.get(State.DEAD.value, 0)),
@@ -287,6 +288,7 @@ def stats(conn, now: datetime, days: int, quiet_days: int = 30) -> dict[str, Any
             "removed": box["removedStale"],
         },
         "commands": box["commands"],
+        "events": box["events"],
         "deadLetters": {"total": box["dead"], "byError": by_error},
         "perDay": per_day,
     }

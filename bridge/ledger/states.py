@@ -1,4 +1,5 @@
-"""The ledger's three state machines, registrations, commands and links: each one table
+"""The ledger's four state machines, registrations, commands, outgoing events and links:
+each one table
 that says everything about its rows, and :meth:`Machine.move`, the only writer of
 ``state``.
 
@@ -32,6 +33,12 @@ Commands (``bridge_commands``: mutes, unmutes, replays into another app)::
     queued ──dead / dropped──▶ dead ──requeued──▶ queued
     delivered, dead ──requested──▶ queued
 
+Outgoing events (``bridge_outgoing_events``: the bots' custom events for Reteno)::
+
+    ──requested──▶ queued ──delivered──▶ delivered
+    queued ──retry / paused / not_sent──▶ queued
+    queued ──dead / dropped──▶ dead ──requeued──▶ queued
+
 Links (``bridge_links``: website links and chat-first claim codes; ``expired`` is no
 state but a pending link past its ``expires_at`` by the bridge's clock)::
 
@@ -52,7 +59,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import bindparam, insert, literal_column, update
 
 from ..db import in_pages, in_params, page_params, run
-from ..models import Command, Event, Link, Registration
+from ..models import Command, Event, Link, OutgoingEvent, Registration
 
 
 class State(StrEnum):
@@ -128,19 +135,23 @@ class Machine:
         return transition.target
 
     def event(self, kind: str, row: Any) -> str:
-        """The history event's kind: the input; for a command ``<action>_<input>``, for a
-        link ``link_<input>``."""
+        """The history event's kind: the input; for a command ``<action>_<input>``, for an
+        outgoing event ``event_<input>``, for a link ``link_<input>``."""
         if self.model is Command:
             return f"{row.action}_{kind}"
+        if self.model is OutgoingEvent:
+            return f"event_{kind}"
         return f"link_{kind}" if self.model is Link else kind
 
     def registration_of(self, row: Any) -> int | None:
         """The registration a row's history event belongs to: a registration's own id, a
-        command's registration if it names one; a link belongs to none (its events go on
-        its chat's history when it has a chat)."""
+        command's or an outgoing event's registration if it names one; a link belongs to
+        none (its events go on its chat's history when it has a chat)."""
         if self.model is Registration:
             return row.id
-        return getattr(row, "registration_id", None) if self.model is Command else None
+        if self.model in (Command, OutgoingEvent):
+            return getattr(row, "registration_id", None)
+        return None
 
     def move(
         self,
@@ -422,6 +433,72 @@ COMMANDS = Machine(
     },
 )
 
+#: Outgoing events: a bot's custom events for Reteno (``POST /events``), one call each;
+#: history kinds ``event_<input>``.
+EVENTS = Machine(
+    "outgoing event",
+    OutgoingEvent,
+    {
+        "requested": _insert(
+            "`POST /events`: an event of a chat with a live registration (queued or delivered)",
+            QUEUED,
+            Then("Ledger.send_events", "delivery is woken"),
+        ),
+        "dropped": _on(
+            {QUEUED},
+            DEAD,
+            "its chat has no live registration when it comes due (the chat blocked the bot, "
+            "or was removed): not sent, `last_error` says why",
+            Then(
+                "events_out.claim",
+                "an event waits, unsent, while its chat's registration is queued: it goes out "
+                "once Reteno has the chat, with the identifier of the newest delivered one",
+            ),
+        ),
+        "requeued": _on(
+            {DEAD},
+            QUEUED,
+            "an operator requeued the dead letters (a dropped event whose chat is still gone "
+            "is dropped again)",
+        ),
+        # the outbox: what an upstream call did with a claimed row
+        "delivered": _on(
+            {QUEUED},
+            DELIVERED,
+            "Reteno took the event",
+            Then("outbox.delivered", "a pause of the outbox ends"),
+            leased=True,
+        ),
+        "retry": _on(
+            {QUEUED},
+            QUEUED,
+            "a transient failure (timeout, 429, 5xx)",
+            Then("outbox.retry", "as a registration's"),
+            leased=True,
+        ),
+        "paused": _on(
+            {QUEUED},
+            QUEUED,
+            "Reteno refused the credentials (401, 403)",
+            Then("outbox.pause", "as a registration's"),
+            leased=True,
+        ),
+        "not_sent": _on(
+            {QUEUED},
+            QUEUED,
+            "claimed but not sent: a worker stopping, or its chat removed as it was claimed",
+            leased=True,
+        ),
+        "dead": _on(
+            {QUEUED},
+            DEAD,
+            "Reteno refused the event for good (a 400, e.g. `The event should have the "
+            "following params…`: its text in `last_error`)",
+            leased=True,
+        ),
+    },
+)
+
 PENDING, USED, REVOKED = LinkState
 
 #: Links: a website's ``/start`` link (``kind`` link) and a chat's claim code (``kind``
@@ -462,7 +539,7 @@ LINKS = Machine(
     LinkState,
 )
 
-MACHINES = (REGISTRATIONS, COMMANDS, LINKS)
+MACHINES = (REGISTRATIONS, COMMANDS, EVENTS, LINKS)
 #: The machine of each table (an outbox claim finishes rows of either).
 MACHINE_OF = {machine.model: machine for machine in MACHINES}
 

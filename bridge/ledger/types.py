@@ -136,6 +136,30 @@ class MuteRecord:
 
 
 @dataclass(frozen=True)
+class EventRequest:
+    """A bot's custom event for Reteno about chat ``token``: the event type key, its
+    params (name: a string or a JSON object; no contact identifier, which the ledger
+    adds) and when it happened (``None``: when it was received)."""
+
+    token: str
+    event_type_key: str
+    params: dict[str, Any]
+    time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An event in the ledger's outbox (``POST /events`` answers with these)."""
+
+    id: int
+    token: str
+    event_type_key: str
+    state: str  # queued
+    time: datetime  # when it happened (as given, else when received)
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
 class ReplayTarget:
     """Another Reteno app (or platform) that registrations are replayed into."""
 

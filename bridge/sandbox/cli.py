@@ -21,6 +21,7 @@ def options_from(params: dict) -> SimulatorOptions:
         api_key=params["api_key"],
         auth=params["auth"],
         rps=params["rps"],
+        event_rps=params["event_rps"],
         latency_ms=params["latency_ms"],
         failure_rate=params["failure_rate"],
         failures=tuple(k.strip() for k in params["failures"].split(",") if k.strip()),
@@ -53,6 +54,7 @@ def describe(host: str, port: int, options: SimulatorOptions) -> str:
         f"auth={options.auth}",
         f"api_key={'set' if options.api_key else 'any'}",
         f"rps={options.rps:g}",
+        f"event_rps={options.event_rps:g}",
         f"latency_ms={options.latency_ms:g}",
         f"failure_rate={options.failure_rate:g}",
         f"failures={','.join(options.failures) or 'none'}",
@@ -85,14 +87,21 @@ def describe(host: str, port: int, options: SimulatorOptions) -> str:
     type=float,
     default=_DEFAULTS.rps,
     show_default=True,
-    help="Requests per second (0: unlimited).",
+    help="Requests per second to the tokens, mute and unmute calls (0: unlimited).",
+)
+@click.option(
+    "--event-rps",
+    type=float,
+    default=_DEFAULTS.event_rps,
+    show_default=True,
+    help="Requests per second to /api/v2/event, a limit of its own (0: unlimited).",
 )
 @click.option(
     "--latency-ms",
     type=float,
     default=_DEFAULTS.latency_ms,
     show_default=True,
-    help="Latency added to every tokens call.",
+    help="Latency added to every API call.",
 )
 @click.option(
     "--failure-rate",

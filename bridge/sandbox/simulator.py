@@ -1,6 +1,6 @@
 """The simulator itself: an in-memory imitation of the Reteno calls the bridge makes,
-``POST /api/v1/apps/{app_uuid}/tokens`` and ``POST /api/v1/apps/{app_uuid}/token/mute``
-and ``.../token/unmute``, with what is needed to exercise a client against it
+``POST /api/v1/apps/{app_uuid}/tokens``, ``POST /api/v1/apps/{app_uuid}/token/mute``,
+``.../token/unmute`` and ``POST /api/v2/event``, with what is needed to exercise a client against it
 without a Reteno account:
 
 * the same request validation, error codes and error bodies as the real API,
@@ -11,6 +11,9 @@ without a Reteno account:
   after receipt) or for ever (no ``duration``), the last mute replacing the one
   before, cleared by an unmute; a mute of a token no contact holds is accepted
   and recorded too (Reteno documents no error for it);
+* custom events (:mod:`.events`: Reteno's checks and 400s, the contact identifier the
+  params must carry), matched to a contact when one holds that identifier, the newest
+  kept for the page, under a limit of their own (``event_rps``, Reteno's 350 a second);
 * a global requests-per-second limit (429 beyond it) and fault injection
   (500, 503, 429 with and without ``Retry-After``, a slow answer that outlasts
   the client's read timeout, and a dropped connection), plus added latency,
@@ -47,6 +50,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from ..logs import get_logger
+from .events import EVENTS_RPS, parse_event
 
 log = get_logger("bridge.sandbox")
 
@@ -72,6 +76,7 @@ MUTE_DURATION_RANGE = (5, 31_536_000)
 MUTED_FOREVER = "forever"
 
 _UUID_HEX_GROUPS = (8, 4, 4, 4, 12)
+RECENT_EVENTS = 100  # custom events kept for the page
 
 
 @dataclass
@@ -82,6 +87,7 @@ class SimulatorOptions:
     api_key: str | None = None  # None: accept any non-empty key
     auth: str = "header"  # "header" | "basic"
     rps: float = 200.0  # global requests-per-second limit; 0 = unlimited
+    event_rps: float = EVENTS_RPS  # /api/v2/event's own limit; 0 = unlimited
     latency_ms: float = 0.0  # added to every API call (tokens, mute, unmute)
     failure_rate: float = 0.0  # 0..1 share of API calls that fail before processing
     failures: tuple[str, ...] = FAULT_KINDS  # the mix a fault is chosen from, uniformly
@@ -98,6 +104,8 @@ class SimulatorOptions:
             raise ValueError(f"auth must be one of {', '.join(AUTH_SCHEMES)}, not {self.auth!r}")
         if not (self.rps >= 0 and math.isfinite(self.rps)):
             raise ValueError("rps must be a finite number >= 0")
+        if not (self.event_rps >= 0 and math.isfinite(self.event_rps)):
+            raise ValueError("event_rps must be a finite number >= 0")
         if not (self.latency_ms >= 0 and math.isfinite(self.latency_ms)):
             raise ValueError("latency_ms must be a finite number >= 0")
         if not 0.0 <= self.failure_rate <= 1.0:
@@ -205,6 +213,8 @@ class Simulator:
         self._next_contact_id = 1
         self._next_message_id = 1
         self._window: deque[float] = deque()
+        self._event_window: deque[float] = deque()
+        self._events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._received: dict[str, int] = {}
         # (app uuid, token) -> muted until (UTC), None: for ever
         self._mutes: dict[tuple[str, str], datetime | None] = {}
@@ -212,6 +222,8 @@ class Simulator:
             "requests": 0,
             "mute_requests": 0,
             "unmute_requests": 0,
+            "event_requests": 0,
+            "events_received": 0,
             "accepted_requests": 0,
             "tokens_received": 0,
             "rate_limited": 0,
@@ -276,6 +288,13 @@ class Simulator:
             if until is None or until > now
         ]
 
+    def events(self) -> list[dict[str, Any]]:
+        """The newest custom events taken, newest first, as ``{"at", "eventTypeKey",
+        "identifier", "contact", "params"}``: the identifier's name, the matching
+        contact's id (None: no contact holds it) and the param names (copies)."""
+        with self._lock:
+            return copy.deepcopy(list(self._events))
+
     def stats(self) -> dict[str, Any]:
         """Counters. ``requests`` counts every API call, ``mute_requests`` and
         ``unmute_requests`` the mute and unmute calls among them; ``accepted_requests``,
@@ -290,6 +309,8 @@ class Simulator:
             "requests": counters["requests"],
             "mute_requests": counters["mute_requests"],
             "unmute_requests": counters["unmute_requests"],
+            "event_requests": counters["event_requests"],
+            "events_received": counters["events_received"],
             "accepted_requests": counters["accepted_requests"],
             "tokens_received": counters["tokens_received"],
             "distinct_tokens": len(self._received),
@@ -362,12 +383,43 @@ class Simulator:
             self._counters["accepted_requests"] += 1
         return 200, "OK", {}
 
+    def send_event(
+        self, headers: Mapping[str, str] | None, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Handle one ``POST /api/v2/event``: checked as Reteno does (:mod:`.events`),
+        matched to the contact holding its identifier, kept among the newest. Arguments
+        and result as :meth:`add_tokens` (``body`` raw)."""
+        answer = self._open_call(None, headers, "event_requests")
+        if answer is not None:
+            return answer
+        event, problem = parse_event(body if isinstance(body, bytes | str) else json.dumps(body))
+        if problem is not None:
+            return self._reject(problem)
+        name, value = event["identifier"]
+        with self._lock:
+            contact = self._by_identifier.get(_match_key(name, value))
+            if contact is None and name == "contactId":  # Reteno's own contact id
+                contact = next((c for c in self._contacts if c["id"] == value), None)
+            self._events.appendleft(
+                {
+                    "at": _stamp(self._utc_now()),
+                    "eventTypeKey": event["eventTypeKey"],
+                    "identifier": name,
+                    "contact": contact["id"] if contact else None,
+                    "params": [p["name"] for p in event["params"] if p["name"] != name],
+                }
+            )
+            self._counters["accepted_requests"] += 1
+            self._counters["events_received"] += 1
+        return 200, "OK", {}
+
     def _open_call(
-        self, app_uuid: str, headers: Mapping[str, str] | None, counter: str | None = None
+        self, app_uuid: str | None, headers: Mapping[str, str] | None, counter: str | None = None
     ) -> tuple | None:
         """What every API call goes through before its body is read: counting, auth, the
         rate limit, fault injection, latency and the app check. None if the call goes on,
-        else the answer to give."""
+        else the answer to give. ``app_uuid`` None: a custom event (no app in its path; its
+        own rate limit)."""
         with self._lock:
             self._counters["requests"] += 1
             if counter is not None:
@@ -381,7 +433,11 @@ class Simulator:
             return problem
 
         with self._lock:
-            retry_in = self._admit_locked(options)
+            retry_in = (
+                self._admit_locked(options.rps, self._window)
+                if app_uuid is not None
+                else self._admit_locked(options.event_rps, self._event_window)
+            )
             if retry_in is not None:
                 self._counters["rate_limited"] += 1
             fault = None
@@ -399,7 +455,7 @@ class Simulator:
         if options.latency_ms > 0:
             self._sleep(options.latency_ms / 1000.0)
 
-        problem = self._check_app(options, app_uuid)
+        problem = None if app_uuid is None else self._check_app(options, app_uuid)
         return None if problem is None else self._reject(problem)
 
     def _reject(self, problem: tuple) -> tuple:
@@ -431,18 +487,19 @@ class Simulator:
             return 401, _error(401, "Invalid access key"), challenge
         return None
 
-    def _admit_locked(self, options: SimulatorOptions) -> float | None:
-        """Sliding-window rate limit; None if admitted, else seconds until a slot frees."""
-        if options.rps <= 0:
+    def _admit_locked(self, rps: float, calls: deque[float]) -> float | None:
+        """Sliding-window rate limit of ``rps`` over the times of the ``calls`` admitted;
+        None if admitted, else seconds until a slot frees."""
+        if rps <= 0:
             return None
-        window = max(1.0, 1.0 / options.rps)
-        capacity = max(1, int(options.rps * window + 1e-9))
+        window = max(1.0, 1.0 / rps)
+        capacity = max(1, int(rps * window + 1e-9))
         now = self._clock()
-        while self._window and self._window[0] <= now - window:
-            self._window.popleft()
-        if len(self._window) >= capacity:
-            return self._window[0] + window - now
-        self._window.append(now)
+        while calls and calls[0] <= now - window:
+            calls.popleft()
+        if len(calls) >= capacity:
+            return calls[0] + window - now
+        calls.append(now)
         return None
 
     def _fault_answer(self, fault: str, options: SimulatorOptions) -> tuple:

@@ -1,5 +1,6 @@
-"""The simulator over HTTP: a blueprint (Reteno's routes: tokens, token/mute and
-token/unmute; JSON inspection of contacts, muted chats and counters; the page and its
+"""The simulator over HTTP: a blueprint (Reteno's routes: tokens, token/mute,
+token/unmute and the custom events' /api/v2/event; JSON inspection of contacts, muted
+chats, recent events and counters; the page and its
 block/reset actions; in a sandbox bridge, the page's links section and its Press Start
 action, given as a :class:`LinksPanel`) and a standalone app.
 
@@ -222,6 +223,12 @@ class _Views:
             *self.simulator.unmute_token(app_uuid, request.headers, request.get_data(cache=False))
         )
 
+    def event(self) -> Response:
+        return _answer(*self.simulator.send_event(request.headers, request.get_data(cache=False)))
+
+    def events(self) -> Response:
+        return _json({"events": self.simulator.events(), "stats": self.simulator.stats()})
+
     def contacts(self) -> Response:
         token = request.args.get("token")
         found = self.simulator.contacts() if token is None else self.simulator.find_by_token(token)
@@ -273,6 +280,7 @@ class _Views:
             stats=stats,
             contacts=contacts,
             muted=self.simulator.muted(),
+            events=self.simulator.events(),
             identifiers=IDENTIFIERS,
             notice=_page_notice(),
             links=links,
@@ -285,6 +293,8 @@ _ROUTES = (
     ("/api/v1/apps/<app_uuid>/tokens", "POST", "tokens"),
     ("/api/v1/apps/<app_uuid>/token/mute", "POST", "mute"),
     ("/api/v1/apps/<app_uuid>/token/unmute", "POST", "unmute"),
+    ("/api/v2/event", "POST", "event"),
+    ("/events", "GET", "events"),
     ("/contacts", "GET", "contacts"),
     ("/muted", "GET", "muted"),
     ("/stats", "GET", "stats"),

@@ -1,7 +1,7 @@
 """The support page's staff accounts and its failed-login throttle.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-07
 """
 

@@ -7,6 +7,7 @@ from .client import AsyncBridgeClient, BridgeClient
 from .errors import BridgeError
 from .results import (
     ClaimCode,
+    EventResult,
     HistoryEvent,
     Link,
     LinkStatus,
@@ -23,6 +24,7 @@ __all__ = [
     "BridgeError",
     "ClaimCode",
     "DEFAULT_TIMEOUT",
+    "EventResult",
     "HistoryEvent",
     "Link",
     "LinkStatus",

@@ -17,14 +17,16 @@ Every call here but ``claim`` is safe to repeat, which is why the client may ret
 * ``tokens``, ``history`` and ``link_status`` only read.
 
 ``claim`` is not repeated: its code is single use, so a repeat after a lost answer
-would find the code used (410) although the chat was registered.
+would find the code used (410) although the chat was registered. Nor is
+``send_event``: a repeat after a lost answer would queue the event again, and Reteno
+would start its workflows twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -33,6 +35,7 @@ import httpx
 from .errors import BridgeError
 from .results import (
     ClaimCode,
+    EventResult,
     HistoryEvent,
     Link,
     LinkStatus,
@@ -146,6 +149,26 @@ def mute(token: Token, duration: int | timedelta | None = None) -> Call[MuteResu
 
 def unmute(token: Token) -> Call[MuteResult]:
     return Call("POST", "/unmute", MuteResult.from_json, json={"token": token})
+
+
+def send_event(
+    token: Token,
+    event_type_key: str,
+    params: Mapping[str, Any] | None = None,
+    time: datetime | float | str | None = None,
+) -> Call[EventResult]:
+    body: dict[str, Any] = {"token": token, "eventTypeKey": event_type_key}
+    if params:
+        body["params"] = dict(params)
+    if time is not None:
+        body["time"] = time.isoformat() if isinstance(time, datetime) else time
+    return Call(
+        "POST",
+        "/events",
+        lambda answer: EventResult.from_json(answer["events"][0]),
+        repeatable=False,
+        json=body,
+    )
 
 
 def forward_update(update: Mapping[str, Any]) -> Call[None]:

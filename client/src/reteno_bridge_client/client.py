@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -25,6 +25,7 @@ from . import calls
 from .calls import Call, Token
 from .results import (
     ClaimCode,
+    EventResult,
     HistoryEvent,
     Link,
     LinkStatus,
@@ -109,6 +110,19 @@ class BridgeClient:
 
     def unmute(self, token: Token) -> MuteResult:
         return self._send(calls.unmute(token))
+
+    def send_event(
+        self,
+        token: Token,
+        event_type_key: str,
+        params: Mapping[str, Any] | None = None,
+        time: datetime | float | str | None = None,
+    ) -> EventResult:
+        """Send a custom event about chat ``token`` to Reteno (its workflows start from
+        them): ``params`` ``{name: str or dict}``; the bridge adds the chat's contact
+        identifier. ``time``: when it happened (default: now). A 404 when the chat has no
+        live registration. Not retried: a repeat would send the event twice."""
+        return self._send(calls.send_event(token, event_type_key, params, time))
 
     def forward_update(self, update: Mapping[str, Any]) -> None:
         """Hand a Telegram ``Update`` (its JSON) to the bridge's ``/telegram/webhook``."""
@@ -208,6 +222,15 @@ class AsyncBridgeClient:
 
     async def unmute(self, token: Token) -> MuteResult:
         return await self._send(calls.unmute(token))
+
+    async def send_event(
+        self,
+        token: Token,
+        event_type_key: str,
+        params: Mapping[str, Any] | None = None,
+        time: datetime | float | str | None = None,
+    ) -> EventResult:
+        return await self._send(calls.send_event(token, event_type_key, params, time))
 
     async def forward_update(self, update: Mapping[str, Any]) -> None:
         return await self._send(calls.forward_update(update))

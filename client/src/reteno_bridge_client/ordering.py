@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from .calls import Token
 from .client import AsyncBridgeClient
 from .errors import BridgeError
-from .results import ClaimCode, HistoryEvent, MuteResult, Registration
+from .results import ClaimCode, EventResult, HistoryEvent, MuteResult, Registration
 
 T = TypeVar("T")
 
@@ -102,7 +102,7 @@ def chat_of(token: Token) -> int:
 
 class OrderedBridge:
     """An :class:`AsyncBridgeClient` whose calls about a chat go in that chat's order
-    (``register``, ``mute``, ``unmute``, ``history``, ``create_claim``,
+    (``register``, ``mute``, ``unmute``, ``send_event``, ``history``, ``create_claim``,
     ``forward_update``); ``client`` is the client itself, for calls about no chat in
     particular (``tokens``, ``create_link``)."""
 
@@ -118,6 +118,18 @@ class OrderedBridge:
 
     def unmute(self, token: Token) -> Awaitable[MuteResult]:
         return self.order.run(chat_of(token), lambda: self.client.unmute(token))
+
+    def send_event(
+        self,
+        token: Token,
+        event_type_key: str,
+        params: Mapping[str, Any] | None = None,
+        time: datetime | float | str | None = None,
+    ) -> Awaitable[EventResult]:
+        """A custom event about the chat, after its registration if that came first."""
+        return self.order.run(
+            chat_of(token), lambda: self.client.send_event(token, event_type_key, params, time)
+        )
 
     def history(self, token: Token) -> Awaitable[list[HistoryEvent]]:
         return self.order.run(chat_of(token), lambda: self.client.history(token))

@@ -55,6 +55,18 @@ class MuteResult(_FromJson):
 
 
 @dataclass(frozen=True)
+class EventResult(_FromJson):
+    """``POST /events``: a custom event in the bridge's outbox, on its way to Reteno."""
+
+    id: int
+    token: str
+    event_type_key: str
+    state: str  # queued: sent once Reteno has the chat
+    occurred_at: datetime | None  # ``time``, else when the bridge received it
+    requested_at: datetime | None
+
+
+@dataclass(frozen=True)
 class RegistrationRecord(_FromJson):
     """One registration as ``GET /tokens`` shows it."""
 
