@@ -123,7 +123,7 @@ class Metrics:
         self.events = Counter(
             "bridge_events",
             "Custom events to Reteno taken by POST /events (queued); refused (not_found, "
-            "invalid); their delivery outcomes are bridge_commands_total{lane=\"events\"}",
+            'invalid); their delivery outcomes are bridge_commands_total{lane="events"}',
             ["result"],
             registry=r,
         )

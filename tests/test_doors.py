@@ -195,9 +195,7 @@ def test_answers_holding_personal_data_are_never_stored_by_a_cache(client):
         "history": client.get("/tokens/5550001/history", headers=key),
         "mute": client.post("/mute", json={"token": 5550001}, headers=key),
         "unmute": client.post("/unmute", json={"token": 5550001}, headers=key),
-        "events": client.post(
-            "/events", json={"token": 5550001, "eventTypeKey": "k"}, headers=key
-        ),
+        "events": client.post("/events", json={"token": 5550001, "eventTypeKey": "k"}, headers=key),
         "statuses": client.post(
             "/statuses", headers=key, json=[{"status": "SENT", "email": "ann@example.com"}]
         ),

@@ -87,24 +87,28 @@ def request(
     if missing:
         return [], missing
     times = [received(r.time, now) for r in requests]
-    ids = conn.execute(
-        _INSERT,
-        [
-            {
-                "token": r.token,
-                "registration_id": live[r.token],
-                "event_type_key": r.event_type_key,
-                "params": r.params,
-                "occurred_at": at,
-                "state": _REQUESTED,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for r, (at, _, _) in zip(requests, times, strict=True)
-        ],
-    ).scalars().all()
+    ids = (
+        conn.execute(
+            _INSERT,
+            [
+                {
+                    "token": r.token,
+                    "registration_id": live[r.token],
+                    "event_type_key": r.event_type_key,
+                    "params": r.params,
+                    "occurred_at": at,
+                    "state": _REQUESTED,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r, (at, _, _) in zip(requests, times, strict=True)
+            ],
+        )
+        .scalars()
+        .all()
+    )
     append_events(
         conn,
         [
