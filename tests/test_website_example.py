@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 import re
+import textwrap
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ from tests.conftest import API_KEY
 from tests.helpers import rows, start_message, telegram, telegram_date
 
 TG_SECRET = "tg-webhook-secret_0123456789"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -48,3 +51,16 @@ def test_the_page_makes_a_link_for_the_customer_and_says_when_it_is_connected(
         "shop-ann@example.com",
         "ann@example.com",
     )
+
+
+def test_the_readmes_snippet_is_the_examples_code():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## For websites", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    example = (ROOT / "examples" / "website.py").read_text()
+    # the same lines, indented as in the example's create_app(), blank lines aside
+    assert code_lines(textwrap.indent(snippet, "    ")) in code_lines(example)
+
+
+def code_lines(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if line.strip())
