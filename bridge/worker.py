@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,8 +48,9 @@ class Lane:
 
 class Pacer:
     """Starts of upstream calls at most ``rate`` a second: each start takes the next slot,
-    ``1 / rate`` seconds after the one before (so no window of a second holds more than
-    ``rate`` starts), and waits for it. Shared by the threads of a worker."""
+    ``1 / rate`` seconds after the one before and never less than a second after the
+    start ``rate`` starts before it (so no window of a second holds more, whatever the
+    rounding), and waits for it. Shared by the threads of a worker."""
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class Pacer:
         self.clock = clock
         self.sleep = sleep
         self._next = float("-inf")
+        self._recent: deque[float] = deque(maxlen=max(1, int(rate)))  # the last slots
         self._lock = threading.Lock()
 
     def reserve(self) -> float:
@@ -68,6 +70,9 @@ class Pacer:
         with self._lock:
             now = self.clock()
             at = max(now, self._next)
+            if len(self._recent) == self._recent.maxlen:
+                at = max(at, self._recent[0] + 1.0)
+            self._recent.append(at)
             self._next = at + self.interval
             return at - now
 
@@ -206,6 +211,8 @@ class DeliveryWorker:
         if result.outcome == DELIVERED:
             self._count(lane, "delivered", self.ledger.delivered(claim, rows, detail), stats)
             return None
+        if result.outcome in (RETRY, PAUSE) and halt is not None:
+            halt.block(result)  # the other calls in flight make no next call from now on
         if result.outcome == RETRY:
             self.ledger.retry(claim, rows, detail, result.retry_after)
             self._count(lane, "retry", len(rows), stats)
