@@ -352,8 +352,8 @@ class DeliveryWorker:
     ) -> None:
         """Deliver until ``stop`` is set: drain, then wait for ``wake`` (or ``stop``) or
         the next poll. A failure (the database restarting, say) is logged and retried
-        with backoff, so the loop outlives it. Once ``stop`` is set, the call in flight
-        is finished and recorded, and no other is made."""
+        with backoff, so the loop outlives it. Once ``stop`` is set, the calls in flight
+        are finished and recorded, and no other is made."""
         wake = wake or stop
         failures = 0
         while not stop.is_set():
@@ -378,7 +378,8 @@ class BackgroundDelivery:
     """The worker on a daemon thread of the served process, woken after registrations.
 
     Stopped at interpreter exit (after Ctrl-C, or a gunicorn worker's SIGTERM): the
-    call in flight is finished and recorded, within ``stop_timeout`` seconds."""
+    calls in flight are finished and recorded (they run at once, so within one call's
+    time), within ``stop_timeout`` seconds."""
 
     def __init__(
         self, worker: DeliveryWorker, poll_seconds: float = 0.5, stop_timeout: float = 15.0

@@ -290,3 +290,21 @@ def test_every_call_takes_a_slot_of_its_lanes_pacer_and_token_lanes_share_one(
     assert other.pacers["events"].interval == 1 / 350
     assert other.pacers["events"] is not other.pacers["registrations"]
     assert other.pacers["registrations"] is other.pacers["mute"]
+
+
+def test_a_replay_keeps_several_batches_in_flight_and_sends_each_token_once(
+    client, auth, bridge, runner, requests_mock, monkeypatch
+):
+    target = "5d1c7a80-3f6b-4c8e-9a2d-7e4f1b2c3d4e"
+    target_url = f"https://reteno.com/api/v1/apps/{target}/tokens"
+    monkeypatch.setenv("TARGET_RETENO_KEY", "target-secret-key-0123456789")
+    requests_mock.post(TOKENS_URL, json="OK")
+    register(client, auth, *tokens(*range(1, 10)))  # three batches of three
+    bridge.deliver_once()
+    upstream = Upstream(requests_mock, monkeypatch, together=3, url=target_url)
+    result = runner.invoke(
+        args=["bridge", "replay", "--to-app", target, "--api-key-env", "TARGET_RETENO_KEY"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(upstream.calls) == 3 and upstream.tokens() == numbers(1, 9)
+    assert "9 delivered, 0 dead, 0 still queued; 3 upstream calls" in result.output
