@@ -308,3 +308,65 @@ def test_a_replay_keeps_several_batches_in_flight_and_sends_each_token_once(
     assert result.exit_code == 0, result.output
     assert len(upstream.calls) == 3 and upstream.tokens() == numbers(1, 9)
     assert "9 delivered, 0 dead, 0 still queued; 3 upstream calls" in result.output
+
+
+class Recorded:
+    """A ``threading.Event`` for ``DeliveryWorker.run`` whose waits are recorded and
+    return at once (tests/test_delivery_worker.py's ``Scripted``)."""
+
+    def __init__(self, name, waits):
+        self.name, self.waits, self.flag = name, waits, False
+
+    def is_set(self):
+        return self.flag
+
+    def set(self):
+        self.flag = True
+
+    def clear(self):
+        pass
+
+    def wait(self, timeout=None):
+        self.waits.append((self.name, timeout))
+        return self.flag
+
+
+def test_a_single_registration_goes_out_in_the_first_pass_before_any_poll(
+    client, auth, bridge, requests_mock
+):
+    waits = []
+    stop, wake = Recorded("stop", waits), Recorded("wake", waits)
+
+    def answer(request, context):
+        waits.append(("call", sent(request)))
+        stop.set()
+        return "OK"
+
+    requests_mock.post(TOKENS_URL, json=answer)
+    register(client, auth, *tokens(1))
+    bridge.worker.run(stop, wake)
+    assert waits[0] == ("call", ["1"])  # no poll waited out first
+    assert states(client, auth) == {"1": "delivered"}
+
+
+def test_a_database_failure_in_one_call_is_raised_once_the_others_are_recorded(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    from sqlalchemy.exc import OperationalError
+
+    register(client, auth, *tokens(*range(1, 7)))  # two batches of three
+    real = bridge.ledger.delivered
+
+    def delivered(claim, rows, detail):
+        if any(r.token == "1" for r in rows):
+            raise OperationalError("UPDATE …", {}, Exception("the database is restarting"))
+        return real(claim, rows, detail)
+
+    monkeypatch.setattr(bridge.ledger, "delivered", delivered)
+    Upstream(requests_mock, monkeypatch, together=2)
+    with pytest.raises(OperationalError):
+        bridge.deliver_once()
+    assert states(client, auth) == {
+        **{n: "queued" for n in numbers(1, 3)},  # leased: due again once the lease runs out
+        **{n: "delivered" for n in numbers(4, 6)},
+    }
