@@ -10,11 +10,13 @@ worker, the first moment after a random one when it has a batch in flight)
 and started again. At the end the 2xx-acknowledged registrations are compared
 with the ledger and with what the simulator received.
 
-A worker killed between Reteno's answer and the ledger's commit leaves its
-batch leased; the rows come due again when the lease runs out
+The workers keep ``--in-flight`` calls in flight (``BRIDGE_IN_FLIGHT``, the bridge's
+default unless given); a worker is killed once more rows are leased than one batch
+holds, when that comes. A worker killed between Reteno's answer and the ledger's commit
+leaves its batches leased; the rows come due again when the lease runs out
 (``BRIDGE_LEASE_SECONDS``) and are sent again: such a token arrives twice.
 The run snapshots the rows leased at each worker kill and checks that every
-double send is one of them (bounded by the batch in flight).
+double send is one of them (bounded by the batches in flight).
 
     .venv/bin/python bench/crashes.py                       # 10,000 registrations, SQLite
     .venv/bin/python bench/crashes.py -n 300 --duration 10  # the CI scale
@@ -38,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``bridge`` 
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench import harness as h  # noqa: E402
+from bridge.config import DEFAULT_IN_FLIGHT  # noqa: E402
 
 
 def leased_tokens(db_url: str) -> set[str]:
@@ -70,6 +73,7 @@ def run(
     batch_size: int = 50,
     latency_ms: float = 150.0,
     lease_seconds: int = 6,
+    in_flight: int = DEFAULT_IN_FLIGHT,
     seed: int | None = None,
     drain_timeout: float = 300.0,
     keep: str | None = None,
@@ -93,6 +97,7 @@ def run(
                 BRIDGE_UPSTREAM_CONNECT_TIMEOUT=1.0,
                 BRIDGE_UPSTREAM_READ_TIMEOUT=2.0,
                 BRIDGE_LEASE_SECONDS=lease_seconds,
+                BRIDGE_IN_FLIGHT=in_flight,
             )
             h.migrate(env, workdir)
             server_procs, urls = h.start_servers(env, workdir, servers, gunicorn_workers, procs)
@@ -105,15 +110,19 @@ def run(
             at_risk: set[str] = set()
             load_box: dict = {}
 
+            # the moment to kill a worker: rows leased (with several in flight, more
+            # than one batch holds), if that comes
+            want = batch_size + 1 if in_flight > 1 else 1
+
             def chaos() -> None:
                 for moment, kind in zip(moments, kinds, strict=True):
                     delay = started_load + moment - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
                     proc = rng.choice(server_procs if kind == "server" else worker_procs)
-                    if kind == "worker":  # the harder moment: a batch in flight, if one comes
+                    if kind == "worker":  # the harder moment: batches in flight, if they come
                         with contextlib.suppress(TimeoutError):
-                            h.wait_until(lambda: leased_tokens(db_url), 3.0, 0.01)
+                            h.wait_until(lambda: len(leased_tokens(db_url)) >= want, 3.0, 0.01)
                     proc.kill9()
                     entry = {"at": round(time.monotonic() - started_load, 2), "kill": proc.name}
                     if kind == "worker":
@@ -153,6 +162,10 @@ def run(
                     "serverKills": len(log) - len(worker_kills),
                     "workerKills": len(worker_kills),
                     "leasedAtWorkerKills": sum(e["leasedRows"] for e in worker_kills),
+                    "killsWithSeveralBatchesLeased": sum(
+                        e["leasedRows"] > batch_size for e in worker_kills
+                    ),
+                    "inFlight": in_flight,
                     "sentTwiceOutsideLeasedAtKill": len(twice - at_risk),
                     "batchSize": batch_size,
                     "leaseSeconds": lease_seconds,
@@ -179,7 +192,8 @@ def passed(figures: dict, kills: int = 3) -> bool:
         and figures["serverKills"] == kills
         and figures["workerKills"] == kills
         and figures["sentTwiceOutsideLeasedAtKill"] == 0
-        and figures["sentTwice"] <= figures["workerKills"] * figures["batchSize"]
+        and figures["sentTwice"]
+        <= figures["workerKills"] * figures["batchSize"] * figures["inFlight"]
     )
 
 
@@ -210,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         help="simulator latency (a longer call: kills land mid-call)",
     )
     parser.add_argument("--lease-seconds", type=int, default=6, help="BRIDGE_LEASE_SECONDS")
+    parser.add_argument(
+        "--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="BRIDGE_IN_FLIGHT of the workers"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     parser.add_argument("--keep", default=None, help="directory for logs and the database")
@@ -226,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         latency_ms=args.latency_ms,
         lease_seconds=args.lease_seconds,
+        in_flight=args.in_flight,
         seed=args.seed,
         drain_timeout=args.drain_timeout,
         keep=args.keep,

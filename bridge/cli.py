@@ -75,7 +75,7 @@ def migrate_command():
 def deliver_command(once: bool, poll: float):
     """Run the delivery worker (alongside BRIDGE_BACKGROUND_DELIVERY=false servers).
 
-    SIGTERM or SIGINT (Ctrl-C) stops it cleanly: the upstream call in flight is
+    SIGTERM or SIGINT (Ctrl-C) stops it cleanly: the upstream calls in flight are
     finished and recorded (within the upstream time-outs), what was not sent goes
     back to the queue, and a restart re-sends nothing Reteno answered.
     """

@@ -222,7 +222,13 @@ def replay_command(to_app, platform, base_url, api_key_env, dry_run):
         )
         return
     replay = Replay(
-        rt.ledger, RetenoClient(settings), target, batch, rt.settings.lease_seconds, rt.metrics
+        rt.ledger,
+        RetenoClient(settings),
+        target,
+        batch,
+        rt.settings.lease_seconds,
+        rt.metrics,
+        in_flight=rt.settings.in_flight,
     )
     with _stopped_by_signals() as stop:
         before = rt.ledger.plan_replay(target) + replay.queued()

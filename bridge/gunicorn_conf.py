@@ -22,7 +22,7 @@ threads = 16
 # unreachable database or a schema behind the code stops gunicorn with one line and
 # exit status 1 instead of workers failing to boot over and over.
 preload_app = True
-# A worker told to stop finishes its requests and the upstream call in flight of its
+# A worker told to stop finishes its requests and the upstream calls in flight of its
 # delivery thread (at most BRIDGE_UPSTREAM_DEADLINE, 13 s by default) within this.
 graceful_timeout = 30
 # No control socket (gunicorn 25.1+ opens one by default, in $XDG_RUNTIME_DIR or

@@ -5,10 +5,11 @@ The registrations go through the ledger's outbox (``bridge_commands``), so a run
 stopped halfway, even by kill -9, loses nothing and repeats nothing Reteno
 acknowledged: running it again queues only what the target has not had and sends
 what is still queued. The calls are the same as normal delivery's: batches of
-``BRIDGE_BATCH_SIZE`` tokens, backoff and ``Retry-After`` on 429 and 5xx (a
-``Retry-After`` holds the whole run, as it holds the bridge's outbox), a 400
-batch split down to the token Reteno refuses. A refusal of the target's
-credentials or app id stops the run (fix them and run it again).
+``BRIDGE_BATCH_SIZE`` tokens, up to ``BRIDGE_IN_FLIGHT`` of them in flight, backoff
+and ``Retry-After`` on 429 and 5xx (a ``Retry-After`` holds the whole run, as it
+holds the bridge's outbox), a 400 batch split down to the token Reteno refuses. A
+refusal of the target's credentials or app id stops the run (fix them and run it
+again).
 """
 
 from __future__ import annotations
@@ -105,18 +106,22 @@ class Replay:
         lease_seconds: int,
         metrics=None,
         mark: dict | None = None,
+        in_flight: int = 1,
     ):
         self.ledger = ledger
         self.target = target
         self.result = ReplayResult()
         self.hold_until: datetime | None = None  # the target's Retry-After: no call before
+        lock = threading.Lock()  # the calls in flight count and hold together
 
         def call(rows):
-            self.result.calls += 1
+            with lock:
+                self.result.calls += 1
             result = client.add_tokens(rows)
             if result.outcome == RETRY and result.retry_after:
                 until = ledger.clock() + timedelta(seconds=result.retry_after)
-                self.hold_until = max(until, self.hold_until or until)
+                with lock:
+                    self.hold_until = max(until, self.hold_until or until)
             return result
 
         def claim():
@@ -135,6 +140,7 @@ class Replay:
             lease_seconds,
             mark={"targetApp": target.app_uuid, **(mark or {})},
             lanes=[lane],
+            in_flight=in_flight,
         )
 
     def queued(self) -> int:

@@ -266,8 +266,10 @@ class RetenoClient:
         # its calls' deadlines; the worker's lease renewals of the claims they send, too
         self.watch = Watch()
         self.session = session or requests.Session()
+        # a kept connection for each call in flight (BRIDGE_IN_FLIGHT)
+        pool = max(10, getattr(settings, "in_flight", 1))
         for prefix in ("https://", "http://"):
-            self.session.mount(prefix, _WatchedAdapter())
+            self.session.mount(prefix, _WatchedAdapter(pool_maxsize=pool))
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.headers["Accept"] = "application/json"
         # an answer is read raw, at most MAX_UPSTREAM_ANSWER_BYTES: never a compressed one,

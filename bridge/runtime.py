@@ -51,6 +51,7 @@ class Runtime:
             settings.batch_size,
             self.metrics,
             lease_seconds=settings.lease_seconds,
+            in_flight=settings.in_flight,
             mark={"sandbox": True} if settings.sandbox else None,
         )
         self.background: BackgroundDelivery | None = None

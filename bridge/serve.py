@@ -5,7 +5,7 @@ It applies the migrations, then serves: with gunicorn and the shipped settings
 process becoming gunicorn's master; otherwise with werkzeug's development server in
 this process, after a line saying so. Either way the served app's start-up banner
 names the ledger and, in sandbox mode, the development key; Ctrl-C or SIGTERM stops
-it cleanly (the delivery thread finishes its upstream call in flight).
+it cleanly (the delivery thread finishes its upstream calls in flight).
 """
 
 from __future__ import annotations
@@ -119,5 +119,5 @@ def _serve_with_werkzeug(app, host: str, port: int) -> None:
     server.serve_forever()  # until Ctrl-C (SIGINT) or SIGTERM
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
     if runtime.background is not None:
-        runtime.background.stop()  # the upstream call in flight is finished and recorded
+        runtime.background.stop()  # the upstream calls in flight are finished and recorded
     click.echo("reteno-bridge serve: stopped", err=True)

@@ -1,16 +1,19 @@
 """The delivery worker: drains the outbox to Reteno.
 
-Owns the loop, not the states: it claims due registrations from the ledger
-in batches of ``BRIDGE_BATCH_SIZE``, makes one upstream call per batch and
-tells the ledger what happened; then the due mutes and unmutes, one call
-each. Each of these is a :class:`Lane` (a claim and a call); a replay into
-another app is a worker with a lane of its own. A batch Reteno refuses with a 4xx other than
-401/403/404 is split in halves until the offending token is alone; that one
-goes ``dead`` and the rest are delivered. It runs as a background thread of
-the served app (woken at once after a registration) and as
-``flask --app app bridge deliver``; both may run at the same time because
-claims are leased in the database, and a claim's lease is renewed while its
-call is in flight.
+Owns the loop and its concurrency, not the states: it claims due registrations from the
+ledger in batches of ``BRIDGE_BATCH_SIZE``, makes one upstream call per batch and tells
+the ledger what happened; then the due mutes and unmutes and the bots' custom events,
+one call each. Each of these
+is a :class:`Lane` (a claim, a call, and the upstream's rate for it); a replay into
+another app is a worker with a lane of its own. Up to ``BRIDGE_IN_FLIGHT`` calls are in
+flight at once, each batch under its own lease; their starts are paced per upstream rate
+(:class:`Pacer`: lanes without a rate of their own share Reteno's, ``UPSTREAM_RATE``).
+A call that pauses or holds delivery stops every other call of the drain from making a
+new one. A batch Reteno refuses with a 4xx other than 401/403/404 is split in halves
+until the offending token is alone; that one goes ``dead`` and the rest are delivered.
+It runs as a background thread of the served app (woken at once after a registration)
+and as ``flask --app app bridge deliver``; both may run at the same time because claims
+are leased in the database, and a claim's lease is renewed while its call is in flight.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import atexit
 import logging
 import os
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .config import UPSTREAM_RATE
 from .logs import get_logger
 from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
 
@@ -33,12 +39,76 @@ EVENTS_RATE = 350  # the events lane: Reteno's limit for /api/v2/event, requests
 
 @dataclass(frozen=True)
 class Lane:
-    """One kind of upstream call: how to claim its due rows (a :class:`Claim`, or None)
-    and how to send them (a :class:`CallResult`)."""
+    """One kind of upstream call: how to claim its due rows (a :class:`Claim`, or None),
+    how to send them (a :class:`CallResult`), and the most calls a second its endpoint
+    takes (None: the worker's default, shared by every lane without a rate of its own)."""
 
-    name: str  # registrations | mute | replay
+    name: str  # registrations | mute | events | replay
     claim: Callable[[], object]
     call: Callable[[list], CallResult]
+    rate: float | None = None
+
+
+class Pacer:
+    """Starts of upstream calls at most ``rate`` a second: each start takes the next slot,
+    ``1 / rate`` seconds after the one before and never less than a second after the
+    start ``rate`` starts before it (so no window of a second holds more, whatever the
+    rounding), and waits for it. Shared by the threads of a worker."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.interval = 1.0 / rate
+        self.clock = clock
+        self.sleep = sleep
+        self._next = float("-inf")
+        self._recent: deque[float] = deque(maxlen=max(1, int(rate)))  # the last slots
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take the next slot; the seconds until it."""
+        with self._lock:
+            now = self.clock()
+            at = max(now, self._next)
+            if len(self._recent) == self._recent.maxlen:
+                at = max(at, self._recent[0] + 1.0)
+            self._recent.append(at)
+            self._next = at + self.interval
+            return at - now
+
+    def wait(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            self.sleep(delay)
+
+
+class Halt:
+    """Why a drain makes no new call: its ``stop`` was set (a worker stopping), or one of
+    its calls paused or held delivery (the first such call is kept)."""
+
+    def __init__(self, stop: threading.Event | None = None):
+        self.stop = stop
+        self.blocked: CallResult | None = None
+        self._lock = threading.Lock()
+
+    def is_set(self) -> bool:
+        return self.blocked is not None or (self.stop is not None and self.stop.is_set())
+
+    def block(self, result: CallResult) -> None:
+        with self._lock:
+            if self.blocked is None:
+                self.blocked = result
+
+    def unsent(self, batch: int) -> tuple[dict, float]:
+        """What the history says of rows not sent because of it, and when they are due."""
+        if self.blocked is None:
+            return {"batch": batch, "sent": False, "stopping": True}, 0.0
+        blocked = self.blocked
+        delay = blocked.retry_after if blocked.outcome == RETRY else 0.0
+        return {**blocked.detail(batch), "sent": False}, delay or 0.0
 
 
 class DeliveryWorker:
@@ -51,6 +121,8 @@ class DeliveryWorker:
         lease_seconds: int,
         mark: dict | None = None,
         lanes: list[Lane] | None = None,
+        in_flight: int = 1,
+        rate: float = UPSTREAM_RATE,
     ):
         self.ledger = ledger
         self.client = client
@@ -60,6 +132,7 @@ class DeliveryWorker:
         self.heartbeat_seconds = lease_seconds / 3  # lease renewals while a call is in flight
         self.watch = client.watch  # renews them: the thread that keeps the calls' deadlines
         self.mark = mark or {}  # added to every outcome's history (sandbox deliveries)
+        self.in_flight = in_flight  # BRIDGE_IN_FLIGHT
         self.lanes = lanes or [
             Lane(
                 "registrations",
@@ -68,13 +141,22 @@ class DeliveryWorker:
             ),
             # one chat per call (Reteno's mute takes one token)
             Lane("mute", lambda: ledger.claim_mutes(1, self.lease_seconds), client.send_command),
-            # one event per call (Reteno has no bulk call for live events), at most EVENTS_RATE/s
-            Lane("events", lambda: ledger.claim_events(1, self.lease_seconds), client.send_event),
+            # one event per call (Reteno has no bulk call for live events), its own rate
+            Lane(
+                "events",
+                lambda: ledger.claim_events(1, self.lease_seconds),
+                client.send_event,
+                EVENTS_RATE,
+            ),
         ]
+        shared = Pacer(rate)
+        self.pacers = {lane.name: Pacer(lane.rate) if lane.rate else shared for lane in self.lanes}
+        self._tally = threading.Lock()  # the drain's counts and progress, from every thread
 
     def _call(self, lane: Lane, claim, rows) -> CallResult:
         lease = self.watch.after(self.heartbeat_seconds, lambda: self._renew(claim, rows))
         try:
+            self.pacers[lane.name].wait()
             result = lane.call(rows)
         finally:
             lease.cancel()  # no renewal runs once the call is over
@@ -105,7 +187,8 @@ class DeliveryWorker:
         return self.heartbeat_seconds
 
     def _count(self, lane: Lane, outcome: str, n: int, stats: Counter) -> None:
-        stats[outcome] += n
+        with self._tally:
+            stats[outcome] += n
         if self.metrics and n:
             if lane.name == "registrations":
                 self.metrics.deliveries.labels(outcome).inc(n)
@@ -119,14 +202,15 @@ class DeliveryWorker:
         rows,
         stats: Counter,
         renew: bool = False,
-        stop: threading.Event | None = None,
+        halt: Halt | None = None,
     ) -> CallResult | None:
         """Deliver ``rows`` of a claim; the failure that stops delivery for now, if any.
 
         ``renew``: a further call of the same claim (a split batch) first extends
         the lease, and sends only the rows still held, so a long split never
         overlaps with another worker that took the rows after the lease ran out.
-        ``stop`` set: no further call is made; rows not sent go back to the queue.
+        ``halt`` set (a stop, or another call's pause): no further call is made; rows
+        not sent go back to the queue.
         """
         if renew:
             rows = self.ledger.renew(claim, rows, self.lease_seconds)
@@ -137,6 +221,8 @@ class DeliveryWorker:
         if result.outcome == DELIVERED:
             self._count(lane, "delivered", self.ledger.delivered(claim, rows, detail), stats)
             return None
+        if result.outcome in (RETRY, PAUSE) and halt is not None:
+            halt.block(result)  # the other calls in flight make no next call from now on
         if result.outcome == RETRY:
             self.ledger.retry(claim, rows, detail, result.retry_after)
             self._count(lane, "retry", len(rows), stats)
@@ -166,15 +252,14 @@ class DeliveryWorker:
             return None
         middle = len(rows) // 2
         first, rest = rows[:middle], rows[middle:]
-        if stop is not None and stop.is_set():  # stopping: give the whole split back
+        if halt is not None and halt.is_set():  # halted: give the whole split back
             first, rest = [], rows
-        blocked = self._send(lane, claim, first, stats, renew=True, stop=stop) if first else None
-        if blocked is None and not (stop is not None and stop.is_set()):
-            return self._send(lane, claim, rest, stats, renew=True, stop=stop)
-        if blocked is None:  # stopping: the rest is due again at once, for the next worker
-            self.ledger.release(
-                claim, rest, {"batch": len(rest), "sent": False, "stopping": True, **self.mark}, 0.0
-            )
+        blocked = self._send(lane, claim, first, stats, renew=True, halt=halt) if first else None
+        if blocked is None and not (halt is not None and halt.is_set()):
+            return self._send(lane, claim, rest, stats, renew=True, halt=halt)
+        if blocked is None:  # halted: the rest goes back, due when the halt says
+            unsent, delay = halt.unsent(len(rest))
+            self.ledger.release(claim, rest, {**unsent, **self.mark}, delay)
             return None
         # The first half hit a transient failure or a pause: the rest waits with it.
         self.ledger.release(
@@ -196,22 +281,80 @@ class DeliveryWorker:
         self._send(lane, claim, list(claim.rows), stats)
         return len(claim.rows)
 
+    def _claim(self):
+        """The next due claim, lane after lane (registrations first): ``(lane, claim)``, or
+        None when nothing is due."""
+        for lane in self.lanes:
+            claim = lane.claim()
+            if claim is not None:
+                return lane, claim
+        return None
+
+    def _batch(
+        self, lane: Lane, claim, halt: Halt, stats: Counter, progress: Callable | None
+    ) -> None:
+        """One claimed batch, on a thread of the drain: sent, or given back if the drain
+        was halted before its call."""
+        rows = list(claim.rows)
+        if halt.is_set():
+            unsent, delay = halt.unsent(len(rows))
+            self.ledger.release(claim, rows, {**unsent, **self.mark}, delay)
+        else:
+            blocked = self._send(lane, claim, rows, stats, halt=halt)
+            if blocked is not None:
+                halt.block(blocked)
+        if progress:
+            with self._tally:
+                progress(len(rows))
+
     def drain(
         self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None
     ) -> Counter:
-        """Send batches, lane after lane, until nothing is due (or delivery is paused or
-        held: the first call that says so ends the drain)."""
+        """Send batches until nothing is due, up to ``in_flight`` calls at once (one: in
+        this thread). The first call that pauses or holds delivery ends the drain: no
+        call makes a new one; those in flight are finished and recorded. A failure (of
+        the database) in one ends it too, and is raised once the others are over."""
         stats: Counter = Counter()
-        for lane in self.lanes:
-            while stop is None or not stop.is_set():
-                claim = lane.claim()
-                if claim is None:
+        halt = Halt(stop)
+        if self.in_flight == 1:
+            while not halt.is_set():
+                claimed = self._claim()
+                if claimed is None:
                     break
-                blocked = self._send(lane, claim, list(claim.rows), stats, stop=stop)
-                if progress:
-                    progress(len(claim.rows))
-                if blocked is not None:
-                    return stats
+                self._batch(*claimed, halt, stats, progress)
+            return stats
+        busy = threading.Condition()
+        calls = {"active": 0, "ended": 0}
+        failures: list[BaseException] = []
+
+        def ended(future: Future) -> None:
+            if future.exception() is not None:
+                failures.append(future.exception())
+                halt.block(CallResult(RETRY, None, "worker_failed"))
+            with busy:
+                calls["active"] -= 1
+                calls["ended"] += 1
+                busy.notify_all()
+
+        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="bridge-call") as pool:
+            while True:
+                with busy:  # a free place (a call ends within its deadline)
+                    busy.wait_for(lambda: calls["active"] < self.in_flight)
+                    before = calls["ended"]
+                claimed = None if halt.is_set() else self._claim()
+                if claimed is None:
+                    with busy:
+                        if halt.is_set() or not calls["active"]:
+                            break
+                        # What ends now may leave rows due at once (a superseded mute,
+                        # the rest of a split given back): claim again after it.
+                        busy.wait_for(lambda before=before: calls["ended"] != before)
+                    continue
+                with busy:
+                    calls["active"] += 1
+                pool.submit(self._batch, *claimed, halt, stats, progress).add_done_callback(ended)
+        if failures:
+            raise failures[0]  # now that every call is over
         return stats
 
     def run(
@@ -219,8 +362,8 @@ class DeliveryWorker:
     ) -> None:
         """Deliver until ``stop`` is set: drain, then wait for ``wake`` (or ``stop``) or
         the next poll. A failure (the database restarting, say) is logged and retried
-        with backoff, so the loop outlives it. Once ``stop`` is set, the call in flight
-        is finished and recorded, and no other is made."""
+        with backoff, so the loop outlives it. Once ``stop`` is set, the calls in flight
+        are finished and recorded, and no other is made."""
         wake = wake or stop
         failures = 0
         while not stop.is_set():
@@ -245,7 +388,8 @@ class BackgroundDelivery:
     """The worker on a daemon thread of the served process, woken after registrations.
 
     Stopped at interpreter exit (after Ctrl-C, or a gunicorn worker's SIGTERM): the
-    call in flight is finished and recorded, within ``stop_timeout`` seconds."""
+    calls in flight are finished and recorded (they run at once, so within one call's
+    time), within ``stop_timeout`` seconds."""
 
     def __init__(
         self, worker: DeliveryWorker, poll_seconds: float = 0.5, stop_timeout: float = 15.0

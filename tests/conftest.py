@@ -36,6 +36,7 @@ CONFIG_KEYS = [
     "BRIDGE_LINK_SECRET",
     "TELEGRAM_BOT_USERNAME",
     "BRIDGE_BATCH_SIZE",
+    "BRIDGE_IN_FLIGHT",
     "BRIDGE_BACKGROUND_DELIVERY",
     "BRIDGE_MAX_BODY_BYTES",
     "FLASK_RUN_FROM_CLI",
@@ -161,6 +162,9 @@ def config(db_url):
         "BRIDGE_DATABASE_URL": db_url,
         "BRIDGE_BACKGROUND_DELIVERY": False,
         "BRIDGE_BATCH_SIZE": 100,
+        # one call at a time: a test's scripted answers come in the order it lists them
+        # (tests/test_in_flight.py keeps several in flight)
+        "BRIDGE_IN_FLIGHT": 1,
         # the ledger's counts fresh on every read, so a test sees what it just did
         # (tests/test_app.py checks the cache with its default)
         "BRIDGE_HEALTH_CACHE_SECONDS": 0,

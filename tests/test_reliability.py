@@ -60,3 +60,29 @@ def test_kill_9_servers_and_workers_loses_nothing_acknowledged(tmp_path):
     assert figures["sentTwiceOutsideLeasedAtKill"] == 0, figures
     assert figures["sentTwice"] <= figures["workerKills"] * figures["batchSize"]
     assert crashes.passed(figures)
+
+
+def test_kill_9_of_workers_with_several_batches_in_flight_loses_nothing(tmp_path):
+    """As above with ``BRIDGE_IN_FLIGHT=4``, small batches and slow answers, so a worker
+    dies with several batches leased: only those may be sent twice."""
+    topology = dict(TOPOLOGY)
+    topology.setdefault("workers", 1)
+    figures = crashes.run(
+        200,
+        duration=8,
+        batch_size=4,
+        latency_ms=400,
+        in_flight=4,
+        seed=11,
+        keep=str(tmp_path),
+        quiet=True,
+        drain_timeout=120,
+        **topology,
+    )
+    assert figures["workerKills"] == 3 and figures["killsWithSeveralBatchesLeased"] >= 1, figures[
+        "kills"
+    ]
+    assert figures["acknowledged"] == 200, figures
+    assert figures["lost"] == 0, figures["examples"]
+    assert figures["sentTwiceOutsideLeasedAtKill"] == 0, figures
+    assert crashes.passed(figures)

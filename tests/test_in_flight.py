@@ -1,0 +1,372 @@
+"""Several upstream calls in flight at once (``BRIDGE_IN_FLIGHT``; issue 28).
+
+Each test holds its calls inside the fake upstream (``requests_mock`` answers them on
+the worker's threads) at a barrier until as many as it expects are in flight together,
+so what it asserts happened with them all under way; the barrier's time-out bounds a
+hang and times nothing. The rate is checked on the pacer with a fake clock.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+
+from bridge.config import UPSTREAM_RATE
+from bridge.reteno import DELIVERED, CallResult, RetenoClient
+from bridge.worker import Lane, Pacer
+from tests.conftest import TOKENS_URL
+from tests.helpers import by_token, history, register, tokens
+
+MUTE_URL = TOKENS_URL.removesuffix("/tokens") + "/token/mute"
+HANG = 10  # seconds a barrier waits before it breaks: a hang, never a timing
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(BRIDGE_IN_FLIGHT=4, BRIDGE_BATCH_SIZE=3)
+
+
+def sent(request) -> list[str]:
+    return [t["token"] for t in request.json()["tokens"]]
+
+
+class Upstream:
+    """The fake Reteno. Each of the first ``together`` calls waits at a barrier, in the
+    worker's thread before it is sent, until all of them are under way (``requests_mock``
+    itself answers one request at a time); then ``before(tokens)`` runs, and
+    ``answer(tokens)`` says what the call is answered."""
+
+    def __init__(
+        self, requests_mock, monkeypatch, together: int, answer=None, url=TOKENS_URL, before=None
+    ):
+        self.barrier = threading.Barrier(together, timeout=HANG)
+        self.together = together
+        self.answer = answer or (lambda tokens: (200, "OK"))
+        self.before = before or (lambda tokens: None)
+        self.calls: list[list[str]] = []
+        self.lock = threading.Lock()
+        requests_mock.post(url, json=self.respond)
+        real = RetenoClient._post
+
+        def post(client, url, body):
+            tokens = [t["token"] for t in body["tokens"]] if "tokens" in body else [body["token"]]
+            with self.lock:
+                self.calls.append(tokens)
+                first = len(self.calls) <= self.together
+            if first:
+                self.barrier.wait()  # BrokenBarrierError: fewer were ever under way at once
+            self.before(tokens)
+            return real(client, url, body)
+
+        monkeypatch.setattr(RetenoClient, "_post", post)
+
+    def respond(self, request, context):
+        body = request.json()
+        tokens = sent(request) if "tokens" in body else [body["token"]]
+        context.status_code, answer = self.answer(tokens)
+        return answer
+
+    def tokens(self) -> list[str]:
+        return sorted((t for call in self.calls for t in call), key=int)
+
+
+def states(client, auth):
+    return {token: row["state"] for token, row in by_token(client, auth).items()}
+
+
+def numbers(first, last):
+    return [str(n) for n in range(first, last + 1)]
+
+
+def test_several_batches_in_flight_deliver_every_token_once_each_under_its_own_lease(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    register(client, auth, *tokens(*range(1, 13)))  # four batches of three
+    leases = []
+
+    def answer(tokens):
+        if not leases:
+            with bridge.db.engine.connect() as conn:  # all four in flight now
+                leases.append(
+                    conn.execute(
+                        text("SELECT COUNT(DISTINCT lease_id) FROM bridge_registrations")
+                    ).scalar()
+                )
+        return 200, "OK"
+
+    upstream = Upstream(requests_mock, monkeypatch, together=4, answer=answer)
+    stats = bridge.deliver_once()
+    assert len(upstream.calls) == 4 and all(len(c) == 3 for c in upstream.calls)
+    assert upstream.tokens() == numbers(1, 12)  # each token once
+    assert leases == [4]
+    assert set(states(client, auth).values()) == {"delivered"}
+    assert stats == {"delivered": 12}
+
+
+def test_a_pause_stops_the_next_call_of_every_batch_in_flight(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    """Three batches in flight: the first is refused with 401; the other two are
+    refused with 400 after it (so each would be split): none of their halves is sent,
+    no fourth batch is claimed, and nothing is lost or dead."""
+    register(client, auth, *tokens(*range(1, 13)))
+    bridge.worker.in_flight = 3
+    paused = threading.Event()
+    real_pause = bridge.ledger.pause
+
+    def pause(*args, **kwargs):
+        try:
+            return real_pause(*args, **kwargs)
+        finally:
+            paused.set()
+
+    monkeypatch.setattr(bridge.ledger, "pause", pause)
+
+    def before(tokens):
+        if "1" not in tokens:
+            assert paused.wait(HANG)  # answered after the first call's pause
+
+    def answer(tokens):
+        if "1" in tokens:
+            return 401, {"message": "Invalid access key"}
+        return 400, {"message": "Invalid token"}
+
+    upstream = Upstream(requests_mock, monkeypatch, together=3, answer=answer, before=before)
+    stats = bridge.deliver_once()
+    assert len(upstream.calls) == 3, upstream.calls
+    assert upstream.tokens() == numbers(1, 9)
+    assert set(states(client, auth).values()) == {"queued"}
+    assert stats["paused"] == 3 and not stats["dead"]
+    for token in ("4", "7"):  # the split halves were given back, unsent, with the pause's why
+        last = history(client, auth, token)[-1]
+        assert last["kind"] == "not_sent"
+        assert last["detail"]["sent"] is False and last["detail"]["reason"] == "unauthorized"
+    assert history(client, auth, "10")[-1]["kind"] == "submitted"  # never claimed
+
+
+def test_split_on_4xx_with_several_in_flight_dead_letters_only_the_refused_tokens(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    register(client, auth, *tokens(*range(1, 13)))
+    bad = {"2", "9"}
+
+    def answer(tokens):
+        return (400, {"message": "Invalid token"}) if bad & set(tokens) else (200, "OK")
+
+    upstream = Upstream(requests_mock, monkeypatch, together=4, answer=answer)
+    bridge.deliver_once()
+    assert states(client, auth) == {n: "dead" if n in bad else "delivered" for n in numbers(1, 12)}
+    delivered = [t for call, (code, _) in ((c, answer(c)) for c in upstream.calls) if code == 200
+                 for t in call]  # fmt: skip
+    assert sorted(delivered, key=int) == [n for n in numbers(1, 12) if n not in bad]  # once each
+
+
+def test_a_stop_while_calls_are_in_flight_finishes_them_and_claims_nothing_more(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    register(client, auth, *tokens(*range(1, 19)))  # six batches of three
+    stop = threading.Event()
+
+    def answer(tokens):
+        stop.set()  # SIGTERM while four calls are in flight
+        return 200, "OK"
+
+    upstream = Upstream(requests_mock, monkeypatch, together=4, answer=answer)
+    bridge.worker.drain(stop=stop)
+    assert len(upstream.calls) == 4
+    done = states(client, auth)
+    assert sorted((t for t, s in done.items() if s == "delivered"), key=int) == upstream.tokens()
+    assert sum(s == "queued" for s in done.values()) == 6
+    requests_mock.post(TOKENS_URL, json="OK")
+    bridge.deliver_once()  # the rest are due now: no lease to wait out, none sent twice
+    later = [sent(r) for r in requests_mock.request_history[4:]]
+    assert sorted((t for c in later for t in c), key=int) == sorted(
+        (t for t, s in done.items() if s == "queued"), key=int
+    )
+    assert set(states(client, auth).values()) == {"delivered"}
+
+
+def test_stopping_the_background_thread_records_every_call_in_flight(
+    make_app, auth, requests_mock, monkeypatch
+):
+    app = make_app(BRIDGE_IN_FLIGHT=3, BRIDGE_BATCH_SIZE=2, BRIDGE_BACKGROUND_DELIVERY=True)
+    client, runtime = app.test_client(), app.extensions["reteno_bridge"]
+    stopping = []
+
+    def answer(tokens):
+        if not stopping:  # all three in flight: the process is told to stop
+            stopping.append(threading.Thread(target=runtime.background.stop))
+            stopping[0].start()
+            runtime.background.stop_event.wait(HANG)
+        return 200, "OK"
+
+    upstream = Upstream(requests_mock, monkeypatch, together=3, answer=answer)
+    register(client, auth, *tokens(*range(1, 9)))  # wakes the thread: four batches of two
+    stopping_thread = None
+    for _ in range(HANG * 100):
+        if stopping:
+            stopping_thread = stopping[0]
+            break
+        threading.Event().wait(0.01)
+    assert stopping_thread is not None, "the calls never came"
+    stopping_thread.join(HANG)
+    assert not runtime.background.running
+    assert len(upstream.calls) == 3
+    done = states(client, auth)
+    assert sorted((t for t, s in done.items() if s == "delivered"), key=int) == upstream.tokens()
+    assert sum(s == "queued" for s in done.values()) == 2
+
+
+def test_mutes_of_several_chats_are_in_flight_together(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    requests_mock.post(TOKENS_URL, json="OK")
+    register(client, auth, *tokens(1, 2, 3))
+    bridge.deliver_once()
+    for chat in ("1", "2", "3"):
+        response = client.post("/mute", json={"token": chat}, headers=auth)
+        assert response.status_code == 202, response.get_json()
+    upstream = Upstream(requests_mock, monkeypatch, together=3, url=MUTE_URL)
+    bridge.deliver_once()
+    assert sorted(upstream.calls) == [["1"], ["2"], ["3"]]
+    for chat in ("1", "2", "3"):
+        assert history(client, auth, chat)[-1]["kind"] == "mute_delivered"
+
+
+# --- the rate ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_pacer_never_starts_more_calls_a_second_than_its_rate():
+    clock = FakeClock()
+    pacer = Pacer(UPSTREAM_RATE, clock=clock)
+    starts = []
+    for n in range(1000):  # many threads at once would reserve at the same instant
+        if n % 7 == 0:
+            clock.now += 0.013  # and some a little later
+        starts.append(clock.now + pacer.reserve())
+    assert starts == sorted(starts)
+    for i, start in enumerate(starts):
+        in_a_second = [s for s in starts[i:] if s < start + 1.0]
+        assert len(in_a_second) <= UPSTREAM_RATE, start
+
+
+def test_every_call_takes_a_slot_of_its_lanes_pacer_and_token_lanes_share_one(
+    bridge, requests_mock, client, auth
+):
+    worker = bridge.worker
+    registrations, mute = worker.pacers["registrations"], worker.pacers["mute"]
+    assert registrations is mute and registrations.interval == 1 / UPSTREAM_RATE
+    taken = []
+    real = registrations.reserve
+
+    def reserve():
+        taken.append(1)
+        return real()
+
+    registrations.reserve = reserve
+    register(client, auth, *tokens(*range(1, 13)))
+    requests_mock.post(
+        TOKENS_URL,
+        json=lambda r, c: (
+            (setattr(c, "status_code", 400) or {"message": "no"}) if "5" in sent(r) else "OK"
+        ),
+    )
+    bridge.deliver_once()
+    assert len(taken) == requests_mock.call_count  # split calls too
+
+    own = Lane("events", lambda: None, lambda rows: CallResult(DELIVERED, 200, "ok"), rate=350)
+    lanes = [*worker.lanes, own]
+    other = type(worker)(bridge.ledger, bridge.client, 3, None, 60, lanes=lanes)
+    assert other.pacers["events"].interval == 1 / 350
+    assert other.pacers["events"] is not other.pacers["registrations"]
+    assert other.pacers["registrations"] is other.pacers["mute"]
+
+
+def test_a_replay_keeps_several_batches_in_flight_and_sends_each_token_once(
+    client, auth, bridge, runner, requests_mock, monkeypatch
+):
+    target = "5d1c7a80-3f6b-4c8e-9a2d-7e4f1b2c3d4e"
+    target_url = f"https://reteno.com/api/v1/apps/{target}/tokens"
+    monkeypatch.setenv("TARGET_RETENO_KEY", "target-secret-key-0123456789")
+    requests_mock.post(TOKENS_URL, json="OK")
+    register(client, auth, *tokens(*range(1, 10)))  # three batches of three
+    bridge.deliver_once()
+    upstream = Upstream(requests_mock, monkeypatch, together=3, url=target_url)
+    result = runner.invoke(
+        args=["bridge", "replay", "--to-app", target, "--api-key-env", "TARGET_RETENO_KEY"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(upstream.calls) == 3 and upstream.tokens() == numbers(1, 9)
+    assert "9 delivered, 0 dead, 0 still queued; 3 upstream calls" in result.output
+
+
+class Recorded:
+    """A ``threading.Event`` for ``DeliveryWorker.run`` whose waits are recorded and
+    return at once (tests/test_delivery_worker.py's ``Scripted``)."""
+
+    def __init__(self, name, waits):
+        self.name, self.waits, self.flag = name, waits, False
+
+    def is_set(self):
+        return self.flag
+
+    def set(self):
+        self.flag = True
+
+    def clear(self):
+        pass
+
+    def wait(self, timeout=None):
+        self.waits.append((self.name, timeout))
+        return self.flag
+
+
+def test_a_single_registration_goes_out_in_the_first_pass_before_any_poll(
+    client, auth, bridge, requests_mock
+):
+    waits = []
+    stop, wake = Recorded("stop", waits), Recorded("wake", waits)
+
+    def answer(request, context):
+        waits.append(("call", sent(request)))
+        stop.set()
+        return "OK"
+
+    requests_mock.post(TOKENS_URL, json=answer)
+    register(client, auth, *tokens(1))
+    bridge.worker.run(stop, wake)
+    assert waits[0] == ("call", ["1"])  # no poll waited out first
+    assert states(client, auth) == {"1": "delivered"}
+
+
+def test_a_database_failure_in_one_call_is_raised_once_the_others_are_recorded(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    from sqlalchemy.exc import OperationalError
+
+    register(client, auth, *tokens(*range(1, 7)))  # two batches of three
+    real = bridge.ledger.delivered
+
+    def delivered(claim, rows, detail):
+        if any(r.token == "1" for r in rows):
+            raise OperationalError("UPDATE …", {}, Exception("the database is restarting"))
+        return real(claim, rows, detail)
+
+    monkeypatch.setattr(bridge.ledger, "delivered", delivered)
+    Upstream(requests_mock, monkeypatch, together=2)
+    with pytest.raises(OperationalError):
+        bridge.deliver_once()
+    assert states(client, auth) == {
+        **{n: "queued" for n in numbers(1, 3)},  # leased: due again once the lease runs out
+        **{n: "delivered" for n in numbers(4, 6)},
+    }
