@@ -1,15 +1,18 @@
 """Prometheus metrics for ``GET /metrics``.
 
-Owns one registry per bridge instance. Counters and the latency histogram
-count what this process did; the ledger gauges (outbox depth and age, dead
-letters, registrations by state) are read from the database, so they are
-right whichever process did the work. Those are table-wide counts (about
+Owns one registry per bridge instance. Counters and the histograms count
+what this process did; the ledger gauges (outbox depth and age, dead letters,
+registrations by state, removals by reason, quiet chats, a delivery pause and
+its reason) are read from the database, so they are right whichever process
+did the work. The Grafana dashboard and the alert rules in ``deploy/`` use
+these names (``tests/test_alerts.py`` checks each is exported). Those are table-wide counts (about
 0.1 s at 500,000 registrations): :class:`CountCache` makes them at most once
 per ``BRIDGE_HEALTH_CACHE_SECONDS`` for ``/metrics`` and ``/healthz`` alike.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .logs import dropped_request_lines
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # a reason code, never Reteno's own text
 
 
 class CountCache:
@@ -80,6 +84,19 @@ class _LedgerCollector:
             "Registrations removed by the stale-token report",
             value=outbox["removedStale"],
         )
+        removed = GaugeMetricFamily(
+            "bridge_removed_registrations",
+            "Removed registrations by reason (blocked, deactivated, kicked, forbidden, stale)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(outbox["removedByReason"].items()):
+            removed.add_metric([reason], count)
+        yield removed
+        yield GaugeMetricFamily(
+            "bridge_quiet_registrations",
+            "Live registrations with no sign of life for 30 days (the stale-token report)",
+            value=outbox["quiet"],
+        )
         commands = GaugeMetricFamily(
             "bridge_ledger_commands",
             "Mutes, unmutes and replays in the ledger by state",
@@ -89,6 +106,31 @@ class _LedgerCollector:
             for state, count in sorted(states.items()):
                 commands.add_metric([action, state], count)
         yield commands
+        try:
+            reason = pause_reason(*self.counts.ledger.upstream())  # one row, read each time
+        except Exception:
+            return
+        paused = GaugeMetricFamily(
+            "bridge_delivery_paused",
+            "1 while delivery is paused because Reteno refused the credentials or the "
+            "request (reason: unauthorized, forbidden, not_found, redirect, ...), else 0",
+            labels=["reason"],
+        )
+        paused.add_metric([reason or ""], 1 if reason else 0)
+        yield paused
+
+
+def pause_reason(upstream: dict[str, Any], blocked) -> str | None:
+    """The reason code of the delivery pause in force (``unauthorized``, ``redirect``, …),
+    from the ledger's shared upstream state and when its block ends
+    (:meth:`~bridge.ledger.Ledger.upstream`); None when not paused (a ``Retry-After``
+    hold is no pause); ``unknown`` for a pause without a code."""
+    paused_until = upstream.get("paused_until")
+    if not (blocked and paused_until and blocked.isoformat() == paused_until):
+        return None
+    reason = upstream.get("pause_reason")
+    # a code; a state written before codes held Reteno's text, never shown
+    return reason if reason and _CODE.match(str(reason)) else "unknown"
 
 
 class _RequestLogCollector:
@@ -146,6 +188,20 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.delivery_delay = Histogram(
+            "bridge_delivery_delay_seconds",
+            "From a registration's submission to Reteno taking it (the deliveries this "
+            "process made)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300, 900, 3600, 21600, 86400),
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "bridge_auth_failures",
+            "Requests refused for missing or wrong credentials, by door (api, statuses, "
+            "telegram, healthz, metrics)",
+            ["door"],
+            registry=r,
+        )
         self.telegram_updates = Counter(
             "bridge_telegram_updates", "Telegram updates received, by kind", ["kind"], registry=r
         )
@@ -153,6 +209,11 @@ class Metrics:
         self.counts = CountCache(ledger, cache_seconds) if ledger is not None else None
         if self.counts is not None:
             r.register(_LedgerCollector(self.counts))
+
+    def delivered(self, delays: list[float]) -> None:
+        """Registrations delivered, each ``delays`` seconds after its submission."""
+        for seconds in delays:
+            self.delivery_delay.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
