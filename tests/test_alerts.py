@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import free_port
 from tests.conftest import TOKENS_URL
+from tests.test_processes import BIN, environment, wait_until_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "reteno-bridge-rules.yml"
@@ -124,3 +128,30 @@ def test_every_series_of_the_dashboard_and_the_rules_is_exported(
         used = {name for expr in expressions for name in SERIES.findall(expr)}
         assert used, where
         assert not used - names, f"{where} uses series /metrics does not export"
+
+
+@pytest.mark.real_http
+def test_a_delivery_worker_serves_its_own_metrics(tmp_path, db_url):
+    """``bridge deliver --metrics-port``: the process that delivers (the Procfile's worker)
+    is scraped too, or the dashboard's deliveries would stay empty."""
+    port = free_port()
+    worker = subprocess.Popen(
+        [str(BIN / "reteno-bridge"), "deliver", "--metrics-port", str(port)],
+        cwd=ROOT,
+        env=environment(tmp_path, BRIDGE_DATABASE_URL=db_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_listening(port, worker)
+        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        names = {s.name for f in text_string_to_metric_families(body) for s in f.samples}
+        assert {"bridge_delivery_delay_seconds_count", "bridge_outbox_depth"} <= names
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert "delivery worker stopped" in worker.communicate()[1]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
