@@ -420,6 +420,11 @@ class Ledger:
         with self.db.read() as conn:
             return queries.outbox(conn, self.clock())
 
+    def quiet(self, days: int) -> int:
+        """Live registrations with no sign of life for ``days`` days."""
+        with self.db.read() as conn:
+            return sum(queries.quiet_counts(conn, self.clock(), days).values())
+
     def stats(self, days: int = 7, quiet_days: int = 30) -> dict[str, Any]:
         with self.db.read() as conn:
             return queries.stats(conn, self.clock(), days, quiet_days)

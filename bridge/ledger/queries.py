@@ -14,11 +14,10 @@ from sqlalchemy import Integer, and_, bindparam, func, or_, select
 from ..models import Command, Event, Registration
 from . import commands
 from .states import LIVE, LIVE_VALUES, State
-from .types import COLUMN_OF, HistoryEvent, RegistrationRecord
+from .types import COLUMN_OF, HistoryEvent, RegistrationRecord, removal_reason
 
 STALE_REASON = "stale: no sign of life"  # the removal reason of the stale-token report
 STALE_DAYS = 30  # quiet this long, a live chat is stale (FCM's measure): /metrics counts them
-REMOVAL_CODES = ("blocked", "deactivated", "kicked", "forbidden")  # types.removal_reason
 
 _RECORD_COLUMNS = [
     getattr(Registration, name)
@@ -202,14 +201,13 @@ def outbox(conn, now: datetime) -> dict[str, Any]:
         .where(Registration.state == State.REMOVED.value)
         .group_by(Registration.removal_reason)
     ).all():
-        code = "stale" if reason == STALE_REASON else reason
-        code = code if code in (*REMOVAL_CODES, "stale") else "other"
+        # the stored reason is what was reported (a status's text): its code, never the text
+        code = "stale" if reason == STALE_REASON else (removal_reason(reason or "") or "other")
         removed[code] = removed.get(code, 0) + int(count)
     return {
         "states": {s.value: int(counts.get(s.value, 0)) for s in State},
         "removedStale": int(stale or 0),
         "removedByReason": removed,
-        "quiet": sum(quiet_counts(conn, now, STALE_DAYS).values()),
         "commands": commands.counts(conn),
         "depth": int(counts.get(State.QUEUED.value, 0)),
         "oldestAgeSeconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
