@@ -4,10 +4,11 @@ Owns one registry per bridge instance. Counters and the histograms count
 what this process did; the ledger gauges (outbox depth and age, dead letters,
 registrations by state, removals by reason, quiet chats, a delivery pause and
 its reason) are read from the database, so they are right whichever process
-did the work. The Grafana dashboard and the alert rules in ``deploy/`` use
-these names (``tests/test_alerts.py`` checks each is exported). Those are table-wide counts (about
-0.1 s at 500,000 registrations): :class:`CountCache` makes them at most once
-per ``BRIDGE_HEALTH_CACHE_SECONDS`` for ``/metrics`` and ``/healthz`` alike.
+did the work. Those are table-wide counts (about 0.1 s at 500,000
+registrations): :class:`CountCache` makes them at most once per
+``BRIDGE_HEALTH_CACHE_SECONDS`` for ``/metrics`` and ``/healthz`` alike (the quiet
+chats at most every 5 minutes). The Grafana dashboard and the alert rules in
+``deploy/`` use these names (``tests/test_alerts.py`` checks each is exported).
 """
 
 from __future__ import annotations

@@ -84,9 +84,7 @@ def nginx_conf(prefix: Path, listen: int, upstream: int) -> Path:
         assert shipped.count(old) == 1, old
         shipped = shipped.replace(old, new)
     (prefix / "reteno-bridge.conf").write_text(shipped)
-    temp = {
-        name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    }
+    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for path in temp.values():
         path.mkdir()
     user = "user root root;\n" if os.geteuid() == 0 else ""  # workers reach the temp paths
