@@ -72,7 +72,19 @@ def migrate_command():
 @cli.command("deliver")
 @click.option("--once", is_flag=True, help="Drain what is due now, then exit.")
 @click.option("--poll", default=0.5, show_default=True, help="Seconds between outbox polls.")
-def deliver_command(once: bool, poll: float):
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve this worker's Prometheus metrics (its deliveries, their delay, Reteno's "
+    "answers) on http://HOST:PORT/metrics, without a key.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Where --metrics-port listens.",
+)
+def deliver_command(once: bool, poll: float, metrics_port: int | None, metrics_host: str):
     """Run the delivery worker (alongside BRIDGE_BACKGROUND_DELIVERY=false servers).
 
     SIGTERM or SIGINT (Ctrl-C) stops it cleanly: the upstream calls in flight are
@@ -80,6 +92,22 @@ def deliver_command(once: bool, poll: float):
     back to the queue, and a restart re-sends nothing Reteno answered.
     """
     rt = _ready()
+    stop_metrics = None
+    if metrics_port and not once:
+        try:
+            stop_metrics = rt.metrics.serve(metrics_host, metrics_port)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}"
+            ) from None
+    try:
+        _deliver(rt, once, poll)
+    finally:
+        if stop_metrics:
+            stop_metrics()
+
+
+def _deliver(rt, once: bool, poll: float) -> None:
     with _stopped_by_signals() as stop:
         if once:
             depth = rt.ledger.outbox()["depth"]

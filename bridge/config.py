@@ -68,6 +68,7 @@ MIN_SESSION_SECRET = 32  # characters of BRIDGE_SECRET_KEY (it signs the support
 DEFAULT_LINK_TTL = "30d"
 MAX_LINK_TTL = 365 * 86400  # seconds: the longest a link may stay valid (0, never, aside)
 ON_CONFLICT = ("send", "hold")
+MAX_TRUSTED_PROXIES = 10  # BRIDGE_TRUSTED_PROXIES: proxies in front whose X-Forwarded-* count
 _DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -802,6 +803,17 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("BRIDGE_LOG_LEVEL", text(), "Log level of the bundled app and ``app.py``.", default="INFO"),
     Key(
+        "BRIDGE_TRUSTED_PROXIES",
+        integer(0, MAX_TRUSTED_PROXIES),
+        "How many proxies in front (nginx: ``deploy/nginx``) set ``X-Forwarded-For``, "
+        "``-Proto`` and ``-Host``, for the bundled app and ``app.py`` (werkzeug's "
+        "``ProxyFix``): the client's address, the scheme (the support page's cookie is "
+        "``Secure`` behind TLS) and the host are then theirs. ``0``: the headers are "
+        "ignored (anyone could forge them). An app of your own that mounts the bridge "
+        "wraps its ``wsgi_app`` itself (*Operating*).",
+        default=0,
+    ),
+    Key(
         "HOST",
         text(),
         "Where ``make run``, ``make serve`` and the shipped gunicorn settings listen.",
@@ -832,6 +844,13 @@ def instance_folder(config: Mapping, environ: Mapping | None = None) -> str:
     which is inside the virtualenv (recreating it would wipe the ledger)."""
     environ = os.environ if environ is None else environ
     return os.path.abspath(KEY["BRIDGE_INSTANCE_PATH"].value(config, environ, {})[0])
+
+
+def trusted_proxies(config: Mapping, environ: Mapping | None = None) -> int:
+    """``BRIDGE_TRUSTED_PROXIES`` of the bundled app: ``app.config``, else the environment,
+    else 0."""
+    environ = os.environ if environ is None else environ
+    return KEY["BRIDGE_TRUSTED_PROXIES"].value(config, environ, {})[0]
 
 
 def load_settings(config: Mapping, instance_path: str, environ: Mapping | None = None) -> Settings:

@@ -19,9 +19,10 @@ from collections.abc import Callable
 import click
 from flask import Flask
 from flask.cli import ScriptInfo
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import logs
-from .config import StartupError, instance_folder
+from .config import StartupError, instance_folder, trusted_proxies
 from .extension import Bridge
 from .http import protect_answer, register_error_handlers
 
@@ -31,10 +32,15 @@ def create_app(
 ) -> Flask:
     """A Flask app serving the bridge at ``url_prefix``; configuration from ``config``
     and the environment; its instance folder :func:`~bridge.config.instance_folder`
-    (``./instance`` of the working directory by default). When served (not a CLI
+    (``./instance`` of the working directory by default); behind
+    ``BRIDGE_TRUSTED_PROXIES`` proxies, their ``X-Forwarded-*`` headers honoured
+    (werkzeug's ``ProxyFix``). When served (not a CLI
     command) it checks the database first and raises
     :class:`~bridge.config.StartupError` if it cannot start."""
     app = Flask(import_name, instance_path=instance_folder(config or {}))
+    proxies = trusted_proxies(config or {})
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     app.json.sort_keys = False
     if config:
         app.config.from_mapping(config)

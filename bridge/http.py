@@ -306,6 +306,11 @@ SECURITY_SCHEMES = {
 BEARER = [{"bearer": []}]
 
 
+def _refused(door: str) -> None:
+    """Count a request a door refused (``bridge_auth_failures_total``)."""
+    current().metrics.auth_failures.labels(door).inc()
+
+
 def _door(security: list[dict]):
     return Blueprint.doc(security=security, responses={401: HTTPStatus.UNAUTHORIZED.name})
 
@@ -316,6 +321,7 @@ def bearer_required(view):
     @functools.wraps(view)
     def guarded(*args, **kwargs):
         if not bearer_ok(current().api_keys):
+            _refused("api")
             raise APIError(
                 401,
                 "A valid API key is required: send Authorization: Bearer <key>.",
@@ -338,6 +344,7 @@ def webhook_auth_required(view):
         ok = _basic_ok(settings.webhook_username, settings.webhook_password)
         ok |= bearer_ok(runtime.api_keys)
         if not ok:
+            _refused("statuses")
             challenges = [_BEARER_CHALLENGE]
             if settings.webhook_username:
                 challenges.insert(0, 'Basic realm="reteno-telegram-bridge"')
@@ -369,6 +376,7 @@ def telegram_secret_required(view):
         )
         ok |= bearer_ok(runtime.api_keys)
         if not ok:
+            _refused("telegram")
             raise APIError(
                 401,
                 f"A valid API key (Authorization: Bearer <key>) or the "
@@ -391,6 +399,7 @@ def bearer_optional(view):
         if "Authorization" not in request.headers:
             return view(*args, authenticated=False, **kwargs)
         if not bearer_ok(current().api_keys):
+            _refused("healthz")
             raise APIError(
                 401,
                 "The API key is not valid: send a valid Authorization: Bearer "
@@ -409,6 +418,7 @@ def metrics_auth_required(view):
     def guarded(*args, **kwargs):
         runtime = current()
         if not runtime.settings.metrics_public and not bearer_ok(runtime.api_keys):
+            _refused("metrics")
             raise APIError(
                 401,
                 "A valid API key is required: send Authorization: Bearer <key> "

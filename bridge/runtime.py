@@ -8,7 +8,6 @@ background thread. It lives in ``app.extensions["reteno_bridge"]``;
 
 from __future__ import annotations
 
-import re
 import sys
 
 from flask import Flask, current_app
@@ -17,7 +16,7 @@ from . import db as dbmod
 from .config import BACKLOG_SECONDS, Settings
 from .ledger import Ledger
 from .logs import get_logger
-from .metrics import Metrics
+from .metrics import Metrics, pause_reason
 from .reteno import RetenoClient
 from .worker import BackgroundDelivery, DeliveryWorker
 
@@ -25,7 +24,6 @@ log = get_logger("bridge")
 EXTENSION = "reteno_bridge"
 # What /healthz shows of the last upstream call: figures and codes, never Reteno's text.
 _LAST_UPSTREAM_KEYS = ("outcome", "status", "reason", "at", "batch", "ms", "retryAfter", "sandbox")
-_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
 def current(app: Flask | None = None) -> Runtime:
@@ -42,7 +40,12 @@ class Runtime:
         self.settings = settings
         self.url_prefix = url_prefix
         self.db = dbmod.Database(settings.database_url)
-        self.ledger = Ledger(self.db, on_queued=self._wake, hold_conflicts=settings.hold_conflicts)
+        self.ledger = Ledger(
+            self.db,
+            on_queued=self._wake,
+            hold_conflicts=settings.hold_conflicts,
+            on_delivered=lambda delays: self.metrics.delivered(delays),
+        )
         self.metrics = Metrics(self.ledger, settings.health_cache_seconds)
         self.client = RetenoClient(settings, clock=lambda: self.ledger.clock())
         self.worker = DeliveryWorker(
@@ -160,8 +163,8 @@ class Runtime:
             revision = dbmod.current_revision(self.db.engine) if details else None
         except Exception as exc:  # any database failure means "unavailable"
             return {"message": f"The database is unreachable ({type(exc).__name__})."}, False
-        paused_until = upstream.get("paused_until")
-        paused = bool(blocked and paused_until and blocked.isoformat() == paused_until)
+        pause = pause_reason(upstream, blocked)
+        paused = pause is not None
         held = bool(blocked and not paused)
         last = upstream.get("last")
         held_conflicts = counts["states"].get("held", 0)
@@ -198,7 +201,6 @@ class Runtime:
             )
         if not details:
             return body, True
-        pause_reason = upstream.get("pause_reason") if paused else None
         body.update(
             {
                 "platform": self.settings.platform,
@@ -214,13 +216,8 @@ class Runtime:
                 "delivery": {
                     "background": bool(self.background and self.background.running),
                     "paused": paused,
-                    "pausedUntil": paused_until if paused else None,
-                    # a code; a state written before codes held Reteno's text, never shown
-                    "pauseReason": (
-                        pause_reason
-                        if pause_reason is None or _CODE.match(str(pause_reason))
-                        else "unknown"
-                    ),
+                    "pausedUntil": upstream.get("paused_until") if paused else None,
+                    "pauseReason": pause,
                     "heldUntil": upstream.get("hold_until") if held else None,
                     "batchSize": self.settings.batch_size,
                 },

@@ -159,3 +159,36 @@ def test_the_ledger_counts_are_made_once_per_cache_period(make_app, auth, monkey
     assert depth() == 1 and len(counted) == 2
     _, samples = scrape(client, auth)
     assert value(samples, "bridge_outbox_depth") == 1 and len(counted) == 2
+
+
+def test_what_the_dashboard_and_alerts_read(client, auth, bridge, requests_mock, clock):
+    """A delivery's delay since submission, a pause and its reason, removals by reason,
+    quiet chats and refused credentials per door."""
+    client.post("/register", json={"token": 111111111, "email": "a@example.com"}, headers=auth)
+    clock.advance(3)
+    requests_mock.post(TOKENS_URL, json="OK")
+    bridge.deliver_once()
+    _, samples = scrape(client, auth)
+    assert value(samples, "bridge_delivery_delay_seconds_count") == 1
+    assert value(samples, "bridge_delivery_delay_seconds_sum") == 3
+    assert value(samples, "bridge_delivery_paused", reason="") == 0
+    assert value(samples, "bridge_quiet_registrations") == 0
+
+    blocked = {"status": "FAILED", "error": "Forbidden: bot was blocked by the user"}
+    client.post("/statuses", json={**blocked, "token": "111111111"}, headers=auth)
+    client.post("/register", json={"token": 222222222, "email": "b@example.com"}, headers=auth)
+    requests_mock.post(TOKENS_URL, status_code=401, json={"message": "Unauthorized"})
+    bridge.deliver_once()
+    client.post("/statuses", json=[], auth=("reteno", "wrong-password-0123"))
+    client.post("/telegram/webhook", json={"update_id": 1})
+    client.get("/tokens")
+    _, samples = scrape(client, auth)
+    assert value(samples, "bridge_delivery_paused", reason="unauthorized") == 1
+    assert ("bridge_delivery_paused", (("reason", ""),)) not in samples
+    assert value(samples, "bridge_removed_registrations", reason="blocked") == 1
+    for door in ("statuses", "telegram", "api"):
+        assert value(samples, "bridge_auth_failures_total", door=door) == 1
+
+    clock.advance(31 * 86400)  # a month without a sign of life: the waiting one is stale
+    assert bridge.metrics.registry.get_sample_value("bridge_quiet_registrations") == 0  # cached
+    assert bridge.ledger.quiet(30) == 1  # what the next count, 5 minutes on, will say

@@ -88,7 +88,9 @@ __all__ = [
 
 class Ledger:
     """The ledger of one database. ``clock`` gives every timestamp it writes (tests move
-    it); ``on_queued`` is called after registrations were queued (to wake delivery)."""
+    it); ``on_queued`` is called after registrations were queued (to wake delivery),
+    ``on_delivered`` with the seconds each delivered registration waited since its
+    submission (the metrics)."""
 
     def __init__(
         self,
@@ -96,10 +98,12 @@ class Ledger:
         clock: Callable[[], datetime] = utcnow,
         on_queued: Callable[[], None] | None = None,
         hold_conflicts: bool = False,
+        on_delivered: Callable[[list[float]], None] | None = None,
     ):
         self.db = db
         self.clock = clock
         self.on_queued = on_queued or (lambda: None)
+        self.on_delivered = on_delivered
         self.hold_conflicts = hold_conflicts  # BRIDGE_ON_CONFLICT=hold
         self._register = db.group_commit(self._register_work)
 
@@ -163,7 +167,16 @@ class Ledger:
 
     def delivered(self, claim: Claim, rows: Sequence[Any], call: dict) -> int:
         with self.db.write() as conn:
-            return outbox.delivered(conn, self.clock(), claim, rows, call)
+            now = self.clock()
+            n = outbox.delivered(conn, now, claim, rows, call)
+            delays = (
+                queries.delivery_delays(conn, [r.id for r in rows], now)
+                if n and self.on_delivered and claim.model is Registration
+                else []
+            )
+        if delays:
+            self.on_delivered(delays)
+        return n
 
     def retry(
         self, claim: Claim, rows: Sequence[Any], call: dict, retry_after: float | None = None
@@ -444,6 +457,11 @@ class Ledger:
     def outbox(self) -> dict[str, Any]:
         with self.db.read() as conn:
             return queries.outbox(conn, self.clock())
+
+    def quiet(self, days: int) -> int:
+        """Live registrations with no sign of life for ``days`` days."""
+        with self.db.read() as conn:
+            return sum(queries.quiet_counts(conn, self.clock(), days).values())
 
     def stats(self, days: int = 7, quiet_days: int = 30) -> dict[str, Any]:
         with self.db.read() as conn:

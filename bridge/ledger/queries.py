@@ -14,9 +14,10 @@ from sqlalchemy import Integer, and_, bindparam, func, or_, select
 from ..models import Command, Event, Registration
 from . import commands, events_out
 from .states import LIVE, LIVE_VALUES, State
-from .types import COLUMN_OF, HistoryEvent, RegistrationRecord
+from .types import COLUMN_OF, HistoryEvent, RegistrationRecord, removal_reason
 
 STALE_REASON = "stale: no sign of life"  # the removal reason of the stale-token report
+STALE_DAYS = 30  # quiet this long, a live chat is stale (FCM's measure): /metrics counts them
 
 _RECORD_COLUMNS = [
     getattr(Registration, name)
@@ -194,15 +195,36 @@ def outbox(conn, now: datetime) -> dict[str, Any]:
             Registration.state == State.REMOVED.value, Registration.removal_reason == STALE_REASON
         )
     ).scalar()
+    removed: dict[str, int] = {}
+    for reason, count in conn.execute(
+        select(Registration.removal_reason, func.count())
+        .where(Registration.state == State.REMOVED.value)
+        .group_by(Registration.removal_reason)
+    ).all():
+        # the stored reason is what was reported (a status's text): its code, never the text
+        code = "stale" if reason == STALE_REASON else (removal_reason(reason or "") or "other")
+        removed[code] = removed.get(code, 0) + int(count)
     return {
         "states": {s.value: int(counts.get(s.value, 0)) for s in State},
         "removedStale": int(stale or 0),
+        "removedByReason": removed,
         "commands": commands.counts(conn),
         "events": events_out.counts(conn),
         "depth": int(counts.get(State.QUEUED.value, 0)),
         "oldestAgeSeconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
         "dead": int(counts.get(State.DEAD.value, 0)),
     }
+
+
+def delivery_delays(conn, ids: list[int], now: datetime) -> list[float]:
+    """Seconds from submission to delivery of the registrations among ``ids`` delivered
+    at ``now``."""
+    created = conn.execute(
+        select(Registration.created_at).where(
+            Registration.id.in_(ids), Registration.delivered_at == now
+        )
+    ).scalars()
+    return [max(0.0, (now - at).total_seconds()) for at in created]
 
 
 def _per_day(conn, column, since: datetime, *where) -> dict[str, int]:
