@@ -19,6 +19,7 @@ from .ledger import Ledger
 from .logs import get_logger
 from .metrics import Metrics
 from .reteno import RetenoClient
+from .retention import RetentionSchedule
 from .worker import BackgroundDelivery, DeliveryWorker
 
 log = get_logger("bridge")
@@ -52,6 +53,9 @@ class Runtime:
             self.metrics,
             lease_seconds=settings.lease_seconds,
             mark={"sandbox": True} if settings.sandbox else None,
+            retention=RetentionSchedule(self.ledger, settings.history_retention)
+            if settings.history_retention
+            else None,
         )
         self.background: BackgroundDelivery | None = None
         self.simulator = None  # the sandbox's, in sandbox mode (bridge.sandbox.attach)

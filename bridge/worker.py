@@ -51,8 +51,10 @@ class DeliveryWorker:
         lease_seconds: int,
         mark: dict | None = None,
         lanes: list[Lane] | None = None,
+        retention: Callable[[], object] | None = None,
     ):
         self.ledger = ledger
+        self.retention = retention  # run's housekeeping: bridge.retention.RetentionSchedule
         self.client = client
         self.batch_size = batch_size
         self.metrics = metrics
@@ -235,6 +237,8 @@ class DeliveryWorker:
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
                 stop.wait(min(30.0, poll_seconds * 2**failures))
+            if self.retention is not None and not stop.is_set():
+                self.retention()  # prunes the history when due; logs its own failures
             wake.wait(poll_seconds)
             if wake is not stop:
                 wake.clear()
