@@ -57,15 +57,18 @@ def prune(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     max_chunks: int | None = None,
+    count: bool = True,
 ) -> PruneReport:
     """Delete the attempt-level events older than ``older_than`` seconds, ``chunk`` at a
     time, each chunk its own short write transaction (safe while the bridge serves),
     then give the freed pages back (SQLite in incremental mode). ``progress`` gets the
     events deleted by each chunk; ``max_chunks``: stop after that many (the report
-    says whether more is left). ``dry_run``: count only."""
+    says whether more is left). ``dry_run``: count only; ``count=False``: no count
+    first (a scan of the whole history), ``by_kind`` empty."""
     cutoff = ledger.clock() - timedelta(seconds=older_than)
-    report = PruneReport(cutoff, ledger.prunable(cutoff), ledger.history_space(), dry_run=dry_run)
-    if dry_run or not report.prunable:
+    by_kind = ledger.prunable(cutoff) if count or dry_run else {}
+    report = PruneReport(cutoff, by_kind, ledger.history_space(), dry_run=dry_run)
+    if dry_run or (count and not report.prunable):
         return report
     after = 0
     while True:
@@ -118,7 +121,9 @@ class RetentionSchedule:
             return None
         self.next_at = now + self.interval
         try:
-            report = prune(self.ledger, self.retention, self.chunk, max_chunks=self.chunks)
+            report = prune(
+                self.ledger, self.retention, self.chunk, max_chunks=self.chunks, count=False
+            )
         except Exception as exc:  # the database restarting, say: delivery goes on
             log.error(
                 "history pruning failed (%s); trying again in %s",

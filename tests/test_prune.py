@@ -227,6 +227,19 @@ def test_the_worker_prunes_at_most_once_an_hour(make_app, auth, clock, requests_
     assert kinds(client, auth, "2") == []
 
 
+def test_a_large_backlog_goes_a_few_chunks_a_turn(client, auth, bridge, clock):
+    noise(bridge, 3)
+    clock.advance(2 * DAY)
+    schedule = RetentionSchedule(bridge.ledger, DAY, chunk=2, chunks=1)
+    assert schedule().deleted == 2
+    assert schedule.next_at == clock.now  # more may be left: the next turn goes on
+    assert schedule().deleted == 1
+    assert schedule().deleted == 0
+    assert schedule.next_at == clock.now + schedule.interval
+    assert schedule() is None
+    assert kinds(client, auth) == []
+
+
 def run_once(worker):
     """One turn of ``DeliveryWorker.run``: drain, housekeeping, then the wait stops it."""
     stop = threading.Event()
@@ -247,7 +260,7 @@ def test_a_failing_run_is_logged_and_delivery_goes_on(bridge, clock, monkeypatch
     def broken(*args):
         raise RuntimeError("the database is restarting")
 
-    monkeypatch.setattr(bridge.ledger, "prunable", broken)
+    monkeypatch.setattr(bridge.ledger, "prune_chunk", broken)
     assert schedule() is None
     assert "history pruning failed (RuntimeError)" in caplog.text
     assert schedule.next_at == clock.now + schedule.interval
