@@ -9,7 +9,8 @@ a fake upstream in place of Reteno and a fake clock (a second per arrival of
 it moves the clock past the retention age and prunes as ``bridge prune --older-than
 90d --yes`` does, and prints the SQLite file's size per registration before and after
 (every page counted: the WAL checkpointed into the file first), with the history's
-events by kind and the bytes of the largest tables (SQLite's ``dbstat``).
+events by kind and the bytes of the largest tables (SQLite's ``dbstat``); last, what
+an offline ``VACUUM`` (the bridge stopped) makes of the pruned file.
 
     .venv/bin/python bench/bench_retention.py                       # 20,000 registrations
     .venv/bin/python bench/bench_retention.py -n 114285 --faults 0.1
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     calls = build(ledger, clock, args.registrations, args.arrival, args.faults, args.seed)
     built = time.perf_counter() - started
     before, events_before, tables_before = file_bytes(db), kinds(db), by_table(db)
+    copy = url.split("///", 1)[1] + ".unpruned"
+    shutil.copyfile(url.split("///", 1)[1], copy)  # the WAL is in the file: a whole copy
 
     clock.now += timedelta(days=100)
     started = time.perf_counter()
@@ -166,7 +171,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"after:  {after / 2**20:.1f} MiB, {after / n:,.0f} bytes per registration")
     print(f"given back: {(before - after) / 2**20:.1f} MiB ({1 - after / before:.0%})")
     db.dispose()
+    # what an offline VACUUM (the bridge stopped) makes of each file: its rows packed
+    unpruned, pruned = vacuumed(copy), vacuumed(url.split("///", 1)[1])
+    print(
+        f"after a VACUUM: {unpruned / n:,.0f} bytes per registration unpruned, "
+        f"{pruned / n:,.0f} pruned"
+    )
     return 0
+
+
+def vacuumed(path: str) -> int:
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("VACUUM")
+        return raw.execute("PRAGMA page_count").fetchone()[0] * raw.execute(
+            "PRAGMA page_size"
+        ).fetchone()[0]
+    finally:
+        raw.close()
 
 
 if __name__ == "__main__":
