@@ -56,8 +56,8 @@ def prune_command(older_than: int, dry_run: bool, yes: bool):
     be read. What stays, whatever its age: each registration's audit trail
     (submitted, conflicts, delivered, dead, removed and why, restored, requeued),
     statuses and Telegram updates that changed something or came too late to, mutes
-    and unmutes, erase tombstones and links. The events go in chunks of 5,000, each
-    its own short transaction: safe while the bridge serves. On SQLite the freed
+    and unmutes requested and delivered, erase tombstones and links. The events go
+    in chunks, each its own short transaction: safe while the bridge serves. On SQLite the freed
     space goes back to the file system (incremental vacuum), or the command says how
     to enable that; on PostgreSQL it prints the table's size before and after.
     BRIDGE_HISTORY_RETENTION makes the delivery worker do the same every hour.

@@ -83,7 +83,7 @@ def prune(
         report.chunks += 1
         if progress:
             progress(deleted)
-    if report.before.incremental:
+    if report.before.incremental and report.deleted:
         left = ledger.give_back(VACUUM_PAGES)
         while left:  # a step at a time, each a short write transaction
             left, was = ledger.give_back(VACUUM_PAGES), left
