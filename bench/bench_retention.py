@@ -14,6 +14,7 @@ an offline ``VACUUM`` (the bridge stopped) makes of the pruned file.
 
     .venv/bin/python bench/bench_retention.py                       # 20,000 registrations
     .venv/bin/python bench/bench_retention.py -n 114285 --faults 0.1
+    .venv/bin/python bench/bench_retention.py --register-cost   # what INCREMENTAL costs
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import random
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -126,13 +128,49 @@ def build(ledger: Ledger, clock: Clock, count: int, arrival: int, faults: float,
     return upstream.calls
 
 
+def register_cost(count: int = 4000, rounds: int = 3) -> None:
+    """CPU of single-token ``Ledger.register`` calls on a new file in each
+    ``auto_vacuum`` mode (a file the bridge makes: INCREMENTAL; one switched back to
+    NONE by a ``VACUUM``), in alternating rounds."""
+    cpu: dict[str, list[float]] = {"none": [], "incremental": []}
+    for r in range(rounds):
+        for mode in ("none", "incremental") if r % 2 == 0 else ("incremental", "none"):
+            path = f"{tempfile.mkdtemp(prefix='bench-retention-')}/bridge.sqlite3"
+            migrate(f"sqlite:///{path}")
+            if mode == "none":
+                raw = sqlite3.connect(path, isolation_level=None)
+                raw.execute("PRAGMA auto_vacuum=NONE")
+                raw.execute("VACUUM")
+                raw.close()
+            db = Database(f"sqlite:///{path}")
+            ledger = Ledger(db)
+            started = time.process_time()
+            for n in range(count):
+                ledger.register([TokenRequest(str(10_000_000 + n), contact_id=n + 1)])
+            cpu[mode].append((time.process_time() - started) / count * 1e6)
+            db.dispose()
+    for mode, runs in cpu.items():
+        print(
+            f"auto_vacuum={mode}: {', '.join(f'{x:.0f}' for x in runs)} µs CPU per "
+            f"registration (median {statistics.median(runs):.0f})"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", "--registrations", type=int, default=20_000)
     parser.add_argument("--faults", type=float, default=0.1, help="share of calls failing")
     parser.add_argument("--arrival", type=int, default=10, help="registrations per second")
     parser.add_argument("--seed", type=int, default=29)
+    parser.add_argument(
+        "--register-cost",
+        action="store_true",
+        help="instead: CPU of Ledger.register on a new file in each auto_vacuum mode",
+    )
     args = parser.parse_args(argv)
+    if args.register_cost:
+        register_cost()
+        return 0
 
     url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-retention-')}/bridge.sqlite3"
     migrate(url)
