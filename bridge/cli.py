@@ -15,6 +15,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import db as dbmod
 from .cli_chats import COMMANDS as chat_commands
+from .cli_retention import prune_command
 from .cli_staff import support_user_group
 from .cli_support import (
     _ID_OPTIONS,
@@ -55,6 +56,7 @@ cli.add_command(sandbox_command)  # the simulator alone: `flask bridge sandbox -
 for _command in chat_commands:  # mute, unmute, stale, replay
     cli.add_command(_command)
 cli.add_command(support_user_group)  # the support page's staff accounts
+cli.add_command(prune_command)  # attempt-level history out past an age
 
 
 @cli.command("migrate")

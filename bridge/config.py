@@ -67,6 +67,10 @@ MIN_SECRET = 16  # characters of every secret: API keys, webhook password, link 
 MIN_SESSION_SECRET = 32  # characters of BRIDGE_SECRET_KEY (it signs the support page's cookie)
 DEFAULT_LINK_TTL = "30d"
 MAX_LINK_TTL = 365 * 86400  # seconds: the longest a link may stay valid (0, never, aside)
+# seconds: the shortest history retention (BRIDGE_HISTORY_RETENTION, bridge prune): a bare
+# number is seconds, and "90" meant as days must not empty the history of its last 90 s
+MIN_HISTORY_RETENTION = 86400
+RETENTION_INTERVAL = 3600  # seconds: the worker prunes the history at most this often
 ON_CONFLICT = ("send", "hold")
 MAX_TRUSTED_PROXIES = 10  # BRIDGE_TRUSTED_PROXIES: proxies in front whose X-Forwarded-* count
 _DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
@@ -126,6 +130,7 @@ class Settings:
     status_timezone: tzinfo  # Reteno's offset-less times are read in it
     support_page: bool = False  # the support page under /support/
     secret_key: str | None = field(default=None, repr=False)  # signs its session cookie
+    history_retention: int = 0  # seconds of attempt-level history kept; 0: all of it
 
     @property
     def hold_conflicts(self) -> bool:
@@ -254,14 +259,16 @@ def seconds(low: float, high: float) -> Callable:
     return read
 
 
-def duration() -> Callable:
+def duration(zero: str = "never expires") -> Callable:
+    """A duration (:func:`parse_duration`); ``zero``: what ``0`` means, for the message."""
+
     @_reader("duration: ``90m``, ``12h``, ``30d``, seconds", text=False)
     def read(key, value, values):
         try:
             return parse_duration(value)
         except ValueError:
             raise ConfigError(
-                f"{key} must be a duration like 90m, 12h or 30d (0: never expires), got {value!r}"
+                f"{key} must be a duration like 90m, 12h or 30d (0: {zero}), got {value!r}"
             ) from None
 
     return read
@@ -514,6 +521,14 @@ def _link_ttl_bounded(values: Mapping) -> None:
         )
 
 
+def _retention_bounded(values: Mapping) -> None:
+    if 0 < values["BRIDGE_HISTORY_RETENTION"] < MIN_HISTORY_RETENTION:
+        raise ConfigError(
+            f"BRIDGE_HISTORY_RETENTION must be at least {MIN_HISTORY_RETENTION // 86400}d "
+            "(or 0: keep the whole history); a bare number is seconds"
+        )
+
+
 def _support_page_has_key(values: Mapping) -> None:
     if values["BRIDGE_SUPPORT_PAGE"] and not values["BRIDGE_SECRET_KEY"]:
         raise ConfigError(
@@ -648,6 +663,18 @@ KEYS: tuple[Key, ...] = (
         default=DEFAULT_LINK_TTL,
         field="link_ttl",
         check=_link_ttl_bounded,
+    ),
+    Key(
+        "BRIDGE_HISTORY_RETENTION",
+        duration("keep"),
+        "Age after which the delivery worker prunes attempt-level history (retries, "
+        "pauses, calls not sent or superseded, ignored updates), at most once an hour, as "
+        "``bridge prune`` does; each registration's audit trail is kept (``0``: keep "
+        "everything; else at least ``1d``).",
+        default=0,
+        shown="``0`` (keep)",
+        field="history_retention",
+        check=_retention_bounded,
     ),
     Key(
         "BRIDGE_ON_CONFLICT",

@@ -18,6 +18,7 @@ from .ledger import Ledger
 from .logs import get_logger
 from .metrics import Metrics, pause_reason
 from .reteno import RetenoClient
+from .retention import RetentionSchedule
 from .worker import BackgroundDelivery, DeliveryWorker
 
 log = get_logger("bridge")
@@ -56,6 +57,9 @@ class Runtime:
             lease_seconds=settings.lease_seconds,
             in_flight=settings.in_flight,
             mark={"sandbox": True} if settings.sandbox else None,
+            retention=RetentionSchedule(self.ledger, settings.history_retention)
+            if settings.history_retention
+            else None,
         )
         self.background: BackgroundDelivery | None = None
         self.simulator = None  # the sandbox's, in sandbox mode (bridge.sandbox.attach)

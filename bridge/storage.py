@@ -8,10 +8,12 @@ Each piece is kept because a paired run measured it (BENCHMARKS.md):
   writers queue for the lock instead of failing half-way), a busy timeout.
   ``secure_delete``: what a delete or an update frees is overwritten with zeros,
   so an erased contact leaves no copy in free space (the bridge frees pages only
-  when it erases, so this costs nothing in ordinary work); :func:`checkpoint`
+  when it erases or prunes the history, so this costs nothing in ordinary work); :func:`checkpoint`
   then moves the WAL into the database file and empties it. A database file and
   folder the bridge creates are its owner's only (0600, 0700); SQLite gives the
-  ``-wal`` and ``-shm`` files the database file's mode.
+  ``-wal`` and ``-shm`` files the database file's mode. A database the bridge
+  creates is in ``auto_vacuum=INCREMENTAL`` mode: what pruning the history frees
+  can be given back to the file system (:mod:`bridge.ledger.pruning`).
 * **Write queue**: writers of one SQLite file on this machine queue on an
   ``flock`` of ``<database>-writelock`` before ``BEGIN IMMEDIATE``. SQLite's own
   busy handler polls a held lock with sleeps of 1, 2, 5, 10 … ms, far longer
@@ -78,6 +80,9 @@ def sqlite_engine(url: str, flushed_by_caller: bool) -> Engine:
     def _connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # the "begin" listener below starts them
         cursor = dbapi_connection.cursor()
+        # a new database only (an existing one keeps its mode until a VACUUM): pruned
+        # history's pages can go back to the file system (bridge.ledger.pruning)
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={sync}")
         cursor.execute("PRAGMA busy_timeout=30000")

@@ -123,8 +123,10 @@ class DeliveryWorker:
         lanes: list[Lane] | None = None,
         in_flight: int = 1,
         rate: float = UPSTREAM_RATE,
+        retention: Callable[[], object] | None = None,
     ):
         self.ledger = ledger
+        self.retention = retention  # run's housekeeping: bridge.retention.RetentionSchedule
         self.client = client
         self.batch_size = batch_size
         self.metrics = metrics
@@ -378,6 +380,8 @@ class DeliveryWorker:
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
                 stop.wait(min(30.0, poll_seconds * 2**failures))
+            if self.retention is not None and not stop.is_set():
+                self.retention()  # prunes the history when due; logs its own failures
             wake.wait(poll_seconds)
             if wake is not stop:
                 wake.clear()

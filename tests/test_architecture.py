@@ -78,6 +78,7 @@ def test_the_ledger_imports_no_http_upstream_or_sandbox(path):
         "reteno",
         "replay",
         "watch",
+        "retention",
         "support/story",
         "support/overview",
         "support/chart",

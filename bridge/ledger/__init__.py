@@ -16,6 +16,7 @@ module per job:
 * :mod:`.queries` — look-ups, history and statistics;
 * :mod:`.linking` — links and claim codes: issued, opened, claimed, revoked;
 * :mod:`.erasure` — one contact's data out;
+* :mod:`.pruning` — history retention: the attempt-level events past an age out;
 * :mod:`.staff` — the support page's staff accounts and its failed-login throttle.
 """
 
@@ -36,6 +37,7 @@ from . import (
     events_out,
     linking,
     outbox,
+    pruning,
     queries,
     registering,
     reports,
@@ -523,3 +525,37 @@ class Ledger:
         if result["erased"]:
             self.db.purge_freed()
         return result
+
+    # --- history retention ---------------------------------------------------------------
+
+    def prunable(self, cutoff: datetime) -> dict[str, int]:
+        """The attempt-level events older than ``cutoff`` (:data:`.pruning.PRUNABLE`), by
+        kind."""
+        with self.db.read() as conn:
+            return pruning.counts(conn, cutoff)
+
+    def prune_chunk(self, cutoff: datetime, after: int, limit: int) -> tuple[int, int] | None:
+        """Delete the next ``limit`` of them with ids above ``after``: found in a read,
+        deleted in one short write transaction. (deleted, the last id of the chunk), or
+        None: none left."""
+        with self.db.read() as conn:
+            found = pruning.next_chunk(conn, cutoff, after, limit)
+        if found is None:
+            return None
+        with self.db.write() as conn:
+            return pruning.delete_chunk(conn, cutoff, *found), found[1]
+
+    def history_space(self) -> pruning.Space:
+        """What the database takes on disk (:class:`.pruning.Space`)."""
+        with self.db.read() as conn:
+            return pruning.space(conn)
+
+    def give_back(self, pages: int) -> int:
+        """Up to ``pages`` free pages back to the file system (SQLite in incremental
+        mode); the free pages left. The last step moves the WAL into the file, which
+        then shrinks."""
+        with self.db.write() as conn:
+            left = pruning.give_back(conn, pages)
+        if not left:
+            self.db.purge_freed()
+        return left
