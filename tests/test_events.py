@@ -148,6 +148,32 @@ def test_a_batch_is_answered_in_order(client, auth, bridge, delivered_chat, upst
     assert [c["eventTypeKey"] for c in event_calls(upstream)] == [f"k{i}" for i in range(5)]
 
 
+def test_events_are_claimed_together_and_sent_one_call_each_recorded_once(
+    client, auth, bridge, upstream, monkeypatch
+):
+    register(client, auth, *({"token": str(t), "contactId": t} for t in (42, 43, 44)))
+    bridge.deliver_once()
+    bridge.worker.in_flight = 8  # the tests' app has one
+    claims = []
+    real = bridge.ledger.claim_events
+
+    def claim_events(limit, lease_seconds):
+        claim = real(limit, lease_seconds)
+        claims.append(claim and len(claim.rows))
+        return claim
+
+    monkeypatch.setattr(bridge.ledger, "claim_events", claim_events)
+    send(client, auth, {"events": [event(str(t), key=f"k{t}{i}") for t in (42, 43, 44)
+                                   for i in range(2)]})  # fmt: skip
+    stats = bridge.deliver_once()
+    assert claims[0] == 6  # one claim (of up to BRIDGE_IN_FLIGHT), one lease
+    assert stats["delivered"] == 6 and len(event_calls(upstream)) == 6  # one call each
+    for t in ("42", "43", "44"):
+        assert kinds(client, auth, t).count("event_delivered") == 2
+    bridge.deliver_once()
+    assert len(event_calls(upstream)) == 6  # none twice
+
+
 def test_a_time_is_kept_in_the_history(client, auth, delivered_chat, clock):
     body = send(client, auth, event(time="2026-01-02T03:04:05Z"))
     assert body["events"][0]["occurredAt"].startswith("2026-01-02T03:04:05")
