@@ -11,6 +11,11 @@ events (:data:`EVENT_IDENTIFIERS`). The identifier is chosen when the event is s
 so it is the one Reteno holds the chat under then. An event whose chat has no live
 registration any more when it comes due (the chat blocked the bot) is ``dropped``:
 not sent, with the reason in ``last_error``.
+
+A claim leases many due events at once (the worker asks for as many as it has calls
+in flight); the worker sends them one call each and records the claim's outcomes in
+one transaction (:func:`.outbox.record_each`): a transaction per event, not per call
+to Reteno, was what bounded the events a second.
 """
 
 from __future__ import annotations
