@@ -124,6 +124,19 @@ def test_an_event_waits_until_reteno_has_the_chat(client, auth, bridge, requests
     assert kinds(client, auth)[-1] == "retry"
 
 
+def test_events_waiting_for_their_chat_do_not_hold_up_the_others_behind_them(
+    client, auth, bridge, delivered_chat, upstream, monkeypatch
+):
+    monkeypatch.setattr("bridge.ledger.events_out._PAGE", 2)  # a claim reads two at a time
+    register(client, auth, {"token": "777", "contactId": 7})  # not yet delivered
+    send(client, auth, {"events": [*(event("777") for _ in range(3)), event(), event()]})
+    claim = bridge.ledger.claim_events(5, 60)
+    assert [row.token for row in claim.rows] == [CHAT, CHAT]  # found past three waiting
+    bridge.ledger.release(claim, list(claim.rows), {"sent": False})
+    bridge.deliver_once()  # the chat's registration first, then all five
+    assert len(event_calls(upstream)) == 5
+
+
 def test_a_chat_without_a_live_registration_is_404_and_nothing_is_stored(
     client, auth, bridge, delivered_chat, upstream
 ):
