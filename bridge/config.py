@@ -48,10 +48,11 @@ DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_LEASE_SECONDS = 120
 # Upstream calls one worker keeps in flight. The events (one call each, Reteno's 350 a
-# second) need rate x answer time of them at once: 32 keep that pace with answers up to
-# 90 ms. Batches of 1,000 tokens need fewer (eight answered in 100 ms are 80,000 tokens/s,
-# far more than the ledger records). Starts are paced per endpoint whatever the figure:
-# UPSTREAM_RATE a second for the tokens, mute and unmute calls, 350 for the events.
+# second, paced a little below it: bridge.worker.Pacer) need rate x answer time of them
+# at once: 32 keep that pace with answers up to 100 ms. Batches of 1,000 tokens need
+# fewer (eight answered in 100 ms are 80,000 tokens/s, far more than the ledger records).
+# Starts are paced per endpoint whatever the figure: UPSTREAM_RATE a second for the
+# tokens, mute and unmute calls, 350 for the events.
 DEFAULT_IN_FLIGHT = 32
 MAX_IN_FLIGHT = 64
 UPSTREAM_RATE = 200.0
@@ -716,7 +717,7 @@ KEYS: tuple[Key, ...] = (
         "Upstream calls one worker (each ``bridge deliver``, each served process's delivery "
         "thread, a replay) keeps in flight at once, each batch of tokens under its own "
         "lease; custom events are claimed this many at a time under one lease, one call "
-        "each. The default keeps Reteno's 350 events a second with answers up to 90 ms; "
+        "each. The default keeps the events' pace with answers up to 100 ms; "
         f"starts never exceed {UPSTREAM_RATE:g} a second for tokens, mutes and unmutes, "
         "350 for events (Reteno's limits). ``1``: one call at a time.",
         default=DEFAULT_IN_FLIGHT,

@@ -419,7 +419,7 @@ def test_every_event_call_takes_a_slot_of_the_events_pacer(
     requests_mock.post(EVENT_URL, text="")
     pacer = bridge.worker.pacers["events"]
     assert pacer is not bridge.worker.pacers["registrations"]
-    assert pacer.interval == 1 / EVENTS_RATE
+    assert pacer.interval == Pacer.WINDOW / EVENTS_RATE
     taken = []
     real = pacer.reserve
 
@@ -463,7 +463,7 @@ def test_every_call_takes_a_slot_of_its_lanes_pacer_and_token_lanes_share_one(
 ):
     worker = bridge.worker
     registrations, mute = worker.pacers["registrations"], worker.pacers["mute"]
-    assert registrations is mute and registrations.interval == 1 / UPSTREAM_RATE
+    assert registrations is mute and registrations.interval == Pacer.WINDOW / UPSTREAM_RATE
     taken = []
     real = registrations.reserve
 
@@ -485,7 +485,7 @@ def test_every_call_takes_a_slot_of_its_lanes_pacer_and_token_lanes_share_one(
     own = Lane("events", lambda: None, lambda rows: CallResult(DELIVERED, 200, "ok"), rate=350)
     lanes = [*worker.lanes, own]
     other = type(worker)(bridge.ledger, bridge.client, 3, None, 60, lanes=lanes)
-    assert other.pacers["events"].interval == 1 / 350
+    assert other.pacers["events"].interval == Pacer.WINDOW / 350
     assert other.pacers["events"] is not other.pacers["registrations"]
     assert other.pacers["registrations"] is other.pacers["mute"]
 
