@@ -222,9 +222,10 @@ def vacuumed(path: str) -> int:
     raw = sqlite3.connect(path, isolation_level=None)
     try:
         raw.execute("VACUUM")
-        return raw.execute("PRAGMA page_count").fetchone()[0] * raw.execute(
-            "PRAGMA page_size"
-        ).fetchone()[0]
+        return (
+            raw.execute("PRAGMA page_count").fetchone()[0]
+            * raw.execute("PRAGMA page_size").fetchone()[0]
+        )
     finally:
         raw.close()
 

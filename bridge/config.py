@@ -47,10 +47,13 @@ DEFAULT_MAX_FIELD_ERRORS = 100  # field paths listed in a 422; the rest are coun
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_LEASE_SECONDS = 120
-# Upstream calls one worker keeps in flight: eight batches of 1,000 answered in 100 ms are
-# 80,000 tokens/s, far more than the ledger records; their starts are paced at most
-# UPSTREAM_RATE a second, Reteno's limit for the tokens, mute and unmute endpoints.
-DEFAULT_IN_FLIGHT = 8
+# Upstream calls one worker keeps in flight. The events (one call each, Reteno's 350 a
+# second, paced a little below it: bridge.worker.Pacer) need rate x answer time of them
+# at once: 32 keep that pace with answers up to 100 ms. Batches of 1,000 tokens need
+# fewer (eight answered in 100 ms are 80,000 tokens/s, far more than the ledger records).
+# Starts are paced per endpoint whatever the figure: UPSTREAM_RATE a second for the
+# tokens, mute and unmute calls, 350 for the events.
+DEFAULT_IN_FLIGHT = 32
 MAX_IN_FLIGHT = 64
 UPSTREAM_RATE = 200.0
 # Bytes of any answer of Reteno read; the rest is never read (its connection is closed):
@@ -740,9 +743,11 @@ KEYS: tuple[Key, ...] = (
         "BRIDGE_IN_FLIGHT",
         integer(1, MAX_IN_FLIGHT),
         "Upstream calls one worker (each ``bridge deliver``, each served process's delivery "
-        "thread, a replay) keeps in flight at once, each batch under its own lease; their "
-        f"starts never exceed {UPSTREAM_RATE:g} a second (Reteno's limit). ``1``: one call "
-        "at a time.",
+        "thread, a replay) keeps in flight at once, each batch of tokens under its own "
+        "lease; custom events are claimed this many at a time under one lease, one call "
+        "each. The default keeps the events' pace with answers up to 100 ms; "
+        f"starts never exceed {UPSTREAM_RATE:g} a second for tokens, mutes and unmutes, "
+        "350 for events (Reteno's limits). ``1``: one call at a time.",
         default=DEFAULT_IN_FLIGHT,
         field="in_flight",
     ),

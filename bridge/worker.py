@@ -2,8 +2,8 @@
 
 Owns the loop and its concurrency, not the states: it claims due registrations from the
 ledger in batches of ``BRIDGE_BATCH_SIZE``, makes one upstream call per batch and tells
-the ledger what happened; then the due mutes and unmutes and the bots' custom events,
-one call each. Each of these
+the ledger what happened; then the due mutes and unmutes, one call each, and the bots'
+custom events. Each of these
 is a :class:`Lane` (a claim, a call, and the upstream's rate for it); a replay into
 another app is a worker with a lane of its own. Up to ``BRIDGE_IN_FLIGHT`` calls are in
 flight at once, each batch under its own lease; their starts are paced per upstream rate
@@ -11,6 +11,17 @@ flight at once, each batch under its own lease; their starts are paced per upstr
 A call that pauses or holds delivery stops every other call of the drain from making a
 new one. A batch Reteno refuses with a 4xx other than 401/403/404 is split in halves
 until the offending token is alone; that one goes ``dead`` and the rest are delivered.
+
+A lane ``each`` (the events: Reteno has no bulk call for live events) claims up to
+``BRIDGE_IN_FLIGHT`` rows under one lease but makes one call per row: each call is a
+place of the drain's own (so ``BRIDGE_IN_FLIGHT`` counts calls whatever the lane, and
+its pacer paces every one), and the last of a claim's calls to end records the whole
+claim's outcomes in one transaction (:meth:`Ledger.record_each`). The claim, not each
+call, is the unit of the ledger's work: one claim and one outcome transaction for many
+calls, where a claim per call spent its time on the ledger, not on Reteno. The claim's
+lease is renewed from its claim to that record, so a row waiting for its place is never
+taken by another worker; a row whose call the drain's halt prevented is given back.
+
 It runs as a background thread of the served app (woken at once after a registration)
 and as ``flask --app app bridge deliver``; both may run at the same time because claims
 are leased in the database, and a claim's lease is renewed while its call is in flight.
@@ -27,6 +38,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from .config import UPSTREAM_RATE
 from .logs import get_logger
@@ -41,19 +53,48 @@ EVENTS_RATE = 350  # the events lane: Reteno's limit for /api/v2/event, requests
 class Lane:
     """One kind of upstream call: how to claim its due rows (a :class:`Claim`, or None),
     how to send them (a :class:`CallResult`), and the most calls a second its endpoint
-    takes (None: the worker's default, shared by every lane without a rate of its own)."""
+    takes (None: the worker's default, shared by every lane without a rate of its own).
+    ``each``: one call per claimed row, the claim's outcomes recorded together."""
 
     name: str  # registrations | mute | events | replay
     claim: Callable[[], object]
     call: Callable[[list], CallResult]
     rate: float | None = None
+    each: bool = False
+
+
+class Each:
+    """A claim of a lane ``each`` while its calls run: what each row's call did (None:
+    not sent), and the renewal of the claim's lease until the last is recorded."""
+
+    def __init__(self, claim, lease):
+        self.claim = claim
+        self.lease = lease
+        self.results: dict[int, CallResult | None] = {}
+        self._lock = threading.Lock()
+
+    def done(self, row, result: CallResult | None) -> bool:
+        """Keep ``row``'s result; whether it was the claim's last."""
+        with self._lock:
+            self.results[row.id] = result
+            return len(self.results) == len(self.claim.rows)
 
 
 class Pacer:
     """Starts of upstream calls at most ``rate`` a second: each start takes the next slot,
-    ``1 / rate`` seconds after the one before and never less than a second after the
-    start ``rate`` starts before it (so no window of a second holds more, whatever the
-    rounding), and waits for it. Shared by the threads of a worker."""
+    ``WINDOW / rate`` seconds after the one before and never less than ``WINDOW`` after
+    the start ``rate`` starts before it (so no window of a second holds more, whatever
+    the rounding), and waits for it. Shared by the threads of a worker.
+
+    ``WINDOW`` is a second and a margin: a call reaches the upstream a little after its
+    start (a thread's turn on a busy machine, the connection), not always equally late,
+    so starts a second apart can arrive less than a second apart. Starts evenly spaced
+    at ``rate / WINDOW`` a second leave room for arrivals bunched by up to a tenth of a
+    second in the upstream's own window of a second (the events: at most 318 a second
+    against Reteno's 350; at 350 evenly spaced, a simulator counting in a sliding
+    window answered a few 429s on the loaded bench machine)."""
+
+    WINDOW = 1.1
 
     def __init__(
         self,
@@ -61,7 +102,7 @@ class Pacer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        self.interval = 1.0 / rate
+        self.interval = self.WINDOW / rate
         self.clock = clock
         self.sleep = sleep
         self._next = float("-inf")
@@ -74,7 +115,7 @@ class Pacer:
             now = self.clock()
             at = max(now, self._next)
             if len(self._recent) == self._recent.maxlen:
-                at = max(at, self._recent[0] + 1.0)
+                at = max(at, self._recent[0] + self.WINDOW)
             self._recent.append(at)
             self._next = at + self.interval
             return at - now
@@ -143,12 +184,14 @@ class DeliveryWorker:
             ),
             # one chat per call (Reteno's mute takes one token)
             Lane("mute", lambda: ledger.claim_mutes(1, self.lease_seconds), client.send_command),
-            # one event per call (Reteno has no bulk call for live events), its own rate
+            # one call per event (Reteno has no bulk call for live events), its own rate;
+            # as many claimed at once as there are places
             Lane(
                 "events",
-                lambda: ledger.claim_events(1, self.lease_seconds),
+                lambda: ledger.claim_events(self.in_flight, self.lease_seconds),
                 client.send_event,
                 EVENTS_RATE,
+                each=True,
             ),
         ]
         shared = Pacer(rate)
@@ -156,12 +199,14 @@ class DeliveryWorker:
         self._tally = threading.Lock()  # the drain's counts and progress, from every thread
 
     def _call(self, lane: Lane, claim, rows) -> CallResult:
-        lease = self.watch.after(self.heartbeat_seconds, lambda: self._renew(claim, rows))
+        # a lane ``each`` renews its whole claim from claim to record (_jobs)
+        lease = None if lane.each else self._lease(claim, rows)
         try:
             self.pacers[lane.name].wait()
             result = lane.call(rows)
         finally:
-            lease.cancel()  # no renewal runs once the call is over
+            if lease is not None:
+                lease.cancel()  # no renewal runs once the call is over
         log.info(
             "upstream call%s outcome=%s status=%s reason=%s batch=%d ms=%.1f%s",
             "" if lane.name == "registrations" else f" {lane.name}",
@@ -176,6 +221,10 @@ class DeliveryWorker:
             self.metrics.upstream_calls.labels(result.outcome, str(result.status or "none")).inc()
             self.metrics.upstream_latency.observe(result.seconds)
         return result
+
+    def _lease(self, claim, rows):
+        """The renewals of ``rows``' lease, every ``heartbeat_seconds`` until cancelled."""
+        return self.watch.after(self.heartbeat_seconds, lambda: self._renew(claim, rows))
 
     def _renew(self, claim, rows) -> float:
         """Renew the lease of ``rows`` of a call in flight (a job on the watch, every
@@ -309,6 +358,78 @@ class DeliveryWorker:
             with self._tally:
                 progress(len(rows))
 
+    def _jobs(
+        self, lane: Lane, claim, halt: Halt, stats: Counter, progress: Callable | None
+    ) -> list[Callable[[], None]]:
+        """A claim's work for the drain's places: one batch, or one call per row."""
+        if not lane.each:
+            return [partial(self._batch, lane, claim, halt, stats, progress)]
+        each = Each(claim, self._lease(claim, list(claim.rows)))
+        return [partial(self._one, lane, each, row, halt, stats, progress) for row in claim.rows]
+
+    def _one(
+        self, lane: Lane, each: Each, row, halt: Halt, stats: Counter, progress: Callable | None
+    ) -> None:
+        """One row's call of a lane ``each`` (none once the drain is halted); the claim's
+        last records every row's outcome."""
+        result = None
+        try:
+            if not halt.is_set():
+                result = self._call(lane, each.claim, [row])
+        finally:  # whatever happens, the claim's last records it and ends its renewals
+            if result is not None and result.outcome in (RETRY, PAUSE):
+                halt.block(result)  # the calls not yet started make none
+            if each.done(row, result):
+                try:
+                    self._record(lane, each, halt, stats)
+                finally:
+                    each.lease.cancel()
+        if progress:
+            with self._tally:
+                progress(1)
+
+    def _record(self, lane: Lane, each: Each, halt: Halt, stats: Counter) -> None:
+        outcomes = []
+        for row in each.claim.rows:
+            result = each.results[row.id]
+            if result is None:
+                unsent, delay = halt.unsent(1)
+                outcomes.append((row, "not_sent", {**unsent, **self.mark}, delay))
+                continue
+            kind = {DELIVERED: "delivered", RETRY: "retry", PAUSE: "paused", REJECT: "dead"}
+            outcomes.append(
+                (row, kind[result.outcome], {**result.detail(1), **self.mark}, result.retry_after)
+            )
+        moved, until = self.ledger.record_each(each.claim, outcomes)
+        if until is not None:
+            blocked = next(r for r in each.results.values() if r and r.outcome == PAUSE)
+            log.error(
+                "delivery paused until %s: Reteno answered %s (%s; check "
+                "RETENO_BASE_URL, RETENO_API_KEY, RETENO_APP_UUID, RETENO_AUTH)",
+                until.isoformat(),
+                blocked.status,
+                blocked.reason,
+            )
+        for outcome in ("delivered", "retry", "paused", "dead"):
+            if moved[outcome]:
+                self._count(lane, outcome, moved[outcome], stats)
+
+    def _one_at_a_time(self, halt: Halt, stats: Counter, progress: Callable | None) -> None:
+        """The drain in this thread, one call after the other."""
+        while not halt.is_set():
+            claimed = self._claim()
+            if claimed is None:
+                return
+            failed = None
+            for job in self._jobs(*claimed, halt, stats, progress):
+                try:  # a lane each's jobs after a halt only give their rows back
+                    job()
+                except Exception as exc:
+                    failed = failed or exc
+                    halt.block(CallResult(RETRY, None, "worker_failed"))
+            if failed is not None:
+                raise failed
+
     def drain(
         self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None
     ) -> Counter:
@@ -319,11 +440,7 @@ class DeliveryWorker:
         stats: Counter = Counter()
         halt = Halt(stop)
         if self.in_flight == 1:
-            while not halt.is_set():
-                claimed = self._claim()
-                if claimed is None:
-                    break
-                self._batch(*claimed, halt, stats, progress)
+            self._one_at_a_time(halt, stats, progress)
             return stats
         busy = threading.Condition()
         calls = {"active": 0, "ended": 0}
@@ -338,6 +455,9 @@ class DeliveryWorker:
                 calls["ended"] += 1
                 busy.notify_all()
 
+        # ``active``: the calls placed, running or waiting for one of the pool's threads
+        # (the calls of a lane each's claim are placed at once, so the next claim is
+        # made while they run, not while the pool waits for it)
         with ThreadPoolExecutor(self.in_flight, thread_name_prefix="bridge-call") as pool:
             while True:
                 with busy:  # a free place (a call ends within its deadline)
@@ -352,9 +472,11 @@ class DeliveryWorker:
                         # the rest of a split given back): claim again after it.
                         busy.wait_for(lambda before=before: calls["ended"] != before)
                     continue
+                jobs = self._jobs(*claimed, halt, stats, progress)
                 with busy:
-                    calls["active"] += 1
-                pool.submit(self._batch, *claimed, halt, stats, progress).add_done_callback(ended)
+                    calls["active"] += len(jobs)
+                for job in jobs:
+                    pool.submit(job).add_done_callback(ended)
         if failures:
             raise failures[0]  # now that every call is over
         return stats

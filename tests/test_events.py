@@ -124,6 +124,19 @@ def test_an_event_waits_until_reteno_has_the_chat(client, auth, bridge, requests
     assert kinds(client, auth)[-1] == "retry"
 
 
+def test_events_waiting_for_their_chat_do_not_hold_up_the_others_behind_them(
+    client, auth, bridge, delivered_chat, upstream, monkeypatch
+):
+    monkeypatch.setattr("bridge.ledger.events_out._PAGE", 2)  # a claim reads two at a time
+    register(client, auth, {"token": "777", "contactId": 7})  # not yet delivered
+    send(client, auth, {"events": [*(event("777") for _ in range(3)), event(), event()]})
+    claim = bridge.ledger.claim_events(5, 60)
+    assert [row.token for row in claim.rows] == [CHAT, CHAT]  # found past three waiting
+    bridge.ledger.release(claim, list(claim.rows), {"sent": False})
+    bridge.deliver_once()  # the chat's registration first, then all five
+    assert len(event_calls(upstream)) == 5
+
+
 def test_a_chat_without_a_live_registration_is_404_and_nothing_is_stored(
     client, auth, bridge, delivered_chat, upstream
 ):
@@ -146,6 +159,32 @@ def test_a_batch_is_answered_in_order(client, auth, bridge, delivered_chat, upst
     assert len({e["id"] for e in body["events"]}) == 5
     bridge.deliver_once()
     assert [c["eventTypeKey"] for c in event_calls(upstream)] == [f"k{i}" for i in range(5)]
+
+
+def test_events_are_claimed_together_and_sent_one_call_each_recorded_once(
+    client, auth, bridge, upstream, monkeypatch
+):
+    register(client, auth, *({"token": str(t), "contactId": t} for t in (42, 43, 44)))
+    bridge.deliver_once()
+    bridge.worker.in_flight = 8  # the tests' app has one
+    claims = []
+    real = bridge.ledger.claim_events
+
+    def claim_events(limit, lease_seconds):
+        claim = real(limit, lease_seconds)
+        claims.append(claim and len(claim.rows))
+        return claim
+
+    monkeypatch.setattr(bridge.ledger, "claim_events", claim_events)
+    send(client, auth, {"events": [event(str(t), key=f"k{t}{i}") for t in (42, 43, 44)
+                                   for i in range(2)]})  # fmt: skip
+    stats = bridge.deliver_once()
+    assert claims[0] == 6  # one claim (of up to BRIDGE_IN_FLIGHT), one lease
+    assert stats["delivered"] == 6 and len(event_calls(upstream)) == 6  # one call each
+    for t in ("42", "43", "44"):
+        assert kinds(client, auth, t).count("event_delivered") == 2
+    bridge.deliver_once()
+    assert len(event_calls(upstream)) == 6  # none twice
 
 
 def test_a_time_is_kept_in_the_history(client, auth, delivered_chat, clock):

@@ -1,4 +1,6 @@
-"""Several upstream calls in flight at once (``BRIDGE_IN_FLIGHT``; issue 28).
+"""Several upstream calls in flight at once (``BRIDGE_IN_FLIGHT``; issue 28), batches of
+tokens and the custom events' claims (many events under one lease, one call each, their
+outcomes recorded together).
 
 Each test holds its calls inside the fake upstream (``requests_mock`` answers them on
 the worker's threads) at a barrier until as many as it expects are in flight together,
@@ -14,12 +16,14 @@ import pytest
 from sqlalchemy import text
 
 from bridge.config import UPSTREAM_RATE
+from bridge.models import OutgoingEvent
 from bridge.reteno import DELIVERED, CallResult, RetenoClient
-from bridge.worker import Lane, Pacer
+from bridge.worker import EVENTS_RATE, DeliveryWorker, Lane, Pacer
 from tests.conftest import TOKENS_URL
 from tests.helpers import by_token, history, register, tokens
 
 MUTE_URL = TOKENS_URL.removesuffix("/tokens") + "/token/mute"
+EVENT_URL = "https://reteno.com/api/v2/event"
 HANG = 10  # seconds a barrier waits before it breaks: a hang, never a timing
 
 
@@ -30,6 +34,15 @@ def app(make_app):
 
 def sent(request) -> list[str]:
     return [t["token"] for t in request.json()["tokens"]]
+
+
+def carried(body) -> list[str]:
+    """What a call carries: its tokens, its chat (a mute), or its event's ``n`` param."""
+    if "tokens" in body:
+        return [t["token"] for t in body["tokens"]]
+    if "eventTypeKey" in body:
+        return [p["value"] for p in body["params"] if p["name"] == "n"]
+    return [body["token"]]
 
 
 class Upstream:
@@ -51,7 +64,7 @@ class Upstream:
         real = RetenoClient._post
 
         def post(client, url, body):
-            tokens = [t["token"] for t in body["tokens"]] if "tokens" in body else [body["token"]]
+            tokens = carried(body)
             with self.lock:
                 self.calls.append(tokens)
                 first = len(self.calls) <= self.together
@@ -63,9 +76,7 @@ class Upstream:
         monkeypatch.setattr(RetenoClient, "_post", post)
 
     def respond(self, request, context):
-        body = request.json()
-        tokens = sent(request) if "tokens" in body else [body["token"]]
-        context.status_code, answer = self.answer(tokens)
+        context.status_code, answer = self.answer(carried(request.json()))
         return answer
 
     def tokens(self) -> list[str]:
@@ -235,6 +246,190 @@ def test_mutes_of_several_chats_are_in_flight_together(
         assert history(client, auth, chat)[-1]["kind"] == "mute_delivered"
 
 
+# --- custom events: a claim of many, one call each ------------------------------------
+
+
+def queue_events(client, auth, bridge, requests_mock, count: int) -> None:
+    """Events ``n`` = 1..count about chat 1, whose registration Reteno has."""
+    requests_mock.post(TOKENS_URL, json="OK")
+    register(client, auth, *tokens(1))
+    bridge.deliver_once()
+    body = {"events": [{"token": "1", "eventTypeKey": "bench", "params": {"n": str(n)}}
+                       for n in range(1, count + 1)]}  # fmt: skip
+    response = client.post("/events", json=body, headers=auth)
+    assert response.status_code == 202, response.get_json()
+
+
+def events(bridge) -> dict[str, tuple[str, str | None]]:
+    """Each event's state and last error, by its ``n``."""
+    with bridge.db.engine.connect() as conn:
+        rows = conn.execute(OutgoingEvent.__table__.select().order_by(OutgoingEvent.id)).mappings()
+        return {row["params"]["n"]: (row["state"], row["last_error"]) for row in rows}
+
+
+def event_kinds(client, auth) -> list[str]:
+    return [e["kind"] for e in history(client, auth, "1") if e["kind"].startswith("event_")]
+
+
+def records(bridge, monkeypatch) -> list[int]:
+    """The rows of each ``Ledger.record_each`` (one transaction each), as they come."""
+    calls = []
+    real = bridge.ledger.record_each
+
+    def record_each(claim, outcomes):
+        calls.append(len(outcomes))
+        return real(claim, outcomes)
+
+    monkeypatch.setattr(bridge.ledger, "record_each", record_each)
+    return calls
+
+
+def events_worker(bridge, in_flight: int, claim: int) -> DeliveryWorker:
+    """A worker of the events lane alone, claiming ``claim`` events at a time."""
+    lane = Lane(
+        "events",
+        lambda: bridge.ledger.claim_events(claim, 60),
+        bridge.client.send_event,
+        EVENTS_RATE,
+        each=True,
+    )
+    return DeliveryWorker(
+        bridge.ledger, bridge.client, 3, None, 60, lanes=[lane], in_flight=in_flight
+    )
+
+
+def test_a_claim_of_events_is_one_lease_one_call_each_all_in_flight_and_one_record(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    queue_events(client, auth, bridge, requests_mock, 4)  # BRIDGE_IN_FLIGHT=4: one claim
+    recorded = records(bridge, monkeypatch)
+    leases = []
+
+    def answer(numbers):
+        if not leases:  # all four in flight now
+            with bridge.db.engine.connect() as conn:
+                leases.append(
+                    conn.execute(
+                        text(
+                            "SELECT COUNT(*), COUNT(DISTINCT lease_id) FROM "
+                            "bridge_outgoing_events WHERE lease_id IS NOT NULL"
+                        )
+                    ).one()
+                )
+        return 200, ""
+
+    upstream = Upstream(requests_mock, monkeypatch, together=4, answer=answer, url=EVENT_URL)
+    stats = bridge.deliver_once()
+    assert sorted(upstream.calls) == [["1"], ["2"], ["3"], ["4"]]  # one call each, once
+    assert leases == [(4, 1)]  # four events under one lease
+    assert recorded == [4]  # their outcomes in one transaction
+    assert stats == {"delivered": 4}
+    assert event_kinds(client, auth).count("event_delivered") == 4
+    assert {state for state, _ in events(bridge).values()} == {"delivered"}
+
+
+def test_one_claim_with_mixed_answers_records_each_event_s_own(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    """Delivered, refused with Reteno's 400 (dead, its text kept) and a 503 (retried),
+    all three calls of one claim in flight at once, recorded together."""
+    queue_events(client, auth, bridge, requests_mock, 3)
+    recorded = records(bridge, monkeypatch)
+    text_400 = "The event should have the following params: [orderId]"
+    answers = {"1": (200, ""), "2": (400, {"message": text_400}), "3": (503, {"message": "no"})}
+    upstream = Upstream(
+        requests_mock, monkeypatch, together=3, answer=lambda n: answers[n[0]], url=EVENT_URL
+    )
+    stats = bridge.deliver_once()
+    assert sorted(upstream.calls) == [["1"], ["2"], ["3"]]
+    assert recorded == [3]
+    assert stats == {"delivered": 1, "dead": 1, "retry": 1}
+    done = events(bridge)
+    assert done["1"] == ("delivered", None)
+    assert done["2"][0] == "dead" and text_400 in done["2"][1]
+    assert done["3"][0] == "queued"
+    kinds = sorted(event_kinds(client, auth)[-3:])
+    assert kinds == ["event_dead", "event_delivered", "event_retry"]
+
+
+def test_a_pause_in_a_claim_sends_none_of_its_rest(client, auth, bridge, requests_mock):
+    """One call at a time, a claim of five: the first delivered, the second refused with
+    401; the other three are given back unsent, and delivery is paused."""
+    queue_events(client, auth, bridge, requests_mock, 5)
+    requests_mock.post(
+        EVENT_URL,
+        [{"text": ""}, {"status_code": 401, "json": {"message": "Invalid access key"}}],
+    )
+    stats = events_worker(bridge, in_flight=1, claim=5).drain()
+    assert len([r for r in requests_mock.request_history if r.url == EVENT_URL]) == 2
+    assert stats == {"delivered": 1, "paused": 1}
+    assert [state for state, _ in events(bridge).values()] == ["delivered", *["queued"] * 4]
+    unsent = [e for e in history(client, auth, "1") if e["kind"] == "event_not_sent"]
+    assert len(unsent) == 3
+    assert all(e["detail"]["sent"] is False for e in unsent)
+    assert {e["detail"]["reason"] for e in unsent} == {"unauthorized"}
+    assert "delivery_paused" in client.get("/healthz", headers=auth).get_json()["reasons"]
+
+
+def test_a_pause_with_several_in_flight_stops_the_claim_s_waiting_calls(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    queue_events(client, auth, bridge, requests_mock, 5)
+    upstream = Upstream(
+        requests_mock,
+        monkeypatch,
+        together=2,
+        answer=lambda n: (401, {"message": "Invalid access key"}),
+        url=EVENT_URL,
+    )
+    stats = events_worker(bridge, in_flight=2, claim=5).drain()
+    assert sorted(upstream.calls) == [["1"], ["2"]]  # the other three waited for a place
+    assert stats == {"paused": 2}
+    assert {state for state, _ in events(bridge).values()} == {"queued"}
+    assert event_kinds(client, auth).count("event_not_sent") == 3
+
+
+def test_a_stop_during_a_claim_records_its_calls_and_gives_back_the_rest(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    queue_events(client, auth, bridge, requests_mock, 5)
+    stop = threading.Event()
+
+    def answer(numbers):
+        stop.set()  # SIGTERM with two calls of a claim of five in flight
+        return 200, ""
+
+    upstream = Upstream(requests_mock, monkeypatch, together=2, answer=answer, url=EVENT_URL)
+    stats = events_worker(bridge, in_flight=2, claim=5).drain(stop=stop)
+    assert sorted(upstream.calls) == [["1"], ["2"]]
+    assert stats == {"delivered": 2}
+    unsent = [e for e in history(client, auth, "1") if e["kind"] == "event_not_sent"]
+    assert len(unsent) == 3 and all(e["detail"]["stopping"] for e in unsent)
+    bridge.deliver_once()  # started again: the rest is due at once, none sent twice
+    assert sorted(upstream.calls) == [["1"], ["2"], ["3"], ["4"], ["5"]]
+    assert {state for state, _ in events(bridge).values()} == {"delivered"}
+
+
+def test_every_event_call_takes_a_slot_of_the_events_pacer(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    queue_events(client, auth, bridge, requests_mock, 6)
+    requests_mock.post(EVENT_URL, text="")
+    pacer = bridge.worker.pacers["events"]
+    assert pacer is not bridge.worker.pacers["registrations"]
+    assert pacer.interval == Pacer.WINDOW / EVENTS_RATE
+    taken = []
+    real = pacer.reserve
+
+    def reserve():
+        taken.append(1)
+        return real()
+
+    monkeypatch.setattr(pacer, "reserve", reserve)
+    bridge.deliver_once()
+    assert len(taken) == 6 == len([r for r in requests_mock.request_history if r.url == EVENT_URL])
+
+
 # --- the rate ---------------------------------------------------------------------------
 
 
@@ -246,9 +441,10 @@ class FakeClock:
         return self.now
 
 
-def test_the_pacer_never_starts_more_calls_a_second_than_its_rate():
+@pytest.mark.parametrize("rate", [UPSTREAM_RATE, EVENTS_RATE])
+def test_the_pacer_never_starts_more_calls_a_second_than_its_rate(rate):
     clock = FakeClock()
-    pacer = Pacer(UPSTREAM_RATE, clock=clock)
+    pacer = Pacer(rate, clock=clock)
     starts = []
     for n in range(1000):  # many threads at once would reserve at the same instant
         if n % 7 == 0:
@@ -257,7 +453,7 @@ def test_the_pacer_never_starts_more_calls_a_second_than_its_rate():
     assert starts == sorted(starts)
     for i, start in enumerate(starts):
         in_a_second = [s for s in starts[i:] if s < start + 1.0]
-        assert len(in_a_second) <= UPSTREAM_RATE, start
+        assert len(in_a_second) <= rate, start
 
 
 def test_every_call_takes_a_slot_of_its_lanes_pacer_and_token_lanes_share_one(
@@ -265,7 +461,7 @@ def test_every_call_takes_a_slot_of_its_lanes_pacer_and_token_lanes_share_one(
 ):
     worker = bridge.worker
     registrations, mute = worker.pacers["registrations"], worker.pacers["mute"]
-    assert registrations is mute and registrations.interval == 1 / UPSTREAM_RATE
+    assert registrations is mute and registrations.interval == Pacer.WINDOW / UPSTREAM_RATE
     taken = []
     real = registrations.reserve
 
@@ -287,7 +483,7 @@ def test_every_call_takes_a_slot_of_its_lanes_pacer_and_token_lanes_share_one(
     own = Lane("events", lambda: None, lambda rows: CallResult(DELIVERED, 200, "ok"), rate=350)
     lanes = [*worker.lanes, own]
     other = type(worker)(bridge.ledger, bridge.client, 3, None, 60, lanes=lanes)
-    assert other.pacers["events"].interval == 1 / 350
+    assert other.pacers["events"].interval == Pacer.WINDOW / 350
     assert other.pacers["events"] is not other.pacers["registrations"]
     assert other.pacers["registrations"] is other.pacers["mute"]
 

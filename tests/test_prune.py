@@ -282,9 +282,7 @@ def test_sqlite_gives_the_space_back_to_the_file_system(bridge, clock, runner):
 
 
 @sqlite_only
-def test_sqlite_not_in_incremental_mode_says_what_is_free_and_how_to_switch(
-    bridge, clock, runner
-):
+def test_sqlite_not_in_incremental_mode_says_what_is_free_and_how_to_switch(bridge, clock, runner):
     bridge.db.dispose()
     path = bridge.settings.database_url.split("///", 1)[1]
     raw = sqlite3.connect(path, isolation_level=None)

@@ -22,6 +22,7 @@ module per job:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -199,6 +200,14 @@ class Ledger:
     ) -> int:
         with self.db.write() as conn:
             return outbox.release(conn, self.clock(), claim, rows, detail, delay)
+
+    def record_each(
+        self, claim: Claim, outcomes: Sequence[tuple[Any, str, dict, float | None]]
+    ) -> tuple[Counter, datetime | None]:
+        """What the calls of a claim sent one row each did, in one transaction
+        (:func:`.outbox.record_each`): the rows moved by outcome, and a pause's end."""
+        with self.db.write() as conn:
+            return outbox.record_each(conn, self.clock(), claim, outcomes)
 
     def resume(self) -> None:
         """Lift a delivery pause or hold now (after fixing the credentials)."""

@@ -11,6 +11,11 @@ events (:data:`EVENT_IDENTIFIERS`). The identifier is chosen when the event is s
 so it is the one Reteno holds the chat under then. An event whose chat has no live
 registration any more when it comes due (the chat blocked the bot) is ``dropped``:
 not sent, with the reason in ``last_error``.
+
+A claim leases many due events at once (the worker asks for as many as it has calls
+in flight); the worker sends them one call each and records the claim's outcomes in
+one transaction (:func:`.outbox.record_each`): a transaction per event, not per call
+to Reteno, was what bounded the events a second.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, literal, select, tuple_, update
 
 from ..db import in_pages
 from ..models import OutgoingEvent, Registration
@@ -42,6 +47,7 @@ DROPPED = "not sent: the chat has no live registration (it blocked the bot, or w
 # the registrations an event can be sent for: what Reteno has or is about to have
 _SENDABLE = (State.QUEUED.value, State.DELIVERED.value)
 _REQUESTED = EVENTS.first("requested").value
+_PAGE = 200  # due events read at once by a claim (more when it claims more)
 _INSERT = insert(OutgoingEvent).returning(OutgoingEvent.id, sort_by_parameter_order=True)
 _SET_REGISTRATION = (
     update(OutgoingEvent)
@@ -144,44 +150,71 @@ def _identifier(reg: Any) -> tuple[str, str] | None:
     return None
 
 
+def _chats(conn, tokens: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Of these chats: those Reteno has (a registration delivered), and those with a live
+    registration (queued or delivered)."""
+    known: set[str] = set()
+    live: set[str] = set()
+    for page in in_pages(sorted(set(tokens))):
+        for token, state in conn.execute(
+            select(Registration.token, Registration.state)
+            .where(Registration.token.in_(page), Registration.state.in_(_SENDABLE))
+            .distinct()
+        ):
+            live.add(token)
+            if state == State.DELIVERED.value:
+                known.add(token)
+    return known, live
+
+
 def claim(conn, now: datetime, limit: int, lease_seconds: int) -> Claim | None:
     """Lease up to ``limit`` due events of chats Reteno has (a registration delivered),
-    oldest due first; an event due whose chat has no live registration is dropped here.
-    None: none due, or delivery held or paused."""
+    oldest due first; an event due whose chat has no live registration is dropped here,
+    and one waiting for its chat's registration stays out of the way. None: none due,
+    or delivery held or paused.
+
+    The due events are read a page at a time in the outbox's order (its partial index;
+    the look-up of their chats is one query a page, not a subquery a row, so the
+    planner cannot make a claim's cost grow with the queue)."""
     if blocked_until(upstream_state(conn), now):
         return None
-    known = exists().where(
-        Registration.token == OutgoingEvent.token, Registration.state == State.DELIVERED.value
-    )
-    sendable = exists().where(
-        Registration.token == OutgoingEvent.token, Registration.state.in_(_SENDABLE)
-    )
+    size = max(limit, _PAGE)
     due_rows = (
-        select(OutgoingEvent.id, OutgoingEvent.token, known.label("known"))
+        select(OutgoingEvent.id, OutgoingEvent.token, OutgoingEvent.next_attempt_at)
         .where(
             OutgoingEvent.state == sql_constant(State.QUEUED),  # the outbox's partial index
             OutgoingEvent.next_attempt_at <= now,
-            known | ~sendable,  # one waiting for its chat's registration stays out of the way
         )
         .order_by(OutgoingEvent.next_attempt_at, OutgoingEvent.id)
-        .limit(limit)
+        .limit(size)
         .with_for_update(skip_locked=True, of=OutgoingEvent)
     )
-    while True:
-        due = conn.execute(due_rows).all()
+    ids: list[int] = []
+    query = due_rows
+    while len(ids) < limit:
+        due = conn.execute(query).all()
         if not due:
-            return None
+            break
+        known, live = _chats(conn, [r.token for r in due])
         EVENTS.move(
             conn,
             "dropped",
-            [r for r in due if not r.known],
+            [r for r in due if r.token not in live],
             now,
             {"next_attempt_at": None, "lease_id": None, "last_error": DROPPED},
             {"reason": DROPPED},
         )
-        ids = [r.id for r in due if r.known]
-        if ids:
+        ids.extend(r.id for r in due if r.token in known)
+        if len(due) < size:
             break
+        last = due[-1]
+        query = due_rows.where(
+            tuple_(OutgoingEvent.next_attempt_at, OutgoingEvent.id)
+            > tuple_(literal(last.next_attempt_at, OutgoingEvent.next_attempt_at.type), last.id)
+        )
+    ids = ids[:limit]
+    if not ids:
+        return None
     lease_id = uuid.uuid4().hex
     rows = conn.execute(
         update(OutgoingEvent)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -176,8 +177,17 @@ def renew(conn, now: datetime, held: Claim, rows: Sequence[Any], lease_seconds: 
 
 
 def _finish(
-    conn, now: datetime, kind: str, held: Claim, rows: Sequence[Any], values: dict, detail: dict
+    conn,
+    now: datetime,
+    kind: str,
+    held: Claim,
+    rows: Sequence[Any],
+    values: dict,
+    detail: dict,
+    each: dict[int, dict] | None = None,
 ) -> int:
+    """Move the ``rows`` a claim still holds; each gets ``detail`` in its history, or its
+    own call's (``each``: by row id) when the rows were sent one call each."""
     lock_in_order(conn, [r.id for r in rows], held.model)
     if held.model is Command:
         rows = _superseded(conn, now, held, rows)
@@ -187,7 +197,7 @@ def _finish(
         rows,
         now,
         {"lease_id": None, **values},
-        lambda r: {"attempt": r.attempts, **detail},
+        lambda r: {"attempt": r.attempts, **(each[r.id] if each else detail)},
         held_by=held.lease_id,
     )
     return len(moved)
@@ -227,11 +237,18 @@ def _note(conn, now: datetime, held: Claim, outcome: str, call: dict, **changes)
         set_upstream(conn, now, last={"outcome": outcome, **last, "at": now.isoformat()}, **changes)
 
 
-def delivered(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> int:
+def delivered(
+    conn,
+    now: datetime,
+    held: Claim,
+    rows: Sequence[Any],
+    call: dict,
+    each: dict[int, dict] | None = None,
+) -> int:
     values = {"delivered_at": now, "next_attempt_at": None, "last_error": None}
     if held.model is Registration:  # Reteno holds the token from now on
         values["reteno_holds"] = True
-    n = _finish(conn, now, "delivered", held, rows, values, call)
+    n = _finish(conn, now, "delivered", held, rows, values, call, each)
     _note(conn, now, held, "delivered", call, paused_until=None, pause_reason=None, pause_count=0)
     return n
 
@@ -257,7 +274,14 @@ def retry(
     return delay
 
 
-def pause(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> datetime:
+def pause(
+    conn,
+    now: datetime,
+    held: Claim,
+    rows: Sequence[Any],
+    call: dict,
+    each: dict[int, dict] | None = None,
+) -> datetime:
     """Reteno refused our credentials or the request itself: hold everything, drop
     nothing; each pause in a row lasts twice the one before (15 s to 10 minutes)."""
     count = int(upstream_state(conn).get("pause_count") or 0) + 1 if held.shared else 1
@@ -270,6 +294,7 @@ def pause(conn, now: datetime, held: Claim, rows: Sequence[Any], call: dict) -> 
         rows,
         {"next_attempt_at": now, "last_error": call.get("error")},
         {**call, "pausedUntil": until.isoformat()},
+        each and {i: {**c, "pausedUntil": until.isoformat()} for i, c in each.items()},
     )
     _note(
         conn,
@@ -312,6 +337,42 @@ def release(
         {"next_attempt_at": now + timedelta(seconds=delay or 0.0)},
         detail,
     )
+
+
+#: What :func:`record_each` takes for a row: its call's outcome, in the order recorded (a
+#: pause last, so the shared upstream state ends with it).
+EACH_OUTCOMES = ("delivered", "dead", "retry", "not_sent", "paused")
+
+
+def record_each(
+    conn, now: datetime, held: Claim, outcomes: Sequence[tuple[Any, str, dict, float | None]]
+) -> tuple[Counter, datetime | None]:
+    """What the calls of a claim sent one row each did, all in this one transaction:
+    ``outcomes`` are ``(row, outcome, call detail, seconds)`` with an outcome of
+    :data:`EACH_OUTCOMES` (``seconds``: a retry's ``Retry-After``, or how long a row not
+    sent waits). The rows moved by outcome, and when a pause among them ends."""
+    by: dict[str, list] = {kind: [] for kind in EACH_OUTCOMES}
+    for outcome in outcomes:
+        by[outcome[1]].append(outcome)
+    moved: Counter = Counter()
+    until = None
+    if by["delivered"]:
+        rows = [row for row, *_ in by["delivered"]]
+        calls = {row.id: call for row, _, call, _ in by["delivered"]}
+        moved["delivered"] = delivered(conn, now, held, rows, by["delivered"][-1][2], calls)
+    for row, _, call, _ in by["dead"]:
+        moved["dead"] += dead(conn, now, held, row, call)
+    for row, _, call, retry_after in by["retry"]:  # each its own backoff
+        retry(conn, now, held, [row], call, retry_after)
+        moved["retry"] += 1
+    for row, _, call, delay in by["not_sent"]:
+        moved["not_sent"] += release(conn, now, held, [row], call, delay)
+    if by["paused"]:
+        rows = [row for row, *_ in by["paused"]]
+        calls = {row.id: call for row, _, call, _ in by["paused"]}
+        until = pause(conn, now, held, rows, by["paused"][0][2], calls)
+        moved["paused"] = len(rows)
+    return moved, until
 
 
 def resume(conn, now: datetime) -> None:
