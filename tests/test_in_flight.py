@@ -204,13 +204,15 @@ def test_stopping_the_background_thread_records_every_call_in_flight(
 ):
     app = make_app(BRIDGE_IN_FLIGHT=3, BRIDGE_BATCH_SIZE=2, BRIDGE_BACKGROUND_DELIVERY=True)
     client, runtime = app.test_client(), app.extensions["reteno_bridge"]
-    stopping = []
+    stopping, first = [], threading.Lock()
 
     def answer(tokens):
-        if not stopping:  # all three in flight: the process is told to stop
-            stopping.append(threading.Thread(target=runtime.background.stop))
-            stopping[0].start()
-            runtime.background.stop_event.wait(HANG)
+        with first:  # all three in flight: the first answer tells the process to stop
+            if not stopping:
+                stopper = threading.Thread(target=runtime.background.stop)
+                stopper.start()
+                stopping.append(stopper)  # seen by the test once started: it joins it
+        runtime.background.stop_event.wait(HANG)
         return 200, "OK"
 
     upstream = Upstream(requests_mock, monkeypatch, together=3, answer=answer)
