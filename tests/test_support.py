@@ -310,6 +310,27 @@ def test_a_removed_account_is_logged_out(staff_client, runner):
     assert staff_client.get("/support/").status_code == 303
 
 
+def test_a_new_password_logs_out_the_old_sessions(staff_client, runner, app):
+    copied = staff_client.get_cookie("bridge_support", path="/support").value
+    new = "a new password 42\n"
+    run_cli(runner, "support-user", "add", STAFF, "--password-stdin", input=new)
+    assert staff_client.get("/support/").status_code == 303
+    replay = app.test_client()
+    replay.set_cookie("bridge_support", copied, path="/support")
+    assert replay.get("/support/").status_code == 303
+
+
+def test_a_new_account_of_a_removed_ones_name_refuses_its_cookies(staff_client, runner):
+    copied = staff_client.get_cookie("bridge_support", path="/support").value
+    run_cli(runner, "support-user", "remove", STAFF)
+    new = "a new password 42\n"
+    run_cli(runner, "support-user", "add", STAFF, "--password-stdin", input=new)
+    staff_client.set_cookie("bridge_support", copied, path="/support")
+    assert staff_client.get("/support/").status_code == 303
+    assert login(staff_client, password="a new password 42").status_code == 303
+    assert staff_client.get("/support/").status_code == 200
+
+
 def test_every_answer_forbids_inline_scripts_and_framing(client, staff_client):
     for path in ("/support/login", "/support/", "/support/overview", "/support/static/support.css"):
         answer = staff_client.get(path)
