@@ -254,6 +254,19 @@ def test_a_wrong_name_or_password_gets_one_answer(client, staff, name, password)
     assert client.get("/support/").status_code == 303
 
 
+def test_a_refused_login_logs_only_a_known_user_name(client, staff, caplog):
+    caplog.set_level(logging.INFO, logger="bridge")
+    typed = "Summer2026.pass"  # a password typed into the user name field
+    assert login(client, typed, PASSWORD).status_code == 401
+    assert login(client, STAFF, "wrong password here").status_code == 401
+    refused = [r.getMessage() for r in caplog.records if "login refused" in r.getMessage()]
+    assert refused == [
+        "support login refused user=<unknown>",
+        f"support login refused user={STAFF}",
+    ]
+    assert typed not in caplog.text
+
+
 def test_failed_logins_are_slowed_per_user_name_in_the_ledger(app, make_app, staff, clock):
     client = app.test_client()
     for _ in range(2):
