@@ -100,17 +100,15 @@ def link_status(link_id: str):
 @bearer_required
 @bp.response(204, description="Revoked (or revoked before): no chat can use it.")
 @bp.alt_response(404, response="NOT_FOUND")
-@bp.alt_response(409, response="CONFLICT")
 def revoke_link(link_id: str):
-    """Revoke a pending (or expired) link
+    """Revoke a link
 
-    A used link is not revoked (409): the chat it registered stays registered.
+    Pending, expired or used: no chat can use it any more. A used link's chat stays
+    registered (`/register`'s rules apply to it); opening the link again registers
+    nothing.
     """
-    result = rt().ledger.revoke_link(link_id) if _LINK_ID.match(link_id) else "unknown"
-    if result == "unknown":
+    if not (_LINK_ID.match(link_id) and rt().ledger.revoke_link(link_id)):
         raise APIError(404, _NO_LINK)
-    if result == "used":
-        raise APIError(409, "The link was used already: a chat is registered with it.")
     return Response(status=204)
 
 

@@ -350,8 +350,9 @@ class SupportUser(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # one more with each logout: a session cookie names the generation it was made in, so
-    # a logout ends every session of the account (cookies are signed, not stored)
+    # one more with each logout and new password: a session cookie names the generation it
+    # was made in, so either ends every session of the account (cookies are signed, not
+    # stored); a new account starts at a random one (bridge.ledger.staff.add)
     generation: Mapped[int] = mapped_column(Integer, default=lambda: 0)
 
     __table_args__ = ({"sqlite_autoincrement": True},)

@@ -29,8 +29,8 @@ ERRORS = {
     401: "Missing or wrong credentials.",
     404: "No such endpoint (a history path whose token is empty or holds a `/`), (mute, "
     "unmute) the chat has no live registration, or (links) no such link or claim code.",
-    409: "(Links) TELEGRAM_BOT_USERNAME is not set, so no link can be made or drawn; a used link "
-    "cannot be revoked; the chat blocked the bot since its claim code was made.",
+    409: "(Links) TELEGRAM_BOT_USERNAME is not set, so no link can be made or drawn; the "
+    "chat blocked the bot since its claim code was made.",
     410: "(Claim codes) the code was used already, expired, or was revoked.",
     413: "The body is larger than BRIDGE_MAX_BODY_BYTES ({limit} bytes), or (statuses) holds "
     "more than BRIDGE_MAX_STATUS_EVENTS events.",

@@ -341,13 +341,36 @@ def _start_clock():
     rt().ensure_background()
 
 
+# Path variables that are credentials: a claim code registers a chat for whoever holds it.
+SECRET_PATH_VARIABLES = frozenset({"code"})
+
+
+def _logged_path() -> str:
+    """The request's path as the request log shows it: a secret variable of its route
+    is ``…``. (This blueprint's hooks see only requests that matched one of its routes.)"""
+    pattern, segments = request.url_rule.rule.split("/"), request.path.split("/")
+    if len(pattern) != len(segments):  # a variable spanning segments: mask from there
+        return "/".join(segments[:2]) + "/…"
+    return "/".join(
+        "…" if _variable(part) in SECRET_PATH_VARIABLES else segment
+        for part, segment in zip(pattern, segments, strict=True)
+    )
+
+
+def _variable(part: str) -> str | None:
+    """``code`` for a rule's segment ``<code>`` or ``<string:code>``, else None."""
+    if part.startswith("<") and part.endswith(">"):
+        return part[1:-1].rsplit(":", 1)[-1]
+    return None
+
+
 @bp.after_request
 def _log_request(response):
     """One ``key=value`` line per request; query values and credentials never appear."""
     started = g.get("bridge_started")
     log_request(
         request.method,
-        request.path,
+        _logged_path(),
         request.args.keys() if request.query_string else (),
         response.status_code,
         time.perf_counter() - started if started is not None else 0.0,

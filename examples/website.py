@@ -52,9 +52,12 @@ PAGE = """<!doctype html>
 """
 
 
-def create_app(bridge: BridgeClient | None = None) -> Flask:
+def create_app(bridge: BridgeClient | None = None, secret_key: str | None = None) -> Flask:
+    """The shop; ``bridge`` and ``secret_key`` (its session's key) default to the
+    environment: ``BRIDGE_URL`` and ``BRIDGE_API_KEY``, ``SHOP_SECRET_KEY`` (required:
+    anyone who knows the key can sign in as any customer)."""
     app = Flask(__name__)
-    app.secret_key = os.environ.get("SHOP_SECRET_KEY", "dev-only-not-secret")
+    app.secret_key = secret_key or os.environ["SHOP_SECRET_KEY"]
     if bridge is None:
         bridge = BridgeClient(os.environ["BRIDGE_URL"], os.environ["BRIDGE_API_KEY"])
 

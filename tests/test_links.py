@@ -171,15 +171,35 @@ def test_a_revoked_link_registers_nothing(client, auth, clock):
     assert rejected["detail"]["reason"] == "revoked"
 
 
-def test_an_expired_link_can_be_revoked_and_a_used_one_cannot(client, auth, clock):
+def test_an_expired_link_and_a_used_one_can_be_revoked(client, auth, clock):
     old, used = make_link(client, auth, contactId=1, ttl=60), make_link(client, auth, contactId=2)
     open_link(client, clock, 111, used["payload"])
     clock.advance(61)
     assert client.delete(f"/links/{old['id']}", headers=auth).status_code == 204
     assert status(client, auth, old["id"])["state"] == "revoked"
-    body = assert_error_shape(client.delete(f"/links/{used['id']}", headers=auth), 409)
-    assert "used" in body["message"]
-    assert status(client, auth, used["id"])["state"] == "used"
+    assert client.delete(f"/links/{used['id']}", headers=auth).status_code == 204
+    assert status(client, auth, used["id"])["state"] == "revoked"
+    [item] = rows(client, auth, token=111)  # its chat stays registered
+    clock.advance(5)
+    open_link(client, clock, 111, used["payload"])  # the bound chat again
+    assert history(client, auth, 111)[-1]["kind"] == "link_rejected"
+    assert history(client, auth, 111)[-1]["detail"]["reason"] == "revoked"
+    assert [r["id"] for r in rows(client, auth, token=111)] == [item["id"]]
+
+
+def test_a_used_link_past_its_expiry_registers_its_chat_no_more(client, auth, clock):
+    made = make_link(client, auth, contactId=7, ttl=3600)
+    open_link(client, clock, 111, made["payload"])
+    clock.advance(600)
+    open_link(client, clock, 111, made["payload"])  # within expiry: a duplicate
+    assert history(client, auth, 111)[-1]["detail"]["duplicate"] is True
+    registered = [e for e in history(client, auth, 111) if e["kind"] == "submitted"]
+    clock.advance(3600)
+    open_link(client, clock, 111, made["payload"])  # months later, say
+    events = history(client, auth, 111)
+    assert [e for e in events if e["kind"] == "submitted"] == registered
+    assert events[-1]["kind"] == "link_rejected"
+    assert (events[-1]["detail"]["reason"], events[-1]["detail"]["link"]) == ("expired", made["id"])
 
 
 @pytest.mark.parametrize("link_id", ["0" * 32, "not-a-link-id", "A" * 32])

@@ -388,3 +388,17 @@ def test_a_long_path_is_logged_cut(client, logs):
     logged_path = json.loads(request_lines(logs)[-1]["path"])
     assert len(logged_path) <= MAX_LOGGED_PATH_CHARS
     assert logged_path == "/tokens/...[65008 more characters not logged]"
+
+
+def test_a_claim_code_in_a_path_is_not_logged(client, auth, logs):
+    """A claim code registers a chat for whoever holds it: the request log shows its
+    route with the code masked."""
+    made = client.post("/links/claims", json={"token": 333}, headers=auth)
+    assert made.status_code == 201, made.get_json()
+    code = made.get_json()["code"]
+    claimed = client.post(f"/links/claims/{code}", json={"email": EMAIL}, headers=auth)
+    assert claimed.status_code == 202, claimed.get_json()
+    assert code not in logged(logs)
+    paths = [(line["method"], line["path"]) for line in request_lines(logs)]
+    assert ("POST", "/links/claims/…") in paths
+    assert ("POST", "/links/claims") in paths

@@ -68,6 +68,31 @@ def test_a_bad_count_of_proxies_stops_start_up_naming_the_key(make_app, value):
 
 # --- the shipped nginx configuration in front of gunicorn --------------------------------
 
+REQUEST_VARIABLES = ("$request", "$uri", "$args", "$query_string", "$arg_")
+
+
+def _directives(text: str, name: str) -> list[str]:
+    """Each ``name`` directive of an nginx configuration, comments left out."""
+    lines = (line.split("#", 1)[0] for line in text.splitlines())
+    statements = " ".join(lines).replace("{", ";").replace("}", ";").split(";")
+    return [s.strip() for s in statements if s.split()[:1] == [name]]
+
+
+def test_nginx_logs_no_request_line_path_or_query():
+    """Paths and queries hold e-mails, phones, chat ids and claim codes: the shipped
+    configuration switches nginx's access log off, or gives it a format without them."""
+    for conf in (ROOT / "deploy" / "nginx").glob("*.conf"):
+        text = conf.read_text()
+        formats = _directives(text, "log_format")
+        for fmt in formats:
+            assert not any(v in fmt for v in REQUEST_VARIABLES), (conf.name, fmt)
+        logs = _directives(text, "access_log")
+        assert logs, f"{conf.name} keeps nginx's default access log (whole request lines)"
+        for log in logs:
+            words = log.split()
+            own_format = len(words) > 2 and any(f.split()[1] == words[2] for f in formats)
+            assert words[1:] == ["off"] or own_format, (conf.name, log)
+
 SLOW_CLIENTS = 300
 ATTACK_SECONDS = 15
 BOUND = 5.0  # seconds: a generous bound on an answer while the attack runs

@@ -254,6 +254,19 @@ def test_a_wrong_name_or_password_gets_one_answer(client, staff, name, password)
     assert client.get("/support/").status_code == 303
 
 
+def test_a_refused_login_logs_only_a_known_user_name(client, staff, caplog):
+    caplog.set_level(logging.INFO, logger="bridge")
+    typed = "Summer2026.pass"  # a password typed into the user name field
+    assert login(client, typed, PASSWORD).status_code == 401
+    assert login(client, STAFF, "wrong password here").status_code == 401
+    refused = [r.getMessage() for r in caplog.records if "login refused" in r.getMessage()]
+    assert refused == [
+        "support login refused user=<unknown>",
+        f"support login refused user={STAFF}",
+    ]
+    assert typed not in caplog.text
+
+
 def test_failed_logins_are_slowed_per_user_name_in_the_ledger(app, make_app, staff, clock):
     client = app.test_client()
     for _ in range(2):
@@ -308,6 +321,27 @@ def test_a_day_without_attempts_forgets_the_failures(app, staff, clock, bridge):
 def test_a_removed_account_is_logged_out(staff_client, runner):
     run_cli(runner, "support-user", "remove", STAFF)
     assert staff_client.get("/support/").status_code == 303
+
+
+def test_a_new_password_logs_out_the_old_sessions(staff_client, runner, app):
+    copied = staff_client.get_cookie("bridge_support", path="/support").value
+    new = "a new password 42\n"
+    run_cli(runner, "support-user", "add", STAFF, "--password-stdin", input=new)
+    assert staff_client.get("/support/").status_code == 303
+    replay = app.test_client()
+    replay.set_cookie("bridge_support", copied, path="/support")
+    assert replay.get("/support/").status_code == 303
+
+
+def test_a_new_account_of_a_removed_ones_name_refuses_its_cookies(staff_client, runner):
+    copied = staff_client.get_cookie("bridge_support", path="/support").value
+    run_cli(runner, "support-user", "remove", STAFF)
+    new = "a new password 42\n"
+    run_cli(runner, "support-user", "add", STAFF, "--password-stdin", input=new)
+    staff_client.set_cookie("bridge_support", copied, path="/support")
+    assert staff_client.get("/support/").status_code == 303
+    assert login(staff_client, password="a new password 42").status_code == 303
+    assert staff_client.get("/support/").status_code == 200
 
 
 def test_every_answer_forbids_inline_scripts_and_framing(client, staff_client):

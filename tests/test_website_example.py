@@ -18,6 +18,7 @@ from tests.conftest import API_KEY
 from tests.helpers import rows, start_message, telegram, telegram_date
 
 TG_SECRET = "tg-webhook-secret_0123456789"
+SHOP_KEY = "shop-session-key-" + "s" * 32
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,7 +31,7 @@ def test_the_page_makes_a_link_for_the_customer_and_says_when_it_is_connected(
     app, client, auth, clock
 ):
     bridge = BridgeClient("http://bridge.test", API_KEY, transport=httpx.WSGITransport(app=app))
-    shop = website.create_app(bridge).test_client()
+    shop = website.create_app(bridge, secret_key=SHOP_KEY).test_client()
     assert shop.get("/telegram").status_code == 401  # signed in only
     assert shop.post("/login", data={"email": "Ann@Example.com"}).status_code == 204
 
@@ -51,6 +52,16 @@ def test_the_page_makes_a_link_for_the_customer_and_says_when_it_is_connected(
         "shop-ann@example.com",
         "ann@example.com",
     )
+
+
+def test_the_shop_will_not_start_without_its_own_session_key(monkeypatch):
+    """A built-in key would be public: anyone could sign a session as any customer."""
+    monkeypatch.delenv("SHOP_SECRET_KEY", raising=False)
+    bridge = BridgeClient("http://bridge.test", API_KEY)
+    with pytest.raises(KeyError, match="SHOP_SECRET_KEY"):
+        website.create_app(bridge)
+    monkeypatch.setenv("SHOP_SECRET_KEY", SHOP_KEY)
+    assert website.create_app(bridge).secret_key == SHOP_KEY
 
 
 def test_the_readmes_snippet_is_the_examples_code():

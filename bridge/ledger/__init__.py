@@ -405,8 +405,8 @@ class Ledger:
         with self.db.read() as conn:
             return linking.url_payload(conn, self.clock(), link_id)
 
-    def revoke_link(self, link_id: str) -> str:
-        """``revoked``, ``used`` (not revoked), or ``unknown``."""
+    def revoke_link(self, link_id: str) -> bool:
+        """Revoke the link ``link_id`` (pending, expired or used); False when unknown."""
         with self.db.write() as conn:
             return linking.revoke(conn, self.clock(), link_id)
 

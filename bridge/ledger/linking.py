@@ -182,17 +182,17 @@ def url_payload(conn, now: datetime, link_id: str) -> str | None:
     return _derive(key, link_id) if key else None
 
 
-def revoke(conn, now: datetime, link_id: str) -> str:
-    """``DELETE /links/<id>``: ``revoked`` (now or before), ``used``, or ``unknown``."""
+def revoke(conn, now: datetime, link_id: str) -> bool:
+    """``DELETE /links/<id>``: the link is revoked (now or before; a used one too: its
+    chat opening it again registers nothing); False when there is no such link."""
     lock_keys(conn, [f"link:{link_id}"])
     row = _row(conn, Link.id == link_id, Link.kind == LINK)
     if row is None:
-        return "unknown"
-    if row.state == LinkState.PENDING:
+        return False
+    if row.state != LinkState.REVOKED:
         values = {"revoked_at": now, "reason": "deleted"}
-        if not LINKS.move(conn, "revoked", [row], now, values, {"link": row.id}):
-            row = _row(conn, Link.id == link_id)  # a chat bound it meanwhile
-    return "used" if row.state == LinkState.USED else "revoked"
+        LINKS.move(conn, "revoked", [row], now, values, {"link": row.id})
+    return True
 
 
 def _refused(conn, now: datetime, kind: str, token: str, detail: dict) -> str:
@@ -227,8 +227,8 @@ def use(
 ):
     """An opaque link opened in chat ``token`` at ``seen`` (its expiry judged by ``now``,
     the bridge's clock): the first chat binds it and registers with its identifiers; the
-    same chat again registers again (a live one: a duplicate). Otherwise nothing is
-    registered and the refusal is recorded: ``link_rejected`` (reason ``unknown``,
+    same chat again before its expiry registers again (a live one: a duplicate). Otherwise
+    nothing is registered and the refusal is recorded: ``link_rejected`` (reason ``unknown``,
     ``expired``, ``revoked``) or ``link_reused`` (another chat bound it). The outcome, or
     the kind of event recorded."""
     detail = dict(detail or {})
@@ -239,7 +239,7 @@ def use(
         unknown = {**detail, "reason": "unknown", "payloadSha256": digest[:16]}
         return _refused(conn, now, "link_rejected", token, unknown)
     detail["link"] = row.id
-    if row.state == LinkState.PENDING and _expired(row, now):
+    if row.state != LinkState.REVOKED and _expired(row, now):  # used ones too
         return _refused(conn, now, "link_rejected", token, {**detail, "reason": "expired"})
     state, bound_to = row.state, row.token
     if state == LinkState.PENDING:
@@ -322,12 +322,15 @@ def erase(conn, now: datetime, tokens: set[str], identifiers: list[tuple[str, An
     rows = []
     for page in in_pages(sorted(ids)):
         rows += conn.execute(
-            select(Link.id).where(Link.id.in_(page), Link.reason.is_distinct_from("erased"))
+            select(Link.id, Link.state).where(
+                Link.id.in_(page), Link.reason.is_distinct_from("erased")
+            )
         ).all()
     if not rows:
         return 0
     ids = {r.id for r in rows}
-    pending = [_Chat(r.id, None) for r in rows]  # revoked ones name no chat
+    # pending ones are revoked (used ones stay used tombstones); the events name no chat
+    pending = [_Chat(r.id, None) for r in rows if r.state == LinkState.PENDING]
     LINKS.move(
         conn,
         "revoked",

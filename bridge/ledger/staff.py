@@ -13,6 +13,7 @@ such names, so guessed names never pile up).
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
@@ -24,6 +25,9 @@ FREE_FAILURES = 3  # failed logins in a row for a name before attempts must wait
 MAX_WAIT = 900  # seconds: the longest wait between attempts
 FORGET_AFTER = timedelta(days=1)  # a name's failures are forgotten after a day without attempts
 _FORGET_AT_ONCE = 10  # forgotten names deleted upon each new name
+# a new account's first session generation is below this (random); the column is 32-bit
+# and each logout or new password adds one
+_FIRST_GENERATIONS = 2**30
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -43,18 +47,27 @@ def wait_after(failures: int) -> int:
 
 
 def add(conn, now: datetime, name: str, password_hash: str) -> bool:
-    """Create the account ``name``, or give it a new password; True when it is new."""
+    """Create the account ``name``, or give it a new password; True when it is new.
+
+    A new password ends the account's sessions (a new generation). A new account starts
+    at a random generation, so a cookie of a removed account of the same name (made in
+    that account's generation) is refused, but for a chance of one in 2**30."""
     if not valid_name(name):
         raise ValueError(f"not a staff user name: {name!r}")
     lock_keys(conn, [f"support-user:{name}"])
     changed = conn.execute(
-        update(SupportUser).where(SupportUser.name == name).values(password_hash=password_hash)
+        update(SupportUser)
+        .where(SupportUser.name == name)
+        .values(password_hash=password_hash, generation=SupportUser.generation + 1)
     ).rowcount
     if changed:
         return False
     conn.execute(
         SupportUser.__table__.insert().values(
-            name=name, password_hash=password_hash, created_at=now
+            name=name,
+            password_hash=password_hash,
+            created_at=now,
+            generation=secrets.randbelow(_FIRST_GENERATIONS),
         )
     )
     return True

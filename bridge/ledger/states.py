@@ -521,13 +521,15 @@ LINKS = Machine(
             Then(
                 "linking.use",
                 "the chat is registered with the identifiers (a link bound: another chat "
-                "opening it gets `link_reused`; the same chat again is a duplicate)",
+                "opening it gets `link_reused`; the same chat again is a duplicate until "
+                "the link's expiry, then `link_rejected`)",
             ),
         ),
         "revoked": _on(
-            {PENDING},
+            {PENDING, USED},
             REVOKED,
-            "`DELETE /links/<id>`, or erase of the person it names or of its chat "
+            "`DELETE /links/<id>` (a used link too: its chat opening it again registers "
+            "nothing), or erase of the person it names or of its chat, a pending one "
             "(`reason`: deleted, erased)",
             Then(
                 "linking.erase",

@@ -101,7 +101,8 @@ def login_post():
     if not _UNKNOWN_HASH:
         _UNKNOWN_HASH.append(generate_password_hash(session.fresh().csrf))
     if not check_password_hash(stored or _UNKNOWN_HASH[0], password) or stored is None:
-        log.info("support login refused user=%s", name)
+        # a name of no account may be a password typed in the wrong field
+        log.info("support login refused user=%s", name if stored else "<unknown>")
         error = "Wrong user name or password."
         if wait:
             error += f" The next try for this user name waits {int(wait)} s."
