@@ -93,6 +93,7 @@ def test_nginx_logs_no_request_line_path_or_query():
             own_format = len(words) > 2 and any(f.split()[1] == words[2] for f in formats)
             assert words[1:] == ["off"] or own_format, (conf.name, log)
 
+
 SLOW_CLIENTS = 300
 ATTACK_SECONDS = 15
 BOUND = 5.0  # seconds: a generous bound on an answer while the attack runs
