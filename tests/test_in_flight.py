@@ -20,7 +20,7 @@ from bridge.models import OutgoingEvent
 from bridge.reteno import DELIVERED, CallResult, RetenoClient
 from bridge.worker import EVENTS_RATE, DeliveryWorker, Lane, Pacer
 from tests.conftest import TOKENS_URL
-from tests.helpers import by_token, history, register, tokens
+from tests.helpers import by_token, history, register, seconds_from_now, tokens
 
 MUTE_URL = TOKENS_URL.removesuffix("/tokens") + "/token/mute"
 EVENT_URL = "https://reteno.com/api/v2/event"
@@ -155,6 +155,48 @@ def test_a_pause_stops_the_next_call_of_every_batch_in_flight(
         assert last["kind"] == "not_sent"
         assert last["detail"]["sent"] is False and last["detail"]["reason"] == "unauthorized"
     assert history(client, auth, "10")[-1]["kind"] == "submitted"  # never claimed
+
+
+def test_a_success_sent_before_another_call_s_pause_does_not_lift_it(
+    client, auth, bridge, clock, requests_mock, monkeypatch
+):
+    """Two batches in flight: the first is refused with 401; the second, sent before that
+    answer, is taken after it. Its tokens are delivered, delivery stays paused, and the
+    next pause is twice as long."""
+    register(client, auth, *tokens(*range(1, 7)))
+    bridge.worker.in_flight = 2
+    paused = threading.Event()
+    real_pause = bridge.ledger.pause
+
+    def pause(*args, **kwargs):
+        try:
+            return real_pause(*args, **kwargs)
+        finally:
+            paused.set()
+
+    monkeypatch.setattr(bridge.ledger, "pause", pause)
+
+    def before(tokens):
+        if "1" not in tokens:
+            assert paused.wait(HANG)  # answered after the first call's pause
+
+    def answer(tokens):
+        return (401, {"message": "Invalid access key"}) if "1" in tokens else (200, "OK")
+
+    Upstream(requests_mock, monkeypatch, together=2, answer=answer, before=before)
+    stats = bridge.deliver_once()
+    assert stats == {"paused": 3, "delivered": 3}
+    assert states(client, auth) == {
+        **dict.fromkeys(numbers(1, 3), "queued"),
+        **dict.fromkeys(numbers(4, 6), "delivered"),
+    }
+    delivery = client.get("/healthz", headers=auth).get_json()["delivery"]
+    assert delivery["paused"] is True
+    assert seconds_from_now(clock, delivery["pausedUntil"]) == 15
+    clock.advance(16)
+    bridge.deliver_once()  # tokens 1 to 3 again: 401
+    delivery = client.get("/healthz", headers=auth).get_json()["delivery"]
+    assert seconds_from_now(clock, delivery["pausedUntil"]) == 30  # the second pause in a row
 
 
 def test_split_on_4xx_with_several_in_flight_dead_letters_only_the_refused_tokens(
