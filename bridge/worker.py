@@ -198,11 +198,15 @@ class DeliveryWorker:
         self.pacers = {lane.name: Pacer(lane.rate) if lane.rate else shared for lane in self.lanes}
         self._tally = threading.Lock()  # the drain's counts and progress, from every thread
 
-    def _call(self, lane: Lane, claim, rows) -> CallResult:
+    def _call(self, lane: Lane, claim, rows, halt: Halt | None = None) -> CallResult | None:
+        """``rows``' call once its pacer's slot comes; None (not sent) when ``halt`` was set
+        meanwhile (another call's pause or Retry-After, or a stop)."""
         # a lane ``each`` renews its whole claim from claim to record (_jobs)
         lease = None if lane.each else self._lease(claim, rows)
         try:
             self.pacers[lane.name].wait()
+            if halt is not None and halt.is_set():
+                return None
             result = lane.call(rows)
         finally:
             if lease is not None:
@@ -267,7 +271,11 @@ class DeliveryWorker:
             rows = self.ledger.renew(claim, rows, self.lease_seconds)
             if not rows:
                 return None
-        result = self._call(lane, claim, rows)
+        result = self._call(lane, claim, rows, halt)
+        if result is None:  # halted while waiting for its slot: back, due when the halt says
+            unsent, delay = halt.unsent(len(rows))
+            self.ledger.release(claim, rows, {**unsent, **self.mark}, delay)
+            return None
         detail = {**result.detail(len(rows)), **self.mark}
         if result.outcome == DELIVERED:
             self._count(lane, "delivered", self.ledger.delivered(claim, rows, detail), stats)
@@ -301,6 +309,13 @@ class DeliveryWorker:
         if len(rows) == 1:
             self._count(lane, "dead", self.ledger.dead(claim, rows[0], detail), stats)
             return None
+        return self._split(lane, claim, rows, stats, halt)
+
+    def _split(
+        self, lane: Lane, claim, rows, stats: Counter, halt: Halt | None
+    ) -> CallResult | None:
+        """A batch Reteno refused with a 4xx, sent again as two halves (each through
+        :meth:`_send`, so halved again until the refused token is alone)."""
         middle = len(rows) // 2
         first, rest = rows[:middle], rows[middle:]
         if halt is not None and halt.is_set():  # halted: give the whole split back
@@ -375,7 +390,7 @@ class DeliveryWorker:
         result = None
         try:
             if not halt.is_set():
-                result = self._call(lane, each.claim, [row])
+                result = self._call(lane, each.claim, [row], halt)
         finally:  # whatever happens, the claim's last records it and ends its renewals
             if result is not None and result.outcome in (RETRY, PAUSE):
                 halt.block(result)  # the calls not yet started make none

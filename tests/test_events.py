@@ -248,6 +248,24 @@ def test_an_event_of_20_kb_less_the_identifier_s_room_is_taken(client, auth, del
     assert_error_shape(response, 422)
 
 
+def test_an_event_taken_near_the_limit_goes_out_as_the_bytes_measured(
+    client, auth, bridge, delivered_chat, upstream
+):
+    from bridge.event_views import IDENTIFIER_ROOM, body_bytes
+
+    room = 20 * 1024 - IDENTIFIER_ROOM - body_bytes("k", {"big": ""})
+    params = {"big": "ж" * (room // 2)}  # two bytes each in UTF-8, six as \uXXXX
+    send(client, auth, event(key="k", params=params))
+    bridge.deliver_once()
+    [request] = [r for r in upstream.request_history if r.url == EVENT_URL]
+    assert request.headers["Content-Type"] == "application/json"
+    assert len(request.body) <= 20 * 1024
+    sent = json.loads(request.body.decode())
+    assert request.body == json.dumps(sent, ensure_ascii=False, separators=(",", ":")).encode()
+    assert sent["params"][-1] == {"name": "big", "value": params["big"]}
+    assert kinds(client, auth)[-1] == "event_delivered"
+
+
 def test_events_need_a_bearer_key(client):
     assert_error_shape(client.post("/events", json=event()), 401)
 

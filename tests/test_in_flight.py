@@ -18,9 +18,9 @@ from sqlalchemy import text
 from bridge.config import UPSTREAM_RATE
 from bridge.models import OutgoingEvent
 from bridge.reteno import DELIVERED, CallResult, RetenoClient
-from bridge.worker import EVENTS_RATE, DeliveryWorker, Lane, Pacer
+from bridge.worker import EVENTS_RATE, DeliveryWorker, Halt, Lane, Pacer
 from tests.conftest import TOKENS_URL
-from tests.helpers import by_token, history, register, tokens
+from tests.helpers import by_token, history, register, seconds_from_now, tokens
 
 MUTE_URL = TOKENS_URL.removesuffix("/tokens") + "/token/mute"
 EVENT_URL = "https://reteno.com/api/v2/event"
@@ -155,6 +155,48 @@ def test_a_pause_stops_the_next_call_of_every_batch_in_flight(
         assert last["kind"] == "not_sent"
         assert last["detail"]["sent"] is False and last["detail"]["reason"] == "unauthorized"
     assert history(client, auth, "10")[-1]["kind"] == "submitted"  # never claimed
+
+
+def test_a_success_sent_before_another_call_s_pause_does_not_lift_it(
+    client, auth, bridge, clock, requests_mock, monkeypatch
+):
+    """Two batches in flight: the first is refused with 401; the second, sent before that
+    answer, is taken after it. Its tokens are delivered, delivery stays paused, and the
+    next pause is twice as long."""
+    register(client, auth, *tokens(*range(1, 7)))
+    bridge.worker.in_flight = 2
+    paused = threading.Event()
+    real_pause = bridge.ledger.pause
+
+    def pause(*args, **kwargs):
+        try:
+            return real_pause(*args, **kwargs)
+        finally:
+            paused.set()
+
+    monkeypatch.setattr(bridge.ledger, "pause", pause)
+
+    def before(tokens):
+        if "1" not in tokens:
+            assert paused.wait(HANG)  # answered after the first call's pause
+
+    def answer(tokens):
+        return (401, {"message": "Invalid access key"}) if "1" in tokens else (200, "OK")
+
+    Upstream(requests_mock, monkeypatch, together=2, answer=answer, before=before)
+    stats = bridge.deliver_once()
+    assert stats == {"paused": 3, "delivered": 3}
+    assert states(client, auth) == {
+        **dict.fromkeys(numbers(1, 3), "queued"),
+        **dict.fromkeys(numbers(4, 6), "delivered"),
+    }
+    delivery = client.get("/healthz", headers=auth).get_json()["delivery"]
+    assert delivery["paused"] is True
+    assert seconds_from_now(clock, delivery["pausedUntil"]) == 15
+    clock.advance(16)
+    bridge.deliver_once()  # tokens 1 to 3 again: 401
+    delivery = client.get("/healthz", headers=auth).get_json()["delivery"]
+    assert seconds_from_now(clock, delivery["pausedUntil"]) == 30  # the second pause in a row
 
 
 def test_split_on_4xx_with_several_in_flight_dead_letters_only_the_refused_tokens(
@@ -389,6 +431,68 @@ def test_a_pause_with_several_in_flight_stops_the_claim_s_waiting_calls(
     assert stats == {"paused": 2}
     assert {state for state, _ in events(bridge).values()} == {"queued"}
     assert event_kinds(client, auth).count("event_not_sent") == 3
+
+
+def slow_slot(worker, lane: str, monkeypatch) -> threading.Event:
+    """The first two calls to take a slot of ``lane``'s pacer wait for it together; the
+    second gets it once the first has halted the drain (the event returned: set then)."""
+    halted = threading.Event()
+    real_block = Halt.block
+
+    def block(halt, result):
+        real_block(halt, result)
+        halted.set()
+
+    monkeypatch.setattr(Halt, "block", block)
+    waits = []
+    lock = threading.Lock()
+
+    both = threading.Barrier(2, timeout=HANG)
+
+    def wait():
+        with lock:
+            waits.append(1)
+            turn = len(waits)
+        if turn <= 2:
+            both.wait()  # two calls waiting for a slot at once
+        if turn == 2:
+            assert halted.wait(HANG)  # still waiting for its slot when the other is answered
+
+    monkeypatch.setattr(worker.pacers[lane], "wait", wait)
+    return halted
+
+
+def test_a_call_waiting_for_its_slot_is_not_sent_after_another_call_s_pause(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    queue_events(client, auth, bridge, requests_mock, 2)
+    requests_mock.post(EVENT_URL, status_code=401, json={"message": "Invalid access key"})
+    worker = events_worker(bridge, in_flight=2, claim=2)
+    halted = slow_slot(worker, "events", monkeypatch)
+    stats = worker.drain()
+    assert halted.is_set()
+    assert len([r for r in requests_mock.request_history if r.url == EVENT_URL]) == 1
+    assert stats == {"paused": 1}
+    assert {state for state, _ in events(bridge).values()} == {"queued"}
+    [unsent] = [e for e in history(client, auth, "1") if e["kind"] == "event_not_sent"]
+    assert unsent["detail"]["sent"] is False and unsent["detail"]["reason"] == "unauthorized"
+
+
+def test_a_batch_waiting_for_its_slot_is_not_sent_after_another_batch_s_hold(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    register(client, auth, *tokens(*range(1, 7)))  # two batches of three
+    bridge.worker.in_flight = 2
+    requests_mock.post(TOKENS_URL, status_code=429, headers={"Retry-After": "30"})
+    halted = slow_slot(bridge.worker, "registrations", monkeypatch)
+    stats = bridge.deliver_once()
+    assert halted.is_set()
+    assert requests_mock.call_count == 1
+    assert stats == {"retry": 3}
+    assert set(states(client, auth).values()) == {"queued"}
+    unsent = [t for t in numbers(1, 6) if history(client, auth, t)[-1]["kind"] == "not_sent"]
+    assert len(unsent) == 3
+    assert history(client, auth, unsent[0])[-1]["detail"]["reason"] == "rate_limited"
 
 
 def test_a_stop_during_a_claim_records_its_calls_and_gives_back_the_rest(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -87,6 +88,11 @@ __all__ = [
     "StatusResult",
     "TokenRequest",
 ]
+
+
+def _stamped(claim: Claim | None, now: datetime) -> Claim | None:
+    """``claim`` with when it was made (what a success of its calls may clear)."""
+    return None if claim is None else replace(claim, claimed_at=now)
 
 
 class Ledger:
@@ -161,7 +167,8 @@ class Ledger:
         """Lease up to ``limit`` due registrations, oldest first (None: nothing due, or
         delivery held or paused)."""
         with self.db.write() as conn:
-            return outbox.claim(conn, self.clock(), limit, lease_seconds)
+            now = self.clock()
+            return _stamped(outbox.claim(conn, now, limit, lease_seconds), now)
 
     def renew(self, claim: Claim, rows: Sequence[Any], lease_seconds: int) -> list[Any]:
         """Extend the lease before another call of the same claim; the rows still held."""
@@ -252,7 +259,8 @@ class Ledger:
         """Lease due mutes and unmutes of chats Reteno knows (None: none, or delivery held
         or paused)."""
         with self.db.write() as conn:
-            return commands.claim_mutes(conn, self.clock(), limit, lease_seconds)
+            now = self.clock()
+            return _stamped(commands.claim_mutes(conn, now, limit, lease_seconds), now)
 
     def plan_replay(self, target: ReplayTarget) -> int:
         with self.db.read() as conn:
@@ -265,7 +273,8 @@ class Ledger:
 
     def claim_replay(self, target: ReplayTarget, limit: int, lease_seconds: int) -> Claim | None:
         with self.db.write() as conn:
-            return commands.claim_replay(conn, self.clock(), target, limit, lease_seconds)
+            now = self.clock()
+            return _stamped(commands.claim_replay(conn, now, target, limit, lease_seconds), now)
 
     def replay_summary(self, target: ReplayTarget) -> dict:
         """Replays into ``target`` by state, and ``next_due``: when the next is due."""
@@ -293,7 +302,8 @@ class Ledger:
         """Lease due events of chats Reteno has, with their contact identifiers (None:
         none, or delivery held or paused); events of chats gone are dropped."""
         with self.db.write() as conn:
-            return events_out.claim(conn, self.clock(), limit, lease_seconds)
+            now = self.clock()
+            return _stamped(events_out.claim(conn, now, limit, lease_seconds), now)
 
     # --- reports from outside ------------------------------------------------------------
 

@@ -249,8 +249,18 @@ def delivered(
     if held.model is Registration:  # Reteno holds the token from now on
         values["reteno_holds"] = True
     n = _finish(conn, now, "delivered", held, rows, values, call, each)
-    _note(conn, now, held, "delivered", call, paused_until=None, pause_reason=None, pause_count=0)
+    paused_at = upstream_state(conn).get("paused_at") if held.shared else None
+    if held.claimed_at is not None and paused_at and held.claimed_at <= _at(paused_at):
+        # sent before another call's pause: says nothing of the credentials since
+        _note(conn, now, held, "delivered", call)
+    else:
+        lifted = {"paused_until": None, "paused_at": None, "pause_reason": None}
+        _note(conn, now, held, "delivered", call, **lifted, pause_count=0)
     return n
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
 
 
 def retry(
@@ -303,6 +313,7 @@ def pause(
         "paused",
         call,
         paused_until=until.isoformat(),
+        paused_at=now.isoformat(),
         pause_reason=call.get("reason"),
         pause_count=count,
     )
@@ -377,7 +388,7 @@ def record_each(
 
 def resume(conn, now: datetime) -> None:
     """Lift a delivery pause or hold now (after fixing the credentials)."""
-    set_upstream(conn, now, paused_until=None, hold_until=None, pause_count=0)
+    set_upstream(conn, now, paused_until=None, paused_at=None, hold_until=None, pause_count=0)
 
 
 def requeue_dead(

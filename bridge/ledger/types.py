@@ -81,6 +81,9 @@ class Claim:
     rows: tuple[Any, ...]  # id, token, the identifiers, matched_by, attempts (commands: more)
     model: type = Registration  # the table of the rows: Registration or Command
     shared: bool = True  # its answers are this app's (False: a replay into another app)
+    #: when it was made: a success clears a pause only if claimed after it (a call sent
+    #: before a 401 says nothing of the credentials since)
+    claimed_at: datetime | None = None
 
     @property
     def ids(self) -> list[int]:
