@@ -64,7 +64,7 @@ def browser():
     never = AssertionError("Selenium Manager must not run: it would download a browser")
     with mock.patch.object(SeleniumManager, "binary_paths", side_effect=never):
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.implicitly_wait(2)
+    driver.implicitly_wait(10)  # a page may load slowly on a busy machine
     yield driver
     driver.quit()
 
