@@ -7,7 +7,6 @@ contact identifier when it sends each one.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from typing import Any
@@ -20,7 +19,7 @@ from .ledger import EventRequest
 from .runtime import current as rt
 from .schemas import token_field
 from .statuses import event_time
-from .views import bp, json_request_body
+from .views import bp, counting_invalid, json_request_body
 
 MAX_KEY_CHARS = 100  # Reteno's longest event type key
 MAX_NAME_CHARS = 100  # and param name
@@ -218,21 +217,6 @@ class CustomEventsResultSchema(Schema):
     events = fields.Nested(CustomEventResultSchema, many=True)
 
 
-def counting_invalid(view):
-    """Counts a refused body (``bridge_events_total{result="invalid"}``)."""
-
-    @functools.wraps(view)
-    def counted(*args, **kwargs):
-        try:
-            return view(*args, **kwargs)
-        except APIError as exc:
-            if exc.code == 422:
-                rt().metrics.events.labels("invalid").inc()
-            raise
-
-    return counted
-
-
 @bp.post("/events", tags=["events"])
 @bp.doc(
     description=(
@@ -248,7 +232,7 @@ def counting_invalid(view):
     ),
 )
 @bearer_required
-@counting_invalid
+@counting_invalid("events")
 @bp.arguments(CustomEventsBodySchema())
 @bp.response(202, CustomEventsResultSchema, description="One result per event, in order.")
 @bp.alt_response(404, response="NOT_FOUND")
