@@ -132,6 +132,10 @@ def _navigates(driver, action) -> None:
     page = driver.find_element(By.TAG_NAME, "html")
     action()
     WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    # and until the next one has loaded: its elements are the ones the test reads
+    WebDriverWait(driver, 10).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
 
 
 def _screenshot(driver, name: str) -> None:
