@@ -64,7 +64,7 @@ class Simulator:
         return requests.get(f"{self.url}/stats", timeout=30).json()
 
     def contacts(self) -> list[dict]:
-        return requests.get(f"{self.url}/contacts", timeout=60).json()["contacts"]
+        return requests.get(f"{self.url}/contacts", timeout=600).json()["contacts"]
 
 
 def start_simulator(
@@ -110,6 +110,39 @@ def start_simulator(
     sim = Simulator(proc, f"http://127.0.0.1:{port}")
     wait_until(lambda: requests.get(f"{sim.url}/stats", timeout=2).ok, 30, what="simulator up")
     return sim
+
+
+# --- nginx in front (the shipped configuration) ---------------------------------------------
+
+NGINX = "/usr/sbin/nginx"  # Debian's nginx package
+SHIPPED_NGINX = ROOT / "deploy" / "nginx" / "reteno-bridge.conf"
+
+
+def nginx_conf(prefix: Path, listen: int, upstream: int) -> Path:
+    """A main configuration for an unprivileged nginx in ``prefix`` that includes the
+    shipped server block with only its ports changed."""
+    shipped = SHIPPED_NGINX.read_text()
+    for old, new in (
+        ("    listen 80;", f"    listen 127.0.0.1:{listen};"),
+        ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream};"),
+    ):
+        assert shipped.count(old) == 1, old
+        shipped = shipped.replace(old, new)
+    (prefix / "reteno-bridge.conf").write_text(shipped)
+    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for path in temp.values():
+        path.mkdir()
+    user = "user root root;\n" if os.geteuid() == 0 else ""  # workers reach the temp paths
+    main = prefix / "nginx.conf"
+    main.write_text(
+        f"{user}daemon off;\nworker_processes 1;\npid {prefix / 'nginx.pid'};\n"
+        f"error_log {prefix / 'error.log'} warn;\n"
+        "events { worker_connections 2048; }\n"
+        "http {\n  access_log off;\n"
+        + "".join(f"  {name}_temp_path {path};\n" for name, path in temp.items())
+        + f"  include {prefix / 'reteno-bridge.conf'};\n}}\n"
+    )
+    return main
 
 
 # --- the database ---------------------------------------------------------------------------
@@ -301,17 +334,23 @@ def send_load(
     deadline: float = 600.0,
     rate: float | None = None,
     stop: threading.Event | None = None,
+    start: int = 0,
+    into: LoadResult | None = None,
 ) -> LoadResult:
-    """POST registrations 0..count-1 to ``urls`` (round robin) from ``concurrency`` threads.
+    """POST registrations start..start+count-1 to ``urls`` (round robin) from
+    ``concurrency`` threads.
 
     A request that gets no 2xx (connection refused or reset while a server is
     down, a 5xx) is sent again after a pause when ``retry`` is set, as a bot
     backend would, until ``deadline`` seconds have passed. ``rate`` caps the
-    requests per second (to spread the load over a crash schedule).
+    requests per second (to spread the load over a crash schedule); once ``stop`` is
+    set, no request is sent or retried. ``into``: the result to fill (read it while the
+    load runs), else a new one.
     """
-    result = LoadResult()
+    result = into if into is not None else LoadResult()
     lock = threading.Lock()
-    chunks = [list(range(s, min(count, s + per_request))) for s in range(0, count, per_request)]
+    end_i = start + count
+    chunks = [list(range(s, min(end_i, s + per_request))) for s in range(start, end_i, per_request)]
     next_chunk = iter(range(len(chunks)))
     started = time.monotonic()
     end = started + deadline
@@ -329,7 +368,7 @@ def send_load(
         while True:
             with lock:
                 n = next(next_chunk, None)
-            if n is None:
+            if n is None or (stop and stop.is_set()):
                 return
             pace(n)
             ids = chunks[n]

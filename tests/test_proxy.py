@@ -9,19 +9,17 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from flask import request
 
 from bench.common import free_port
+from bench.harness import NGINX, nginx_conf
 from bridge.config import ConfigError
 from tests.conftest import API_KEY
 from tests.test_processes import ROOT, environment, gunicorn, wait_until_listening
 
-NGINX = "/usr/sbin/nginx"
-SHIPPED_NGINX = ROOT / "deploy" / "nginx" / "reteno-bridge.conf"
 SUPPORT = {
     "BRIDGE_SUPPORT_PAGE": True,
     "BRIDGE_SECRET_KEY": "support-secret-key-" + "k" * 24,
@@ -97,33 +95,6 @@ def test_nginx_logs_no_request_line_path_or_query():
 SLOW_CLIENTS = 300
 ATTACK_SECONDS = 15
 BOUND = 5.0  # seconds: a generous bound on an answer while the attack runs
-
-
-def nginx_conf(prefix: Path, listen: int, upstream: int) -> Path:
-    """A main configuration for an unprivileged nginx in ``prefix`` that includes the
-    shipped server block with only its ports changed."""
-    shipped = SHIPPED_NGINX.read_text()
-    for old, new in (
-        ("    listen 80;", f"    listen 127.0.0.1:{listen};"),
-        ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream};"),
-    ):
-        assert shipped.count(old) == 1, old
-        shipped = shipped.replace(old, new)
-    (prefix / "reteno-bridge.conf").write_text(shipped)
-    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    for path in temp.values():
-        path.mkdir()
-    user = "user root root;\n" if os.geteuid() == 0 else ""  # workers reach the temp paths
-    main = prefix / "nginx.conf"
-    main.write_text(
-        f"{user}daemon off;\nworker_processes 1;\npid {prefix / 'nginx.pid'};\n"
-        f"error_log {prefix / 'error.log'} warn;\n"
-        "events { worker_connections 2048; }\n"
-        "http {\n  access_log off;\n"
-        + "".join(f"  {name}_temp_path {path};\n" for name, path in temp.items())
-        + f"  include {prefix / 'reteno-bridge.conf'};\n}}\n"
-    )
-    return main
 
 
 class SlowHeaders:
