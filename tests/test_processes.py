@@ -340,7 +340,13 @@ def stack(tmp_path, upstream):
         pytest.skip("finding honcho's processes reads /proc")
     migrate(f"sqlite:///{tmp_path / 'bridge.sqlite3'}")
     port = free_port()
-    env = environment(tmp_path, RETENO_BASE_URL=upstream.url, PORT=port, WEB_CONCURRENCY=1)
+    env = environment(
+        tmp_path,
+        RETENO_BASE_URL=upstream.url,
+        PORT=port,
+        WEB_CONCURRENCY=1,
+        METRICS_PORT=free_port(),
+    )
     honcho = subprocess.Popen(
         [str(BIN / "honcho"), "start"],
         cwd=ROOT,
@@ -351,19 +357,29 @@ def stack(tmp_path, upstream):
     )
     try:
         wait_until_listening(port, honcho)
-        yield honcho, port
+        yield honcho, port, int(env["METRICS_PORT"])
     finally:
-        if honcho.poll() is None:
-            honcho.kill()
-        for pid in descendants(honcho.pid):
+        for pid in descendants(honcho.pid):  # before honcho goes: they would be init's
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if honcho.poll() is None:
+            honcho.kill()
+        honcho.communicate()
+
+
+def test_the_worker_serves_its_delivery_metrics_for_prometheus(stack):
+    # the scrape target of docs/operating.md: deliveries are counted only where they happen
+    _honcho, _port, metrics_port = stack
+    wait_until_listening(metrics_port, _honcho)
+    page = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+    assert page.status_code == 200
+    assert "bridge_delivery_delay_seconds" in page.text
 
 
 def test_one_sigterm_stops_the_whole_stack(stack):
-    honcho, port = stack
+    honcho, _port, _metrics = stack
     processes = descendants(honcho.pid)
     assert any("gunicorn" in cmdline(p) for p in processes)
     assert any("reteno-bridge deliver" in cmdline(p) for p in processes)
@@ -377,7 +393,7 @@ def test_one_sigterm_stops_the_whole_stack(stack):
 
 
 def test_a_dying_process_stops_the_rest(stack):
-    honcho, port = stack
+    honcho, port, _metrics = stack
     [worker] = [
         p
         for p in descendants(honcho.pid)
