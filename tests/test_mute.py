@@ -164,6 +164,32 @@ def test_a_mute_of_a_chat_whose_registration_is_not_delivered_is_not_sent(
     assert [r.url for r in requests_mock.request_history] == [TOKENS_URL]
 
 
+def test_a_mute_waits_for_its_own_chats_registration_not_another_chats(
+    client, auth, bridge, requests_mock
+):
+    # another chat that Reteno has (its token sorts after this chat's) is no sign that
+    # Reteno knows this one
+    requests_mock.post(TOKENS_URL, [{"json": "OK"}, {"status_code": 503}])
+    requests_mock.post(MUTE_URL, json="OK")
+    register(client, auth, {"token": "9999999", "contactId": 9})
+    bridge.deliver_once()
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    mute(client, auth)
+    bridge.deliver_once()  # the 503 ends this pass before the mutes
+    bridge.deliver_once()  # the registration waits for its retry: the mutes' lane runs
+    assert [r.url for r in requests_mock.request_history] == [TOKENS_URL, TOKENS_URL]
+
+
+def test_a_mute_of_a_chat_with_two_identities_belongs_to_the_newest(
+    client, auth, bridge, delivered_chat, upstream
+):
+    register(client, auth, {"token": CHAT, "email": "ann@example.com"})  # a second identity
+    newest = max(r["id"] for r in rows(client, auth, token=CHAT) if r["state"] != "removed")
+    mute(client, auth)
+    [requested] = [e for e in history(client, auth, CHAT) if e["kind"] == "mute_requested"]
+    assert requested["registrationId"] == newest
+
+
 def test_the_last_request_wins_before_anything_is_sent(
     client, auth, bridge, delivered_chat, upstream
 ):
@@ -325,6 +351,24 @@ def test_a_muted_chat_that_blocks_and_comes_back_stays_muted(
     bridge.deliver_once()
     assert calls(upstream)[-1] == ("unmute", {"token": CHAT})
     assert registration(client, auth)["muted"] is False
+
+
+def test_a_mute_ending_within_5_s_of_a_block_is_not_queued_again(
+    client, auth, bridge, clock, delivered_chat, upstream
+):
+    # Reteno's shortest mute is 5 s: one with less left would lapse unsent anyway
+    mute(client, auth, duration=8)
+    bridge.deliver_once()
+    clock.advance(4)
+    block(client, auth)
+    clock.advance(1)
+    register(client, auth, {"token": CHAT, "contactId": 7})
+    bridge.deliver_once()
+    assert [path for path, _ in calls(upstream)] == ["mute", "tokens"]
+    assert [k for k in kinds(client, auth) if k.startswith("mute_")] == [
+        "mute_requested",
+        "mute_delivered",
+    ]
 
 
 def test_an_unmuted_chat_that_comes_back_gets_no_call_for_it(

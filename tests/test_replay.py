@@ -441,6 +441,25 @@ def test_a_transient_failure_is_retried(
     assert not {"delivery_held", "delivery_paused", "upstream_failing"} & set(reasons(client, auth))
 
 
+def test_a_run_waiting_for_a_retry_sleeps_until_it_is_due(
+    runner, bridge, chats, requests_mock, monkeypatch
+):
+    # after a 503 the batch comes due again in about a second: the run sleeps until
+    # then, instead of asking the ledger for due rows again and again (a busy loop)
+    claims = Counter()
+    claim_replay = bridge.ledger.claim_replay
+
+    def counted(*args, **kwargs):
+        claims["made"] += 1
+        return claim_replay(*args, **kwargs)
+
+    monkeypatch.setattr(bridge.ledger, "claim_replay", counted)
+    requests_mock.post(TARGET_URL, [{"status_code": 503, "text": "down"}, {"json": "OK"}])
+    result = replay(runner)
+    assert "5 delivered, 0 dead, 0 still queued; 4 upstream calls" in result.stdout
+    assert claims["made"] < 20, claims
+
+
 @pytest.mark.parametrize("status", [401, 403, 404])
 def test_a_refusal_of_the_credentials_stops_the_run_and_not_the_bridge(
     runner, client, auth, bridge, chats, requests_mock, status
