@@ -258,6 +258,7 @@ def test_history_records_each_replay_with_the_target_app(
         assert event["kind"] == "replay_delivered"
         assert event["detail"]["targetApp"] == TARGET
         assert event["detail"]["status"] == 200
+        assert event["detail"]["attempt"] == 1  # a replay's first call is its first attempt
         assert event["registrationId"] == registrations[chat["token"]]
         assert history(client, auth, chat["token"])[-1] == event  # the latest event
     assert (
@@ -751,13 +752,24 @@ def test_a_registration_live_again_is_replayed_by_the_next_run(
     assert calls(requests_mock) == [["2002"], ["2001"]]
 
 
-def test_each_target_base_url_is_a_target_of_its_own(runner, chats, requests_mock):
-    requests_mock.post(TARGET_URL, json="OK")
-    replay(runner)
-    other = f"https://esputnik.com/api/v1/apps/{TARGET}/tokens"
-    requests_mock.post(other, status_code=401, json={"message": "Unauthorized"})
-    result = replay(runner, "--platform", "esputnik", code=1)
+@pytest.mark.parametrize(
+    ("first", "second"), [("esputnik", "reteno"), ("reteno", "esputnik")]
+)  # the first target's base URL sorting before the second's, and after
+def test_each_target_base_url_is_a_target_of_its_own(runner, chats, requests_mock, first, second):
+    def url(platform):
+        return {
+            "reteno": TARGET_URL,
+            "esputnik": f"https://esputnik.com/api/v1/apps/{TARGET}/tokens",
+        }[platform]
+
+    requests_mock.post(url(first), status_code=401, json={"message": "Unauthorized"})
+    requests_mock.post(url(second), json="OK")
+    result = replay(runner, "--platform", first, code=1)
     assert "0 delivered, 0 dead, 5 still queued; 1 upstream call" in result.stdout
+    # the second target gets its own five, each once, and counts only them
+    result = replay(runner, "--platform", second)
+    assert "5 registrations queued now; 5 delivered, 0 dead, 0 still queued" in result.stdout
+    assert sorted(sum(calls(requests_mock, url(second)), [])) == [c["token"] for c in CHATS]
 
 
 @pytest.mark.parametrize(
