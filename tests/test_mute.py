@@ -238,6 +238,30 @@ def test_a_request_made_while_the_previous_is_in_flight_is_sent_after_it(
     assert history(client, auth, CHAT)[-1]["detail"]["attempt"] == 1
 
 
+def test_two_requests_made_while_a_call_is_in_flight_send_the_last_after_it(
+    client, auth, bridge, delivered_chat, requests_mock
+):
+    """An unmute and a shorter mute arrive while the first mute's call is under way: its
+    success supersedes neither, and the last request goes out after it."""
+    first = True
+
+    def during_the_first_call(request, context):
+        nonlocal first
+        if first:
+            first = False
+            unmute(client, auth)
+            mute(client, auth, duration=60)
+        return "OK"
+
+    requests_mock.post(MUTE_URL, text=during_the_first_call)
+    mute(client, auth, duration=600)
+    bridge.deliver_once()
+    assert calls(requests_mock) == [
+        ("mute", {"token": CHAT, "duration": 600}),
+        ("mute", {"token": CHAT, "duration": 60}),
+    ]
+
+
 def test_a_mute_is_sent_with_the_time_it_has_left(client, auth, bridge, clock, requests_mock):
     requests_mock.post(TOKENS_URL, [{"status_code": 503}, {"json": "OK"}])
     requests_mock.post(MUTE_URL, json="OK")
