@@ -5,8 +5,9 @@ of gunicorn with the shipped settings (``python:bridge.gunicorn_conf``, bound to
 loopback, ``BRIDGE_BACKGROUND_DELIVERY=false``, ``BRIDGE_TRUSTED_PROXIES=1``) and one
 ``reteno-bridge deliver`` worker: the Procfile's two processes. The Reteno simulator
 (its own process, Reteno's 200 requests/s) answers a share of the calls with a fault
-drawn from 500, 503, 429, 429 with Retry-After, a read time-out and a dropped
-connection.
+drawn from 500, 503, 429, 429 with Retry-After, a read time-out (it answers after
+twice the bridge's read time-out) and a dropped connection. Every setting is the
+bridge's default.
 
 First the maximum: client threads register as fast as the layout takes them for
 ``--probe`` seconds. Then the soak: one registration at a time at ``--fraction`` of
@@ -46,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``bridge`` 
 from bench import harness as h  # noqa: E402
 from bench.common import BIN, RESULTS, children, rss_kib, save_result, wait_quiet  # noqa: E402
 from bench.faults import ALL_FAULTS  # noqa: E402
+from bridge.config import DEFAULT_READ_TIMEOUT  # noqa: E402
 
 RSS_GROWTH = 0.05  # the last minute against minute 5
 FD_SLACK = 2
@@ -187,7 +189,7 @@ def run(args) -> dict:
         workdir,
         failure_rate=args.failure_rate,
         failures=ALL_FAULTS,
-        timeout_seconds=args.read_timeout * 2 + 0.5,
+        timeout_seconds=(args.read_timeout or DEFAULT_READ_TIMEOUT) * 2 + 0.5,
         rps=200,
         latency_ms=args.latency_ms,
         seed=1,
@@ -201,8 +203,10 @@ def run(args) -> dict:
                 sim,
                 BRIDGE_BACKGROUND_DELIVERY="false",
                 BRIDGE_TRUSTED_PROXIES=1,
-                BRIDGE_UPSTREAM_CONNECT_TIMEOUT=1.0,
-                BRIDGE_UPSTREAM_READ_TIMEOUT=args.read_timeout,
+                BRIDGE_LOG_LEVEL="INFO",  # the default: a line per request and per call
+                **(
+                    {"BRIDGE_UPSTREAM_READ_TIMEOUT": args.read_timeout} if args.read_timeout else {}
+                ),
                 HOST="127.0.0.1",
                 PORT=h.free_port(),
                 PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -357,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="client threads of the soak")
     parser.add_argument("--failure-rate", type=float, default=0.1)
     parser.add_argument("--latency-ms", type=float, default=50.0)
-    parser.add_argument("--read-timeout", type=float, default=1.0)
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=None,
+        help="BRIDGE_UPSTREAM_READ_TIMEOUT (default: the bridge's own)",
+    )
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument(
         "--quiet-timeout", type=float, default=300.0, help="seconds to wait for a quiet machine"
