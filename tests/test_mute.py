@@ -86,6 +86,10 @@ def test_a_mute_is_queued_shown_and_sent_with_its_duration(
     events = history(client, auth, CHAT)
     assert events[-2]["detail"]["duration"] == 3600
     assert events[-1]["detail"]["status"] == 200
+    assert events[-1]["detail"]["attempt"] == 1
+    unmute(client, auth)  # a new request over a delivered one: a first attempt again
+    bridge.deliver_once()
+    assert history(client, auth, CHAT)[-1]["detail"]["attempt"] == 1
 
 
 def test_a_mute_without_duration_lasts_until_unmuted(
