@@ -7,19 +7,24 @@ client, 500 a request), each followed by one drain of the outbox as ``reteno-bri
 deliver`` makes (``deliver_once``): first small rounds (the steady state of the hour:
 a few hundred due at each poll), then one backlog of each size in ``--backlogs``, each
 followed by small rounds again. After each step it prints the resident set (VmRSS)
-and the blocks Python's allocator holds (``sys.getallocatedblocks``) after a
-``gc.collect()``; last, what glibc's ``malloc_trim(0)`` gives back.
+the blocks Python's allocator holds (``sys.getallocatedblocks``) after a
+``gc.collect()``, and SQLite's own heap (``sqlite3_memory_used``: its page caches, up
+to 2 MiB a connection, and statements); last, what glibc's ``malloc_trim(0)`` gives
+back.
 
     .venv/bin/python bench/bench_backlog_memory.py [--backlogs 3000 8000 32000]
 
-What it shows: the resident set is the high-water mark of the rows drained at once —
-claimed, sent, recorded — and stays there when the backlog is gone, while the blocks
-Python holds return to where they were (the memory is free inside the process, not
-given back to the system).
+What it shows: the resident set is the high-water mark of a drain's memory — mostly
+SQLite's page caches filling while a backlog is read and written, then Python's
+objects for the rows — and stays there when the backlog is gone, while the blocks
+Python holds and SQLite's heap come back down (the memory is free inside the process,
+not given back to the system). SQLite's caches have a ceiling, so larger backlogs add
+little more.
 """
 
 from __future__ import annotations
 
+import _sqlite3
 import argparse
 import ctypes
 import gc
@@ -33,6 +38,9 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``bridge`` 
 from bench.common import API_KEY, Stack, rss_kib, say  # noqa: E402
 
 SMALL = 200  # registrations due at a poll in the hour's steady state (311/s, 0.5 s polls)
+# SQLite's own heap (its page caches, statements): the library the sqlite3 module uses
+_sqlite_memory_used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+_sqlite_memory_used.restype = ctypes.c_int64
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 runtime.deliver_once()
             gc.collect()
             say(
-                f"{label:34s} RSS {rss_kib(os.getpid()):7d} KiB   "
-                f"Python's blocks {sys.getallocatedblocks():8d}"
+                f"{label:30s} RSS {rss_kib(os.getpid()):7d} KiB   Python's blocks "
+                f"{sys.getallocatedblocks():7d}   SQLite {_sqlite_memory_used() // 1024:5d} KiB"
             )
 
         step(f"warm-up: {args.small_rounds} x {SMALL}", SMALL, args.small_rounds)
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             step(f"one backlog of {backlog}", backlog)
             step(f"then {args.small_rounds} x {SMALL}", SMALL, args.small_rounds)
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        say(f"{'after malloc_trim(0)':34s} RSS {rss_kib(os.getpid()):7d} KiB")
+        say(f"{'after malloc_trim(0)':30s} RSS {rss_kib(os.getpid()):7d} KiB")
     return 0
 
 
