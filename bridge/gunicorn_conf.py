@@ -28,6 +28,12 @@ graceful_timeout = 30
 # No control socket (gunicorn 25.1+ opens one by default, in $XDG_RUNTIME_DIR or
 # ~/.gunicorn): nothing should reconfigure or stop the server from outside its signals.
 control_socket_disable = True
+# How long an idle keep-alive connection waits for its next request. nginx keeps
+# connections to gunicorn open between requests and closes an idle one after its
+# upstream ``keepalive_timeout`` (60 s in deploy/nginx): gunicorn must wait longer, or
+# it closes one just as nginx sends a request on it, and nginx answers that request
+# 502 (it never sends a POST twice). gunicorn's own default is 2 s.
+keepalive = 75
 
 
 class RedactingLogger(Logger):

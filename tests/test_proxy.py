@@ -15,7 +15,7 @@ import requests
 from flask import request
 
 from bench.common import free_port
-from bench.harness import NGINX, nginx_conf
+from bench.harness import NGINX, SHIPPED_NGINX, nginx_conf
 from bridge.config import ConfigError
 from tests.conftest import API_KEY
 from tests.test_processes import ROOT, environment, gunicorn, wait_until_listening
@@ -90,6 +90,18 @@ def test_nginx_logs_no_request_line_path_or_query():
             words = log.split()
             own_format = len(words) > 2 and any(f.split()[1] == words[2] for f in formats)
             assert words[1:] == ["off"] or own_format, (conf.name, log)
+
+
+def test_nginx_closes_idle_connections_to_gunicorn_before_gunicorn_does():
+    """Otherwise gunicorn closes an idle connection just as nginx sends a request on it,
+    and nginx answers that request 502 (the hour of RELIABILITY.md, figure 8, had three
+    such answers to POST /register while gunicorn waited its default 2 s)."""
+    from bridge import gunicorn_conf
+
+    upstream = SHIPPED_NGINX.read_text().split("upstream reteno_bridge {", 1)[1].split("}")[0]
+    [timeout] = _directives(upstream, "keepalive_timeout")
+    seconds = int(timeout.split()[1].removesuffix("s"))
+    assert gunicorn_conf.keepalive > seconds
 
 
 SLOW_CLIENTS = 300
