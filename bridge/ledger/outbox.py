@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -95,8 +95,11 @@ def upstream_state(conn) -> dict[str, Any]:
     return dict(value or {})
 
 
-def set_upstream(conn, now: datetime, **changes) -> dict:
-    """Merge ``changes`` into the upstream state, under a row lock (PostgreSQL)."""
+def set_upstream(
+    conn, now: datetime, changes_of: Callable[[dict], dict] | None = None, **changes
+) -> dict:
+    """Merge ``changes``, and ``changes_of`` the state as it is, into the upstream state,
+    under a row lock (PostgreSQL)."""
     # The row exists before it is locked: two workers inserting it at once would
     # otherwise fail a transaction after Reteno took the tokens.
     conn.execute(_UPSTREAM_ROW[conn.dialect.name], {"now": now})
@@ -104,6 +107,8 @@ def set_upstream(conn, now: datetime, **changes) -> dict:
         select(BridgeState.value).where(BridgeState.name == UPSTREAM).with_for_update()
     ).scalar()
     value = {**(value or {}), **changes}
+    if changes_of is not None:
+        value.update(changes_of(value))
     conn.execute(
         update(BridgeState).where(BridgeState.name == UPSTREAM).values(value=value, updated_at=now)
     )
@@ -249,18 +254,15 @@ def delivered(
     if held.model is Registration:  # Reteno holds the token from now on
         values["reteno_holds"] = True
     n = _finish(conn, now, "delivered", held, rows, values, call, each)
-    paused_at = upstream_state(conn).get("paused_at") if held.shared else None
-    if held.claimed_at is not None and paused_at and held.claimed_at <= _at(paused_at):
-        # sent before another call's pause: says nothing of the credentials since
-        _note(conn, now, held, "delivered", call)
-    else:
-        lifted = {"paused_until": None, "paused_at": None, "pause_reason": None}
-        _note(conn, now, held, "delivered", call, **lifted, pause_count=0)
+
+    def lifted(state: dict) -> dict:
+        paused_at = state.get("paused_at")
+        if held.claimed_at and paused_at and held.claimed_at <= datetime.fromisoformat(paused_at):
+            return {}  # sent before another call's pause: says nothing of the credentials since
+        return {"paused_until": None, "paused_at": None, "pause_reason": None, "pause_count": 0}
+
+    _note(conn, now, held, "delivered", call, changes_of=lifted)
     return n
-
-
-def _at(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 def retry(
