@@ -116,14 +116,9 @@ def test_several_batches_in_flight_deliver_every_token_once_each_under_its_own_l
     assert stats == {"delivered": 12}
 
 
-def test_a_pause_stops_the_next_call_of_every_batch_in_flight(
-    client, auth, bridge, requests_mock, monkeypatch
-):
-    """Three batches in flight: the first is refused with 401; the other two are
-    refused with 400 after it (so each would be split): none of their halves is sent,
-    no fourth batch is claimed, and nothing is lost or dead."""
-    register(client, auth, *tokens(*range(1, 13)))
-    bridge.worker.in_flight = 3
+def after_the_first_pause(bridge, monkeypatch):
+    """An ``Upstream`` ``before``: each call without token 1 is answered only once the
+    pause of the call with token 1 is recorded."""
     paused = threading.Event()
     real_pause = bridge.ledger.pause
 
@@ -138,6 +133,19 @@ def test_a_pause_stops_the_next_call_of_every_batch_in_flight(
     def before(tokens):
         if "1" not in tokens:
             assert paused.wait(HANG)  # answered after the first call's pause
+
+    return before
+
+
+def test_a_pause_stops_the_next_call_of_every_batch_in_flight(
+    client, auth, bridge, requests_mock, monkeypatch
+):
+    """Three batches in flight: the first is refused with 401; the other two are
+    refused with 400 after it (so each would be split): none of their halves is sent,
+    no fourth batch is claimed, and nothing is lost or dead."""
+    register(client, auth, *tokens(*range(1, 13)))
+    bridge.worker.in_flight = 3
+    before = after_the_first_pause(bridge, monkeypatch)
 
     def answer(tokens):
         if "1" in tokens:
@@ -165,20 +173,7 @@ def test_a_success_sent_before_another_call_s_pause_does_not_lift_it(
     next pause is twice as long."""
     register(client, auth, *tokens(*range(1, 7)))
     bridge.worker.in_flight = 2
-    paused = threading.Event()
-    real_pause = bridge.ledger.pause
-
-    def pause(*args, **kwargs):
-        try:
-            return real_pause(*args, **kwargs)
-        finally:
-            paused.set()
-
-    monkeypatch.setattr(bridge.ledger, "pause", pause)
-
-    def before(tokens):
-        if "1" not in tokens:
-            assert paused.wait(HANG)  # answered after the first call's pause
+    before = after_the_first_pause(bridge, monkeypatch)
 
     def answer(tokens):
         return (401, {"message": "Invalid access key"}) if "1" in tokens else (200, "OK")
