@@ -50,7 +50,8 @@ from bench.common import BIN, RESULTS, children, rss_kib, save_result, wait_quie
 from bench.faults import ALL_FAULTS  # noqa: E402
 from bridge.config import DEFAULT_READ_TIMEOUT  # noqa: E402
 
-RSS_GROWTH = 0.05  # the last minute against minute 5
+FIRST_MINUTE = 5  # RSS and open files are compared from this minute (--minutes: at least it)
+RSS_GROWTH = 0.05  # the last minute against minute FIRST_MINUTE
 FD_SLACK = 2
 DEPTH_SECONDS = 5.0
 
@@ -123,17 +124,14 @@ def per_minute(samples: list[dict], key: str, name: str, pick=statistics.median)
     return int(pick(values)) if values else 0
 
 
-def window(sampler: Sampler, start: int, end: int, name: str) -> int:
-    """The most open files of process ``name`` over minutes ``start`` to ``end - 1``."""
-    return max(
-        (s["fds"].get(name, 0) for m in range(start, end) for s in sampler.minute(m)), default=0
-    )
+def most(sampler: Sampler, start: int, end: int, value) -> int:
+    """The largest ``value(sample)`` over minutes ``start`` to ``end - 1``."""
+    return max((value(s) for m in range(start, end) for s in sampler.minute(m)), default=0)
 
 
 def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
     """The figures the verdict rests on: minute 5 against the last minute, per process."""
-    first_m = min(5, minutes)
-    first, last = sampler.minute(first_m), sampler.minute(minutes)
+    first, last = sampler.minute(FIRST_MINUTE), sampler.minute(minutes)
     names = sorted(set(first[0]["rssKiB"]) & set(last[-1]["rssKiB"]))
     rss, fds = {}, {}
     for name in names:
@@ -144,17 +142,20 @@ def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
             "growth": round(after / before - 1, 4) if before else None,
             "byTenMinutesKiB": [
                 per_minute(sampler.minute(m), "rssKiB", name)
-                for m in range(min(5, minutes), minutes + 1, 10)
+                for m in range(FIRST_MINUTE, minutes + 1, 10)
             ],
         }
+
+        def files(sample, name=name):
+            return sample["fds"].get(name, 0)
+
         fds[name] = {
-            "minutes5to14": window(sampler, first_m, first_m + 10, name),
-            "last10Minutes": window(sampler, max(first_m, minutes - 9), minutes + 1, name),
+            "minutes5to14": most(sampler, FIRST_MINUTE, FIRST_MINUTE + 10, files),
+            "last10Minutes": most(sampler, max(FIRST_MINUTE, minutes - 9), minutes + 1, files),
         }
     depths = [s["depth"] for s in sampler.samples]
     by_ten = [
-        max((s["depth"] for m2 in range(m, m + 10) for s in sampler.minute(m2)), default=0)
-        for m in range(1, minutes + 1, 10)
+        most(sampler, m, m + 10, lambda sample: sample["depth"]) for m in range(1, minutes + 1, 10)
     ]
     bridge = [n for n in names if not n.startswith("nginx")]
     return {
@@ -174,7 +175,7 @@ def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
         "openFilesFlat": all(
             fds[n]["last10Minutes"] <= fds[n]["minutes5to14"] + FD_SLACK for n in names
         ),
-        "outboxFlat": max(by_ten[-1:]) <= max(by_ten[:1]) + rate * DEPTH_SECONDS,
+        "outboxFlat": by_ten[-1] <= by_ten[0] + rate * DEPTH_SECONDS,
     }
 
 
@@ -375,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--keep", default=None, help="directory for logs and the database")
     args = parser.parse_args(argv)
-    if args.minutes < 5:
-        parser.error("--minutes: at least 5 (RSS is compared from minute 5)")
+    if args.minutes < FIRST_MINUTE:
+        parser.error(f"--minutes: at least {FIRST_MINUTE} (RSS is compared from that minute)")
     figures = run(args)
     h.print_figures(f"soak: {args.minutes} min", figures)
     ok = passed(figures)
