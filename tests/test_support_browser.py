@@ -124,17 +124,22 @@ def site(make_app):
 
 
 def _navigates(driver, action) -> None:
-    """Do ``action`` (a click, keys) and wait until the next page replaced this one."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    """Do ``action`` (a click, keys) and wait until the next page replaced this one.
+
+    The old page is marked with a window property; the next document starts
+    without it. (``staleness_of`` on an element of the old page can fail with
+    chromedriver's "Node with given id does not belong to the document" while
+    the old document is being torn down.)
+    """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
-    page = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("window.bridgeOldPage = true")
     action()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
-    # and until the next one has loaded: its elements are the ones the test reads
-    WebDriverWait(driver, 10).until(
-        lambda d: d.execute_script("return document.readyState") == "complete"
+    WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return window.bridgeOldPage !== true && document.readyState === 'complete'"
+        )
     )
 
 
