@@ -1,25 +1,26 @@
 """What a backlog leaves in the delivery worker's memory (figure 8 of RELIABILITY.md).
 
-The bridge's app in this process (SQLite, the bridge's defaults: ``BRIDGE_IN_FLIGHT``
-32, ``BRIDGE_BATCH_SIZE`` 1000) delivers to the Reteno simulator (its own process, no
-rate limit, 20 ms a call). Rounds of registrations (``POST /register`` through the test
+The bridge's app (SQLite, the bridge's defaults: ``BRIDGE_IN_FLIGHT`` 32,
+``BRIDGE_BATCH_SIZE`` 1000) delivers to the Reteno simulator (its own process, no rate
+limit, 20 ms a call). Rounds of registrations (``POST /register`` through the test
 client, 500 a request), each followed by one drain of the outbox as ``reteno-bridge
 deliver`` makes (``deliver_once``): first small rounds (the steady state of the hour:
 a few hundred due at each poll), then one backlog of each size in ``--backlogs``, each
-followed by small rounds again. After each step it prints the resident set (VmRSS)
+followed by small rounds again. After each step it prints the resident set (VmRSS),
 the blocks Python's allocator holds (``sys.getallocatedblocks``) after a
-``gc.collect()``, and SQLite's own heap (``sqlite3_memory_used``: its page caches, up
-to 2 MiB a connection, and statements); last, what glibc's ``malloc_trim(0)`` gives
-back.
+``gc.collect()``, and SQLite's own heap (``sqlite3_memory_used``: its page caches and
+statements).
+
+The rounds run twice, each in a fresh process: as the worker runs them (it gives the
+C heap's free pages back after each drain, ``bridge/heap.py``) and with that switched
+off, the baseline; last, the difference per step.
 
     .venv/bin/python bench/bench_backlog_memory.py [--backlogs 3000 8000 32000]
 
-What it shows: the resident set is the high-water mark of a drain's memory — mostly
-SQLite's page caches filling while a backlog is read and written, then Python's
-objects for the rows — and stays there when the backlog is gone, while the blocks
-Python holds and SQLite's heap come back down (the memory is free inside the process,
-not given back to the system). SQLite's caches have a ceiling, so larger backlogs add
-little more.
+What it shows: without the give-back the resident set is the high-water mark of a
+drain's memory and stays there when the backlog is gone, while the blocks Python holds
+and SQLite's heap come back down (the memory is free inside the process, not given
+back to the system).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import _sqlite3
 import argparse
 import ctypes
 import gc
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,7 +50,45 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backlogs", type=int, nargs="+", default=[3000, 8000, 32000])
     parser.add_argument("--small-rounds", type=int, default=20)
+    parser.add_argument("--rounds-only", choices=("give-back", "keep"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds_only:
+        return rounds(args, give_back=args.rounds_only == "give-back")
+    results = {}
+    for mode in ("keep", "give-back"):
+        say(f"--- {'baseline: the free heap kept' if mode == 'keep' else 'as the worker runs'}")
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--rounds-only",
+                mode,
+                "--small-rounds",
+                str(args.small_rounds),
+                "--backlogs",
+                *map(str, args.backlogs),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
+        lines = child.stdout.splitlines()
+        print("\n".join(line for line in lines if not line.startswith("{")), flush=True)
+        results[mode] = json.loads(next(line for line in lines if line.startswith("{")))
+    say("--- resident set (KiB): baseline -> as the worker runs")
+    for label, kept in results["keep"].items():
+        given = results["give-back"][label]
+        say(f"{label:30s} {kept:7d} -> {given:7d}  ({given - kept:+6d} KiB)")
+    return 0
+
+
+def rounds(args, give_back: bool) -> int:
+    """The rounds in this process; the resident set after each step, as JSON, last."""
+    if not give_back:
+        import bridge.heap
+
+        bridge.heap._TRIM = None  # the baseline: free memory kept, as before bridge.heap
+    figures: dict[str, int] = {}
     with Stack("backlog-memory") as stack:
         url = stack.simulator(rps=0, latency_ms=20)
         env = stack.bridge_env(
@@ -87,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 register(size)
                 runtime.deliver_once()
             gc.collect()
+            figures[label] = rss_kib(os.getpid())
             say(
-                f"{label:30s} RSS {rss_kib(os.getpid()):7d} KiB   Python's blocks "
+                f"{label:30s} RSS {figures[label]:7d} KiB   Python's blocks "
                 f"{sys.getallocatedblocks():7d}   SQLite {_sqlite_memory_used() // 1024:5d} KiB"
             )
 
@@ -96,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         step(f"steady: {args.small_rounds} x {SMALL} more", SMALL, args.small_rounds)
         for backlog in args.backlogs:
             step(f"one backlog of {backlog}", backlog)
-            step(f"then {args.small_rounds} x {SMALL}", SMALL, args.small_rounds)
+            step(f"then {args.small_rounds} x {SMALL} after {backlog}", SMALL, args.small_rounds)
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        say(f"{'after malloc_trim(0)':30s} RSS {rss_kib(os.getpid()):7d} KiB")
+        figures["after malloc_trim(0)"] = rss_kib(os.getpid())
+        say(f"{'after malloc_trim(0)':30s} RSS {figures['after malloc_trim(0)']:7d} KiB")
+    print(json.dumps(figures), flush=True)
     return 0
 
 

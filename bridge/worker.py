@@ -40,6 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+from . import heap
 from .config import UPSTREAM_RATE
 from .logs import get_logger
 from .reteno import DELIVERED, PAUSE, REJECT, RETRY, CallResult
@@ -453,10 +454,17 @@ class DeliveryWorker:
         call makes a new one; those in flight are finished and recorded. A failure (of
         the database) in one ends it too, and is raised once the others are over."""
         stats: Counter = Counter()
-        halt = Halt(stop)
+        try:
+            self._drain(stats, Halt(stop), progress)
+        finally:
+            if stats:  # what the drain held is free: give it back (bridge.heap)
+                heap.give_back()
+        return stats
+
+    def _drain(self, stats: Counter, halt: Halt, progress: Callable[[int], None] | None) -> None:
         if self.in_flight == 1:
             self._one_at_a_time(halt, stats, progress)
-            return stats
+            return
         busy = threading.Condition()
         calls = {"active": 0, "ended": 0}
         failures: list[BaseException] = []
@@ -494,7 +502,6 @@ class DeliveryWorker:
                     pool.submit(job).add_done_callback(ended)
         if failures:
             raise failures[0]  # now that every call is over
-        return stats
 
     def run(
         self, stop: threading.Event, wake: threading.Event | None = None, poll_seconds: float = 0.5
