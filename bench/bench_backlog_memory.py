@@ -11,13 +11,13 @@ the blocks Python's allocator holds (``sys.getallocatedblocks``) after a
 ``gc.collect()``, and SQLite's own heap (``sqlite3_memory_used``: its page caches and
 statements).
 
-The rounds run twice, each in a fresh process: as the worker runs them (it gives the
-C heap's free pages back after each drain, ``bridge/heap.py``) and with that switched
-off, the baseline; last, the difference per step.
+The rounds run twice, each in a fresh process: as ``reteno-bridge deliver`` runs them
+(``bridge/heap.py``: at most two malloc arenas, the C heap's free pages given back after
+each drain) and with neither, the baseline; last, the difference per step.
 
     .venv/bin/python bench/bench_backlog_memory.py [--backlogs 3000 8000 32000]
 
-What it shows: without the give-back the resident set is the high-water mark of a
+What it shows: in the baseline the resident set is the high-water mark of a
 drain's memory and stays there when the backlog is gone, while the blocks Python holds
 and SQLite's heap come back down (the memory is free inside the process, not given
 back to the system).
@@ -50,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backlogs", type=int, nargs="+", default=[3000, 8000, 32000])
     parser.add_argument("--small-rounds", type=int, default=20)
-    parser.add_argument("--rounds-only", choices=("give-back", "keep"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds-only", choices=("baseline", "worker"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds_only:
-        return rounds(args, give_back=args.rounds_only == "give-back")
+        return rounds(args, as_worker=args.rounds_only == "worker")
     results = {}
-    for mode in ("keep", "give-back"):
-        say(f"--- {'baseline: the free heap kept' if mode == 'keep' else 'as the worker runs'}")
+    for mode in ("baseline", "worker"):
+        say(f"--- {'baseline: neither' if mode == 'baseline' else 'as reteno-bridge deliver runs'}")
         child = subprocess.run(
             [
                 sys.executable,
@@ -76,17 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(line for line in lines if not line.startswith("{")), flush=True)
         results[mode] = json.loads(next(line for line in lines if line.startswith("{")))
     say("--- resident set (KiB): baseline -> as the worker runs")
-    for label, kept in results["keep"].items():
-        given = results["give-back"][label]
+    for label, kept in results["baseline"].items():
+        given = results["worker"][label]
         say(f"{label:30s} {kept:7d} -> {given:7d}  ({given - kept:+6d} KiB)")
     return 0
 
 
-def rounds(args, give_back: bool) -> int:
+def rounds(args, as_worker: bool) -> int:
     """The rounds in this process; the resident set after each step, as JSON, last."""
-    if not give_back:
-        import bridge.heap
+    import bridge.heap
 
+    if as_worker:
+        bridge.heap.few_arenas()  # as the deliver command does, before any thread
+    else:
         bridge.heap._TRIM = None  # the baseline: free memory kept, as before bridge.heap
     figures: dict[str, int] = {}
     with Stack("backlog-memory") as stack:

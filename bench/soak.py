@@ -12,7 +12,7 @@ bridge's default.
 First the maximum: client threads register as fast as the layout takes them for
 ``--probe`` seconds. Then the soak: one registration at a time at ``--fraction`` of
 that rate (or ``--rate``) for ``--minutes``. Every ``--every`` seconds the run samples
-each process's resident set (VmRSS) and open files (/proc/PID/fd), and the outbox
+each process's resident set (VmRSS), open files and sockets (/proc/PID/fd), and the outbox
 depth (queued registrations); a line a minute. At the end it waits for the outbox to
 drain and checks every acknowledged registration against the ledger and the
 simulator.
@@ -23,10 +23,12 @@ simulator.
 
 Passes (exit status 0) when every acknowledged registration reached Reteno exactly
 once, the resident set of every bridge process at the last minute is within +5 % of
-its minute 5 (medians of the minute's samples), the most open files of each process
-over the last ten minutes are at most its most over minutes 5 to 14 plus 2 (a call in
-flight holds a connection), and the deepest outbox of the last ten minutes is at most
-that of the first ten plus five seconds of arrivals. The samples are kept in
+its minute 5 (medians of the minute's samples), the most open files (sockets apart) of
+each process over the last ten minutes are at most its most over minutes 5 to 14 plus
+2, its most sockets over the last ten minutes at most its most before them plus 2 (a
+socket is a connection, and their number follows the calls and requests in flight: a
+leak sets a new high every ten minutes), and the deepest outbox of the last ten
+minutes is at most that of the first ten plus five seconds of arrivals. The samples are kept in
 ``bench/results/soak.samples.jsonl``.
 """
 
@@ -56,10 +58,18 @@ FD_SLACK = 2
 DEPTH_SECONDS = 5.0
 
 
-def open_files(pid: int) -> int:
+def open_files(pid: int) -> tuple[int, int]:
+    """``(files, sockets)`` open in ``pid`` (its /proc/PID/fd): a socket is a connection
+    or a listener, whose number follows the calls or requests in flight."""
+    files = sockets = 0
     with contextlib.suppress(OSError):
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    return 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # closed since the listing
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    sockets += 1
+                else:
+                    files += 1
+    return files, sockets
 
 
 class Sampler:
@@ -88,13 +98,15 @@ class Sampler:
 
     def sample(self) -> dict:
         pids = self.pids()
+        opened = {name: open_files(pid) for name, pid in pids.items()}
         return {
             "t": round(time.monotonic() - self.t0, 1),
             "acked": self.acked(),
             "depth": h.queued_count(self.db_url),
             "pids": pids,
             "rssKiB": {name: rss_kib(pid) for name, pid in pids.items()},
-            "fds": {name: open_files(pid) for name, pid in pids.items()},
+            "fds": {name: files for name, (files, _) in opened.items()},
+            "sockets": {name: sockets for name, (_, sockets) in opened.items()},
         }
 
     def _run(self) -> None:
@@ -133,7 +145,7 @@ def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
     """The figures the verdict rests on: minute 5 against the last minute, per process."""
     first, last = sampler.minute(FIRST_MINUTE), sampler.minute(minutes)
     names = sorted(set(first[0]["rssKiB"]) & set(last[-1]["rssKiB"]))
-    rss, fds = {}, {}
+    rss, fds, sockets = {}, {}, {}
     for name in names:
         before, after = per_minute(first, "rssKiB", name), per_minute(last, "rssKiB", name)
         rss[name] = {
@@ -149,9 +161,18 @@ def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
         def files(sample, name=name):
             return sample["fds"].get(name, 0)
 
+        def connections(sample, name=name):
+            return sample.get("sockets", {}).get(name, 0)
+
         fds[name] = {
             "minutes5to14": most(sampler, FIRST_MINUTE, FIRST_MINUTE + 10, files),
             "last10Minutes": most(sampler, max(FIRST_MINUTE, minutes - 9), minutes + 1, files),
+        }
+        sockets[name] = {
+            "mostBefore": most(sampler, 1, max(FIRST_MINUTE, minutes - 9), connections),
+            "last10Minutes": most(
+                sampler, max(FIRST_MINUTE, minutes - 9), minutes + 1, connections
+            ),
         }
     depths = [s["depth"] for s in sampler.samples]
     by_ten = [
@@ -161,6 +182,7 @@ def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
     return {
         "rss": rss,
         "openFiles": fds,
+        "sockets": sockets,
         "outboxDepth": {
             "median": int(statistics.median(depths)),
             "most": max(depths),
@@ -174,6 +196,9 @@ def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
         ),
         "openFilesFlat": all(
             fds[n]["last10Minutes"] <= fds[n]["minutes5to14"] + FD_SLACK for n in names
+        ),
+        "socketsFlat": all(
+            sockets[n]["last10Minutes"] <= sockets[n]["mostBefore"] + FD_SLACK for n in names
         ),
         "outboxFlat": by_ten[-1] <= by_ten[0] + rate * DEPTH_SECONDS,
     }
@@ -333,9 +358,10 @@ def report_minutes(sampler: Sampler, minutes: int) -> None:
             if not n.startswith("nginx")
         )
         fds = sum(last["fds"].values())
+        connected = sum(last.get("sockets", {}).values())
         h.say(
             f"#   minute {m:2d}: {last['acked']:>8} acked, depth {last['depth']:>5}, "
-            f"{rss}, {fds} fds"
+            f"{rss}, {fds} files, {connected} sockets"
         )
 
 
@@ -349,6 +375,7 @@ def passed(f: dict) -> bool:
         and f["drained"]
         and f["rssFlat"]
         and f["openFilesFlat"]
+        and f["socketsFlat"]
         and f["outboxFlat"]
     )
 

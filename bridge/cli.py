@@ -14,6 +14,7 @@ import click
 from flask.cli import AppGroup, with_appcontext
 
 from . import db as dbmod
+from . import heap
 from .cli_chats import COMMANDS as chat_commands
 from .cli_retention import prune_command
 from .cli_staff import support_user_group
@@ -93,6 +94,7 @@ def deliver_command(once: bool, poll: float, metrics_port: int | None, metrics_h
     finished and recorded (within the upstream time-outs), what was not sent goes
     back to the queue, and a restart re-sends nothing Reteno answered.
     """
+    heap.few_arenas()  # before any thread of the worker starts (bridge.heap)
     rt = _ready()
     stop_metrics = None
     if metrics_port and not once:

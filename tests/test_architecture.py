@@ -79,6 +79,7 @@ def test_the_ledger_imports_no_http_upstream_or_sandbox(path):
         "replay",
         "watch",
         "retention",
+        "heap",
         "support/story",
         "support/overview",
         "support/chart",
