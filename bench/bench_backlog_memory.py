@@ -87,9 +87,7 @@ def rounds(args, as_worker: bool) -> int:
     import bridge.heap
 
     if as_worker:
-        bridge.heap.few_arenas()  # as the deliver command does, before any thread
-    else:
-        bridge.heap._TRIM = None  # the baseline: free memory kept, as before bridge.heap
+        bridge.heap.delivery_process()  # as the deliver command does, before any thread
     figures: dict[str, int] = {}
     with Stack("backlog-memory") as stack:
         url = stack.simulator(rps=0, latency_ms=20)

@@ -94,7 +94,7 @@ def deliver_command(once: bool, poll: float, metrics_port: int | None, metrics_h
     finished and recorded (within the upstream time-outs), what was not sent goes
     back to the queue, and a restart re-sends nothing Reteno answered.
     """
-    heap.few_arenas()  # before any thread of the worker starts (bridge.heap)
+    heap.delivery_process()  # before any of its threads starts (bridge.heap)
     rt = _ready()
     stop_metrics = None
     if metrics_port and not once:

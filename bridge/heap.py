@@ -1,18 +1,20 @@
-"""The delivery worker's C heap: few malloc arenas, and free pages given back after a
-drain.
+"""The delivery worker process's C heap: few malloc arenas, and free pages given back
+after each drain.
 
 A drain of a backlog works on thousands of rows at once, on up to ``BRIDGE_IN_FLIGHT``
 threads: Python's objects for the rows, SQLite's page caches, request bodies. glibc's
 allocator gives each thread that allocates at the same time as another an arena of its
 own (up to eight a core), and keeps what is freed in them: a long-running worker's
-resident set would be the high-water mark of the deepest backlog it ever drained,
-plus a megabyte or so left in each arena its busiest moment made. So the ``deliver``
-command limits the process to :data:`ARENAS` arenas before it starts a thread
-(:func:`few_arenas`; with the GIL, its threads seldom allocate at once), and the
-worker calls :func:`give_back` after each drain that moved a row (``malloc_trim(0)``,
-about a millisecond). ``bench/bench_backlog_memory.py`` and ``bench/soak.py`` measure
-them (RELIABILITY.md, figure 8). Where the C library is not glibc (musl, macOS) both do
-nothing.
+resident set would be the high-water mark of the deepest backlog it ever drained, plus
+a megabyte or so left in each arena its busiest moment made. So ``reteno-bridge
+deliver`` calls :func:`delivery_process` before it starts a thread: at most
+:data:`ARENAS` arenas (with the GIL, its threads seldom allocate at once), and from
+then on :func:`give_back`, which the worker calls after each drain that moved a row,
+returns the free pages (``malloc_trim(0)``, about a millisecond). A served process
+(gunicorn's workers, with or without the delivery thread) is left as it is: its
+requests' threads are not made to wait for the trim. ``bench/soak.py`` and
+``bench/bench_backlog_memory.py`` measure it (RELIABILITY.md, figure 8). Where the C
+library is not glibc (musl, macOS) nothing changes.
 """
 
 from __future__ import annotations
@@ -33,20 +35,24 @@ def _glibc():
 
 
 _TRIM, _MALLOPT = _glibc()
+_delivery_process = False
+
+
+def delivery_process(arenas: int = ARENAS) -> bool:
+    """This process is a delivery worker: at most ``arenas`` malloc arenas for its
+    threads (glibc's ``M_ARENA_MAX``; call it before they start), and :func:`give_back`
+    from now on. False where that cannot be done."""
+    global _delivery_process
+    if _MALLOPT is None or _TRIM is None:
+        return False
+    _delivery_process = True
+    return bool(_MALLOPT(_M_ARENA_MAX, arenas))
 
 
 def give_back() -> bool:
-    """Return the C heap's free pages to the system; False where that cannot be done."""
-    if _TRIM is None:
+    """In a delivery worker process, return the C heap's free pages to the system;
+    whether it did."""
+    if not _delivery_process:
         return False
     _TRIM(0)
     return True
-
-
-def few_arenas(count: int = ARENAS) -> bool:
-    """Let at most ``count`` arenas serve this process's threads (glibc's
-    ``M_ARENA_MAX``): called before the process starts its threads; False where that
-    cannot be done."""
-    if _MALLOPT is None:
-        return False
-    return bool(_MALLOPT(_M_ARENA_MAX, count))

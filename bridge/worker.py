@@ -457,7 +457,7 @@ class DeliveryWorker:
         try:
             self._drain(stats, Halt(stop), progress)
         finally:
-            if stats:  # what the drain held is free: give it back (bridge.heap)
+            if stats:  # what it held is free: back to the system (bridge.heap)
                 heap.give_back()
         return stats
 
