@@ -28,9 +28,9 @@ process over the last ten minutes, and apart from them its sockets, are at most 
 minutes 5 to 14 plus 2 (a leak raises the typical count; a descriptor held for one
 transaction or call — the SQLite write lock's, an upstream connection — makes short
 peaks, reported as the most), and the deepest outbox of the last ten minutes is at most
-that of the first ten plus five seconds of arrivals. ``--judge`` judges the kept run
-(``bench/results/soak.json`` and its samples) again without running one. The samples are kept in
-``bench/results/soak.samples.jsonl``.
+that of the first ten plus five seconds of arrivals. The samples are kept in
+``bench/results/soak.samples.jsonl``; ``--judge`` judges the kept run (them and
+``bench/results/soak.json``) again without running one.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def per_minute(samples: list[dict], key: str, name: str, pick=statistics.median)
 
 def most(sampler: Sampler, start: int, end: int, value) -> int:
     """The largest ``value(sample)`` over minutes ``start`` to ``end - 1``."""
-    return max((value(s) for m in range(start, end) for s in sampler.minute(m)), default=0)
+    return max((value(s) for s in sampler.span(start, end)), default=0)
 
 
 def flat(counts: dict, names: list[str]) -> bool:
@@ -161,6 +161,8 @@ def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
     """The figures the verdict rests on: minute 5 against the last minute, per process."""
     first, last = sampler.minute(FIRST_MINUTE), sampler.minute(minutes)
     names = sorted(set(first[0]["rssKiB"]) & set(last[-1]["rssKiB"]))
+    early = sampler.span(FIRST_MINUTE, FIRST_MINUTE + 10)
+    late = sampler.span(max(FIRST_MINUTE, minutes - 9), minutes + 1)
     rss, fds, sockets = {}, {}, {}
     for name in names:
         before, after = per_minute(first, "rssKiB", name), per_minute(last, "rssKiB", name)
@@ -173,10 +175,7 @@ def judge(sampler: Sampler, minutes: int, rate: float) -> dict:
                 for m in range(FIRST_MINUTE, minutes + 1, 10)
             ],
         }
-
         for key, out in (("fds", fds), ("sockets", sockets)):
-            early = sampler.span(FIRST_MINUTE, FIRST_MINUTE + 10)
-            late = sampler.span(max(FIRST_MINUTE, minutes - 9), minutes + 1)
             out[name] = {
                 "medianMinutes5to14": per_minute(early, key, name),
                 "medianLast10Minutes": per_minute(late, key, name),
